@@ -1,0 +1,30 @@
+package main
+
+import (
+	"os"
+	"testing"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		"runbook": func() { os.Exit(Main()) },
+	})
+}
+
+// TestScripts runs the end-to-end scripts in testdata/scripts against the
+// real binary (re-executed test binary), one fresh directory each.
+func TestScripts(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir:                 "../../testdata/scripts",
+		RequireExplicitExec: true,
+		RequireUniqueNames:  true,
+		Cmds:                scriptCmds(),
+		Setup: func(e *testscript.Env) error {
+			// Keep scripts from seeing the developer's own variables.
+			e.Setenv("RUNBOOK_VAR_kes_api_key", "")
+			return nil
+		},
+	})
+}

@@ -1,0 +1,32 @@
+package main
+
+import (
+	"context"
+)
+
+func init() {
+	register(&command{name: "rollback", usage: "[FILE] [--to TYPE.NAME]: undo completed steps in reverse order", run: runRollback})
+}
+
+func runRollback(ctx context.Context, env *cliEnv, args []string) error {
+	var cf commonFlags
+	fs := newFlagSet("rollback", &cf)
+	to := fs.String("to", "", "keep this step and what it depends on; undo the rest")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	file, err := onePositional(pos, "rollback", false)
+	if err != nil {
+		return err
+	}
+	journal, err := cf.journalFor(file)
+	if err != nil {
+		return err
+	}
+	s, err := openFromJournal(env, journal, file, &cf)
+	if err != nil {
+		return err
+	}
+	return s.Rollback(ctx, cf.options(env, "runbook rollback", journal), *to)
+}

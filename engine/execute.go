@@ -1,0 +1,571 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+	ctyjson "github.com/zclconf/go-cty/cty/json"
+)
+
+// Options configure a command that executes steps.
+type Options struct {
+	JournalDir    string
+	Parallelism   int
+	Targets       []string // type.name; empty means all
+	Output        Output
+	Command       string        // recorded as the lock owner's command
+	ProgressEvery time.Duration // how often progress is shown; default 2s
+}
+
+// ErrInterrupted is returned when a run stopped because it was asked to
+// (Ctrl-C): the journal says where, and resume continues.
+var ErrInterrupted = errors.New("interrupted")
+
+// ErrFailed is returned when at least one step failed.
+var ErrFailed = errors.New("run failed")
+
+// execution is one command's walk over the graph.
+type execution struct {
+	s             *Session
+	cfg           *Config
+	dir           string
+	j             *Journal
+	rd            *Redactor
+	em            emitter
+	opts          Options
+	progressEvery time.Duration
+	js            *JournalState
+	logMu         sync.Mutex
+}
+
+func (s *Session) newExecution(opts Options) *execution {
+	if opts.Parallelism <= 0 {
+		opts.Parallelism = 4
+	}
+	every := opts.ProgressEvery
+	if every <= 0 {
+		every = 2 * time.Second
+	}
+	return &execution{s: s, cfg: s.Config, dir: opts.JournalDir, rd: s.Redactor, em: emitter{out: opts.Output, rd: s.Redactor}, opts: opts, progressEvery: every, js: &JournalState{Steps: map[string]*StepState{}}}
+}
+
+func (x *execution) emit(e Event) { x.em.emit(e) }
+
+func (x *execution) append(r *Record) error {
+	if x.j == nil {
+		return errors.New("no journal during plan: a planner must not record checkpoints")
+	}
+	r.Error = x.rd.String(r.Error)
+	if err := x.j.Append(r); err != nil {
+		return fmt.Errorf("write journal: %w", err)
+	}
+	return nil
+}
+
+func (x *execution) setState(addr, state string, err error, data any) error {
+	rec := &Record{Kind: "state", Step: addr, State: state}
+	if err != nil {
+		rec.Error = err.Error()
+	}
+	if data != nil {
+		rec.Data, _ = json.Marshal(data)
+	}
+	if e := x.append(rec); e != nil {
+		return e
+	}
+	e := Event{Type: EventState, Step: addr, State: state}
+	if err != nil {
+		e.Error = err.Error()
+	}
+	x.emit(e)
+	return nil
+}
+
+func (x *execution) logLine(addr, msg string) {
+	if x.dir == "" || x.j == nil {
+		return
+	}
+	x.logMu.Lock()
+	defer x.logMu.Unlock()
+	dir := filepath.Join(x.dir, "logs")
+	if os.MkdirAll(dir, 0o700) != nil {
+		return
+	}
+	f, err := os.OpenFile(filepath.Join(dir, addr+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "%s %s\n", time.Now().UTC().Format(time.RFC3339), msg)
+}
+
+// selected returns the blocks a command acts on: all, or the targets and
+// everything they depend on.
+func (s *Session) selected(targets []string) (map[string]bool, error) {
+	sel := map[string]bool{}
+	if len(targets) == 0 {
+		for _, n := range s.Graph.Nodes {
+			sel[n] = true
+		}
+		return sel, nil
+	}
+	for _, t := range targets {
+		if s.Config.Block(t) == nil {
+			return nil, fmt.Errorf("target %q: no such block in the runbook (write it as type.name)", t)
+		}
+		sel[t] = true
+		for a := range s.Graph.Ancestors(t) {
+			sel[a] = true
+		}
+	}
+	return sel, nil
+}
+
+// walk runs fn on every selected node once all its dependencies succeeded,
+// up to parallelism at once. Dependents of a failed node are skipped and
+// reported once; after ctx is cancelled nothing new starts.
+func (x *execution) walk(ctx context.Context, sel map[string]bool, fn func(context.Context, string) error) map[string]error {
+	type result struct {
+		addr string
+		err  error
+	}
+	g := x.s.Graph
+	status := map[string]string{} // "", running, ok, failed, skipped
+	errs := map[string]error{}
+	results := make(chan result)
+	sem := make(chan struct{}, x.opts.Parallelism)
+	running := 0
+	for {
+		if ctx.Err() == nil {
+			for _, n := range g.Order() {
+				if !sel[n] || status[n] != "" {
+					continue
+				}
+				ready, blocked := true, false
+				for _, d := range g.Deps[n] {
+					if !sel[d] {
+						continue
+					}
+					switch status[d] {
+					case "ok":
+					case "failed", "skipped":
+						blocked = true
+					default:
+						ready = false
+					}
+				}
+				if blocked {
+					status[n] = "skipped"
+					if x.cfg.Block(n).BlockType.Kind == KindStep {
+						x.emit(Event{Type: EventState, Step: n, State: "skipped", Message: "a dependency did not complete"})
+					}
+					continue
+				}
+				if !ready {
+					continue
+				}
+				status[n] = "running"
+				running++
+				go func(n string) {
+					sem <- struct{}{}
+					defer func() { <-sem }()
+					var err error
+					if ctx.Err() != nil {
+						err = ErrInterrupted
+					} else {
+						err = fn(ctx, n)
+					}
+					results <- result{n, err}
+				}(n)
+			}
+		}
+		if running == 0 {
+			break
+		}
+		res := <-results
+		running--
+		if res.err != nil {
+			status[res.addr] = "failed"
+			errs[res.addr] = res.err
+		} else {
+			status[res.addr] = "ok"
+		}
+	}
+	return errs
+}
+
+// Apply executes the runbook: a new run, recorded in the journal.
+func (s *Session) Apply(ctx context.Context, opts Options) error {
+	return s.execute(ctx, opts, false)
+}
+
+// Resume continues the run recorded in the journal: completed steps are not
+// redone; a step that was under way continues from its checkpoints.
+func (s *Session) Resume(ctx context.Context, opts Options) error {
+	return s.execute(ctx, opts, true)
+}
+
+func (s *Session) execute(ctx context.Context, opts Options, resume bool) error {
+	x := s.newExecution(opts)
+	lock, err := AcquireLock(opts.JournalDir, opts.Command)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	if swept, _ := SweepTempFiles(opts.JournalDir); len(swept) > 0 {
+		x.emit(Event{Type: EventWarning, Message: fmt.Sprintf("removed %d unfinished temporary file(s) in the journal dir", len(swept))})
+	}
+	j, records, warnings, err := OpenJournal(opts.JournalDir)
+	if err != nil {
+		return err
+	}
+	defer j.Close()
+	for _, w := range warnings {
+		x.emit(Event{Type: EventWarning, Message: w})
+	}
+	js, err := Replay(records)
+	if err != nil {
+		return err
+	}
+	targets := opts.Targets
+	switch {
+	case resume && js.Run == nil:
+		return Refusef("there is no run to resume in %s: start one with runbook apply", opts.JournalDir)
+	case resume:
+		if err := s.checkAgainst(js.Run); err != nil {
+			return err
+		}
+		if len(targets) == 0 {
+			targets = js.Run.Targets
+		}
+	case js.Run != nil && js.Unfinished():
+		return Refusef("the run started in %s is unfinished (%s): continue it with runbook resume, or undo it with runbook rollback", opts.JournalDir, unfinishedSummary(js))
+	case js.Run != nil:
+		// The previous run finished: keep its journal beside the new one.
+		j.Close()
+		if err := archiveJournal(opts.JournalDir, js.Run.ID); err != nil {
+			return err
+		}
+		j, _, _, err = OpenJournal(opts.JournalDir)
+		if err != nil {
+			return err
+		}
+		defer j.Close()
+		js = &JournalState{Steps: map[string]*StepState{}}
+	}
+	x.j, x.js = j, js
+	sel, err := s.selected(targets)
+	if err != nil {
+		return err
+	}
+	if !resume {
+		ri, err := s.runInfo(opts.Command, targets)
+		if err != nil {
+			return err
+		}
+		data, _ := json.Marshal(ri)
+		if err := x.append(&Record{Kind: "run", Data: data}); err != nil {
+			return err
+		}
+		js.Run = ri
+	}
+	verb := "apply"
+	if resume {
+		verb = "resume"
+	}
+	x.emit(Event{Type: EventRun, Message: fmt.Sprintf("runbook: %s %s (journal %s)", verb, s.Config.Name, opts.JournalDir)})
+	start := time.Now()
+	errs := x.walk(ctx, sel, x.applyNode)
+	return x.finish(ctx, errs, start)
+}
+
+func unfinishedSummary(js *JournalState) string {
+	var parts []string
+	for _, a := range js.Order {
+		st := js.Steps[a]
+		switch st.State {
+		case StateRunning, StateFailed, StateInterrupted, StateRollingBack:
+			parts = append(parts, a+" "+st.State)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func archiveJournal(dir, id string) error {
+	runs := filepath.Join(dir, "runs")
+	if err := os.MkdirAll(runs, 0o700); err != nil {
+		return fmt.Errorf("create runs dir: %w", err)
+	}
+	name := time.Now().UTC().Format("20060102T150405Z") + "-" + id + ".log"
+	if err := os.Rename(filepath.Join(dir, JournalFile), filepath.Join(runs, name)); err != nil {
+		return fmt.Errorf("archive finished journal: %w", err)
+	}
+	if err := fsyncDirectory(runs); err != nil {
+		return fmt.Errorf("sync runs dir: %w", err)
+	}
+	return fsyncDirectory(dir)
+}
+
+func (x *execution) finish(ctx context.Context, errs map[string]error, start time.Time) error {
+	var failed []string
+	interrupted := ctx.Err() != nil
+	for _, addr := range x.s.Graph.Order() {
+		if err, ok := errs[addr]; ok {
+			if errors.Is(err, ErrInterrupted) {
+				interrupted = true
+				continue
+			}
+			failed = append(failed, addr)
+		}
+	}
+	took := time.Since(start).Round(time.Millisecond)
+	switch {
+	case len(failed) > 0:
+		x.emit(Event{Type: EventSummary, Message: fmt.Sprintf("runbook: %d step(s) failed after %s: %s", len(failed), took, strings.Join(failed, ", "))})
+		for _, f := range failed {
+			if errors.Is(errs[f], ErrRefused) {
+				return fmt.Errorf("%s: %w", f, errs[f])
+			}
+		}
+		return fmt.Errorf("%w: %s: %v", ErrFailed, failed[0], errs[failed[0]])
+	case interrupted:
+		x.emit(Event{Type: EventSummary, Message: fmt.Sprintf("runbook: interrupted after %s; the journal holds every completed step and checkpoint: continue with runbook resume", took)})
+		return ErrInterrupted
+	}
+	x.emit(Event{Type: EventSummary, Message: fmt.Sprintf("runbook: complete in %s", took)})
+	return nil
+}
+
+// applyNode decodes a connection, or applies a step unless the journal says it is done.
+func (x *execution) applyNode(ctx context.Context, addr string) error {
+	b := x.cfg.Block(addr)
+	inst := b.BlockType.New()
+	if b.BlockType.Kind == KindConnection {
+		d, diags := x.s.Scope.Decode(b, inst.Config())
+		if v, ok := inst.(Validator); ok && !diags.HasErrors() {
+			diags = append(diags, v.Validate(d)...)
+		}
+		if diags.HasErrors() {
+			err := diagsError(diags)
+			x.emit(Event{Type: EventState, Step: addr, State: StateFailed, Error: err.Error()})
+			return err
+		}
+		x.s.Scope.SetConnection(addr, inst)
+		return nil
+	}
+	st := x.js.Step(addr)
+	if st.State == StateDone {
+		outs, err := x.restoreOutputs(addr, st.Outputs)
+		if err != nil {
+			return err
+		}
+		x.s.Scope.SetOutputs(addr, outs)
+		x.emit(Event{Type: EventState, Step: addr, State: StateDone, Message: "already done (journal)"})
+		return nil
+	}
+	return x.applyStep(ctx, b, inst, st)
+}
+
+func (x *execution) applyStep(ctx context.Context, b *BlockConfig, inst Block, st *StepState) error {
+	addr := b.Addr()
+	fail := func(err error) error {
+		if e := x.setState(addr, StateFailed, err, nil); e != nil {
+			return e
+		}
+		return err
+	}
+	d, diags := x.s.Scope.Decode(b, inst.Config())
+	if v, ok := inst.(Validator); ok && !diags.HasErrors() {
+		diags = append(diags, v.Validate(d)...)
+	}
+	timeout, backoff, attempts, moreDiags := x.s.meta(b)
+	diags = append(diags, moreDiags...)
+	if diags.HasErrors() {
+		return fail(diagsError(diags))
+	}
+	if len(d.unknown) > 0 {
+		return fail(fmt.Errorf("values not known when the step ran: %s", strings.Join(sortedKeys(d.unknown), ", ")))
+	}
+	step, ok := inst.(Step)
+	if !ok {
+		return fail(fmt.Errorf("block type %s has no apply", b.Type))
+	}
+	r := &Run{Addr: addr, Decoded: d, x: x, checkpoints: map[string]json.RawMessage{}, outputs: map[string]cty.Value{}, resumed: st.Attempts > 0}
+	for k, v := range st.Checkpoints {
+		r.checkpoints[k] = v
+	}
+	r.order = append(r.order, st.Order...)
+	if backoff == 0 {
+		backoff = time.Second
+	}
+	started := time.Now()
+	for attempt := 1; ; attempt++ {
+		r.attempt = attempt
+		if err := x.setState(addr, StateRunning, nil, map[string]int{"attempt": st.Attempts + attempt}); err != nil {
+			return err
+		}
+		sctx, cancel := ctx, context.CancelFunc(func() {})
+		if timeout > 0 {
+			sctx, cancel = context.WithTimeout(ctx, timeout)
+		}
+		err := step.Apply(sctx, r)
+		timedOut := sctx.Err() == context.DeadlineExceeded && ctx.Err() == nil
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			if e := x.setState(addr, StateInterrupted, err, nil); e != nil {
+				return e
+			}
+			return ErrInterrupted
+		}
+		if timedOut {
+			err = fmt.Errorf("timed out after %s: %w", timeout, err)
+		}
+		if attempt >= attempts || errors.Is(err, ErrRefused) {
+			return fail(err)
+		}
+		wait := backoff << (attempt - 1)
+		x.emit(Event{Type: EventState, Step: addr, State: "retrying", Error: err.Error(), Message: fmt.Sprintf("attempt %d of %d failed; trying again in %s", attempt, attempts, wait)})
+		select {
+		case <-ctx.Done():
+			if e := x.setState(addr, StateInterrupted, ctx.Err(), nil); e != nil {
+				return e
+			}
+			return ErrInterrupted
+		case <-time.After(wait):
+		}
+	}
+	outs := r.Outputs()
+	data, err := x.encodeOutputs(r, outs)
+	if err != nil {
+		return fail(err)
+	}
+	if err := x.append(&Record{Kind: "output", Step: addr, Data: data}); err != nil {
+		return err
+	}
+	x.s.Scope.SetOutputs(addr, outs)
+	rec := &Record{Kind: "state", Step: addr, State: StateDone}
+	if err := x.append(rec); err != nil {
+		return err
+	}
+	x.emit(Event{Type: EventState, Step: addr, State: StateDone, Duration: time.Since(started).Round(time.Millisecond).String()})
+	return nil
+}
+
+// outputRecord is how one output is kept in the journal: a value, a
+// reference to a connection, or the name of a file in secrets/.
+type outputRecord struct {
+	Type       json.RawMessage `json:"type,omitempty"`
+	Value      json.RawMessage `json:"value,omitempty"`
+	Connection string          `json:"connection,omitempty"`
+	Secret     bool            `json:"secret,omitempty"`
+}
+
+func (x *execution) encodeOutputs(r *Run, outs map[string]cty.Value) (json.RawMessage, error) {
+	bt := x.cfg.Block(r.Addr).BlockType
+	recs := map[string]outputRecord{}
+	for _, name := range sortedKeys(outs) {
+		v, _ := outs[name].UnmarkDeep()
+		if _, declared := bt.Outputs[name]; !declared {
+			return nil, fmt.Errorf("step set undeclared output %q", name)
+		}
+		switch {
+		case v.Type().Equals(ConnectionType):
+			recs[name] = outputRecord{Connection: v.EncapsulatedValue().(*connectionRef).Address}
+		case bt.isSensitive(name):
+			if v.Type() != cty.String {
+				return nil, fmt.Errorf("sensitive output %q must be a string", name)
+			}
+			if err := r.WriteSecret(name, []byte(v.AsString())); err != nil {
+				return nil, err
+			}
+			recs[name] = outputRecord{Secret: true}
+		default:
+			ty, err := ctyjson.MarshalType(v.Type())
+			if err != nil {
+				return nil, fmt.Errorf("encode output %q: %w", name, err)
+			}
+			val, err := ctyjson.Marshal(v, v.Type())
+			if err != nil {
+				return nil, fmt.Errorf("encode output %q: %w", name, err)
+			}
+			recs[name] = outputRecord{Type: ty, Value: val}
+		}
+	}
+	data, err := json.Marshal(recs)
+	if err != nil {
+		return nil, err
+	}
+	return json.RawMessage(x.rd.String(string(data))), nil
+}
+
+func (x *execution) restoreOutputs(addr string, data json.RawMessage) (map[string]cty.Value, error) {
+	outs := map[string]cty.Value{}
+	if len(data) == 0 {
+		return outs, nil
+	}
+	var recs map[string]outputRecord
+	if err := json.Unmarshal(data, &recs); err != nil {
+		return nil, fmt.Errorf("decode outputs of %s: %w", addr, err)
+	}
+	r := &Run{Addr: addr, x: x}
+	for name, rec := range recs {
+		switch {
+		case rec.Connection != "":
+			x.s.Scope.mu.Lock()
+			v, ok := x.s.Scope.values[rec.Connection]
+			x.s.Scope.mu.Unlock()
+			if !ok {
+				return nil, fmt.Errorf("restore output %s.%s: connection %s is not available", addr, name, rec.Connection)
+			}
+			outs[name] = v
+		case rec.Secret:
+			b, err := r.ReadSecret(name)
+			if err != nil {
+				return nil, fmt.Errorf("restore sensitive output %s.%s from the journal dir's secrets: %w", addr, name, err)
+			}
+			outs[name] = cty.StringVal(string(b))
+		default:
+			ty, err := ctyjson.UnmarshalType(rec.Type)
+			if err != nil {
+				return nil, fmt.Errorf("decode output %s.%s: %w", addr, name, err)
+			}
+			v, err := ctyjson.Unmarshal(rec.Value, ty)
+			if err != nil {
+				return nil, fmt.Errorf("decode output %s.%s: %w", addr, name, err)
+			}
+			outs[name] = v
+		}
+	}
+	return outs, nil
+}
+
+// diagsError turns diagnostics met at run time into one error.
+func diagsError(diags hcl.Diagnostics) error {
+	var parts []string
+	for _, d := range diags {
+		if d.Severity != hcl.DiagError {
+			continue
+		}
+		msg := d.Summary
+		if d.Detail != "" {
+			msg += ": " + d.Detail
+		}
+		if d.Subject != nil {
+			msg = d.Subject.String() + ": " + msg
+		}
+		parts = append(parts, msg)
+	}
+	return errors.New(strings.Join(parts, "; "))
+}

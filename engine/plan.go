@@ -1,0 +1,158 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// PlannedStep is one block of a plan.
+type PlannedStep struct {
+	Addr      string    `json:"address"`
+	Type      string    `json:"type"`
+	DependsOn []string  `json:"depends_on,omitempty"`
+	Plan      *StepPlan `json:"plan,omitempty"`
+	Error     string    `json:"error,omitempty"`
+}
+
+// Plan observes the real systems read-only and says what each selected step
+// would do, in execution order. It writes nothing.
+func (s *Session) Plan(ctx context.Context, opts Options) ([]PlannedStep, error) {
+	x := s.newExecution(opts)
+	sel, err := s.selected(opts.Targets)
+	if err != nil {
+		return nil, err
+	}
+	x.emit(Event{Type: EventRun, Message: fmt.Sprintf("runbook: plan %s", s.Config.Name)})
+	var planned []PlannedStep
+	failed := 0
+	for _, addr := range s.Graph.Order() {
+		if !sel[addr] {
+			continue
+		}
+		b := s.Config.Block(addr)
+		inst := b.BlockType.New()
+		d, diags := s.Scope.Decode(b, inst.Config())
+		if v, ok := inst.(Validator); ok && !diags.HasErrors() {
+			diags = append(diags, v.Validate(d)...)
+		}
+		if b.BlockType.Kind == KindConnection {
+			if diags.HasErrors() {
+				return nil, fmt.Errorf("%s: %w", addr, diagsError(diags))
+			}
+			s.Scope.SetConnection(addr, inst)
+			continue
+		}
+		ps := PlannedStep{Addr: addr, Type: b.Type, DependsOn: s.Graph.Deps[addr]}
+		if diags.HasErrors() {
+			ps.Error = x.rd.String(diagsError(diags).Error())
+		} else if p, ok := inst.(Planner); ok {
+			r := &Run{Addr: addr, Decoded: d, x: x}
+			sp, err := p.Plan(ctx, r)
+			if err != nil {
+				ps.Error = x.rd.String(err.Error())
+			} else {
+				ps.Plan = sp
+				if sp.Outputs != nil {
+					s.Scope.SetOutputs(addr, sp.Outputs)
+				}
+			}
+		} else {
+			ps.Plan = &StepPlan{Actions: []string{"run " + addr}}
+		}
+		if ps.Error != "" {
+			failed++
+		}
+		planned = append(planned, ps)
+		x.emit(planEvent(ps))
+	}
+	if failed > 0 {
+		return planned, fmt.Errorf("%w: %d step(s) could not be planned", ErrFailed, failed)
+	}
+	return planned, nil
+}
+
+func planEvent(ps PlannedStep) Event {
+	e := Event{Type: EventPlan, Step: ps.Addr}
+	if len(ps.DependsOn) > 0 {
+		e.Message = "(after " + strings.Join(ps.DependsOn, ", ") + ")"
+	}
+	if ps.Error != "" {
+		e.Error = ps.Error
+		e.Details = []string{"cannot plan: " + ps.Error}
+		return e
+	}
+	p := ps.Plan
+	for _, o := range p.Observed {
+		e.Details = append(e.Details, "observed: "+o)
+	}
+	for _, a := range p.Actions {
+		e.Details = append(e.Details, "will: "+a)
+	}
+	if n := len(p.Items); n > 0 {
+		shown := p.Items
+		if n > 10 {
+			shown = shown[:10]
+		}
+		e.Details = append(e.Details, fmt.Sprintf("items (%d): %s%s", n, strings.Join(shown, ", "), map[bool]string{true: ", …", false: ""}[n > 10]))
+	}
+	if p.Rollback != "" {
+		e.Details = append(e.Details, "rollback: "+p.Rollback)
+	}
+	for _, r := range p.Risks {
+		e.Details = append(e.Details, "risk: "+r)
+	}
+	return e
+}
+
+// StepStatus is one row of `runbook status`.
+type StepStatus struct {
+	Addr     string
+	Type     string
+	State    string
+	Attempts int
+	Started  string
+	Duration string
+	Items    int
+	Error    string
+}
+
+// Status reads a journal without taking the lock or changing anything.
+func Status(dir string, cfg *Config, g *Graph) (*JournalState, []StepStatus, []string, error) {
+	records, warnings, err := ReadJournal(dir)
+	if err != nil {
+		return nil, nil, warnings, err
+	}
+	js, err := Replay(records)
+	if err != nil {
+		return nil, nil, warnings, err
+	}
+	var addrs []string
+	if g != nil {
+		for _, a := range g.Order() {
+			if cfg.Block(a).BlockType.Kind == KindStep {
+				addrs = append(addrs, a)
+			}
+		}
+	} else {
+		addrs = append(addrs, js.Order...)
+		sort.Strings(addrs)
+	}
+	var rows []StepStatus
+	for _, a := range addrs {
+		st := js.Step(a)
+		row := StepStatus{Addr: a, State: st.State, Attempts: st.Attempts, Items: len(st.Checkpoints), Error: st.Error}
+		if b := cfg.Block(a); b != nil {
+			row.Type = b.Type
+		}
+		if !st.Started.IsZero() {
+			row.Started = st.Started.Format("2006-01-02 15:04:05Z")
+			if !st.Finished.IsZero() {
+				row.Duration = st.Finished.Sub(st.Started).Round(1e6).String()
+			}
+		}
+		rows = append(rows, row)
+	}
+	return js, rows, warnings, nil
+}

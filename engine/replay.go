@@ -1,0 +1,116 @@
+package engine
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Step states, as the journal records them.
+const (
+	StatePending     = "pending"
+	StateRunning     = "running"
+	StateDone        = "done"
+	StateFailed      = "failed"
+	StateInterrupted = "interrupted"
+	StateRollingBack = "rolling_back"
+	StateRolledBack  = "rolled_back"
+)
+
+// StepState is one step's history, replayed from the journal.
+type StepState struct {
+	Addr        string
+	State       string
+	Attempts    int
+	Started     time.Time
+	Finished    time.Time
+	Error       string
+	Checkpoints map[string]json.RawMessage
+	Order       []string
+	Outputs     json.RawMessage
+}
+
+// JournalState is a run replayed from its journal records.
+type JournalState struct {
+	Run   *RunInfo
+	Steps map[string]*StepState
+	Order []string // steps in the order they first appear
+	Notes []Record
+}
+
+// Step returns the state of addr, pending if the journal never mentions it.
+func (js *JournalState) Step(addr string) *StepState {
+	if st, ok := js.Steps[addr]; ok {
+		return st
+	}
+	return &StepState{Addr: addr, State: StatePending, Checkpoints: map[string]json.RawMessage{}}
+}
+
+// Unfinished reports whether some step is mid-way: running, failed,
+// interrupted or rolling back. Such a run must be resumed or rolled back
+// before a new one starts.
+func (js *JournalState) Unfinished() bool {
+	for _, st := range js.Steps {
+		switch st.State {
+		case StateRunning, StateFailed, StateInterrupted, StateRollingBack:
+			return true
+		}
+	}
+	return false
+}
+
+// Replay rebuilds the state of a run from its records.
+func Replay(records []Record) (*JournalState, error) {
+	js := &JournalState{Steps: map[string]*StepState{}}
+	for i := range records {
+		r := &records[i]
+		switch r.Kind {
+		case "run":
+			var ri RunInfo
+			if err := json.Unmarshal(r.Data, &ri); err != nil {
+				return nil, fmt.Errorf("decode run record %d: %w", r.Seq, err)
+			}
+			js.Run = &ri
+			continue
+		case "note":
+			js.Notes = append(js.Notes, *r)
+			continue
+		}
+		if r.Step == "" {
+			continue
+		}
+		st, ok := js.Steps[r.Step]
+		if !ok {
+			st = &StepState{Addr: r.Step, State: StatePending, Checkpoints: map[string]json.RawMessage{}}
+			js.Steps[r.Step] = st
+			js.Order = append(js.Order, r.Step)
+		}
+		switch r.Kind {
+		case "state":
+			st.State = r.State
+			st.Error = r.Error
+			switch r.State {
+			case StateRunning:
+				st.Attempts++
+				if st.Started.IsZero() {
+					st.Started = r.Time
+				}
+				st.Finished = time.Time{}
+			case StateDone, StateFailed, StateInterrupted:
+				st.Finished = r.Time
+			case StateRolledBack:
+				// Undone work is not done: a later apply starts the step afresh.
+				st.Finished = r.Time
+				st.Checkpoints, st.Order, st.Outputs, st.Attempts = map[string]json.RawMessage{}, nil, nil, 0
+			}
+		case "checkpoint":
+			if _, seen := st.Checkpoints[r.Item]; !seen {
+				st.Order = append(st.Order, r.Item)
+			}
+			st.Checkpoints[r.Item] = r.Data
+		case "output":
+			st.Outputs = r.Data
+		}
+	}
+	return js, nil
+}

@@ -1,0 +1,222 @@
+package engine
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/zclconf/go-cty/cty"
+)
+
+// Run is what a step sees while it plans, applies or rolls back: its decoded
+// configuration's metadata, its checkpoints and outputs from the journal, and
+// the ways to record progress. Every text it writes is redacted.
+type Run struct {
+	Addr    string
+	Decoded *Decoded
+
+	x           *execution
+	mu          sync.Mutex
+	checkpoints map[string]json.RawMessage
+	order       []string
+	outputs     map[string]cty.Value
+	attempt     int
+	resumed     bool
+	lastProg    time.Time
+	progStart   time.Time
+	progDone0   int64
+}
+
+// Resumed reports whether an earlier attempt of this step started (after an
+// interruption, a failure or a crash); its checkpoints are in Checkpoints.
+func (r *Run) Resumed() bool { return r.resumed }
+
+// Attempt is 1 for the first try, 2 for the first retry, and so on.
+func (r *Run) Attempt() int { return r.attempt }
+
+// Checkpoint records that one item of the step's work is done, durably, before
+// it returns. data is the step's own JSON; it must hold no secret.
+func (r *Run) Checkpoint(item string, data any) error {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("encode checkpoint %q: %w", item, err)
+	}
+	raw = json.RawMessage(r.x.rd.String(string(raw)))
+	if err := r.x.append(&Record{Kind: "checkpoint", Step: r.Addr, Item: r.x.rd.String(item), Data: raw}); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, seen := r.checkpoints[item]; !seen {
+		r.order = append(r.order, item)
+	}
+	r.checkpoints[item] = raw
+	return nil
+}
+
+// Checkpoints returns the items recorded so far by this and earlier attempts.
+func (r *Run) Checkpoints() map[string]json.RawMessage {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]json.RawMessage, len(r.checkpoints))
+	for k, v := range r.checkpoints {
+		out[k] = v
+	}
+	return out
+}
+
+// CheckpointOrder returns the items in the order they were recorded.
+func (r *Run) CheckpointOrder() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.order...)
+}
+
+// HasCheckpoint reports whether item was recorded.
+func (r *Run) HasCheckpoint(item string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.checkpoints[item]
+	return ok
+}
+
+// SetOutput sets one of the step's declared outputs. Sensitive outputs (as the
+// block type declares them) are kept in the journal dir's secrets/, never in
+// the journal itself.
+func (r *Run) SetOutput(name string, v cty.Value) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.outputs[name] = v
+}
+
+// Outputs returns the outputs set so far (on rollback: those recorded).
+func (r *Run) Outputs() map[string]cty.Value {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]cty.Value, len(r.outputs))
+	for k, v := range r.outputs {
+		out[k] = v
+	}
+	return out
+}
+
+// Logf writes a line to the step's log and to the output.
+func (r *Run) Logf(format string, args ...any) {
+	msg := r.x.rd.String(fmt.Sprintf(format, args...))
+	r.x.emit(Event{Type: EventLog, Step: r.Addr, Message: msg})
+	r.x.logLine(r.Addr, msg)
+}
+
+// Warnf reports something the operator should read.
+func (r *Run) Warnf(format string, args ...any) {
+	r.x.emit(Event{Type: EventWarning, Step: r.Addr, Message: r.Addr + ": " + fmt.Sprintf(format, args...)})
+}
+
+// Progress reports items done of total; the output shows it at most every
+// couple of seconds with rate and ETA.
+func (r *Run) Progress(done, total int64) {
+	r.mu.Lock()
+	now := time.Now()
+	if r.progStart.IsZero() {
+		r.progStart, r.progDone0 = now, done
+	}
+	if now.Sub(r.lastProg) < r.x.progressEvery && done < total {
+		r.mu.Unlock()
+		return
+	}
+	r.lastProg = now
+	elapsed := now.Sub(r.progStart).Seconds()
+	start := r.progDone0
+	r.mu.Unlock()
+	e := Event{Type: EventProgress, Step: r.Addr, Done: done, Total: total}
+	if elapsed > 0 && done > start {
+		e.Rate = float64(done-start) / elapsed
+		if total > done {
+			e.ETA = (time.Duration(float64(total-done)/e.Rate) * time.Second).Round(time.Second).String()
+		}
+	}
+	r.x.emit(e)
+}
+
+// Path resolves a path written in the runbook against the runbook's folder.
+func (r *Run) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(r.x.cfg.Dir, p)
+}
+
+// JournalDir is the run's journal directory.
+func (r *Run) JournalDir() string { return r.x.dir }
+
+// Redact replaces registered secrets in s.
+func (r *Run) Redact(s string) string { return r.x.rd.String(s) }
+
+// AddSecret registers values that must never be shown (for example a
+// credential read from a file).
+func (r *Run) AddSecret(values ...string) { r.x.rd.Add(values...) }
+
+// RedactedWriter returns a writer that redacts before writing to w.
+func (r *Run) RedactedWriter(w io.Writer) *RedactWriter { return r.x.rd.Writer(w) }
+
+// secretPath is where a sensitive value of this step lives.
+func (r *Run) secretPath(name string) string {
+	return filepath.Join(r.x.dir, "secrets", r.Addr+"."+name)
+}
+
+// WriteSecret stores a sensitive value in the journal dir's secrets/ (0600),
+// atomically, and registers it for redaction.
+func (r *Run) WriteSecret(name string, value []byte) error {
+	r.AddSecret(string(value))
+	dir := filepath.Join(r.x.dir, "secrets")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create secrets dir: %w", err)
+	}
+	if err := WriteFileAtomic(r.secretPath(name), value, 0o600); err != nil {
+		return fmt.Errorf("write secret %s: %w", name, err)
+	}
+	return nil
+}
+
+// ReadSecret reads a value WriteSecret stored; os.ErrNotExist when there is none.
+func (r *Run) ReadSecret(name string) ([]byte, error) {
+	b, err := os.ReadFile(r.secretPath(name))
+	if err == nil {
+		r.AddSecret(string(b))
+	}
+	return b, err
+}
+
+// BackupPath is where a backup file of this step named name lives, in the
+// journal dir's backups/ (0700). Steps write it with WriteFileAtomic(…, 0600).
+func (r *Run) BackupPath(name string) (string, error) {
+	dir := filepath.Join(r.x.dir, "backups", r.Addr)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create backups dir: %w", err)
+	}
+	return filepath.Join(dir, name), nil
+}
+
+// LogPath is a file in the journal dir's logs/ for this step (for example an
+// exec step's captured stdout). What goes there must be redacted first.
+func (r *Run) LogPath(name string) (string, error) {
+	dir := filepath.Join(r.x.dir, "logs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create logs dir: %w", err)
+	}
+	return filepath.Join(dir, r.Addr+"."+name), nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

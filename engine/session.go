@@ -1,0 +1,227 @@
+package engine
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+	ctyjson "github.com/zclconf/go-cty/cty/json"
+)
+
+// Version is the tool's version, recorded in journals and plans.
+var Version = "0.1.0-dev"
+
+// Session is a loaded runbook with its variables: ready to validate, plan,
+// apply, resume or roll back.
+type Session struct {
+	Config   *Config
+	Graph    *Graph
+	Scope    *Scope
+	Redactor *Redactor
+}
+
+// Open loads, graphs and evaluates a runbook. requireAll makes every
+// variable without a default an error (plan, apply); validate passes false.
+func Open(path string, src []byte, in VarInputs, requireAll bool) (*Session, hcl.Diagnostics) {
+	cfg, diags := Load(path, src)
+	if diags.HasErrors() {
+		// Reference and type problems are still worth reporting with syntax
+		// errors elsewhere, but not on a file that did not parse.
+		if cfg == nil || len(cfg.Files) == 0 {
+			return nil, diags
+		}
+	}
+	g, moreDiags := BuildGraph(cfg)
+	diags = append(diags, moreDiags...)
+	vals, moreDiags := cfg.ResolveVariables(in, requireAll)
+	diags = append(diags, moreDiags...)
+	rd := &Redactor{}
+	scope, moreDiags := NewScope(cfg, vals, rd)
+	diags = append(diags, moreDiags...)
+	return &Session{Config: cfg, Graph: g, Scope: scope, Redactor: rd}, diags
+}
+
+// Validate decodes every block with the values known now (outputs of steps
+// are unknown) and runs each block type's own checks. It changes nothing.
+func (s *Session) Validate() hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	order := s.Graph.Order()
+	if order == nil { // a cycle: check each block anyway, so every problem shows at once
+		order = s.Graph.Nodes
+	}
+	for _, addr := range order {
+		b := s.Config.Block(addr)
+		inst := b.BlockType.New()
+		d, moreDiags := s.Scope.Decode(b, inst.Config())
+		for _, diag := range moreDiags {
+			if !s.Graph.repeatsBadRef(diag) {
+				diags = append(diags, diag)
+			}
+		}
+		diags = append(diags, s.checkMeta(b)...)
+		if moreDiags.HasErrors() {
+			continue
+		}
+		if v, ok := inst.(Validator); ok {
+			diags = append(diags, v.Validate(d)...)
+		}
+		if b.BlockType.Kind == KindConnection {
+			s.Scope.SetConnection(addr, inst)
+		}
+	}
+	return diags
+}
+
+// checkMeta evaluates timeout and retry so that mistakes show at validate.
+func (s *Session) checkMeta(b *BlockConfig) hcl.Diagnostics {
+	_, _, _, diags := s.meta(b)
+	return diags
+}
+
+// hashSecret binds a sensitive value without revealing it.
+func hashSecret(salt, name string, v cty.Value) string {
+	v, _ = v.UnmarkDeep()
+	raw, _ := ctyjson.Marshal(v, v.Type())
+	h := sha256.New()
+	h.Write([]byte(salt))
+	h.Write([]byte(name))
+	h.Write([]byte{0})
+	h.Write(raw)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func newSalt() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// RunInfo is the first record of a run: enough to resume or roll back from
+// the journal alone.
+type RunInfo struct {
+	ID            string                     `json:"id"`
+	Command       string                     `json:"command"`
+	Runbook       string                     `json:"runbook"`
+	Dir           string                     `json:"dir"`
+	Source        string                     `json:"source"`
+	SourceSHA256  string                     `json:"source_sha256"`
+	Vars          map[string]json.RawMessage `json:"vars,omitempty"`
+	SensitiveVars map[string]string          `json:"sensitive_vars,omitempty"`
+	Salt          string                     `json:"salt"`
+	Targets       []string                   `json:"targets,omitempty"`
+	Version       string                     `json:"version"`
+}
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func (s *Session) runInfo(command string, targets []string) (*RunInfo, error) {
+	abs, err := filepath.Abs(s.Config.Path)
+	if err != nil {
+		return nil, fmt.Errorf("resolve runbook path: %w", err)
+	}
+	ri := &RunInfo{
+		ID: newSalt()[:12], Command: command, Runbook: abs, Dir: filepath.Dir(abs),
+		Source: string(s.Config.Src), SourceSHA256: sha256Hex(s.Config.Src),
+		Vars: map[string]json.RawMessage{}, SensitiveVars: map[string]string{},
+		Salt: newSalt(), Targets: targets, Version: Version,
+	}
+	for _, v := range s.Config.Variables {
+		val := s.Scope.vars[v.Name]
+		if v.Sensitive {
+			ri.SensitiveVars[v.Name] = hashSecret(ri.Salt, v.Name, val)
+			continue
+		}
+		raw, err := ctyjson.Marshal(val, v.Type)
+		if err != nil {
+			return nil, fmt.Errorf("encode variable %s: %w", v.Name, err)
+		}
+		ri.Vars[v.Name] = raw
+	}
+	return ri, nil
+}
+
+// checkAgainst compares this session's variables with a recorded run: a
+// sensitive variable must be given again with the same value; a non-sensitive
+// one may be omitted (the recorded value is used) but not changed.
+func (s *Session) checkAgainst(ri *RunInfo) error {
+	var problems []string
+	for _, v := range s.Config.Variables {
+		val := s.Scope.vars[v.Name]
+		if v.Sensitive {
+			want, recorded := ri.SensitiveVars[v.Name]
+			switch {
+			case !recorded:
+				problems = append(problems, fmt.Sprintf("variable %q was not part of the run", v.Name))
+			case !val.IsWhollyKnown():
+				problems = append(problems, fmt.Sprintf("sensitive variable %q is never stored: give it again with -var %s=… or %s%s", v.Name, v.Name, EnvPrefix, v.Name))
+			case hashSecret(ri.Salt, v.Name, val) != want:
+				problems = append(problems, fmt.Sprintf("sensitive variable %q differs from the value the run started with", v.Name))
+			}
+			continue
+		}
+		raw, ok := ri.Vars[v.Name]
+		if !ok {
+			continue
+		}
+		rec, err := ctyjson.Unmarshal(raw, v.Type)
+		if err != nil {
+			return fmt.Errorf("decode recorded variable %s: %w", v.Name, err)
+		}
+		if val.IsWhollyKnown() && !val.Equals(rec).True() {
+			problems = append(problems, fmt.Sprintf("variable %q was %s when the run started and is %s now", v.Name, FormatValue(rec), FormatValue(val)))
+		}
+		s.Scope.vars[v.Name] = rec
+	}
+	if len(problems) > 0 {
+		return Refusef("%s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// meta evaluates a block's timeout and retry settings.
+func (s *Session) meta(b *BlockConfig) (timeout, backoff durationVal, attempts int, diags hcl.Diagnostics) {
+	attempts = 1
+	if b.Timeout != nil {
+		timeout, diags = s.duration(b.Timeout, "timeout")
+	}
+	if b.Retry != nil {
+		v, moreDiags := s.Scope.Eval(b.Retry.Attempts)
+		diags = append(diags, moreDiags...)
+		v, _ = v.Unmark()
+		if !moreDiags.HasErrors() && v.IsKnown() {
+			n, ok := numberInt(v)
+			if !ok || n < 1 || n > 100 {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid retry attempts", Detail: "attempts is how many times the step is tried in all: a whole number from 1 to 100.", Subject: b.Retry.Attempts.Range().Ptr()})
+			} else {
+				attempts = n
+			}
+		}
+		if b.Retry.Backoff != nil {
+			var moreDiags hcl.Diagnostics
+			backoff, moreDiags = s.duration(b.Retry.Backoff, "backoff")
+			diags = append(diags, moreDiags...)
+		}
+	}
+	return timeout, backoff, attempts, diags
+}
+
+func numberInt(v cty.Value) (int, bool) {
+	if v.IsNull() || v.Type() != cty.Number {
+		return 0, false
+	}
+	bf := v.AsBigFloat()
+	if !bf.IsInt() {
+		return 0, false
+	}
+	i, _ := bf.Int64()
+	return int(i), true
+}

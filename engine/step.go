@@ -1,0 +1,100 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// Block is what every registered block type implements: a pointer to an
+// hcl-tagged struct (gohcl tags) into which the engine decodes the block's body
+// after evaluating it. Meta-arguments (depends_on, timeout, retry) are the
+// engine's and never reach the block.
+type Block interface {
+	Config() any
+}
+
+// Step is a block with side effects. Apply must be idempotent: on resume it is
+// called again with the checkpoints its earlier attempt wrote (r.Checkpoints),
+// and must finish the work without redoing what those record.
+type Step interface {
+	Block
+	Apply(ctx context.Context, r *Run) error
+}
+
+// Planner observes the real systems read-only and says what Apply would do.
+type Planner interface {
+	Plan(ctx context.Context, r *Run) (*StepPlan, error)
+}
+
+// Rollbacker undoes a step from its journal records alone (r.Checkpoints,
+// r.Outputs). It is called for steps that completed and for steps that were
+// interrupted or failed half-way, so it must not assume Apply finished. It must
+// be idempotent: a rollback can itself be interrupted and run again.
+// Returning an error that wraps ErrRefused stops the rollback for safety.
+type Rollbacker interface {
+	Rollback(ctx context.Context, r *Run) error
+}
+
+// Validator checks a decoded configuration beyond its types. Values that are
+// not known yet (outputs of other steps, unset variables) are reported by
+// d.Unknown and hold their zero value.
+type Validator interface {
+	Validate(d *Decoded) hcl.Diagnostics
+}
+
+// StepPlan is what a Planner observed and intends.
+type StepPlan struct {
+	Observed []string `json:"observed,omitempty"`
+	Actions  []string `json:"actions,omitempty"`
+	// Items names what the step will act on one by one (for example key names).
+	Items    []string `json:"items,omitempty"`
+	Rollback string   `json:"rollback,omitempty"`
+	Risks    []string `json:"risks,omitempty"`
+	// State is the observed state that the plan's fingerprint binds.
+	State any `json:"state,omitempty"`
+	// Outputs are the outputs already known at plan time (for example an
+	// enclave's name), so that dependents can be planned.
+	Outputs map[string]cty.Value `json:"-"`
+}
+
+// ErrRefused marks an action refused for safety (exit code 3).
+var ErrRefused = errors.New("refused for safety")
+
+// Refusef returns an error wrapping ErrRefused.
+func Refusef(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, args...))
+}
+
+// Connection values are capsules holding the decoded block, so that a step can
+// take `from = kes.legacy` and reach the connection's Go value.
+type connectionRef struct {
+	Address string
+	Block   Block
+}
+
+// ConnectionType is the cty type of a connection reference.
+var ConnectionType = cty.Capsule("connection", reflect.TypeOf(connectionRef{}))
+
+func connectionVal(addr string, b Block) cty.Value {
+	return cty.CapsuleVal(ConnectionType, &connectionRef{Address: addr, Block: b})
+}
+
+// ConnectionFrom returns the connection block that v refers to, as type T.
+// It fails when v is not a connection or not of the expected kind.
+func ConnectionFrom[T Block](v cty.Value, want string) (T, string, error) {
+	var zero T
+	if v.IsNull() || !v.IsKnown() || !v.Type().Equals(ConnectionType) {
+		return zero, "", fmt.Errorf("expected a reference to a %s block, such as %s.NAME", want, want)
+	}
+	ref := v.EncapsulatedValue().(*connectionRef)
+	b, ok := ref.Block.(T)
+	if !ok {
+		return zero, ref.Address, fmt.Errorf("%s is not a %s block", ref.Address, want)
+	}
+	return b, ref.Address, nil
+}

@@ -1,0 +1,200 @@
+package engine
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+)
+
+// sensitiveMark marks values that must never be shown.
+const sensitiveMark = "sensitive"
+
+// VarInputs are the variable values a user supplied, in increasing precedence:
+// the environment (RUNBOOK_VAR_name), -var-file files, then -var flags.
+type VarInputs struct {
+	Vars     []string // name=value
+	VarFiles []string
+	Environ  []string // os.Environ() form; nil means none
+}
+
+// EnvPrefix names variables in the environment.
+const EnvPrefix = "RUNBOOK_VAR_"
+
+type rawVar struct {
+	expr   hcl.Expression // from a file
+	text   string         // from a flag or the environment
+	source string
+}
+
+// ResolveVariables returns every variable's value, sensitive ones marked. With
+// requireAll false (validate), variables without a value are unknown rather
+// than an error.
+func (c *Config) ResolveVariables(in VarInputs, requireAll bool) (map[string]cty.Value, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
+	declared := map[string]*Variable{}
+	for _, v := range c.Variables {
+		declared[v.Name] = v
+	}
+	raw := map[string]rawVar{}
+	for _, kv := range in.Environ {
+		name, val, ok := strings.Cut(kv, "=")
+		// An empty value counts as unset: that is how CI configs and scripts
+		// usually clear a variable.
+		if !ok || !strings.HasPrefix(name, EnvPrefix) || val == "" {
+			continue
+		}
+		name = strings.TrimPrefix(name, EnvPrefix)
+		if declared[name] != nil { // unknown names in the environment are not the runbook's business
+			raw[name] = rawVar{text: val, source: "environment variable " + EnvPrefix + name}
+		}
+	}
+	for _, path := range in.VarFiles {
+		src, err := os.ReadFile(path)
+		if err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot read variables file", Detail: fmt.Sprintf("Reading %s failed: %s.", path, err)})
+			continue
+		}
+		f, moreDiags := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
+		diags = append(diags, moreDiags...)
+		if moreDiags.HasErrors() {
+			continue
+		}
+		c.Files[path] = f
+		attrs, moreDiags := f.Body.JustAttributes()
+		diags = append(diags, moreDiags...)
+		for _, name := range sortedAttrNames(attrs) {
+			a := attrs[name]
+			if declared[name] == nil {
+				diags = append(diags, undeclaredVarDiag(c, name, a.NameRange.Ptr(), "the variables file"))
+				continue
+			}
+			raw[name] = rawVar{expr: a.Expr, source: path}
+		}
+	}
+	for _, kv := range in.Vars {
+		name, val, ok := strings.Cut(kv, "=")
+		if !ok || name == "" {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid -var option", Detail: fmt.Sprintf("The option -var %q is not of the form NAME=VALUE.", kv)})
+			continue
+		}
+		if declared[name] == nil {
+			diags = append(diags, undeclaredVarDiag(c, name, nil, "-var"))
+			continue
+		}
+		raw[name] = rawVar{text: val, source: "-var " + name}
+	}
+
+	vals := map[string]cty.Value{}
+	var missing []string
+	for _, v := range c.Variables {
+		val := cty.NilVal
+		if r, ok := raw[v.Name]; ok {
+			var moreDiags hcl.Diagnostics
+			val, moreDiags = r.value(v)
+			diags = append(diags, moreDiags...)
+			if moreDiags.HasErrors() {
+				vals[v.Name] = cty.UnknownVal(v.Type)
+				continue
+			}
+		} else if v.Default != cty.NilVal {
+			val = v.Default
+		}
+		if val == cty.NilVal {
+			if requireAll {
+				missing = append(missing, v.Name)
+			}
+			val = cty.UnknownVal(v.Type)
+		}
+		if val.IsKnown() {
+			diags = append(diags, v.validate(val)...)
+		}
+		if v.Sensitive {
+			val = val.Mark(sensitiveMark)
+		}
+		vals[v.Name] = val
+	}
+	for _, name := range missing {
+		v := declared[name]
+		diags = append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "No value for required variable",
+			Detail:   fmt.Sprintf("The variable %q has no default. Set it with -var %s=VALUE, in a -var-file, or in the environment as %s%s.", name, name, EnvPrefix, name),
+			Subject:  v.DeclRange.Ptr(),
+		})
+	}
+	return vals, diags
+}
+
+func undeclaredVarDiag(c *Config, name string, subject *hcl.Range, where string) *hcl.Diagnostic {
+	names := make([]string, 0, len(c.Variables))
+	for _, v := range c.Variables {
+		names = append(names, v.Name)
+	}
+	sort.Strings(names)
+	detail := fmt.Sprintf("A value for %q was given in %s, but the runbook declares no variable of that name.", name, where)
+	if s := nameSuggestion(name, names); s != "" {
+		detail += fmt.Sprintf(" Did you mean %q?", s)
+	}
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Value for undeclared variable", Detail: detail, Subject: subject}
+}
+
+func (r rawVar) value(v *Variable) (cty.Value, hcl.Diagnostics) {
+	var val cty.Value
+	if r.expr != nil {
+		var diags hcl.Diagnostics
+		val, diags = r.expr.Value(nil)
+		if diags.HasErrors() {
+			return cty.NilVal, diags
+		}
+	} else if v.Type == cty.String || v.Type == cty.DynamicPseudoType {
+		val = cty.StringVal(r.text) // strings are taken literally, as Terraform does
+	} else {
+		expr, diags := hclsyntax.ParseExpression([]byte(r.text), r.source, hcl.InitialPos)
+		if diags.HasErrors() {
+			return cty.NilVal, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Invalid value for variable", Detail: fmt.Sprintf("The value of %q from %s is not a valid %s.", v.Name, r.source, v.Type.FriendlyName())}}
+		}
+		val, diags = expr.Value(nil)
+		if diags.HasErrors() {
+			return cty.NilVal, diags
+		}
+	}
+	conv, err := convert.Convert(val, v.Type)
+	if err != nil {
+		return cty.NilVal, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Invalid value for variable", Detail: fmt.Sprintf("The value of %q from %s does not fit its type %s: %s.", v.Name, r.source, v.Type.FriendlyName(), err), Subject: v.DeclRange.Ptr()}}
+	}
+	return conv, nil
+}
+
+func (v *Variable) validate(val cty.Value) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	ctx := &hcl.EvalContext{Variables: map[string]cty.Value{"var": cty.ObjectVal(map[string]cty.Value{v.Name: val})}, Functions: functions(".")}
+	for _, vd := range v.Validations {
+		res, moreDiags := vd.Condition.Value(ctx)
+		if moreDiags.HasErrors() {
+			diags = append(diags, moreDiags...)
+			continue
+		}
+		res, _ = res.Unmark()
+		if res.IsNull() || !res.IsKnown() || res.Type() != cty.Bool {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid validation condition", Detail: "A validation condition must be true or false.", Subject: vd.Condition.Range().Ptr()})
+			continue
+		}
+		if res.True() {
+			continue
+		}
+		msg := "The value is not valid."
+		if m, moreDiags := vd.ErrorMessage.Value(ctx); !moreDiags.HasErrors() {
+			if m, marks := m.Unmark(); len(marks) == 0 && m.Type() == cty.String && m.IsKnown() && !m.IsNull() {
+				msg = m.AsString()
+			}
+		}
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid value for variable", Detail: fmt.Sprintf("%s (variable %q, checked by the validation at %s)", msg, v.Name, vd.DeclRange), Subject: v.DeclRange.Ptr()})
+	}
+	return diags
+}

@@ -1,0 +1,212 @@
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/minio/kes-go"
+)
+
+// KESOptions configures StartKES.
+type KESOptions struct {
+	// V023 starts KES v0.23.0 (JSON stored keys, msgpack ciphertexts)
+	// instead of v0.24.0 (protobuf stored keys, raw ciphertexts).
+	V023 bool
+
+	// KeyStoreDir is the fs key store directory. Empty means a new
+	// directory in the test's temp dir. Pointing a second server at the
+	// directory of a stopped one restarts KES on the same keys.
+	KeyStoreDir string
+
+	// Keys creates this many keys (named KeyPrefix + "%05d") after the
+	// server is ready, through the KES API.
+	Keys      int
+	KeyPrefix string // default "key-"
+
+	// ConfigExtra is appended verbatim to the generated kesconf YAML
+	// (for example a policy block). It must not repeat a top-level
+	// field the generated config already has.
+	ConfigExtra string
+}
+
+// KES is a running KES server.
+type KES struct {
+	Version     string // KESVersion or KES023Version
+	URL         string // https://127.0.0.1:PORT
+	Addr        string // 127.0.0.1:PORT
+	CAFile      string // CA of the server certificate
+	APIKey      string // the admin's kes:v1: API key
+	Identity    string // hex SHA-256 of the admin's public key (admin.identity)
+	ConfigFile  string // the kesconf YAML the server runs with
+	KeyStoreDir string // the fs key store directory
+	LogFile     string // the server's stdout and stderr
+	Dir         string // the directory holding the files above
+
+	proc *process
+}
+
+// StartKES starts a real KES server on an fs key store and stops it when
+// the test ends. It fails the test if the server cannot start.
+func StartKES(t TB, opts KESOptions) *KES {
+	t.Helper()
+	k, err := startKES(t, opts)
+	if err != nil {
+		t.Fatalf("testenv: StartKES: %v", err)
+	}
+	return k
+}
+
+func startKES(t TB, opts KESOptions) (*KES, error) {
+	bin := binKES
+	if opts.V023 {
+		bin = binKES023
+	}
+	path, err := findBinary(bin)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(t.TempDir(), "kes-")
+	if err != nil {
+		return nil, err
+	}
+	tlsFiles, err := GenerateTLS(filepath.Join(dir, "tls"), "kes")
+	if err != nil {
+		return nil, err
+	}
+	apiKey, err := kes.GenerateAPIKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	k := &KES{
+		Version:     bin.version,
+		CAFile:      tlsFiles.CAFile,
+		APIKey:      apiKey.String(),
+		Identity:    apiKey.Identity().String(),
+		ConfigFile:  filepath.Join(dir, "kes-config.yaml"),
+		KeyStoreDir: opts.KeyStoreDir,
+		LogFile:     filepath.Join(dir, "kes.log"),
+		Dir:         dir,
+	}
+	if k.KeyStoreDir == "" {
+		k.KeyStoreDir = filepath.Join(dir, "keys")
+	}
+	if err := os.MkdirAll(k.KeyStoreDir, 0o700); err != nil {
+		return nil, err
+	}
+
+	err = startWithPortRetry(func() error {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		k.Addr = "127.0.0.1:" + strconv.Itoa(port)
+		k.URL = "https://" + k.Addr
+		config := fmt.Sprintf(`version: v1
+address: %s
+admin:
+  identity: %s
+tls:
+  key: %s
+  cert: %s
+keystore:
+  fs:
+    path: %s
+%s`, k.Addr, k.Identity, tlsFiles.KeyFile, tlsFiles.CertFile, k.KeyStoreDir, opts.ConfigExtra)
+		if err := os.WriteFile(k.ConfigFile, []byte(config), 0o600); err != nil {
+			return err
+		}
+		client, err := k.client()
+		if err != nil {
+			return err
+		}
+		k.proc, err = startProcess(procSpec{
+			name:    "kes " + bin.version,
+			path:    path,
+			args:    []string{"server", "--config", k.ConfigFile, "--addr", k.Addr},
+			env:     baseEnv("KES_"),
+			dir:     dir,
+			logFile: k.LogFile,
+			ready: func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				_, err := client.Version(ctx)
+				return err
+			},
+			readyTimeout: 60 * time.Second,
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(k.Stop)
+	t.Logf("testenv: KES %s at %s (log %s)", k.Version, k.URL, k.LogFile)
+
+	if opts.Keys > 0 {
+		prefix := opts.KeyPrefix
+		if prefix == "" {
+			prefix = "key-"
+		}
+		if err := k.CreateKeys(context.Background(), prefix, opts.Keys); err != nil {
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+// CreateKeys creates n keys named prefix + "%05d" through the KES API.
+func (k *KES) CreateKeys(ctx context.Context, prefix string, n int) error {
+	c, err := k.client()
+	if err != nil {
+		return err
+	}
+	for i := range n {
+		name := fmt.Sprintf("%s%05d", prefix, i)
+		if err := c.CreateKey(ctx, name); err != nil {
+			return fmt.Errorf("creating key %s at KES: %v", name, err)
+		}
+	}
+	return nil
+}
+
+// Client returns a kes-go client authenticated as the admin that verifies
+// the server certificate with CAFile.
+func (k *KES) Client() *kes.Client {
+	c, err := k.client()
+	if err != nil {
+		panic(fmt.Sprintf("testenv: KES client: %v", err)) // inputs were made by StartKES
+	}
+	return c
+}
+
+func (k *KES) client() (*kes.Client, error) {
+	key, err := kes.ParseAPIKey(k.APIKey)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := kes.GenerateCertificate(key)
+	if err != nil {
+		return nil, err
+	}
+	conf, err := clientTLS(k.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	conf.Certificates = []tls.Certificate{cert}
+	return kes.NewClientWithConfig(k.URL, conf), nil
+}
+
+// Stop stops the server (SIGTERM, then SIGKILL after 5 seconds). The key
+// store directory stays. Stop is called at test end; calling it earlier is
+// fine.
+func (k *KES) Stop() {
+	if k.proc != nil {
+		k.proc.stop()
+	}
+}

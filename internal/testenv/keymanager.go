@@ -1,0 +1,154 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"aead.dev/mtls"
+	"github.com/minio/kms-go/kms"
+
+	"github.com/runbook-dev/runbook/emulator"
+)
+
+// KeyManagerOptions configures StartKeyManager.
+type KeyManagerOptions struct {
+	// Dir is the emulator's state directory. Empty means a new directory
+	// in the test's temp dir. Reusing the directory of a closed emulator
+	// restarts it on the same state.
+	Dir string
+
+	// Fault injection (see emulator.Config).
+	FaultErrorRate float64
+	FaultLatency   time.Duration
+	FaultDropRate  float64
+}
+
+// KeyManager is a running Key Manager emulator.
+type KeyManager struct {
+	URL        string // https://127.0.0.1:PORT
+	Addr       string // 127.0.0.1:PORT
+	CAFile     string // CA of the server certificate
+	RootAPIKey string // the SysAdmin k1: API key
+	Dir        string // state directory
+	LogFile    string // the emulator's log lines (Config.Logf)
+	Server     *emulator.Server
+}
+
+// StartKeyManager starts the Key Manager emulator in this process and
+// closes it when the test ends.
+func StartKeyManager(t TB, opts KeyManagerOptions) *KeyManager {
+	t.Helper()
+	km, err := startKeyManager(t, opts)
+	if err != nil {
+		t.Fatalf("testenv: StartKeyManager: %v", err)
+	}
+	return km
+}
+
+func startKeyManager(t TB, opts KeyManagerOptions) (*KeyManager, error) {
+	dir := opts.Dir
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp(t.TempDir(), "keymanager-"); err != nil {
+			return nil, err
+		}
+	}
+	logFile := filepath.Join(dir, "emulator.log")
+	lf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	var mu sync.Mutex
+	logf := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(lf, time.Now().Format("15:04:05.000000 ")+format+"\n", args...)
+	}
+	srv, err := emulator.Start(emulator.Config{
+		Addr:           "127.0.0.1:0",
+		Dir:            dir,
+		Hosts:          []string{"127.0.0.1", "localhost"},
+		FaultErrorRate: opts.FaultErrorRate,
+		FaultLatency:   opts.FaultLatency,
+		FaultDropRate:  opts.FaultDropRate,
+		Logf:           logf,
+	})
+	if err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("starting the emulator: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = srv.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		lf.Close()
+	})
+	km := &KeyManager{
+		URL:        srv.URL(),
+		Addr:       srv.Addr(),
+		CAFile:     srv.CAFile(),
+		RootAPIKey: srv.RootAPIKey(),
+		Dir:        dir,
+		LogFile:    logFile,
+		Server:     srv,
+	}
+	t.Logf("testenv: Key Manager emulator at %s (dir %s)", km.URL, dir)
+	return km, nil
+}
+
+// Client returns a kms-go client authenticated with the root API key that
+// verifies the server certificate with CAFile.
+func (km *KeyManager) Client() *kms.Client {
+	c, err := KMSClient(km.Addr, km.CAFile, km.RootAPIKey)
+	if err != nil {
+		panic(fmt.Sprintf("testenv: Key Manager client: %v", err))
+	}
+	return c
+}
+
+// KMSClient returns a kms-go client for endpoint (host:port) that presents
+// apiKey (k1:...) and trusts only the CAs in caFiles. (kms.NewClient needs a
+// non-nil TLS config when an API key is given.)
+func KMSClient(endpoint, caFile, apiKey string) (*kms.Client, error) {
+	key, err := mtls.ParsePrivateKey(apiKey)
+	if err != nil {
+		return nil, err
+	}
+	conf, err := clientTLS(caFile)
+	if err != nil {
+		return nil, err
+	}
+	return kms.NewClient(&kms.Config{Endpoints: []string{endpoint}, APIKey: key, TLS: conf})
+}
+
+// NewAPIKey returns a fresh k1: API key and its h1: identity.
+func NewAPIKey() (apiKey string, identity mtls.Identity, err error) {
+	key, err := mtls.GenerateKeyEdDSA(nil)
+	if err != nil {
+		return "", mtls.Identity{}, err
+	}
+	return key.String(), key.Identity(), nil
+}
+
+// CreateEnclaveAdmin creates enclave (unless it exists) and an Admin
+// identity in it, and returns that identity's k1: API key: what MinIO
+// uses as MINIO_KMS_API_KEY.
+func (km *KeyManager) CreateEnclaveAdmin(ctx context.Context, enclave string) (string, error) {
+	c := km.Client()
+	if err := c.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: enclave}); err != nil && !errors.Is(err, kms.ErrEnclaveExists) {
+		return "", fmt.Errorf("creating enclave %s: %v", enclave, err)
+	}
+	apiKey, id, err := NewAPIKey()
+	if err != nil {
+		return "", err
+	}
+	if err := c.CreateIdentity(ctx, enclave, &kms.CreateIdentityRequest{Identity: id, Privilege: kms.Admin}); err != nil {
+		return "", fmt.Errorf("creating admin identity in enclave %s: %v", enclave, err)
+	}
+	return apiKey, nil
+}

@@ -1,0 +1,216 @@
+package testenv
+
+import (
+	"context"
+	"flag"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+// Cmds returns testscript commands that start the real parts for the rest
+// of the script and stop them when it ends:
+//
+//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX]
+//	    a KES server on an fs key store; sets PREFIX_SERVER (https URL),
+//	    PREFIX_API_KEY (admin kes:v1: key), PREFIX_CA (CA file),
+//	    PREFIX_CONFIG (kesconf YAML), PREFIX_KEYSTORE (fs dir) and
+//	    PREFIX_LOG, PREFIX defaulting to KES.
+//	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F]
+//	    the Key Manager emulator; sets KM_SERVER (https URL), KM_CA,
+//	    KM_API_KEY (root k1: key), KM_DIR and KM_LOG.
+//	minio-server [-kes | -km ENCLAVE] [-key NAME]
+//	    a MinIO server; -kes connects it to the script's KES server (key
+//	    NAME, default "minio-default-key", created if missing); -km
+//	    creates ENCLAVE and an Admin identity at the script's Key Manager
+//	    and connects MinIO to it. Sets MINIO_ENDPOINT (host:port),
+//	    MINIO_URL, MINIO_CA, MINIO_ROOT_USER, MINIO_ROOT_PASSWORD,
+//	    MINIO_ENV_FILE, MINIO_CAS_DIR (certs/CAs), MINIO_LOG and
+//	    MINIO_CONTROL_URL (see MinIOCtlMain: a restart command for runbooks
+//	    under test).
+//	minio-restart
+//	    fully stops the script's MinIO and starts it again, re-reading
+//	    MINIO_ENV_FILE (as a systemd restart would).
+//
+// None of them may be negated with '!'.
+func Cmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
+	return map[string]func(ts *testscript.TestScript, neg bool, args []string){
+		"kes-server":    cmdKESServer,
+		"key-manager":   cmdKeyManager,
+		"minio-server":  cmdMinIOServer,
+		"minio-restart": cmdMinIORestart,
+	}
+}
+
+// scriptTB adapts a TestScript to TB.
+type scriptTB struct{ ts *testscript.TestScript }
+
+func (s scriptTB) Helper()                           {}
+func (s scriptTB) Fatalf(format string, args ...any) { s.ts.Fatalf(format, args...) }
+func (s scriptTB) Logf(format string, args ...any)   { s.ts.Logf(format, args...) }
+func (s scriptTB) Cleanup(f func())                  { s.ts.Defer(f) }
+func (s scriptTB) TempDir() string {
+	dir, err := os.MkdirTemp(s.ts.Getenv("WORK"), "testenv-")
+	if err != nil {
+		s.ts.Fatalf("testenv: %v", err)
+	}
+	return dir
+}
+
+// scriptState is what a script has started, for commands that connect to
+// it.
+type scriptState struct {
+	kes   *KES
+	km    *KeyManager
+	minio *MinIO
+}
+
+var states sync.Map // *testscript.TestScript -> *scriptState
+
+func stateOf(ts *testscript.TestScript) *scriptState {
+	st, loaded := states.LoadOrStore(ts, &scriptState{})
+	if !loaded {
+		ts.Defer(func() { states.Delete(ts) })
+	}
+	return st.(*scriptState)
+}
+
+func newFlags(ts *testscript.TestScript, name string, neg bool) *flag.FlagSet {
+	if neg {
+		ts.Fatalf("%s: cannot be negated", name)
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+func parseFlags(ts *testscript.TestScript, fs *flag.FlagSet, args []string) {
+	if err := fs.Parse(args); err != nil {
+		ts.Fatalf("%s: %v", fs.Name(), err)
+	}
+	if fs.NArg() > 0 {
+		ts.Fatalf("%s: unexpected arguments %q", fs.Name(), fs.Args())
+	}
+}
+
+func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
+	fs := newFlags(ts, "kes-server", neg)
+	v023 := fs.Bool("v0.23", false, "start KES v0.23.0")
+	keys := fs.Int("keys", 0, "create N keys")
+	prefix := fs.String("key-prefix", "key-", "name prefix of the created keys")
+	env := fs.String("env", "KES", "prefix of the environment variables set")
+	parseFlags(ts, fs, args)
+
+	k, err := startKES(scriptTB{ts}, KESOptions{V023: *v023, Keys: *keys, KeyPrefix: *prefix})
+	if err != nil {
+		ts.Fatalf("kes-server: %v", err)
+	}
+	st := stateOf(ts)
+	if st.kes == nil || *env == "KES" {
+		st.kes = k
+	}
+	ts.Setenv(*env+"_SERVER", k.URL)
+	ts.Setenv(*env+"_API_KEY", k.APIKey)
+	ts.Setenv(*env+"_CA", k.CAFile)
+	ts.Setenv(*env+"_CONFIG", k.ConfigFile)
+	ts.Setenv(*env+"_KEYSTORE", k.KeyStoreDir)
+	ts.Setenv(*env+"_LOG", k.LogFile)
+}
+
+func cmdKeyManager(ts *testscript.TestScript, neg bool, args []string) {
+	fs := newFlags(ts, "key-manager", neg)
+	errRate := fs.Float64("fault-error-rate", 0, "fraction of requests answered with an error")
+	latency := fs.Duration("fault-latency", 0, "added latency per request")
+	dropRate := fs.Float64("fault-drop-rate", 0, "fraction of connections dropped")
+	parseFlags(ts, fs, args)
+
+	km, err := startKeyManager(scriptTB{ts}, KeyManagerOptions{
+		FaultErrorRate: *errRate,
+		FaultLatency:   *latency,
+		FaultDropRate:  *dropRate,
+	})
+	if err != nil {
+		ts.Fatalf("key-manager: %v", err)
+	}
+	stateOf(ts).km = km
+	ts.Setenv("KM_SERVER", km.URL)
+	ts.Setenv("KM_CA", km.CAFile)
+	ts.Setenv("KM_API_KEY", km.RootAPIKey)
+	ts.Setenv("KM_DIR", km.Dir)
+	ts.Setenv("KM_LOG", km.LogFile)
+}
+
+func cmdMinIOServer(ts *testscript.TestScript, neg bool, args []string) {
+	fs := newFlags(ts, "minio-server", neg)
+	withKES := fs.Bool("kes", false, "connect to the script's KES server")
+	enclave := fs.String("km", "", "connect to the script's Key Manager, in this enclave")
+	key := fs.String("key", "minio-default-key", "default KMS key")
+	parseFlags(ts, fs, args)
+
+	st := stateOf(ts)
+	if st.minio != nil {
+		ts.Fatalf("minio-server: this script already started MinIO")
+	}
+	t := scriptTB{ts}
+	var (
+		m   *MinIO
+		err error
+	)
+	switch {
+	case *withKES && *enclave != "":
+		ts.Fatalf("minio-server: -kes and -km are exclusive")
+	case *withKES:
+		if st.kes == nil {
+			ts.Fatalf("minio-server -kes: run kes-server first")
+		}
+		m, err = startMinIOWithKES(t, st.kes, *key)
+	case *enclave != "":
+		if st.km == nil {
+			ts.Fatalf("minio-server -km: run key-manager first")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var apiKey string
+		if apiKey, err = st.km.CreateEnclaveAdmin(ctx, *enclave); err == nil {
+			m, err = startMinIO(t, MinIOOptions{
+				Env:     KeyManagerEnv(st.km, *enclave, apiKey, *key),
+				CAFiles: []string{st.km.CAFile},
+			})
+		}
+	default:
+		m, err = startMinIO(t, MinIOOptions{})
+	}
+	if err != nil {
+		ts.Fatalf("minio-server: %v", err)
+	}
+	st.minio = m
+	setMinIOEnv(ts, m)
+	ts.Setenv("MINIO_CONTROL_URL", m.ServeControl(t))
+}
+
+func setMinIOEnv(ts *testscript.TestScript, m *MinIO) {
+	ts.Setenv("MINIO_ENDPOINT", m.Endpoint)
+	ts.Setenv("MINIO_URL", m.URL)
+	ts.Setenv("MINIO_CA", m.CAFile)
+	ts.Setenv("MINIO_ROOT_USER", m.RootUser)
+	ts.Setenv("MINIO_ROOT_PASSWORD", m.RootPassword)
+	ts.Setenv("MINIO_ENV_FILE", m.EnvFile)
+	ts.Setenv("MINIO_CAS_DIR", m.CAsDir)
+	ts.Setenv("MINIO_LOG", m.LogFile)
+}
+
+func cmdMinIORestart(ts *testscript.TestScript, neg bool, args []string) {
+	fs := newFlags(ts, "minio-restart", neg)
+	parseFlags(ts, fs, args)
+	m := stateOf(ts).minio
+	if m == nil {
+		ts.Fatalf("minio-restart: run minio-server first")
+	}
+	if err := m.restart(ts.Logf); err != nil {
+		ts.Fatalf("minio-restart: %v", err)
+	}
+	setMinIOEnv(ts, m)
+}

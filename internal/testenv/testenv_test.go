@@ -1,0 +1,258 @@
+package testenv
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/minio/kes-go"
+	"github.com/minio/kms-go/kms"
+	"github.com/minio/madmin-go/v3"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){"minio-ctl": MinIOCtlMain})
+}
+
+// The cache paths testenv computes are the ones the build script writes.
+func TestCachePathsMatchBuildScript(t *testing.T) {
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := t.TempDir()
+	t.Setenv("RUNBOOK_TOOLS_CACHE", cache)
+	cmd := exec.Command("bash", filepath.Join(root, "scripts", "build-real-servers.sh"), "--print-paths")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("build-real-servers.sh --print-paths: %v", err)
+	}
+	want := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			t.Fatalf("unexpected output line %q", sc.Text())
+		}
+		want[name] = value
+	}
+	if len(want) != 3 {
+		t.Fatalf("script printed %d lines, want 3:\n%s", len(want), out)
+	}
+	for _, b := range []binary{binKES, binKES023, binMinIO} {
+		got, err := cachePath(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want[b.env] {
+			t.Errorf("%s: testenv looks in %s, the script builds %s", b.env, got, want[b.env])
+		}
+		if !strings.HasPrefix(got, cache+string(filepath.Separator)) {
+			t.Errorf("%s: %s is not under RUNBOOK_TOOLS_CACHE", b.env, got)
+		}
+	}
+}
+
+// fatalTB records the first Fatalf and stops the goroutine, like testing.T.
+type fatalTB struct {
+	t     *testing.T
+	fatal string
+}
+
+func (f *fatalTB) Helper()                         {}
+func (f *fatalTB) Logf(format string, args ...any) { f.t.Logf(format, args...) }
+func (f *fatalTB) Cleanup(fn func())               { f.t.Cleanup(fn) }
+func (f *fatalTB) TempDir() string                 { return f.t.TempDir() }
+func (f *fatalTB) Fatalf(format string, args ...any) {
+	f.fatal = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
+func runFatal(t *testing.T, fn func(TB)) string {
+	f := &fatalTB{t: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn(f)
+	}()
+	<-done
+	return f.fatal
+}
+
+// A missing binary fails the test, naming the script that builds it.
+func TestMissingBinaryFails(t *testing.T) {
+	t.Setenv("RUNBOOK_KES_BIN", filepath.Join(t.TempDir(), "no-such-kes"))
+	msg := runFatal(t, func(tb TB) { StartKES(tb, KESOptions{}) })
+	if !strings.Contains(msg, "RUNBOOK_KES_BIN") || !strings.Contains(msg, "scripts/build-real-servers.sh") {
+		t.Fatalf("StartKES with a missing binary: Fatalf(%q); want it to name RUNBOOK_KES_BIN and the build script", msg)
+	}
+
+	t.Setenv("RUNBOOK_MINIO_BIN", "")
+	t.Setenv("RUNBOOK_TOOLS_CACHE", t.TempDir())
+	msg = runFatal(t, func(tb TB) { StartMinIO(tb, MinIOOptions{}) })
+	if !strings.Contains(msg, "not in the build cache") || !strings.Contains(msg, "scripts/build-real-servers.sh") {
+		t.Fatalf("StartMinIO with an empty cache: Fatalf(%q)", msg)
+	}
+}
+
+// A server that cannot start fails with its log tail.
+func TestStartFailureShowsLog(t *testing.T) {
+	mustBinary(t, binKES)
+	msg := runFatal(t, func(tb TB) {
+		StartKES(tb, KESOptions{ConfigExtra: "bogus_top_level: [\n"})
+	})
+	if !strings.Contains(msg, "kes v0.24.0 exited before it was ready") || !strings.Contains(msg, "kes.log") {
+		t.Fatalf("StartKES with a broken config: Fatalf(%q)", msg)
+	}
+}
+
+func TestKESKeysAndRestartOnSameStore(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	k := StartKES(t, KESOptions{Keys: 5, KeyPrefix: "pre-"})
+	names, _, err := k.Client().ListKeys(ctx, "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != 5 || names[0] != "pre-00000" || names[4] != "pre-00004" {
+		t.Fatalf("keys %v", names)
+	}
+	k.Stop()
+	if _, err := k.Client().Version(ctx); err == nil {
+		t.Fatal("KES still answers after Stop")
+	}
+	k2 := StartKES(t, KESOptions{KeyStoreDir: k.KeyStoreDir})
+	if _, err := k2.Client().DescribeKey(ctx, "pre-00003"); err != nil {
+		t.Fatalf("key lost across a restart on the same store: %v", err)
+	}
+	if _, err := kes.ParseAPIKey(k2.APIKey); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestScripts(t *testing.T) {
+	cmds := Cmds()
+	// Test-only commands that use nothing but the environment the
+	// testenv commands set, the way a runbook under test would.
+	cmds["kes-list"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		key, err := kes.ParseAPIKey(ts.Getenv("KES_API_KEY"))
+		ts.Check(err)
+		cert, err := kes.GenerateCertificate(key)
+		ts.Check(err)
+		conf, err := clientTLS(ts.Getenv("KES_CA"))
+		ts.Check(err)
+		conf.Certificates = append(conf.Certificates, cert)
+		c := kes.NewClientWithConfig(ts.Getenv("KES_SERVER"), conf)
+		names, _, err := c.ListKeys(context.Background(), "", 10000)
+		ts.Check(err)
+		for _, n := range names {
+			fmt.Fprintln(ts.Stdout(), n)
+		}
+	}
+	cmds["minio-kms-status"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		tr, err := (&MinIO{CAFile: ts.Getenv("MINIO_CA")}).transport()
+		ts.Check(err)
+		adm, err := madmin.NewWithOptions(ts.Getenv("MINIO_ENDPOINT"), &madmin.Options{
+			Creds:     credentials.NewStaticV4(ts.Getenv("MINIO_ROOT_USER"), ts.Getenv("MINIO_ROOT_PASSWORD"), ""),
+			Secure:    true,
+			Transport: tr,
+		})
+		ts.Check(err)
+		st, err := adm.KMSStatus(context.Background())
+		if neg {
+			if err == nil {
+				ts.Fatalf("minio-kms-status succeeded")
+			}
+			return
+		}
+		ts.Check(err)
+		fmt.Fprintf(ts.Stdout(), "name: %s\ndefault-key: %s\n", st.Name, st.DefaultKeyID)
+		for _, s := range st.Endpoints {
+			fmt.Fprintf(ts.Stdout(), "endpoint: %s\n", s)
+		}
+	}
+	testscript.Run(t, testscript.Params{
+		Dir:  filepath.Join("testdata", "script"),
+		Cmds: cmds,
+		Setup: func(env *testscript.Env) error {
+			env.Setenv("HOME", env.WorkDir)
+			return nil
+		},
+	})
+}
+
+// Fault options reach the emulator.
+func TestKeyManagerFaults(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	km := StartKeyManager(t, KeyManagerOptions{FaultErrorRate: 1})
+	start := time.Now()
+	if err := km.Client().CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: "e"}); err == nil {
+		t.Fatal("CreateEnclave succeeded with FaultErrorRate 1")
+	} else {
+		t.Logf("CreateEnclave with FaultErrorRate 1: %v (after %v)", err, time.Since(start))
+	}
+
+	km = StartKeyManager(t, KeyManagerOptions{FaultLatency: 300 * time.Millisecond})
+	start = time.Now()
+	if err := km.Client().CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: "e"}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("CreateEnclave took %v with FaultLatency 300ms", d)
+	}
+}
+
+// Losing the race for a port (another process binds it between freePort and
+// the server's start) makes the start retry on another port.
+func TestPortRaceRetry(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyPort := busy.Addr().(*net.TCPAddr).Port
+	var calls atomic.Int32
+	freePort = func() (int, error) {
+		if calls.Add(1) == 1 {
+			return busyPort, nil
+		}
+		return loopbackPort()
+	}
+	defer func() { freePort = loopbackPort }()
+
+	start := time.Now()
+	k := StartKES(t, KESOptions{})
+	t.Logf("KES started in %v", time.Since(start))
+	if k.Addr == busy.Addr().String() || calls.Load() < 2 {
+		t.Fatalf("KES at %s after %d port picks; want a retry away from busy port %d", k.Addr, calls.Load(), busyPort)
+	}
+	calls.Store(0)
+	start = time.Now()
+	m := StartMinIO(t, MinIOOptions{})
+	t.Logf("MinIO started in %v", time.Since(start))
+	if m.Endpoint == busy.Addr().String() || calls.Load() < 2 {
+		t.Fatalf("MinIO at %s after %d port picks; want a retry away from busy port %d", m.Endpoint, calls.Load(), busyPort)
+	}
+	for _, f := range []string{k.LogFile, m.LogFile} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(data), "already in use") {
+			t.Errorf("%s does not show the lost race", f)
+		}
+	}
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# build-real-servers.sh — build the real KES and MinIO servers that the tests
+# run against, from the pinned tools modules under tools/, into a cache
+# outside the clone.
+#
+# Usage:
+#   scripts/build-real-servers.sh            # build what is missing, print env lines
+#   eval "$(scripts/build-real-servers.sh)"  # ... and export them (progress goes to stderr)
+#   source scripts/tools-env.sh              # same, as a sourceable file
+#
+# Cache layout (RUNBOOK_TOOLS_CACHE defaults to $HOME/.cache/runbook/tools):
+#   $RUNBOOK_TOOLS_CACHE/kes-v0.24.0-<sum8>/kes
+#   $RUNBOOK_TOOLS_CACHE/kes-v0.23.0-<sum8>/kes
+#   $RUNBOOK_TOOLS_CACHE/minio-<version>-<sum8>/minio
+# <sum8> is the first 8 hex digits of the SHA-256 of the tools module's go.sum,
+# so a change of any pinned dependency builds a fresh binary. internal/testenv
+# computes the same paths when the RUNBOOK_*_BIN variables are not set.
+#
+# Only stdout carries the RUNBOOK_*_BIN=... lines; everything else goes to
+# stderr. Exit status is non-zero if any build fails.
+#
+#   scripts/build-real-servers.sh --print-paths
+# prints the lines for the expected paths without building anything.
+set -euo pipefail
+
+print_only=false
+case "${1:-}" in
+--print-paths) print_only=true ;;
+"") ;;
+*)
+	echo "usage: $0 [--print-paths]" >&2
+	exit 2
+	;;
+esac
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${RUNBOOK_TOOLS_CACHE:-$HOME/.cache/runbook/tools}"
+
+# name | tools module dir | package | module whose version is pinned | version | binary | env var
+servers=(
+	"kes|tools/kes|github.com/minio/kes/cmd/kes|github.com/minio/kes|v0.24.0|kes|RUNBOOK_KES_BIN"
+	"kes|tools/kes-v0.23|github.com/minio/kes/cmd/kes|github.com/minio/kes|v0.23.0|kes|RUNBOOK_KES023_BIN"
+	"minio|tools/minio|github.com/minio/minio|github.com/minio/minio|v0.0.0-20260212201848-7aac2a2c5b7c|minio|RUNBOOK_MINIO_BIN"
+)
+
+log() { printf '%s\n' "$*" >&2; }
+sha8() {
+	if command -v sha256sum >/dev/null 2>&1; then
+		sha256sum "$1" | cut -c1-8
+	else
+		shasum -a 256 "$1" | cut -c1-8
+	fi
+}
+die() { log "build-real-servers: ERROR: $*"; exit 1; }
+
+command -v go >/dev/null 2>&1 || die "the go command is not on PATH"
+$print_only || mkdir -p "$cache" || die "cannot create cache directory $cache"
+
+# One build at a time per cache (two test runs starting together must not
+# both spend 4 minutes on MinIO).
+if ! $print_only && command -v flock >/dev/null 2>&1; then
+	exec 9>"$cache/.lock"
+	if ! flock -n 9; then
+		log "build-real-servers: waiting for another build in $cache ..."
+		flock 9
+	fi
+fi
+
+total_start=$(date +%s)
+env_lines=()
+for entry in "${servers[@]}"; do
+	IFS='|' read -r name moddir pkg pinmod version bin envvar <<<"$entry"
+	modpath="$repo/$moddir"
+	[[ -f "$modpath/go.mod" && -f "$modpath/go.sum" ]] ||
+		die "$moddir/go.mod or go.sum is missing (clone incomplete?)"
+	# The cache key must name the version the module really pins.
+	if ! grep -Eq "^[[:space:]]*(require[[:space:]]+)?${pinmod//./\\.}[[:space:]]+${version//./\\.}([[:space:]]|$)" "$modpath/go.mod"; then
+		die "$moddir/go.mod does not pin $pinmod $version; update scripts/build-real-servers.sh and internal/testenv together"
+	fi
+	sum8="$(sha8 "$modpath/go.sum")"
+	dir="$cache/$name-$version-$sum8"
+	out="$dir/$bin"
+	if $print_only; then
+		:
+	elif [[ -x "$out" ]]; then
+		log "build-real-servers: found $out"
+	else
+		mkdir -p "$dir"
+		tmp="$dir/.$bin.tmp.$$"
+		trap 'rm -f "$tmp"' EXIT
+		log "build-real-servers: building $pkg@$version ($moddir) -> $out"
+		start=$(date +%s)
+		# -buildvcs=false: the tools module sits in a git clone whose
+		# ownership or state must not matter.
+		if ! (cd "$modpath" && GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0 \
+			go build -trimpath -ldflags "-s -w" -o "$tmp" "$pkg"); then
+			rm -f "$tmp"
+			die "go build of $pkg@$version in $moddir failed (see the output above)"
+		fi
+		# -mod=mod may add missing sums; the cache key (and the path
+		# internal/testenv computes) would then no longer match.
+		if [[ "$(sha8 "$modpath/go.sum")" != "$sum8" ]]; then
+			rm -f "$tmp"
+			die "$moddir/go.sum changed during the build (it was incomplete); review and commit it, then run again"
+		fi
+		if ! "$tmp" --version >/dev/null 2>&1; then
+			rm -f "$tmp"
+			die "built $pkg but '$bin --version' fails; not installing it"
+		fi
+		mv -f "$tmp" "$out"
+		trap - EXIT
+		log "build-real-servers: built $out in $(($(date +%s) - start))s ($(du -h "$out" | cut -f1))"
+	fi
+	env_lines+=("$envvar=$out")
+done
+
+$print_only || log "build-real-servers: done in $(($(date +%s) - total_start))s"
+printf '%s\n' "${env_lines[@]}"
