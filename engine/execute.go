@@ -45,6 +45,17 @@ type execution struct {
 	progressEvery time.Duration
 	js            *JournalState
 	logMu         sync.Mutex
+	inputsMu      sync.Mutex
+	inputs        map[string]string // what was read → its digest, for plan fingerprints
+}
+
+func (x *execution) recordInput(name, digest string) {
+	x.inputsMu.Lock()
+	defer x.inputsMu.Unlock()
+	if x.inputs == nil {
+		x.inputs = map[string]string{}
+	}
+	x.inputs[name] = digest
 }
 
 func (s *Session) newExecution(opts Options) *execution {

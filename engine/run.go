@@ -151,6 +151,21 @@ func (r *Run) Path(p string) string {
 	return filepath.Join(r.x.cfg.Dir, p)
 }
 
+// ReadFile reads a file the runbook names (relative to its folder) and
+// records its digest: a saved plan is bound to every file it read.
+func (r *Run) ReadFile(p string) ([]byte, error) {
+	path := r.Path(p)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		r.x.recordInput("file "+path, sha256Hex(b))
+	}
+	return b, err
+}
+
+// RecordInput binds the plan to something observed that is not a file, for
+// example a digest of the key names in a key store.
+func (r *Run) RecordInput(name, digest string) { r.x.recordInput(name, digest) }
+
 // JournalDir is the run's journal directory.
 func (r *Run) JournalDir() string { return r.x.dir }
 

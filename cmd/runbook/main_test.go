@@ -5,11 +5,14 @@ import (
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
-		"runbook": func() { os.Exit(Main()) },
+		"runbook":   func() { os.Exit(Main()) },
+		"minio-ctl": testenv.MinIOCtlMain,
 	})
 }
 

@@ -10,11 +10,13 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
 // scriptCmds are the commands testscript scripts use beyond the built-ins.
 func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
-	return map[string]func(ts *testscript.TestScript, neg bool, args []string){
+	cmds := map[string]func(ts *testscript.TestScript, neg bool, args []string){
 		// expectexit N prog args...: run prog and require exit status N.
 		"expectexit": func(ts *testscript.TestScript, neg bool, args []string) {
 			if len(args) < 2 {
@@ -132,4 +134,9 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 			}
 		},
 	}
+	// The real parts: KES, the Key Manager emulator, MinIO.
+	for name, fn := range testenv.Cmds() {
+		cmds[name] = fn
+	}
+	return cmds
 }

@@ -1,0 +1,126 @@
+package steps
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/minio/madmin-go/v3"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+func init() {
+	engine.Register(engine.BlockType{
+		Name: "aistor",
+		Kind: engine.KindConnection,
+		New:  func() engine.Block { return &aistorConnection{} },
+		Doc:  "a MinIO/AIStor deployment: its S3 and admin APIs and every node's environment file",
+	})
+}
+
+var (
+	_ engine.Block     = (*aistorConnection)(nil)
+	_ engine.Validator = (*aistorConnection)(nil)
+)
+
+type aistorConfig struct {
+	Endpoint       string   `hcl:"endpoint"`
+	AccessKey      string   `hcl:"access_key"`
+	SecretKey      string   `hcl:"secret_key"`
+	CAFile         string   `hcl:"ca_file,optional"`
+	Insecure       bool     `hcl:"insecure,optional"`
+	EnvFiles       []string `hcl:"env_files,optional"`
+	Restart        string   `hcl:"restart,optional"`
+	RestartCommand []string `hcl:"restart_command,optional"`
+	Platform       string   `hcl:"platform,optional"`
+}
+
+// aistorConnection reaches a MinIO/AIStor deployment.
+type aistorConnection struct {
+	cfg aistorConfig
+
+	once  sync.Once
+	admin *madmin.AdminClient
+	s3    *minio.Client
+	err   error
+}
+
+func (a *aistorConnection) Config() any { return &a.cfg }
+
+func (a *aistorConnection) Validate(d *engine.Decoded) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	if !d.Unknown("endpoint") {
+		if u, err := url.Parse(a.cfg.Endpoint); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid endpoint", Detail: "endpoint is the object store's URL, for example \"https://minio.example.net:9000\".", Subject: d.AttrRange("endpoint")})
+		}
+	}
+	if a.cfg.Restart != "" {
+		diags = append(diags, oneOf(d, "restart", a.cfg.Restart, "systemd", "command", "admin")...)
+	}
+	if a.cfg.Restart == "command" && len(a.cfg.RestartCommand) == 0 {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing restart_command", Detail: "restart = \"command\" runs restart_command once per node: give it as an argv list, for example [\"/usr/local/bin/restart-minio\"].", Subject: d.AttrRange("restart")})
+	}
+	if a.cfg.Platform != "" {
+		diags = append(diags, oneOf(d, "platform", a.cfg.Platform, "linux", "kubernetes")...)
+	}
+	return diags
+}
+
+// Endpoint is the deployment's URL.
+func (a *aistorConnection) Endpoint() string { return a.cfg.Endpoint }
+
+// EnvFiles are the nodes' environment files as written in the runbook.
+func (a *aistorConnection) EnvFiles() []string { return a.cfg.EnvFiles }
+
+// RestartMode is how the cutover restarts each node.
+func (a *aistorConnection) RestartMode() string { return a.cfg.Restart }
+
+// RestartCommand is the argv run once per node with restart = "command".
+func (a *aistorConnection) RestartCommand() []string { return a.cfg.RestartCommand }
+
+// Platform is "" (files on hosts) or "kubernetes".
+func (a *aistorConnection) Platform() string { return a.cfg.Platform }
+
+// Clients returns the admin and S3 clients, built once.
+func (a *aistorConnection) Clients(r *engine.Run) (*madmin.AdminClient, *minio.Client, error) {
+	a.once.Do(func() { a.admin, a.s3, a.err = a.newClients(r) })
+	return a.admin, a.s3, a.err
+}
+
+func (a *aistorConnection) newClients(r *engine.Run) (*madmin.AdminClient, *minio.Client, error) {
+	r.AddSecret(a.cfg.SecretKey)
+	u, err := url.Parse(a.cfg.Endpoint)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse endpoint: %w", err)
+	}
+	secure := u.Scheme == "https"
+	tlsCfg, err := tlsConfig(r, a.cfg.CAFile, a.cfg.Insecure)
+	if err != nil {
+		return nil, nil, err
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = tlsCfg
+	admin, err := madmin.NewWithOptions(u.Host, &madmin.Options{Creds: credentials.NewStaticV4(a.cfg.AccessKey, a.cfg.SecretKey, ""), Secure: secure, Transport: transport})
+	if err != nil {
+		return nil, nil, fmt.Errorf("make admin client: %w", err)
+	}
+	s3, err := minio.New(u.Host, &minio.Options{Creds: credentials.NewStaticV4(a.cfg.AccessKey, a.cfg.SecretKey, ""), Secure: secure, Transport: transport})
+	if err != nil {
+		return nil, nil, fmt.Errorf("make S3 client: %w", err)
+	}
+	return admin, s3, nil
+}
+
+// hostOf is the host:port of a URL, for messages.
+func hostOf(endpoint string) string {
+	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
+		return u.Host
+	}
+	return strings.TrimPrefix(endpoint, "https://")
+}

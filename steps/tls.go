@@ -1,0 +1,58 @@
+package steps
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+// tlsConfig builds the client TLS settings of a connection: the system roots
+// plus caFile, verified unless insecure is set explicitly.
+func tlsConfig(r *engine.Run, caFile string, insecure bool) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure}
+	if caFile == "" {
+		return cfg, nil
+	}
+	pem, err := r.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read CA file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("read CA file %s: no PEM certificate in it", caFile)
+	}
+	cfg.RootCAs = pool
+	return cfg, nil
+}
+
+// requireNonEmpty reports a required string argument that evaluated to "".
+func requireNonEmpty(d *engine.Decoded, attr, value, what string) hcl.Diagnostics {
+	if value != "" || d.Unknown(attr) {
+		return nil
+	}
+	return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Missing " + attr, Detail: what, Subject: d.AttrRange(attr)}}
+}
+
+// oneOf reports a string argument outside its allowed values.
+func oneOf(d *engine.Decoded, attr, value string, allowed ...string) hcl.Diagnostics {
+	if d.Unknown(attr) {
+		return nil
+	}
+	for _, a := range allowed {
+		if value == a {
+			return nil
+		}
+	}
+	return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Invalid " + attr, Detail: fmt.Sprintf("%s is %q; it must be one of %q.", attr, value, allowed), Subject: d.AttrRange(attr)}}
+}
+
+func tlsX509KeyPair(certPEM, keyPEM []byte) (tls.Certificate, error) {
+	return tls.X509KeyPair(certPEM, keyPEM)
+}
