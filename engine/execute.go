@@ -216,22 +216,61 @@ func (x *execution) walk(ctx context.Context, sel map[string]bool, fn func(conte
 
 // Apply executes the runbook: a new run, recorded in the journal.
 func (s *Session) Apply(ctx context.Context, opts Options) error {
-	return s.execute(ctx, opts, false)
+	if s.Config.Approvals > 0 {
+		return Refusef("this runbook requires %d approval(s) of a saved plan: run runbook plan FILE -out DIR, have it approved with runbook approve DIR --by NAME, then runbook apply DIR", s.Config.Approvals)
+	}
+	return s.execute(ctx, opts, false, nil)
+}
+
+// ApplyPlan executes a saved, reviewed plan: under the journal lock it plans
+// again, refuses (naming each change) when anything the fingerprint binds is
+// different, checks the approvals, and only then applies.
+func (s *Session) ApplyPlan(ctx context.Context, opts Options, planDir string, reviewed *PlanDoc) error {
+	return s.execute(ctx, opts, false, func() error {
+		quiet := opts
+		quiet.Output = nil
+		res, err := s.Plan(ctx, quiet)
+		if err != nil {
+			return fmt.Errorf("observe the systems again: %w", err)
+		}
+		art, err := s.BuildPlan(res, planDir, reviewed.Targets)
+		if err != nil {
+			return err
+		}
+		if art.Doc.Fingerprint != reviewed.Fingerprint {
+			return Refusef("the plan in %s is stale: %s. Make a new plan and have it reviewed", planDir, strings.Join(DiffPlans(reviewed, art.Doc), "; "))
+		}
+		approvals, err := ReadApprovals(planDir)
+		if err != nil {
+			return err
+		}
+		if got := Approvers(approvals, reviewed.Fingerprint); len(got) < reviewed.Runbook.Approvals {
+			return Refusef("the plan has %d approval(s) (%s) and this runbook requires %d from distinct approvers: runbook approve %s --by NAME", len(got), strings.Join(got, ", "), reviewed.Runbook.Approvals, planDir)
+		}
+		return nil
+	})
 }
 
 // Resume continues the run recorded in the journal: completed steps are not
 // redone; a step that was under way continues from its checkpoints.
 func (s *Session) Resume(ctx context.Context, opts Options) error {
-	return s.execute(ctx, opts, true)
+	return s.execute(ctx, opts, true, nil)
 }
 
-func (s *Session) execute(ctx context.Context, opts Options, resume bool) error {
+// execute runs the walk; check, when given, runs once the lock is held and
+// before anything is written.
+func (s *Session) execute(ctx context.Context, opts Options, resume bool, check func() error) error {
 	x := s.newExecution(opts)
 	lock, err := AcquireLock(opts.JournalDir, opts.Command)
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
+	if check != nil {
+		if err := check(); err != nil {
+			return err
+		}
+	}
 	if swept, _ := SweepTempFiles(opts.JournalDir); len(swept) > 0 {
 		x.emit(Event{Type: EventWarning, Message: fmt.Sprintf("removed %d unfinished temporary file(s) in the journal dir", len(swept))})
 	}

@@ -16,9 +16,16 @@ type PlannedStep struct {
 	Error     string    `json:"error,omitempty"`
 }
 
+// PlanResult is what planning observed and intends.
+type PlanResult struct {
+	Steps []PlannedStep
+	// Inputs are the files and observations the plan read, with digests.
+	Inputs map[string]string
+}
+
 // Plan observes the real systems read-only and says what each selected step
 // would do, in execution order. It writes nothing.
-func (s *Session) Plan(ctx context.Context, opts Options) ([]PlannedStep, error) {
+func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 	x := s.newExecution(opts)
 	sel, err := s.selected(opts.Targets)
 	if err != nil {
@@ -41,6 +48,8 @@ func (s *Session) Plan(ctx context.Context, opts Options) ([]PlannedStep, error)
 			if diags.HasErrors() {
 				return nil, fmt.Errorf("%s: %w", addr, diagsError(diags))
 			}
+			// Files a connection names (CA files, configs) are read lazily by
+			// the steps that use it; the runbook text binds their names.
 			s.Scope.SetConnection(addr, inst)
 			continue
 		}
@@ -67,10 +76,14 @@ func (s *Session) Plan(ctx context.Context, opts Options) ([]PlannedStep, error)
 		planned = append(planned, ps)
 		x.emit(planEvent(ps))
 	}
-	if failed > 0 {
-		return planned, fmt.Errorf("%w: %d step(s) could not be planned", ErrFailed, failed)
+	res := &PlanResult{Steps: planned, Inputs: x.inputs}
+	if res.Inputs == nil {
+		res.Inputs = map[string]string{}
 	}
-	return planned, nil
+	if failed > 0 {
+		return res, fmt.Errorf("%w: %d step(s) could not be planned", ErrFailed, failed)
+	}
+	return res, nil
 }
 
 func planEvent(ps PlannedStep) Event {

@@ -51,15 +51,30 @@ type Validator interface {
 type StepPlan struct {
 	Observed []string `json:"observed,omitempty"`
 	Actions  []string `json:"actions,omitempty"`
-	// Items names what the step will act on one by one (for example key names).
-	Items    []string `json:"items,omitempty"`
-	Rollback string   `json:"rollback,omitempty"`
-	Risks    []string `json:"risks,omitempty"`
+	// Items names what the step will act on one by one (for example key
+	// names); ItemsLabel says what they are ("keys to import").
+	Items      []string `json:"items,omitempty"`
+	ItemsLabel string   `json:"items_label,omitempty"`
+	// Verification says how success will be proven, for the reviewer.
+	Verification []string `json:"verification,omitempty"`
+	// Sections are titled blocks for the change request, such as the
+	// environment diff of each node (secrets already redacted).
+	Sections []PlanSection `json:"sections,omitempty"`
+	// EstimateSeconds is how long Apply is expected to take, if the step can say.
+	EstimateSeconds float64  `json:"estimate_seconds,omitempty"`
+	Rollback        string   `json:"rollback,omitempty"`
+	Risks           []string `json:"risks,omitempty"`
 	// State is the observed state that the plan's fingerprint binds.
 	State any `json:"state,omitempty"`
 	// Outputs are the outputs already known at plan time (for example an
 	// enclave's name), so that dependents can be planned.
 	Outputs map[string]cty.Value `json:"-"`
+}
+
+// PlanSection is a titled block of preformatted text in a change request.
+type PlanSection struct {
+	Title string `json:"title"`
+	Body  string `json:"body"`
 }
 
 // ErrRefused marks an action refused for safety (exit code 3).

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"sort"
@@ -10,6 +11,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
+	ctyjson "github.com/zclconf/go-cty/cty/json"
 )
 
 // sensitiveMark marks values that must never be shown.
@@ -21,12 +23,16 @@ type VarInputs struct {
 	Vars     []string // name=value
 	VarFiles []string
 	Environ  []string // os.Environ() form; nil means none
+	// Recorded are values a saved plan recorded (JSON, by declared type);
+	// they count least.
+	Recorded map[string]json.RawMessage
 }
 
 // EnvPrefix names variables in the environment.
 const EnvPrefix = "RUNBOOK_VAR_"
 
 type rawVar struct {
+	val    cty.Value      // from a saved plan
 	expr   hcl.Expression // from a file
 	text   string         // from a flag or the environment
 	source string
@@ -42,6 +48,16 @@ func (c *Config) ResolveVariables(in VarInputs, requireAll bool) (map[string]cty
 		declared[v.Name] = v
 	}
 	raw := map[string]rawVar{}
+	for name, js := range in.Recorded {
+		if v := declared[name]; v != nil {
+			val, err := ctyjson.Unmarshal(js, v.Type)
+			if err != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid recorded variable", Detail: fmt.Sprintf("The plan's value of %q does not fit the variable's type: %s.", name, err)})
+				continue
+			}
+			raw[name] = rawVar{val: val, source: "the saved plan"}
+		}
+	}
 	for _, kv := range in.Environ {
 		name, val, ok := strings.Cut(kv, "=")
 		// An empty value counts as unset: that is how CI configs and scripts
@@ -146,7 +162,9 @@ func undeclaredVarDiag(c *Config, name string, subject *hcl.Range, where string)
 
 func (r rawVar) value(v *Variable) (cty.Value, hcl.Diagnostics) {
 	var val cty.Value
-	if r.expr != nil {
+	if r.val != cty.NilVal {
+		val = r.val
+	} else if r.expr != nil {
 		var diags hcl.Diagnostics
 		val, diags = r.expr.Value(nil)
 		if diags.HasErrors() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test.sh — the project's test command (CI runs exactly this via .ci/run).
 #
+# 0. installs the Debian packages the tests need (scripts/install-test-deps.sh),
 # 1. builds the real KES (v0.24.0, v0.23.0) and MinIO servers into the cache
 #    outside the clone if they are missing (scripts/build-real-servers.sh;
 #    about 6-8 minutes on a fresh 2-core machine, instant when cached),
@@ -12,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 start=$(date +%s)
+# Debian packages the tests need (openssh-server for the ssh cutover tests).
+scripts/install-test-deps.sh
 # shellcheck source=scripts/tools-env.sh
 . scripts/tools-env.sh
 echo "test.sh: real servers ready after $(($(date +%s) - start))s" >&2

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -139,11 +140,25 @@ func printDiags(env *cliEnv, files map[string]*hcl.File, diags hcl.Diagnostics, 
 // openSession loads a runbook for validate, graph, plan and apply, checks
 // every block, and prints all diagnostics at once.
 func openSession(env *cliEnv, file string, cf *commonFlags, requireAll bool) (*engine.Session, error) {
+	return openSessionIn(env, file, cf.inputs(env), requireAll)
+}
+
+// openSessionWith opens a runbook with the variable values a saved plan recorded.
+func openSessionWith(env *cliEnv, file string, cf *commonFlags, recorded map[string][]byte) (*engine.Session, error) {
+	in := cf.inputs(env)
+	in.Recorded = map[string]json.RawMessage{}
+	for k, v := range recorded {
+		in.Recorded[k] = v
+	}
+	return openSessionIn(env, file, in, true)
+}
+
+func openSessionIn(env *cliEnv, file string, in engine.VarInputs, requireAll bool) (*engine.Session, error) {
 	src, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("read runbook: %w", err)
 	}
-	s, diags := engine.Open(file, src, cf.inputs(env), requireAll)
+	s, diags := engine.Open(file, src, in, requireAll)
 	if s == nil {
 		return nil, printDiags(env, nil, diags, nil)
 	}

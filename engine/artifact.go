@@ -1,0 +1,464 @@
+package engine
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/zclconf/go-cty/cty"
+	ctyjson "github.com/zclconf/go-cty/cty/json"
+	"golang.org/x/crypto/argon2"
+)
+
+// PlanFormatVersion is the version of plan.json's schema (docs/plan-format.md).
+const PlanFormatVersion = 1
+
+// Files of a plan directory.
+const (
+	PlanFile      = "plan.json"
+	ChangeFile    = "CHANGE.md"
+	RunbookCopy   = "runbook.hcl"
+	ApprovalsFile = "approvals.jsonl"
+	itemsDir      = "items"
+)
+
+// PlanDoc is plan.json: everything a reviewer signs off, bound by its
+// fingerprint. It holds no timestamp and no map order, so the same inputs
+// give the same bytes.
+type PlanDoc struct {
+	FormatVersion int               `json:"format_version"`
+	ToolVersion   string            `json:"tool_version"`
+	Runbook       PlanRunbook       `json:"runbook"`
+	Targets       []string          `json:"targets,omitempty"`
+	Variables     []PlanVariable    `json:"variables"`
+	Steps         []PlanStepDoc     `json:"steps"`
+	Inputs        map[string]string `json:"inputs"`
+	Risks         []string          `json:"risks,omitempty"`
+	Fingerprint   string            `json:"fingerprint"`
+}
+
+// PlanRunbook identifies the runbook a plan was made from.
+type PlanRunbook struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	// File is the runbook's path relative to the plan directory.
+	File         string `json:"file"`
+	SourceSHA256 string `json:"source_sha256"`
+	Approvals    int    `json:"approvals_required"`
+}
+
+// PlanVariable is a variable's value, or for a sensitive one a slow,
+// salted hash of it (argon2id) so the value can be checked, never read.
+type PlanVariable struct {
+	Name      string          `json:"name"`
+	Sensitive bool            `json:"sensitive,omitempty"`
+	Value     json.RawMessage `json:"value,omitempty"`
+	Hash      string          `json:"hash,omitempty"`
+}
+
+// PlanStepDoc is one step of plan.json.
+type PlanStepDoc struct {
+	Address         string          `json:"address"`
+	Type            string          `json:"type"`
+	DependsOn       []string        `json:"depends_on,omitempty"`
+	Observed        []string        `json:"observed,omitempty"`
+	Actions         []string        `json:"actions,omitempty"`
+	Verification    []string        `json:"verification,omitempty"`
+	ItemsLabel      string          `json:"items_label,omitempty"`
+	Items           int             `json:"items"`
+	ItemsFile       string          `json:"items_file,omitempty"`
+	ItemsSHA256     string          `json:"items_sha256,omitempty"`
+	Rollback        string          `json:"rollback,omitempty"`
+	Risks           []string        `json:"risks,omitempty"`
+	Sections        []PlanSection   `json:"sections,omitempty"`
+	EstimateSeconds float64         `json:"estimate_seconds,omitempty"`
+	State           json.RawMessage `json:"state,omitempty"`
+}
+
+// PlanArtifacts is a plan directory's content before it is written.
+type PlanArtifacts struct {
+	Doc    *PlanDoc
+	Items  map[string][]string // file name under items/ → lines
+	Change []byte
+	Source []byte
+}
+
+// hashVariable binds a sensitive value without revealing it. The salt is
+// fixed per runbook and variable so that equal inputs give equal plans;
+// argon2id makes guessing a weak secret from the hash expensive.
+func hashVariable(runbook, name string, v cty.Value) string {
+	v, _ = v.UnmarkDeep()
+	raw, _ := ctyjson.Marshal(v, v.Type())
+	salt := sha256.Sum256([]byte("runbook plan variable\x00" + runbook + "\x00" + name))
+	return "argon2id:" + hex.EncodeToString(argon2.IDKey(raw, salt[:16], 2, 32*1024, 1, 32))
+}
+
+// BuildPlan turns a plan result into the artifacts of a plan directory.
+// planDir is where they will be written (paths inside are relative to it).
+func (s *Session) BuildPlan(res *PlanResult, planDir string, targets []string) (*PlanArtifacts, error) {
+	rd := s.Redactor
+	rel, err := relPath(planDir, s.Config.Path)
+	if err != nil {
+		return nil, err
+	}
+	doc := &PlanDoc{
+		FormatVersion: PlanFormatVersion, ToolVersion: Version,
+		Runbook: PlanRunbook{Name: s.Config.Name, Description: s.Config.Description, File: rel, SourceSHA256: sha256Hex(s.Config.Src), Approvals: s.Config.Approvals},
+		Targets: targets, Inputs: map[string]string{},
+	}
+	for k, v := range res.Inputs {
+		doc.Inputs[rd.String(relInput(planDir, k))] = v
+	}
+	for _, v := range s.Config.Variables {
+		val := s.Scope.vars[v.Name]
+		pv := PlanVariable{Name: v.Name, Sensitive: v.Sensitive}
+		if v.Sensitive {
+			pv.Hash = hashVariable(s.Config.Name, v.Name, val)
+		} else {
+			raw, err := ctyjson.Marshal(val, v.Type)
+			if err != nil {
+				return nil, fmt.Errorf("encode variable %s: %w", v.Name, err)
+			}
+			pv.Value = json.RawMessage(rd.String(string(raw)))
+		}
+		doc.Variables = append(doc.Variables, pv)
+	}
+	art := &PlanArtifacts{Doc: doc, Items: map[string][]string{}, Source: s.Config.Src}
+	riskSeen := map[string]bool{}
+	for _, ps := range res.Steps {
+		sd := PlanStepDoc{Address: ps.Addr, Type: ps.Type, DependsOn: ps.DependsOn}
+		if ps.Plan != nil {
+			p := ps.Plan
+			sd.Observed, sd.Actions, sd.Verification = redactAll(rd, p.Observed), redactAll(rd, p.Actions), redactAll(rd, p.Verification)
+			sd.Rollback, sd.Risks, sd.ItemsLabel = rd.String(p.Rollback), redactAll(rd, p.Risks), p.ItemsLabel
+			sd.EstimateSeconds = p.EstimateSeconds
+			for _, sec := range p.Sections {
+				sd.Sections = append(sd.Sections, PlanSection{Title: rd.String(sec.Title), Body: rd.String(sec.Body)})
+			}
+			sd.Items = len(p.Items)
+			if len(p.Items) > 0 {
+				items := redactAll(rd, p.Items)
+				name := ps.Addr + ".txt"
+				art.Items[name] = items
+				sd.ItemsFile = filepath.ToSlash(filepath.Join(itemsDir, name))
+				sd.ItemsSHA256 = sha256Hex([]byte(strings.Join(items, "\n") + "\n"))
+			}
+			if p.State != nil {
+				raw, err := json.Marshal(p.State)
+				if err != nil {
+					return nil, fmt.Errorf("encode observed state of %s: %w", ps.Addr, err)
+				}
+				sd.State = json.RawMessage(rd.String(string(raw)))
+			}
+			for _, r := range sd.Risks {
+				if !riskSeen[r] {
+					riskSeen[r] = true
+					doc.Risks = append(doc.Risks, ps.Addr+": "+r)
+				}
+			}
+		}
+		doc.Steps = append(doc.Steps, sd)
+	}
+	doc.Fingerprint = doc.computeFingerprint()
+	art.Change = renderChange(doc, art.Items)
+	return art, nil
+}
+
+func redactAll(rd *Redactor, in []string) []string {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]string, len(in))
+	for i, s := range in {
+		out[i] = rd.String(s)
+	}
+	return out
+}
+
+func relPath(base, target string) (string, error) {
+	ab, err := filepath.Abs(base)
+	if err != nil {
+		return "", fmt.Errorf("resolve plan dir: %w", err)
+	}
+	at, err := filepath.Abs(target)
+	if err != nil {
+		return "", fmt.Errorf("resolve runbook path: %w", err)
+	}
+	rel, err := filepath.Rel(ab, at)
+	if err != nil {
+		return at, nil
+	}
+	return filepath.ToSlash(rel), nil
+}
+
+// relInput shows a file input relative to the plan dir, so plans made from
+// the same place are identical wherever the checkout lives.
+func relInput(planDir, input string) string {
+	if p, ok := strings.CutPrefix(input, "file "); ok {
+		if rel, err := relPath(planDir, p); err == nil {
+			return "file " + rel
+		}
+	}
+	return input
+}
+
+// computeFingerprint hashes everything in the document but the fingerprint.
+func (d *PlanDoc) computeFingerprint() string {
+	c := *d
+	c.Fingerprint = ""
+	raw, _ := json.Marshal(&c)
+	sum := sha256.Sum256(raw)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// WritePlanDir writes the artifacts: plan.json, CHANGE.md, a copy of the
+// runbook text and the item lists, each atomically. Approvals of an earlier
+// plan in the same directory stay; they name the fingerprint they approved.
+func WritePlanDir(dir string, art *PlanArtifacts) error {
+	if err := os.MkdirAll(filepath.Join(dir, itemsDir), 0o755); err != nil {
+		return fmt.Errorf("create plan dir: %w", err)
+	}
+	var raw bytes.Buffer
+	enc := json.NewEncoder(&raw)
+	enc.SetEscapeHTML(false) // a reviewer reads "a > b", not "a \u003e b"
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(art.Doc); err != nil {
+		return fmt.Errorf("encode plan: %w", err)
+	}
+	writes := map[string][]byte{PlanFile: raw.Bytes(), ChangeFile: art.Change, RunbookCopy: art.Source}
+	for name, lines := range art.Items {
+		writes[filepath.Join(itemsDir, name)] = []byte(strings.Join(lines, "\n") + "\n")
+	}
+	for _, name := range sortedKeys(writes) {
+		if err := WriteFileAtomic(filepath.Join(dir, name), writes[name], 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// ReadPlanDir reads plan.json and checks that it is intact.
+func ReadPlanDir(dir string) (*PlanDoc, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, PlanFile))
+	if err != nil {
+		return nil, fmt.Errorf("read plan: %w", err)
+	}
+	var doc PlanDoc
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&doc); err != nil {
+		return nil, fmt.Errorf("read plan %s: %w", filepath.Join(dir, PlanFile), err)
+	}
+	if doc.FormatVersion != PlanFormatVersion {
+		return nil, fmt.Errorf("read plan: format version %d is not supported by this runbook (version %d)", doc.FormatVersion, PlanFormatVersion)
+	}
+	if got := doc.computeFingerprint(); got != doc.Fingerprint {
+		return nil, Refusef("%s was edited after it was written: its content does not match its fingerprint; make a new plan", filepath.Join(dir, PlanFile))
+	}
+	return &doc, nil
+}
+
+// Approval is one line of approvals.jsonl.
+type Approval struct {
+	By          string `json:"by"`
+	Comment     string `json:"comment,omitempty"`
+	Fingerprint string `json:"fingerprint"`
+	Time        string `json:"time"`
+}
+
+// Approve appends an approval bound to the plan's fingerprint.
+func Approve(dir string, a Approval) error {
+	if strings.TrimSpace(a.By) == "" {
+		return errors.New("an approval needs the approver's name (--by)")
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ApprovalsFile), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("open approvals: %w", err)
+	}
+	defer f.Close()
+	raw, _ := json.Marshal(a)
+	if _, err := f.Write(append(raw, '\n')); err != nil {
+		return fmt.Errorf("write approval: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync approvals: %w", err)
+	}
+	return nil
+}
+
+// ReadApprovals returns every approval recorded in a plan directory.
+func ReadApprovals(dir string) ([]Approval, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, ApprovalsFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read approvals: %w", err)
+	}
+	var out []Approval
+	for i, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		if line == "" {
+			continue
+		}
+		var a Approval
+		if err := json.Unmarshal([]byte(line), &a); err != nil {
+			return nil, fmt.Errorf("read approvals: line %d: %w", i+1, err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// Approvers returns the distinct names that approved this fingerprint.
+func Approvers(approvals []Approval, fingerprint string) []string {
+	seen := map[string]bool{}
+	var names []string
+	for _, a := range approvals {
+		name := strings.TrimSpace(a.By)
+		if a.Fingerprint == fingerprint && !seen[strings.ToLower(name)] {
+			seen[strings.ToLower(name)] = true
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// DiffPlans names each thing that differs between a reviewed plan and the
+// same plan made now.
+func DiffPlans(old, cur *PlanDoc) []string {
+	var out []string
+	if old.ToolVersion != cur.ToolVersion {
+		out = append(out, fmt.Sprintf("the tool's version changed (%s → %s)", old.ToolVersion, cur.ToolVersion))
+	}
+	if old.Runbook.SourceSHA256 != cur.Runbook.SourceSHA256 {
+		out = append(out, "the runbook text changed")
+	}
+	if strings.Join(old.Targets, ",") != strings.Join(cur.Targets, ",") {
+		out = append(out, "the targets changed")
+	}
+	ov := map[string]PlanVariable{}
+	for _, v := range old.Variables {
+		ov[v.Name] = v
+	}
+	for _, v := range cur.Variables {
+		o, ok := ov[v.Name]
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("variable %q is new", v.Name))
+		case o.Hash != v.Hash || !bytes.Equal(o.Value, v.Value):
+			out = append(out, fmt.Sprintf("variable %q changed", v.Name))
+		}
+	}
+	for _, k := range sortedKeys(unionKeys(old.Inputs, cur.Inputs)) {
+		o, n := old.Inputs[k], cur.Inputs[k]
+		switch {
+		case o == "":
+			out = append(out, fmt.Sprintf("%s is read now but was not at plan time", k))
+		case n == "":
+			out = append(out, fmt.Sprintf("%s was read at plan time but not now", k))
+		case o != n:
+			out = append(out, fmt.Sprintf("%s changed", k))
+		}
+	}
+	os := map[string]PlanStepDoc{}
+	for _, s := range old.Steps {
+		os[s.Address] = s
+	}
+	for _, s := range cur.Steps {
+		o, ok := os[s.Address]
+		if !ok {
+			out = append(out, fmt.Sprintf("step %s is new", s.Address))
+			continue
+		}
+		if !bytes.Equal(o.State, s.State) {
+			out = append(out, fmt.Sprintf("what %s observed changed%s", s.Address, stateDiff(o.State, s.State)))
+		} else if o.ItemsSHA256 != s.ItemsSHA256 || o.Items != s.Items {
+			out = append(out, fmt.Sprintf("the items of %s changed (%d → %d)", s.Address, o.Items, s.Items))
+		}
+	}
+	if len(out) == 0 && old.Fingerprint != cur.Fingerprint {
+		out = append(out, "the plan's content changed")
+	}
+	return out
+}
+
+func unionKeys(a, b map[string]string) map[string]bool {
+	out := map[string]bool{}
+	for k := range a {
+		out[k] = true
+	}
+	for k := range b {
+		out[k] = true
+	}
+	return out
+}
+
+// stateDiff describes the difference between two observed states: for list
+// fields, the names added and removed.
+func stateDiff(a, b json.RawMessage) string {
+	var oa, ob map[string]any
+	if json.Unmarshal(a, &oa) != nil || json.Unmarshal(b, &ob) != nil {
+		return ""
+	}
+	var parts []string
+	for _, k := range sortedKeys(ob) {
+		la, okA := oa[k].([]any)
+		lb, okB := ob[k].([]any)
+		if okA && okB {
+			added, removed := listDiff(la, lb)
+			if len(added) > 0 {
+				parts = append(parts, fmt.Sprintf("%s added: %s", k, shortList(added)))
+			}
+			if len(removed) > 0 {
+				parts = append(parts, fmt.Sprintf("%s removed: %s", k, shortList(removed)))
+			}
+			continue
+		}
+		if fmt.Sprint(oa[k]) != fmt.Sprint(ob[k]) {
+			parts = append(parts, fmt.Sprintf("%s was %v, now %v", k, oa[k], ob[k]))
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(parts, "; ")
+}
+
+func listDiff(a, b []any) (added, removed []string) {
+	in := func(l []any) map[string]bool {
+		m := map[string]bool{}
+		for _, x := range l {
+			m[fmt.Sprint(x)] = true
+		}
+		return m
+	}
+	ma, mb := in(a), in(b)
+	for k := range mb {
+		if !ma[k] {
+			added = append(added, k)
+		}
+	}
+	for k := range ma {
+		if !mb[k] {
+			removed = append(removed, k)
+		}
+	}
+	sort.Strings(added)
+	sort.Strings(removed)
+	return added, removed
+}
+
+func shortList(l []string) string {
+	if len(l) > 10 {
+		return strings.Join(l[:10], ", ") + fmt.Sprintf(" and %d more", len(l)-10)
+	}
+	return strings.Join(l, ", ")
+}

@@ -1,0 +1,300 @@
+package steps
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/minio/kms-go/kms"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+func init() {
+	engine.Register(engine.BlockType{
+		Name:    "enclave",
+		Kind:    engine.KindStep,
+		New:     func() engine.Block { return &enclaveStep{} },
+		Outputs: enclaveOutputs,
+		Doc:     "a Key Manager enclave: created, or an existing empty one adopted",
+	})
+}
+
+var (
+	_ engine.Step       = (*enclaveStep)(nil)
+	_ engine.Planner    = (*enclaveStep)(nil)
+	_ engine.Rollbacker = (*enclaveStep)(nil)
+	_ engine.Validator  = (*enclaveStep)(nil)
+)
+
+// enclaveStep is the vendor's step 3 (`minkms add-enclave NAME`, "or reuse an
+// existing empty one"), with the check the procedure leaves to the operator:
+// an enclave that already holds keys is refused, because a migration into it
+// would mix the source's keys with keys of unknown origin, and a key of the
+// same name would be a conflict found only half-way. Rollback deletes only
+// what this run created.
+type enclaveStep struct {
+	cfg enclaveConfig
+}
+
+type enclaveConfig struct {
+	KeyManager cty.Value `hcl:"key_manager"`
+	Name       string    `hcl:"name"`
+	// AdoptNonempty accepts an existing enclave that already holds keys (for
+	// example one filled by an earlier run). It is never deleted on rollback.
+	AdoptNonempty bool `hcl:"adopt_nonempty,optional"`
+}
+
+// enclaveNameRE is what this tool accepts as an enclave name: the same
+// characters KES and the Key Manager accept for names.
+var enclaveNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,80}$`)
+
+func (e *enclaveStep) Config() any { return &e.cfg }
+
+func (e *enclaveStep) Validate(d *engine.Decoded) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	if !d.Unknown("key_manager") {
+		if _, _, err := engine.ConnectionFrom[*keyManagerConnection](e.cfg.KeyManager, "key_manager"); err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid key_manager reference", Detail: "key_manager must refer to a key_manager block, for example key_manager = key_manager.target: " + err.Error() + ".", Subject: d.AttrRange("key_manager")})
+		}
+	}
+	if !d.Unknown("name") && !enclaveNameRE.MatchString(e.cfg.Name) {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid enclave name", Detail: fmt.Sprintf("The enclave name %q must be 1 to 80 letters, digits, '-' or '_', for example \"aistor-primary\".", e.cfg.Name), Subject: d.AttrRange("name")})
+	}
+	return diags
+}
+
+// enclaveObservation is what plan and apply find at the Key Manager.
+type enclaveObservation struct {
+	Enclave string `json:"enclave"`
+	Exists  bool   `json:"exists"`
+	Keys    int    `json:"keys"`
+	// KeySetSHA256 binds the names of the keys an adopted enclave holds.
+	KeySetSHA256 string `json:"key_set_sha256,omitempty"`
+
+	names []string
+}
+
+func (e *enclaveStep) observe(ctx context.Context, r *engine.Run) (*kms.Client, *enclaveObservation, error) {
+	kmc, kmAddr, err := engine.ConnectionFrom[*keyManagerConnection](e.cfg.KeyManager, "key_manager")
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := kmc.Client(r)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", kmAddr, err)
+	}
+	obs := &enclaveObservation{Enclave: e.cfg.Name}
+	_, err = c.EnclaveStatus(ctx, &kms.EnclaveStatusRequest{Name: e.cfg.Name})
+	switch {
+	case errors.Is(err, kms.ErrEnclaveNotFound):
+		return c, obs, nil
+	case errors.Is(err, kms.ErrPermission):
+		return nil, nil, errKMPermission(kmAddr, kmc, "read enclave status")
+	case err != nil:
+		return nil, nil, fmt.Errorf("read status of enclave %s: %w", e.cfg.Name, err)
+	}
+	obs.Exists = true
+	names, err := listEnclaveKeys(ctx, c, e.cfg.Name)
+	if errors.Is(err, kms.ErrPermission) {
+		return nil, nil, errKMPermission(kmAddr, kmc, "list the keys of enclave "+e.cfg.Name)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	slices.Sort(names)
+	obs.names, obs.Keys = names, len(names)
+	if len(names) > 0 {
+		obs.KeySetSHA256 = keySetDigest(names)
+	}
+	return c, obs, nil
+}
+
+// refuseNonempty is the error for an enclave that already holds keys.
+func (e *enclaveStep) refuseNonempty(obs *enclaveObservation) error {
+	return fmt.Errorf("enclave %s already holds %d key(s) (%s): migrate into a new or empty enclave (change name), or set adopt_nonempty = true to use it as it is (it is then never deleted on rollback, and keys of the same name as the source's are conflicts)", e.cfg.Name, obs.Keys, sample(obs.names, 5))
+}
+
+func (e *enclaveStep) outputs() map[string]cty.Value {
+	return map[string]cty.Value{"name": cty.StringVal(e.cfg.Name), "key_manager": e.cfg.KeyManager}
+}
+
+func (e *enclaveStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan, error) {
+	_, obs, err := e.observe(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	p := &engine.StepPlan{State: obs, Outputs: e.outputs()}
+	switch {
+	case !obs.Exists:
+		p.Observed = []string{fmt.Sprintf("enclave %s does not exist", e.cfg.Name)}
+		p.Actions = []string{"create enclave " + e.cfg.Name}
+		p.Rollback = fmt.Sprintf("delete enclave %s (this run created it), once it holds no keys; refused if it holds keys this run did not remove", e.cfg.Name)
+	case obs.Keys == 0:
+		p.Observed = []string{fmt.Sprintf("enclave %s exists and holds no keys", e.cfg.Name)}
+		p.Actions = []string{"adopt existing empty enclave " + e.cfg.Name}
+		p.Rollback = fmt.Sprintf("nothing: enclave %s existed before this run and stays", e.cfg.Name)
+	case e.cfg.AdoptNonempty:
+		p.Observed = []string{fmt.Sprintf("enclave %s exists and holds %d key(s): %s", e.cfg.Name, obs.Keys, sample(obs.names, 5))}
+		p.Actions = []string{fmt.Sprintf("adopt existing enclave %s with its %d key(s) (adopt_nonempty = true)", e.cfg.Name, obs.Keys)}
+		p.Rollback = fmt.Sprintf("nothing: enclave %s existed before this run and stays", e.cfg.Name)
+		p.Risks = []string{fmt.Sprintf("enclave %s already holds %d key(s) that are not from this migration", e.cfg.Name, obs.Keys)}
+	default:
+		return nil, e.refuseNonempty(obs)
+	}
+	return p, nil
+}
+
+// enclaveRecord is the data of the enclave step's checkpoints.
+type enclaveRecord struct {
+	Enclave string `json:"enclave"`
+	Keys    int    `json:"keys,omitempty"`
+	Note    string `json:"note,omitempty"`
+}
+
+func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
+	if r.HasCheckpoint("created") || r.HasCheckpoint("adopted") {
+		for k, v := range e.outputs() {
+			r.SetOutput(k, v)
+		}
+		return nil
+	}
+	c, obs, err := e.observe(ctx, r)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !obs.Exists:
+		// The intent is durable before the side effect, so a crash right
+		// after CreateEnclave still lets rollback find what this run made.
+		if err := r.Checkpoint("create-intent", enclaveRecord{Enclave: e.cfg.Name}); err != nil {
+			return err
+		}
+		note := ""
+		if err := c.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: e.cfg.Name}); err != nil {
+			if !errors.Is(err, kms.ErrEnclaveExists) {
+				return fmt.Errorf("create enclave %s: %w", e.cfg.Name, err)
+			}
+			// The answer to an earlier try was lost, or someone else made
+			// it in between: ours only if it is still empty.
+			if _, obs, err = e.observe(ctx, r); err != nil {
+				return err
+			}
+			if obs.Keys > 0 {
+				return fmt.Errorf("create enclave %s: it appeared meanwhile, holding %d key(s) (%s): another party is using this name; choose another", e.cfg.Name, obs.Keys, sample(obs.names, 5))
+			}
+			note = "existed, empty, at the retry: created by this run's earlier try"
+		}
+		if err := r.Checkpoint("created", enclaveRecord{Enclave: e.cfg.Name, Note: note}); err != nil {
+			return err
+		}
+		r.Logf("created enclave %s", e.cfg.Name)
+	case r.HasCheckpoint("create-intent") && obs.Keys == 0:
+		// An earlier attempt meant to create it and stopped before recording
+		// the result: it exists and is empty, so it is the one it made.
+		if err := r.Checkpoint("created", enclaveRecord{Enclave: e.cfg.Name, Note: "found, empty, after an interrupted create: created by this run"}); err != nil {
+			return err
+		}
+		r.Logf("enclave %s was created by the interrupted attempt", e.cfg.Name)
+	case obs.Keys == 0 || e.cfg.AdoptNonempty:
+		if err := r.Checkpoint("adopted", enclaveRecord{Enclave: e.cfg.Name, Keys: obs.Keys}); err != nil {
+			return err
+		}
+		r.Logf("adopted existing enclave %s (%d key(s)); it is never deleted by rollback", e.cfg.Name, obs.Keys)
+	default:
+		return e.refuseNonempty(obs)
+	}
+	for k, v := range e.outputs() {
+		r.SetOutput(k, v)
+	}
+	return nil
+}
+
+// Rollback deletes the enclave only if this run created it and it holds no
+// keys: keys this run imported are removed by the migration's rollback,
+// which runs first; any key left was put there by someone else. Identities
+// this run made are removed by the identity step's rollback; an identity
+// left is someone else's, and refuses the delete too.
+func (e *enclaveStep) Rollback(ctx context.Context, r *engine.Run) error {
+	cps := r.Checkpoints()
+	if _, ok := cps["create-intent"]; !ok {
+		if raw, ok := cps["adopted"]; ok {
+			var rec enclaveRecord
+			json.Unmarshal(raw, &rec)
+			r.Logf("nothing to undo: enclave %s existed before this run and stays", rec.Enclave)
+			return nil
+		}
+		r.Logf("nothing to undo: no enclave was created")
+		return nil
+	}
+	var rec enclaveRecord
+	if err := json.Unmarshal(cps["create-intent"], &rec); err != nil {
+		return fmt.Errorf("read create-intent checkpoint: %w", err)
+	}
+	name := rec.Enclave
+	kmc, kmAddr, err := engine.ConnectionFrom[*keyManagerConnection](e.cfg.KeyManager, "key_manager")
+	if err != nil {
+		return err
+	}
+	c, err := kmc.Client(r)
+	if err != nil {
+		return fmt.Errorf("%s: %w", kmAddr, err)
+	}
+	_, err = c.EnclaveStatus(ctx, &kms.EnclaveStatusRequest{Name: name})
+	if errors.Is(err, kms.ErrEnclaveNotFound) {
+		r.Logf("enclave %s does not exist: nothing to delete", name)
+		return nil
+	}
+	if errors.Is(err, kms.ErrPermission) {
+		return errKMPermission(kmAddr, kmc, "read enclave status")
+	}
+	if err != nil {
+		return fmt.Errorf("read status of enclave %s: %w", name, err)
+	}
+	keys, err := listEnclaveKeys(ctx, c, name)
+	if err != nil {
+		return err
+	}
+	if len(keys) > 0 {
+		slices.Sort(keys)
+		return engine.Refusef("enclave %s, created by this run, holds %d key(s) this rollback did not remove (%s): deleting it would destroy them; move or delete them first, or roll back --to %s to keep the enclave", name, len(keys), sample(keys, 5), r.Addr)
+	}
+	ids, err := listEnclaveIdentities(ctx, c, name)
+	if err != nil {
+		return err
+	}
+	if len(ids) > 0 {
+		return engine.Refusef("enclave %s, created by this run, holds %d identit(y/ies) this rollback did not remove (%s): deleting it would lock them out; delete them first, or roll back --to %s to keep the enclave", name, len(ids), sample(ids, 5), r.Addr)
+	}
+	if err := c.DeleteEnclave(ctx, &kms.DeleteEnclaveRequest{Name: name}); err != nil && !errors.Is(err, kms.ErrEnclaveNotFound) {
+		return fmt.Errorf("delete enclave %s: %w", name, err)
+	}
+	r.Logf("deleted enclave %s (created by this run; it held no keys and no identities)", name)
+	return nil
+}
+
+// listEnclaveIdentities returns the identities of an enclave, following
+// continuation across pages.
+func listEnclaveIdentities(ctx context.Context, c *kms.Client, enclave string) ([]string, error) {
+	var ids []string
+	req := &kms.ListRequest{Enclave: enclave}
+	for {
+		page, err := c.ListIdentities(ctx, req)
+		if err != nil {
+			return nil, fmt.Errorf("list identities of enclave %s: %w", enclave, err)
+		}
+		for _, id := range page.Items {
+			ids = append(ids, id.Identity.String())
+		}
+		if page.ContinueAt == "" || len(page.Items) == 0 {
+			slices.Sort(ids)
+			return ids, nil
+		}
+		req = &kms.ListRequest{Enclave: enclave, ContinueAt: page.ContinueAt}
+	}
+}

@@ -1,0 +1,639 @@
+package steps
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"aead.dev/mtls"
+	"github.com/hashicorp/hcl/v2"
+	kesserver "github.com/minio/kes"
+	"github.com/minio/kes/kesconf"
+	kes "github.com/minio/kes-go"
+	"github.com/minio/kms-go/kms"
+	"github.com/minio/madmin-go/v3"
+	"github.com/minio/minio-go/v7"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+func init() {
+	engine.Register(engine.BlockType{
+		Name: "prerequisites",
+		Kind: engine.KindStep,
+		New:  func() engine.Block { return &prerequisites{} },
+		Doc:  "checks KES, the Key Manager and AIStor before a migration; backs up the KES config and key store",
+	})
+}
+
+var (
+	_ engine.Step       = (*prerequisites)(nil)
+	_ engine.Planner    = (*prerequisites)(nil)
+	_ engine.Rollbacker = (*prerequisites)(nil)
+	_ engine.Validator  = (*prerequisites)(nil)
+)
+
+const (
+	// checkTimeout bounds each reachability check, so an unreachable server
+	// fails in seconds instead of after the clients' own retries.
+	checkTimeout = 20 * time.Second
+	// defaultSampleObjects is how many encrypted objects apply reads.
+	defaultSampleObjects = 5
+	// maxScanObjects bounds how many objects apply looks at to find them.
+	maxScanObjects = 500
+)
+
+// prerequisites checks, read-only at plan and again at apply, what the
+// vendor's procedure checks by hand before a migration (DOMAIN.md, "The
+// procedure", "Before" and steps 1, 2 and 5): KES and the Key Manager answer
+// over verified TLS, their identities have the rights the migration needs,
+// the object store answers to its admin credentials, and the KES config parses
+// and its key store lists completely. Apply also backs up the KES config and
+// a snapshot of the key store, confirms that no key was created while it ran
+// (key creation halted), and reads a few encrypted objects.
+type prerequisites struct {
+	cfg prerequisitesConfig
+}
+
+type prerequisitesConfig struct {
+	KES        cty.Value `hcl:"kes"`
+	KeyManager cty.Value `hcl:"key_manager"`
+	// AIStor is optional: a rehearsal may have no object store.
+	AIStor cty.Value `hcl:"aistor,optional"`
+	// SampleObjects is how many encrypted objects apply reads (default 5;
+	// 0 keeps the default, a negative value disables the sampling).
+	SampleObjects int `hcl:"sample_objects,optional"`
+}
+
+func (p *prerequisites) Config() any { return &p.cfg }
+
+func (p *prerequisites) Validate(d *engine.Decoded) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	if !d.Unknown("kes") {
+		if _, _, err := engine.ConnectionFrom[*kesConnection](p.cfg.KES, "kes"); err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid kes reference", Detail: "kes must refer to a kes block, for example kes = kes.legacy: " + err.Error() + ".", Subject: d.AttrRange("kes")})
+		}
+	}
+	if !d.Unknown("key_manager") {
+		if _, _, err := engine.ConnectionFrom[*keyManagerConnection](p.cfg.KeyManager, "key_manager"); err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid key_manager reference", Detail: "key_manager must refer to a key_manager block, for example key_manager = key_manager.target: " + err.Error() + ".", Subject: d.AttrRange("key_manager")})
+		}
+	}
+	if hasValue(p.cfg.AIStor) && !d.Unknown("aistor") {
+		if _, _, err := engine.ConnectionFrom[*aistorConnection](p.cfg.AIStor, "aistor"); err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid aistor reference", Detail: "aistor must refer to an aistor block, for example aistor = aistor.prod: " + err.Error() + ".", Subject: d.AttrRange("aistor")})
+		}
+	}
+	return diags
+}
+
+// hasValue reports whether an optional argument was given.
+func hasValue(v cty.Value) bool { return v != cty.NilVal && !v.IsNull() }
+
+// preflight is what the checks observed.
+type preflight struct {
+	observed []string
+	risks    []string
+	// names is the key store's complete listing, sorted.
+	names   []string
+	digest  string
+	ks      kesserver.KeyStore
+	conf    *kesconf.File
+	km      *kms.Client
+	s3      *minio.Client
+	storeID string // "fs at /path", for messages
+}
+
+// prerequisitesState is the observed state a plan binds.
+type prerequisitesState struct {
+	KESServer        string `json:"kes_server,omitempty"`
+	KESKeys          int    `json:"kes_keys"`
+	KESKeySetSHA256  string `json:"kes_key_set_sha256"`
+	KeyStore         string `json:"key_store"`
+	KeyManager       string `json:"key_manager"`
+	ObjectStore      string `json:"object_store,omitempty"`
+	ObjectStoreKMS   string `json:"object_store_kms,omitempty"`
+	KESServerVersion string `json:"kes_server_version,omitempty"`
+}
+
+// keySetDigest is the SHA-256 of the sorted names, one per line.
+func keySetDigest(sorted []string) string {
+	h := sha256.New()
+	for _, n := range sorted {
+		io.WriteString(h, n)
+		h.Write([]byte{'\n'})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// check runs every read-only check. It stops at the first failure: each
+// later check needs the earlier ones (a key store is listed only once the
+// config parsed), and the error says what to fix.
+func (p *prerequisites) check(ctx context.Context, r *engine.Run, st *prerequisitesState) (*preflight, error) {
+	k, kesAddr, err := engine.ConnectionFrom[*kesConnection](p.cfg.KES, "kes")
+	if err != nil {
+		return nil, err
+	}
+	kmc, kmAddr, err := engine.ConnectionFrom[*keyManagerConnection](p.cfg.KeyManager, "key_manager")
+	if err != nil {
+		return nil, err
+	}
+	pf := &preflight{}
+
+	// 1. KES: /version over verified TLS, and the identity may list keys.
+	if k.HasServer() {
+		c, err := k.Client(r)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", kesAddr, err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+		version, err := c.Version(cctx)
+		cancel()
+		if err != nil {
+			return nil, reachError("KES server", kesAddr, k.Endpoint(), err)
+		}
+		cctx, cancel = context.WithTimeout(ctx, checkTimeout)
+		_, _, err = c.ListKeys(cctx, "", 1)
+		cancel()
+		if err != nil {
+			if errors.Is(err, kes.ErrNotAllowed) {
+				return nil, fmt.Errorf("%s: KES server %s refused to list keys for the identity of the configured API key (%s): use the KES admin API key, or one whose policy allows /v1/key/list", kesAddr, hostOf(k.Endpoint()), kesIdentity(k))
+			}
+			return nil, reachError("KES server", kesAddr, k.Endpoint(), err)
+		}
+		pf.observed = append(pf.observed, fmt.Sprintf("KES server %s: version %s, TLS verified%s; its identity may list keys", hostOf(k.Endpoint()), version, insecureNote(k.cfg.Insecure)))
+		st.KESServer, st.KESServerVersion = hostOf(k.Endpoint()), version
+	} else {
+		pf.observed = append(pf.observed, fmt.Sprintf("%s names no KES server: only its key store is checked", kesAddr))
+	}
+
+	// 2. The Key Manager: /version over verified TLS, and a SysAdmin identity.
+	client, err := kmc.Client(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", kmAddr, err)
+	}
+	pf.km = client
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	versions, err := client.Version(cctx, &kms.VersionRequest{})
+	cancel()
+	if err != nil {
+		return nil, reachError("Key Manager", kmAddr, strings.Join(kmc.Endpoints(), ", "), err)
+	}
+	cctx, cancel = context.WithTimeout(ctx, checkTimeout)
+	_, err = client.ListEnclaves(cctx, &kms.ListRequest{Limit: 1})
+	cancel()
+	if err != nil {
+		if errors.Is(err, kms.ErrPermission) {
+			return nil, errKMPermission(kmAddr, kmc, "list enclaves")
+		}
+		return nil, reachError("Key Manager", kmAddr, strings.Join(kmc.Endpoints(), ", "), err)
+	}
+	var vs []string
+	for _, v := range versions {
+		vs = append(vs, v.Version)
+	}
+	pf.observed = append(pf.observed, fmt.Sprintf("Key Manager %s: version %s, TLS verified%s; its identity is a SysAdmin (may list enclaves)", strings.Join(kmc.Endpoints(), ", "), strings.Join(vs, ", "), insecureNote(kmc.cfg.Insecure)))
+	st.KeyManager = strings.Join(kmc.Endpoints(), ",")
+
+	// 3. The object store, when given: admin rights and its KMS.
+	if hasValue(p.cfg.AIStor) {
+		a, aAddr, err := engine.ConnectionFrom[*aistorConnection](p.cfg.AIStor, "aistor")
+		if err != nil {
+			return nil, err
+		}
+		admin, s3, err := a.Clients(r)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", aAddr, err)
+		}
+		pf.s3 = s3
+		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+		info, err := admin.ServerInfo(cctx)
+		cancel()
+		if err != nil {
+			var er madmin.ErrorResponse
+			if errors.As(err, &er) && (er.Code == "AccessDenied" || er.Code == "InvalidAccessKeyId" || er.Code == "SignatureDoesNotMatch" || er.Code == "XMinioAdminAccessDenied") {
+				return nil, fmt.Errorf("%s: the object store %s refused its admin API to access_key %q (%s): give the root user or an access key with admin rights", aAddr, hostOf(a.Endpoint()), a.cfg.AccessKey, er.Message)
+			}
+			return nil, reachError("object store", aAddr, a.Endpoint(), err)
+		}
+		cctx, cancel = context.WithTimeout(ctx, checkTimeout)
+		kst, kerr := admin.KMSStatus(cctx)
+		cancel()
+		obs := fmt.Sprintf("object store %s: %d server(s), admin rights confirmed, TLS verified%s", hostOf(a.Endpoint()), len(info.Servers), insecureNote(a.cfg.Insecure))
+		st.ObjectStore = hostOf(a.Endpoint())
+		if kerr != nil {
+			obs += "; its KMS status is not available (" + r.Redact(kerr.Error()) + ")"
+			pf.risks = append(pf.risks, "the object store did not report its KMS status: confirm it uses KES before the cutover")
+		} else {
+			var eps []string
+			for ep, state := range kst.Endpoints {
+				eps = append(eps, ep+" "+string(state))
+			}
+			sort.Strings(eps)
+			obs += fmt.Sprintf("; its KMS is %q (default key %q; %s)", kst.Name, kst.DefaultKeyID, strings.Join(eps, ", "))
+			st.ObjectStoreKMS = kst.Name
+		}
+		pf.observed = append(pf.observed, obs)
+	}
+
+	// 4. The KES config parses and its key store lists completely.
+	ks, conf, err := k.OpenKeyStore(ctx, r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", kesAddr, err)
+	}
+	names, err := listKeyStore(ctx, ks, conf)
+	if err != nil {
+		return nil, fmt.Errorf("%s: read the key store named in %s: %w", kesAddr, k.ConfigFile(r), err)
+	}
+	pf.ks, pf.conf, pf.names = ks, conf, names
+	pf.digest = keySetDigest(names)
+	pf.storeID = describeKeyStore(conf)
+	pf.observed = append(pf.observed, fmt.Sprintf("KES config %s parses; key store %s lists %d key(s) (key set SHA-256 %s)", k.ConfigFile(r), pf.storeID, len(names), pf.digest[:16]))
+	st.KESKeys, st.KESKeySetSHA256, st.KeyStore = len(names), pf.digest, pf.storeID
+	r.RecordInput("kes key set", pf.digest)
+	return pf, nil
+}
+
+func (p *prerequisites) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan, error) {
+	var st prerequisitesState
+	pf, err := p.check(ctx, r, &st)
+	if err != nil {
+		return nil, err
+	}
+	actions := []string{
+		"check again that KES, the Key Manager and the object store answer as observed",
+		fmt.Sprintf("back up the KES config and a snapshot of the key store (%d entries) into the journal dir's backups/ (0600)", len(pf.names)),
+		"confirm that no key was created or deleted at the key store while the step runs (key creation halted)",
+	}
+	if hasValue(p.cfg.AIStor) && p.sample() > 0 {
+		actions = append(actions, fmt.Sprintf("read up to %d encrypted objects to confirm encrypted data reads before the migration", p.sample()))
+	}
+	return &engine.StepPlan{
+		Observed: pf.observed,
+		Actions:  actions,
+		Rollback: "nothing to undo (the backups stay in the journal dir)",
+		Risks:    pf.risks,
+		State:    st,
+	}, nil
+}
+
+func (p *prerequisites) sample() int {
+	if p.cfg.SampleObjects == 0 {
+		return defaultSampleObjects
+	}
+	return p.cfg.SampleObjects
+}
+
+// keySetRecord is the checkpoint of the key set the step started from.
+type keySetRecord struct {
+	Keys   int    `json:"keys"`
+	SHA256 string `json:"sha256"`
+	File   string `json:"file"`
+}
+
+func (p *prerequisites) Apply(ctx context.Context, r *engine.Run) error {
+	var st prerequisitesState
+	pf, err := p.check(ctx, r, &st)
+	if err != nil {
+		return err
+	}
+	for _, o := range pf.observed {
+		r.Logf("%s", o)
+	}
+	for _, o := range pf.risks {
+		r.Warnf("%s", o)
+	}
+	if err := r.Checkpoint("checked", st); err != nil {
+		return err
+	}
+
+	// The key set this step started from: the first attempt's, on resume,
+	// so that a key created between attempts is caught too.
+	baseline := pf.names
+	if raw, ok := r.Checkpoints()["key-set"]; ok {
+		var rec keySetRecord
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return fmt.Errorf("read key-set checkpoint: %w", err)
+		}
+		if baseline, err = readNameList(rec.File, rec.SHA256); err != nil {
+			return err
+		}
+	} else {
+		path, err := r.BackupPath("kes-key-names.txt")
+		if err != nil {
+			return err
+		}
+		if err := engine.WriteFileAtomic(path, []byte(strings.Join(pf.names, "\n")+"\n"), 0o600); err != nil {
+			return fmt.Errorf("back up the key names: %w", err)
+		}
+		if err := r.Checkpoint("key-set", keySetRecord{Keys: len(pf.names), SHA256: pf.digest, File: path}); err != nil {
+			return err
+		}
+	}
+
+	// Back up the KES config as it is, and a snapshot of the key store.
+	k, _, _ := engine.ConnectionFrom[*kesConnection](p.cfg.KES, "kes")
+	raw, err := r.ReadFile(k.cfg.Config)
+	if err != nil {
+		return fmt.Errorf("read KES config: %w", err)
+	}
+	cfgBackup, err := r.BackupPath("kes-config.yaml")
+	if err != nil {
+		return err
+	}
+	if err := engine.WriteFileAtomic(cfgBackup, raw, 0o600); err != nil {
+		return fmt.Errorf("back up KES config: %w", err)
+	}
+	snapPath, err := r.BackupPath("keystore.tar")
+	if err != nil {
+		return err
+	}
+	n, sum, err := snapshotKeyStore(ctx, r, pf.ks, pf.names, snapPath)
+	if err != nil {
+		return err
+	}
+	r.Logf("backed up the KES config to %s and %d key store entries to %s", cfgBackup, n, snapPath)
+	if err := r.Checkpoint("backup", map[string]any{"config": cfgBackup, "snapshot": snapPath, "entries": n, "snapshot_sha256": sum}); err != nil {
+		return err
+	}
+
+	// Encrypted data reads now, through KES.
+	if pf.s3 != nil && p.sample() > 0 {
+		if err := p.sampleObjects(ctx, r, pf.s3); err != nil {
+			return err
+		}
+	}
+
+	// Creation halted: the store holds exactly the keys it held when the step
+	// began (and, through the plan's fingerprint, when the plan was made).
+	now, err := listKeyStore(ctx, pf.ks, pf.conf)
+	if err != nil {
+		return fmt.Errorf("list the key store again: %w", err)
+	}
+	added, removed := diffSorted(baseline, now)
+	if len(added) > 0 {
+		return fmt.Errorf("key %s was created at KES during the migration window: halt key creation first (%d key(s) appeared since this step began: %s)", added[0], len(added), sample(added, 5))
+	}
+	if len(removed) > 0 {
+		return fmt.Errorf("key %s was deleted at KES during the migration window: halt key changes first (%d key(s) disappeared since this step began: %s)", removed[0], len(removed), sample(removed, 5))
+	}
+	return r.Checkpoint("creation-halted", map[string]any{"keys": len(now), "sha256": keySetDigest(now)})
+}
+
+// sampleObjects reads a few SSE objects through the object store.
+func (p *prerequisites) sampleObjects(ctx context.Context, r *engine.Run, s3 *minio.Client) error {
+	buckets, err := s3.ListBuckets(ctx)
+	if err != nil {
+		return fmt.Errorf("list buckets: %w", err)
+	}
+	read, scanned := 0, 0
+	for _, b := range buckets {
+		if read >= p.sample() || scanned >= maxScanObjects {
+			break
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		for obj := range s3.ListObjects(lctx, b.Name, minio.ListObjectsOptions{Recursive: true}) {
+			if obj.Err != nil {
+				cancel()
+				return fmt.Errorf("list objects of bucket %s: %w", b.Name, obj.Err)
+			}
+			if read >= p.sample() || scanned >= maxScanObjects {
+				break
+			}
+			scanned++
+			info, err := s3.StatObject(ctx, b.Name, obj.Key, minio.StatObjectOptions{})
+			if err != nil {
+				cancel()
+				return fmt.Errorf("stat object %s/%s: %w", b.Name, obj.Key, err)
+			}
+			sse := info.Metadata.Get("X-Amz-Server-Side-Encryption")
+			if sse == "" {
+				continue
+			}
+			o, err := s3.GetObject(ctx, b.Name, obj.Key, minio.GetObjectOptions{})
+			var n int64
+			if err == nil {
+				n, err = io.Copy(io.Discard, o)
+				o.Close()
+			}
+			if err != nil {
+				cancel()
+				return fmt.Errorf("read encrypted object %s/%s: %w: encrypted data must read through KES before the migration; fix that first", b.Name, obj.Key, err)
+			}
+			read++
+			if err := r.Checkpoint("object "+b.Name+"/"+obj.Key, map[string]any{"sse": sse, "bytes": n}); err != nil {
+				cancel()
+				return err
+			}
+		}
+		cancel()
+	}
+	if read == 0 {
+		r.Warnf("no encrypted object found to read (looked at %d object(s)): encrypted data could not be confirmed to read", scanned)
+		return nil
+	}
+	r.Logf("read %d encrypted object(s) in full (looked at %d)", read, scanned)
+	return nil
+}
+
+func (p *prerequisites) Rollback(_ context.Context, r *engine.Run) error {
+	r.Logf("nothing to undo: the checks changed nothing; the backups stay in %s", filepath.Join(r.JournalDir(), "backups"))
+	return nil
+}
+
+// snapshotKeyStore writes every entry of the key store, raw as stored, into
+// a tar archive at path (0600), streaming: written to a temp file, synced,
+// then renamed into place. It returns the entries written and the archive's
+// SHA-256.
+func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore, names []string, path string) (int, string, error) {
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := path + "." + hex.EncodeToString(rnd[:]) + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return 0, "", fmt.Errorf("create key store snapshot: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	h := sha256.New()
+	tw := tar.NewWriter(io.MultiWriter(f, h))
+	now := time.Now().UTC().Truncate(time.Second)
+	for i, name := range names {
+		if err := ctx.Err(); err != nil {
+			return 0, "", err
+		}
+		raw, err := ks.Get(ctx, name)
+		if err != nil {
+			return 0, "", fmt.Errorf("snapshot key %q: %w", name, err)
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o600, Size: int64(len(raw)), ModTime: now, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
+			return 0, "", fmt.Errorf("write key store snapshot: %w", err)
+		}
+		if _, err := tw.Write(raw); err != nil {
+			return 0, "", fmt.Errorf("write key store snapshot: %w", err)
+		}
+		clear(raw)
+		r.Progress(int64(i+1), int64(len(names)))
+	}
+	if err := tw.Close(); err != nil {
+		return 0, "", fmt.Errorf("write key store snapshot: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return 0, "", fmt.Errorf("sync key store snapshot: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return 0, "", fmt.Errorf("close key store snapshot: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return 0, "", fmt.Errorf("store key store snapshot: %w", err)
+	}
+	ok = true
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return len(names), hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// readNameList reads a key-name list this step wrote and checks its digest.
+func readNameList(path, digest string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read the key names recorded by an earlier attempt: %w", err)
+	}
+	var names []string
+	for _, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		if l != "" {
+			names = append(names, l)
+		}
+	}
+	if keySetDigest(names) != digest {
+		return nil, fmt.Errorf("the key names recorded by an earlier attempt (%s) do not match the journal's digest: the file was changed; restore it or start a new run", path)
+	}
+	return names, nil
+}
+
+// diffSorted returns the names only in b (added) and only in a (removed).
+func diffSorted(a, b []string) (added, removed []string) {
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b) || (i < len(a) && a[i] < b[j]):
+			removed = append(removed, a[i])
+			i++
+		case i == len(a) || b[j] < a[i]:
+			added = append(added, b[j])
+			j++
+		default:
+			i++
+			j++
+		}
+	}
+	return added, removed
+}
+
+// sample renders at most n names.
+func sample(names []string, n int) string {
+	if len(names) <= n {
+		return strings.Join(names, ", ")
+	}
+	return strings.Join(names[:n], ", ") + fmt.Sprintf(", … (%d more)", len(names)-n)
+}
+
+func describeKeyStore(conf *kesconf.File) string {
+	switch s := conf.KeyStore.(type) {
+	case *kesconf.FSKeyStore:
+		return "fs at " + s.Path
+	case *kesconf.VaultKeyStore:
+		return "vault at " + s.Endpoint
+	default:
+		t := fmt.Sprintf("%T", s)
+		return strings.TrimSuffix(strings.TrimPrefix(t, "*kesconf."), "KeyStore")
+	}
+}
+
+func insecureNote(insecure bool) string {
+	if insecure {
+		return " (NOT verified: insecure = true)"
+	}
+	return ""
+}
+
+func kesIdentity(k *kesConnection) string {
+	if key, err := kes.ParseAPIKey(k.cfg.APIKey); err == nil {
+		return key.Identity().String()
+	}
+	return "from client_cert"
+}
+
+// errKMPermission is the error for a Key Manager identity without the rights
+// a step needs.
+func errKMPermission(addr string, kmc *keyManagerConnection, what string) error {
+	id := "unknown"
+	if key, err := mtls.ParsePrivateKey(kmc.cfg.APIKey); err == nil {
+		id = key.Identity().String()
+	}
+	return fmt.Errorf("%s: the Key Manager identity lacks permission: use the SysAdmin API key (the identity %s of the configured api_key may not %s)", addr, id, what)
+}
+
+// reachError explains a failed request to a server: TLS verification,
+// unreachable, or something else, and what to fix.
+func reachError(what, addr, endpoint string, err error) error {
+	var (
+		verr  *tls.CertificateVerificationError
+		uaerr x509.UnknownAuthorityError
+		herr  x509.HostnameError
+		cierr x509.CertificateInvalidError
+		rerr  tls.RecordHeaderError
+		operr *net.OpError
+	)
+	switch {
+	case errors.As(err, &verr), errors.As(err, &uaerr), errors.As(err, &herr), errors.As(err, &cierr):
+		return fmt.Errorf("%s: %s %s: TLS verification failed (%s): set ca_file to the CA certificate that signed the server's certificate (or insecure = true explicitly, to skip verification)", addr, what, endpoint, tlsReason(err))
+	case errors.As(err, &rerr):
+		return fmt.Errorf("%s: %s %s does not speak TLS: use its https address", addr, what, endpoint)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s: %s %s is unreachable: no answer within %s: check the address and that the server runs", addr, what, endpoint, checkTimeout)
+	case errors.As(err, &operr):
+		return fmt.Errorf("%s: %s %s is unreachable (%v): check the address and that the server runs", addr, what, endpoint, operr)
+	}
+	return fmt.Errorf("%s: %s %s: %w", addr, what, endpoint, err)
+}
+
+func tlsReason(err error) string {
+	var (
+		uaerr x509.UnknownAuthorityError
+		herr  x509.HostnameError
+		cierr x509.CertificateInvalidError
+	)
+	switch {
+	case errors.As(err, &uaerr):
+		return "certificate signed by unknown authority"
+	case errors.As(err, &herr):
+		return herr.Error()
+	case errors.As(err, &cierr):
+		return cierr.Error()
+	}
+	return "the certificate does not verify"
+}
+

@@ -1,0 +1,58 @@
+package steps
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/minio/kms-go/kms"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+// enclaveOutputs are what an enclave step exposes to the blocks that refer to
+// it (`to = enclave.primary`).
+var enclaveOutputs = map[string]cty.Type{"name": cty.String, "key_manager": engine.ConnectionType}
+
+// enclaveRef is a decoded reference to an enclave step.
+type enclaveRef struct {
+	Name string
+	KM   *keyManagerConnection
+	Addr string // the key_manager block's address
+}
+
+// enclaveFrom reads a reference such as enclave.primary.
+func enclaveFrom(v cty.Value) (enclaveRef, error) {
+	if v.IsNull() || !v.IsKnown() || !v.Type().IsObjectType() || !v.Type().HasAttribute("name") || !v.Type().HasAttribute("key_manager") {
+		return enclaveRef{}, fmt.Errorf("expected a reference to an enclave block, such as enclave.primary")
+	}
+	name := v.GetAttr("name")
+	if name.IsNull() || !name.IsKnown() {
+		return enclaveRef{}, fmt.Errorf("the enclave's name is not known yet")
+	}
+	km, addr, err := engine.ConnectionFrom[*keyManagerConnection](v.GetAttr("key_manager"), "key_manager")
+	if err != nil {
+		return enclaveRef{}, err
+	}
+	return enclaveRef{Name: name.AsString(), KM: km, Addr: addr}, nil
+}
+
+// listEnclaveKeys returns every key name in an enclave, following
+// continuation across pages.
+func listEnclaveKeys(ctx context.Context, c *kms.Client, enclave string) ([]string, error) {
+	var names []string
+	req := &kms.ListRequest{Enclave: enclave}
+	for {
+		page, err := c.ListKeys(ctx, req)
+		if err != nil {
+			return nil, fmt.Errorf("list keys of enclave %s: %w", enclave, err)
+		}
+		for _, k := range page.Items {
+			names = append(names, k.Name)
+		}
+		if page.ContinueAt == "" || len(page.Items) == 0 {
+			return names, nil
+		}
+		req = &kms.ListRequest{Enclave: enclave, Prefix: req.Prefix, ContinueAt: page.ContinueAt}
+	}
+}

@@ -1,0 +1,867 @@
+package steps
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	kesserver "github.com/minio/kes"
+	kes "github.com/minio/kes-go"
+	"github.com/minio/kms-go/kms"
+	"github.com/minio/minio-go/v7"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/kescrypto"
+)
+
+func init() {
+	engine.Register(engine.BlockType{
+		Name: "verification",
+		Kind: engine.KindStep,
+		New:  func() engine.Block { return &verificationStep{} },
+		Outputs: map[string]cty.Type{
+			"verified":   cty.Number,
+			"proof":      cty.String,
+			"referenced": cty.Number,
+		},
+		Doc: "proves the enclave holds the KES key set: same names, same material, every key the object store uses",
+	})
+}
+
+var (
+	_ engine.Step       = (*verificationStep)(nil)
+	_ engine.Planner    = (*verificationStep)(nil)
+	_ engine.Rollbacker = (*verificationStep)(nil)
+	_ engine.Validator  = (*verificationStep)(nil)
+)
+
+// The proofs a round trip can use. A data key generated at the KES server
+// and decrypted at the Key Manager proves that both hold the same key; where
+// no KES server is configured (a rehearsal), a ciphertext sealed here in
+// KES's format from the material in the key store stands in for it.
+const (
+	proofKESGenerate = "kes-generate"
+	proofLocalSeal   = "local-seal"
+	proofMixed       = "mixed"
+)
+
+const (
+	// verifyDefaultParallelism bounds the round trips in flight.
+	verifyDefaultParallelism = 16
+	// verifyDefaultObjectsPerBucket bounds the object versions listed per
+	// bucket to find the keys SSE-KMS objects use.
+	verifyDefaultObjectsPerBucket = 1000
+	// verifyShown is how many names a message lists before "and N more".
+	verifyShown = 20
+	// verifyRefsShown is how many places a message names per referenced key.
+	verifyRefsShown = 3
+	// verifyAttempts bounds the tries of one request that failed transiently.
+	verifyAttempts = 6
+)
+
+type verificationConfig struct {
+	Source           cty.Value `hcl:"source"`
+	Target           cty.Value `hcl:"target"`
+	Objects          cty.Value `hcl:"objects,optional"`
+	Pattern          string    `hcl:"pattern,optional"`
+	Sample           *int      `hcl:"sample,optional"`
+	Parallelism      *int      `hcl:"parallelism,optional"`
+	ObjectsPerBucket *int      `hcl:"objects_per_bucket,optional"`
+}
+
+// verificationStep proves that the enclave holds exactly the source key set:
+// the same names, the same material (by a cryptographic round trip), and every
+// key the object store refers to. It changes nothing, so it has nothing to
+// undo; on resume it re-checks the names and continues the round trips from
+// its per-key checkpoints.
+type verificationStep struct {
+	cfg verificationConfig
+}
+
+func (v *verificationStep) Config() any { return &v.cfg }
+
+func (v *verificationStep) pattern() string {
+	if v.cfg.Pattern == "" {
+		return "*"
+	}
+	return v.cfg.Pattern
+}
+
+func (v *verificationStep) parallelism() int {
+	if v.cfg.Parallelism == nil || *v.cfg.Parallelism <= 0 {
+		return verifyDefaultParallelism
+	}
+	return *v.cfg.Parallelism
+}
+
+func (v *verificationStep) objectsPerBucket() int {
+	if v.cfg.ObjectsPerBucket == nil {
+		return verifyDefaultObjectsPerBucket
+	}
+	return *v.cfg.ObjectsPerBucket
+}
+
+func (v *verificationStep) hasObjects() bool { return !v.cfg.Objects.IsNull() }
+
+func (v *verificationStep) Validate(d *engine.Decoded) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	if !d.Unknown("source") {
+		if _, _, err := engine.ConnectionFrom[*kesConnection](v.cfg.Source, "kes"); err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid source", Detail: "source is the KES connection the keys came from, for example kes.legacy: " + err.Error() + ".", Subject: d.AttrRange("source")})
+		}
+	}
+	if !d.Unknown("target") {
+		if _, err := enclaveFrom(v.cfg.Target); err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid target", Detail: "target is the enclave the keys were migrated to, for example enclave.primary: " + err.Error() + ".", Subject: d.AttrRange("target")})
+		}
+	}
+	if v.hasObjects() && !d.Unknown("objects") {
+		if _, _, err := engine.ConnectionFrom[*aistorConnection](v.cfg.Objects, "aistor"); err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid objects", Detail: "objects is the object store whose keys must all be in the enclave, for example aistor.prod: " + err.Error() + ".", Subject: d.AttrRange("objects")})
+		}
+	}
+	if !d.Unknown("pattern") {
+		if _, err := filepath.Match(v.pattern(), ""); err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid pattern", Detail: fmt.Sprintf("pattern %q is not a valid glob (%v). Use the migration's pattern, for example \"*\" or \"minio-*\".", v.cfg.Pattern, err), Subject: d.AttrRange("pattern")})
+		}
+	}
+	if v.cfg.Sample != nil && *v.cfg.Sample < 1 && !d.Unknown("sample") {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid sample", Detail: "sample is how many keys to round-trip when the store is too large to prove every key; it must be at least 1. Leave it out to prove every key.", Subject: d.AttrRange("sample")})
+	}
+	if v.cfg.Parallelism != nil && *v.cfg.Parallelism < 1 && !d.Unknown("parallelism") {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid parallelism", Detail: "parallelism is how many round trips run at once; it must be at least 1.", Subject: d.AttrRange("parallelism")})
+	}
+	if v.cfg.ObjectsPerBucket != nil && *v.cfg.ObjectsPerBucket < 0 && !d.Unknown("objects_per_bucket") {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid objects_per_bucket", Detail: "objects_per_bucket bounds how many object versions are listed per bucket to find the keys SSE-KMS objects use; it cannot be negative (0 lists none).", Subject: d.AttrRange("objects_per_bucket")})
+	}
+	return diags
+}
+
+// sourceNames opens the key store the KES config names and lists the keys
+// that match the pattern, completely.
+func (v *verificationStep) sourceNames(ctx context.Context, r *engine.Run, src *kesConnection) (kesserver.KeyStore, []string, error) {
+	ks, conf, err := src.OpenKeyStore(ctx, r)
+	if err != nil {
+		return nil, nil, err
+	}
+	all, err := listKeyStore(ctx, ks, conf)
+	if err != nil {
+		ks.Close()
+		return nil, nil, err
+	}
+	return ks, verifyMatch(all, v.pattern()), nil
+}
+
+// verifyMatch keeps the names that match a glob (filepath.Match, as the
+// migration and kes migrate use).
+func verifyMatch(names []string, pattern string) []string {
+	if pattern == "*" {
+		return names
+	}
+	var out []string
+	for _, n := range names {
+		if ok, _ := filepath.Match(pattern, n); ok {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan, error) {
+	src, srcAddr, err := engine.ConnectionFrom[*kesConnection](v.cfg.Source, "kes")
+	if err != nil {
+		return nil, err
+	}
+	enc, err := enclaveFrom(v.cfg.Target)
+	if err != nil {
+		return nil, err
+	}
+	ks, names, err := v.sourceNames(ctx, r, src)
+	if err != nil {
+		return nil, err
+	}
+	ks.Close()
+	p := &engine.StepPlan{Rollback: "nothing to undo: verification changes nothing"}
+	p.Observed = append(p.Observed, fmt.Sprintf("the key store of %s (%s) holds %d key(s) matching %q", srcAddr, src.ConfigFile(r), len(names), v.pattern()))
+	p.Actions = append(p.Actions, fmt.Sprintf("prove that enclave %s holds exactly the keys of the KES key store matching %q: missing and extra keys are listed by name", enc.Name, v.pattern()))
+	what := fmt.Sprintf("every key (%d)", len(names))
+	if v.cfg.Sample != nil && *v.cfg.Sample < len(names) {
+		what = fmt.Sprintf("a random sample of %d of the %d keys", *v.cfg.Sample, len(names))
+	}
+	if src.HasServer() {
+		p.Actions = append(p.Actions, fmt.Sprintf("prove the key material of %s by a round trip: a data key generated at the KES server %s decrypts at the Key Manager to the same plaintext (proof %q)", what, src.Endpoint(), proofKESGenerate))
+	} else {
+		p.Actions = append(p.Actions, fmt.Sprintf("prove the key material of %s by a round trip: no KES server is configured, so a ciphertext sealed here in KES's format from the material in the key store must decrypt at the Key Manager to the same plaintext (proof %q)", what, proofLocalSeal))
+	}
+	if v.cfg.Sample == nil {
+		p.Items = names
+	}
+	refs := &verifyRefs{}
+	if v.hasObjects() {
+		obj, objAddr, err := engine.ConnectionFrom[*aistorConnection](v.cfg.Objects, "aistor")
+		if err != nil {
+			return nil, err
+		}
+		refs, err = observeKeyRefs(ctx, r, obj, v.objectsPerBucket())
+		if err != nil {
+			return nil, err
+		}
+		p.Observed = append(p.Observed, refs.describe(objAddr)...)
+		p.Actions = append(p.Actions, fmt.Sprintf("prove that every key %s references (%d: %s) exists in enclave %s", objAddr, len(refs.names()), verifyNameList(refs.names(), verifyShown), enc.Name))
+		inSource := map[string]bool{}
+		for _, n := range names {
+			inSource[n] = true
+		}
+		var lacking []string
+		for _, n := range refs.names() {
+			if !inSource[n] {
+				lacking = append(lacking, n)
+			}
+		}
+		if len(lacking) > 0 {
+			p.Risks = append(p.Risks, fmt.Sprintf("%s uses %d key(s) that the KES key store does not hold (matching %q), so the migration cannot carry them and verification will fail: %s", objAddr, len(lacking), v.pattern(), refs.whereList(lacking)))
+		}
+		if refs.sseS3 > 0 {
+			p.Risks = append(p.Risks, fmt.Sprintf("%d SSE-S3 object version(s) seen: the key each was sealed with is not visible through the S3 API (it is the default key at the time of writing, recorded only in xl.meta); they are covered only if that key is still the default key %q or is in the key set", refs.sseS3, refs.defaultKey))
+		}
+		if len(refs.truncated) > 0 {
+			p.Risks = append(p.Risks, fmt.Sprintf("only the first %d object versions of %d bucket(s) were listed (%s): SSE-KMS objects beyond them may use keys not seen here; raise objects_per_bucket to look further", v.objectsPerBucket(), len(refs.truncated), verifyNameList(refs.truncated, verifyShown)))
+		}
+	}
+	referenced := refs.names()
+	if referenced == nil {
+		referenced = []string{}
+	}
+	p.State = map[string]any{"referenced": referenced}
+	return p, nil
+}
+
+func (v *verificationStep) Rollback(context.Context, *engine.Run) error { return nil }
+
+// verifyFailure is one key whose round trip did not prove equality.
+type verifyFailure struct {
+	Name   string
+	Reason string
+}
+
+func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
+	src, srcAddr, err := engine.ConnectionFrom[*kesConnection](v.cfg.Source, "kes")
+	if err != nil {
+		return err
+	}
+	enc, err := enclaveFrom(v.cfg.Target)
+	if err != nil {
+		return err
+	}
+	kmc, err := enc.KM.Client(r)
+	if err != nil {
+		return err
+	}
+
+	// 1. The name sets.
+	ks, source, err := v.sourceNames(ctx, r, src)
+	if err != nil {
+		return err
+	}
+	defer ks.Close()
+	var allTarget []string
+	err = verifyRetry(ctx, func() error {
+		var err error
+		allTarget, err = listEnclaveKeys(ctx, kmc, enc.Name)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	target := verifyMatch(allTarget, v.pattern())
+	missing, extra := verifyDiff(source, target)
+	if outside := len(allTarget) - len(target); outside > 0 {
+		r.Logf("enclave %s also holds %d key(s) outside the pattern %q (not compared)", enc.Name, outside, v.pattern())
+	}
+	var problems []string
+	if len(missing) > 0 || len(extra) > 0 {
+		problems = append(problems, verifyNameSetMessage(srcAddr, enc.Name, missing, extra))
+	} else {
+		r.Logf("names: the %d key(s) matching %q are the same in the KES key store and enclave %s", len(source), v.pattern(), enc.Name)
+	}
+
+	// 2. The round trips, over the keys both sides hold.
+	common := verifyIntersect(source, target)
+	todo, sampled, err := v.chooseRoundTrips(r, common)
+	if err != nil {
+		return err
+	}
+	var kc *kes.Client
+	proof := proofLocalSeal
+	if src.HasServer() {
+		if kc, err = src.Client(r); err != nil {
+			return err
+		}
+		proof = proofKESGenerate
+	}
+	failures := v.roundTrips(ctx, r, todo, len(sampled), proof, kc, ks, kmc, enc.Name)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	verified, proofs := verifyCheckpointed(r)
+	if len(failures) > 0 {
+		problems = append(problems, verifyFailureMessage(enc.Name, failures))
+	}
+	what := fmt.Sprintf("all %d keys", len(common))
+	if len(sampled) < len(common) {
+		what = fmt.Sprintf("a random sample of %d of %d keys", len(sampled), len(common))
+	}
+	if len(failures) == 0 {
+		r.Logf("round trip: %s proven (%d verified, proof %s)", what, verified, verifyProofName(proofs, proof))
+	}
+
+	// 3. Every key the object store references.
+	referenced := 0
+	if v.hasObjects() {
+		obj, objAddr, err := engine.ConnectionFrom[*aistorConnection](v.cfg.Objects, "aistor")
+		if err != nil {
+			return err
+		}
+		refs, err := observeKeyRefs(ctx, r, obj, v.objectsPerBucket())
+		if err != nil {
+			return err
+		}
+		for _, line := range refs.describe(objAddr) {
+			r.Logf("%s", line)
+		}
+		names := refs.names()
+		referenced = len(names)
+		inTarget := map[string]bool{}
+		for _, n := range allTarget {
+			inTarget[n] = true
+		}
+		var absent []string
+		for _, n := range names {
+			if !inTarget[n] {
+				absent = append(absent, n)
+			}
+		}
+		if len(absent) > 0 {
+			problems = append(problems, fmt.Sprintf("%d key(s) that %s references are not in enclave %s: %s", len(absent), objAddr, enc.Name, refs.whereList(absent)))
+		} else {
+			r.Logf("references: all %d key(s) %s references exist in enclave %s", len(names), objAddr, enc.Name)
+		}
+		if refs.sseS3 > 0 {
+			r.Warnf("%d SSE-S3 object version(s) seen: their key names are not visible through the S3 API (only in xl.meta); they were written with the default key of the time", refs.sseS3)
+		}
+	}
+
+	r.SetOutput("verified", cty.NumberIntVal(int64(verified)))
+	r.SetOutput("proof", cty.StringVal(verifyProofName(proofs, proof)))
+	r.SetOutput("referenced", cty.NumberIntVal(int64(referenced)))
+	if len(problems) > 0 {
+		return fmt.Errorf("verify enclave %s: %s", enc.Name, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// chooseRoundTrips returns the keys still to round-trip and the whole set
+// chosen (every key, or a sample). A sample is drawn from a seed recorded in
+// a checkpoint, so a resumed verification continues the same sample.
+func (v *verificationStep) chooseRoundTrips(r *engine.Run, common []string) (todo, chosen []string, err error) {
+	chosen = common
+	if v.cfg.Sample != nil && *v.cfg.Sample < len(common) {
+		var seed struct {
+			Seed uint64 `json:"seed"`
+		}
+		if raw, ok := r.Checkpoints()["sample"]; ok {
+			if err := json.Unmarshal(raw, &seed); err != nil {
+				return nil, nil, fmt.Errorf("read sample checkpoint: %w", err)
+			}
+		} else {
+			var b [8]byte
+			if _, err := rand.Read(b[:]); err != nil {
+				return nil, nil, fmt.Errorf("draw sample: %w", err)
+			}
+			seed.Seed = binary.LittleEndian.Uint64(b[:])
+			if err := r.Checkpoint("sample", seed); err != nil {
+				return nil, nil, err
+			}
+		}
+		chosen = verifySample(common, *v.cfg.Sample, seed.Seed)
+	}
+	for _, n := range chosen {
+		if !r.HasCheckpoint("key/" + n) {
+			todo = append(todo, n)
+		}
+	}
+	return todo, chosen, nil
+}
+
+// verifySample picks n of names, sorted, from a seeded permutation.
+func verifySample(names []string, n int, seed uint64) []string {
+	rng := mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	perm := rng.Perm(len(names))
+	out := make([]string, 0, n)
+	for _, i := range perm[:n] {
+		out = append(out, names[i])
+	}
+	sort.Strings(out)
+	return out
+}
+
+// roundTrips proves each key's material, up to parallelism at once, and
+// checkpoints each key proven. It returns the keys that failed, sorted.
+func (v *verificationStep) roundTrips(ctx context.Context, r *engine.Run, todo []string, total int, proof string, kc *kes.Client, ks kesserver.KeyStore, kmc *kms.Client, enclave string) []verifyFailure {
+	var (
+		mu       sync.Mutex
+		failures []verifyFailure
+		wg       sync.WaitGroup
+	)
+	done := int64(total - len(todo))
+	next := make(chan string)
+	r.Progress(done, int64(total))
+	for range min(v.parallelism(), max(len(todo), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range next {
+				var err error
+				if proof == proofKESGenerate {
+					err = verifyKESGenerate(ctx, kc, kmc, enclave, name)
+				} else {
+					err = verifyLocalSeal(ctx, ks, kmc, enclave, name)
+				}
+				if err == nil {
+					err = r.Checkpoint("key/"+name, map[string]string{"proof": proof})
+				}
+				mu.Lock()
+				if err != nil {
+					failures = append(failures, verifyFailure{Name: name, Reason: err.Error()})
+				} else {
+					done++
+				}
+				d := done
+				mu.Unlock()
+				r.Progress(d, int64(total))
+			}
+		}()
+	}
+	for _, name := range todo {
+		select {
+		case next <- name:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(next)
+	wg.Wait()
+	sort.Slice(failures, func(i, j int) bool { return failures[i].Name < failures[j].Name })
+	return failures
+}
+
+// errMaterialDiffers marks a key whose material at the Key Manager is not the
+// material at KES.
+var errMaterialDiffers = errors.New("material differs")
+
+// verifyContext is the associated data bound into each round trip's
+// ciphertext, as MinIO binds its own context JSON.
+func verifyContext(name string) []byte {
+	b, _ := json.Marshal(map[string]string{"runbook-verification": name})
+	return b
+}
+
+// verifyKESGenerate has the KES server generate a data key under name and
+// the Key Manager decrypt its ciphertext: equal plaintexts prove equal keys.
+func verifyKESGenerate(ctx context.Context, kc *kes.Client, kmc *kms.Client, enclave, name string) error {
+	aad := verifyContext(name)
+	var dek kes.DEK
+	err := verifyRetry(ctx, func() error {
+		var err error
+		dek, err = kc.GenerateKey(ctx, name, aad)
+		return err
+	})
+	if errors.Is(err, kes.ErrKeyNotFound) {
+		return fmt.Errorf("the KES server has no key %q although the key store named in its config does: is the server running with that config?", name)
+	}
+	if err != nil {
+		return fmt.Errorf("generate a data key at KES: %w", err)
+	}
+	defer clear(dek.Plaintext)
+	return verifyDecrypt(ctx, kmc, enclave, name, dek.Ciphertext, aad, dek.Plaintext)
+}
+
+// verifyLocalSeal seals a random plaintext in KES's format with the material
+// read from the key store, and has the Key Manager decrypt it.
+func verifyLocalSeal(ctx context.Context, ks kesserver.KeyStore, kmc *kms.Client, enclave, name string) error {
+	var key kescrypto.Key
+	err := verifyRetry(ctx, func() error {
+		var err error
+		key, err = readKey(ctx, ks, name)
+		if errors.Is(err, errUnparsable) {
+			return verifyPermanent{err}
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer clear(key.Material)
+	defer clear(key.HMAC)
+	plaintext := make([]byte, 32)
+	if _, err := rand.Read(plaintext); err != nil {
+		return fmt.Errorf("draw plaintext: %w", err)
+	}
+	defer clear(plaintext)
+	aad := verifyContext(name)
+	ciphertext, err := kescrypto.Seal(key, plaintext, aad)
+	if err != nil {
+		return fmt.Errorf("seal with the key store's material: %w", err)
+	}
+	return verifyDecrypt(ctx, kmc, enclave, name, ciphertext, aad, plaintext)
+}
+
+// verifyDecrypt has the Key Manager decrypt ciphertext (version 0, as MinIO
+// sends it) and compares the result with want.
+func verifyDecrypt(ctx context.Context, kmc *kms.Client, enclave, name string, ciphertext, aad, want []byte) error {
+	var resp []*kms.DecryptResponse
+	err := verifyRetry(ctx, func() error {
+		var err error
+		resp, err = kmc.Decrypt(ctx, enclave, &kms.DecryptRequest{Name: name, Ciphertext: ciphertext, AssociatedData: aad})
+		return err
+	})
+	switch {
+	case errors.Is(err, kms.ErrDecrypt):
+		return fmt.Errorf("%w: the enclave's key does not decrypt what the KES key sealed", errMaterialDiffers)
+	case errors.Is(err, kms.ErrKeyNotFound):
+		return fmt.Errorf("the enclave has no key %q", name)
+	case err != nil:
+		return fmt.Errorf("decrypt at the Key Manager: %w", err)
+	case len(resp) != 1:
+		return fmt.Errorf("decrypt at the Key Manager: %d answers to one request", len(resp))
+	}
+	defer clear(resp[0].Plaintext)
+	if subtle.ConstantTimeCompare(resp[0].Plaintext, want) != 1 {
+		return fmt.Errorf("%w: the enclave decrypted to a different plaintext", errMaterialDiffers)
+	}
+	return nil
+}
+
+// verifyPermanent marks an error that retrying cannot cure.
+type verifyPermanent struct{ error }
+
+func (p verifyPermanent) Unwrap() error { return p.error }
+
+// verifyRetry runs fn until it succeeds, fails for good, or has failed
+// transiently verifyAttempts times, backing off exponentially in between.
+// Errors the server answered with a 4xx status are final; network errors and
+// 5xx answers are retried.
+func verifyRetry(ctx context.Context, fn func() error) error {
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil || attempt >= verifyAttempts || !verifyTransient(ctx, err) {
+			var p verifyPermanent
+			if errors.As(err, &p) {
+				return p.error
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+func verifyTransient(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	var p verifyPermanent
+	if errors.As(err, &p) {
+		return false
+	}
+	var st interface{ Status() int }
+	if errors.As(err, &st) {
+		return st.Status() >= 500
+	}
+	return true
+}
+
+// verifyCheckpointed counts the keys proven so far (this and earlier
+// attempts) and the proofs they used.
+func verifyCheckpointed(r *engine.Run) (int, map[string]int) {
+	proofs := map[string]int{}
+	n := 0
+	for item, raw := range r.Checkpoints() {
+		if !strings.HasPrefix(item, "key/") {
+			continue
+		}
+		var c struct {
+			Proof string `json:"proof"`
+		}
+		_ = json.Unmarshal(raw, &c)
+		n++
+		proofs[c.Proof]++
+	}
+	return n, proofs
+}
+
+// verifyProofName is the proof the result reports: the one every verified
+// key used, or "mixed" when a resumed run used another.
+func verifyProofName(proofs map[string]int, planned string) string {
+	switch len(proofs) {
+	case 0:
+		return planned
+	case 1:
+		for p := range proofs {
+			return p
+		}
+	}
+	return proofMixed
+}
+
+// verifyDiff returns the names in source but not in target (missing) and in
+// target but not in source (extra), each sorted.
+func verifyDiff(source, target []string) (missing, extra []string) {
+	s := make(map[string]bool, len(source))
+	for _, n := range source {
+		s[n] = true
+	}
+	t := make(map[string]bool, len(target))
+	for _, n := range target {
+		t[n] = true
+		if !s[n] {
+			extra = append(extra, n)
+		}
+	}
+	for _, n := range source {
+		if !t[n] {
+			missing = append(missing, n)
+		}
+	}
+	slices.Sort(missing)
+	slices.Sort(extra)
+	return slices.Compact(missing), slices.Compact(extra)
+}
+
+// verifyIntersect returns the names in both, sorted.
+func verifyIntersect(a, b []string) []string {
+	in := make(map[string]bool, len(b))
+	for _, n := range b {
+		in[n] = true
+	}
+	var out []string
+	for _, n := range a {
+		if in[n] {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// verifyNameList shows at most max names, then how many more there are.
+func verifyNameList(names []string, max int) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	if len(names) <= max {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(names[:max], ", "), len(names)-max)
+}
+
+// verifyNameSetMessage says how the enclave's key names differ from the
+// source's.
+func verifyNameSetMessage(srcAddr, enclave string, missing, extra []string) string {
+	var parts []string
+	if len(missing) > 0 {
+		parts = append(parts, fmt.Sprintf("%d key(s) of the %s key store are missing from enclave %s: %s", len(missing), srcAddr, enclave, verifyNameList(missing, verifyShown)))
+	}
+	if len(extra) > 0 {
+		parts = append(parts, fmt.Sprintf("enclave %s holds %d key(s) the %s key store does not: %s", enclave, len(extra), srcAddr, verifyNameList(extra, verifyShown)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// verifyFailureMessage lists the keys whose round trip failed, grouping
+// those whose material differs.
+func verifyFailureMessage(enclave string, failures []verifyFailure) string {
+	var differs []string
+	var other []string
+	for _, f := range failures {
+		if strings.Contains(f.Reason, errMaterialDiffers.Error()) {
+			differs = append(differs, f.Name)
+		} else {
+			other = append(other, fmt.Sprintf("%s (%s)", f.Name, f.Reason))
+		}
+	}
+	var parts []string
+	if len(differs) > 0 {
+		parts = append(parts, fmt.Sprintf("%d key(s) in enclave %s have different material than at KES: %s", len(differs), enclave, verifyNameList(differs, verifyShown)))
+	}
+	if len(other) > 0 {
+		parts = append(parts, fmt.Sprintf("the round trip failed for %d key(s): %s", len(other), verifyNameList(other, verifyShown)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// verifyRefs are the keys an object store refers to, as far as its API
+// shows them, and where.
+type verifyRefs struct {
+	kmsName    string
+	defaultKey string
+	where      map[string][]string // key → places (bounded)
+	count      map[string]int      // key → number of places
+	buckets    int
+	versions   int
+	sseKMS     int
+	sseS3      int
+	truncated  []string // buckets listed only up to the bound
+}
+
+func (v *verifyRefs) add(key, place string) {
+	if v.where == nil {
+		v.where, v.count = map[string][]string{}, map[string]int{}
+	}
+	v.count[key]++
+	if len(v.where[key]) < verifyRefsShown {
+		v.where[key] = append(v.where[key], place)
+	}
+}
+
+// names are the referenced keys, sorted.
+func (v *verifyRefs) names() []string {
+	out := make([]string, 0, len(v.count))
+	for k := range v.count {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// whereList names keys with the places that reference them.
+func (v *verifyRefs) whereList(keys []string) string {
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		places := strings.Join(v.where[k], ", ")
+		if more := v.count[k] - len(v.where[k]); more > 0 {
+			places += fmt.Sprintf(" and %d more", more)
+		}
+		parts = append(parts, fmt.Sprintf("%s (referenced by %s)", k, places))
+	}
+	return verifyNameList(parts, verifyShown)
+}
+
+func (v *verifyRefs) describe(addr string) []string {
+	out := []string{
+		fmt.Sprintf("%s: KMS %q, default key %q; %d bucket(s), %d object version(s) listed (%d SSE-KMS, %d SSE-S3)", addr, v.kmsName, v.defaultKey, v.buckets, v.versions, v.sseKMS, v.sseS3),
+		fmt.Sprintf("%s references %d key(s): %s", addr, len(v.count), v.whereList(v.names())),
+		"the key of an SSE-S3 object is not visible through the S3 API (it is the default key at the time of writing, recorded only in xl.meta): SSE-S3 objects are covered through the default key",
+	}
+	return out
+}
+
+// kmsARNPrefix prefixes the key ids MinIO shows for SSE-KMS.
+const kmsARNPrefix = "arn:aws:kms:"
+
+const (
+	hdrSSE      = "X-Amz-Server-Side-Encryption"
+	hdrSSEKMSID = "X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id"
+)
+
+// observeKeyRefs lists what the object store's API shows of the keys it uses:
+// its default KMS key, every bucket's default encryption, and the key ids of
+// SSE-KMS object versions (at most perBucket listed per bucket).
+func observeKeyRefs(ctx context.Context, r *engine.Run, a *aistorConnection, perBucket int) (*verifyRefs, error) {
+	admin, s3, err := a.Clients(r)
+	if err != nil {
+		return nil, err
+	}
+	refs := &verifyRefs{}
+	st, err := admin.KMSStatus(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the KMS status of %s: %w", hostOf(a.Endpoint()), err)
+	}
+	refs.kmsName, refs.defaultKey = st.Name, st.DefaultKeyID
+	if st.DefaultKeyID != "" {
+		refs.add(st.DefaultKeyID, "the default key")
+	}
+	buckets, err := s3.ListBuckets(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list buckets of %s: %w", hostOf(a.Endpoint()), err)
+	}
+	refs.buckets = len(buckets)
+	for _, b := range buckets {
+		cfg, err := s3.GetBucketEncryption(ctx, b.Name)
+		if err != nil && minio.ToErrorResponse(err).Code != "ServerSideEncryptionConfigurationNotFoundError" {
+			return nil, fmt.Errorf("read the encryption of bucket %s: %w", b.Name, err)
+		}
+		if cfg != nil {
+			for _, rule := range cfg.Rules {
+				switch {
+				case rule.Apply.KmsMasterKeyID != "":
+					refs.add(strings.TrimPrefix(rule.Apply.KmsMasterKeyID, kmsARNPrefix), "bucket "+b.Name+" (default encryption)")
+				case rule.Apply.SSEAlgorithm != "" && st.DefaultKeyID != "":
+					refs.add(st.DefaultKeyID, "bucket "+b.Name+" (default SSE-S3 encryption)")
+				}
+			}
+		}
+		if perBucket == 0 {
+			continue
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		n := 0
+		for obj := range s3.ListObjects(lctx, b.Name, minio.ListObjectsOptions{Recursive: true, WithMetadata: true, WithVersions: true}) {
+			if obj.Err != nil {
+				cancel()
+				return nil, fmt.Errorf("list objects of bucket %s: %w", b.Name, obj.Err)
+			}
+			if n == perBucket {
+				refs.truncated = append(refs.truncated, b.Name)
+				break
+			}
+			n++
+			if obj.IsDeleteMarker {
+				continue
+			}
+			refs.versions++
+			sse, keyID := "", ""
+			for k, val := range obj.UserMetadata {
+				switch {
+				case strings.EqualFold(k, hdrSSE):
+					sse = val
+				case strings.EqualFold(k, hdrSSEKMSID):
+					keyID = val
+				}
+			}
+			switch {
+			case keyID != "":
+				refs.sseKMS++
+				place := "object " + b.Name + "/" + obj.Key
+				if obj.VersionID != "" && obj.VersionID != "null" && !obj.IsLatest {
+					place += " (version " + obj.VersionID + ")"
+				}
+				refs.add(strings.TrimPrefix(keyID, kmsARNPrefix), place)
+			case strings.EqualFold(sse, "AES256"):
+				refs.sseS3++
+			}
+		}
+		cancel()
+	}
+	return refs, nil
+}
