@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/schollz/progressbar/v3"
 )
 
 // Event is one thing that happened during a command. Human output renders
@@ -56,15 +58,31 @@ func (o *JSONOutput) Emit(e Event) {
 	o.W.Write(append(b, '\n'))
 }
 
-// HumanOutput writes readable lines.
+// HumanOutput writes readable lines. On a terminal (Terminal set), progress
+// is a bar with rate and ETA that other lines print above; otherwise it is a
+// periodic line.
 type HumanOutput struct {
-	mu sync.Mutex
-	W  io.Writer
+	mu       sync.Mutex
+	W        io.Writer
+	Terminal bool
+	bar      *progressbar.ProgressBar
+	barStep  string
 }
 
 func (o *HumanOutput) Emit(e Event) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.Terminal && e.Type == EventProgress {
+		o.showBar(e)
+		return
+	}
+	if o.bar != nil {
+		o.bar.Clear()
+		defer o.bar.RenderBlank()
+		if e.Type == EventState && e.Step == o.barStep {
+			o.bar = nil // the step moved on: its bar is done
+		}
+	}
 	switch e.Type {
 	case EventRun, EventSummary:
 		fmt.Fprintf(o.W, "%s\n", e.Message)
@@ -104,6 +122,26 @@ func (o *HumanOutput) Emit(e Event) {
 	default:
 		fmt.Fprintf(o.W, "%s %s %s\n", e.Type, e.Step, e.Message)
 	}
+}
+
+func (o *HumanOutput) showBar(e Event) {
+	if o.bar == nil || o.barStep != e.Step {
+		o.barStep = e.Step
+		o.bar = progressbar.NewOptions64(e.Total,
+			progressbar.OptionSetWriter(o.W),
+			progressbar.OptionSetDescription(fmt.Sprintf("%-28s", e.Step)),
+			progressbar.OptionShowCount(),
+			progressbar.OptionShowIts(),
+			progressbar.OptionSetItsString("items"),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionSetWidth(30),
+		)
+	}
+	if e.Total > 0 {
+		o.bar.ChangeMax64(e.Total)
+	}
+	o.bar.Set64(e.Done)
 }
 
 // emitter redacts and timestamps events.

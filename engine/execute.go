@@ -24,6 +24,9 @@ type Options struct {
 	Output        Output
 	Command       string        // recorded as the lock owner's command
 	ProgressEvery time.Duration // how often progress is shown; default 2s
+	// Force lets a rollback go ahead where a step refused it as unsafe; the
+	// step sees it as Run.Forced and must show its reasons again.
+	Force bool
 }
 
 // ErrInterrupted is returned when a run stopped because it was asked to
@@ -366,12 +369,16 @@ func archiveJournal(dir, id string) error {
 }
 
 func (x *execution) finish(ctx context.Context, errs map[string]error, start time.Time) error {
-	var failed []string
+	var failed, waiting []string
 	interrupted := ctx.Err() != nil
 	for _, addr := range x.s.Graph.Order() {
 		if err, ok := errs[addr]; ok {
 			if errors.Is(err, ErrInterrupted) {
 				interrupted = true
+				continue
+			}
+			if errors.Is(err, ErrWaiting) {
+				waiting = append(waiting, addr)
 				continue
 			}
 			failed = append(failed, addr)
@@ -387,6 +394,9 @@ func (x *execution) finish(ctx context.Context, errs map[string]error, start tim
 			}
 		}
 		return fmt.Errorf("%w: %s: %v", ErrFailed, failed[0], errs[failed[0]])
+	case len(waiting) > 0:
+		x.emit(Event{Type: EventSummary, Message: fmt.Sprintf("runbook: %s waiting for the operator after %s: do what it says, then runbook resume", strings.Join(waiting, ", "), took)})
+		return fmt.Errorf("%s: %w", waiting[0], errs[waiting[0]])
 	case interrupted:
 		x.emit(Event{Type: EventSummary, Message: fmt.Sprintf("runbook: interrupted after %s; the journal holds every completed step and checkpoint: continue with runbook resume", took)})
 		return ErrInterrupted
@@ -478,6 +488,12 @@ func (x *execution) applyStep(ctx context.Context, b *BlockConfig, inst Block, s
 				return e
 			}
 			return ErrInterrupted
+		}
+		if errors.Is(err, ErrWaiting) {
+			if e := x.setState(addr, StateWaiting, err, nil); e != nil {
+				return e
+			}
+			return err
 		}
 		if timedOut {
 			err = fmt.Errorf("timed out after %s: %w", timeout, err)

@@ -15,6 +15,9 @@ const (
 	StateInterrupted = "interrupted"
 	StateRollingBack = "rolling_back"
 	StateRolledBack  = "rolled_back"
+	// StateWaiting: the step handed work to the operator (for example a
+	// Kubernetes patch to apply) and resume continues once it is done.
+	StateWaiting = "waiting"
 )
 
 // StepState is one step's history, replayed from the journal.
@@ -52,7 +55,7 @@ func (js *JournalState) Step(addr string) *StepState {
 func (js *JournalState) Unfinished() bool {
 	for _, st := range js.Steps {
 		switch st.State {
-		case StateRunning, StateFailed, StateInterrupted, StateRollingBack:
+		case StateRunning, StateFailed, StateInterrupted, StateRollingBack, StateWaiting:
 			return true
 		}
 	}
@@ -96,7 +99,7 @@ func Replay(records []Record) (*JournalState, error) {
 					st.Started = r.Time
 				}
 				st.Finished = time.Time{}
-			case StateDone, StateFailed, StateInterrupted:
+			case StateDone, StateFailed, StateInterrupted, StateWaiting:
 				st.Finished = r.Time
 			case StateRolledBack:
 				// Undone work is not done: a later apply starts the step afresh.

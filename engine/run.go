@@ -36,6 +36,15 @@ type Run struct {
 // interruption, a failure or a crash); its checkpoints are in Checkpoints.
 func (r *Run) Resumed() bool { return r.resumed }
 
+// Forced reports whether the operator forced a rollback that a step refused
+// as unsafe (runbook rollback --force). A step honouring it must still show
+// what it found.
+func (r *Run) Forced() bool { return r.x.opts.Force }
+
+// StateOf returns the journal state of another step of this run (pending if
+// it never ran), for example to refuse an undo once a later step is done.
+func (r *Run) StateOf(addr string) string { return r.x.js.Step(addr).State }
+
 // Attempt is 1 for the first try, 2 for the first retry, and so on.
 func (r *Run) Attempt() int { return r.attempt }
 

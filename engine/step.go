@@ -80,6 +80,16 @@ type PlanSection struct {
 // ErrRefused marks an action refused for safety (exit code 3).
 var ErrRefused = errors.New("refused for safety")
 
+// ErrWaiting marks a step that handed work to the operator: the run stops
+// with the step waiting, and resume continues once the operator is done.
+var ErrWaiting = errors.New("waiting for the operator")
+
+// WaitForOperator returns an error wrapping ErrWaiting that says what the
+// operator must do.
+func WaitForOperator(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrWaiting, fmt.Sprintf(format, args...))
+}
+
 // Refusef returns an error wrapping ErrRefused.
 func Refusef(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, args...))

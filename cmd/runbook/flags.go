@@ -8,8 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
+	"golang.org/x/term"
 
 	"github.com/runbook-dev/runbook/engine"
 )
@@ -67,11 +69,20 @@ func (cf *commonFlags) output(env *cliEnv) engine.Output {
 	if cf.json {
 		return &engine.JSONOutput{W: env.stdout}
 	}
-	return &engine.HumanOutput{W: env.stdout}
+	return &engine.HumanOutput{W: env.stdout, Terminal: isTerminal(env.stdout)}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func (cf *commonFlags) options(env *cliEnv, command, journal string) engine.Options {
-	return engine.Options{JournalDir: journal, Parallelism: cf.parallelism, Targets: cf.targets, Output: cf.output(env), Command: command}
+	opts := engine.Options{JournalDir: journal, Parallelism: cf.parallelism, Targets: cf.targets, Output: cf.output(env), Command: command}
+	if !cf.json && isTerminal(env.stdout) {
+		opts.ProgressEvery = 100 * time.Millisecond // a bar redraws often; lines in a log do not
+	}
+	return opts
 }
 
 // defaultJournal is .runbook/NAME/ beside the runbook, NAME being the file's

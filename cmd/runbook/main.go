@@ -128,6 +128,9 @@ func exitCode(env *cliEnv, err error) int {
 		return exitRefused
 	case errors.Is(err, engine.ErrRefused):
 		return exitRefused
+	case errors.Is(err, engine.ErrWaiting):
+		fmt.Fprintf(env.stderr, "runbook: hint: once done, continue with runbook resume\n")
+		return exitFailure
 	case errors.Is(err, engine.ErrInterrupted):
 		fmt.Fprintf(env.stderr, "runbook: hint: continue with runbook resume, or undo with runbook rollback\n")
 		return exitFailure

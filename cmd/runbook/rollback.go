@@ -12,6 +12,7 @@ func runRollback(ctx context.Context, env *cliEnv, args []string) error {
 	var cf commonFlags
 	fs := newFlagSet("rollback", &cf)
 	to := fs.String("to", "", "keep this step and what it depends on; undo the rest")
+	force := fs.Bool("force", false, "undo even what a step refuses as unsafe (it shows what it found again)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -28,5 +29,7 @@ func runRollback(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	return s.Rollback(ctx, cf.options(env, "runbook rollback", journal), *to)
+	opts := cf.options(env, "runbook rollback", journal)
+	opts.Force = *force
+	return s.Rollback(ctx, opts, *to)
 }
