@@ -1,0 +1,150 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+// probe is a step type for engine tests: what it does is set per test through
+// probeBehaviour, and every call is recorded.
+type probe struct {
+	cfg struct {
+		Label string `hcl:"label,optional"`
+	}
+}
+
+var (
+	probeMu        sync.Mutex
+	probeBehaviour = map[string]error{} // "apply:NAME" / "rollback:NAME" → error to return
+	probeCalls     []string
+)
+
+func init() {
+	engine.Register(engine.BlockType{Name: "probe", Kind: engine.KindStep, New: func() engine.Block { return &probe{} }, Outputs: map[string]cty.Type{"label": cty.String}})
+}
+
+func (p *probe) Config() any { return &p.cfg }
+
+func (p *probe) call(kind string, r *engine.Run) error {
+	probeMu.Lock()
+	defer probeMu.Unlock()
+	probeCalls = append(probeCalls, kind+":"+r.Addr)
+	err := probeBehaviour[kind+":"+r.Addr]
+	if kind == "rollback" && errors.Is(err, engine.ErrRefused) && r.Forced() {
+		return nil
+	}
+	return err
+}
+
+func (p *probe) Apply(_ context.Context, r *engine.Run) error {
+	r.SetOutput("label", cty.StringVal(p.cfg.Label))
+	return p.call("apply", r)
+}
+
+func (p *probe) Rollback(_ context.Context, r *engine.Run) error { return p.call("rollback", r) }
+
+func setProbe(t *testing.T, behaviour map[string]error) {
+	probeMu.Lock()
+	defer probeMu.Unlock()
+	probeBehaviour, probeCalls = behaviour, nil
+}
+
+func calls() []string {
+	probeMu.Lock()
+	defer probeMu.Unlock()
+	return append([]string(nil), probeCalls...)
+}
+
+const probeRunbook = `
+runbook {
+  name = "probes"
+}
+probe "a" {
+  label = "first"
+}
+probe "b" {
+  label = probe.a.label
+}
+`
+
+func openProbe(t *testing.T) (*engine.Session, engine.Options) {
+	t.Helper()
+	dir := t.TempDir()
+	s, diags := engine.Open(filepath.Join(dir, "probes.hcl"), []byte(probeRunbook), engine.VarInputs{}, true)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	return s, engine.Options{JournalDir: filepath.Join(dir, ".runbook", "probes"), Command: "test"}
+}
+
+// A step that hands work to the operator leaves the run waiting; a new apply
+// is refused, and resume continues with that step.
+func TestWaitingForOperator(t *testing.T) {
+	s, opts := openProbe(t)
+	setProbe(t, map[string]error{"apply:probe.b": engine.WaitForOperator("apply the patch in patch.yaml")})
+	err := s.Apply(context.Background(), opts)
+	if !errors.Is(err, engine.ErrWaiting) {
+		t.Fatalf("apply: got %v, want a waiting error", err)
+	}
+	records, _, err := engine.ReadJournal(opts.JournalDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := engine.Replay(records)
+	if got := js.Step("probe.b").State; got != engine.StateWaiting {
+		t.Fatalf("probe.b is %s, want waiting", got)
+	}
+	s2, opts2 := s, opts
+	if err := s2.Apply(context.Background(), opts2); !errors.Is(err, engine.ErrRefused) {
+		t.Fatalf("a new apply while waiting: got %v, want a refusal", err)
+	}
+	setProbe(t, map[string]error{})
+	s3, diags, err := engine.OpenFromJournal(opts.JournalDir, "", engine.VarInputs{})
+	if err != nil || diags.HasErrors() {
+		t.Fatal(err, diags)
+	}
+	if err := s3.Resume(context.Background(), opts); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if got := calls(); len(got) != 1 || got[0] != "apply:probe.b" {
+		t.Fatalf("resume called %v, want only probe.b's apply", got)
+	}
+}
+
+// A step's refusal stops a rollback with ErrRefused and leaves the steps
+// before it done; --force lets it through, and the order stays reversed.
+func TestRollbackRefusalAndForce(t *testing.T) {
+	s, opts := openProbe(t)
+	setProbe(t, map[string]error{})
+	if err := s.Apply(context.Background(), opts); err != nil {
+		t.Fatal(err)
+	}
+	setProbe(t, map[string]error{"rollback:probe.b": engine.Refusef("objects were written since")})
+	rb, _, err := engine.OpenFromJournal(opts.JournalDir, "", engine.VarInputs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rb.Rollback(context.Background(), opts, ""); !errors.Is(err, engine.ErrRefused) {
+		t.Fatalf("rollback: got %v, want a refusal", err)
+	}
+	if got := calls(); len(got) != 1 || got[0] != "rollback:probe.b" {
+		t.Fatalf("calls %v: probe.a must not be undone after probe.b refused", got)
+	}
+	setProbe(t, map[string]error{"rollback:probe.b": engine.Refusef("objects were written since")})
+	forced := opts
+	forced.Force = true
+	rb2, _, _ := engine.OpenFromJournal(opts.JournalDir, "", engine.VarInputs{})
+	if err := rb2.Rollback(context.Background(), forced, ""); err != nil {
+		t.Fatalf("forced rollback: %v", err)
+	}
+	if got := calls(); len(got) != 2 || got[0] != "rollback:probe.b" || got[1] != "rollback:probe.a" {
+		t.Fatalf("forced rollback called %v, want probe.b then probe.a", got)
+	}
+}
