@@ -302,6 +302,16 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 		}
 	case js.Run != nil && js.Unfinished():
 		return Refusef("the run started in %s is unfinished (%s): continue it with runbook resume, or undo it with runbook rollback", opts.JournalDir, unfinishedSummary(js))
+	case js.Run != nil && s.partlyApplied(js):
+		// A targeted run finished and left steps to do: this apply carries
+		// the same run further, so what is done is not done again.
+		if sha256Hex(s.Config.Src) != js.Run.SourceSHA256 {
+			return Refusef("the runbook changed since the run in %s began, and that run is only partly applied: restore the runbook, or roll the run back first", opts.JournalDir)
+		}
+		if err := s.checkAgainst(js.Run); err != nil {
+			return err
+		}
+		resume = true
 	case js.Run != nil:
 		// The previous run finished: keep its journal beside the new one.
 		j.Close()
@@ -339,6 +349,26 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 	start := time.Now()
 	errs := x.walk(ctx, sel, x.applyNode)
 	return x.finish(ctx, errs, start)
+}
+
+// partlyApplied reports whether a finished run left steps of this runbook
+// pending (it was targeted) and undid none.
+func (s *Session) partlyApplied(js *JournalState) bool {
+	done, pending := 0, 0
+	for _, addr := range s.Graph.Nodes {
+		if s.Config.Block(addr).BlockType.Kind != KindStep {
+			continue
+		}
+		switch js.Step(addr).State {
+		case StateDone:
+			done++
+		case StatePending:
+			pending++
+		default:
+			return false
+		}
+	}
+	return done > 0 && pending > 0
 }
 
 func unfinishedSummary(js *JournalState) string {
