@@ -378,7 +378,7 @@ func DiffPlans(old, cur *PlanDoc) []string {
 			out = append(out, fmt.Sprintf("step %s is new", s.Address))
 			continue
 		}
-		if !bytes.Equal(o.State, s.State) {
+		if !sameJSON(o.State, s.State) {
 			out = append(out, fmt.Sprintf("what %s observed changed%s", s.Address, stateDiff(o.State, s.State)))
 		} else if o.ItemsSHA256 != s.ItemsSHA256 || o.Items != s.Items {
 			out = append(out, fmt.Sprintf("the items of %s changed (%d → %d)", s.Address, o.Items, s.Items))
@@ -388,6 +388,16 @@ func DiffPlans(old, cur *PlanDoc) []string {
 		out = append(out, "the plan's content changed")
 	}
 	return out
+}
+
+// sameJSON compares two JSON documents whatever their indentation (plan.json
+// is indented; a fresh plan is not).
+func sameJSON(a, b json.RawMessage) bool {
+	var ca, cb bytes.Buffer
+	if json.Compact(&ca, a) != nil || json.Compact(&cb, b) != nil {
+		return bytes.Equal(a, b)
+	}
+	return bytes.Equal(ca.Bytes(), cb.Bytes())
 }
 
 func unionKeys(a, b map[string]string) map[string]bool {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/minio/kms-go/kms"
@@ -97,7 +98,7 @@ func (e *enclaveStep) observe(ctx context.Context, r *engine.Run) (*kms.Client, 
 	case errors.Is(err, kms.ErrPermission):
 		return nil, nil, errKMPermission(kmAddr, kmc, "read enclave status")
 	case err != nil:
-		return nil, nil, fmt.Errorf("read status of enclave %s: %w", e.cfg.Name, err)
+		return nil, nil, reachError("Key Manager", kmAddr, strings.Join(kmc.Endpoints(), ", "), fmt.Errorf("read status of enclave %s: %w", e.cfg.Name, err))
 	}
 	obs.Exists = true
 	names, err := listEnclaveKeys(ctx, c, e.cfg.Name)
@@ -140,7 +141,7 @@ func (e *enclaveStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		p.Actions = []string{"adopt existing empty enclave " + e.cfg.Name}
 		p.Rollback = fmt.Sprintf("nothing: enclave %s existed before this run and stays", e.cfg.Name)
 	case e.cfg.AdoptNonempty:
-		p.Observed = []string{fmt.Sprintf("enclave %s exists and holds %d key(s): %s", e.cfg.Name, obs.Keys, sample(obs.names, 5))}
+		p.Observed = []string{fmt.Sprintf("enclave %s exists and holds %d key(s) (key set SHA-256 %s): %s", e.cfg.Name, obs.Keys, obs.KeySetSHA256[:16], sample(obs.names, 5))}
 		p.Actions = []string{fmt.Sprintf("adopt existing enclave %s with its %d key(s) (adopt_nonempty = true)", e.cfg.Name, obs.Keys)}
 		p.Rollback = fmt.Sprintf("nothing: enclave %s existed before this run and stays", e.cfg.Name)
 		p.Risks = []string{fmt.Sprintf("enclave %s already holds %d key(s) that are not from this migration", e.cfg.Name, obs.Keys)}
@@ -269,7 +270,7 @@ func (e *enclaveStep) Rollback(ctx context.Context, r *engine.Run) error {
 		return err
 	}
 	if len(ids) > 0 {
-		return engine.Refusef("enclave %s, created by this run, holds %d identit(y/ies) this rollback did not remove (%s): deleting it would lock them out; delete them first, or roll back --to %s to keep the enclave", name, len(ids), sample(ids, 5), r.Addr)
+		return engine.Refusef("enclave %s, created by this run, holds %s this rollback did not remove (%s): deleting it would lock them out; delete them first, or roll back --to %s to keep the enclave", name, plural(len(ids), "identity", "identities"), sample(ids, 5), r.Addr)
 	}
 	if err := c.DeleteEnclave(ctx, &kms.DeleteEnclaveRequest{Name: name}); err != nil && !errors.Is(err, kms.ErrEnclaveNotFound) {
 		return fmt.Errorf("delete enclave %s: %w", name, err)
@@ -297,4 +298,12 @@ func listEnclaveIdentities(ctx context.Context, c *kms.Client, enclave string) (
 		}
 		req = &kms.ListRequest{Enclave: enclave, ContinueAt: page.ContinueAt}
 	}
+}
+
+// plural renders a count with its noun.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

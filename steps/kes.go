@@ -9,8 +9,8 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	kesserver "github.com/minio/kes"
-	"github.com/minio/kes/kesconf"
 	kes "github.com/minio/kes-go"
+	"github.com/minio/kes/kesconf"
 
 	"github.com/runbook-dev/runbook/engine"
 )

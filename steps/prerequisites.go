@@ -22,8 +22,8 @@ import (
 	"aead.dev/mtls"
 	"github.com/hashicorp/hcl/v2"
 	kesserver "github.com/minio/kes"
-	"github.com/minio/kes/kesconf"
 	kes "github.com/minio/kes-go"
+	"github.com/minio/kes/kesconf"
 	"github.com/minio/kms-go/kms"
 	"github.com/minio/madmin-go/v3"
 	"github.com/minio/minio-go/v7"
@@ -129,6 +129,8 @@ type prerequisitesState struct {
 	ObjectStore      string `json:"object_store,omitempty"`
 	ObjectStoreKMS   string `json:"object_store_kms,omitempty"`
 	KESServerVersion string `json:"kes_server_version,omitempty"`
+	// KESKeyNames lets a stale plan name the keys created or deleted since.
+	KESKeyNames []string `json:"kes_key_names"`
 }
 
 // keySetDigest is the SHA-256 of the sorted names, one per line.
@@ -264,7 +266,7 @@ func (p *prerequisites) check(ctx context.Context, r *engine.Run, st *prerequisi
 	pf.digest = keySetDigest(names)
 	pf.storeID = describeKeyStore(conf)
 	pf.observed = append(pf.observed, fmt.Sprintf("KES config %s parses; key store %s lists %d key(s) (key set SHA-256 %s)", k.ConfigFile(r), pf.storeID, len(names), pf.digest[:16]))
-	st.KESKeys, st.KESKeySetSHA256, st.KeyStore = len(names), pf.digest, pf.storeID
+	st.KESKeys, st.KESKeySetSHA256, st.KeyStore, st.KESKeyNames = len(names), pf.digest, pf.storeID, names
 	r.RecordInput("kes key set", pf.digest)
 	return pf, nil
 }
@@ -318,6 +320,7 @@ func (p *prerequisites) Apply(ctx context.Context, r *engine.Run) error {
 	for _, o := range pf.risks {
 		r.Warnf("%s", o)
 	}
+	st.KESKeyNames = nil // kept in backups/, not in the journal
 	if err := r.Checkpoint("checked", st); err != nil {
 		return err
 	}
@@ -636,4 +639,3 @@ func tlsReason(err error) string {
 	}
 	return "the certificate does not verify"
 }
-

@@ -9,7 +9,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
-	"path/filepath"
+	"path"
 	"slices"
 	"sort"
 	"strings"
@@ -134,7 +134,7 @@ func (v *verificationStep) Validate(d *engine.Decoded) hcl.Diagnostics {
 		}
 	}
 	if !d.Unknown("pattern") {
-		if _, err := filepath.Match(v.pattern(), ""); err != nil {
+		if _, err := path.Match(v.pattern(), ""); err != nil {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid pattern", Detail: fmt.Sprintf("pattern %q is not a valid glob (%v). Use the migration's pattern, for example \"*\" or \"minio-*\".", v.cfg.Pattern, err), Subject: d.AttrRange("pattern")})
 		}
 	}
@@ -173,7 +173,7 @@ func verifyMatch(names []string, pattern string) []string {
 	}
 	var out []string
 	for _, n := range names {
-		if ok, _ := filepath.Match(pattern, n); ok {
+		if ok, _ := path.Match(pattern, n); ok {
 			out = append(out, n)
 		}
 	}
@@ -296,6 +296,26 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		problems = append(problems, verifyNameSetMessage(srcAddr, enc.Name, missing, extra))
 	} else {
 		r.Logf("names: the %d key(s) matching %q are the same in the KES key store and enclave %s", len(source), v.pattern(), enc.Name)
+	}
+
+	// The KES server must serve the key store the config names: keys it
+	// holds beyond the store would be used by MinIO and never migrated.
+	if src.HasServer() {
+		kc, err := src.Client(r)
+		if err != nil {
+			return err
+		}
+		served, err := listKESServer(ctx, func(ctx context.Context, prefix string) ([]string, string, error) {
+			return kc.ListKeys(ctx, prefix, 0)
+		})
+		if err != nil {
+			return err
+		}
+		if _, onlyServer := verifyDiff(source, verifyMatch(served, v.pattern())); len(onlyServer) > 0 {
+			problems = append(problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", src.Endpoint(), len(onlyServer), src.ConfigFile(r), verifyNameList(onlyServer, verifyShown)))
+		} else {
+			r.Logf("KES server: the %d key(s) it serves matching %q are all in the key store", len(verifyMatch(served, v.pattern())), v.pattern())
+		}
 	}
 
 	// 2. The round trips, over the keys both sides hold.
@@ -634,6 +654,88 @@ func verifyProofName(proofs map[string]int, planned string) string {
 	return proofMixed
 }
 
+// kesListFunc lists the keys of a KES server whose names start with prefix
+// ("*" for all), as its /v1/key/list API does: at most about 1024 names and
+// a continuation when there are more.
+type kesListFunc func(ctx context.Context, prefix string) (names []string, continueAt string, err error)
+
+// kesNameAlphabet is every character a KES key name may hold, in byte order.
+const kesNameAlphabet = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+
+// listKESServer lists every key a KES server holds. Its listing API returns
+// about 1024 names for a prefix and, when there are more, the first name it
+// left out, as a "continuation" that kes-go and kes migrate pass back as a
+// prefix and so lose keys (DOMAIN.md). Here the names at or after that
+// continuation under the prefix are covered exactly by the continuation
+// itself (as a prefix) and, for each of its positions, the prefixes that
+// share it up to there and continue with a greater character; each of those
+// is listed the same way. The API takes no prefix ending in '-' nor the
+// prefix "_"; the first arises only below the second, and both are split by
+// their next character (up to 80 characters deep: at most about 5,000 small
+// listings, and only when more than 1024 names sort before '_').
+func listKESServer(ctx context.Context, list kesListFunc) ([]string, error) {
+	var out []string
+	var walk func(prefix string, depth int) error
+	walk = func(prefix string, depth int) error {
+		if len(prefix) >= 80 && (prefix == "_" || strings.HasSuffix(prefix, "-")) {
+			return nil // no key name is longer than 80 characters or ends in '-'
+		}
+		if depth > 100000 {
+			return fmt.Errorf("list keys of the KES server: the listing does not converge under %q", prefix)
+		}
+		if prefix == "_" || strings.HasSuffix(prefix, "-") {
+			// Not listable; no key has this name itself.
+			for _, c := range kesNameAlphabet {
+				if err := walk(prefix+string(c), depth+1); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		q := prefix
+		if q == "" {
+			q = "*"
+		}
+		var names []string
+		var next string
+		err := verifyRetry(ctx, func() error {
+			var err error
+			names, next, err = list(ctx, q)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("list keys of the KES server under %q: %w", q, err)
+		}
+		out = append(out, names...)
+		if next == "" {
+			return nil
+		}
+		if !strings.HasPrefix(next, prefix) || len(next) <= len(prefix) || (len(names) > 0 && next <= names[len(names)-1]) {
+			return fmt.Errorf("list keys of the KES server under %q: unexpected continuation %q", q, next)
+		}
+		// The names at or after next that start with prefix.
+		if err := walk(next, depth+1); err != nil {
+			return err
+		}
+		for i := len(next) - 1; i >= len(prefix); i-- {
+			for _, c := range kesNameAlphabet {
+				if byte(c) <= next[i] {
+					continue
+				}
+				if err := walk(next[:i]+string(c), depth+1); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	if err := walk("", 0); err != nil {
+		return nil, err
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
 // verifyDiff returns the names in source but not in target (missing) and in
 // target but not in source (extra), each sorted.
 func verifyDiff(source, target []string) (missing, extra []string) {
@@ -690,10 +792,10 @@ func verifyNameList(names []string, max int) string {
 func verifyNameSetMessage(srcAddr, enclave string, missing, extra []string) string {
 	var parts []string
 	if len(missing) > 0 {
-		parts = append(parts, fmt.Sprintf("%d key(s) of the %s key store are missing from enclave %s: %s", len(missing), srcAddr, enclave, verifyNameList(missing, verifyShown)))
+		parts = append(parts, fmt.Sprintf("%d key(s) of the %s key store are missing from enclave %s: %s (created at KES after the migration listed the store, never imported, or deleted from the enclave since: halt key creation at KES and run the migration again, which carries them and skips the keys already there)", len(missing), srcAddr, enclave, verifyNameList(missing, verifyShown)))
 	}
 	if len(extra) > 0 {
-		parts = append(parts, fmt.Sprintf("enclave %s holds %d key(s) the %s key store does not: %s", enclave, len(extra), srcAddr, verifyNameList(extra, verifyShown)))
+		parts = append(parts, fmt.Sprintf("enclave %s holds %d key(s) the %s key store does not: %s (deleted at KES since the migration, or put into the enclave by something else)", enclave, len(extra), srcAddr, verifyNameList(extra, verifyShown)))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -771,7 +873,7 @@ func (v *verifyRefs) describe(addr string) []string {
 	out := []string{
 		fmt.Sprintf("%s: KMS %q, default key %q; %d bucket(s), %d object version(s) listed (%d SSE-KMS, %d SSE-S3)", addr, v.kmsName, v.defaultKey, v.buckets, v.versions, v.sseKMS, v.sseS3),
 		fmt.Sprintf("%s references %d key(s): %s", addr, len(v.count), v.whereList(v.names())),
-		"the key of an SSE-S3 object is not visible through the S3 API (it is the default key at the time of writing, recorded only in xl.meta): SSE-S3 objects are covered through the default key",
+		"the key of an SSE-S3 object is not visible through the S3 API (it is the default key at the time of writing, recorded only in xl.meta): SSE-S3 objects are covered through the default key only if it has not changed since they were written",
 	}
 	return out
 }

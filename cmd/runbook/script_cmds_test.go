@@ -138,5 +138,13 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 	for name, fn := range testenv.Cmds() {
 		cmds[name] = fn
 	}
+	// Commands that other _test.go files of this package register.
+	for name, fn := range moreScriptCmds {
+		cmds[name] = fn
+	}
 	return cmds
 }
+
+// moreScriptCmds holds script commands that other _test.go files add from
+// their init functions (for example script_objects_test.go).
+var moreScriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []string){}

@@ -1,0 +1,83 @@
+package steps
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+func TestDiffSorted(t *testing.T) {
+	for _, tc := range []struct {
+		a, b           []string
+		added, removed string
+	}{
+		{nil, nil, "", ""},
+		{[]string{"a", "b"}, []string{"a", "b"}, "", ""},
+		{[]string{"a", "c"}, []string{"a", "b", "c", "d"}, "b,d", ""},
+		{[]string{"a", "b", "c"}, []string{"b"}, "", "a,c"},
+		{[]string{"b"}, []string{"a", "c"}, "a,c", "b"},
+		{nil, []string{"x"}, "x", ""},
+	} {
+		added, removed := diffSorted(tc.a, tc.b)
+		if got := strings.Join(added, ","); got != tc.added {
+			t.Errorf("diffSorted(%v, %v) added %q, want %q", tc.a, tc.b, got, tc.added)
+		}
+		if got := strings.Join(removed, ","); got != tc.removed {
+			t.Errorf("diffSorted(%v, %v) removed %q, want %q", tc.a, tc.b, got, tc.removed)
+		}
+	}
+}
+
+// The digest must tell sets apart that a naive concatenation would not.
+func TestKeySetDigest(t *testing.T) {
+	if keySetDigest([]string{"ab", "c"}) == keySetDigest([]string{"a", "bc"}) {
+		t.Error("different key sets have the same digest")
+	}
+	if keySetDigest(nil) != keySetDigest([]string{}) {
+		t.Error("the empty set has two digests")
+	}
+	if got := keySetDigest([]string{"k1", "k2"}); got != keySetDigest([]string{"k1", "k2"}) || len(got) != 64 {
+		t.Errorf("digest %q is not a stable SHA-256", got)
+	}
+}
+
+func TestReachError(t *testing.T) {
+	wrap := func(err error) error {
+		return &url.Error{Op: "Get", URL: "https://127.0.0.1:7373/version", Err: err}
+	}
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{wrap(&tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}), "TLS verification failed (certificate signed by unknown authority): set ca_file"},
+		{wrap(x509.HostnameError{Certificate: &x509.Certificate{}, Host: "kes.example.net"}), "TLS verification failed (x509: certificate is not valid for any names"},
+		{wrap(&net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connect: connection refused")}), "is unreachable (dial tcp: connect: connection refused): check the address"},
+		{wrap(context.DeadlineExceeded), "is unreachable: no answer within"},
+		{wrap(tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}), "does not speak TLS"},
+		{errors.New("boom"), "KES server https://kes:7373: boom"},
+	} {
+		err := reachError("KES server", "kes.legacy", "https://kes:7373", tc.err)
+		if !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "kes.legacy: ") {
+			t.Errorf("reachError(%v) = %q, want it to contain %q", tc.err, err, tc.want)
+		}
+	}
+}
+
+func TestEnclaveName(t *testing.T) {
+	for name, ok := range map[string]bool{"aistor-primary": true, "a_b": true, "": false, "a/b": false, "a b": false, strings.Repeat("x", 81): false} {
+		if enclaveNameRE.MatchString(name) != ok {
+			t.Errorf("enclave name %q accepted = %v, want %v", name, !ok, ok)
+		}
+	}
+	if got := plural(1, "identity", "identities"); got != "1 identity" {
+		t.Errorf("plural(1) = %q", got)
+	}
+	if got := plural(3, "identity", "identities"); got != "3 identities" {
+		t.Errorf("plural(3) = %q", got)
+	}
+}

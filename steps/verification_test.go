@@ -1,0 +1,315 @@
+package steps
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minio/kes/kesconf"
+	"github.com/minio/kms-go/kms"
+
+	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/testenv"
+)
+
+func TestVerifyDiff(t *testing.T) {
+	missing, extra := verifyDiff([]string{"a", "b", "c", "d"}, []string{"d", "b", "x", "a"})
+	if !slices.Equal(missing, []string{"c"}) || !slices.Equal(extra, []string{"x"}) {
+		t.Fatalf("missing %q extra %q, want [c] [x]", missing, extra)
+	}
+	missing, extra = verifyDiff([]string{"a"}, []string{"a"})
+	if missing != nil || extra != nil {
+		t.Fatalf("equal sets: missing %q extra %q", missing, extra)
+	}
+	if got := verifyIntersect([]string{"c", "a", "b"}, []string{"b", "c", "z"}); !slices.Equal(got, []string{"b", "c"}) {
+		t.Fatalf("intersect = %q", got)
+	}
+}
+
+func TestVerifyMatch(t *testing.T) {
+	names := []string{"minio-a", "minio-b", "other"}
+	if got := verifyMatch(names, "minio-*"); !slices.Equal(got, []string{"minio-a", "minio-b"}) {
+		t.Fatalf("match = %q", got)
+	}
+	if got := verifyMatch(names, "*"); !slices.Equal(got, names) {
+		t.Fatalf("match * = %q", got)
+	}
+}
+
+func TestVerifyNameList(t *testing.T) {
+	if got := verifyNameList(nil, 3); got != "none" {
+		t.Fatalf("empty = %q", got)
+	}
+	if got := verifyNameList([]string{"a", "b"}, 3); got != "a, b" {
+		t.Fatalf("short = %q", got)
+	}
+	if got := verifyNameList([]string{"a", "b", "c", "d", "e"}, 3); got != "a, b, c and 2 more" {
+		t.Fatalf("long = %q", got)
+	}
+}
+
+func TestVerifyNameSetMessage(t *testing.T) {
+	msg := verifyNameSetMessage("kes.legacy", "aistor-primary", []string{"new-key"}, []string{"stray"})
+	for _, want := range []string{"1 key(s) of the kes.legacy key store are missing from enclave aistor-primary: new-key", "enclave aistor-primary holds 1 key(s) the kes.legacy key store does not: stray"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message %q lacks %q", msg, want)
+		}
+	}
+	msg = verifyNameSetMessage("kes.legacy", "e", []string{"m"}, nil)
+	if strings.Contains(msg, "holds") {
+		t.Errorf("message %q speaks of extra keys where there are none", msg)
+	}
+}
+
+func TestVerifyFailureMessage(t *testing.T) {
+	msg := verifyFailureMessage("e", []verifyFailure{
+		{Name: "k1", Reason: errMaterialDiffers.Error() + ": x"},
+		{Name: "k2", Reason: "decrypt at the Key Manager: boom"},
+	})
+	if !strings.Contains(msg, "1 key(s) in enclave e have different material than at KES: k1") {
+		t.Errorf("message %q does not name k1 as differing", msg)
+	}
+	if !strings.Contains(msg, "k2 (decrypt at the Key Manager: boom)") {
+		t.Errorf("message %q does not name k2 with its reason", msg)
+	}
+}
+
+func TestVerifySample(t *testing.T) {
+	var names []string
+	for i := range 100 {
+		names = append(names, "key-"+string(rune('a'+i%26))+string(rune('a'+i/26)))
+	}
+	slices.Sort(names)
+	a := verifySample(names, 10, 42)
+	b := verifySample(names, 10, 42)
+	if len(a) != 10 || !slices.Equal(a, b) {
+		t.Fatalf("a sample from one seed is not stable: %q vs %q", a, b)
+	}
+	if !slices.IsSorted(a) || len(slices.Compact(slices.Clone(a))) != 10 {
+		t.Fatalf("sample %q is not 10 distinct sorted names", a)
+	}
+	for _, n := range a {
+		if !slices.Contains(names, n) {
+			t.Fatalf("sample holds %q, not a name", n)
+		}
+	}
+	if c := verifySample(names, 10, 43); slices.Equal(a, c) {
+		t.Fatalf("two seeds gave the same sample %q", a)
+	}
+}
+
+func TestVerifyProofName(t *testing.T) {
+	if got := verifyProofName(nil, proofLocalSeal); got != proofLocalSeal {
+		t.Errorf("no checkpoints: %q", got)
+	}
+	if got := verifyProofName(map[string]int{proofKESGenerate: 3}, proofLocalSeal); got != proofKESGenerate {
+		t.Errorf("one proof: %q", got)
+	}
+	if got := verifyProofName(map[string]int{proofKESGenerate: 3, proofLocalSeal: 1}, proofLocalSeal); got != proofMixed {
+		t.Errorf("two proofs: %q", got)
+	}
+}
+
+func TestVerifyRefsWhereList(t *testing.T) {
+	var r verifyRefs
+	r.add("k", "the default key")
+	for _, o := range []string{"b/1", "b/2", "b/3", "b/4"} {
+		r.add("k", "object "+o)
+	}
+	r.add("j", "bucket b (default encryption)")
+	if got := r.names(); !slices.Equal(got, []string{"j", "k"}) {
+		t.Fatalf("names = %q", got)
+	}
+	got := r.whereList([]string{"k"})
+	want := "k (referenced by the default key, object b/1, object b/2 and 2 more)"
+	if got != want {
+		t.Fatalf("whereList = %q, want %q", got, want)
+	}
+}
+
+type statusErr int
+
+func (s statusErr) Error() string { return "status" }
+func (s statusErr) Status() int   { return int(s) }
+
+func TestVerifyRetry(t *testing.T) {
+	ctx := context.Background()
+	n := 0
+	err := verifyRetry(ctx, func() error {
+		n++
+		if n < 3 {
+			return statusErr(503)
+		}
+		return nil
+	})
+	if err != nil || n != 3 {
+		t.Fatalf("transient errors: err %v after %d tries", err, n)
+	}
+	n = 0
+	err = verifyRetry(ctx, func() error { n++; return statusErr(404) })
+	if !errors.Is(err, statusErr(404)) || n != 1 {
+		t.Fatalf("a 4xx answer was retried: err %v after %d tries", err, n)
+	}
+}
+
+// TestVerifyRoundTrips proves both proofs against the real KES server and
+// the Key Manager emulator: a key imported with the KES key store's material
+// passes; a key imported under the same name with other material fails as
+// differing; a key the enclave lacks fails by name.
+func TestVerifyRoundTrips(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	k := testenv.StartKES(t, testenv.KESOptions{Keys: 3})
+	km := testenv.StartKeyManager(t, testenv.KeyManagerOptions{})
+	kmc := km.Client()
+	const enclave = "verify"
+	if err := kmc.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: enclave}); err != nil {
+		t.Fatal(err)
+	}
+	ks, err := (&kesconf.FSKeyStore{Path: k.KeyStoreDir}).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	entries, err := os.ReadDir(k.KeyStoreDir)
+	if err != nil || len(entries) != 3 {
+		t.Fatalf("key store: %d entries, %v", len(entries), err)
+	}
+	var names []string
+	for i, e := range entries {
+		names = append(names, e.Name())
+		raw, err := os.ReadFile(filepath.Join(k.KeyStoreDir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := kescrypto.ParseKey(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch i {
+		case 0: // same material
+		case 1: // other material under the same name
+			key.Material = make([]byte, kescrypto.KeySize)
+			rand.Read(key.Material)
+		case 2: // not imported
+			continue
+		}
+		if err := kmc.ImportKey(ctx, enclave, &kms.ImportKeyRequest{Name: e.Name(), Type: kms.SecretKeyType(key.Algorithm), Key: key.Material}); err != nil {
+			t.Fatalf("import %s: %v", e.Name(), err)
+		}
+	}
+	kc := k.Client()
+	for _, proof := range []string{proofKESGenerate, proofLocalSeal} {
+		check := func(name string) error {
+			if proof == proofKESGenerate {
+				return verifyKESGenerate(ctx, kc, kmc, enclave, name)
+			}
+			return verifyLocalSeal(ctx, ks, kmc, enclave, name)
+		}
+		if err := check(names[0]); err != nil {
+			t.Errorf("%s: same material: %v", proof, err)
+		}
+		if err := check(names[1]); !errors.Is(err, errMaterialDiffers) {
+			t.Errorf("%s: other material: got %v, want %v", proof, err, errMaterialDiffers)
+		}
+		if err := check(names[2]); err == nil || !strings.Contains(err.Error(), names[2]) {
+			t.Errorf("%s: key not in the enclave: got %v, want an error naming it", proof, err)
+		}
+	}
+	if err := verifyKESGenerate(ctx, kc, kmc, enclave, "no-such-key"); err == nil || !strings.Contains(err.Error(), "the KES server has no key \"no-such-key\"") {
+		t.Errorf("key unknown to KES: %v", err)
+	}
+}
+
+// fakeKESList answers like KES's listing API, cut at n names per answer.
+func fakeKESList(all []string, n int, calls *int) kesListFunc {
+	return func(_ context.Context, prefix string) ([]string, string, error) {
+		*calls++
+		if prefix == "_" || strings.HasSuffix(prefix, "-") {
+			return nil, "", statusErr(400)
+		}
+		if prefix == "*" {
+			prefix = ""
+		}
+		var names []string
+		for _, s := range all {
+			if strings.HasPrefix(s, prefix) {
+				names = append(names, s)
+			}
+		}
+		slices.Sort(names)
+		if len(names) > n {
+			return names[:n], names[n], nil
+		}
+		return names, "", nil
+	}
+}
+
+func TestListKESServerIsComplete(t *testing.T) {
+	var all []string
+	for i := range 500 {
+		all = append(all, fmt.Sprintf("key-%05d", i))
+	}
+	all = append(all, "key", "k", "_x", "_-y", "_--z", "Z-1", "a--b", "a---c", "minio-default-key", "key-_")
+	calls := 0
+	got, err := listKESServer(context.Background(), fakeKESList(all, 16, &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := slices.Clone(all)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		missing, extra := verifyDiff(want, got)
+		t.Fatalf("listed %d names, want %d; missing %q, extra %q", len(got), len(want), missing, extra)
+	}
+	t.Logf("%d names in %d listings of at most 16", len(got), calls)
+
+	// a store small enough for one page takes one request
+	calls = 0
+	if got, err := listKESServer(context.Background(), fakeKESList(all[:10], 1024, &calls)); err != nil || len(got) != 10 || calls != 1 {
+		t.Fatalf("small store: %d names, %d calls, %v", len(got), calls, err)
+	}
+}
+
+// TestListKESServerRandom checks the listing against random stores and page
+// sizes: every name, exactly once.
+func TestListKESServerRandom(t *testing.T) {
+	rng := mrand.New(mrand.NewPCG(1, 2))
+	for round := range 200 {
+		seen := map[string]bool{}
+		var all []string
+		for range rng.IntN(300) {
+			n := 1 + rng.IntN(6)
+			b := make([]byte, n)
+			for i := range b {
+				b[i] = kesNameAlphabet[rng.IntN(len(kesNameAlphabet))]
+			}
+			name := string(b)
+			if name[0] == '-' || name[n-1] == '-' || name == "_" || seen[name] {
+				continue
+			}
+			seen[name] = true
+			all = append(all, name)
+		}
+		page := 1 + rng.IntN(20)
+		calls := 0
+		got, err := listKESServer(context.Background(), fakeKESList(all, page, &calls))
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		want := slices.Clone(all)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			missing, extra := verifyDiff(want, got)
+			t.Fatalf("round %d (page %d): missing %q, extra %q", round, page, missing, extra)
+		}
+	}
+}
