@@ -246,6 +246,9 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 		referenced = []string{}
 	}
 	p.State = map[string]any{"referenced": referenced}
+	// Every proof this step makes is what proves the migration succeeded.
+	p.Verification = append(p.Verification, p.Actions...)
+	p.ItemsLabel = "keys to prove"
 	return p, nil
 }
 
