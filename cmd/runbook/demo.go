@@ -47,7 +47,11 @@ func runDemo(ctx context.Context, env *cliEnv, args []string) error {
 	out.Emit(engine.Event{Type: engine.EventRun, Message: fmt.Sprintf("runbook: demo in %s; Key Manager emulator at %s", *dir, km.URL())})
 
 	file := filepath.Join(*dir, "demo.hcl")
-	cf.vars = append([]string{"km_server=" + km.URL(), "km_ca=" + km.CAFile(), "km_api_key=" + km.RootAPIKey()}, cf.vars...)
+	ca, err := filepath.Abs(km.CAFile())
+	if err != nil {
+		return fmt.Errorf("resolve the emulator's CA file: %w", err)
+	}
+	cf.vars = append([]string{"km_server=" + km.URL(), "km_ca=" + ca, "km_api_key=" + km.RootAPIKey()}, cf.vars...)
 	s, err := openSession(env, file, &cf, true)
 	if err != nil {
 		return err

@@ -24,6 +24,9 @@ func TestScripts(t *testing.T) {
 		Dir:                 "../../testdata/scripts",
 		RequireExplicitExec: true,
 		RequireUniqueNames:  true,
+		// RUNBOOK_UPDATE_SCRIPTS=1 rewrites golden files inside the scripts
+		// (review the diff before committing it).
+		UpdateScripts: os.Getenv("RUNBOOK_UPDATE_SCRIPTS") != "",
 		Cmds:                scriptCmds(),
 		Setup: func(e *testscript.Env) error {
 			// Scripts copy the project's real runbooks from here.
