@@ -74,6 +74,29 @@ func (s *Session) newExecution(opts Options) *execution {
 
 func (x *execution) emit(e Event) { x.em.emit(e) }
 
+// openJournal opens the journal (the caller holds the lock), reports a
+// discarded torn tail and removes temporary files a crash left, and replays
+// the run recorded so far.
+func (x *execution) openJournal() error {
+	if swept, _ := SweepTempFiles(x.dir); len(swept) > 0 {
+		x.emit(Event{Type: EventWarning, Message: fmt.Sprintf("removed %d unfinished temporary file(s) in the journal dir", len(swept))})
+	}
+	j, records, warnings, err := OpenJournal(x.dir)
+	if err != nil {
+		return err
+	}
+	for _, w := range warnings {
+		x.emit(Event{Type: EventWarning, Message: w})
+	}
+	js, err := Replay(records)
+	if err != nil {
+		j.Close()
+		return err
+	}
+	x.j, x.js = j, js
+	return nil
+}
+
 func (x *execution) append(r *Record) error {
 	if x.j == nil {
 		return errors.New("no journal during plan: a planner must not record checkpoints")
@@ -274,21 +297,11 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 			return err
 		}
 	}
-	if swept, _ := SweepTempFiles(opts.JournalDir); len(swept) > 0 {
-		x.emit(Event{Type: EventWarning, Message: fmt.Sprintf("removed %d unfinished temporary file(s) in the journal dir", len(swept))})
-	}
-	j, records, warnings, err := OpenJournal(opts.JournalDir)
-	if err != nil {
+	if err := x.openJournal(); err != nil {
 		return err
 	}
-	defer j.Close()
-	for _, w := range warnings {
-		x.emit(Event{Type: EventWarning, Message: w})
-	}
-	js, err := Replay(records)
-	if err != nil {
-		return err
-	}
+	defer func() { x.j.Close() }()
+	js := x.js
 	targets := opts.Targets
 	switch {
 	case resume && js.Run == nil:
@@ -314,18 +327,15 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 		resume = true
 	case js.Run != nil:
 		// The previous run finished: keep its journal beside the new one.
-		j.Close()
+		x.j.Close()
 		if err := archiveJournal(opts.JournalDir, js.Run.ID); err != nil {
 			return err
 		}
-		j, _, _, err = OpenJournal(opts.JournalDir)
-		if err != nil {
+		if err := x.openJournal(); err != nil {
 			return err
 		}
-		defer j.Close()
-		js = &JournalState{Steps: map[string]*StepState{}}
+		js = x.js
 	}
-	x.j, x.js = j, js
 	sel, err := s.selected(targets)
 	if err != nil {
 		return err

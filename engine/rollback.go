@@ -61,19 +61,11 @@ func (s *Session) Rollback(ctx context.Context, opts Options, to string) error {
 		return err
 	}
 	defer lock.Release()
-	j, records, warnings, err := OpenJournal(opts.JournalDir)
-	if err != nil {
+	if err := x.openJournal(); err != nil {
 		return err
 	}
-	defer j.Close()
-	for _, w := range warnings {
-		x.emit(Event{Type: EventWarning, Message: w})
-	}
-	js, err := Replay(records)
-	if err != nil {
-		return err
-	}
-	x.j, x.js = j, js
+	defer x.j.Close()
+	js := x.js
 	keep := map[string]bool{}
 	if to != "" {
 		if s.Config.Block(to) == nil {
