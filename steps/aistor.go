@@ -39,6 +39,11 @@ type aistorConfig struct {
 	Restart        string   `hcl:"restart,optional"`
 	RestartCommand []string `hcl:"restart_command,optional"`
 	Platform       string   `hcl:"platform,optional"`
+	// For the cutover (steps/cutover.go): how ssh:// env files are reached,
+	// and how a node's log is read when it does not come back.
+	SSHKnownHosts string   `hcl:"ssh_known_hosts,optional"`
+	SSHIdentity   string   `hcl:"ssh_identity,optional"`
+	LogCommand    []string `hcl:"log_command,optional"`
 }
 
 // aistorConnection reaches a MinIO/AIStor deployment.
@@ -86,6 +91,18 @@ func (a *aistorConnection) RestartCommand() []string { return a.cfg.RestartComma
 
 // Platform is "" (files on hosts) or "kubernetes".
 func (a *aistorConnection) Platform() string { return a.cfg.Platform }
+
+// SSHKnownHosts is the known_hosts file that ssh:// env files' hosts are
+// checked against ("" = ~/.ssh/known_hosts).
+func (a *aistorConnection) SSHKnownHosts() string { return a.cfg.SSHKnownHosts }
+
+// SSHIdentity is the private key file for ssh:// env files ("" = an ssh
+// agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa).
+func (a *aistorConnection) SSHIdentity() string { return a.cfg.SSHIdentity }
+
+// LogCommand is an argv that prints a node's recent log (run once per node
+// with RUNBOOK_NODE set, on the node's host for ssh:// env files).
+func (a *aistorConnection) LogCommand() []string { return a.cfg.LogCommand }
 
 // Clients returns the admin and S3 clients, built once.
 func (a *aistorConnection) Clients(r *engine.Run) (*madmin.AdminClient, *minio.Client, error) {

@@ -3,6 +3,7 @@ package steps
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -36,7 +37,8 @@ func parseEnvLine(line string) (e envEntry, ok bool, err error) {
 	}
 	key, val, found := strings.Cut(s, "=")
 	if !found {
-		return envEntry{}, false, fmt.Errorf("%q is not of the form KEY=value", redactEnvLine(line))
+		// Not shown: a line without '=' may be a pasted secret.
+		return envEntry{}, false, errors.New("the line is not of the form KEY=value (MinIO refuses to start with it)")
 	}
 	if len(val) >= 2 && (val[0] == '"' || val[0] == '\'') && val[len(val)-1] == val[0] {
 		e.Quote = val[0]
@@ -245,12 +247,12 @@ func envDiff(before, after []byte) []string {
 		case i < n && j < m && a[i] == b[j]:
 			i++
 			j++
-		case j < m && (i == n || lcs[i][j+1] >= lcs[i+1][j]):
-			out = append(out, "+ "+redactEnvLine(b[j]))
-			j++
-		default:
+		case i < n && (j == m || lcs[i+1][j] >= lcs[i][j+1]):
 			out = append(out, "- "+redactEnvLine(a[i]))
 			i++
+		default:
+			out = append(out, "+ "+redactEnvLine(b[j]))
+			j++
 		}
 	}
 	return out

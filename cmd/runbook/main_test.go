@@ -27,7 +27,7 @@ func TestScripts(t *testing.T) {
 		// RUNBOOK_UPDATE_SCRIPTS=1 rewrites golden files inside the scripts
 		// (review the diff before committing it).
 		UpdateScripts: os.Getenv("RUNBOOK_UPDATE_SCRIPTS") != "",
-		Cmds:                scriptCmds(),
+		Cmds:          scriptCmds(),
 		Setup: func(e *testscript.Env) error {
 			// Scripts copy the project's real runbooks from here.
 			d, err := filepath.Abs("../../runbooks")

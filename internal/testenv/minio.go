@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -362,7 +363,7 @@ func (m *MinIO) ServeControl(t TB) string {
 }
 
 // MinIOCtlMain is a command for testscript.Main's command map
-// ("minio-ctl": testenv.MinIOCtlMain): 'minio-ctl restart|stop' asks the
+// ("minio-ctl": testenv.MinIOCtlMain): 'minio-ctl restart|stop [NODE]' asks the
 // control endpoint in $MINIO_CONTROL_URL (set by the minio-server script
 // command) to fully restart or stop MinIO, waits for the result and exits
 // non-zero on failure. A runbook under test can use it as its restart
@@ -370,8 +371,8 @@ func (m *MinIO) ServeControl(t TB) string {
 func MinIOCtlMain() { os.Exit(minioCtl()) }
 
 func minioCtl() int {
-	if len(os.Args) != 2 || (os.Args[1] != "restart" && os.Args[1] != "stop") {
-		fmt.Fprintln(os.Stderr, "usage: minio-ctl restart|stop")
+	if len(os.Args) < 2 || len(os.Args) > 3 || (os.Args[1] != "restart" && os.Args[1] != "stop" && os.Args[1] != "log") {
+		fmt.Fprintln(os.Stderr, "usage: minio-ctl restart|stop|log [NODE]")
 		return 2
 	}
 	url := os.Getenv("MINIO_CONTROL_URL")
@@ -379,8 +380,23 @@ func minioCtl() int {
 		fmt.Fprintln(os.Stderr, "minio-ctl: MINIO_CONTROL_URL is not set")
 		return 1
 	}
+	// A cluster's node (minio-cluster): named, or the node whose env file
+	// the cutover names in RUNBOOK_NODE. A single server ignores it.
+	node := os.Getenv("RUNBOOK_NODE")
+	if len(os.Args) == 3 {
+		node = os.Args[2]
+	}
+	target := url + "/" + os.Args[1] + "?node=" + neturl.QueryEscape(node)
 	c := &http.Client{Timeout: 5 * time.Minute}
-	resp, err := c.Post(url+"/"+os.Args[1], "text/plain", nil)
+	var (
+		resp *http.Response
+		err  error
+	)
+	if os.Args[1] == "log" {
+		resp, err = c.Get(target)
+	} else {
+		resp, err = c.Post(target, "text/plain", nil)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "minio-ctl: %v\n", err)
 		return 1

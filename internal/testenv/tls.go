@@ -27,6 +27,12 @@ type TLSFiles struct {
 // GenerateTLS writes a new CA and server certificate into dir, named
 // ca.pem, server.crt and server.key.
 func GenerateTLS(dir, commonName string) (TLSFiles, error) {
+	return GenerateTLSFor(dir, commonName)
+}
+
+// GenerateTLSFor is GenerateTLS with more IP addresses in the server
+// certificate (for example a non-loopback address of this machine).
+func GenerateTLSFor(dir, commonName string, extraIPs ...net.IP) (TLSFiles, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return TLSFiles{}, err
 	}
@@ -66,7 +72,7 @@ func GenerateTLS(dir, commonName string) (TLSFiles, error) {
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		IPAddresses:  append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, extraIPs...),
 	}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
 	if err != nil {

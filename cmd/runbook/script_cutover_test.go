@@ -1,0 +1,121 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/minio/madmin-go/v3"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/runbook-dev/runbook/internal/testenv"
+)
+
+// Script commands of the cutover scripts (testdata/scripts/cutover_*.txtar):
+//
+//	minio-cluster [-nodes N] [-drives D] [-kes] [-key NAME]
+//	    a distributed MinIO of N server processes (testenv.CmdMinIOCluster).
+//	objects-snapshot FILE
+//	    reads every object of every bucket of the script's MinIO in full
+//	    (GET, every byte: what SSE decryption must survive) and writes
+//	    "bucket/key sha256 SSE" lines, sorted, to FILE; fails if any
+//	    object does not read.
+//	kms-status
+//	    prints AIStor's KMS status: "name=… default-key=… endpoints=N/M
+//	    online" (madmin KMSStatus).
+//	nosecretfile FILE PATH...
+//	    nosecret, with the secret read from FILE.
+func init() {
+	moreScriptCmds["minio-cluster"] = testenv.CmdMinIOCluster
+	moreScriptCmds["objects-snapshot"] = cmdObjectsSnapshot
+	moreScriptCmds["kms-status"] = cmdKMSStatus
+	moreScriptCmds["nosecretfile"] = cmdNoSecretFile
+}
+
+func cmdObjectsSnapshot(ts *testscript.TestScript, neg bool, args []string) {
+	fs := scriptFlags(ts, "objects-snapshot", neg)
+	ts.Check(fs.Parse(args))
+	if fs.NArg() != 1 {
+		ts.Fatalf("usage: objects-snapshot FILE")
+	}
+	ctx, cancel := scriptCtx()
+	defer cancel()
+	c := scriptMinIO(ts)
+	buckets, err := c.ListBuckets(ctx)
+	ts.Check(err)
+	var lines []string
+	for _, b := range buckets {
+		for obj := range c.ListObjects(ctx, b.Name, minio.ListObjectsOptions{Recursive: true}) {
+			ts.Check(obj.Err)
+			o, err := c.GetObject(ctx, b.Name, obj.Key, minio.GetObjectOptions{})
+			ts.Check(err)
+			h := sha256.New()
+			_, err = io.Copy(h, o)
+			if err != nil {
+				ts.Fatalf("objects-snapshot: read %s/%s: %v", b.Name, obj.Key, err)
+			}
+			st, err := o.Stat()
+			ts.Check(err)
+			o.Close()
+			sse := st.Metadata.Get("X-Amz-Server-Side-Encryption")
+			if id := st.Metadata.Get("X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id"); id != "" {
+				sse += ":" + strings.TrimPrefix(id, "arn:aws:kms:")
+			}
+			if sse == "" {
+				sse = "none"
+			}
+			lines = append(lines, fmt.Sprintf("%s/%s %s %s", b.Name, obj.Key, hex.EncodeToString(h.Sum(nil)), sse))
+		}
+	}
+	sort.Strings(lines)
+	ts.Check(os.WriteFile(ts.MkAbs(fs.Arg(0)), []byte(strings.Join(lines, "\n")+"\n"), 0o600))
+	fmt.Fprintf(ts.Stdout(), "%d objects read\n", len(lines))
+}
+
+func cmdKMSStatus(ts *testscript.TestScript, neg bool, args []string) {
+	fs := scriptFlags(ts, "kms-status", neg)
+	ts.Check(fs.Parse(args))
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = scriptTLS(ts, "MINIO_CA")
+	adm, err := madmin.NewWithOptions(ts.Getenv("MINIO_ENDPOINT"), &madmin.Options{
+		Creds:     credentials.NewStaticV4(ts.Getenv("MINIO_ROOT_USER"), ts.Getenv("MINIO_ROOT_PASSWORD"), ""),
+		Secure:    true,
+		Transport: tr,
+	})
+	ts.Check(err)
+	ctx, cancel := scriptCtx()
+	defer cancel()
+	st, err := adm.KMSStatus(ctx)
+	ts.Check(err)
+	online := 0
+	for _, s := range st.Endpoints {
+		if s == madmin.ItemOnline {
+			online++
+		}
+	}
+	fmt.Fprintf(ts.Stdout(), "name=%s default-key=%s endpoints=%d/%d online\n", st.Name, st.DefaultKeyID, online, len(st.Endpoints))
+}
+
+// cmdNoSecretFile is nosecret with the secret read from a file (for
+// example a generated API key in a journal's secrets/):
+//
+//	nosecretfile FILE PATH...
+func cmdNoSecretFile(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 2 {
+		ts.Fatalf("usage: nosecretfile FILE PATH...")
+	}
+	b, err := os.ReadFile(ts.MkAbs(args[0]))
+	ts.Check(err)
+	secret := strings.TrimSpace(string(b))
+	if len(secret) < 8 {
+		ts.Fatalf("nosecretfile: %s holds no secret worth checking", args[0])
+	}
+	scriptCmds()["nosecret"](ts, neg, append([]string{secret}, args[1:]...))
+}

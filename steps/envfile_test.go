@@ -1,0 +1,120 @@
+package steps
+
+import (
+	"strings"
+	"testing"
+)
+
+var kmSet = map[string]string{
+	"MINIO_KMS_SERVER":  "https://kms-1:7373,https://kms-2:7373",
+	"MINIO_KMS_ENCLAVE": "aistor-primary",
+	"MINIO_KMS_API_KEY": "k1:SECRETSECRET",
+	"MINIO_KMS_SSE_KEY": "minio-default-key",
+}
+
+func TestEditEnvCommentsKESAndAppends(t *testing.T) {
+	in := "# MinIO\nMINIO_ROOT_USER=admin\nexport MINIO_KMS_KES_ENDPOINT=\"https://kes:7373\"\n  MINIO_KMS_KES_KEY_NAME='minio-default-key'\n\nMINIO_VOLUMES=/data\nMINIO_KMS_KES_API_KEY=kes:v1:abc\n"
+	out, err := editEnv([]byte(in), kmSet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "# MinIO\nMINIO_ROOT_USER=admin\n#export MINIO_KMS_KES_ENDPOINT=\"https://kes:7373\"\n#  MINIO_KMS_KES_KEY_NAME='minio-default-key'\n\nMINIO_VOLUMES=/data\n#MINIO_KMS_KES_API_KEY=kes:v1:abc\n" + appendHeader + "\nMINIO_KMS_SERVER=https://kms-1:7373,https://kms-2:7373\nMINIO_KMS_ENCLAVE=aistor-primary\nMINIO_KMS_API_KEY=k1:SECRETSECRET\nMINIO_KMS_SSE_KEY=minio-default-key\n"
+	if string(out) != want {
+		t.Fatalf("got:\n%s\nwant:\n%s", out, want)
+	}
+	again, err := editEnv(out, kmSet)
+	if err != nil || string(again) != string(out) {
+		t.Fatalf("not idempotent: %v\n%s", err, again)
+	}
+}
+
+func TestEditEnvReplacesInPlaceKeepingForm(t *testing.T) {
+	in := "export MINIO_KMS_SERVER=\"https://old:7373\"\nMINIO_KMS_KES_KEY_NAME=k\nMINIO_KMS_ENCLAVE='old'\nMINIO_OTHER=1\r\nMINIO_KMS_SSE_KEY=x\nMINIO_KMS_API_KEY=k1:old\n"
+	out, err := editEnv([]byte(in), kmSet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "export MINIO_KMS_SERVER=\"https://kms-1:7373,https://kms-2:7373\"\n#MINIO_KMS_KES_KEY_NAME=k\nMINIO_KMS_ENCLAVE='aistor-primary'\nMINIO_OTHER=1\r\nMINIO_KMS_SSE_KEY=minio-default-key\nMINIO_KMS_API_KEY=k1:SECRETSECRET\n"
+	if string(out) != want {
+		t.Fatalf("got:\n%q\nwant:\n%q", out, want)
+	}
+	env, err := envEffective(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range kmSet {
+		if env[k] != v {
+			t.Errorf("MinIO would read %s=%q, want %q", k, env[k], v)
+		}
+	}
+}
+
+func TestEditEnvRefuses(t *testing.T) {
+	for name, in := range map[string]string{
+		"malformed line": "MINIO_ROOT_USER=a\nnot a variable\n",
+		"static key":     "MINIO_KMS_KES_KEY_NAME=k\nMINIO_KMS_SECRET_KEY=my-key:abc\n",
+	} {
+		if _, err := editEnv([]byte(in), kmSet); err == nil {
+			t.Errorf("%s: edit succeeded", name)
+		}
+	}
+}
+
+func TestParseEnvLineLikeMinIO(t *testing.T) {
+	for line, want := range map[string][2]string{
+		"export A=b":     {"A", "b"},
+		"  A=\"b c\"  ":  {"A", "b c"},
+		"A='b'":          {"A", "b"},
+		"A=\"b'":         {"A", "\"b'"},
+		"A=b=c":          {"A", "b=c"},
+		"A=":             {"A", ""},
+		"export\tA=\"\"": {"A", ""},
+	} {
+		e, ok, err := parseEnvLine(line)
+		if err != nil || !ok || e.Key != want[0] || e.Value != want[1] {
+			t.Errorf("%q: got %q=%q ok=%v err=%v, want %q=%q", line, e.Key, e.Value, ok, err, want[0], want[1])
+		}
+	}
+	for _, line := range []string{"", "   ", "# A=b", "  #A=b"} {
+		if _, ok, err := parseEnvLine(line); ok || err != nil {
+			t.Errorf("%q: parsed as an entry", line)
+		}
+	}
+}
+
+func TestEnvDiffHidesSecrets(t *testing.T) {
+	in := "MINIO_ROOT_PASSWORD=rootpw\nMINIO_KMS_KES_API_KEY=kes:v1:abc\nMINIO_KMS_KES_KEY_NAME=k\n"
+	out, err := editEnv([]byte(in), kmSet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	diff := strings.Join(envDiff([]byte(in), out), "\n")
+	for _, secret := range []string{"SECRETSECRET", "kes:v1:abc", "rootpw"} {
+		if strings.Contains(diff, secret) {
+			t.Errorf("diff shows %q:\n%s", secret, diff)
+		}
+	}
+	for _, want := range []string{"- MINIO_KMS_KES_API_KEY=(sensitive)", "+ #MINIO_KMS_KES_API_KEY=(sensitive)", "+ MINIO_KMS_API_KEY=(sensitive)", "+ MINIO_KMS_ENCLAVE=aistor-primary", "- MINIO_KMS_KES_KEY_NAME=k", "+ #MINIO_KMS_KES_KEY_NAME=k"} {
+		if !strings.Contains(diff, want) {
+			t.Errorf("diff lacks %q:\n%s", want, diff)
+		}
+	}
+	if strings.Contains(diff, "MINIO_ROOT_PASSWORD") {
+		t.Errorf("diff shows an unchanged line:\n%s", diff)
+	}
+}
+
+func TestParseEnvNode(t *testing.T) {
+	n, err := parseEnvNode("ssh://root@10.0.0.1:2222/etc/default/minio")
+	if err != nil || n.Host != "10.0.0.1:2222" || n.User != "root" || n.Path != "/etc/default/minio" {
+		t.Fatalf("got %+v, %v", n, err)
+	}
+	if n, err := parseEnvNode("ssh://minio@node2/etc/default/minio"); err != nil || n.Host != "node2:22" {
+		t.Fatalf("default port: %+v, %v", n, err)
+	}
+	for _, bad := range []string{"ssh://node/etc/x", "ssh://u:pw@node/etc/x", "http://node/x", "ssh://u@node"} {
+		if _, err := parseEnvNode(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
