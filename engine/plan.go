@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -33,7 +34,7 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 	}
 	x.emit(Event{Type: EventRun, Message: fmt.Sprintf("runbook: plan %s", s.Config.Name)})
 	var planned []PlannedStep
-	failed := 0
+	failed, refused := 0, 0
 	for _, addr := range s.Graph.Order() {
 		if !sel[addr] {
 			continue
@@ -61,6 +62,9 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 			sp, err := p.Plan(ctx, r)
 			if err != nil {
 				ps.Error = x.rd.String(err.Error())
+				if errors.Is(err, ErrRefused) {
+					refused++
+				}
 			} else {
 				ps.Plan = sp
 				if sp.Outputs != nil {
@@ -79,6 +83,9 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 	res := &PlanResult{Steps: planned, Inputs: x.inputs}
 	if res.Inputs == nil {
 		res.Inputs = map[string]string{}
+	}
+	if refused > 0 {
+		return res, Refusef("%d step(s) refuse what the runbook asks; see their plan above", refused)
 	}
 	if failed > 0 {
 		return res, fmt.Errorf("%w: %d step(s) could not be planned", ErrFailed, failed)
