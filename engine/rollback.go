@@ -41,6 +41,9 @@ func OpenFromJournal(dir, file string, in VarInputs) (*Session, hcl.Diagnostics,
 			return nil, nil, Refusef("%s changed since the run began; the journal's copy is what ran. Restore the file (the journal holds its text), or roll the run back first", file)
 		}
 	}
+	// The recorded values of ordinary variables count least: the operator
+	// may omit them, and one given differently is refused by checkAgainst.
+	in.Recorded = js.Run.Vars
 	s, diags := Open(js.Run.Runbook, []byte(js.Run.Source), in, false)
 	if diags.HasErrors() {
 		return s, diags, nil

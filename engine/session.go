@@ -151,7 +151,7 @@ func (s *Session) runInfo(command string, targets []string) (*RunInfo, error) {
 
 // checkAgainst compares this session's variables with a recorded run: a
 // sensitive variable must be given again with the same value; a non-sensitive
-// one may be omitted (the recorded value is used) but not changed.
+// one must have the recorded value (OpenFromJournal supplies it).
 func (s *Session) checkAgainst(ri *RunInfo) error {
 	var problems []string
 	for _, v := range s.Config.Variables {
@@ -176,10 +176,9 @@ func (s *Session) checkAgainst(ri *RunInfo) error {
 		if err != nil {
 			return fmt.Errorf("decode recorded variable %s: %w", v.Name, err)
 		}
-		if val.IsWhollyKnown() && !val.Equals(rec).True() {
+		if !val.IsWhollyKnown() || !val.Equals(rec).True() {
 			problems = append(problems, fmt.Sprintf("variable %q was %s when the run started and is %s now", v.Name, FormatValue(rec), FormatValue(val)))
 		}
-		s.Scope.vars[v.Name] = rec
 	}
 	if len(problems) > 0 {
 		return Refusef("%s", strings.Join(problems, "; "))
