@@ -384,9 +384,7 @@ func (s *Session) partlyApplied(js *JournalState) bool {
 func unfinishedSummary(js *JournalState) string {
 	var parts []string
 	for _, a := range js.Order {
-		st := js.Steps[a]
-		switch st.State {
-		case StateRunning, StateFailed, StateInterrupted, StateRollingBack:
+		if st := js.Steps[a]; midway(st.State) {
 			parts = append(parts, a+" "+st.State)
 		}
 	}

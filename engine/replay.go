@@ -54,10 +54,19 @@ func (js *JournalState) Step(addr string) *StepState {
 // before a new one starts.
 func (js *JournalState) Unfinished() bool {
 	for _, st := range js.Steps {
-		switch st.State {
-		case StateRunning, StateFailed, StateInterrupted, StateRollingBack, StateWaiting:
+		if midway(st.State) {
 			return true
 		}
+	}
+	return false
+}
+
+// midway is true of the states a step is left in when a run stops before
+// the step finished.
+func midway(state string) bool {
+	switch state {
+	case StateRunning, StateFailed, StateInterrupted, StateRollingBack, StateWaiting:
+		return true
 	}
 	return false
 }
