@@ -353,7 +353,7 @@ func DiffPlans(old, cur *PlanDoc) []string {
 		switch {
 		case !ok:
 			out = append(out, fmt.Sprintf("variable %q is new", v.Name))
-		case o.Hash != v.Hash || !bytes.Equal(o.Value, v.Value):
+		case o.Hash != v.Hash || !sameJSON(o.Value, v.Value):
 			out = append(out, fmt.Sprintf("variable %q changed", v.Name))
 		}
 	}
@@ -429,6 +429,21 @@ func stateDiff(a, b json.RawMessage) string {
 			}
 			if len(removed) > 0 {
 				parts = append(parts, fmt.Sprintf("%s removed: %s", k, shortList(removed)))
+			}
+			continue
+		}
+		ma, okA := oa[k].(map[string]any)
+		mb, okB := ob[k].(map[string]any)
+		if okA && okB {
+			for _, sub := range sortedKeys(mb) {
+				if fmt.Sprint(ma[sub]) != fmt.Sprint(mb[sub]) {
+					parts = append(parts, fmt.Sprintf("%s %s changed", k, sub))
+				}
+			}
+			for _, sub := range sortedKeys(ma) {
+				if _, ok := mb[sub]; !ok {
+					parts = append(parts, fmt.Sprintf("%s %s is gone", k, sub))
+				}
 			}
 			continue
 		}
