@@ -2,6 +2,9 @@
 # install-test-deps.sh — Debian packages the end-to-end tests need beyond Go:
 #   openssh-server  the real sshd that the cutover's ssh:// env files are
 #                   tested against (testdata/scripts/cutover_ssh*.txtar).
+#   iproute2        `ip netns`: the MinIO cluster, its KES and the Key Manager
+#                   run in a network namespace the test creates (a test host,
+#                   internal/testenv/testhost.go); the tests run as root.
 # Idempotent and quiet: it does nothing when every program is present. CI runs
 # it as root on a fresh machine; elsewhere it uses sudo if it must install.
 set -euo pipefail
@@ -9,6 +12,7 @@ set -euo pipefail
 missing=()
 command -v sshd >/dev/null 2>&1 || [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+command -v ip >/dev/null 2>&1 || [[ -x /usr/sbin/ip ]] || [[ -x /sbin/ip ]] || missing+=(iproute2)
 ((${#missing[@]} == 0)) && exit 0
 
 sudo=()

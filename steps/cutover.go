@@ -734,9 +734,19 @@ func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutover
 	wctx, cancel := context.WithTimeout(ctx, e.wait)
 	defer cancel()
 	start := time.Now()
+	healthy := 0
 	for {
 		last := c.healthCheck(wctx, r, e.a, admin, len(e.nodes), want)
 		if last == "" {
+			healthy++
+			last = fmt.Sprintf("healthy for %d check(s) in a row, not yet %d", healthy, stableHealthChecks)
+		} else {
+			healthy = 0
+		}
+		// Nodes restarted together can report healthy and lose write quorum
+		// again a moment later while they reconnect to each other's drives:
+		// only a health that holds for several checks in a row counts.
+		if healthy >= stableHealthChecks {
 			r.Logf("AIStor is healthy on %s after %s", want, time.Since(start).Round(time.Second))
 			return nil
 		}
@@ -749,6 +759,10 @@ func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutover
 		}
 	}
 }
+
+// stableHealthChecks is how many health checks, a second apart, must pass in
+// a row before the object store counts as healthy.
+const stableHealthChecks = 3
 
 // healthCheck returns "" when healthy, else what is wrong.
 func (c *cutoverStep) healthCheck(ctx context.Context, r *engine.Run, a *aistorConnection, admin *madmin.AdminClient, nodes int, want string) string {

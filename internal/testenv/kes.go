@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -33,12 +34,16 @@ type KESOptions struct {
 	// (for example a policy block). It must not repeat a top-level
 	// field the generated config already has.
 	ConfigExtra string
+
+	// Host runs the server inside this test host, listening on its
+	// address, instead of on loopback.
+	Host *TestHost
 }
 
 // KES is a running KES server.
 type KES struct {
 	Version     string // KESVersion or KES023Version
-	URL         string // https://127.0.0.1:PORT
+	URL         string // https://127.0.0.1:PORT (or the test host's address)
 	Addr        string // 127.0.0.1:PORT
 	CAFile      string // CA of the server certificate
 	APIKey      string // the admin's kes:v1: API key
@@ -49,6 +54,7 @@ type KES struct {
 	Dir         string // the directory holding the files above
 
 	proc *process
+	host *TestHost // where it runs; nil: loopback
 }
 
 // StartKES starts a real KES server on an fs key store and stops it when
@@ -75,7 +81,11 @@ func startKES(t TB, opts KESOptions) (*KES, error) {
 	if err != nil {
 		return nil, err
 	}
-	tlsFiles, err := GenerateTLS(filepath.Join(dir, "tls"), "kes")
+	var extraIPs []net.IP
+	if opts.Host != nil {
+		extraIPs = append(extraIPs, net.ParseIP(opts.Host.Addr))
+	}
+	tlsFiles, err := GenerateTLSFor(filepath.Join(dir, "tls"), "kes", extraIPs...)
 	if err != nil {
 		return nil, err
 	}
@@ -92,6 +102,7 @@ func startKES(t TB, opts KESOptions) (*KES, error) {
 		KeyStoreDir: opts.KeyStoreDir,
 		LogFile:     filepath.Join(dir, "kes.log"),
 		Dir:         dir,
+		host:        opts.Host,
 	}
 	if k.KeyStoreDir == "" {
 		k.KeyStoreDir = filepath.Join(dir, "keys")
@@ -101,11 +112,15 @@ func startKES(t TB, opts KESOptions) (*KES, error) {
 	}
 
 	err = startWithPortRetry(func() error {
-		port, err := freePort()
-		if err != nil {
-			return err
+		if opts.Host != nil {
+			k.Addr = opts.Host.HostPort(opts.Host.Port())
+		} else {
+			port, err := freePort()
+			if err != nil {
+				return err
+			}
+			k.Addr = "127.0.0.1:" + strconv.Itoa(port)
 		}
-		k.Addr = "127.0.0.1:" + strconv.Itoa(port)
 		k.URL = "https://" + k.Addr
 		config := fmt.Sprintf(`version: v1
 address: %s
@@ -125,10 +140,14 @@ keystore:
 		if err != nil {
 			return err
 		}
+		procPath, procArgs := path, []string{"server", "--config", k.ConfigFile, "--addr", k.Addr}
+		if opts.Host != nil {
+			procPath, procArgs = opts.Host.Command(procPath, procArgs...)
+		}
 		k.proc, err = startProcess(procSpec{
 			name:    "kes " + bin.version,
-			path:    path,
-			args:    []string{"server", "--config", k.ConfigFile, "--addr", k.Addr},
+			path:    procPath,
+			args:    procArgs,
 			env:     baseEnv("KES_"),
 			dir:     dir,
 			logFile: k.LogFile,

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,17 +29,25 @@ type KeyManagerOptions struct {
 	FaultErrorRate float64
 	FaultLatency   time.Duration
 	FaultDropRate  float64
+
+	// Host runs the emulator inside this test host, as a child process
+	// (Bin emulate key-manager), listening on the host's address.
+	Host *TestHost
+	Bin  string // the runbook binary; default: runbook on PATH
 }
 
 // KeyManager is a running Key Manager emulator.
 type KeyManager struct {
-	URL        string // https://127.0.0.1:PORT
-	Addr       string // 127.0.0.1:PORT
-	CAFile     string // CA of the server certificate
-	RootAPIKey string // the SysAdmin k1: API key
-	Dir        string // state directory
-	LogFile    string // the emulator's log lines (Config.Logf)
-	Server     *emulator.Server
+	URL        string           // https://127.0.0.1:PORT
+	Addr       string           // 127.0.0.1:PORT
+	CAFile     string           // CA of the server certificate
+	RootAPIKey string           // the SysAdmin k1: API key
+	Dir        string           // state directory
+	LogFile    string           // the emulator's log lines (Config.Logf)
+	Server     *emulator.Server // nil when it runs in a test host
+
+	proc *process  // the child process, in a test host
+	host *TestHost // where it runs; nil: loopback, in this process
 }
 
 // StartKeyManager starts the Key Manager emulator in this process and
@@ -59,6 +70,9 @@ func startKeyManager(t TB, opts KeyManagerOptions) (*KeyManager, error) {
 		}
 	}
 	logFile := filepath.Join(dir, "emulator.log")
+	if opts.Host != nil {
+		return startKeyManagerIn(t, opts, dir, logFile)
+	}
 	lf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
@@ -98,6 +112,62 @@ func startKeyManager(t TB, opts KeyManagerOptions) (*KeyManager, error) {
 		Server:     srv,
 	}
 	t.Logf("testenv: Key Manager emulator at %s (dir %s)", km.URL, dir)
+	return km, nil
+}
+
+// startKeyManagerIn runs the emulator as a child process inside
+// opts.Host: `ip netns exec NS runbook emulate key-manager`, which writes its
+// RUNBOOK_KM_* lines to an env file once it serves.
+func startKeyManagerIn(t TB, opts KeyManagerOptions, dir, logFile string) (*KeyManager, error) {
+	bin := opts.Bin
+	if bin == "" {
+		var err error
+		if bin, err = exec.LookPath("runbook"); err != nil {
+			return nil, fmt.Errorf("the emulator runs in the test host as `runbook emulate key-manager`, and runbook is not on PATH: %v", err)
+		}
+	}
+	envFile := filepath.Join(dir, "emulator.env")
+	args := []string{"emulate", "key-manager", "--addr", opts.Host.Addr + ":0", "--dir", filepath.Join(dir, "state"), "--env-file", envFile, "-v",
+		"--fault-error-rate", strconv.FormatFloat(opts.FaultErrorRate, 'g', -1, 64),
+		"--fault-latency", opts.FaultLatency.String(),
+		"--fault-drop-rate", strconv.FormatFloat(opts.FaultDropRate, 'g', -1, 64)}
+	path, args := opts.Host.Command(bin, args...)
+	km := &KeyManager{Dir: dir, LogFile: logFile, host: opts.Host}
+	var err error
+	km.proc, err = startProcess(procSpec{
+		name: "key manager emulator", path: path, args: args, env: baseEnv("RUNBOOK_"), dir: dir, logFile: logFile,
+		ready: func() error {
+			data, err := os.ReadFile(envFile)
+			if err != nil {
+				return err
+			}
+			vars := map[string]string{}
+			for _, line := range strings.Split(string(data), "\n") {
+				if k, v, ok := strings.Cut(line, "="); ok {
+					vars[k] = v
+				}
+			}
+			km.URL, km.CAFile, km.RootAPIKey = vars["RUNBOOK_KM_SERVER"], vars["RUNBOOK_KM_CA"], vars["RUNBOOK_KM_API_KEY"]
+			km.Addr = strings.TrimPrefix(km.URL, "https://")
+			if km.URL == "" || km.CAFile == "" || km.RootAPIKey == "" {
+				return fmt.Errorf("%s is incomplete", envFile)
+			}
+			c, err := KMSClient(km.Addr, km.CAFile, km.RootAPIKey)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_, err = c.Version(ctx, &kms.VersionRequest{})
+			return err
+		},
+		readyTimeout: time.Minute,
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(km.proc.stop)
+	t.Logf("testenv: Key Manager emulator at %s in test host %s (dir %s)", km.URL, opts.Host.NetNS, dir)
 	return km, nil
 }
 

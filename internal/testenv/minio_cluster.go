@@ -30,10 +30,16 @@ type MinIOClusterOptions struct {
 	// sorted by name (as MinIO.WriteEnv does).
 	Env     map[string]string
 	CAFiles []string // copied into the shared certs/CAs
+	// Host is the test host every node runs in (required: in a container
+	// MinIO refuses endpoints that resolve to loopback, "resolves to
+	// localhost in a containerized deployment", and test traffic goes to
+	// no other address of this machine).
+	Host *TestHost
 }
 
 // MinIOCluster is a distributed MinIO deployment of several server processes
-// on this machine (see clusterHost for the address), one erasure set over every node's drives. Each node has its
+// inside a test host (MinIOClusterOptions.Host), each on its own port of the
+// host's address, one erasure set over every node's drives. Each node has its
 // own directory and its own env file (MINIO_CONFIG_ENV_FILE, given as the
 // relative name "minio.env" from the node's working directory: MinIO
 // requires every MINIO_* variable, this one included, to be the same on all
@@ -52,37 +58,14 @@ type MinIOCluster struct {
 	Dir          string
 
 	bin  string
-	host string   // the address every node listens on
-	args []string // the endpoints, shared by every node
-}
-
-// clusterHost is the address the nodes listen on: a non-loopback IPv4
-// address of this machine if there is one. In a container (/.dockerenv)
-// MinIO waits forever for endpoints that resolve to loopback ("resolves to
-// localhost in a containerized deployment"), so 127.0.0.1 serves only where
-// there is no other address.
-func clusterHost() string {
-	ifaces, err := net.Interfaces()
-	if err == nil {
-		for _, ifc := range ifaces {
-			if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
-				continue
-			}
-			addrs, _ := ifc.Addrs()
-			for _, a := range addrs {
-				if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && ipn.IP.IsGlobalUnicast() {
-					return ipn.IP.String()
-				}
-			}
-		}
-	}
-	return "127.0.0.1"
+	host *TestHost // where every node runs and listens
+	args []string  // the endpoints, shared by every node
 }
 
 // MinIONode is one server process of a MinIOCluster.
 type MinIONode struct {
 	Name     string // node1, node2, ...
-	Endpoint string // 127.0.0.1:PORT
+	Endpoint string // TEST_HOST:PORT
 	URL      string
 	Dir      string // working directory
 	EnvFile  string // absolute path of its env file
@@ -110,6 +93,9 @@ func startMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 	if opts.DrivesPerNode <= 0 {
 		opts.DrivesPerNode = 2
 	}
+	if opts.Host == nil {
+		return nil, errors.New("a MinIO cluster runs in a test host (MinIOClusterOptions.Host, StartTestHost): in a container MinIO refuses endpoints on loopback")
+	}
 	bin, err := findBinary(binMinIO)
 	if err != nil {
 		return nil, err
@@ -126,8 +112,8 @@ func startMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 	if err := os.MkdirAll(c.CAsDir, 0o700); err != nil {
 		return nil, err
 	}
-	c.host = clusterHost()
-	tlsFiles, err := GenerateTLSFor(filepath.Join(dir, "tls"), "minio", net.ParseIP(c.host))
+	c.host = opts.Host
+	tlsFiles, err := GenerateTLSFor(filepath.Join(dir, "tls"), "minio", net.ParseIP(c.host.Addr))
 	if err != nil {
 		return nil, err
 	}
@@ -193,11 +179,7 @@ func startMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 func (c *MinIOCluster) startAll(drives int) error {
 	c.args = nil
 	for _, n := range c.Nodes {
-		p, err := freePortOn(c.host)
-		if err != nil {
-			return err
-		}
-		n.Endpoint = net.JoinHostPort(c.host, strconv.Itoa(p))
+		n.Endpoint = c.host.HostPort(c.host.Port())
 		n.URL = "https://" + n.Endpoint
 		for d := range drives {
 			c.args = append(c.args, n.URL+filepath.Join(n.Dir, fmt.Sprintf("data%d", d+1)))
@@ -239,9 +221,9 @@ func (n *MinIONode) start() error {
 		"MINIO_CI_CD=1", // drives on the root file system are fine here
 		"HOME="+n.Dir,
 	)
-	args := append([]string{"server", "--certs-dir", c.CertsDir, "--address", n.Endpoint}, c.args...)
+	path, args := c.host.Command(c.bin, append([]string{"server", "--certs-dir", c.CertsDir, "--address", n.Endpoint}, c.args...)...)
 	n.proc, err = startProcess(procSpec{
-		name: "minio " + n.Name, path: c.bin, args: args, env: env, dir: n.Dir, logFile: n.LogFile,
+		name: "minio " + n.Name, path: path, args: args, env: env, dir: n.Dir, logFile: n.LogFile,
 		ready: func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -266,19 +248,6 @@ func (n *MinIONode) start() error {
 		readyTimeout: 3 * time.Minute,
 	})
 	return err
-}
-
-// freePortOn is a port on host that was free a moment ago.
-func freePortOn(host string) (int, error) {
-	if host == "127.0.0.1" {
-		return freePort()
-	}
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Restart fully stops the node and starts it again on the same port,
@@ -402,12 +371,15 @@ func (c *MinIOCluster) ServeControl(t TB) string {
 
 // CmdMinIOCluster is the script command
 //
-//	minio-cluster [-nodes N] [-drives D] [-kes] [-key NAME]
+//	minio-cluster -netns [-nodes N] [-drives D] [-kes] [-key NAME]
 //
 // a distributed MinIO of N server processes (default 2) with D drives each
-// (default 2); -kes connects it to the script's KES server (default key
-// NAME, "minio-default-key", created if missing). The CA of the script's Key
-// Manager, if one was started, is trusted. Sets MINIO_ENDPOINT, MINIO_URL
+// (default 2) inside the script's test host (test-host; -netns is required,
+// and says so in the script); -kes connects it to the script's KES server
+// (default key NAME, "minio-default-key", created if missing), which must
+// run in the test host too (kes-server -netns). The CA of the script's Key
+// Manager, if one was started, is trusted; it must run in the test host
+// (key-manager -netns), where the nodes can reach it. Sets MINIO_ENDPOINT, MINIO_URL
 // (node 1), MINIO_CA, MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, MINIO_NODES,
 // MINIO_ENV_FILE_i, MINIO_LOG_i and MINIO_DIR_i for each node i, MINIO_ENV_FILE
 // (node 1's), MINIO_CAS_DIR and MINIO_CONTROL_URL (minio-ctl restart|stop|log
@@ -419,12 +391,22 @@ func CmdMinIOCluster(ts *testscript.TestScript, neg bool, args []string) {
 	drives := fs.Int("drives", 2, "drives per node")
 	withKES := fs.Bool("kes", false, "connect to the script's KES server")
 	key := fs.String("key", "minio-default-key", "default KMS key")
+	netns := fs.Bool("netns", false, "run inside the script's test host (required)")
 	parseFlags(ts, fs, args)
+	if !*netns {
+		ts.Fatalf("minio-cluster: the nodes run in the script's test host: run test-host first and pass -netns (in a container MinIO refuses endpoints on loopback)")
+	}
 	st := stateOf(ts)
-	opts := MinIOClusterOptions{Nodes: *nodes, DrivesPerNode: *drives}
+	opts := MinIOClusterOptions{Nodes: *nodes, DrivesPerNode: *drives, Host: scriptHost(ts, "minio-cluster")}
+	if st.km != nil && st.km.host != opts.Host {
+		ts.Fatalf("minio-cluster: the script's Key Manager runs outside the test host, where the nodes cannot reach it: start it with key-manager -netns")
+	}
 	if *withKES {
 		if st.kes == nil {
 			ts.Fatalf("minio-cluster -kes: run kes-server first")
+		}
+		if st.kes.host != opts.Host {
+			ts.Fatalf("minio-cluster -kes: the script's KES runs outside the test host, where the nodes cannot reach it: start it with kes-server -netns")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

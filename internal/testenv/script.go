@@ -14,19 +14,27 @@ import (
 // Cmds returns testscript commands that start the real parts for the rest
 // of the script and stop them when it ends:
 //
-//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX]
+//	test-host
+//	    creates the script's test host (TestHost: a network namespace of
+//	    its own with a veth to it); sets TEST_HOST (its address,
+//	    10.253.N.2) and TEST_NETNS (the namespace). The -netns flags below
+//	    start a server inside it, listening on TEST_HOST.
+//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX] [-netns]
 //	    a KES server on an fs key store; sets PREFIX_SERVER (https URL),
 //	    PREFIX_API_KEY (admin kes:v1: key), PREFIX_CA (CA file),
 //	    PREFIX_CONFIG (kesconf YAML), PREFIX_KEYSTORE (fs dir) and
 //	    PREFIX_LOG, PREFIX defaulting to KES.
-//	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F]
-//	    the Key Manager emulator; sets KM_SERVER (https URL), KM_CA,
-//	    KM_API_KEY (root k1: key), KM_DIR and KM_LOG.
+//	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F] [-netns]
+//	    the Key Manager emulator (with -netns a child process, runbook
+//	    emulate key-manager, inside the test host); sets KM_SERVER (https
+//	    URL), KM_CA, KM_API_KEY (root k1: key), KM_DIR and KM_LOG.
 //	minio-server [-kes | -km ENCLAVE] [-key NAME]
 //	    a MinIO server; -kes connects it to the script's KES server (key
 //	    NAME, default "minio-default-key", created if missing); -km
 //	    creates ENCLAVE and an Admin identity at the script's Key Manager
-//	    and connects MinIO to it. Sets MINIO_ENDPOINT (host:port),
+//	    and connects MinIO to it (with -kes, the CA of a Key Manager the
+//	    script started before is trusted too, for a cutover). Sets
+//	    MINIO_ENDPOINT (host:port),
 //	    MINIO_URL, MINIO_CA, MINIO_ROOT_USER, MINIO_ROOT_PASSWORD,
 //	    MINIO_ENV_FILE, MINIO_CAS_DIR (certs/CAs), MINIO_LOG and
 //	    MINIO_CONTROL_URL (see MinIOCtlMain: a restart command for runbooks
@@ -34,14 +42,19 @@ import (
 //	minio-restart
 //	    fully stops the script's MinIO and starts it again, re-reading
 //	    MINIO_ENV_FILE (as a systemd restart would).
+//	sshd-server [-path DIR] [-env NAME]...
+//	    a real sshd on 127.0.0.1 (CmdSSHDServer); sets SSH_PORT,
+//	    SSH_KNOWN_HOSTS, SSH_IDENTITY, SSH_USER and SSHD_LOG.
 //
 // None of them may be negated with '!'.
 func Cmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
 	return map[string]func(ts *testscript.TestScript, neg bool, args []string){
+		"test-host":     cmdTestHost,
 		"kes-server":    cmdKESServer,
 		"key-manager":   cmdKeyManager,
 		"minio-server":  cmdMinIOServer,
 		"minio-restart": cmdMinIORestart,
+		"sshd-server":   CmdSSHDServer,
 	}
 }
 
@@ -66,6 +79,7 @@ type scriptState struct {
 	kes   *KES
 	km    *KeyManager
 	minio *MinIO
+	host  *TestHost
 }
 
 var states sync.Map // *testscript.TestScript -> *scriptState
@@ -102,9 +116,14 @@ func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
 	keys := fs.Int("keys", 0, "create N keys")
 	prefix := fs.String("key-prefix", "key-", "name prefix of the created keys")
 	env := fs.String("env", "KES", "prefix of the environment variables set")
+	netns := fs.Bool("netns", false, "run inside the script's test host")
 	parseFlags(ts, fs, args)
 
-	k, err := startKES(scriptTB{ts}, KESOptions{V023: *v023, Keys: *keys, KeyPrefix: *prefix})
+	opts := KESOptions{V023: *v023, Keys: *keys, KeyPrefix: *prefix}
+	if *netns {
+		opts.Host = scriptHost(ts, "kes-server")
+	}
+	k, err := startKES(scriptTB{ts}, opts)
 	if err != nil {
 		ts.Fatalf("kes-server: %v", err)
 	}
@@ -125,13 +144,18 @@ func cmdKeyManager(ts *testscript.TestScript, neg bool, args []string) {
 	errRate := fs.Float64("fault-error-rate", 0, "fraction of requests answered with an error")
 	latency := fs.Duration("fault-latency", 0, "added latency per request")
 	dropRate := fs.Float64("fault-drop-rate", 0, "fraction of connections dropped")
+	netns := fs.Bool("netns", false, "run inside the script's test host, as a child process (runbook emulate key-manager)")
 	parseFlags(ts, fs, args)
 
-	km, err := startKeyManager(scriptTB{ts}, KeyManagerOptions{
+	opts := KeyManagerOptions{
 		FaultErrorRate: *errRate,
 		FaultLatency:   *latency,
 		FaultDropRate:  *dropRate,
-	})
+	}
+	if *netns {
+		opts.Host = scriptHost(ts, "key-manager")
+	}
+	km, err := startKeyManager(scriptTB{ts}, opts)
 	if err != nil {
 		ts.Fatalf("key-manager: %v", err)
 	}
@@ -166,7 +190,11 @@ func cmdMinIOServer(ts *testscript.TestScript, neg bool, args []string) {
 		if st.kes == nil {
 			ts.Fatalf("minio-server -kes: run kes-server first")
 		}
-		m, err = startMinIOWithKES(t, st.kes, *key)
+		if m, err = startMinIOWithKES(t, st.kes, *key); err == nil && st.km != nil {
+			// a cutover to the Key Manager restarts MinIO, which must
+			// trust it then
+			err = m.AddCA(st.km.CAFile)
+		}
 	case *enclave != "":
 		if st.km == nil {
 			ts.Fatalf("minio-server -km: run key-manager first")

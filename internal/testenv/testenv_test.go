@@ -20,6 +20,8 @@ import (
 	"github.com/minio/madmin-go/v3"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/rogpeppe/go-internal/testscript"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 )
 
 func TestMain(m *testing.M) {
@@ -254,5 +256,83 @@ func TestPortRaceRetry(t *testing.T) {
 		if !strings.Contains(string(data), "already in use") {
 			t.Errorf("%s does not show the lost race", f)
 		}
+	}
+}
+
+// A test host is a namespace of the test's own: KES started in it listens
+// on the host's address (not on any address of the root namespace), answers
+// from the root namespace through the veth, and the namespace and its veth
+// are gone after Close.
+func TestTestHost(t *testing.T) {
+	h := StartTestHost(t)
+	if !strings.HasPrefix(h.Addr, "10.253.") || !strings.HasSuffix(h.Addr, ".2") {
+		t.Fatalf("test host address %s, want 10.253.N.2", h.Addr)
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.String() == h.Addr {
+			t.Fatalf("%s is an address of the root namespace", h.Addr)
+		}
+	}
+	k := StartKES(t, KESOptions{Host: h})
+	if want := "https://" + h.Addr + ":"; !strings.HasPrefix(k.URL, want) {
+		t.Fatalf("KES URL %s, want %s…", k.URL, want)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := k.Client().Version(ctx); err != nil {
+		t.Fatalf("KES in the test host does not answer from the root namespace: %v", err)
+	}
+	out, err := exec.Command("ip", "netns", "exec", h.NetNS, "ip", "-o", "-4", "addr", "show").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), h.Addr+"/30") {
+		t.Fatalf("inside %s: %v\n%s", h.NetNS, err, out)
+	}
+	k.Stop()
+	h.Close()
+	if out, _ := exec.Command("ip", "netns", "list").CombinedOutput(); strings.Contains(string(out), h.NetNS) {
+		t.Fatalf("namespace %s left behind:\n%s", h.NetNS, out)
+	}
+	if out, _ := exec.Command("ip", "-o", "link", "show").CombinedOutput(); strings.Contains(string(out), h.rootLink+"@") || strings.Contains(string(out), h.rootLink+":") {
+		t.Fatalf("veth %s left behind", h.rootLink)
+	}
+}
+
+// sshd accepts the generated key for the current user, presents the host
+// key in the known_hosts file it wrote, and sets the session environment.
+func TestSSHD(t *testing.T) {
+	dir := t.TempDir()
+	s := StartSSHD(t, SSHDOptions{SetEnv: map[string]string{"PATH": dir + ":/usr/bin:/bin", "RUNBOOK_TEST_MARK": "marked"}})
+	pemBytes, err := os.ReadFile(s.Identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.ParsePrivateKey(pemBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostKeys, err := knownhosts.New(s.KnownHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ssh.Dial("tcp", s.Addr, &ssh.ClientConfig{User: s.User, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)}, HostKeyCallback: hostKeys, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatalf("ssh to %s: %v (sshd log:\n%s)", s.Addr, err, logTail(s.LogFile, 20))
+	}
+	defer c.Close()
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	// (the user's shell start-up files may put more in front of PATH)
+	out, err := sess.CombinedOutput(`echo "$(id -un) $RUNBOOK_TEST_MARK :$PATH"`)
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if want := s.User + " marked :"; !strings.HasPrefix(string(out), want) || !strings.Contains(string(out), ":"+dir+":/usr/bin:/bin") {
+		t.Fatalf("session says %q, want %q… with %s:/usr/bin:/bin in PATH", out, want, dir)
 	}
 }
