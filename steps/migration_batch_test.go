@@ -1,0 +1,145 @@
+package steps
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/minio/kms-go/kms/cmds"
+)
+
+func TestImportBatchSize(t *testing.T) {
+	for _, tc := range []struct{ par, batch int }{{1, 1}, {4, 1}, {8, 1}, {16, 2}, {64, 8}, {100, 12}, {128, 16}, {256, 16}} {
+		b := importBatchSize(tc.par)
+		if b != tc.batch {
+			t.Errorf("importBatchSize(%d) = %d, want %d", tc.par, b, tc.batch)
+		}
+		// workers*batch, the keys in flight, never exceeds the parallelism
+		if w := max(1, tc.par/b); w*b > tc.par {
+			t.Errorf("parallelism %d: %d workers of %d keys", tc.par, w, b)
+		}
+	}
+}
+
+func TestCountFrames(t *testing.T) {
+	var body []byte
+	for range 3 {
+		body, _ = cmds.EncodePB(body, cmds.KeyImport, nil)
+	}
+	if n := countFrames(body, cmds.KeyImport); n != 3 {
+		t.Errorf("3 empty frames: %d", n)
+	}
+	if n := countFrames(body, cmds.KeyCreate); n != -1 {
+		t.Errorf("frames of another command: %d, want -1", n)
+	}
+	if n := countFrames(body[:len(body)-1], cmds.KeyImport); n != -1 {
+		t.Errorf("truncated frame: %d, want -1", n)
+	}
+	if n := countFrames(nil, cmds.KeyImport); n != 0 {
+		t.Errorf("empty body: %d", n)
+	}
+}
+
+// A batch in which one key is already at the target with the same material
+// and one with different material (both appeared after the listing): the
+// Key Manager fails the request at the first of them, having imported the
+// keys before it; every key is then imported on its own, the keys the
+// failed request imported and the identical one are proven by round trip,
+// and only the different one is a conflict.
+func TestImportKeysFallback(t *testing.T) {
+	env := newMigrationEnv(t, 6)
+	ctx := context.Background()
+	var es []*sourceEntry
+	for _, n := range env.src.names {
+		e, err := env.src.readEntry(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		es = append(es, e)
+	}
+	env.put(t, "key-002", env.keys["key-002"])
+	env.put(t, "key-004", randomKey())
+	rep := &report{}
+	ok, conflicts, err := importKeys(ctx, env.c, env.enclave, es, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"key-000", "key-001", "key-002", "key-003", "key-005"}; !slices.Equal(ok, want) {
+		t.Errorf("imported %v, want %v", ok, want)
+	}
+	if !slices.Equal(conflicts, []string{"key-004"}) {
+		t.Errorf("conflicts %v, want [key-004]", conflicts)
+	}
+	// key-000 and key-001 (imported by the failed request) and key-002
+	// were proven by round trip, not taken on trust.
+	if n := rep.inflight.Load(); n != 3 {
+		t.Errorf("%d keys proven by round trip, want 3", n)
+	}
+	for _, n := range []string{"key-000", "key-001", "key-002", "key-003", "key-005"} {
+		same, err := sameMaterial(ctx, env.c, env.enclave, n, env.keys[n])
+		if err != nil || !same {
+			t.Errorf("%s at the target: same=%v, %v", n, same, err)
+		}
+	}
+}
+
+// A crash mid-way with several keys per request: checkpoints are made only
+// for keys the target confirmed, the resume sends no import for
+// checkpointed keys, proves the keys in flight by round trip, and at most
+// the parallelism were in flight.
+func TestMigrateResumeInFlightBatched(t *testing.T) {
+	env := newMigrationEnv(t, 300)
+	const par = 32 // 8 workers of 4 keys
+	m := &migrationStep{cfg: migrationConfig{Parallelism: par}}
+	j := &fakeJournal{}
+	var n int
+	var mu sync.Mutex
+	errCrash := errors.New("crash")
+	j.fail = func(item string) error { // the "crash": checkpoints stop after 100 keys
+		mu.Lock()
+		defer mu.Unlock()
+		if strings.HasPrefix(item, itemKeyPrefix) {
+			n++
+			if n > 100 {
+				return errCrash
+			}
+		}
+		return nil
+	}
+	if _, err := m.migrate(context.Background(), j.hooks(), env.src, env.c, env.enclave); !errors.Is(err, errCrash) {
+		t.Fatalf("first attempt: %v, want the crash", err)
+	}
+	// The Key Manager may still finish a request the crashed attempt gave
+	// up on: wait until the enclave stops changing, as after a real crash.
+	for n := -1; ; time.Sleep(50 * time.Millisecond) {
+		if m := len(env.targetNames(t)); m == n {
+			break
+		} else {
+			n = m
+		}
+	}
+	j.fail = nil
+	res, err := m.migrate(context.Background(), j.hooks(), env.src, env.c, env.enclave)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Earlier != 100 || res.InFlight+res.Requests != 200 {
+		t.Fatalf("resume: earlier %d, in flight %d, requests %d; want 100 earlier and 200 = in flight + requests", res.Earlier, res.InFlight, res.Requests)
+	}
+	if res.InFlight == 0 {
+		t.Fatal("no key was imported without a checkpoint: the test proves nothing")
+	}
+	if res.InFlight > par {
+		t.Fatalf("%d keys were imported without a checkpoint, more than the parallelism %d", res.InFlight, par)
+	}
+	if res.Imported != 300 || len(env.targetNames(t)) != 300 {
+		t.Fatalf("imported %d, enclave holds %d; want 300", res.Imported, len(env.targetNames(t)))
+	}
+	if len(j.cps) != 301 { // 300 keys and the preflight
+		t.Fatalf("%d checkpoints, want 301", len(j.cps))
+	}
+}
