@@ -165,6 +165,8 @@ func capitalise(s string) string {
 func humanDuration(seconds float64) string {
 	d := time.Duration(seconds * float64(time.Second))
 	switch {
+	case d < time.Second:
+		return "a second"
 	case d < time.Minute:
 		return fmt.Sprintf("%d s", int(d.Seconds()+0.5))
 	case d < time.Hour:

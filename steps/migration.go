@@ -57,6 +57,9 @@ var (
 	_ engine.Validator  = (*migrationStep)(nil)
 )
 
+// estimatedImportsPerSecond sizes the duration estimate of a change request.
+const estimatedImportsPerSecond = 2000
+
 const (
 	conflictSkipIdentical = "skip_identical"
 	conflictFail          = "fail"
@@ -657,7 +660,7 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	} else {
 		p.Observed = append(p.Observed, fmt.Sprintf("enclave %s at %s: does not exist yet (the enclave step creates it)", to.Name, to.Addr))
 	}
-	p.Actions = append(p.Actions, fmt.Sprintf("import %d keys into enclave %s (%d in parallel, each checkpointed; key material never leaves memory except into the Key Manager)", len(toImport), to.Name, m.parallelism()))
+	p.Actions = append(p.Actions, fmt.Sprintf("import %d keys into enclave %s (up to %d at a time, each checkpointed; key material never leaves memory except into the Key Manager)", len(toImport), to.Name, max(1, min(m.parallelism(), len(toImport)))))
 	if n := len(rep.identical); n > 0 {
 		if m.onConflict() == conflictFail {
 			p.Actions = append(p.Actions, fmt.Sprintf("FAIL before importing anything: %d keys are already present (on_conflict = \"fail\"), identical material: %s", n, strings.Join(rep.identical, ", ")))
@@ -694,6 +697,10 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	}
 	p.Items = append(toImport, rep.overwrite...)
 	sort.Strings(p.Items)
+	p.ItemsLabel = "keys to import"
+	// A conservative rate for a Key Manager across a network (BENCHMARKS.md
+	// measures several times this on loopback).
+	p.EstimateSeconds = float64(len(p.Items)) / estimatedImportsPerSecond
 	p.Rollback = "delete the keys this run imported, never keys that were already there; refused once a cutover has been applied; keys it overwrote cannot be restored"
 	p.State = migrationState{
 		SourceKeys: src.total, Matching: len(src.names), NamesSHA256: src.digest,
