@@ -116,7 +116,16 @@ func cmdKMList(ts *testscript.TestScript, neg bool, args []string) {
 	var names []string
 	req := &kms.ListRequest{Enclave: args[0]}
 	for {
-		page, err := c.ListKeys(context.Background(), req)
+		// The emulator may be injecting faults (migration_faults): the
+		// check itself must see through them, so each page is retried.
+		var page *kms.Page[kms.KeyStatusResponse]
+		var err error
+		for attempt := 0; attempt < 30; attempt++ {
+			if page, err = c.ListKeys(context.Background(), req); err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		ts.Check(err)
 		for _, k := range page.Items {
 			names = append(names, k.Name)
