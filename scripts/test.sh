@@ -27,7 +27,7 @@ if [[ -n "$unformatted" ]]; then
 fi
 go vet ./...
 go test -count=1 -timeout 60m "$@" ./...
-echo "test.sh: done in $(($(date +%s) - start))s" >&2
+echo "test.sh: tests passed after $(($(date +%s) - start))s" >&2
 
 # Each fuzz target, briefly (a count, not a duration: Go 1.26's fuzzer can end
 # a timed run with a spurious "context deadline exceeded").
@@ -37,4 +37,4 @@ for target in "./engine FuzzLoad" "./engine FuzzReadJournal" \
 	set -- $target
 	go test -run '^$' -fuzz "^$2\$" -fuzztime "$fuzzcount" "$1"
 done
-echo "test.sh: fuzzing done after $(($(date +%s) - start))s" >&2
+echo "test.sh: done: tests and fuzzing passed in $(($(date +%s) - start))s" >&2
