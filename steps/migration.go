@@ -5,14 +5,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"path"
 	"slices"
 	"sort"
@@ -439,58 +437,6 @@ func sameMaterial(ctx context.Context, c *kms.Client, enclave, name string, k ke
 		return false, fmt.Errorf("round trip key %q at the Key Manager: %d responses to one request", name, len(resp))
 	}
 	return subtle.ConstantTimeCompare(resp[0].Plaintext, pt[:]) == 1, nil
-}
-
-// Retry policy for Key Manager requests: transient errors (network errors,
-// dropped connections, 5xx and 429) are retried per request with
-// exponential backoff and full jitter, a bounded number of times.
-var (
-	retryAttempts = 8
-	retryBase     = 50 * time.Millisecond
-	retryCap      = 3 * time.Second
-)
-
-// transient reports whether a Key Manager error may go away if the request
-// is sent again.
-func transient(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
-	}
-	var ke kms.Error
-	if errors.As(err, &ke) {
-		return ke.Code >= 500 || ke.Code == 429
-	}
-	var (
-		unknownCA x509.UnknownAuthorityError
-		hostname  x509.HostnameError
-		invalid   x509.CertificateInvalidError
-	)
-	if errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalid) {
-		return false
-	}
-	if strings.Contains(err.Error(), "tls: ") && strings.Contains(err.Error(), "certificate") {
-		return false
-	}
-	return true // a network error: connection refused, reset, dropped, EOF
-}
-
-func withRetry(ctx context.Context, fn func() error) error {
-	var err error
-	for attempt := 1; ; attempt++ {
-		err = fn()
-		if err == nil || !transient(err) || attempt >= retryAttempts || ctx.Err() != nil {
-			return err
-		}
-		d := min(retryCap, retryBase<<(attempt-1))
-		d = time.Duration(mrand.Int64N(int64(d)) + 1) // full jitter
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		case <-t.C:
-		}
-	}
 }
 
 // permanentHint turns the Key Manager's permanent errors into what the

@@ -14,7 +14,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	kesserver "github.com/minio/kes"
@@ -68,8 +67,6 @@ const (
 	verifyShown = 20
 	// verifyRefsShown is how many places a message names per referenced key.
 	verifyRefsShown = 3
-	// verifyAttempts bounds the tries of one request that failed transiently.
-	verifyAttempts = 6
 )
 
 type verificationConfig struct {
@@ -281,7 +278,7 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	}
 	defer ks.Close()
 	var allTarget []string
-	err = verifyRetry(ctx, func() error {
+	err = withRetry(ctx, func() error {
 		var err error
 		allTarget, err = listEnclaveKeys(ctx, kmc, enc.Name)
 		return err
@@ -509,7 +506,7 @@ func verifyContext(name string) []byte {
 func verifyKESGenerate(ctx context.Context, kc *kes.Client, kmc *kms.Client, enclave, name string) error {
 	aad := verifyContext(name)
 	var dek kes.DEK
-	err := verifyRetry(ctx, func() error {
+	err := withRetry(ctx, func() error {
 		var err error
 		dek, err = kc.GenerateKey(ctx, name, aad)
 		return err
@@ -528,11 +525,11 @@ func verifyKESGenerate(ctx context.Context, kc *kes.Client, kmc *kms.Client, enc
 // read from the key store, and has the Key Manager decrypt it.
 func verifyLocalSeal(ctx context.Context, ks kesserver.KeyStore, kmc *kms.Client, enclave, name string) error {
 	var key kescrypto.Key
-	err := verifyRetry(ctx, func() error {
+	err := withRetry(ctx, func() error {
 		var err error
 		key, err = readKey(ctx, ks, name)
 		if errors.Is(err, errUnparsable) {
-			return verifyPermanent{err}
+			return permanent{err}
 		}
 		return err
 	})
@@ -558,7 +555,7 @@ func verifyLocalSeal(ctx context.Context, ks kesserver.KeyStore, kmc *kms.Client
 // sends it) and compares the result with want.
 func verifyDecrypt(ctx context.Context, kmc *kms.Client, enclave, name string, ciphertext, aad, want []byte) error {
 	var resp []*kms.DecryptResponse
-	err := verifyRetry(ctx, func() error {
+	err := withRetry(ctx, func() error {
 		var err error
 		resp, err = kmc.Decrypt(ctx, enclave, &kms.DecryptRequest{Name: name, Ciphertext: ciphertext, AssociatedData: aad})
 		return err
@@ -578,50 +575,6 @@ func verifyDecrypt(ctx context.Context, kmc *kms.Client, enclave, name string, c
 		return fmt.Errorf("%w: the enclave decrypted to a different plaintext", errMaterialDiffers)
 	}
 	return nil
-}
-
-// verifyPermanent marks an error that retrying cannot cure.
-type verifyPermanent struct{ error }
-
-func (p verifyPermanent) Unwrap() error { return p.error }
-
-// verifyRetry runs fn until it succeeds, fails for good, or has failed
-// transiently verifyAttempts times, backing off exponentially in between.
-// Errors the server answered with a 4xx status are final; network errors and
-// 5xx answers are retried.
-func verifyRetry(ctx context.Context, fn func() error) error {
-	wait := 100 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := fn()
-		if err == nil || attempt >= verifyAttempts || !verifyTransient(ctx, err) {
-			var p verifyPermanent
-			if errors.As(err, &p) {
-				return p.error
-			}
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(wait):
-		}
-		wait *= 2
-	}
-}
-
-func verifyTransient(ctx context.Context, err error) bool {
-	if ctx.Err() != nil {
-		return false
-	}
-	var p verifyPermanent
-	if errors.As(err, &p) {
-		return false
-	}
-	var st interface{ Status() int }
-	if errors.As(err, &st) {
-		return st.Status() >= 500
-	}
-	return true
 }
 
 // verifyCheckpointed counts the keys proven so far (this and earlier
@@ -701,7 +654,7 @@ func listKESServer(ctx context.Context, list kesListFunc) ([]string, error) {
 		}
 		var names []string
 		var next string
-		err := verifyRetry(ctx, func() error {
+		err := withRetry(ctx, func() error {
 			var err error
 			names, next, err = list(ctx, q)
 			return err

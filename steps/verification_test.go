@@ -140,10 +140,10 @@ type statusErr int
 func (s statusErr) Error() string { return "status" }
 func (s statusErr) Status() int   { return int(s) }
 
-func TestVerifyRetry(t *testing.T) {
+func TestRetry(t *testing.T) {
 	ctx := context.Background()
 	n := 0
-	err := verifyRetry(ctx, func() error {
+	err := withRetry(ctx, func() error {
 		n++
 		if n < 3 {
 			return statusErr(503)
@@ -154,7 +154,7 @@ func TestVerifyRetry(t *testing.T) {
 		t.Fatalf("transient errors: err %v after %d tries", err, n)
 	}
 	n = 0
-	err = verifyRetry(ctx, func() error { n++; return statusErr(404) })
+	err = withRetry(ctx, func() error { n++; return statusErr(404) })
 	if !errors.Is(err, statusErr(404)) || n != 1 {
 		t.Fatalf("a 4xx answer was retried: err %v after %d tries", err, n)
 	}
