@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/minio/madmin-go/v3"
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/runbook-dev/runbook/engine"
@@ -69,9 +70,23 @@ func (c *cutoverStep) planKubernetes(ctx context.Context, r *engine.Run, e *cuto
 	}
 	patch := k8sValuesPatch(set)
 	p.Observed = append(p.Observed, "platform = \"kubernetes\": the environment lives in the Helm values or the resource, not in files")
-	p.Actions = append(p.Actions, "write a patch for the Helm values (and the API key as a Secret manifest in the journal dir's secrets/), then wait for the operator to apply it")
+	if admin, _, err := e.a.Clients(r); err == nil {
+		if st, err := admin.KMSStatus(ctx); err == nil {
+			p.Observed = append(p.Observed, fmt.Sprintf("AIStor reports KMS %q, default key %q, endpoints %s", st.Name, st.DefaultKeyID, formatKMSEndpoints(st.Endpoints)))
+			if st.Name == kmsNameKeyManager {
+				p.Risks = append(p.Risks, "AIStor already reports the Key Manager: apply will find it applied and only validate")
+			}
+		}
+	}
+	p.Actions = append(p.Actions, fmt.Sprintf("write the API key as a Secret manifest (Secret %s) into the journal dir's secrets/ (0600), and this patch for the Helm values into the journal dir's kubernetes/ (it holds no secret):", k8sSecretName))
+	for _, l := range splitLines(strings.TrimRight(patch, "\n")) {
+		if !strings.HasPrefix(l, "#") {
+			p.Actions = append(p.Actions, "    "+r.Redact(l))
+		}
+	}
+	p.Actions = append(p.Actions, "stop, waiting for the operator: apply the Secret, remove every MINIO_KMS_KES_* entry from the object store's environment, add the entries above and roll every pod out")
 	p.Sections = append(p.Sections, engine.PlanSection{Title: "Helm values patch", Body: patch})
-	p.Actions = append(p.Actions, "on resume: wait until AIStor reports the Key Manager, then "+c.validateAction(e))
+	p.Actions = append(p.Actions, fmt.Sprintf("on resume: check that AIStor reports the Key Manager (%d checks in a row, a second apart; while pods are still coming up, up to %s; the step stays waiting while AIStor still runs on KES), then ", stableHealthChecks, e.wait)+c.validateAction(e))
 	p.Verification = []string{fmt.Sprintf("AIStor's KMS status names %q with every endpoint online; the default key passes a key status check", kmsNameKeyManager), c.validateAction(e)}
 	p.Rollback = "the operator reverts the values change (helm rollback); rollback then confirms AIStor reports KES again; refused once objects were written after the patch was handed over, unless forced"
 	p.Risks = append(p.Risks, "the change is applied by the operator, not by runbook: apply stops \"waiting for the operator\" until resume sees the Key Manager")
@@ -111,8 +126,11 @@ func (c *cutoverStep) applyKubernetes(ctx context.Context, r *engine.Run, e *cut
 	if err != nil {
 		return err
 	}
-	if why := c.healthCheck(ctx, r, e.a, admin, 0, kmsNameKeyManager); why != "" {
-		return engine.WaitForOperator("apply the Secret %s and the Helm values patch %s, roll the object store out, then run runbook resume (AIStor now: %s)", secret, patch, why)
+	if why := c.k8sStableHealth(ctx, r, e, admin); why != "" {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return engine.WaitForOperator("the change is yours to apply: (1) kubectl apply -f %s in the object store's namespace (the Secret %s, holding the API key); (2) in the object store's Helm values (or the resource's env list) remove every MINIO_KMS_KES_* entry and add the entries of the values patch %s, then helm upgrade so that every pod restarts (MinIO does not start with both KES and the Key Manager configured); (3) run runbook resume: it goes on once AIStor reports the Key Manager (AIStor now: %s)", secret, k8sSecretName, patch, why)
 	}
 	if err := r.Checkpoint("healthy", map[string]string{"kms": kmsNameKeyManager}); err != nil {
 		return err
@@ -124,6 +142,46 @@ func (c *cutoverStep) applyKubernetes(ctx context.Context, r *engine.Run, e *cut
 	r.SetOutput("kms", cty.StringVal(kmsNameKeyManager))
 	r.Logf("AIStor reports %s; %d object(s) read back", kmsNameKeyManager, n)
 	return nil
+}
+
+// k8sStableHealth returns "" once AIStor is healthy on the Key Manager for
+// stableHealthChecks checks a second apart (a rollout still under way can
+// answer from a pod on the new environment while others still run on KES),
+// else what is wrong. While AIStor plainly still runs on KES, healthy, the
+// change was not applied (yet): that is the answer at once. Any other state
+// (pods restarting, no write quorum yet, the KMS not answering) is a rollout
+// under way: it checks again, up to wait_timeout.
+func (c *cutoverStep) k8sStableHealth(ctx context.Context, r *engine.Run, e *cutoverEnv, admin *madmin.AdminClient) string {
+	stillKES := fmt.Sprintf("KMS status names %q, not %q", kmsNameKES, kmsNameKeyManager)
+	deadline := time.Now().Add(e.wait)
+	healthy := 0
+	logged := false
+	for {
+		why := c.healthCheck(ctx, r, e.a, admin, 0, kmsNameKeyManager)
+		if why == "" {
+			healthy++
+			if healthy >= stableHealthChecks {
+				return ""
+			}
+		} else {
+			if healthy > 0 {
+				why += fmt.Sprintf(" (after %d healthy check(s))", healthy)
+			}
+			healthy = 0
+			if why == stillKES || time.Now().After(deadline) {
+				return why
+			}
+			if !logged {
+				r.Logf("AIStor is not healthy on the Key Manager yet (%s): checking again every second for up to %s", why, e.wait)
+				logged = true
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err().Error()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 func (c *cutoverStep) rollbackKubernetes(ctx context.Context, r *engine.Run, e *cutoverEnv) error {

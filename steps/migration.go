@@ -2,9 +2,7 @@ package steps
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -413,30 +411,11 @@ func describeProblems(ps []problem) []string {
 // Key Manager (version 0: as MinIO asks) to the same bytes. kms.ErrDecrypt
 // means different material (or algorithm).
 func sameMaterial(ctx context.Context, c *kms.Client, enclave, name string, k kescrypto.Key) (bool, error) {
-	var pt [32]byte
-	if _, err := rand.Read(pt[:]); err != nil {
+	same, err := sealedRoundTrip(ctx, c, enclave, name, k, roundTripAAD)
+	if err != nil {
 		return false, fmt.Errorf("round trip key %q: %w", name, err)
 	}
-	ct, err := kescrypto.Seal(k, pt[:], roundTripAAD)
-	if err != nil {
-		return false, fmt.Errorf("round trip key %q: seal locally: %w", name, err)
-	}
-	var resp []*kms.DecryptResponse
-	err = withRetry(ctx, func() error {
-		var err error
-		resp, err = c.Decrypt(ctx, enclave, &kms.DecryptRequest{Name: name, Version: 0, Ciphertext: ct, AssociatedData: roundTripAAD})
-		return err
-	})
-	if errors.Is(err, kms.ErrDecrypt) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("round trip key %q at the Key Manager: %w", name, err)
-	}
-	if len(resp) != 1 {
-		return false, fmt.Errorf("round trip key %q at the Key Manager: %d responses to one request", name, len(resp))
-	}
-	return subtle.ConstantTimeCompare(resp[0].Plaintext, pt[:]) == 1, nil
+	return same, nil
 }
 
 // permanentHint turns the Key Manager's permanent errors into what the

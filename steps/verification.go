@@ -3,7 +3,6 @@ package steps
 import (
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -538,41 +537,26 @@ func verifyLocalSeal(ctx context.Context, ks kesserver.KeyStore, kmc *kms.Client
 	}
 	defer clear(key.Material)
 	defer clear(key.HMAC)
-	plaintext := make([]byte, 32)
-	if _, err := rand.Read(plaintext); err != nil {
-		return fmt.Errorf("draw plaintext: %w", err)
-	}
-	defer clear(plaintext)
-	aad := verifyContext(name)
-	ciphertext, err := kescrypto.Seal(key, plaintext, aad)
-	if err != nil {
-		return fmt.Errorf("seal with the key store's material: %w", err)
-	}
-	return verifyDecrypt(ctx, kmc, enclave, name, ciphertext, aad, plaintext)
+	same, err := sealedRoundTrip(ctx, kmc, enclave, name, key, verifyContext(name))
+	return verifyResult(name, same, err)
 }
 
-// verifyDecrypt has the Key Manager decrypt ciphertext (version 0, as MinIO
-// sends it) and compares the result with want.
+// verifyDecrypt has the Key Manager decrypt ciphertext and compares the
+// result with want.
 func verifyDecrypt(ctx context.Context, kmc *kms.Client, enclave, name string, ciphertext, aad, want []byte) error {
-	var resp []*kms.DecryptResponse
-	err := withRetry(ctx, func() error {
-		var err error
-		resp, err = kmc.Decrypt(ctx, enclave, &kms.DecryptRequest{Name: name, Ciphertext: ciphertext, AssociatedData: aad})
-		return err
-	})
+	same, err := decryptsTo(ctx, kmc, enclave, name, ciphertext, aad, want)
+	return verifyResult(name, same, err)
+}
+
+// verifyResult names what a round trip found.
+func verifyResult(name string, same bool, err error) error {
 	switch {
-	case errors.Is(err, kms.ErrDecrypt):
-		return fmt.Errorf("%w: the enclave's key does not decrypt what the KES key sealed", errMaterialDiffers)
 	case errors.Is(err, kms.ErrKeyNotFound):
 		return fmt.Errorf("the enclave has no key %q", name)
 	case err != nil:
-		return fmt.Errorf("decrypt at the Key Manager: %w", err)
-	case len(resp) != 1:
-		return fmt.Errorf("decrypt at the Key Manager: %d answers to one request", len(resp))
-	}
-	defer clear(resp[0].Plaintext)
-	if subtle.ConstantTimeCompare(resp[0].Plaintext, want) != 1 {
-		return fmt.Errorf("%w: the enclave decrypted to a different plaintext", errMaterialDiffers)
+		return err
+	case !same:
+		return fmt.Errorf("%w: the enclave's key does not decrypt what the KES key sealed to the same plaintext", errMaterialDiffers)
 	}
 	return nil
 }
