@@ -134,7 +134,6 @@ func (o *HumanOutput) showBar(e Event) {
 			progressbar.OptionShowIts(),
 			progressbar.OptionSetItsString("items"),
 			progressbar.OptionSetPredictTime(true),
-			progressbar.OptionThrottle(100*time.Millisecond),
 			progressbar.OptionSetWidth(30),
 		)
 	}
