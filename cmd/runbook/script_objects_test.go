@@ -123,7 +123,19 @@ func cmdPutObjects(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	for i := range *n {
 		body := fmt.Appendf(nil, "object %d of %s", i, *bucket)
-		_, err := c.PutObject(ctx, *bucket, fmt.Sprintf("%s%04d", *prefix, i), bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{ServerSideEncryption: enc})
+		name := fmt.Sprintf("%s%04d", *prefix, i)
+		// A cluster whose nodes just restarted together can refuse writes
+		// for a moment while they reconnect to each other's drives
+		// ("Resource requested is unwritable"): a client waits that out.
+		var err error
+		for attempt := 0; attempt < 60; attempt++ {
+			_, err = c.PutObject(ctx, *bucket, name, bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{ServerSideEncryption: enc})
+			if err == nil || !strings.Contains(err.Error(), "unwritable") {
+				break
+			}
+			ts.Logf("put-objects: %s: %v; trying again", name, err)
+			time.Sleep(500 * time.Millisecond)
+		}
 		if err != nil {
 			ts.Fatalf("put-objects: %v", err)
 		}
