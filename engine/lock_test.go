@@ -125,28 +125,27 @@ func TestLockGarbledAndEmpty(t *testing.T) {
 
 const lockHelperEnv = "RUNBOOK_TEST_LOCK_HELPER_DIR"
 
-// TestLockHelperProcess is not a test: it is the child process of
-// TestLockChildProcess. It takes the lock, says so, and holds it until
-// stdin closes or it is killed.
-func TestLockHelperProcess(t *testing.T) {
-	dir := os.Getenv(lockHelperEnv)
-	if dir == "" {
-		t.Skip("helper process for TestLockChildProcess")
+// TestMain runs the test binary as the child process of TestLockChildProcess
+// when asked to: it takes the lock, says so, and holds it until stdin closes
+// or it is killed.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(lockHelperEnv); dir != "" {
+		l, err := AcquireLock(dir, "runbook apply")
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Println("locked")
+		io.Copy(io.Discard, os.Stdin)
+		l.Release()
+		os.Exit(0)
 	}
-	l, err := AcquireLock(dir, "runbook apply")
-	if err != nil {
-		fmt.Println("error:", err)
-		os.Exit(1)
-	}
-	fmt.Println("locked")
-	io.Copy(io.Discard, os.Stdin)
-	l.Release()
-	os.Exit(0)
+	os.Exit(m.Run())
 }
 
 func TestLockChildProcess(t *testing.T) {
 	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLockHelperProcess$")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), lockHelperEnv+"="+dir)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
