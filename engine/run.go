@@ -41,10 +41,6 @@ func (r *Run) Resumed() bool { return r.resumed }
 // what it found.
 func (r *Run) Forced() bool { return r.x.opts.Force }
 
-// StateOf returns the journal state of another step of this run (pending if
-// it never ran), for example to refuse an undo once a later step is done.
-func (r *Run) StateOf(addr string) string { return r.x.js.Step(addr).State }
-
 // Attempt is 1 for the first try, 2 for the first retry, and so on.
 func (r *Run) Attempt() int { return r.attempt }
 
