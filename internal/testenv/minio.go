@@ -254,36 +254,41 @@ func (m *MinIO) start(port int) error {
 			path: m.bin,
 			args: []string{"server", "--certs-dir", m.CertsDir,
 				"--address", m.Endpoint, m.DataDir},
-			env:     env,
-			dir:     m.Dir,
-			logFile: m.LogFile,
-			ready: func() error {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.URL+"/minio/health/live", nil)
-				if err != nil {
-					return err
-				}
-				resp, err := httpClient.Do(req)
-				if err != nil {
-					return err
-				}
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					return fmt.Errorf("/minio/health/live: %s", resp.Status)
-				}
-				if s := resp.Header.Get("X-Minio-Server-Status"); s != "" {
-					return fmt.Errorf("/minio/health/live: server status %q", s)
-				}
-				// The object layer and IAM are up once an
-				// authenticated call succeeds.
-				_, err = s3.ListBuckets(ctx)
-				return err
-			},
+			env:          env,
+			dir:          m.Dir,
+			logFile:      m.LogFile,
+			ready:        minioReady(m.URL, httpClient, s3),
 			readyTimeout: 3 * time.Minute,
 		})
 		return err
 	})
+}
+
+// minioReady reports a MinIO server ready once it is live, says nothing of a
+// degraded state, and answers an authenticated call (the object layer and
+// IAM are up).
+func minioReady(url string, httpClient *http.Client, s3 *minio.Client) func() error {
+	return func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/minio/health/live", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/minio/health/live: %s", resp.Status)
+		}
+		if s := resp.Header.Get("X-Minio-Server-Status"); s != "" {
+			return fmt.Errorf("/minio/health/live: server status %q", s)
+		}
+		_, err = s3.ListBuckets(ctx)
+		return err
+	}
 }
 
 // Stop stops the server (SIGTERM, then SIGKILL after 5 seconds).

@@ -224,27 +224,7 @@ func (n *MinIONode) start() error {
 	path, args := c.host.Command(c.bin, append([]string{"server", "--certs-dir", c.CertsDir, "--address", n.Endpoint}, c.args...)...)
 	n.proc, err = startProcess(procSpec{
 		name: "minio " + n.Name, path: path, args: args, env: env, dir: n.Dir, logFile: n.LogFile,
-		ready: func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL+"/minio/health/live", nil)
-			if err != nil {
-				return err
-			}
-			resp, err := httpClient.Do(req)
-			if err != nil {
-				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("/minio/health/live: %s", resp.Status)
-			}
-			if s := resp.Header.Get("X-Minio-Server-Status"); s != "" {
-				return fmt.Errorf("/minio/health/live: server status %q", s)
-			}
-			_, err = s3.ListBuckets(ctx)
-			return err
-		},
+		ready:        minioReady(n.URL, httpClient, s3),
 		readyTimeout: 3 * time.Minute,
 	})
 	return err
