@@ -116,11 +116,7 @@ func cmdPutObjects(ts *testscript.TestScript, neg bool, args []string) {
 	ctx, cancel := scriptCtx()
 	defer cancel()
 	c := scriptMinIO(ts)
-	exists, err := c.BucketExists(ctx, *bucket)
-	ts.Check(err)
-	if !exists {
-		ts.Check(c.MakeBucket(ctx, *bucket, minio.MakeBucketOptions{}))
-	}
+	ensureBucket(ctx, ts, c, *bucket)
 	for i := range *n {
 		body := fmt.Appendf(nil, "object %d of %s", i, *bucket)
 		name := fmt.Sprintf("%s%04d", *prefix, i)
@@ -142,6 +138,15 @@ func cmdPutObjects(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
+// ensureBucket makes bucket unless it exists.
+func ensureBucket(ctx context.Context, ts *testscript.TestScript, c *minio.Client, bucket string) {
+	exists, err := c.BucketExists(ctx, bucket)
+	ts.Check(err)
+	if !exists {
+		ts.Check(c.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}))
+	}
+}
+
 func cmdBucketEncryption(ts *testscript.TestScript, neg bool, args []string) {
 	fs := scriptFlags(ts, "bucket-encryption", neg)
 	bucket := fs.String("bucket", "", "bucket")
@@ -158,11 +163,7 @@ func cmdBucketEncryption(ts *testscript.TestScript, neg bool, args []string) {
 	ctx, cancel := scriptCtx()
 	defer cancel()
 	c := scriptMinIO(ts)
-	exists, err := c.BucketExists(ctx, *bucket)
-	ts.Check(err)
-	if !exists {
-		ts.Check(c.MakeBucket(ctx, *bucket, minio.MakeBucketOptions{}))
-	}
+	ensureBucket(ctx, ts, c, *bucket)
 	ts.Check(c.SetBucketEncryption(ctx, *bucket, cfg))
 }
 
