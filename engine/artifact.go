@@ -12,9 +12,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/zclconf/go-cty/cty"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
-	"golang.org/x/crypto/argon2"
 )
 
 // PlanFormatVersion is the version of plan.json's schema (docs/plan-format.md).
@@ -26,6 +24,7 @@ const (
 	ChangeFile    = "CHANGE.md"
 	RunbookCopy   = "runbook.hcl"
 	ApprovalsFile = "approvals.jsonl"
+	AuthorSigFile = "plan.sig"
 	itemsDir      = "items"
 )
 
@@ -33,15 +32,21 @@ const (
 // fingerprint. It holds no timestamp and no map order, so the same inputs
 // give the same bytes.
 type PlanDoc struct {
-	FormatVersion int               `json:"format_version"`
-	ToolVersion   string            `json:"tool_version"`
-	Runbook       PlanRunbook       `json:"runbook"`
-	Targets       []string          `json:"targets,omitempty"`
-	Variables     []PlanVariable    `json:"variables"`
-	Steps         []PlanStepDoc     `json:"steps"`
-	Inputs        map[string]string `json:"inputs"`
-	Risks         []string          `json:"risks,omitempty"`
-	Fingerprint   string            `json:"fingerprint"`
+	FormatVersion int         `json:"format_version"`
+	ToolVersion   string      `json:"tool_version"`
+	Runbook       PlanRunbook `json:"runbook"`
+	Targets       []string    `json:"targets,omitempty"`
+	// MadeBy is who made the plan (plan --by); that principal may not
+	// approve it. With allowed signers, plan.sig proves it.
+	MadeBy    string            `json:"made_by,omitempty"`
+	Variables []PlanVariable    `json:"variables"`
+	Steps     []PlanStepDoc     `json:"steps"`
+	Inputs    map[string]string `json:"inputs"`
+	Risks     []string          `json:"risks,omitempty"`
+	// HashKey names (HashKey.ID) the journal key that hashed the sensitive
+	// variables; empty when there are none.
+	HashKey     string `json:"hash_key,omitempty"`
+	Fingerprint string `json:"fingerprint"`
 }
 
 // PlanRunbook identifies the runbook a plan was made from.
@@ -52,10 +57,15 @@ type PlanRunbook struct {
 	File         string `json:"file"`
 	SourceSHA256 string `json:"source_sha256"`
 	Approvals    int    `json:"approvals_required"`
+	// AllowedSigners is runbook { allowed_signers }, relative to the plan
+	// directory: the OpenSSH allowed-signers file that approvals are checked
+	// against. Its digest is among the inputs.
+	AllowedSigners string `json:"allowed_signers,omitempty"`
 }
 
-// PlanVariable is a variable's value, or for a sensitive one a slow,
-// salted hash of it (argon2id) so the value can be checked, never read.
+// PlanVariable is a variable's value, or for a sensitive one a keyed hash of
+// it (HMAC-SHA256 under the journal's key, HashKey) so the value can be
+// checked, never read or guessed from the plan alone.
 type PlanVariable struct {
 	Name      string          `json:"name"`
 	Sensitive bool            `json:"sensitive,omitempty"`
@@ -90,19 +100,19 @@ type PlanArtifacts struct {
 	Source []byte
 }
 
-// hashVariable binds a sensitive value without revealing it. The salt is
-// fixed per runbook and variable so that equal inputs give equal plans;
-// argon2id makes guessing a weak secret from the hash expensive.
-func hashVariable(runbook, name string, v cty.Value) string {
-	v, _ = v.UnmarkDeep()
-	raw, _ := ctyjson.Marshal(v, v.Type())
-	salt := sha256.Sum256([]byte("runbook plan variable\x00" + runbook + "\x00" + name))
-	return "argon2id:" + hex.EncodeToString(argon2.IDKey(raw, salt[:16], 2, 32*1024, 1, 32))
+// PlanMeta is what a plan document records beyond what planning observed.
+type PlanMeta struct {
+	Targets []string
+	// Key is the journal's hash key (EnsureHashKey), which binds sensitive values.
+	Key *HashKey
+	// MadeBy is who made the plan (plan --by), or empty.
+	MadeBy string
 }
 
 // BuildPlan turns a plan result into the artifacts of a plan directory.
 // planDir is where they will be written (paths inside are relative to it).
-func (s *Session) BuildPlan(res *PlanResult, planDir string, targets []string) (*PlanArtifacts, error) {
+func (s *Session) BuildPlan(res *PlanResult, planDir string, meta PlanMeta) (*PlanArtifacts, error) {
+	key := meta.Key
 	rd := s.Redactor
 	rel, err := relPath(planDir, s.Config.Path)
 	if err != nil {
@@ -111,7 +121,12 @@ func (s *Session) BuildPlan(res *PlanResult, planDir string, targets []string) (
 	doc := &PlanDoc{
 		FormatVersion: PlanFormatVersion, ToolVersion: Version,
 		Runbook: PlanRunbook{Name: s.Config.Name, Description: s.Config.Description, File: rel, SourceSHA256: sha256Hex(s.Config.Src), Approvals: s.Config.Approvals},
-		Targets: targets, Inputs: map[string]string{},
+		Targets: meta.Targets, MadeBy: meta.MadeBy, Inputs: map[string]string{},
+	}
+	if p := s.Config.AllowedSignersPath(); p != "" {
+		if doc.Runbook.AllowedSigners, err = relPath(planDir, p); err != nil {
+			return nil, err
+		}
 	}
 	for k, v := range res.Inputs {
 		doc.Inputs[rd.String(relInput(planDir, k))] = v
@@ -120,7 +135,11 @@ func (s *Session) BuildPlan(res *PlanResult, planDir string, targets []string) (
 		val := s.Scope.vars[v.Name]
 		pv := PlanVariable{Name: v.Name, Sensitive: v.Sensitive}
 		if v.Sensitive {
-			pv.Hash = hashVariable(s.Config.Name, v.Name, val)
+			if key == nil {
+				return nil, errors.New("bind sensitive variables: no hash key")
+			}
+			pv.Hash = key.Sum("var."+v.Name, val)
+			doc.HashKey = key.ID()
 		} else {
 			raw, err := ctyjson.Marshal(val, v.Type)
 			if err != nil {
@@ -219,9 +238,11 @@ func (d *PlanDoc) computeFingerprint() string {
 }
 
 // WritePlanDir writes the artifacts: plan.json, CHANGE.md, a copy of the
-// runbook text and the item lists, each atomically. Approvals of an earlier
-// plan in the same directory stay; they name the fingerprint they approved.
-func WritePlanDir(dir string, art *PlanArtifacts) error {
+// runbook text, the item lists and, when authorSig is not empty, plan.sig
+// (the author's SSH signature over the fingerprint), each atomically.
+// Approvals of an earlier plan in the same directory stay; they name the
+// fingerprint they approved.
+func WritePlanDir(dir string, art *PlanArtifacts, authorSig string) error {
 	if err := os.MkdirAll(filepath.Join(dir, itemsDir), 0o755); err != nil {
 		return fmt.Errorf("create plan dir: %w", err)
 	}
@@ -233,6 +254,11 @@ func WritePlanDir(dir string, art *PlanArtifacts) error {
 		return fmt.Errorf("encode plan: %w", err)
 	}
 	writes := map[string][]byte{PlanFile: raw.Bytes(), ChangeFile: art.Change, RunbookCopy: art.Source}
+	if authorSig != "" {
+		writes[AuthorSigFile] = []byte(authorSig)
+	} else if err := os.Remove(filepath.Join(dir, AuthorSigFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove the earlier plan's %s: %w", AuthorSigFile, err)
+	}
 	for name, lines := range art.Items {
 		writes[filepath.Join(itemsDir, name)] = []byte(strings.Join(lines, "\n") + "\n")
 	}
@@ -263,72 +289,6 @@ func ReadPlanDir(dir string) (*PlanDoc, error) {
 		return nil, Refusef("%s was edited after it was written: its content does not match its fingerprint; make a new plan", filepath.Join(dir, PlanFile))
 	}
 	return &doc, nil
-}
-
-// Approval is one line of approvals.jsonl.
-type Approval struct {
-	By          string `json:"by"`
-	Comment     string `json:"comment,omitempty"`
-	Fingerprint string `json:"fingerprint"`
-	Time        string `json:"time"`
-}
-
-// Approve appends an approval bound to the plan's fingerprint.
-func Approve(dir string, a Approval) error {
-	if strings.TrimSpace(a.By) == "" {
-		return errors.New("an approval needs the approver's name (--by)")
-	}
-	f, err := os.OpenFile(filepath.Join(dir, ApprovalsFile), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("open approvals: %w", err)
-	}
-	defer f.Close()
-	raw, _ := json.Marshal(a)
-	if _, err := f.Write(append(raw, '\n')); err != nil {
-		return fmt.Errorf("write approval: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync approvals: %w", err)
-	}
-	return nil
-}
-
-// ReadApprovals returns every approval recorded in a plan directory.
-func ReadApprovals(dir string) ([]Approval, error) {
-	raw, err := os.ReadFile(filepath.Join(dir, ApprovalsFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read approvals: %w", err)
-	}
-	var out []Approval
-	for i, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
-		if line == "" {
-			continue
-		}
-		var a Approval
-		if err := json.Unmarshal([]byte(line), &a); err != nil {
-			return nil, fmt.Errorf("read approvals: line %d: %w", i+1, err)
-		}
-		out = append(out, a)
-	}
-	return out, nil
-}
-
-// Approvers returns the distinct names that approved this fingerprint.
-func Approvers(approvals []Approval, fingerprint string) []string {
-	seen := map[string]bool{}
-	var names []string
-	for _, a := range approvals {
-		name := strings.TrimSpace(a.By)
-		if a.Fingerprint == fingerprint && !seen[strings.ToLower(name)] {
-			seen[strings.ToLower(name)] = true
-			names = append(names, name)
-		}
-	}
-	sort.Strings(names)
-	return names
 }
 
 // DiffPlans names each thing that differs between a reviewed plan and the

@@ -26,10 +26,14 @@ type Config struct {
 	Name        string
 	Description string
 	Approvals   int
-	Variables   []*Variable
-	Locals      []*Local
-	Blocks      []*BlockConfig
-	Files       map[string]*hcl.File // for diagnostic snippets
+	// AllowedSigners is runbook { allowed_signers } as written: an OpenSSH
+	// allowed-signers file whose keys sign plans and approvals.
+	AllowedSigners      string
+	AllowedSignersRange hcl.Range
+	Variables           []*Variable
+	Locals              []*Local
+	Blocks              []*BlockConfig
+	Files               map[string]*hcl.File // for diagnostic snippets
 
 	byAddr map[string]*BlockConfig
 }
@@ -210,15 +214,44 @@ func sortedAttrNames(attrs hcl.Attributes) []string {
 	return names
 }
 
+// AllowedSignersPath is the allowed-signers file resolved from the runbook's
+// folder, or "" when the runbook names none.
+func (c *Config) AllowedSignersPath() string {
+	if c.AllowedSigners == "" || filepath.IsAbs(c.AllowedSigners) {
+		return c.AllowedSigners
+	}
+	return filepath.Join(c.Dir, c.AllowedSigners)
+}
+
 func (c *Config) decodeRunbook(blk *hclsyntax.Block) hcl.Diagnostics {
 	var raw struct {
-		Name        string `hcl:"name"`
-		Description string `hcl:"description,optional"`
-		Approvals   int    `hcl:"approvals,optional"`
+		Name           string `hcl:"name"`
+		Description    string `hcl:"description,optional"`
+		Approvals      int    `hcl:"approvals,optional"`
+		AllowedSigners string `hcl:"allowed_signers,optional"`
 	}
 	diags := labelDiags(blk, 0)
 	diags = append(diags, gohcl.DecodeBody(blk.Body, nil, &raw)...)
-	c.Name, c.Description, c.Approvals = raw.Name, raw.Description, raw.Approvals
+	c.Name, c.Description, c.Approvals, c.AllowedSigners = raw.Name, raw.Description, raw.Approvals, raw.AllowedSigners
+	if a, ok := blk.Body.Attributes["allowed_signers"]; ok && raw.AllowedSigners != "" {
+		c.AllowedSignersRange = a.Expr.Range()
+		if _, err := os.Stat(c.AllowedSignersPath()); err != nil {
+			diags = append(diags, &hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary:  "Cannot read allowed_signers",
+				Detail:   fmt.Sprintf("allowed_signers names the OpenSSH allowed-signers file (lines of \"PRINCIPAL KEYTYPE BASE64KEY\") whose keys sign plans and approvals; reading %s failed: %s.", c.AllowedSignersPath(), err),
+				Subject:  a.Expr.Range().Ptr(),
+			})
+		}
+		if raw.Approvals == 0 {
+			diags = append(diags, &hcl.Diagnostic{
+				Severity: hcl.DiagWarning,
+				Summary:  "allowed_signers without approvals",
+				Detail:   "allowed_signers only matters when a saved plan needs approvals: set approvals = N (N distinct signers) in the runbook block.",
+				Subject:  a.Expr.Range().Ptr(),
+			})
+		}
+	}
 	if raw.Approvals < 0 {
 		diags = append(diags, &hcl.Diagnostic{
 			Severity: hcl.DiagError,
@@ -283,7 +316,14 @@ func decodeVariable(blk *hclsyntax.Block) (*Variable, hcl.Diagnostics) {
 	if a, ok := content.Attributes["sensitive"]; ok {
 		diags = append(diags, gohcl.DecodeExpression(a.Expr, nil, &v.Sensitive)...)
 	}
-	if a, ok := content.Attributes["default"]; ok {
+	if a, ok := content.Attributes["default"]; ok && v.Sensitive {
+		diags = append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "Sensitive variable with a default",
+			Detail:   fmt.Sprintf("A sensitive variable holds a secret, and the runbook text is copied into the journal and the change request, which are meant to be shared. Remove the default and pass the value at run time: -var %s=VALUE, a -var-file kept out of version control, or the environment as %s%s.", v.Name, EnvPrefix, v.Name),
+			Subject:  a.Expr.Range().Ptr(),
+		})
+	} else if ok {
 		val, moreDiags := a.Expr.Value(nil)
 		diags = append(diags, moreDiags...)
 		if !moreDiags.HasErrors() {

@@ -220,6 +220,7 @@ type Decoded struct {
 	Range     hcl.Range
 	sensitive map[string]bool
 	unknown   map[string]bool
+	null      map[string]bool
 	ranges    map[string]hcl.Range
 	failed    map[hcl.Range]bool
 }
@@ -244,7 +245,7 @@ func (d *Decoded) AttrRange(attr string) *hcl.Range {
 // redactor; values not known yet are replaced by zero values and reported
 // through Decoded.Unknown.
 func (s *Scope) Decode(b *BlockConfig, target any) (*Decoded, hcl.Diagnostics) {
-	d := &Decoded{Addr: b.Addr(), Range: b.DeclRange, sensitive: map[string]bool{}, unknown: map[string]bool{}, ranges: map[string]hcl.Range{}, failed: map[hcl.Range]bool{}}
+	d := &Decoded{Addr: b.Addr(), Range: b.DeclRange, sensitive: map[string]bool{}, unknown: map[string]bool{}, null: map[string]bool{}, ranges: map[string]hcl.Range{}, failed: map[hcl.Range]bool{}}
 	body := evalBody{Body: b.Body, d: d, s: s}
 	diags := gohcl.DecodeBody(body, s.evalContext(), target)
 	// An expression that failed to evaluate has said why; gohcl's follow-up
@@ -256,7 +257,27 @@ func (s *Scope) Decode(b *BlockConfig, target any) (*Decoded, hcl.Diagnostics) {
 		}
 		out = append(out, diag)
 	}
-	return d, out
+	return d, append(out, d.checkCredentials(b)...)
+}
+
+// checkCredentials reports each credential attribute (BlockType.Credentials)
+// given a value that is not sensitive: a literal in the runbook text, or a
+// variable not declared sensitive.
+func (d *Decoded) checkCredentials(b *BlockConfig) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	for _, name := range b.BlockType.Credentials {
+		rng, set := d.ranges[name]
+		if !set || d.sensitive[name] || d.null[name] || d.failed[rng] {
+			continue
+		}
+		diags = append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "Credential not sensitive",
+			Detail:   fmt.Sprintf("%s holds a credential, and its value here is not sensitive: it would be shown in plans and copied, with the runbook text, into the journal and the change request. Declare a variable with sensitive = true and no default, use it here (%s = var.NAME), and pass the value at run time with -var NAME=VALUE or the environment as %sNAME.", name, name, EnvPrefix),
+			Subject:  rng.Ptr(),
+		})
+	}
+	return diags
 }
 
 // evalBody wraps a body so that every attribute's value passes through
@@ -329,6 +350,9 @@ func (e evalExpr) Value(ctx *hcl.EvalContext) (cty.Value, hcl.Diagnostics) {
 		e.d.sensitive[e.name] = true
 		e.s.registerSecrets(v)
 		v, _ = v.UnmarkDeep()
+	}
+	if v.IsKnown() && v.IsNull() {
+		e.d.null[e.name] = true
 	}
 	if !v.IsWhollyKnown() {
 		e.d.unknown[e.name] = true

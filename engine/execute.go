@@ -250,31 +250,60 @@ func (s *Session) Apply(ctx context.Context, opts Options) error {
 
 // ApplyPlan executes a saved, reviewed plan: under the journal lock it plans
 // again, refuses (naming each change) when anything the fingerprint binds is
-// different, checks the approvals, and only then applies.
+// different, checks the approvals, and only then applies. The journal records
+// which plan ran, its steps and its approvers (a "plan" record), so that a
+// later resume runs nothing the approved plans do not contain.
 func (s *Session) ApplyPlan(ctx context.Context, opts Options, planDir string, reviewed *PlanDoc) error {
-	return s.execute(ctx, opts, false, func() error {
+	return s.execute(ctx, opts, false, func() (*PlanRecord, error) {
+		key, err := s.planKey(opts.JournalDir, reviewed)
+		if err != nil {
+			return nil, err
+		}
 		quiet := opts
 		quiet.Output = nil
 		res, err := s.Plan(ctx, quiet)
 		if err != nil {
-			return fmt.Errorf("observe the systems again: %w", err)
+			return nil, fmt.Errorf("observe the systems again: %w", err)
 		}
-		art, err := s.BuildPlan(res, planDir, reviewed.Targets)
+		art, err := s.BuildPlan(res, planDir, PlanMeta{Targets: reviewed.Targets, Key: key, MadeBy: reviewed.MadeBy})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if art.Doc.Fingerprint != reviewed.Fingerprint {
-			return Refusef("the plan in %s is stale: %s. Make a new plan and have it reviewed", planDir, strings.Join(DiffPlans(reviewed, art.Doc), "; "))
+			return nil, Refusef("the plan in %s is stale: %s. Make a new plan and have it reviewed", planDir, strings.Join(DiffPlans(reviewed, art.Doc), "; "))
 		}
-		approvals, err := ReadApprovals(planDir)
+		check, err := CheckApprovals(planDir, reviewed)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if got := Approvers(approvals, reviewed.Fingerprint); len(got) < reviewed.Runbook.Approvals {
-			return Refusef("the plan has %d approval(s) (%s) and this runbook requires %d from distinct approvers: runbook approve %s --by NAME", len(got), strings.Join(got, ", "), reviewed.Runbook.Approvals, planDir)
+		if err := check.Enough(planDir); err != nil {
+			return nil, err
 		}
-		return nil
+		pr := &PlanRecord{Dir: planDir, Fingerprint: reviewed.Fingerprint, Targets: reviewed.Targets, MadeBy: reviewed.MadeBy, Approvers: check.Approvers}
+		for _, st := range reviewed.Steps {
+			pr.Steps = append(pr.Steps, st.Address)
+		}
+		return pr, nil
 	})
+}
+
+// planKey is the journal's hash key for checking a saved plan's sensitive
+// values; a plan made with another journal's key cannot be checked here.
+func (s *Session) planKey(journal string, reviewed *PlanDoc) (*HashKey, error) {
+	if reviewed.HashKey == "" {
+		return EnsureHashKey(journal)
+	}
+	key, err := LoadHashKey(journal)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, Refusef("the plan bound its sensitive variables with the hash key of the journal it was made with, and %s has none: apply the plan with that journal (-journal DIR), or make the plan again here", journal)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if key.ID() != reviewed.HashKey {
+		return nil, Refusef("the plan bound its sensitive variables with another journal's hash key (%s; %s has %s): apply the plan with that journal (-journal DIR), or make the plan again here", reviewed.HashKey, journal, key.ID())
+	}
+	return key, nil
 }
 
 // Resume continues the run recorded in the journal: completed steps are not
@@ -283,19 +312,27 @@ func (s *Session) Resume(ctx context.Context, opts Options) error {
 	return s.execute(ctx, opts, true, nil)
 }
 
-// execute runs the walk; check, when given, runs once the lock is held and
-// before anything is written.
-func (s *Session) execute(ctx context.Context, opts Options, resume bool, check func() error) error {
+// execute runs the walk; check, when given (apply PLANDIR), runs once the
+// lock is held and before anything is written, and names the plan applied.
+func (s *Session) execute(ctx context.Context, opts Options, resume bool, check func() (*PlanRecord, error)) error {
 	x := s.newExecution(opts)
+	if err := EnsureJournalDir(opts.JournalDir); err != nil {
+		return err
+	}
 	lock, err := AcquireLock(opts.JournalDir, opts.Command)
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
+	var plan *PlanRecord
 	if check != nil {
-		if err := check(); err != nil {
+		if plan, err = check(); err != nil {
 			return err
 		}
+	}
+	key, err := EnsureHashKey(opts.JournalDir)
+	if err != nil {
+		return err
 	}
 	if err := x.openJournal(); err != nil {
 		return err
@@ -307,11 +344,11 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 	case resume && js.Run == nil:
 		return Refusef("there is no run to resume in %s: start one with runbook apply", opts.JournalDir)
 	case resume:
-		if err := s.checkAgainst(js.Run); err != nil {
+		if err := s.checkAgainst(js.Run, opts.JournalDir); err != nil {
 			return err
 		}
 		if len(targets) == 0 {
-			targets = js.Run.Targets
+			targets = js.resumeTargets()
 		}
 	case js.Run != nil && js.Unfinished():
 		return Refusef("the run started in %s is unfinished (%s): continue it with runbook resume, or undo it with runbook rollback", opts.JournalDir, unfinishedSummary(js))
@@ -321,7 +358,7 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 		if sha256Hex(s.Config.Src) != js.Run.SourceSHA256 {
 			return Refusef("the runbook changed since the run in %s began, and that run is only partly applied: restore the runbook, or roll the run back first", opts.JournalDir)
 		}
-		if err := s.checkAgainst(js.Run); err != nil {
+		if err := s.checkAgainst(js.Run, opts.JournalDir); err != nil {
 			return err
 		}
 		resume = true
@@ -340,8 +377,11 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 	if err != nil {
 		return err
 	}
+	if err := s.checkApproved(js, plan, sel); err != nil {
+		return err
+	}
 	if !resume {
-		ri, err := s.runInfo(opts.Command, targets)
+		ri, err := s.runInfo(opts.Command, targets, key)
 		if err != nil {
 			return err
 		}
@@ -351,6 +391,13 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 		}
 		js.Run = ri
 	}
+	if plan != nil {
+		data, _ := json.Marshal(plan)
+		if err := x.append(&Record{Kind: "plan", Data: data}); err != nil {
+			return err
+		}
+		js.Plans = append(js.Plans, *plan)
+	}
 	verb := "apply"
 	if resume {
 		verb = "resume"
@@ -359,6 +406,51 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 	start := time.Now()
 	errs := x.walk(ctx, sel, x.applyNode)
 	return x.finish(ctx, errs, start)
+}
+
+// checkApproved refuses, when the runbook requires approvals, to run any
+// selected step that no approved plan of this run contains (the plans
+// recorded in the journal, and plan, the one being applied now).
+func (s *Session) checkApproved(js *JournalState, plan *PlanRecord, sel map[string]bool) error {
+	if s.Config.Approvals == 0 {
+		return nil
+	}
+	approved := map[string]bool{}
+	plans := js.Plans
+	if plan != nil {
+		plans = append(append([]PlanRecord(nil), plans...), *plan)
+	}
+	for _, p := range plans {
+		for _, a := range p.Steps {
+			approved[a] = true
+		}
+	}
+	var outside []string
+	for _, addr := range s.Graph.Order() {
+		if sel[addr] && s.Config.Block(addr).BlockType.Kind == KindStep && !approved[addr] {
+			outside = append(outside, addr)
+		}
+	}
+	if len(outside) == 0 {
+		return nil
+	}
+	return Refusef("this runbook requires %d approval(s), and no approved plan of this run contains %s: nothing ran. Make a plan that does (runbook plan FILE -target %s -out DIR), have it approved, and apply it with runbook apply DIR", s.Config.Approvals, strings.Join(outside, ", "), outside[len(outside)-1])
+}
+
+// resumeTargets is what a resume without -target continues: the targets of
+// the run and of every saved plan applied in it; none means every step.
+func (js *JournalState) resumeTargets() []string {
+	all := js.Run.Targets
+	if len(all) == 0 {
+		return nil
+	}
+	for _, p := range js.Plans {
+		if len(p.Targets) == 0 {
+			return nil
+		}
+		all = append(all, p.Targets...)
+	}
+	return all
 }
 
 // partlyApplied reports whether a finished run left steps of this runbook

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 )
@@ -33,6 +34,15 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 		return nil, err
 	}
 	x.emit(Event{Type: EventRun, Message: fmt.Sprintf("runbook: plan %s", s.Config.Name)})
+	if p := s.Config.AllowedSignersPath(); p != "" {
+		// Bound like any file the plan read: approvals are checked against
+		// this list, so a plan is stale once it changes.
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("read allowed signers: %w", err)
+		}
+		x.recordInput("file "+p, sha256Hex(raw))
+	}
 	var planned []PlannedStep
 	failed, refused := 0, 0
 	for _, addr := range s.Graph.Order() {

@@ -27,6 +27,11 @@ type BlockType struct {
 	// as type.name.output. Sensitive outputs are listed in Sensitive.
 	Outputs   map[string]cty.Type
 	Sensitive []string
+	// Credentials are the attributes that hold a credential (an API key, a
+	// secret key, a password). The runbook must give each a sensitive value
+	// (a sensitive variable or output), never a literal: the runbook text is
+	// copied into the journal and the change request.
+	Credentials []string
 	// Doc is one line shown by validate and graph.
 	Doc string
 }

@@ -39,6 +39,8 @@ type JournalState struct {
 	Steps map[string]*StepState
 	Order []string // steps in the order they first appear
 	Notes []Record
+	// Plans are the saved plans applied in this run (apply PLANDIR), in order.
+	Plans []PlanRecord
 }
 
 // Step returns the state of addr, pending if the journal never mentions it.
@@ -86,6 +88,13 @@ func Replay(records []Record) (*JournalState, error) {
 			continue
 		case "note":
 			js.Notes = append(js.Notes, *r)
+			continue
+		case "plan":
+			var pr PlanRecord
+			if err := json.Unmarshal(r.Data, &pr); err != nil {
+				return nil, fmt.Errorf("decode plan record %d: %w", r.Seq, err)
+			}
+			js.Plans = append(js.Plans, pr)
 			continue
 		}
 		if r.Step == "" {

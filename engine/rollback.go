@@ -48,7 +48,7 @@ func OpenFromJournal(dir, file string, in VarInputs) (*Session, hcl.Diagnostics,
 	if diags.HasErrors() {
 		return s, diags, nil
 	}
-	if err := s.checkAgainst(js.Run); err != nil {
+	if err := s.checkAgainst(js.Run, dir); err != nil {
 		return s, diags, err
 	}
 	return s, diags, nil
@@ -59,6 +59,9 @@ func OpenFromJournal(dir, file string, in VarInputs) (*Session, hcl.Diagnostics,
 // on are kept and everything else is undone.
 func (s *Session) Rollback(ctx context.Context, opts Options, to string) error {
 	x := s.newExecution(opts)
+	if err := EnsureJournalDir(opts.JournalDir); err != nil {
+		return err
+	}
 	lock, err := AcquireLock(opts.JournalDir, opts.Command)
 	if err != nil {
 		return err

@@ -84,8 +84,10 @@ func (s *Session) checkMeta(b *BlockConfig) hcl.Diagnostics {
 	return diags
 }
 
-// hashSecret binds a sensitive value without revealing it.
-func hashSecret(salt, name string, v cty.Value) string {
+// legacySaltedHash is how journals written before the keyed hash (HashKey)
+// bound a sensitive value: SHA-256 with a salt recorded beside it. Only read,
+// so that such a run can still be resumed or rolled back.
+func legacySaltedHash(salt, name string, v cty.Value) string {
 	v, _ = v.UnmarkDeep()
 	raw, _ := ctyjson.Marshal(v, v.Type())
 	h := sha256.New()
@@ -105,17 +107,19 @@ func newSalt() string {
 // RunInfo is the first record of a run: enough to resume or roll back from
 // the journal alone.
 type RunInfo struct {
-	ID            string                     `json:"id"`
-	Command       string                     `json:"command"`
-	Runbook       string                     `json:"runbook"`
-	Dir           string                     `json:"dir"`
-	Source        string                     `json:"source"`
-	SourceSHA256  string                     `json:"source_sha256"`
-	Vars          map[string]json.RawMessage `json:"vars,omitempty"`
-	SensitiveVars map[string]string          `json:"sensitive_vars,omitempty"`
-	Salt          string                     `json:"salt"`
-	Targets       []string                   `json:"targets,omitempty"`
-	Version       string                     `json:"version"`
+	ID           string                     `json:"id"`
+	Command      string                     `json:"command"`
+	Runbook      string                     `json:"runbook"`
+	Dir          string                     `json:"dir"`
+	Source       string                     `json:"source"`
+	SourceSHA256 string                     `json:"source_sha256"`
+	Vars         map[string]json.RawMessage `json:"vars,omitempty"`
+	// SensitiveVars are keyed hashes (HashKey.Sum, "hmac-sha256:…") of the
+	// sensitive variables, or in older journals salted SHA-256 (Salt).
+	SensitiveVars map[string]string `json:"sensitive_vars,omitempty"`
+	Salt          string            `json:"salt,omitempty"`
+	Targets       []string          `json:"targets,omitempty"`
+	Version       string            `json:"version"`
 }
 
 func sha256Hex(b []byte) string {
@@ -123,7 +127,7 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func (s *Session) runInfo(command string, targets []string) (*RunInfo, error) {
+func (s *Session) runInfo(command string, targets []string, key *HashKey) (*RunInfo, error) {
 	abs, err := filepath.Abs(s.Config.Path)
 	if err != nil {
 		return nil, fmt.Errorf("resolve runbook path: %w", err)
@@ -132,12 +136,12 @@ func (s *Session) runInfo(command string, targets []string) (*RunInfo, error) {
 		ID: newSalt()[:12], Command: command, Runbook: abs, Dir: filepath.Dir(abs),
 		Source: string(s.Config.Src), SourceSHA256: sha256Hex(s.Config.Src),
 		Vars: map[string]json.RawMessage{}, SensitiveVars: map[string]string{},
-		Salt: newSalt(), Targets: targets, Version: Version,
+		Targets: targets, Version: Version,
 	}
 	for _, v := range s.Config.Variables {
 		val := s.Scope.vars[v.Name]
 		if v.Sensitive {
-			ri.SensitiveVars[v.Name] = hashSecret(ri.Salt, v.Name, val)
+			ri.SensitiveVars[v.Name] = key.Sum("var."+v.Name, val)
 			continue
 		}
 		raw, err := ctyjson.Marshal(val, v.Type)
@@ -151,9 +155,26 @@ func (s *Session) runInfo(command string, targets []string) (*RunInfo, error) {
 
 // checkAgainst compares this session's variables with a recorded run: a
 // sensitive variable must be given again with the same value; a non-sensitive
-// one must have the recorded value (OpenFromJournal supplies it).
-func (s *Session) checkAgainst(ri *RunInfo) error {
+// one must have the recorded value (OpenFromJournal supplies it). journal is
+// the run's journal dir, whose secrets/ holds the hash key.
+func (s *Session) checkAgainst(ri *RunInfo, journal string) error {
 	var problems []string
+	var key *HashKey
+	var keyErr error
+	sum := func(name string, val cty.Value) (string, error) {
+		if ri.Salt != "" {
+			return legacySaltedHash(ri.Salt, name, val), nil
+		}
+		if key == nil && keyErr == nil {
+			if key, keyErr = LoadHashKey(journal); keyErr != nil {
+				keyErr = fmt.Errorf("the journal's hash key %s cannot be read (%w), so sensitive variables cannot be checked against the run; restore it from a backup of the journal dir", filepath.Join(journal, secretsDir, hashKeyFile), keyErr)
+			}
+		}
+		if keyErr != nil {
+			return "", keyErr
+		}
+		return key.Sum("var."+name, val), nil
+	}
 	for _, v := range s.Config.Variables {
 		val := s.Scope.vars[v.Name]
 		if v.Sensitive {
@@ -163,8 +184,14 @@ func (s *Session) checkAgainst(ri *RunInfo) error {
 				problems = append(problems, fmt.Sprintf("variable %q was not part of the run", v.Name))
 			case !val.IsWhollyKnown():
 				problems = append(problems, fmt.Sprintf("sensitive variable %q is never stored: give it again with -var %s=… or %s%s", v.Name, v.Name, EnvPrefix, v.Name))
-			case hashSecret(ri.Salt, v.Name, val) != want:
-				problems = append(problems, fmt.Sprintf("sensitive variable %q differs from the value the run started with", v.Name))
+			default:
+				got, err := sum(v.Name, val)
+				if err != nil {
+					return Refusef("%s", err)
+				}
+				if got != want {
+					problems = append(problems, fmt.Sprintf("sensitive variable %q differs from the value the run started with", v.Name))
+				}
 			}
 			continue
 		}

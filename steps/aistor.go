@@ -17,10 +17,11 @@ import (
 
 func init() {
 	engine.Register(engine.BlockType{
-		Name: "aistor",
-		Kind: engine.KindConnection,
-		New:  func() engine.Block { return &aistorConnection{} },
-		Doc:  "a MinIO/AIStor deployment: its S3 and admin APIs and every node's environment file",
+		Name:        "aistor",
+		Kind:        engine.KindConnection,
+		New:         func() engine.Block { return &aistorConnection{} },
+		Credentials: []string{"secret_key"}, // access_key names the user, as a login name does
+		Doc:         "a MinIO/AIStor deployment: its S3 and admin APIs and every node's environment file",
 	})
 }
 

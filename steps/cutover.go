@@ -23,11 +23,12 @@ import (
 
 func init() {
 	engine.Register(engine.BlockType{
-		Name:    "cutover",
-		Kind:    engine.KindStep,
-		New:     func() engine.Block { return &cutoverStep{} },
-		Outputs: map[string]cty.Type{"restarted_at": cty.String, "kms": cty.String},
-		Doc:     "switches AIStor from KES to the Key Manager: edits every node's env file, restarts, validates; rollback restores KES",
+		Name:        "cutover",
+		Kind:        engine.KindStep,
+		New:         func() engine.Block { return &cutoverStep{} },
+		Outputs:     map[string]cty.Type{"restarted_at": cty.String, "kms": cty.String},
+		Credentials: []string{"api_key"},
+		Doc:         "switches AIStor from KES to the Key Manager: edits every node's env file, restarts, validates; rollback restores KES",
 	})
 }
 
@@ -94,9 +95,6 @@ func (c *cutoverStep) Validate(d *engine.Decoded) hcl.Diagnostics {
 				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid object name", Detail: fmt.Sprintf("%q: name each object to validate as \"bucket/object\".", o), Subject: d.AttrRange("validate_objects")})
 			}
 		}
-	}
-	if !d.Unknown("api_key") && c.cfg.APIKey != "" && !d.Sensitive("api_key") {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "API key is not sensitive", Detail: "api_key is the credential AIStor will use at the Key Manager; pass it from a sensitive value (identity.NAME.api_key or a variable with sensitive = true) so that it never appears in plans, logs or the journal.", Subject: d.AttrRange("api_key")})
 	}
 	if !d.Unknown("aistor") {
 		a, _, err := engine.ConnectionFrom[*aistorConnection](c.cfg.AIStor, "aistor")

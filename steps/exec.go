@@ -118,10 +118,7 @@ func (e *execStep) run(ctx context.Context, r *engine.Run, argv []string, logPre
 	if cmd.Dir == "" {
 		cmd.Dir = r.Path(".")
 	}
-	cmd.Env = os.Environ()
-	for _, k := range sortedMapKeys(e.cfg.Env) {
-		cmd.Env = append(cmd.Env, k+"="+e.cfg.Env[k])
-	}
+	cmd.Env = engine.ChildEnv(e.cfg.Env)
 	cmd.Env = append(cmd.Env, "RUNBOOK_STEP="+r.Addr, "RUNBOOK_JOURNAL_DIR="+r.JournalDir())
 	if r.Resumed() {
 		cmd.Env = append(cmd.Env, "RUNBOOK_RESUMED=1")

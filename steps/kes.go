@@ -17,10 +17,11 @@ import (
 
 func init() {
 	engine.Register(engine.BlockType{
-		Name: "kes",
-		Kind: engine.KindConnection,
-		New:  func() engine.Block { return &kesConnection{} },
-		Doc:  "a KES server and the key store its config file names",
+		Name:        "kes",
+		Kind:        engine.KindConnection,
+		New:         func() engine.Block { return &kesConnection{} },
+		Credentials: []string{"api_key"}, // client_key is a file's path, not the key
+		Doc:         "a KES server and the key store its config file names",
 	})
 }
 

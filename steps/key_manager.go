@@ -14,10 +14,11 @@ import (
 
 func init() {
 	engine.Register(engine.BlockType{
-		Name: "key_manager",
-		Kind: engine.KindConnection,
-		New:  func() engine.Block { return &keyManagerConnection{} },
-		Doc:  "an AIStor Key Manager cluster, reached with a k1: API key",
+		Name:        "key_manager",
+		Kind:        engine.KindConnection,
+		New:         func() engine.Block { return &keyManagerConnection{} },
+		Credentials: []string{"api_key"},
+		Doc:         "an AIStor Key Manager cluster, reached with a k1: API key",
 	})
 }
 

@@ -203,10 +203,7 @@ func (n *envNode) exec(ctx context.Context, r *engine.Run, argv []string, env ma
 	if !n.Remote() {
 		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 		cmd.Dir = r.Path(".")
-		cmd.Env = os.Environ()
-		for _, k := range sortedMapKeys(env) {
-			cmd.Env = append(cmd.Env, k+"="+env[k])
-		}
+		cmd.Env = engine.ChildEnv(env)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 		cmd.WaitDelay = 5 * time.Second

@@ -10,12 +10,13 @@ import (
 )
 
 func init() {
-	register(&command{name: "approve", usage: "PLANDIR --by NAME [--comment TEXT]: record an approval of a saved plan", run: runApprove})
+	register(&command{name: "approve", usage: "PLANDIR --by NAME [--key SSH_KEY] [--comment TEXT]: record an approval of a saved plan, signed with SSH_KEY where the runbook names allowed signers", run: runApprove})
 }
 
 func runApprove(_ context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet("approve", nil)
-	by := fs.String("by", "", "the approver's name")
+	by := fs.String("by", "", "the approver's name (with allowed signers: the principal its key is listed for)")
+	key := fs.String("key", "", "the SSH key (private key, or public key of one in the agent) that signs the approval")
 	comment := fs.String("comment", "", "a comment kept with the approval")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -32,15 +33,34 @@ func runApprove(_ context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	a := engine.Approval{By: strings.TrimSpace(*by), Comment: *comment, Fingerprint: doc.Fingerprint, Time: time.Now().UTC().Format(time.RFC3339)}
-	if err := engine.Approve(dir, a); err != nil {
-		return err
+	signed := doc.Runbook.AllowedSigners != ""
+	switch {
+	case signed && *key == "":
+		return &usageError{msg: "the runbook names allowed signers: an approval counts only when signed", hint: "runbook approve " + dir + " --by " + *by + " --key SSH_KEY (a key listed for " + *by + " in " + doc.Runbook.AllowedSigners + ")"}
+	case !signed && *key != "":
+		return &usageError{msg: "--key signs the approval, but the runbook names no allowed_signers to check it against", hint: "add allowed_signers = \"FILE\" to the runbook block and make the plan again, or leave out --key"}
 	}
-	approvals, err := engine.ReadApprovals(dir)
+	a := engine.Approval{By: strings.TrimSpace(*by), Comment: *comment, Fingerprint: doc.Fingerprint, Time: time.Now().UTC().Format(time.RFC3339)}
+	if signed {
+		if a.Signature, err = engine.Sign(*key, engine.ApprovalNamespace, doc.Fingerprint); err != nil {
+			return err
+		}
+	}
+	// An approval that would not count is refused before it is recorded, with
+	// the reason: the approver learns now, not at apply.
+	check, err := engine.CheckApprovals(dir, doc, a)
 	if err != nil {
 		return err
 	}
-	names := engine.Approvers(approvals, doc.Fingerprint)
-	fmt.Fprintf(env.stdout, "runbook: %s approved %s (fingerprint %s); %d of %d required approval(s): %s\n", a.By, dir, doc.Fingerprint, len(names), doc.Runbook.Approvals, strings.Join(names, ", "))
+	if check.Signed && !check.AuthorOK {
+		return engine.Refusef("approval by %s not recorded: the plan's author is not proven (%s), so no approval would let it apply; make the plan again with runbook plan FILE -out %s --by NAME --key KEY", a.By, check.AuthorWhy, dir)
+	}
+	if last := check.Entries[len(check.Entries)-1]; !last.Counts {
+		return engine.Refusef("approval by %s not recorded: %s", a.By, last.Why)
+	}
+	if err := engine.Approve(dir, a); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "runbook: %s approved %s (fingerprint %s); %d of %d required approval(s): %s\n", a.By, dir, doc.Fingerprint, len(check.Approvers), doc.Runbook.Approvals, strings.Join(check.Approvers, ", "))
 	return nil
 }

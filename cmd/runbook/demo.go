@@ -61,14 +61,18 @@ func runDemo(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	planDir := filepath.Join(*dir, "change-request")
-	art, err := s.BuildPlan(res, planDir, nil)
+	journal := defaultJournal(file)
+	key, err := engine.EnsureHashKey(journal)
 	if err != nil {
 		return err
 	}
-	if err := engine.WritePlanDir(planDir, art); err != nil {
+	art, err := s.BuildPlan(res, planDir, engine.PlanMeta{Key: key})
+	if err != nil {
 		return err
 	}
-	journal := defaultJournal(file)
+	if err := engine.WritePlanDir(planDir, art, ""); err != nil {
+		return err
+	}
 	if err := s.Apply(ctx, cf.options(env, "runbook demo", journal)); err != nil {
 		return err
 	}

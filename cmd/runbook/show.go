@@ -11,7 +11,7 @@ import (
 )
 
 func init() {
-	register(&command{name: "show", usage: "PLANDIR: print a saved plan and its approvals", run: runShow})
+	register(&command{name: "show", usage: "PLANDIR: print a saved plan and its approvals, each signature checked", run: runShow})
 }
 
 func runShow(_ context.Context, env *cliEnv, args []string) error {
@@ -33,26 +33,33 @@ func runShow(_ context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("read change request: %w", err)
 	}
 	fmt.Fprint(env.stdout, string(change))
-	approvals, err := engine.ReadApprovals(dir)
+	check, err := engine.CheckApprovals(dir, doc)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "\n## Approvals\n\n")
-	if len(approvals) == 0 {
+	switch {
+	case check.Signed && check.AuthorOK:
+		fmt.Fprintf(env.stdout, "Made by %s: %s.\n\n", check.Author, check.AuthorWhy)
+	case check.Signed:
+		fmt.Fprintf(env.stdout, "Made by %s: NOT PROVEN: %s. No approval lets this plan apply.\n\n", map[bool]string{true: check.Author, false: "(nobody named)"}[check.Author != ""], check.AuthorWhy)
+	case check.Author != "":
+		fmt.Fprintf(env.stdout, "Made by %s (a name, not signed: the runbook names no allowed_signers).\n\n", check.Author)
+	}
+	if doc.Runbook.Approvals > 0 && !check.Signed {
+		fmt.Fprintf(env.stdout, "Approvals are names anyone can type: the runbook names no allowed_signers.\n\n")
+	}
+	if len(check.Entries) == 0 {
 		fmt.Fprintln(env.stdout, "None yet.")
 	}
-	for _, a := range approvals {
-		state := "valid"
-		if a.Fingerprint != doc.Fingerprint {
-			state = "for another version of the plan: does not count"
-		}
-		line := fmt.Sprintf("- %s at %s (%s)", a.By, a.Time, state)
-		if a.Comment != "" {
-			line += ": " + a.Comment
+	for _, e := range check.Entries {
+		line := fmt.Sprintf("- %s at %s (%s)", e.By, e.Time, e.Why)
+		if e.Comment != "" {
+			line += ": " + e.Comment
 		}
 		fmt.Fprintln(env.stdout, line)
 	}
-	names := engine.Approvers(approvals, doc.Fingerprint)
+	names := check.Approvers
 	fmt.Fprintf(env.stdout, "\n%d of %d required approval(s)%s\n", len(names), doc.Runbook.Approvals, map[bool]string{true: ": " + strings.Join(names, ", "), false: ""}[len(names) > 0])
 	return nil
 }
