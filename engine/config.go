@@ -317,6 +317,9 @@ func decodeVariable(blk *hclsyntax.Block) (*Variable, hcl.Diagnostics) {
 		diags = append(diags, gohcl.DecodeExpression(a.Expr, nil, &v.Sensitive)...)
 	}
 	if a, ok := content.Attributes["default"]; ok && v.Sensitive {
+		if val, moreDiags := a.Expr.Value(nil); !moreDiags.HasErrors() {
+			v.Default = val // kept only so that output can redact it
+		}
 		diags = append(diags, &hcl.Diagnostic{
 			Severity: hcl.DiagError,
 			Summary:  "Sensitive variable with a default",

@@ -216,13 +216,14 @@ func (s *Scope) Eval(expr hcl.Expression) (cty.Value, hcl.Diagnostics) {
 // Decoded is what the engine learned while decoding a block's body: which
 // attributes were sensitive and which were not known yet.
 type Decoded struct {
-	Addr      string
-	Range     hcl.Range
-	sensitive map[string]bool
-	unknown   map[string]bool
-	null      map[string]bool
-	ranges    map[string]hcl.Range
-	failed    map[hcl.Range]bool
+	Addr       string
+	Range      hcl.Range
+	sensitive  map[string]bool
+	unknown    map[string]bool
+	null       map[string]bool
+	credential map[string]bool // BlockType.Credentials
+	ranges     map[string]hcl.Range
+	failed     map[hcl.Range]bool
 }
 
 // Sensitive reports whether an attribute's value was sensitive.
@@ -245,7 +246,10 @@ func (d *Decoded) AttrRange(attr string) *hcl.Range {
 // redactor; values not known yet are replaced by zero values and reported
 // through Decoded.Unknown.
 func (s *Scope) Decode(b *BlockConfig, target any) (*Decoded, hcl.Diagnostics) {
-	d := &Decoded{Addr: b.Addr(), Range: b.DeclRange, sensitive: map[string]bool{}, unknown: map[string]bool{}, null: map[string]bool{}, ranges: map[string]hcl.Range{}, failed: map[hcl.Range]bool{}}
+	d := &Decoded{Addr: b.Addr(), Range: b.DeclRange, sensitive: map[string]bool{}, unknown: map[string]bool{}, null: map[string]bool{}, credential: map[string]bool{}, ranges: map[string]hcl.Range{}, failed: map[hcl.Range]bool{}}
+	for _, name := range b.BlockType.Credentials {
+		d.credential[name] = true
+	}
 	body := evalBody{Body: b.Body, d: d, s: s}
 	diags := gohcl.DecodeBody(body, s.evalContext(), target)
 	// An expression that failed to evaluate has said why; gohcl's follow-up
@@ -353,6 +357,11 @@ func (e evalExpr) Value(ctx *hcl.EvalContext) (cty.Value, hcl.Diagnostics) {
 	}
 	if v.IsKnown() && v.IsNull() {
 		e.d.null[e.name] = true
+	}
+	if e.d.credential[e.name] && !e.d.sensitive[e.name] && e.s.redactor != nil {
+		// A credential written as a literal is refused (checkCredentials);
+		// the refusal, which quotes the source line, must not show it either.
+		collectStrings(v, e.s.redactor)
 	}
 	if !v.IsWhollyKnown() {
 		e.d.unknown[e.name] = true

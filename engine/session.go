@@ -42,6 +42,12 @@ func Open(path string, src []byte, in VarInputs, requireAll bool) (*Session, hcl
 	vals, moreDiags := cfg.ResolveVariables(in, requireAll)
 	diags = append(diags, moreDiags...)
 	rd := &Redactor{}
+	for _, v := range cfg.Variables {
+		if v.Sensitive && v.Default != cty.NilVal {
+			// Refused at load; the refusal quotes the line and must not show it.
+			collectStrings(v.Default, rd)
+		}
+	}
 	scope, moreDiags := NewScope(cfg, vals, rd)
 	diags = append(diags, moreDiags...)
 	return &Session{Config: cfg, Graph: g, Scope: scope, Redactor: rd}, diags
