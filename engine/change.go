@@ -42,7 +42,15 @@ func renderChange(d *PlanDoc, items map[string][]string) []byte {
 		p("| Targets | %s |\n", strings.Join(d.Targets, ", "))
 	}
 	p("| Risks | %d (see below) |\n", len(d.Risks))
-	p("| Approvals required | %d |\n", d.Runbook.Approvals)
+	switch {
+	case d.Runbook.AllowedSigners != "":
+		p("| Approvals required | %d, each SSH-signed by a distinct key listed in `%s` |\n", d.Runbook.Approvals, d.Runbook.AllowedSigners)
+	default:
+		p("| Approvals required | %d |\n", d.Runbook.Approvals)
+	}
+	if d.MadeBy != "" {
+		p("| Made by | %s (who cannot approve it) |\n", d.MadeBy)
+	}
 	p("| Fingerprint | `%s` |\n\n", d.Fingerprint)
 
 	p("## What will change\n\n")
