@@ -40,7 +40,7 @@ func runPlan(ctx context.Context, env *cliEnv, args []string) error {
 	if *key != "" && s.Config.AllowedSigners == "" {
 		return &usageError{msg: "--key signs the plan, but the runbook names no allowed_signers to check the signature against", hint: "add allowed_signers = \"FILE\" to the runbook block, or leave out --key"}
 	}
-	if *out != "" && s.Config.AllowedSigners != "" && (*by == "" || *key == "") {
+	if *out != "" && s.Config.AllowedSigners != "" && s.Config.Approvals > 0 && (*by == "" || *key == "") {
 		return &usageError{msg: "the runbook names allowed signers: a saved plan is signed by its author, who cannot approve it", hint: "runbook plan " + file + " -out " + *out + " --by NAME --key SSH_KEY (a key listed for NAME in " + s.Config.AllowedSigners + ")"}
 	}
 	res, err := s.Plan(ctx, cf.options(env, "runbook plan", ""))
