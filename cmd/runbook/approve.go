@@ -56,7 +56,7 @@ func runApprove(_ context.Context, env *cliEnv, args []string) error {
 		return engine.Refusef("approval by %s not recorded: the plan's author is not proven (%s), so no approval would let it apply; make the plan again with runbook plan FILE -out %s --by NAME --key KEY", a.By, check.AuthorWhy, dir)
 	}
 	if last := check.Entries[len(check.Entries)-1]; !last.Counts {
-		return engine.Refusef("approval by %s not recorded: %s", a.By, last.Why)
+		return engine.Refusef("approval by %s not recorded: %s", a.By, strings.TrimSuffix(last.Why, ": does not count"))
 	}
 	if err := engine.Approve(dir, a); err != nil {
 		return err
