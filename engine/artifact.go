@@ -16,7 +16,7 @@ import (
 )
 
 // PlanFormatVersion is the version of plan.json's schema (docs/plan-format.md).
-const PlanFormatVersion = 1
+const PlanFormatVersion = 2
 
 // Files of a plan directory.
 const (
