@@ -292,6 +292,7 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 		return err
 	}
 	defer lock.Release()
+	x.reportTakeover(lock)
 	if check != nil {
 		if err := check(); err != nil {
 			return err
