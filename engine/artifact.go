@@ -222,7 +222,7 @@ func (d *PlanDoc) computeFingerprint() string {
 // runbook text and the item lists, each atomically. Approvals of an earlier
 // plan in the same directory stay; they name the fingerprint they approved.
 func WritePlanDir(dir string, art *PlanArtifacts) error {
-	if err := os.MkdirAll(filepath.Join(dir, itemsDir), 0o755); err != nil {
+	if err := MkdirDurable(filepath.Join(dir, itemsDir), 0o755); err != nil {
 		return fmt.Errorf("create plan dir: %w", err)
 	}
 	var raw bytes.Buffer

@@ -184,6 +184,10 @@ func (r *Run) AddSecret(values ...string) { r.x.rd.Add(values...) }
 // RedactedWriter returns a writer that redacts before writing to w.
 func (r *Run) RedactedWriter(w io.Writer) *RedactWriter { return r.x.rd.Writer(w) }
 
+// SecretPath is the file in the journal dir's secrets/ that WriteSecret
+// writes name to, for messages that must name it.
+func (r *Run) SecretPath(name string) string { return r.secretPath(name) }
+
 // secretPath is where a sensitive value of this step lives.
 func (r *Run) secretPath(name string) string {
 	return filepath.Join(r.x.dir, "secrets", r.Addr+"."+name)
@@ -194,7 +198,7 @@ func (r *Run) secretPath(name string) string {
 func (r *Run) WriteSecret(name string, value []byte) error {
 	r.AddSecret(string(value))
 	dir := filepath.Join(r.x.dir, "secrets")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := MkdirDurable(dir, 0o700); err != nil {
 		return fmt.Errorf("create secrets dir: %w", err)
 	}
 	if err := WriteFileAtomic(r.secretPath(name), value, 0o600); err != nil {
@@ -216,7 +220,7 @@ func (r *Run) ReadSecret(name string) ([]byte, error) {
 // journal dir's backups/ (0700). Steps write it with WriteFileAtomic(…, 0600).
 func (r *Run) BackupPath(name string) (string, error) {
 	dir := filepath.Join(r.x.dir, "backups", r.Addr)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := MkdirDurable(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create backups dir: %w", err)
 	}
 	return filepath.Join(dir, name), nil
@@ -226,7 +230,7 @@ func (r *Run) BackupPath(name string) (string, error) {
 // exec step's captured stdout). What goes there must be redacted first.
 func (r *Run) LogPath(name string) (string, error) {
 	dir := filepath.Join(r.x.dir, "logs")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := MkdirDurable(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create logs dir: %w", err)
 	}
 	return filepath.Join(dir, r.Addr+"."+name), nil
