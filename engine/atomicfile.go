@@ -4,9 +4,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
-	"io/fs"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -165,6 +165,7 @@ func MkdirDurable(dir string, perm os.FileMode) error {
 
 // mkdirSynced creates a journal directory (mode 0700) durably.
 func mkdirSynced(dir string) error { return MkdirDurable(dir, 0o700) }
+
 // fsyncDirectory fsyncs a directory, making renames, creations and removals in it
 // durable.
 func fsyncDirectory(dir string) error {
