@@ -171,6 +171,46 @@ func (r *Run) ReadFile(p string) ([]byte, error) {
 // example a digest of the key names in a key store.
 func (r *Run) RecordInput(name, digest string) { r.x.recordInput(name, digest) }
 
+// Connection is one decoded connection block of the runbook.
+type Connection struct {
+	Addr  string // type.name
+	Block Block
+}
+
+// Connections returns every connection block of the given type (for
+// example "aistor") in the runbook, decoded, in the runbook's order, whether
+// or not this step refers to it: a rollback asks the object store whether
+// it still uses what the rollback would delete, though the step never
+// changes the object store. An error names a block that does not decode.
+func (r *Run) Connections(typ string) ([]Connection, error) {
+	var out []Connection
+	for _, b := range r.x.cfg.Blocks {
+		if b.Type != typ || b.BlockType.Kind != KindConnection {
+			continue
+		}
+		addr := b.Addr()
+		r.x.s.Scope.mu.Lock()
+		v, ok := r.x.s.Scope.values[addr]
+		r.x.s.Scope.mu.Unlock()
+		if ok && v.IsKnown() && !v.IsNull() && v.Type().Equals(ConnectionType) {
+			out = append(out, Connection{Addr: addr, Block: v.EncapsulatedValue().(*connectionRef).Block})
+			continue
+		}
+		// Not on this command's path (a targeted run): decode it as apply would.
+		inst := b.BlockType.New()
+		d, diags := r.x.s.Scope.Decode(b, inst.Config())
+		if v, ok := inst.(Validator); ok && !diags.HasErrors() {
+			diags = append(diags, v.Validate(d)...)
+		}
+		if diags.HasErrors() {
+			return nil, fmt.Errorf("decode %s: %w", addr, diagsError(diags))
+		}
+		r.x.s.Scope.SetConnection(addr, inst)
+		out = append(out, Connection{Addr: addr, Block: inst})
+	}
+	return out, nil
+}
+
 // JournalDir is the run's journal directory.
 func (r *Run) JournalDir() string { return r.x.dir }
 

@@ -172,6 +172,8 @@ func refuseLostKey(r *engine.Run) error {
 
 // Rollback deletes the identity this run registered (or may have: the intent
 // is recorded before the call). An identity already gone counts as done.
+// Refused while the object store runs on the enclave (refuseWhileInUse): it
+// may authenticate with this very identity.
 func (i *identityStep) Rollback(ctx context.Context, r *engine.Run) error {
 	raw, ok := r.Checkpoints()["register-intent"]
 	if !ok {
@@ -188,6 +190,9 @@ func (i *identityStep) Rollback(ctx context.Context, r *engine.Run) error {
 	}
 	ref, err := enclaveFrom(i.cfg.Enclave)
 	if err != nil {
+		return err
+	}
+	if err := refuseWhileInUse(ctx, r, ref, "identity "+rec.Identity); err != nil {
 		return err
 	}
 	c, err := ref.KM.Client(r)
