@@ -243,7 +243,7 @@ func (d *PlanDoc) computeFingerprint() string {
 // Approvals of an earlier plan in the same directory stay; they name the
 // fingerprint they approved.
 func WritePlanDir(dir string, art *PlanArtifacts, authorSig string) error {
-	if err := os.MkdirAll(filepath.Join(dir, itemsDir), 0o755); err != nil {
+	if err := MkdirDurable(filepath.Join(dir, itemsDir), 0o755); err != nil {
 		return fmt.Errorf("create plan dir: %w", err)
 	}
 	var raw bytes.Buffer

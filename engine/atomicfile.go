@@ -4,10 +4,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"sync"
 )
 
 // WriteFileAtomic writes data to path via path+".<random>.tmp": create
@@ -67,48 +70,108 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 var tempFilePattern = regexp.MustCompile(`^.+\.[0-9a-f]{16}\.tmp$`)
 
 // SweepTempFiles removes leftover temp files of WriteFileAtomic
-// ("<name>.<16 hex digits>.tmp") in dir, not recursively, and returns the
-// names it removed. A missing dir has nothing to sweep.
+// ("<name>.<16 hex digits>.tmp") in dir and every directory below it (a
+// crash can leave one wherever a file is written: secrets/, backups/STEP/,
+// …), and returns their paths relative to dir, in lexical order. Symbolic
+// links are not followed. A missing dir has nothing to sweep.
 func SweepTempFiles(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read dir: %w", err)
 	}
 	var (
 		removed []string
 		errs    []error
 	)
-	for _, e := range entries {
+	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read dir: %w", err))
+			if e != nil && e.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
 		if !e.Type().IsRegular() || !tempFilePattern.MatchString(e.Name()) {
-			continue
+			return nil
 		}
-		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove temp file: %w", err))
-			continue
+			return nil
 		}
-		removed = append(removed, e.Name())
+		rel, _ := filepath.Rel(dir, path)
+		removed = append(removed, rel)
+		return nil
+	})
+	if err != nil {
+		errs = append(errs, err)
 	}
+	slices.Sort(removed)
 	return removed, errors.Join(errs...)
 }
 
-// mkdirSynced creates dir (mode 0700) if it does not exist and fsyncs its
-// parent so that the new entry survives a crash.
-func mkdirSynced(dir string) error {
-	if _, err := os.Stat(dir); err == nil {
-		return nil
+// durableDirs holds the directories MkdirDurable made durable in this
+// process, so that a directory written in often (logs/) costs one fsync.
+var durableDirs sync.Map
+
+// MkdirDurable creates dir and any missing parents with mode perm (subject
+// to the umask) and fsyncs every level's parent, top down, before it
+// returns, so that no file written in dir afterwards can be reached by a
+// path that a crash (power loss) takes away. It does so for a dir that
+// already exists too, once per process: a run killed between its mkdir and
+// the fsync leaves a directory that only exists in the page cache.
+func MkdirDurable(dir string, perm os.FileMode) error {
+	dir = filepath.Clean(dir)
+	if _, ok := durableDirs.Load(dir); ok {
+		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+			return nil
+		}
+		durableDirs.Delete(dir) // removed since: make it again
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+	// dir and its missing ancestors, up to the first that exists or was
+	// made durable before.
+	var levels []string
+	for d := dir; ; {
+		levels = append(levels, d)
+		parent := filepath.Dir(d)
+		if parent == d {
+			break
+		}
+		if _, ok := durableDirs.Load(parent); ok {
+			break
+		}
+		if _, err := os.Stat(parent); err == nil {
+			break
+		}
+		d = parent
 	}
-	return fsyncDirectory(filepath.Dir(filepath.Clean(dir)))
+	for i := len(levels) - 1; i >= 0; i-- {
+		d := levels[i]
+		if err := os.Mkdir(d, perm); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("create dir %s: %w", d, err)
+		}
+		if fi, err := os.Stat(d); err != nil {
+			return fmt.Errorf("create dir %s: %w", d, err)
+		} else if !fi.IsDir() {
+			return fmt.Errorf("create dir %s: it exists and is not a directory", d)
+		}
+		if parent := filepath.Dir(d); parent != d {
+			if err := fsyncDirectory(parent); err != nil {
+				return fmt.Errorf("sync dir %s: %w", parent, err)
+			}
+		}
+		durableDirs.Store(d, true)
+	}
+	return nil
 }
+
+// mkdirSynced creates a journal directory (mode 0700) durably.
+func mkdirSynced(dir string) error { return MkdirDurable(dir, 0o700) }
 
 // fsyncDirectory fsyncs a directory, making renames, creations and removals in it
 // durable.
 func fsyncDirectory(dir string) error {
+	if testOnlyDirSynced != nil {
+		testOnlyDirSynced(dir)
+	}
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -119,3 +182,6 @@ func fsyncDirectory(dir string) error {
 	}
 	return d.Close()
 }
+
+// testOnlyDirSynced, when set by a test, is told of every directory fsync.
+var testOnlyDirSynced func(dir string)

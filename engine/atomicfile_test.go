@@ -2,9 +2,11 @@ package engine
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 )
 
@@ -48,7 +50,13 @@ func TestWriteFileAtomicErrors(t *testing.T) {
 
 func TestSweepTempFiles(t *testing.T) {
 	dir := t.TempDir()
-	for _, name := range []string{"plan.json.0123456789abcdef.tmp", "secrets.json.fedcba9876543210.tmp", "user.tmp", "plan.json", "a.0123.tmp"} {
+	os.MkdirAll(filepath.Join(dir, "secrets"), 0o700)
+	os.MkdirAll(filepath.Join(dir, "backups", "cutover.aistor"), 0o700)
+	for _, name := range []string{
+		"plan.json.0123456789abcdef.tmp", "secrets.json.fedcba9876543210.tmp", "user.tmp", "plan.json", "a.0123.tmp",
+		"secrets/identity.aistor.api_key.00112233445566ff.tmp", "secrets/identity.aistor.api_key",
+		"backups/cutover.aistor/node1.env.aabbccddeeff0011.tmp", "backups/cutover.aistor/node1.env",
+	} {
 		os.WriteFile(filepath.Join(dir, name), nil, 0o600)
 	}
 	os.Mkdir(filepath.Join(dir, "d.0123456789abcdef.tmp"), 0o700)
@@ -56,19 +64,94 @@ func TestSweepTempFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"plan.json.0123456789abcdef.tmp", "secrets.json.fedcba9876543210.tmp"}; !slices.Equal(got, want) {
+	want := []string{
+		"backups/cutover.aistor/node1.env.aabbccddeeff0011.tmp",
+		"plan.json.0123456789abcdef.tmp",
+		"secrets.json.fedcba9876543210.tmp",
+		"secrets/identity.aistor.api_key.00112233445566ff.tmp",
+	}
+	if !slices.Equal(got, want) {
 		t.Errorf("swept %q, want %q", got, want)
 	}
 	var left []string
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		left = append(left, e.Name())
-	}
-	if want := []string{"a.0123.tmp", "d.0123456789abcdef.tmp", "plan.json", "user.tmp"}; !slices.Equal(left, want) {
+	filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if rel, _ := filepath.Rel(dir, p); err == nil && !e.IsDir() {
+			left = append(left, rel)
+		}
+		return nil
+	})
+	if want := []string{"a.0123.tmp", "backups/cutover.aistor/node1.env", "plan.json", "secrets/identity.aistor.api_key", "user.tmp"}; !slices.Equal(left, want) {
 		t.Errorf("left %q, want %q", left, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "d.0123456789abcdef.tmp")); err != nil {
+		t.Errorf("a directory named like a temp file was removed: %v", err)
 	}
 	if got, err := SweepTempFiles(filepath.Join(dir, "missing")); got != nil || err != nil {
 		t.Errorf("sweep of missing dir = %v, %v", got, err)
+	}
+}
+
+// recordDirSyncs records every directory fsync until the test ends.
+func recordDirSyncs(t *testing.T) *[]string {
+	var mu sync.Mutex
+	synced := []string{}
+	testOnlyDirSynced = func(dir string) {
+		mu.Lock()
+		defer mu.Unlock()
+		synced = append(synced, dir)
+	}
+	t.Cleanup(func() { testOnlyDirSynced = nil })
+	return &synced
+}
+
+func TestMkdirDurable(t *testing.T) {
+	root := t.TempDir()
+	synced := recordDirSyncs(t)
+	dir := filepath.Join(root, ".runbook", "migrate", "backups", "cutover.aistor")
+	if err := MkdirDurable(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// Every new level is fsynced into its parent, top down, before return.
+	want := []string{root, filepath.Join(root, ".runbook"), filepath.Join(root, ".runbook", "migrate"), filepath.Join(root, ".runbook", "migrate", "backups")}
+	if !slices.Equal(*synced, want) {
+		t.Errorf("fsynced %q, want %q", *synced, want)
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+		t.Errorf("dir = %v, %v; want a 0700 directory", fi, err)
+	}
+	// Once durable, a second call costs nothing; a sibling syncs its parent only.
+	*synced = (*synced)[:0]
+	if err := MkdirDurable(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := MkdirDurable(filepath.Join(root, ".runbook", "migrate", "secrets"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{filepath.Join(root, ".runbook", "migrate")}; !slices.Equal(*synced, want) {
+		t.Errorf("fsynced %q, want %q", *synced, want)
+	}
+	// A directory that exists but was not made durable by this process (a
+	// run killed between mkdir and fsync) is fsynced into its parent.
+	os.Mkdir(filepath.Join(root, "old"), 0o700)
+	*synced = (*synced)[:0]
+	if err := MkdirDurable(filepath.Join(root, "old"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{root}; !slices.Equal(*synced, want) {
+		t.Errorf("fsynced %q, want %q", *synced, want)
+	}
+	// Removed since: made again.
+	os.RemoveAll(filepath.Join(root, ".runbook", "migrate", "secrets"))
+	if err := MkdirDurable(filepath.Join(root, ".runbook", "migrate", "secrets"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, ".runbook", "migrate", "secrets")); err != nil {
+		t.Error(err)
+	}
+	// A file in the way is an error, not a directory.
+	os.WriteFile(filepath.Join(root, "file"), nil, 0o600)
+	if err := MkdirDurable(filepath.Join(root, "file"), 0o700); err == nil {
+		t.Error("MkdirDurable over a file succeeded")
 	}
 }
 

@@ -79,7 +79,7 @@ func (x *execution) emit(e Event) { x.em.emit(e) }
 // the run recorded so far.
 func (x *execution) openJournal() error {
 	if swept, _ := SweepTempFiles(x.dir); len(swept) > 0 {
-		x.emit(Event{Type: EventWarning, Message: fmt.Sprintf("removed %d unfinished temporary file(s) in the journal dir", len(swept))})
+		x.emit(Event{Type: EventWarning, Message: fmt.Sprintf("removed %d unfinished temporary file(s) in the journal dir: %s", len(swept), strings.Join(swept, ", "))})
 	}
 	j, records, warnings, err := OpenJournal(x.dir)
 	if err != nil {
@@ -134,7 +134,7 @@ func (x *execution) logLine(addr, msg string) {
 	x.logMu.Lock()
 	defer x.logMu.Unlock()
 	dir := filepath.Join(x.dir, "logs")
-	if os.MkdirAll(dir, 0o700) != nil {
+	if MkdirDurable(dir, 0o700) != nil {
 		return
 	}
 	f, err := os.OpenFile(filepath.Join(dir, addr+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
@@ -324,6 +324,7 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 		return err
 	}
 	defer lock.Release()
+	x.reportTakeover(lock)
 	var plan *PlanRecord
 	if check != nil {
 		if plan, err = check(); err != nil {
@@ -485,7 +486,7 @@ func unfinishedSummary(js *JournalState) string {
 
 func archiveJournal(dir, id string) error {
 	runs := filepath.Join(dir, "runs")
-	if err := os.MkdirAll(runs, 0o700); err != nil {
+	if err := MkdirDurable(runs, 0o700); err != nil {
 		return fmt.Errorf("create runs dir: %w", err)
 	}
 	name := time.Now().UTC().Format("20060102T150405Z") + "-" + id + ".log"

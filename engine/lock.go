@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -19,12 +21,14 @@ const lockFileName = "lock"
 // it. The flock says whether the holder is alive: the kernel drops it when
 // the holder's process dies, however it dies. The owner record outlives the
 // process, so a lock file with an owner record but no flock was left by a
-// process that is gone (stale), and stays until broken explicitly
+// process that is gone (stale). AcquireLock takes a stale lock over when its
+// owner ran on this host and its process is gone (SPEC.md section 3: kill -9,
+// then runbook resume); any other stale lock stays until broken explicitly
 // (BreakLock, `runbook unlock`).
 //
 // Liveness is only reliable within one host: flock on a network file system
-// may be emulated or not shared between hosts, so a journal directory must
-// not be used from several hosts at once.
+// may be emulated or not shared between hosts, and a process id means
+// nothing on another host, so a lock from another host is never taken over.
 
 // LockOwner describes the process that holds (or held) a lock.
 type LockOwner struct {
@@ -65,18 +69,27 @@ func (e *LockError) Unwrap() error { return e.Err }
 
 // Lock is a held journal lock.
 type Lock struct {
-	f     *os.File
-	path  string
-	owner LockOwner
+	f        *os.File
+	path     string
+	owner    LockOwner
+	tookOver *LockOwner
 }
 
 // Owner returns the owner record this lock wrote.
 func (l *Lock) Owner() LockOwner { return l.owner }
 
+// TookOver returns the owner of the stale lock this one replaced, or nil
+// when the lock was free. Callers report it: the operator should know that
+// an earlier run ended without releasing its lock.
+func (l *Lock) TookOver() *LockOwner { return l.tookOver }
+
 // AcquireLock creates dir (0700) if needed and takes the lock file dir/lock
 // (0600). If a live process holds it, it returns a *LockError wrapping
-// ErrLocked; if the file holds the owner record of a process that is gone, a
-// *LockError wrapping ErrStaleLock (the lock is left in place). Otherwise it
+// ErrLocked. If the file holds the owner record of a process that is gone
+// (no flock), it takes the lock over when that owner ran on this host (same
+// host name) and its process no longer exists (see ownerGone), and reports
+// the old owner through TookOver; otherwise it returns a *LockError wrapping
+// ErrStaleLock and leaves the lock in place. Once it holds the lock it
 // writes and fsyncs its owner record and keeps the lock until Release.
 // command describes the holder, e.g. "runbook apply".
 func AcquireLock(dir, command string) (*Lock, error) {
@@ -113,11 +126,20 @@ func AcquireLock(dir, command string) (*Lock, error) {
 			f.Close()
 			return nil, fmt.Errorf("read lock file: %w", err)
 		}
-		if owner != nil {
-			f.Close() // releases the flock: we do not hold a stale lock
-			return nil, &LockError{Err: ErrStaleLock, Owner: *owner, Path: path}
-		}
 		l := &Lock{f: f, path: path}
+		if owner != nil {
+			if !ownerGone(*owner) {
+				f.Close() // releases the flock: we do not hold a stale lock
+				return nil, &LockError{Err: ErrStaleLock, Owner: *owner, Path: path}
+			}
+			// We hold the flock of a lock whose owner is gone: replace its
+			// record (a shorter record must not leave the old one's tail).
+			if err := f.Truncate(0); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("take over lock file: %w", err)
+			}
+			l.tookOver = owner
+		}
 		if err := l.writeOwner(command); err != nil {
 			l.Release()
 			return nil, err
@@ -245,6 +267,87 @@ func BreakLock(dir string) (*LockOwner, error) {
 	}
 }
 
+// ownerGone reports whether the owner of a lock whose flock is free can be
+// known to be gone: it ran on this host (same host name) and no process with
+// its pid exists, or the one that does is a zombie or started after the
+// owner wrote its record (the pid was reused). A record from another host,
+// or one that could not be parsed, is never judged gone: only the operator
+// can tell (runbook unlock).
+func ownerGone(o LockOwner) bool {
+	host, err := os.Hostname()
+	if err != nil || o.Host == "" || o.Host != host || o.PID <= 0 {
+		return false
+	}
+	if o.PID == os.Getpid() {
+		return false // this very process: alive, whatever its flock says
+	}
+	err = syscall.Kill(o.PID, 0)
+	if errors.Is(err, syscall.ESRCH) {
+		return true
+	}
+	if err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	// A process with that pid exists (EPERM: of another user).
+	started, zombie, ok := procStart(o.PID)
+	if !ok {
+		return false
+	}
+	// The record is written after the process started; a process that
+	// started later (beyond clock-tick rounding) is another one.
+	return zombie || started.After(o.Started.Add(2*time.Second))
+}
+
+// procStart reads a process's start time and whether it is a zombie from
+// Linux's /proc (proc(5): /proc/PID/stat fields 3 "state" and 22
+// "starttime", in clock ticks since boot; /proc/stat "btime", seconds since
+// the epoch). ok is false where /proc is not available.
+func procStart(pid int) (started time.Time, zombie, ok bool) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return time.Time{}, false, false
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return time.Time{}, false, false
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	if len(fields) < 20 { // fields[0] is field 3, fields[19] is field 22
+		return time.Time{}, false, false
+	}
+	zombie = fields[0] == "Z" || fields[0] == "X"
+	ticks, err := strconv.ParseUint(fields[19], 10, 64)
+	if err != nil {
+		return time.Time{}, false, false
+	}
+	boot, err := bootTime()
+	if err != nil {
+		return time.Time{}, false, false
+	}
+	// USER_HZ is 100 on every Linux architecture Go supports.
+	const userHZ = 100
+	return boot.Add(time.Duration(ticks) * time.Second / userHZ), zombie, true
+}
+
+// bootTime reads "btime" from /proc/stat.
+func bootTime() (time.Time, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			secs, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return time.Time{}, err
+			}
+			return time.Unix(secs, 0), nil
+		}
+	}
+	return time.Time{}, errors.New("no btime in /proc/stat")
+}
+
 // tryFlock attempts a non-blocking flock; it returns false if another open
 // file description holds a conflicting lock.
 func tryFlock(f *os.File, how int) (bool, error) {
@@ -311,4 +414,11 @@ func waitLockOwner(f *os.File) LockOwner {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return LockOwner{}
+}
+
+// reportTakeover says, when the lock replaced a stale one, whose it was.
+func (x *execution) reportTakeover(l *Lock) {
+	if o := l.TookOver(); o != nil {
+		x.emit(Event{Type: EventWarning, Message: fmt.Sprintf("took over the journal lock left by %s: that process is gone, on this host", o)})
+	}
 }

@@ -185,20 +185,85 @@ func TestLockChildProcess(t *testing.T) {
 	}
 	cmd.Wait()
 
-	_, err = AcquireLock(dir, "runbook resume")
-	if le := lockErr(t, err, ErrStaleLock); le.Owner.PID != pid || le.Owner.Command != "runbook apply" {
-		t.Errorf("stale owner = %+v, want child pid %d", le.Owner, pid)
-	}
 	if owner, alive, err := InspectLock(dir); err != nil || alive || owner == nil || owner.PID != pid {
 		t.Errorf("InspectLock = %v, %v, %v", owner, alive, err)
 	}
-	owner, err := BreakLock(dir)
-	if err != nil || owner == nil || owner.PID != pid {
-		t.Fatalf("BreakLock = %v, %v", owner, err)
-	}
+	// The owner ran on this host and is gone: the next run takes over.
 	l, err := AcquireLock(dir, "runbook resume")
+	if err != nil {
+		t.Fatalf("AcquireLock after the owner was killed: %v", err)
+	}
+	if o := l.TookOver(); o == nil || o.PID != pid || o.Command != "runbook apply" {
+		t.Errorf("TookOver = %v, want the child pid %d", o, pid)
+	}
+	owner, alive, err := InspectLock(dir)
+	if err != nil || !alive || owner == nil || owner.PID != os.Getpid() || owner.Command != "runbook resume" {
+		t.Errorf("InspectLock after takeover = %v, %v, %v; want this process", owner, alive, err)
+	}
+	l.Release()
+}
+
+// writeOwner writes a lock file as a process that is gone left it.
+func writeOwner(t *testing.T, dir string, o LockOwner) {
+	t.Helper()
+	js, _ := json.Marshal(o)
+	if err := os.WriteFile(filepath.Join(dir, lockFileName), js, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// deadPID returns the pid of a process that has exited and been reaped.
+func deadPID(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd.Process.Pid
+}
+
+func TestLockStaleTakeover(t *testing.T) {
+	host, err := os.Hostname()
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.Release()
+	started := time.Now().UTC().Add(-time.Minute)
+	for _, c := range []struct {
+		name  string
+		owner LockOwner
+		take  bool
+	}{
+		{"this host, process gone", LockOwner{PID: deadPID(t), Host: host, Started: started, Command: "runbook apply"}, true},
+		{"another host", LockOwner{PID: deadPID(t), Host: host + "-other", Started: started, Command: "runbook apply"}, false},
+		// A process with that pid lives and started before the record: it
+		// may be the owner (its flock lost, e.g. on a network file system).
+		{"this host, pid alive", LockOwner{PID: os.Getppid(), Host: host, Started: time.Now().UTC(), Command: "runbook apply"}, false},
+		// The pid was reused by a process that started after the record.
+		{"this host, pid reused", LockOwner{PID: os.Getppid(), Host: host, Started: started.Add(-24 * time.Hour), Command: "runbook apply"}, true},
+		{"no host", LockOwner{PID: deadPID(t), Started: started, Command: "runbook apply"}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeOwner(t, dir, c.owner)
+			l, err := AcquireLock(dir, "runbook resume")
+			if !c.take {
+				if le := lockErr(t, err, ErrStaleLock); le.Owner != c.owner {
+					t.Errorf("stale owner = %+v, want %+v", le.Owner, c.owner)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("AcquireLock = %v, want a takeover", err)
+			}
+			defer l.Release()
+			if o := l.TookOver(); o == nil || *o != c.owner {
+				t.Errorf("TookOver = %v, want %+v", o, c.owner)
+			}
+			b, _ := os.ReadFile(filepath.Join(dir, lockFileName))
+			var now LockOwner
+			if err := json.Unmarshal(b, &now); err != nil || now.PID != os.Getpid() || now.Command != "runbook resume" {
+				t.Errorf("lock file after takeover = %q (%v), want this process's record", b, err)
+			}
+		})
+	}
 }

@@ -67,6 +67,7 @@ func (s *Session) Rollback(ctx context.Context, opts Options, to string) error {
 		return err
 	}
 	defer lock.Release()
+	x.reportTakeover(lock)
 	if err := x.openJournal(); err != nil {
 		return err
 	}

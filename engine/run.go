@@ -171,6 +171,46 @@ func (r *Run) ReadFile(p string) ([]byte, error) {
 // example a digest of the key names in a key store.
 func (r *Run) RecordInput(name, digest string) { r.x.recordInput(name, digest) }
 
+// Connection is one decoded connection block of the runbook.
+type Connection struct {
+	Addr  string // type.name
+	Block Block
+}
+
+// Connections returns every connection block of the given type (for
+// example "aistor") in the runbook, decoded, in the runbook's order, whether
+// or not this step refers to it: a rollback asks the object store whether
+// it still uses what the rollback would delete, though the step never
+// changes the object store. An error names a block that does not decode.
+func (r *Run) Connections(typ string) ([]Connection, error) {
+	var out []Connection
+	for _, b := range r.x.cfg.Blocks {
+		if b.Type != typ || b.BlockType.Kind != KindConnection {
+			continue
+		}
+		addr := b.Addr()
+		r.x.s.Scope.mu.Lock()
+		v, ok := r.x.s.Scope.values[addr]
+		r.x.s.Scope.mu.Unlock()
+		if ok && v.IsKnown() && !v.IsNull() && v.Type().Equals(ConnectionType) {
+			out = append(out, Connection{Addr: addr, Block: v.EncapsulatedValue().(*connectionRef).Block})
+			continue
+		}
+		// Not on this command's path (a targeted run): decode it as apply would.
+		inst := b.BlockType.New()
+		d, diags := r.x.s.Scope.Decode(b, inst.Config())
+		if v, ok := inst.(Validator); ok && !diags.HasErrors() {
+			diags = append(diags, v.Validate(d)...)
+		}
+		if diags.HasErrors() {
+			return nil, fmt.Errorf("decode %s: %w", addr, diagsError(diags))
+		}
+		r.x.s.Scope.SetConnection(addr, inst)
+		out = append(out, Connection{Addr: addr, Block: inst})
+	}
+	return out, nil
+}
+
 // JournalDir is the run's journal directory.
 func (r *Run) JournalDir() string { return r.x.dir }
 
@@ -184,6 +224,10 @@ func (r *Run) AddSecret(values ...string) { r.x.rd.Add(values...) }
 // RedactedWriter returns a writer that redacts before writing to w.
 func (r *Run) RedactedWriter(w io.Writer) *RedactWriter { return r.x.rd.Writer(w) }
 
+// SecretPath is the file in the journal dir's secrets/ that WriteSecret
+// writes name to, for messages that must name it.
+func (r *Run) SecretPath(name string) string { return r.secretPath(name) }
+
 // secretPath is where a sensitive value of this step lives.
 func (r *Run) secretPath(name string) string {
 	return filepath.Join(r.x.dir, "secrets", r.Addr+"."+name)
@@ -194,7 +238,7 @@ func (r *Run) secretPath(name string) string {
 func (r *Run) WriteSecret(name string, value []byte) error {
 	r.AddSecret(string(value))
 	dir := filepath.Join(r.x.dir, "secrets")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := MkdirDurable(dir, 0o700); err != nil {
 		return fmt.Errorf("create secrets dir: %w", err)
 	}
 	if err := WriteFileAtomic(r.secretPath(name), value, 0o600); err != nil {
@@ -216,7 +260,7 @@ func (r *Run) ReadSecret(name string) ([]byte, error) {
 // journal dir's backups/ (0700). Steps write it with WriteFileAtomic(…, 0600).
 func (r *Run) BackupPath(name string) (string, error) {
 	dir := filepath.Join(r.x.dir, "backups", r.Addr)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := MkdirDurable(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create backups dir: %w", err)
 	}
 	return filepath.Join(dir, name), nil
@@ -226,7 +270,7 @@ func (r *Run) BackupPath(name string) (string, error) {
 // exec step's captured stdout). What goes there must be redacted first.
 func (r *Run) LogPath(name string) (string, error) {
 	dir := filepath.Join(r.x.dir, "logs")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := MkdirDurable(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create logs dir: %w", err)
 	}
 	return filepath.Join(dir, r.Addr+"."+name), nil

@@ -3,7 +3,6 @@ package steps
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -103,7 +102,7 @@ func (c *cutoverStep) applyKubernetes(ctx context.Context, r *engine.Run, e *cut
 		if err != nil {
 			return err
 		}
-		if err := os.MkdirAll(filepath.Dir(patch), 0o700); err != nil {
+		if err := engine.MkdirDurable(filepath.Dir(patch), 0o700); err != nil {
 			return fmt.Errorf("create kubernetes dir: %w", err)
 		}
 		if err := engine.WriteFileAtomic(patch, []byte(k8sValuesPatch(set)), 0o600); err != nil {

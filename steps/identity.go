@@ -107,6 +107,9 @@ func (i *identityStep) Apply(ctx context.Context, r *engine.Run) error {
 			return fmt.Errorf("read the API key an earlier attempt stored in the journal dir's secrets/: it does not parse; the file was changed")
 		}
 	case errors.Is(err, os.ErrNotExist):
+		if err := refuseLostKey(r); err != nil {
+			return err
+		}
 		k, err := mtls.GenerateKeyEdDSA(rand.Reader)
 		if err != nil {
 			return fmt.Errorf("generate API key: %w", err)
@@ -144,8 +147,33 @@ func (i *identityStep) Apply(ctx context.Context, r *engine.Run) error {
 	return nil
 }
 
+// refuseLostKey refuses when the journal says an earlier attempt registered
+// an identity (or was registering one: the intent is recorded before the
+// call) while its key file in secrets/ is gone, as a power loss before the
+// secrets dir was durable, or a hand, can leave it. A new key would be handed
+// to the cutover although no identity is registered for it. nil otherwise.
+func refuseLostKey(r *engine.Run) error {
+	cps := r.Checkpoints()
+	raw, ok := cps["registered"]
+	what := "registered"
+	if !ok {
+		if raw, ok = cps["register-intent"]; !ok {
+			return nil
+		}
+		what = "began to register"
+	}
+	var rec identityRecord
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return fmt.Errorf("read the identity's checkpoint: %w", err)
+	}
+	return engine.Refusef("the journal records that an earlier attempt %s identity %s in enclave %s, but its API key file %s is missing: a new key would not be that identity's. Restore the file from a backup of the journal dir, or undo this step with runbook rollback (it deletes identity %s, which needs no key) and apply again",
+		what, rec.Identity, rec.Enclave, r.SecretPath("api_key"), rec.Identity)
+}
+
 // Rollback deletes the identity this run registered (or may have: the intent
 // is recorded before the call). An identity already gone counts as done.
+// Refused while the object store runs on the enclave (refuseWhileInUse): it
+// may authenticate with this very identity.
 func (i *identityStep) Rollback(ctx context.Context, r *engine.Run) error {
 	raw, ok := r.Checkpoints()["register-intent"]
 	if !ok {
@@ -162,6 +190,9 @@ func (i *identityStep) Rollback(ctx context.Context, r *engine.Run) error {
 	}
 	ref, err := enclaveFrom(i.cfg.Enclave)
 	if err != nil {
+		return err
+	}
+	if err := refuseWhileInUse(ctx, r, ref, "identity "+rec.Identity); err != nil {
 		return err
 	}
 	c, err := ref.KM.Client(r)

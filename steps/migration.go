@@ -1182,7 +1182,8 @@ func (m *migrationStep) overwriteKey(ctx context.Context, h runHooks, c *kms.Cli
 // are kept (their old material cannot be restored) and named. Each deletion
 // is checkpointed; ErrKeyNotFound counts as deleted, so it is idempotent.
 // Refused once a cutover has been applied: the object store may then have
-// sealed data under these keys.
+// sealed data under these keys; and refused while the object store runs on
+// the enclave however it got there (refuseWhileInUse).
 func (m *migrationStep) Rollback(ctx context.Context, r *engine.Run) error {
 	if addr, state, err := cutoverApplied(r); err != nil {
 		return err
@@ -1206,6 +1207,9 @@ func (m *migrationStep) Rollback(ctx context.Context, r *engine.Run) error {
 	} else {
 		r.Logf("nothing to undo: no key was imported (the step stopped before its preflight)")
 		return nil
+	}
+	if err := refuseWhileInUse(ctx, r, to, "the keys this run imported"); err != nil {
+		return err
 	}
 	kept := setOf(pre.Identical)
 	for _, n := range pre.Overwrite {

@@ -121,7 +121,7 @@ func exitCode(env *cliEnv, err error) int {
 	switch {
 	case errors.As(err, &le):
 		if errors.Is(err, engine.ErrStaleLock) {
-			fmt.Fprintf(env.stderr, "runbook: hint: the owner is gone; after checking, break the lock with runbook unlock\n")
+			fmt.Fprintf(env.stderr, "runbook: hint: the owner ran on another host, or cannot be told gone from here; check that it no longer runs, then break the lock with runbook unlock\n")
 		} else {
 			fmt.Fprintf(env.stderr, "runbook: hint: wait for that run to finish; only one apply, resume or rollback may hold a journal\n")
 		}

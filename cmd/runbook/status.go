@@ -67,7 +67,7 @@ func runStatus(_ context.Context, env *cliEnv, args []string) error {
 	if owner != nil {
 		state := "held by a live process"
 		if !alive {
-			state = "left by a process that is gone (runbook unlock breaks it)"
+			state = "left by a process that is gone (apply, resume and rollback take it over when that process ran on this host; runbook unlock breaks it)"
 		}
 		fmt.Fprintf(env.stdout, "lock: %s, %s\n", owner, state)
 	}

@@ -1,0 +1,45 @@
+package main
+
+import (
+	"context"
+	"sort"
+
+	"github.com/minio/kms-go/kms"
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+// Script commands that look at the Key Manager emulator the way an auditor
+// would after a refused rollback or a lost secret (identity_key_lost.txtar,
+// rollback_keys_in_use.txtar).
+func init() {
+	// km-delete-enclave NAME: delete an enclave at the Key Manager (KM_*).
+	moreScriptCmds["km-delete-enclave"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		if len(args) != 1 {
+			ts.Fatalf("usage: km-delete-enclave NAME")
+		}
+		ts.Check(kmClient(ts).DeleteEnclave(context.Background(), &kms.DeleteEnclaveRequest{Name: args[0]}))
+	}
+	// km-identities ENCLAVE FILE: write the enclave's identities and their
+	// privileges, sorted, one a line ("h1:… Admin").
+	moreScriptCmds["km-identities"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		if len(args) != 2 {
+			ts.Fatalf("usage: km-identities ENCLAVE FILE")
+		}
+		c := kmClient(ts)
+		var lines []string
+		req := &kms.ListRequest{Enclave: args[0]}
+		for {
+			page, err := c.ListIdentities(context.Background(), req)
+			ts.Check(err)
+			for _, id := range page.Items {
+				lines = append(lines, id.Identity.String()+" "+id.Privilege.String())
+			}
+			if page.ContinueAt == "" || len(page.Items) == 0 {
+				break
+			}
+			req = &kms.ListRequest{Enclave: args[0], ContinueAt: page.ContinueAt}
+		}
+		sort.Strings(lines)
+		writeLines(ts, args[1], lines)
+	}
+}
