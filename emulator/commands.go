@@ -458,6 +458,9 @@ func (s *Server) execKey(caller mtls.Identity, e *enclave, a access, c cmds.Comm
 			return nil, err
 		}
 		unlock()
+		if refusesFormat(s.cfg.FaultRefuseFormats, r.Ciphertext) {
+			return nil, kms.ErrDecrypt
+		}
 		for i := len(vs) - 1; i >= 0; i-- { // newest first
 			if pt, err := kescrypto.Open(vs[i].Key, r.Ciphertext, r.AssociatedData); err == nil {
 				if pt == nil {

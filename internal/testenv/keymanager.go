@@ -29,6 +29,8 @@ type KeyManagerOptions struct {
 	FaultErrorRate float64
 	FaultLatency   time.Duration
 	FaultDropRate  float64
+	// FaultRefuseFormats: ciphertext formats Decrypt refuses ("msgpack", "json").
+	FaultRefuseFormats []string
 
 	// Host runs the emulator inside this test host, as a child process
 	// (Bin emulate key-manager), listening on the host's address.
@@ -84,13 +86,14 @@ func startKeyManager(t TB, opts KeyManagerOptions) (*KeyManager, error) {
 		fmt.Fprintf(lf, time.Now().Format("15:04:05.000000 ")+format+"\n", args...)
 	}
 	srv, err := emulator.Start(emulator.Config{
-		Addr:           "127.0.0.1:0",
-		Dir:            dir,
-		Hosts:          []string{"127.0.0.1", "localhost"},
-		FaultErrorRate: opts.FaultErrorRate,
-		FaultLatency:   opts.FaultLatency,
-		FaultDropRate:  opts.FaultDropRate,
-		Logf:           logf,
+		Addr:               "127.0.0.1:0",
+		Dir:                dir,
+		Hosts:              []string{"127.0.0.1", "localhost"},
+		FaultErrorRate:     opts.FaultErrorRate,
+		FaultLatency:       opts.FaultLatency,
+		FaultDropRate:      opts.FaultDropRate,
+		FaultRefuseFormats: opts.FaultRefuseFormats,
+		Logf:               logf,
 	})
 	if err != nil {
 		lf.Close()
@@ -131,6 +134,9 @@ func startKeyManagerIn(t TB, opts KeyManagerOptions, dir, logFile string) (*KeyM
 		"--fault-error-rate", strconv.FormatFloat(opts.FaultErrorRate, 'g', -1, 64),
 		"--fault-latency", opts.FaultLatency.String(),
 		"--fault-drop-rate", strconv.FormatFloat(opts.FaultDropRate, 'g', -1, 64)}
+	for _, f := range opts.FaultRefuseFormats {
+		args = append(args, "--fault-refuse-format", f)
+	}
 	path, args := opts.Host.Command(bin, args...)
 	km := &KeyManager{Dir: dir, LogFile: logFile, host: opts.Host}
 	var err error
