@@ -30,6 +30,10 @@ type KeyManagerOptions struct {
 	FaultLatency   time.Duration
 	FaultDropRate  float64
 
+	// Readings: how the emulator answers where the protocol leaves the
+	// server open (emulator.Readings); zero: the most demanding.
+	Readings emulator.Readings
+
 	// Host runs the emulator inside this test host, as a child process
 	// (Bin emulate key-manager), listening on the host's address.
 	Host *TestHost
@@ -90,6 +94,7 @@ func startKeyManager(t TB, opts KeyManagerOptions) (*KeyManager, error) {
 		FaultErrorRate: opts.FaultErrorRate,
 		FaultLatency:   opts.FaultLatency,
 		FaultDropRate:  opts.FaultDropRate,
+		Readings:       opts.Readings,
 		Logf:           logf,
 	})
 	if err != nil {
@@ -111,7 +116,8 @@ func startKeyManager(t TB, opts KeyManagerOptions) (*KeyManager, error) {
 		LogFile:    logFile,
 		Server:     srv,
 	}
-	t.Logf("testenv: Key Manager emulator at %s (dir %s)", km.URL, dir)
+	logf("readings %s", srv.Readings())
+	t.Logf("testenv: Key Manager emulator at %s (dir %s, readings %s)", km.URL, dir, srv.Readings())
 	return km, nil
 }
 
@@ -131,6 +137,7 @@ func startKeyManagerIn(t TB, opts KeyManagerOptions, dir, logFile string) (*KeyM
 		"--fault-error-rate", strconv.FormatFloat(opts.FaultErrorRate, 'g', -1, 64),
 		"--fault-latency", opts.FaultLatency.String(),
 		"--fault-drop-rate", strconv.FormatFloat(opts.FaultDropRate, 'g', -1, 64)}
+	args = append(args, opts.Readings.Args()...)
 	path, args := opts.Host.Command(bin, args...)
 	km := &KeyManager{Dir: dir, LogFile: logFile, host: opts.Host}
 	var err error
