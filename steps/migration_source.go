@@ -1,0 +1,256 @@
+package steps
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unicode"
+	"unicode/utf8"
+
+	kesserver "github.com/minio/kes"
+	"github.com/minio/kes/kesconf"
+
+	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/kescrypto"
+)
+
+// sourceSet is the listing of the key store, filtered by the pattern.
+type sourceSet struct {
+	ks      kesserver.KeyStore
+	conf    *kesconf.File
+	where   string   // e.g. "fs key store /var/kes/keys"
+	total   int      // entries in the store
+	names   []string // sorted names that match the pattern
+	digest  string   // SHA-256 of the sorted matching names, one per line
+	fsStore bool
+}
+
+func namesDigest(names []string) string {
+	h := sha256.New()
+	for _, n := range names {
+		h.Write([]byte(n))
+		h.Write([]byte{'\n'})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func openSource(ctx context.Context, r *engine.Run, from *kesConnection, pattern string) (*sourceSet, error) {
+	ks, conf, err := from.OpenKeyStore(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	all, err := listKeyStore(ctx, ks, conf)
+	if err != nil {
+		ks.Close()
+		return nil, err
+	}
+	return newSourceSet(ks, conf, all, pattern)
+}
+
+func newSourceSet(ks kesserver.KeyStore, conf *kesconf.File, all []string, pattern string) (*sourceSet, error) {
+	s := &sourceSet{ks: ks, conf: conf, total: len(all)}
+	for _, n := range all {
+		ok, err := path.Match(pattern, n)
+		if err != nil {
+			return nil, fmt.Errorf("match key names against pattern %q: %w", pattern, err)
+		}
+		if ok {
+			s.names = append(s.names, n)
+		}
+	}
+	s.digest = namesDigest(s.names)
+	s.where = "key store"
+	if conf != nil {
+		if fs, ok := conf.KeyStore.(*kesconf.FSKeyStore); ok {
+			s.fsStore = true
+			s.where = "fs key store " + fs.Path
+		} else {
+			s.where = fmt.Sprintf("key store (%T)", conf.KeyStore)
+			s.where = strings.Replace(strings.Replace(s.where, "*kesconf.", "", 1), "KeyStore)", ")", 1)
+		}
+	}
+	return s, nil
+}
+
+// entryClass says what kind of problem an entry has, if any.
+type entryClass int
+
+const (
+	entryOK entryClass = iota
+	// entryUnreadable: the key store refuses to read this name at all (an
+	// fs file whose name holds '.', which fs List returns and fs Get
+	// rejects): KES never served it, so no object can be sealed under it.
+	// Reported by name; does not fail the step.
+	entryUnreadable
+	// entryUnparsable: read, but not a KES key. Fails the step unless
+	// skip_unparsable.
+	entryUnparsable
+	// entryRejectedName: a key whose name the Key Manager would reject.
+	// Fails the step unless skip_unparsable.
+	entryRejectedName
+)
+
+// sourceEntry is one read entry. Material is only held while the key is in
+// flight; wipe() drops it.
+type sourceEntry struct {
+	name   string
+	key    kescrypto.Key
+	format string // "v0.24" (protobuf) or "v0.23" (JSON)
+	class  entryClass
+	reason string // why it is not OK; never holds material
+}
+
+func (e *sourceEntry) wipe() {
+	clear(e.key.Material)
+	clear(e.key.HMAC)
+	e.key.Material, e.key.HMAC = nil, nil
+}
+
+// kmNameProblem says why the Key Manager would reject a key name, or "".
+// The rules are those the emulator enforces (a name is 1–1024 bytes of
+// UTF-8 with no '/', '\' or control character); the vendor does not publish
+// minkms's rules, and the kms-go client checks none. Every name KES itself
+// accepts ([0-9A-Za-z_-], at most 80) passes.
+func kmNameProblem(name string) string {
+	switch {
+	case name == "":
+		return "the name is empty"
+	case len(name) > 1024:
+		return "the name is longer than 1024 bytes"
+	case !utf8.ValidString(name):
+		return "the name is not valid UTF-8"
+	case strings.ContainsAny(name, "/\\"):
+		return "the name contains '/' or '\\'"
+	}
+	for _, c := range name {
+		if unicode.IsControl(c) {
+			return "the name contains a control character"
+		}
+	}
+	return ""
+}
+
+// readEntry reads and classifies one entry. A non-nil error is a failure to
+// read the store (not a property of the entry) and stops the step.
+func (s *sourceSet) readEntry(ctx context.Context, name string) (*sourceEntry, error) {
+	e := &sourceEntry{name: name}
+	if s.fsStore && strings.ContainsAny(name, "./\\") {
+		e.class = entryUnreadable
+		e.reason = "KES's fs key store lists this file but refuses to read a name containing '.', so KES never served it as a key"
+		return e, nil
+	}
+	raw, err := s.ks.Get(ctx, name)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("read key %q from the %s: %w (was it deleted since the listing? halt key changes at KES first)", name, s.where, err)
+	}
+	if json.Valid(raw) {
+		e.format = "v0.23"
+	} else {
+		e.format = "v0.24"
+	}
+	k, err := kescrypto.ParseKey(raw)
+	clear(raw)
+	if err != nil {
+		e.class = entryUnparsable
+		e.reason = strings.TrimPrefix(err.Error(), "kescrypto: ")
+		return e, nil
+	}
+	e.key = k
+	if p := kmNameProblem(name); p != "" {
+		e.wipe()
+		e.class = entryRejectedName
+		e.reason = "the Key Manager rejects this name: " + p
+	}
+	return e, nil
+}
+
+// problem is an entry reported by name.
+type problem struct {
+	Name   string `json:"name"`
+	Reason string `json:"reason"`
+}
+
+// report gathers what a pass over the source found. Safe for concurrent use.
+type report struct {
+	mu           sync.Mutex
+	unreadable   []problem
+	unparsable   []problem
+	rejected     []problem
+	conflicts    []string // different material at the target
+	identical    []string // already present, same material
+	overwrite    []string // different material, to be overwritten
+	hmac         int
+	aes, chacha  int
+	v023, v024   int
+	importCount  int
+	requestCount atomic.Int64 // import requests sent (this attempt)
+	inflight     atomic.Int64 // keys found already imported without a checkpoint
+}
+
+func (rep *report) add(e *sourceEntry) {
+	rep.mu.Lock()
+	defer rep.mu.Unlock()
+	switch e.class {
+	case entryUnreadable:
+		rep.unreadable = append(rep.unreadable, problem{e.name, e.reason})
+	case entryUnparsable:
+		rep.unparsable = append(rep.unparsable, problem{e.name, e.reason})
+	case entryRejectedName:
+		rep.rejected = append(rep.rejected, problem{e.name, e.reason})
+	default:
+		if e.key.HMAC != nil {
+			rep.hmac++
+		}
+		if e.key.Algorithm == kescrypto.ChaCha20 {
+			rep.chacha++
+		} else {
+			rep.aes++
+		}
+		if e.format == "v0.23" {
+			rep.v023++
+		} else {
+			rep.v024++
+		}
+	}
+}
+
+func (rep *report) sort() {
+	byName := func(a, b problem) int { return strings.Compare(a.Name, b.Name) }
+	slices.SortFunc(rep.unreadable, byName)
+	slices.SortFunc(rep.unparsable, byName)
+	slices.SortFunc(rep.rejected, byName)
+	sort.Strings(rep.conflicts)
+	sort.Strings(rep.identical)
+	sort.Strings(rep.overwrite)
+}
+
+// blocking lists the entries that fail the step unless skip_unparsable.
+func (rep *report) blocking() []problem {
+	return append(append([]problem(nil), rep.unparsable...), rep.rejected...)
+}
+
+func (rep *report) hmacRisk() string {
+	if rep.hmac == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d keys have an HMAC key that the Key Manager import cannot carry; KES's /v1/key/hmac for them will not exist at the Key Manager", rep.hmac)
+}
+
+func describeProblems(ps []problem) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = fmt.Sprintf("%s (%s)", p.Name, p.Reason)
+	}
+	return out
+}
