@@ -27,7 +27,13 @@ func runPlan(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.Plan(ctx, cf.options(env, "runbook plan", ""))
+	// Read-only: the plan reads the journal (what an earlier run did) and
+	// writes nothing there.
+	journal, err := cf.journalFor(file)
+	if err != nil {
+		return err
+	}
+	res, err := s.Plan(ctx, cf.options(env, "runbook plan", journal))
 	if err != nil {
 		return err
 	}
