@@ -72,6 +72,9 @@ func (r Readings) normalize() (Readings, error) {
 	return r, nil
 }
 
+// Normalized returns r with the defaults filled in, or ErrReading.
+func (r Readings) Normalized() (Readings, error) { return r.normalize() }
+
 // String lists the readings as the command-line flags that select them.
 func (r Readings) String() string { return strings.Join(r.Args(), " ") }
 
