@@ -197,7 +197,11 @@ func checkKeyDecrypt(x *call) (run, error) {
 	if err != nil {
 		return nil, err
 	}
+	refuse := x.srv.cfg.FaultRefuseFormats
 	return func() (proto.Message, error) {
+		if refusesFormat(refuse, r.Ciphertext) {
+			return nil, kms.ErrDecrypt
+		}
 		for i := len(vs) - 1; i >= 0; i-- { // newest first
 			if pt, err := kescrypto.Open(vs[i].Key, r.Ciphertext, r.AssociatedData); err == nil {
 				if pt == nil {

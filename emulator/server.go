@@ -45,14 +45,19 @@ const rootKeyFile = "root.key"
 
 // Config configures an emulator Server.
 type Config struct {
-	Addr           string                           // listen address, e.g. "127.0.0.1:7373"; "127.0.0.1:0" picks a free port
-	Dir            string                           // state directory (created 0700 if missing); state survives restart
-	Hosts          []string                         // extra DNS names/IPs for the server certificate (always includes localhost, 127.0.0.1, ::1)
-	FaultErrorRate float64                          // 0..1: fraction of POST requests answered with HTTP 503
-	FaultLatency   time.Duration                    // added before every response
-	FaultDropRate  float64                          // 0..1: fraction of POST requests whose connection is closed without a response
-	Readings       Readings                         // answers where the protocol leaves the server open; zero: the most demanding
-	Logf           func(format string, args ...any) // optional request log; never logs key material or API keys
+	Addr           string        // listen address, e.g. "127.0.0.1:7373"; "127.0.0.1:0" picks a free port
+	Dir            string        // state directory (created 0700 if missing); state survives restart
+	Hosts          []string      // extra DNS names/IPs for the server certificate (always includes localhost, 127.0.0.1, ::1)
+	FaultErrorRate float64       // 0..1: fraction of POST requests answered with HTTP 503
+	FaultLatency   time.Duration // added before every response
+	FaultDropRate  float64       // 0..1: fraction of POST requests whose connection is closed without a response
+	// FaultRefuseFormats are ciphertext formats ("msgpack", "json") whose
+	// Decrypt fails with kms.ErrDecrypt (fault_formats.go).
+	FaultRefuseFormats []string
+	// Readings: the answers where the protocol leaves the server open
+	// (readings.go, docs/emulator.md); zero: the most demanding.
+	Readings Readings
+	Logf     func(format string, args ...any) // optional request log; never logs key material or API keys
 }
 
 // Server is a running emulator.
@@ -82,6 +87,9 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if cfg.FaultErrorRate < 0 || cfg.FaultErrorRate > 1 || cfg.FaultDropRate < 0 || cfg.FaultDropRate > 1 {
 		return nil, errors.New("emulator: fault rates must be between 0 and 1")
+	}
+	if err := CheckRefuseFormats(cfg.FaultRefuseFormats); err != nil {
+		return nil, err
 	}
 	readings, err := cfg.Readings.normalize()
 	if err != nil {

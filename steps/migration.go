@@ -25,7 +25,7 @@ func init() {
 			"imported":     cty.Number,
 			"skipped":      cty.Number, // already present with identical material (round trip)
 			"overwritten":  cty.Number,
-			"not_migrated": cty.Number, // entries reported by name and left behind
+			"not_migrated": cty.Number, // keys reported by name and left behind (do not parse, or a name the Key Manager refuses)
 		},
 		Doc: "imports every key of the KES key store into a Key Manager enclave, checkpointed per key",
 	})
@@ -78,9 +78,10 @@ type migrationConfig struct {
 	// Parallelism bounds the keys in flight: read, or imported and not yet
 	// durably checkpointed (default 128, at most 256).
 	Parallelism int `hcl:"parallelism,optional"`
-	// SkipUnparsable lets the step succeed although some entries could not
-	// be carried (unparsable, or a name the Key Manager rejects). They are
-	// reported by name either way.
+	// SkipUnparsable lets the step succeed although some keys could not be
+	// carried (a name the Key Manager rejects). They are reported by name
+	// either way, as are entries that are not keys or do not parse, which
+	// never fail the step (KES cannot serve them either).
 	SkipUnparsable bool `hcl:"skip_unparsable,optional"`
 }
 
@@ -166,7 +167,7 @@ type migrationState struct {
 	Conflicts    []string  `json:"conflicts,omitempty"`
 	Unparsable   []problem `json:"unparsable,omitempty"`
 	Rejected     []problem `json:"rejected_names,omitempty"`
-	Unreadable   []problem `json:"unreadable,omitempty"`
+	NotKeys      []problem `json:"not_keys,omitempty"`
 	HMAC         int       `json:"hmac_keys_not_carried"`
 }
 
@@ -195,7 +196,7 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 		return nil, fmt.Errorf("list enclave %s: %w", to.Name, err)
 	}
 
-	rep := &report{}
+	rep := &report{notKeys: src.notKeys}
 	var toImport []string
 	var mu sync.Mutex
 	err = forEach(ctx, m.parallelism(), len(src.names), func(ctx context.Context, i int) error {
@@ -238,7 +239,7 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 
 	p := &engine.StepPlan{}
 	p.Observed = append(p.Observed,
-		fmt.Sprintf("%s: %d entries, %d match pattern %q (names SHA-256 %s), listed completely (not through KES's paged listing, which stops after 1025)", src.where, src.total, len(src.names), m.pattern(), src.digest[:16]),
+		fmt.Sprintf("%s: %d entries, %d match pattern %q (names SHA-256 %s), listed completely (not through KES's paged listing, which stops after 1025) and %s; %d of them are keys", src.where, src.total, len(src.names)+len(src.notKeys), m.pattern(), src.digest[:16], src.listing.Check, len(src.names)-len(rep.unparsable)),
 		fmt.Sprintf("formats: %d KES v0.24 (protobuf), %d KES v0.22/v0.23 (JSON); algorithms: %d AES256, %d ChaCha20", rep.v024, rep.v023, rep.aes, rep.chacha))
 	if exists {
 		p.Observed = append(p.Observed, fmt.Sprintf("enclave %s at %s: exists, %d keys", to.Name, to.Addr, len(present)))
@@ -284,14 +285,18 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 		}
 		p.Actions = append(p.Actions, fmt.Sprintf("%s %d entries that cannot be carried", verb, len(bl)))
 	}
+	if len(rep.notKeys) > 0 {
+		p.Observed = append(p.Observed, fmt.Sprintf("%s (%d), left out by every step: %s", groupNotKeys, len(rep.notKeys), strings.Join(describeProblems(rep.notKeys), "; ")))
+	}
 	if len(rep.unparsable) > 0 {
-		p.Risks = append(p.Risks, fmt.Sprintf("%d entries are not KES keys and cannot be parsed: %s", len(rep.unparsable), strings.Join(describeProblems(rep.unparsable), "; ")))
+		p.Observed = append(p.Observed, fmt.Sprintf("%s (%d), never migrated: %s", groupUnparsable, len(rep.unparsable), strings.Join(describeProblems(rep.unparsable), "; ")))
+		p.Risks = append(p.Risks, fmt.Sprintf("%d entries look like keys but do not parse, so they are not migrated; KES cannot serve them either, so whatever was sealed under them does not read today: %s", len(rep.unparsable), strings.Join(describeProblems(rep.unparsable), "; ")))
+	}
+	if n := len(rep.notKeys) + len(rep.unparsable); n > 0 {
+		p.Actions = append(p.Actions, fmt.Sprintf("leave out %d entries that are not keys and %d that do not parse (named above); they never fail the step", len(rep.notKeys), len(rep.unparsable)))
 	}
 	if len(rep.rejected) > 0 {
 		p.Risks = append(p.Risks, fmt.Sprintf("%d names would be rejected by the Key Manager: %s", len(rep.rejected), strings.Join(describeProblems(rep.rejected), "; ")))
-	}
-	if len(rep.unreadable) > 0 {
-		p.Risks = append(p.Risks, fmt.Sprintf("%d entries are not migrated because KES cannot read them: %s", len(rep.unreadable), strings.Join(describeProblems(rep.unreadable), "; ")))
 	}
 	if s := rep.hmacRisk(); s != "" {
 		p.Risks = append(p.Risks, s)
@@ -307,7 +312,7 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 		SourceKeys: src.total, Matching: len(src.names), NamesSHA256: src.digest,
 		Enclave: to.Name, EnclaveFound: exists, Import: len(toImport),
 		Identical: rep.identical, Conflicts: rep.conflicts,
-		Unparsable: rep.unparsable, Rejected: rep.rejected, Unreadable: rep.unreadable, HMAC: rep.hmac,
+		Unparsable: rep.unparsable, Rejected: rep.rejected, NotKeys: rep.notKeys, HMAC: rep.hmac,
 	}
 	return p, nil
 }

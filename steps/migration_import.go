@@ -148,7 +148,7 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 	overwrite := setOf(pre.Overwrite)
 
 	res := &migrationResult{}
-	rep := &report{}
+	rep := &report{notKeys: src.notKeys}
 	var todo []string
 	for _, n := range src.names {
 		if identical[n] {
@@ -283,7 +283,7 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 	res.Commands = rep.commandCount.Load()
 	res.InFlight = rep.inflight.Load()
 	rep.sort()
-	res.NotMigrated = len(rep.unreadable) + len(rep.unparsable) + len(rep.rejected)
+	res.NotMigrated = len(rep.unparsable) + len(rep.rejected)
 	if err != nil {
 		return res, err
 	}
@@ -295,13 +295,21 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 	if b := busyNanos.Load(); b > 0 && len(todo) > 0 {
 		h.logf("journal: waiting for durable per-key checkpoints took %.0f%% of the workers' time", 100*float64(journalNanos.Load())/float64(b))
 	}
-	h.logf("enclave %s holds %d of the %d source keys: %d imported, %d already present (identical), %d overwritten, %d not migrated",
-		enclave, res.Imported+res.Skipped+res.Overwritten, len(src.names), res.Imported, res.Skipped, res.Overwritten, res.NotMigrated)
-	for _, p := range rep.unreadable {
-		h.warnf("not migrated: %s: %s", p.Name, p.Reason)
+	left := ""
+	if n := len(rep.unparsable) + len(rep.rejected); n > 0 {
+		left = fmt.Sprintf(" (%d do not parse, %d names the Key Manager refuses)", len(rep.unparsable), len(rep.rejected))
+	}
+	if n := len(rep.notKeys); n > 0 {
+		left += fmt.Sprintf("; %d entries that are not keys left out", n)
+	}
+	h.logf("enclave %s holds %d of the %d source keys: %d imported, %d already present (identical), %d overwritten, %d not migrated%s",
+		enclave, res.Imported+res.Skipped+res.Overwritten, len(src.names)-len(rep.unparsable), res.Imported, res.Skipped, res.Overwritten,
+		len(rep.unparsable)+len(rep.rejected), left)
+	for _, p := range rep.notKeys {
+		h.logf("left out: %s: %s", p.Name, p.Reason)
 	}
 	for _, p := range rep.unparsable {
-		h.warnf("not migrated: %s: cannot be parsed: %s", p.Name, p.Reason)
+		h.warnf("not migrated: %s: does not parse: %s", p.Name, p.Reason)
 	}
 	for _, p := range rep.rejected {
 		h.warnf("not migrated: %s: %s", p.Name, p.Reason)

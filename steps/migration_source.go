@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"path"
 	"slices"
@@ -25,11 +24,12 @@ import (
 type sourceSet struct {
 	ks      kesserver.KeyStore
 	conf    *kesconf.File
-	where   string   // e.g. "fs key store /var/kes/keys"
-	total   int      // entries in the store
-	names   []string // sorted names that match the pattern
-	digest  string   // SHA-256 of the sorted matching names, one per line
-	fsStore bool
+	listing *storeListing
+	where   string    // e.g. "fs key store /var/kes/keys"
+	total   int       // entries in the store
+	names   []string  // sorted names of the keys that match the pattern
+	notKeys []problem // entries matching the pattern that are not keys (listKeyStore)
+	digest  string    // SHA-256 of names, one per line
 }
 
 func namesDigest(names []string) string {
@@ -46,17 +46,17 @@ func openSource(ctx context.Context, r *engine.Run, from *kesConnection, pattern
 	if err != nil {
 		return nil, err
 	}
-	all, err := listKeyStore(ctx, ks, conf)
+	l, err := listKeyStore(ctx, ks, conf)
 	if err != nil {
 		ks.Close()
 		return nil, err
 	}
-	return newSourceSet(ks, conf, all, pattern)
+	return newSourceSet(ks, conf, l, pattern)
 }
 
-func newSourceSet(ks kesserver.KeyStore, conf *kesconf.File, all []string, pattern string) (*sourceSet, error) {
-	s := &sourceSet{ks: ks, conf: conf, total: len(all)}
-	for _, n := range all {
+func newSourceSet(ks kesserver.KeyStore, conf *kesconf.File, l *storeListing, pattern string) (*sourceSet, error) {
+	s := &sourceSet{ks: ks, conf: conf, listing: l, total: len(l.All)}
+	for _, n := range l.Keys {
 		ok, err := path.Match(pattern, n)
 		if err != nil {
 			return nil, fmt.Errorf("match key names against pattern %q: %w", pattern, err)
@@ -65,15 +65,18 @@ func newSourceSet(ks kesserver.KeyStore, conf *kesconf.File, all []string, patte
 			s.names = append(s.names, n)
 		}
 	}
+	for _, p := range l.NotKeys {
+		if ok, _ := path.Match(pattern, p.Name); ok {
+			s.notKeys = append(s.notKeys, p)
+		}
+	}
 	s.digest = namesDigest(s.names)
 	s.where = "key store"
 	if conf != nil {
 		if fs, ok := conf.KeyStore.(*kesconf.FSKeyStore); ok {
-			s.fsStore = true
 			s.where = "fs key store " + fs.Path
 		} else {
-			s.where = fmt.Sprintf("key store (%T)", conf.KeyStore)
-			s.where = strings.Replace(strings.Replace(s.where, "*kesconf.", "", 1), "KeyStore)", ")", 1)
+			s.where = keyStoreKind(conf) + " key store"
 		}
 	}
 	return s, nil
@@ -84,13 +87,9 @@ type entryClass int
 
 const (
 	entryOK entryClass = iota
-	// entryUnreadable: the key store refuses to read this name at all (an
-	// fs file whose name holds '.', which fs List returns and fs Get
-	// rejects): KES never served it, so no object can be sealed under it.
-	// Reported by name; does not fail the step.
-	entryUnreadable
-	// entryUnparsable: read, but not a KES key. Fails the step unless
-	// skip_unparsable.
+	// entryUnparsable: looks like a key (listKeyStore), but its value does
+	// not parse: KES cannot serve it either. Named, never migrated; does
+	// not fail the step.
 	entryUnparsable
 	// entryRejectedName: a key whose name the Key Manager would reject.
 	// Fails the step unless skip_unparsable.
@@ -133,11 +132,6 @@ func kmNameProblem(name string) string {
 // read the store (not a property of the entry) and stops the step.
 func (s *sourceSet) readEntry(ctx context.Context, name string) (*sourceEntry, error) {
 	e := &sourceEntry{name: name}
-	if s.fsStore && strings.ContainsAny(name, "./\\") {
-		e.class = entryUnreadable
-		e.reason = "KES's fs key store lists this file but refuses to read a name containing '.', so KES never served it as a key"
-		return e, nil
-	}
 	raw, err := s.ks.Get(ctx, name)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -145,16 +139,12 @@ func (s *sourceSet) readEntry(ctx context.Context, name string) (*sourceEntry, e
 		}
 		return nil, fmt.Errorf("read key %q from the %s: %w (was it deleted since the listing? halt key changes at KES first)", name, s.where, err)
 	}
-	if json.Valid(raw) {
-		e.format = "v0.23"
-	} else {
-		e.format = "v0.24"
-	}
-	k, err := kescrypto.ParseKey(raw)
+	k, format, reason := parseEntry(raw)
 	clear(raw)
-	if err != nil {
+	e.format = format
+	if reason != "" {
 		e.class = entryUnparsable
-		e.reason = strings.TrimPrefix(err.Error(), "kescrypto: ")
+		e.reason = reason
 		return e, nil
 	}
 	e.key = k
@@ -175,7 +165,7 @@ type problem struct {
 // report gathers what a pass over the source found. Safe for concurrent use.
 type report struct {
 	mu           sync.Mutex
-	unreadable   []problem
+	notKeys      []problem // entries that are not keys: left out (listKeyStore)
 	unparsable   []problem
 	rejected     []problem
 	conflicts    []string // different material at the target
@@ -195,8 +185,6 @@ func (rep *report) add(e *sourceEntry) {
 	rep.mu.Lock()
 	defer rep.mu.Unlock()
 	switch e.class {
-	case entryUnreadable:
-		rep.unreadable = append(rep.unreadable, problem{e.name, e.reason})
 	case entryUnparsable:
 		rep.unparsable = append(rep.unparsable, problem{e.name, e.reason})
 	case entryRejectedName:
@@ -210,7 +198,7 @@ func (rep *report) add(e *sourceEntry) {
 		} else {
 			rep.aes++
 		}
-		if e.format == "v0.23" {
+		if e.format == formatV023 {
 			rep.v023++
 		} else {
 			rep.v024++
@@ -227,7 +215,7 @@ func (rep *report) refuse(name, reason string) {
 
 func (rep *report) sort() {
 	byName := func(a, b problem) int { return strings.Compare(a.Name, b.Name) }
-	slices.SortFunc(rep.unreadable, byName)
+	slices.SortFunc(rep.notKeys, byName)
 	slices.SortFunc(rep.unparsable, byName)
 	slices.SortFunc(rep.rejected, byName)
 	sort.Strings(rep.conflicts)
@@ -235,9 +223,11 @@ func (rep *report) sort() {
 	sort.Strings(rep.overwrite)
 }
 
-// blocking lists the entries that fail the step unless skip_unparsable.
+// blocking lists the entries that fail the step unless skip_unparsable:
+// keys the Key Manager refuses. Unparsable entries do not block: KES cannot
+// serve them either, so nothing is sealed under them; they are named.
 func (rep *report) blocking() []problem {
-	return append(append([]problem(nil), rep.unparsable...), rep.rejected...)
+	return append([]problem(nil), rep.rejected...)
 }
 
 func (rep *report) hmacRisk() string {

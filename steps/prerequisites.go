@@ -111,6 +111,7 @@ type preflight struct {
 	risks    []string
 	// names is the key store's complete listing, sorted.
 	names   []string
+	notKeys []problem // entries that are not keys (listKeyStore)
 	digest  string
 	ks      kesserver.KeyStore
 	conf    *kesconf.File
@@ -174,7 +175,7 @@ func (p *prerequisites) check(ctx context.Context, r *engine.Run, st *prerequisi
 		cancel()
 		if err != nil {
 			if errors.Is(err, kes.ErrNotAllowed) {
-				return nil, fmt.Errorf("%s: KES server %s refused to list keys for the identity of the configured API key (%s): use the KES admin API key, or one whose policy allows /v1/key/list", kesAddr, hostOf(k.Endpoint()), kesIdentity(k))
+				return nil, fmt.Errorf("%s: KES server %s refused to list keys for the identity of the configured API key (%s): use the KES admin API key, or one whose policy allows %s", kesAddr, hostOf(k.Endpoint()), kesIdentity(k), kesPolicyPaths)
 			}
 			return nil, reachError("KES server", kesAddr, k.Endpoint(), err)
 		}
@@ -258,14 +259,36 @@ func (p *prerequisites) check(ctx context.Context, r *engine.Run, st *prerequisi
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", kesAddr, err)
 	}
-	names, err := listKeyStore(ctx, ks, conf)
+	l, err := listKeyStore(ctx, ks, conf)
 	if err != nil {
 		return nil, fmt.Errorf("%s: read the key store named in %s: %w", kesAddr, k.ConfigFile(r), err)
 	}
-	pf.ks, pf.conf, pf.names = ks, conf, names
+	names := l.Keys
+	pf.ks, pf.conf, pf.names, pf.notKeys = ks, conf, names, l.NotKeys
 	pf.digest = keySetDigest(names)
 	pf.storeID = describeKeyStore(conf)
-	pf.observed = append(pf.observed, fmt.Sprintf("KES config %s parses; key store %s lists %d key(s) (key set SHA-256 %s)", k.ConfigFile(r), pf.storeID, len(names), pf.digest[:16]))
+	pf.observed = append(pf.observed, fmt.Sprintf("KES config %s parses; key store %s lists %d key(s) (key set SHA-256 %s), listed completely and %s", k.ConfigFile(r), pf.storeID, len(names), pf.digest[:16], l.Check))
+	if len(l.NotKeys) > 0 {
+		pf.observed = append(pf.observed, fmt.Sprintf("%s (%d), left out by every step and of the snapshot: %s", groupNotKeys, len(l.NotKeys), strings.Join(describeProblems(l.NotKeys), "; ")))
+	}
+	// Verification has the KES server generate data keys: a policy that
+	// does not allow it is refused now, not after the migration.
+	if k.HasServer() && len(names) > 0 {
+		c, err := k.Client(r)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", kesAddr, err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+		dek, err := c.GenerateKey(cctx, names[0], []byte("runbook prerequisites"))
+		cancel()
+		clear(dek.Plaintext)
+		// Only a refusal is judged here: any other answer (such as a key
+		// the store holds and the server does not serve) is
+		// verification's finding, with every name it concerns.
+		if errors.Is(err, kes.ErrNotAllowed) {
+			return nil, fmt.Errorf("%s: KES server %s refused to generate a data key under %s for the identity of the configured API key (%s), which verification needs: use the KES admin API key, or one whose policy allows %s", kesAddr, hostOf(k.Endpoint()), names[0], kesIdentity(k), kesPolicyPaths)
+		}
+	}
 	st.KESKeys, st.KESKeySetSHA256, st.KeyStore, st.KESKeyNames = len(names), pf.digest, pf.storeID, names
 	r.RecordInput("kes key set", pf.digest)
 	return pf, nil
@@ -384,10 +407,11 @@ func (p *prerequisites) Apply(ctx context.Context, r *engine.Run) error {
 
 	// Creation halted: the store holds exactly the keys it held when the step
 	// began (and, through the plan's fingerprint, when the plan was made).
-	now, err := listKeyStore(ctx, pf.ks, pf.conf)
+	nowListing, err := listKeyStore(ctx, pf.ks, pf.conf)
 	if err != nil {
 		return fmt.Errorf("list the key store again: %w", err)
 	}
+	now := nowListing.Keys
 	added, removed := diffSorted(baseline, now)
 	if len(added) > 0 {
 		return fmt.Errorf("key %s was created at KES during the migration window: halt key creation first (%d key(s) appeared since this step began: %s)", added[0], len(added), sample(added, 5))
@@ -581,6 +605,12 @@ func insecureNote(insecure bool) string {
 	}
 	return ""
 }
+
+// kesPolicyPaths are the KES policy entries the runbook's identity needs:
+// kes-go lists through /v1/key/list/<pattern>, and KES matches a policy
+// path exactly unless it ends in '*', so "/v1/key/list" allows nothing
+// (DOMAIN.md E).
+const kesPolicyPaths = "/v1/key/list/* and /v1/key/generate/* (a path without the trailing /* allows nothing: KES matches it exactly)"
 
 func kesIdentity(k *kesConnection) string {
 	if key, err := kes.ParseAPIKey(k.cfg.APIKey); err == nil {

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/hcl/v2"
 	kesserver "github.com/minio/kes"
@@ -22,7 +23,6 @@ import (
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/runbook-dev/runbook/engine"
-	"github.com/runbook-dev/runbook/internal/kescrypto"
 )
 
 func init() {
@@ -146,19 +146,20 @@ func (v *verificationStep) Validate(d *engine.Decoded) hcl.Diagnostics {
 	return diags
 }
 
-// sourceNames opens the key store the KES config names and lists the keys
-// that match the pattern, completely.
-func (v *verificationStep) sourceNames(ctx context.Context, r *engine.Run, src *kesConnection) (kesserver.KeyStore, []string, error) {
+// sourceNames opens the key store the KES config names and lists it
+// completely (listKeyStore); names are the keys that match the pattern,
+// before their values are read.
+func (v *verificationStep) sourceNames(ctx context.Context, r *engine.Run, src *kesConnection) (ks kesserver.KeyStore, l *storeListing, names []string, err error) {
 	ks, conf, err := src.OpenKeyStore(ctx, r)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	all, err := listKeyStore(ctx, ks, conf)
+	l, err = listKeyStore(ctx, ks, conf)
 	if err != nil {
 		ks.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return ks, verifyMatch(all, v.pattern()), nil
+	return ks, l, verifyMatch(l.Keys, v.pattern()), nil
 }
 
 // verifyMatch keeps the names that match a glob (filepath.Match, as the
@@ -185,23 +186,28 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 	if err != nil {
 		return nil, err
 	}
-	ks, names, err := v.sourceNames(ctx, r, src)
+	ks, l, names, err := v.sourceNames(ctx, r, src)
 	if err != nil {
 		return nil, err
 	}
 	ks.Close()
 	p := &engine.StepPlan{Rollback: "nothing to undo: verification changes nothing"}
 	p.Observed = append(p.Observed, fmt.Sprintf("the key store of %s (%s) holds %d key(s) matching %q", srcAddr, src.ConfigFile(r), len(names), v.pattern()))
+	if nk := verifyMatchProblems(l.NotKeys, v.pattern()); len(nk) > 0 {
+		p.Observed = append(p.Observed, fmt.Sprintf("%s (%d), never called missing: %s", groupNotKeys, len(nk), strings.Join(describeProblems(nk), "; ")))
+	}
 	p.Actions = append(p.Actions, fmt.Sprintf("prove that enclave %s holds exactly the keys of the KES key store matching %q: missing and extra keys are listed by name", enc.Name, v.pattern()))
 	what := fmt.Sprintf("every key (%d)", len(names))
 	if v.cfg.Sample != nil && *v.cfg.Sample < len(names) {
 		what = fmt.Sprintf("a random sample of %d of the %d keys", *v.cfg.Sample, len(names))
 	}
+	p.Actions = append(p.Actions, fmt.Sprintf("prove the key material of %s by a round trip: a random plaintext sealed here under the key's material from the store, in every ciphertext format MinIO may forward for it (%s for every key; %s and %s too for keys stored in the KES v0.22/v0.23 JSON format), must decrypt at the Key Manager to the same plaintext, %d ciphertexts per request (proof %q); a format the Key Manager refuses fails verification, naming it; entries that do not parse are named, never called missing", what, formatRaw, formatMsgpack, formatJSON, verifyDecryptBatch, proofLocalSeal))
 	if src.HasServer() {
-		p.Actions = append(p.Actions, fmt.Sprintf("prove the key material of %s by a round trip: a data key generated at the KES server %s decrypts at the Key Manager to the same plaintext (proof %q)", what, src.Endpoint(), proofKESGenerate))
+		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's, and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), verifyKESSample))
 	} else {
-		p.Actions = append(p.Actions, fmt.Sprintf("prove the key material of %s by a round trip: no KES server is configured, so a ciphertext sealed here in KES's format from the material in the key store must decrypt at the Key Manager to the same plaintext (proof %q)", what, proofLocalSeal))
+		p.Observed = append(p.Observed, fmt.Sprintf("%s names no KES server: the keys are proven from the store's material only", srcAddr))
 	}
+	p.Risks = append(p.Risks, "whether the real AIStor Key Manager (minkms) decrypts KES v0.22/v0.23 msgpack ciphertexts is not published (DOMAIN.md B5): verification proves each format against the Key Manager it talks to, so a rehearsal on the emulator proves the emulator, not minkms; run verification against the real Key Manager before the cutover")
 	if v.cfg.Sample == nil {
 		p.Items = names
 	}
@@ -270,8 +276,9 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		return err
 	}
 
-	// 1. The name sets.
-	ks, source, err := v.sourceNames(ctx, r, src)
+	// 1. The store, listed completely; its keys read, parsed and, for the
+	// keys to prove, sealed here in every format (verification_proof.go).
+	ks, listing, candidates, err := v.sourceNames(ctx, r, src)
 	if err != nil {
 		return err
 	}
@@ -286,6 +293,22 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		return err
 	}
 	target := verifyMatch(allTarget, v.pattern())
+	todo, sampled, err := v.chooseRoundTrips(r, verifyIntersect(candidates, target))
+	if err != nil {
+		return err
+	}
+	unparsable, proofs, err := v.readAndSeal(ctx, ks, candidates, setOf(todo))
+	if err != nil {
+		return err
+	}
+	source := candidates
+	if len(unparsable) > 0 {
+		_, source = verifyDiff(problemNames(unparsable), candidates)
+		r.Warnf("%s (%d), not migrated and never called missing: %s", groupUnparsable, len(unparsable), strings.Join(describeProblems(unparsable), "; "))
+	}
+	if nk := verifyMatchProblems(listing.NotKeys, v.pattern()); len(nk) > 0 {
+		r.Logf("%s (%d), left out: %s", groupNotKeys, len(nk), strings.Join(describeProblems(nk), "; "))
+	}
 	missing, extra := verifyDiff(source, target)
 	if outside := len(allTarget) - len(target); outside > 0 {
 		r.Logf("enclave %s also holds %d key(s) outside the pattern %q (not compared)", enc.Name, outside, v.pattern())
@@ -299,53 +322,95 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 
 	// The KES server must serve the key store the config names: keys it
 	// holds beyond the store would be used by MinIO and never migrated.
+	var kc *kes.Client
 	if src.HasServer() {
-		kc, err := src.Client(r)
-		if err != nil {
+		if kc, err = src.Client(r); err != nil {
 			return err
 		}
 		served, err := listKESServer(ctx, func(ctx context.Context, prefix string) ([]string, string, error) {
 			return kc.ListKeys(ctx, prefix, 0)
 		})
 		if err != nil {
+			if errors.Is(err, kes.ErrNotAllowed) {
+				return fmt.Errorf("%w: use the KES admin API key, or one whose policy allows %s", err, kesPolicyPaths)
+			}
 			return err
 		}
-		if _, onlyServer := verifyDiff(source, verifyMatch(served, v.pattern())); len(onlyServer) > 0 {
+		if _, onlyServer := verifyDiff(verifyMatch(listing.All, v.pattern()), verifyMatch(served, v.pattern())); len(onlyServer) > 0 {
 			problems = append(problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", src.Endpoint(), len(onlyServer), src.ConfigFile(r), verifyNameList(onlyServer, verifyShown)))
 		} else {
-			r.Logf("KES server: the %d key(s) it serves matching %q are all in the key store", len(verifyMatch(served, v.pattern())), v.pattern())
+			r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store", len(verifyMatch(served, v.pattern())), v.pattern())
 		}
 	}
 
-	// 2. The round trips, over the keys both sides hold.
-	common := verifyIntersect(source, target)
-	todo, sampled, err := v.chooseRoundTrips(r, common)
+	// 2. The proofs: a KES round trip on a sample, then every sealed
+	// ciphertext decrypted at the Key Manager, batched.
+	var failures []verifyFailure
+	kesProven := map[string]bool{}
+	proving := proofNames(proofs)
+	if kc != nil && len(proving) > 0 {
+		var mu sync.Mutex
+		sample := kesSample(proving, verifyKESSample)
+		err := forEach(ctx, v.parallelism(), len(sample), func(ctx context.Context, i int) error {
+			err := verifyKESGenerate(ctx, kc, kmc, enc.Name, sample[i])
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failures = append(failures, verifyFailure{Name: sample[i], Reason: err.Error()})
+			} else {
+				kesProven[sample[i]] = true
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	total := int64(len(proofs))
+	var done atomic.Int64
+	r.Progress(0, total)
+	outcomes, err := decryptProofs(ctx, kmc, enc.Name, proofs, v.parallelism(), func(n int) { r.Progress(done.Add(int64(n)), total) })
 	if err != nil {
 		return err
 	}
-	var kc *kes.Client
-	proof := proofLocalSeal
-	if src.HasServer() {
-		if kc, err = src.Client(r); err != nil {
-			return err
+	kps := judgeProofs(proofs, outcomes)
+	for _, p := range proofs {
+		clear(p.plaintext)
+	}
+	kesFailed := map[string]bool{}
+	for _, f := range failures {
+		kesFailed[f.Name] = true
+	}
+	var proven []keyProof
+	for _, kp := range kps {
+		switch {
+		case len(kp.RefusedFormats) > 0:
+		case kp.Failed != "" && !kesFailed[kp.Name]:
+			failures = append(failures, verifyFailure{Name: kp.Name, Reason: kp.Failed})
+		case !kesFailed[kp.Name]:
+			proven = append(proven, kp)
 		}
-		proof = proofKESGenerate
 	}
-	failures := v.roundTrips(ctx, r, todo, len(sampled), proof, kc, ks, kmc, enc.Name)
-	if ctx.Err() != nil {
-		return ctx.Err()
+	if err := checkpointProofs(ctx, r.Checkpoint, proven, kesProven, checkpointParallelism); err != nil {
+		return err
 	}
-	verified, proofs := verifyCheckpointed(r)
+	sort.Slice(failures, func(i, j int) bool { return failures[i].Name < failures[j].Name })
+	if msg := formatRefusalMessage(enc.Name, kps); msg != "" {
+		problems = append(problems, msg)
+	}
 	if len(failures) > 0 {
 		problems = append(problems, verifyFailureMessage(enc.Name, failures))
 	}
+	tally := verifyCheckpointed(r)
+	common := verifyIntersect(source, target)
 	what := fmt.Sprintf("all %d keys", len(common))
-	if len(sampled) < len(common) {
+	if v.cfg.Sample != nil && len(sampled) < len(common) {
 		what = fmt.Sprintf("a random sample of %d of %d keys", len(sampled), len(common))
 	}
-	if len(failures) == 0 {
-		r.Logf("round trip: %s proven (%d verified, proof %s)", what, verified, verifyProofName(proofs, proof))
+	if len(failures) == 0 && len(proven) == len(kps) {
+		r.Logf("round trip: %s proven (%d verified, proof %s): %s", what, tally.keys, verifyProofName(tally.proofs, proofLocalSeal), tally.describe())
 	}
+	verified, proofNamesSeen := tally.keys, tally.proofs
 
 	// 3. Every key the object store references.
 	referenced := 0
@@ -384,7 +449,7 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	}
 
 	r.SetOutput("verified", cty.NumberIntVal(int64(verified)))
-	r.SetOutput("proof", cty.StringVal(verifyProofName(proofs, proof)))
+	r.SetOutput("proof", cty.StringVal(verifyProofName(proofNamesSeen, proofLocalSeal)))
 	r.SetOutput("referenced", cty.NumberIntVal(int64(referenced)))
 	if len(problems) > 0 {
 		return fmt.Errorf("verify enclave %s: %s", enc.Name, strings.Join(problems, "; "))
@@ -437,58 +502,6 @@ func verifySample(names []string, n int, seed uint64) []string {
 	return out
 }
 
-// roundTrips proves each key's material, up to parallelism at once, and
-// checkpoints each key proven. It returns the keys that failed, sorted.
-func (v *verificationStep) roundTrips(ctx context.Context, r *engine.Run, todo []string, total int, proof string, kc *kes.Client, ks kesserver.KeyStore, kmc *kms.Client, enclave string) []verifyFailure {
-	var (
-		mu       sync.Mutex
-		failures []verifyFailure
-		wg       sync.WaitGroup
-	)
-	done := int64(total - len(todo))
-	next := make(chan string)
-	r.Progress(done, int64(total))
-	for range min(v.parallelism(), max(len(todo), 1)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for name := range next {
-				var err error
-				if proof == proofKESGenerate {
-					err = verifyKESGenerate(ctx, kc, kmc, enclave, name)
-				} else {
-					err = verifyLocalSeal(ctx, ks, kmc, enclave, name)
-				}
-				if err == nil {
-					err = r.Checkpoint("key/"+name, map[string]string{"proof": proof})
-				}
-				mu.Lock()
-				if err != nil {
-					failures = append(failures, verifyFailure{Name: name, Reason: err.Error()})
-				} else {
-					done++
-				}
-				d := done
-				mu.Unlock()
-				r.Progress(d, int64(total))
-			}
-		}()
-	}
-	for _, name := range todo {
-		select {
-		case next <- name:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	close(next)
-	wg.Wait()
-	sort.Slice(failures, func(i, j int) bool { return failures[i].Name < failures[j].Name })
-	return failures
-}
-
 // errMaterialDiffers marks a key whose material at the Key Manager is not the
 // material at KES.
 var errMaterialDiffers = errors.New("material differs")
@@ -520,27 +533,6 @@ func verifyKESGenerate(ctx context.Context, kc *kes.Client, kmc *kms.Client, enc
 	return verifyDecrypt(ctx, kmc, enclave, name, dek.Ciphertext, aad, dek.Plaintext)
 }
 
-// verifyLocalSeal seals a random plaintext in KES's format with the material
-// read from the key store, and has the Key Manager decrypt it.
-func verifyLocalSeal(ctx context.Context, ks kesserver.KeyStore, kmc *kms.Client, enclave, name string) error {
-	var key kescrypto.Key
-	err := withRetry(ctx, func() error {
-		var err error
-		key, err = readKey(ctx, ks, name)
-		if errors.Is(err, errUnparsable) {
-			return permanent{err}
-		}
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	defer clear(key.Material)
-	defer clear(key.HMAC)
-	same, err := sealedRoundTrip(ctx, kmc, enclave, name, key, verifyContext(name))
-	return verifyResult(name, same, err)
-}
-
 // verifyDecrypt has the Key Manager decrypt ciphertext and compares the
 // result with want.
 func verifyDecrypt(ctx context.Context, kmc *kms.Client, enclave, name string, ciphertext, aad, want []byte) error {
@@ -561,23 +553,49 @@ func verifyResult(name string, same bool, err error) error {
 	return nil
 }
 
-// verifyCheckpointed counts the keys proven so far (this and earlier
-// attempts) and the proofs they used.
-func verifyCheckpointed(r *engine.Run) (int, map[string]int) {
-	proofs := map[string]int{}
-	n := 0
+// verifyTally is what the verification checkpoints of this and earlier
+// attempts say: the keys proven, by proof, format and KES round trip.
+type verifyTally struct {
+	keys    int
+	proofs  map[string]int // proof name → keys
+	formats map[string]int // ciphertext format → keys proven in it
+	kes     int            // keys also proven by a data key of the KES server
+}
+
+func (t verifyTally) describe() string {
+	s := fmt.Sprintf("%d in the %s format", t.formats[formatRaw], formatRaw)
+	if n := t.formats[formatMsgpack]; n > 0 {
+		s += fmt.Sprintf(", %d in the %s format", n, formatMsgpack)
+	}
+	if n := t.formats[formatJSON]; n > 0 {
+		s += fmt.Sprintf(", %d in the %s format", n, formatJSON)
+	}
+	if t.kes > 0 {
+		s += fmt.Sprintf("; %d also by a data key the KES server generated", t.kes)
+	}
+	return s
+}
+
+// verifyCheckpointed tallies the keys proven so far (this and earlier
+// attempts).
+func verifyCheckpointed(r *engine.Run) verifyTally {
+	t := verifyTally{proofs: map[string]int{}, formats: map[string]int{}}
 	for item, raw := range r.Checkpoints() {
 		if !strings.HasPrefix(item, "key/") {
 			continue
 		}
-		var c struct {
-			Proof string `json:"proof"`
-		}
+		var c proofCheckpoint
 		_ = json.Unmarshal(raw, &c)
-		n++
-		proofs[c.Proof]++
+		t.keys++
+		t.proofs[c.Proof]++
+		for _, f := range c.Formats {
+			t.formats[f]++
+		}
+		if c.KESGenerate || c.Proof == proofKESGenerate {
+			t.kes++
+		}
 	}
-	return n, proofs
+	return t
 }
 
 // verifyProofName is the proof the result reports: the one every verified

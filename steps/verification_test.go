@@ -207,22 +207,42 @@ func TestVerifyRoundTrips(t *testing.T) {
 		}
 	}
 	kc := k.Client()
-	for _, proof := range []string{proofKESGenerate, proofLocalSeal} {
-		check := func(name string) error {
-			if proof == proofKESGenerate {
-				return verifyKESGenerate(ctx, kc, kmc, enclave, name)
-			}
-			return verifyLocalSeal(ctx, ks, kmc, enclave, name)
-		}
-		if err := check(names[0]); err != nil {
-			t.Errorf("%s: same material: %v", proof, err)
-		}
-		if err := check(names[1]); !errors.Is(err, errMaterialDiffers) {
-			t.Errorf("%s: other material: got %v, want %v", proof, err, errMaterialDiffers)
-		}
-		if err := check(names[2]); err == nil || !strings.Contains(err.Error(), names[2]) {
-			t.Errorf("%s: key not in the enclave: got %v, want an error naming it", proof, err)
-		}
+	if err := verifyKESGenerate(ctx, kc, kmc, enclave, names[0]); err != nil {
+		t.Errorf("kes-generate: same material: %v", err)
+	}
+	if err := verifyKESGenerate(ctx, kc, kmc, enclave, names[1]); !errors.Is(err, errMaterialDiffers) {
+		t.Errorf("kes-generate: other material: got %v, want %v", err, errMaterialDiffers)
+	}
+	if err := verifyKESGenerate(ctx, kc, kmc, enclave, names[2]); err == nil || !strings.Contains(err.Error(), names[2]) {
+		t.Errorf("kes-generate: key not in the enclave: got %v, want an error naming it", err)
+	}
+	// local-seal: the three keys in one batch, which the Key Manager fails
+	// as a whole; every key's outcome is still told apart.
+	v := &verificationStep{}
+	unparsable, proofs, err := v.readAndSeal(ctx, ks, names, setOf(names))
+	if err != nil || len(unparsable) != 0 || len(proofs) != 3 {
+		t.Fatalf("read and seal: %d unparsable, %d proofs, %v", len(unparsable), len(proofs), err)
+	}
+	outcomes, err := decryptProofs(ctx, kmc, enclave, proofs, 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kps := judgeProofs(proofs, outcomes)
+	if len(kps) != 3 {
+		t.Fatalf("%d key proofs, want 3", len(kps))
+	}
+	byName := map[string]keyProof{}
+	for _, kp := range kps {
+		byName[kp.Name] = kp
+	}
+	if kp := byName[names[0]]; kp.Failed != "" || !slices.Equal(kp.Formats, []string{formatRaw}) {
+		t.Errorf("local-seal: same material: %+v", kp)
+	}
+	if kp := byName[names[1]]; !strings.Contains(kp.Failed, errMaterialDiffers.Error()) {
+		t.Errorf("local-seal: other material: %+v, want %v", kp, errMaterialDiffers)
+	}
+	if kp := byName[names[2]]; !strings.Contains(kp.Failed, names[2]) {
+		t.Errorf("local-seal: key not in the enclave: %+v, want a failure naming it", kp)
 	}
 	if err := verifyKESGenerate(ctx, kc, kmc, enclave, "no-such-key"); err == nil || !strings.Contains(err.Error(), "the KES server has no key \"no-such-key\"") {
 		t.Errorf("key unknown to KES: %v", err)

@@ -30,6 +30,8 @@ func runEmulate(ctx context.Context, env *cliEnv, args []string) error {
 	dropRate := fs.Float64("fault-drop-rate", 0, "fraction of requests whose connection is dropped")
 	var readings emulator.Readings
 	readings.Flags(fs)
+	var refuseFormats listFlag
+	fs.Var(&refuseFormats, "fault-refuse-format", "ciphertext format Decrypt refuses: msgpack or json (repeatable)")
 	verbose := fs.Bool("v", false, "log every request to stderr")
 	envFile := fs.String("env-file", "", "also write the RUNBOOK_KM_* lines to this file (0600) once serving, for scripts to source")
 	pos, err := parseArgs(fs, args[1:])
@@ -44,7 +46,10 @@ func runEmulate(ctx context.Context, env *cliEnv, args []string) error {
 			return &usageError{msg: "fault rates are fractions from 0 to 1"}
 		}
 	}
-	cfg := emulator.Config{Addr: *addr, Dir: *dir, Hosts: hosts, FaultErrorRate: *errRate, FaultLatency: *latency, FaultDropRate: *dropRate, Readings: readings}
+	if err := emulator.CheckRefuseFormats(refuseFormats); err != nil {
+		return &usageError{msg: err.Error()}
+	}
+	cfg := emulator.Config{Addr: *addr, Dir: *dir, Hosts: hosts, FaultErrorRate: *errRate, FaultLatency: *latency, FaultDropRate: *dropRate, FaultRefuseFormats: refuseFormats, Readings: readings}
 	if *verbose {
 		cfg.Logf = func(format string, a ...any) { fmt.Fprintf(env.stderr, "key-manager: "+format+"\n", a...) }
 	}

@@ -29,6 +29,8 @@ type KeyManagerOptions struct {
 	FaultErrorRate float64
 	FaultLatency   time.Duration
 	FaultDropRate  float64
+	// FaultRefuseFormats: ciphertext formats Decrypt refuses ("msgpack", "json").
+	FaultRefuseFormats []string
 
 	// Readings: how the emulator answers where the protocol leaves the
 	// server open (emulator.Readings); zero: the most demanding.
@@ -88,14 +90,15 @@ func startKeyManager(t TB, opts KeyManagerOptions) (*KeyManager, error) {
 		fmt.Fprintf(lf, time.Now().Format("15:04:05.000000 ")+format+"\n", args...)
 	}
 	srv, err := emulator.Start(emulator.Config{
-		Addr:           "127.0.0.1:0",
-		Dir:            dir,
-		Hosts:          []string{"127.0.0.1", "localhost"},
-		FaultErrorRate: opts.FaultErrorRate,
-		FaultLatency:   opts.FaultLatency,
-		FaultDropRate:  opts.FaultDropRate,
-		Readings:       opts.Readings,
-		Logf:           logf,
+		Addr:               "127.0.0.1:0",
+		Dir:                dir,
+		Hosts:              []string{"127.0.0.1", "localhost"},
+		FaultErrorRate:     opts.FaultErrorRate,
+		FaultLatency:       opts.FaultLatency,
+		FaultDropRate:      opts.FaultDropRate,
+		FaultRefuseFormats: opts.FaultRefuseFormats,
+		Readings:           opts.Readings,
+		Logf:               logf,
 	})
 	if err != nil {
 		lf.Close()
@@ -138,6 +141,9 @@ func startKeyManagerIn(t TB, opts KeyManagerOptions, dir, logFile string) (*KeyM
 		"--fault-latency", opts.FaultLatency.String(),
 		"--fault-drop-rate", strconv.FormatFloat(opts.FaultDropRate, 'g', -1, 64)}
 	args = append(args, opts.Readings.Args()...)
+	for _, f := range opts.FaultRefuseFormats {
+		args = append(args, "--fault-refuse-format", f)
+	}
 	path, args := opts.Host.Command(bin, args...)
 	km := &KeyManager{Dir: dir, LogFile: logFile, host: opts.Host}
 	var err error

@@ -22,12 +22,13 @@ import (
 //	    its own with a veth to it); sets TEST_HOST (its address,
 //	    10.253.N.2) and TEST_NETNS (the namespace). The -netns flags below
 //	    start a server inside it, listening on TEST_HOST.
-//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX] [-netns]
-//	    a KES server on an fs key store; sets PREFIX_SERVER (https URL),
+//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX] [-keystore DIR] [-config-extra FILE] [-netns]
+//	    a KES server on an fs key store (DIR, or a new one; FILE appended
+//	    to its config, e.g. a policy block); sets PREFIX_SERVER (https URL),
 //	    PREFIX_API_KEY (admin kes:v1: key), PREFIX_CA (CA file),
 //	    PREFIX_CONFIG (kesconf YAML), PREFIX_KEYSTORE (fs dir) and
 //	    PREFIX_LOG, PREFIX defaulting to KES.
-//	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F] [-netns]
+//	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F] [-fault-refuse-format msgpack|json] [-netns]
 //	    [-write-answer R] [-mixed R] [-batch R] [-deleted-names R]
 //	    the Key Manager emulator (with -netns a child process, runbook
 //	    emulate key-manager, inside the test host); sets KM_SERVER (https
@@ -124,9 +125,17 @@ func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
 	prefix := fs.String("key-prefix", "key-", "name prefix of the created keys")
 	env := fs.String("env", "KES", "prefix of the environment variables set")
 	netns := fs.Bool("netns", false, "run inside the script's test host")
+	keystore := fs.String("keystore", "", "serve this fs key store directory (default: a new one)")
+	extra := fs.String("config-extra", "", "append this file to the kesconf YAML (e.g. a policy block)")
 	parseFlags(ts, fs, args)
 
 	opts := KESOptions{V023: *v023, Keys: *keys, KeyPrefix: *prefix}
+	if *keystore != "" {
+		opts.KeyStoreDir = ts.MkAbs(*keystore)
+	}
+	if *extra != "" {
+		opts.ConfigExtra = ts.ReadFile(*extra)
+	}
 	if *netns {
 		opts.Host = scriptHost(ts, "kes-server")
 	}
@@ -151,6 +160,7 @@ func cmdKeyManager(ts *testscript.TestScript, neg bool, args []string) {
 	errRate := fs.Float64("fault-error-rate", 0, "fraction of requests answered with an error")
 	latency := fs.Duration("fault-latency", 0, "added latency per request")
 	dropRate := fs.Float64("fault-drop-rate", 0, "fraction of connections dropped")
+	refuse := fs.String("fault-refuse-format", "", "ciphertext format Decrypt refuses: msgpack or json")
 	netns := fs.Bool("netns", false, "run inside the script's test host, as a child process (runbook emulate key-manager)")
 	var readings emulator.Readings
 	readings.Flags(fs)
@@ -161,6 +171,9 @@ func cmdKeyManager(ts *testscript.TestScript, neg bool, args []string) {
 		FaultLatency:   *latency,
 		FaultDropRate:  *dropRate,
 		Readings:       readings,
+	}
+	if *refuse != "" {
+		opts.FaultRefuseFormats = []string{*refuse}
 	}
 	if *netns {
 		opts.Host = scriptHost(ts, "key-manager")

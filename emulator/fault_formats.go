@@ -1,0 +1,39 @@
+package emulator
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Ciphertext formats a fault can make Decrypt refuse (DOMAIN.md A6): a Key
+// Manager that opens raw ciphertexts of an imported key but not those KES
+// v0.22/v0.23 wrote. Whether the real minkms opens them is unconfirmed
+// (DOMAIN.md B5), so the migration must be able to tell.
+const (
+	FormatMsgpack = "msgpack" // first byte 0x95
+	FormatJSON    = "json"    // a JSON object
+)
+
+// CheckRefuseFormats validates Config.FaultRefuseFormats.
+func CheckRefuseFormats(formats []string) error {
+	for _, f := range formats {
+		if f != FormatMsgpack && f != FormatJSON {
+			return fmt.Errorf("emulator: cannot refuse ciphertext format %q: it must be %q or %q", f, FormatMsgpack, FormatJSON)
+		}
+	}
+	return nil
+}
+
+// refusesFormat reports whether the fault refuses ciphertext's format.
+func refusesFormat(refuse []string, ciphertext []byte) bool {
+	if len(refuse) == 0 || len(ciphertext) == 0 {
+		return false
+	}
+	switch ciphertext[0] {
+	case 0x95:
+		return slices.Contains(refuse, FormatMsgpack)
+	case '{':
+		return slices.Contains(refuse, FormatJSON)
+	}
+	return false
+}

@@ -1,0 +1,378 @@
+package steps
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	kesserver "github.com/minio/kes"
+	"github.com/minio/kms-go/kms"
+
+	"github.com/runbook-dev/runbook/internal/kescrypto"
+)
+
+// The proof, designed once for issues 10 and 12.
+//
+// For every key, a random plaintext is sealed here under the key's material
+// (read from the store) in every ciphertext format MinIO may forward for it,
+// and the Key Manager must decrypt each to the same plaintext: that proves
+// the enclave holds the store's key and opens what KES sealed under it. The
+// decrypts travel several per request (one Decrypt frame each, a read
+// command), so the Key Manager sees a request per verifyDecryptBatch
+// ciphertexts and the KES server none. That the KES server serves this very
+// store is proven apart: its complete name set must be the store's, and a
+// data key it generates on a sample of keys (verifyKESSample) must decrypt at
+// the Key Manager.
+//
+// Formats (DOMAIN.md A6, B5): raw (KES v0.24) for every key; for a key
+// stored in the KES v0.22/v0.23 JSON format, objects written then carry
+// msgpack ciphertexts (first byte 0x95), which MinIO forwards unchanged,
+// and possibly JSON ones, which MinIO converts to raw unless they fail to
+// parse; both are proven too.
+const (
+	formatRaw     = "raw"
+	formatMsgpack = "msgpack"
+	formatJSON    = "JSON"
+
+	// verifyDecryptBatch is how many Decrypt frames one request carries.
+	verifyDecryptBatch = 64
+	// verifyKESSample is how many keys get a KES round trip (generate at
+	// the KES server, decrypt at the Key Manager): its cost per call grows
+	// with the store, so it is a sample, not a call per key (issue 12).
+	verifyKESSample = 32
+)
+
+// ciphertextFormats are the formats proven for a key stored as stored.
+func ciphertextFormats(stored string) []string {
+	if stored == formatV023 {
+		return []string{formatRaw, formatMsgpack, formatJSON}
+	}
+	return []string{formatRaw}
+}
+
+// sealedProof is one ciphertext sealed here under a key's material, to be
+// decrypted at the Key Manager. plaintext is random and protects nothing.
+type sealedProof struct {
+	name, format          string
+	ciphertext, plaintext []byte
+	aad                   []byte
+}
+
+// sealProofs seals a fresh random plaintext under k in each format proven
+// for a key stored as stored. The caller still owns k.
+func sealProofs(name string, k kescrypto.Key, stored string) ([]sealedProof, error) {
+	aad := verifyContext(name)
+	var out []sealedProof
+	for _, f := range ciphertextFormats(stored) {
+		pt := make([]byte, 32)
+		if _, err := rand.Read(pt); err != nil {
+			return nil, fmt.Errorf("draw plaintext: %w", err)
+		}
+		var ct []byte
+		var err error
+		switch f {
+		case formatRaw:
+			ct, err = kescrypto.Seal(k, pt, aad)
+		case formatMsgpack:
+			ct, err = kescrypto.SealMsgpack(k, pt, aad)
+		case formatJSON:
+			ct, err = kescrypto.SealLegacyJSON(k, pt, aad)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("seal %s locally in the %s format: %w", name, f, err)
+		}
+		out = append(out, sealedProof{name: name, format: f, ciphertext: ct, plaintext: pt, aad: aad})
+	}
+	return out, nil
+}
+
+// proofOutcome is what the Key Manager did with one sealed proof.
+type proofOutcome int
+
+const (
+	outcomeProven  proofOutcome = iota // decrypted to the same plaintext
+	outcomeRefused                     // kms.ErrDecrypt: cannot open it
+	outcomeDiffers                     // decrypted, to another plaintext
+	outcomeNoKey                       // kms.ErrKeyNotFound
+)
+
+// decryptProofs has the Key Manager decrypt every proof, in requests of up
+// to verifyDecryptBatch frames, par requests at a time, and returns each
+// proof's outcome. A request the Key Manager fails (it answers with the
+// error of the first command that failed) is taken apart: each of its
+// proofs is decrypted on its own, so that every outcome is known. Errors
+// that are not about a proof (permission, transport after retries) are
+// returned.
+func decryptProofs(ctx context.Context, c *kms.Client, enclave string, proofs []sealedProof, par int, progress func(n int)) ([]proofOutcome, error) {
+	out := make([]proofOutcome, len(proofs))
+	batches := (len(proofs) + verifyDecryptBatch - 1) / verifyDecryptBatch
+	err := forEach(ctx, par, batches, func(ctx context.Context, b int) error {
+		lo, hi := b*verifyDecryptBatch, min(len(proofs), (b+1)*verifyDecryptBatch)
+		reqs := make([]*kms.DecryptRequest, 0, hi-lo)
+		for _, p := range proofs[lo:hi] {
+			reqs = append(reqs, &kms.DecryptRequest{Name: p.name, Version: 0, Ciphertext: p.ciphertext, AssociatedData: p.aad})
+		}
+		var resp []*kms.DecryptResponse
+		err := withRetry(ctx, func() error {
+			var err error
+			resp, err = c.Decrypt(ctx, enclave, reqs...)
+			return err
+		})
+		switch {
+		case err == nil && len(resp) == len(reqs):
+			for i, r := range resp {
+				out[lo+i] = compareProof(r.Plaintext, proofs[lo+i].plaintext)
+				clear(r.Plaintext)
+			}
+		case err == nil:
+			return fmt.Errorf("decrypt at the Key Manager: %d answers to %d commands", len(resp), len(reqs))
+		case errors.Is(err, kms.ErrDecrypt), errors.Is(err, kms.ErrKeyNotFound), len(reqs) > 1 && ctx.Err() == nil:
+			for i := range reqs {
+				o, err := decryptOne(ctx, c, enclave, reqs[i], proofs[lo+i].plaintext)
+				if err != nil {
+					return err
+				}
+				out[lo+i] = o
+			}
+		default:
+			return fmt.Errorf("decrypt at the Key Manager: %w", permanentHint(err, enclave))
+		}
+		if progress != nil {
+			progress(hi - lo)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func decryptOne(ctx context.Context, c *kms.Client, enclave string, req *kms.DecryptRequest, want []byte) (proofOutcome, error) {
+	var resp []*kms.DecryptResponse
+	err := withRetry(ctx, func() error {
+		var err error
+		resp, err = c.Decrypt(ctx, enclave, req)
+		return err
+	})
+	switch {
+	case errors.Is(err, kms.ErrDecrypt):
+		return outcomeRefused, nil
+	case errors.Is(err, kms.ErrKeyNotFound):
+		return outcomeNoKey, nil
+	case err != nil:
+		return 0, fmt.Errorf("decrypt at the Key Manager: %w", permanentHint(err, enclave))
+	case len(resp) != 1:
+		return 0, fmt.Errorf("decrypt at the Key Manager: %d answers to one command", len(resp))
+	}
+	defer clear(resp[0].Plaintext)
+	return compareProof(resp[0].Plaintext, want), nil
+}
+
+func compareProof(got, want []byte) proofOutcome {
+	if subtle.ConstantTimeCompare(got, want) == 1 {
+		return outcomeProven
+	}
+	return outcomeDiffers
+}
+
+// keyProof is what the proofs of one key found.
+type keyProof struct {
+	Name    string
+	Formats []string // proven, in order
+	// Failed is empty when every format was proven; otherwise why not.
+	Failed string
+	// RefusedFormats are formats the Key Manager would not open although
+	// the raw one, under the same material, decrypted: it refuses the
+	// format, not the key.
+	RefusedFormats []string
+}
+
+// judgeProofs groups the outcomes by key.
+func judgeProofs(proofs []sealedProof, outcomes []proofOutcome) []keyProof {
+	byName := map[string]*keyProof{}
+	var order []string
+	raw := map[string]proofOutcome{}
+	for i, p := range proofs {
+		if p.format == formatRaw {
+			raw[p.name] = outcomes[i]
+		}
+	}
+	for i, p := range proofs {
+		kp := byName[p.name]
+		if kp == nil {
+			kp = &keyProof{Name: p.name}
+			byName[p.name] = kp
+			order = append(order, p.name)
+		}
+		switch o := outcomes[i]; {
+		case o == outcomeProven:
+			kp.Formats = append(kp.Formats, p.format)
+		case o == outcomeNoKey:
+			kp.Failed = fmt.Sprintf("the enclave has no key %q", p.name)
+		case p.format != formatRaw && raw[p.name] == outcomeProven:
+			kp.RefusedFormats = append(kp.RefusedFormats, p.format)
+			if kp.Failed == "" {
+				kp.Failed = "the Key Manager does not decrypt the " + p.format + " format"
+			}
+		case p.format == formatRaw:
+			kp.Failed = errMaterialDiffers.Error() + ": the enclave's key does not decrypt what the store's key sealed to the same plaintext"
+		}
+	}
+	sort.Strings(order)
+	out := make([]keyProof, 0, len(order))
+	for _, n := range order {
+		out = append(out, *byName[n])
+	}
+	return out
+}
+
+// formatRefusalMessage names, per format, the keys whose ciphertexts of
+// that format the Key Manager refuses although it holds their material.
+func formatRefusalMessage(enclave string, kps []keyProof) string {
+	by := map[string][]string{}
+	for _, kp := range kps {
+		for _, f := range kp.RefusedFormats {
+			by[f] = append(by[f], kp.Name)
+		}
+	}
+	var parts []string
+	for _, f := range []string{formatMsgpack, formatJSON} {
+		names := by[f]
+		if len(names) == 0 {
+			continue
+		}
+		what := "KES v0.22/v0.23 msgpack ciphertexts (first byte 0x95), which MinIO forwards unchanged: objects written under these keys before KES v0.24 would not read after the cutover"
+		if f == formatJSON {
+			what = "legacy JSON ciphertexts, which MinIO forwards unchanged when it cannot parse them"
+		}
+		parts = append(parts, fmt.Sprintf("the Key Manager of enclave %s holds the material of %d key(s) but refuses the %s format: %s; %s", enclave, len(names), f, what, verifyNameList(names, verifyShown)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// proofCheckpoint is the data of a verification "key/NAME" checkpoint: which
+// proof the key got. It holds no material.
+type proofCheckpoint struct {
+	Proof       string   `json:"proof"`
+	Formats     []string `json:"formats,omitempty"`
+	KESGenerate bool     `json:"kes_generate,omitempty"`
+}
+
+// checkpointProofs makes the checkpoints of the proven keys durable,
+// appended concurrently so that they share the journal's group commit.
+func checkpointProofs(ctx context.Context, checkpoint func(item string, data any) error, kps []keyProof, kesProven map[string]bool, par int) error {
+	return forEach(ctx, par, len(kps), func(ctx context.Context, i int) error {
+		kp := kps[i]
+		return checkpoint("key/"+kp.Name, proofCheckpoint{Proof: proofLocalSeal, Formats: kp.Formats, KESGenerate: kesProven[kp.Name]})
+	})
+}
+
+// kesSample picks up to n names of names, spread by a random permutation.
+func kesSample(names []string, n int) []string {
+	if len(names) <= n {
+		return slices.Clone(names)
+	}
+	var b [8]byte
+	rand.Read(b[:])
+	seed := uint64(0)
+	for _, x := range b {
+		seed = seed<<8 | uint64(x)
+	}
+	return verifySample(names, n, seed)
+}
+
+// checkpointParallelism bounds the checkpoints appended at once: enough to
+// share the journal's group commit.
+const checkpointParallelism = 128
+
+// readAndSeal reads and parses every key of names from the store, and seals
+// the proofs of those in prove. It returns the entries that do not parse
+// and the proofs, sorted by key then format. Material is wiped as soon as
+// a key's proofs are sealed.
+func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStore, names []string, prove map[string]bool) ([]problem, []sealedProof, error) {
+	var (
+		mu         sync.Mutex
+		unparsable []problem
+		proofs     []sealedProof
+	)
+	err := forEach(ctx, checkpointParallelism, len(names), func(ctx context.Context, i int) error {
+		name := names[i]
+		var raw []byte
+		err := withRetry(ctx, func() error {
+			var err error
+			raw, err = ks.Get(ctx, name)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("read key %q from the key store: %w (was it deleted since the listing? halt key changes at KES first)", name, err)
+		}
+		k, format, reason := parseEntry(raw)
+		clear(raw)
+		if reason != "" {
+			mu.Lock()
+			unparsable = append(unparsable, problem{Name: name, Reason: reason})
+			mu.Unlock()
+			return nil
+		}
+		defer clear(k.Material)
+		defer clear(k.HMAC)
+		if !prove[name] {
+			return nil
+		}
+		ps, err := sealProofs(name, k, format)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		proofs = append(proofs, ps...)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	slices.SortFunc(unparsable, func(a, b problem) int { return strings.Compare(a.Name, b.Name) })
+	order := map[string]int{formatRaw: 0, formatMsgpack: 1, formatJSON: 2}
+	slices.SortFunc(proofs, func(a, b sealedProof) int {
+		if c := strings.Compare(a.name, b.name); c != 0 {
+			return c
+		}
+		return order[a.format] - order[b.format]
+	})
+	return unparsable, proofs, nil
+}
+
+// proofNames are the keys proofs are about, sorted, once each.
+func proofNames(proofs []sealedProof) []string {
+	var out []string
+	for _, p := range proofs {
+		if len(out) == 0 || out[len(out)-1] != p.name {
+			out = append(out, p.name)
+		}
+	}
+	return out
+}
+
+func problemNames(ps []problem) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.Name
+	}
+	return out
+}
+
+// verifyMatchProblems keeps the entries whose name matches a glob.
+func verifyMatchProblems(ps []problem, pattern string) []problem {
+	var out []problem
+	for _, p := range ps {
+		if ok, _ := path.Match(pattern, p.Name); ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
