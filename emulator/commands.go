@@ -4,17 +4,12 @@ import (
 	"crypto/rand"
 	"net/http"
 	"path"
-	"strconv"
-	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"aead.dev/mtls"
 	"github.com/minio/kms-go/kms"
 	"github.com/minio/kms-go/kms/cmds"
 	pb "github.com/minio/kms-go/kms/protobuf"
-	"github.com/runbook-dev/runbook/internal/kescrypto"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -26,72 +21,145 @@ const (
 
 func badRequest(msg string) error { return kms.Error{Code: http.StatusBadRequest, Err: msg} }
 
-// newRequest returns an empty request message for the command c, or nil
-// if the command is unknown. supported reports whether the emulator
-// implements it.
-func newRequest(c cmds.Command) (msg proto.Message, supported bool) {
-	switch c {
-	case cmds.ClusterStatus:
-		return &pb.ClusterStatusRequest{}, true
-	case cmds.ClusterAddNode:
-		return &pb.AddClusterNodeRequest{}, false
-	case cmds.ClusterRemoveNode:
-		return &pb.RemoveClusterNodeRequest{}, false
-	case cmds.ClusterEdit:
-		return &pb.EditClusterRequest{}, false
-	case cmds.EnclaveCreate:
-		return &pb.CreateEnclaveRequest{}, true
-	case cmds.EnclaveDelete:
-		return &pb.DeleteEnclaveRequest{}, true
-	case cmds.EnclaveStatus:
-		return &pb.EnclaveStatusRequest{}, true
-	case cmds.EnclaveList, cmds.KeyList, cmds.PolicyList, cmds.IdentityList:
-		return &pb.ListRequest{}, true
-	case cmds.KeyCreate:
-		return &pb.CreateKeyRequest{}, true
-	case cmds.KeyDelete:
-		return &pb.DeleteKeyRequest{}, true
-	case cmds.KeyImport:
-		return &pb.ImportKeyRequest{}, true
-	case cmds.KeyStatus:
-		return &pb.KeyStatusRequest{}, true
-	case cmds.KeyEncrypt:
-		return &pb.EncryptRequest{}, true
-	case cmds.KeyDecrypt:
-		return &pb.DecryptRequest{}, true
-	case cmds.KeyGenerate:
-		return &pb.GenerateKeyRequest{}, true
-	case cmds.KeyListVersions:
-		return &pb.KeyStatusRequest{}, false
-	case cmds.PolicyCreate:
-		return &pb.CreatePolicyRequest{}, true
-	case cmds.PolicyDelete:
-		return &pb.DeletePolicyRequest{}, true
-	case cmds.PolicyAssign:
-		return &pb.AssignPolicyRequest{}, true
-	case cmds.PolicyGet, cmds.PolicyStatus:
-		return &pb.PolicyRequest{}, true
-	case cmds.IdentityCreate:
-		return &pb.CreateIdentityRequest{}, true
-	case cmds.IdentityDelete:
-		return &pb.DeleteIdentityRequest{}, true
-	case cmds.IdentityGet:
-		return &pb.IdentityRequest{}, true
-	}
-	return nil, false
+// scope says who may send a command and what it acts on.
+type scope int
+
+const (
+	// scopeCluster: enclaves and the cluster. SysAdmin only; the enclave
+	// in the URL is ignored.
+	scopeCluster scope = iota
+	// scopeEnclave: keys and policies of the enclave named in the URL.
+	scopeEnclave
+	// scopeIdentity: identities of the enclave named in the URL, or the
+	// global SysAdmin identities when the URL names none (the vendor's
+	// client sends an empty enclave for them: /v1/kms).
+	scopeIdentity
+)
+
+// call is one command of a request as its check sees it. The state is
+// locked for as long as check runs.
+type call struct {
+	srv    *Server
+	st     *state
+	tx     *tx // the request's writes
+	caller mtls.Identity
+	e      *enclave // nil for scopeCluster, and for global identities
+	a      access
+	cmd    cmds.Command
+	req    proto.Message
 }
 
-// validName reports whether s is acceptable as enclave, key or policy name.
-func validName(s string) bool {
-	if s == "" || len(s) > 1024 || !utf8.ValidString(s) || strings.ContainsAny(s, "/\\") {
-		return false
+// write stages rec as this command's change (applied now, logged with the
+// request's other writes).
+func (x *call) write(rec *record) (run, error) { return nil, x.tx.apply(rec) }
+
+// run computes a read command's answer after the state is unlocked: it
+// must only use what its check captured (key versions are immutable).
+type run func() (proto.Message, error)
+
+// answer is the run of a read whose answer check already built.
+func answer(m proto.Message) (run, error) {
+	return func() (proto.Message, error) { return m, nil }, nil
+}
+
+// command is one entry of the dispatch table.
+type command struct {
+	scope scope
+	// new returns an empty request message for decoding.
+	new func() proto.Message
+	// check authorizes and validates the command and, for a write, stages
+	// its record; for a read it returns the run that builds the answer.
+	// It runs with the state locked, taken and released by Server.execute
+	// only. nil: a command the emulator knows but does not implement.
+	check func(x *call) (run, error)
+}
+
+// commands is the dispatch table: every command code of kms-go cmds/command.go.
+var commands map[cmds.Command]command
+
+func init() {
+	msg := func(m proto.Message) func() proto.Message {
+		return func() proto.Message { return proto.Clone(m) }
 	}
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			return false
+	commands = map[cmds.Command]command{
+		cmds.ClusterStatus:     {scopeCluster, msg(&pb.ClusterStatusRequest{}), checkClusterStatus},
+		cmds.ClusterAddNode:    {scopeCluster, msg(&pb.AddClusterNodeRequest{}), nil},
+		cmds.ClusterRemoveNode: {scopeCluster, msg(&pb.RemoveClusterNodeRequest{}), nil},
+		cmds.ClusterEdit:       {scopeCluster, msg(&pb.EditClusterRequest{}), nil},
+
+		cmds.EnclaveCreate: {scopeCluster, msg(&pb.CreateEnclaveRequest{}), checkEnclaveCreate},
+		cmds.EnclaveDelete: {scopeCluster, msg(&pb.DeleteEnclaveRequest{}), checkEnclaveDelete},
+		cmds.EnclaveStatus: {scopeCluster, msg(&pb.EnclaveStatusRequest{}), checkEnclaveStatus},
+		cmds.EnclaveList:   {scopeCluster, msg(&pb.ListRequest{}), checkEnclaveList},
+
+		cmds.KeyCreate:       {scopeEnclave, msg(&pb.CreateKeyRequest{}), checkKeyAdd},
+		cmds.KeyImport:       {scopeEnclave, msg(&pb.ImportKeyRequest{}), checkKeyAdd},
+		cmds.KeyDelete:       {scopeEnclave, msg(&pb.DeleteKeyRequest{}), checkKeyDelete},
+		cmds.KeyStatus:       {scopeEnclave, msg(&pb.KeyStatusRequest{}), checkKeyStatus},
+		cmds.KeyEncrypt:      {scopeEnclave, msg(&pb.EncryptRequest{}), checkKeyEncrypt},
+		cmds.KeyDecrypt:      {scopeEnclave, msg(&pb.DecryptRequest{}), checkKeyDecrypt},
+		cmds.KeyGenerate:     {scopeEnclave, msg(&pb.GenerateKeyRequest{}), checkKeyGenerate},
+		cmds.KeyList:         {scopeEnclave, msg(&pb.ListRequest{}), checkKeyList},
+		cmds.KeyListVersions: {scopeEnclave, msg(&pb.KeyStatusRequest{}), nil},
+
+		cmds.PolicyCreate: {scopeEnclave, msg(&pb.CreatePolicyRequest{}), checkPolicyCreate},
+		cmds.PolicyDelete: {scopeEnclave, msg(&pb.DeletePolicyRequest{}), checkPolicyDelete},
+		cmds.PolicyAssign: {scopeEnclave, msg(&pb.AssignPolicyRequest{}), checkPolicyAssign},
+		cmds.PolicyGet:    {scopeEnclave, msg(&pb.PolicyRequest{}), checkPolicyGet},
+		cmds.PolicyStatus: {scopeEnclave, msg(&pb.PolicyRequest{}), checkPolicyGet},
+		cmds.PolicyList:   {scopeEnclave, msg(&pb.ListRequest{}), checkPolicyList},
+
+		cmds.IdentityCreate: {scopeIdentity, msg(&pb.CreateIdentityRequest{}), checkIdentityCreate},
+		cmds.IdentityDelete: {scopeIdentity, msg(&pb.DeleteIdentityRequest{}), checkIdentityDelete},
+		cmds.IdentityGet:    {scopeIdentity, msg(&pb.IdentityRequest{}), checkIdentityGet},
+		cmds.IdentityList:   {scopeIdentity, msg(&pb.ListRequest{}), checkIdentityList},
+	}
+}
+
+// check finds the caller's access for one decoded frame and runs the
+// command's check. The state is locked.
+func (s *Server) check(t *tx, caller mtls.Identity, encName string, f frame) (run, error) {
+	st := s.st
+	x := &call{srv: s, st: st, tx: t, caller: caller, cmd: f.cmd, req: f.req}
+	switch {
+	case f.def.scope == scopeCluster, f.def.scope == scopeIdentity && encName == "":
+		if x.a = st.accessLocked(caller, nil); !x.a.sys {
+			return nil, kms.ErrPermission
+		}
+	default:
+		x.e = st.enclaves[encName]
+		if x.a = st.accessLocked(caller, x.e); !x.a.any() {
+			return nil, kms.ErrPermission
+		}
+		if x.e == nil {
+			return nil, kms.ErrEnclaveNotFound
 		}
 	}
-	return true
+	return f.def.check(x)
+}
+
+// validEnclaveName reports whether an enclave name can be addressed: the
+// vendor's client puts it into the request path as one segment
+// (client.go Send: url.JoinPath("/v1/kms/", enclave)), and an empty one
+// addresses the enclave-less commands. Nothing else is stated.
+func validEnclaveName(s string) bool {
+	return s != "" && s != "." && s != ".." && !containsByte(s, '/')
+}
+
+// validName reports whether s is acceptable as a key or policy name. The
+// vendor states no rule for them (kms-go request.go and request.proto
+// carry them as protobuf strings, so they are UTF-8); an empty name is
+// refused because it is the protobuf default, indistinguishable from a
+// name left out.
+func validName(s string) bool { return s != "" }
+
+func containsByte(s string, b byte) bool {
+	for i := range len(s) {
+		if s[i] == b {
+			return true
+		}
+	}
+	return false
 }
 
 // access describes what a caller may do within one enclave.
@@ -103,6 +171,17 @@ type access struct {
 }
 
 func (a access) any() bool { return a.sys || a.admin || a.pol != nil || a.user != nil }
+
+// privilege is the caller's privilege: SysAdmin, Admin or User.
+func (a access) privilege() kms.Privilege {
+	switch {
+	case a.sys:
+		return kms.SysAdmin
+	case a.admin:
+		return kms.Admin
+	}
+	return kms.User
+}
 
 // allowed reports whether the caller may run c with the argument arg
 // (key, policy or identity name) inside the enclave. For a User, a
@@ -173,98 +252,29 @@ func (s *state) accessLocked(caller mtls.Identity, e *enclave) access {
 	return access{}
 }
 
-func isEnclaveCmd(c cmds.Command) bool { return c < 200 }
-
-// exec runs one command for caller against the enclave named in the URL
-// path and returns the response message (nil for write commands).
-func (s *Server) exec(caller mtls.Identity, encName string, c cmds.Command, req proto.Message) (proto.Message, error) {
-	st := s.st
-	if isEnclaveCmd(c) {
-		st.mu.Lock()
-		defer st.mu.Unlock()
-		if !st.accessLocked(caller, nil).sys {
-			return nil, kms.ErrPermission
+// privilegeOf is the privilege an identity acts with: a service account's
+// is its parent's (kms-go response.go IdentityResponse: service accounts
+// inherit the permissions of their parent identity).
+func (s *state) privilegeOf(e *enclave, id *identity) kms.Privilege {
+	if !id.ServiceAccount {
+		return id.Privilege
+	}
+	if id.CreatedBy == s.root || s.sysadmins[id.CreatedBy] != nil {
+		return kms.SysAdmin
+	}
+	if e != nil {
+		if p, ok := e.identities[id.CreatedBy]; ok && !p.ServiceAccount {
+			return p.Privilege
 		}
-		return s.execEnclave(caller, c, req)
 	}
-	if c >= cmds.IdentityCreate && encName == "" {
-		st.mu.Lock()
-		defer st.mu.Unlock()
-		if !st.accessLocked(caller, nil).sys {
-			return nil, kms.ErrPermission
-		}
-		return s.execIdentity(caller, nil, access{sys: true}, c, req)
-	}
-
-	st.mu.Lock()
-	e := st.enclaves[encName]
-	a := st.accessLocked(caller, e)
-	if !a.any() {
-		st.mu.Unlock()
-		return nil, kms.ErrPermission
-	}
-	if e == nil {
-		st.mu.Unlock()
-		return nil, kms.ErrEnclaveNotFound
-	}
-	switch {
-	case c >= cmds.IdentityCreate:
-		defer st.mu.Unlock()
-		return s.execIdentity(caller, e, a, c, req)
-	case c >= cmds.PolicyCreate:
-		defer st.mu.Unlock()
-		return s.execPolicy(caller, e, a, c, req)
-	default:
-		return s.execKey(caller, e, a, c, req) // unlocks st.mu
-	}
+	return kms.User
 }
 
-func (s *Server) execEnclave(caller mtls.Identity, c cmds.Command, req proto.Message) (proto.Message, error) {
-	st := s.st
-	status := func(e *enclave) *pb.EnclaveStatusResponse {
-		return &pb.EnclaveStatusResponse{Name: e.Name, CreatedAt: pb.Time(e.CreatedAt), CreatedBy: e.CreatedBy.String()}
-	}
-	switch c {
-	case cmds.ClusterStatus:
-		return &pb.ClusterStatusResponse{
-			NodesUp: map[uint32]*pb.ServerStatusResponse{0: {
-				Version: Version, APIVersion: "v1", Host: s.Addr(), UpTime: pb.Duration(time.Since(s.started)),
-				Role: "Leader", Commit: uint64(st.records), Nodes: map[uint32]string{0: s.Addr()},
-			}},
-			NodesDown: map[uint32]string{},
-		}, nil
-	case cmds.EnclaveCreate:
-		name := req.(*pb.CreateEnclaveRequest).Name
-		if !validName(name) {
-			return nil, badRequest("invalid enclave name")
-		}
-		if _, ok := st.enclaves[name]; ok {
-			return nil, kms.ErrEnclaveExists
-		}
-		return nil, st.commit(&record{Op: opEnclaveCreate, Name: name, At: now(), By: caller.String()})
-	case cmds.EnclaveDelete:
-		name := req.(*pb.DeleteEnclaveRequest).Name
-		if _, ok := st.enclaves[name]; !ok {
-			return nil, kms.ErrEnclaveNotFound
-		}
-		return nil, st.commit(&record{Op: opEnclaveDelete, Name: name, At: now(), By: caller.String()})
-	case cmds.EnclaveStatus:
-		e, ok := st.enclaves[req.(*pb.EnclaveStatusRequest).Name]
-		if !ok {
-			return nil, kms.ErrEnclaveNotFound
-		}
-		return status(e), nil
-	case cmds.EnclaveList:
-		lr := req.(*pb.ListRequest)
-		names, next := paginate(sortedMapKeys(st.enclaves), lr.Prefix, lr.ContinueAt, pageSize(lr.Limit), nil)
-		resp := &pb.ListEnclavesResponse{ContinueAt: next}
-		for _, n := range names {
-			resp.Enclaves = append(resp.Enclaves, status(st.enclaves[n]))
-		}
-		return resp, nil
-	}
-	return nil, badRequest("unknown command")
-}
+// outranks reports whether privilege p is higher than q (SysAdmin > Admin
+// > User; kms-go identity.go numbers them from 1 = SysAdmin).
+func outranks(p, q kms.Privilege) bool { return p < q }
+
+func now() time.Time { return time.Now().UTC() }
 
 func pageSize(limit uint32) int {
 	if limit == 0 {
@@ -273,438 +283,66 @@ func pageSize(limit uint32) int {
 	return int(min(limit, maxPageSize))
 }
 
-func now() time.Time { return time.Now().UTC() }
-
-func keyStatus(name string, kv *keyVersion) *pb.KeyStatusResponse {
-	return &pb.KeyStatusResponse{
-		Name: name, Version: uint32(kv.Version), Type: kv.Key.Algorithm.String(),
-		CreatedAt: pb.Time(kv.Key.CreatedAt), CreatedBy: kv.Key.CreatedBy,
-	}
-}
-
-func parseKeyType(s string) (kescrypto.Algorithm, error) {
-	switch s {
-	case "", "AES256":
-		return kescrypto.AES256, nil
-	case "ChaCha20":
-		return kescrypto.ChaCha20, nil
-	}
-	return 0, badRequest("invalid key type '" + s + "': want AES256 or ChaCha20")
-}
-
 func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b) // never fails (crypto/rand)
 	return b
 }
 
-// execKey runs a key command. It is called with st.mu held and releases it.
-func (s *Server) execKey(caller mtls.Identity, e *enclave, a access, c cmds.Command, req proto.Message) (proto.Message, error) {
-	st := s.st
-	locked := true
-	unlock := func() {
-		if locked {
-			locked = false
-			st.mu.Unlock()
-		}
-	}
-	defer unlock()
+// ---------------------------------------------------------------------------
+// Cluster and enclaves.
 
-	// versionsFor returns the key versions to use for a crypto operation.
-	versionsFor := func(name string, version uint32) ([]*keyVersion, error) {
-		if !a.allowed(c, name) {
-			return nil, kms.ErrPermission
-		}
-		r, ok := e.keys[name]
-		if !ok {
-			return nil, kms.ErrKeyNotFound
-		}
-		if version == 0 {
-			return r.versions, nil // immutable: apply replaces slices instead of editing them
-		}
-		kv := r.version(int(version))
-		if kv == nil {
-			return nil, kms.ErrKeyNotFound
-		}
-		return []*keyVersion{kv}, nil
-	}
-
-	switch c {
-	case cmds.KeyCreate, cmds.KeyImport:
-		var (
-			name, typ  string
-			material   []byte
-			addVersion bool
-		)
-		if r, ok := req.(*pb.CreateKeyRequest); ok {
-			name, typ, addVersion = r.Name, r.Type, r.AddVersion
-		} else {
-			r := req.(*pb.ImportKeyRequest)
-			name, typ, material = r.Name, r.Type, r.Key
-		}
-		if !a.allowed(c, name) {
-			return nil, kms.ErrPermission
-		}
-		if !validName(name) {
-			return nil, badRequest("invalid key name")
-		}
-		alg, err := parseKeyType(typ)
-		if err != nil {
-			return nil, err
-		}
-		rec := &record{Op: opKeyAdd, Enclave: e.Name, Name: name, Version: 1, Type: alg.String(), At: now(), By: caller.String()}
-		if c == cmds.KeyImport {
-			if len(material) != kescrypto.KeySize {
-				return nil, badRequest("invalid key length " + strconv.Itoa(len(material)) + ": want 32 bytes")
-			}
-			rec.Key, rec.Import = material, true
-		} else {
-			rec.Key, rec.HMAC = randomBytes(kescrypto.KeySize), randomBytes(kescrypto.KeySize)
-		}
-		if r, ok := e.keys[name]; ok {
-			if !addVersion {
-				return nil, kms.ErrKeyExists
-			}
-			rec.Version = r.next
-			if typ == "" { // a new version keeps the key's type unless one is given
-				rec.Type = r.latest().Key.Algorithm.String()
-			}
-		}
-		return nil, st.commit(rec)
-
-	case cmds.KeyDelete:
-		r := req.(*pb.DeleteKeyRequest)
-		if !a.allowed(c, r.Name) {
-			return nil, kms.ErrPermission
-		}
-		if r.AllVersions && r.Version > 0 {
-			return nil, badRequest("invalid request: all_versions and a non-zero version are incompatible")
-		}
-		ring, ok := e.keys[r.Name]
-		if !ok {
-			return nil, kms.ErrKeyNotFound
-		}
-		rec := &record{Op: opKeyDelete, Enclave: e.Name, Name: r.Name, At: now(), By: caller.String()}
-		if !r.AllVersions {
-			kv := ring.version(int(r.Version))
-			if kv == nil {
-				return nil, kms.ErrKeyNotFound
-			}
-			rec.Version = kv.Version
-		}
-		return nil, st.commit(rec)
-
-	case cmds.KeyStatus:
-		r := req.(*pb.KeyStatusRequest)
-		vs, err := versionsFor(r.Name, r.Version)
-		if err != nil {
-			return nil, err
-		}
-		return keyStatus(r.Name, vs[len(vs)-1]), nil
-
-	case cmds.KeyList:
-		r := req.(*pb.ListRequest)
-		if !a.mayList(c) {
-			return nil, kms.ErrPermission
-		}
-		keep := func(n string) bool { return a.allowed(c, n) }
-		names, next := paginate(e.sortedKeys(), r.Prefix, r.ContinueAt, pageSize(r.Limit), keep)
-		resp := &pb.ListKeysResponse{ContinueAt: next, Keys: make([]*pb.KeyStatusResponse, 0, len(names))}
-		for _, n := range names {
-			resp.Keys = append(resp.Keys, keyStatus(n, e.keys[n].latest()))
-		}
-		return resp, nil
-
-	case cmds.KeyEncrypt:
-		r := req.(*pb.EncryptRequest)
-		vs, err := versionsFor(r.Name, r.Version)
-		if err != nil {
-			return nil, err
-		}
-		unlock()
-		kv := vs[len(vs)-1]
-		ct, err := kescrypto.Seal(kv.Key, r.Plaintext, r.AssociatedData)
-		if err != nil {
-			return nil, kms.Error{Code: 500, Err: "encryption failed"}
-		}
-		return &pb.EncryptResponse{Version: uint32(kv.Version), Ciphertext: ct}, nil
-
-	case cmds.KeyGenerate:
-		r := req.(*pb.GenerateKeyRequest)
-		vs, err := versionsFor(r.Name, r.Version)
-		if err != nil {
-			return nil, err
-		}
-		unlock()
-		n := int(r.Length)
-		if n == 0 {
-			n = 32
-		}
-		if n > maxDataKeyLen {
-			return nil, badRequest("invalid data key length " + strconv.Itoa(n) + ": at most 1024 bytes")
-		}
-		kv := vs[len(vs)-1]
-		plaintext := randomBytes(n)
-		ct, err := kescrypto.Seal(kv.Key, plaintext, r.AssociatedData)
-		if err != nil {
-			return nil, kms.Error{Code: 500, Err: "encryption failed"}
-		}
-		return &pb.GenerateKeyResponse{Version: uint32(kv.Version), Plaintext: plaintext, Ciphertext: ct}, nil
-
-	case cmds.KeyDecrypt:
-		r := req.(*pb.DecryptRequest)
-		vs, err := versionsFor(r.Name, r.Version)
-		if err != nil {
-			return nil, err
-		}
-		unlock()
-		if refusesFormat(s.cfg.FaultRefuseFormats, r.Ciphertext) {
-			return nil, kms.ErrDecrypt
-		}
-		for i := len(vs) - 1; i >= 0; i-- { // newest first
-			if pt, err := kescrypto.Open(vs[i].Key, r.Ciphertext, r.AssociatedData); err == nil {
-				if pt == nil {
-					pt = []byte{}
-				}
-				return &pb.DecryptResponse{Plaintext: pt}, nil
-			}
-		}
-		return nil, kms.ErrDecrypt
-	}
-	return nil, badRequest("unknown command")
+func checkClusterStatus(x *call) (run, error) {
+	s := x.srv
+	return answer(&pb.ClusterStatusResponse{
+		NodesUp: map[uint32]*pb.ServerStatusResponse{0: {
+			Version: Version, APIVersion: "v1", Host: s.Addr(), UpTime: pb.Duration(time.Since(s.started)),
+			Role: "Leader", Commit: uint64(x.st.records), Nodes: map[uint32]string{0: s.Addr()},
+		}},
+		NodesDown: map[uint32]string{},
+	})
 }
 
-func (s *Server) execPolicy(caller mtls.Identity, e *enclave, a access, c cmds.Command, req proto.Message) (proto.Message, error) {
-	st := s.st
-	switch c {
-	case cmds.PolicyCreate:
-		r := req.(*pb.CreatePolicyRequest)
-		if !a.allowed(c, r.Name) {
-			return nil, kms.ErrPermission
-		}
-		if !validName(r.Name) {
-			return nil, badRequest("invalid policy name")
-		}
-		rec := &record{Op: opPolicyPut, Enclave: e.Name, Name: r.Name, Allow: map[string][]string{}, Deny: map[string][]string{}, At: now(), By: caller.String()}
-		for dst, src := range map[*map[string][]string]map[string]*pb.RuleSet{&rec.Allow: r.Allow, &rec.Deny: r.Deny} {
-			for name, set := range src {
-				cmd, err := cmds.Parse(name)
-				if err != nil {
-					return nil, badRequest("invalid policy: unknown command '" + name + "'")
-				}
-				var pats []string
-				for p := range set.GetRules() {
-					if p == "" {
-						continue
-					}
-					if _, err := path.Match(p, ""); err != nil {
-						return nil, badRequest("invalid policy: malformed pattern '" + p + "'")
-					}
-					pats = append(pats, p)
-				}
-				(*dst)[cmd.String()] = pats
-			}
-		}
-		return nil, st.commit(rec)
-
-	case cmds.PolicyDelete:
-		r := req.(*pb.DeletePolicyRequest)
-		if !a.allowed(c, r.Name) {
-			return nil, kms.ErrPermission
-		}
-		if _, ok := e.policies[r.Name]; !ok {
-			return nil, kms.ErrPolicyNotFound
-		}
-		return nil, st.commit(&record{Op: opPolicyDelete, Enclave: e.Name, Name: r.Name, At: now(), By: caller.String()})
-
-	case cmds.PolicyAssign:
-		r := req.(*pb.AssignPolicyRequest)
-		if !a.allowed(c, r.Policy) {
-			return nil, kms.ErrPermission
-		}
-		idt, err := mtls.ParseIdentity(r.Identity)
-		if err != nil || idt.IsZero() {
-			return nil, badRequest("invalid identity")
-		}
-		if _, ok := e.policies[r.Policy]; !ok {
-			return nil, kms.ErrPolicyNotFound
-		}
-		id, ok := e.identities[idt]
-		if !ok {
-			return nil, kms.ErrIdentityNotFound
-		}
-		if id.Privilege != kms.User {
-			return nil, badRequest("policies can only be assigned to identities with the User privilege")
-		}
-		updated := *id
-		updated.Policy = r.Policy
-		return nil, st.commit(identityRecord(e.Name, &updated))
-
-	case cmds.PolicyGet, cmds.PolicyStatus:
-		r := req.(*pb.PolicyRequest)
-		if !a.allowed(c, r.Name) {
-			return nil, kms.ErrPermission
-		}
-		p, ok := e.policies[r.Name]
-		if !ok {
-			return nil, kms.ErrPolicyNotFound
-		}
-		if c == cmds.PolicyStatus {
-			return &pb.PolicyStatusResponse{Name: p.Name, CreatedAt: pb.Time(p.CreatedAt), CreatedBy: p.CreatedBy.String()}, nil
-		}
-		conv := func(m map[cmds.Command][]string) map[string]*pb.RuleSet {
-			out := make(map[string]*pb.RuleSet, len(m))
-			for cmd, pats := range m {
-				rs := &pb.RuleSet{Rules: make(map[string]*pb.Rule, len(pats))}
-				for _, p := range pats {
-					rs.Rules[p] = &pb.Rule{}
-				}
-				out[cmd.String()] = rs
-			}
-			return out
-		}
-		return &pb.PolicyResponse{Name: p.Name, Allow: conv(p.Allow), Deny: conv(p.Deny), CreatedAt: pb.Time(p.CreatedAt), CreatedBy: p.CreatedBy.String()}, nil
-
-	case cmds.PolicyList:
-		r := req.(*pb.ListRequest)
-		if !a.mayList(c) {
-			return nil, kms.ErrPermission
-		}
-		names, next := paginate(sortedMapKeys(e.policies), r.Prefix, r.ContinueAt, pageSize(r.Limit), func(n string) bool { return a.allowed(c, n) })
-		resp := &pb.ListPoliciesResponse{ContinueAt: next}
-		for _, n := range names {
-			p := e.policies[n]
-			resp.Policies = append(resp.Policies, &pb.PolicyStatusResponse{Name: p.Name, CreatedAt: pb.Time(p.CreatedAt), CreatedBy: p.CreatedBy.String()})
-		}
-		return resp, nil
-	}
-	return nil, badRequest("unknown command")
+func enclaveStatus(e *enclave) *pb.EnclaveStatusResponse {
+	return &pb.EnclaveStatusResponse{Name: e.Name, CreatedAt: pb.Time(e.CreatedAt), CreatedBy: e.CreatedBy.String()}
 }
 
-// execIdentity runs an identity command inside enclave e, or on the
-// global SysAdmin identities if e is nil.
-func (s *Server) execIdentity(caller mtls.Identity, e *enclave, a access, c cmds.Command, req proto.Message) (proto.Message, error) {
-	st := s.st
-	ids, encName := st.sysadmins, ""
-	if e != nil {
-		ids, encName = e.identities, e.Name
+func checkEnclaveCreate(x *call) (run, error) {
+	name := x.req.(*pb.CreateEnclaveRequest).Name
+	if !validEnclaveName(name) {
+		return nil, badRequest("invalid enclave name '" + name + "'")
 	}
-	lookup := func(id mtls.Identity) (*identity, bool) {
-		if e == nil && id == st.root {
-			return &identity{ID: st.root, Privilege: kms.SysAdmin}, true
-		}
-		v, ok := ids[id]
-		return v, ok
+	if _, ok := x.st.enclaves[name]; ok {
+		return nil, kms.ErrEnclaveExists
 	}
-	response := func(v *identity) *pb.IdentityResponse {
-		r := &pb.IdentityResponse{
-			Identity: v.ID.String(), Privilege: uint32(v.Privilege), Policy: v.Policy,
-			CreatedAt: pb.Time(v.CreatedAt), CreatedBy: v.CreatedBy.String(),
-			IsServiceAccount: v.ServiceAccount, Tags: v.Tags,
-		}
-		for _, o := range ids {
-			if o.ServiceAccount && o.CreatedBy == v.ID {
-				r.ServiceAccounts = append(r.ServiceAccounts, o.ID.String())
-			}
-		}
-		return r
-	}
-	parse := func(s string) (mtls.Identity, error) {
-		id, err := mtls.ParseIdentity(s)
-		if err != nil || id.IsZero() {
-			return id, badRequest("invalid identity '" + s + "'")
-		}
-		return id, nil
-	}
+	return x.write(&record{Op: opEnclaveCreate, Name: name, At: now(), By: x.caller.String()})
+}
 
-	switch c {
-	case cmds.IdentityCreate:
-		r := req.(*pb.CreateIdentityRequest)
-		if !a.allowed(c, r.Identity) {
-			return nil, kms.ErrPermission
-		}
-		id, err := parse(r.Identity)
-		if err != nil {
-			return nil, err
-		}
-		priv := kms.User
-		if r.Privilege != "" {
-			if priv, err = kms.ParsePrivilege(r.Privilege); err != nil {
-				return nil, badRequest("invalid privilege '" + r.Privilege + "'")
-			}
-		}
-		if r.IsServiceAccount {
-			priv = kms.User // permissions come from the parent identity
-			if p, ok := lookup(caller); ok {
-				priv = p.Privilege
-			}
-		}
-		switch {
-		case id == st.root:
-			return nil, badRequest("the root identity cannot be modified")
-		case e == nil && priv != kms.SysAdmin:
-			return nil, badRequest("identities without an enclave must have the SysAdmin privilege")
-		case e != nil && priv == kms.SysAdmin && !r.IsServiceAccount:
-			return nil, badRequest("SysAdmin identities cannot belong to an enclave")
-		case !a.sys && !a.admin && priv != kms.User:
-			return nil, kms.ErrPermission // Users can only create Users
-		}
-		v := &identity{ID: id, Privilege: priv, ServiceAccount: r.IsServiceAccount, Tags: r.Tags, CreatedAt: now(), CreatedBy: caller}
-		if old, ok := ids[id]; ok && old.Privilege == kms.User && priv == kms.User {
-			v.Policy = old.Policy // overwriting keeps the assigned policy
-		}
-		return nil, st.commit(identityRecord(encName, v))
-
-	case cmds.IdentityDelete:
-		r := req.(*pb.DeleteIdentityRequest)
-		if !a.allowed(c, r.Identity) {
-			return nil, kms.ErrPermission
-		}
-		id, err := parse(r.Identity)
-		if err != nil {
-			return nil, err
-		}
-		if id == st.root && e == nil {
-			return nil, badRequest("the root identity cannot be deleted")
-		}
-		if _, ok := ids[id]; !ok {
-			return nil, kms.ErrIdentityNotFound
-		}
-		return nil, st.commit(&record{Op: opIdentityDelete, Enclave: encName, ID: id.String(), At: now(), By: caller.String()})
-
-	case cmds.IdentityGet:
-		r := req.(*pb.IdentityRequest)
-		if !a.allowed(c, r.Identity) {
-			return nil, kms.ErrPermission
-		}
-		id, err := parse(r.Identity)
-		if err != nil {
-			return nil, err
-		}
-		v, ok := lookup(id)
-		if !ok {
-			return nil, kms.ErrIdentityNotFound
-		}
-		return response(v), nil
-
-	case cmds.IdentityList:
-		r := req.(*pb.ListRequest)
-		if !a.mayList(c) {
-			return nil, kms.ErrPermission
-		}
-		all := make(map[string]*identity, len(ids)+1)
-		for id, v := range ids {
-			all[id.String()] = v
-		}
-		if e == nil {
-			all[st.root.String()] = &identity{ID: st.root, Privilege: kms.SysAdmin}
-		}
-		names, next := paginate(sortedMapKeys(all), r.Prefix, r.ContinueAt, pageSize(r.Limit), func(n string) bool { return a.allowed(c, n) })
-		resp := &pb.ListIdentitiesResponse{ContinueAt: next}
-		for _, n := range names {
-			resp.Identities = append(resp.Identities, response(all[n]))
-		}
-		return resp, nil
+func checkEnclaveDelete(x *call) (run, error) {
+	name := x.req.(*pb.DeleteEnclaveRequest).Name
+	if _, ok := x.st.enclaves[name]; !ok {
+		return nil, kms.ErrEnclaveNotFound
 	}
-	return nil, badRequest("unknown command")
+	return x.write(&record{Op: opEnclaveDelete, Name: name, At: now(), By: x.caller.String()})
+}
+
+func checkEnclaveStatus(x *call) (run, error) {
+	e, ok := x.st.enclaves[x.req.(*pb.EnclaveStatusRequest).Name]
+	if !ok {
+		return nil, kms.ErrEnclaveNotFound
+	}
+	return answer(enclaveStatus(e))
+}
+
+func checkEnclaveList(x *call) (run, error) {
+	lr := x.req.(*pb.ListRequest)
+	names, next, err := paginate(sortedMapKeys(x.st.enclaves), lr.Prefix, lr.ContinueAt, pageSize(lr.Limit), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.ListEnclavesResponse{ContinueAt: next}
+	for _, n := range names {
+		resp.Enclaves = append(resp.Enclaves, enclaveStatus(x.st.enclaves[n]))
+	}
+	return answer(resp)
 }

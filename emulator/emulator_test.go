@@ -176,8 +176,9 @@ func TestKeys(t *testing.T) {
 	_, err = c.KeyStatus(ctx, "e", &kms.KeyStatusRequest{Name: "chacha"})
 	wantErr(t, err, kms.ErrKeyNotFound)
 	wantErr(t, c.DeleteKey(ctx, "e", &kms.DeleteKeyRequest{Name: "chacha"}), kms.ErrKeyNotFound)
-	// A deleted key can be created again.
-	must(t, c.CreateKey(ctx, "e", &kms.CreateKeyRequest{Name: "chacha"}))
+	// The name of a deleted key is not given out again (--deleted-names
+	// tombstoned, the default); TestReadingDeletedNames covers both readings.
+	wantErr(t, c.CreateKey(ctx, "e", &kms.CreateKeyRequest{Name: "chacha"}), kms.ErrKeyExists)
 }
 
 func TestListKeysPagination(t *testing.T) {
@@ -748,14 +749,13 @@ func TestRequestLogAndPaths(t *testing.T) {
 
 func TestLogCompaction(t *testing.T) {
 	dir := t.TempDir()
-	s1, err := Start(Config{Addr: "127.0.0.1:0", Dir: dir})
+	s1, err := Start(Config{Addr: "127.0.0.1:0", Dir: dir, Readings: Readings{DeletedNames: DeletedReusable}})
 	must(t, err)
 	c := newClient(t, s1, s1.RootAPIKey())
 	must(t, c.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: "e"}))
-	for i := range 600 {
-		name := fmt.Sprint("tmp-", i)
-		must(t, c.CreateKey(ctx, "e", &kms.CreateKeyRequest{Name: name}))
-		must(t, c.DeleteKey(ctx, "e", &kms.DeleteKeyRequest{Name: name}))
+	for range 600 {
+		must(t, c.CreateKey(ctx, "e", &kms.CreateKeyRequest{Name: "tmp"}))
+		must(t, c.DeleteKey(ctx, "e", &kms.DeleteKeyRequest{Name: "tmp"}))
 	}
 	must(t, c.CreateKey(ctx, "e", &kms.CreateKeyRequest{Name: "kept"}))
 	dek, err := c.GenerateKey(ctx, "e", &kms.GenerateKeyRequest{Name: "kept"})
@@ -765,10 +765,13 @@ func TestLogCompaction(t *testing.T) {
 	s2 := startServer(t, Config{Dir: dir})
 	data, err := os.ReadFile(filepath.Join(dir, stateFile))
 	must(t, err)
-	if n := bytes.Count(data, []byte("\n")); n != 2 {
-		t.Fatalf("compacted log has %d records, want 2", n)
+	// the enclave, the kept key, and the deleted name (a tombstone)
+	if n := bytes.Count(data, []byte("\n")); n != 3 {
+		t.Fatalf("compacted log has %d records, want 3", n)
 	}
 	c = newClient(t, s2, s2.RootAPIKey())
+	// s2 runs the default reading: the deleted name survived compaction
+	wantErr(t, c.CreateKey(ctx, "e", &kms.CreateKeyRequest{Name: "tmp"}), kms.ErrKeyExists)
 	pt, err := c.Decrypt(ctx, "e", &kms.DecryptRequest{Name: "kept", Ciphertext: dek[0].Ciphertext})
 	if err != nil || !bytes.Equal(pt[0].Plaintext, dek[0].Plaintext) {
 		t.Fatalf("after compaction: %v", err)

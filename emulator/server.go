@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,19 +54,23 @@ type Config struct {
 	// FaultRefuseFormats are ciphertext formats ("msgpack", "json") whose
 	// Decrypt fails with kms.ErrDecrypt (fault_formats.go).
 	FaultRefuseFormats []string
-	Logf               func(format string, args ...any) // optional request log; never logs key material or API keys
+	// Readings: the answers where the protocol leaves the server open
+	// (readings.go, docs/emulator.md); zero: the most demanding.
+	Readings Readings
+	Logf     func(format string, args ...any) // optional request log; never logs key material or API keys
 }
 
 // Server is a running emulator.
 type Server struct {
-	cfg     Config
-	st      *state
-	ln      net.Listener
-	srv     *http.Server
-	caFile  string
-	rootKey string
-	started time.Time
-	done    chan struct{}
+	cfg      Config
+	readings Readings
+	st       *state
+	ln       net.Listener
+	srv      *http.Server
+	caFile   string
+	rootKey  string
+	started  time.Time
+	done     chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -84,6 +89,10 @@ func Start(cfg Config) (*Server, error) {
 		return nil, errors.New("emulator: fault rates must be between 0 and 1")
 	}
 	if err := CheckRefuseFormats(cfg.FaultRefuseFormats); err != nil {
+		return nil, err
+	}
+	readings, err := cfg.Readings.normalize()
+	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
@@ -118,13 +127,14 @@ func Start(cfg Config) (*Server, error) {
 	}
 
 	s := &Server{
-		cfg:     cfg,
-		st:      st,
-		ln:      ln,
-		caFile:  filepath.Join(cfg.Dir, caCertFile),
-		rootKey: rootKey.String(),
-		started: time.Now(),
-		done:    make(chan struct{}),
+		cfg:      cfg,
+		readings: readings,
+		st:       st,
+		ln:       ln,
+		caFile:   filepath.Join(cfg.Dir, caCertFile),
+		rootKey:  rootKey.String(),
+		started:  time.Now(),
+		done:     make(chan struct{}),
 	}
 	errLog := log.New(io.Discard, "", 0)
 	if cfg.Logf != nil {
@@ -138,8 +148,11 @@ func Start(cfg Config) (*Server, error) {
 		TLSConfig: &tls.Config{
 			Certificates: []tls.Certificate{cert},
 			// Authentication is identity pinning: any client certificate is
-			// accepted and its public key hash is the identity.
-			ClientAuth: tls.RequireAnyClientCert,
+			// accepted and its public key hash is the identity. Asked for,
+			// not required: /version and the health probes are
+			// "Unprivileged by default" (kms-go internal/api/api.go); every
+			// /v1/kms request is refused without one (ServeHTTP).
+			ClientAuth: tls.RequestClientCert,
 			MinVersion: tls.VersionTLS12,
 			NextProtos: []string{"h2", "http/1.1"},
 		},
@@ -179,6 +192,9 @@ func loadOrCreateRootKey(name string) (mtls.PrivateKey, error) {
 	}
 	return key, nil
 }
+
+// Readings returns the readings the server plays, defaults filled in.
+func (s *Server) Readings() Readings { return s.readings }
 
 // Addr returns the host:port the server listens on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
@@ -274,8 +290,8 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			writeError(w, r, kms.Error{Code: http.StatusMethodNotAllowed, Err: "method not allowed: use POST"})
 			return
 		}
-		if s.injectFault(w, r) {
-			cmdNames = append(cmdNames, "(fault)")
+		if caller.IsZero() {
+			writeError(w, r, kms.Error{Code: http.StatusUnauthorized, Err: "not authenticated: a client certificate is required"})
 			return
 		}
 		enclave := strings.TrimPrefix(strings.TrimPrefix(p, "/v1/kms"), "/")
@@ -300,32 +316,54 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// injectFault applies FaultErrorRate and FaultDropRate to a POST request
-// and reports whether it did.
-func (s *Server) injectFault(w http.ResponseWriter, r *http.Request) bool {
-	if s.cfg.FaultDropRate > 0 && rand.Float64() < s.cfg.FaultDropRate {
+// fault is an injected failure of one request.
+type fault int
+
+const (
+	faultNone  fault = iota
+	faultError       // answered 503
+	faultDrop        // connection closed (HTTP/1) or stream reset (HTTP/2) without an answer
+)
+
+// pickFault draws the injected fault of a POST request and how many of its
+// n commands run before it strikes: any number from none to all of them
+// (all: the request took effect and its answer is lost).
+func (s *Server) pickFault(n int) (fault, int) {
+	switch {
+	case s.cfg.FaultDropRate > 0 && rand.Float64() < s.cfg.FaultDropRate:
+		return faultDrop, rand.IntN(n + 1)
+	case s.cfg.FaultErrorRate > 0 && rand.Float64() < s.cfg.FaultErrorRate:
+		return faultError, rand.IntN(n + 1)
+	}
+	return faultNone, -1
+}
+
+// errInjected marks the point where an injected fault struck.
+var errInjected = errors.New("injected fault")
+
+// injectFault answers a request that an injected fault struck.
+func (s *Server) injectFault(w http.ResponseWriter, r *http.Request, f fault) {
+	if f == faultDrop {
 		if hj, ok := w.(interface{ Unwrap() http.ResponseWriter }); ok {
 			if h, ok := hj.Unwrap().(http.Hijacker); ok {
 				if conn, _, err := h.Hijack(); err == nil {
 					conn.Close()
 					s.logf("%s %s dropped connection (injected fault)", r.Method, r.URL.Path)
-					return true
+					return
 				}
 			}
 		}
 		panic(http.ErrAbortHandler) // HTTP/2: reset the stream without a response
 	}
-	if s.cfg.FaultErrorRate > 0 && rand.Float64() < s.cfg.FaultErrorRate {
-		writeError(w, r, kms.Error{Code: http.StatusServiceUnavailable, Err: "injected fault: service unavailable (emulator fault injection)"})
-		return true
-	}
-	return false
+	writeError(w, r, kms.Error{Code: http.StatusServiceUnavailable, Err: "injected fault: service unavailable (emulator fault injection)"})
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// frame is one decoded command of a request.
 type frame struct {
 	cmd cmds.Command
+	def command
 	req proto.Message
 }
 
@@ -354,14 +392,15 @@ func (s *Server) serveKMS(w http.ResponseWriter, r *http.Request, caller mtls.Id
 	// request changes nothing.
 	var frames []frame
 	var names []string
+	reads, writes := 0, 0
 	for b := body; len(b) > 0; {
 		if len(b) < 6 {
 			writeError(w, r, badRequest("malformed request: truncated command frame header").(kms.Error))
 			return names
 		}
 		c := cmds.Command(binary.BigEndian.Uint16(b))
-		req, supported := newRequest(c)
-		if req == nil {
+		def, known := commands[c]
+		if !known {
 			writeError(w, r, badRequest("unknown command").(kms.Error))
 			return append(names, strconv.Itoa(int(c)))
 		}
@@ -370,37 +409,116 @@ func (s *Server) serveKMS(w http.ResponseWriter, r *http.Request, caller mtls.Id
 			writeError(w, r, badRequest(fmt.Sprintf("malformed request: command %s declares %d bytes of arguments but only %d follow", cmdName(c), n, len(b)-6)).(kms.Error))
 			return names
 		}
+		req := def.new()
 		rest, err := cmds.DecodePB(b, c, req)
 		if err != nil {
 			writeError(w, r, badRequest(fmt.Sprintf("malformed request: invalid arguments for command %s", cmdName(c))).(kms.Error))
 			return names
 		}
-		if !supported {
+		if def.check == nil {
 			writeError(w, r, kms.Error{Code: http.StatusNotImplemented, Err: "command " + cmdName(c) + " is not supported by the emulator"})
 			return names
 		}
-		frames = append(frames, frame{c, req})
+		if c.IsWrite() {
+			writes++
+		} else {
+			reads++
+		}
+		frames = append(frames, frame{c, def, req})
 		b = rest
 	}
+	if reads > 0 && writes > 0 && s.readings.Mixed == MixedRefuse {
+		writeError(w, r, badRequest("invalid request: read and write commands in one request; send them separately").(kms.Error))
+		return names
+	}
 
-	out := make([]byte, 0, 64*len(frames))
-	for _, f := range frames {
-		resp, err := s.exec(caller, enclave, f.cmd, f.req)
-		if err != nil {
-			var e kms.Error
-			if !errors.As(err, &e) {
-				e = kms.Error{Code: http.StatusInternalServerError, Err: err.Error()}
-			}
-			writeError(w, r, e)
-			return names
+	f, at := s.pickFault(len(frames))
+	answers, err := s.execute(caller, enclave, frames, at)
+	if errors.Is(err, errInjected) {
+		s.injectFault(w, r, f)
+		return append(names, fmt.Sprintf("(fault after %d)", at))
+	}
+	if err != nil {
+		var e kms.Error
+		if !errors.As(err, &e) {
+			e = kms.Error{Code: http.StatusInternalServerError, Err: err.Error()}
 		}
-		if out, err = cmds.EncodePB(out, f.cmd, resp); err != nil {
+		writeError(w, r, e)
+		return names
+	}
+	out := make([]byte, 0, 64*len(frames))
+	for i, fr := range frames {
+		if fr.cmd.IsWrite() && s.readings.WriteAnswer == WriteEmpty {
+			continue
+		}
+		if out, err = cmds.EncodePB(out, fr.cmd, answers[i]); err != nil {
 			writeError(w, r, kms.Error{Code: http.StatusInternalServerError, Err: "cannot encode response"})
 			return names
 		}
 	}
 	writeBody(w, http.StatusOK, "application/octet-stream", out)
 	return names
+}
+
+// execute runs the commands of one request for caller in the enclave named
+// by the URL and returns their answers (nil for writes). The state lock is
+// taken and released here only. Every command is checked, and every write
+// applied, in order under the lock; a request without writes computes its
+// answers (crypto) after unlocking, while in one with writes each read runs
+// in its turn, so that a failing read stops the writes after it. When a
+// command fails, the writes before it stay (BatchPartial) or are undone
+// (BatchAtomic). faultAt >= 0 makes an injected fault strike after that
+// many commands, with the same effect as a failing command; after all of
+// them, the request takes effect and only its answer is lost.
+func (s *Server) execute(caller mtls.Identity, encName string, frames []frame, faultAt int) ([]proto.Message, error) {
+	answers := make([]proto.Message, len(frames))
+	runs := make([]run, len(frames))
+	writes := slices.ContainsFunc(frames, func(f frame) bool { return f.cmd.IsWrite() })
+
+	st := s.st
+	st.mu.Lock()
+	t := st.begin()
+	var err error
+	for i, f := range frames {
+		if i == faultAt {
+			err = errInjected
+			break
+		}
+		var rn run
+		if rn, err = s.check(t, caller, encName, f); err != nil {
+			break
+		}
+		if rn != nil && writes {
+			if answers[i], err = rn(); err != nil {
+				break
+			}
+			rn = nil
+		}
+		runs[i] = rn
+	}
+	if err != nil && s.readings.Batch == BatchAtomic {
+		t.rollback()
+	}
+	if cerr := t.commit(); cerr != nil {
+		err = cerr
+	}
+	st.mu.Unlock()
+	if err == nil && faultAt == len(frames) {
+		err = errInjected // the request took effect; its answer is lost
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	for i, rn := range runs {
+		if rn == nil {
+			continue
+		}
+		if answers[i], err = rn(); err != nil {
+			return nil, err
+		}
+	}
+	return answers, nil
 }
 
 func writeBody(w http.ResponseWriter, status int, contentType string, body []byte) {

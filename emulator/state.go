@@ -81,6 +81,10 @@ type enclave struct {
 	keysDirty  bool
 	identities map[mtls.Identity]*identity
 	policies   map[string]*policy
+	// deleted holds the names of keys deleted entirely. Whether such a
+	// name may be imported or created again is a reading of the protocol
+	// (Readings.DeletedNames); the fact is kept either way.
+	deleted map[string]bool
 }
 
 func (e *enclave) sortedKeys() []string {
@@ -140,6 +144,7 @@ const (
 	opIdentityDelete = "identity.delete"
 	opPolicyPut      = "policy.put"
 	opPolicyDelete   = "policy.delete"
+	opKeyTombstone   = "key.tombstone" // snapshot only: a name deleted earlier
 )
 
 func newState(root mtls.Identity) *state {
@@ -167,7 +172,7 @@ func (s *state) open(dir string) error {
 		if err := json.Unmarshal(data[good:good+i], &rec); err != nil {
 			return fmt.Errorf("emulator: %s line %d: corrupt record: %v", name, line, err)
 		}
-		if err := s.apply(&rec); err != nil {
+		if _, err := s.apply(&rec); err != nil {
 			return fmt.Errorf("emulator: %s line %d: %v", name, line, err)
 		}
 		s.records++
@@ -196,7 +201,7 @@ func (s *state) open(dir string) error {
 func (s *state) liveObjects() int {
 	n := len(s.sysadmins) + len(s.enclaves)
 	for _, e := range s.enclaves {
-		n += len(e.identities) + len(e.policies)
+		n += len(e.identities) + len(e.policies) + len(e.deleted)
 		for _, r := range e.keys {
 			n += len(r.versions)
 		}
@@ -223,6 +228,9 @@ func (s *state) snapshot() []*record {
 			for _, kv := range e.keys[kn].versions {
 				recs = append(recs, keyRecord(name, kn, kv))
 			}
+		}
+		for _, kn := range sortedMapKeys(e.deleted) {
+			recs = append(recs, &record{Op: opKeyTombstone, Enclave: name, Name: kn, By: e.CreatedBy.String()})
 		}
 	}
 	return recs
@@ -265,23 +273,57 @@ func (s *state) close() error {
 	return err
 }
 
-// commit writes rec to the log and applies it. The caller holds s.mu and
-// has validated rec, so apply cannot fail.
-func (s *state) commit(rec *record) error {
-	if s.log == nil {
+// tx is the writes of one request: each record is applied to the state at
+// once (later commands of the request see earlier ones) and written to the
+// log together at the end. s.mu is held from begin to end.
+type tx struct {
+	s     *state
+	buf   []byte
+	n     int      // records in buf
+	undos []func() // in the order applied
+}
+
+func (s *state) begin() *tx { return &tx{s: s} }
+
+// apply validates nothing: the command's check did. It fails only when the
+// server is shutting down or the record cannot be encoded.
+func (t *tx) apply(rec *record) error {
+	if t.s.log == nil {
 		return kms.Error{Code: 503, Err: "emulator: server is shutting down"}
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return kms.Error{Code: 500, Err: "emulator: cannot encode state record"}
 	}
-	if _, err := s.log.Write(append(b, '\n')); err != nil {
-		return kms.Error{Code: 500, Err: "emulator: cannot write state: " + err.Error()}
-	}
-	s.records++
-	if err := s.apply(rec); err != nil {
+	undo, err := t.s.apply(rec)
+	if err != nil {
 		return kms.Error{Code: 500, Err: "emulator: " + err.Error()}
 	}
+	t.buf = append(append(t.buf, b...), '\n')
+	t.n++
+	t.undos = append(t.undos, undo)
+	return nil
+}
+
+// rollback undoes every write of the request, newest first.
+func (t *tx) rollback() {
+	for i := len(t.undos) - 1; i >= 0; i-- {
+		t.undos[i]()
+	}
+	t.buf, t.n, t.undos = nil, 0, nil
+}
+
+// commit writes the applied records to the log in one write. If that
+// fails, the writes are undone and the error is returned.
+func (t *tx) commit() error {
+	if t.n == 0 {
+		return nil
+	}
+	if _, err := t.s.log.Write(t.buf); err != nil {
+		t.rollback()
+		return kms.Error{Code: 500, Err: "emulator: cannot write state: " + err.Error()}
+	}
+	t.s.records += t.n
 	return nil
 }
 
@@ -306,69 +348,97 @@ func policyRecord(enclave string, p *policy) *record {
 	return &record{Op: opPolicyPut, Enclave: enclave, Name: p.Name, Allow: conv(p.Allow), Deny: conv(p.Deny), At: p.CreatedAt, By: p.CreatedBy.String()}
 }
 
-func (s *state) apply(rec *record) error {
+// apply applies rec to the state and returns a function that undoes it
+// (a request answered under the atomic reading undoes its earlier writes).
+func (s *state) apply(rec *record) (undo func(), err error) {
 	by, err := mtls.ParseIdentity(rec.By)
 	if err != nil {
-		return fmt.Errorf("invalid identity %q", rec.By)
+		return nil, fmt.Errorf("invalid identity %q", rec.By)
 	}
 	if rec.Op == opEnclaveCreate {
 		if _, ok := s.enclaves[rec.Name]; ok {
-			return fmt.Errorf("enclave %q already exists", rec.Name)
+			return nil, fmt.Errorf("enclave %q already exists", rec.Name)
 		}
 		s.enclaves[rec.Name] = &enclave{
 			Name: rec.Name, CreatedAt: rec.At, CreatedBy: by,
 			keys:       map[string]*keyRing{},
 			identities: map[mtls.Identity]*identity{},
 			policies:   map[string]*policy{},
+			deleted:    map[string]bool{},
 		}
-		return nil
+		return func() { delete(s.enclaves, rec.Name) }, nil
 	}
 	if rec.Op == opEnclaveDelete {
+		old := s.enclaves[rec.Name]
 		delete(s.enclaves, rec.Name)
-		return nil
+		return func() {
+			if old != nil {
+				s.enclaves[rec.Name] = old
+			}
+		}, nil
 	}
 	if rec.Enclave == "" && (rec.Op == opIdentityPut || rec.Op == opIdentityDelete) {
 		return s.applyIdentity(rec, by, s.sysadmins)
 	}
 	e, ok := s.enclaves[rec.Enclave]
 	if !ok {
-		return fmt.Errorf("%s: enclave %q does not exist", rec.Op, rec.Enclave)
+		return nil, fmt.Errorf("%s: enclave %q does not exist", rec.Op, rec.Enclave)
 	}
 	switch rec.Op {
 	case opKeyAdd:
 		alg, err := kescrypto.ParseAlgorithm(rec.Type)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		kv := &keyVersion{Version: rec.Version, Imported: rec.Import, Key: kescrypto.Key{
 			Algorithm: alg, Material: rec.Key, HMAC: rec.HMAC, CreatedAt: rec.At, CreatedBy: rec.By,
 		}}
 		if len(rec.Key) != kescrypto.KeySize || rec.Version <= 0 {
-			return fmt.Errorf("invalid key record for %q", rec.Name)
+			return nil, fmt.Errorf("invalid key record for %q", rec.Name)
 		}
 		r, ok := e.keys[rec.Name]
 		if !ok {
 			r = &keyRing{}
-			e.keys[rec.Name] = r
-			e.keysDirty = true
 		}
 		if n := len(r.versions); n > 0 && r.versions[n-1].Version >= rec.Version {
-			return fmt.Errorf("key %q: version %d is not newer than %d", rec.Name, rec.Version, r.versions[n-1].Version)
+			return nil, fmt.Errorf("key %q: version %d is not newer than %d", rec.Name, rec.Version, r.versions[n-1].Version)
 		}
-		r.versions = append(r.versions, kv)
+		oldVersions, oldNext := r.versions, r.next
+		// A new slice: readers outside the lock hold the old one.
+		r.versions = append(slices.Clip(r.versions), kv)
 		r.next = rec.Version + 1
+		if ok {
+			return func() { r.versions, r.next = oldVersions, oldNext }, nil
+		}
+		e.keys[rec.Name] = r
+		e.keysDirty = true
+		return func() { delete(e.keys, rec.Name); e.keysDirty = true }, nil
 	case opKeyDelete:
 		r, ok := e.keys[rec.Name]
 		if !ok {
-			return fmt.Errorf("key %q does not exist", rec.Name)
+			return nil, fmt.Errorf("key %q does not exist", rec.Name)
 		}
+		oldVersions, wasDeleted := r.versions, e.deleted[rec.Name]
 		if rec.Version != 0 {
 			r.versions = slices.DeleteFunc(slices.Clone(r.versions), func(kv *keyVersion) bool { return kv.Version == rec.Version })
 		}
-		if rec.Version == 0 || len(r.versions) == 0 {
-			delete(e.keys, rec.Name)
-			e.keysDirty = true
+		if rec.Version != 0 && len(r.versions) > 0 {
+			return func() { r.versions = oldVersions }, nil
 		}
+		delete(e.keys, rec.Name)
+		e.keysDirty = true
+		e.deleted[rec.Name] = true
+		return func() {
+			r.versions = oldVersions
+			e.keys[rec.Name] = r
+			e.keysDirty = true
+			if !wasDeleted {
+				delete(e.deleted, rec.Name)
+			}
+		}, nil
+	case opKeyTombstone:
+		e.deleted[rec.Name] = true
+		return func() { delete(e.deleted, rec.Name) }, nil
 	case opIdentityPut, opIdentityDelete:
 		return s.applyIdentity(rec, by, e.identities)
 	case opPolicyPut:
@@ -377,65 +447,102 @@ func (s *state) apply(rec *record) error {
 			for name, pats := range src {
 				c, err := cmds.Parse(name)
 				if err != nil {
-					return err
+					return nil, err
 				}
 				(*dst)[c] = pats
 			}
 		}
+		old, had := e.policies[rec.Name]
 		e.policies[rec.Name] = p
+		return func() {
+			if had {
+				e.policies[rec.Name] = old
+			} else {
+				delete(e.policies, rec.Name)
+			}
+		}, nil
 	case opPolicyDelete:
+		old := e.policies[rec.Name]
 		delete(e.policies, rec.Name)
+		var unassigned []*identity
 		for _, id := range e.identities {
 			if id.Policy == rec.Name {
 				id.Policy = ""
+				unassigned = append(unassigned, id)
 			}
 		}
-	default:
-		return fmt.Errorf("unknown record %q", rec.Op)
+		return func() {
+			if old != nil {
+				e.policies[rec.Name] = old
+			}
+			for _, id := range unassigned {
+				id.Policy = rec.Name
+			}
+		}, nil
 	}
-	return nil
+	return nil, fmt.Errorf("unknown record %q", rec.Op)
 }
 
-func (s *state) applyIdentity(rec *record, by mtls.Identity, ids map[mtls.Identity]*identity) error {
+func (s *state) applyIdentity(rec *record, by mtls.Identity, ids map[mtls.Identity]*identity) (undo func(), err error) {
 	id, err := mtls.ParseIdentity(rec.ID)
 	if err != nil || id.IsZero() {
-		return fmt.Errorf("invalid identity %q", rec.ID)
+		return nil, fmt.Errorf("invalid identity %q", rec.ID)
+	}
+	removed := map[mtls.Identity]*identity{}
+	if old, ok := ids[id]; ok {
+		removed[id] = old
+	}
+	restore := func() {
+		delete(ids, id)
+		for k, v := range removed {
+			ids[k] = v
+		}
 	}
 	if rec.Op == opIdentityDelete {
 		delete(ids, id)
 		for sa, v := range ids { // service accounts go with their parent
 			if v.ServiceAccount && v.CreatedBy == id {
+				removed[sa] = v
 				delete(ids, sa)
 			}
 		}
-		return nil
+		return restore, nil
 	}
 	ids[id] = &identity{
 		ID: id, Privilege: kms.Privilege(rec.Priv), Policy: rec.Policy, ServiceAccount: rec.SA,
 		Tags: rec.Tags, CreatedAt: rec.At, CreatedBy: by,
 	}
-	return nil
+	return restore, nil
 }
 
 // paginate returns the page of sorted names that start with prefix,
 // beginning at continueAt (inclusive), of at most limit names for which
 // keep reports true, and the name the next page starts at ("" at the end).
-func paginate(names []string, prefix, continueAt string, limit int, keep func(string) bool) (page []string, next string) {
+// A continueAt outside prefix gives an empty page; one inside it that names
+// no element is refused (kms-go request.go ListRequest: "ContinueAt must
+// match an element's name exactly"), so that a client which passes back
+// anything but the name it was given (the kes migrate bug class) fails
+// loudly instead of listing from the wrong place.
+func paginate(names []string, prefix, continueAt string, limit int, keep func(string) bool) (page []string, next string, err error) {
 	start := prefix
+	i := sort.SearchStrings(names, start)
 	if continueAt != "" {
 		if !strings.HasPrefix(continueAt, prefix) {
-			return nil, ""
+			return nil, "", nil
 		}
-		start = continueAt
+		i = sort.SearchStrings(names, continueAt)
+		if i == len(names) || names[i] != continueAt {
+			return nil, "", badRequest("invalid list request: continue_at '" + continueAt + "' names no element")
+		}
 	}
-	for i := sort.SearchStrings(names, start); i < len(names) && strings.HasPrefix(names[i], prefix); i++ {
+	for ; i < len(names) && strings.HasPrefix(names[i], prefix); i++ {
 		if keep != nil && !keep(names[i]) {
 			continue
 		}
 		if len(page) == limit {
-			return page, names[i]
+			return page, names[i], nil
 		}
 		page = append(page, names[i])
 	}
-	return page, ""
+	return page, "", nil
 }

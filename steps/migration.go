@@ -247,6 +247,22 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 		p.Observed = append(p.Observed, fmt.Sprintf("enclave %s at %s: does not exist yet (the enclave step creates it)", to.Name, to.Addr))
 	}
 	p.Actions = append(p.Actions, fmt.Sprintf("import %d keys into enclave %s (up to %d at a time, each checkpointed; key material never leaves memory except into the Key Manager)", len(toImport), to.Name, max(1, min(m.parallelism(), len(toImport)))))
+	var reused []string // to import, deleted from this enclave by an earlier rollback
+	if exists {
+		gone, err := deletedEarlier(r)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range toImport {
+			if gone[n] {
+				reused = append(reused, n)
+			}
+		}
+	}
+	if n := len(reused); n > 0 {
+		p.Actions = append(p.Actions, fmt.Sprintf("cannot import %d keys that an earlier rollback of this step deleted from enclave %s, if the Key Manager does not give a deleted name out again (the vendor's client: \"Once a key version has been removed it cannot be added again\"); they are then refused one by one, named, and the step fails: %s", n, to.Name, strings.Join(reused, ", ")))
+		p.Risks = append(p.Risks, fmt.Sprintf("%d keys to import were deleted from enclave %s by an earlier rollback; a Key Manager that keeps deleted names refuses them: migrate into a new enclave instead: %s", n, to.Name, strings.Join(reused, ", ")))
+	}
 	if n := len(rep.identical); n > 0 {
 		if m.onConflict() == conflictFail {
 			p.Actions = append(p.Actions, fmt.Sprintf("FAIL before importing anything: %d keys are already present (on_conflict = \"fail\"), identical material: %s", n, strings.Join(rep.identical, ", ")))
@@ -256,7 +272,7 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	}
 	if n := len(rep.overwrite); n > 0 {
 		p.Actions = append(p.Actions, fmt.Sprintf("overwrite %d keys whose material at the target differs: %s", n, strings.Join(rep.overwrite, ", ")))
-		p.Risks = append(p.Risks, fmt.Sprintf("on_conflict = \"overwrite\" deletes %d keys at the target and imports the source material; their current material cannot be exported and is lost, with anything already sealed under it: %s", n, strings.Join(rep.overwrite, ", ")))
+		p.Risks = append(p.Risks, fmt.Sprintf("on_conflict = \"overwrite\" deletes %d keys at the target and imports the source material; their current material cannot be exported and is lost, with anything already sealed under it; and a Key Manager that does not give a deleted name out again (the vendor's client: \"Once a key version has been removed it cannot be added again\") then refuses the import, leaving the name without a key in this enclave: %s", n, strings.Join(rep.overwrite, ", ")))
 	}
 	if n := len(rep.conflicts); n > 0 {
 		p.Actions = append(p.Actions, fmt.Sprintf("FAIL before importing anything: %d keys are present at the target with different material: %s", n, strings.Join(rep.conflicts, ", ")))
@@ -337,6 +353,7 @@ func hooksOf(r *engine.Run) runHooks {
 type migrationResult struct {
 	Imported, Skipped, Overwritten, NotMigrated int
 	Requests                                    int64 // import requests of this attempt
+	Commands                                    int64 // KEY:IMPORT commands they carried (a key sent twice counts twice)
 	InFlight                                    int64 // keys found imported without a checkpoint (this attempt)
 	Earlier                                     int   // keys done by earlier attempts (journal)
 }

@@ -2,11 +2,10 @@ package steps
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"io/fs"
 	"sort"
 	"strings"
 	"sync"
@@ -14,8 +13,8 @@ import (
 	"time"
 
 	"github.com/minio/kms-go/kms"
-	"github.com/minio/kms-go/kms/cmds"
 
+	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 )
 
@@ -200,9 +199,12 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 		var finished []keyDone // confirmed by the target, to be checkpointed
 		skipped := 0
 		err := func() error {
-			var fresh []*sourceEntry // not at the target: imported together
+			// fresh: not at the target at the listing, imported together;
+			// there: at the target at the listing without a checkpoint (in
+			// flight at an interruption), proven together.
+			var fresh, there []*sourceEntry
 			defer func() {
-				for _, e := range fresh {
+				for _, e := range append(fresh, there...) {
 					e.wipe()
 				}
 			}()
@@ -212,20 +214,19 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 					return err
 				}
 				rep.add(e)
-				if e.class != entryOK {
+				switch {
+				case e.class != entryOK:
 					skipped++
 					continue
-				}
-				if !overwrite[name] && !present[name] {
+				case overwrite[name]:
+				case present[name]:
+					there = append(there, e)
+					continue
+				default:
 					fresh = append(fresh, e)
 					continue
 				}
-				var action string
-				if overwrite[name] {
-					action, err = m.overwriteKey(ctx, h, c, enclave, e, present[name])
-				} else {
-					action, err = importKey(ctx, c, enclave, e, true, rep)
-				}
+				action, err := m.overwriteKey(ctx, h, c, enclave, e, present[name])
 				e.wipe()
 				if errors.Is(err, errConflict) {
 					conflict(name)
@@ -236,10 +237,22 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 				}
 				finished = append(finished, keyDone{name, action})
 			}
+			im := &importer{c: c, enclave: enclave, rep: rep}
+			if len(there) > 0 {
+				same, differ, err := im.prove(ctx, there)
+				if err != nil {
+					return permanentHint(err, enclave)
+				}
+				rep.inflight.Add(int64(len(same)))
+				for _, name := range same {
+					finished = append(finished, keyDone{name, actionImported})
+				}
+				conflict(differ...)
+			}
 			if len(fresh) == 0 {
 				return nil
 			}
-			ok, conflicts, err := importKeys(ctx, c, enclave, fresh, rep)
+			ok, conflicts, err := im.importAll(ctx, fresh)
 			for _, name := range ok {
 				finished = append(finished, keyDone{name, actionImported})
 			}
@@ -267,6 +280,7 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 	res.Imported += int(imported.Load())
 	res.Overwritten += int(overwritten.Load())
 	res.Requests = rep.requestCount.Load()
+	res.Commands = rep.commandCount.Load()
 	res.InFlight = rep.inflight.Load()
 	rep.sort()
 	res.NotMigrated = len(rep.unparsable) + len(rep.rejected)
@@ -276,8 +290,8 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 
 	elapsed := time.Since(start)
 	rate := float64(imported.Load()+overwritten.Load()) / max(elapsed.Seconds(), 1e-9)
-	h.logf("imported %d keys this attempt (%d import requests, %d found already imported after an interruption, %d done by earlier attempts) in %s (%.0f keys/s)",
-		imported.Load()+overwritten.Load(), res.Requests, res.InFlight, res.Earlier, elapsed.Round(time.Millisecond), rate)
+	h.logf("imported %d keys this attempt (%d import requests carrying %d keys, %d found already imported after an interruption or a lost answer, %d done by earlier attempts; %d requests read back what failed requests did) in %s (%.0f keys/s)",
+		imported.Load()+overwritten.Load(), res.Requests, res.Commands, res.InFlight, res.Earlier, rep.readbacks.Load(), elapsed.Round(time.Millisecond), rate)
 	if b := busyNanos.Load(); b > 0 && len(todo) > 0 {
 		h.logf("journal: waiting for durable per-key checkpoints took %.0f%% of the workers' time", 100*float64(journalNanos.Load())/float64(b))
 	}
@@ -384,34 +398,6 @@ func (m *migrationStep) preflight(ctx context.Context, h runHooks, src *sourceSe
 // after the preflight (something else writes to the enclave).
 var errConflict = errors.New("different material at the target")
 
-// importKey imports one key. A key that is already there (in flight at an
-// interruption, or imported by a request whose answer was lost) is accepted
-// only when a round trip proves the same material.
-func importKey(ctx context.Context, c *kms.Client, enclave string, e *sourceEntry, present bool, rep *report) (string, error) {
-	var err error
-	if !present {
-		err = withRetry(ctx, func() error {
-			rep.requestCount.Add(1)
-			return c.ImportKey(ctx, enclave, &kms.ImportKeyRequest{Name: e.name, Type: kmsType(e.key.Algorithm), Key: e.key.Material})
-		})
-		if err == nil {
-			return actionImported, nil
-		}
-		if !errors.Is(err, kms.ErrKeyExists) {
-			return "", fmt.Errorf("import key %q: %w", e.name, err)
-		}
-	}
-	same, err := sameMaterial(ctx, c, enclave, e.name, e.key)
-	if err != nil {
-		return "", err
-	}
-	if !same {
-		return "", errConflict
-	}
-	rep.inflight.Add(1)
-	return actionImported, nil
-}
-
 // keyDone is a key whose import (or overwrite) is confirmed by the target
 // and is to be checkpointed.
 type keyDone struct {
@@ -452,83 +438,6 @@ func importBatchSize(parallelism int) int {
 	return min(maxImportBatch, max(1, parallelism/8))
 }
 
-// importKeys imports keys that were not at the target at the listing, in
-// one request of one KEY:IMPORT frame per key (the Key Manager answers with
-// one frame per command, or with the error of the first command that
-// failed). It returns the names confirmed imported and those found at the
-// target with different material (with an error: those confirmed before
-// it). A request that fails for any reason
-// other than the context (after retries of transient errors) is not
-// interpreted: every key of it is then imported on its own, and a key that
-// the failed request did import is proven by a round trip.
-func importKeys(ctx context.Context, c *kms.Client, enclave string, es []*sourceEntry, rep *report) (ok, conflicts []string, err error) {
-	if len(es) > 1 {
-		body := make([]byte, 0, 64*len(es))
-		for _, e := range es {
-			if body, err = cmds.Encode(body, cmds.KeyImport, &kms.ImportKeyRequest{Name: e.name, Type: kmsType(e.key.Algorithm), Key: e.key.Material}); err != nil {
-				clear(body)
-				return nil, nil, fmt.Errorf("import keys: encode request: %w", err)
-			}
-		}
-		answered := false
-		err = withRetry(ctx, func() error {
-			rep.requestCount.Add(int64(len(es)))
-			resp, err := c.Send(ctx, &kms.Request{Enclave: enclave, Body: body})
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			out, err := io.ReadAll(io.LimitReader(resp.Body, int64(64*len(es))))
-			if err != nil {
-				return err
-			}
-			answered = countFrames(out, cmds.KeyImport) == len(es)
-			return nil
-		})
-		clear(body)
-		if err == nil && answered {
-			for _, e := range es {
-				ok = append(ok, e.name)
-			}
-			return ok, nil, nil
-		}
-		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
-		}
-	}
-	for _, e := range es {
-		_, err := importKey(ctx, c, enclave, e, false, rep)
-		if errors.Is(err, errConflict) {
-			conflicts = append(conflicts, e.name)
-			continue
-		}
-		if err != nil {
-			return ok, conflicts, err
-		}
-		ok = append(ok, e.name)
-	}
-	return ok, conflicts, nil
-}
-
-// countFrames counts the response frames of body (uint16 command, uint32
-// length, message), or returns -1 if body is not a sequence of frames of
-// command cmd.
-func countFrames(body []byte, cmd cmds.Command) int {
-	n := 0
-	for len(body) > 0 {
-		if len(body) < 6 || cmds.Command(binary.BigEndian.Uint16(body)) != cmd {
-			return -1
-		}
-		l := binary.BigEndian.Uint32(body[2:])
-		if uint64(l) > uint64(len(body)-6) {
-			return -1
-		}
-		body = body[6+l:]
-		n++
-	}
-	return n
-}
-
 // overwriteKey replaces the target's key by the source material.
 //
 // Decision: the protocol has no "replace", and the Key Manager cannot export
@@ -566,6 +475,12 @@ func (m *migrationStep) overwriteKey(ctx context.Context, h runHooks, c *kms.Cli
 		return c.ImportKey(ctx, enclave, &kms.ImportKeyRequest{Name: e.name, Type: kmsType(e.key.Algorithm), Key: e.key.Material})
 	})
 	if errors.Is(err, kms.ErrKeyExists) {
+		im := &importer{c: c, enclave: enclave, rep: &report{}}
+		if there, rerr := im.present(ctx, []*sourceEntry{e}); rerr != nil {
+			return "", rerr
+		} else if !there {
+			return "", fmt.Errorf("import key %q after deleting the target's different key: the Key Manager answers that the name is taken while no key of that name exists: it does not give a deleted name out again (the vendor's client: \"Once a key version has been removed it cannot be added again\"), so this name cannot be overwritten in enclave %s; its old material is deleted", e.name, enclave)
+		}
 		same, rerr := sameMaterial(ctx, c, enclave, e.name, e.key)
 		if rerr != nil {
 			return "", rerr
@@ -579,4 +494,36 @@ func (m *migrationStep) overwriteKey(ctx context.Context, h runHooks, c *kms.Cli
 		return "", fmt.Errorf("import key %q after deleting the target's different key (the key is missing at the target until resume imports it): %w", e.name, err)
 	}
 	return actionOverwritten, nil
+}
+
+// deletedEarlier returns the key names that an earlier rollback of this
+// migration step deleted from its enclave, read from the raw journal (a
+// rollback clears the step's checkpoints for the next apply, so
+// r.Checkpoints no longer shows them). A Key Manager that does not give a
+// deleted name out again (the vendor's client: "Once a key version has
+// been removed it cannot be added again") refuses to import them, so the
+// plan names them before anything is done. No journal yet: none. Only the
+// current journal is read: a later apply archives it (runs/), and the
+// names then show up as refused, one by one, at import.
+func deletedEarlier(r *engine.Run) (map[string]bool, error) {
+	records, _, err := engine.ReadJournal(r.JournalDir())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the journal for keys deleted by an earlier rollback: %w", err)
+	}
+	var gone map[string]bool
+	for _, rec := range records {
+		if rec.Kind != "checkpoint" || rec.Step != r.Addr {
+			continue
+		}
+		if name, ok := strings.CutPrefix(rec.Item, itemRBPrefix); ok && actionOf(rec.Data) == actionDeleted {
+			if gone == nil {
+				gone = map[string]bool{}
+			}
+			gone[name] = true
+		}
+	}
+	return gone, nil
 }

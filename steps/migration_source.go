@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"unicode"
 	"unicode/utf8"
 
 	kesserver "github.com/minio/kes"
@@ -113,26 +112,18 @@ func (e *sourceEntry) wipe() {
 	e.key.Material, e.key.HMAC = nil, nil
 }
 
-// kmNameProblem says why the Key Manager would reject a key name, or "".
-// The rules are those the emulator enforces (a name is 1–1024 bytes of
-// UTF-8 with no '/', '\' or control character); the vendor does not publish
-// minkms's rules, and the kms-go client checks none. Every name KES itself
-// accepts ([0-9A-Za-z_-], at most 80) passes.
+// kmNameProblem says why a key name cannot be sent to the Key Manager, or
+// "". Only what the protocol fixes: the name is a protobuf string
+// (kms-go protobuf ImportKeyRequest), which must be valid UTF-8 to be
+// encoded at all, and an empty one is the protobuf default. The vendor
+// states no other rule, so none is guessed here: a name the Key Manager
+// refuses is refused per key at import, and the report names it.
 func kmNameProblem(name string) string {
 	switch {
 	case name == "":
 		return "the name is empty"
-	case len(name) > 1024:
-		return "the name is longer than 1024 bytes"
 	case !utf8.ValidString(name):
-		return "the name is not valid UTF-8"
-	case strings.ContainsAny(name, "/\\"):
-		return "the name contains '/' or '\\'"
-	}
-	for _, c := range name {
-		if unicode.IsControl(c) {
-			return "the name contains a control character"
-		}
+		return "the name is not valid UTF-8, which the Key Manager's protocol cannot carry"
 	}
 	return ""
 }
@@ -185,6 +176,8 @@ type report struct {
 	v023, v024   int
 	importCount  int
 	requestCount atomic.Int64 // import requests sent (this attempt)
+	commandCount atomic.Int64 // KEY:IMPORT commands those requests carried
+	readbacks    atomic.Int64 // read-only requests that found out what a failed import request did
 	inflight     atomic.Int64 // keys found already imported without a checkpoint
 }
 
@@ -211,6 +204,13 @@ func (rep *report) add(e *sourceEntry) {
 			rep.v024++
 		}
 	}
+}
+
+// refuse reports a key the Key Manager refused to import, by name.
+func (rep *report) refuse(name, reason string) {
+	rep.mu.Lock()
+	defer rep.mu.Unlock()
+	rep.rejected = append(rep.rejected, problem{name, reason})
 }
 
 func (rep *report) sort() {

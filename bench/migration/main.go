@@ -1,15 +1,20 @@
-// Command migration benchmarks the migration step: keys migrated per second
-// from an fs key store of each size into the Key Manager emulator over
-// loopback TLS, the peak memory of `runbook apply`, the journal's share of
-// the workers' time, a kill -9 and resume, and `kes migrate` v0.24.0 on the
-// same 1,000 keys into the same emulator as the ratio to beat.
+// Command migration benchmarks the whole verified runbook (prerequisites,
+// enclave, identity, migration, verification) from a KES fs key store into
+// the Key Manager emulator, on its default (most demanding) readings
+// (docs/emulator.md), against `kes migrate` v0.24.0 on the same keys into the
+// same emulator in the same run.
 //
 //	go build -o /tmp/runbook ./cmd/runbook
 //	eval "$(scripts/build-real-servers.sh)"
-//	go run ./bench/migration -runbook /tmp/runbook -kes "$RUNBOOK_KES_BIN" -sizes 1000,10000,100000
-//	go run ./bench/migration -runbook /tmp/runbook -kes "$RUNBOOK_KES_BIN" -sizes 1000,10000 -latency 1ms
+//	go run ./bench/migration -runbook /tmp/runbook -compare 1000 -sizes 100000
+//	go run ./bench/migration -runbook /tmp/runbook -compare 1000 -sizes '' -latency 1ms
 //
-// Results go to stdout as a Markdown table (BENCHMARKS.md).
+// -compare N: N keys, three alternating runs of each, best of three, wall
+// time of the whole process. -sizes: the whole runbook's plan and apply at
+// each size, with each step's time and the processes' peak RSS. A real KES
+// v0.24 server serves each store (the prerequisites and the verification's
+// KES round trips talk to it). Results go to stdout as Markdown
+// (BENCHMARKS.md).
 package main
 
 import (
@@ -28,76 +33,69 @@ import (
 	"syscall"
 	"time"
 
-	kes "github.com/minio/kes-go"
 	"github.com/minio/kms-go/kms"
 
 	"github.com/runbook-dev/runbook/emulator"
-	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
 func main() {
 	runbookBin := flag.String("runbook", "", "the runbook binary (go build -o /tmp/runbook ./cmd/runbook)")
-	kesBin := flag.String("kes", os.Getenv("RUNBOOK_KES_BIN"), "the kes v0.24.0 binary, for kes migrate (empty: skip)")
-	sizesFlag := flag.String("sizes", "1000,10000,100000", "key store sizes")
-	parallelism := flag.Int("parallelism", 0, "migration parallelism (0: the step's default)")
-	killAt := flag.Int("kill-at", 10000, "also kill -9 the apply of this size mid-way and resume (0: skip)")
-	keep := flag.Bool("keep", false, "keep the work directory")
+	kesBin := flag.String("kes", os.Getenv("RUNBOOK_KES_BIN"), "the kes v0.24.0 binary: the KES server, and kes migrate")
+	compare := flag.Int("compare", 1000, "keys for the comparison with kes migrate (0: skip)")
+	sizesFlag := flag.String("sizes", "100000", "key store sizes for the whole runbook's plan and apply (comma-separated; empty: none)")
 	latency := flag.Duration("latency", 0, "latency the emulator adds to every request (0: loopback only)")
+	keep := flag.Bool("keep", false, "keep the work directory")
+	flag.StringVar(&traceDir, "trace", "", "write each runbook run's JSON events (-json) to this directory")
 	flag.Parse()
-	if *runbookBin == "" {
-		log.Fatal("-runbook is required")
+	if *runbookBin == "" || *kesBin == "" {
+		log.Fatal("-runbook and -kes (or RUNBOOK_KES_BIN) are required")
 	}
+	os.Setenv("RUNBOOK_KES_BIN", *kesBin) // testenv starts the KES server from it
 	work, err := os.MkdirTemp("", "bench-migration-")
 	check(err)
+	tb := &benchTB{dir: work}
+	defer tb.cleanup()
 	if !*keep {
 		defer os.RemoveAll(work)
 	}
 	km, err := emulator.Start(emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(work, "km"), FaultLatency: *latency})
 	check(err)
 	defer km.Close()
+	fmt.Printf("Emulator readings: `%s`; latency added per Key Manager request: %s\n\n", km.Readings(), *latency)
 
-	fmt.Printf("| keys | runbook apply (wall) | migration step | keys/s (step) | peak RSS | journal share |\n|---:|---:|---:|---:|---:|---:|\n")
-	var rate1000 float64
-	for _, s := range strings.Split(*sizesFlag, ",") {
-		n, err := strconv.Atoi(s)
-		check(err)
-		dir := filepath.Join(work, "s"+s)
-		conf := makeStore(dir, n)
-		res := apply(*runbookBin, dir, conf, km, "e"+s, *parallelism, 0)
-		fmt.Printf("| %d | %s | %s | %.0f | %.1f MiB | %s |\n", n, res.wall.Round(time.Millisecond), res.step, res.rate, float64(res.maxRSS)/1024, res.journal)
-		if n == 1000 {
-			rate1000 = res.rate
+	if *compare > 0 {
+		st := newStore(tb, filepath.Join(work, "cmp"), *compare)
+		fmt.Printf("#### %d keys: whole verified `runbook apply` vs `kes migrate`, three alternating runs\n\n", *compare)
+		fmt.Printf("| run | runbook apply (wall) | steps | kes migrate (wall) | kes migrate keys |\n|---:|---:|---|---:|---:|\n")
+		var bestRB, bestKM time.Duration
+		for i := 1; i <= 3; i++ {
+			rb := st.runbook(*runbookBin, km, fmt.Sprintf("cmp%d", i), "apply")
+			kd, k := st.kesMigrate(*kesBin, km, fmt.Sprintf("kesmigrate%d", i))
+			fmt.Printf("| %d | %s | %s | %s | %d |\n", i, ms(rb.wall), rb.stepsLine(), ms(kd), k)
+			if bestRB == 0 || rb.wall < bestRB {
+				bestRB = rb.wall
+			}
+			if bestKM == 0 || kd < bestKM {
+				bestKM = kd
+			}
 		}
-		if n == *killAt {
-			resume := apply(*runbookBin, dir, conf, km, "k"+s, *parallelism, n/2)
-			fmt.Printf("\nkill -9 at %d of %d checkpoints, then resume: %s\n\n", resume.before, n, resume.resumeLine)
-		}
+		fmt.Printf("\nBest of 3: runbook %s, kes migrate %s: **%.1f×**\n\n", ms(bestRB), ms(bestKM), bestKM.Seconds()/bestRB.Seconds())
 	}
-	if *kesBin != "" {
-		dir := filepath.Join(work, "s1000")
-		if _, err := os.Stat(dir); err != nil {
-			makeStore(dir, 1000)
-		}
-		c, err := testenv.KMSClient(km.Addr(), km.CAFile(), km.RootAPIKey())
-		check(err)
-		check(c.CreateEnclave(context.Background(), &kms.CreateEnclaveRequest{Name: "kesmigrate"}))
-		cmd := exec.Command(*kesBin, "migrate", "--from", filepath.Join(dir, "kes-config.yaml"), "--server", km.Addr(), "--enclave", "kesmigrate", "--api-key", km.RootAPIKey(), "-k")
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		start := time.Now()
-		check(cmd.Run())
-		d := time.Since(start)
-		m := regexp.MustCompile(`Migrated +(\d+) keys successfully`).FindStringSubmatch(out.String())
-		if m == nil {
-			log.Fatalf("kes migrate: %s", out.String())
-		}
-		k, _ := strconv.Atoi(m[1])
-		rate := float64(k) / d.Seconds()
-		fmt.Printf("\nkes migrate v0.24.0, same 1,000 keys, same emulator: %d keys in %s = %.0f keys/s (whole process)\n", k, d.Round(time.Millisecond), rate)
-		if rate1000 > 0 {
-			fmt.Printf("ratio runbook/kes migrate at 1,000 keys (step rate / kes migrate rate): %.1fx\n", rate1000/rate)
+
+	if *sizesFlag != "" {
+		fmt.Printf("#### Whole verified runbook at scale\n\n| keys | plan (wall) | plan peak RSS | apply (wall) | apply peak RSS | steps (apply) |\n|---:|---:|---:|---:|---:|---|\n")
+		for _, s := range strings.Split(*sizesFlag, ",") {
+			n, err := strconv.Atoi(s)
+			check(err)
+			st := newStore(tb, filepath.Join(work, "s"+s), n)
+			p := st.runbook(*runbookBin, km, "scale"+s, "plan")
+			a := st.runbook(*runbookBin, km, "scale"+s, "apply")
+			fmt.Printf("| %d | %s | %.1f MiB | %s | %.1f MiB | %s |\n", n, ms(p.wall), float64(p.maxRSS)/1024, ms(a.wall), float64(a.maxRSS)/1024, a.stepsLine())
+			if a.attempt != "" {
+				fmt.Printf("\n%d keys, migration: %s\n\n", n, a.attempt)
+			}
 		}
 	}
 }
@@ -108,14 +106,49 @@ func check(err error) {
 	}
 }
 
-// makeStore writes n keys straight into dir/keys, as KES v0.24 stores them
-// (protobuf with an HMAC key), every third one ChaCha20, plus a KES config
-// naming the store, and returns the config's path.
-func makeStore(dir string, n int) string {
+func ms(d time.Duration) string {
+	if d >= 10*time.Second {
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Millisecond).String()
+}
+
+// benchTB lets testenv start a KES server outside a test.
+type benchTB struct {
+	dir      string
+	n        int
+	cleanups []func()
+}
+
+func (b *benchTB) Helper()                           {}
+func (b *benchTB) Fatalf(format string, args ...any) { b.cleanup(); log.Fatalf(format, args...) }
+func (b *benchTB) Logf(format string, args ...any)   {}
+func (b *benchTB) Cleanup(f func())                  { b.cleanups = append(b.cleanups, f) }
+func (b *benchTB) TempDir() string {
+	b.n++
+	d := filepath.Join(b.dir, fmt.Sprintf("tmp%d", b.n))
+	check(os.MkdirAll(d, 0o700))
+	return d
+}
+func (b *benchTB) cleanup() {
+	for i := len(b.cleanups) - 1; i >= 0; i-- {
+		b.cleanups[i]()
+	}
+	b.cleanups = nil
+}
+
+// store is an fs key store with a real KES server on it.
+type store struct {
+	dir string
+	kes *testenv.KES
+}
+
+// newStore writes n keys straight into dir/keys, as KES v0.24 stores them
+// (protobuf with an HMAC key), every third one ChaCha20, and starts a KES
+// server on them.
+func newStore(tb *benchTB, dir string, n int) *store {
 	keys := filepath.Join(dir, "keys")
 	check(os.MkdirAll(keys, 0o700))
-	tlsFiles, err := testenv.GenerateTLS(filepath.Join(dir, "tls"), "kes")
-	check(err)
 	for i := range n {
 		k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), HMAC: make([]byte, 32), CreatedAt: time.Now().UTC(), CreatedBy: "bench"}
 		if i%3 == 0 {
@@ -127,39 +160,35 @@ func makeStore(dir string, n int) string {
 		check(err)
 		check(os.WriteFile(filepath.Join(keys, fmt.Sprintf("key-%06d", i)), b, 0o600))
 	}
-	apiKey, err := kes.GenerateAPIKey(rand.Reader)
-	check(err)
-	conf := filepath.Join(dir, "kes-config.yaml")
-	check(os.WriteFile(conf, fmt.Appendf(nil, "version: v1\naddress: 127.0.0.1:7373\nadmin:\n  identity: %s\ntls:\n  key: %s\n  cert: %s\nkeystore:\n  fs:\n    path: %s\n",
-		apiKey.Identity(), tlsFiles.KeyFile, tlsFiles.CertFile, keys), 0o600))
-	return conf
+	return &store{dir: dir, kes: testenv.StartKES(tb, testenv.KESOptions{KeyStoreDir: keys})}
 }
 
 type result struct {
-	wall       time.Duration
-	step       string
-	rate       float64
-	maxRSS     int64 // KiB
-	journal    string
-	before     int
-	resumeLine string
+	wall    time.Duration
+	maxRSS  int64 // KiB
+	steps   [][2]string
+	attempt string
 }
 
+func (r result) stepsLine() string {
+	var parts []string
+	for _, s := range r.steps {
+		parts = append(parts, s[0]+" "+s[1])
+	}
+	return strings.Join(parts, ", ")
+}
+
+var traceDir string
+
 var (
-	rateLine    = regexp.MustCompile(`imported (\d+) keys this attempt .* in (\S+) \((\d+) keys/s\)`)
-	journalLine = regexp.MustCompile(`journal: waiting for durable per-key checkpoints took (\d+%)`)
-	ckptLine    = regexp.MustCompile(`"item":"key/`)
+	stepDone    = regexp.MustCompile(`(?m)^(\S+)\s+done \(([^)]+)\)`)
+	attemptLine = regexp.MustCompile(`imported \d+ keys this attempt \([^)]*\)`)
 )
 
-// apply runs `runbook apply` of a runbook that migrates the store into a new
-// enclave. With killAt > 0 it kills the apply once the journal holds killAt
-// key checkpoints, then unlocks and resumes.
-func apply(bin, dir, conf string, km *emulator.Server, enclave string, parallelism, killAt int) result {
-	rb := filepath.Join(dir, enclave+".hcl")
-	par := ""
-	if parallelism > 0 {
-		par = fmt.Sprintf("  parallelism = %d\n", parallelism)
-	}
+// runbook runs `runbook plan` or `runbook apply` of the whole verified
+// runbook into a new enclave named name.
+func (s *store) runbook(bin string, km *emulator.Server, name, verb string) result {
+	rb := filepath.Join(s.dir, name+".hcl")
 	check(os.WriteFile(rb, fmt.Appendf(nil, `runbook {
   name = %q
 }
@@ -169,8 +198,16 @@ variable "km_api_key" {
   sensitive = true
 }
 
+variable "kes_api_key" {
+  type      = string
+  sensitive = true
+}
+
 kes "legacy" {
-  config = %q
+  server  = %q
+  api_key = var.kes_api_key
+  ca_file = %q
+  config  = %q
 }
 
 key_manager "target" {
@@ -179,62 +216,74 @@ key_manager "target" {
   ca_file = %q
 }
 
+prerequisites "preflight" {
+  kes         = kes.legacy
+  key_manager = key_manager.target
+}
+
 enclave "primary" {
   key_manager = key_manager.target
   name        = %q
 }
 
+identity "aistor" {
+  enclave = enclave.primary
+  admin   = true
+}
+
 migration "keys" {
   from = kes.legacy
   to   = enclave.primary
-%s}
-`, enclave, conf, km.URL(), km.CAFile(), enclave, par), 0o600))
-	env := append(os.Environ(), "RUNBOOK_VAR_km_api_key="+km.RootAPIKey())
-	journal := filepath.Join(dir, ".runbook", enclave, engine.JournalFile)
+}
 
-	cmd := exec.Command(bin, "apply", rb)
-	cmd.Env = env
+verification "keys" {
+  source     = kes.legacy
+  target     = enclave.primary
+  depends_on = [migration.keys]
+}
+`, name, s.kes.URL, s.kes.CAFile, s.kes.ConfigFile, km.URL(), km.CAFile(), name), 0o600))
+	args := []string{verb, rb}
+	if traceDir != "" {
+		args = append(args, "-json")
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "RUNBOOK_VAR_km_api_key="+km.RootAPIKey(), "RUNBOOK_VAR_kes_api_key="+s.kes.APIKey)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
-	check(cmd.Start())
-	if killAt > 0 {
-		for {
-			b, _ := os.ReadFile(journal)
-			if len(ckptLine.FindAllIndex(b, -1)) >= killAt {
-				break
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
-		b, _ := os.ReadFile(journal)
-		before := len(ckptLine.FindAllIndex(b, -1))
-		u := exec.Command(bin, "unlock", rb)
-		u.Env = env
-		check(u.Run())
-		r := exec.Command(bin, "resume", rb)
-		r.Env = env
-		ro, err := r.CombinedOutput()
-		if err != nil {
-			log.Fatalf("resume: %v\n%s", err, ro)
-		}
-		m := regexp.MustCompile(`imported \d+ keys this attempt \([^)]*\)`).Find(ro)
-		return result{before: before, resumeLine: string(m)}
-	}
-	if err := cmd.Wait(); err != nil {
-		log.Fatalf("apply %s: %v\n%s", rb, err, out.String())
+	if err := cmd.Run(); err != nil {
+		log.Fatalf("runbook %s %s: %v\n%s", verb, rb, err, out.String())
 	}
 	res := result{wall: time.Since(start)}
+	if traceDir != "" {
+		check(os.WriteFile(filepath.Join(traceDir, name+"."+verb+".jsonl"), out.Bytes(), 0o600))
+	}
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		res.maxRSS = ru.Maxrss
 	}
-	if m := rateLine.FindStringSubmatch(out.String()); m != nil {
-		res.step = m[2]
-		res.rate, _ = strconv.ParseFloat(m[3], 64)
+	for _, m := range stepDone.FindAllStringSubmatch(out.String(), -1) {
+		res.steps = append(res.steps, [2]string{m[1], m[2]})
 	}
-	if m := journalLine.FindStringSubmatch(out.String()); m != nil {
-		res.journal = m[1]
-	}
+	res.attempt = attemptLine.FindString(out.String())
 	return res
+}
+
+// kesMigrate runs kes migrate v0.24.0 on the store into a new enclave and
+// returns its wall time and the keys it says it migrated.
+func (s *store) kesMigrate(bin string, km *emulator.Server, enclave string) (time.Duration, int) {
+	c, err := testenv.KMSClient(km.Addr(), km.CAFile(), km.RootAPIKey())
+	check(err)
+	check(c.CreateEnclave(context.Background(), &kms.CreateEnclaveRequest{Name: enclave}))
+	cmd := exec.Command(bin, "migrate", "--from", s.kes.ConfigFile, "--server", km.Addr(), "--enclave", enclave, "--api-key", km.RootAPIKey(), "-k")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	check(cmd.Run())
+	d := time.Since(start)
+	m := regexp.MustCompile(`Migrated +(\d+) keys successfully`).FindStringSubmatch(out.String())
+	if m == nil {
+		log.Fatalf("kes migrate: %s", out.String())
+	}
+	k, _ := strconv.Atoi(m[1])
+	return d, k
 }

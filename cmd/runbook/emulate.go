@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,7 +13,7 @@ import (
 )
 
 func init() {
-	register(&command{name: "emulate", usage: "key-manager [--addr A] [--dir D]: a local Key Manager emulator for rehearsals", run: runEmulate})
+	register(&command{name: "emulate", usage: "key-manager [--addr A] [--dir D] [--write-answer empty|frames] [--mixed refuse|accept] [--batch partial|atomic] [--deleted-names tombstoned|reusable]: a local Key Manager emulator for rehearsals", run: runEmulate})
 }
 
 func runEmulate(ctx context.Context, env *cliEnv, args []string) error {
@@ -27,6 +28,8 @@ func runEmulate(ctx context.Context, env *cliEnv, args []string) error {
 	errRate := fs.Float64("fault-error-rate", 0, "fraction of requests answered with an injected HTTP 503")
 	latency := fs.Duration("fault-latency", 0, "latency added to every response")
 	dropRate := fs.Float64("fault-drop-rate", 0, "fraction of requests whose connection is dropped")
+	var readings emulator.Readings
+	readings.Flags(fs)
 	var refuseFormats listFlag
 	fs.Var(&refuseFormats, "fault-refuse-format", "ciphertext format Decrypt refuses: msgpack or json (repeatable)")
 	verbose := fs.Bool("v", false, "log every request to stderr")
@@ -46,11 +49,14 @@ func runEmulate(ctx context.Context, env *cliEnv, args []string) error {
 	if err := emulator.CheckRefuseFormats(refuseFormats); err != nil {
 		return &usageError{msg: err.Error()}
 	}
-	cfg := emulator.Config{Addr: *addr, Dir: *dir, Hosts: hosts, FaultErrorRate: *errRate, FaultLatency: *latency, FaultDropRate: *dropRate, FaultRefuseFormats: refuseFormats}
+	cfg := emulator.Config{Addr: *addr, Dir: *dir, Hosts: hosts, FaultErrorRate: *errRate, FaultLatency: *latency, FaultDropRate: *dropRate, FaultRefuseFormats: refuseFormats, Readings: readings}
 	if *verbose {
 		cfg.Logf = func(format string, a ...any) { fmt.Fprintf(env.stderr, "key-manager: "+format+"\n", a...) }
 	}
 	srv, err := emulator.Start(cfg)
+	if errors.Is(err, emulator.ErrReading) {
+		return &usageError{msg: err.Error(), hint: "runbook emulate key-manager [--write-answer empty|frames] [--mixed refuse|accept] [--batch partial|atomic] [--deleted-names tombstoned|reusable]"}
+	}
 	if err != nil {
 		return fmt.Errorf("start key manager emulator: %w", err)
 	}
@@ -71,7 +77,7 @@ func runEmulate(ctx context.Context, env *cliEnv, args []string) error {
 	if f, ok := env.stdout.(*os.File); ok {
 		f.Sync()
 	}
-	fmt.Fprintf(env.stderr, "runbook: key manager emulator listening on %s, state in %s; Ctrl-C stops it\n", srv.Addr(), *dir)
+	fmt.Fprintf(env.stderr, "runbook: key manager emulator listening on %s, state in %s, readings %s; Ctrl-C stops it\n", srv.Addr(), *dir, srv.Readings())
 	<-ctx.Done()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -43,16 +43,18 @@ func runPlan(ctx context.Context, env *cliEnv, args []string) error {
 	if *out != "" && s.Config.AllowedSigners != "" && s.Config.Approvals > 0 && (*by == "" || *key == "") {
 		return &usageError{msg: "the runbook names allowed signers: a saved plan is signed by its author, who cannot approve it", hint: "runbook plan " + file + " -out " + *out + " --by NAME --key SSH_KEY (a key listed for NAME in " + s.Config.AllowedSigners + ")"}
 	}
-	res, err := s.Plan(ctx, cf.options(env, "runbook plan", ""))
+	// The plan reads the journal (what an earlier run did); only -out
+	// writes there, and only the hash key of sensitive values.
+	journal, err := cf.journalFor(file)
+	if err != nil {
+		return err
+	}
+	res, err := s.Plan(ctx, cf.options(env, "runbook plan", journal))
 	if err != nil {
 		return err
 	}
 	if *out == "" {
 		return nil
-	}
-	journal, err := cf.journalFor(file)
-	if err != nil {
-		return err
 	}
 	hk, err := engine.EnsureHashKey(journal)
 	if err != nil {

@@ -245,14 +245,13 @@ func cmdCountCheckpoints(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Setenv(args[2], strconv.Itoa(n))
 }
 
-var attemptLine = regexp.MustCompile(`imported (\d+) keys this attempt \((\d+) import requests, (\d+) found already imported after an interruption, (\d+) done by earlier attempts\)`)
+var attemptLine = regexp.MustCompile(`imported (\d+) keys this attempt \((\d+) import requests carrying (\d+) keys, (\d+) found already imported after an interruption or a lost answer, (\d+) done by earlier attempts;`)
 
 // importbound OUTFILE TOTAL BEFORE MAXINFLIGHT: the migration's own account
-// in OUTFILE (a resume's output) says that it sent at most TOTAL-BEFORE
-// import requests, that import requests plus keys found already imported
-// (in flight at the kill) are exactly TOTAL-BEFORE, that at most
-// MAXINFLIGHT were in flight, and that the journal's BEFORE keys were not
-// touched.
+// in OUTFILE (a resume's output) says that the keys its import requests
+// carried plus the keys found already imported (in flight at the kill) are
+// exactly TOTAL-BEFORE, that at most MAXINFLIGHT were in flight, and that
+// the journal's BEFORE keys were not touched.
 func cmdImportBound(ts *testscript.TestScript, neg bool, args []string) {
 	if len(args) != 4 {
 		ts.Fatalf("usage: importbound OUTFILE TOTAL BEFORE MAXINFLIGHT")
@@ -264,16 +263,16 @@ func cmdImportBound(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	num := func(s string) int { n, err := strconv.Atoi(s); ts.Check(err); return n }
 	total, before, maxInflight := num(args[1]), num(args[2]), num(args[3])
-	requests, inflight, earlier := num(m[2]), num(m[3]), num(m[4])
-	ts.Logf("resume: %d import requests, %d in flight at the kill, %d done earlier; total %d, checkpointed before %d", requests, inflight, earlier, total, before)
+	requests, sent, inflight, earlier := num(m[2]), num(m[3]), num(m[4]), num(m[5])
+	ts.Logf("resume: %d import requests carrying %d keys, %d in flight at the kill, %d done earlier; total %d, checkpointed before %d", requests, sent, inflight, earlier, total, before)
 	remaining := total - before
 	switch {
 	case before <= 0 || before >= total:
 		ts.Fatalf("the kill did not land mid-way: %d of %d keys were checkpointed", before, total)
 	case earlier != before:
 		ts.Fatalf("resume counted %d keys done earlier, the journal had %d", earlier, before)
-	case requests+inflight != remaining:
-		ts.Fatalf("resume: %d import requests + %d in flight != %d remaining keys", requests, inflight, remaining)
+	case sent+inflight != remaining:
+		ts.Fatalf("resume: %d keys sent + %d in flight != %d remaining keys", sent, inflight, remaining)
 	case inflight > maxInflight:
 		ts.Fatalf("resume: %d keys were in flight, more than the parallelism %d", inflight, maxInflight)
 	}

@@ -32,6 +32,10 @@ type KeyManagerOptions struct {
 	// FaultRefuseFormats: ciphertext formats Decrypt refuses ("msgpack", "json").
 	FaultRefuseFormats []string
 
+	// Readings: how the emulator answers where the protocol leaves the
+	// server open (emulator.Readings); zero: the most demanding.
+	Readings emulator.Readings
+
 	// Host runs the emulator inside this test host, as a child process
 	// (Bin emulate key-manager), listening on the host's address.
 	Host *TestHost
@@ -93,6 +97,7 @@ func startKeyManager(t TB, opts KeyManagerOptions) (*KeyManager, error) {
 		FaultLatency:       opts.FaultLatency,
 		FaultDropRate:      opts.FaultDropRate,
 		FaultRefuseFormats: opts.FaultRefuseFormats,
+		Readings:           opts.Readings,
 		Logf:               logf,
 	})
 	if err != nil {
@@ -114,7 +119,8 @@ func startKeyManager(t TB, opts KeyManagerOptions) (*KeyManager, error) {
 		LogFile:    logFile,
 		Server:     srv,
 	}
-	t.Logf("testenv: Key Manager emulator at %s (dir %s)", km.URL, dir)
+	logf("readings %s", srv.Readings())
+	t.Logf("testenv: Key Manager emulator at %s (dir %s, readings %s)", km.URL, dir, srv.Readings())
 	return km, nil
 }
 
@@ -134,6 +140,7 @@ func startKeyManagerIn(t TB, opts KeyManagerOptions, dir, logFile string) (*KeyM
 		"--fault-error-rate", strconv.FormatFloat(opts.FaultErrorRate, 'g', -1, 64),
 		"--fault-latency", opts.FaultLatency.String(),
 		"--fault-drop-rate", strconv.FormatFloat(opts.FaultDropRate, 'g', -1, 64)}
+	args = append(args, opts.Readings.Args()...)
 	for _, f := range opts.FaultRefuseFormats {
 		args = append(args, "--fault-refuse-format", f)
 	}

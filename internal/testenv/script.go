@@ -5,10 +5,13 @@ import (
 	"flag"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/runbook-dev/runbook/emulator"
 )
 
 // Cmds returns testscript commands that start the real parts for the rest
@@ -26,9 +29,13 @@ import (
 //	    PREFIX_CONFIG (kesconf YAML), PREFIX_KEYSTORE (fs dir) and
 //	    PREFIX_LOG, PREFIX defaulting to KES.
 //	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F] [-fault-refuse-format msgpack|json] [-netns]
+//	    [-write-answer R] [-mixed R] [-batch R] [-deleted-names R]
 //	    the Key Manager emulator (with -netns a child process, runbook
 //	    emulate key-manager, inside the test host); sets KM_SERVER (https
-//	    URL), KM_CA, KM_API_KEY (root k1: key), KM_DIR and KM_LOG.
+//	    URL), KM_CA, KM_API_KEY (root k1: key), KM_DIR and KM_LOG. The
+//	    readings (emulator.Readings) not given as flags come from the
+//	    script's KM_READINGS, flags in the same syntax (set by a test that
+//	    runs scripts under several readings), else the defaults.
 //	minio-server [-kes | -km ENCLAVE] [-key NAME]
 //	    a MinIO server; -kes connects it to the script's KES server (key
 //	    NAME, default "minio-default-key", created if missing); -km
@@ -155,12 +162,15 @@ func cmdKeyManager(ts *testscript.TestScript, neg bool, args []string) {
 	dropRate := fs.Float64("fault-drop-rate", 0, "fraction of connections dropped")
 	refuse := fs.String("fault-refuse-format", "", "ciphertext format Decrypt refuses: msgpack or json")
 	netns := fs.Bool("netns", false, "run inside the script's test host, as a child process (runbook emulate key-manager)")
-	parseFlags(ts, fs, args)
+	var readings emulator.Readings
+	readings.Flags(fs)
+	parseFlags(ts, fs, append(strings.Fields(ts.Getenv("KM_READINGS")), args...))
 
 	opts := KeyManagerOptions{
 		FaultErrorRate: *errRate,
 		FaultLatency:   *latency,
 		FaultDropRate:  *dropRate,
+		Readings:       readings,
 	}
 	if *refuse != "" {
 		opts.FaultRefuseFormats = []string{*refuse}
