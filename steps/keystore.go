@@ -62,6 +62,13 @@ func (l *storeListing) notKeyNames() []string {
 func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File) (*storeListing, error) {
 	names, next, err := ks.List(ctx, "", math.MaxInt32)
 	if err != nil {
+		// KES's vault error holds Vault's answer but not the fix; the
+		// direct listing says which policy rule is missing.
+		if v, ok := conf.KeyStore.(*kesconf.VaultKeyStore); ok {
+			if _, verr := listVaultNames(ctx, v); verr != nil {
+				return nil, fmt.Errorf("list key store: %w", verr)
+			}
+		}
 		return nil, fmt.Errorf("list key store: %w", err)
 	}
 	if next != "" {
@@ -89,9 +96,16 @@ func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File
 			return nil, err
 		}
 		l.Check = fmt.Sprintf("cross-checked by name against the directory %s itself (%d entries)", s.Path, len(dir))
-	// A vault store is cross-checked through the Vault API (issue 10):
-	// its case goes here, listing the engine and prefix independently of
-	// KES and comparing by name with sameNames.
+	case *kesconf.VaultKeyStore:
+		direct, err := listVaultNames(ctx, s)
+		if err != nil {
+			return nil, fmt.Errorf("cross-check key store through the Vault API: %w", err)
+		}
+		where := "Vault's own listing of " + vaultListPath(s) + "/"
+		if err := sameNames("the key store's listing", l.All, where, slices.Compact(direct)); err != nil {
+			return nil, err
+		}
+		l.Check = fmt.Sprintf("cross-checked by name against %s through the Vault API (%d entries)%s", where, len(direct), vaultCheckNote)
 	default:
 		// No independent means here: list again, so that a store that
 		// changes while it is read is at least caught.
@@ -155,6 +169,8 @@ func notKeyReason(fsDir, name string) string {
 		}
 	}
 	switch {
+	case strings.HasSuffix(name, "/"):
+		return "a folder below the key store's prefix (Vault lists sub-paths with a trailing '/'), not a key"
 	case strings.HasPrefix(name, "."):
 		return "a dot-file: KES refuses names with '.', so it never served it"
 	case strings.HasSuffix(name, "~"):

@@ -1,0 +1,286 @@
+package steps
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/minio/kes/kesconf"
+)
+
+// Defaults KES v0.24 applies to an unset keystore.vault field
+// (internal/keystore/vault: EngineKV, APIv1, EngineAppRole, EngineKubernetes).
+const (
+	vaultDefaultEngine     = "kv"
+	vaultDefaultAPIVersion = "v1"
+	vaultDefaultAppRole    = "approle"
+	vaultDefaultKubernetes = "kubernetes"
+)
+
+// vaultListPath is the Vault path whose LIST names every entry of a KES
+// vault key store: "<engine>/<prefix>" for kv v1 and
+// "<engine>/metadata/<prefix>" for kv v2, engine defaulting to "kv" and the
+// version to "v1" as in KES v0.24 (internal/keystore/vault.Store.List).
+// Vault checks a LIST against the path with a trailing slash, so the policy
+// rule that allows it is for vaultListPath(conf) + "/".
+func vaultListPath(conf *kesconf.VaultKeyStore) string {
+	engine := conf.Engine
+	if engine == "" {
+		engine = vaultDefaultEngine
+	}
+	if vaultAPIVersion(conf) == "v2" {
+		return path.Join(engine, "metadata", conf.Prefix)
+	}
+	return path.Join(engine, conf.Prefix)
+}
+
+func vaultAPIVersion(conf *kesconf.VaultKeyStore) string {
+	if conf.APIVersion == "" {
+		return vaultDefaultAPIVersion
+	}
+	return conf.APIVersion
+}
+
+// vaultLogin says how to log in to Vault the way KES does: the auth mount
+// path ("auth/<engine>/login"), the namespace of the login request ("" for
+// the root namespace) and its body (holds the AppRole secret or the
+// Kubernetes JWT: never printed).
+type vaultLogin struct {
+	path      string
+	namespace string
+	method    string // "AppRole", "Kubernetes": for messages
+	body      map[string]any
+}
+
+// vaultLoginOf builds the login KES v0.24 performs for conf
+// (internal/keystore/vault/client.go): the auth method's namespace when set,
+// "/" meaning the root namespace, else the store's namespace. A Kubernetes
+// JWT that contains a slash is a file path, read here.
+func vaultLoginOf(conf *kesconf.VaultKeyStore) (vaultLogin, error) {
+	ns := func(authNS string) string {
+		switch authNS {
+		case "":
+			return conf.Namespace
+		case "/":
+			return ""
+		default:
+			return authNS
+		}
+	}
+	switch {
+	case conf.AppRole != nil && conf.Kubernetes != nil:
+		return vaultLogin{}, errors.New("the KES config names both approle and kubernetes auth for the vault key store; KES refuses that too: keep one")
+	case conf.AppRole != nil:
+		engine := conf.AppRole.Engine
+		if engine == "" {
+			engine = vaultDefaultAppRole
+		}
+		return vaultLogin{
+			path:      path.Join("auth", engine, "login"),
+			namespace: ns(conf.AppRole.Namespace),
+			method:    "AppRole",
+			body:      map[string]any{"role_id": conf.AppRole.ID, "secret_id": conf.AppRole.Secret},
+		}, nil
+	case conf.Kubernetes != nil:
+		engine := conf.Kubernetes.Engine
+		if engine == "" {
+			engine = vaultDefaultKubernetes
+		}
+		jwt := conf.Kubernetes.JWT
+		if strings.ContainsRune(jwt, '/') || strings.ContainsRune(jwt, os.PathSeparator) {
+			b, err := os.ReadFile(jwt)
+			if err != nil {
+				return vaultLogin{}, fmt.Errorf("read the Kubernetes service account token for Vault: %w", err)
+			}
+			jwt = strings.TrimSpace(string(b))
+		}
+		return vaultLogin{
+			path:      path.Join("auth", engine, "login"),
+			namespace: ns(conf.Kubernetes.Namespace),
+			method:    "Kubernetes",
+			body:      map[string]any{"role": conf.Kubernetes.Role, "jwt": jwt},
+		}, nil
+	default:
+		return vaultLogin{}, errors.New("the KES config names no auth method (approle or kubernetes) for the vault key store")
+	}
+}
+
+// newVaultClient returns a Vault API client for conf's endpoint, TLS files
+// and namespace, with no token. Unlike vaultapi.DefaultConfig it reads no
+// VAULT_* environment variable: the operator's shell (VAULT_SKIP_VERIFY,
+// VAULT_TOKEN, VAULT_NAMESPACE, VAULT_ADDR) must not change what is checked.
+func newVaultClient(conf *kesconf.VaultKeyStore) (*vaultapi.Client, error) {
+	if conf.Endpoint == "" {
+		return nil, errors.New("the KES config names no vault endpoint")
+	}
+	transport := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		ForceAttemptHTTP2:   true,
+	}
+	cfg := &vaultapi.Config{
+		Address: conf.Endpoint,
+		HttpClient: &http.Client{
+			Transport: transport,
+			// Vault's client follows a standby's redirect itself.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		Timeout:      60 * time.Second,
+		MinRetryWait: time.Second,
+		MaxRetryWait: 1500 * time.Millisecond,
+		MaxRetries:   2,
+	}
+	tlsFiles := &vaultapi.TLSConfig{ClientCert: conf.Certificate, ClientKey: conf.PrivateKey}
+	if conf.CAPath != "" {
+		// KES takes a directory as a CA path and a file as a CA file.
+		fi, err := os.Stat(conf.CAPath)
+		if err != nil {
+			return nil, fmt.Errorf("read the Vault CA: %w", err)
+		}
+		if fi.IsDir() {
+			tlsFiles.CAPath = conf.CAPath
+		} else {
+			tlsFiles.CACert = conf.CAPath
+		}
+	}
+	if err := cfg.ConfigureTLS(tlsFiles); err != nil {
+		return nil, fmt.Errorf("configure TLS for Vault: %w", err)
+	}
+	c, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create Vault client: %w", err)
+	}
+	// NewClient takes these two from the environment.
+	c.ClearToken()
+	c.ClearNamespace()
+	if conf.Namespace != "" {
+		c.SetNamespace(conf.Namespace)
+	}
+	return c, nil
+}
+
+// listVaultNames lists every entry name of a KES vault key store through the
+// Vault API itself (github.com/hashicorp/vault/api), logging in as KES does
+// (AppRole or Kubernetes, with the config's namespace): a second listing,
+// independent of KES's code, for the completeness check.
+//
+// The names are what Vault's LIST answers at vaultListPath(conf), sorted;
+// a name ending in "/" is a folder below the prefix, not a key. Vault's kv
+// engines (v1 and v2) answer a LIST in one response: there is no page to
+// follow. An empty or absent path gives no names.
+//
+// Errors say what Vault answered and how to fix it; a token whose policy
+// lacks the list capability gets the policy rule to add. They never hold the
+// AppRole secret, the JWT or the token.
+func listVaultNames(ctx context.Context, conf *kesconf.VaultKeyStore) ([]string, error) {
+	login, err := vaultLoginOf(conf)
+	if err != nil {
+		return nil, err
+	}
+	c, err := newVaultClient(conf)
+	if err != nil {
+		return nil, err
+	}
+	lc := c
+	if login.namespace != conf.Namespace {
+		lc = c.WithNamespace(login.namespace)
+	}
+	secret, err := lc.Logical().WriteWithContext(ctx, login.path, login.body)
+	if err != nil {
+		return nil, vaultLoginError(conf, login, err)
+	}
+	if secret == nil || secret.Auth == nil || secret.Auth.ClientToken == "" {
+		return nil, fmt.Errorf("log in to Vault at %s (%s): Vault answered without a token", conf.Endpoint, login.path)
+	}
+	c.SetToken(secret.Auth.ClientToken)
+	// The token is ours alone; give it back rather than leave it to its TTL.
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = c.Auth().Token().RevokeSelfWithContext(rctx, "")
+	}()
+
+	where := vaultListPath(conf)
+	list, err := c.Logical().ListWithContext(ctx, where)
+	if err != nil {
+		return nil, vaultListError(conf, where, login, err)
+	}
+	if list == nil || list.Data == nil {
+		return []string{}, nil // Vault answers 404 for a path with no entries
+	}
+	raw, ok := list.Data["keys"].([]any)
+	if !ok {
+		return nil, fmt.Errorf("list %s/ at Vault %s: the answer holds no list of keys (is %s a kv %s engine?)", where, conf.Endpoint, strings.SplitN(where, "/", 2)[0], vaultAPIVersion(conf))
+	}
+	names := make([]string, 0, len(raw))
+	for _, v := range raw {
+		s, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf("list %s/ at Vault %s: a listed name is a %T, not a string", where, conf.Endpoint, v)
+		}
+		names = append(names, s)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// vaultLoginError explains a failed login. Vault answers a wrong AppRole
+// role or secret id with 400 "invalid role or secret ID" (not 403).
+func vaultLoginError(conf *kesconf.VaultKeyStore, login vaultLogin, err error) error {
+	var re *vaultapi.ResponseError
+	if errors.As(err, &re) {
+		reason := strings.Join(re.Errors, "; ")
+		fix := "check the keystore.vault." + strings.ToLower(login.method) + " settings of the KES config against Vault"
+		if login.method == "AppRole" {
+			fix = "check keystore.vault.approle id and secret in the KES config (a secret_id may have expired or reached its use limit: generate a new one for the role)"
+		}
+		return fmt.Errorf("log in to Vault at %s with %s (%s): Vault answered %d: %s; %s", conf.Endpoint, login.method, login.path, re.StatusCode, vaultReason(reason), fix)
+	}
+	return fmt.Errorf("log in to Vault at %s with %s (%s): %w", conf.Endpoint, login.method, login.path, err)
+}
+
+// vaultListError explains a failed LIST. A 403 is a policy without the list
+// capability (minio/minio#19372: MinIO keeps encrypting, nothing can list).
+func vaultListError(conf *kesconf.VaultKeyStore, where string, login vaultLogin, err error) error {
+	var re *vaultapi.ResponseError
+	if !errors.As(err, &re) {
+		return fmt.Errorf("list %s/ at Vault %s: %w", where, conf.Endpoint, err)
+	}
+	reason := vaultReason(strings.Join(re.Errors, "; "))
+	if re.StatusCode == http.StatusForbidden {
+		return fmt.Errorf("list %s/ at Vault %s: Vault answered 403: %s; the policy of the %s role in the KES config lacks the list capability on %s/: add the list capability on %s/ to that policy, e.g. path %q { capabilities = [\"list\"] }",
+			where, conf.Endpoint, reason, login.method, where, where, where+"/")
+	}
+	return fmt.Errorf("list %s/ at Vault %s: Vault answered %d: %s", where, conf.Endpoint, re.StatusCode, reason)
+}
+
+// vaultReason turns Vault's multierror text ("1 error occurred:\n\t* permission
+// denied\n\n") into one line.
+func vaultReason(s string) string {
+	var parts []string
+	for _, l := range strings.Split(s, "\n") {
+		l = strings.TrimSpace(l)
+		l = strings.TrimPrefix(l, "* ")
+		if l == "" || strings.HasSuffix(l, "error occurred:") || strings.HasSuffix(l, "errors occurred:") {
+			continue
+		}
+		parts = append(parts, l)
+	}
+	if len(parts) == 0 {
+		return "no reason given"
+	}
+	return strings.Join(parts, "; ")
+}
+
+// vaultCheckNote is appended to the plan's account of a vault store's
+// cross-check.
+const vaultCheckNote = ""

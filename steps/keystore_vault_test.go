@@ -1,0 +1,119 @@
+package steps
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/minio/kes/kesconf"
+)
+
+func TestVaultListPath(t *testing.T) {
+	for _, c := range []struct {
+		conf kesconf.VaultKeyStore
+		want string
+	}{
+		{kesconf.VaultKeyStore{}, "kv"}, // KES's defaults: engine kv, version v1
+		{kesconf.VaultKeyStore{Prefix: "kes"}, "kv/kes"},
+		{kesconf.VaultKeyStore{Engine: "secret", APIVersion: "v1", Prefix: "minio/kes/"}, "secret/minio/kes"},
+		{kesconf.VaultKeyStore{Engine: "kv2", APIVersion: "v2"}, "kv2/metadata"},
+		{kesconf.VaultKeyStore{Engine: "kv2", APIVersion: "v2", Prefix: "/kes"}, "kv2/metadata/kes"},
+	} {
+		if got := vaultListPath(&c.conf); got != c.want {
+			t.Errorf("vaultListPath(%+v) = %q, want %q", c.conf, got, c.want)
+		}
+	}
+}
+
+func TestVaultLoginOf(t *testing.T) {
+	jwtFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(jwtFile, []byte("eyJ.from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name     string
+		conf     kesconf.VaultKeyStore
+		path, ns string
+		body     map[string]any
+	}{
+		{"approle defaults", kesconf.VaultKeyStore{AppRole: &kesconf.VaultAppRoleAuth{ID: "r", Secret: "s"}},
+			"auth/approle/login", "", map[string]any{"role_id": "r", "secret_id": "s"}},
+		{"approle in the store's namespace", kesconf.VaultKeyStore{Namespace: "team", AppRole: &kesconf.VaultAppRoleAuth{Engine: "kes-approle", ID: "r", Secret: "s"}},
+			"auth/kes-approle/login", "team", map[string]any{"role_id": "r", "secret_id": "s"}},
+		{"approle in the root namespace", kesconf.VaultKeyStore{Namespace: "team", AppRole: &kesconf.VaultAppRoleAuth{Namespace: "/", ID: "r", Secret: "s"}},
+			"auth/approle/login", "", map[string]any{"role_id": "r", "secret_id": "s"}},
+		{"kubernetes with a JWT file", kesconf.VaultKeyStore{Kubernetes: &kesconf.VaultKubernetesAuth{Namespace: "ops", Role: "kes", JWT: jwtFile}},
+			"auth/kubernetes/login", "ops", map[string]any{"role": "kes", "jwt": "eyJ.from-file"}},
+		{"kubernetes with an inline JWT", kesconf.VaultKeyStore{Kubernetes: &kesconf.VaultKubernetesAuth{Engine: "k8s", Role: "kes", JWT: "eyJ.inline"}},
+			"auth/k8s/login", "", map[string]any{"role": "kes", "jwt": "eyJ.inline"}},
+	} {
+		l, err := vaultLoginOf(&c.conf)
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		if l.path != c.path || l.namespace != c.ns {
+			t.Errorf("%s: login at %q in namespace %q, want %q in %q", c.name, l.path, l.namespace, c.path, c.ns)
+		}
+		for k, v := range c.body {
+			if l.body[k] != v {
+				t.Errorf("%s: login body %s = %v, want %v", c.name, k, l.body[k], v)
+			}
+		}
+	}
+	if _, err := vaultLoginOf(&kesconf.VaultKeyStore{}); err == nil {
+		t.Error("vaultLoginOf without an auth method: no error")
+	}
+	if _, err := vaultLoginOf(&kesconf.VaultKeyStore{Kubernetes: &kesconf.VaultKubernetesAuth{JWT: filepath.Join(t.TempDir(), "missing")}}); err == nil {
+		t.Error("vaultLoginOf with a missing JWT file: no error")
+	}
+}
+
+// A token without the list capability: the error carries Vault's reason and
+// the policy rule that fixes it, and never the AppRole secret.
+func TestVaultListErrorNamesTheFix(t *testing.T) {
+	conf := &kesconf.VaultKeyStore{Endpoint: "http://127.0.0.1:8200", Engine: "kv2", APIVersion: "v2", Prefix: "kes",
+		AppRole: &kesconf.VaultAppRoleAuth{ID: "role-id", Secret: "super-secret-id"}}
+	login, err := vaultLoginOf(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := &vaultapi.ResponseError{HTTPMethod: "LIST", URL: "http://127.0.0.1:8200/v1/kv2/metadata/kes", StatusCode: 403,
+		Errors: []string{"1 error occurred:\n\t* permission denied\n\n"}}
+	got := vaultListError(conf, vaultListPath(conf), login, denied).Error()
+	for _, want := range []string{"list kv2/metadata/kes/ at Vault http://127.0.0.1:8200", "Vault answered 403: permission denied",
+		"lacks the list capability on kv2/metadata/kes/", `path "kv2/metadata/kes/" { capabilities = ["list"] }`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("403 error %q does not say %q", got, want)
+		}
+	}
+	bad := &vaultapi.ResponseError{HTTPMethod: "PUT", StatusCode: 400, Errors: []string{"invalid role or secret ID"}}
+	got = vaultLoginError(conf, login, bad).Error()
+	for _, want := range []string{"log in to Vault at http://127.0.0.1:8200 with AppRole", "Vault answered 400: invalid role or secret ID", "approle id and secret"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("login error %q does not say %q", got, want)
+		}
+	}
+	for _, e := range []error{vaultListError(conf, "kv2/metadata/kes", login, denied), vaultLoginError(conf, login, bad), vaultLoginError(conf, login, errors.New("dial tcp: refused"))} {
+		if strings.Contains(e.Error(), "super-secret-id") {
+			t.Errorf("error shows the AppRole secret: %v", e)
+		}
+	}
+}
+
+func TestVaultReason(t *testing.T) {
+	for in, want := range map[string]string{
+		"1 error occurred:\n\t* permission denied\n\n": "permission denied",
+		"2 errors occurred:\n\t* a\n\t* b\n\n":         "a; b",
+		"invalid role or secret ID":                    "invalid role or secret ID",
+		"":                                             "no reason given",
+		"1 error occurred:\n\t* no handler for route \"kv3/x\"\n": `no handler for route "kv3/x"`,
+	} {
+		if got := vaultReason(in); got != want {
+			t.Errorf("vaultReason(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
