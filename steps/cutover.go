@@ -17,7 +17,7 @@ func init() {
 		Name:    "cutover",
 		Kind:    engine.KindStep,
 		New:     func() engine.Block { return &cutoverStep{} },
-		Outputs: map[string]cty.Type{"restarted_at": cty.String, "kms": cty.String},
+		Outputs: map[string]cty.Type{"restarted_at": cty.String, "kms": cty.String, "unavailable_seconds": cty.Number},
 		Doc:     "switches AIStor from KES to the Key Manager: edits every node's env file, restarts, validates; rollback restores KES",
 	})
 }
@@ -44,10 +44,13 @@ type cutoverConfig struct {
 	APIKey          string    `hcl:"api_key"`
 	SSEKey          string    `hcl:"sse_key,optional"`
 	ValidateObjects []string  `hcl:"validate_objects,optional"`
-	SamplePerBucket *int      `hcl:"sample_per_bucket,optional"`
-	ValidateAll     bool      `hcl:"validate_all,optional"`
-	OnFailure       string    `hcl:"on_failure,optional"`
-	WaitTimeout     string    `hcl:"wait_timeout,optional"`
+	// ExcludeObjects leaves objects that already do not read (a fault that
+	// predates the cutover) out of the sample; the plan records them.
+	ExcludeObjects  []string `hcl:"exclude_objects,optional"`
+	SamplePerBucket *int     `hcl:"sample_per_bucket,optional"`
+	ValidateAll     bool     `hcl:"validate_all,optional"`
+	OnFailure       string   `hcl:"on_failure,optional"`
+	WaitTimeout     string   `hcl:"wait_timeout,optional"`
 }
 
 // cutoverStep moves a running AIStor deployment from KES to the Key Manager
@@ -79,10 +82,13 @@ func (c *cutoverStep) Validate(d *engine.Decoded) hcl.Diagnostics {
 	if c.cfg.SamplePerBucket != nil && *c.cfg.SamplePerBucket < 0 {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid sample_per_bucket", Detail: "sample_per_bucket is how many objects of every bucket are read back after the restart; it cannot be negative.", Subject: d.AttrRange("sample_per_bucket")})
 	}
-	if !d.Unknown("validate_objects") {
-		for _, o := range c.cfg.ValidateObjects {
+	for attr, list := range map[string][]string{"validate_objects": c.cfg.ValidateObjects, "exclude_objects": c.cfg.ExcludeObjects} {
+		if d.Unknown(attr) {
+			continue
+		}
+		for _, o := range list {
 			if b, obj, ok := strings.Cut(o, "/"); !ok || b == "" || obj == "" {
-				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid object name", Detail: fmt.Sprintf("%q: name each object to validate as \"bucket/object\".", o), Subject: d.AttrRange("validate_objects")})
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid object name", Detail: fmt.Sprintf("%q: name each object of %s as \"bucket/object\".", o, attr), Subject: d.AttrRange(attr)})
 			}
 		}
 	}
@@ -122,6 +128,9 @@ func (c *cutoverStep) validateConnection(d *engine.Decoded, a *aistorConnection)
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate env file", Detail: fmt.Sprintf("%s is listed twice in env_files; list every node's file once.", f), Subject: d.AttrRange("aistor")})
 		}
 		seen[f] = true
+	}
+	if a.RestartMode() == "rolling" {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Rolling restart cannot cut over", Detail: rollingReason(len(a.EnvFiles())) + " Set restart = \"systemd\" or restart = \"command\" on the aistor block: every node restarts at once and S3 clients retry.", Subject: d.AttrRange("aistor")})
 	}
 	if a.RestartMode() == "" {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "No restart mode", Detail: "The cutover must fully stop and start every node: set restart = \"systemd\" or restart = \"command\" (with restart_command) on the aistor block.", Subject: d.AttrRange("aistor")})
@@ -180,6 +189,27 @@ func (c *cutoverStep) resolve(r *engine.Run) (*cutoverEnv, error) {
 // refuseAdmin explains why the documented restart cannot be used.
 func refuseAdmin() error {
 	return engine.Refusef("restart = \"admin\" cannot carry out this cutover: the admin (mc admin service) restart re-executes MinIO with its old environment, which still holds the MINIO_KMS_KES_* variables, and re-reads the env file only additively, so MinIO stops with \"kms: configuration for MinIO KMS and MinIO KES is present\" (FATAL) and the object store is down (DOMAIN.md D2). Use restart = \"systemd\" (systemctl restart minio on every node) or restart = \"command\" with a restart_command that fully stops and starts the MinIO process")
+}
+
+// rollingReason explains why no rolling restart can carry the cutover
+// (DOMAIN.md D5), for a deployment of h nodes.
+func rollingReason(h int) string {
+	wave := (h + 1) / 2
+	return fmt.Sprintf("At start-up each MinIO node waits until at least ⌊(H−1)/2⌋ other hosts report an identical MINIO_* environment, and the KES-era and Key Manager-era variables can never be set together: a node restarted into the Key Manager era waits for peers that are still on KES. So no node-by-node restart can pass; the smallest first wave is ⌈H/2⌉ hosts (%d of these %d nodes), which already stops writes on any evenly spread erasure set.", wave, h)
+}
+
+// refuseRestartMode refuses the restart modes that cannot carry out a
+// cutover.
+func refuseRestartMode(e *cutoverEnv) error {
+	switch e.a.RestartMode() {
+	case "admin":
+		return refuseAdmin()
+	case "rolling":
+		return engine.Refusef("restart = \"rolling\" cannot carry out this cutover: %s Use restart = \"systemd\" or \"command\"", rollingReason(len(e.nodes)))
+	case "":
+		return errors.New("the aistor block sets no restart mode: set restart = \"systemd\" or \"command\"")
+	}
+	return nil
 }
 
 // desired is the Key Manager configuration the files get.

@@ -2,11 +2,8 @@ package steps
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/zclconf/go-cty/cty"
@@ -24,37 +21,14 @@ type cutoverBackup struct {
 	GID      int         `json:"gid"`
 }
 
+// cutoverRestart is recorded before a restart begins. At is this host's
+// clock; StoreAt is the object store's own (the Date header of its answer,
+// whole seconds), which the write check before a rollback compares object
+// and IAM times with.
 type cutoverRestart struct {
-	At   time.Time `json:"at"`
-	Mode string    `json:"mode"`
-}
-
-// cutoverGen is the number of earlier attempts of this step that were rolled
-// back automatically.
-func cutoverGen(r *engine.Run) int {
-	n := 0
-	for _, it := range r.CheckpointOrder() {
-		if strings.HasPrefix(it, "rolled-back/") {
-			n++
-		}
-	}
-	return n
-}
-
-func cutoverItem(g int, name string) string {
-	if g == 0 {
-		return name
-	}
-	return fmt.Sprintf("g%d/%s", g, name)
-}
-
-func cutoverCheckpoint[T any](r *engine.Run, name string) (T, bool) {
-	var v T
-	raw, ok := r.Checkpoints()[name]
-	if !ok {
-		return v, false
-	}
-	return v, json.Unmarshal(raw, &v) == nil
+	At      time.Time `json:"at"`
+	StoreAt time.Time `json:"store_at,omitzero"`
+	Mode    string    `json:"mode"`
 }
 
 // backupName is node N's backup file (N in env_files order, which the
@@ -72,13 +46,23 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 	if e.a.Platform() == "kubernetes" {
 		return c.applyKubernetes(ctx, r, e)
 	}
-	switch e.a.RestartMode() {
-	case "admin":
-		return refuseAdmin()
-	case "":
-		return errors.New("the aistor block sets no restart mode: set restart = \"systemd\" or \"command\"")
+	if err := refuseRestartMode(e); err != nil {
+		return err
 	}
 	g := cutoverGen(r)
+	if c.rollbackBegun(r, e, g) {
+		// The automatic rollback of attempt g failed part-way: finish it
+		// (without restarting again what it already restarted), then start
+		// the next attempt.
+		r.Logf("attempt %d was being rolled back when it stopped: finishing that rollback first", g+1)
+		if err := c.rollback(ctx, r, e, g); err != nil {
+			return fmt.Errorf("finish the rollback of attempt %d: %w", g+1, err)
+		}
+		if err := checkpointItem(r, rolledBackItem{Attempt: g + 1}, map[string]string{"at": time.Now().UTC().Format(time.RFC3339)}); err != nil {
+			return err
+		}
+		g++
+	}
 	if g > 0 {
 		r.Logf("attempt %d: the previous attempt was rolled back; starting over", g+1)
 	}
@@ -88,19 +72,90 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 	}
 	started := false
 	for _, f := range files {
-		if r.HasCheckpoint(cutoverItem(g, "backup/"+f.node.Name)) {
+		if hasItem(r, newNodeItem(g, nodeBackup, f.node.Name)) {
 			started = true
 		}
 	}
-	if !started {
-		// Before touching anything: the nodes must agree.
-		if err := sameFiles(files); err != nil {
-			return fmt.Errorf("check env files before the cutover: %w (nothing was changed, no node restarted)", err)
-		}
+	sample, err := c.preflight(ctx, r, e, files, !started)
+	if err != nil {
+		return err
 	}
-	var set map[string]string
+	if err := c.editAll(ctx, r, e, g, files); err != nil {
+		return err
+	}
+	err = c.restartAndConfirm(ctx, r, e, g, false, sample)
+	if err == nil {
+		r.SetOutput("kms", cty.StringVal(kmsNameKeyManager))
+		return nil
+	}
+	if ctx.Err() != nil {
+		return err
+	}
+	if e.onFail != "rollback" {
+		return fmt.Errorf("%w; on_failure = \"stop\": the nodes are left as they are; runbook rollback restores the original files, runbook resume tries again", err)
+	}
+	r.Warnf("cutover failed: %v; rolling back (on_failure = \"rollback\")", err)
+	if rbErr := c.rollback(ctx, r, e, g); rbErr != nil {
+		return fmt.Errorf("%w; the automatic rollback failed too: %v; the journal records how far it came: runbook rollback finishes it, runbook resume finishes it and tries the cutover again", err, rbErr)
+	}
+	if err := checkpointItem(r, rolledBackItem{Attempt: g + 1}, map[string]string{"at": time.Now().UTC().Format(time.RFC3339)}); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w; rolled back automatically: every node has its original env file again and AIStor reads the sample through KES", err)
+}
+
+// preflight runs before any change (first) or on a resume: the files must
+// agree across nodes, the default key must be the one the object store
+// runs with and be held by the enclave, and the object sample must read
+// through KES today. The sample is checkpointed once and reused by every
+// later attempt and by the rollback.
+func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEnv, files []nodeFile, first bool) (*cutoverSample, error) {
+	defaultKey := ""
+	if first {
+		if err := sameFiles(files); err != nil {
+			return nil, fmt.Errorf("check env files before the cutover: %w (nothing was changed, no node restarted)", err)
+		}
+		facts, err := c.observeKMS(ctx, r, e, files[0].data)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.checkEnclaveHolds(ctx, r, e, facts.sseKey); err != nil {
+			return nil, err
+		}
+		defaultKey = facts.sseKey
+	}
+	if s, ok := cutoverCheckpoint[cutoverSample](r, sampleItem{}); ok {
+		return &s, nil
+	}
+	if !first {
+		// An older journal without a sample: the files are already changed,
+		// so what reads now proves nothing about KES; validate what is listed.
+		r.Warnf("no object sample was recorded before the files were changed: validating a fresh sample")
+	}
+	s, err := c.chooseSample(ctx, r, e)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.proveSample(ctx, r, e, s, defaultKey); err != nil {
+		return nil, err
+	}
+	if err := checkpointItem(r, sampleItem{}, s); err != nil {
+		return nil, err
+	}
+	r.Logf("%s", s.summary())
+	return s, nil
+}
+
+// editAll backs up and edits every node's file (checkpointed per node, so
+// a resume never edits a file twice) and confirms the edited files are
+// identical.
+func (c *cutoverStep) editAll(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, files []nodeFile) error {
+	var (
+		set map[string]string
+		err error
+	)
 	for i, f := range files {
-		bitem, eitem := cutoverItem(g, "backup/"+f.node.Name), cutoverItem(g, "edited/"+f.node.Name)
+		bitem, eitem := newNodeItem(g, nodeBackup, f.node.Name), newNodeItem(g, nodeEdited, f.node.Name)
 		b, hasBackup := cutoverCheckpoint[cutoverBackup](r, bitem)
 		if !hasBackup {
 			if set == nil {
@@ -125,14 +180,14 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 			}
 			b = cutoverBackup{Backup: name, Original: f.sum, New: envSHA256(newData), Mode: f.meta.Mode, UID: f.meta.UID, GID: f.meta.GID}
 			// The intent, before the edit: a resume recognises the edited file by this hash.
-			if err := r.Checkpoint(bitem, b); err != nil {
+			if err := checkpointItem(r, bitem, b); err != nil {
 				return err
 			}
 			r.Logf("backed up %s (sha256 %s)", f.node.Name, f.sum)
 		}
 		switch f.sum {
 		case b.New:
-			if !r.HasCheckpoint(eitem) {
+			if !hasItem(r, eitem) {
 				r.Logf("%s is already edited (sha256 %s)", f.node.Name, b.New)
 			}
 		case b.Original:
@@ -159,8 +214,8 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 		default:
 			return fmt.Errorf("env file %s changed since the cutover backed it up (sha256 %s, expected the original %s or the edited %s): someone else is editing it; compare it with the backup in %s and roll back or fix it by hand", f.node.Name, f.sum, b.Original, b.New, r.JournalDir())
 		}
-		if !r.HasCheckpoint(eitem) {
-			if err := r.Checkpoint(eitem, map[string]string{"sha256": b.New}); err != nil {
+		if !hasItem(r, eitem) {
+			if err := checkpointItem(r, eitem, map[string]string{"sha256": b.New}); err != nil {
 				return err
 			}
 		}
@@ -172,7 +227,7 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 		return err
 	}
 	for _, f := range files {
-		b, _ := cutoverCheckpoint[cutoverBackup](r, cutoverItem(g, "backup/"+f.node.Name))
+		b, _ := cutoverCheckpoint[cutoverBackup](r, newNodeItem(g, nodeBackup, f.node.Name))
 		if f.sum != b.New {
 			return fmt.Errorf("env file %s is not the edited one after writing it (sha256 %s, expected %s); no node was restarted", f.node.Name, f.sum, b.New)
 		}
@@ -181,62 +236,6 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 		return fmt.Errorf("check edited env files: %w; no node was restarted", err)
 	}
 	r.Logf("the %d edited env files are identical (sha256 %s)", len(files), files[0].sum)
-
-	rs, restarted := cutoverCheckpoint[cutoverRestart](r, cutoverItem(g, "restart"))
-	if !restarted {
-		rs = cutoverRestart{At: time.Now().UTC(), Mode: e.a.RestartMode()}
-		if err := r.Checkpoint(cutoverItem(g, "restart"), rs); err != nil {
-			return err
-		}
-	} else if !r.HasCheckpoint(cutoverItem(g, "restarted")) {
-		r.Logf("the restart begun at %s was interrupted: restarting the nodes again", rs.At.Format(time.RFC3339))
-	}
-	r.SetOutput("restarted_at", cty.StringVal(rs.At.Format(time.RFC3339Nano)))
-	failure := func(err error) error {
-		if e.onFail != "rollback" {
-			return fmt.Errorf("%w; on_failure = \"stop\": the nodes are left as they are; runbook rollback restores the original files", err)
-		}
-		r.Warnf("cutover failed: %v; rolling back (on_failure = \"rollback\")", err)
-		if rbErr := c.rollback(ctx, r, e, g); rbErr != nil {
-			return fmt.Errorf("%w; the automatic rollback failed too: %v", err, rbErr)
-		}
-		if err := r.Checkpoint(fmt.Sprintf("rolled-back/%d", g+1), map[string]string{"at": time.Now().UTC().Format(time.RFC3339)}); err != nil {
-			return err
-		}
-		return fmt.Errorf("%w; rolled back automatically: every node has its original env file again and AIStor reads objects through KES", err)
-	}
-	if !r.HasCheckpoint(cutoverItem(g, "restarted")) {
-		if err := c.restartAll(ctx, r, e); err != nil {
-			if ctx.Err() != nil {
-				return err
-			}
-			return failure(err)
-		}
-		if err := r.Checkpoint(cutoverItem(g, "restarted"), map[string]int{"nodes": len(e.nodes)}); err != nil {
-			return err
-		}
-	}
-	if err := c.waitHealthy(ctx, r, e, kmsNameKeyManager); err != nil {
-		if ctx.Err() != nil {
-			return err
-		}
-		return failure(err)
-	}
-	if err := r.Checkpoint(cutoverItem(g, "healthy"), map[string]string{"kms": kmsNameKeyManager}); err != nil {
-		return err
-	}
-	n, err := c.validate(ctx, r, e)
-	if err != nil {
-		if ctx.Err() != nil {
-			return err
-		}
-		return failure(err)
-	}
-	if err := r.Checkpoint(cutoverItem(g, "validated"), map[string]int{"objects": n}); err != nil {
-		return err
-	}
-	r.SetOutput("kms", cty.StringVal(kmsNameKeyManager))
-	r.Logf("AIStor reports %s; %d object(s) read back", kmsNameKeyManager, n)
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/minio/madmin-go/v3"
+	"github.com/zclconf/go-cty/cty"
 
 	"github.com/runbook-dev/runbook/engine"
 )
@@ -234,4 +235,195 @@ func (c *cutoverStep) clusterWritable(ctx context.Context, r *engine.Run, a *ais
 		return fmt.Sprintf("the cluster has no write quorum yet (/minio/health/cluster: %s)", resp.Status)
 	}
 	return ""
+}
+
+// restartAndConfirm is one restart of every node, in either direction:
+// into the Key Manager (back = false) or onto KES again (back = true, the
+// rollback). Each phase is checkpointed in attempt g, so a resume or a
+// rollback never restarts again what was restarted and confirmed:
+//
+//	restart     recorded before the first node is restarted (cutoverRestart)
+//	restarted   every node's restart returned
+//	healthy     every node online, the KMS status names the KMS wanted
+//	validated   the recorded sample reads byte for byte
+//
+// A restart begun but not recorded done (the runbook was killed) is done
+// again: the nodes' state is unknown. Errors: the first phase that fails.
+func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, back bool, s *cutoverSample) error {
+	want := kmsNameKeyManager
+	if back {
+		want = kmsNameKES
+	}
+	item := func(p restartPhase) restartItem { return newRestartItem(g, back, p) }
+	rs, begun := cutoverCheckpoint[cutoverRestart](r, item(phaseRestart))
+	var probe *unavailability
+	if !hasItem(r, item(phaseRestarted)) {
+		if !begun {
+			rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: e.a.RestartMode()}
+			if err := checkpointItem(r, item(phaseRestart), rs); err != nil {
+				return err
+			}
+		} else {
+			r.Logf("the restart begun at %s was interrupted: restarting the nodes again", rs.At.Format(time.RFC3339))
+		}
+		probe = c.startProbe(ctx, r, e)
+		if err := c.restartAll(ctx, r, e); err != nil {
+			probe.stop()
+			return err
+		}
+		if err := checkpointItem(r, item(phaseRestarted), map[string]int{"nodes": len(e.nodes)}); err != nil {
+			probe.stop()
+			return err
+		}
+	}
+	if !back {
+		r.SetOutput("restarted_at", cty.StringVal(rs.At.Format(time.RFC3339Nano)))
+	}
+	if !hasItem(r, item(phaseHealthy)) {
+		err := c.waitHealthy(ctx, r, e, want)
+		window := probe.stop()
+		if err != nil {
+			return err
+		}
+		data := map[string]any{"kms": want}
+		if probe != nil {
+			data["unavailable_ms"] = window.Milliseconds()
+			r.Logf("the object store answered nothing for %s (from its first failed probe to its first healthy answer)", window.Round(100*time.Millisecond))
+			if !back {
+				r.SetOutput("unavailable_seconds", cty.NumberFloatVal(window.Seconds()))
+			}
+		}
+		if err := checkpointItem(r, item(phaseHealthy), data); err != nil {
+			return err
+		}
+	}
+	if !hasItem(r, item(phaseValidated)) {
+		n, err := c.validate(ctx, r, e, s)
+		if err != nil {
+			return err
+		}
+		if err := checkpointItem(r, item(phaseValidated), map[string]int{"objects": n}); err != nil {
+			return err
+		}
+		if back {
+			r.Logf("AIStor reports %s again; %d object(s) read back", want, n)
+		} else {
+			r.Logf("AIStor reports %s; %d object(s) read back", want, n)
+		}
+	}
+	return nil
+}
+
+// probeInterval is how often the unavailability probe asks the object
+// store's cluster health while the nodes restart.
+const probeInterval = 250 * time.Millisecond
+
+// unavailability measures how long the object store answered nothing:
+// from the first failed probe of /minio/health/cluster to the first
+// healthy answer after it.
+type unavailability struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	window time.Duration
+}
+
+func (c *cutoverStep) startProbe(ctx context.Context, r *engine.Run, e *cutoverEnv) *unavailability {
+	pctx, cancel := context.WithCancel(ctx)
+	u := &unavailability{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(u.done)
+		var down time.Time
+		t := time.NewTicker(probeInterval)
+		defer t.Stop()
+		for {
+			cctx, ccancel := context.WithTimeout(pctx, 2*time.Second)
+			why := c.clusterWritable(cctx, r, e.a)
+			ccancel()
+			if pctx.Err() != nil {
+				if !down.IsZero() {
+					u.window = time.Since(down) // still down when stopped
+				}
+				return
+			}
+			switch {
+			case why != "" && down.IsZero():
+				down = time.Now()
+			case why == "" && !down.IsZero():
+				u.window = time.Since(down)
+				return
+			}
+			select {
+			case <-pctx.Done():
+				if !down.IsZero() {
+					u.window = time.Since(down)
+				}
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return u
+}
+
+// stop ends the probe and returns the window measured (zero if the
+// object store never failed a probe). A nil probe measured nothing.
+func (u *unavailability) stop() time.Duration {
+	if u == nil {
+		return 0
+	}
+	select {
+	case <-u.done:
+	default:
+		u.cancel()
+		<-u.done
+	}
+	u.cancel()
+	return u.window
+}
+
+// storeClock is the object store's own time now, or the zero time when it
+// does not answer. Its Date header counts whole seconds, so it asks until
+// the second ticks over (at most about a second): the tick is then known to
+// within one round trip, and the time returned errs early, never late, so
+// the write check it anchors can report too much but never miss a write.
+// Without a tick it returns the last Date seen (whole seconds, early too).
+func (c *cutoverStep) storeClock(ctx context.Context, r *engine.Run, e *cutoverEnv) time.Time {
+	tlsCfg, err := tlsConfig(r, e.a.cfg.CAFile, e.a.cfg.Insecure)
+	if err != nil {
+		return time.Time{}
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsCfg
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	date := func() (time.Time, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(e.a.Endpoint(), "/")+"/minio/health/live", nil)
+		if err != nil {
+			return time.Time{}, err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return time.Time{}, err
+		}
+		resp.Body.Close()
+		return http.ParseTime(resp.Header.Get("Date"))
+	}
+	first, err := date()
+	if err != nil {
+		return time.Time{}
+	}
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		d, err := date()
+		answered := time.Now()
+		if err != nil {
+			break
+		}
+		if d.After(first) {
+			// The second ticked over at or before this answer arrived.
+			return d.UTC().Add(time.Since(answered))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return first.UTC()
 }

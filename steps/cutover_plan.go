@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 
+	kes "github.com/minio/kes-go"
+	"github.com/minio/kms-go/kms"
 	"github.com/minio/madmin-go/v3"
 
 	"github.com/runbook-dev/runbook/engine"
@@ -71,11 +73,8 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	if e.a.Platform() == "kubernetes" {
 		return c.planKubernetes(ctx, r, e, p)
 	}
-	switch e.a.RestartMode() {
-	case "admin":
-		return nil, refuseAdmin()
-	case "":
-		return nil, errors.New("the aistor block sets no restart mode: set restart = \"systemd\" or \"command\"")
+	if err := refuseRestartMode(e); err != nil {
+		return nil, err
 	}
 	files, err := c.readAll(ctx, r, e)
 	if err != nil {
@@ -83,6 +82,10 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	}
 	if err := sameFiles(files); err != nil {
 		return nil, engine.Refusef("%v", err)
+	}
+	f, err := c.observeKMS(ctx, r, e, files[0].data)
+	if err != nil {
+		return nil, err
 	}
 	apiKey := c.cfg.APIKey
 	if apiKey == "" || r.Decoded.Unknown("api_key") {
@@ -109,15 +112,26 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		p.Sections = append(p.Sections, engine.PlanSection{Title: "Environment diff: " + f.node.Name, Body: r.Redact(strings.Join(diff, "\n"))})
 	}
 	p.Observed = append(p.Observed, fmt.Sprintf("the %d env files are identical (sha256 %s)", len(files), files[0].sum))
-	if admin, _, err := e.a.Clients(r); err == nil {
-		if st, err := admin.KMSStatus(ctx); err == nil {
-			p.Observed = append(p.Observed, fmt.Sprintf("AIStor reports KMS %q, default key %q, endpoints %s", st.Name, st.DefaultKeyID, formatKMSEndpoints(st.Endpoints)))
-			if st.Name == kmsNameKeyManager {
-				p.Risks = append(p.Risks, "AIStor already reports the Key Manager: the files will be edited and the nodes restarted all the same")
-			}
-		} else {
-			p.Risks = append(p.Risks, fmt.Sprintf("could not read AIStor's KMS status: %v", err))
+	if f.statusNote != "" {
+		p.Observed = append(p.Observed, f.statusNote)
+		p.Risks = append(p.Risks, fmt.Sprintf("the object store does not report its KMS status (see above): the default key is taken from the env files (%q), and after the restart the cutover cannot confirm that the object store reports the Key Manager until its identity may read the status", f.envKey))
+	} else {
+		p.Observed = append(p.Observed, fmt.Sprintf("AIStor reports KMS %q, default key %q, endpoints %s", f.name, f.defaultKey, formatKMSEndpoints(f.endpoints)))
+		if f.name == kmsNameKeyManager {
+			p.Risks = append(p.Risks, "AIStor already reports the Key Manager: the files will be edited and the nodes restarted all the same")
 		}
+	}
+	p.Observed = append(p.Observed, fmt.Sprintf("MINIO_KMS_SSE_KEY will be %q, the default key the object store runs with today; the enclave must hold it before any file is changed", f.sseKey))
+	sample, err := c.chooseSample(ctx, r, e)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.proveSample(ctx, r, e, sample, f.sseKey); err != nil {
+		return nil, err
+	}
+	p.Observed = append(p.Observed, sample.lines()...)
+	if env, err := envEffective(files[0].data); err == nil && strings.EqualFold(env["MINIO_API_ROOT_ACCESS"], "off") && env["MINIO_ROOT_USER"] == "" {
+		p.Risks = append(p.Risks, "MINIO_API_ROOT_ACCESS=off and no MINIO_ROOT_USER: MinIO derives its root credentials from a KMS HMAC, which the Key Manager connection does not offer (DOMAIN.md D2); after the cutover the root credentials change to the active or default ones. Set MINIO_ROOT_USER and MINIO_ROOT_PASSWORD in the env files before the cutover")
 	}
 	p.Actions = append(p.Actions, fmt.Sprintf("confirm the %d edited files are identical (sha256) before any restart", len(files)))
 	p.Actions = append(p.Actions, c.restartAction(e))
@@ -139,7 +153,7 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	}
 	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node): the object store is unavailable until they are back")
 	sort.Strings(p.Items)
-	p.State = map[string]any{"env_files": state}
+	p.State = map[string]any{"env_files": state, "sample": sample, "sse_key": f.sseKey}
 	return p, nil
 }
 
@@ -153,14 +167,14 @@ func (c *cutoverStep) restartAction(e *cutoverEnv) string {
 }
 
 func (c *cutoverStep) validateAction(e *cutoverEnv) string {
-	what := fmt.Sprintf("%d object(s) of every bucket", e.sample)
+	what := fmt.Sprintf("%d SSE-S3 or SSE-KMS object(s) of every bucket that has any", e.sample)
 	if c.cfg.ValidateAll {
-		what = "every object of every bucket"
+		what = "every SSE-S3 and SSE-KMS object of every bucket"
 	}
 	if len(c.cfg.ValidateObjects) > 0 {
 		what = strings.Join(c.cfg.ValidateObjects, ", ") + " and " + what
 	}
-	return "read back (every byte: a HEAD proves nothing for SSE) " + what + ", and check every bucket's encryption configuration still resolves at the KMS"
+	return "read back the object sample recorded before the change, byte for byte against its SHA-256 (a HEAD proves nothing for SSE): " + what + ", and check every bucket's encryption configuration still resolves at the KMS"
 }
 
 func formatKMSEndpoints(m map[string]madmin.ItemState) string {
@@ -173,4 +187,118 @@ func formatKMSEndpoints(m map[string]madmin.ItemState) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, ", ")
+}
+
+// kmsFacts is what the object store and the env files say of the KMS the
+// object store runs with today.
+type kmsFacts struct {
+	name       string // MinIO's KMS status: "MinIO KES", …; "" when it cannot report it
+	defaultKey string // the default key the running object store reports
+	envKey     string // MINIO_KMS_KES_KEY_NAME of the env files
+	sseKey     string // MINIO_KMS_SSE_KEY the files will get
+	statusNote string // why the KMS status is missing, when it is
+	endpoints  map[string]madmin.ItemState
+}
+
+// observeKMS reads MinIO's KMS status and the env files' default key and
+// refuses, before anything changes, when MINIO_KMS_SSE_KEY would differ
+// from the default key the object store runs with (DOMAIN.md E: MinIO
+// creates a missing default key at start-up and seals new data with it),
+// or when that key cannot be known at all.
+func (c *cutoverStep) observeKMS(ctx context.Context, r *engine.Run, e *cutoverEnv, envData []byte) (*kmsFacts, error) {
+	env, err := envEffective(envData)
+	if err != nil {
+		return nil, err
+	}
+	f := &kmsFacts{envKey: env["MINIO_KMS_KES_KEY_NAME"]}
+	admin, _, err := e.a.Clients(r)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	st, serr := admin.KMSStatus(cctx)
+	cancel()
+	if serr == nil {
+		f.name, f.defaultKey, f.endpoints = st.Name, st.DefaultKeyID, st.Endpoints
+	} else {
+		f.statusNote = kmsStatusRefusal(r, serr, env)
+		if f.envKey == "" {
+			return nil, engine.Refusef("%s; and the env files set no MINIO_KMS_KES_KEY_NAME, so the default key the object store runs with cannot be known: add /v1/status to that identity's policy at KES and plan again", f.statusNote)
+		}
+	}
+	if f.name == kmsNameKeyManager {
+		// Already on the Key Manager: the files are edited all the same
+		// (the plan says so as a risk); the KES-era checks do not apply.
+		f.sseKey = c.cfg.SSEKey
+		if f.sseKey == "" {
+			f.sseKey = f.envKey
+		}
+		return f, nil
+	}
+	if f.defaultKey != "" && f.envKey != "" && f.envKey != f.defaultKey {
+		return nil, engine.Refusef("the env files set MINIO_KMS_KES_KEY_NAME=%q, but the running object store reports the default key %q: the files were changed since MinIO started, or it reads its environment elsewhere; after the restart it would seal new data under %q. Make the files name the key MinIO runs with (%q), or restart MinIO on the files first, and plan again", f.envKey, f.defaultKey, f.envKey, f.defaultKey)
+	}
+	running := f.defaultKey
+	if running == "" {
+		running = f.envKey
+	}
+	f.sseKey = c.cfg.SSEKey
+	if f.sseKey == "" {
+		f.sseKey = running
+	}
+	if f.sseKey == "" {
+		return nil, engine.Refusef("the object store reports no default key and the env files set no MINIO_KMS_KES_KEY_NAME: set sse_key on the cutover block to the key MinIO's SSE-S3 data is sealed with")
+	}
+	if f.sseKey != running {
+		src := "the default key the running object store reports"
+		if f.defaultKey == "" {
+			src = "the default key the env files name (MINIO_KMS_KES_KEY_NAME)"
+		}
+		return nil, engine.Refusef("sse_key %q differs from %s, %q: MINIO_KMS_SSE_KEY must name the key the object store runs with today, or MinIO creates %q in the enclave at start-up and seals new data under a key KES never had. Set sse_key = %q, or leave it out", f.sseKey, src, running, f.sseKey, running)
+	}
+	return f, nil
+}
+
+// kmsStatusRefusal says precisely why MinIO could not report its KMS
+// status. MinIO's status call asks KES /v1/status with MinIO's own KES
+// identity, which may encrypt and decrypt and still lack that path
+// (DOMAIN.md E).
+func kmsStatusRefusal(r *engine.Run, err error, env map[string]string) string {
+	msg := r.Redact(err.Error())
+	low := strings.ToLower(msg)
+	if !strings.Contains(low, "insufficient permissions") && !strings.Contains(low, "not authorized") && !strings.Contains(low, "forbidden") {
+		return fmt.Sprintf("the object store cannot report its KMS status (%s)", msg)
+	}
+	who := "MinIO's KES identity"
+	if k := env["MINIO_KMS_KES_API_KEY"]; k != "" {
+		r.AddSecret(k)
+		if key, perr := kes.ParseAPIKey(k); perr == nil {
+			who = fmt.Sprintf("MinIO's KES identity %s (from MINIO_KMS_KES_API_KEY in the env files)", key.Identity())
+		}
+	} else if cf := env["MINIO_KMS_KES_CERT_FILE"]; cf != "" {
+		who = fmt.Sprintf("MinIO's KES identity (the certificate %s, MINIO_KMS_KES_CERT_FILE)", cf)
+	}
+	next := "the env files name no default key (MINIO_KMS_KES_KEY_NAME)"
+	if name := env["MINIO_KMS_KES_KEY_NAME"]; name != "" {
+		next = fmt.Sprintf("or go on with the default key the env files name, MINIO_KMS_KES_KEY_NAME=%q", name)
+	}
+	return fmt.Sprintf("the object store cannot report its KMS status: KES refuses /v1/status to %s (%s), although that identity encrypts and decrypts; add /v1/status to the allow list of its policy in the KES config, %s", who, msg, next)
+}
+
+// checkEnclaveHolds refuses, before any change, when the enclave does not
+// hold the default key the files will name.
+func (c *cutoverStep) checkEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, name string) error {
+	kmc, err := e.enc.KM.Client(r)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	if _, err := kmc.KeyStatus(cctx, e.enc.Name, &kms.KeyStatusRequest{Name: name}); err != nil {
+		if errors.Is(err, kms.ErrKeyNotFound) {
+			return engine.Refusef("enclave %s holds no key %q, the default key the object store runs with (MINIO_KMS_SSE_KEY): MinIO would create a fresh key under that name at start-up and seal new data with it, and no object sealed before could be read; migrate the key first (nothing was changed, no node restarted)", e.enc.Name, name)
+		}
+		return fmt.Errorf("check that enclave %s holds the default key %q: %w", e.enc.Name, name, err)
+	}
+	return nil
 }

@@ -22,13 +22,13 @@ func (c *cutoverStep) Rollback(ctx context.Context, r *engine.Run) error {
 		return c.rollbackKubernetes(ctx, r, e)
 	}
 	g := cutoverGen(r)
-	if g > 0 && len(e.nodes) > 0 && !r.HasCheckpoint(cutoverItem(g, "backup/"+e.nodes[0].Name)) {
-		// The last attempt was rolled back automatically and none was begun since.
+	if g > 0 && !c.attemptBegun(r, e, g) {
+		// The last attempt was rolled back completely and none was begun since.
 		g--
 		if files, err := c.readAll(ctx, r, e); err == nil {
 			all := true
 			for _, f := range files {
-				if b, ok := cutoverCheckpoint[cutoverBackup](r, cutoverItem(g, "backup/"+f.node.Name)); ok && f.sum != b.Original {
+				if b, ok := cutoverCheckpoint[cutoverBackup](r, newNodeItem(g, nodeBackup, f.node.Name)); ok && f.sum != b.Original {
 					all = false
 				}
 			}
@@ -41,14 +41,40 @@ func (c *cutoverStep) Rollback(ctx context.Context, r *engine.Run) error {
 	return c.rollback(ctx, r, e, g)
 }
 
+// attemptBegun reports whether attempt g backed up any file.
+func (c *cutoverStep) attemptBegun(r *engine.Run, e *cutoverEnv, g int) bool {
+	for _, n := range e.nodes {
+		if hasItem(r, newNodeItem(g, nodeBackup, n.Name)) {
+			return true
+		}
+	}
+	return false
+}
+
+// rollbackBegun reports whether a rollback of attempt g restored a file or
+// began its restart without finishing (no rolled-back mark).
+func (c *cutoverStep) rollbackBegun(r *engine.Run, e *cutoverEnv, g int) bool {
+	if hasItem(r, newRestartItem(g, true, phaseRestart)) {
+		return true
+	}
+	for _, n := range e.nodes {
+		if hasItem(r, newNodeItem(g, nodeRestored, n.Name)) {
+			return true
+		}
+	}
+	return false
+}
+
 // rollback restores attempt g's backups, restarts if the nodes were
-// restarted, and confirms AIStor reads through KES again. It refuses when
-// objects were written after the restart, unless forced.
+// restarted, and confirms AIStor reads the sample through KES again. Each
+// restored file and each phase of the restart is checkpointed, so running
+// it again after a failure restarts nothing it already restarted. It
+// refuses when the object store changed after the restart, unless forced.
 func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv, g int) error {
 	var backups []cutoverBackup
 	var nodes []*envNode
 	for _, n := range e.nodes {
-		if b, ok := cutoverCheckpoint[cutoverBackup](r, cutoverItem(g, "backup/"+n.Name)); ok {
+		if b, ok := cutoverCheckpoint[cutoverBackup](r, newNodeItem(g, nodeBackup, n.Name)); ok {
 			backups = append(backups, b)
 			nodes = append(nodes, n)
 		}
@@ -57,9 +83,12 @@ func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv
 		r.Logf("nothing to undo: no env file was backed up or changed")
 		return nil
 	}
-	rs, restarted := cutoverCheckpoint[cutoverRestart](r, cutoverItem(g, "restart"))
-	if restarted {
-		if err := c.checkNoNewWrites(ctx, r, e, g, rs.At); err != nil {
+	rs, restarted := cutoverCheckpoint[cutoverRestart](r, newRestartItem(g, false, phaseRestart))
+	backBegun := hasItem(r, newRestartItem(g, true, phaseRestart))
+	if restarted && !backBegun {
+		// Once the rollback's own restart began, the object store runs on
+		// KES again: what it writes from then on, KES sealed.
+		if err := c.checkNoNewWrites(ctx, r, e, g, rs); err != nil {
 			return err
 		}
 	}
@@ -78,7 +107,10 @@ func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv
 		}
 		switch envSHA256(data) {
 		case b.Original:
-			r.Logf("%s already has its original content", n.Name)
+			if !hasItem(r, newNodeItem(g, nodeRestored, n.Name)) {
+				r.Logf("%s already has its original content", n.Name)
+				work = append(work, todo{n: n, b: b}) // checkpoint only
+			}
 		case b.New:
 			orig, err := c.readBackup(r, b)
 			if err != nil {
@@ -90,68 +122,118 @@ func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv
 		}
 	}
 	for _, w := range work {
-		if err := w.n.write(ctx, r, w.data, fileMeta{Mode: w.b.Mode, UID: w.b.UID, GID: w.b.GID}); err != nil {
+		if w.data != nil {
+			if err := w.n.write(ctx, r, w.data, fileMeta{Mode: w.b.Mode, UID: w.b.UID, GID: w.b.GID}); err != nil {
+				return err
+			}
+			r.Logf("restored %s (sha256 %s)", w.n.Name, w.b.Original)
+		}
+		if err := checkpointItem(r, newNodeItem(g, nodeRestored, w.n.Name), map[string]string{"sha256": w.b.Original}); err != nil {
 			return err
 		}
-		r.Logf("restored %s (sha256 %s)", w.n.Name, w.b.Original)
 	}
 	if !restarted {
 		r.Logf("the nodes were not restarted by the cutover: restoring the files is all")
 		return nil
 	}
-	if err := c.restartAll(ctx, r, e); err != nil {
-		return fmt.Errorf("restart after restoring the env files: %w", err)
-	}
-	if err := c.waitHealthy(ctx, r, e, kmsNameKES); err != nil {
+	s, _ := cutoverCheckpoint[cutoverSample](r, sampleItem{})
+	if err := c.restartAndConfirm(ctx, r, e, g, true, &s); err != nil {
 		return fmt.Errorf("after restoring the env files: %w", err)
 	}
-	n, err := c.validate(ctx, r, e)
-	if err != nil {
-		return fmt.Errorf("after restoring the env files: %w", err)
-	}
-	r.Logf("AIStor reports %s again; %d object(s) read back", kmsNameKES, n)
 	return nil
 }
 
+// writeCheckMargin widens the window of the write check before a rollback
+// for clock differences between the object store's nodes: the node that
+// stamped a write may run a little behind the one whose clock was read
+// (storeClock, itself read to within a round trip, erring early). Erring
+// early only reports too much.
+const writeCheckMargin = 250 * time.Millisecond
+
 // checkNoNewWrites refuses a rollback once the object store may hold data
-// sealed by the Key Manager: any bucket created or object version written
-// since the restart began. With rollback --force it lists them and goes on.
-func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, since time.Time) error {
-	_, s3, err := e.a.Clients(r)
+// sealed by the Key Manager: any bucket created, object version written,
+// IAM user or group changed, or config changed since the restart
+// began, judged by the object store's own clock (cutoverRestart.StoreAt,
+// less writeCheckMargin; this host's clock when the store did not answer).
+// A listing that fails refuses too: what cannot be seen cannot be
+// excluded. With rollback --force it lists what it found and goes on.
+func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, rs cutoverRestart) error {
+	admin, s3, err := e.a.Clients(r)
 	if err != nil {
 		return err
 	}
-	var found []string
+	since, clock := rs.StoreAt, "the object store's clock"
+	if since.IsZero() {
+		since, clock = rs.At, "this host's clock (the object store did not tell its time)"
+	}
+	since = since.Add(-writeCheckMargin)
+	var found, failed []string
 	buckets, err := s3.ListBuckets(ctx)
-	if err == nil {
-	outer:
-		for _, b := range buckets {
-			if b.CreationDate.After(since) {
-				found = append(found, b.Name+"/ (bucket created)")
+	if err != nil {
+		failed = append(failed, fmt.Sprintf("list buckets: %v", err))
+	}
+	for _, b := range buckets {
+		if b.CreationDate.After(since) {
+			found = append(found, b.Name+"/ (bucket created)")
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		for obj := range s3.ListObjects(lctx, b.Name, minio.ListObjectsOptions{Recursive: true, WithVersions: true}) {
+			if obj.Err != nil {
+				failed = append(failed, fmt.Sprintf("list objects of %s: %v", b.Name, obj.Err))
+				break
 			}
-			lctx, cancel := context.WithCancel(ctx)
-			for obj := range s3.ListObjects(lctx, b.Name, minio.ListObjectsOptions{Recursive: true, WithVersions: true}) {
-				if obj.Err != nil {
-					err = fmt.Errorf("list objects of %s: %w", b.Name, obj.Err)
-					cancel()
-					break outer
-				}
-				if obj.LastModified.After(since) {
-					found = append(found, b.Name+"/"+obj.Key)
-				}
+			if obj.LastModified.After(since) {
+				found = append(found, b.Name+"/"+obj.Key)
 			}
-			cancel()
+		}
+		cancel()
+	}
+	if users, err := admin.ListUsers(ctx); err != nil {
+		failed = append(failed, fmt.Sprintf("list IAM users: %v", err))
+	} else {
+		for name, u := range users {
+			if u.UpdatedAt.After(since) {
+				found = append(found, "IAM user "+name)
+			}
 		}
 	}
-	if err != nil {
-		if r.HasCheckpoint(cutoverItem(g, "healthy")) && !r.Forced() {
-			return engine.Refusef("cannot list the object store to check for objects written after the cutover's restart at %s (%v): KES may not read what the Key Manager sealed, so the rollback stops; bring the object store up and run rollback again, or force it with runbook rollback --force", since.Format(time.RFC3339), err)
+	if groups, err := admin.ListGroups(ctx); err != nil {
+		failed = append(failed, fmt.Sprintf("list IAM groups: %v", err))
+	} else {
+		for _, name := range groups {
+			if d, err := admin.GetGroupDescription(ctx, name); err != nil {
+				failed = append(failed, fmt.Sprintf("describe IAM group %s: %v", name, err))
+			} else if d.UpdatedAt.After(since) {
+				found = append(found, "IAM group "+name)
+			}
 		}
-		r.Warnf("cannot list the object store (%v); it never became healthy on the Key Manager after the restart at %s, so nothing can have been sealed by it: rolling back", err, since.Format(time.RFC3339))
-		return nil
+	}
+	if hist, err := admin.ListConfigHistoryKV(ctx, 10); err != nil {
+		failed = append(failed, fmt.Sprintf("list config history: %v", err))
+	} else {
+		for _, h := range hist {
+			if h.CreateTime.After(since) {
+				found = append(found, "config change "+h.RestoreID)
+			}
+		}
+	}
+	when := fmt.Sprintf("%s (%s, less %s)", since.Add(writeCheckMargin).Format(time.RFC3339Nano), clock, writeCheckMargin)
+	if len(failed) > 0 {
+		msg := fmt.Sprintf("cannot check whether the object store changed since the cutover's restart at %s: %s", when, strings.Join(failed, "; "))
+		if r.Forced() {
+			r.Warnf("rolling back although %s (forced)", msg)
+		} else {
+			healthy := "it never became healthy on the Key Manager, but it may have answered writes all the same"
+			if hasItem(r, newRestartItem(g, false, phaseHealthy)) {
+				healthy = "it was healthy on the Key Manager after the restart"
+			}
+			return engine.Refusef("%s (%s). KES may not read what the Key Manager sealed, so the rollback stops: bring the object store up (the nodes' logs say why it is not) and run rollback again, or, if you know nothing was written, force it with runbook rollback --force", msg, healthy)
+		}
 	}
 	if len(found) == 0 {
-		r.Logf("no object was written and no bucket created since the restart at %s", since.Format(time.RFC3339))
+		if len(failed) == 0 {
+			r.Logf("no object was written and no bucket created since the restart at %s; no IAM or config change either", when)
+		}
 		return nil
 	}
 	sort.Strings(found)
@@ -160,12 +242,12 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 	if len(shown) > 50 {
 		shown = append(append([]string(nil), found[:50]...), fmt.Sprintf("and %d more", len(found)-50))
 	}
-	msg := fmt.Sprintf("the object store was written after the cutover's restart at %s, so the Key Manager may have sealed data that KES cannot read: %s", since.Format(time.RFC3339), strings.Join(shown, ", "))
+	msg := fmt.Sprintf("the object store was written after the cutover's restart at %s, so the Key Manager may have sealed data that KES cannot read: %s", when, strings.Join(shown, ", "))
 	if r.Forced() {
 		r.Warnf("rolling back although %s (forced)", msg)
 		return nil
 	}
-	return engine.Refusef("%s. Rolling back would make those objects unreadable: copy them off (and write them again after the rollback) first, or force it with runbook rollback --force", msg)
+	return engine.Refusef("%s. Rolling back would make those unreadable: copy the objects off (and write them again after the rollback), note the IAM and config changes, or force it with runbook rollback --force", msg)
 }
 
 func dedupeSorted(sorted []string) []string {

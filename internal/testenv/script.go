@@ -5,6 +5,7 @@ import (
 	"flag"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,11 +20,14 @@ import (
 //	    its own with a veth to it); sets TEST_HOST (its address,
 //	    10.253.N.2) and TEST_NETNS (the namespace). The -netns flags below
 //	    start a server inside it, listening on TEST_HOST.
-//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX] [-netns]
+//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX] [-netns] [-minio-policy PATHS]
 //	    a KES server on an fs key store; sets PREFIX_SERVER (https URL),
 //	    PREFIX_API_KEY (admin kes:v1: key), PREFIX_CA (CA file),
 //	    PREFIX_CONFIG (kesconf YAML), PREFIX_KEYSTORE (fs dir) and
-//	    PREFIX_LOG, PREFIX defaulting to KES.
+//	    PREFIX_LOG, PREFIX defaulting to KES. -minio-policy gives MinIO
+//	    (minio-server -kes, minio-cluster -kes) an identity of its own whose
+//	    policy allows exactly the comma-separated API paths; sets
+//	    PREFIX_MINIO_API_KEY.
 //	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F] [-netns]
 //	    the Key Manager emulator (with -netns a child process, runbook
 //	    emulate key-manager, inside the test host); sets KM_SERVER (https
@@ -117,9 +121,13 @@ func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
 	prefix := fs.String("key-prefix", "key-", "name prefix of the created keys")
 	env := fs.String("env", "KES", "prefix of the environment variables set")
 	netns := fs.Bool("netns", false, "run inside the script's test host")
+	minioPolicy := fs.String("minio-policy", "", "comma-separated API paths MinIO's own identity may use")
 	parseFlags(ts, fs, args)
 
 	opts := KESOptions{V023: *v023, Keys: *keys, KeyPrefix: *prefix}
+	if *minioPolicy != "" {
+		opts.MinIOPolicy = strings.Split(*minioPolicy, ",")
+	}
 	if *netns {
 		opts.Host = scriptHost(ts, "kes-server")
 	}
@@ -137,6 +145,9 @@ func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Setenv(*env+"_CONFIG", k.ConfigFile)
 	ts.Setenv(*env+"_KEYSTORE", k.KeyStoreDir)
 	ts.Setenv(*env+"_LOG", k.LogFile)
+	if k.MinIOAPIKey != "" {
+		ts.Setenv(*env+"_MINIO_API_KEY", k.MinIOAPIKey)
+	}
 }
 
 func cmdKeyManager(ts *testscript.TestScript, neg bool, args []string) {
