@@ -256,14 +256,25 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	}
 	item := func(p restartPhase) restartItem { return newRestartItem(g, back, p) }
 	rs, begun := cutoverCheckpoint[cutoverRestart](r, item(phaseRestart))
+	restart := !hasItem(r, item(phaseRestarted))
+	if !restart && !hasItem(r, item(phaseHealthy)) {
+		// An earlier run restarted the nodes and stopped before they were
+		// healthy (it failed, or was killed while waiting). If they are
+		// healthy now, go on; if not, that is cause for one more restart,
+		// rather than waiting out wait_timeout on nodes that failed.
+		if why := c.quickHealth(ctx, r, e, want); why != "" {
+			r.Logf("the object store is not healthy on %s after the restart begun at %s (%s): restarting the nodes again", want, rs.At.Format(time.RFC3339), why)
+			restart = true
+		}
+	}
 	var probe *unavailability
-	if !hasItem(r, item(phaseRestarted)) {
+	if restart {
 		if !begun {
 			rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: e.a.RestartMode()}
 			if err := checkpointItem(r, item(phaseRestart), rs); err != nil {
 				return err
 			}
-		} else {
+		} else if !hasItem(r, item(phaseRestarted)) {
 			r.Logf("the restart begun at %s was interrupted: restarting the nodes again", rs.At.Format(time.RFC3339))
 		}
 		probe = c.startProbe(ctx, r, e)
@@ -312,6 +323,16 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 		}
 	}
 	return nil
+}
+
+// quickHealth is one health check ("" when healthy), for deciding whether
+// nodes restarted by an earlier run need restarting again.
+func (c *cutoverStep) quickHealth(ctx context.Context, r *engine.Run, e *cutoverEnv, want string) string {
+	admin, _, err := e.a.Clients(r)
+	if err != nil {
+		return err.Error()
+	}
+	return c.healthCheck(ctx, r, e.a, admin, len(e.nodes), want)
 }
 
 // probeInterval is how often the unavailability probe asks the object

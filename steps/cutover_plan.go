@@ -285,6 +285,26 @@ func kmsStatusRefusal(r *engine.Run, err error, env map[string]string) string {
 	return fmt.Sprintf("the object store cannot report its KMS status: KES refuses /v1/status to %s (%s), although that identity encrypts and decrypts; add /v1/status to the allow list of its policy in the KES config, %s", who, msg, next)
 }
 
+// kmsStatusRisk is the plan's risk line when the object store does not
+// report its KMS status (prerequisites; the cutover's plan names the
+// identity from the env files).
+func kmsStatusRisk(r *engine.Run, err error) string {
+	why := kmsStatusRefusal(r, err, nil)
+	if strings.Contains(why, "refuses /v1/status") {
+		return "the object store cannot report its KMS status: KES refuses /v1/status to MinIO's KES identity (the one whose API key is MINIO_KMS_KES_API_KEY in the nodes' env files; the cutover's plan names it), although it encrypts and decrypts; add /v1/status to the allow list of that identity's policy in the KES config, or the cutover goes on with the default key the env files name (MINIO_KMS_KES_KEY_NAME)"
+	}
+	return why + ": confirm it uses KES before the cutover"
+}
+
+// endpointTLSNote says how an endpoint's connection is protected: "TLS
+// verified" only for https:// with verification on.
+func endpointTLSNote(endpoint string, insecure bool) string {
+	if !strings.HasPrefix(strings.ToLower(endpoint), "https://") {
+		return "plain HTTP (no TLS: credentials and data cross the network unencrypted)"
+	}
+	return "TLS verified" + insecureNote(insecure)
+}
+
 // checkEnclaveHolds refuses, before any change, when the enclave does not
 // hold the default key the files will name.
 func (c *cutoverStep) checkEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, name string) error {
