@@ -262,7 +262,7 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 		// healthy (it failed, or was killed while waiting). If they are
 		// healthy now, go on; if not, that is cause for one more restart,
 		// rather than waiting out wait_timeout on nodes that failed.
-		if why := c.quickHealth(ctx, r, e, want); why != "" {
+		if why := c.healthyWithin(ctx, r, e, want, restartGrace); why != "" {
 			r.Logf("the object store is not healthy on %s after the restart begun at %s (%s): restarting the nodes again", want, rs.At.Format(time.RFC3339), why)
 			restart = true
 		}
@@ -333,6 +333,30 @@ func (c *cutoverStep) quickHealth(ctx context.Context, r *engine.Run, e *cutover
 		return err.Error()
 	}
 	return c.healthCheck(ctx, r, e.a, admin, len(e.nodes), want)
+}
+
+// restartGrace bounds how long a resume gives nodes that an earlier run
+// restarted to answer healthy once before it restarts them again: nodes
+// restarted together report each other offline for a few seconds while they
+// reconnect (a kill -9 right after the restart, cutover_kill_restarted.txtar),
+// which is no cause for another restart and another outage.
+const restartGrace = 15 * time.Second
+
+// healthyWithin checks health once a second until one check passes ("") or
+// d (at most wait_timeout) has passed, and returns the last check's finding.
+func (c *cutoverStep) healthyWithin(ctx context.Context, r *engine.Run, e *cutoverEnv, want string, d time.Duration) string {
+	deadline := time.Now().Add(min(d, e.wait))
+	for {
+		why := c.quickHealth(ctx, r, e, want)
+		if why == "" || !time.Now().Before(deadline) {
+			return why
+		}
+		select {
+		case <-ctx.Done():
+			return why
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // probeInterval is how often the unavailability probe asks the object
