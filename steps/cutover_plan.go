@@ -112,6 +112,13 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		p.Sections = append(p.Sections, engine.PlanSection{Title: "Environment diff: " + f.node.Name, Body: r.Redact(strings.Join(diff, "\n"))})
 	}
 	p.Observed = append(p.Observed, fmt.Sprintf("the %d env files are identical (sha256 %s)", len(files), files[0].sum))
+	if e.a.RestartMode() == "systemd" {
+		lines, err := c.checkUnitEnv(ctx, r, e)
+		if err != nil {
+			return nil, err
+		}
+		p.Observed = append(p.Observed, lines...)
+	}
 	if f.statusNote != "" {
 		p.Observed = append(p.Observed, f.statusNote)
 		p.Risks = append(p.Risks, fmt.Sprintf("the object store does not report its KMS status (see above): the default key is taken from the env files (%q), and after the restart the cutover cannot confirm that the object store reports the Key Manager until its identity may read the status", f.envKey))
@@ -149,7 +156,7 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	}
 	p.Rollback = "restore every node's backed-up env file, restart the nodes the same way, and confirm AIStor reports KES and objects read again; refused once any object was written or changed after the cutover's restart (KES cannot read what the Key Manager sealed) unless forced"
 	if e.a.RestartMode() == "systemd" {
-		p.Risks = append(p.Risks, "restart = \"systemd\": a full stop and start of the minio unit on every node; variables set elsewhere in the unit (Environment=) are not seen by this plan")
+		p.Risks = append(p.Risks, "restart = \"systemd\": a full stop and start of the minio unit on every node")
 	}
 	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node): the object store is unavailable until they are back")
 	sort.Strings(p.Items)
