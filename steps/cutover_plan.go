@@ -158,7 +158,7 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	if e.a.RestartMode() == "systemd" {
 		p.Risks = append(p.Risks, "restart = \"systemd\": a full stop and start of the minio unit on every node")
 	}
-	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node): the object store is unavailable until they are back")
+	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node, DOMAIN.md D5): the object store answers nothing until they are back; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. The apply measures the window (from the first failed health probe to the first healthy answer) and reports it in its log and as the output unavailable_seconds")
 	sort.Strings(p.Items)
 	p.State = map[string]any{"env_files": state, "sample": sample, "sse_key": f.sseKey}
 	return p, nil
