@@ -137,8 +137,8 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		return nil, err
 	}
 	p.Observed = append(p.Observed, sample.lines()...)
-	if env, err := envEffective(files[0].data); err == nil && strings.EqualFold(env["MINIO_API_ROOT_ACCESS"], "off") && env["MINIO_ROOT_USER"] == "" {
-		p.Risks = append(p.Risks, "MINIO_API_ROOT_ACCESS=off and no MINIO_ROOT_USER: MinIO derives its root credentials from a KMS HMAC, which the Key Manager connection does not offer (DOMAIN.md D2); after the cutover the root credentials change to the active or default ones. Set MINIO_ROOT_USER and MINIO_ROOT_PASSWORD in the env files before the cutover")
+	if risk := rootAccessRisk(files[0].data); risk != "" {
+		p.Risks = append(p.Risks, risk)
 	}
 	p.Actions = append(p.Actions, fmt.Sprintf("confirm the %d edited files are identical (sha256) before any restart", len(files)))
 	p.Actions = append(p.Actions, c.restartAction(e))
@@ -290,6 +290,18 @@ func kmsStatusRefusal(r *engine.Run, err error, env map[string]string) string {
 		next = fmt.Sprintf("or go on with the default key the env files name, MINIO_KMS_KES_KEY_NAME=%q", name)
 	}
 	return fmt.Sprintf("the object store cannot report its KMS status: KES refuses /v1/status to %s (%s), although that identity encrypts and decrypts; add /v1/status to the allow list of its policy in the KES config, %s", who, msg, next)
+}
+
+// rootAccessRisk is the plan's risk line when the env file turns root
+// access off without root credentials: MinIO then derives its root
+// credentials from a KMS HMAC (DOMAIN.md D2), which the Key Manager
+// connection does not offer. "" when there is no such risk.
+func rootAccessRisk(envData []byte) string {
+	env, err := envEffective(envData)
+	if err != nil || !strings.EqualFold(env["MINIO_API_ROOT_ACCESS"], "off") || env["MINIO_ROOT_USER"] != "" {
+		return ""
+	}
+	return "MINIO_API_ROOT_ACCESS=off and no MINIO_ROOT_USER: MinIO derives its root credentials from a KMS HMAC, which the Key Manager connection does not offer (DOMAIN.md D2), so after the cutover it falls back to the active or the default credentials. Set MINIO_ROOT_USER and MINIO_ROOT_PASSWORD in the env files before the cutover"
 }
 
 // kmsStatusRisk is the plan's risk line when the object store does not
