@@ -115,6 +115,11 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 		if err := sameFiles(files); err != nil {
 			return nil, fmt.Errorf("check env files before the cutover: %w (nothing was changed, no node restarted)", err)
 		}
+		if e.a.RestartMode() == "systemd" {
+			if _, err := c.checkUnitEnv(ctx, r, e); err != nil {
+				return nil, err
+			}
+		}
 		facts, err := c.observeKMS(ctx, r, e, files[0].data)
 		if err != nil {
 			return nil, err

@@ -112,6 +112,13 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		p.Sections = append(p.Sections, engine.PlanSection{Title: "Environment diff: " + f.node.Name, Body: r.Redact(strings.Join(diff, "\n"))})
 	}
 	p.Observed = append(p.Observed, fmt.Sprintf("the %d env files are identical (sha256 %s)", len(files), files[0].sum))
+	if e.a.RestartMode() == "systemd" {
+		lines, err := c.checkUnitEnv(ctx, r, e)
+		if err != nil {
+			return nil, err
+		}
+		p.Observed = append(p.Observed, lines...)
+	}
 	if f.statusNote != "" {
 		p.Observed = append(p.Observed, f.statusNote)
 		p.Risks = append(p.Risks, fmt.Sprintf("the object store does not report its KMS status (see above): the default key is taken from the env files (%q), and after the restart the cutover cannot confirm that the object store reports the Key Manager until its identity may read the status", f.envKey))
@@ -130,8 +137,8 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		return nil, err
 	}
 	p.Observed = append(p.Observed, sample.lines()...)
-	if env, err := envEffective(files[0].data); err == nil && strings.EqualFold(env["MINIO_API_ROOT_ACCESS"], "off") && env["MINIO_ROOT_USER"] == "" {
-		p.Risks = append(p.Risks, "MINIO_API_ROOT_ACCESS=off and no MINIO_ROOT_USER: MinIO derives its root credentials from a KMS HMAC, which the Key Manager connection does not offer (DOMAIN.md D2); after the cutover the root credentials change to the active or default ones. Set MINIO_ROOT_USER and MINIO_ROOT_PASSWORD in the env files before the cutover")
+	if risk := rootAccessRisk(files[0].data); risk != "" {
+		p.Risks = append(p.Risks, risk)
 	}
 	p.Actions = append(p.Actions, fmt.Sprintf("confirm the %d edited files are identical (sha256) before any restart", len(files)))
 	p.Actions = append(p.Actions, c.restartAction(e))
@@ -149,9 +156,9 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	}
 	p.Rollback = "restore every node's backed-up env file, restart the nodes the same way, and confirm AIStor reports KES and objects read again; refused once any object was written or changed after the cutover's restart (KES cannot read what the Key Manager sealed) unless forced"
 	if e.a.RestartMode() == "systemd" {
-		p.Risks = append(p.Risks, "restart = \"systemd\": a full stop and start of the minio unit on every node; variables set elsewhere in the unit (Environment=) are not seen by this plan")
+		p.Risks = append(p.Risks, "restart = \"systemd\": a full stop and start of the minio unit on every node")
 	}
-	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node): the object store is unavailable until they are back")
+	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node, DOMAIN.md D5): the object store answers nothing until they are back; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. The apply measures the window (from the first failed health probe to the first healthy answer) and reports it in its log and as the output unavailable_seconds")
 	sort.Strings(p.Items)
 	p.State = map[string]any{"env_files": state, "sample": sample, "sse_key": f.sseKey}
 	return p, nil
@@ -283,6 +290,18 @@ func kmsStatusRefusal(r *engine.Run, err error, env map[string]string) string {
 		next = fmt.Sprintf("or go on with the default key the env files name, MINIO_KMS_KES_KEY_NAME=%q", name)
 	}
 	return fmt.Sprintf("the object store cannot report its KMS status: KES refuses /v1/status to %s (%s), although that identity encrypts and decrypts; add /v1/status to the allow list of its policy in the KES config, %s", who, msg, next)
+}
+
+// rootAccessRisk is the plan's risk line when the env file turns root
+// access off without root credentials: MinIO then derives its root
+// credentials from a KMS HMAC (DOMAIN.md D2), which the Key Manager
+// connection does not offer. "" when there is no such risk.
+func rootAccessRisk(envData []byte) string {
+	env, err := envEffective(envData)
+	if err != nil || !strings.EqualFold(env["MINIO_API_ROOT_ACCESS"], "off") || env["MINIO_ROOT_USER"] != "" {
+		return ""
+	}
+	return "MINIO_API_ROOT_ACCESS=off and no MINIO_ROOT_USER: MinIO derives its root credentials from a KMS HMAC, which the Key Manager connection does not offer (DOMAIN.md D2), so after the cutover it falls back to the active or the default credentials. Set MINIO_ROOT_USER and MINIO_ROOT_PASSWORD in the env files before the cutover"
 }
 
 // kmsStatusRisk is the plan's risk line when the object store does not
