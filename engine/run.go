@@ -56,13 +56,22 @@ func (r *Run) Checkpoint(item string, data any) error {
 		return err
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if _, seen := r.checkpoints[item]; !seen {
 		r.order = append(r.order, item)
 	}
 	r.checkpoints[item] = raw
+	r.mu.Unlock()
+	if hook := AfterCheckpoint; hook != nil {
+		hook(r.Addr, item)
+	}
 	return nil
 }
+
+// AfterCheckpoint, when not nil, is called with the step's address and the
+// item once a checkpoint is durable. Only tests set it: cmd/runbook's test
+// binary kills itself there (kill -9 at a chosen item) to prove resume and
+// rollback from exactly that journal.
+var AfterCheckpoint func(step, item string)
 
 // Checkpoints returns the items recorded so far by this and earlier attempts.
 func (r *Run) Checkpoints() map[string]json.RawMessage {

@@ -67,7 +67,7 @@ func (a *aistorConnection) Validate(d *engine.Decoded) hcl.Diagnostics {
 		}
 	}
 	if a.cfg.Restart != "" {
-		diags = append(diags, oneOf(d, "restart", a.cfg.Restart, "systemd", "command", "admin")...)
+		diags = append(diags, oneOf(d, "restart", a.cfg.Restart, "systemd", "command", "admin", "rolling")...)
 	}
 	if a.cfg.Restart == "command" && len(a.cfg.RestartCommand) == 0 {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing restart_command", Detail: "restart = \"command\" runs restart_command once per node: give it as an argv list, for example [\"/usr/local/bin/restart-minio\"].", Subject: d.AttrRange("restart")})

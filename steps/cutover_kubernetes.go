@@ -94,9 +94,22 @@ func (c *cutoverStep) planKubernetes(ctx context.Context, r *engine.Run, e *cuto
 }
 
 func (c *cutoverStep) applyKubernetes(ctx context.Context, r *engine.Run, e *cutoverEnv) error {
-	rs, written := cutoverCheckpoint[cutoverRestart](r, "kubernetes/written")
+	rs, written := cutoverCheckpoint[cutoverRestart](r, kubernetesWrittenItem{})
 	patch := filepath.Join(r.JournalDir(), "kubernetes", r.Addr+".values-patch.yaml")
 	secret := filepath.Join(r.JournalDir(), "secrets", r.Addr+".kubernetes-secret.yaml")
+	if !hasItem(r, sampleItem{}) {
+		s, err := c.chooseSample(ctx, r, e)
+		if err != nil {
+			return err
+		}
+		if err := c.proveSample(ctx, r, e, s, ""); err != nil {
+			return err
+		}
+		if err := checkpointItem(r, sampleItem{}, s); err != nil {
+			return err
+		}
+	}
+	sample, _ := cutoverCheckpoint[cutoverSample](r, sampleItem{})
 	if !written {
 		set, err := c.k8sSet(ctx, r, e)
 		if err != nil {
@@ -111,12 +124,12 @@ func (c *cutoverStep) applyKubernetes(ctx context.Context, r *engine.Run, e *cut
 		if err := r.WriteSecret("kubernetes-secret.yaml", []byte(k8sSecretManifest(c.cfg.APIKey))); err != nil {
 			return err
 		}
-		rs = cutoverRestart{At: time.Now().UTC(), Mode: "kubernetes"}
-		if err := r.Checkpoint("kubernetes/written", rs); err != nil {
+		rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: "kubernetes"}
+		if err := checkpointItem(r, kubernetesWrittenItem{}, rs); err != nil {
 			return err
 		}
 		// A rollback's refusal counts from here: the operator may apply it at any moment.
-		if err := r.Checkpoint("restart", rs); err != nil {
+		if err := checkpointItem(r, newRestartItem(0, false, phaseRestart), rs); err != nil {
 			return err
 		}
 	}
@@ -131,10 +144,10 @@ func (c *cutoverStep) applyKubernetes(ctx context.Context, r *engine.Run, e *cut
 		}
 		return engine.WaitForOperator("the change is yours to apply: (1) kubectl apply -f %s in the object store's namespace (the Secret %s, holding the API key); (2) in the object store's Helm values (or the resource's env list) remove every MINIO_KMS_KES_* entry and add the entries of the values patch %s, then helm upgrade so that every pod restarts (MinIO does not start with both KES and the Key Manager configured); (3) run runbook resume: it goes on once AIStor reports the Key Manager (AIStor now: %s)", secret, k8sSecretName, patch, why)
 	}
-	if err := r.Checkpoint("healthy", map[string]string{"kms": kmsNameKeyManager}); err != nil {
+	if err := checkpointItem(r, newRestartItem(0, false, phaseHealthy), map[string]string{"kms": kmsNameKeyManager}); err != nil {
 		return err
 	}
-	n, err := c.validate(ctx, r, e)
+	n, err := c.validate(ctx, r, e, &sample)
 	if err != nil {
 		return err
 	}
@@ -184,12 +197,12 @@ func (c *cutoverStep) k8sStableHealth(ctx context.Context, r *engine.Run, e *cut
 }
 
 func (c *cutoverStep) rollbackKubernetes(ctx context.Context, r *engine.Run, e *cutoverEnv) error {
-	rs, written := cutoverCheckpoint[cutoverRestart](r, "kubernetes/written")
+	rs, written := cutoverCheckpoint[cutoverRestart](r, kubernetesWrittenItem{})
 	if !written {
 		r.Logf("nothing to undo: no patch was handed over")
 		return nil
 	}
-	if err := c.checkNoNewWrites(ctx, r, e, 0, rs.At); err != nil {
+	if err := c.checkNoNewWrites(ctx, r, e, 0, rs); err != nil {
 		return err
 	}
 	admin, _, err := e.a.Clients(r)
@@ -199,7 +212,8 @@ func (c *cutoverStep) rollbackKubernetes(ctx context.Context, r *engine.Run, e *
 	if why := c.healthCheck(ctx, r, e.a, admin, 0, kmsNameKES); why != "" {
 		return fmt.Errorf("waiting for the operator: revert the Helm values change (helm rollback, or restore the MINIO_KMS_KES_* entries and remove the MINIO_KMS_* ones), roll the object store out, then run runbook rollback again (AIStor now: %s)", why)
 	}
-	n, err := c.validate(ctx, r, e)
+	sample, _ := cutoverCheckpoint[cutoverSample](r, sampleItem{})
+	n, err := c.validate(ctx, r, e, &sample)
 	if err != nil {
 		return err
 	}

@@ -237,11 +237,11 @@ func (p *prerequisites) check(ctx context.Context, r *engine.Run, st *prerequisi
 		cctx, cancel = context.WithTimeout(ctx, checkTimeout)
 		kst, kerr := admin.KMSStatus(cctx)
 		cancel()
-		obs := fmt.Sprintf("object store %s: %d server(s), admin rights confirmed, TLS verified%s", hostOf(a.Endpoint()), len(info.Servers), insecureNote(a.cfg.Insecure))
+		obs := fmt.Sprintf("object store %s: %d server(s), admin rights confirmed, %s", hostOf(a.Endpoint()), len(info.Servers), endpointTLSNote(a.Endpoint(), a.cfg.Insecure))
 		st.ObjectStore = hostOf(a.Endpoint())
 		if kerr != nil {
 			obs += "; its KMS status is not available (" + r.Redact(kerr.Error()) + ")"
-			pf.risks = append(pf.risks, "the object store did not report its KMS status: confirm it uses KES before the cutover")
+			pf.risks = append(pf.risks, kmsStatusRisk(r, kerr))
 		} else {
 			var eps []string
 			for ep, state := range kst.Endpoints {

@@ -12,7 +12,7 @@ import (
 
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
-		"runbook":   func() { os.Exit(Main()) },
+		"runbook":   func() { installKillHook(); os.Exit(Main()) },
 		"minio-ctl": testenv.MinIOCtlMain,
 	})
 }

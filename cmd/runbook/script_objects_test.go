@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -27,14 +28,20 @@ import (
 // encrypted objects in the script's MinIO, keys created at the script's KES,
 // and keys changed behind the runbook's back in the script's Key Manager.
 //
-//	put-objects -bucket B [-sse none|s3|kms] [-kms KEY] [-n N] [-prefix P]
+//	put-objects -bucket B [-sse none|s3|kms|c] [-kms KEY] [-n N] [-prefix P]
 //	    creates bucket B if missing and writes N small objects, encrypted
-//	    as -sse says (none: as the bucket's default encryption says).
+//	    as -sse says (none: as the bucket's default encryption says; c:
+//	    SSE-C, with a customer key of the script's own, over TLS).
 //	bucket-encryption -bucket B (-kms KEY | -s3)
 //	    sets bucket B's default encryption.
 //	kes-create-key NAME
 //	    creates a key at the script's KES server (KES_SERVER, KES_API_KEY,
 //	    KES_CA).
+//	kes-delete-key NAME
+//	    deletes a key at the script's KES server.
+//	get-object [-sse c] BUCKET/KEY
+//	    reads an object in full (-sse c: with put-objects' customer key);
+//	    with '!', expects the read to fail.
 //	km-import-key -enclave E NAME
 //	    imports fresh random material under NAME into enclave E of the
 //	    script's Key Manager (KM_SERVER, KM_CA, KM_API_KEY).
@@ -44,6 +51,8 @@ func init() {
 	moreScriptCmds["put-objects"] = cmdPutObjects
 	moreScriptCmds["bucket-encryption"] = cmdBucketEncryption
 	moreScriptCmds["kes-create-key"] = cmdKESCreateKey
+	moreScriptCmds["kes-delete-key"] = cmdKESDeleteKey
+	moreScriptCmds["get-object"] = cmdGetObject
 	moreScriptCmds["km-import-key"] = cmdKMImportKey
 	moreScriptCmds["km-delete-key"] = cmdKMDeleteKey
 }
@@ -110,8 +119,10 @@ func cmdPutObjects(ts *testscript.TestScript, neg bool, args []string) {
 		var err error
 		enc, err = encrypt.NewSSEKMS(*key, nil)
 		ts.Check(err)
+	case "c":
+		enc = scriptSSECKey(ts)
 	default:
-		ts.Fatalf("put-objects: -sse is none, s3 or kms")
+		ts.Fatalf("put-objects: -sse is none, s3, kms or c")
 	}
 	ctx, cancel := scriptCtx()
 	defer cancel()
@@ -183,6 +194,62 @@ func cmdKESCreateKey(ts *testscript.TestScript, neg bool, args []string) {
 	defer cancel()
 	if err := kes.NewClientWithConfig(ts.Getenv("KES_SERVER"), conf).CreateKey(ctx, fs.Arg(0)); err != nil {
 		ts.Fatalf("kes-create-key: %v", err)
+	}
+}
+
+// scriptSSECKey is the customer key of put-objects -sse c.
+func scriptSSECKey(ts *testscript.TestScript) encrypt.ServerSide {
+	enc, err := encrypt.NewSSEC(bytes.Repeat([]byte{0x5c}, 32))
+	ts.Check(err)
+	return enc
+}
+
+func cmdGetObject(ts *testscript.TestScript, neg bool, args []string) {
+	fs := flag.NewFlagSet("get-object", flag.ContinueOnError)
+	fs.SetOutput(ts.Stderr())
+	kind := fs.String("sse", "", "c: read with put-objects' customer key")
+	ts.Check(fs.Parse(args))
+	bucket, key, ok := strings.Cut(fs.Arg(0), "/")
+	if fs.NArg() != 1 || !ok {
+		ts.Fatalf("usage: get-object [-sse c] BUCKET/KEY")
+	}
+	var opts minio.GetObjectOptions
+	if *kind == "c" {
+		opts.ServerSideEncryption = scriptSSECKey(ts)
+	}
+	ctx, cancel := scriptCtx()
+	defer cancel()
+	o, err := scriptMinIO(ts).GetObject(ctx, bucket, key, opts)
+	if err == nil {
+		_, err = io.Copy(io.Discard, o)
+		o.Close()
+	}
+	switch {
+	case err != nil && !neg:
+		ts.Fatalf("get-object %s: %v", fs.Arg(0), err)
+	case err == nil && neg:
+		ts.Fatalf("get-object %s: read, but expected to fail", fs.Arg(0))
+	case err != nil:
+		fmt.Fprintf(ts.Stdout(), "get-object %s: %v\n", fs.Arg(0), err)
+	}
+}
+
+func cmdKESDeleteKey(ts *testscript.TestScript, neg bool, args []string) {
+	fs := scriptFlags(ts, "kes-delete-key", neg)
+	ts.Check(fs.Parse(args))
+	if fs.NArg() != 1 {
+		ts.Fatalf("usage: kes-delete-key NAME")
+	}
+	key, err := kes.ParseAPIKey(ts.Getenv("KES_API_KEY"))
+	ts.Check(err)
+	cert, err := kes.GenerateCertificate(key)
+	ts.Check(err)
+	conf := scriptTLS(ts, "KES_CA")
+	conf.Certificates = []tls.Certificate{cert}
+	ctx, cancel := scriptCtx()
+	defer cancel()
+	if err := kes.NewClientWithConfig(ts.Getenv("KES_SERVER"), conf).DeleteKey(ctx, fs.Arg(0)); err != nil {
+		ts.Fatalf("kes-delete-key: %v", err)
 	}
 }
 

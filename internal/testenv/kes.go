@@ -35,6 +35,11 @@ type KESOptions struct {
 	// field the generated config already has.
 	ConfigExtra string
 
+	// MinIOPolicy, when set, gives MinIO an identity of its own (instead
+	// of the admin's) whose policy allows exactly these API paths, as a
+	// production KES does; KES.MinIOAPIKey is its API key.
+	MinIOPolicy []string
+
 	// Host runs the server inside this test host, listening on its
 	// address, instead of on loopback.
 	Host *TestHost
@@ -47,6 +52,7 @@ type KES struct {
 	Addr        string // 127.0.0.1:PORT
 	CAFile      string // CA of the server certificate
 	APIKey      string // the admin's kes:v1: API key
+	MinIOAPIKey string // MinIO's own API key (KESOptions.MinIOPolicy), or ""
 	Identity    string // hex SHA-256 of the admin's public key (admin.identity)
 	ConfigFile  string // the kesconf YAML the server runs with
 	KeyStoreDir string // the fs key store directory
@@ -93,6 +99,18 @@ func startKES(t TB, opts KESOptions) (*KES, error) {
 	if err != nil {
 		return nil, err
 	}
+	extra := opts.ConfigExtra
+	var minioKey kes.APIKey
+	if opts.MinIOPolicy != nil {
+		if minioKey, err = kes.GenerateAPIKey(rand.Reader); err != nil {
+			return nil, err
+		}
+		extra = "policy:\n  minio:\n    allow:\n"
+		for _, p := range opts.MinIOPolicy {
+			extra += "    - " + p + "\n"
+		}
+		extra += "    identities:\n    - " + minioKey.Identity().String() + "\n" + opts.ConfigExtra
+	}
 	k := &KES{
 		Version:     bin.version,
 		CAFile:      tlsFiles.CAFile,
@@ -103,6 +121,9 @@ func startKES(t TB, opts KESOptions) (*KES, error) {
 		LogFile:     filepath.Join(dir, "kes.log"),
 		Dir:         dir,
 		host:        opts.Host,
+	}
+	if minioKey != nil {
+		k.MinIOAPIKey = minioKey.String()
 	}
 	if k.KeyStoreDir == "" {
 		k.KeyStoreDir = filepath.Join(dir, "keys")
@@ -132,7 +153,7 @@ tls:
 keystore:
   fs:
     path: %s
-%s`, k.Addr, k.Identity, tlsFiles.KeyFile, tlsFiles.CertFile, k.KeyStoreDir, opts.ConfigExtra)
+%s`, k.Addr, k.Identity, tlsFiles.KeyFile, tlsFiles.CertFile, k.KeyStoreDir, extra)
 		if err := os.WriteFile(k.ConfigFile, []byte(config), 0o600); err != nil {
 			return err
 		}

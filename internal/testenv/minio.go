@@ -100,12 +100,17 @@ func startMinIOWithKES(t TB, k *KES, keyName string) (*MinIO, error) {
 }
 
 // KESEnv returns the MinIO variables that connect it to k with default key
-// keyName.
+// keyName, as MinIO's own identity when k has one (KESOptions.MinIOPolicy),
+// else as the admin.
 func KESEnv(k *KES, keyName string) map[string]string {
+	apiKey := k.APIKey
+	if k.MinIOAPIKey != "" {
+		apiKey = k.MinIOAPIKey
+	}
 	return map[string]string{
 		"MINIO_KMS_KES_ENDPOINT": k.URL,
 		"MINIO_KMS_KES_KEY_NAME": keyName,
-		"MINIO_KMS_KES_API_KEY":  k.APIKey,
+		"MINIO_KMS_KES_API_KEY":  apiKey,
 		"MINIO_KMS_KES_CAPATH":   k.CAFile,
 	}
 }

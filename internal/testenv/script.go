@@ -22,12 +22,15 @@ import (
 //	    its own with a veth to it); sets TEST_HOST (its address,
 //	    10.253.N.2) and TEST_NETNS (the namespace). The -netns flags below
 //	    start a server inside it, listening on TEST_HOST.
-//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX] [-keystore DIR] [-config-extra FILE] [-netns]
+//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX] [-keystore DIR] [-config-extra FILE] [-minio-policy PATHS] [-netns]
 //	    a KES server on an fs key store (DIR, or a new one; FILE appended
 //	    to its config, e.g. a policy block); sets PREFIX_SERVER (https URL),
 //	    PREFIX_API_KEY (admin kes:v1: key), PREFIX_CA (CA file),
 //	    PREFIX_CONFIG (kesconf YAML), PREFIX_KEYSTORE (fs dir) and
-//	    PREFIX_LOG, PREFIX defaulting to KES.
+//	    PREFIX_LOG, PREFIX defaulting to KES. -minio-policy gives MinIO
+//	    (minio-server -kes, minio-cluster -kes) an identity of its own whose
+//	    policy allows exactly the comma-separated API paths; sets
+//	    PREFIX_MINIO_API_KEY.
 //	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F] [-fault-refuse-format msgpack|json] [-netns]
 //	    [-write-answer R] [-mixed R] [-batch R] [-deleted-names R]
 //	    the Key Manager emulator (with -netns a child process, runbook
@@ -127,11 +130,15 @@ func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
 	netns := fs.Bool("netns", false, "run inside the script's test host")
 	keystore := fs.String("keystore", "", "serve this fs key store directory (default: a new one)")
 	extra := fs.String("config-extra", "", "append this file to the kesconf YAML (e.g. a policy block)")
+	minioPolicy := fs.String("minio-policy", "", "comma-separated API paths MinIO's own identity may use")
 	parseFlags(ts, fs, args)
 
 	opts := KESOptions{V023: *v023, Keys: *keys, KeyPrefix: *prefix}
 	if *keystore != "" {
 		opts.KeyStoreDir = ts.MkAbs(*keystore)
+	}
+	if *minioPolicy != "" {
+		opts.MinIOPolicy = strings.Split(*minioPolicy, ",")
 	}
 	if *extra != "" {
 		opts.ConfigExtra = ts.ReadFile(*extra)
@@ -153,6 +160,9 @@ func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Setenv(*env+"_CONFIG", k.ConfigFile)
 	ts.Setenv(*env+"_KEYSTORE", k.KeyStoreDir)
 	ts.Setenv(*env+"_LOG", k.LogFile)
+	if k.MinIOAPIKey != "" {
+		ts.Setenv(*env+"_MINIO_API_KEY", k.MinIOAPIKey)
+	}
 }
 
 func cmdKeyManager(ts *testscript.TestScript, neg bool, args []string) {

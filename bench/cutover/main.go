@@ -1,0 +1,367 @@
+// Command cutover measures the cutover on a 4-node MinIO cluster (in a test
+// host: a network namespace of its own) on a real KES, under a steady,
+// bounded load of minio-go clients with default retries writing and reading
+// SSE-S3 and SSE-KMS objects: per run, `runbook apply` (migration and
+// cutover) then `runbook rollback --force` (the load keeps writing, so the
+// rollback's write check would refuse), the window in which the object
+// store answered nothing (the cutover's own measurement: first failed health
+// probe to first healthy answer), the client requests that failed after
+// their retries, and whether every object written during the run reads
+// back afterwards.
+//
+//	go build -o /tmp/runbook ./cmd/runbook
+//	eval "$(scripts/build-real-servers.sh)"
+//	go run ./bench/cutover -runbook /tmp/runbook -runs 3
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/encrypt"
+
+	"github.com/runbook-dev/runbook/internal/testenv"
+)
+
+func main() {
+	// The cutover's restart_command: this binary, as minio-ctl.
+	if len(os.Args) > 1 && os.Args[1] == "minio-ctl" {
+		os.Args = os.Args[1:]
+		testenv.MinIOCtlMain()
+	}
+	runbookBin := flag.String("runbook", "", "the runbook binary (go build -o /tmp/runbook ./cmd/runbook)")
+	runs := flag.Int("runs", 3, "cutover and rollback runs")
+	nodes := flag.Int("nodes", 4, "MinIO server processes")
+	clients := flag.Int("clients", 4, "minio-go clients, one goroutine each, spread over the nodes")
+	interval := flag.Duration("interval", 100*time.Millisecond, "pause between a client's requests (the load's bound)")
+	keep := flag.Bool("keep", false, "keep the work directory")
+	flag.Parse()
+	if *runbookBin == "" {
+		log.Fatal("-runbook is required")
+	}
+	abs, err := filepath.Abs(*runbookBin)
+	check(err)
+	*runbookBin = abs
+	t := &benchTB{}
+	defer t.cleanup()
+	work, err := os.MkdirTemp("", "bench-cutover-")
+	check(err)
+	if !*keep {
+		defer os.RemoveAll(work)
+	}
+	t.dir = work
+
+	host := testenv.StartTestHost(t)
+	k := testenv.StartKES(t, testenv.KESOptions{Host: host})
+	km := testenv.StartKeyManager(t, testenv.KeyManagerOptions{Host: host, Bin: *runbookBin})
+	ctx := context.Background()
+	check(k.Client().CreateKey(ctx, "minio-default-key"))
+	check(k.Client().CreateKey(ctx, "tenant-a"))
+	c := testenv.StartMinIOCluster(t, testenv.MinIOClusterOptions{Nodes: *nodes, DrivesPerNode: 1, Env: testenv.KESEnv(k, "minio-default-key"), CAFiles: []string{km.CAFile}, Host: host})
+	control := c.ServeControl(t)
+	self, err := os.Executable()
+	check(err)
+
+	fmt.Printf("%d nodes, %d clients (one request each every %s: PUT SSE-S3 or SSE-KMS, then GET it back)\n\n", *nodes, *clients, *interval)
+	fmt.Printf("| run | cutover: unavailable | rollback: unavailable | requests | failed | objects written | unreadable afterwards |\n|---:|---:|---:|---:|---:|---:|---:|\n")
+	var upWins, downWins []time.Duration
+	failedTotal := int64(0)
+	for run := 1; run <= *runs; run++ {
+		dir := filepath.Join(work, fmt.Sprintf("run%d", run))
+		check(os.MkdirAll(dir, 0o700))
+		var files []string
+		for _, n := range c.Nodes {
+			files = append(files, strconv.Quote(n.EnvFile))
+		}
+		check(os.WriteFile(filepath.Join(dir, "cut.hcl"), fmt.Appendf(nil, runbookHCL, k.URL, k.CAFile, k.ConfigFile, km.URL, km.CAFile, c.URL, c.CAFile, c.RootUser, strings.Join(files, ", "), strconv.Quote(self), fmt.Sprintf("bench-%d", run)), 0o600))
+		env := append(os.Environ(), "RUNBOOK_VAR_kes_api_key="+k.APIKey, "RUNBOOK_VAR_km_api_key="+km.RootAPIKey, "RUNBOOK_VAR_root_password="+c.RootPassword, "MINIO_CONTROL_URL="+control)
+
+		l := startLoad(c, *clients, *interval, run)
+		up := runbook(dir, env, *runbookBin, "apply", "cut.hcl")
+		down := runbook(dir, env, *runbookBin, "rollback", "-force", "cut.hcl")
+		l.stop()
+		unreadable := l.verify()
+		fmt.Printf("| %d | %s | %s | %d | %d | %d | %d |\n", run, up, down, l.requests.Load(), l.failed.Load(), len(l.written), unreadable)
+		for _, e := range l.errs {
+			fmt.Fprintf(os.Stderr, "run %d: %s\n", run, e)
+		}
+		upWins, downWins = append(upWins, up), append(downWins, down)
+		failedTotal += l.failed.Load()
+	}
+	fmt.Printf("\ncutover window: median %s, max %s; rollback window: median %s, max %s; failed client requests: %d\n", median(upWins), maxOf(upWins), median(downWins), maxOf(downWins), failedTotal)
+}
+
+const runbookHCL = `runbook {
+  name = "cut"
+}
+
+variable "kes_api_key" {
+  type      = string
+  sensitive = true
+}
+
+variable "km_api_key" {
+  type      = string
+  sensitive = true
+}
+
+variable "root_password" {
+  type      = string
+  sensitive = true
+}
+
+kes "legacy" {
+  server  = %q
+  api_key = var.kes_api_key
+  ca_file = %q
+  config  = %q
+}
+
+key_manager "target" {
+  servers = [%q]
+  api_key = var.km_api_key
+  ca_file = %q
+}
+
+aistor "prod" {
+  endpoint        = %q
+  ca_file         = %q
+  access_key      = %q
+  secret_key      = var.root_password
+  env_files       = [%s]
+  restart         = "command"
+  restart_command = [%s, "minio-ctl", "restart"]
+}
+
+enclave "primary" {
+  key_manager = key_manager.target
+  name        = %q
+}
+
+identity "aistor" {
+  enclave = enclave.primary
+  admin   = true
+}
+
+migration "keys" {
+  from = kes.legacy
+  to   = enclave.primary
+}
+
+cutover "aistor" {
+  aistor       = aistor.prod
+  enclave      = enclave.primary
+  api_key      = identity.aistor.api_key
+  on_failure   = "stop"
+  wait_timeout = "180s"
+  depends_on   = [migration.keys]
+}
+`
+
+var windowRE = regexp.MustCompile(`the object store answered nothing for ([0-9.]+[a-zµ]+)`)
+
+// runbook runs one runbook command in dir and returns the unavailability
+// window its log reports.
+func runbook(dir string, env []string, bin string, args ...string) time.Duration {
+	cmd := exec.Command(bin, args...)
+	cmd.Dir, cmd.Env = dir, env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		log.Fatalf("runbook %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	m := windowRE.FindSubmatch(out)
+	if m == nil {
+		log.Fatalf("runbook %s: no unavailability window in its output:\n%s", strings.Join(args, " "), out)
+	}
+	d, err := time.ParseDuration(string(m[1]))
+	check(err)
+	return d
+}
+
+// load is the clients' steady traffic.
+type load struct {
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	requests atomic.Int64
+	failed   atomic.Int64
+	mu       sync.Mutex
+	written  map[string][]byte
+	errs     []string
+	clients  []*minio.Client
+	bucket   string
+}
+
+func startLoad(c *testenv.MinIOCluster, clients int, interval time.Duration, run int) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &load{cancel: cancel, written: map[string][]byte{}, bucket: fmt.Sprintf("load-%d", run)}
+	pem, err := os.ReadFile(c.CAFile)
+	check(err)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	for i := range clients {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		mc, err := minio.New(c.Nodes[i%len(c.Nodes)].Endpoint, &minio.Options{Creds: credentials.NewStaticV4(c.RootUser, c.RootPassword, ""), Secure: true, Transport: tr})
+		check(err)
+		l.clients = append(l.clients, mc)
+	}
+	check(l.clients[0].MakeBucket(ctx, l.bucket, minio.MakeBucketOptions{}))
+	kmsEnc, err := encrypt.NewSSEKMS("tenant-a", nil)
+	check(err)
+	for i, mc := range l.clients {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for n := 0; ctx.Err() == nil; n++ {
+				name := fmt.Sprintf("c%d/%06d", i, n)
+				body := fmt.Appendf(nil, "client %d object %d run %d", i, n, run)
+				enc := encrypt.NewSSE()
+				if n%2 == 1 {
+					enc = kmsEnc
+				}
+				rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				l.requests.Add(1)
+				_, err := mc.PutObject(rctx, l.bucket, name, bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{ServerSideEncryption: enc})
+				if err != nil {
+					l.fail(fmt.Sprintf("%s PUT %s: %v", time.Now().Format("15:04:05.000"), name, err))
+				} else {
+					l.mu.Lock()
+					l.written[name] = body
+					l.mu.Unlock()
+					l.requests.Add(1)
+					if got, err := readAll(rctx, mc, l.bucket, name); err != nil {
+						l.fail(fmt.Sprintf("%s GET %s: %v", time.Now().Format("15:04:05.000"), name, err))
+					} else if !bytes.Equal(got, body) {
+						l.fail(fmt.Sprintf("GET %s: content differs", name))
+					}
+				}
+				rcancel()
+				select {
+				case <-ctx.Done():
+				case <-time.After(interval):
+				}
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) fail(msg string) {
+	l.failed.Add(1)
+	l.mu.Lock()
+	l.errs = append(l.errs, msg)
+	l.mu.Unlock()
+}
+
+func (l *load) stop() { l.cancel(); l.wg.Wait() }
+
+// verify reads every object written during the run and returns how many
+// do not read back with their content.
+func (l *load) verify() int {
+	ctx := context.Background()
+	var names []string
+	for n := range l.written {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	bad := 0
+	for _, n := range names {
+		got, err := readAll(ctx, l.clients[0], l.bucket, n)
+		if err != nil || !bytes.Equal(got, l.written[n]) {
+			bad++
+			if bad <= 5 {
+				fmt.Fprintf(os.Stderr, "afterwards: %s/%s: %v\n", l.bucket, n, err)
+			}
+		}
+	}
+	return bad
+}
+
+func readAll(ctx context.Context, mc *minio.Client, bucket, name string) ([]byte, error) {
+	o, err := mc.GetObject(ctx, bucket, name, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, err
+	}
+	defer o.Close()
+	var b bytes.Buffer
+	_, err = b.ReadFrom(o)
+	return b.Bytes(), err
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func maxOf(ds []time.Duration) time.Duration {
+	var m time.Duration
+	for _, d := range ds {
+		m = max(m, d)
+	}
+	return m
+}
+
+func check(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+// benchTB is the testenv.TB of a benchmark: fatal errors end the process
+// after the cleanups ran.
+type benchTB struct {
+	dir      string
+	mu       sync.Mutex
+	cleanups []func()
+}
+
+var _ testenv.TB = (*benchTB)(nil)
+
+func (t *benchTB) Helper() {}
+func (t *benchTB) Fatalf(format string, args ...any) {
+	t.cleanup()
+	log.Fatalf(format, args...)
+}
+func (t *benchTB) Logf(format string, args ...any) { log.Printf(format, args...) }
+func (t *benchTB) Cleanup(f func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.cleanups = append(t.cleanups, f)
+}
+func (t *benchTB) TempDir() string {
+	d, err := os.MkdirTemp(t.dir, "t-")
+	check(err)
+	return d
+}
+
+func (t *benchTB) cleanup() {
+	t.mu.Lock()
+	fs := t.cleanups
+	t.cleanups = nil
+	t.mu.Unlock()
+	for i := len(fs) - 1; i >= 0; i-- {
+		fs[i]()
+	}
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+// killAfterEnv names the checkpoint at which the runbook command of the test
+// binary kills itself with SIGKILL: "STEP ITEM", for example
+// "cutover.aistor rollback/healthy". The checkpoint is durable when the
+// process dies, and nothing after it has run: exactly the journal a kill -9
+// at that instant leaves.
+const killAfterEnv = "RUNBOOK_TEST_KILL_AFTER"
+
+// installKillHook arms the kill of killAfterEnv in the runbook command that
+// scripts run (the re-executed test binary; the real binary has no hook).
+func installKillHook() {
+	spec := os.Getenv(killAfterEnv)
+	if spec == "" {
+		return
+	}
+	step, item, ok := strings.Cut(spec, " ")
+	if !ok {
+		fmt.Fprintf(os.Stderr, "%s=%q: write it as \"STEP ITEM\"\n", killAfterEnv, spec)
+		os.Exit(2)
+	}
+	engine.AfterCheckpoint = func(s, i string) {
+		if s == step && i == item {
+			fmt.Fprintf(os.Stderr, "test hook: kill -9 after checkpoint %s %s\n", s, i)
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
+		}
+	}
+}
+
+// Script commands of the kill scripts (testdata/scripts/cutover_kill_*.txtar):
+//
+//	journal-last JOURNALDIR STEP ITEM
+//	    the last checkpoint STEP recorded is ITEM, and the step did not finish
+//	    (its last state is running or rolling_back): the journal a kill at
+//	    ITEM leaves.
+//	journal-clean JOURNALDIR STEP STATE
+//	    STEP's last state is STATE (done or rolled_back) and no step of the
+//	    run is unfinished.
+func init() {
+	moreScriptCmds["journal-last"] = cmdJournalLast
+	moreScriptCmds["journal-clean"] = cmdJournalClean
+}
+
+func cmdJournalLast(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: journal-last JOURNALDIR STEP ITEM")
+	}
+	records, _, err := engine.ReadJournal(ts.MkAbs(args[0]))
+	ts.Check(err)
+	lastItem, lastState := "", ""
+	for _, r := range records {
+		if r.Step != args[1] {
+			continue
+		}
+		switch r.Kind {
+		case "checkpoint":
+			lastItem = r.Item
+		case "state":
+			lastState = r.State
+		}
+	}
+	if lastItem != args[2] {
+		ts.Fatalf("the last checkpoint of %s is %q, not %q", args[1], lastItem, args[2])
+	}
+	if lastState != engine.StateRunning && lastState != engine.StateRollingBack {
+		ts.Fatalf("%s is %s after the kill, not running or rolling_back", args[1], lastState)
+	}
+}
+
+func cmdJournalClean(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: journal-clean JOURNALDIR STEP STATE")
+	}
+	records, _, err := engine.ReadJournal(ts.MkAbs(args[0]))
+	ts.Check(err)
+	js, err := engine.Replay(records)
+	ts.Check(err)
+	if got := js.Step(args[1]).State; got != args[2] {
+		ts.Fatalf("%s is %s, not %s", args[1], got, args[2])
+	}
+	if js.Unfinished() {
+		ts.Fatalf("the run is unfinished after the recovery")
+	}
+}

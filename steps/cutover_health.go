@@ -1,0 +1,474 @@
+package steps
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/minio/madmin-go/v3"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+// restartAll restarts every node at once: MinIO requires the same MINIO_*
+// environment on every node of a deployment, so a rolling restart cannot
+// pass its start-up check.
+func (c *cutoverStep) restartAll(ctx context.Context, r *engine.Run, e *cutoverEnv) error {
+	// A restart that hangs (systemctl waits for MinIO's start-up) counts
+	// against the same bound as the wait for health.
+	ctx, cancel := context.WithTimeout(ctx, e.wait)
+	defer cancel()
+	errs := make([]error, len(e.nodes))
+	var wg sync.WaitGroup
+	r.Logf("%s", c.restartAction(e))
+	for i, n := range e.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := c.restartNode(ctx, r, e, i, n)
+			if err != nil {
+				errs[i] = fmt.Errorf("restart %s: %w; last lines of its output:\n%s", n.Name, err, lastLines(out, logTailLines))
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (c *cutoverStep) restartNode(ctx context.Context, r *engine.Run, e *cutoverEnv, i int, n *envNode) (string, error) {
+	var (
+		out []byte
+		err error
+	)
+	switch e.a.RestartMode() {
+	case "systemd":
+		out, err = n.exec(ctx, r, []string{"systemctl", "restart", systemdUnit}, nil)
+	case "command":
+		out, err = (&envNode{Name: n.Name}).exec(ctx, r, e.a.RestartCommand(), cutoverNodeEnv(i, n))
+	default:
+		return "", fmt.Errorf("restart mode %q", e.a.RestartMode())
+	}
+	text := r.Redact(string(out))
+	if lp, lerr := r.LogPath(fmt.Sprintf("restart.node%d", i+1)); lerr == nil {
+		_ = os.WriteFile(lp, []byte(text), 0o600)
+	}
+	for _, l := range splitLines(strings.TrimRight(text, "\n")) {
+		r.Logf("%s: %s", n.Name, l)
+	}
+	return text, err
+}
+
+func cutoverNodeEnv(i int, n *envNode) map[string]string {
+	env := map[string]string{"RUNBOOK_NODE": n.Name, "RUNBOOK_NODE_INDEX": fmt.Sprint(i + 1), "RUNBOOK_ENV_FILE": n.Path}
+	if n.Remote() {
+		env["RUNBOOK_NODE_HOST"] = n.Host
+		env["RUNBOOK_NODE_USER"] = n.User
+	}
+	return env
+}
+
+func lastLines(s string, n int) string {
+	lines := splitLines(strings.TrimRight(s, "\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	if len(lines) == 0 {
+		return "\t(no output)"
+	}
+	return "\t" + strings.Join(lines, "\n\t")
+}
+
+// nodeLogs collects every node's recent log for an error message: the
+// aistor block's log_command, or journalctl for systemd, or the restart
+// command's output kept in logs/.
+func (c *cutoverStep) nodeLogs(ctx context.Context, r *engine.Run, e *cutoverEnv) string {
+	var b strings.Builder
+	for i, n := range e.nodes {
+		var (
+			out []byte
+			err error
+		)
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		switch {
+		case len(e.a.LogCommand()) > 0 && n.Remote():
+			out, err = n.exec(lctx, r, e.a.LogCommand(), cutoverNodeEnv(i, n))
+		case len(e.a.LogCommand()) > 0:
+			out, err = (&envNode{Name: n.Name}).exec(lctx, r, e.a.LogCommand(), cutoverNodeEnv(i, n))
+		case e.a.RestartMode() == "systemd":
+			out, err = n.exec(lctx, r, []string{"journalctl", "-u", systemdUnit, "-n", fmt.Sprint(logTailLines), "--no-pager"}, nil)
+		default:
+			lp, _ := r.LogPath(fmt.Sprintf("restart.node%d", i+1))
+			out, _ = os.ReadFile(lp)
+		}
+		cancel()
+		text := string(out)
+		if err != nil {
+			text += fmt.Sprintf("\n(reading the log failed: %v)", err)
+		}
+		fmt.Fprintf(&b, "\n  %s, last lines of its log:\n%s", n.Name, lastLines(r.Redact(text), logTailLines))
+	}
+	return b.String()
+}
+
+// waitHealthy waits until every node is online, AIStor's KMS status names
+// want with every endpoint online, and the default key passes a status
+// check.
+func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutoverEnv, want string) error {
+	admin, _, err := e.a.Clients(r)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, e.wait)
+	defer cancel()
+	start := time.Now()
+	healthy := 0
+	for {
+		last := c.healthCheck(wctx, r, e.a, admin, len(e.nodes), want)
+		if last == "" {
+			healthy++
+			last = fmt.Sprintf("healthy for %d check(s) in a row, not yet %d", healthy, stableHealthChecks)
+		} else {
+			healthy = 0
+		}
+		// Nodes restarted together can report healthy and lose write quorum
+		// again a moment later while they reconnect to each other's drives:
+		// only a health that holds for several checks in a row counts.
+		if healthy >= stableHealthChecks {
+			r.Logf("AIStor is healthy on %s after %s", want, time.Since(start).Round(time.Second))
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wctx.Done():
+			return fmt.Errorf("AIStor did not become healthy on %s within %s: %s; the nodes' logs:%s", want, e.wait, last, c.nodeLogs(ctx, r, e))
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// stableHealthChecks is how many health checks, a second apart, must pass in
+// a row before the object store counts as healthy.
+const stableHealthChecks = 3
+
+// healthCheck returns "" when healthy, else what is wrong.
+func (c *cutoverStep) healthCheck(ctx context.Context, r *engine.Run, a *aistorConnection, admin *madmin.AdminClient, nodes int, want string) string {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	info, err := admin.ServerInfo(cctx)
+	if err != nil {
+		return fmt.Sprintf("server info: %v", err)
+	}
+	var offline []string
+	for _, s := range info.Servers {
+		if s.State != string(madmin.ItemOnline) {
+			offline = append(offline, s.Endpoint+" "+s.State)
+			continue
+		}
+		for _, d := range s.Disks {
+			if d.State != madmin.DriveStateOk {
+				offline = append(offline, fmt.Sprintf("%s drive %s %s", s.Endpoint, d.DrivePath, d.State))
+			}
+		}
+	}
+	if len(offline) > 0 {
+		sort.Strings(offline)
+		return "node(s) not online: " + strings.Join(offline, ", ")
+	}
+	if len(info.Servers) < nodes {
+		return fmt.Sprintf("%d of %d nodes report", len(info.Servers), nodes)
+	}
+	if why := c.clusterWritable(cctx, r, a); why != "" {
+		return why
+	}
+	st, err := admin.KMSStatus(cctx)
+	if err != nil {
+		return fmt.Sprintf("KMS status: %v", err)
+	}
+	if st.Name != want {
+		return fmt.Sprintf("KMS status names %q, not %q", st.Name, want)
+	}
+	for ep, state := range st.Endpoints {
+		if state != madmin.ItemOnline {
+			return fmt.Sprintf("KMS endpoint %s is %s", ep, state)
+		}
+	}
+	ks, err := admin.GetKeyStatus(cctx, st.DefaultKeyID)
+	if err != nil {
+		return fmt.Sprintf("status of default key %q: %v", st.DefaultKeyID, err)
+	}
+	if ks.EncryptionErr != "" || ks.DecryptionErr != "" {
+		return fmt.Sprintf("default key %q fails its round trip: %s %s", st.DefaultKeyID, ks.EncryptionErr, ks.DecryptionErr)
+	}
+	return ""
+}
+
+// clusterWritable asks MinIO's cluster health check (/minio/health/cluster:
+// 200 once the erasure sets have write quorum). Nodes restarted together
+// find each other's drives only at their next reconnect, so "online" alone
+// does not mean writable.
+func (c *cutoverStep) clusterWritable(ctx context.Context, r *engine.Run, a *aistorConnection) string {
+	tlsCfg, err := tlsConfig(r, a.cfg.CAFile, a.cfg.Insecure)
+	if err != nil {
+		return err.Error()
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsCfg
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(a.Endpoint(), "/")+"/minio/health/cluster", nil)
+	if err != nil {
+		return err.Error()
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return fmt.Sprintf("cluster health: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Sprintf("the cluster has no write quorum yet (/minio/health/cluster: %s)", resp.Status)
+	}
+	return ""
+}
+
+// restartAndConfirm is one restart of every node, in either direction:
+// into the Key Manager (back = false) or onto KES again (back = true, the
+// rollback). Each phase is checkpointed in attempt g, so a resume or a
+// rollback never restarts again what was restarted and confirmed:
+//
+//	restart     recorded before the first node is restarted (cutoverRestart)
+//	restarted   every node's restart returned
+//	healthy     every node online, the KMS status names the KMS wanted
+//	validated   the recorded sample reads byte for byte
+//
+// A restart begun but not recorded done (the runbook was killed) is done
+// again: the nodes' state is unknown. Errors: the first phase that fails.
+func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, back bool, s *cutoverSample) error {
+	want := kmsNameKeyManager
+	if back {
+		want = kmsNameKES
+	}
+	item := func(p restartPhase) restartItem { return newRestartItem(g, back, p) }
+	rs, begun := cutoverCheckpoint[cutoverRestart](r, item(phaseRestart))
+	restart := !hasItem(r, item(phaseRestarted))
+	if !restart && !hasItem(r, item(phaseHealthy)) {
+		// An earlier run restarted the nodes and stopped before they were
+		// healthy (it failed, or was killed while waiting). If they are
+		// healthy now, go on; if not, that is cause for one more restart,
+		// rather than waiting out wait_timeout on nodes that failed.
+		if why := c.healthyWithin(ctx, r, e, want, restartGrace); why != "" {
+			r.Logf("the object store is not healthy on %s after the restart begun at %s (%s): restarting the nodes again", want, rs.At.Format(time.RFC3339), why)
+			restart = true
+		}
+	}
+	var probe *unavailability
+	if restart {
+		if !begun {
+			rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: e.a.RestartMode()}
+			if err := checkpointItem(r, item(phaseRestart), rs); err != nil {
+				return err
+			}
+		} else if !hasItem(r, item(phaseRestarted)) {
+			r.Logf("the restart begun at %s was interrupted: restarting the nodes again", rs.At.Format(time.RFC3339))
+		}
+		probe = c.startProbe(ctx, r, e)
+		if err := c.restartAll(ctx, r, e); err != nil {
+			probe.stop()
+			return err
+		}
+		if err := checkpointItem(r, item(phaseRestarted), map[string]int{"nodes": len(e.nodes)}); err != nil {
+			probe.stop()
+			return err
+		}
+	}
+	if !back {
+		r.SetOutput("restarted_at", cty.StringVal(rs.At.Format(time.RFC3339Nano)))
+	}
+	if !hasItem(r, item(phaseHealthy)) {
+		err := c.waitHealthy(ctx, r, e, want)
+		window := probe.stop()
+		if err != nil {
+			return err
+		}
+		data := map[string]any{"kms": want}
+		if probe != nil {
+			data["unavailable_ms"] = window.Milliseconds()
+			r.Logf("the object store answered nothing for %s (from its first failed probe to its first healthy answer)", window.Round(100*time.Millisecond))
+			if !back {
+				r.SetOutput("unavailable_seconds", cty.NumberFloatVal(window.Seconds()))
+			}
+		}
+		if err := checkpointItem(r, item(phaseHealthy), data); err != nil {
+			return err
+		}
+	}
+	if !hasItem(r, item(phaseValidated)) {
+		n, err := c.validate(ctx, r, e, s)
+		if err != nil {
+			return err
+		}
+		if err := checkpointItem(r, item(phaseValidated), map[string]int{"objects": n}); err != nil {
+			return err
+		}
+		if back {
+			r.Logf("AIStor reports %s again; %d object(s) read back", want, n)
+		} else {
+			r.Logf("AIStor reports %s; %d object(s) read back", want, n)
+		}
+	}
+	return nil
+}
+
+// quickHealth is one health check ("" when healthy), for deciding whether
+// nodes restarted by an earlier run need restarting again.
+func (c *cutoverStep) quickHealth(ctx context.Context, r *engine.Run, e *cutoverEnv, want string) string {
+	admin, _, err := e.a.Clients(r)
+	if err != nil {
+		return err.Error()
+	}
+	return c.healthCheck(ctx, r, e.a, admin, len(e.nodes), want)
+}
+
+// restartGrace bounds how long a resume gives nodes that an earlier run
+// restarted to answer healthy once before it restarts them again: nodes
+// restarted together report each other offline for a few seconds while they
+// reconnect (a kill -9 right after the restart, cutover_kill_restarted.txtar),
+// which is no cause for another restart and another outage.
+const restartGrace = 15 * time.Second
+
+// healthyWithin checks health once a second until one check passes ("") or
+// d (at most wait_timeout) has passed, and returns the last check's finding.
+func (c *cutoverStep) healthyWithin(ctx context.Context, r *engine.Run, e *cutoverEnv, want string, d time.Duration) string {
+	deadline := time.Now().Add(min(d, e.wait))
+	for {
+		why := c.quickHealth(ctx, r, e, want)
+		if why == "" || !time.Now().Before(deadline) {
+			return why
+		}
+		select {
+		case <-ctx.Done():
+			return why
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// probeInterval is how often the unavailability probe asks the object
+// store's cluster health while the nodes restart.
+const probeInterval = 250 * time.Millisecond
+
+// unavailability measures how long the object store answered nothing:
+// from the first failed probe of /minio/health/cluster to the first
+// healthy answer after it.
+type unavailability struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	window time.Duration
+}
+
+func (c *cutoverStep) startProbe(ctx context.Context, r *engine.Run, e *cutoverEnv) *unavailability {
+	pctx, cancel := context.WithCancel(ctx)
+	u := &unavailability{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(u.done)
+		var down time.Time
+		t := time.NewTicker(probeInterval)
+		defer t.Stop()
+		for {
+			cctx, ccancel := context.WithTimeout(pctx, 2*time.Second)
+			why := c.clusterWritable(cctx, r, e.a)
+			ccancel()
+			if pctx.Err() != nil {
+				if !down.IsZero() {
+					u.window = time.Since(down) // still down when stopped
+				}
+				return
+			}
+			switch {
+			case why != "" && down.IsZero():
+				down = time.Now()
+			case why == "" && !down.IsZero():
+				u.window = time.Since(down)
+				return
+			}
+			select {
+			case <-pctx.Done():
+				if !down.IsZero() {
+					u.window = time.Since(down)
+				}
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return u
+}
+
+// stop ends the probe and returns the window measured (zero if the
+// object store never failed a probe). A nil probe measured nothing.
+func (u *unavailability) stop() time.Duration {
+	if u == nil {
+		return 0
+	}
+	select {
+	case <-u.done:
+	default:
+		u.cancel()
+		<-u.done
+	}
+	u.cancel()
+	return u.window
+}
+
+// storeClock is the object store's own time now, or the zero time when it
+// does not answer. Its Date header counts whole seconds, so it asks until
+// the second ticks over (at most about a second): the tick is then known to
+// within one round trip, and the time returned errs early, never late, so
+// the write check it anchors can report too much but never miss a write.
+// Without a tick it returns the last Date seen (whole seconds, early too).
+func (c *cutoverStep) storeClock(ctx context.Context, r *engine.Run, e *cutoverEnv) time.Time {
+	tlsCfg, err := tlsConfig(r, e.a.cfg.CAFile, e.a.cfg.Insecure)
+	if err != nil {
+		return time.Time{}
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsCfg
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	date := func() (time.Time, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(e.a.Endpoint(), "/")+"/minio/health/live", nil)
+		if err != nil {
+			return time.Time{}, err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return time.Time{}, err
+		}
+		resp.Body.Close()
+		return http.ParseTime(resp.Header.Get("Date"))
+	}
+	first, err := date()
+	if err != nil {
+		return time.Time{}
+	}
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		d, err := date()
+		answered := time.Now()
+		if err != nil {
+			break
+		}
+		if d.After(first) {
+			// The second ticked over at or before this answer arrived.
+			return d.UTC().Add(time.Since(answered))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return first.UTC()
+}

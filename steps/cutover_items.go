@@ -1,0 +1,171 @@
+package steps
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+// The cutover's checkpoint items. Each kind has its own type with a
+// constructor and a String() (the name in the journal); parseCutoverItem is
+// the only place that reads a name back. An attempt g > 0 (the cutover was
+// rolled back automatically g times before) prefixes its items with "gN/".
+//
+//	sample                          the object sample, read and digested before any change
+//	[gN/]backup/NODE                a node's file backed up; the hash it is about to get
+//	[gN/]edited/NODE                a node's file has its new content
+//	[gN/]restart, restarted, healthy, validated
+//	                                the restart into the Key Manager: begun, done, healthy, sample read
+//	[gN/]rollback/restored/NODE     a node's file has its original content again
+//	[gN/]rollback/restart, rollback/restarted, rollback/healthy, rollback/validated
+//	                                the restart back onto KES
+//	rolled-back/N                   attempt N was rolled back completely
+//	kubernetes/written              the patch and Secret handed over (platform = "kubernetes")
+type cutoverItemName interface{ String() string }
+
+// nodeItemKind is what happened to one node's file.
+type nodeItemKind string
+
+const (
+	nodeBackup   nodeItemKind = "backup"
+	nodeEdited   nodeItemKind = "edited"
+	nodeRestored nodeItemKind = "rollback/restored"
+)
+
+// nodeItem is a checkpoint about one node's env file in attempt Gen.
+type nodeItem struct {
+	Gen  int
+	Kind nodeItemKind
+	Node string // the env file as written in env_files
+}
+
+func newNodeItem(g int, kind nodeItemKind, node string) nodeItem {
+	return nodeItem{Gen: g, Kind: kind, Node: node}
+}
+
+func (i nodeItem) String() string { return genPrefix(i.Gen) + string(i.Kind) + "/" + i.Node }
+
+// restartPhase is how far one restart of every node has come.
+type restartPhase string
+
+const (
+	phaseRestart   restartPhase = "restart"   // begun; data cutoverRestart
+	phaseRestarted restartPhase = "restarted" // every node's restart returned
+	phaseHealthy   restartPhase = "healthy"   // healthy on the KMS wanted
+	phaseValidated restartPhase = "validated" // the sample read byte for byte
+)
+
+// restartItem is a checkpoint of attempt Gen's restart: into the Key
+// Manager, or (Back) onto KES again by the rollback.
+type restartItem struct {
+	Gen   int
+	Back  bool
+	Phase restartPhase
+}
+
+func newRestartItem(g int, back bool, p restartPhase) restartItem {
+	return restartItem{Gen: g, Back: back, Phase: p}
+}
+
+func (i restartItem) String() string {
+	s := genPrefix(i.Gen)
+	if i.Back {
+		s += "rollback/"
+	}
+	return s + string(i.Phase)
+}
+
+// rolledBackItem marks attempt Attempt (1-based) as rolled back completely.
+type rolledBackItem struct{ Attempt int }
+
+func (i rolledBackItem) String() string { return "rolled-back/" + strconv.Itoa(i.Attempt) }
+
+// sampleItem holds the object sample (cutoverSample), for every attempt.
+type sampleItem struct{}
+
+func (sampleItem) String() string { return "sample" }
+
+// kubernetesWrittenItem marks the patch and Secret as handed over
+// (platform = "kubernetes"; data cutoverRestart).
+type kubernetesWrittenItem struct{}
+
+func (kubernetesWrittenItem) String() string { return "kubernetes/written" }
+
+func genPrefix(g int) string {
+	if g == 0 {
+		return ""
+	}
+	return fmt.Sprintf("g%d/", g)
+}
+
+// parseCutoverItem reads a checkpoint item name back into its type.
+func parseCutoverItem(s string) (cutoverItemName, error) {
+	if rest, ok := strings.CutPrefix(s, "rolled-back/"); ok {
+		n, err := strconv.Atoi(rest)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("parse cutover item %q: bad attempt number", s)
+		}
+		return rolledBackItem{Attempt: n}, nil
+	}
+	switch s {
+	case "sample":
+		return sampleItem{}, nil
+	case "kubernetes/written":
+		return kubernetesWrittenItem{}, nil
+	}
+	g, rest := 0, s
+	if strings.HasPrefix(s, "g") {
+		if num, after, ok := strings.Cut(s[1:], "/"); ok {
+			if n, err := strconv.Atoi(num); err == nil && n > 0 {
+				g, rest = n, after
+			}
+		}
+	}
+	for _, k := range []nodeItemKind{nodeRestored, nodeBackup, nodeEdited} {
+		if node, ok := strings.CutPrefix(rest, string(k)+"/"); ok && node != "" {
+			return nodeItem{Gen: g, Kind: k, Node: node}, nil
+		}
+	}
+	back := false
+	if after, ok := strings.CutPrefix(rest, "rollback/"); ok {
+		back, rest = true, after
+	}
+	switch p := restartPhase(rest); p {
+	case phaseRestart, phaseRestarted, phaseHealthy, phaseValidated:
+		return restartItem{Gen: g, Back: back, Phase: p}, nil
+	}
+	return nil, fmt.Errorf("parse cutover item %q: unknown item", s)
+}
+
+// cutoverGen is the number of earlier attempts of this step that were rolled
+// back completely.
+func cutoverGen(r *engine.Run) int {
+	n := 0
+	for _, it := range r.CheckpointOrder() {
+		if p, err := parseCutoverItem(it); err == nil {
+			if rb, ok := p.(rolledBackItem); ok && rb.Attempt > n {
+				n = rb.Attempt
+			}
+		}
+	}
+	return n
+}
+
+// cutoverCheckpoint decodes the data of checkpoint item.
+func cutoverCheckpoint[T any](r *engine.Run, item cutoverItemName) (T, bool) {
+	var v T
+	raw, ok := r.Checkpoints()[item.String()]
+	if !ok {
+		return v, false
+	}
+	return v, json.Unmarshal(raw, &v) == nil
+}
+
+func hasItem(r *engine.Run, item cutoverItemName) bool { return r.HasCheckpoint(item.String()) }
+
+func checkpointItem(r *engine.Run, item cutoverItemName, data any) error {
+	return r.Checkpoint(item.String(), data)
+}

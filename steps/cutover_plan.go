@@ -1,0 +1,343 @@
+package steps
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	kes "github.com/minio/kes-go"
+	"github.com/minio/kms-go/kms"
+	"github.com/minio/madmin-go/v3"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+// nodeFile is one node's file as read.
+type nodeFile struct {
+	node *envNode
+	data []byte
+	meta fileMeta
+	sum  string
+}
+
+func (c *cutoverStep) readAll(ctx context.Context, r *engine.Run, e *cutoverEnv) ([]nodeFile, error) {
+	files := make([]nodeFile, len(e.nodes))
+	errs := make([]error, len(e.nodes))
+	var wg sync.WaitGroup
+	for i, n := range e.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data, meta, err := n.read(ctx, r)
+			files[i], errs[i] = nodeFile{node: n, data: data, meta: meta, sum: envSHA256(data)}, err
+		}()
+	}
+	wg.Wait()
+	return files, errors.Join(errs...)
+}
+
+// sameFiles names the nodes whose file differs from the majority's.
+func sameFiles(files []nodeFile) error {
+	count := map[string]int{}
+	for _, f := range files {
+		count[f.sum]++
+	}
+	if len(count) <= 1 {
+		return nil
+	}
+	best := ""
+	for _, f := range files { // the most common content; ties go to the first node's
+		if best == "" || count[f.sum] > count[best] {
+			best = f.sum
+		}
+	}
+	var odd []string
+	for _, f := range files {
+		if f.sum != best {
+			odd = append(odd, fmt.Sprintf("%s (sha256 %s)", f.node.Name, f.sum))
+		}
+	}
+	return fmt.Errorf("the nodes' env files are not identical: %s differs from the other nodes' (sha256 %s); MinIO requires the same MINIO_* environment on every node: make the files identical (shasum -a 256 on each node) and run again", strings.Join(odd, ", "), best)
+}
+
+func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan, error) {
+	e, err := c.resolve(r)
+	if err != nil {
+		return nil, err
+	}
+	defer e.pool.close()
+	p := &engine.StepPlan{ItemsLabel: "env files to edit"}
+	if e.a.Platform() == "kubernetes" {
+		return c.planKubernetes(ctx, r, e, p)
+	}
+	if err := refuseRestartMode(e); err != nil {
+		return nil, err
+	}
+	files, err := c.readAll(ctx, r, e)
+	if err != nil {
+		return nil, err
+	}
+	if err := sameFiles(files); err != nil {
+		return nil, engine.Refusef("%v", err)
+	}
+	f, err := c.observeKMS(ctx, r, e, files[0].data)
+	if err != nil {
+		return nil, err
+	}
+	apiKey := c.cfg.APIKey
+	if apiKey == "" || r.Decoded.Unknown("api_key") {
+		apiKey = "(known after apply)"
+	}
+	set, err := c.desired(e, files[0].data, apiKey)
+	if err != nil {
+		return nil, fmt.Errorf("plan env file %s: %w", files[0].node.Name, err)
+	}
+	state := map[string]string{}
+	for _, f := range files {
+		state[f.node.Name] = f.sum
+		newData, err := editEnv(f.data, set)
+		if err != nil {
+			return nil, fmt.Errorf("plan edit of %s: %w", f.node.Name, err)
+		}
+		p.Observed = append(p.Observed, fmt.Sprintf("%s: sha256 %s", f.node.Name, f.sum))
+		p.Items = append(p.Items, f.node.Name)
+		diff := envDiff(f.data, newData)
+		p.Actions = append(p.Actions, fmt.Sprintf("back up %s into the journal dir (0600) and change it:", f.node.Name))
+		for _, l := range diff {
+			p.Actions = append(p.Actions, "    "+r.Redact(l))
+		}
+		p.Sections = append(p.Sections, engine.PlanSection{Title: "Environment diff: " + f.node.Name, Body: r.Redact(strings.Join(diff, "\n"))})
+	}
+	p.Observed = append(p.Observed, fmt.Sprintf("the %d env files are identical (sha256 %s)", len(files), files[0].sum))
+	if e.a.RestartMode() == "systemd" {
+		lines, err := c.checkUnitEnv(ctx, r, e)
+		if err != nil {
+			return nil, err
+		}
+		p.Observed = append(p.Observed, lines...)
+	}
+	if f.statusNote != "" {
+		p.Observed = append(p.Observed, f.statusNote)
+		p.Risks = append(p.Risks, fmt.Sprintf("the object store does not report its KMS status (see above): the default key is taken from the env files (%q), and after the restart the cutover cannot confirm that the object store reports the Key Manager until its identity may read the status", f.envKey))
+	} else {
+		p.Observed = append(p.Observed, fmt.Sprintf("AIStor reports KMS %q, default key %q, endpoints %s", f.name, f.defaultKey, formatKMSEndpoints(f.endpoints)))
+		if f.name == kmsNameKeyManager {
+			p.Risks = append(p.Risks, "AIStor already reports the Key Manager: the files will be edited and the nodes restarted all the same")
+		}
+	}
+	p.Observed = append(p.Observed, fmt.Sprintf("MINIO_KMS_SSE_KEY will be %q, the default key the object store runs with today; the enclave must hold it before any file is changed", f.sseKey))
+	sample, err := c.chooseSample(ctx, r, e)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.proveSample(ctx, r, e, sample, f.sseKey); err != nil {
+		return nil, err
+	}
+	p.Observed = append(p.Observed, sample.lines()...)
+	if risk := rootAccessRisk(files[0].data); risk != "" {
+		p.Risks = append(p.Risks, risk)
+	}
+	p.Actions = append(p.Actions, fmt.Sprintf("confirm the %d edited files are identical (sha256) before any restart", len(files)))
+	p.Actions = append(p.Actions, c.restartAction(e))
+	p.Actions = append(p.Actions, fmt.Sprintf("wait up to %s until every node is online, AIStor's KMS status names the Key Manager (%s) with its endpoints online, and the default key %q passes a key status check", e.wait, kmsNameKeyManager, set["MINIO_KMS_SSE_KEY"]))
+	p.Actions = append(p.Actions, c.validateAction(e))
+	if e.onFail == "rollback" {
+		p.Actions = append(p.Actions, "on failure: restore the original files, restart and confirm objects read through KES again (on_failure = \"rollback\")")
+	} else {
+		p.Actions = append(p.Actions, "on failure: stop and leave the nodes as they are (on_failure = \"stop\"); runbook rollback restores them")
+	}
+	p.Verification = []string{
+		fmt.Sprintf("every node online and AIStor's KMS status names %q with every endpoint online", kmsNameKeyManager),
+		fmt.Sprintf("the default key %q passes AIStor's key status check (generate + decrypt)", set["MINIO_KMS_SSE_KEY"]),
+		c.validateAction(e),
+	}
+	p.Rollback = "restore every node's backed-up env file, restart the nodes the same way, and confirm AIStor reports KES and objects read again; refused once any object was written or changed after the cutover's restart (KES cannot read what the Key Manager sealed) unless forced"
+	if e.a.RestartMode() == "systemd" {
+		p.Risks = append(p.Risks, "restart = \"systemd\": a full stop and start of the minio unit on every node")
+	}
+	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node, DOMAIN.md D5): the object store answers nothing until they are back; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. The apply measures the window (from the first failed health probe to the first healthy answer) and reports it in its log and as the output unavailable_seconds")
+	sort.Strings(p.Items)
+	p.State = map[string]any{"env_files": state, "sample": sample, "sse_key": f.sseKey}
+	return p, nil
+}
+
+func (c *cutoverStep) restartAction(e *cutoverEnv) string {
+	switch e.a.RestartMode() {
+	case "systemd":
+		return fmt.Sprintf("restart every node at once: systemctl restart %s on each node's host", systemdUnit)
+	default:
+		return fmt.Sprintf("restart every node at once: run %s once per node (RUNBOOK_NODE = the node's env file)", quoteArgvList(e.a.RestartCommand()))
+	}
+}
+
+func (c *cutoverStep) validateAction(e *cutoverEnv) string {
+	what := fmt.Sprintf("%d SSE-S3 or SSE-KMS object(s) of every bucket that has any", e.sample)
+	if c.cfg.ValidateAll {
+		what = "every SSE-S3 and SSE-KMS object of every bucket"
+	}
+	if len(c.cfg.ValidateObjects) > 0 {
+		what = strings.Join(c.cfg.ValidateObjects, ", ") + " and " + what
+	}
+	return "read back the object sample recorded before the change, byte for byte against its SHA-256 (a HEAD proves nothing for SSE): " + what + ", and check every bucket's encryption configuration still resolves at the KMS"
+}
+
+func formatKMSEndpoints(m map[string]madmin.ItemState) string {
+	if len(m) == 0 {
+		return "(none)"
+	}
+	var parts []string
+	for k, v := range m {
+		parts = append(parts, k+" "+string(v))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// kmsFacts is what the object store and the env files say of the KMS the
+// object store runs with today.
+type kmsFacts struct {
+	name       string // MinIO's KMS status: "MinIO KES", …; "" when it cannot report it
+	defaultKey string // the default key the running object store reports
+	envKey     string // MINIO_KMS_KES_KEY_NAME of the env files
+	sseKey     string // MINIO_KMS_SSE_KEY the files will get
+	statusNote string // why the KMS status is missing, when it is
+	endpoints  map[string]madmin.ItemState
+}
+
+// observeKMS reads MinIO's KMS status and the env files' default key and
+// refuses, before anything changes, when MINIO_KMS_SSE_KEY would differ
+// from the default key the object store runs with (DOMAIN.md E: MinIO
+// creates a missing default key at start-up and seals new data with it),
+// or when that key cannot be known at all.
+func (c *cutoverStep) observeKMS(ctx context.Context, r *engine.Run, e *cutoverEnv, envData []byte) (*kmsFacts, error) {
+	env, err := envEffective(envData)
+	if err != nil {
+		return nil, err
+	}
+	f := &kmsFacts{envKey: env["MINIO_KMS_KES_KEY_NAME"]}
+	admin, _, err := e.a.Clients(r)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	st, serr := admin.KMSStatus(cctx)
+	cancel()
+	if serr == nil {
+		f.name, f.defaultKey, f.endpoints = st.Name, st.DefaultKeyID, st.Endpoints
+	} else {
+		f.statusNote = kmsStatusRefusal(r, serr, env)
+		if f.envKey == "" {
+			return nil, engine.Refusef("%s; and the env files set no MINIO_KMS_KES_KEY_NAME, so the default key the object store runs with cannot be known: add /v1/status to that identity's policy at KES and plan again", f.statusNote)
+		}
+	}
+	if f.name == kmsNameKeyManager {
+		// Already on the Key Manager: the files are edited all the same
+		// (the plan says so as a risk); the KES-era checks do not apply.
+		f.sseKey = c.cfg.SSEKey
+		if f.sseKey == "" {
+			f.sseKey = f.envKey
+		}
+		return f, nil
+	}
+	if f.defaultKey != "" && f.envKey != "" && f.envKey != f.defaultKey {
+		return nil, engine.Refusef("the env files set MINIO_KMS_KES_KEY_NAME=%q, but the running object store reports the default key %q: the files were changed since MinIO started, or it reads its environment elsewhere; after the restart it would seal new data under %q. Make the files name the key MinIO runs with (%q), or restart MinIO on the files first, and plan again", f.envKey, f.defaultKey, f.envKey, f.defaultKey)
+	}
+	running := f.defaultKey
+	if running == "" {
+		running = f.envKey
+	}
+	f.sseKey = c.cfg.SSEKey
+	if f.sseKey == "" {
+		f.sseKey = running
+	}
+	if f.sseKey == "" {
+		return nil, engine.Refusef("the object store reports no default key and the env files set no MINIO_KMS_KES_KEY_NAME: set sse_key on the cutover block to the key MinIO's SSE-S3 data is sealed with")
+	}
+	if f.sseKey != running {
+		src := "the default key the running object store reports"
+		if f.defaultKey == "" {
+			src = "the default key the env files name (MINIO_KMS_KES_KEY_NAME)"
+		}
+		return nil, engine.Refusef("sse_key %q differs from %s, %q: MINIO_KMS_SSE_KEY must name the key the object store runs with today, or MinIO creates %q in the enclave at start-up and seals new data under a key KES never had. Set sse_key = %q, or leave it out", f.sseKey, src, running, f.sseKey, running)
+	}
+	return f, nil
+}
+
+// kmsStatusRefusal says precisely why MinIO could not report its KMS
+// status. MinIO's status call asks KES /v1/status with MinIO's own KES
+// identity, which may encrypt and decrypt and still lack that path
+// (DOMAIN.md E).
+func kmsStatusRefusal(r *engine.Run, err error, env map[string]string) string {
+	msg := r.Redact(err.Error())
+	low := strings.ToLower(msg)
+	if !strings.Contains(low, "insufficient permissions") && !strings.Contains(low, "not authorized") && !strings.Contains(low, "forbidden") {
+		return fmt.Sprintf("the object store cannot report its KMS status (%s)", msg)
+	}
+	who := "MinIO's KES identity"
+	if k := env["MINIO_KMS_KES_API_KEY"]; k != "" {
+		r.AddSecret(k)
+		if key, perr := kes.ParseAPIKey(k); perr == nil {
+			who = fmt.Sprintf("MinIO's KES identity %s (from MINIO_KMS_KES_API_KEY in the env files)", key.Identity())
+		}
+	} else if cf := env["MINIO_KMS_KES_CERT_FILE"]; cf != "" {
+		who = fmt.Sprintf("MinIO's KES identity (the certificate %s, MINIO_KMS_KES_CERT_FILE)", cf)
+	}
+	next := "the env files name no default key (MINIO_KMS_KES_KEY_NAME)"
+	if name := env["MINIO_KMS_KES_KEY_NAME"]; name != "" {
+		next = fmt.Sprintf("or go on with the default key the env files name, MINIO_KMS_KES_KEY_NAME=%q", name)
+	}
+	return fmt.Sprintf("the object store cannot report its KMS status: KES refuses /v1/status to %s (%s), although that identity encrypts and decrypts; add /v1/status to the allow list of its policy in the KES config, %s", who, msg, next)
+}
+
+// rootAccessRisk is the plan's risk line when the env file turns root
+// access off without root credentials: MinIO then derives its root
+// credentials from a KMS HMAC (DOMAIN.md D2), which the Key Manager
+// connection does not offer. "" when there is no such risk.
+func rootAccessRisk(envData []byte) string {
+	env, err := envEffective(envData)
+	if err != nil || !strings.EqualFold(env["MINIO_API_ROOT_ACCESS"], "off") || env["MINIO_ROOT_USER"] != "" {
+		return ""
+	}
+	return "MINIO_API_ROOT_ACCESS=off and no MINIO_ROOT_USER: MinIO derives its root credentials from a KMS HMAC, which the Key Manager connection does not offer (DOMAIN.md D2), so after the cutover it falls back to the active or the default credentials. Set MINIO_ROOT_USER and MINIO_ROOT_PASSWORD in the env files before the cutover"
+}
+
+// kmsStatusRisk is the plan's risk line when the object store does not
+// report its KMS status (prerequisites; the cutover's plan names the
+// identity from the env files).
+func kmsStatusRisk(r *engine.Run, err error) string {
+	why := kmsStatusRefusal(r, err, nil)
+	if strings.Contains(why, "refuses /v1/status") {
+		return "the object store cannot report its KMS status: KES refuses /v1/status to MinIO's KES identity (the one whose API key is MINIO_KMS_KES_API_KEY in the nodes' env files; the cutover's plan names it), although it encrypts and decrypts; add /v1/status to the allow list of that identity's policy in the KES config, or the cutover goes on with the default key the env files name (MINIO_KMS_KES_KEY_NAME)"
+	}
+	return why + ": confirm it uses KES before the cutover"
+}
+
+// endpointTLSNote says how an endpoint's connection is protected: "TLS
+// verified" only for https:// with verification on.
+func endpointTLSNote(endpoint string, insecure bool) string {
+	if !strings.HasPrefix(strings.ToLower(endpoint), "https://") {
+		return "plain HTTP (no TLS: credentials and data cross the network unencrypted)"
+	}
+	return "TLS verified" + insecureNote(insecure)
+}
+
+// checkEnclaveHolds refuses, before any change, when the enclave does not
+// hold the default key the files will name.
+func (c *cutoverStep) checkEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, name string) error {
+	kmc, err := e.enc.KM.Client(r)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	if _, err := kmc.KeyStatus(cctx, e.enc.Name, &kms.KeyStatusRequest{Name: name}); err != nil {
+		if errors.Is(err, kms.ErrKeyNotFound) {
+			return engine.Refusef("enclave %s holds no key %q, the default key the object store runs with (MINIO_KMS_SSE_KEY): MinIO would create a fresh key under that name at start-up and seal new data with it, and no object sealed before could be read; migrate the key first (nothing was changed, no node restarted)", e.enc.Name, name)
+		}
+		return fmt.Errorf("check that enclave %s holds the default key %q: %w", e.enc.Name, name, err)
+	}
+	return nil
+}

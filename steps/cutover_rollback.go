@@ -1,0 +1,261 @@
+package steps
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+func (c *cutoverStep) Rollback(ctx context.Context, r *engine.Run) error {
+	e, err := c.resolve(r)
+	if err != nil {
+		return err
+	}
+	defer e.pool.close()
+	if e.a.Platform() == "kubernetes" {
+		return c.rollbackKubernetes(ctx, r, e)
+	}
+	g := cutoverGen(r)
+	if g > 0 && !c.attemptBegun(r, e, g) {
+		// The last attempt was rolled back completely and none was begun since.
+		g--
+		if files, err := c.readAll(ctx, r, e); err == nil {
+			all := true
+			for _, f := range files {
+				if b, ok := cutoverCheckpoint[cutoverBackup](r, newNodeItem(g, nodeBackup, f.node.Name)); ok && f.sum != b.Original {
+					all = false
+				}
+			}
+			if all {
+				r.Logf("already rolled back when the cutover failed: every node has its original env file")
+				return nil
+			}
+		}
+	}
+	return c.rollback(ctx, r, e, g)
+}
+
+// attemptBegun reports whether attempt g backed up any file.
+func (c *cutoverStep) attemptBegun(r *engine.Run, e *cutoverEnv, g int) bool {
+	for _, n := range e.nodes {
+		if hasItem(r, newNodeItem(g, nodeBackup, n.Name)) {
+			return true
+		}
+	}
+	return false
+}
+
+// rollbackBegun reports whether a rollback of attempt g restored a file or
+// began its restart without finishing (no rolled-back mark).
+func (c *cutoverStep) rollbackBegun(r *engine.Run, e *cutoverEnv, g int) bool {
+	if hasItem(r, newRestartItem(g, true, phaseRestart)) {
+		return true
+	}
+	for _, n := range e.nodes {
+		if hasItem(r, newNodeItem(g, nodeRestored, n.Name)) {
+			return true
+		}
+	}
+	return false
+}
+
+// rollback restores attempt g's backups, restarts if the nodes were
+// restarted, and confirms AIStor reads the sample through KES again. Each
+// restored file and each phase of the restart is checkpointed, so running
+// it again after a failure restarts nothing it already restarted. It
+// refuses when the object store changed after the restart, unless forced.
+func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv, g int) error {
+	var backups []cutoverBackup
+	var nodes []*envNode
+	for _, n := range e.nodes {
+		if b, ok := cutoverCheckpoint[cutoverBackup](r, newNodeItem(g, nodeBackup, n.Name)); ok {
+			backups = append(backups, b)
+			nodes = append(nodes, n)
+		}
+	}
+	if len(backups) == 0 {
+		r.Logf("nothing to undo: no env file was backed up or changed")
+		return nil
+	}
+	rs, restarted := cutoverCheckpoint[cutoverRestart](r, newRestartItem(g, false, phaseRestart))
+	backBegun := hasItem(r, newRestartItem(g, true, phaseRestart))
+	if restarted && !backBegun {
+		// Once the rollback's own restart began, the object store runs on
+		// KES again: what it writes from then on, KES sealed.
+		if err := c.checkNoNewWrites(ctx, r, e, g, rs); err != nil {
+			return err
+		}
+	}
+	// Every file must be the original or the edited one before any is touched.
+	type todo struct {
+		n    *envNode
+		b    cutoverBackup
+		data []byte
+	}
+	var work []todo
+	for i, n := range nodes {
+		b := backups[i]
+		data, _, err := n.read(ctx, r)
+		if err != nil {
+			return err
+		}
+		switch envSHA256(data) {
+		case b.Original:
+			if !hasItem(r, newNodeItem(g, nodeRestored, n.Name)) {
+				r.Logf("%s already has its original content", n.Name)
+				work = append(work, todo{n: n, b: b}) // checkpoint only
+			}
+		case b.New:
+			orig, err := c.readBackup(r, b)
+			if err != nil {
+				return err
+			}
+			work = append(work, todo{n, b, orig})
+		default:
+			return engine.Refusef("env file %s changed after the cutover edited it (sha256 %s; the cutover wrote %s): restoring the backup would discard that change; compare it with the backup %s in the journal dir's backups/ and restore it by hand", n.Name, envSHA256(data), b.New, b.Backup)
+		}
+	}
+	for _, w := range work {
+		if w.data != nil {
+			if err := w.n.write(ctx, r, w.data, fileMeta{Mode: w.b.Mode, UID: w.b.UID, GID: w.b.GID}); err != nil {
+				return err
+			}
+			r.Logf("restored %s (sha256 %s)", w.n.Name, w.b.Original)
+		}
+		if err := checkpointItem(r, newNodeItem(g, nodeRestored, w.n.Name), map[string]string{"sha256": w.b.Original}); err != nil {
+			return err
+		}
+	}
+	if !restarted {
+		r.Logf("the nodes were not restarted by the cutover: restoring the files is all")
+		return nil
+	}
+	s, _ := cutoverCheckpoint[cutoverSample](r, sampleItem{})
+	if err := c.restartAndConfirm(ctx, r, e, g, true, &s); err != nil {
+		return fmt.Errorf("after restoring the env files: %w", err)
+	}
+	return nil
+}
+
+// writeCheckMargin widens the window of the write check before a rollback
+// for clock differences between the object store's nodes: the node that
+// stamped a write may run a little behind the one whose clock was read
+// (storeClock, itself read to within a round trip, erring early). Erring
+// early only reports too much.
+const writeCheckMargin = 250 * time.Millisecond
+
+// checkNoNewWrites refuses a rollback once the object store may hold data
+// sealed by the Key Manager: any bucket created, object version written,
+// IAM user or group changed, or config changed since the restart
+// began, judged by the object store's own clock (cutoverRestart.StoreAt,
+// less writeCheckMargin; this host's clock when the store did not answer).
+// A listing that fails refuses too: what cannot be seen cannot be
+// excluded. With rollback --force it lists what it found and goes on.
+func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, rs cutoverRestart) error {
+	admin, s3, err := e.a.Clients(r)
+	if err != nil {
+		return err
+	}
+	since, clock := rs.StoreAt, "the object store's clock"
+	if since.IsZero() {
+		since, clock = rs.At, "this host's clock (the object store did not tell its time)"
+	}
+	since = since.Add(-writeCheckMargin)
+	var found, failed []string
+	buckets, err := s3.ListBuckets(ctx)
+	if err != nil {
+		failed = append(failed, fmt.Sprintf("list buckets: %v", err))
+	}
+	for _, b := range buckets {
+		if b.CreationDate.After(since) {
+			found = append(found, b.Name+"/ (bucket created)")
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		for obj := range s3.ListObjects(lctx, b.Name, minio.ListObjectsOptions{Recursive: true, WithVersions: true}) {
+			if obj.Err != nil {
+				failed = append(failed, fmt.Sprintf("list objects of %s: %v", b.Name, obj.Err))
+				break
+			}
+			if obj.LastModified.After(since) {
+				found = append(found, b.Name+"/"+obj.Key)
+			}
+		}
+		cancel()
+	}
+	if users, err := admin.ListUsers(ctx); err != nil {
+		failed = append(failed, fmt.Sprintf("list IAM users: %v", err))
+	} else {
+		for name, u := range users {
+			if u.UpdatedAt.After(since) {
+				found = append(found, "IAM user "+name)
+			}
+		}
+	}
+	if groups, err := admin.ListGroups(ctx); err != nil {
+		failed = append(failed, fmt.Sprintf("list IAM groups: %v", err))
+	} else {
+		for _, name := range groups {
+			if d, err := admin.GetGroupDescription(ctx, name); err != nil {
+				failed = append(failed, fmt.Sprintf("describe IAM group %s: %v", name, err))
+			} else if d.UpdatedAt.After(since) {
+				found = append(found, "IAM group "+name)
+			}
+		}
+	}
+	if hist, err := admin.ListConfigHistoryKV(ctx, 10); err != nil {
+		failed = append(failed, fmt.Sprintf("list config history: %v", err))
+	} else {
+		for _, h := range hist {
+			if h.CreateTime.After(since) {
+				found = append(found, "config change "+h.RestoreID)
+			}
+		}
+	}
+	when := fmt.Sprintf("%s (%s, less %s)", since.Add(writeCheckMargin).Format(time.RFC3339Nano), clock, writeCheckMargin)
+	if len(failed) > 0 {
+		msg := fmt.Sprintf("cannot check whether the object store changed since the cutover's restart at %s: %s", when, strings.Join(failed, "; "))
+		if r.Forced() {
+			r.Warnf("rolling back although %s (forced)", msg)
+		} else {
+			healthy := "it never became healthy on the Key Manager, but it may have answered writes all the same"
+			if hasItem(r, newRestartItem(g, false, phaseHealthy)) {
+				healthy = "it was healthy on the Key Manager after the restart"
+			}
+			return engine.Refusef("%s (%s). KES may not read what the Key Manager sealed, so the rollback stops: bring the object store up (the nodes' logs say why it is not) and run rollback again, or, if you know nothing was written, force it with runbook rollback --force", msg, healthy)
+		}
+	}
+	if len(found) == 0 {
+		if len(failed) == 0 {
+			r.Logf("no object was written and no bucket created since the restart at %s; no IAM or config change either", when)
+		}
+		return nil
+	}
+	sort.Strings(found)
+	found = dedupeSorted(found)
+	shown := found
+	if len(shown) > 50 {
+		shown = append(append([]string(nil), found[:50]...), fmt.Sprintf("and %d more", len(found)-50))
+	}
+	msg := fmt.Sprintf("the object store was written after the cutover's restart at %s, so the Key Manager may have sealed data that KES cannot read: %s", when, strings.Join(shown, ", "))
+	if r.Forced() {
+		r.Warnf("rolling back although %s (forced)", msg)
+		return nil
+	}
+	return engine.Refusef("%s. Rolling back would make those unreadable: copy the objects off (and write them again after the rollback), note the IAM and config changes, or force it with runbook rollback --force", msg)
+}
+
+func dedupeSorted(sorted []string) []string {
+	out := sorted[:0]
+	for i, s := range sorted {
+		if i == 0 || s != sorted[i-1] {
+			out = append(out, s)
+		}
+	}
+	return out
+}

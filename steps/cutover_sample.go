@@ -1,0 +1,301 @@
+package steps
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+// maxSampleScan bounds how many objects of one bucket the sample lists to
+// classify them (SSE-S3, SSE-KMS, SSE-C, none).
+const maxSampleScan = 10000
+
+// sampledObject is one object of the validation sample.
+type sampledObject struct {
+	Bucket string `json:"bucket"`
+	Key    string `json:"key"`
+	SSE    string `json:"sse"`               // "SSE-S3", "SSE-KMS" or "none" (validate_objects only)
+	KMSKey string `json:"kms_key,omitempty"` // an SSE-KMS object's key, as the listing shows it
+	// SHA256 is the hex digest of the object's content read through KES
+	// before any change (never the content itself: objects may be secret).
+	SHA256 string `json:"sha256,omitempty"`
+	Size   int64  `json:"size"`
+}
+
+func (o sampledObject) name() string { return o.Bucket + "/" + o.Key }
+
+// cutoverSample is the object sample, chosen at plan time (and bound into
+// the plan's fingerprint), read and digested before any change, and read
+// again byte for byte after each restart: SSE-S3 and SSE-KMS objects of
+// every bucket that has any (sample_per_bucket each, or all with
+// validate_all), plus validate_objects, less exclude_objects. SSE-C
+// objects are counted and left out: their keys are the clients' own.
+type cutoverSample struct {
+	Objects []sampledObject `json:"objects"`
+	// SSEC counts the SSE-C objects seen per bucket.
+	SSEC map[string]int `json:"ssec,omitempty"`
+	// Truncated names the buckets listed only up to maxSampleScan objects.
+	Truncated []string `json:"truncated,omitempty"`
+	// Excluded are the exclude_objects that the sample left out.
+	Excluded []string `json:"excluded,omitempty"`
+	Buckets  int      `json:"buckets"`
+}
+
+// sampleFault is an object of the sample that does not read through KES
+// before any change: a fault that predates the cutover.
+type sampleFault struct {
+	Object string
+	Key    string // the KMS key it was sealed with, as far as the API shows
+	Reason string
+}
+
+func metaGet(m map[string]string, name string) string {
+	for k, v := range m {
+		if strings.EqualFold(k, name) {
+			return v
+		}
+	}
+	return ""
+}
+
+// chooseSample lists every bucket and picks the sample. Errors: a listing
+// that fails, or a validate_objects entry that does not exist.
+func (c *cutoverStep) chooseSample(ctx context.Context, r *engine.Run, e *cutoverEnv) (*cutoverSample, error) {
+	_, s3, err := e.a.Clients(r)
+	if err != nil {
+		return nil, err
+	}
+	excluded := map[string]bool{}
+	for _, o := range c.cfg.ExcludeObjects {
+		excluded[o] = true
+	}
+	s := &cutoverSample{SSEC: map[string]int{}}
+	buckets, err := s3.ListBuckets(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list buckets of %s: %w", hostOf(e.a.Endpoint()), err)
+	}
+	s.Buckets = len(buckets)
+	seen := map[string]bool{}
+	for _, b := range buckets {
+		n, scanned := 0, 0
+		lctx, cancel := context.WithCancel(ctx)
+		for obj := range s3.ListObjects(lctx, b.Name, minio.ListObjectsOptions{Recursive: true, WithMetadata: true}) {
+			if obj.Err != nil {
+				cancel()
+				return nil, fmt.Errorf("list objects of %s: %w", b.Name, obj.Err)
+			}
+			if scanned++; scanned > maxSampleScan {
+				s.Truncated = append(s.Truncated, b.Name)
+				break
+			}
+			o := sampledObject{Bucket: b.Name, Key: obj.Key, Size: obj.Size}
+			switch {
+			case metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption-Customer-Algorithm") != "":
+				s.SSEC[b.Name]++
+				continue
+			case metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption") == "AES256":
+				o.SSE = "SSE-S3"
+			case metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption") == "aws:kms":
+				o.SSE = "SSE-KMS"
+				o.KMSKey = strings.TrimPrefix(metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id"), kmsARNPrefix)
+			default:
+				continue // not encrypted: proves nothing about a KMS
+			}
+			if excluded[o.name()] {
+				s.Excluded = append(s.Excluded, o.name())
+				continue
+			}
+			if c.cfg.ValidateAll || n < e.sample {
+				s.Objects = append(s.Objects, o)
+				seen[o.name()] = true
+				n++
+			}
+		}
+		cancel()
+	}
+	for _, name := range c.cfg.ValidateObjects {
+		if seen[name] || excluded[name] {
+			continue
+		}
+		b, k, _ := strings.Cut(name, "/")
+		st, err := s3.StatObject(ctx, b, k, minio.StatObjectOptions{})
+		if err != nil {
+			if minio.ToErrorResponse(err).StatusCode == http.StatusBadRequest {
+				// MinIO answers a HEAD of an SSE-C object without its key with 400.
+				s.SSEC[b]++
+				r.Warnf("validate_objects names %s, which is encrypted with a customer key (SSE-C): it never touches a KMS and cannot be read without the client's key; left out of the sample", name)
+				continue
+			}
+			return nil, fmt.Errorf("validate_objects names %s: %w", name, err)
+		}
+		o := sampledObject{Bucket: b, Key: k, Size: st.Size, SSE: "none"}
+		switch st.Metadata.Get("X-Amz-Server-Side-Encryption") {
+		case "AES256":
+			o.SSE = "SSE-S3"
+		case "aws:kms":
+			o.SSE = "SSE-KMS"
+			o.KMSKey = strings.TrimPrefix(st.Metadata.Get("X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id"), kmsARNPrefix)
+		}
+		s.Objects = append(s.Objects, o)
+		seen[name] = true
+	}
+	for _, name := range c.cfg.ExcludeObjects {
+		if !envContains(s.Excluded, name) {
+			r.Warnf("exclude_objects names %s, which the sample would not have read (no such encrypted object)", name)
+		}
+	}
+	return s, nil
+}
+
+// proveSample reads every sampled object in full through the object
+// store as it runs today and records its SHA-256. An object that does not
+// read is a pre-existing fault: the cutover refuses, naming each with its
+// key and the reason, until it is fixed or listed in exclude_objects.
+// defaultKey names the key of SSE-S3 objects, which the API does not show.
+func (c *cutoverStep) proveSample(ctx context.Context, r *engine.Run, e *cutoverEnv, s *cutoverSample, defaultKey string) error {
+	_, s3, err := e.a.Clients(r)
+	if err != nil {
+		return err
+	}
+	var faults []sampleFault
+	for i := range s.Objects {
+		o := &s.Objects[i]
+		sum, n, err := readObjectDigest(ctx, s3, o.Bucket, o.Key)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			key := o.KMSKey
+			if o.SSE == "SSE-S3" {
+				key = fmt.Sprintf("the default key at the time it was written (SSE-S3 does not show its key; the default key now is %q)", defaultKey)
+			}
+			faults = append(faults, sampleFault{Object: o.name(), Key: key, Reason: err.Error()})
+			continue
+		}
+		o.SHA256, o.Size = sum, n
+		r.Progress(int64(i+1), int64(len(s.Objects)))
+	}
+	if len(faults) == 0 {
+		return nil
+	}
+	var lines []string
+	for _, f := range faults {
+		lines = append(lines, fmt.Sprintf("%s (key %s): %s", f.Object, f.Key, f.Reason))
+	}
+	quoted := make([]string, len(faults))
+	for i, f := range faults {
+		quoted[i] = fmt.Sprintf("%q", f.Object)
+	}
+	return engine.Refusef("%d object(s) of the sample do not read through KES today, before any change: a pre-existing fault, not the cutover's: %s. The cutover refuses, since it could not tell such a fault from one it caused: restore the object's key at KES or rewrite the object, or leave it out explicitly with exclude_objects = [%s] on the cutover block", len(faults), strings.Join(lines, "; "), strings.Join(quoted, ", "))
+}
+
+// lines describe the sample for the plan and the log.
+func (s *cutoverSample) lines() []string {
+	kinds := map[string]int{}
+	buckets := map[string]bool{}
+	for _, o := range s.Objects {
+		kinds[o.SSE]++
+		buckets[o.Bucket] = true
+	}
+	out := []string{fmt.Sprintf("object sample: %d object(s) of %d bucket(s) (SSE-S3 %d, SSE-KMS %d), each read in full through KES now; its SHA-256 is recorded and read again after the restart", len(s.Objects), len(buckets), kinds["SSE-S3"], kinds["SSE-KMS"])}
+	var bs []string
+	for b := range s.SSEC {
+		if s.SSEC[b] > 0 {
+			bs = append(bs, b)
+		}
+	}
+	sort.Strings(bs)
+	for _, b := range bs {
+		out = append(out, fmt.Sprintf("bucket %s: %d SSE-C object(s) left out of the sample: they are encrypted with the clients' own keys, never touch a KMS, and cannot be read without those keys", b, s.SSEC[b]))
+	}
+	for _, x := range s.Excluded {
+		out = append(out, fmt.Sprintf("%s left out of the sample (exclude_objects)", x))
+	}
+	for _, b := range s.Truncated {
+		out = append(out, fmt.Sprintf("bucket %s: only its first %d objects were listed to choose the sample", b, maxSampleScan))
+	}
+	return out
+}
+
+func (s *cutoverSample) summary() string { return strings.Join(s.lines(), "; ") }
+
+// validate reads the recorded sample back byte for byte (its SHA-256
+// against the one recorded before the change) and checks that every
+// bucket's encryption key still resolves at the KMS. It returns how many
+// objects it read.
+func (c *cutoverStep) validate(ctx context.Context, r *engine.Run, e *cutoverEnv, s *cutoverSample) (int, error) {
+	admin, s3, err := e.a.Clients(r)
+	if err != nil {
+		return 0, err
+	}
+	buckets, err := s3.ListBuckets(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list buckets: %w", err)
+	}
+	for _, b := range buckets {
+		cfg, err := s3.GetBucketEncryption(ctx, b.Name)
+		if err != nil {
+			if minio.ToErrorResponse(err).Code == "ServerSideEncryptionConfigurationNotFoundError" {
+				continue
+			}
+			return 0, fmt.Errorf("read encryption configuration of bucket %s: %w", b.Name, err)
+		}
+		for _, rule := range cfg.Rules {
+			if id := strings.TrimPrefix(rule.Apply.KmsMasterKeyID, kmsARNPrefix); id != "" {
+				ks, err := admin.GetKeyStatus(ctx, id)
+				if err != nil {
+					return 0, fmt.Errorf("bucket %s's encryption key %q: %w", b.Name, id, err)
+				}
+				if ks.EncryptionErr != "" || ks.DecryptionErr != "" {
+					return 0, fmt.Errorf("bucket %s's encryption key %q fails its round trip: %s %s", b.Name, id, ks.EncryptionErr, ks.DecryptionErr)
+				}
+			}
+		}
+	}
+	if s == nil {
+		return 0, nil
+	}
+	var failed []string
+	for i, o := range s.Objects {
+		sum, _, err := readObjectDigest(ctx, s3, o.Bucket, o.Key)
+		switch {
+		case err != nil:
+			failed = append(failed, fmt.Sprintf("%s: %v", o.name(), err))
+		case o.SHA256 != "" && sum != o.SHA256:
+			failed = append(failed, fmt.Sprintf("%s: its content differs from the one read before the change (sha256 %s, was %s)", o.name(), sum, o.SHA256))
+		}
+		r.Progress(int64(i+1), int64(len(s.Objects)))
+	}
+	if len(failed) > 0 {
+		if len(failed) > 10 {
+			failed = append(failed[:10], fmt.Sprintf("and %d more", len(failed)-10))
+		}
+		return 0, fmt.Errorf("%d object(s) of the recorded sample do not read back: %s", len(failed), strings.Join(failed, "; "))
+	}
+	return len(s.Objects), nil
+}
+
+// readObjectDigest reads an object in full (a HEAD proves nothing for SSE:
+// only a GET decrypts) and returns its SHA-256 and length.
+func readObjectDigest(ctx context.Context, s3 *minio.Client, bucket, key string) (string, int64, error) {
+	obj, err := s3.GetObject(ctx, bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return "", 0, err
+	}
+	defer obj.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, obj)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
