@@ -14,12 +14,12 @@ import (
 
 func init() {
 	engine.Register(engine.BlockType{
-		Name:    "cutover",
-		Kind:    engine.KindStep,
-		New:     func() engine.Block { return &cutoverStep{} },
-		Outputs: map[string]cty.Type{"restarted_at": cty.String, "kms": cty.String, "unavailable_seconds": cty.Number},
+		Name:        "cutover",
+		Kind:        engine.KindStep,
+		New:         func() engine.Block { return &cutoverStep{} },
+		Outputs:     map[string]cty.Type{"restarted_at": cty.String, "kms": cty.String, "unavailable_seconds": cty.Number},
 		Credentials: []string{"api_key"},
-		Doc:     "switches AIStor from KES to the Key Manager: edits every node's env file, restarts, validates; rollback restores KES",
+		Doc:         "switches AIStor from KES to the Key Manager: edits every node's env file, restarts, validates; rollback restores KES",
 	})
 }
 
