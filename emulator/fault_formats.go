@@ -3,6 +3,8 @@ package emulator
 import (
 	"fmt"
 	"slices"
+
+	"github.com/runbook-dev/runbook/internal/kescrypto"
 )
 
 // Ciphertext formats a fault can make Decrypt refuse (DOMAIN.md A6): a Key
@@ -10,8 +12,8 @@ import (
 // v0.22/v0.23 wrote. Whether the real minkms opens them is unconfirmed
 // (DOMAIN.md B5), so the migration must be able to tell.
 const (
-	FormatMsgpack = "msgpack" // first byte 0x95
-	FormatJSON    = "json"    // a JSON object
+	FormatMsgpack = kescrypto.FormatMsgpack // first byte 0x95
+	FormatJSON    = kescrypto.FormatJSON    // a JSON object
 )
 
 // CheckRefuseFormats validates Config.FaultRefuseFormats.
@@ -24,16 +26,13 @@ func CheckRefuseFormats(formats []string) error {
 	return nil
 }
 
-// refusesFormat reports whether the fault refuses ciphertext's format.
+// refusesFormat reports whether the fault refuses ciphertext's format, judged
+// as KES reads it: a raw ciphertext that begins with 0x95 or '{' by chance
+// is raw, not refused.
 func refusesFormat(refuse []string, ciphertext []byte) bool {
-	if len(refuse) == 0 || len(ciphertext) == 0 {
+	if len(refuse) == 0 {
 		return false
 	}
-	switch ciphertext[0] {
-	case 0x95:
-		return slices.Contains(refuse, FormatMsgpack)
-	case '{':
-		return slices.Contains(refuse, FormatJSON)
-	}
-	return false
+	f := kescrypto.FormatOf(ciphertext)
+	return f != kescrypto.FormatRaw && slices.Contains(refuse, f)
 }

@@ -168,6 +168,33 @@ func Open(k Key, ciphertext, associatedData []byte) ([]byte, error) {
 	return plaintext, nil
 }
 
+// Ciphertext formats (DOMAIN.md A6), as FormatOf names them.
+const (
+	FormatRaw     = "raw"     // KES v0.24: sealed ‖ tag ‖ iv ‖ nonce
+	FormatMsgpack = "msgpack" // KES v0.22/v0.23: first byte 0x95
+	FormatJSON    = "json"    // legacy: a JSON object
+)
+
+// FormatOf names the format KES v0.24 reads ciphertext in: msgpack or JSON
+// only when it parses as one (kes internal/crypto/ciphertext.go
+// parseCiphertext), otherwise raw — a raw ciphertext begins with 0x95 or '{'
+// in about one case in 128, by chance.
+func FormatOf(ciphertext []byte) string {
+	if len(ciphertext) > 0 {
+		switch ciphertext[0] {
+		case 0x95:
+			if _, _, _, ok := parseMsgpack(ciphertext); ok {
+				return FormatMsgpack
+			}
+		case '{':
+			if _, _, _, ok := parseJSON(ciphertext); ok {
+				return FormatJSON
+			}
+		}
+	}
+	return FormatRaw
+}
+
 // normalize converts msgpack and JSON ciphertexts into the raw layout
 // sealed ‖ iv ‖ nonce. It never modifies its argument.
 func normalize(b []byte) []byte {

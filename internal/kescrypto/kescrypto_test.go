@@ -490,3 +490,40 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// A raw ciphertext that begins with 0x95 or '{' by chance is still raw: a
+// Key Manager judged by its first byte alone would refuse it as msgpack.
+func TestFormatOf(t *testing.T) {
+	k := testKey(AES256)
+	msgpack, err := SealMsgpack(k, []byte("p"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy, err := SealLegacyJSON(k, []byte("p"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := FormatOf(msgpack); got != FormatMsgpack {
+		t.Errorf("FormatOf(msgpack) = %q", got)
+	}
+	if got := FormatOf(legacy); got != FormatJSON {
+		t.Errorf("FormatOf(json) = %q", got)
+	}
+	for _, first := range []byte{0x95, '{'} {
+		var raw []byte
+		for i := 0; i < 100000 && (len(raw) == 0 || raw[0] != first); i++ {
+			if raw, err = Seal(k, []byte("p"), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if raw[0] != first {
+			t.Fatalf("no raw ciphertext beginning with %#x in 100000 seals", first)
+		}
+		if got := FormatOf(raw); got != FormatRaw {
+			t.Errorf("FormatOf(raw beginning with %#x) = %q, want raw", first, got)
+		}
+		if _, err := Open(k, raw, nil); err != nil {
+			t.Errorf("Open(raw beginning with %#x): %v", first, err)
+		}
+	}
+}
