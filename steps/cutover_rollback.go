@@ -12,6 +12,12 @@ import (
 	"github.com/runbook-dev/runbook/engine"
 )
 
+// Rollback undoes the cutover's last attempt: the env files restored from
+// their backups, the nodes restarted onto KES, the recorded sample read
+// back. It is idempotent and resumable from the journal: a file already
+// restored is not written again, and a restart done and confirmed is not
+// done again. It refuses (engine.ErrRefused) when the object store changed
+// after the cutover's restart, unless forced.
 func (c *cutoverStep) Rollback(ctx context.Context, r *engine.Run) error {
 	e, err := c.resolve(r)
 	if err != nil {
