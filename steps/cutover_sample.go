@@ -72,6 +72,21 @@ func metaGet(m map[string]string, name string) string {
 	return ""
 }
 
+// listedSSE classifies an object from a listing with metadata (MinIO's
+// metadata=true extension, cmd/api-response.go): "SSE-S3", "SSE-KMS" (with
+// its key name), "SSE-C", or "" when it is not encrypted.
+func listedSSE(meta map[string]string) (kind, kmsKey string) {
+	switch {
+	case metaGet(meta, "X-Amz-Server-Side-Encryption-Customer-Algorithm") != "":
+		return "SSE-C", ""
+	case metaGet(meta, "X-Amz-Server-Side-Encryption") == "AES256":
+		return "SSE-S3", ""
+	case metaGet(meta, "X-Amz-Server-Side-Encryption") == "aws:kms":
+		return "SSE-KMS", strings.TrimPrefix(metaGet(meta, "X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id"), kmsARNPrefix)
+	}
+	return "", ""
+}
+
 // chooseSample lists every bucket and picks the sample. Errors: a listing
 // that fails, or a validate_objects entry that does not exist.
 func (c *cutoverStep) chooseSample(ctx context.Context, r *engine.Run, e *cutoverEnv) (*cutoverSample, error) {
@@ -103,16 +118,12 @@ func (c *cutoverStep) chooseSample(ctx context.Context, r *engine.Run, e *cutove
 				break
 			}
 			o := sampledObject{Bucket: b.Name, Key: obj.Key, Size: obj.Size}
-			switch {
-			case metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption-Customer-Algorithm") != "":
+			o.SSE, o.KMSKey = listedSSE(obj.UserMetadata)
+			switch o.SSE {
+			case "SSE-C":
 				s.SSEC[b.Name]++
 				continue
-			case metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption") == "AES256":
-				o.SSE = "SSE-S3"
-			case metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption") == "aws:kms":
-				o.SSE = "SSE-KMS"
-				o.KMSKey = strings.TrimPrefix(metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id"), kmsARNPrefix)
-			default:
+			case "":
 				continue // not encrypted: proves nothing about a KMS
 			}
 			if excluded[o.name()] {
