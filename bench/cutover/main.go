@@ -8,9 +8,10 @@
 //   - the window in which the object store answered nothing, as the cutover
 //     itself measures and reports it (its first failed probe of node 1's
 //     /minio/health/cluster to its first healthy answer);
-//   - the same seen from outside: a probe of every node's
-//     /minio/health/cluster every 100 ms, the longest span in which a node
-//     did not answer 200, per direction;
+//   - the same seen from outside, per node, every 100 ms: its
+//     /minio/health/cluster (the longest span without a 200) and a PUT of a
+//     small SSE-S3 object through it with a single attempt (the longest span
+//     in which writes were refused), per direction;
 //   - the client requests that failed after minio-go's default retries, and
 //     the longest span in which a client completed no request;
 //   - whether every object written during the run reads back afterwards.
@@ -22,7 +23,6 @@
 //	go build -o /tmp/runbook ./cmd/runbook
 //	eval "$(scripts/build-real-servers.sh)"
 //	go run ./bench/cutover -runbook /tmp/runbook -runs 5
-
 package main
 
 import (
@@ -95,8 +95,8 @@ func main() {
 	check(err)
 
 	fmt.Printf("%d nodes, %d clients (one request each every %s: PUT SSE-S3 or SSE-KMS, then GET it back; at most %d requests or %s each run)\n\n", *nodes, *clients, *interval, *maxRequests, *maxRun)
-	fmt.Printf("| run | cutover: unavailable (runbook) | (probes, worst node) | rollback: unavailable (runbook) | (probes, worst node) | longest client gap | requests | failed | objects written | unreadable afterwards |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	var upWins, downWins, upProbe, downProbe []time.Duration
+	fmt.Printf("| run | cutover: unavailable (runbook) | health (probes, worst node) | writes refused (probes, worst node) | rollback: unavailable (runbook) | health (probes) | writes refused (probes) | longest client gap | requests | failed | objects written | unreadable afterwards |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	var upWins, downWins, upHealth, downHealth, upWrites, downWrites []time.Duration
 	failedTotal, requestsTotal := int64(0), int64(0)
 	for run := 1; run <= *runs; run++ {
 		dir := filepath.Join(work, fmt.Sprintf("run%d", run))
@@ -109,26 +109,27 @@ func main() {
 		env := append(os.Environ(), "RUNBOOK_VAR_kes_api_key="+k.APIKey, "RUNBOOK_VAR_km_api_key="+km.RootAPIKey, "RUNBOOK_VAR_root_password="+c.RootPassword, "MINIO_CONTROL_URL="+control)
 
 		l := startLoad(c, *clients, *interval, *maxRequests, *maxRun, run)
-		p := startProbes(c)
+		p := startProbes(c, *maxRun)
 		up := runbook(dir, env, *runbookBin, "apply", "cut.hcl")
-		upNodes := p.mark()
+		upH, upW := p.mark()
 		down := runbook(dir, env, *runbookBin, "rollback", "-force", "cut.hcl")
-		downNodes := p.mark()
+		downH, downW := p.mark()
 		p.stop()
 		l.stop()
 		unreadable := l.verify()
-		fmt.Printf("| %d | %s | %s | %s | %s | %s | %d | %d | %d | %d |\n", run, up, maxOf(upNodes), down, maxOf(downNodes), l.longestGap().Round(10*time.Millisecond), l.requests.Load(), l.failed.Load(), len(l.written), unreadable)
-		fmt.Fprintf(os.Stderr, "run %d: per node, cutover %v, rollback %v\n", run, upNodes, downNodes)
+		fmt.Printf("| %d | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %d |\n", run, up, maxOf(upH), maxOf(upW), down, maxOf(downH), maxOf(downW), l.longestGap().Round(10*time.Millisecond), l.requests.Load(), l.failed.Load(), len(l.written), unreadable)
+		fmt.Fprintf(os.Stderr, "run %d: per node, cutover: health %v writes %v; rollback: health %v writes %v\n", run, upH, upW, downH, downW)
 		for _, e := range l.errs {
 			fmt.Fprintf(os.Stderr, "run %d: %s\n", run, e)
 		}
 		upWins, downWins = append(upWins, up), append(downWins, down)
-		upProbe, downProbe = append(upProbe, maxOf(upNodes)), append(downProbe, maxOf(downNodes))
+		upHealth, downHealth = append(upHealth, maxOf(upH)), append(downHealth, maxOf(downH))
+		upWrites, downWrites = append(upWrites, maxOf(upW)), append(downWrites, maxOf(downW))
 		failedTotal += l.failed.Load()
 		requestsTotal += l.requests.Load()
 	}
-	fmt.Printf("\ncutover window (runbook): median %s, max %s; worst node (probes): median %s, max %s\n", median(upWins), maxOf(upWins), median(upProbe), maxOf(upProbe))
-	fmt.Printf("rollback window (runbook): median %s, max %s; worst node (probes): median %s, max %s\n", median(downWins), maxOf(downWins), median(downProbe), maxOf(downProbe))
+	fmt.Printf("\ncutover window (runbook): median %s, max %s; worst node's health (probes): median %s, max %s; worst node's writes refused (probes): median %s, max %s\n", median(upWins), maxOf(upWins), median(upHealth), maxOf(upHealth), median(upWrites), maxOf(upWrites))
+	fmt.Printf("rollback window (runbook): median %s, max %s; worst node's health (probes): median %s, max %s; worst node's writes refused (probes): median %s, max %s\n", median(downWins), maxOf(downWins), median(downHealth), maxOf(downHealth), median(downWrites), maxOf(downWrites))
 	fmt.Printf("failed client requests: %d of %d\n", failedTotal, requestsTotal)
 }
 
@@ -318,78 +319,115 @@ func (l *load) stop() { l.cancel(); l.wg.Wait() }
 // request (the pause between requests included).
 func (l *load) longestGap() time.Duration { return maxOf(l.gaps) }
 
-// probes asks every node's /minio/health/cluster every probeEvery and keeps,
-// per node, the longest span from a failed answer (or none) to the next 200
-// since the last mark.
+// probes watches every node from outside, every probeEvery, in two ways:
+// its /minio/health/cluster (200: the node sees write quorum), and a PUT of
+// a small SSE-S3 object through it with a single attempt (no retries). Per
+// node and way, it keeps the longest span from a failed answer (or none) to
+// the next good one since the last mark.
 type probes struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	mu      sync.Mutex
-	longest []time.Duration
-	downAt  []time.Time
+	longest [2][]time.Duration // [probeHealth or probeWrite][node]
+	downAt  [2][]time.Time
 }
 
-const probeEvery = 100 * time.Millisecond
+const (
+	probeEvery  = 100 * time.Millisecond
+	probeHealth = 0
+	probeWrite  = 1
+)
 
-func startProbes(c *testenv.MinIOCluster) *probes {
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &probes{cancel: cancel, longest: make([]time.Duration, len(c.Nodes)), downAt: make([]time.Time, len(c.Nodes))}
+// startProbes probes until stop, or for maxRun at most.
+func startProbes(c *testenv.MinIOCluster, maxRun time.Duration) *probes {
+	ctx, cancel := context.WithTimeout(context.Background(), maxRun)
+	p := &probes{cancel: cancel}
+	for k := range p.longest {
+		p.longest[k] = make([]time.Duration, len(c.Nodes))
+		p.downAt[k] = make([]time.Time, len(c.Nodes))
+	}
 	pem, err := os.ReadFile(c.CAFile)
 	check(err)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
+	const bucket = "probe"
 	for i, n := range c.Nodes {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		hc := &http.Client{Transport: tr, Timeout: time.Second}
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			t := time.NewTicker(probeEvery)
-			defer t.Stop()
-			for ctx.Err() == nil {
-				ok := false
-				if resp, err := hc.Get(n.URL + "/minio/health/cluster"); err == nil {
-					ok = resp.StatusCode == http.StatusOK
-					resp.Body.Close()
-				}
-				now := time.Now()
-				p.mu.Lock()
-				switch {
-				case !ok && p.downAt[i].IsZero():
-					p.downAt[i] = now
-				case ok && !p.downAt[i].IsZero():
-					p.longest[i] = max(p.longest[i], now.Sub(p.downAt[i]))
-					p.downAt[i] = time.Time{}
-				}
-				p.mu.Unlock()
-				select {
-				case <-ctx.Done():
-				case <-t.C:
-				}
+		mc, err := minio.New(n.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(c.RootUser, c.RootPassword, ""), Secure: true, Transport: tr, MaxRetries: 1})
+		check(err)
+		if i == 0 {
+			if err := mc.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil && minio.ToErrorResponse(err).Code != "BucketAlreadyOwnedByYou" {
+				check(err)
 			}
-		}()
+		}
+		checks := [2]func() bool{
+			probeHealth: func() bool {
+				resp, err := hc.Get(n.URL + "/minio/health/cluster")
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				return resp.StatusCode == http.StatusOK
+			},
+			probeWrite: func() bool {
+				wctx, cancel := context.WithTimeout(ctx, time.Second)
+				defer cancel()
+				body := []byte(n.Name)
+				_, err := mc.PutObject(wctx, bucket, n.Name, bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{ServerSideEncryption: encrypt.NewSSE()})
+				return err == nil
+			},
+		}
+		for k, ok := range checks {
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				t := time.NewTicker(probeEvery)
+				defer t.Stop()
+				for ctx.Err() == nil {
+					good := ok()
+					now := time.Now()
+					p.mu.Lock()
+					switch {
+					case !good && p.downAt[k][i].IsZero():
+						p.downAt[k][i] = now
+					case good && !p.downAt[k][i].IsZero():
+						p.longest[k][i] = max(p.longest[k][i], now.Sub(p.downAt[k][i]))
+						p.downAt[k][i] = time.Time{}
+					}
+					p.mu.Unlock()
+					select {
+					case <-ctx.Done():
+					case <-t.C:
+					}
+				}
+			}()
+		}
 	}
 	return p
 }
 
-// mark returns every node's longest window since the last mark (a node
-// still down counts until now) and starts over.
-func (p *probes) mark() []time.Duration {
+// mark returns every node's longest windows since the last mark (a node
+// still failing counts until now), health then writes, and starts over.
+func (p *probes) mark() (health, writes []time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]time.Duration, len(p.longest))
 	now := time.Now()
-	for i := range p.longest {
-		w := p.longest[i]
-		if !p.downAt[i].IsZero() {
-			w = max(w, now.Sub(p.downAt[i]))
-			p.downAt[i] = now
+	var out [2][]time.Duration
+	for k := range p.longest {
+		out[k] = make([]time.Duration, len(p.longest[k]))
+		for i := range p.longest[k] {
+			w := p.longest[k][i]
+			if !p.downAt[k][i].IsZero() {
+				w = max(w, now.Sub(p.downAt[k][i]))
+				p.downAt[k][i] = now
+			}
+			out[k][i] = w.Round(10 * time.Millisecond)
+			p.longest[k][i] = 0
 		}
-		out[i] = w.Round(10 * time.Millisecond)
-		p.longest[i] = 0
 	}
-	return out
+	return out[probeHealth], out[probeWrite]
 }
 
 func (p *probes) stop() { p.cancel(); p.wg.Wait() }
