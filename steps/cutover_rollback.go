@@ -194,13 +194,23 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 		}
 		cancel()
 	}
+	before := map[string]bool{}
+	for _, n := range rs.IAM {
+		before[n] = true
+	}
+	changed := func(kind, name string, updated time.Time) {
+		switch {
+		case rs.IAM != nil && !before[kind+" "+name]:
+			found = append(found, "IAM "+kind+" "+name+" (added)")
+		case updated.After(since):
+			found = append(found, "IAM "+kind+" "+name+" (changed)")
+		}
+	}
 	if users, err := admin.ListUsers(ctx); err != nil {
 		failed = append(failed, fmt.Sprintf("list IAM users: %v", err))
 	} else {
 		for name, u := range users {
-			if u.UpdatedAt.After(since) {
-				found = append(found, "IAM user "+name)
-			}
+			changed("user", name, u.UpdatedAt)
 		}
 	}
 	if groups, err := admin.ListGroups(ctx); err != nil {
@@ -209,8 +219,8 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 		for _, name := range groups {
 			if d, err := admin.GetGroupDescription(ctx, name); err != nil {
 				failed = append(failed, fmt.Sprintf("describe IAM group %s: %v", name, err))
-			} else if d.UpdatedAt.After(since) {
-				found = append(found, "IAM group "+name)
+			} else {
+				changed("group", name, d.UpdatedAt)
 			}
 		}
 	}
@@ -254,6 +264,33 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 		return nil
 	}
 	return engine.Refusef("%s. Rolling back would make those unreadable: copy the objects off (and write them again after the rollback), note the IAM and config changes, or force it with runbook rollback --force", msg)
+}
+
+// iamNames lists the IAM users and groups ("user NAME", "group NAME"),
+// sorted; nil when the object store does not answer (the write check then
+// relies on the times MinIO reports).
+func (c *cutoverStep) iamNames(ctx context.Context, r *engine.Run, e *cutoverEnv) []string {
+	admin, _, err := e.a.Clients(r)
+	if err != nil {
+		return nil
+	}
+	users, err := admin.ListUsers(ctx)
+	if err != nil {
+		return nil
+	}
+	groups, err := admin.ListGroups(ctx)
+	if err != nil {
+		return nil
+	}
+	names := []string{}
+	for n := range users {
+		names = append(names, "user "+n)
+	}
+	for _, g := range groups {
+		names = append(names, "group "+g)
+	}
+	sort.Strings(names)
+	return names
 }
 
 func dedupeSorted(sorted []string) []string {
