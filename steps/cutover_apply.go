@@ -34,6 +34,9 @@ type cutoverRestart struct {
 	// before a rollback sees those added since: MinIO does not report when
 	// a user without a policy was created.
 	IAM []string `json:"iam,omitempty"`
+	// Buckets digests each bucket's configuration before the restart
+	// (bucket → SHA-256; bucketConfigDigest).
+	Buckets map[string]string `json:"buckets,omitempty"`
 }
 
 // backupName is node N's backup file (N in env_files order, which the

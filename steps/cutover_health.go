@@ -272,7 +272,7 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 		if !begun {
 			rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: e.a.RestartMode()}
 			if !back {
-				rs.IAM = c.iamNames(ctx, r, e)
+				rs.IAM, rs.Buckets = c.iamNames(ctx, r, e), c.bucketConfigs(ctx, r, e)
 			}
 			if err := checkpointItem(r, item(phaseRestart), rs); err != nil {
 				return err
