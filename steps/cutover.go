@@ -55,15 +55,23 @@ type cutoverConfig struct {
 }
 
 // cutoverStep moves a running AIStor deployment from KES to the Key Manager
-// (SPEC.md, the cutover row; DOMAIN.md part D).
+// (SPEC.md, the cutover row; DOMAIN.md part D). Its files, by concern:
+// cutover_plan.go observes and plans (the KMS facts, the refusals before
+// any change), cutover_sample.go chooses, proves and re-reads the object
+// sample, cutover_apply.go edits the files, cutover_health.go restarts and
+// confirms (one routine for both directions), cutover_rollback.go undoes,
+// cutover_systemd.go reads a systemd unit's environment, and
+// cutover_items.go names the checkpoints.
 //
 // Apply is idempotent: every node's file is backed up and the hash of its
-// intended new content checkpointed ("backup/NODE") before it is written, so
-// a resume recognises an edited file and never edits it twice ("edited/NODE"
-// after); the restart time is checkpointed before the restart ("restart"), so
-// that rollback knows since when the Key Manager may have sealed data. When an
-// attempt was rolled back automatically ("rolled-back/N"), a resume starts a
-// new attempt whose items carry the prefix "gN/".
+// intended new content checkpointed before it is written, so a resume
+// recognises an edited file and never edits it twice; the restart is
+// checkpointed before it begins and each later phase once done, so that a
+// resume or a rollback restarts nothing already restarted and confirmed,
+// and a rollback knows since when the Key Manager may have sealed data.
+// When an attempt was rolled back automatically, a resume starts a new
+// attempt whose items carry the prefix "gN/"; when that automatic rollback
+// stopped part-way, a resume finishes it first.
 type cutoverStep struct {
 	cfg cutoverConfig
 }

@@ -29,6 +29,14 @@ type cutoverRestart struct {
 	At      time.Time `json:"at"`
 	StoreAt time.Time `json:"store_at,omitzero"`
 	Mode    string    `json:"mode"`
+	// IAM names the IAM users and groups before the restart ("user NAME",
+	// "group NAME"; names only, no credential), so that the write check
+	// before a rollback sees those added since: MinIO does not report when
+	// a user without a policy was created.
+	IAM []string `json:"iam,omitempty"`
+	// Buckets digests each bucket's configuration before the restart
+	// (bucket → SHA-256; bucketConfigDigest).
+	Buckets map[string]string `json:"buckets,omitempty"`
 }
 
 // backupName is node N's backup file (N in env_files order, which the

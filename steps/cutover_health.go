@@ -271,6 +271,9 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	if restart {
 		if !begun {
 			rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: e.a.RestartMode()}
+			if !back {
+				rs.IAM, rs.Buckets = c.iamNames(ctx, r, e), c.bucketConfigs(ctx, r, e)
+			}
 			if err := checkpointItem(r, item(phaseRestart), rs); err != nil {
 				return err
 			}

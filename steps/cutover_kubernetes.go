@@ -77,6 +77,14 @@ func (c *cutoverStep) planKubernetes(ctx context.Context, r *engine.Run, e *cuto
 			}
 		}
 	}
+	sample, err := c.chooseSample(ctx, r, e)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.proveSample(ctx, r, e, sample, ""); err != nil {
+		return nil, err
+	}
+	p.Observed = append(p.Observed, sample.lines()...)
 	p.Actions = append(p.Actions, fmt.Sprintf("write the API key as a Secret manifest (Secret %s) into the journal dir's secrets/ (0600), and this patch for the Helm values into the journal dir's kubernetes/ (it holds no secret):", k8sSecretName))
 	for _, l := range splitLines(strings.TrimRight(patch, "\n")) {
 		if !strings.HasPrefix(l, "#") {
@@ -89,7 +97,7 @@ func (c *cutoverStep) planKubernetes(ctx context.Context, r *engine.Run, e *cuto
 	p.Verification = []string{fmt.Sprintf("AIStor's KMS status names %q with every endpoint online; the default key passes a key status check", kmsNameKeyManager), c.validateAction(e)}
 	p.Rollback = "the operator reverts the values change (helm rollback); rollback then confirms AIStor reports KES again; refused once objects were written after the patch was handed over, unless forced"
 	p.Risks = append(p.Risks, "the change is applied by the operator, not by runbook: apply stops \"waiting for the operator\" until resume sees the Key Manager")
-	p.State = map[string]any{"kubernetes": set}
+	p.State = map[string]any{"kubernetes": set, "sample": sample}
 	return p, nil
 }
 

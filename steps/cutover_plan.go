@@ -266,14 +266,21 @@ func (c *cutoverStep) observeKMS(ctx context.Context, r *engine.Run, e *cutoverE
 	return f, nil
 }
 
+// kmsStatusRefused reports whether MinIO's KMS status call failed because
+// KES refused the status path to MinIO's identity (madmin passes KES's
+// "insufficient permissions" through).
+func kmsStatusRefused(err error) bool {
+	low := strings.ToLower(err.Error())
+	return strings.Contains(low, "insufficient permissions") || strings.Contains(low, "not authorized") || strings.Contains(low, "forbidden")
+}
+
 // kmsStatusRefusal says precisely why MinIO could not report its KMS
 // status. MinIO's status call asks KES /v1/status with MinIO's own KES
 // identity, which may encrypt and decrypt and still lack that path
 // (DOMAIN.md E).
 func kmsStatusRefusal(r *engine.Run, err error, env map[string]string) string {
 	msg := r.Redact(err.Error())
-	low := strings.ToLower(msg)
-	if !strings.Contains(low, "insufficient permissions") && !strings.Contains(low, "not authorized") && !strings.Contains(low, "forbidden") {
+	if !kmsStatusRefused(err) {
 		return fmt.Sprintf("the object store cannot report its KMS status (%s)", msg)
 	}
 	who := "MinIO's KES identity"

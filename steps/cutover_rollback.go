@@ -2,7 +2,11 @@ package steps
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"sort"
 	"strings"
 	"time"
@@ -12,6 +16,12 @@ import (
 	"github.com/runbook-dev/runbook/engine"
 )
 
+// Rollback undoes the cutover's last attempt: the env files restored from
+// their backups, the nodes restarted onto KES, the recorded sample read
+// back. It is idempotent and resumable from the journal: a file already
+// restored is not written again, and a restart done and confirmed is not
+// done again. It refuses (engine.ErrRefused) when the object store changed
+// after the cutover's restart, unless forced.
 func (c *cutoverStep) Rollback(ctx context.Context, r *engine.Run) error {
 	e, err := c.resolve(r)
 	if err != nil {
@@ -175,6 +185,12 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 	for _, b := range buckets {
 		if b.CreationDate.After(since) {
 			found = append(found, b.Name+"/ (bucket created)")
+		} else if d, ok := rs.Buckets[b.Name]; ok {
+			if now, err := bucketConfigDigest(ctx, s3, b.Name); err != nil {
+				failed = append(failed, err.Error())
+			} else if now != d {
+				found = append(found, b.Name+"/ (bucket configuration changed)")
+			}
 		}
 		lctx, cancel := context.WithCancel(ctx)
 		for obj := range s3.ListObjects(lctx, b.Name, minio.ListObjectsOptions{Recursive: true, WithVersions: true}) {
@@ -188,13 +204,23 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 		}
 		cancel()
 	}
+	before := map[string]bool{}
+	for _, n := range rs.IAM {
+		before[n] = true
+	}
+	changed := func(kind, name string, updated time.Time) {
+		switch {
+		case rs.IAM != nil && !before[kind+" "+name]:
+			found = append(found, "IAM "+kind+" "+name+" (added)")
+		case updated.After(since):
+			found = append(found, "IAM "+kind+" "+name+" (changed)")
+		}
+	}
 	if users, err := admin.ListUsers(ctx); err != nil {
 		failed = append(failed, fmt.Sprintf("list IAM users: %v", err))
 	} else {
 		for name, u := range users {
-			if u.UpdatedAt.After(since) {
-				found = append(found, "IAM user "+name)
-			}
+			changed("user", name, u.UpdatedAt)
 		}
 	}
 	if groups, err := admin.ListGroups(ctx); err != nil {
@@ -203,8 +229,8 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 		for _, name := range groups {
 			if d, err := admin.GetGroupDescription(ctx, name); err != nil {
 				failed = append(failed, fmt.Sprintf("describe IAM group %s: %v", name, err))
-			} else if d.UpdatedAt.After(since) {
-				found = append(found, "IAM group "+name)
+			} else {
+				changed("group", name, d.UpdatedAt)
 			}
 		}
 	}
@@ -248,6 +274,102 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 		return nil
 	}
 	return engine.Refusef("%s. Rolling back would make those unreadable: copy the objects off (and write them again after the rollback), note the IAM and config changes, or force it with runbook rollback --force", msg)
+}
+
+// iamNames lists the IAM users and groups ("user NAME", "group NAME"),
+// sorted; nil when the object store does not answer (the write check then
+// relies on the times MinIO reports).
+func (c *cutoverStep) iamNames(ctx context.Context, r *engine.Run, e *cutoverEnv) []string {
+	admin, _, err := e.a.Clients(r)
+	if err != nil {
+		return nil
+	}
+	users, err := admin.ListUsers(ctx)
+	if err != nil {
+		return nil
+	}
+	groups, err := admin.ListGroups(ctx)
+	if err != nil {
+		return nil
+	}
+	names := []string{}
+	for n := range users {
+		names = append(names, "user "+n)
+	}
+	for _, g := range groups {
+		names = append(names, "group "+g)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// bucketConfigs digests each bucket's configuration as the S3 API shows it
+// (policy, encryption, versioning, tagging, lifecycle: MinIO keeps them in
+// bucket metadata sealed with the default key), bucket name → SHA-256;
+// nil when the object store does not answer. S3 reports no time for these,
+// so the write check compares them with the digests taken before the
+// restart.
+func (c *cutoverStep) bucketConfigs(ctx context.Context, r *engine.Run, e *cutoverEnv) map[string]string {
+	_, s3, err := e.a.Clients(r)
+	if err != nil {
+		return nil
+	}
+	buckets, err := s3.ListBuckets(ctx)
+	if err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for _, b := range buckets {
+		d, err := bucketConfigDigest(ctx, s3, b.Name)
+		if err != nil {
+			return nil
+		}
+		out[b.Name] = d
+	}
+	return out
+}
+
+// bucketConfigDigest is the SHA-256 of one bucket's configuration; a
+// configuration that is not set (404) counts as empty.
+func bucketConfigDigest(ctx context.Context, s3 *minio.Client, bucket string) (string, error) {
+	h := sha256.New()
+	part := func(what string, v any, err error) error {
+		if err != nil {
+			if minio.ToErrorResponse(err).StatusCode == http.StatusNotFound {
+				v = nil
+			} else {
+				return fmt.Errorf("read the %s of bucket %s: %w", what, bucket, err)
+			}
+		}
+		b, _ := json.Marshal(v)
+		fmt.Fprintf(h, "%s %s\n", what, b)
+		return nil
+	}
+	pol, err := s3.GetBucketPolicy(ctx, bucket)
+	if err := part("policy", pol, err); err != nil {
+		return "", err
+	}
+	enc, err := s3.GetBucketEncryption(ctx, bucket)
+	if err := part("encryption", enc, err); err != nil {
+		return "", err
+	}
+	ver, err := s3.GetBucketVersioning(ctx, bucket)
+	if err := part("versioning", ver, err); err != nil {
+		return "", err
+	}
+	tg, err := s3.GetBucketTagging(ctx, bucket)
+	var tagMap map[string]string
+	if tg != nil {
+		tagMap = tg.ToMap()
+	}
+	if err := part("tagging", tagMap, err); err != nil {
+		return "", err
+	}
+	lc, err := s3.GetBucketLifecycle(ctx, bucket)
+	if err := part("lifecycle", lc, err); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func dedupeSorted(sorted []string) []string {

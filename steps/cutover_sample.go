@@ -9,11 +9,16 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 
 	"github.com/runbook-dev/runbook/engine"
 )
+
+// sampleRetryWindow bounds how long validation asks again for a sampled
+// object that does not read (at most wait_timeout).
+const sampleRetryWindow = time.Minute
 
 // maxSampleScan bounds how many objects of one bucket the sample lists to
 // classify them (SSE-S3, SSE-KMS, SSE-C, none).
@@ -67,6 +72,21 @@ func metaGet(m map[string]string, name string) string {
 	return ""
 }
 
+// listedSSE classifies an object from a listing with metadata (MinIO's
+// metadata=true extension, cmd/api-response.go): "SSE-S3", "SSE-KMS" (with
+// its key name), "SSE-C", or "" when it is not encrypted.
+func listedSSE(meta map[string]string) (kind, kmsKey string) {
+	switch {
+	case metaGet(meta, "X-Amz-Server-Side-Encryption-Customer-Algorithm") != "":
+		return "SSE-C", ""
+	case metaGet(meta, "X-Amz-Server-Side-Encryption") == "AES256":
+		return "SSE-S3", ""
+	case metaGet(meta, "X-Amz-Server-Side-Encryption") == "aws:kms":
+		return "SSE-KMS", strings.TrimPrefix(metaGet(meta, "X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id"), kmsARNPrefix)
+	}
+	return "", ""
+}
+
 // chooseSample lists every bucket and picks the sample. Errors: a listing
 // that fails, or a validate_objects entry that does not exist.
 func (c *cutoverStep) chooseSample(ctx context.Context, r *engine.Run, e *cutoverEnv) (*cutoverSample, error) {
@@ -98,16 +118,12 @@ func (c *cutoverStep) chooseSample(ctx context.Context, r *engine.Run, e *cutove
 				break
 			}
 			o := sampledObject{Bucket: b.Name, Key: obj.Key, Size: obj.Size}
-			switch {
-			case metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption-Customer-Algorithm") != "":
+			o.SSE, o.KMSKey = listedSSE(obj.UserMetadata)
+			switch o.SSE {
+			case "SSE-C":
 				s.SSEC[b.Name]++
 				continue
-			case metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption") == "AES256":
-				o.SSE = "SSE-S3"
-			case metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption") == "aws:kms":
-				o.SSE = "SSE-KMS"
-				o.KMSKey = strings.TrimPrefix(metaGet(obj.UserMetadata, "X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id"), kmsARNPrefix)
-			default:
+			case "":
 				continue // not encrypted: proves nothing about a KMS
 			}
 			if excluded[o.name()] {
@@ -264,16 +280,42 @@ func (c *cutoverStep) validate(ctx context.Context, r *engine.Run, e *cutoverEnv
 	if s == nil {
 		return 0, nil
 	}
+	// Nodes restarted together can answer "not found" for an object for a
+	// while after they report healthy, until each has reconnected to the
+	// others' drives (seen on a 4-node cluster under load, bench/cutover):
+	// an object that does not read is asked again until the deadline.
+	deadline := time.Now().Add(min(e.wait, sampleRetryWindow))
 	var failed []string
+	retried := 0
 	for i, o := range s.Objects {
-		sum, _, err := readObjectDigest(ctx, s3, o.Bucket, o.Key)
-		switch {
-		case err != nil:
-			failed = append(failed, fmt.Sprintf("%s: %v", o.name(), err))
-		case o.SHA256 != "" && sum != o.SHA256:
-			failed = append(failed, fmt.Sprintf("%s: its content differs from the one read before the change (sha256 %s, was %s)", o.name(), sum, o.SHA256))
+		for attempt := 0; ; attempt++ {
+			why := ""
+			sum, _, err := readObjectDigest(ctx, s3, o.Bucket, o.Key)
+			switch {
+			case err != nil:
+				why = fmt.Sprintf("%s: %v", o.name(), err)
+			case o.SHA256 != "" && sum != o.SHA256:
+				why = fmt.Sprintf("%s: its content differs from the one read before the change (sha256 %s, was %s)", o.name(), sum, o.SHA256)
+			}
+			if why == "" {
+				if attempt > 0 {
+					retried++
+				}
+				break
+			}
+			if ctx.Err() != nil || time.Now().After(deadline) {
+				failed = append(failed, why)
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
 		}
 		r.Progress(int64(i+1), int64(len(s.Objects)))
+	}
+	if retried > 0 {
+		r.Logf("%d object(s) of the sample read only when asked again (nodes still reconnecting)", retried)
 	}
 	if len(failed) > 0 {
 		if len(failed) > 10 {

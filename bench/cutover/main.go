@@ -3,15 +3,26 @@
 // bounded load of minio-go clients with default retries writing and reading
 // SSE-S3 and SSE-KMS objects: per run, `runbook apply` (migration and
 // cutover) then `runbook rollback --force` (the load keeps writing, so the
-// rollback's write check would refuse), the window in which the object
-// store answered nothing (the cutover's own measurement: first failed health
-// probe to first healthy answer), the client requests that failed after
-// their retries, and whether every object written during the run reads
-// back afterwards.
+// rollback's write check would refuse). It reports per run:
+//
+//   - the window in which the object store answered nothing, as the cutover
+//     itself measures and reports it (its first failed probe of node 1's
+//     /minio/health/cluster to its first healthy answer);
+//   - the same seen from outside, per node, every 100 ms: its
+//     /minio/health/cluster (the longest span without a 200) and a PUT of a
+//     small SSE-S3 object through it with a single attempt (the longest span
+//     in which writes were refused), per direction;
+//   - the client requests that failed after minio-go's default retries, and
+//     the longest span in which a client completed no request;
+//   - whether every object written during the run reads back afterwards.
+//
+// The load is bounded: each client stops after -max-requests requests or
+// when the run has lasted -max-run, whichever comes first, and sends its
+// requests to the test host's addresses only.
 //
 //	go build -o /tmp/runbook ./cmd/runbook
 //	eval "$(scripts/build-real-servers.sh)"
-//	go run ./bench/cutover -runbook /tmp/runbook -runs 3
+//	go run ./bench/cutover -runbook /tmp/runbook -runs 5
 package main
 
 import (
@@ -51,8 +62,10 @@ func main() {
 	runs := flag.Int("runs", 3, "cutover and rollback runs")
 	nodes := flag.Int("nodes", 4, "MinIO server processes")
 	clients := flag.Int("clients", 4, "minio-go clients, one goroutine each, spread over the nodes")
-	interval := flag.Duration("interval", 100*time.Millisecond, "pause between a client's requests (the load's bound)")
-	keep := flag.Bool("keep", false, "keep the work directory")
+	interval := flag.Duration("interval", 100*time.Millisecond, "pause between a client's requests")
+	maxRequests := flag.Int("max-requests", 2000, "a client stops after this many requests")
+	maxRun := flag.Duration("max-run", 10*time.Minute, "the load of a run stops after this long")
+	keep := flag.Bool("keep", false, "keep the work directory (the runbook's output of every run is in runN/)")
 	flag.Parse()
 	if *runbookBin == "" {
 		log.Fatal("-runbook is required")
@@ -65,9 +78,10 @@ func main() {
 	work, err := os.MkdirTemp("", "bench-cutover-")
 	check(err)
 	if !*keep {
-		defer os.RemoveAll(work)
+		t.Cleanup(func() { os.RemoveAll(work) })
 	}
 	t.dir = work
+	fatal = func(format string, args ...any) { t.Fatalf(format, args...) }
 
 	host := testenv.StartTestHost(t)
 	k := testenv.StartKES(t, testenv.KESOptions{Host: host})
@@ -80,10 +94,10 @@ func main() {
 	self, err := os.Executable()
 	check(err)
 
-	fmt.Printf("%d nodes, %d clients (one request each every %s: PUT SSE-S3 or SSE-KMS, then GET it back)\n\n", *nodes, *clients, *interval)
-	fmt.Printf("| run | cutover: unavailable | rollback: unavailable | requests | failed | objects written | unreadable afterwards |\n|---:|---:|---:|---:|---:|---:|---:|\n")
-	var upWins, downWins []time.Duration
-	failedTotal := int64(0)
+	fmt.Printf("%d nodes, %d clients (one request each every %s: PUT SSE-S3 or SSE-KMS, then GET it back; at most %d requests or %s each run)\n\n", *nodes, *clients, *interval, *maxRequests, *maxRun)
+	fmt.Printf("| run | cutover: unavailable (runbook) | health (probes, worst node) | writes refused (probes, worst node) | rollback: unavailable (runbook) | health (probes) | writes refused (probes) | longest client gap | requests | failed | objects written | unreadable afterwards |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	var upWins, downWins, upHealth, downHealth, upWrites, downWrites []time.Duration
+	failedTotal, requestsTotal := int64(0), int64(0)
 	for run := 1; run <= *runs; run++ {
 		dir := filepath.Join(work, fmt.Sprintf("run%d", run))
 		check(os.MkdirAll(dir, 0o700))
@@ -94,20 +108,33 @@ func main() {
 		check(os.WriteFile(filepath.Join(dir, "cut.hcl"), fmt.Appendf(nil, runbookHCL, k.URL, k.CAFile, k.ConfigFile, km.URL, km.CAFile, c.URL, c.CAFile, c.RootUser, strings.Join(files, ", "), strconv.Quote(self), fmt.Sprintf("bench-%d", run)), 0o600))
 		env := append(os.Environ(), "RUNBOOK_VAR_kes_api_key="+k.APIKey, "RUNBOOK_VAR_km_api_key="+km.RootAPIKey, "RUNBOOK_VAR_root_password="+c.RootPassword, "MINIO_CONTROL_URL="+control)
 
-		l := startLoad(c, *clients, *interval, run)
+		l := startLoad(c, *clients, *interval, *maxRequests, *maxRun, run)
+		p := startProbes(c, *maxRun)
 		up := runbook(dir, env, *runbookBin, "apply", "cut.hcl")
+		upH, upW := p.mark()
 		down := runbook(dir, env, *runbookBin, "rollback", "-force", "cut.hcl")
+		downH, downW := p.mark()
+		p.stop()
 		l.stop()
 		unreadable := l.verify()
-		fmt.Printf("| %d | %s | %s | %d | %d | %d | %d |\n", run, up, down, l.requests.Load(), l.failed.Load(), len(l.written), unreadable)
+		fmt.Printf("| %d | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %d |\n", run, up, maxOf(upH), maxOf(upW), down, maxOf(downH), maxOf(downW), l.longestGap().Round(10*time.Millisecond), l.requests.Load(), l.failed.Load(), len(l.written), unreadable)
+		fmt.Fprintf(os.Stderr, "run %d: per node, cutover: health %v writes %v; rollback: health %v writes %v\n", run, upH, upW, downH, downW)
 		for _, e := range l.errs {
 			fmt.Fprintf(os.Stderr, "run %d: %s\n", run, e)
 		}
 		upWins, downWins = append(upWins, up), append(downWins, down)
+		upHealth, downHealth = append(upHealth, maxOf(upH)), append(downHealth, maxOf(downH))
+		upWrites, downWrites = append(upWrites, maxOf(upW)), append(downWrites, maxOf(downW))
 		failedTotal += l.failed.Load()
+		requestsTotal += l.requests.Load()
 	}
-	fmt.Printf("\ncutover window: median %s, max %s; rollback window: median %s, max %s; failed client requests: %d\n", median(upWins), maxOf(upWins), median(downWins), maxOf(downWins), failedTotal)
+	fmt.Printf("\ncutover window (runbook): median %s, max %s; worst node's health (probes): median %s, max %s; worst node's writes refused (probes): median %s, max %s\n", median(upWins), maxOf(upWins), median(upHealth), maxOf(upHealth), median(upWrites), maxOf(upWrites))
+	fmt.Printf("rollback window (runbook): median %s, max %s; worst node's health (probes): median %s, max %s; worst node's writes refused (probes): median %s, max %s\n", median(downWins), maxOf(downWins), median(downHealth), maxOf(downHealth), median(downWrites), maxOf(downWrites))
+	fmt.Printf("failed client requests: %d of %d\n", failedTotal, requestsTotal)
 }
+
+// fatal ends the benchmark after the cleanups (servers, test host) ran.
+var fatal = log.Fatalf
 
 const runbookHCL = `runbook {
   name = "cut"
@@ -184,12 +211,13 @@ func runbook(dir string, env []string, bin string, args ...string) time.Duration
 	cmd := exec.Command(bin, args...)
 	cmd.Dir, cmd.Env = dir, env
 	out, err := cmd.CombinedOutput()
+	_ = os.WriteFile(filepath.Join(dir, args[0]+".out"), out, 0o600)
 	if err != nil {
-		log.Fatalf("runbook %s: %v\n%s", strings.Join(args, " "), err, out)
+		fatal("runbook %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	m := windowRE.FindSubmatch(out)
 	if m == nil {
-		log.Fatalf("runbook %s: no unavailability window in its output:\n%s", strings.Join(args, " "), out)
+		fatal("runbook %s: no unavailability window in its output:\n%s", strings.Join(args, " "), out)
 	}
 	d, err := time.ParseDuration(string(m[1]))
 	check(err)
@@ -207,11 +235,14 @@ type load struct {
 	errs     []string
 	clients  []*minio.Client
 	bucket   string
+	// gaps[i] is client i's longest span between two completed requests
+	// (failed or not: a request that fails after its retries ends the span).
+	gaps []time.Duration
 }
 
-func startLoad(c *testenv.MinIOCluster, clients int, interval time.Duration, run int) *load {
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &load{cancel: cancel, written: map[string][]byte{}, bucket: fmt.Sprintf("load-%d", run)}
+func startLoad(c *testenv.MinIOCluster, clients int, interval time.Duration, maxRequests int, maxRun time.Duration, run int) *load {
+	ctx, cancel := context.WithTimeout(context.Background(), maxRun)
+	l := &load{cancel: cancel, written: map[string][]byte{}, bucket: fmt.Sprintf("load-%d", run), gaps: make([]time.Duration, clients)}
 	pem, err := os.ReadFile(c.CAFile)
 	check(err)
 	pool := x509.NewCertPool()
@@ -223,23 +254,31 @@ func startLoad(c *testenv.MinIOCluster, clients int, interval time.Duration, run
 		check(err)
 		l.clients = append(l.clients, mc)
 	}
-	check(l.clients[0].MakeBucket(ctx, l.bucket, minio.MakeBucketOptions{}))
+	if err := l.clients[0].MakeBucket(ctx, l.bucket, minio.MakeBucketOptions{}); err != nil && minio.ToErrorResponse(err).Code != "BucketAlreadyOwnedByYou" {
+		// A retried request whose first attempt made the bucket.
+		check(err)
+	}
 	kmsEnc, err := encrypt.NewSSEKMS("tenant-a", nil)
 	check(err)
 	for i, mc := range l.clients {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			for n := 0; ctx.Err() == nil; n++ {
+			last := time.Now()
+			for n := 0; ctx.Err() == nil && 2*n < maxRequests; n++ {
 				name := fmt.Sprintf("c%d/%06d", i, n)
 				body := fmt.Appendf(nil, "client %d object %d run %d", i, n, run)
 				enc := encrypt.NewSSE()
 				if n%2 == 1 {
 					enc = kmsEnc
 				}
+				// A request runs to its end even when the run's time is up:
+				// what it wrote must be known to be checked afterwards.
 				rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Minute)
 				l.requests.Add(1)
 				_, err := mc.PutObject(rctx, l.bucket, name, bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{ServerSideEncryption: enc})
+				l.gaps[i] = max(l.gaps[i], time.Since(last))
+				last = time.Now()
 				if err != nil {
 					l.fail(fmt.Sprintf("%s PUT %s: %v", time.Now().Format("15:04:05.000"), name, err))
 				} else {
@@ -247,7 +286,10 @@ func startLoad(c *testenv.MinIOCluster, clients int, interval time.Duration, run
 					l.written[name] = body
 					l.mu.Unlock()
 					l.requests.Add(1)
-					if got, err := readAll(rctx, mc, l.bucket, name); err != nil {
+					got, err := readAll(rctx, mc, l.bucket, name)
+					l.gaps[i] = max(l.gaps[i], time.Since(last))
+					last = time.Now()
+					if err != nil {
 						l.fail(fmt.Sprintf("%s GET %s: %v", time.Now().Format("15:04:05.000"), name, err))
 					} else if !bytes.Equal(got, body) {
 						l.fail(fmt.Sprintf("GET %s: content differs", name))
@@ -273,8 +315,128 @@ func (l *load) fail(msg string) {
 
 func (l *load) stop() { l.cancel(); l.wg.Wait() }
 
+// longestGap is the longest span in which some client completed no
+// request (the pause between requests included).
+func (l *load) longestGap() time.Duration { return maxOf(l.gaps) }
+
+// probes watches every node from outside, every probeEvery, in two ways:
+// its /minio/health/cluster (200: the node sees write quorum), and a PUT of
+// a small SSE-S3 object through it with a single attempt (no retries). Per
+// node and way, it keeps the longest span from a failed answer (or none) to
+// the next good one since the last mark.
+type probes struct {
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	longest [2][]time.Duration // [probeHealth or probeWrite][node]
+	downAt  [2][]time.Time
+}
+
+const (
+	probeEvery  = 100 * time.Millisecond
+	probeHealth = 0
+	probeWrite  = 1
+)
+
+// startProbes probes until stop, or for maxRun at most.
+func startProbes(c *testenv.MinIOCluster, maxRun time.Duration) *probes {
+	ctx, cancel := context.WithTimeout(context.Background(), maxRun)
+	p := &probes{cancel: cancel}
+	for k := range p.longest {
+		p.longest[k] = make([]time.Duration, len(c.Nodes))
+		p.downAt[k] = make([]time.Time, len(c.Nodes))
+	}
+	pem, err := os.ReadFile(c.CAFile)
+	check(err)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	const bucket = "probe"
+	for i, n := range c.Nodes {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		hc := &http.Client{Transport: tr, Timeout: time.Second}
+		mc, err := minio.New(n.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(c.RootUser, c.RootPassword, ""), Secure: true, Transport: tr, MaxRetries: 1})
+		check(err)
+		if i == 0 {
+			if err := mc.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil && minio.ToErrorResponse(err).Code != "BucketAlreadyOwnedByYou" {
+				check(err)
+			}
+		}
+		checks := [2]func() bool{
+			probeHealth: func() bool {
+				resp, err := hc.Get(n.URL + "/minio/health/cluster")
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				return resp.StatusCode == http.StatusOK
+			},
+			probeWrite: func() bool {
+				wctx, cancel := context.WithTimeout(ctx, time.Second)
+				defer cancel()
+				body := []byte(n.Name)
+				_, err := mc.PutObject(wctx, bucket, n.Name, bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{ServerSideEncryption: encrypt.NewSSE()})
+				return err == nil
+			},
+		}
+		for k, ok := range checks {
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				t := time.NewTicker(probeEvery)
+				defer t.Stop()
+				for ctx.Err() == nil {
+					good := ok()
+					now := time.Now()
+					p.mu.Lock()
+					switch {
+					case !good && p.downAt[k][i].IsZero():
+						p.downAt[k][i] = now
+					case good && !p.downAt[k][i].IsZero():
+						p.longest[k][i] = max(p.longest[k][i], now.Sub(p.downAt[k][i]))
+						p.downAt[k][i] = time.Time{}
+					}
+					p.mu.Unlock()
+					select {
+					case <-ctx.Done():
+					case <-t.C:
+					}
+				}
+			}()
+		}
+	}
+	return p
+}
+
+// mark returns every node's longest windows since the last mark (a node
+// still failing counts until now), health then writes, and starts over.
+func (p *probes) mark() (health, writes []time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	var out [2][]time.Duration
+	for k := range p.longest {
+		out[k] = make([]time.Duration, len(p.longest[k]))
+		for i := range p.longest[k] {
+			w := p.longest[k][i]
+			if !p.downAt[k][i].IsZero() {
+				w = max(w, now.Sub(p.downAt[k][i]))
+				p.downAt[k][i] = now
+			}
+			out[k][i] = w.Round(10 * time.Millisecond)
+			p.longest[k][i] = 0
+		}
+	}
+	return out[probeHealth], out[probeWrite]
+}
+
+func (p *probes) stop() { p.cancel(); p.wg.Wait() }
+
 // verify reads every object written during the run and returns how many
-// do not read back with their content.
+// do not read back with their content. Nodes that were just restarted
+// together may answer "not found" for a while as they reconnect to each
+// other's drives, so an object that fails is asked again for up to a
+// minute before it counts.
 func (l *load) verify() int {
 	ctx := context.Background()
 	var names []string
@@ -282,15 +444,30 @@ func (l *load) verify() int {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	bad := 0
+	deadline := time.Now().Add(time.Minute)
+	bad, retried := 0, 0
 	for _, n := range names {
-		got, err := readAll(ctx, l.clients[0], l.bucket, n)
-		if err != nil || !bytes.Equal(got, l.written[n]) {
+		for attempt := 0; ; attempt++ {
+			got, err := readAll(ctx, l.clients[0], l.bucket, n)
+			if err == nil && bytes.Equal(got, l.written[n]) {
+				if attempt > 0 {
+					retried++
+				}
+				break
+			}
+			if time.Now().Before(deadline) {
+				time.Sleep(500 * time.Millisecond)
+				continue
+			}
 			bad++
 			if bad <= 5 {
 				fmt.Fprintf(os.Stderr, "afterwards: %s/%s: %v\n", l.bucket, n, err)
 			}
+			break
 		}
+	}
+	if retried > 0 {
+		fmt.Fprintf(os.Stderr, "afterwards: %d object(s) read only when asked again\n", retried)
 	}
 	return bad
 }
@@ -325,7 +502,7 @@ func maxOf(ds []time.Duration) time.Duration {
 
 func check(err error) {
 	if err != nil {
-		log.Fatal(err)
+		fatal("%v", err)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -87,17 +86,6 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 			}
 			if checked == 0 {
 				ts.Fatalf("nosecret checked no file: the paths hold nothing")
-			}
-		},
-		// hasline FILE LINE: FILE holds LINE exactly, compared literally (a
-		// base64 key holds '+' and '/', which grep would read as a pattern).
-		"hasline": func(ts *testscript.TestScript, neg bool, args []string) {
-			if len(args) != 2 {
-				ts.Fatalf("usage: hasline FILE LINE")
-			}
-			found := slices.Contains(strings.Split(ts.ReadFile(args[0]), "\n"), args[1])
-			if found != !neg {
-				ts.Fatalf("%s: line %q found: %v", args[0], args[1], found)
 			}
 		},
 		// truncate FILE N: cut the last N bytes, as a crash mid-write would.

@@ -32,11 +32,15 @@ import (
 //	    online" (madmin KMSStatus).
 //	nosecretfile FILE PATH...
 //	    nosecret, with the secret read from FILE.
+//	minio-admin add-user NAME SECRET | set-config KV
+//	    changes the script's MinIO through its admin API (madmin AddUser,
+//	    SetConfigKV), as an operator would after a cutover.
 func init() {
 	moreScriptCmds["minio-cluster"] = testenv.CmdMinIOCluster
 	moreScriptCmds["objects-snapshot"] = cmdObjectsSnapshot
 	moreScriptCmds["kms-status"] = cmdKMSStatus
 	moreScriptCmds["nosecretfile"] = cmdNoSecretFile
+	moreScriptCmds["minio-admin"] = cmdMinIOAdmin
 }
 
 func cmdObjectsSnapshot(ts *testscript.TestScript, neg bool, args []string) {
@@ -79,9 +83,7 @@ func cmdObjectsSnapshot(ts *testscript.TestScript, neg bool, args []string) {
 	fmt.Fprintf(ts.Stdout(), "%d objects read\n", len(lines))
 }
 
-func cmdKMSStatus(ts *testscript.TestScript, neg bool, args []string) {
-	fs := scriptFlags(ts, "kms-status", neg)
-	ts.Check(fs.Parse(args))
+func scriptAdmin(ts *testscript.TestScript) *madmin.AdminClient {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = scriptTLS(ts, "MINIO_CA")
 	adm, err := madmin.NewWithOptions(ts.Getenv("MINIO_ENDPOINT"), &madmin.Options{
@@ -90,6 +92,30 @@ func cmdKMSStatus(ts *testscript.TestScript, neg bool, args []string) {
 		Transport: tr,
 	})
 	ts.Check(err)
+	return adm
+}
+
+func cmdMinIOAdmin(ts *testscript.TestScript, neg bool, args []string) {
+	if neg {
+		ts.Fatalf("minio-admin cannot be negated")
+	}
+	ctx, cancel := scriptCtx()
+	defer cancel()
+	switch {
+	case len(args) == 3 && args[0] == "add-user":
+		ts.Check(scriptAdmin(ts).AddUser(ctx, args[1], args[2]))
+	case len(args) == 2 && args[0] == "set-config":
+		_, err := scriptAdmin(ts).SetConfigKV(ctx, args[1])
+		ts.Check(err)
+	default:
+		ts.Fatalf("usage: minio-admin add-user NAME SECRET | set-config KV")
+	}
+}
+
+func cmdKMSStatus(ts *testscript.TestScript, neg bool, args []string) {
+	fs := scriptFlags(ts, "kms-status", neg)
+	ts.Check(fs.Parse(args))
+	adm := scriptAdmin(ts)
 	ctx, cancel := scriptCtx()
 	defer cancel()
 	st, err := adm.KMSStatus(ctx)
