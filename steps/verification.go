@@ -373,10 +373,12 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	total := int64(len(proofs))
 	var done atomic.Int64
 	r.Progress(0, total)
+	t0 := time.Now()
 	outcomes, err := decryptProofs(ctx, kmc, enc.Name, proofs, v.parallelism(), func(n int) { r.Progress(done.Add(int64(n)), total) })
 	if err != nil {
 		return err
 	}
+	r.Logf("the Key Manager decrypted %d ciphertexts, up to %d per request, in %s", len(proofs), verifyDecryptBatch, time.Since(t0).Round(time.Millisecond))
 	kps := judgeProofs(proofs, outcomes)
 	for _, p := range proofs {
 		clear(p.plaintext)
@@ -395,9 +397,11 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 			proven = append(proven, kp)
 		}
 	}
+	t0 = time.Now()
 	if err := checkpointProofs(ctx, r.Checkpoint, proven, kesProven, checkpointParallelism); err != nil {
 		return err
 	}
+	r.Logf("checkpointed %d proven keys in %s", len(proven), time.Since(t0).Round(time.Millisecond))
 	sort.Slice(failures, func(i, j int) bool { return failures[i].Name < failures[j].Name })
 	if msg := formatRefusalMessage(enc.Name, kps); msg != "" {
 		problems = append(problems, msg)
@@ -547,6 +551,9 @@ func verifyKESGenerate(ctx context.Context, kc *kes.Client, kmc *kms.Client, enc
 	})
 	if errors.Is(err, kes.ErrKeyNotFound) {
 		return fmt.Errorf("the KES server has no key %q although the key store named in its config does: is the server running with that config?", name)
+	}
+	if errors.Is(err, kes.ErrNotAllowed) {
+		return fmt.Errorf("generate a data key at KES: %w: use the KES admin API key, or one whose policy allows %s", err, kesPolicyPaths)
 	}
 	if err != nil {
 		return fmt.Errorf("generate a data key at KES: %w", err)
