@@ -4,8 +4,8 @@
 // spread over the whole run (stratified by step: the steps in turn, each
 // killed at a random instant of the window in which it ran in an
 // uninterrupted apply, so every step, the cutover included, is hit however
-// short), and follows each kill with `runbook resume` or, for every K-th,
-// `runbook rollback`. After each it checks what an operator would:
+// short), and follows each kill with `runbook resume` or `runbook
+// rollback` (alternate steps, the others in the next pass over the steps). After each it checks what an operator would:
 //
 //   - the journal reads (checksums, sequence) and says every step is done
 //     (resume) or undone (rollback);
@@ -71,7 +71,7 @@ func main() {
 	runbookFile := flag.String("migrate", "runbooks/migrate.hcl", "the runbook to crash")
 	keys := flag.Int("keys", 2000, "keys in the KES key store (plus MinIO's default key)")
 	points := flag.Int("points", 100, "kill instants")
-	rollbackEvery := flag.Int("rollback-every", 4, "follow every K-th kill with rollback instead of resume (0: never)")
+	rollback := flag.Bool("rollback", true, "follow about half the kills with rollback instead of resume, every step both ways across two passes")
 	seed := flag.Uint64("seed", uint64(time.Now().UnixNano()), "random seed (printed; give it again to repeat a run)")
 	keep := flag.Bool("keep", false, "keep the work directory")
 	verbose := flag.Bool("v", false, "log the servers' start-up")
@@ -103,7 +103,7 @@ func main() {
 				panic(r)
 			}
 		}()
-		failed = run(root, bin, src, *keys, *points, *rollbackEvery, *seed)
+		failed = run(root, bin, src, *keys, *points, *rollback, *seed)
 	}()
 	if !*keep {
 		os.RemoveAll(work)
@@ -132,7 +132,7 @@ type harness struct {
 	pathDir string // holds minio-ctl
 }
 
-func run(root *tb, bin string, src []byte, nKeys, points, rollbackEvery int, seed uint64) int {
+func run(root *tb, bin string, src []byte, nKeys, points int, rollback bool, seed uint64) int {
 	rng := mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	h := &harness{bin: bin, src: src}
 	h.kes = testenv.StartKES(root, testenv.KESOptions{Keys: nKeys})
@@ -145,7 +145,7 @@ func run(root *tb, bin string, src []byte, nKeys, points, rollbackEvery int, see
 	root.check(err)
 	root.check(os.Symlink(self, filepath.Join(h.pathDir, "minio-ctl")))
 
-	fmt.Printf("crash test: runbook %s on %d keys (+ %s), %d kill points, rollback every %d, seed %d\n\n", filepath.Base(bin), nKeys, defaultKey, points, rollbackEvery, seed)
+	fmt.Printf("crash test: runbook %s on %d keys (+ %s), %d kill points, rollback %v, seed %d\n\n", filepath.Base(bin), nKeys, defaultKey, points, rollback, seed)
 	// Point 0: an uninterrupted apply, the baseline and the time scale:
 	// when each step ran, from its journal.
 	base := h.point(root, 0, -1, "resume")
@@ -165,10 +165,13 @@ func run(root *tb, bin string, src []byte, nKeys, points, rollbackEvery int, see
 	for i := 1; i <= points; i++ {
 		// The steps in turn, each at a random instant of its window in
 		// the baseline: every step is hit, however short.
-		w := base.windows[(i-1)%len(base.windows)]
+		n := len(base.windows)
+		w := base.windows[(i-1)%n]
 		at := w.from + time.Duration(rng.Float64()*float64(w.to-w.from))
+		// Alternate steps are rolled back, the other half in the next
+		// pass over the steps: two passes kill every step both ways.
 		action := "resume"
-		if rollbackEvery > 0 && i%rollbackEvery == 0 {
+		if rollback && ((i-1)/n+(i-1)%n)%2 == 1 {
 			action = "rollback"
 		}
 		p := h.point(root, i, at, action)
