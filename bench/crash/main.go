@@ -2,9 +2,9 @@
 // runbooks/migrate.hcl against a real KES (N keys), the Key Manager emulator
 // and a real MinIO, kills `runbook apply` with SIGKILL at random instants
 // spread over the whole run (stratified by step: the steps in turn, each
-// killed at a random instant of the window in which it ran in an
-// uninterrupted apply, so every step, the cutover included, is hit however
-// short), and follows each kill with `runbook resume` or `runbook
+// killed a random time after the journal records it running, drawn from how
+// long it ran in an uninterrupted apply, so every step, the cutover
+// included, is hit however short), and follows each kill with `runbook resume` or `runbook
 // rollback` (alternate steps, the others in the next pass over the steps). After each it checks what an operator would:
 //
 //   - the journal reads (checksums, sequence) and says every step is done
@@ -148,7 +148,7 @@ func run(root *tb, bin string, src []byte, nKeys, points int, rollback bool, see
 	fmt.Printf("crash test: runbook %s on %d keys (+ %s), %d kill points, rollback %v, seed %d\n\n", filepath.Base(bin), nKeys, defaultKey, points, rollback, seed)
 	// Point 0: an uninterrupted apply, the baseline and the time scale:
 	// when each step ran, from its journal.
-	base := h.point(root, 0, -1, "resume")
+	base := h.point(root, 0, nil, "resume")
 	fmt.Printf("full apply without a kill: %s (%s)\n", base.applied.Round(time.Millisecond), base.result)
 	if base.result != "ok" {
 		return 1
@@ -167,7 +167,10 @@ func run(root *tb, bin string, src []byte, nKeys, points int, rollback bool, see
 		// the baseline: every step is hit, however short.
 		n := len(base.windows)
 		w := base.windows[(i-1)%n]
-		at := w.from + time.Duration(rng.Float64()*float64(w.to-w.from))
+		at := &killAt{step: w.step, after: time.Duration(rng.Float64() * float64(w.to-w.from))}
+		if w.step == startUp {
+			at = &killAt{after: w.from + at.after}
+		}
 		// Alternate steps are rolled back, the other half in the next
 		// pass over the steps: two passes kill every step both ways.
 		action := "resume"
@@ -179,7 +182,7 @@ func run(root *tb, bin string, src []byte, nKeys, points int, rollback bool, see
 			failed++
 		}
 		steps[p.underway]++
-		fmt.Printf("| %d | %s | %s | %s | %s | %s |\n", i, at.Round(time.Millisecond), p.underway, action, p.took.Round(time.Millisecond), p.result)
+		fmt.Printf("| %d | %s | %s | %s | %s | %s |\n", i, at, p.underway, action, p.took.Round(time.Millisecond), p.result)
 	}
 	var hit []string
 	for s, n := range steps {
@@ -202,7 +205,7 @@ type pointResult struct {
 
 // point runs one apply, kills it after at (at < 0: never), follows with
 // action and checks. A fresh MinIO on KES and a fresh enclave each time.
-func (h *harness) point(root *tb, i int, at time.Duration, action string) (res pointResult) {
+func (h *harness) point(root *tb, i int, at *killAt, action string) (res pointResult) {
 	t := root.child()
 	defer t.cleanup()
 	defer func() {
@@ -255,26 +258,39 @@ func (h *harness) point(root *tb, i int, at time.Duration, action string) (res p
 	t.check(apply.Start())
 	done := make(chan error, 1)
 	go func() { done <- apply.Wait() }()
+	journal := filepath.Join(dir, ".runbook", "migrate")
 	var applyErr error
 	killed := false
-	if at >= 0 {
+	if at != nil {
+		stop := make(chan struct{})
+		trigger := make(chan struct{})
+		go func() {
+			if at.step != "" && !waitRunning(filepath.Join(journal, engine.JournalFile), at.step, stop) {
+				return
+			}
+			select {
+			case <-time.After(at.after):
+				close(trigger)
+			case <-stop:
+			}
+		}()
 		select {
 		case applyErr = <-done:
-		case <-time.After(at):
+		case <-trigger:
 			apply.Process.Signal(syscall.SIGKILL)
 			<-done
 			killed = true
 		}
+		close(stop)
 	} else {
 		applyErr = <-done
 	}
 	res.applied = time.Since(start)
-	journal := filepath.Join(dir, ".runbook", "migrate")
 	res.underway = underway(t, journal, killed)
 	if !killed && applyErr != nil {
 		t.Fatalf("the apply failed without a kill: %v: %s", applyErr, tail("apply"))
 	}
-	if at < 0 {
+	if at == nil {
 		res.windows = windows(t, journal, start, res.applied)
 	}
 
@@ -361,6 +377,52 @@ func (h *harness) point(root *tb, i int, at time.Duration, action string) (res p
 	return res
 }
 
+// killAt is when a point kills the apply: after the journal records step
+// running (step "": after the apply started), once after has passed.
+type killAt struct {
+	step  string
+	after time.Duration
+}
+
+func (k *killAt) String() string {
+	if k.step == "" {
+		return fmt.Sprintf("start +%s", k.after.Round(time.Millisecond))
+	}
+	return fmt.Sprintf("%s +%s", k.step, k.after.Round(time.Millisecond))
+}
+
+// startUp names the window before the first step.
+const startUp = "(start-up)"
+
+// waitRunning returns true once the journal file records step running, or
+// false when stop closes first. It reads what was appended since its last
+// look, every millisecond.
+func waitRunning(path, step string, stop <-chan struct{}) bool {
+	needle := []byte(fmt.Sprintf(`"kind":"state","step":%q,"state":"running"`, step))
+	var off int64
+	var carry []byte
+	for {
+		if f, err := os.Open(path); err == nil {
+			f.Seek(off, io.SeekStart)
+			b, _ := io.ReadAll(f)
+			f.Close()
+			off += int64(len(b))
+			carry = append(carry, b...)
+			if bytes.Contains(carry, needle) {
+				return true
+			}
+			if i := bytes.LastIndexByte(carry, '\n'); i >= 0 {
+				carry = carry[i+1:]
+			}
+		}
+		select {
+		case <-stop:
+			return false
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
 // window is when a step ran in an uninterrupted apply, from its start.
 type window struct {
 	step     string
@@ -382,7 +444,7 @@ func windows(t *tb, journal string, start time.Time, total time.Duration) []wind
 		switch r.State {
 		case engine.StateRunning:
 			if len(ws) == 0 {
-				ws = append(ws, window{step: "(start-up)", from: 0, to: d})
+				ws = append(ws, window{step: startUp, from: 0, to: d})
 			}
 			at[r.Step] = len(ws)
 			ws = append(ws, window{step: r.Step, from: d, to: d})
