@@ -118,3 +118,55 @@ func TestParseEnvNode(t *testing.T) {
 		}
 	}
 }
+
+// FuzzEditEnv edits arbitrary env files with arbitrary values. Whenever the
+// edit succeeds: editing the edited file changes nothing (the cutover's
+// resume edits again what a crash left edited), and MinIO reads from it what
+// it read before, without the MINIO_KMS_KES_* variables and with the set
+// ones.
+func FuzzEditEnv(f *testing.F) {
+	f.Add("# MinIO\nMINIO_ROOT_USER=admin\nexport MINIO_KMS_KES_ENDPOINT=\"https://kes:7373\"\n  MINIO_KMS_KES_KEY_NAME='minio-default-key'\n\nMINIO_VOLUMES=/data\n", "https://kms-1:7373", "aistor-primary", "k1:SECRET", "minio-default-key")
+	f.Add("export MINIO_KMS_SERVER=\"https://old:7373\"\nMINIO_KMS_ENCLAVE='old'\nMINIO_OTHER=1\r\nMINIO_KMS_SSE_KEY=x\n", "https://kms-1:7373,https://kms-2:7373", "e", "k1:x", "k")
+	f.Add("MINIO_KMS_SERVER=a\nMINIO_KMS_SERVER=b\n#MINIO_KMS_ENCLAVE=c\n", "'quoted'", "\"dq\"", "", " spaced ")
+	f.Add("", "", "", "", "")
+	f.Add("A=1\nA='2'\nexport  B=\"x\nC\n", "v", "v", "v", "v")
+	f.Fuzz(func(t *testing.T, content, server, enclave, apiKey, sseKey string) {
+		set := map[string]string{"MINIO_KMS_SERVER": server, "MINIO_KMS_ENCLAVE": enclave, "MINIO_KMS_API_KEY": apiKey, "MINIO_KMS_SSE_KEY": sseKey}
+		out, err := editEnv([]byte(content), set)
+		if err != nil {
+			return // refused: the cutover stops before any change
+		}
+		again, err := editEnv(out, set)
+		if err != nil {
+			t.Fatalf("editing the edited file failed: %v\nedited:\n%q", err, out)
+		}
+		if string(again) != string(out) {
+			t.Fatalf("the edit is not idempotent:\nonce:  %q\ntwice: %q", out, again)
+		}
+		before, err := envEffective([]byte(content))
+		if err != nil {
+			t.Fatalf("editEnv accepted a file envEffective refuses: %v", err)
+		}
+		after, err := envEffective(out)
+		if err != nil {
+			t.Fatalf("the edited file does not parse: %v", err)
+		}
+		want := map[string]string{}
+		for k, v := range before {
+			if !strings.HasPrefix(k, kesPrefix) {
+				want[k] = v
+			}
+		}
+		for k, v := range set {
+			want[k] = v
+		}
+		if len(after) != len(want) {
+			t.Fatalf("MinIO would read %d variables from the edited file, want %d:\nin:  %q\nout: %q", len(after), len(want), content, out)
+		}
+		for k, v := range want {
+			if after[k] != v {
+				t.Fatalf("MinIO would read %s=%q from the edited file, want %q:\nin:  %q\nout: %q", k, after[k], v, content, out)
+			}
+		}
+	})
+}

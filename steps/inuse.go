@@ -52,7 +52,7 @@ func refuseWhileInUse(ctx context.Context, r *engine.Run, enc enclaveRef, undo s
 			r.Warnf("forced: %s; deleting %s all the same", why, undo)
 			return nil
 		}
-		return engine.Refusef("%s: deleting %s would leave an object store that uses them unable to decrypt. Add the object store's aistor block to the runbook so that rollback can ask it, or, once you have checked by hand that nothing uses enclave %s, run runbook rollback --force", why, undo, enc.Name)
+		return engine.Refusef("%s: deleting %s could leave an object store that runs on the enclave unable to decrypt its data. Add the object store's aistor block to the runbook so that rollback can ask it, or, once you have checked by hand that nothing uses enclave %s, run runbook rollback --force", why, undo, enc.Name)
 	}
 	var uses []storeUse
 	for _, c := range conns {
@@ -77,7 +77,7 @@ func refuseWhileInUse(ctx context.Context, r *engine.Run, enc enclaveRef, undo s
 		}
 	}
 	if len(inUse) > 0 {
-		return engine.Refusef("the object store runs on enclave %s (%s): deleting %s would leave it unable to decrypt what it sealed with them. Move it back to KES first (restore every node's env file and restart every node, or roll back the cutover step that moved it), then roll back again", enc.Name, strings.Join(inUse, "; "), undo)
+		return engine.Refusef("the object store runs on enclave %s (%s): deleting %s would leave it unable to decrypt its data. Move it back to KES first (restore every node's env file and restart every node, or roll back the cutover step that moved it), then roll back again", enc.Name, strings.Join(inUse, "; "), undo)
 	}
 	if len(blind) > 0 {
 		why := fmt.Sprintf("could not check whether the object store runs on enclave %s (%s)", enc.Name, strings.Join(blind, "; "))
@@ -85,7 +85,7 @@ func refuseWhileInUse(ctx context.Context, r *engine.Run, enc enclaveRef, undo s
 			r.Warnf("forced: %s; deleting %s all the same", why, undo)
 			return nil
 		}
-		return engine.Refusef("%s: deleting %s would leave an object store that uses them unable to decrypt. Make it reachable and run rollback again, or, once you have checked by hand that nothing uses enclave %s, run runbook rollback --force", why, undo, enc.Name)
+		return engine.Refusef("%s: deleting %s could leave an object store that runs on the enclave unable to decrypt its data. Make it reachable and run rollback again, or, once you have checked by hand that nothing uses enclave %s, run runbook rollback --force", why, undo, enc.Name)
 	}
 	for _, p := range partly {
 		r.Warnf("not checked: %s", p)
@@ -112,18 +112,18 @@ func checkStoreUse(ctx context.Context, r *engine.Run, addr string, a *aistorCon
 		for _, f := range a.EnvFiles() {
 			n, err := parseEnvNode(f)
 			if err != nil {
-				u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %v", f, err))
+				u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %s", f, oneLine(err)))
 				continue
 			}
 			n.pool = pool
 			data, _, err := n.read(ctx, r)
 			if err != nil {
-				u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %v", n.Name, err))
+				u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %s", n.Name, oneLine(err)))
 				continue
 			}
 			env, err := envEffective(data)
 			if err != nil {
-				u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %v", n.Name, err))
+				u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %s", n.Name, oneLine(err)))
 				continue
 			}
 			for _, k := range []string{"MINIO_KMS_API_KEY", "MINIO_KMS_KES_API_KEY", "MINIO_ROOT_PASSWORD", "MINIO_SECRET_KEY"} {
@@ -153,14 +153,14 @@ func checkStoreUse(ctx context.Context, r *engine.Run, addr string, a *aistorCon
 	// The KMS status: what the running server uses, however it got there.
 	admin, _, err := a.Clients(r)
 	if err != nil {
-		u.unchecked = append(u.unchecked, fmt.Sprintf("its KMS status (%s): %v", hostOf(a.Endpoint()), err))
+		u.unchecked = append(u.unchecked, fmt.Sprintf("its KMS status (%s): %s", hostOf(a.Endpoint()), oneLine(err)))
 		return u
 	}
 	cctx, cancel := context.WithTimeout(ctx, kmsStatusTimeout)
 	defer cancel()
 	st, err := admin.KMSStatus(cctx)
 	if err != nil {
-		u.unchecked = append(u.unchecked, fmt.Sprintf("its KMS status (%s): %v", hostOf(a.Endpoint()), err))
+		u.unchecked = append(u.unchecked, fmt.Sprintf("its KMS status (%s): %s", hostOf(a.Endpoint()), oneLine(err)))
 		return u
 	}
 	var eps []string
@@ -212,4 +212,10 @@ func overlaps(a, b map[string]bool) bool {
 		}
 	}
 	return false
+}
+
+// oneLine is err's text on one line: a server's answer quoted in an error
+// may hold newlines, and the refusal is read as one line.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
 }
