@@ -46,8 +46,14 @@ const (
 	conflictFail          = "fail"
 	conflictOverwrite     = "overwrite"
 
-	defaultMigrationParallelism = 128
-	maxMigrationParallelism     = 256
+	// The step is bound by durable checkpoints: a worker waits for the
+	// fsync that covers its keys before it takes more, so the wall time is
+	// about keys / parallelism fsyncs (BENCHMARKS.md: 0.3 to 25 ms each,
+	// idle to loaded disk). 512 keys in flight hold 16 KiB of key material
+	// and leave at most 512 keys for a resume to prove (8 read-only
+	// requests).
+	defaultMigrationParallelism = 512
+	maxMigrationParallelism     = 1024
 
 	// Checkpoint items: "key/NAME" per key, "preflight" once the keys
 	// already present at the target have been judged, "rollback/NAME" per
@@ -76,7 +82,7 @@ type migrationConfig struct {
 	// "skip_identical" (default), "fail" or "overwrite".
 	OnConflict string `hcl:"on_conflict,optional"`
 	// Parallelism bounds the keys in flight: read, or imported and not yet
-	// durably checkpointed (default 128, at most 256).
+	// durably checkpointed (default 512, at most 1024).
 	Parallelism int `hcl:"parallelism,optional"`
 	// SkipUnparsable lets the step succeed although some keys could not be
 	// carried (a name the Key Manager rejects). They are reported by name

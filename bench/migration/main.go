@@ -60,7 +60,16 @@ func main() {
 	if !*keep {
 		defer os.RemoveAll(work)
 	}
-	km, err := emulator.Start(emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(work, "km"), FaultLatency: *latency})
+	cfg := emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(work, "km"), FaultLatency: *latency}
+	if traceDir != "" {
+		lf, err := os.Create(filepath.Join(traceDir, "emulator.log"))
+		check(err)
+		defer lf.Close()
+		cfg.Logf = func(format string, args ...any) {
+			fmt.Fprintf(lf, time.Now().Format("15:04:05.000000 ")+format+"\n", args...)
+		}
+	}
+	km, err := emulator.Start(cfg)
 	check(err)
 	defer km.Close()
 	fmt.Printf("Emulator readings: `%s`; latency added per Key Manager request: %s\n\n", km.Readings(), *latency)
