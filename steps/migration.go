@@ -203,7 +203,7 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	}
 
 	rep := &report{notKeys: src.notKeys}
-	var toImport []string
+	var toImport, there []string
 	var mu sync.Mutex
 	err = forEach(ctx, m.parallelism(), len(src.names), func(ctx context.Context, i int) error {
 		e, err := src.readEntry(ctx, src.names[i])
@@ -215,30 +215,30 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 		if e.class != entryOK {
 			return nil
 		}
-		if !present[e.name] {
-			mu.Lock()
+		mu.Lock()
+		defer mu.Unlock()
+		if present[e.name] {
+			there = append(there, e.name)
+		} else {
 			toImport = append(toImport, e.name)
-			mu.Unlock()
-			return nil
-		}
-		same, err := sameMaterial(ctx, c, to.Name, e.name, e.key)
-		if err != nil {
-			return permanentHint(err, to.Name)
-		}
-		rep.mu.Lock()
-		defer rep.mu.Unlock()
-		switch {
-		case same:
-			rep.identical = append(rep.identical, e.name)
-		case m.onConflict() == conflictOverwrite:
-			rep.overwrite = append(rep.overwrite, e.name)
-		default:
-			rep.conflicts = append(rep.conflicts, e.name)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	// Keys already at the target: same material or not, proven by round
+	// trip, several keys a request.
+	sort.Strings(there)
+	same, differ, err := proveNames(ctx, c, to.Name, src, there, m.parallelism())
+	if err != nil {
+		return nil, permanentHint(err, to.Name)
+	}
+	rep.identical = same
+	if m.onConflict() == conflictOverwrite {
+		rep.overwrite = differ
+	} else {
+		rep.conflicts = differ
 	}
 	rep.sort()
 	sort.Strings(toImport)
