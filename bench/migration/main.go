@@ -21,6 +21,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -272,6 +273,14 @@ verification "keys" {
 	}
 	for _, m := range stepDone.FindAllStringSubmatch(out.String(), -1) {
 		res.steps = append(res.steps, [2]string{m[1], m[2]})
+	}
+	if traceDir != "" { // -json: one event a line
+		for _, line := range strings.Split(out.String(), "\n") {
+			var e struct{ Type, Step, State, Duration string }
+			if json.Unmarshal([]byte(line), &e) == nil && e.Type == "state" && e.State == "done" && e.Duration != "" {
+				res.steps = append(res.steps, [2]string{e.Step, e.Duration})
+			}
+		}
 	}
 	res.attempt = attemptLine.FindString(out.String())
 	return res
