@@ -436,7 +436,7 @@ func (s *Server) serveKMS(w http.ResponseWriter, r *http.Request, caller mtls.Id
 	answers, err := s.execute(caller, enclave, frames, at)
 	if errors.Is(err, errInjected) {
 		s.injectFault(w, r, f)
-		return append(names, fmt.Sprintf("(fault after %d)", at))
+		return append(names, fmt.Sprintf("(injected fault after %d of %d commands)", at, len(frames)))
 	}
 	if err != nil {
 		var e kms.Error

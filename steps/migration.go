@@ -46,8 +46,14 @@ const (
 	conflictFail          = "fail"
 	conflictOverwrite     = "overwrite"
 
-	defaultMigrationParallelism = 128
-	maxMigrationParallelism     = 256
+	// The step is bound by durable checkpoints: a worker waits for the
+	// fsync that covers its keys before it takes more, so the wall time is
+	// about keys / parallelism fsyncs (BENCHMARKS.md: 0.3 to 25 ms each,
+	// idle to loaded disk). 512 keys in flight hold 16 KiB of key material
+	// and leave at most 512 keys for a resume to prove (8 read-only
+	// requests).
+	defaultMigrationParallelism = 512
+	maxMigrationParallelism     = 1024
 
 	// Checkpoint items: "key/NAME" per key, "preflight" once the keys
 	// already present at the target have been judged, "rollback/NAME" per
@@ -76,7 +82,7 @@ type migrationConfig struct {
 	// "skip_identical" (default), "fail" or "overwrite".
 	OnConflict string `hcl:"on_conflict,optional"`
 	// Parallelism bounds the keys in flight: read, or imported and not yet
-	// durably checkpointed (default 128, at most 256).
+	// durably checkpointed (default 512, at most 1024).
 	Parallelism int `hcl:"parallelism,optional"`
 	// SkipUnparsable lets the step succeed although some keys could not be
 	// carried (a name the Key Manager rejects). They are reported by name
@@ -197,7 +203,7 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	}
 
 	rep := &report{notKeys: src.notKeys}
-	var toImport []string
+	var toImport, there []string
 	var mu sync.Mutex
 	err = forEach(ctx, m.parallelism(), len(src.names), func(ctx context.Context, i int) error {
 		e, err := src.readEntry(ctx, src.names[i])
@@ -209,30 +215,30 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 		if e.class != entryOK {
 			return nil
 		}
-		if !present[e.name] {
-			mu.Lock()
+		mu.Lock()
+		defer mu.Unlock()
+		if present[e.name] {
+			there = append(there, e.name)
+		} else {
 			toImport = append(toImport, e.name)
-			mu.Unlock()
-			return nil
-		}
-		same, err := sameMaterial(ctx, c, to.Name, e.name, e.key)
-		if err != nil {
-			return permanentHint(err, to.Name)
-		}
-		rep.mu.Lock()
-		defer rep.mu.Unlock()
-		switch {
-		case same:
-			rep.identical = append(rep.identical, e.name)
-		case m.onConflict() == conflictOverwrite:
-			rep.overwrite = append(rep.overwrite, e.name)
-		default:
-			rep.conflicts = append(rep.conflicts, e.name)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	// Keys already at the target: same material or not, proven by round
+	// trip, several keys a request.
+	sort.Strings(there)
+	same, differ, err := proveNames(ctx, c, to.Name, src, there, m.parallelism())
+	if err != nil {
+		return nil, permanentHint(err, to.Name)
+	}
+	rep.identical = same
+	if m.onConflict() == conflictOverwrite {
+		rep.overwrite = differ
+	} else {
+		rep.conflicts = differ
 	}
 	rep.sort()
 	sort.Strings(toImport)

@@ -13,7 +13,7 @@ import (
 )
 
 func TestImportBatchSize(t *testing.T) {
-	for _, tc := range []struct{ par, batch int }{{1, 1}, {4, 1}, {8, 1}, {16, 2}, {64, 8}, {100, 12}, {128, 16}, {256, 16}} {
+	for _, tc := range []struct{ par, batch int }{{1, 1}, {4, 1}, {8, 1}, {16, 2}, {64, 8}, {100, 12}, {128, 16}, {256, 32}, {512, 64}, {1024, 64}} {
 		b := importBatchSize(tc.par)
 		if b != tc.batch {
 			t.Errorf("importBatchSize(%d) = %d, want %d", tc.par, b, tc.batch)

@@ -349,35 +349,16 @@ func (m *migrationStep) preflight(ctx context.Context, h runHooks, src *sourceSe
 		return pre, nil
 	}
 	h.logf("%d source keys are already in enclave %s: proving their material by round trip", len(both), enclave)
-	var mu sync.Mutex
-	var conflicts []string
-	err := forEach(ctx, m.parallelism(), len(both), func(ctx context.Context, i int) error {
-		e, err := src.readEntry(ctx, both[i])
-		if err != nil {
-			return err
-		}
-		defer e.wipe()
-		if e.class != entryOK {
-			return nil // reported by the import pass
-		}
-		same, err := sameMaterial(ctx, c, enclave, e.name, e.key)
-		if err != nil {
-			return permanentHint(err, enclave)
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		switch {
-		case same:
-			pre.Identical = append(pre.Identical, e.name)
-		case m.onConflict() == conflictOverwrite:
-			pre.Overwrite = append(pre.Overwrite, e.name)
-		default:
-			conflicts = append(conflicts, e.name)
-		}
-		return nil
-	})
+	same, differ, err := proveNames(ctx, c, enclave, src, both, m.parallelism())
 	if err != nil {
-		return pre, err
+		return pre, permanentHint(err, enclave)
+	}
+	pre.Identical = append(pre.Identical, same...)
+	var conflicts []string
+	if m.onConflict() == conflictOverwrite {
+		pre.Overwrite = append(pre.Overwrite, differ...)
+	} else {
+		conflicts = differ
 	}
 	sort.Strings(pre.Identical)
 	sort.Strings(pre.Overwrite)
@@ -424,8 +405,9 @@ func checkpointKeys(checkpoint func(item string, data any) error, keys []keyDone
 	return errors.Join(errs...)
 }
 
-// maxImportBatch bounds the keys imported by one request.
-const maxImportBatch = 16
+// maxImportBatch bounds the keys imported by one request (about 4 KiB of
+// request body at 64).
+const maxImportBatch = 64
 
 // importBatchSize is how many keys one import request carries. A request
 // costs far more than the import it carries (TLS records, HTTP/2 frames, a
@@ -433,7 +415,7 @@ const maxImportBatch = 16
 // times less CPU per key with 8 keys per request), so keys travel several
 // per request as the protocol allows (one command frame per key), while
 // about 8 requests stay in flight to keep both ends and the journal's
-// group commit busy: parallelism/8, from 1 to 16.
+// group commit busy: parallelism/8, from 1 to 64.
 func importBatchSize(parallelism int) int {
 	return min(maxImportBatch, max(1, parallelism/8))
 }
@@ -526,4 +508,44 @@ func deletedEarlier(r *engine.Run) (map[string]bool, error) {
 		}
 	}
 	return gone, nil
+}
+
+// proveNames proves by round trip which of names (keys present at the
+// target) hold the source's material, proveBatch keys a read-only request,
+// up to parallelism keys at a time. Entries that are not keys are left out
+// (the import pass reports them).
+func proveNames(ctx context.Context, c *kms.Client, enclave string, src *sourceSet, names []string, parallelism int) (same, differ []string, err error) {
+	const proveBatch = 64
+	var mu sync.Mutex
+	chunks := (len(names) + proveBatch - 1) / proveBatch
+	err = forEach(ctx, max(1, parallelism/proveBatch), chunks, func(ctx context.Context, i int) error {
+		var es []*sourceEntry
+		defer func() {
+			for _, e := range es {
+				e.wipe()
+			}
+		}()
+		for _, n := range names[i*proveBatch : min(len(names), (i+1)*proveBatch)] {
+			e, err := src.readEntry(ctx, n)
+			if err != nil {
+				return err
+			}
+			if e.class != entryOK {
+				continue
+			}
+			es = append(es, e)
+		}
+		im := &importer{c: c, enclave: enclave, rep: &report{}}
+		s, d, err := im.prove(ctx, es)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		same, differ = append(same, s...), append(differ, d...)
+		return nil
+	})
+	sort.Strings(same)
+	sort.Strings(differ)
+	return same, differ, err
 }

@@ -68,7 +68,7 @@ type migrationEnv struct {
 
 // newMigrationEnv makes n keys and an emulator playing readings (default:
 // the most demanding).
-func newMigrationEnv(t *testing.T, n int, readings ...emulator.Readings) *migrationEnv {
+func newMigrationEnv(t testing.TB, n int, readings ...emulator.Readings) *migrationEnv {
 	t.Helper()
 	dir := t.TempDir()
 	store := filepath.Join(dir, "keys")
@@ -113,7 +113,7 @@ func newMigrationEnv(t *testing.T, n int, readings ...emulator.Readings) *migrat
 	return env
 }
 
-func (env *migrationEnv) reopen(t *testing.T) {
+func (env *migrationEnv) reopen(t testing.TB) {
 	t.Helper()
 	conf := &kesconf.File{KeyStore: &kesconf.FSKeyStore{Path: env.dir}}
 	ks, err := conf.KeyStore.Connect(context.Background())

@@ -21,6 +21,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -60,7 +61,16 @@ func main() {
 	if !*keep {
 		defer os.RemoveAll(work)
 	}
-	km, err := emulator.Start(emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(work, "km"), FaultLatency: *latency})
+	cfg := emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(work, "km"), FaultLatency: *latency}
+	if traceDir != "" {
+		lf, err := os.Create(filepath.Join(traceDir, "emulator.log"))
+		check(err)
+		defer lf.Close()
+		cfg.Logf = func(format string, args ...any) {
+			fmt.Fprintf(lf, time.Now().Format("15:04:05.000000 ")+format+"\n", args...)
+		}
+	}
+	km, err := emulator.Start(cfg)
 	check(err)
 	defer km.Close()
 	fmt.Printf("Emulator readings: `%s`; latency added per Key Manager request: %s\n\n", km.Readings(), *latency)
@@ -263,6 +273,14 @@ verification "keys" {
 	}
 	for _, m := range stepDone.FindAllStringSubmatch(out.String(), -1) {
 		res.steps = append(res.steps, [2]string{m[1], m[2]})
+	}
+	if traceDir != "" { // -json: one event a line
+		for _, line := range strings.Split(out.String(), "\n") {
+			var e struct{ Type, Step, State, Duration string }
+			if json.Unmarshal([]byte(line), &e) == nil && e.Type == "state" && e.State == "done" && e.Duration != "" {
+				res.steps = append(res.steps, [2]string{e.Step, e.Duration})
+			}
+		}
 	}
 	res.attempt = attemptLine.FindString(out.String())
 	return res
