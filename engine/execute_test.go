@@ -137,6 +137,14 @@ func TestRollbackRefusalAndForce(t *testing.T) {
 	if got := calls(); len(got) != 1 || got[0] != "rollback:probe.b" {
 		t.Fatalf("calls %v: probe.a must not be undone after probe.b refused", got)
 	}
+	records, _, err := engine.ReadJournal(opts.JournalDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := engine.Replay(records)
+	if got := js.Step("probe.b").State; got != engine.StateDone {
+		t.Fatalf("probe.b is %s after its rollback was refused, want done: a refusal changes nothing", got)
+	}
 	setProbe(t, map[string]error{"rollback:probe.b": engine.Refusef("objects were written since")})
 	forced := opts
 	forced.Force = true

@@ -161,6 +161,13 @@ func (x *execution) rollbackStep(ctx context.Context, addr string, st *StepState
 			if e := x.append(&Record{Kind: "note", Step: addr, Error: err.Error()}); e != nil {
 				return e
 			}
+			if errors.Is(err, ErrRefused) {
+				// A refusal comes before the rollback changes anything
+				// (Rollbacker): the step is as it was, not half undone.
+				if e := x.append(&Record{Kind: "state", Step: addr, State: st.State, Error: st.Error}); e != nil {
+					return e
+				}
+			}
 			return fmt.Errorf("roll back %s: %w", addr, err)
 		}
 	} else {

@@ -35,7 +35,9 @@ type Planner interface {
 // r.Outputs). It is called for steps that completed and for steps that were
 // interrupted or failed half-way, so it must not assume Apply finished. It must
 // be idempotent: a rollback can itself be interrupted and run again.
-// Returning an error that wraps ErrRefused stops the rollback for safety.
+// Returning an error that wraps ErrRefused stops the rollback for safety; a
+// refusal must come before the rollback changes anything, since the engine
+// then records the step's state as it was before the rollback began.
 type Rollbacker interface {
 	Rollback(ctx context.Context, r *Run) error
 }

@@ -129,8 +129,15 @@ func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutover
 	defer cancel()
 	start := time.Now()
 	healthy := 0
+	var last string
 	for {
-		last := c.healthCheck(wctx, r, e.a, admin, len(e.nodes), want)
+		why := c.healthCheck(wctx, r, e.a, admin, len(e.nodes), want)
+		if wctx.Err() != nil && last != "" {
+			// The wait's deadline cut this check short: the check before it
+			// says what was wrong ("context deadline exceeded" says nothing).
+			why = last
+		}
+		last = why
 		if last == "" {
 			healthy++
 			last = fmt.Sprintf("healthy for %d check(s) in a row, not yet %d", healthy, stableHealthChecks)
