@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -363,6 +364,16 @@ func (s *Session) execute(ctx context.Context, opts Options, resume bool, check 
 			return err
 		}
 		resume = true
+		// Recorded before anything runs, so that a resume after this apply
+		// fails continues what this apply set out to do, not only the
+		// targets of the run's first command.
+		if !slices.Equal(targets, js.Run.Targets) {
+			data, _ := json.Marshal(targets)
+			if err := x.append(&Record{Kind: "targets", Data: data}); err != nil {
+				return err
+			}
+			js.Run.Targets = widenTargets(js.Run.Targets, targets)
+		}
 	case js.Run != nil:
 		// The previous run finished: keep its journal beside the new one.
 		x.j.Close()

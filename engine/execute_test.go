@@ -156,3 +156,39 @@ func TestRollbackRefusalAndForce(t *testing.T) {
 		t.Fatalf("forced rollback called %v, want probe.b then probe.a", got)
 	}
 }
+
+// An apply that carries a targeted run further widens the run's targets in
+// the journal: a resume after it fails continues what that apply set out to
+// do, not only the first command's targets.
+func TestResumeAfterWideningApply(t *testing.T) {
+	s, opts := openProbe(t)
+	setProbe(t, map[string]error{})
+	targeted := opts
+	targeted.Targets = []string{"probe.a"}
+	if err := s.Apply(context.Background(), targeted); err != nil {
+		t.Fatalf("apply -target probe.a: %v", err)
+	}
+	setProbe(t, map[string]error{"apply:probe.b": errors.New("probe b fails")})
+	if err := s.Apply(context.Background(), opts); err == nil {
+		t.Fatal("apply: probe.b's failure was not reported")
+	}
+	setProbe(t, map[string]error{})
+	s2, diags, err := engine.OpenFromJournal(opts.JournalDir, "", engine.VarInputs{})
+	if err != nil || diags.HasErrors() {
+		t.Fatal(err, diags)
+	}
+	if err := s2.Resume(context.Background(), opts); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if got := calls(); len(got) != 1 || got[0] != "apply:probe.b" {
+		t.Fatalf("resume called %v, want probe.b's apply", got)
+	}
+	records, _, err := engine.ReadJournal(opts.JournalDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := engine.Replay(records)
+	if got := js.Step("probe.b").State; got != engine.StateDone {
+		t.Fatalf("probe.b is %s after the resume, want done", got)
+	}
+}

@@ -3,6 +3,7 @@ package engine
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -89,6 +90,18 @@ func Replay(records []Record) (*JournalState, error) {
 		case "note":
 			js.Notes = append(js.Notes, *r)
 			continue
+		case "targets":
+			// An apply that carried a partly applied run further with other
+			// targets: the run now covers both (none: every step).
+			if js.Run == nil {
+				return nil, fmt.Errorf("targets record %d before any run record", r.Seq)
+			}
+			var more []string
+			if err := json.Unmarshal(r.Data, &more); err != nil {
+				return nil, fmt.Errorf("decode targets record %d: %w", r.Seq, err)
+			}
+			js.Run.Targets = widenTargets(js.Run.Targets, more)
+			continue
 		case "plan":
 			var pr PlanRecord
 			if err := json.Unmarshal(r.Data, &pr); err != nil {
@@ -134,4 +147,13 @@ func Replay(records []Record) (*JournalState, error) {
 		}
 	}
 	return js, nil
+}
+
+// widenTargets is the targets of a run that a later command carried further
+// with more: both, or none (every step) when either is none.
+func widenTargets(targets, more []string) []string {
+	if len(targets) == 0 || len(more) == 0 {
+		return nil
+	}
+	return append(slices.Clone(targets), more...)
 }
