@@ -47,10 +47,13 @@ var (
 	_ engine.Validator  = (*verificationStep)(nil)
 )
 
-// The proofs a round trip can use. A data key generated at the KES server
-// and decrypted at the Key Manager proves that both hold the same key; where
-// no KES server is configured (a rehearsal), a ciphertext sealed here in
-// KES's format from the material in the key store stands in for it.
+// The proofs a key's checkpoint names (verification_proof.go). Every key is
+// proven by "local-seal": ciphertexts sealed here under the key store's
+// material, in each format MinIO may forward, decrypt at the Key Manager;
+// the checkpoint lists the formats and whether a data key the KES server
+// generated (on a sample) decrypted too. "kes-generate" is what attempts
+// before that design recorded (a data key of the KES server per key);
+// "mixed" is the result when a resumed run finds both.
 const (
 	proofKESGenerate = "kes-generate"
 	proofLocalSeal   = "local-seal"
