@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/minio/kms-go/kms"
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/runbook-dev/runbook/engine"
@@ -230,15 +231,9 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	// Keys already at the target: same material or not, proven by round
 	// trip, several keys a request.
 	sort.Strings(there)
-	same, differ, err := proveNames(ctx, c, to.Name, src, there, m.parallelism())
+	rep.identical, rep.overwrite, rep.conflicts, err = m.judgePresent(ctx, c, to.Name, src, there)
 	if err != nil {
-		return nil, permanentHint(err, to.Name)
-	}
-	rep.identical = same
-	if m.onConflict() == conflictOverwrite {
-		rep.overwrite = differ
-	} else {
-		rep.conflicts = differ
+		return nil, err
 	}
 	rep.sort()
 	sort.Strings(toImport)
@@ -321,6 +316,24 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 		Unparsable: rep.unparsable, Rejected: rep.rejected, NotKeys: rep.notKeys, HMAC: rep.hmac,
 	}
 	return p, nil
+}
+
+// judgePresent proves by round trip, several keys a request, whether the
+// enclave's keys named like the source keys names hold the source's
+// material, and sorts them by what the run does with them: identical (done,
+// not this run's), overwrite (different material, on_conflict =
+// "overwrite") or conflicts (different material: the step fails before
+// anything is imported). Plan and the preflight of Apply judge by this one
+// function, so the plan shows what apply does.
+func (m *migrationStep) judgePresent(ctx context.Context, c *kms.Client, enclave string, src *sourceSet, names []string) (identical, overwrite, conflicts []string, err error) {
+	same, differ, err := proveNames(ctx, c, enclave, src, names, m.parallelism())
+	if err != nil {
+		return nil, nil, nil, permanentHint(err, enclave)
+	}
+	if m.onConflict() == conflictOverwrite {
+		return same, differ, nil, nil
+	}
+	return same, nil, differ, nil
 }
 
 // ---------------------------------------------------------------------------

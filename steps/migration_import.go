@@ -349,17 +349,12 @@ func (m *migrationStep) preflight(ctx context.Context, h runHooks, src *sourceSe
 		return pre, nil
 	}
 	h.logf("%d source keys are already in enclave %s: proving their material by round trip", len(both), enclave)
-	same, differ, err := proveNames(ctx, c, enclave, src, both, m.parallelism())
+	identical, overwrite, conflicts, err := m.judgePresent(ctx, c, enclave, src, both)
 	if err != nil {
-		return pre, permanentHint(err, enclave)
+		return pre, err
 	}
-	pre.Identical = append(pre.Identical, same...)
-	var conflicts []string
-	if m.onConflict() == conflictOverwrite {
-		pre.Overwrite = append(pre.Overwrite, differ...)
-	} else {
-		conflicts = differ
-	}
+	pre.Identical = append(pre.Identical, identical...)
+	pre.Overwrite = append(pre.Overwrite, overwrite...)
 	sort.Strings(pre.Identical)
 	sort.Strings(pre.Overwrite)
 	sort.Strings(conflicts)

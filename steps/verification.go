@@ -47,10 +47,13 @@ var (
 	_ engine.Validator  = (*verificationStep)(nil)
 )
 
-// The proofs a round trip can use. A data key generated at the KES server
-// and decrypted at the Key Manager proves that both hold the same key; where
-// no KES server is configured (a rehearsal), a ciphertext sealed here in
-// KES's format from the material in the key store stands in for it.
+// The proofs a key's checkpoint names (verification_proof.go). Every key is
+// proven by "local-seal": ciphertexts sealed here under the key store's
+// material, in each format MinIO may forward, decrypt at the Key Manager;
+// the checkpoint lists the formats and whether a data key the KES server
+// generated (on a sample) decrypted too. "kes-generate" is what attempts
+// before that design recorded (a data key of the KES server per key);
+// "mixed" is the result when a resumed run finds both.
 const (
 	proofKESGenerate = "kes-generate"
 	proofLocalSeal   = "local-seal"
@@ -204,7 +207,7 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 	}
 	p.Actions = append(p.Actions, fmt.Sprintf("prove the key material of %s by a round trip: a random plaintext sealed here under the key's material from the store, in every ciphertext format MinIO may forward for it (%s for every key; %s and %s too for keys stored in the KES v0.22/v0.23 JSON format), must decrypt at the Key Manager to the same plaintext, %d ciphertexts per request (proof %q); a format the Key Manager refuses fails verification, naming it; entries that do not parse are named, never called missing", what, formatRaw, formatMsgpack, formatJSON, verifyDecryptBatch, proofLocalSeal))
 	if src.HasServer() {
-		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's, and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), verifyKESSample))
+		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's (about %d listing(s), each of which costs the KES server a read of its whole store), and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), kesPlannedListings(ctx, l.All), verifyKESSample))
 	} else {
 		p.Observed = append(p.Observed, fmt.Sprintf("%s names no KES server: the keys are proven from the store's material only", srcAddr))
 	}

@@ -34,9 +34,11 @@ var pairwiseReadings = []emulator.Readings{
 	{WriteAnswer: emulator.WriteFrames, Mixed: emulator.MixedAccept, Batch: emulator.BatchAtomic, DeletedNames: emulator.DeletedTombstoned},
 }
 
-// TestReadings runs the migration scripts that pin correctness and request
-// counts against a Key Manager emulator in each of pairwiseReadings (the
-// script's key-manager command takes them from KM_READINGS).
+// TestReadings runs the scripts that pin the key steps' correctness and the
+// migration's request count against a Key Manager emulator in each of
+// pairwiseReadings (the script's key-manager command takes them from
+// KM_READINGS; a script that pins one reading on its key-manager line keeps
+// it). migration_readings.txtar injects faults and kills the apply mid-way.
 func TestReadings(t *testing.T) {
 	for _, r := range pairwiseReadings {
 		r, err := r.Normalized()
@@ -49,6 +51,9 @@ func TestReadings(t *testing.T) {
 				Files: []string{
 					"../../testdata/scripts/migration_readings.txtar",
 					"../../testdata/scripts/migration_large_store.txtar",
+					"../../testdata/scripts/migration_deleted_names.txtar",
+					"../../testdata/scripts/verification_passes.txtar",
+					"../../testdata/scripts/enclave_identity_rollback.txtar",
 				},
 				RequireExplicitExec: true,
 				RequireUniqueNames:  true,
