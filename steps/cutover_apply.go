@@ -132,8 +132,10 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 		if err != nil {
 			return nil, err
 		}
-		if err := c.checkEnclaveHolds(ctx, r, e, facts.sseKey); err != nil {
-			return nil, err
+		if facts.sseKey != "" { // else the edit explains what is missing
+			if err := c.checkEnclaveHolds(ctx, r, e, facts.sseKey); err != nil {
+				return nil, err
+			}
 		}
 		defaultKey = facts.sseKey
 	}
