@@ -45,6 +45,13 @@ func backupName(i int, _ *envNode) string {
 	return fmt.Sprintf("node%d.env", i+1)
 }
 
+// Apply carries out the cutover: preflight (nothing changed yet), back up
+// and edit every node's file, restart every node at once and confirm. On
+// a failure it rolls back (on_failure = "rollback") or stops. It may be
+// run again on the same journal (resume): what the checkpoints record as
+// done is not done again, and a rollback that stopped part-way is
+// finished first. Errors: refusals (engine.ErrRefused) before any change;
+// otherwise the first failure, with what was undone.
 func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 	e, err := c.resolve(r)
 	if err != nil {
