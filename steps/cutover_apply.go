@@ -45,6 +45,13 @@ func backupName(i int, _ *envNode) string {
 	return fmt.Sprintf("node%d.env", i+1)
 }
 
+// Apply carries out the cutover: preflight (nothing changed yet), back up
+// and edit every node's file, restart every node at once and confirm. On
+// a failure it rolls back (on_failure = "rollback") or stops. It may be
+// run again on the same journal (resume): what the checkpoints record as
+// done is not done again, and a rollback that stopped part-way is
+// finished first. Errors: refusals (engine.ErrRefused) before any change;
+// otherwise the first failure, with what was undone.
 func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 	e, err := c.resolve(r)
 	if err != nil {
@@ -132,8 +139,10 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 		if err != nil {
 			return nil, err
 		}
-		if err := c.checkEnclaveHolds(ctx, r, e, facts.sseKey); err != nil {
-			return nil, err
+		if facts.sseKey != "" { // else the edit explains what is missing
+			if err := c.checkEnclaveHolds(ctx, r, e, facts.sseKey); err != nil {
+				return nil, err
+			}
 		}
 		defaultKey = facts.sseKey
 	}
