@@ -50,10 +50,10 @@ func TestCachePathsMatchBuildScript(t *testing.T) {
 		}
 		want[name] = value
 	}
-	if len(want) != 3 {
-		t.Fatalf("script printed %d lines, want 3:\n%s", len(want), out)
+	if len(want) != 4 {
+		t.Fatalf("script printed %d lines, want 4:\n%s", len(want), out)
 	}
-	for _, b := range []binary{binKES, binKES023, binMinIO} {
+	for _, b := range []binary{binKES, binKES023, binMinIO, binVault} {
 		got, err := cachePath(b)
 		if err != nil {
 			t.Fatal(err)
