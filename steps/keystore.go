@@ -64,10 +64,8 @@ func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File
 	if err != nil {
 		// KES's vault error holds Vault's answer but not the fix; the
 		// direct listing says which policy rule is missing.
-		if v, ok := conf.KeyStore.(*kesconf.VaultKeyStore); ok {
-			if _, verr := listVaultNames(ctx, v); verr != nil {
-				return nil, fmt.Errorf("list key store: %w", verr)
-			}
+		if verr := vaultListRefusal(ctx, conf); verr != nil {
+			return nil, fmt.Errorf("list key store: %w", verr)
 		}
 		return nil, fmt.Errorf("list key store: %w", err)
 	}

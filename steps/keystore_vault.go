@@ -233,6 +233,17 @@ func listVaultNames(ctx context.Context, conf *kesconf.VaultKeyStore) ([]string,
 	return names, nil
 }
 
+// vaultListRefusal lists a vault key store the way listVaultNames does and
+// returns its error: nil for a store of another kind or one that lists.
+func vaultListRefusal(ctx context.Context, conf *kesconf.File) error {
+	v, ok := conf.KeyStore.(*kesconf.VaultKeyStore)
+	if !ok {
+		return nil
+	}
+	_, err := listVaultNames(ctx, v)
+	return err
+}
+
 // vaultLoginError explains a failed login. Vault answers a wrong AppRole
 // role or secret id with 400 "invalid role or secret ID" (not 403).
 func vaultLoginError(conf *kesconf.VaultKeyStore, login vaultLogin, err error) error {
@@ -257,8 +268,12 @@ func vaultListError(conf *kesconf.VaultKeyStore, where string, login vaultLogin,
 	}
 	reason := vaultReason(strings.Join(re.Errors, "; "))
 	if re.StatusCode == http.StatusForbidden {
-		return fmt.Errorf("list %s/ at Vault %s: Vault answered 403: %s; the policy of the %s role in the KES config lacks the list capability on %s/: add the list capability on %s/ to that policy, e.g. path %q { capabilities = [\"list\"] }",
-			where, conf.Endpoint, reason, login.method, where, where, where+"/")
+		who := "the AppRole"
+		if login.method == "Kubernetes" {
+			who = "the Kubernetes auth role"
+		}
+		return fmt.Errorf("list %s/ at Vault %s: Vault answered 403: %s; the Vault policy of %s in the KES config lacks the list capability on %s/: add it to that policy, e.g. path %q { capabilities = [\"list\"] }",
+			where, conf.Endpoint, reason, who, where, where+"/")
 	}
 	return fmt.Errorf("list %s/ at Vault %s: Vault answered %d: %s", where, conf.Endpoint, re.StatusCode, reason)
 }

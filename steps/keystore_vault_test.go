@@ -1,14 +1,20 @@
 package steps
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/minio/kes/kesconf"
+
+	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
 func TestVaultListPath(t *testing.T) {
@@ -85,7 +91,7 @@ func TestVaultListErrorNamesTheFix(t *testing.T) {
 		Errors: []string{"1 error occurred:\n\t* permission denied\n\n"}}
 	got := vaultListError(conf, vaultListPath(conf), login, denied).Error()
 	for _, want := range []string{"list kv2/metadata/kes/ at Vault http://127.0.0.1:8200", "Vault answered 403: permission denied",
-		"lacks the list capability on kv2/metadata/kes/", `path "kv2/metadata/kes/" { capabilities = ["list"] }`} {
+		"the Vault policy of the AppRole in the KES config lacks the list capability on kv2/metadata/kes/", `path "kv2/metadata/kes/" { capabilities = ["list"] }`} {
 		if !strings.Contains(got, want) {
 			t.Errorf("403 error %q does not say %q", got, want)
 		}
@@ -115,5 +121,98 @@ func TestVaultReason(t *testing.T) {
 		if got := vaultReason(in); got != want {
 			t.Errorf("vaultReason(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// listVaultNames against a real Vault: kv v1 and v2 under a prefix, with a
+// folder below it, logging in with an AppRole as KES would; a policy without
+// list and a wrong secret id give Vault's reason and the fix.
+func TestListVaultNamesRealVault(t *testing.T) {
+	v := testenv.StartVault(t)
+	root, err := v.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, kv := range []testenv.VaultKV{testenv.VaultKV1, testenv.VaultKV2} {
+		t.Run(kv.Engine, func(t *testing.T) {
+			var want []string
+			for i := range 5 {
+				name := fmt.Sprintf("key-%d", i)
+				want = append(want, name)
+				put(t, root, kv, "team/kes/"+name)
+			}
+			put(t, root, kv, "team/kes/archive/old-key")
+			put(t, root, kv, "team/other/not-ours")
+			want = append(want, "archive/")
+			slices.Sort(want)
+
+			role, err := v.CreateAppRole(ctx, "list-"+kv.Engine, testenv.KESPolicy(kv, "team/kes", false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: kv.Engine, APIVersion: kv.Version, Prefix: "team/kes",
+				AppRole: &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: role.SecretID}}
+			got, err := listVaultNames(ctx, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("listed %q, want %q", got, want)
+			}
+
+			// an empty prefix lists nothing, without error
+			other, err := v.CreateAppRole(ctx, "empty-"+kv.Engine, testenv.KESPolicy(kv, "team/none", false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			empty := *conf
+			empty.Prefix = "team/none"
+			empty.AppRole = &kesconf.VaultAppRoleAuth{ID: other.RoleID, Secret: other.SecretID}
+			if names, err := listVaultNames(ctx, &empty); err != nil || len(names) != 0 {
+				t.Errorf("empty prefix: %q, %v", names, err)
+			}
+
+			noList, err := v.CreateAppRole(ctx, "nolist-"+kv.Engine, testenv.KESPolicy(kv, "team/kes", true))
+			if err != nil {
+				t.Fatal(err)
+			}
+			denied := *conf
+			denied.AppRole = &kesconf.VaultAppRoleAuth{ID: noList.RoleID, Secret: noList.SecretID}
+			_, err = listVaultNames(ctx, &denied)
+			where := vaultListPath(conf) + "/"
+			if err == nil || !strings.Contains(err.Error(), "Vault answered 403: permission denied") ||
+				!strings.Contains(err.Error(), fmt.Sprintf(`path %q { capabilities = ["list"] }`, where)) {
+				t.Errorf("policy without list: %v", err)
+			}
+			// the rule the error gives is the fix
+			if err := root.Sys().PutPolicyWithContext(ctx, noList.Name, noList.Policy+fmt.Sprintf("path %q { capabilities = [\"list\"] }\n", where)); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := listVaultNames(ctx, &denied); err != nil || !slices.Equal(got, want) {
+				t.Errorf("with the rule added: %q, %v", got, err)
+			}
+
+			wrong := *conf
+			wrong.AppRole = &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: "00000000-0000-0000-0000-000000000000"}
+			_, err = listVaultNames(ctx, &wrong)
+			if err == nil || !strings.Contains(err.Error(), "invalid role or secret ID") || strings.Contains(err.Error(), role.SecretID) {
+				t.Errorf("wrong secret id: %v", err)
+			}
+		})
+	}
+}
+
+// put writes a KES-shaped entry (field = last path element) at p in kv.
+func put(t *testing.T, c *vaultapi.Client, kv testenv.VaultKV, p string) {
+	t.Helper()
+	data := map[string]any{path.Base(p): "value"}
+	full := kv.Engine + "/" + p
+	if kv.Version == "v2" {
+		data = map[string]any{"data": data}
+		full = kv.Engine + "/data/" + p
+	}
+	if _, err := c.Logical().Write(full, data); err != nil {
+		t.Fatalf("write %s at Vault: %v", full, err)
 	}
 }
