@@ -103,7 +103,7 @@ func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File
 		if err := sameNames("the key store's listing", l.All, where, slices.Compact(direct)); err != nil {
 			return nil, err
 		}
-		l.Check = fmt.Sprintf("cross-checked by name against %s through the Vault API (%d entries)%s", where, len(direct), vaultCheckNote)
+		l.Check = fmt.Sprintf("cross-checked by name against %s through the Vault API (%d entries)", where, len(direct))
 	default:
 		// No independent means here: list again, so that a store that
 		// changes while it is read is at least caught.
@@ -168,7 +168,7 @@ func notKeyReason(fsDir, name string) string {
 	}
 	switch {
 	case strings.HasSuffix(name, "/"):
-		return "a folder below the key store's prefix (Vault lists sub-paths with a trailing '/'), not a key"
+		return "a folder below the key store's prefix, not a key: Vault lists sub-paths with a trailing '/'"
 	case strings.HasPrefix(name, "."):
 		return "a dot-file: KES refuses names with '.', so it never served it"
 	case strings.HasSuffix(name, "~"):

@@ -295,7 +295,3 @@ func vaultReason(s string) string {
 	}
 	return strings.Join(parts, "; ")
 }
-
-// vaultCheckNote is appended to the plan's account of a vault store's
-// cross-check.
-const vaultCheckNote = ""
