@@ -195,9 +195,12 @@ migration "keys" {
 
 # Documented step 7 compares two counts (which both stop at 1025 after kes
 # migrate, and agree). This proves equality instead: the source and target
-# name sets are the same, a data key generated at KES decrypts at the Key
-# Manager to the same bytes for every key, and every key the object store
-# refers to exists in the enclave.
+# name sets are the same; for every key, ciphertexts sealed under the key
+# store's material in each format MinIO may forward (raw; msgpack and JSON
+# for keys KES v0.22/v0.23 wrote) decrypt at the Key Manager to the same
+# bytes; the KES server serves that store (its complete name set, and data
+# keys it generates for a sample decrypt at the Key Manager); and every key
+# the object store refers to exists in the enclave.
 verification "keys" {
   source     = kes.legacy
   target     = enclave.primary

@@ -78,6 +78,7 @@ func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File
 
 	// The second, independent listing: one case per backend kind.
 	var fsDir string
+	var fsTypes map[string]fs.FileMode // directory entry types, without following symlinks
 	switch s := conf.KeyStore.(type) {
 	case *kesconf.FSKeyStore:
 		fsDir = s.Path
@@ -86,8 +87,10 @@ func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File
 			return nil, fmt.Errorf("cross-check key store directory: %w", err)
 		}
 		dir := make([]string, len(entries))
+		fsTypes = make(map[string]fs.FileMode, len(entries))
 		for i, e := range entries {
 			dir[i] = e.Name()
+			fsTypes[e.Name()] = e.Type()
 		}
 		slices.Sort(dir)
 		if err := sameNames("the key store's listing", l.All, "directory "+s.Path, dir); err != nil {
@@ -120,7 +123,7 @@ func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File
 	}
 
 	for _, n := range l.All {
-		if why := notKeyReason(fsDir, n); why != "" {
+		if why := notKeyReason(fsDir, fsTypes, n); why != "" {
 			l.NotKeys = append(l.NotKeys, problem{Name: n, Reason: why})
 		} else {
 			l.Keys = append(l.Keys, n)
@@ -147,9 +150,11 @@ func sameNames(whatA string, a []string, whatB string, b []string) error {
 
 // notKeyReason says why the entry name is not a key, or "" when it is one.
 // fsDir is the directory of an fs store ("" for other backends), where
-// directories and dangling symlinks are told apart by the file system.
-func notKeyReason(fsDir, name string) string {
-	if fsDir != "" {
+// directories and dangling symlinks are told apart by the file system;
+// types are its entries' types as the directory listing gave them (a
+// regular file needs no further look).
+func notKeyReason(fsDir string, types map[string]fs.FileMode, name string) string {
+	if t, ok := types[name]; fsDir != "" && (!ok || !t.IsRegular()) {
 		p := filepath.Join(fsDir, name)
 		info, err := os.Stat(p) // through a symlink, as KES's os.Open reads
 		switch {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	kesserver "github.com/minio/kes"
@@ -46,10 +47,13 @@ var (
 	_ engine.Validator  = (*verificationStep)(nil)
 )
 
-// The proofs a round trip can use. A data key generated at the KES server
-// and decrypted at the Key Manager proves that both hold the same key; where
-// no KES server is configured (a rehearsal), a ciphertext sealed here in
-// KES's format from the material in the key store stands in for it.
+// The proofs a key's checkpoint names (verification_proof.go). Every key is
+// proven by "local-seal": ciphertexts sealed here under the key store's
+// material, in each format MinIO may forward, decrypt at the Key Manager;
+// the checkpoint lists the formats and whether a data key the KES server
+// generated (on a sample) decrypted too. "kes-generate" is what attempts
+// before that design recorded (a data key of the KES server per key);
+// "mixed" is the result when a resumed run finds both.
 const (
 	proofKESGenerate = "kes-generate"
 	proofLocalSeal   = "local-seal"
@@ -278,11 +282,36 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 
 	// 1. The store, listed completely; its keys read, parsed and, for the
 	// keys to prove, sealed here in every format (verification_proof.go).
+	start := time.Now()
 	ks, listing, candidates, err := v.sourceNames(ctx, r, src)
 	if err != nil {
 		return err
 	}
 	defer ks.Close()
+
+	// The KES server's complete name set: listed meanwhile, since it costs
+	// the KES server (a read of its store per listing), not this side.
+	var kc *kes.Client
+	type servedNames struct {
+		names []string
+		err   error
+		took  time.Duration
+	}
+	servedc := make(chan servedNames, 1)
+	if src.HasServer() {
+		if kc, err = src.Client(r); err != nil {
+			return err
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			t0 := time.Now()
+			names, err := listKESServerGuided(lctx, func(ctx context.Context, prefix string) ([]string, string, error) {
+				return kc.ListKeys(ctx, prefix, 0)
+			}, listing.All)
+			servedc <- servedNames{names, err, time.Since(t0)}
+		}()
+	}
 	var allTarget []string
 	err = withRetry(ctx, func() error {
 		var err error
@@ -301,6 +330,7 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	if err != nil {
 		return err
 	}
+	r.Logf("read %d entries of the key store and sealed %d ciphertexts in %s", len(candidates), len(proofs), time.Since(start).Round(time.Millisecond))
 	source := candidates
 	if len(unparsable) > 0 {
 		_, source = verifyDiff(problemNames(unparsable), candidates)
@@ -318,29 +348,6 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		problems = append(problems, verifyNameSetMessage(srcAddr, enc.Name, missing, extra))
 	} else {
 		r.Logf("names: the %d key(s) matching %q are the same in the KES key store and enclave %s", len(source), v.pattern(), enc.Name)
-	}
-
-	// The KES server must serve the key store the config names: keys it
-	// holds beyond the store would be used by MinIO and never migrated.
-	var kc *kes.Client
-	if src.HasServer() {
-		if kc, err = src.Client(r); err != nil {
-			return err
-		}
-		served, err := listKESServer(ctx, func(ctx context.Context, prefix string) ([]string, string, error) {
-			return kc.ListKeys(ctx, prefix, 0)
-		})
-		if err != nil {
-			if errors.Is(err, kes.ErrNotAllowed) {
-				return fmt.Errorf("%w: use the KES admin API key, or one whose policy allows %s", err, kesPolicyPaths)
-			}
-			return err
-		}
-		if _, onlyServer := verifyDiff(verifyMatch(listing.All, v.pattern()), verifyMatch(served, v.pattern())); len(onlyServer) > 0 {
-			problems = append(problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", src.Endpoint(), len(onlyServer), src.ConfigFile(r), verifyNameList(onlyServer, verifyShown)))
-		} else {
-			r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store", len(verifyMatch(served, v.pattern())), v.pattern())
-		}
 	}
 
 	// 2. The proofs: a KES round trip on a sample, then every sealed
@@ -369,10 +376,12 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	total := int64(len(proofs))
 	var done atomic.Int64
 	r.Progress(0, total)
+	t0 := time.Now()
 	outcomes, err := decryptProofs(ctx, kmc, enc.Name, proofs, v.parallelism(), func(n int) { r.Progress(done.Add(int64(n)), total) })
 	if err != nil {
 		return err
 	}
+	r.Logf("the Key Manager decrypted %d ciphertexts, up to %d per request, in %s", len(proofs), verifyDecryptBatch, time.Since(t0).Round(time.Millisecond))
 	kps := judgeProofs(proofs, outcomes)
 	for _, p := range proofs {
 		clear(p.plaintext)
@@ -391,9 +400,11 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 			proven = append(proven, kp)
 		}
 	}
+	t0 = time.Now()
 	if err := checkpointProofs(ctx, r.Checkpoint, proven, kesProven, checkpointParallelism); err != nil {
 		return err
 	}
+	r.Logf("checkpointed %d proven keys in %s", len(proven), time.Since(t0).Round(time.Millisecond))
 	sort.Slice(failures, func(i, j int) bool { return failures[i].Name < failures[j].Name })
 	if msg := formatRefusalMessage(enc.Name, kps); msg != "" {
 		problems = append(problems, msg)
@@ -402,6 +413,24 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		problems = append(problems, verifyFailureMessage(enc.Name, failures))
 	}
 	tally := verifyCheckpointed(r)
+	// The KES server must serve the key store the config names: keys it
+	// holds beyond the store would be used by MinIO and never migrated.
+	if kc != nil {
+		res := <-servedc
+		served, err := res.names, res.err
+		if err != nil {
+			if errors.Is(err, kes.ErrNotAllowed) {
+				return fmt.Errorf("%w: use the KES admin API key, or one whose policy allows %s", err, kesPolicyPaths)
+			}
+			return err
+		}
+		if _, onlyServer := verifyDiff(verifyMatch(listing.All, v.pattern()), verifyMatch(served, v.pattern())); len(onlyServer) > 0 {
+			problems = append(problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", src.Endpoint(), len(onlyServer), src.ConfigFile(r), verifyNameList(onlyServer, verifyShown)))
+		} else {
+			r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s)", len(verifyMatch(served, v.pattern())), v.pattern(), res.took.Round(time.Millisecond))
+		}
+	}
+
 	common := verifyIntersect(source, target)
 	what := fmt.Sprintf("all %d keys", len(common))
 	if v.cfg.Sample != nil && len(sampled) < len(common) {
@@ -526,6 +555,9 @@ func verifyKESGenerate(ctx context.Context, kc *kes.Client, kmc *kms.Client, enc
 	if errors.Is(err, kes.ErrKeyNotFound) {
 		return fmt.Errorf("the KES server has no key %q although the key store named in its config does: is the server running with that config?", name)
 	}
+	if errors.Is(err, kes.ErrNotAllowed) {
+		return fmt.Errorf("generate a data key at KES: %w: use the KES admin API key, or one whose policy allows %s", err, kesPolicyPaths)
+	}
 	if err != nil {
 		return fmt.Errorf("generate a data key at KES: %w", err)
 	}
@@ -610,88 +642,6 @@ func verifyProofName(proofs map[string]int, planned string) string {
 		}
 	}
 	return proofMixed
-}
-
-// kesListFunc lists the keys of a KES server whose names start with prefix
-// ("*" for all), as its /v1/key/list API does: at most about 1024 names and
-// a continuation when there are more.
-type kesListFunc func(ctx context.Context, prefix string) (names []string, continueAt string, err error)
-
-// kesNameAlphabet is every character a KES key name may hold, in byte order.
-const kesNameAlphabet = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
-
-// listKESServer lists every key a KES server holds. Its listing API returns
-// about 1024 names for a prefix and, when there are more, the first name it
-// left out, as a "continuation" that kes-go and kes migrate pass back as a
-// prefix and so lose keys (DOMAIN.md). Here the names at or after that
-// continuation under the prefix are covered exactly by the continuation
-// itself (as a prefix) and, for each of its positions, the prefixes that
-// share it up to there and continue with a greater character; each of those
-// is listed the same way. The API takes no prefix ending in '-' nor the
-// prefix "_"; the first arises only below the second, and both are split by
-// their next character (up to 80 characters deep: at most about 5,000 small
-// listings, and only when more than 1024 names sort before '_').
-func listKESServer(ctx context.Context, list kesListFunc) ([]string, error) {
-	var out []string
-	var walk func(prefix string, depth int) error
-	walk = func(prefix string, depth int) error {
-		if len(prefix) >= 80 && (prefix == "_" || strings.HasSuffix(prefix, "-")) {
-			return nil // no key name is longer than 80 characters or ends in '-'
-		}
-		if depth > 100000 {
-			return fmt.Errorf("list keys of the KES server: the listing does not converge under %q", prefix)
-		}
-		if prefix == "_" || strings.HasSuffix(prefix, "-") {
-			// Not listable; no key has this name itself.
-			for _, c := range kesNameAlphabet {
-				if err := walk(prefix+string(c), depth+1); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		q := prefix
-		if q == "" {
-			q = "*"
-		}
-		var names []string
-		var next string
-		err := withRetry(ctx, func() error {
-			var err error
-			names, next, err = list(ctx, q)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("list keys of the KES server under %q: %w", q, err)
-		}
-		out = append(out, names...)
-		if next == "" {
-			return nil
-		}
-		if !strings.HasPrefix(next, prefix) || len(next) <= len(prefix) || (len(names) > 0 && next <= names[len(names)-1]) {
-			return fmt.Errorf("list keys of the KES server under %q: unexpected continuation %q", q, next)
-		}
-		// The names at or after next that start with prefix.
-		if err := walk(next, depth+1); err != nil {
-			return err
-		}
-		for i := len(next) - 1; i >= len(prefix); i-- {
-			for _, c := range kesNameAlphabet {
-				if byte(c) <= next[i] {
-					continue
-				}
-				if err := walk(next[:i]+string(c), depth+1); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}
-	if err := walk("", 0); err != nil {
-		return nil, err
-	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
 }
 
 // verifyDiff returns the names in source but not in target (missing) and in

@@ -286,6 +286,11 @@ func kesSample(names []string, n int) []string {
 	return verifySample(names, n, seed)
 }
 
+// readParallelism bounds the key store reads in flight: a few keep the
+// disk and the CPUs busy; more only add threads blocked in system calls
+// (an fs read is an open, a read and a close).
+const readParallelism = 8
+
 // checkpointParallelism bounds the checkpoints appended at once: enough to
 // share the journal's group commit.
 const checkpointParallelism = 128
@@ -300,7 +305,7 @@ func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStor
 		unparsable []problem
 		proofs     []sealedProof
 	)
-	err := forEach(ctx, checkpointParallelism, len(names), func(ctx context.Context, i int) error {
+	err := forEach(ctx, readParallelism, len(names), func(ctx context.Context, i int) error {
 		name := names[i]
 		var raw []byte
 		err := withRetry(ctx, func() error {

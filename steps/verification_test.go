@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -332,4 +333,101 @@ func TestListKESServerRandom(t *testing.T) {
 			t.Fatalf("round %d (page %d): missing %q, extra %q", round, page, missing, extra)
 		}
 	}
+}
+
+// TestListKESServerGuided lists random stores completely whatever the
+// guide says (the store's names, some missing, some extra), including
+// servers that also list names KES refuses (an fs store's lost+found).
+func TestListKESServerGuided(t *testing.T) {
+	rng := mrand.New(mrand.NewPCG(3, 4))
+	for round := range 300 {
+		seen := map[string]bool{}
+		var all []string
+		for range rng.IntN(400) {
+			n := 1 + rng.IntN(6)
+			b := make([]byte, n)
+			for i := range b {
+				b[i] = kesNameAlphabet[rng.IntN(len(kesNameAlphabet))]
+			}
+			name := string(b)
+			if name[0] == '-' || name[n-1] == '-' || name == "_" || seen[name] {
+				continue
+			}
+			seen[name] = true
+			all = append(all, name)
+		}
+		server := append(slices.Clone(all), "lost+found", ".gitkeep", "key~", "a.b")
+		var guide []string
+		for _, n := range all {
+			if rng.IntN(4) != 0 {
+				guide = append(guide, n)
+			}
+		}
+		for range rng.IntN(20) {
+			guide = append(guide, fmt.Sprintf("g%d", rng.IntN(1000)))
+		}
+		slices.Sort(guide)
+		guide = slices.Compact(guide)
+		page := 1 + rng.IntN(20)
+		calls := 0
+		got, err := listKESServerGuided(context.Background(), fakeKESList(server, page, &calls), guide)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		var valid []string
+		for _, n := range got {
+			if !slices.Contains(server, n) {
+				t.Fatalf("round %d: listed %q, which the server does not hold", round, n)
+			}
+			if kesValidName(n) {
+				valid = append(valid, n)
+			}
+		}
+		want := slices.Clone(all)
+		slices.Sort(want)
+		if !slices.Equal(valid, want) {
+			missing, extra := verifyDiff(want, valid)
+			t.Fatalf("round %d (page %d): missing %q, extra %q", round, page, missing, extra)
+		}
+	}
+}
+
+// TestListKESServerGuidedListings: guided by the store's names, a large
+// store takes one listing per 1024 names, plus one per name character that
+// no name uses at each crowded level (each must be seen empty), and no
+// listing twice, although they run in parallel.
+func TestListKESServerGuidedListings(t *testing.T) {
+	var all []string
+	for i := range 20000 {
+		all = append(all, fmt.Sprintf("fs-%06d", i))
+	}
+	all = append(all, "minio-default-key", "lost+found")
+	slices.Sort(all)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	calls := 0
+	inner := fakeKESList(all, 1024, &calls)
+	got, err := listKESServerGuided(context.Background(), func(ctx context.Context, q string) ([]string, string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[q]++
+		return inner(ctx, q)
+	}, all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(all) {
+		t.Fatalf("listed %d names, want %d", len(got), len(all))
+	}
+	for q, n := range seen {
+		if n > 1 {
+			t.Errorf("listed %q %d times", q, n)
+		}
+	}
+	// 20 prefixes fs-000..fs-019, and the unused characters after them at
+	// the levels "", "f", "fs", "fs-0", "fs-00" and "fs-01".
+	if max := 20 + 6*len(kesNameAlphabet); calls > max {
+		t.Errorf("%d listings for %d names, want at most %d", calls, len(all), max)
+	}
+	t.Logf("%d names in %d listings", len(got), calls)
 }

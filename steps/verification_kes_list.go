@@ -1,0 +1,311 @@
+package steps
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// kesListFunc lists the keys of a KES server whose names start with prefix
+// ("*" for all), as its /v1/key/list API does: at most about 1024 names and
+// a continuation when there are more.
+type kesListFunc func(ctx context.Context, prefix string) (names []string, continueAt string, err error)
+
+// kesNameAlphabet is every character a KES key name may hold, in byte order.
+const kesNameAlphabet = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+
+// listKESServer lists every key a KES server holds. Its listing API returns
+// about 1024 names for a prefix and, when there are more, the first name it
+// left out, as a "continuation" that kes-go and kes migrate pass back as a
+// prefix and so lose keys (DOMAIN.md). Here the names at or after that
+// continuation under the prefix are covered exactly by the continuation
+// itself (as a prefix) and, for each of its positions, the prefixes that
+// share it up to there and continue with a greater character; each of those
+// is listed the same way. The API takes no prefix ending in '-' nor the
+// prefix "_"; the first arises only below the second, and both are split by
+// their next character (up to 80 characters deep: at most about 5,000 small
+// listings, and only when more than 1024 names sort before '_').
+func listKESServer(ctx context.Context, list kesListFunc) ([]string, error) {
+	var out []string
+	if err := kesWalk(ctx, list, "", &out); err != nil {
+		return nil, err
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// kesWalk appends to out every name under prefix, as listKESServer
+// describes.
+func kesWalk(ctx context.Context, list kesListFunc, prefix string, out *[]string) error {
+	var walk func(prefix string, depth int) error
+	walk = func(prefix string, depth int) error {
+		if len(prefix) >= 80 && (prefix == "_" || strings.HasSuffix(prefix, "-")) {
+			return nil // no key name is longer than 80 characters or ends in '-'
+		}
+		if depth > 100000 {
+			return fmt.Errorf("list keys of the KES server: the listing does not converge under %q", prefix)
+		}
+		if prefix == "_" || strings.HasSuffix(prefix, "-") {
+			// Not listable; no key has this name itself.
+			for _, c := range kesNameAlphabet {
+				if err := walk(prefix+string(c), depth+1); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		q := prefix
+		if q == "" {
+			q = "*"
+		}
+		var names []string
+		var next string
+		err := withRetry(ctx, func() error {
+			var err error
+			names, next, err = list(ctx, q)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("list keys of the KES server under %q: %w", q, err)
+		}
+		*out = append(*out, names...)
+		if next == "" {
+			return nil
+		}
+		if !strings.HasPrefix(next, prefix) || len(next) <= len(prefix) || (len(names) > 0 && next <= names[len(names)-1]) {
+			return fmt.Errorf("list keys of the KES server under %q: unexpected continuation %q", q, next)
+		}
+		// The names at or after next that start with prefix.
+		if err := walk(next, depth+1); err != nil {
+			return err
+		}
+		for i := len(next) - 1; i >= len(prefix); i-- {
+			for _, c := range kesNameAlphabet {
+				if byte(c) <= next[i] {
+					continue
+				}
+				if err := walk(next[:i]+string(c), depth+1); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return walk(prefix, 0)
+}
+
+// kesGuidedFew bounds the expected names that a guided listing may return
+// again: the shorter a prefix, the further one listing reaches, but the
+// more names it may repeat.
+const kesGuidedFew = 256
+
+// listKESServerGuided lists every key a KES server holds, like
+// listKESServer, in about one listing per 1024 names: the KES server reads
+// and sorts its whole store for every listing (DOMAIN.md C), so at 100,000
+// keys the number of listings is what costs.
+//
+// A listing under prefix P that answers names and continuation C proves
+// the server's names in [P, C) are exactly those (every string between P
+// and C starts with P); one that answers no continuation proves every name
+// that starts with P. The listing walks a cursor over the name space: the
+// next prefix is the shortest listable prefix of the cursor under which
+// expected (sorted; the key store's names) puts few names before the
+// cursor, so that most of what it answers is new. expected only guides the
+// choice: a server holding other names is listed just as completely, with
+// more listings. Between one prefix's names and the next cursor lie only
+// strings with a character KES refuses in names, which no key can have.
+func listKESServerGuided(ctx context.Context, list kesListFunc, expected []string) ([]string, error) {
+	// The listings the walk will ask for if the server holds exactly the
+	// expected names are known in advance: they are asked for in parallel
+	// (the KES server's cost per listing is CPU, and it has several), and
+	// the walk then takes their answers, asking only for what differs.
+	var planned []string
+	if _, err := kesCursorWalk(ctx, func(_ context.Context, q string) ([]string, string, error) {
+		planned = append(planned, q)
+		return kesListSorted(expected, q)
+	}, expected); err != nil {
+		return nil, err
+	}
+	type answer struct {
+		names []string
+		next  string
+	}
+	answers := make([]answer, len(planned))
+	err := forEach(ctx, kesListParallelism, len(planned), func(ctx context.Context, i int) error {
+		return withRetry(ctx, func() error {
+			var err error
+			answers[i].names, answers[i].next, err = list(ctx, planned[i])
+			return err
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list keys of the KES server: %w", err)
+	}
+	cache := make(map[string]answer, len(planned))
+	for i, q := range planned {
+		cache[q] = answers[i]
+	}
+	return kesCursorWalk(ctx, func(ctx context.Context, q string) ([]string, string, error) {
+		if a, ok := cache[q]; ok {
+			delete(cache, q)
+			return a.names, a.next, nil
+		}
+		return list(ctx, q)
+	}, expected)
+}
+
+// kesListParallelism bounds the listings asked of the KES server at once.
+const kesListParallelism = 4
+
+// kesListSorted answers a listing as KES's listing helper does
+// (internal/keystore.List, called with n < 0) from sorted names.
+func kesListSorted(sorted []string, q string) ([]string, string, error) {
+	const page = 1024
+	prefix := q
+	if q == "*" {
+		prefix = ""
+	}
+	i := sort.SearchStrings(sorted, prefix)
+	j := i
+	for j < len(sorted) && strings.HasPrefix(sorted[j], prefix) && j-i < page {
+		j++
+	}
+	if j < len(sorted) && strings.HasPrefix(sorted[j], prefix) {
+		return sorted[i:j], sorted[j], nil
+	}
+	return sorted[i:j], "", nil
+}
+
+// kesCursorWalk is listKESServerGuided's walk over the name space, asking
+// list for each listing.
+func kesCursorWalk(ctx context.Context, list kesListFunc, expected []string) ([]string, error) {
+	var out []string
+	call := func(q string) ([]string, string, error) {
+		var names []string
+		var next string
+		err := withRetry(ctx, func() error {
+			var err error
+			names, next, err = list(ctx, q)
+			return err
+		})
+		if err != nil {
+			return nil, "", fmt.Errorf("list keys of the KES server under %q: %w", q, err)
+		}
+		return names, next, nil
+	}
+	names, cursor, err := call("*")
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, names...)
+	for cursor != "" {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		at := sort.SearchStrings(expected, cursor)
+		moved := false
+		longest, tried := "", ""
+		try := func(p string) error {
+			tried = p
+			names, next, err := call(p)
+			if err != nil {
+				return err
+			}
+			switch {
+			case next == "":
+				out = append(out, names...)
+				cursor, moved = kesNextAfter(p), true
+			case next > cursor:
+				if !strings.HasPrefix(next, p) {
+					return fmt.Errorf("list keys of the KES server under %q: unexpected continuation %q", p, next)
+				}
+				out = append(out, names...)
+				cursor, moved = next, true
+			}
+			return nil
+		}
+		for k := 1; k <= len(cursor) && !moved; k++ {
+			p := cursor[:k]
+			if !kesListable(p) {
+				continue
+			}
+			longest = p
+			if at-sort.SearchStrings(expected, p) > kesGuidedFew {
+				continue
+			}
+			if err := try(p); err != nil {
+				return nil, err
+			}
+		}
+		if !moved && longest != "" && longest != tried {
+			if err := try(longest); err != nil {
+				return nil, err
+			}
+		}
+		if moved {
+			continue
+		}
+		// No listable prefix of the cursor moves it: list exhaustively the
+		// names that start with the cursor when KES names can (it is "_" or
+		// ends in '-'), or with its longest listable part (it holds a
+		// character KES refuses), then move past them.
+		part := longest
+		if kesNameChars(cursor) {
+			part = cursor
+		}
+		if part == "" {
+			cursor = kesNextAfter(cursor[:1])
+			continue
+		}
+		if err := kesWalk(ctx, list, part, &out); err != nil {
+			return nil, err
+		}
+		cursor = kesNextAfter(part)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// kesNameChars reports whether s holds only characters KES key names may.
+func kesNameChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !strings.ContainsRune(kesNameAlphabet, rune(s[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+// kesListable reports whether KES's listing API takes p as a prefix
+// (auth.go validPattern, without its '*').
+func kesListable(p string) bool {
+	if p == "" || p == "_" || len(p) > 80 {
+		return false
+	}
+	last := len(p) - 1
+	for i, c := range p {
+		switch {
+		case c >= '0' && c <= '9', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c == '_':
+		case c == '-' && i > 0 && i < last:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// kesNextAfter is the smallest string of KES name characters greater than
+// every string that starts with p, or "" when there is none. The strings
+// between p's names and it all hold a character KES refuses in names.
+func kesNextAfter(p string) string {
+	for len(p) > 0 {
+		last := p[len(p)-1]
+		p = p[:len(p)-1]
+		if i := strings.IndexFunc(kesNameAlphabet, func(r rune) bool { return byte(r) > last }); i >= 0 {
+			return p + kesNameAlphabet[i:i+1]
+		}
+	}
+	return ""
+}
