@@ -139,7 +139,7 @@ func TestVaultReason(t *testing.T) {
 // folder below it, logging in with an AppRole as KES would; a policy without
 // list and a wrong secret id give Vault's reason and the fix.
 func TestListVaultNamesRealVault(t *testing.T) {
-	v := testenv.StartVault(t)
+	v := testenv.StartVault(t, testenv.VaultOptions{})
 	root, err := v.Client()
 	if err != nil {
 		t.Fatal(err)
@@ -225,5 +225,36 @@ func put(t *testing.T, c *vaultapi.Client, kv testenv.VaultKV, p string) {
 	}
 	if _, err := c.Logical().Write(full, data); err != nil {
 		t.Fatalf("write %s at Vault: %v", full, err)
+	}
+}
+
+// Vault over TLS: the listing trusts the CA the KES config names, and the
+// operator's VAULT_* variables change nothing (VAULT_SKIP_VERIFY must not
+// turn verification off, VAULT_TOKEN and VAULT_NAMESPACE must not be sent).
+func TestListVaultNamesTLS(t *testing.T) {
+	v := testenv.StartVault(t, testenv.VaultOptions{TLS: true})
+	root, err := v.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, root, testenv.VaultKV1, "kes/key-1")
+	role, err := v.CreateAppRole(context.Background(), "tls", testenv.KESPolicy(testenv.VaultKV1, "kes", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VAULT_SKIP_VERIFY", "true")
+	t.Setenv("VAULT_TOKEN", "not-a-token")
+	t.Setenv("VAULT_NAMESPACE", "no-such-namespace")
+	t.Setenv("VAULT_ADDR", "http://127.0.0.1:1")
+	conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: "kv1", Prefix: "kes", CAPath: v.CAFile,
+		AppRole: &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: role.SecretID}}
+	got, err := listVaultNames(context.Background(), conf)
+	if err != nil || !slices.Equal(got, []string{"key-1"}) {
+		t.Fatalf("over TLS with the CA: %q, %v", got, err)
+	}
+	noCA := *conf
+	noCA.CAPath = ""
+	if _, err := listVaultNames(context.Background(), &noCA); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("over TLS without the CA, VAULT_SKIP_VERIFY set: %v; want a certificate error", err)
 	}
 }

@@ -288,7 +288,7 @@ func cmdVaultServer(ts *testscript.TestScript, neg bool, args []string) {
 	if st.vault != nil {
 		ts.Fatalf("vault-server: this script already started Vault")
 	}
-	v, err := startVault(scriptTB{ts})
+	v, err := startVault(scriptTB{ts}, VaultOptions{})
 	if err != nil {
 		ts.Fatalf("vault-server: %v", err)
 	}

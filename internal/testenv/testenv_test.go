@@ -107,6 +107,12 @@ func TestMissingBinaryFails(t *testing.T) {
 	if !strings.Contains(msg, "not in the build cache") || !strings.Contains(msg, "scripts/build-real-servers.sh") {
 		t.Fatalf("StartMinIO with an empty cache: Fatalf(%q)", msg)
 	}
+
+	t.Setenv("RUNBOOK_VAULT_BIN", filepath.Join(t.TempDir(), "no-such-vault"))
+	msg = runFatal(t, func(tb TB) { StartVault(tb, VaultOptions{}) })
+	if !strings.Contains(msg, "RUNBOOK_VAULT_BIN") || !strings.Contains(msg, "scripts/build-real-servers.sh") {
+		t.Fatalf("StartVault with a missing binary: Fatalf(%q)", msg)
+	}
 }
 
 // A server that cannot start fails with its log tail.

@@ -23,7 +23,8 @@ import (
 // their keys in Vault (DOMAIN.md E).
 type Vault struct {
 	Version   string // VaultVersion
-	URL       string // http://127.0.0.1:PORT
+	URL       string // http://127.0.0.1:PORT (https with VaultOptions.TLS)
+	CAFile    string // with VaultOptions.TLS: the CA of Vault's certificate
 	RootToken string // the dev root token: test-only, for setting Vault up
 	LogFile   string
 	Dir       string
@@ -42,18 +43,25 @@ var (
 	VaultKV2 = VaultKV{Engine: "kv2", Version: "v2"}
 )
 
+// VaultOptions configures StartVault.
+type VaultOptions struct {
+	// TLS serves HTTPS with a CA of Vault's own (dev mode's -dev-tls),
+	// whose certificate is then in Vault.CAFile.
+	TLS bool
+}
+
 // StartVault starts a real Vault server and stops it when the test ends. It
 // fails the test if the server cannot start or be set up.
-func StartVault(t TB) *Vault {
+func StartVault(t TB, opts VaultOptions) *Vault {
 	t.Helper()
-	v, err := startVault(t)
+	v, err := startVault(t, opts)
 	if err != nil {
 		t.Fatalf("testenv: StartVault: %v", err)
 	}
 	return v
 }
 
-func startVault(t TB) (*Vault, error) {
+func startVault(t TB, opts VaultOptions) (*Vault, error) {
 	bin, err := findBinary(binVault)
 	if err != nil {
 		return nil, err
@@ -79,14 +87,24 @@ func startVault(t TB) (*Vault, error) {
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(port)
 		v.URL = "http://" + addr
+		args := []string{"server", "-dev", "-dev-root-token-id=" + v.RootToken,
+			"-dev-listen-address=" + addr, "-dev-no-store-token", "-log-level=warn"}
+		if opts.TLS {
+			tlsDir := filepath.Join(dir, "tls")
+			if err := os.MkdirAll(tlsDir, 0o700); err != nil {
+				return err
+			}
+			v.URL = "https://" + addr
+			v.CAFile = filepath.Join(tlsDir, "vault-ca.pem")
+			args = append(args, "-dev-tls", "-dev-tls-cert-dir="+tlsDir)
+		}
 		// HOME: dev mode would write ~/.vault-token without
 		// -dev-no-store-token; keep Vault out of the real home anyway.
 		env := append(baseEnv("VAULT_", "HOME="), "HOME="+dir)
 		v.proc, err = startProcess(procSpec{
-			name: "vault " + binVault.version,
-			path: bin,
-			args: []string{"server", "-dev", "-dev-root-token-id=" + v.RootToken,
-				"-dev-listen-address=" + addr, "-dev-no-store-token", "-log-level=warn"},
+			name:    "vault " + binVault.version,
+			path:    bin,
+			args:    args,
 			env:     env,
 			dir:     dir,
 			logFile: v.LogFile,
@@ -97,7 +115,11 @@ func startVault(t TB) (*Vault, error) {
 				if err != nil {
 					return err
 				}
-				resp, err := http.DefaultClient.Do(req)
+				hc, err := v.httpClient() // the CA appears once Vault has started
+				if err != nil {
+					return err
+				}
+				resp, err := hc.Do(req)
 				if err != nil {
 					return err
 				}
@@ -149,10 +171,26 @@ func (v *Vault) setUp(ctx context.Context) error {
 	return nil
 }
 
+// httpClient trusts CAFile, if any.
+func (v *Vault) httpClient() (*http.Client, error) {
+	if v.CAFile == "" {
+		return &http.Client{Timeout: time.Minute}, nil
+	}
+	conf, err := clientTLS(v.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: conf}}, nil
+}
+
 // Client returns a Vault API client with the root token. It reads no
 // VAULT_* variable of the test's environment.
 func (v *Vault) Client() (*vaultapi.Client, error) {
-	c, err := vaultapi.NewClient(&vaultapi.Config{Address: v.URL, HttpClient: &http.Client{Timeout: time.Minute}})
+	hc, err := v.httpClient()
+	if err != nil {
+		return nil, err
+	}
+	c, err := vaultapi.NewClient(&vaultapi.Config{Address: v.URL, HttpClient: hc})
 	if err != nil {
 		return nil, err
 	}
