@@ -244,6 +244,31 @@ func vaultListRefusal(ctx context.Context, conf *kesconf.File) error {
 	return err
 }
 
+// vaultEntryProblems are the errors of KES v0.24's vault store Get
+// (internal/keystore/vault.Store.Get) that are properties of one entry, not
+// failures to read the store: KES cannot read such an entry, so it never
+// served it, and no object can be sealed under it.
+var vaultEntryProblems = []struct{ text, reason string }{
+	{"entry exists but no secret key is present", "a Vault entry with no field named after it, the field KES reads: KES cannot read it"},
+	{"invalid K/V format", "a Vault entry whose value is not a string: KES cannot read it"},
+	{"key is encrypted with vault transit key", "sealed with a Vault transit key, and the KES config names none: KES cannot read it"},
+}
+
+// unreadableEntryReason says why a key store read failed because of the
+// entry itself (see vaultEntryProblems), or "" for any other failure,
+// which stops the step.
+func unreadableEntryReason(err error) string {
+	if err == nil {
+		return ""
+	}
+	for _, p := range vaultEntryProblems {
+		if strings.Contains(err.Error(), p.text) {
+			return p.reason
+		}
+	}
+	return ""
+}
+
 // vaultLoginError explains a failed login. Vault answers a wrong AppRole
 // role or secret id with 400 "invalid role or secret ID" (not 403).
 func vaultLoginError(conf *kesconf.VaultKeyStore, login vaultLogin, err error) error {

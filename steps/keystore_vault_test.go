@@ -121,6 +121,26 @@ func TestVaultFolderIsNotAKey(t *testing.T) {
 	}
 }
 
+// The errors of KES's vault Get that are about one entry: the entry is
+// named and never migrated; any other error stops the step.
+func TestUnreadableEntryReason(t *testing.T) {
+	for err, want := range map[error]string{
+		errors.New("vault: failed to read 'kes/stray': entry exists but no secret key is present"): "no field named after it",
+		errors.New("vault: failed to read 'kes/x': invalid K/V format"):                            "not a string",
+		errors.New("vault: failed to read 'kes/x': key is encrypted with vault transit key"):       "transit key",
+		errors.New("vault: failed to read 'kes/x': Error making API request. Code: 403"):           "",
+		errors.New("dial tcp 127.0.0.1:8200: connection refused"):                                  "",
+	} {
+		got := unreadableEntryReason(err)
+		if (want == "") != (got == "") || !strings.Contains(got, want) {
+			t.Errorf("unreadableEntryReason(%v) = %q, want it to say %q", err, got, want)
+		}
+	}
+	if unreadableEntryReason(nil) != "" {
+		t.Error("unreadableEntryReason(nil) is not empty")
+	}
+}
+
 func TestVaultReason(t *testing.T) {
 	for in, want := range map[string]string{
 		"1 error occurred:\n\t* permission denied\n\n": "permission denied",

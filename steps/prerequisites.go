@@ -517,6 +517,9 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore,
 			return 0, "", err
 		}
 		raw, err := ks.Get(ctx, name)
+		if unreadableEntryReason(err) != "" {
+			continue // KES cannot read it either: migration names it
+		}
 		if err != nil {
 			return 0, "", fmt.Errorf("snapshot key %q: %w", name, err)
 		}
