@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	kesserver "github.com/minio/kes"
 	"github.com/minio/kes/kesconf"
 
 	"github.com/runbook-dev/runbook/internal/testenv"
@@ -277,4 +278,65 @@ func TestListVaultNamesTLS(t *testing.T) {
 	if _, err := listVaultNames(context.Background(), &noCA); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("over TLS without the CA, VAULT_SKIP_VERIFY set: %v; want a certificate error", err)
 	}
+}
+
+// listKeyStore on KES's own vault store against a real Vault: the listing
+// is cross-checked through the Vault API, a folder is not a key, and a key
+// created between KES's listing and Vault's is a refusal that names it.
+func TestListKeyStoreVault(t *testing.T) {
+	v := testenv.StartVault(t, testenv.VaultOptions{})
+	ctx := context.Background()
+	role, err := v.CreateAppRole(ctx, "kes", testenv.KESPolicy(testenv.VaultKV2, "kes", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: "kv2", APIVersion: "v2", Prefix: "kes",
+		AppRole: &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: role.SecretID}}
+	ks, err := conf.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	for _, name := range []string{"key-1", "key-2"} {
+		if err := ks.Create(ctx, name, []byte("material")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root, err := v.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, root, testenv.VaultKV2, "kes/archive/old")
+
+	l, err := listKeyStore(ctx, ks, &kesconf.File{KeyStore: conf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(l.Keys, []string{"key-1", "key-2"}) || len(l.NotKeys) != 1 || l.NotKeys[0].Name != "archive/" {
+		t.Errorf("keys %q, not keys %+v", l.Keys, l.NotKeys)
+	}
+	if !strings.Contains(l.Check, "cross-checked by name against Vault's own listing of kv2/metadata/kes/ through the Vault API (3 entries)") {
+		t.Errorf("check: %q", l.Check)
+	}
+
+	// a key created while the store is read
+	_, err = listKeyStore(ctx, createAfterList{ks, "key-3"}, &kesconf.File{KeyStore: conf})
+	if err == nil || !strings.Contains(err.Error(), "only in Vault's own listing of kv2/metadata/kes/: key-3") {
+		t.Errorf("a key created between the two listings: %v", err)
+	}
+}
+
+// createAfterList is a KES key store whose List creates a key once it has
+// listed: a key created at KES while the runbook reads the store.
+type createAfterList struct {
+	kesserver.KeyStore
+	name string
+}
+
+func (c createAfterList) List(ctx context.Context, prefix string, n int) ([]string, string, error) {
+	names, next, err := c.KeyStore.List(ctx, prefix, n)
+	if err == nil {
+		err = c.KeyStore.Create(ctx, c.name, []byte("material"))
+	}
+	return names, next, err
 }
