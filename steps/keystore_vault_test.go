@@ -15,6 +15,7 @@ import (
 	kesserver "github.com/minio/kes"
 	"github.com/minio/kes/kesconf"
 
+	"github.com/runbook-dev/runbook/internal/kescrypto"
 	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
@@ -339,4 +340,78 @@ func (c createAfterList) List(ctx context.Context, prefix string, n int) ([]stri
 		err = c.KeyStore.Create(ctx, c.name, []byte("material"))
 	}
 	return names, next, err
+}
+
+// A store whose entries KES sealed with a Vault transit key: read through
+// the config's transit key they are keys; read with a config that names no
+// transit key, each is named as an entry KES cannot read (never a failure
+// of the step).
+func TestVaultTransitEntries(t *testing.T) {
+	v := testenv.StartVault(t, testenv.VaultOptions{})
+	ctx := context.Background()
+	root, err := v.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().MountWithContext(ctx, "transit", &vaultapi.MountInput{Type: "transit"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Logical().WriteWithContext(ctx, "transit/keys/kes", nil); err != nil {
+		t.Fatal(err)
+	}
+	policy := testenv.KESPolicy(testenv.VaultKV1, "kes", false) +
+		"path \"transit/encrypt/kes\" {\n  capabilities = [\"update\"]\n}\npath \"transit/decrypt/kes\" {\n  capabilities = [\"update\"]\n}\n"
+	role, err := v.CreateAppRole(ctx, "transit", policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: "kv1", Prefix: "kes",
+		AppRole: &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: role.SecretID},
+		Transit: &kesconf.VaultTransit{KeyName: "kes"}}
+	ks, err := conf.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), HMAC: make([]byte, 32)}
+	raw, err := k.MarshalV024()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.Create(ctx, "sealed-key", raw); err != nil {
+		t.Fatal(err)
+	}
+	s, err := root.Logical().ReadWithContext(ctx, "kv1/kes/sealed-key")
+	if err != nil || s == nil {
+		t.Fatalf("read the raw entry: %v", err)
+	}
+	if stored, _ := s.Data["sealed-key"].(string); !strings.HasPrefix(stored, "vault:v1:") {
+		t.Fatalf("the entry is not transit-sealed: %.20q", stored)
+	}
+
+	src, err := newSourceSet(ks, &kesconf.File{KeyStore: conf}, &storeListing{All: []string{"sealed-key"}, Keys: []string{"sealed-key"}}, "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := src.readEntry(ctx, "sealed-key")
+	if err != nil || e.class != entryOK {
+		t.Fatalf("with the transit key: %+v, %v", e, err)
+	}
+	e.wipe()
+
+	plain := *conf
+	plain.Transit = nil
+	ks2, err := plain.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks2.Close()
+	src2, err := newSourceSet(ks2, &kesconf.File{KeyStore: &plain}, &storeListing{All: []string{"sealed-key"}, Keys: []string{"sealed-key"}}, "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err = src2.readEntry(ctx, "sealed-key")
+	if err != nil || e.class != entryUnparsable || !strings.Contains(e.reason, "transit key") {
+		t.Fatalf("without the transit key: %+v, %v", e, err)
+	}
 }
