@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"net/http"
 	"os"
 	"slices"
@@ -10,6 +11,8 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
 // Script commands for the vault key store scripts (keystore_vault_*.txtar),
@@ -46,7 +49,13 @@ func vaultRoot(ts *testscript.TestScript) *vaultapi.Client {
 	if url == "" || token == "" {
 		ts.Fatalf("run vault-server first")
 	}
-	c, err := vaultapi.NewClient(&vaultapi.Config{Address: url, HttpClient: &http.Client{Timeout: time.Minute}})
+	hc := &http.Client{Timeout: time.Minute}
+	if ca := ts.Getenv("VAULT_CA"); ca != "" {
+		pool, err := testenv.CertPool(ca)
+		ts.Check(err)
+		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	}
+	c, err := vaultapi.NewClient(&vaultapi.Config{Address: url, HttpClient: hc})
 	ts.Check(err)
 	c.ClearNamespace()
 	c.SetToken(token)

@@ -32,10 +32,12 @@ import (
 //	    list capability if -vault-no-list; sets PREFIX_VAULT_ROLE_ID and
 //	    PREFIX_VAULT_SECRET_ID (the AppRole's credentials) and no
 //	    PREFIX_KEYSTORE.
-//	vault-server
-//	    a real HashiCorp Vault in dev mode on loopback (plain HTTP), kv v1
-//	    mounted at kv1/, kv v2 at kv2/, AppRole auth enabled; sets
-//	    VAULT_URL, VAULT_ROOT_TOKEN (test-only) and VAULT_LOG.
+//	vault-server [-tls]
+//	    a real HashiCorp Vault in dev mode on loopback (plain HTTP, or with
+//	    -tls HTTPS with a CA of its own, which KES configs then trust), kv
+//	    v1 mounted at kv1/, kv v2 at kv2/, AppRole auth enabled; sets
+//	    VAULT_URL, VAULT_CA (with -tls), VAULT_ROOT_TOKEN (test-only) and
+//	    VAULT_LOG.
 //	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F] [-fault-refuse-format msgpack|json] [-netns]
 //	    the Key Manager emulator (with -netns a child process, runbook
 //	    emulate key-manager, inside the test host); sets KM_SERVER (https
@@ -283,17 +285,19 @@ func cmdMinIORestart(ts *testscript.TestScript, neg bool, args []string) {
 
 func cmdVaultServer(ts *testscript.TestScript, neg bool, args []string) {
 	fs := newFlags(ts, "vault-server", neg)
+	withTLS := fs.Bool("tls", false, "serve HTTPS with a CA of Vault's own")
 	parseFlags(ts, fs, args)
 	st := stateOf(ts)
 	if st.vault != nil {
 		ts.Fatalf("vault-server: this script already started Vault")
 	}
-	v, err := startVault(scriptTB{ts}, VaultOptions{})
+	v, err := startVault(scriptTB{ts}, VaultOptions{TLS: *withTLS})
 	if err != nil {
 		ts.Fatalf("vault-server: %v", err)
 	}
 	st.vault = v
 	ts.Setenv("VAULT_URL", v.URL)
+	ts.Setenv("VAULT_CA", v.CAFile)
 	ts.Setenv("VAULT_ROOT_TOKEN", v.RootToken)
 	ts.Setenv("VAULT_LOG", v.LogFile)
 }

@@ -262,8 +262,12 @@ func (v *Vault) CreateAppRole(ctx context.Context, name, policy string) (*VaultA
 
 // KESKeyStore returns the keystore block of a KES config (YAML, indented for
 // KESOptions.KeyStore) that keeps keys in kv under prefix and logs in with
-// role.
+// role; over TLS, it trusts CAFile.
 func (v *Vault) KESKeyStore(kv VaultKV, prefix string, role *VaultAppRole) string {
+	tls := ""
+	if v.CAFile != "" {
+		tls = fmt.Sprintf("    tls:\n      ca: %s\n", v.CAFile)
+	}
 	return fmt.Sprintf(`keystore:
   vault:
     endpoint: %s
@@ -275,7 +279,7 @@ func (v *Vault) KESKeyStore(kv VaultKV, prefix string, role *VaultAppRole) strin
       secret: %s
     status:
       ping: 10s
-`, v.URL, kv.Engine, kv.Version, prefix, role.RoleID, role.SecretID)
+%s`, v.URL, kv.Engine, kv.Version, prefix, role.RoleID, role.SecretID, tls)
 }
 
 // Stop stops the server; its in-memory storage is gone with it.
