@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/minio/kms-go/kms"
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/runbook-dev/runbook/engine"
@@ -215,16 +216,16 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 			mu.Unlock()
 			return nil
 		}
-		same, err := sameMaterial(ctx, c, to.Name, e.name, e.key)
+		verdict, err := m.judgePresent(ctx, c, to.Name, e)
 		if err != nil {
-			return permanentHint(err, to.Name)
+			return err
 		}
 		rep.mu.Lock()
 		defer rep.mu.Unlock()
-		switch {
-		case same:
+		switch verdict {
+		case verdictIdentical:
 			rep.identical = append(rep.identical, e.name)
-		case m.onConflict() == conflictOverwrite:
+		case verdictOverwrite:
 			rep.overwrite = append(rep.overwrite, e.name)
 		default:
 			rep.conflicts = append(rep.conflicts, e.name)
@@ -299,6 +300,32 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 		Unparsable: rep.unparsable, Rejected: rep.rejected, NotKeys: rep.notKeys, HMAC: rep.hmac,
 	}
 	return p, nil
+}
+
+// presentVerdict is what a source key already in the enclave is to a run.
+type presentVerdict int
+
+const (
+	verdictIdentical presentVerdict = iota // same material: done, not this run's
+	verdictOverwrite                       // different material, on_conflict = "overwrite"
+	verdictConflict                        // different material: fails before anything is imported
+)
+
+// judgePresent proves by a round trip whether the enclave's key named like
+// e holds e's material, and says what the run does with it. Plan and the
+// preflight of Apply judge by this one function, so the plan shows what
+// apply does.
+func (m *migrationStep) judgePresent(ctx context.Context, c *kms.Client, enclave string, e *sourceEntry) (presentVerdict, error) {
+	same, err := sameMaterial(ctx, c, enclave, e.name, e.key)
+	switch {
+	case err != nil:
+		return 0, permanentHint(err, enclave)
+	case same:
+		return verdictIdentical, nil
+	case m.onConflict() == conflictOverwrite:
+		return verdictOverwrite, nil
+	}
+	return verdictConflict, nil
 }
 
 // ---------------------------------------------------------------------------

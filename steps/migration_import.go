@@ -346,16 +346,16 @@ func (m *migrationStep) preflight(ctx context.Context, h runHooks, src *sourceSe
 		if e.class != entryOK {
 			return nil // reported by the import pass
 		}
-		same, err := sameMaterial(ctx, c, enclave, e.name, e.key)
+		verdict, err := m.judgePresent(ctx, c, enclave, e)
 		if err != nil {
-			return permanentHint(err, enclave)
+			return err
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		switch {
-		case same:
+		switch verdict {
+		case verdictIdentical:
 			pre.Identical = append(pre.Identical, e.name)
-		case m.onConflict() == conflictOverwrite:
+		case verdictOverwrite:
 			pre.Overwrite = append(pre.Overwrite, e.name)
 		default:
 			conflicts = append(conflicts, e.name)

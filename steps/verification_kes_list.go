@@ -156,6 +156,17 @@ func listKESServerGuided(ctx context.Context, list kesListFunc, expected []strin
 	}, expected)
 }
 
+// kesPlannedListings is how many listings listKESServerGuided asks of a
+// KES server that holds exactly the expected names (sorted).
+func kesPlannedListings(ctx context.Context, expected []string) int {
+	n := 0
+	kesCursorWalk(ctx, func(_ context.Context, q string) ([]string, string, error) {
+		n++
+		return kesListSorted(expected, q)
+	}, expected)
+	return n
+}
+
 // kesListParallelism bounds the listings asked of the KES server at once.
 const kesListParallelism = 4
 

@@ -26,8 +26,8 @@ import (
 // the enclave holds the store's key and opens what KES sealed under it. The
 // decrypts travel several per request (one Decrypt frame each, a read
 // command), so the Key Manager sees a request per verifyDecryptBatch
-// ciphertexts and the KES server none. That the KES server serves this very
-// store is proven apart: its complete name set must be the store's, and a
+// ciphertexts, and the KES server no call per key. That the KES server
+// serves this very store is proven apart: its complete name set must be the store's, and a
 // data key it generates on a sample of keys (verifyKESSample) must decrypt at
 // the Key Manager.
 //
