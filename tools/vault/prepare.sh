@@ -7,9 +7,10 @@
 # published vault/sdk version: v0.20.0 lacks the observation API its
 # backends call (TryRecordObservationWithRequest), v0.21.0 already has the
 # three-argument framework.Backend.ActivationFunc and the one-result
-# keysutil.LockManager.RestorePolicy, v0.25.1 also drops the
-# PkiCertificateCounter API and adds SystemView methods Vault does not
-# implement. So ./sdk is vault/sdk v0.21.0 from the module proxy with
+# keysutil.LockManager.RestorePolicy (both found by building), and v0.25.1,
+# by reading its source, also drops the PkiCertificateCounter API Vault
+# uses and adds a SystemView method Vault does not implement (and raises
+# about a hundred dependencies). So ./sdk is vault/sdk v0.21.0 from the module proxy with
 # sdk.patch applied: the two signatures as Vault v1.21.4 calls them
 # (RestorePolicy taken from sdk v0.25.1).
 set -euo pipefail
