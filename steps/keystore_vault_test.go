@@ -415,3 +415,43 @@ func TestVaultTransitEntries(t *testing.T) {
 		t.Fatalf("without the transit key: %+v, %v", e, err)
 	}
 }
+
+// Kubernetes auth logs in at the config's mount with the role and the JWT
+// read from its file. No Kubernetes API is here to review the token, so the
+// real Vault, having found the role, refuses the login for want of its
+// Kubernetes configuration: the error says so, with Vault's reason, and
+// never shows the JWT. (A successful Kubernetes login is not tested.)
+func TestListVaultNamesKubernetesLogin(t *testing.T) {
+	v := testenv.StartVault(t, testenv.VaultOptions{})
+	ctx := context.Background()
+	root, err := v.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().EnableAuthWithOptionsWithContext(ctx, "k8s-kes", &vaultapi.EnableAuthOptions{Type: "kubernetes"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Logical().WriteWithContext(ctx, "auth/k8s-kes/role/kes", map[string]any{
+		"bound_service_account_names": "kes", "bound_service_account_namespaces": "minio", "token_policies": "default",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	jwt := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(jwt, []byte("eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: "kv1", Prefix: "kes",
+		Kubernetes: &kesconf.VaultKubernetesAuth{Engine: "k8s-kes", Role: "kes", JWT: jwt}}
+	_, err = listVaultNames(ctx, conf)
+	if err == nil {
+		t.Fatal("Kubernetes login without a Kubernetes API: no error")
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "log in to Vault at "+v.URL+" with Kubernetes (auth/k8s-kes/login): Vault answered") ||
+		!strings.Contains(msg, "could not load backend configuration") || !strings.Contains(msg, "keystore.vault.kubernetes") {
+		t.Errorf("error %q does not name the login and the settings to check", msg)
+	}
+	if strings.Contains(msg, "c2lnbmF0dXJl") {
+		t.Errorf("error shows the JWT: %q", msg)
+	}
+}
