@@ -12,9 +12,14 @@
 #   $RUNBOOK_TOOLS_CACHE/kes-v0.24.0-<sum8>/kes
 #   $RUNBOOK_TOOLS_CACHE/kes-v0.23.0-<sum8>/kes
 #   $RUNBOOK_TOOLS_CACHE/minio-<version>-<sum8>/minio
-# <sum8> is the first 8 hex digits of the SHA-256 of the tools module's go.sum,
-# so a change of any pinned dependency builds a fresh binary. internal/testenv
-# computes the same paths when the RUNBOOK_*_BIN variables are not set.
+#   $RUNBOOK_TOOLS_CACHE/vault-v1.21.4-<sum8>/vault
+# <sum8> is the first 8 hex digits of the SHA-256 of the tools module's go.sum
+# followed by its *.patch files in name order, so a change of any pinned
+# dependency or patch builds a fresh binary. internal/testenv computes the
+# same paths when the RUNBOOK_*_BIN variables are not set.
+#
+# A tools module with an executable prepare.sh has it run before its build
+# (tools/vault: it materializes the patched vault/sdk its go.mod replaces).
 #
 # Only stdout carries the RUNBOOK_*_BIN=... lines; everything else goes to
 # stderr. Exit status is non-zero if any build fails.
@@ -41,15 +46,25 @@ servers=(
 	"kes|tools/kes|github.com/minio/kes/cmd/kes|github.com/minio/kes|v0.24.0|kes|RUNBOOK_KES_BIN"
 	"kes|tools/kes-v0.23|github.com/minio/kes/cmd/kes|github.com/minio/kes|v0.23.0|kes|RUNBOOK_KES023_BIN"
 	"minio|tools/minio|github.com/minio/minio|github.com/minio/minio|v0.0.0-20260212201848-7aac2a2c5b7c|minio|RUNBOOK_MINIO_BIN"
+	"vault|tools/vault|github.com/hashicorp/vault|github.com/hashicorp/vault|v1.21.4|vault|RUNBOOK_VAULT_BIN"
 )
 
 log() { printf '%s\n' "$*" >&2; }
 sha8() {
 	if command -v sha256sum >/dev/null 2>&1; then
-		sha256sum "$1" | cut -c1-8
+		cat "$@" | sha256sum | cut -c1-8
 	else
-		shasum -a 256 "$1" | cut -c1-8
+		cat "$@" | shasum -a 256 | cut -c1-8
 	fi
+}
+# keyfiles DIR: the files whose content keys a tools module's build.
+keyfiles() {
+	local f
+	printf '%s\n' "$1/go.sum"
+	for f in "$1"/*.patch; do
+		[[ -f "$f" ]] && printf '%s\n' "$f"
+	done
+	return 0
 }
 die() { log "build-real-servers: ERROR: $*"; exit 1; }
 
@@ -77,7 +92,8 @@ for entry in "${servers[@]}"; do
 	if ! grep -Eq "^[[:space:]]*(require[[:space:]]+)?${pinmod//./\\.}[[:space:]]+${version//./\\.}([[:space:]]|$)" "$modpath/go.mod"; then
 		die "$moddir/go.mod does not pin $pinmod $version; update scripts/build-real-servers.sh and internal/testenv together"
 	fi
-	sum8="$(sha8 "$modpath/go.sum")"
+	mapfile -t keyed < <(keyfiles "$modpath")
+	sum8="$(sha8 "${keyed[@]}")"
 	dir="$cache/$name-$version-$sum8"
 	out="$dir/$bin"
 	if $print_only; then
@@ -90,6 +106,10 @@ for entry in "${servers[@]}"; do
 		trap 'rm -f "$tmp"' EXIT
 		log "build-real-servers: building $pkg@$version ($moddir) -> $out"
 		start=$(date +%s)
+		if [[ -x "$modpath/prepare.sh" ]] && ! "$modpath/prepare.sh" >&2; then
+			rm -f "$tmp"
+			die "$moddir/prepare.sh failed (see the output above)"
+		fi
 		# -buildvcs=false: the tools module sits in a git clone whose
 		# ownership or state must not matter.
 		if ! (cd "$modpath" && GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0 \
@@ -99,7 +119,7 @@ for entry in "${servers[@]}"; do
 		fi
 		# -mod=mod may add missing sums; the cache key (and the path
 		# internal/testenv computes) would then no longer match.
-		if [[ "$(sha8 "$modpath/go.sum")" != "$sum8" ]]; then
+		if [[ "$(sha8 "${keyed[@]}")" != "$sum8" ]]; then
 			rm -f "$tmp"
 			die "$moddir/go.sum changed during the build (it was incomplete); review and commit it, then run again"
 		fi

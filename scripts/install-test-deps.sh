@@ -5,6 +5,8 @@
 #   iproute2        `ip netns`: the MinIO cluster, its KES and the Key Manager
 #                   run in a network namespace the test creates (a test host,
 #                   internal/testenv/testhost.go); the tests run as root.
+#   patch           applies tools/vault/sdk.patch when the real Vault server
+#                   is built (tools/vault/prepare.sh).
 # Idempotent and quiet: it does nothing when every program is present. CI runs
 # it as root on a fresh machine; elsewhere it uses sudo if it must install.
 set -euo pipefail
@@ -13,6 +15,7 @@ missing=()
 command -v sshd >/dev/null 2>&1 || [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 command -v ip >/dev/null 2>&1 || [[ -x /usr/sbin/ip ]] || [[ -x /sbin/ip ]] || missing+=(iproute2)
+command -v patch >/dev/null 2>&1 || missing+=(patch)
 ((${#missing[@]} == 0)) && exit 0
 
 sudo=()

@@ -2,10 +2,11 @@
 # test.sh — the project's test command (CI runs exactly this via .ci/run).
 #
 # 0. installs the Debian packages the tests need (scripts/install-test-deps.sh),
-# 1. builds the real KES (v0.24.0, v0.23.0) and MinIO servers into the cache
-#    outside the clone if they are missing (scripts/build-real-servers.sh;
-#    about 6-8 minutes on a fresh 2-core machine, instant when cached),
+# 1. builds the real KES (v0.24.0, v0.23.0), MinIO and Vault servers into the
+#    cache outside the clone if they are missing (scripts/build-real-servers.sh;
+#    instant when cached),
 # 2. exports RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_MINIO_BIN,
+#    RUNBOOK_VAULT_BIN,
 # 3. checks formatting and vet, and runs every test against those servers.
 #
 # Extra arguments go to 'go test' (e.g. scripts/test.sh -run Interop -v).

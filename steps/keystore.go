@@ -64,10 +64,8 @@ func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File
 	if err != nil {
 		// KES's vault error holds Vault's answer but not the fix; the
 		// direct listing says which policy rule is missing.
-		if v, ok := conf.KeyStore.(*kesconf.VaultKeyStore); ok {
-			if _, verr := listVaultNames(ctx, v); verr != nil {
-				return nil, fmt.Errorf("list key store: %w", verr)
-			}
+		if verr := vaultListRefusal(ctx, conf); verr != nil {
+			return nil, fmt.Errorf("list key store: %w", verr)
 		}
 		return nil, fmt.Errorf("list key store: %w", err)
 	}
@@ -108,7 +106,7 @@ func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File
 		if err := sameNames("the key store's listing", l.All, where, slices.Compact(direct)); err != nil {
 			return nil, err
 		}
-		l.Check = fmt.Sprintf("cross-checked by name against %s through the Vault API (%d entries)%s", where, len(direct), vaultCheckNote)
+		l.Check = fmt.Sprintf("cross-checked by name against %s through the Vault API (%d entries)", where, len(direct))
 	default:
 		// No independent means here: list again, so that a store that
 		// changes while it is read is at least caught.
@@ -175,7 +173,7 @@ func notKeyReason(fsDir string, types map[string]fs.FileMode, name string) strin
 	}
 	switch {
 	case strings.HasSuffix(name, "/"):
-		return "a folder below the key store's prefix (Vault lists sub-paths with a trailing '/'), not a key"
+		return "a folder below the key store's prefix, not a key: Vault lists sub-paths with a trailing '/'"
 	case strings.HasPrefix(name, "."):
 		return "a dot-file: KES refuses names with '.', so it never served it"
 	case strings.HasSuffix(name, "~"):

@@ -233,6 +233,42 @@ func listVaultNames(ctx context.Context, conf *kesconf.VaultKeyStore) ([]string,
 	return names, nil
 }
 
+// vaultListRefusal lists a vault key store the way listVaultNames does and
+// returns its error: nil for a store of another kind or one that lists.
+func vaultListRefusal(ctx context.Context, conf *kesconf.File) error {
+	v, ok := conf.KeyStore.(*kesconf.VaultKeyStore)
+	if !ok {
+		return nil
+	}
+	_, err := listVaultNames(ctx, v)
+	return err
+}
+
+// vaultEntryProblems are the errors of KES v0.24's vault store Get
+// (internal/keystore/vault.Store.Get) that are properties of one entry, not
+// failures to read the store: KES cannot read such an entry, so it never
+// served it, and no object can be sealed under it.
+var vaultEntryProblems = []struct{ text, reason string }{
+	{"entry exists but no secret key is present", "a Vault entry with no field named after it, the field KES reads: KES cannot read it"},
+	{"invalid K/V format", "a Vault entry whose value is not a string: KES cannot read it"},
+	{"key is encrypted with vault transit key", "sealed with a Vault transit key, and the KES config names none: KES cannot read it"},
+}
+
+// unreadableEntryReason says why a key store read failed because of the
+// entry itself (see vaultEntryProblems), or "" for any other failure,
+// which stops the step.
+func unreadableEntryReason(err error) string {
+	if err == nil {
+		return ""
+	}
+	for _, p := range vaultEntryProblems {
+		if strings.Contains(err.Error(), p.text) {
+			return p.reason
+		}
+	}
+	return ""
+}
+
 // vaultLoginError explains a failed login. Vault answers a wrong AppRole
 // role or secret id with 400 "invalid role or secret ID" (not 403).
 func vaultLoginError(conf *kesconf.VaultKeyStore, login vaultLogin, err error) error {
@@ -257,8 +293,12 @@ func vaultListError(conf *kesconf.VaultKeyStore, where string, login vaultLogin,
 	}
 	reason := vaultReason(strings.Join(re.Errors, "; "))
 	if re.StatusCode == http.StatusForbidden {
-		return fmt.Errorf("list %s/ at Vault %s: Vault answered 403: %s; the policy of the %s role in the KES config lacks the list capability on %s/: add the list capability on %s/ to that policy, e.g. path %q { capabilities = [\"list\"] }",
-			where, conf.Endpoint, reason, login.method, where, where, where+"/")
+		who := "the AppRole"
+		if login.method == "Kubernetes" {
+			who = "the Kubernetes auth role"
+		}
+		return fmt.Errorf("list %s/ at Vault %s: Vault answered 403: %s; the Vault policy of %s in the KES config lacks the list capability on %s/: add it to that policy, e.g. path %q { capabilities = [\"list\"] }",
+			where, conf.Endpoint, reason, who, where, where+"/")
 	}
 	return fmt.Errorf("list %s/ at Vault %s: Vault answered %d: %s", where, conf.Endpoint, re.StatusCode, reason)
 }
@@ -280,7 +320,3 @@ func vaultReason(s string) string {
 	}
 	return strings.Join(parts, "; ")
 }
-
-// vaultCheckNote is appended to the plan's account of a vault store's
-// cross-check.
-const vaultCheckNote = ""

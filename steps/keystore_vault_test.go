@@ -1,14 +1,22 @@
 package steps
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	kesserver "github.com/minio/kes"
 	"github.com/minio/kes/kesconf"
+
+	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
 func TestVaultListPath(t *testing.T) {
@@ -85,7 +93,7 @@ func TestVaultListErrorNamesTheFix(t *testing.T) {
 		Errors: []string{"1 error occurred:\n\t* permission denied\n\n"}}
 	got := vaultListError(conf, vaultListPath(conf), login, denied).Error()
 	for _, want := range []string{"list kv2/metadata/kes/ at Vault http://127.0.0.1:8200", "Vault answered 403: permission denied",
-		"lacks the list capability on kv2/metadata/kes/", `path "kv2/metadata/kes/" { capabilities = ["list"] }`} {
+		"the Vault policy of the AppRole in the KES config lacks the list capability on kv2/metadata/kes/", `path "kv2/metadata/kes/" { capabilities = ["list"] }`} {
 		if !strings.Contains(got, want) {
 			t.Errorf("403 error %q does not say %q", got, want)
 		}
@@ -104,6 +112,37 @@ func TestVaultListErrorNamesTheFix(t *testing.T) {
 	}
 }
 
+// Vault lists a folder below the prefix with a trailing '/': every step
+// leaves it out as not a key.
+func TestVaultFolderIsNotAKey(t *testing.T) {
+	if why := notKeyReason("", nil, "archive/"); !strings.Contains(why, "a folder below the key store's prefix") {
+		t.Errorf("notKeyReason(archive/) = %q", why)
+	}
+	if why := notKeyReason("", nil, "key-00001"); why != "" {
+		t.Errorf("notKeyReason(key-00001) = %q", why)
+	}
+}
+
+// The errors of KES's vault Get that are about one entry: the entry is
+// named and never migrated; any other error stops the step.
+func TestUnreadableEntryReason(t *testing.T) {
+	for err, want := range map[error]string{
+		errors.New("vault: failed to read 'kes/stray': entry exists but no secret key is present"): "no field named after it",
+		errors.New("vault: failed to read 'kes/x': invalid K/V format"):                            "not a string",
+		errors.New("vault: failed to read 'kes/x': key is encrypted with vault transit key"):       "transit key",
+		errors.New("vault: failed to read 'kes/x': Error making API request. Code: 403"):           "",
+		errors.New("dial tcp 127.0.0.1:8200: connection refused"):                                  "",
+	} {
+		got := unreadableEntryReason(err)
+		if (want == "") != (got == "") || !strings.Contains(got, want) {
+			t.Errorf("unreadableEntryReason(%v) = %q, want it to say %q", err, got, want)
+		}
+	}
+	if unreadableEntryReason(nil) != "" {
+		t.Error("unreadableEntryReason(nil) is not empty")
+	}
+}
+
 func TestVaultReason(t *testing.T) {
 	for in, want := range map[string]string{
 		"1 error occurred:\n\t* permission denied\n\n": "permission denied",
@@ -115,5 +154,304 @@ func TestVaultReason(t *testing.T) {
 		if got := vaultReason(in); got != want {
 			t.Errorf("vaultReason(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// listVaultNames against a real Vault: kv v1 and v2 under a prefix, with a
+// folder below it, logging in with an AppRole as KES would; a policy without
+// list and a wrong secret id give Vault's reason and the fix.
+func TestListVaultNamesRealVault(t *testing.T) {
+	v := testenv.StartVault(t, testenv.VaultOptions{})
+	root, err := v.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, kv := range []testenv.VaultKV{testenv.VaultKV1, testenv.VaultKV2} {
+		t.Run(kv.Engine, func(t *testing.T) {
+			var want []string
+			for i := range 5 {
+				name := fmt.Sprintf("key-%d", i)
+				want = append(want, name)
+				put(t, root, kv, "team/kes/"+name)
+			}
+			put(t, root, kv, "team/kes/archive/old-key")
+			put(t, root, kv, "team/other/not-ours")
+			want = append(want, "archive/")
+			slices.Sort(want)
+
+			role, err := v.CreateAppRole(ctx, "list-"+kv.Engine, testenv.KESPolicy(kv, "team/kes", false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: kv.Engine, APIVersion: kv.Version, Prefix: "team/kes",
+				AppRole: &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: role.SecretID}}
+			got, err := listVaultNames(ctx, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("listed %q, want %q", got, want)
+			}
+
+			// an empty prefix lists nothing, without error
+			other, err := v.CreateAppRole(ctx, "empty-"+kv.Engine, testenv.KESPolicy(kv, "team/none", false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			empty := *conf
+			empty.Prefix = "team/none"
+			empty.AppRole = &kesconf.VaultAppRoleAuth{ID: other.RoleID, Secret: other.SecretID}
+			if names, err := listVaultNames(ctx, &empty); err != nil || len(names) != 0 {
+				t.Errorf("empty prefix: %q, %v", names, err)
+			}
+
+			noList, err := v.CreateAppRole(ctx, "nolist-"+kv.Engine, testenv.KESPolicy(kv, "team/kes", true))
+			if err != nil {
+				t.Fatal(err)
+			}
+			denied := *conf
+			denied.AppRole = &kesconf.VaultAppRoleAuth{ID: noList.RoleID, Secret: noList.SecretID}
+			_, err = listVaultNames(ctx, &denied)
+			where := vaultListPath(conf) + "/"
+			if err == nil || !strings.Contains(err.Error(), "Vault answered 403: permission denied") ||
+				!strings.Contains(err.Error(), fmt.Sprintf(`path %q { capabilities = ["list"] }`, where)) {
+				t.Errorf("policy without list: %v", err)
+			}
+			// the rule the error gives is the fix
+			if err := root.Sys().PutPolicyWithContext(ctx, noList.Name, noList.Policy+fmt.Sprintf("path %q { capabilities = [\"list\"] }\n", where)); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := listVaultNames(ctx, &denied); err != nil || !slices.Equal(got, want) {
+				t.Errorf("with the rule added: %q, %v", got, err)
+			}
+
+			wrong := *conf
+			wrong.AppRole = &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: "00000000-0000-0000-0000-000000000000"}
+			_, err = listVaultNames(ctx, &wrong)
+			if err == nil || !strings.Contains(err.Error(), "invalid role or secret ID") || strings.Contains(err.Error(), role.SecretID) {
+				t.Errorf("wrong secret id: %v", err)
+			}
+		})
+	}
+}
+
+// put writes a KES-shaped entry (field = last path element) at p in kv.
+func put(t *testing.T, c *vaultapi.Client, kv testenv.VaultKV, p string) {
+	t.Helper()
+	data := map[string]any{path.Base(p): "value"}
+	full := kv.Engine + "/" + p
+	if kv.Version == "v2" {
+		data = map[string]any{"data": data}
+		full = kv.Engine + "/data/" + p
+	}
+	if _, err := c.Logical().Write(full, data); err != nil {
+		t.Fatalf("write %s at Vault: %v", full, err)
+	}
+}
+
+// Vault over TLS: the listing trusts the CA the KES config names, and the
+// operator's VAULT_* variables change nothing (VAULT_SKIP_VERIFY must not
+// turn verification off, VAULT_TOKEN and VAULT_NAMESPACE must not be sent).
+func TestListVaultNamesTLS(t *testing.T) {
+	v := testenv.StartVault(t, testenv.VaultOptions{TLS: true})
+	root, err := v.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, root, testenv.VaultKV1, "kes/key-1")
+	role, err := v.CreateAppRole(context.Background(), "tls", testenv.KESPolicy(testenv.VaultKV1, "kes", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VAULT_SKIP_VERIFY", "true")
+	t.Setenv("VAULT_TOKEN", "not-a-token")
+	t.Setenv("VAULT_NAMESPACE", "no-such-namespace")
+	t.Setenv("VAULT_ADDR", "http://127.0.0.1:1")
+	conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: "kv1", Prefix: "kes", CAPath: v.CAFile,
+		AppRole: &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: role.SecretID}}
+	got, err := listVaultNames(context.Background(), conf)
+	if err != nil || !slices.Equal(got, []string{"key-1"}) {
+		t.Fatalf("over TLS with the CA: %q, %v", got, err)
+	}
+	noCA := *conf
+	noCA.CAPath = ""
+	if _, err := listVaultNames(context.Background(), &noCA); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("over TLS without the CA, VAULT_SKIP_VERIFY set: %v; want a certificate error", err)
+	}
+}
+
+// listKeyStore on KES's own vault store against a real Vault: the listing
+// is cross-checked through the Vault API, a folder is not a key, and a key
+// created between KES's listing and Vault's is a refusal that names it.
+func TestListKeyStoreVault(t *testing.T) {
+	v := testenv.StartVault(t, testenv.VaultOptions{})
+	ctx := context.Background()
+	role, err := v.CreateAppRole(ctx, "kes", testenv.KESPolicy(testenv.VaultKV2, "kes", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: "kv2", APIVersion: "v2", Prefix: "kes",
+		AppRole: &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: role.SecretID}}
+	ks, err := conf.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	for _, name := range []string{"key-1", "key-2"} {
+		if err := ks.Create(ctx, name, []byte("material")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root, err := v.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, root, testenv.VaultKV2, "kes/archive/old")
+
+	l, err := listKeyStore(ctx, ks, &kesconf.File{KeyStore: conf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(l.Keys, []string{"key-1", "key-2"}) || len(l.NotKeys) != 1 || l.NotKeys[0].Name != "archive/" {
+		t.Errorf("keys %q, not keys %+v", l.Keys, l.NotKeys)
+	}
+	if !strings.Contains(l.Check, "cross-checked by name against Vault's own listing of kv2/metadata/kes/ through the Vault API (3 entries)") {
+		t.Errorf("check: %q", l.Check)
+	}
+
+	// a key created while the store is read
+	_, err = listKeyStore(ctx, createAfterList{ks, "key-3"}, &kesconf.File{KeyStore: conf})
+	if err == nil || !strings.Contains(err.Error(), "only in Vault's own listing of kv2/metadata/kes/: key-3") {
+		t.Errorf("a key created between the two listings: %v", err)
+	}
+}
+
+// createAfterList is a KES key store whose List creates a key once it has
+// listed: a key created at KES while the runbook reads the store.
+type createAfterList struct {
+	kesserver.KeyStore
+	name string
+}
+
+func (c createAfterList) List(ctx context.Context, prefix string, n int) ([]string, string, error) {
+	names, next, err := c.KeyStore.List(ctx, prefix, n)
+	if err == nil {
+		err = c.KeyStore.Create(ctx, c.name, []byte("material"))
+	}
+	return names, next, err
+}
+
+// A store whose entries KES sealed with a Vault transit key: read through
+// the config's transit key they are keys; read with a config that names no
+// transit key, each is named as an entry KES cannot read (never a failure
+// of the step).
+func TestVaultTransitEntries(t *testing.T) {
+	v := testenv.StartVault(t, testenv.VaultOptions{})
+	ctx := context.Background()
+	root, err := v.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().MountWithContext(ctx, "transit", &vaultapi.MountInput{Type: "transit"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Logical().WriteWithContext(ctx, "transit/keys/kes", nil); err != nil {
+		t.Fatal(err)
+	}
+	policy := testenv.KESPolicy(testenv.VaultKV1, "kes", false) +
+		"path \"transit/encrypt/kes\" {\n  capabilities = [\"update\"]\n}\npath \"transit/decrypt/kes\" {\n  capabilities = [\"update\"]\n}\n"
+	role, err := v.CreateAppRole(ctx, "transit", policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: "kv1", Prefix: "kes",
+		AppRole: &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: role.SecretID},
+		Transit: &kesconf.VaultTransit{KeyName: "kes"}}
+	ks, err := conf.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), HMAC: make([]byte, 32)}
+	raw, err := k.MarshalV024()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.Create(ctx, "sealed-key", raw); err != nil {
+		t.Fatal(err)
+	}
+	s, err := root.Logical().ReadWithContext(ctx, "kv1/kes/sealed-key")
+	if err != nil || s == nil {
+		t.Fatalf("read the raw entry: %v", err)
+	}
+	if stored, _ := s.Data["sealed-key"].(string); !strings.HasPrefix(stored, "vault:v1:") {
+		t.Fatalf("the entry is not transit-sealed: %.20q", stored)
+	}
+
+	src, err := newSourceSet(ks, &kesconf.File{KeyStore: conf}, &storeListing{All: []string{"sealed-key"}, Keys: []string{"sealed-key"}}, "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := src.readEntry(ctx, "sealed-key")
+	if err != nil || e.class != entryOK {
+		t.Fatalf("with the transit key: %+v, %v", e, err)
+	}
+	e.wipe()
+
+	plain := *conf
+	plain.Transit = nil
+	ks2, err := plain.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks2.Close()
+	src2, err := newSourceSet(ks2, &kesconf.File{KeyStore: &plain}, &storeListing{All: []string{"sealed-key"}, Keys: []string{"sealed-key"}}, "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err = src2.readEntry(ctx, "sealed-key")
+	if err != nil || e.class != entryUnparsable || !strings.Contains(e.reason, "transit key") {
+		t.Fatalf("without the transit key: %+v, %v", e, err)
+	}
+}
+
+// Kubernetes auth logs in at the config's mount with the role and the JWT
+// read from its file. No Kubernetes API is here to review the token, so the
+// real Vault, having found the role, refuses the login for want of its
+// Kubernetes configuration: the error says so, with Vault's reason, and
+// never shows the JWT. (A successful Kubernetes login is not tested.)
+func TestListVaultNamesKubernetesLogin(t *testing.T) {
+	v := testenv.StartVault(t, testenv.VaultOptions{})
+	ctx := context.Background()
+	root, err := v.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().EnableAuthWithOptionsWithContext(ctx, "k8s-kes", &vaultapi.EnableAuthOptions{Type: "kubernetes"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Logical().WriteWithContext(ctx, "auth/k8s-kes/role/kes", map[string]any{
+		"bound_service_account_names": "kes", "bound_service_account_namespaces": "minio", "token_policies": "default",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	jwt := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(jwt, []byte("eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: "kv1", Prefix: "kes",
+		Kubernetes: &kesconf.VaultKubernetesAuth{Engine: "k8s-kes", Role: "kes", JWT: jwt}}
+	_, err = listVaultNames(ctx, conf)
+	if err == nil {
+		t.Fatal("Kubernetes login without a Kubernetes API: no error")
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "log in to Vault at "+v.URL+" with Kubernetes (auth/k8s-kes/login): Vault answered") ||
+		!strings.Contains(msg, "could not load backend configuration") || !strings.Contains(msg, "keystore.vault.kubernetes") {
+		t.Errorf("error %q does not name the login and the settings to check", msg)
+	}
+	if strings.Contains(msg, "c2lnbmF0dXJl") {
+		t.Errorf("error shows the JWT: %q", msg)
 	}
 }

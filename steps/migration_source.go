@@ -137,6 +137,10 @@ func (s *sourceSet) readEntry(ctx context.Context, name string) (*sourceEntry, e
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if why := unreadableEntryReason(err); why != "" {
+			e.class, e.reason = entryUnparsable, why
+			return e, nil
+		}
 		return nil, fmt.Errorf("read key %q from the %s: %w (was it deleted since the listing? halt key changes at KES first)", name, s.where, err)
 	}
 	k, format, reason := parseEntry(raw)

@@ -177,6 +177,13 @@ func (p *prerequisites) check(ctx context.Context, r *engine.Run, st *prerequisi
 			if errors.Is(err, kes.ErrNotAllowed) {
 				return nil, fmt.Errorf("%s: KES server %s refused to list keys for the identity of the configured API key (%s): use the KES admin API key, or one whose policy allows %s", kesAddr, hostOf(k.Endpoint()), kesIdentity(k), kesPolicyPaths)
 			}
+			// KES answers only "failed to list keys" when its key store
+			// refuses; for a vault store, Vault says why.
+			if conf, cerr := k.LoadConfig(r); cerr == nil {
+				if verr := vaultListRefusal(ctx, conf); verr != nil {
+					return nil, fmt.Errorf("%s: KES server %s answered %q to a key listing: its key store refuses the listing: %w", kesAddr, hostOf(k.Endpoint()), err.Error(), verr)
+				}
+			}
 			return nil, reachError("KES server", kesAddr, k.Endpoint(), err)
 		}
 		pf.observed = append(pf.observed, fmt.Sprintf("KES server %s: version %s, TLS verified%s; its identity may list keys", hostOf(k.Endpoint()), version, insecureNote(k.cfg.Insecure)))
@@ -528,6 +535,9 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore,
 			return 0, "", err
 		}
 		raw, err := ks.Get(ctx, name)
+		if unreadableEntryReason(err) != "" {
+			continue // KES cannot read it either: migration names it
+		}
 		if err != nil {
 			return 0, "", fmt.Errorf("snapshot key %q: %w", name, err)
 		}

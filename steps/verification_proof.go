@@ -313,6 +313,12 @@ func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStor
 			raw, err = ks.Get(ctx, name)
 			return err
 		})
+		if why := unreadableEntryReason(err); why != "" {
+			mu.Lock()
+			unparsable = append(unparsable, problem{Name: name, Reason: why})
+			mu.Unlock()
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("read key %q from the key store: %w (was it deleted since the listing? halt key changes at KES first)", name, err)
 		}

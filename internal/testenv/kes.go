@@ -30,6 +30,11 @@ type KESOptions struct {
 	Keys      int
 	KeyPrefix string // default "key-"
 
+	// KeyStore replaces the fs key store: the whole top-level keystore
+	// block of the kesconf YAML (see Vault.KESKeyStore). KeyStoreDir is
+	// then unused.
+	KeyStore string
+
 	// ConfigExtra is appended verbatim to the generated kesconf YAML
 	// (for example a policy block). It must not repeat a top-level
 	// field the generated config already has.
@@ -55,7 +60,7 @@ type KES struct {
 	MinIOAPIKey string // MinIO's own API key (KESOptions.MinIOPolicy), or ""
 	Identity    string // hex SHA-256 of the admin's public key (admin.identity)
 	ConfigFile  string // the kesconf YAML the server runs with
-	KeyStoreDir string // the fs key store directory
+	KeyStoreDir string // the fs key store directory ("" with KESOptions.KeyStore)
 	LogFile     string // the server's stdout and stderr
 	Dir         string // the directory holding the files above
 
@@ -125,11 +130,17 @@ func startKES(t TB, opts KESOptions) (*KES, error) {
 	if minioKey != nil {
 		k.MinIOAPIKey = minioKey.String()
 	}
-	if k.KeyStoreDir == "" {
-		k.KeyStoreDir = filepath.Join(dir, "keys")
-	}
-	if err := os.MkdirAll(k.KeyStoreDir, 0o700); err != nil {
-		return nil, err
+	keystore := opts.KeyStore
+	if keystore == "" {
+		if k.KeyStoreDir == "" {
+			k.KeyStoreDir = filepath.Join(dir, "keys")
+		}
+		if err := os.MkdirAll(k.KeyStoreDir, 0o700); err != nil {
+			return nil, err
+		}
+		keystore = fmt.Sprintf("keystore:\n  fs:\n    path: %s\n", k.KeyStoreDir)
+	} else {
+		k.KeyStoreDir = ""
 	}
 
 	err = startWithPortRetry(func() error {
@@ -150,10 +161,7 @@ admin:
 tls:
   key: %s
   cert: %s
-keystore:
-  fs:
-    path: %s
-%s`, k.Addr, k.Identity, tlsFiles.KeyFile, tlsFiles.CertFile, k.KeyStoreDir, extra)
+%s%s`, k.Addr, k.Identity, tlsFiles.KeyFile, tlsFiles.CertFile, keystore, extra)
 		if err := os.WriteFile(k.ConfigFile, []byte(config), 0o600); err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -22,7 +23,8 @@ import (
 //	    its own with a veth to it); sets TEST_HOST (its address,
 //	    10.253.N.2) and TEST_NETNS (the namespace). The -netns flags below
 //	    start a server inside it, listening on TEST_HOST.
-//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX] [-keystore DIR] [-config-extra FILE] [-minio-policy PATHS] [-netns]
+//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX] [-keystore DIR] [-config-extra FILE] [-minio-policy PATHS]
+//	    [-vault kv1|kv2 [-vault-prefix P] [-vault-no-list]] [-netns]
 //	    a KES server on an fs key store (DIR, or a new one; FILE appended
 //	    to its config, e.g. a policy block); sets PREFIX_SERVER (https URL),
 //	    PREFIX_API_KEY (admin kes:v1: key), PREFIX_CA (CA file),
@@ -30,7 +32,19 @@ import (
 //	    PREFIX_LOG, PREFIX defaulting to KES. -minio-policy gives MinIO
 //	    (minio-server -kes, minio-cluster -kes) an identity of its own whose
 //	    policy allows exactly the comma-separated API paths; sets
-//	    PREFIX_MINIO_API_KEY.
+//	    PREFIX_MINIO_API_KEY. With -vault ENGINE (kv1 or kv2: see
+//	    vault-server) the keys live in the script's Vault instead,
+//	    under -vault-prefix P (default "kes"), KES logging in with an
+//	    AppRole of its own whose policy allows what KES needs, without the
+//	    list capability if -vault-no-list; sets PREFIX_VAULT_ROLE_ID and
+//	    PREFIX_VAULT_SECRET_ID (the AppRole's credentials) and no
+//	    PREFIX_KEYSTORE.
+//	vault-server [-tls]
+//	    a real HashiCorp Vault in dev mode on loopback (plain HTTP, or with
+//	    -tls HTTPS with a CA of its own, which KES configs then trust), kv
+//	    v1 mounted at kv1/, kv v2 at kv2/, AppRole auth enabled; sets
+//	    VAULT_URL, VAULT_CA (with -tls), VAULT_ROOT_TOKEN (test-only) and
+//	    VAULT_LOG.
 //	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F] [-fault-refuse-format msgpack|json] [-netns]
 //	    [-write-answer R] [-mixed R] [-batch R] [-deleted-names R]
 //	    the Key Manager emulator (with -netns a child process, runbook
@@ -66,6 +80,7 @@ func Cmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) 
 		"minio-server":  cmdMinIOServer,
 		"minio-restart": cmdMinIORestart,
 		"sshd-server":   CmdSSHDServer,
+		"vault-server":  cmdVaultServer,
 	}
 }
 
@@ -91,6 +106,8 @@ type scriptState struct {
 	km    *KeyManager
 	minio *MinIO
 	host  *TestHost
+	vault *Vault
+	roles int // AppRoles created at vault
 }
 
 var states sync.Map // *testscript.TestScript -> *scriptState
@@ -131,6 +148,9 @@ func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
 	keystore := fs.String("keystore", "", "serve this fs key store directory (default: a new one)")
 	extra := fs.String("config-extra", "", "append this file to the kesconf YAML (e.g. a policy block)")
 	minioPolicy := fs.String("minio-policy", "", "comma-separated API paths MinIO's own identity may use")
+	vaultKV := fs.String("vault", "", "keep the keys in the script's Vault, in this kv engine: kv1 or kv2")
+	vaultPrefix := fs.String("vault-prefix", "kes", "prefix of the keys in the Vault kv engine")
+	vaultNoList := fs.Bool("vault-no-list", false, "the KES AppRole's Vault policy lacks the list capability")
 	parseFlags(ts, fs, args)
 
 	opts := KESOptions{V023: *v023, Keys: *keys, KeyPrefix: *prefix}
@@ -146,6 +166,10 @@ func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
 	if *netns {
 		opts.Host = scriptHost(ts, "kes-server")
 	}
+	var role *VaultAppRole
+	if *vaultKV != "" {
+		role, opts.KeyStore = scriptVaultKeyStore(ts, *vaultKV, *vaultPrefix, *vaultNoList)
+	}
 	k, err := startKES(scriptTB{ts}, opts)
 	if err != nil {
 		ts.Fatalf("kes-server: %v", err)
@@ -159,6 +183,10 @@ func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Setenv(*env+"_CA", k.CAFile)
 	ts.Setenv(*env+"_CONFIG", k.ConfigFile)
 	ts.Setenv(*env+"_KEYSTORE", k.KeyStoreDir)
+	if role != nil {
+		ts.Setenv(*env+"_VAULT_ROLE_ID", role.RoleID)
+		ts.Setenv(*env+"_VAULT_SECRET_ID", role.SecretID)
+	}
 	ts.Setenv(*env+"_LOG", k.LogFile)
 	if k.MinIOAPIKey != "" {
 		ts.Setenv(*env+"_MINIO_API_KEY", k.MinIOAPIKey)
@@ -274,4 +302,49 @@ func cmdMinIORestart(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("minio-restart: %v", err)
 	}
 	setMinIOEnv(ts, m)
+}
+
+func cmdVaultServer(ts *testscript.TestScript, neg bool, args []string) {
+	fs := newFlags(ts, "vault-server", neg)
+	withTLS := fs.Bool("tls", false, "serve HTTPS with a CA of Vault's own")
+	parseFlags(ts, fs, args)
+	st := stateOf(ts)
+	if st.vault != nil {
+		ts.Fatalf("vault-server: this script already started Vault")
+	}
+	v, err := startVault(scriptTB{ts}, VaultOptions{TLS: *withTLS})
+	if err != nil {
+		ts.Fatalf("vault-server: %v", err)
+	}
+	st.vault = v
+	ts.Setenv("VAULT_URL", v.URL)
+	ts.Setenv("VAULT_CA", v.CAFile)
+	ts.Setenv("VAULT_ROOT_TOKEN", v.RootToken)
+	ts.Setenv("VAULT_LOG", v.LogFile)
+}
+
+// scriptVaultKeyStore creates an AppRole for a KES server at the script's
+// Vault and returns it with the kesconf keystore block that uses it.
+func scriptVaultKeyStore(ts *testscript.TestScript, engine, prefix string, noList bool) (*VaultAppRole, string) {
+	st := stateOf(ts)
+	if st.vault == nil {
+		ts.Fatalf("kes-server -vault: run vault-server first")
+	}
+	var kv VaultKV
+	switch engine {
+	case VaultKV1.Engine:
+		kv = VaultKV1
+	case VaultKV2.Engine:
+		kv = VaultKV2
+	default:
+		ts.Fatalf("kes-server -vault %s: the test Vault has kv1 (kv v1) and kv2 (kv v2)", engine)
+	}
+	st.roles++
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	role, err := st.vault.CreateAppRole(ctx, fmt.Sprintf("kes-%d", st.roles), KESPolicy(kv, prefix, noList))
+	if err != nil {
+		ts.Fatalf("kes-server -vault: %v", err)
+	}
+	return role, st.vault.KESKeyStore(kv, prefix, role)
 }

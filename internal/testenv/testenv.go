@@ -1,12 +1,14 @@
 // Package testenv starts the real parts that runbook's tests run against: a
-// KES server (v0.24.0, or v0.23.0 for the msgpack/JSON era), a MinIO server
-// and the Key Manager emulator, each on free loopback ports with per-test TLS
-// material, their output captured to a log file and stopped at test end.
+// KES server (v0.24.0, or v0.23.0 for the msgpack/JSON era), a MinIO server,
+// a HashiCorp Vault server (KES's key store in the vault tests) and the Key
+// Manager emulator, each on free loopback ports with per-test TLS material
+// (Vault: plain HTTP), their output captured to a log file and stopped at
+// test end.
 //
-// The KES and MinIO binaries come from scripts/build-real-servers.sh. Set
-// RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN and RUNBOOK_MINIO_BIN, or let the
-// package find them in the build cache (RUNBOOK_TOOLS_CACHE, default
-// $HOME/.cache/runbook/tools). A missing binary fails the test; it is never
+// The KES, MinIO and Vault binaries come from scripts/build-real-servers.sh.
+// Set RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_MINIO_BIN and
+// RUNBOOK_VAULT_BIN, or let the package find them in the build cache
+// (RUNBOOK_TOOLS_CACHE, default $HOME/.cache/runbook/tools). A missing binary fails the test; it is never
 // skipped.
 //
 // The same start logic serves Go tests (StartKES, StartMinIO, ...) and
@@ -45,6 +47,7 @@ const (
 	KESVersion    = "v0.24.0"
 	KES023Version = "v0.23.0"
 	MinIOVersion  = "v0.0.0-20260212201848-7aac2a2c5b7c"
+	VaultVersion  = "v1.21.4"
 )
 
 type binary struct {
@@ -58,6 +61,7 @@ var (
 	binKES    = binary{"RUNBOOK_KES_BIN", "kes", KESVersion, "tools/kes"}
 	binKES023 = binary{"RUNBOOK_KES023_BIN", "kes", KES023Version, "tools/kes-v0.23"}
 	binMinIO  = binary{"RUNBOOK_MINIO_BIN", "minio", MinIOVersion, "tools/minio"}
+	binVault  = binary{"RUNBOOK_VAULT_BIN", "vault", VaultVersion, "tools/vault"}
 )
 
 // findBinary returns the path of b, or an error that tells the user how to
@@ -92,17 +96,27 @@ func checkExecutable(p string) error {
 }
 
 // cachePath computes the path scripts/build-real-servers.sh builds b to:
-// $RUNBOOK_TOOLS_CACHE/<name>-<version>-<sha256(go.sum)[:8]>/<name>.
+// $RUNBOOK_TOOLS_CACHE/<name>-<version>-<sha256(go.sum, *.patch)[:8]>/<name>.
 func cachePath(b binary) (string, error) {
 	root, err := repoRoot()
 	if err != nil {
 		return "", err
 	}
-	sum, err := os.ReadFile(filepath.Join(root, b.toolDir, "go.sum"))
+	// The key is go.sum followed by the module's patches, in name order.
+	keyed := []string{filepath.Join(root, b.toolDir, "go.sum")}
+	patches, err := filepath.Glob(filepath.Join(root, b.toolDir, "*.patch"))
 	if err != nil {
 		return "", err
 	}
-	h := sha256.Sum256(sum)
+	h := sha256.New()
+	for _, f := range append(keyed, patches...) {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return "", err
+		}
+		h.Write(data)
+	}
+	sum := h.Sum(nil)
 	cache := os.Getenv("RUNBOOK_TOOLS_CACHE")
 	if cache == "" {
 		home, err := os.UserHomeDir()
@@ -111,7 +125,7 @@ func cachePath(b binary) (string, error) {
 		}
 		cache = filepath.Join(home, ".cache", "runbook", "tools")
 	}
-	dir := fmt.Sprintf("%s-%s-%s", b.name, b.version, hex.EncodeToString(h[:])[:8])
+	dir := fmt.Sprintf("%s-%s-%s", b.name, b.version, hex.EncodeToString(sum)[:8])
 	return filepath.Join(cache, dir, b.name), nil
 }
 

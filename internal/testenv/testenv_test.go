@@ -50,10 +50,10 @@ func TestCachePathsMatchBuildScript(t *testing.T) {
 		}
 		want[name] = value
 	}
-	if len(want) != 3 {
-		t.Fatalf("script printed %d lines, want 3:\n%s", len(want), out)
+	if len(want) != 4 {
+		t.Fatalf("script printed %d lines, want 4:\n%s", len(want), out)
 	}
-	for _, b := range []binary{binKES, binKES023, binMinIO} {
+	for _, b := range []binary{binKES, binKES023, binMinIO, binVault} {
 		got, err := cachePath(b)
 		if err != nil {
 			t.Fatal(err)
@@ -106,6 +106,12 @@ func TestMissingBinaryFails(t *testing.T) {
 	msg = runFatal(t, func(tb TB) { StartMinIO(tb, MinIOOptions{}) })
 	if !strings.Contains(msg, "not in the build cache") || !strings.Contains(msg, "scripts/build-real-servers.sh") {
 		t.Fatalf("StartMinIO with an empty cache: Fatalf(%q)", msg)
+	}
+
+	t.Setenv("RUNBOOK_VAULT_BIN", filepath.Join(t.TempDir(), "no-such-vault"))
+	msg = runFatal(t, func(tb TB) { StartVault(tb, VaultOptions{}) })
+	if !strings.Contains(msg, "RUNBOOK_VAULT_BIN") || !strings.Contains(msg, "scripts/build-real-servers.sh") {
+		t.Fatalf("StartVault with a missing binary: Fatalf(%q)", msg)
 	}
 }
 
