@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/kms-go/kms"
+
 	"github.com/runbook-dev/runbook/emulator"
 )
 
@@ -146,5 +148,46 @@ func TestMigrateResumeInFlightBatched(t *testing.T) {
 	}
 	if len(j.cps) != 301 { // 300 keys and the preflight
 		t.Fatalf("%d checkpoints, want 301", len(j.cps))
+	}
+}
+
+// Keys the Key Manager refuses, in the middle of a batch: one whose name
+// it does not take (an empty one, the only name the emulator refuses) and
+// one whose name was deleted (tombstoned). Every other key is imported,
+// each refused key is named with its reason, and none is an error.
+func TestImportRefusedKeysAreNamed(t *testing.T) {
+	for _, r := range []emulator.Readings{{Batch: emulator.BatchPartial}, {Batch: emulator.BatchAtomic}} {
+		t.Run(r.Batch, func(t *testing.T) {
+			env := newMigrationEnv(t, 8, r)
+			ctx := context.Background()
+			var es []*sourceEntry
+			for _, n := range env.src.names {
+				e, err := env.src.readEntry(ctx, n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				es = append(es, e)
+			}
+			env.put(t, "key-005", env.keys["key-005"])
+			if err := env.c.DeleteKey(ctx, env.enclave, &kms.DeleteKeyRequest{Name: "key-005", AllVersions: true}); err != nil {
+				t.Fatal(err)
+			}
+			es = slices.Insert(es, 3, &sourceEntry{name: "", key: randomKey()})
+			rep := &report{}
+			im := &importer{c: env.c, enclave: env.enclave, rep: rep}
+			ok, conflicts, err := im.importAll(ctx, es)
+			if err != nil || len(conflicts) != 0 {
+				t.Fatalf("err %v, conflicts %v", err, conflicts)
+			}
+			slices.Sort(ok)
+			if want := []string{"key-000", "key-001", "key-002", "key-003", "key-004", "key-006", "key-007"}; !slices.Equal(ok, want) {
+				t.Fatalf("imported %v, want %v", ok, want)
+			}
+			rep.sort()
+			if len(rep.rejected) != 2 || rep.rejected[0].Name != "" || !strings.Contains(rep.rejected[0].Reason, "refused to import it: invalid key name") ||
+				rep.rejected[1].Name != "key-005" || !strings.Contains(rep.rejected[1].Reason, "does not give a deleted name out again") {
+				t.Fatalf("rejected %+v", rep.rejected)
+			}
+		})
 	}
 }
