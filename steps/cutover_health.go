@@ -259,10 +259,11 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	restart := !hasItem(r, item(phaseRestarted))
 	if !restart && !hasItem(r, item(phaseHealthy)) {
 		// An earlier run restarted the nodes and stopped before they were
-		// healthy (it failed, or was killed while waiting). If they are
-		// healthy now, go on; if not, that is cause for one more restart,
-		// rather than waiting out wait_timeout on nodes that failed.
-		if why := c.quickHealth(ctx, r, e, want); why != "" {
+		// healthy (it failed, or was killed while waiting). If they become
+		// healthy, go on; if they are down or stay unhealthy, that is cause
+		// for one more restart, rather than waiting out wait_timeout on
+		// nodes that failed.
+		if why := c.needsRestart(ctx, r, e, want); why != "" {
 			r.Logf("the object store is not healthy on %s after the restart begun at %s (%s): restarting the nodes again", want, rs.At.Format(time.RFC3339), why)
 			restart = true
 		}
@@ -328,14 +329,41 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	return nil
 }
 
-// quickHealth is one health check ("" when healthy), for deciding whether
-// nodes restarted by an earlier run need restarting again.
-func (c *cutoverStep) quickHealth(ctx context.Context, r *engine.Run, e *cutoverEnv, want string) string {
+// restartGrace bounds how long a resume watches nodes that an earlier run
+// restarted before it decides they need restarting again.
+const restartGrace = 30 * time.Second
+
+// needsRestart decides whether nodes an earlier run restarted (and did not
+// see healthy) must be restarted again: "" when they become healthy within
+// restartGrace (at most wait_timeout; they may still be coming up), else
+// why not. Nodes that answer nothing at all, three checks in a row, are
+// down: no point waiting for them.
+func (c *cutoverStep) needsRestart(ctx context.Context, r *engine.Run, e *cutoverEnv, want string) string {
 	admin, _, err := e.a.Clients(r)
 	if err != nil {
 		return err.Error()
 	}
-	return c.healthCheck(ctx, r, e.a, admin, len(e.nodes), want)
+	deadline := time.Now().Add(min(e.wait, restartGrace))
+	down := 0
+	for {
+		why := c.healthCheck(ctx, r, e.a, admin, len(e.nodes), want)
+		if why == "" {
+			return ""
+		}
+		if strings.HasPrefix(why, "server info: ") && (strings.Contains(why, "connection refused") || strings.Contains(why, "no route to host")) {
+			down++
+		} else {
+			down = 0
+		}
+		if down >= 3 || time.Now().After(deadline) || ctx.Err() != nil {
+			return why
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err().Error()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // probeInterval is how often the unavailability probe asks the object
