@@ -438,7 +438,8 @@ func (u *unavailability) stop() time.Duration {
 // the second ticks over (at most about a second): the tick is then known to
 // within one round trip, and the time returned errs early, never late, so
 // the write check it anchors can report too much but never miss a write.
-// Without a tick it returns the last Date seen (whole seconds, early too).
+// Without a tick it returns the first Date advanced by the time since it
+// came (early by less than a second).
 func (c *cutoverStep) storeClock(ctx context.Context, r *engine.Run, e *cutoverEnv) time.Time {
 	tlsCfg, err := tlsConfig(r, e.a.cfg.CAFile, e.a.cfg.Insecure)
 	if err != nil {
@@ -464,6 +465,7 @@ func (c *cutoverStep) storeClock(ctx context.Context, r *engine.Run, e *cutoverE
 	if err != nil {
 		return time.Time{}
 	}
+	firstAnswered := time.Now()
 	deadline := time.Now().Add(1500 * time.Millisecond)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		d, err := date()
@@ -477,5 +479,7 @@ func (c *cutoverStep) storeClock(ctx context.Context, r *engine.Run, e *cutoverE
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return first.UTC()
+	// No tick seen (a slow answer, or none): the first Date, advanced by
+	// the time since it came, still errs early by less than a second.
+	return first.UTC().Add(time.Since(firstAnswered))
 }
