@@ -266,10 +266,11 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	restart := !hasItem(r, item(phaseRestarted))
 	if !restart && !hasItem(r, item(phaseHealthy)) {
 		// An earlier run restarted the nodes and stopped before they were
-		// healthy (it failed, or was killed while waiting). If they are
-		// healthy now, go on; if not, that is cause for one more restart,
-		// rather than waiting out wait_timeout on nodes that failed.
-		if why := c.healthyWithin(ctx, r, e, want, restartGrace); why != "" {
+		// healthy (it failed, or was killed while waiting). If they become
+		// healthy, go on; if they are down or stay unhealthy, that is cause
+		// for one more restart, rather than waiting out wait_timeout on
+		// nodes that failed.
+		if why := c.needsRestart(ctx, r, e, want); why != "" {
 			r.Logf("the object store is not healthy on %s after the restart begun at %s (%s): restarting the nodes again", want, rs.At.Format(time.RFC3339), why)
 			restart = true
 		}
@@ -335,35 +336,38 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	return nil
 }
 
-// quickHealth is one health check ("" when healthy), for deciding whether
-// nodes restarted by an earlier run need restarting again.
-func (c *cutoverStep) quickHealth(ctx context.Context, r *engine.Run, e *cutoverEnv, want string) string {
+// restartGrace bounds how long a resume watches nodes that an earlier run
+// restarted before it decides they need restarting again.
+const restartGrace = 30 * time.Second
+
+// needsRestart decides whether nodes an earlier run restarted (and did not
+// see healthy) must be restarted again: "" when they become healthy within
+// restartGrace (at most wait_timeout; they may still be coming up), else
+// why not. Nodes that answer nothing at all, three checks in a row, are
+// down: no point waiting for them.
+func (c *cutoverStep) needsRestart(ctx context.Context, r *engine.Run, e *cutoverEnv, want string) string {
 	admin, _, err := e.a.Clients(r)
 	if err != nil {
 		return err.Error()
 	}
-	return c.healthCheck(ctx, r, e.a, admin, len(e.nodes), want)
-}
-
-// restartGrace bounds how long a resume gives nodes that an earlier run
-// restarted to answer healthy once before it restarts them again: nodes
-// restarted together report each other offline for a few seconds while they
-// reconnect (a kill -9 right after the restart, cutover_kill_restarted.txtar),
-// which is no cause for another restart and another outage.
-const restartGrace = 15 * time.Second
-
-// healthyWithin checks health once a second until one check passes ("") or
-// d (at most wait_timeout) has passed, and returns the last check's finding.
-func (c *cutoverStep) healthyWithin(ctx context.Context, r *engine.Run, e *cutoverEnv, want string, d time.Duration) string {
-	deadline := time.Now().Add(min(d, e.wait))
+	deadline := time.Now().Add(min(e.wait, restartGrace))
+	down := 0
 	for {
-		why := c.quickHealth(ctx, r, e, want)
-		if why == "" || !time.Now().Before(deadline) {
+		why := c.healthCheck(ctx, r, e.a, admin, len(e.nodes), want)
+		if why == "" {
+			return ""
+		}
+		if strings.HasPrefix(why, "server info: ") && (strings.Contains(why, "connection refused") || strings.Contains(why, "no route to host")) {
+			down++
+		} else {
+			down = 0
+		}
+		if down >= 3 || time.Now().After(deadline) || ctx.Err() != nil {
 			return why
 		}
 		select {
 		case <-ctx.Done():
-			return why
+			return ctx.Err().Error()
 		case <-time.After(time.Second):
 		}
 	}
@@ -441,7 +445,8 @@ func (u *unavailability) stop() time.Duration {
 // the second ticks over (at most about a second): the tick is then known to
 // within one round trip, and the time returned errs early, never late, so
 // the write check it anchors can report too much but never miss a write.
-// Without a tick it returns the last Date seen (whole seconds, early too).
+// Without a tick it returns the first Date advanced by the time since it
+// came (early by less than a second).
 func (c *cutoverStep) storeClock(ctx context.Context, r *engine.Run, e *cutoverEnv) time.Time {
 	tlsCfg, err := tlsConfig(r, e.a.cfg.CAFile, e.a.cfg.Insecure)
 	if err != nil {
@@ -467,6 +472,7 @@ func (c *cutoverStep) storeClock(ctx context.Context, r *engine.Run, e *cutoverE
 	if err != nil {
 		return time.Time{}
 	}
+	firstAnswered := time.Now()
 	deadline := time.Now().Add(1500 * time.Millisecond)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		d, err := date()
@@ -480,5 +486,7 @@ func (c *cutoverStep) storeClock(ctx context.Context, r *engine.Run, e *cutoverE
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return first.UTC()
+	// No tick seen (a slow answer, or none): the first Date, advanced by
+	// the time since it came, still errs early by less than a second.
+	return first.UTC().Add(time.Since(firstAnswered))
 }
