@@ -147,7 +147,17 @@ func cmdPutObjects(ts *testscript.TestScript, neg bool, args []string) {
 			ts.Fatalf("put-objects: %v", err)
 		}
 	}
+	// The cutover's write check before a rollback anchors on the object
+	// store's clock (whole seconds, read to err early) less a margin: it
+	// rightly counts a write in the last second or so before the restart
+	// as a possible write after it. A script that writes and then cuts
+	// over means its objects to come before the restart.
+	time.Sleep(writeCheckSlack)
 }
+
+// writeCheckSlack exceeds how early the cutover's write check may place the
+// restart (the Date header's second plus its margin).
+const writeCheckSlack = 1500 * time.Millisecond
 
 // ensureBucket makes bucket unless it exists.
 func ensureBucket(ctx context.Context, ts *testscript.TestScript, c *minio.Client, bucket string) {
