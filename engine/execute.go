@@ -246,7 +246,42 @@ func (s *Session) Apply(ctx context.Context, opts Options) error {
 	if s.Config.Approvals > 0 {
 		return Refusef("this runbook requires %d approval(s) of a saved plan: run runbook plan FILE -out DIR, have it approved with runbook approve DIR --by NAME, then runbook apply DIR", s.Config.Approvals)
 	}
-	return s.execute(ctx, opts, false, nil)
+	return s.execute(ctx, opts, false, func() (*PlanRecord, error) {
+		return nil, s.refuseEarly(ctx, opts)
+	})
+}
+
+// refuseEarly is what a saved plan gives apply DIR, for apply FILE: before a
+// new run does anything, every selected step is planned (read-only, quietly),
+// and a step that refuses what the runbook asks (a cutover whose default key
+// the enclave lacks, an object that already does not read) stops the run
+// before the first side effect instead of after the steps before it ran. A
+// step that cannot be planned yet is left to the run itself. A run already
+// under way (resume, or apply carrying a targeted run further) is not planned
+// again: its done steps would observe their own work.
+func (s *Session) refuseEarly(ctx context.Context, opts Options) error {
+	records, _, err := ReadJournal(opts.JournalDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if js, err := Replay(records); err != nil {
+		return err
+	} else if js.Run != nil && (js.Unfinished() || s.partlyApplied(js)) {
+		return nil
+	}
+	quiet := opts
+	quiet.Output = nil
+	res, err := s.Plan(ctx, quiet)
+	if err == nil || !errors.Is(err, ErrRefused) || res == nil {
+		return nil
+	}
+	var why []string
+	for _, ps := range res.Steps {
+		if ps.Error != "" {
+			why = append(why, ps.Addr+": "+ps.Error)
+		}
+	}
+	return Refusef("nothing ran: the plan of this runbook refuses what it asks (%s); runbook plan FILE shows the whole plan", strings.Join(why, "; "))
 }
 
 // ApplyPlan executes a saved, reviewed plan: under the journal lock it plans

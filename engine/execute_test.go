@@ -3,7 +3,9 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -49,6 +51,17 @@ func (p *probe) Apply(_ context.Context, r *engine.Run) error {
 }
 
 func (p *probe) Rollback(_ context.Context, r *engine.Run) error { return p.call("rollback", r) }
+
+// Plan fails as the test sets "plan:NAME"; only such calls are recorded.
+func (p *probe) Plan(_ context.Context, r *engine.Run) (*engine.StepPlan, error) {
+	probeMu.Lock()
+	defer probeMu.Unlock()
+	if err := probeBehaviour["plan:"+r.Addr]; err != nil {
+		probeCalls = append(probeCalls, "plan:"+r.Addr)
+		return nil, err
+	}
+	return &engine.StepPlan{Actions: []string{"probe"}}, nil
+}
 
 func setProbe(t *testing.T, behaviour map[string]error) {
 	probeMu.Lock()
@@ -190,5 +203,31 @@ func TestResumeAfterWideningApply(t *testing.T) {
 	js, _ := engine.Replay(records)
 	if got := js.Step("probe.b").State; got != engine.StateDone {
 		t.Fatalf("probe.b is %s after the resume, want done", got)
+	}
+}
+
+// apply FILE plans every step first: a step that refuses what the runbook
+// asks stops the run before the steps before it run (refuse early, change
+// nothing), while a step that merely cannot be planned yet is left to the run.
+func TestApplyRefusesEarly(t *testing.T) {
+	s, opts := openProbe(t)
+	setProbe(t, map[string]error{"plan:probe.b": engine.Refusef("the enclave lacks key k")})
+	err := s.Apply(context.Background(), opts)
+	if !errors.Is(err, engine.ErrRefused) || !strings.Contains(err.Error(), "probe.b") || !strings.Contains(err.Error(), "the enclave lacks key k") {
+		t.Fatalf("apply: got %v, want a refusal naming probe.b and its reason", err)
+	}
+	if got := calls(); len(got) != 1 || got[0] != "plan:probe.b" {
+		t.Fatalf("calls %v: nothing may run when a step refuses at plan", got)
+	}
+	if records, _, err := engine.ReadJournal(opts.JournalDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the journal after a refusal: %d record(s), %v; want none written", len(records), err)
+	}
+
+	setProbe(t, map[string]error{"plan:probe.b": errors.New("cannot observe yet")})
+	if err := s.Apply(context.Background(), opts); err != nil {
+		t.Fatalf("apply with a step that cannot be planned yet: %v", err)
+	}
+	if got := calls(); len(got) != 3 || got[1] != "apply:probe.a" || got[2] != "apply:probe.b" {
+		t.Fatalf("calls %v, want the plan, then both applies", got)
 	}
 }
