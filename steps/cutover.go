@@ -136,7 +136,7 @@ func (c *cutoverStep) validateConnection(d *engine.Decoded, a *aistorConnection)
 		seen[f] = true
 	}
 	if a.RestartMode() == "rolling" {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Rolling restart cannot cut over", Detail: rollingReason(distinctHosts(a.EnvFiles())) + " Set restart = \"systemd\" or restart = \"command\" on the aistor block: every node restarts at once and S3 clients retry.", Subject: d.AttrRange("aistor")})
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Rolling restart cannot cut over", Detail: rollingReason(hostsOf(a.EnvFiles())) + " Set restart = \"systemd\" or restart = \"command\" on the aistor block: every node restarts at once and S3 clients retry.", Subject: d.AttrRange("aistor")})
 	}
 	if a.RestartMode() == "" {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "No restart mode", Detail: "The cutover must fully stop and start every node: set restart = \"systemd\" or restart = \"command\" (with restart_command) on the aistor block.", Subject: d.AttrRange("aistor")})
@@ -204,15 +204,15 @@ func rollingReason(h int) string {
 	return fmt.Sprintf("At start-up each MinIO node waits until at least ⌊(H−1)/2⌋ other hosts report an identical MINIO_* environment, and the KES-era and Key Manager-era variables can never be set together: a node restarted into the Key Manager era waits for peers that are still on KES. So no node-by-node restart can pass; the smallest first wave is ⌈H/2⌉ hosts (%d of these %d), which already stops writes on any evenly spread erasure set.", wave, h)
 }
 
-// distinctHosts counts the hosts of env_files (H of DOMAIN.md D5): the
-// ssh hosts, each local file counted as a host of its own.
-func distinctHosts(files []string) int {
+// hostsOf counts the hosts of env_files (H of DOMAIN.md D5): each ssh
+// host, and this host for local files.
+func hostsOf(files []string) int {
 	hosts := map[string]bool{}
 	for _, f := range files {
 		if n, err := parseEnvNode(f); err == nil && n.Remote() {
 			hosts[n.Host] = true
 		} else {
-			hosts["file "+f] = true
+			hosts[""] = true
 		}
 	}
 	return len(hosts)
@@ -225,7 +225,7 @@ func refuseRestartMode(e *cutoverEnv) error {
 	case "admin":
 		return refuseAdmin()
 	case "rolling":
-		return engine.Refusef("restart = \"rolling\" cannot carry out this cutover: %s Use restart = \"systemd\" or \"command\"", rollingReason(distinctHosts(e.a.EnvFiles())))
+		return engine.Refusef("restart = \"rolling\" cannot carry out this cutover: %s Use restart = \"systemd\" or \"command\"", rollingReason(hostsOf(e.a.EnvFiles())))
 	case "":
 		return errors.New("the aistor block sets no restart mode: set restart = \"systemd\" or \"command\"")
 	}

@@ -154,10 +154,11 @@ func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv
 }
 
 // writeCheckMargin widens the window of the write check before a rollback
-// for clock differences between the object store's nodes: the node that
+// for clock differences between the object store's hosts: the host that
 // stamped a write may run a little behind the one whose clock was read
-// (storeClock, itself read to within a round trip, erring early). Erring
-// early only reports too much.
+// (storeClock, itself read to within a round trip, erring early). Nodes on
+// one host share its clock and get no margin. Erring early only reports
+// too much.
 const writeCheckMargin = 250 * time.Millisecond
 
 // checkNoNewWrites refuses a rollback once the object store may hold data
@@ -176,7 +177,11 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 	if since.IsZero() {
 		since, clock = rs.At, "this host's clock (the object store did not tell its time)"
 	}
-	since = since.Add(-writeCheckMargin)
+	margin := time.Duration(0)
+	if hostsOf(e.a.EnvFiles()) > 1 {
+		margin = writeCheckMargin
+	}
+	since = since.Add(-margin)
 	var found, failed []string
 	buckets, err := s3.ListBuckets(ctx)
 	if err != nil {
@@ -243,7 +248,10 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 			}
 		}
 	}
-	when := fmt.Sprintf("%s (%s, less %s)", since.Add(writeCheckMargin).Format(time.RFC3339Nano), clock, writeCheckMargin)
+	when := fmt.Sprintf("%s (%s)", since.Add(margin).Format(time.RFC3339Nano), clock)
+	if margin > 0 {
+		when = fmt.Sprintf("%s (%s, less %s for the clocks of %d hosts)", since.Add(margin).Format(time.RFC3339Nano), clock, margin, hostsOf(e.a.EnvFiles()))
+	}
 	if len(failed) > 0 {
 		msg := fmt.Sprintf("cannot check whether the object store changed since the cutover's restart at %s: %s", when, strings.Join(failed, "; "))
 		if r.Forced() {
