@@ -229,10 +229,12 @@ func TestMigrateResumeInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A request the crash cancelled may still be committed by the Key
-	// Manager after present was counted: every key seen present is in
-	// flight, and every key is either in flight or sent again, once.
-	if res.Earlier != 10 || int(res.InFlight) < present-10 || int(res.InFlight+res.Commands) != 30 {
-		t.Fatalf("resume: earlier %d, in flight %d, keys sent %d; want 10, at least %d, %d together", res.Earlier, res.InFlight, res.Commands, present-10, 30)
+	// Manager after present was counted, even while the resume runs (the
+	// resume then finds that key imported when it sends it, and proves it):
+	// every key seen present is in flight and never sent again, and every
+	// other key is in flight or sent.
+	if res.Earlier != 10 || int(res.InFlight) < present-10 || int(res.Commands) > 40-present || int(res.InFlight+res.Commands) < 30 {
+		t.Fatalf("resume: earlier %d, in flight %d, keys sent %d; want 10, at least %d, at most %d, at least 30 together", res.Earlier, res.InFlight, res.Commands, present-10, 40-present)
 	}
 	if res.Imported != 40 || len(env.targetNames(t)) != 40 {
 		t.Fatalf("imported %d, enclave holds %d; want 40", res.Imported, len(env.targetNames(t)))
