@@ -7,7 +7,9 @@
 #    instant when cached),
 # 2. exports RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_MINIO_BIN,
 #    RUNBOOK_VAULT_BIN,
-# 3. checks formatting and vet, and runs every test against those servers.
+# 3. checks formatting and vet, runs every test against those servers, the
+#    race detector over engine, steps and emulator, a 10-point crash test
+#    (bench/crash, docs/crash-test.md) and each fuzz target briefly.
 #
 # Extra arguments go to 'go test' (e.g. scripts/test.sh -run Interop -v).
 set -euo pipefail
