@@ -109,6 +109,12 @@ func Load(path string, src []byte) (*Config, hcl.Diagnostics) {
 	p := hclparse.NewParser()
 	f, diags := p.ParseHCL(src, path)
 	cfg := &Config{Path: path, Dir: filepath.Dir(path), Src: src, Files: p.Files(), byAddr: map[string]*BlockConfig{}}
+	// Absolute, so that a path the runbook names is spelled the same from
+	// any working directory: a saved plan binds what it observed by path,
+	// and apply DIR may run from elsewhere than plan did.
+	if abs, err := filepath.Abs(cfg.Dir); err == nil {
+		cfg.Dir = abs
+	}
 	if f == nil || diags.HasErrors() {
 		return cfg, diags
 	}

@@ -194,7 +194,7 @@ func (c *cutoverStep) resolve(r *engine.Run) (*cutoverEnv, error) {
 
 // refuseAdmin explains why the documented restart cannot be used.
 func refuseAdmin() error {
-	return engine.Refusef("restart = \"admin\" cannot carry out this cutover: the admin (mc admin service) restart re-executes MinIO with its old environment, which still holds the MINIO_KMS_KES_* variables, and re-reads the env file only additively, so MinIO stops with \"kms: configuration for MinIO KMS and MinIO KES is present\" (FATAL) and the object store is down (DOMAIN.md D2). Use restart = \"systemd\" (systemctl restart minio on every node) or restart = \"command\" with a restart_command that fully stops and starts the MinIO process")
+	return engine.Refusef("restart = \"admin\" cannot carry out this cutover: the admin (mc admin service) restart re-executes MinIO with its old environment, which still holds the MINIO_KMS_KES_* variables, and re-reads the env file only additively, so MinIO stops with \"kms: configuration for MinIO KMS and MinIO KES is present\" (FATAL) and the object store is down (MinIO cmd/service.go restartProcess). Use restart = \"systemd\" (systemctl restart minio on every node) or restart = \"command\" with a restart_command that fully stops and starts the MinIO process")
 }
 
 // rollingReason explains why no rolling restart can carry the cutover

@@ -158,7 +158,7 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	if e.a.RestartMode() == "systemd" {
 		p.Risks = append(p.Risks, "restart = \"systemd\": a full stop and start of the minio unit on every node")
 	}
-	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node, DOMAIN.md D5): the object store answers nothing until they are back; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. The apply measures the window (from the first failed health probe to the first healthy answer) and reports it in its log and as the output unavailable_seconds")
+	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node at start-up, cmd/bootstrap-peer-server.go): the object store answers nothing until they are back; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. The apply measures the window (from the first failed health probe to the first healthy answer) and reports it in its log and as the output unavailable_seconds")
 	sort.Strings(p.Items)
 	p.State = map[string]any{"env_files": state, "sample": sample, "sse_key": f.sseKey}
 	return p, nil
@@ -308,7 +308,7 @@ func rootAccessRisk(envData []byte) string {
 	if err != nil || !strings.EqualFold(env["MINIO_API_ROOT_ACCESS"], "off") || env["MINIO_ROOT_USER"] != "" {
 		return ""
 	}
-	return "MINIO_API_ROOT_ACCESS=off and no MINIO_ROOT_USER: MinIO derives its root credentials from a KMS HMAC, which the Key Manager connection does not offer (DOMAIN.md D2), so after the cutover it falls back to the active or the default credentials. Set MINIO_ROOT_USER and MINIO_ROOT_PASSWORD in the env files before the cutover"
+	return "MINIO_API_ROOT_ACCESS=off and no MINIO_ROOT_USER: MinIO derives its root credentials from a KMS HMAC, which the Key Manager connection does not offer, so after the cutover it falls back to the active or the default credentials. Set MINIO_ROOT_USER and MINIO_ROOT_PASSWORD in the env files before the cutover"
 }
 
 // kmsStatusRisk is the plan's risk line when the object store does not

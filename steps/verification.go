@@ -211,7 +211,7 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 	} else {
 		p.Observed = append(p.Observed, fmt.Sprintf("%s names no KES server: the keys are proven from the store's material only", srcAddr))
 	}
-	p.Risks = append(p.Risks, "whether the real AIStor Key Manager (minkms) decrypts KES v0.22/v0.23 msgpack ciphertexts is not published (DOMAIN.md B5): verification proves each format against the Key Manager it talks to, so a rehearsal on the emulator proves the emulator, not minkms; run verification against the real Key Manager before the cutover")
+	p.Risks = append(p.Risks, "whether the real AIStor Key Manager (minkms) decrypts KES v0.22/v0.23 msgpack ciphertexts is not published: verification proves each format against the Key Manager it talks to, so a rehearsal on the emulator proves the emulator, not minkms; run verification against the real Key Manager before the cutover")
 	if v.cfg.Sample == nil {
 		p.Items = names
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -45,12 +46,32 @@ func newFlagSet(name string, cf *commonFlags) *flag.FlagSet {
 	return fs
 }
 
+// helpRequest is -h or --help on a subcommand: its usage and flags go to
+// stdout, and the exit code is 0.
+type helpRequest struct{ fs *flag.FlagSet }
+
+func (h *helpRequest) Error() string { return "help requested" }
+
+func (h *helpRequest) print(w io.Writer) {
+	for _, c := range commands {
+		if c.name == h.fs.Name() {
+			fmt.Fprintf(w, "usage: runbook %s %s\n", c.name, c.usage)
+		}
+	}
+	fmt.Fprintln(w, "\nflags (one dash or two):")
+	h.fs.SetOutput(w)
+	h.fs.PrintDefaults()
+	h.fs.SetOutput(io.Discard)
+}
+
 // parseArgs parses flags wherever they stand among the positional arguments,
 // so that both `apply FILE -var x=1` and `apply -var x=1 FILE` work.
 func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			return nil, &helpRequest{fs: fs}
+		} else if err != nil {
 			return nil, &usageError{msg: err.Error(), hint: "run runbook help " + fs.Name()}
 		}
 		if fs.NArg() == 0 {

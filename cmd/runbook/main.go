@@ -56,6 +56,9 @@ func Main() int {
 }
 
 func run(ctx context.Context, env *cliEnv, args []string) int {
+	if len(args) == 2 && args[0] == "help" {
+		args = []string{args[1], "-h"} // runbook help COMMAND: its usage and flags
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		printUsage(env.stderr)
 		if len(args) == 0 {
@@ -84,6 +87,7 @@ func printUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.usage)
 	}
 	fmt.Fprintln(w, "\ncommon flags: -var NAME=VALUE, -var-file FILE, -target TYPE.NAME, -parallelism N, -json, -journal DIR")
+	fmt.Fprintln(w, "runbook help COMMAND (or runbook COMMAND -h) lists a command's flags")
 }
 
 // usageError is a mistake in the command line itself (exit 2).
@@ -99,6 +103,11 @@ func (e *reportedError) Unwrap() error { return e.err }
 
 func exitCode(env *cliEnv, err error) int {
 	if err == nil {
+		return exitOK
+	}
+	var he *helpRequest
+	if errors.As(err, &he) {
+		he.print(env.stdout)
 		return exitOK
 	}
 	var ue *usageError
