@@ -98,7 +98,14 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 		return res, Refusef("%d step(s) refuse what the runbook asks; see their plan above", refused)
 	}
 	if failed > 0 {
-		return res, fmt.Errorf("%w: %d step(s) could not be planned", ErrFailed, failed)
+		// Named here too: apply DIR plans quietly, so nothing is "above".
+		var why []string
+		for _, ps := range planned {
+			if ps.Error != "" {
+				why = append(why, ps.Addr+": "+ps.Error)
+			}
+		}
+		return res, fmt.Errorf("%w: %d step(s) could not be planned (%s)", ErrFailed, failed, strings.Join(why, "; "))
 	}
 	return res, nil
 }
