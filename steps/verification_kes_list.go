@@ -290,22 +290,8 @@ func kesNameChars(s string) bool {
 }
 
 // kesListable reports whether KES's listing API takes p as a prefix
-// (auth.go validPattern, without its '*').
-func kesListable(p string) bool {
-	if p == "" || p == "_" || len(p) > 80 {
-		return false
-	}
-	last := len(p) - 1
-	for i, c := range p {
-		switch {
-		case c >= '0' && c <= '9', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c == '_':
-		case c == '-' && i > 0 && i < last:
-		default:
-			return false
-		}
-	}
-	return true
-}
+// (auth.go validPattern, without its '*'): the same rule as a key name's.
+func kesListable(p string) bool { return kesValidName(p) }
 
 // kesNextAfter is the smallest string of KES name characters greater than
 // every string that starts with p, or "" when there is none. The strings
