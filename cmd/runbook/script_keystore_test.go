@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"os"
@@ -81,13 +80,7 @@ func cmdKESSeal(ts *testscript.TestScript, neg bool, args []string) {
 	if fs.NArg() < 2 {
 		ts.Fatalf("usage: kes-seal [-env PREFIX] FILE NAME...")
 	}
-	key, err := kes.ParseAPIKey(ts.Getenv(*env + "_API_KEY"))
-	ts.Check(err)
-	cert, err := kes.GenerateCertificate(key)
-	ts.Check(err)
-	conf := scriptTLS(ts, *env+"_CA")
-	conf.Certificates = []tls.Certificate{cert}
-	c := kes.NewClientWithConfig(ts.Getenv(*env+"_SERVER"), conf)
+	c := scriptKESClient(ts, *env)
 	ctx, cancel := scriptCtx()
 	defer cancel()
 	var b strings.Builder

@@ -188,21 +188,27 @@ func cmdBucketEncryption(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(c.SetBucketEncryption(ctx, *bucket, cfg))
 }
 
+// scriptKESClient is a client of the script's KES server PREFIX (kes-server
+// -env PREFIX), as its admin.
+func scriptKESClient(ts *testscript.TestScript, prefix string) *kes.Client {
+	key, err := kes.ParseAPIKey(ts.Getenv(prefix + "_API_KEY"))
+	ts.Check(err)
+	cert, err := kes.GenerateCertificate(key)
+	ts.Check(err)
+	conf := scriptTLS(ts, prefix+"_CA")
+	conf.Certificates = []tls.Certificate{cert}
+	return kes.NewClientWithConfig(ts.Getenv(prefix+"_SERVER"), conf)
+}
+
 func cmdKESCreateKey(ts *testscript.TestScript, neg bool, args []string) {
 	fs := scriptFlags(ts, "kes-create-key", neg)
 	ts.Check(fs.Parse(args))
 	if fs.NArg() != 1 {
 		ts.Fatalf("usage: kes-create-key NAME")
 	}
-	key, err := kes.ParseAPIKey(ts.Getenv("KES_API_KEY"))
-	ts.Check(err)
-	cert, err := kes.GenerateCertificate(key)
-	ts.Check(err)
-	conf := scriptTLS(ts, "KES_CA")
-	conf.Certificates = []tls.Certificate{cert}
 	ctx, cancel := scriptCtx()
 	defer cancel()
-	if err := kes.NewClientWithConfig(ts.Getenv("KES_SERVER"), conf).CreateKey(ctx, fs.Arg(0)); err != nil {
+	if err := scriptKESClient(ts, "KES").CreateKey(ctx, fs.Arg(0)); err != nil {
 		ts.Fatalf("kes-create-key: %v", err)
 	}
 }
@@ -250,15 +256,9 @@ func cmdKESDeleteKey(ts *testscript.TestScript, neg bool, args []string) {
 	if fs.NArg() != 1 {
 		ts.Fatalf("usage: kes-delete-key NAME")
 	}
-	key, err := kes.ParseAPIKey(ts.Getenv("KES_API_KEY"))
-	ts.Check(err)
-	cert, err := kes.GenerateCertificate(key)
-	ts.Check(err)
-	conf := scriptTLS(ts, "KES_CA")
-	conf.Certificates = []tls.Certificate{cert}
 	ctx, cancel := scriptCtx()
 	defer cancel()
-	if err := kes.NewClientWithConfig(ts.Getenv("KES_SERVER"), conf).DeleteKey(ctx, fs.Arg(0)); err != nil {
+	if err := scriptKESClient(ts, "KES").DeleteKey(ctx, fs.Arg(0)); err != nil {
 		ts.Fatalf("kes-delete-key: %v", err)
 	}
 }
