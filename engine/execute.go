@@ -275,13 +275,7 @@ func (s *Session) refuseEarly(ctx context.Context, opts Options) error {
 	if err == nil || !errors.Is(err, ErrRefused) || res == nil {
 		return nil
 	}
-	var why []string
-	for _, ps := range res.Steps {
-		if ps.Error != "" {
-			why = append(why, ps.Addr+": "+ps.Error)
-		}
-	}
-	return Refusef("nothing ran: the plan of this runbook refuses what it asks (%s); runbook plan FILE shows the whole plan", strings.Join(why, "; "))
+	return Refusef("nothing ran: the plan of this runbook refuses what it asks (%s); runbook plan FILE shows the whole plan", stepErrors(res.Steps))
 }
 
 // ApplyPlan executes a saved, reviewed plan: under the journal lock it plans

@@ -99,15 +99,21 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 	}
 	if failed > 0 {
 		// Named here too: apply DIR plans quietly, so nothing is "above".
-		var why []string
-		for _, ps := range planned {
-			if ps.Error != "" {
-				why = append(why, ps.Addr+": "+ps.Error)
-			}
-		}
-		return res, fmt.Errorf("%w: %d step(s) could not be planned (%s)", ErrFailed, failed, strings.Join(why, "; "))
+		return res, fmt.Errorf("%w: %d step(s) could not be planned (%s)", ErrFailed, failed, stepErrors(planned))
 	}
 	return res, nil
+}
+
+// stepErrors lists the steps that could not be planned, each with why:
+// "addr: error; addr: error".
+func stepErrors(steps []PlannedStep) string {
+	var why []string
+	for _, ps := range steps {
+		if ps.Error != "" {
+			why = append(why, ps.Addr+": "+ps.Error)
+		}
+	}
+	return strings.Join(why, "; ")
 }
 
 func planEvent(ps PlannedStep) Event {
