@@ -132,7 +132,7 @@ func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutover
 	var last string
 	for {
 		why := c.healthCheck(wctx, r, e.a, admin, len(e.nodes), want)
-		if wctx.Err() != nil && last != "" {
+		if why != "" && wctx.Err() != nil && last != "" {
 			// The wait's deadline cut this check short: the check before it
 			// says what was wrong ("context deadline exceeded" says nothing).
 			why = last
