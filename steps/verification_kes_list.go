@@ -60,15 +60,9 @@ func kesWalk(ctx context.Context, list kesListFunc, prefix string, out *[]string
 		if q == "" {
 			q = "*"
 		}
-		var names []string
-		var next string
-		err := withRetry(ctx, func() error {
-			var err error
-			names, next, err = list(ctx, q)
-			return err
-		})
+		names, next, err := listRetrying(ctx, list, q)
 		if err != nil {
-			return fmt.Errorf("list keys of the KES server under %q: %w", q, err)
+			return err
 		}
 		*out = append(*out, names...)
 		if next == "" {
@@ -189,24 +183,24 @@ func kesListSorted(sorted []string, q string) ([]string, string, error) {
 	return sorted[i:j], "", nil
 }
 
+// listRetrying is one KES listing under q, retried on transient errors.
+func listRetrying(ctx context.Context, list kesListFunc, q string) (names []string, next string, err error) {
+	err = withRetry(ctx, func() error {
+		var err error
+		names, next, err = list(ctx, q)
+		return err
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("list keys of the KES server under %q: %w", q, err)
+	}
+	return names, next, nil
+}
+
 // kesCursorWalk is listKESServerGuided's walk over the name space, asking
 // list for each listing.
 func kesCursorWalk(ctx context.Context, list kesListFunc, expected []string) ([]string, error) {
 	var out []string
-	call := func(q string) ([]string, string, error) {
-		var names []string
-		var next string
-		err := withRetry(ctx, func() error {
-			var err error
-			names, next, err = list(ctx, q)
-			return err
-		})
-		if err != nil {
-			return nil, "", fmt.Errorf("list keys of the KES server under %q: %w", q, err)
-		}
-		return names, next, nil
-	}
-	names, cursor, err := call("*")
+	names, cursor, err := listRetrying(ctx, list, "*")
 	if err != nil {
 		return nil, err
 	}
@@ -220,7 +214,7 @@ func kesCursorWalk(ctx context.Context, list kesListFunc, expected []string) ([]
 		longest, tried := "", ""
 		try := func(p string) error {
 			tried = p
-			names, next, err := call(p)
+			names, next, err := listRetrying(ctx, list, p)
 			if err != nil {
 				return err
 			}
