@@ -98,12 +98,17 @@ func (x *execution) openJournal() error {
 	return nil
 }
 
-func (x *execution) append(r *Record) error {
+func (x *execution) append(r *Record) error { return x.appendAll([]*Record{r}) }
+
+// appendAll appends records under one fsync (Journal.AppendAll).
+func (x *execution) appendAll(rs []*Record) error {
 	if x.j == nil {
 		return errors.New("no journal during plan: a planner must not record checkpoints")
 	}
-	r.Error = x.rd.String(r.Error)
-	if err := x.j.Append(r); err != nil {
+	for _, r := range rs {
+		r.Error = x.rd.String(r.Error)
+	}
+	if err := x.j.AppendAll(rs); err != nil {
 		return fmt.Errorf("write journal: %w", err)
 	}
 	return nil

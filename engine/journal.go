@@ -157,8 +157,16 @@ func ReadJournal(dir string) (records []Record, warnings []string, err error) {
 // After a failed write or fsync the journal refuses further appends: the
 // file may end in a partial record, and after a failed fsync the kernel may
 // have dropped the written data. Reopening the journal discards a torn tail.
-func (j *Journal) Append(r *Record) error {
-	rec := *r
+func (j *Journal) Append(r *Record) error { return j.AppendAll([]*Record{r}) }
+
+// AppendAll appends records in order, as Append does each, in one write and
+// under one fsync: a batch of checkpoints costs one fsync, not one round of
+// group commit per record. A crash may leave any prefix of the batch (the
+// last line possibly torn, which OpenJournal discards).
+func (j *Journal) AppendAll(rs []*Record) error {
+	if len(rs) == 0 {
+		return nil
+	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {
@@ -167,21 +175,31 @@ func (j *Journal) Append(r *Record) error {
 	if j.err != nil {
 		return fmt.Errorf("append journal record: journal failed earlier: %w", j.err)
 	}
-	rec.Seq = j.seq + 1
-	if rec.Time.IsZero() {
-		rec.Time = time.Now().UTC()
+	var buf []byte
+	recs := make([]Record, len(rs))
+	now := time.Now().UTC()
+	for i, r := range rs {
+		rec := *r
+		rec.Seq = j.seq + uint64(i) + 1
+		if rec.Time.IsZero() {
+			rec.Time = now
+		}
+		line, err := encodeJournalLine(&rec)
+		if err != nil {
+			return fmt.Errorf("append journal record: %w", err)
+		}
+		buf = append(buf, line...)
+		recs[i] = rec
 	}
-	line, err := encodeJournalLine(&rec)
-	if err != nil {
-		return fmt.Errorf("append journal record: %w", err)
-	}
-	if _, err := j.f.Write(line); err != nil {
+	if _, err := j.f.Write(buf); err != nil {
 		j.err = err
 		return fmt.Errorf("append journal record: %w", err)
 	}
-	j.seq = rec.Seq
-	r.Seq, r.Time = rec.Seq, rec.Time
-	if err := j.waitDurable(rec.Seq); err != nil {
+	j.seq += uint64(len(rs))
+	for i, r := range rs {
+		r.Seq, r.Time = recs[i].Seq, recs[i].Time
+	}
+	if err := j.waitDurable(j.seq); err != nil {
 		return fmt.Errorf("append journal record: %w", err)
 	}
 	return nil

@@ -470,3 +470,44 @@ func TestJournalCloseDuringAppends(t *testing.T) {
 		t.Fatalf("%d records after %d successful appends, %v", len(recs), ok, err)
 	}
 }
+
+// A batch is appended in order under consecutive sequence numbers, durable
+// under one fsync, and reads back like records appended one by one.
+func TestJournalAppendAll(t *testing.T) {
+	dir := t.TempDir()
+	j, _, _, err := OpenJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Append(&Record{Kind: "run"}); err != nil {
+		t.Fatal(err)
+	}
+	before := j.fsyncs.Load()
+	batch := []*Record{{Kind: "checkpoint", Step: "s.a", Item: "key/1"}, {Kind: "checkpoint", Step: "s.a", Item: "key/2"}, {Kind: "checkpoint", Step: "s.a", Item: "key/3"}}
+	if err := j.AppendAll(batch); err != nil {
+		t.Fatal(err)
+	}
+	if n := j.fsyncs.Load() - before; n != 1 {
+		t.Errorf("a batch of 3 records took %d fsyncs, want 1", n)
+	}
+	for i, r := range batch {
+		if r.Seq != uint64(i+2) || r.Time.IsZero() {
+			t.Errorf("record %d: seq %d time %v, want seq %d and a time", i, r.Seq, r.Time, i+2)
+		}
+	}
+	if err := j.AppendAll(nil); err != nil {
+		t.Errorf("empty batch: %v", err)
+	}
+	j.Close()
+	recs, _, err := ReadJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var items []string
+	for _, r := range recs {
+		items = append(items, fmt.Sprintf("%d:%s", r.Seq, r.Item))
+	}
+	if got, want := strings.Join(items, " "), "1: 2:key/1 3:key/2 4:key/3"; got != want {
+		t.Errorf("read back %q, want %q", got, want)
+	}
+}

@@ -47,22 +47,44 @@ func (r *Run) Attempt() int { return r.attempt }
 // Checkpoint records that one item of the step's work is done, durably, before
 // it returns. data is the step's own JSON; it must hold no secret.
 func (r *Run) Checkpoint(item string, data any) error {
-	raw, err := json.Marshal(data)
-	if err != nil {
-		return fmt.Errorf("encode checkpoint %q: %w", item, err)
+	return r.CheckpointAll([]CheckpointItem{{Item: item, Data: data}})
+}
+
+// CheckpointItem is one item of CheckpointAll: its name and the step's JSON.
+type CheckpointItem struct {
+	Item string
+	Data any
+}
+
+// CheckpointAll records items as Checkpoint does each, durably under one
+// fsync before it returns: for a step that finishes many items at once. A
+// crash may leave any prefix of them recorded.
+func (r *Run) CheckpointAll(items []CheckpointItem) error {
+	recs := make([]*Record, len(items))
+	raws := make([]json.RawMessage, len(items))
+	for i, it := range items {
+		raw, err := json.Marshal(it.Data)
+		if err != nil {
+			return fmt.Errorf("encode checkpoint %q: %w", it.Item, err)
+		}
+		raws[i] = json.RawMessage(r.x.rd.String(string(raw)))
+		recs[i] = &Record{Kind: "checkpoint", Step: r.Addr, Item: r.x.rd.String(it.Item), Data: raws[i]}
 	}
-	raw = json.RawMessage(r.x.rd.String(string(raw)))
-	if err := r.x.append(&Record{Kind: "checkpoint", Step: r.Addr, Item: r.x.rd.String(item), Data: raw}); err != nil {
+	if err := r.x.appendAll(recs); err != nil {
 		return err
 	}
 	r.mu.Lock()
-	if _, seen := r.checkpoints[item]; !seen {
-		r.order = append(r.order, item)
+	for i, it := range items {
+		if _, seen := r.checkpoints[it.Item]; !seen {
+			r.order = append(r.order, it.Item)
+		}
+		r.checkpoints[it.Item] = raws[i]
 	}
-	r.checkpoints[item] = raw
 	r.mu.Unlock()
 	if hook := AfterCheckpoint; hook != nil {
-		hook(r.Addr, item)
+		for _, it := range items {
+			hook(r.Addr, it.Item)
+		}
 	}
 	return nil
 }
