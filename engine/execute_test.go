@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/zclconf/go-cty/cty"
 
@@ -52,8 +53,34 @@ func (p *probe) Apply(_ context.Context, r *engine.Run) error {
 
 func (p *probe) Rollback(_ context.Context, r *engine.Run) error { return p.call("rollback", r) }
 
+// probeMeeting, when set, makes the plans of every step it names wait until
+// all of them are under way (or fail after a while): only plans that run
+// concurrently can meet.
+var probeMeeting struct {
+	sync.Mutex
+	names   map[string]bool
+	arrived int
+	all     chan struct{}
+}
+
 // Plan fails as the test sets "plan:NAME"; only such calls are recorded.
 func (p *probe) Plan(_ context.Context, r *engine.Run) (*engine.StepPlan, error) {
+	probeMeeting.Lock()
+	if probeMeeting.names[r.Addr] {
+		probeMeeting.arrived++
+		if probeMeeting.arrived == len(probeMeeting.names) {
+			close(probeMeeting.all)
+		}
+		all := probeMeeting.all
+		probeMeeting.Unlock()
+		select {
+		case <-all:
+		case <-time.After(5 * time.Second):
+			return nil, errors.New("the other plans never started: steps were planned one at a time")
+		}
+	} else {
+		probeMeeting.Unlock()
+	}
 	probeMu.Lock()
 	defer probeMu.Unlock()
 	if err := probeBehaviour["plan:"+r.Addr]; err != nil {
@@ -229,5 +256,42 @@ func TestApplyRefusesEarly(t *testing.T) {
 	}
 	if got := calls(); len(got) != 3 || got[1] != "apply:probe.a" || got[2] != "apply:probe.b" {
 		t.Fatalf("calls %v, want the plan, then both applies", got)
+	}
+}
+
+// Independent steps are planned concurrently (a plan waits on the network),
+// and the plan still lists them in execution order.
+func TestPlanRunsIndependentStepsConcurrently(t *testing.T) {
+	dir := t.TempDir()
+	src := `
+runbook {
+  name = "wide"
+}
+probe "a" {}
+probe "b" {}
+probe "c" {}
+probe "d" {
+  label = probe.c.label
+}
+`
+	s, diags := engine.Open(filepath.Join(dir, "wide.hcl"), []byte(src), engine.VarInputs{}, true)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	setProbe(t, map[string]error{})
+	probeMeeting.Lock()
+	probeMeeting.names, probeMeeting.arrived, probeMeeting.all = map[string]bool{"probe.a": true, "probe.b": true, "probe.c": true}, 0, make(chan struct{})
+	probeMeeting.Unlock()
+	t.Cleanup(func() { probeMeeting.Lock(); probeMeeting.names = nil; probeMeeting.Unlock() })
+	res, err := s.Plan(context.Background(), engine.Options{JournalDir: filepath.Join(dir, ".runbook", "wide"), Command: "test"})
+	if err != nil {
+		t.Fatalf("plan: %v", err)
+	}
+	var order []string
+	for _, ps := range res.Steps {
+		order = append(order, ps.Addr)
+	}
+	if got, want := strings.Join(order, " "), strings.Join(s.Graph.Order(), " "); got != want {
+		t.Errorf("planned steps in order %q, want the execution order %q", got, want)
 	}
 }

@@ -1,12 +1,14 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // PlannedStep is one block of a plan.
@@ -16,6 +18,8 @@ type PlannedStep struct {
 	DependsOn []string  `json:"depends_on,omitempty"`
 	Plan      *StepPlan `json:"plan,omitempty"`
 	Error     string    `json:"error,omitempty"`
+
+	refused bool // Error is a refusal (ErrRefused)
 }
 
 // PlanResult is what planning observed and intends.
@@ -43,12 +47,15 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 		}
 		x.recordInput("file "+p, sha256Hex(raw))
 	}
-	var planned []PlannedStep
-	failed, refused := 0, 0
-	for _, addr := range s.Graph.Order() {
-		if !sel[addr] {
-			continue
-		}
+	// Steps are planned concurrently once the steps they depend on are (a
+	// plan's outputs feed its dependents' configuration); plans only
+	// observe, and are shown in execution order.
+	var (
+		mu      sync.Mutex
+		results = map[string]PlannedStep{}
+		connErr error
+	)
+	x.walk(ctx, sel, func(ctx context.Context, addr string) error {
 		b := s.Config.Block(addr)
 		inst := b.BlockType.New()
 		d, diags := s.Scope.Decode(b, inst.Config())
@@ -57,12 +64,16 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 		}
 		if b.BlockType.Kind == KindConnection {
 			if diags.HasErrors() {
-				return nil, fmt.Errorf("%s: %w", addr, diagsError(diags))
+				err := fmt.Errorf("%s: %w", addr, diagsError(diags))
+				mu.Lock()
+				connErr = cmp.Or(connErr, err)
+				mu.Unlock()
+				return err
 			}
 			// Files a connection names (CA files, configs) are read lazily by
 			// the steps that use it; the runbook text binds their names.
 			s.Scope.SetConnection(addr, inst)
-			continue
+			return nil
 		}
 		ps := PlannedStep{Addr: addr, Type: b.Type, DependsOn: s.Graph.Deps[addr]}
 		if diags.HasErrors() {
@@ -73,7 +84,7 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 			if err != nil {
 				ps.Error = x.rd.String(err.Error())
 				if errors.Is(err, ErrRefused) {
-					refused++
+					ps.refused = true
 				}
 			} else {
 				ps.Plan = sp
@@ -84,8 +95,29 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 		} else {
 			ps.Plan = &StepPlan{Actions: []string{"run " + addr}}
 		}
+		mu.Lock()
+		results[addr] = ps
+		mu.Unlock()
+		return nil // a step that cannot be planned does not stop its dependents' plans
+	})
+	if connErr != nil {
+		return nil, connErr
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var planned []PlannedStep
+	failed, refused := 0, 0
+	for _, addr := range s.Graph.Order() {
+		ps, ok := results[addr]
+		if !ok {
+			continue
+		}
 		if ps.Error != "" {
 			failed++
+		}
+		if ps.refused {
+			refused++
 		}
 		planned = append(planned, ps)
 		x.emit(planEvent(ps))
