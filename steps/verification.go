@@ -12,7 +12,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -326,6 +325,12 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	if err != nil {
 		return err
 	}
+	// The KES round trips on a sample run meanwhile: they cost the KES
+	// server and the Key Manager a request each, not this side's CPU.
+	var kesRT *kesRoundTrips
+	if kc != nil {
+		kesRT = startKESRoundTrips(ctx, kc, kmc, enc.Name, kesSample(todo, verifyKESSample), v.parallelism())
+	}
 	unparsable, proofs, err := v.readAndSeal(ctx, ks, candidates, setOf(todo))
 	if err != nil {
 		return err
@@ -352,26 +357,9 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 
 	// 2. The proofs: a KES round trip on a sample, then every sealed
 	// ciphertext decrypted at the Key Manager, batched.
-	var failures []verifyFailure
-	kesProven := map[string]bool{}
 	proving := proofNames(proofs)
-	if kc != nil && len(proving) > 0 {
-		var mu sync.Mutex
-		sample := kesSample(proving, verifyKESSample)
-		err := forEach(ctx, v.parallelism(), len(sample), func(ctx context.Context, i int) error {
-			err := verifyKESGenerate(ctx, kc, kmc, enc.Name, sample[i])
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				failures = append(failures, verifyFailure{Name: sample[i], Reason: err.Error()})
-			} else {
-				kesProven[sample[i]] = true
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
+	if kesRT != nil {
+		kesRT.keep(proving, verifyKESSample)
 	}
 	total := int64(len(proofs))
 	var done atomic.Int64
@@ -382,6 +370,13 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		return err
 	}
 	r.Logf("the Key Manager decrypted %d ciphertexts, up to %d per request, in %s", len(proofs), verifyDecryptBatch, time.Since(t0).Round(time.Millisecond))
+	var failures []verifyFailure
+	kesProven := map[string]bool{}
+	if kesRT != nil {
+		if failures, kesProven, err = kesRT.wait(); err != nil {
+			return err
+		}
+	}
 	kps := judgeProofs(proofs, outcomes)
 	for _, p := range proofs {
 		clear(p.plaintext)
@@ -401,7 +396,7 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		}
 	}
 	t0 = time.Now()
-	if err := checkpointProofs(ctx, r.Checkpoint, proven, kesProven, checkpointParallelism); err != nil {
+	if err := checkpointProofs(ctx, r.CheckpointAll, proven, kesProven, checkpointParallelism); err != nil {
 		return err
 	}
 	r.Logf("checkpointed %d proven keys in %s", len(proven), time.Since(t0).Round(time.Millisecond))

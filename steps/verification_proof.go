@@ -13,8 +13,10 @@ import (
 	"sync"
 
 	kesserver "github.com/minio/kes"
+	"github.com/minio/kes-go"
 	"github.com/minio/kms-go/kms"
 
+	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 )
 
@@ -263,13 +265,104 @@ type proofCheckpoint struct {
 	KESGenerate bool     `json:"kes_generate,omitempty"`
 }
 
-// checkpointProofs makes the checkpoints of the proven keys durable,
-// appended concurrently so that they share the journal's group commit.
-func checkpointProofs(ctx context.Context, checkpoint func(item string, data any) error, kps []keyProof, kesProven map[string]bool, par int) error {
-	return forEach(ctx, par, len(kps), func(ctx context.Context, i int) error {
-		kp := kps[i]
-		return checkpoint("key/"+kp.Name, proofCheckpoint{Proof: proofLocalSeal, Formats: kp.Formats, KESGenerate: kesProven[kp.Name]})
+// checkpointProofs makes the checkpoints of the proven keys durable, in
+// batches of checkpointBatch under one fsync each, par batches at once.
+func checkpointProofs(ctx context.Context, checkpointAll func([]engine.CheckpointItem) error, kps []keyProof, kesProven map[string]bool, par int) error {
+	batches := (len(kps) + checkpointBatch - 1) / checkpointBatch
+	return forEach(ctx, par, batches, func(ctx context.Context, b int) error {
+		batch := kps[b*checkpointBatch : min(len(kps), (b+1)*checkpointBatch)]
+		items := make([]engine.CheckpointItem, len(batch))
+		for i, kp := range batch {
+			items[i] = engine.CheckpointItem{Item: "key/" + kp.Name, Data: proofCheckpoint{Proof: proofLocalSeal, Formats: kp.Formats, KESGenerate: kesProven[kp.Name]}}
+		}
+		return checkpointAll(items)
 	})
+}
+
+// kesRoundTrips runs KES round trips (verifyKESGenerate) on a sample of
+// keys in the background, while the store is read and the Key Manager
+// decrypts. The sample is drawn before the store is read, so keep narrows
+// it to the keys that turned out to be keys and draws more to make it up.
+type kesRoundTrips struct {
+	ctx     context.Context
+	kc      *kes.Client
+	kmc     *kms.Client
+	enclave string
+	par     int
+
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	results map[string]error // the round trip of each sampled key
+	sampled []string
+	proving map[string]bool // set by keep: only these count
+	err     error
+}
+
+// startKESRoundTrips starts a round trip for each of sample, par at once.
+func startKESRoundTrips(ctx context.Context, kc *kes.Client, kmc *kms.Client, enclave string, sample []string, par int) *kesRoundTrips {
+	rt := &kesRoundTrips{ctx: ctx, kc: kc, kmc: kmc, enclave: enclave, par: par, results: map[string]error{}}
+	rt.start(sample)
+	return rt
+}
+
+func (rt *kesRoundTrips) start(names []string) {
+	rt.sampled = append(rt.sampled, names...)
+	rt.wg.Add(1)
+	go func() {
+		defer rt.wg.Done()
+		err := forEach(rt.ctx, rt.par, len(names), func(ctx context.Context, i int) error {
+			err := verifyKESGenerate(ctx, rt.kc, rt.kmc, rt.enclave, names[i])
+			rt.mu.Lock()
+			rt.results[names[i]] = err
+			rt.mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			rt.mu.Lock()
+			rt.err = err
+			rt.mu.Unlock()
+		}
+	}()
+}
+
+// keep makes the sample up to n keys of proving (the keys whose proofs were
+// sealed); round trips of other names are dropped.
+func (rt *kesRoundTrips) keep(proving []string, n int) {
+	rt.proving = setOf(proving)
+	sampled := setOf(rt.sampled)
+	kept := 0
+	var rest []string
+	for _, name := range proving {
+		if sampled[name] {
+			kept++
+		} else {
+			rest = append(rest, name)
+		}
+	}
+	if want := min(n, len(proving)); kept < want {
+		rt.start(kesSample(rest, want-kept))
+	}
+}
+
+// wait returns the failed round trips and the keys proven by one, once
+// every round trip has ended.
+func (rt *kesRoundTrips) wait() ([]verifyFailure, map[string]bool, error) {
+	rt.wg.Wait()
+	if rt.err != nil {
+		return nil, nil, rt.err
+	}
+	var failures []verifyFailure
+	proven := map[string]bool{}
+	for name, err := range rt.results {
+		switch {
+		case rt.proving != nil && !rt.proving[name]:
+		case err != nil:
+			failures = append(failures, verifyFailure{Name: name, Reason: err.Error()})
+		default:
+			proven[name] = true
+		}
+	}
+	return failures, proven, nil
 }
 
 // kesSample picks up to n names of names, spread by a random permutation.
@@ -291,9 +384,13 @@ func kesSample(names []string, n int) []string {
 // (an fs read is an open, a read and a close).
 const readParallelism = 8
 
-// checkpointParallelism bounds the checkpoints appended at once: enough to
-// share the journal's group commit.
-const checkpointParallelism = 128
+// checkpointBatch is how many checkpoints one journal write carries, and
+// checkpointParallelism how many such writes run at once (sharing the
+// journal's group commit while the next batch is encoded).
+const (
+	checkpointBatch       = 1024
+	checkpointParallelism = 4
+)
 
 // readAndSeal reads and parses every key of names from the store, and seals
 // the proofs of those in prove. It returns the entries that do not parse
