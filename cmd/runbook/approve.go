@@ -61,6 +61,11 @@ func runApprove(_ context.Context, env *cliEnv, args []string) error {
 	if err := engine.Approve(dir, a); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "runbook: %s approved %s (fingerprint %s); %d of %d required approval(s): %s\n", a.By, dir, doc.Fingerprint, len(check.Approvers), doc.Runbook.Approvals, strings.Join(check.Approvers, ", "))
+	tally := fmt.Sprintf("%d of %d required approval(s)", len(check.Approvers), doc.Runbook.Approvals)
+	if doc.Runbook.Approvals == 0 {
+		// The runbook requires none; the approval is kept as a record.
+		tally = fmt.Sprintf("%d approval(s), none required", len(check.Approvers))
+	}
+	fmt.Fprintf(env.stdout, "runbook: %s approved %s (fingerprint %s); %s: %s\n", a.By, dir, doc.Fingerprint, tally, strings.Join(check.Approvers, ", "))
 	return nil
 }

@@ -17,6 +17,9 @@ func init() {
 }
 
 func runEmulate(ctx context.Context, env *cliEnv, args []string) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+		args = append([]string{"key-manager"}, args...) // runbook help emulate: the only thing it emulates
+	}
 	if len(args) == 0 || args[0] != "key-manager" {
 		return &usageError{msg: "emulate needs what to emulate", hint: "runbook emulate key-manager [--addr 127.0.0.1:7373] [--dir DIR]"}
 	}
