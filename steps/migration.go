@@ -357,15 +357,20 @@ type preflightCheckpoint struct {
 // runHooks is what a migration needs from the engine: a seam so that the
 // core can be tested without a journal.
 type runHooks struct {
-	checkpoint  func(item string, data any) error
-	checkpoints map[string]json.RawMessage
-	progress    func(done, total int64)
-	logf        func(format string, args ...any)
-	warnf       func(format string, args ...any)
+	checkpointAll func([]engine.CheckpointItem) error // engine.Run.CheckpointAll
+	checkpoints   map[string]json.RawMessage
+	progress      func(done, total int64)
+	logf          func(format string, args ...any)
+	warnf         func(format string, args ...any)
 }
 
 func hooksOf(r *engine.Run) runHooks {
-	return runHooks{checkpoint: r.Checkpoint, checkpoints: r.Checkpoints(), progress: r.Progress, logf: r.Logf, warnf: r.Warnf}
+	return runHooks{checkpointAll: r.CheckpointAll, checkpoints: r.Checkpoints(), progress: r.Progress, logf: r.Logf, warnf: r.Warnf}
+}
+
+// checkpoint records one item durably (engine.Run.Checkpoint).
+func (h runHooks) checkpoint(item string, data any) error {
+	return h.checkpointAll([]engine.CheckpointItem{{Item: item, Data: data}})
 }
 
 // migrationResult is what an apply did, over every attempt.

@@ -262,7 +262,7 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 		// Keys confirmed by the target are checkpointed even when a later
 		// key of the run failed.
 		t := time.Now()
-		cerr := checkpointKeys(h.checkpoint, finished)
+		cerr := checkpointKeys(h.checkpointAll, finished)
 		journalNanos.Add(int64(time.Since(t)))
 		if cerr != nil {
 			return errors.Join(err, cerr)
@@ -381,23 +381,16 @@ type keyDone struct {
 }
 
 // checkpointKeys makes a "key/NAME" checkpoint of each key durable before
-// it returns. The checkpoints are appended concurrently so that they share
-// the journal's group commit (one fsync for the lot, not one per key).
-func checkpointKeys(checkpoint func(item string, data any) error, keys []keyDone) error {
-	switch len(keys) {
-	case 0:
+// it returns, in one journal write under one fsync.
+func checkpointKeys(checkpointAll func([]engine.CheckpointItem) error, keys []keyDone) error {
+	if len(keys) == 0 {
 		return nil
-	case 1:
-		return checkpoint(itemKeyPrefix+keys[0].name, keyCheckpoint{Action: keys[0].action})
 	}
-	errs := make([]error, len(keys))
-	var wg sync.WaitGroup
-	for i, k := range keys[1:] {
-		wg.Go(func() { errs[i+1] = checkpoint(itemKeyPrefix+k.name, keyCheckpoint{Action: k.action}) })
+	items := make([]engine.CheckpointItem, len(keys))
+	for i, k := range keys {
+		items[i] = engine.CheckpointItem{Item: itemKeyPrefix + k.name, Data: keyCheckpoint{Action: k.action}}
 	}
-	errs[0] = checkpoint(itemKeyPrefix+keys[0].name, keyCheckpoint{Action: keys[0].action})
-	wg.Wait()
-	return errors.Join(errs...)
+	return checkpointAll(items)
 }
 
 // maxImportBatch bounds the keys imported by one request (about 4 KiB of

@@ -18,6 +18,7 @@ import (
 	"github.com/minio/kms-go/kms"
 
 	"github.com/runbook-dev/runbook/emulator"
+	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 	"github.com/runbook-dev/runbook/internal/testenv"
 )
@@ -170,19 +171,21 @@ func (j *fakeJournal) hooks() runHooks {
 		j.logs = append(j.logs, fmt.Sprintf(format, args...))
 	}
 	return runHooks{
-		checkpoint: func(item string, data any) error {
-			if j.fail != nil {
-				if err := j.fail(item); err != nil {
+		checkpointAll: func(items []engine.CheckpointItem) error {
+			for _, it := range items {
+				if j.fail != nil {
+					if err := j.fail(it.Item); err != nil {
+						return err
+					}
+				}
+				b, err := json.Marshal(it.Data)
+				if err != nil {
 					return err
 				}
+				j.mu.Lock()
+				j.cps[it.Item] = b
+				j.mu.Unlock()
 			}
-			b, err := json.Marshal(data)
-			if err != nil {
-				return err
-			}
-			j.mu.Lock()
-			defer j.mu.Unlock()
-			j.cps[item] = b
 			return nil
 		},
 		checkpoints: cps,
