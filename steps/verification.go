@@ -206,7 +206,8 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 	}
 	p.Actions = append(p.Actions, fmt.Sprintf("prove the key material of %s by a round trip: a random plaintext sealed here under the key's material from the store, in every ciphertext format MinIO may forward for it (%s for every key; %s and %s too for keys stored in the KES v0.22/v0.23 JSON format), must decrypt at the Key Manager to the same plaintext, %d ciphertexts per request (proof %q); a format the Key Manager refuses fails verification, naming it; entries that do not parse are named, never called missing", what, formatRaw, formatMsgpack, formatJSON, verifyDecryptBatch, proofLocalSeal))
 	if src.HasServer() {
-		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's (about %d listing(s), each of which costs the KES server a read of its whole store), and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), kesPlannedListings(ctx, l.All), verifyKESSample))
+		listings, unlisted := kesPlannedListings(ctx, l.All)
+		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's (about %d listing(s), each of which costs the KES server a read of its whole store%s), and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), listings, kesUnlistedNote(unlisted), verifyKESSample))
 	} else {
 		p.Observed = append(p.Observed, fmt.Sprintf("%s names no KES server: the keys are proven from the store's material only", srcAddr))
 	}
@@ -292,9 +293,10 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	// the KES server (a read of its store per listing), not this side.
 	var kc *kes.Client
 	type servedNames struct {
-		names []string
-		err   error
-		took  time.Duration
+		names    []string
+		unlisted bool
+		err      error
+		took     time.Duration
 	}
 	servedc := make(chan servedNames, 1)
 	if src.HasServer() {
@@ -305,10 +307,10 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		defer cancel()
 		go func() {
 			t0 := time.Now()
-			names, err := listKESServerGuided(lctx, func(ctx context.Context, prefix string) ([]string, string, error) {
+			names, unlisted, err := listKESServerGuided(lctx, func(ctx context.Context, prefix string) ([]string, string, error) {
 				return kc.ListKeys(ctx, prefix, 0)
 			}, listing.All)
-			servedc <- servedNames{names, err, time.Since(t0)}
+			servedc <- servedNames{names, unlisted, err, time.Since(t0)}
 		}()
 	}
 	var allTarget []string
@@ -422,7 +424,7 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		if _, onlyServer := verifyDiff(verifyMatch(listing.All, v.pattern()), verifyMatch(served, v.pattern())); len(onlyServer) > 0 {
 			problems = append(problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", src.Endpoint(), len(onlyServer), src.ConfigFile(r), verifyNameList(onlyServer, verifyShown)))
 		} else {
-			r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s)", len(verifyMatch(served, v.pattern())), v.pattern(), res.took.Round(time.Millisecond))
+			r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s%s)", len(verifyMatch(served, v.pattern())), v.pattern(), res.took.Round(time.Millisecond), kesUnlistedNote(res.unlisted))
 		}
 	}
 

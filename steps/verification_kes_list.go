@@ -16,7 +16,28 @@ type kesListFunc func(ctx context.Context, prefix string) (names []string, conti
 // kesNameAlphabet is every character a KES key name may hold, in byte order.
 const kesNameAlphabet = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
 
-// listKESServer lists every key a KES server holds. Its listing API returns
+// kesUnlisted is the one region of names the listing of a KES server
+// leaves out: names that start with "_--". KES refuses a listing prefix that
+// is "_" or ends in '-' (auth.go validPattern), so names under "_-" can only
+// be reached one character at a time, one level per further '-': proving
+// that no name starts with "_--" would take 62 listings per level, about
+// 4,800 in all, each a read of the whole store by the KES server. The walk
+// reaches that region only when more than a page of names sorts before '_'
+// (digits, capitals: hex names do), and says so when it leaves it out.
+const kesUnlisted = "_--"
+
+// kesUnlistedNote is what a plan or log line adds when the listing leaves
+// out kesUnlisted ("" when it does not).
+func kesUnlistedNote(unlisted bool) string {
+	if !unlisted {
+		return ""
+	}
+	return fmt.Sprintf("; except names that start with %q, which KES's listing API reaches only one character at a time, about 4,800 more listings (it refuses a prefix that is \"_\" or ends in '-')", kesUnlisted)
+}
+
+// listKESServer lists every key a KES server holds, but for the names that
+// start with kesUnlisted (unlisted reports whether the walk had to leave
+// them out). Its listing API returns
 // about 1024 names for a prefix and, when there are more, the first name it
 // left out, as a "continuation" that kes-go and kes migrate pass back as a
 // prefix and so lose keys (DOMAIN.md). Here the names at or after that
@@ -25,22 +46,25 @@ const kesNameAlphabet = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopq
 // share it up to there and continue with a greater character; each of those
 // is listed the same way. The API takes no prefix ending in '-' nor the
 // prefix "_"; the first arises only below the second, and both are split by
-// their next character (up to 80 characters deep: at most about 5,000 small
-// listings, and only when more than 1024 names sort before '_').
-func listKESServer(ctx context.Context, list kesListFunc) ([]string, error) {
+// their next character, down to kesUnlisted.
+func listKESServer(ctx context.Context, list kesListFunc) (names []string, unlisted bool, err error) {
 	var out []string
-	if err := kesWalk(ctx, list, "", &out); err != nil {
-		return nil, err
+	if err := kesWalk(ctx, list, "", &out, &unlisted); err != nil {
+		return nil, false, err
 	}
 	slices.Sort(out)
-	return slices.Compact(out), nil
+	return slices.Compact(out), unlisted, nil
 }
 
 // kesWalk appends to out every name under prefix, as listKESServer
-// describes.
-func kesWalk(ctx context.Context, list kesListFunc, prefix string, out *[]string) error {
+// describes, and sets *unlisted when it leaves out kesUnlisted.
+func kesWalk(ctx context.Context, list kesListFunc, prefix string, out *[]string, unlisted *bool) error {
 	var walk func(prefix string, depth int) error
 	walk = func(prefix string, depth int) error {
+		if prefix == kesUnlisted {
+			*unlisted = true
+			return nil
+		}
 		if len(prefix) >= 80 && (prefix == "_" || strings.HasSuffix(prefix, "-")) {
 			return nil // no key name is longer than 80 characters or ends in '-'
 		}
@@ -96,7 +120,7 @@ func kesWalk(ctx context.Context, list kesListFunc, prefix string, out *[]string
 const kesGuidedFew = 256
 
 // listKESServerGuided lists every key a KES server holds, like
-// listKESServer, in about one listing per 1024 names: the KES server reads
+// listKESServer (but for kesUnlisted), in about one listing per 1024 names: the KES server reads
 // and sorts its whole store for every listing (DOMAIN.md C), so at 100,000
 // keys the number of listings is what costs.
 //
@@ -110,7 +134,7 @@ const kesGuidedFew = 256
 // choice: a server holding other names is listed just as completely, with
 // more listings. Between one prefix's names and the next cursor lie only
 // strings with a character KES refuses in names, which no key can have.
-func listKESServerGuided(ctx context.Context, list kesListFunc, expected []string) ([]string, error) {
+func listKESServerGuided(ctx context.Context, list kesListFunc, expected []string) (names []string, unlisted bool, err error) {
 	// The listings the walk will ask for if the server holds exactly the
 	// expected names are known in advance: they are asked for in parallel
 	// (the KES server's cost per listing is CPU, and it has several), and
@@ -119,15 +143,15 @@ func listKESServerGuided(ctx context.Context, list kesListFunc, expected []strin
 	if _, err := kesCursorWalk(ctx, func(_ context.Context, q string) ([]string, string, error) {
 		planned = append(planned, q)
 		return kesListSorted(expected, q)
-	}, expected); err != nil {
-		return nil, err
+	}, expected, new(bool)); err != nil {
+		return nil, false, err
 	}
 	type answer struct {
 		names []string
 		next  string
 	}
 	answers := make([]answer, len(planned))
-	err := forEach(ctx, kesListParallelism, len(planned), func(ctx context.Context, i int) error {
+	err = forEach(ctx, kesListParallelism, len(planned), func(ctx context.Context, i int) error {
 		return withRetry(ctx, func() error {
 			var err error
 			answers[i].names, answers[i].next, err = list(ctx, planned[i])
@@ -135,30 +159,31 @@ func listKESServerGuided(ctx context.Context, list kesListFunc, expected []strin
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list keys of the KES server: %w", err)
+		return nil, false, fmt.Errorf("list keys of the KES server: %w", err)
 	}
 	cache := make(map[string]answer, len(planned))
 	for i, q := range planned {
 		cache[q] = answers[i]
 	}
-	return kesCursorWalk(ctx, func(ctx context.Context, q string) ([]string, string, error) {
+	names, err = kesCursorWalk(ctx, func(ctx context.Context, q string) ([]string, string, error) {
 		if a, ok := cache[q]; ok {
 			delete(cache, q)
 			return a.names, a.next, nil
 		}
 		return list(ctx, q)
-	}, expected)
+	}, expected, &unlisted)
+	return names, unlisted, err
 }
 
 // kesPlannedListings is how many listings listKESServerGuided asks of a
-// KES server that holds exactly the expected names (sorted).
-func kesPlannedListings(ctx context.Context, expected []string) int {
-	n := 0
+// KES server that holds exactly the expected names (sorted), and whether it
+// will leave out kesUnlisted.
+func kesPlannedListings(ctx context.Context, expected []string) (n int, unlisted bool) {
 	kesCursorWalk(ctx, func(_ context.Context, q string) ([]string, string, error) {
 		n++
 		return kesListSorted(expected, q)
-	}, expected)
-	return n
+	}, expected, &unlisted)
+	return n, unlisted
 }
 
 // kesListParallelism bounds the listings asked of the KES server at once.
@@ -197,8 +222,8 @@ func listRetrying(ctx context.Context, list kesListFunc, q string) (names []stri
 }
 
 // kesCursorWalk is listKESServerGuided's walk over the name space, asking
-// list for each listing.
-func kesCursorWalk(ctx context.Context, list kesListFunc, expected []string) ([]string, error) {
+// list for each listing; it sets *unlisted when it leaves out kesUnlisted.
+func kesCursorWalk(ctx context.Context, list kesListFunc, expected []string, unlisted *bool) ([]string, error) {
 	var out []string
 	names, cursor, err := listRetrying(ctx, list, "*")
 	if err != nil {
@@ -264,7 +289,7 @@ func kesCursorWalk(ctx context.Context, list kesListFunc, expected []string) ([]
 			cursor = kesNextAfter(cursor[:1])
 			continue
 		}
-		if err := kesWalk(ctx, list, part, &out); err != nil {
+		if err := kesWalk(ctx, list, part, &out, unlisted); err != nil {
 			return nil, err
 		}
 		cursor = kesNextAfter(part)
