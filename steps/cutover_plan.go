@@ -158,7 +158,7 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	if e.a.RestartMode() == "systemd" {
 		p.Risks = append(p.Risks, "restart = \"systemd\": a full stop and start of the minio unit on every node")
 	}
-	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node at start-up, cmd/bootstrap-peer-server.go): the object store answers nothing until they are back; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. The apply measures the window (from the first failed health probe to the first healthy answer) and reports it in its log and as the output unavailable_seconds")
+	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node at start-up, cmd/bootstrap-peer-server.go): the object store answers nothing until they are back; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. Even once every node answers healthy, a node that started before a peer's drive was ready refuses writes until MinIO's next drive check, up to about 16 s later (cmd/erasure-sets.go monitorAndConnectEndpoints: 15 s; seen in about 1 restart of 5, BENCHMARKS.md): plan the change window for clients that retry that long. The apply measures the window (from the first failed health probe to the first healthy answer) and reports it in its log and as the output unavailable_seconds")
 	sort.Strings(p.Items)
 	p.State = map[string]any{"env_files": state, "sample": sample, "sse_key": f.sseKey}
 	return p, nil
