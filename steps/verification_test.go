@@ -327,8 +327,14 @@ func TestListKESServerLeavesOutOnlyTheUnlistedRegion(t *testing.T) {
 	}
 	all = append(all, "_-a", "_0", "__x", "_--deep")
 	slices.Sort(all)
+	var mu sync.Mutex // the listings run in parallel
 	calls := 0
-	got, unlisted, err := listKESServerGuided(context.Background(), fakeKESList(all, 1024, &calls), all)
+	inner := fakeKESList(all, 1024, &calls)
+	got, unlisted, err := listKESServerGuided(context.Background(), func(ctx context.Context, q string) ([]string, string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return inner(ctx, q)
+	}, all)
 	if err != nil {
 		t.Fatal(err)
 	}
