@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/minio/madmin-go/v3"
 	"github.com/minio/minio-go/v7"
 
 	"github.com/runbook-dev/runbook/engine"
@@ -191,7 +192,7 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 		if b.CreationDate.After(since) {
 			found = append(found, b.Name+"/ (bucket created)")
 		} else if d, ok := rs.Buckets[b.Name]; ok {
-			if now, err := bucketConfigDigest(ctx, s3, b.Name); err != nil {
+			if now, err := bucketConfigDigest(ctx, s3, admin, b.Name); err != nil {
 				failed = append(failed, err.Error())
 			} else if now != d {
 				found = append(found, b.Name+"/ (bucket configuration changed)")
@@ -239,6 +240,24 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 			}
 		}
 	}
+	if policies, err := admin.ListCannedPolicies(ctx); err != nil {
+		failed = append(failed, fmt.Sprintf("list IAM policies: %v", err))
+	} else {
+		for name := range policies {
+			if info, err := admin.InfoCannedPolicyV2(ctx, name); err != nil {
+				failed = append(failed, fmt.Sprintf("describe IAM policy %s: %v", name, err))
+			} else {
+				changed("policy", name, info.UpdateDate)
+			}
+		}
+	}
+	if accounts, err := serviceAccounts(ctx, admin); err != nil {
+		failed = append(failed, err.Error())
+	} else {
+		for _, a := range accounts {
+			changed("service-account", a, time.Time{}) // MinIO reports no time: added ones only
+		}
+	}
 	if hist, err := admin.ListConfigHistoryKV(ctx, 10); err != nil {
 		failed = append(failed, fmt.Sprintf("list config history: %v", err))
 	} else {
@@ -284,7 +303,8 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 	return engine.Refusef("%s. Rolling back would make those unreadable: copy the objects off (and write them again after the rollback), note the IAM and config changes, or force it with runbook rollback --force", msg)
 }
 
-// iamNames lists the IAM users and groups ("user NAME", "group NAME"),
+// iamNames lists the IAM users, groups, policies and service accounts
+// ("user NAME", "group NAME", "policy NAME", "service-account ACCESS-KEY"),
 // sorted; nil when the object store does not answer (the write check then
 // relies on the times MinIO reports).
 func (c *cutoverStep) iamNames(ctx context.Context, r *engine.Run, e *cutoverEnv) []string {
@@ -300,6 +320,14 @@ func (c *cutoverStep) iamNames(ctx context.Context, r *engine.Run, e *cutoverEnv
 	if err != nil {
 		return nil
 	}
+	policies, err := admin.ListCannedPolicies(ctx)
+	if err != nil {
+		return nil
+	}
+	accounts, err := serviceAccounts(ctx, admin)
+	if err != nil {
+		return nil
+	}
 	names := []string{}
 	for n := range users {
 		names = append(names, "user "+n)
@@ -307,18 +335,42 @@ func (c *cutoverStep) iamNames(ctx context.Context, r *engine.Run, e *cutoverEnv
 	for _, g := range groups {
 		names = append(names, "group "+g)
 	}
+	for p := range policies {
+		names = append(names, "policy "+p)
+	}
+	for _, a := range accounts {
+		names = append(names, "service-account "+a)
+	}
 	sort.Strings(names)
 	return names
 }
 
-// bucketConfigs digests each bucket's configuration as the S3 API shows it
-// (policy, encryption, versioning, tagging, lifecycle: MinIO keeps them in
-// bucket metadata sealed with the default key), bucket name → SHA-256;
+// serviceAccounts lists the access keys of every service account (MinIO
+// seals their secrets with the default key); an access key is an
+// identifier, not a secret.
+func serviceAccounts(ctx context.Context, admin *madmin.AdminClient) ([]string, error) {
+	resp, err := admin.ListAccessKeysBulk(ctx, nil, madmin.ListAccessKeysOpts{ListType: madmin.AccessKeyListSvcaccOnly, All: true})
+	if err != nil {
+		return nil, fmt.Errorf("list service accounts: %w", err)
+	}
+	var keys []string
+	for _, r := range resp {
+		for _, a := range r.ServiceAccounts {
+			keys = append(keys, a.AccessKey)
+		}
+	}
+	return keys, nil
+}
+
+// bucketConfigs digests each bucket's configuration as the S3 and admin
+// APIs show it (policy, encryption, versioning, tagging, lifecycle, object
+// lock, notification, replication, quota: MinIO keeps them in the bucket's
+// metadata, sealed with the default key), bucket name → SHA-256;
 // nil when the object store does not answer. S3 reports no time for these,
 // so the write check compares them with the digests taken before the
 // restart.
 func (c *cutoverStep) bucketConfigs(ctx context.Context, r *engine.Run, e *cutoverEnv) map[string]string {
-	_, s3, err := e.a.Clients(r)
+	admin, s3, err := e.a.Clients(r)
 	if err != nil {
 		return nil
 	}
@@ -328,7 +380,7 @@ func (c *cutoverStep) bucketConfigs(ctx context.Context, r *engine.Run, e *cutov
 	}
 	out := map[string]string{}
 	for _, b := range buckets {
-		d, err := bucketConfigDigest(ctx, s3, b.Name)
+		d, err := bucketConfigDigest(ctx, s3, admin, b.Name)
 		if err != nil {
 			return nil
 		}
@@ -339,11 +391,11 @@ func (c *cutoverStep) bucketConfigs(ctx context.Context, r *engine.Run, e *cutov
 
 // bucketConfigDigest is the SHA-256 of one bucket's configuration; a
 // configuration that is not set (404) counts as empty.
-func bucketConfigDigest(ctx context.Context, s3 *minio.Client, bucket string) (string, error) {
+func bucketConfigDigest(ctx context.Context, s3 *minio.Client, admin *madmin.AdminClient, bucket string) (string, error) {
 	h := sha256.New()
 	part := func(what string, v any, err error) error {
 		if err != nil {
-			if minio.ToErrorResponse(err).StatusCode == http.StatusNotFound {
+			if minio.ToErrorResponse(err).StatusCode == http.StatusNotFound || madmin.ToErrorResponse(err).Code == "XMinioAdminNoSuchQuotaConfiguration" {
 				v = nil
 			} else {
 				return fmt.Errorf("read the %s of bucket %s: %w", what, bucket, err)
@@ -375,6 +427,29 @@ func bucketConfigDigest(ctx context.Context, s3 *minio.Client, bucket string) (s
 	}
 	lc, err := s3.GetBucketLifecycle(ctx, bucket)
 	if err := part("lifecycle", lc, err); err != nil {
+		return "", err
+	}
+	mode, validity, unit, err := s3.GetBucketObjectLockConfig(ctx, bucket)
+	var lock []string
+	if mode != nil {
+		lock = append(lock, string(*mode))
+	}
+	if validity != nil && unit != nil {
+		lock = append(lock, fmt.Sprint(*validity), string(*unit))
+	}
+	if err := part("object lock", lock, err); err != nil {
+		return "", err
+	}
+	nc, err := s3.GetBucketNotification(ctx, bucket)
+	if err := part("notification", nc, err); err != nil {
+		return "", err
+	}
+	rc, err := s3.GetBucketReplication(ctx, bucket)
+	if err := part("replication", rc, err); err != nil {
+		return "", err
+	}
+	q, err := admin.GetBucketQuota(ctx, bucket)
+	if err := part("quota", q, err); err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/minio/madmin-go/v3"
@@ -32,9 +33,11 @@ import (
 //	    online" (madmin KMSStatus).
 //	nosecretfile FILE PATH...
 //	    nosecret, with the secret read from FILE.
-//	minio-admin add-user NAME SECRET | set-config KV
+//	minio-admin add-user NAME SECRET | set-config KV | add-policy NAME |
+//	            add-service-account USER | set-quota BUCKET BYTES
 //	    changes the script's MinIO through its admin API (madmin AddUser,
-//	    SetConfigKV), as an operator would after a cutover.
+//	    SetConfigKV, AddCannedPolicy, AddServiceAccount, SetBucketQuota), as
+//	    an operator would after a cutover.
 func init() {
 	moreScriptCmds["minio-cluster"] = testenv.CmdMinIOCluster
 	moreScriptCmds["objects-snapshot"] = cmdObjectsSnapshot
@@ -107,8 +110,17 @@ func cmdMinIOAdmin(ts *testscript.TestScript, neg bool, args []string) {
 	case len(args) == 2 && args[0] == "set-config":
 		_, err := scriptAdmin(ts).SetConfigKV(ctx, args[1])
 		ts.Check(err)
+	case len(args) == 2 && args[0] == "add-policy":
+		ts.Check(scriptAdmin(ts).AddCannedPolicy(ctx, args[1], []byte(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:GetObject"],"Resource":["arn:aws:s3:::data/*"]}]}`)))
+	case len(args) == 2 && args[0] == "add-service-account":
+		_, err := scriptAdmin(ts).AddServiceAccount(ctx, madmin.AddServiceAccountReq{TargetUser: args[1]})
+		ts.Check(err)
+	case len(args) == 3 && args[0] == "set-quota":
+		size, err := strconv.ParseUint(args[2], 10, 64)
+		ts.Check(err)
+		ts.Check(scriptAdmin(ts).SetBucketQuota(ctx, args[1], &madmin.BucketQuota{Size: size, Type: madmin.HardQuota}))
 	default:
-		ts.Fatalf("usage: minio-admin add-user NAME SECRET | set-config KV")
+		ts.Fatalf("usage: minio-admin add-user NAME SECRET | set-config KV | add-policy NAME | add-service-account USER | set-quota BUCKET BYTES")
 	}
 }
 
