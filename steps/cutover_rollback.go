@@ -405,52 +405,41 @@ func bucketConfigDigest(ctx context.Context, s3 *minio.Client, admin *madmin.Adm
 		fmt.Fprintf(h, "%s %s\n", what, b)
 		return nil
 	}
-	pol, err := s3.GetBucketPolicy(ctx, bucket)
-	if err := part("policy", pol, err); err != nil {
-		return "", err
+	reads := []struct {
+		what string
+		read func() (any, error)
+	}{
+		{"policy", func() (any, error) { return s3.GetBucketPolicy(ctx, bucket) }},
+		{"encryption", func() (any, error) { return s3.GetBucketEncryption(ctx, bucket) }},
+		{"versioning", func() (any, error) { return s3.GetBucketVersioning(ctx, bucket) }},
+		{"tagging", func() (any, error) {
+			tg, err := s3.GetBucketTagging(ctx, bucket)
+			if tg == nil {
+				return nil, err
+			}
+			return tg.ToMap(), err
+		}},
+		{"lifecycle", func() (any, error) { return s3.GetBucketLifecycle(ctx, bucket) }},
+		{"object lock", func() (any, error) {
+			mode, validity, unit, err := s3.GetBucketObjectLockConfig(ctx, bucket)
+			var lock []string
+			if mode != nil {
+				lock = append(lock, string(*mode))
+			}
+			if validity != nil && unit != nil {
+				lock = append(lock, fmt.Sprint(*validity), string(*unit))
+			}
+			return lock, err
+		}},
+		{"notification", func() (any, error) { return s3.GetBucketNotification(ctx, bucket) }},
+		{"replication", func() (any, error) { return s3.GetBucketReplication(ctx, bucket) }},
+		{"quota", func() (any, error) { return admin.GetBucketQuota(ctx, bucket) }},
 	}
-	enc, err := s3.GetBucketEncryption(ctx, bucket)
-	if err := part("encryption", enc, err); err != nil {
-		return "", err
-	}
-	ver, err := s3.GetBucketVersioning(ctx, bucket)
-	if err := part("versioning", ver, err); err != nil {
-		return "", err
-	}
-	tg, err := s3.GetBucketTagging(ctx, bucket)
-	var tagMap map[string]string
-	if tg != nil {
-		tagMap = tg.ToMap()
-	}
-	if err := part("tagging", tagMap, err); err != nil {
-		return "", err
-	}
-	lc, err := s3.GetBucketLifecycle(ctx, bucket)
-	if err := part("lifecycle", lc, err); err != nil {
-		return "", err
-	}
-	mode, validity, unit, err := s3.GetBucketObjectLockConfig(ctx, bucket)
-	var lock []string
-	if mode != nil {
-		lock = append(lock, string(*mode))
-	}
-	if validity != nil && unit != nil {
-		lock = append(lock, fmt.Sprint(*validity), string(*unit))
-	}
-	if err := part("object lock", lock, err); err != nil {
-		return "", err
-	}
-	nc, err := s3.GetBucketNotification(ctx, bucket)
-	if err := part("notification", nc, err); err != nil {
-		return "", err
-	}
-	rc, err := s3.GetBucketReplication(ctx, bucket)
-	if err := part("replication", rc, err); err != nil {
-		return "", err
-	}
-	q, err := admin.GetBucketQuota(ctx, bucket)
-	if err := part("quota", q, err); err != nil {
-		return "", err
+	for _, rd := range reads {
+		v, err := rd.read()
+		if err := part(rd.what, v, err); err != nil {
+			return "", err
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
