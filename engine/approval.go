@@ -174,7 +174,7 @@ func CheckApprovals(planDir string, doc *PlanDoc, extra ...Approval) (*ApprovalC
 		}
 		if st.Why == "" {
 			st.Counts = true
-			st.Why = "valid"
+			st.Why = "counts: a name, not signed"
 			if c.Signed {
 				st.Why = fmt.Sprintf("valid, signed with key %s", key)
 				keys[key] = name

@@ -61,11 +61,20 @@ func runApprove(_ context.Context, env *cliEnv, args []string) error {
 	if err := engine.Approve(dir, a); err != nil {
 		return err
 	}
-	tally := fmt.Sprintf("%d of %d required approval(s)", len(check.Approvers), doc.Runbook.Approvals)
-	if doc.Runbook.Approvals == 0 {
-		// The runbook requires none; the approval is kept as a record.
-		tally = fmt.Sprintf("%d approval(s), none required", len(check.Approvers))
-	}
-	fmt.Fprintf(env.stdout, "runbook: %s approved %s (fingerprint %s); %s: %s\n", a.By, dir, doc.Fingerprint, tally, strings.Join(check.Approvers, ", "))
+	fmt.Fprintf(env.stdout, "runbook: %s approved %s (fingerprint %s); %s\n", a.By, dir, doc.Fingerprint, approvalTally(check.Approvers, doc.Runbook.Approvals))
 	return nil
+}
+
+// approvalTally is "N of M required approval(s): NAMES", or, for a runbook
+// that requires none (an approval is then kept as a record only), "N
+// approval(s), none required: NAMES".
+func approvalTally(approvers []string, required int) string {
+	tally := fmt.Sprintf("%d of %d required approval(s)", len(approvers), required)
+	if required == 0 {
+		tally = fmt.Sprintf("%d approval(s), none required", len(approvers))
+	}
+	if len(approvers) > 0 {
+		tally += ": " + strings.Join(approvers, ", ")
+	}
+	return tally
 }

@@ -59,11 +59,12 @@ func run(ctx context.Context, env *cliEnv, args []string) int {
 	if len(args) == 2 && args[0] == "help" {
 		args = []string{args[1], "-h"} // runbook help COMMAND: its usage and flags
 	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		printUsage(env.stderr)
-		if len(args) == 0 {
-			return exitUsage
-		}
+	if len(args) == 0 {
+		printUsage(env.stderr) // a usage error: no command
+		return exitUsage
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		printUsage(env.stdout) // asked for: to stdout, so that runbook help | less works
 		return exitOK
 	}
 	if args[0] == "version" || args[0] == "--version" {
@@ -86,7 +87,7 @@ func printUsage(w io.Writer) {
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.usage)
 	}
-	fmt.Fprintln(w, "\ncommon flags: -var NAME=VALUE, -var-file FILE, -target TYPE.NAME, -parallelism N, -json, -journal DIR")
+	fmt.Fprintln(w, "\ncommon flags (commands that read a runbook): -var NAME=VALUE, -var-file FILE, -target TYPE.NAME, -parallelism N, -json, -journal DIR")
 	fmt.Fprintln(w, "runbook help COMMAND (or runbook COMMAND -h) lists a command's flags")
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/runbook-dev/runbook/engine"
 )
@@ -59,7 +58,6 @@ func runShow(_ context.Context, env *cliEnv, args []string) error {
 		}
 		fmt.Fprintln(env.stdout, line)
 	}
-	names := check.Approvers
-	fmt.Fprintf(env.stdout, "\n%d of %d required approval(s)%s\n", len(names), doc.Runbook.Approvals, map[bool]string{true: ": " + strings.Join(names, ", "), false: ""}[len(names) > 0])
+	fmt.Fprintf(env.stdout, "\n%s\n", approvalTally(check.Approvers, doc.Runbook.Approvals))
 	return nil
 }
