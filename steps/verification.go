@@ -331,7 +331,9 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	// server and the Key Manager a request each, not this side's CPU.
 	var kesRT *kesRoundTrips
 	if kc != nil {
-		kesRT = startKESRoundTrips(ctx, kc, kmc, enc.Name, kesSample(todo, verifyKESSample), v.parallelism())
+		rctx, cancel := context.WithCancel(ctx) // ends them if the step returns early
+		defer cancel()
+		kesRT = startKESRoundTrips(rctx, kc, kmc, enc.Name, kesSample(todo, verifyKESSample), v.parallelism())
 	}
 	unparsable, proofs, err := v.readAndSeal(ctx, ks, candidates, setOf(todo))
 	if err != nil {
