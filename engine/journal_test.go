@@ -511,3 +511,37 @@ func TestJournalAppendAll(t *testing.T) {
 		t.Errorf("read back %q, want %q", got, want)
 	}
 }
+
+// A step's time is its attempts' own time, not the gap before a resume;
+// after a rollback, the step's start and time are the rollback's.
+func TestReplayStepTimes(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	var recs []Record
+	add := func(kind, state string, at time.Duration) {
+		recs = append(recs, Record{Seq: uint64(len(recs) + 1), Time: t0.Add(at), Kind: kind, Step: "s.a", State: state})
+	}
+	recs = append(recs, Record{Seq: 1, Time: t0, Kind: "run", Data: json.RawMessage(`{"id":"r1"}`)})
+	add("state", StateRunning, 0)
+	add("state", StateInterrupted, time.Second)
+	add("state", StateRunning, 10*time.Second)
+	add("state", StateDone, 12*time.Second)
+	js, err := Replay(recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := js.Steps["s.a"]
+	if st.Started != t0 || st.Elapsed != 3*time.Second || st.Attempts != 2 {
+		t.Fatalf("after a resumed apply: started %v, elapsed %v, attempts %d; want %v, 3s, 2", st.Started, st.Elapsed, st.Attempts, t0)
+	}
+	add("state", StateRollingBack, 20*time.Second)
+	add("state", StateInterrupted, 21*time.Second)
+	add("state", StateRollingBack, 30*time.Second)
+	add("state", StateRolledBack, 32*time.Second)
+	if js, err = Replay(recs); err != nil {
+		t.Fatal(err)
+	}
+	st = js.Steps["s.a"]
+	if st.Started != t0.Add(20*time.Second) || st.Elapsed != 3*time.Second || st.State != StateRolledBack {
+		t.Fatalf("after a rollback resumed once: started %v, elapsed %v, state %s; want the rollback's start, 3s", st.Started, st.Elapsed, st.State)
+	}
+}

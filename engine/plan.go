@@ -224,7 +224,7 @@ func Status(dir string, cfg *Config, g *Graph) (*JournalState, []StepStatus, []s
 		if !st.Started.IsZero() {
 			row.Started = st.Started.Format("2006-01-02 15:04:05Z")
 			if !st.Finished.IsZero() {
-				row.Duration = st.Finished.Sub(st.Started).Round(1e6).String()
+				row.Duration = st.Elapsed.Round(1e6).String()
 			}
 		}
 		rows = append(rows, row)

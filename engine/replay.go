@@ -26,12 +26,16 @@ type StepState struct {
 	Addr        string
 	State       string
 	Attempts    int
-	Started     time.Time
+	Started     time.Time // the first attempt's start, or the rollback's
 	Finished    time.Time
+	Elapsed     time.Duration // the attempts' own time (or the rollback's), without the gaps between them
 	Error       string
 	Checkpoints map[string]json.RawMessage
 	Order       []string
 	Outputs     json.RawMessage
+
+	attemptAt   time.Time // when the attempt under way started (zero when none is)
+	rollingBack bool      // a rollback began and has not completed
 }
 
 // JournalState is a run replayed from its journal records.
@@ -126,16 +130,27 @@ func Replay(records []Record) (*JournalState, error) {
 			switch r.State {
 			case StateRunning:
 				st.Attempts++
-				if st.Started.IsZero() {
-					st.Started = r.Time
+				if st.Attempts == 1 {
+					st.Started, st.Elapsed = r.Time, 0
 				}
-				st.Finished = time.Time{}
-			case StateDone, StateFailed, StateInterrupted, StateWaiting:
+				st.Finished, st.attemptAt, st.rollingBack = time.Time{}, r.Time, false
+			case StateRollingBack:
+				if !st.rollingBack { // not a rollback resumed after an interruption
+					st.Started, st.Elapsed = r.Time, 0
+				}
+				st.rollingBack = true
+				st.Finished, st.attemptAt = time.Time{}, r.Time
+			case StateDone, StateFailed, StateInterrupted, StateWaiting, StateRolledBack:
 				st.Finished = r.Time
-			case StateRolledBack:
-				// Undone work is not done: a later apply starts the step afresh.
-				st.Finished = r.Time
-				st.Checkpoints, st.Order, st.Outputs, st.Attempts = map[string]json.RawMessage{}, nil, nil, 0
+				if !st.attemptAt.IsZero() {
+					st.Elapsed += r.Time.Sub(st.attemptAt)
+					st.attemptAt = time.Time{}
+				}
+				if r.State == StateRolledBack {
+					// Undone work is not done: a later apply starts the step afresh.
+					st.Checkpoints, st.Order, st.Outputs, st.Attempts = map[string]json.RawMessage{}, nil, nil, 0
+					st.rollingBack = false
+				}
 			}
 		case "checkpoint":
 			if _, seen := st.Checkpoints[r.Item]; !seen {
