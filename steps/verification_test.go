@@ -250,10 +250,15 @@ func TestVerifyRoundTrips(t *testing.T) {
 	}
 }
 
-// fakeKESList answers like KES's listing API, cut at n names per answer.
+// fakeKESList answers like KES's listing API, cut at n names per answer,
+// counting its calls in *calls (safe for the guided listing's parallel
+// calls).
 func fakeKESList(all []string, n int, calls *int) kesListFunc {
+	var mu sync.Mutex
 	return func(_ context.Context, prefix string) ([]string, string, error) {
+		mu.Lock()
 		*calls++
+		mu.Unlock()
 		if prefix == "_" || strings.HasSuffix(prefix, "-") {
 			return nil, "", statusErr(400)
 		}
@@ -327,14 +332,8 @@ func TestListKESServerLeavesOutOnlyTheUnlistedRegion(t *testing.T) {
 	}
 	all = append(all, "_-a", "_0", "__x", "_--deep")
 	slices.Sort(all)
-	var mu sync.Mutex // the listings run in parallel
 	calls := 0
-	inner := fakeKESList(all, 1024, &calls)
-	got, unlisted, err := listKESServerGuided(context.Background(), func(ctx context.Context, q string) ([]string, string, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return inner(ctx, q)
-	}, all)
+	got, unlisted, err := listKESServerGuided(context.Background(), fakeKESList(all, 1024, &calls), all)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,26 +347,32 @@ func TestListKESServerLeavesOutOnlyTheUnlistedRegion(t *testing.T) {
 	t.Logf("%d names in %d listings", len(got), calls)
 }
 
+// randomKESNames draws up to n distinct KES key names of 1 to 6 characters.
+func randomKESNames(rng *mrand.Rand, n int) []string {
+	seen := map[string]bool{}
+	var all []string
+	for range n {
+		l := 1 + rng.IntN(6)
+		b := make([]byte, l)
+		for i := range b {
+			b[i] = kesNameAlphabet[rng.IntN(len(kesNameAlphabet))]
+		}
+		name := string(b)
+		if name[0] == '-' || name[l-1] == '-' || name == "_" || seen[name] {
+			continue
+		}
+		seen[name] = true
+		all = append(all, name)
+	}
+	return all
+}
+
 // TestListKESServerRandom checks the listing against random stores and page
 // sizes: every name, exactly once.
 func TestListKESServerRandom(t *testing.T) {
 	rng := mrand.New(mrand.NewPCG(1, 2))
 	for round := range 200 {
-		seen := map[string]bool{}
-		var all []string
-		for range rng.IntN(300) {
-			n := 1 + rng.IntN(6)
-			b := make([]byte, n)
-			for i := range b {
-				b[i] = kesNameAlphabet[rng.IntN(len(kesNameAlphabet))]
-			}
-			name := string(b)
-			if name[0] == '-' || name[n-1] == '-' || name == "_" || seen[name] {
-				continue
-			}
-			seen[name] = true
-			all = append(all, name)
-		}
+		all := randomKESNames(rng, rng.IntN(300))
 		page := 1 + rng.IntN(20)
 		calls := 0
 		got, unlisted, err := listKESServer(context.Background(), fakeKESList(all, page, &calls))
@@ -386,21 +391,7 @@ func TestListKESServerRandom(t *testing.T) {
 func TestListKESServerGuided(t *testing.T) {
 	rng := mrand.New(mrand.NewPCG(3, 4))
 	for round := range 300 {
-		seen := map[string]bool{}
-		var all []string
-		for range rng.IntN(400) {
-			n := 1 + rng.IntN(6)
-			b := make([]byte, n)
-			for i := range b {
-				b[i] = kesNameAlphabet[rng.IntN(len(kesNameAlphabet))]
-			}
-			name := string(b)
-			if name[0] == '-' || name[n-1] == '-' || name == "_" || seen[name] {
-				continue
-			}
-			seen[name] = true
-			all = append(all, name)
-		}
+		all := randomKESNames(rng, rng.IntN(400))
 		server := append(slices.Clone(all), "lost+found", ".gitkeep", "key~", "a.b")
 		var guide []string
 		for _, n := range all {
