@@ -222,41 +222,10 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 			found = append(found, "IAM "+kind+" "+name+" (changed)")
 		}
 	}
-	if users, err := admin.ListUsers(ctx); err != nil {
-		failed = append(failed, fmt.Sprintf("list IAM users: %v", err))
-	} else {
-		for name, u := range users {
-			changed("user", name, u.UpdatedAt)
-		}
-	}
-	if groups, err := admin.ListGroups(ctx); err != nil {
-		failed = append(failed, fmt.Sprintf("list IAM groups: %v", err))
-	} else {
-		for _, name := range groups {
-			if d, err := admin.GetGroupDescription(ctx, name); err != nil {
-				failed = append(failed, fmt.Sprintf("describe IAM group %s: %v", name, err))
-			} else {
-				changed("group", name, d.UpdatedAt)
-			}
-		}
-	}
-	if policies, err := admin.ListCannedPolicies(ctx); err != nil {
-		failed = append(failed, fmt.Sprintf("list IAM policies: %v", err))
-	} else {
-		for name := range policies {
-			if info, err := admin.InfoCannedPolicyV2(ctx, name); err != nil {
-				failed = append(failed, fmt.Sprintf("describe IAM policy %s: %v", name, err))
-			} else {
-				changed("policy", name, info.UpdateDate)
-			}
-		}
-	}
-	if accounts, err := serviceAccounts(ctx, admin); err != nil {
-		failed = append(failed, err.Error())
-	} else {
-		for _, a := range accounts {
-			changed("service-account", a, time.Time{}) // MinIO reports no time: added ones only
-		}
+	entries, iamFailed := listIAM(ctx, admin, true)
+	failed = append(failed, iamFailed...)
+	for _, en := range entries {
+		changed(en.kind, en.name, en.updated)
 	}
 	if hist, err := admin.ListConfigHistoryKV(ctx, 10); err != nil {
 		failed = append(failed, fmt.Sprintf("list config history: %v", err))
@@ -312,54 +281,81 @@ func (c *cutoverStep) iamNames(ctx context.Context, r *engine.Run, e *cutoverEnv
 	if err != nil {
 		return nil
 	}
-	users, err := admin.ListUsers(ctx)
-	if err != nil {
-		return nil
-	}
-	groups, err := admin.ListGroups(ctx)
-	if err != nil {
-		return nil
-	}
-	policies, err := admin.ListCannedPolicies(ctx)
-	if err != nil {
-		return nil
-	}
-	accounts, err := serviceAccounts(ctx, admin)
-	if err != nil {
+	entries, failed := listIAM(ctx, admin, false)
+	if len(failed) > 0 {
 		return nil
 	}
 	names := []string{}
-	for n := range users {
-		names = append(names, "user "+n)
-	}
-	for _, g := range groups {
-		names = append(names, "group "+g)
-	}
-	for p := range policies {
-		names = append(names, "policy "+p)
-	}
-	for _, a := range accounts {
-		names = append(names, "service-account "+a)
+	for _, en := range entries {
+		names = append(names, en.kind+" "+en.name)
 	}
 	sort.Strings(names)
 	return names
 }
 
-// serviceAccounts lists the access keys of every service account (MinIO
-// seals their secrets with the default key); an access key is an
-// identifier, not a secret.
-func serviceAccounts(ctx context.Context, admin *madmin.AdminClient) ([]string, error) {
-	resp, err := admin.ListAccessKeysBulk(ctx, nil, madmin.ListAccessKeysOpts{ListType: madmin.AccessKeyListSvcaccOnly, All: true})
-	if err != nil {
-		return nil, fmt.Errorf("list service accounts: %w", err)
-	}
-	var keys []string
-	for _, r := range resp {
-		for _, a := range r.ServiceAccounts {
-			keys = append(keys, a.AccessKey)
+// iamEntry is one IAM user, group, policy or service account; updated is
+// when MinIO says it last changed (zero when not asked, or for a service
+// account, whose time MinIO does not report).
+type iamEntry struct {
+	kind, name string
+	updated    time.Time
+}
+
+// listIAM lists every IAM user, group, policy and service account (MinIO
+// seals them with the default key), one list request per kind; with times,
+// it also asks each group's and policy's last change (a request each). What
+// could not be read is returned as failures, the rest is listed.
+func listIAM(ctx context.Context, admin *madmin.AdminClient, times bool) (entries []iamEntry, failed []string) {
+	if users, err := admin.ListUsers(ctx); err != nil {
+		failed = append(failed, fmt.Sprintf("list IAM users: %v", err))
+	} else {
+		for name, u := range users {
+			entries = append(entries, iamEntry{"user", name, u.UpdatedAt})
 		}
 	}
-	return keys, nil
+	if groups, err := admin.ListGroups(ctx); err != nil {
+		failed = append(failed, fmt.Sprintf("list IAM groups: %v", err))
+	} else {
+		for _, name := range groups {
+			en := iamEntry{kind: "group", name: name}
+			if times {
+				d, err := admin.GetGroupDescription(ctx, name)
+				if err != nil {
+					failed = append(failed, fmt.Sprintf("describe IAM group %s: %v", name, err))
+					continue
+				}
+				en.updated = d.UpdatedAt
+			}
+			entries = append(entries, en)
+		}
+	}
+	if policies, err := admin.ListCannedPolicies(ctx); err != nil {
+		failed = append(failed, fmt.Sprintf("list IAM policies: %v", err))
+	} else {
+		for name := range policies {
+			en := iamEntry{kind: "policy", name: name}
+			if times {
+				info, err := admin.InfoCannedPolicyV2(ctx, name)
+				if err != nil {
+					failed = append(failed, fmt.Sprintf("describe IAM policy %s: %v", name, err))
+					continue
+				}
+				en.updated = info.UpdateDate
+			}
+			entries = append(entries, en)
+		}
+	}
+	// An access key is an identifier, not a secret.
+	if resp, err := admin.ListAccessKeysBulk(ctx, nil, madmin.ListAccessKeysOpts{ListType: madmin.AccessKeyListSvcaccOnly, All: true}); err != nil {
+		failed = append(failed, fmt.Sprintf("list service accounts: %v", err))
+	} else {
+		for _, keys := range resp {
+			for _, a := range keys.ServiceAccounts {
+				entries = append(entries, iamEntry{kind: "service-account", name: a.AccessKey})
+			}
+		}
+	}
+	return entries, failed
 }
 
 // bucketConfigs digests each bucket's configuration as the S3 and admin
