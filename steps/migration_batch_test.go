@@ -41,14 +41,7 @@ func TestImportKeysFallback(t *testing.T) {
 		t.Run(r.Batch+"-"+r.WriteAnswer, func(t *testing.T) {
 			env := newMigrationEnv(t, 16, r)
 			ctx := context.Background()
-			var es []*sourceEntry
-			for _, n := range env.src.names {
-				e, err := env.src.readEntry(ctx, n)
-				if err != nil {
-					t.Fatal(err)
-				}
-				es = append(es, e)
-			}
+			es := env.entries(t)
 			env.put(t, "key-002", env.keys["key-002"])
 			env.put(t, "key-009", randomKey())
 			rep := &report{}
@@ -160,14 +153,7 @@ func TestImportRefusedKeysAreNamed(t *testing.T) {
 		t.Run(r.Batch, func(t *testing.T) {
 			env := newMigrationEnv(t, 8, r)
 			ctx := context.Background()
-			var es []*sourceEntry
-			for _, n := range env.src.names {
-				e, err := env.src.readEntry(ctx, n)
-				if err != nil {
-					t.Fatal(err)
-				}
-				es = append(es, e)
-			}
+			es := env.entries(t)
 			env.put(t, "key-005", env.keys["key-005"])
 			if err := env.c.DeleteKey(ctx, env.enclave, &kms.DeleteKeyRequest{Name: "key-005", AllVersions: true}); err != nil {
 				t.Fatal(err)

@@ -131,6 +131,19 @@ func (env *migrationEnv) reopen(t testing.TB) {
 	}
 }
 
+// entries reads every key of the source store, in its listing's order.
+func (env *migrationEnv) entries(t *testing.T) []*sourceEntry {
+	var es []*sourceEntry
+	for _, n := range env.src.names {
+		e, err := env.src.readEntry(context.Background(), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		es = append(es, e)
+	}
+	return es
+}
+
 func (env *migrationEnv) put(t *testing.T, name string, k kescrypto.Key) {
 	t.Helper()
 	if err := env.c.ImportKey(context.Background(), env.enclave, &kms.ImportKeyRequest{Name: name, Type: kmsType(k.Algorithm), Key: k.Material}); err != nil {
