@@ -15,7 +15,7 @@
 #   $RUNBOOK_TOOLS_CACHE/vault-v1.21.4-<sum8>/vault
 # <sum8> is the first 8 hex digits of the SHA-256 of the tools module's go.sum
 # followed by its *.patch files in name order, so a change of any pinned
-# dependency or patch builds a fresh binary. internal/testenv computes the
+# dependency or patch builds a fresh binary. internal/toolcache computes the
 # same paths when the RUNBOOK_*_BIN variables are not set.
 #
 # A tools module with an executable prepare.sh has it run before its build
@@ -90,7 +90,7 @@ for entry in "${servers[@]}"; do
 		die "$moddir/go.mod or go.sum is missing (clone incomplete?)"
 	# The cache key must name the version the module really pins.
 	if ! grep -Eq "^[[:space:]]*(require[[:space:]]+)?${pinmod//./\\.}[[:space:]]+${version//./\\.}([[:space:]]|$)" "$modpath/go.mod"; then
-		die "$moddir/go.mod does not pin $pinmod $version; update scripts/build-real-servers.sh and internal/testenv together"
+		die "$moddir/go.mod does not pin $pinmod $version; update scripts/build-real-servers.sh and internal/toolcache together"
 	fi
 	mapfile -t keyed < <(keyfiles "$modpath")
 	sum8="$(sha8 "${keyed[@]}")"

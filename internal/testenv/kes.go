@@ -117,7 +117,7 @@ func startKES(t TB, opts KESOptions) (*KES, error) {
 		extra += "    identities:\n    - " + minioKey.Identity().String() + "\n" + opts.ConfigExtra
 	}
 	k := &KES{
-		Version:     bin.version,
+		Version:     bin.Version,
 		CAFile:      tlsFiles.CAFile,
 		APIKey:      apiKey.String(),
 		Identity:    apiKey.Identity().String(),
@@ -174,7 +174,7 @@ tls:
 			procPath, procArgs = opts.Host.Command(procPath, procArgs...)
 		}
 		k.proc, err = startProcess(procSpec{
-			name:    "kes " + bin.version,
+			name:    "kes " + bin.Version,
 			path:    procPath,
 			args:    procArgs,
 			env:     baseEnv("KES_"),

@@ -17,6 +17,8 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/runbook-dev/runbook/internal/toolcache"
 )
 
 // SSHDOptions configures StartSSHD.
@@ -57,7 +59,7 @@ func StartSSHD(t TB, opts SSHDOptions) *SSHD {
 }
 
 func startSSHD(t TB, opts SSHDOptions) (*SSHD, error) {
-	if err := checkExecutable(sshdPath); err != nil {
+	if err := toolcache.Executable(sshdPath); err != nil {
 		return nil, fmt.Errorf("sshd (Debian openssh-server) is missing: run scripts/install-test-deps.sh (%v)", err)
 	}
 	u, err := user.Current()

@@ -8,7 +8,8 @@
 // The KES, MinIO and Vault binaries come from scripts/build-real-servers.sh.
 // Set RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_MINIO_BIN and
 // RUNBOOK_VAULT_BIN, or let the package find them in the build cache
-// (RUNBOOK_TOOLS_CACHE, default $HOME/.cache/runbook/tools). A missing binary fails the test; it is never
+// (internal/toolcache: RUNBOOK_TOOLS_CACHE, default
+// $HOME/.cache/runbook/tools). A missing binary fails the test; it is never
 // skipped.
 //
 // The same start logic serves Go tests (StartKES, StartMinIO, ...) and
@@ -16,7 +17,6 @@
 package testenv
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -24,11 +24,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/runbook-dev/runbook/internal/toolcache"
 )
 
 // TB is what the start functions need from a test: *testing.T and
@@ -41,116 +42,28 @@ type TB interface {
 	TempDir() string
 }
 
-// Versions of the real servers, as pinned by the tools modules. They are part
-// of the cache path that scripts/build-real-servers.sh writes.
-const (
-	KESVersion    = "v0.24.0"
-	KES023Version = "v0.23.0"
-	MinIOVersion  = "v0.0.0-20260212201848-7aac2a2c5b7c"
-	VaultVersion  = "v1.21.4"
+// Versions of the real servers, as pinned by the tools modules
+// (internal/toolcache, which finds them in the build cache).
+var (
+	KESVersion    = toolcache.KES.Version
+	KES023Version = toolcache.KES023.Version
+	MinIOVersion  = toolcache.MinIO.Version
+	VaultVersion  = toolcache.Vault.Version
 )
-
-type binary struct {
-	env     string // environment variable naming the binary
-	name    string // cache directory prefix and binary name
-	version string
-	toolDir string // tools module, relative to the repository root
-}
 
 var (
-	binKES    = binary{"RUNBOOK_KES_BIN", "kes", KESVersion, "tools/kes"}
-	binKES023 = binary{"RUNBOOK_KES023_BIN", "kes", KES023Version, "tools/kes-v0.23"}
-	binMinIO  = binary{"RUNBOOK_MINIO_BIN", "minio", MinIOVersion, "tools/minio"}
-	binVault  = binary{"RUNBOOK_VAULT_BIN", "vault", VaultVersion, "tools/vault"}
+	binKES    = toolcache.KES
+	binKES023 = toolcache.KES023
+	binMinIO  = toolcache.MinIO
+	binVault  = toolcache.Vault
 )
 
-// findBinary returns the path of b, or an error that tells the user how to
-// build it.
-func findBinary(b binary) (string, error) {
-	const hint = "run scripts/build-real-servers.sh (it prints the RUNBOOK_*_BIN lines to export)"
-	if p := os.Getenv(b.env); p != "" {
-		if err := checkExecutable(p); err != nil {
-			return "", fmt.Errorf("%s=%s: %v; %s", b.env, p, err, hint)
-		}
-		return p, nil
-	}
-	p, err := cachePath(b)
-	if err != nil {
-		return "", fmt.Errorf("%s is not set and the build cache cannot be located: %v; %s", b.env, err, hint)
-	}
-	if err := checkExecutable(p); err != nil {
-		return "", fmt.Errorf("%s is not set and %s %s is not in the build cache (%v); %s", b.env, b.name, b.version, err, hint)
-	}
-	return p, nil
-}
-
-func checkExecutable(p string) error {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return fmt.Errorf("%s is not an executable file", p)
-	}
-	return nil
-}
-
-// cachePath computes the path scripts/build-real-servers.sh builds b to:
-// $RUNBOOK_TOOLS_CACHE/<name>-<version>-<sha256(go.sum, *.patch)[:8]>/<name>.
-func cachePath(b binary) (string, error) {
-	root, err := repoRoot()
-	if err != nil {
-		return "", err
-	}
-	// The key is go.sum followed by the module's patches, in name order.
-	keyed := []string{filepath.Join(root, b.toolDir, "go.sum")}
-	patches, err := filepath.Glob(filepath.Join(root, b.toolDir, "*.patch"))
-	if err != nil {
-		return "", err
-	}
-	h := sha256.New()
-	for _, f := range append(keyed, patches...) {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return "", err
-		}
-		h.Write(data)
-	}
-	sum := h.Sum(nil)
-	cache := os.Getenv("RUNBOOK_TOOLS_CACHE")
-	if cache == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", err
-		}
-		cache = filepath.Join(home, ".cache", "runbook", "tools")
-	}
-	dir := fmt.Sprintf("%s-%s-%s", b.name, b.version, hex.EncodeToString(sum)[:8])
-	return filepath.Join(cache, dir, b.name), nil
-}
-
-// repoRoot walks up from the working directory to the root of the runbook
-// module.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.Contains(data, []byte("module github.com/runbook-dev/runbook\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no enclosing github.com/runbook-dev/runbook module")
-		}
-		dir = parent
-	}
-}
+// findBinary returns the path of b (its RUNBOOK_*_BIN variable, else the
+// build cache), or an error that tells the user how to build it.
+func findBinary(b toolcache.Tool) (string, error) { return toolcache.Find(b) }
 
 // mustBinary is findBinary that fails the test.
-func mustBinary(t TB, b binary) string {
+func mustBinary(t TB, b toolcache.Tool) string {
 	t.Helper()
 	p, err := findBinary(b)
 	if err != nil {

@@ -1,8 +1,6 @@
 package testenv
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -26,45 +24,6 @@ import (
 
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){"minio-ctl": MinIOCtlMain})
-}
-
-// The cache paths testenv computes are the ones the build script writes.
-func TestCachePathsMatchBuildScript(t *testing.T) {
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache := t.TempDir()
-	t.Setenv("RUNBOOK_TOOLS_CACHE", cache)
-	cmd := exec.Command("bash", filepath.Join(root, "scripts", "build-real-servers.sh"), "--print-paths")
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("build-real-servers.sh --print-paths: %v", err)
-	}
-	want := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		name, value, ok := strings.Cut(sc.Text(), "=")
-		if !ok {
-			t.Fatalf("unexpected output line %q", sc.Text())
-		}
-		want[name] = value
-	}
-	if len(want) != 4 {
-		t.Fatalf("script printed %d lines, want 4:\n%s", len(want), out)
-	}
-	for _, b := range []binary{binKES, binKES023, binMinIO, binVault} {
-		got, err := cachePath(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got != want[b.env] {
-			t.Errorf("%s: testenv looks in %s, the script builds %s", b.env, got, want[b.env])
-		}
-		if !strings.HasPrefix(got, cache+string(filepath.Separator)) {
-			t.Errorf("%s: %s is not under RUNBOOK_TOOLS_CACHE", b.env, got)
-		}
-	}
 }
 
 // fatalTB records the first Fatalf and stops the goroutine, like testing.T.

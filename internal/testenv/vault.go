@@ -75,7 +75,7 @@ func startVault(t TB, opts VaultOptions) (*Vault, error) {
 		return nil, err
 	}
 	v := &Vault{
-		Version:   binVault.version,
+		Version:   binVault.Version,
 		RootToken: "root-" + hex.EncodeToString(token),
 		LogFile:   filepath.Join(dir, "vault.log"),
 		Dir:       dir,
@@ -102,7 +102,7 @@ func startVault(t TB, opts VaultOptions) (*Vault, error) {
 		// -dev-no-store-token; keep Vault out of the real home anyway.
 		env := append(baseEnv("VAULT_", "HOME="), "HOME="+dir)
 		v.proc, err = startProcess(procSpec{
-			name:    "vault " + binVault.version,
+			name:    "vault " + binVault.Version,
 			path:    bin,
 			args:    args,
 			env:     env,
