@@ -33,6 +33,8 @@ import (
 	pb "github.com/minio/kms-go/kms/protobuf"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/runbook-dev/runbook/internal/atomicfile"
 )
 
 // Version is the version string the emulator reports on GET /version.
@@ -95,7 +97,12 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+	if err := atomicfile.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("emulator: %w", err)
+	}
+	// A crash mid-write leaves a temp file beside the root key, the TLS
+	// files or the compacted state: the old file is still in place.
+	if _, err := atomicfile.Sweep(cfg.Dir); err != nil {
 		return nil, fmt.Errorf("emulator: %w", err)
 	}
 
@@ -178,7 +185,7 @@ func loadOrCreateRootKey(name string) (mtls.PrivateKey, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := writeFileAtomic(name, []byte(key.String()+"\n"), 0o600); err != nil {
+		if err := atomicfile.WriteFile(name, []byte(key.String()+"\n"), 0o600); err != nil {
 			return nil, fmt.Errorf("emulator: %w", err)
 		}
 		return key, nil

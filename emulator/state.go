@@ -17,6 +17,7 @@ import (
 	"aead.dev/mtls"
 	"github.com/minio/kms-go/kms"
 	"github.com/minio/kms-go/kms/cmds"
+	"github.com/runbook-dev/runbook/internal/atomicfile"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 )
 
@@ -248,7 +249,7 @@ func (s *state) compact(dir string) error {
 		buf.WriteByte('\n')
 	}
 	name := filepath.Join(dir, stateFile)
-	if err := writeFileAtomic(name, buf.Bytes(), 0o600); err != nil {
+	if err := atomicfile.WriteFile(name, buf.Bytes(), 0o600); err != nil {
 		return err
 	}
 	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND, 0o600)

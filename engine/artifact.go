@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	ctyjson "github.com/zclconf/go-cty/cty/json"
+
+	"github.com/runbook-dev/runbook/internal/atomicfile"
 )
 
 // PlanFormatVersion is the version of plan.json's schema (docs/plan-format.md).
@@ -243,7 +245,7 @@ func (d *PlanDoc) computeFingerprint() string {
 // Approvals of an earlier plan in the same directory stay; they name the
 // fingerprint they approved.
 func WritePlanDir(dir string, art *PlanArtifacts, authorSig string) error {
-	if err := MkdirDurable(filepath.Join(dir, itemsDir), 0o755); err != nil {
+	if err := atomicfile.MkdirAll(filepath.Join(dir, itemsDir), 0o755); err != nil {
 		return fmt.Errorf("create plan dir: %w", err)
 	}
 	var raw bytes.Buffer
@@ -263,7 +265,7 @@ func WritePlanDir(dir string, art *PlanArtifacts, authorSig string) error {
 		writes[filepath.Join(itemsDir, name)] = []byte(strings.Join(lines, "\n") + "\n")
 	}
 	for _, name := range sortedKeys(writes) {
-		if err := WriteFileAtomic(filepath.Join(dir, name), writes[name], 0o644); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, name), writes[name], 0o644); err != nil {
 			return fmt.Errorf("write %s: %w", name, err)
 		}
 	}

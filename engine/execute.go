@@ -15,6 +15,8 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
+
+	"github.com/runbook-dev/runbook/internal/atomicfile"
 )
 
 // Options configure a command that executes steps.
@@ -79,7 +81,7 @@ func (x *execution) emit(e Event) { x.em.emit(e) }
 // discarded torn tail and removes temporary files a crash left, and replays
 // the run recorded so far.
 func (x *execution) openJournal() error {
-	if swept, _ := SweepTempFiles(x.dir); len(swept) > 0 {
+	if swept, _ := atomicfile.Sweep(x.dir); len(swept) > 0 {
 		x.emit(Event{Type: EventWarning, Message: fmt.Sprintf("removed %d unfinished temporary file(s) in the journal dir: %s", len(swept), strings.Join(swept, ", "))})
 	}
 	j, records, warnings, err := OpenJournal(x.dir)
@@ -140,7 +142,7 @@ func (x *execution) logLine(addr, msg string) {
 	x.logMu.Lock()
 	defer x.logMu.Unlock()
 	dir := filepath.Join(x.dir, "logs")
-	if MkdirDurable(dir, 0o700) != nil {
+	if atomicfile.MkdirAll(dir, 0o700) != nil {
 		return
 	}
 	f, err := os.OpenFile(filepath.Join(dir, addr+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
@@ -531,17 +533,17 @@ func unfinishedSummary(js *JournalState) string {
 
 func archiveJournal(dir, id string) error {
 	runs := filepath.Join(dir, "runs")
-	if err := MkdirDurable(runs, 0o700); err != nil {
+	if err := atomicfile.MkdirAll(runs, 0o700); err != nil {
 		return fmt.Errorf("create runs dir: %w", err)
 	}
 	name := time.Now().UTC().Format("20060102T150405Z") + "-" + id + ".log"
 	if err := os.Rename(filepath.Join(dir, JournalFile), filepath.Join(runs, name)); err != nil {
 		return fmt.Errorf("archive finished journal: %w", err)
 	}
-	if err := fsyncDirectory(runs); err != nil {
+	if err := atomicfile.SyncDir(runs); err != nil {
 		return fmt.Errorf("sync runs dir: %w", err)
 	}
-	return fsyncDirectory(dir)
+	return atomicfile.SyncDir(dir)
 }
 
 func (x *execution) finish(ctx context.Context, errs map[string]error, start time.Time) error {

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/runbook-dev/runbook/internal/atomicfile"
 )
 
 // JournalFile is the name of the journal inside a journal directory.
@@ -80,7 +82,7 @@ const maxJournalLine = 64 << 20
 //
 // OpenJournal does not take the run lock; callers hold it (AcquireLock).
 func OpenJournal(dir string) (j *Journal, records []Record, warnings []string, err error) {
-	if err := mkdirSynced(dir); err != nil {
+	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, nil, fmt.Errorf("create journal dir: %w", err)
 	}
 	path := filepath.Join(dir, JournalFile)
@@ -94,7 +96,7 @@ func OpenJournal(dir string) (j *Journal, records []Record, warnings []string, e
 		return nil, nil, nil, fmt.Errorf("open journal: %w", err)
 	}
 	if created {
-		if err := fsyncDirectory(dir); err != nil {
+		if err := atomicfile.SyncDir(dir); err != nil {
 			f.Close()
 			return nil, nil, nil, fmt.Errorf("sync journal dir: %w", err)
 		}

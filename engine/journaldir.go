@@ -12,6 +12,8 @@ import (
 
 	"github.com/zclconf/go-cty/cty"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
+
+	"github.com/runbook-dev/runbook/internal/atomicfile"
 )
 
 // Files of a journal dir that this file manages.
@@ -27,14 +29,14 @@ const (
 // with a .gitignore that ignores everything in it: a journal holds backups
 // and secrets and must never be committed with the runbook beside it.
 func EnsureJournalDir(dir string) error {
-	if err := mkdirSynced(dir); err != nil {
+	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create journal dir: %w", err)
 	}
 	p := filepath.Join(dir, gitignoreFile)
 	if _, err := os.Stat(p); err == nil {
 		return nil
 	}
-	if err := WriteFileAtomic(p, []byte("# runbook journal: backups and secrets, never committed\n*\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(p, []byte("# runbook journal: backups and secrets, never committed\n*\n"), 0o600); err != nil {
 		return fmt.Errorf("write journal .gitignore: %w", err)
 	}
 	return nil
@@ -71,14 +73,14 @@ func EnsureHashKey(journal string) (*HashKey, error) {
 	if err := EnsureJournalDir(journal); err != nil {
 		return nil, err
 	}
-	if err := mkdirSynced(filepath.Join(journal, secretsDir)); err != nil {
+	if err := atomicfile.MkdirAll(filepath.Join(journal, secretsDir), 0o700); err != nil {
 		return nil, fmt.Errorf("create secrets dir: %w", err)
 	}
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		return nil, fmt.Errorf("generate hash key: %w", err)
 	}
-	if err := WriteFileAtomic(filepath.Join(journal, secretsDir, hashKeyFile), []byte(hex.EncodeToString(key)), 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(journal, secretsDir, hashKeyFile), []byte(hex.EncodeToString(key)), 0o600); err != nil {
 		return nil, fmt.Errorf("write hash key: %w", err)
 	}
 	return &HashKey{key: key}, nil
@@ -101,3 +103,12 @@ func (k *HashKey) ID() string {
 	m.Write([]byte("runbook key id"))
 	return hex.EncodeToString(m.Sum(nil))[:16]
 }
+
+// WriteFileAtomic is atomicfile.WriteFile, for steps that write whole files
+// (backups, patches) through the engine's name for it.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	return atomicfile.WriteFile(path, data, perm)
+}
+
+// MkdirDurable is atomicfile.MkdirAll.
+func MkdirDurable(dir string, perm os.FileMode) error { return atomicfile.MkdirAll(dir, perm) }

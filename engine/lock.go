@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/runbook-dev/runbook/internal/atomicfile"
 )
 
 // lockFileName is the name of the lock file inside a journal directory.
@@ -93,7 +95,7 @@ func (l *Lock) TookOver() *LockOwner { return l.tookOver }
 // writes and fsyncs its owner record and keeps the lock until Release.
 // command describes the holder, e.g. "runbook apply".
 func AcquireLock(dir, command string) (*Lock, error) {
-	if err := mkdirSynced(dir); err != nil {
+	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create journal dir: %w", err)
 	}
 	path := filepath.Join(dir, lockFileName)
@@ -164,7 +166,7 @@ func (l *Lock) writeOwner(command string) error {
 	if err := l.f.Sync(); err != nil {
 		return fmt.Errorf("sync lock file: %w", err)
 	}
-	if err := fsyncDirectory(filepath.Dir(l.path)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(l.path)); err != nil {
 		return fmt.Errorf("sync journal dir: %w", err)
 	}
 	return nil
@@ -257,7 +259,7 @@ func BreakLock(dir string) (*LockOwner, error) {
 		// Remove while holding the flock, so no one can take it meanwhile.
 		err = os.Remove(path)
 		if err == nil {
-			err = fsyncDirectory(dir)
+			err = atomicfile.SyncDir(dir)
 		}
 		f.Close()
 		if err != nil {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/zclconf/go-cty/cty"
+
+	"github.com/runbook-dev/runbook/internal/atomicfile"
 )
 
 // Run is what a step sees while it plans, applies or rolls back: its decoded
@@ -269,10 +271,10 @@ func (r *Run) secretPath(name string) string {
 func (r *Run) WriteSecret(name string, value []byte) error {
 	r.AddSecret(string(value))
 	dir := filepath.Join(r.x.dir, "secrets")
-	if err := MkdirDurable(dir, 0o700); err != nil {
+	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create secrets dir: %w", err)
 	}
-	if err := WriteFileAtomic(r.secretPath(name), value, 0o600); err != nil {
+	if err := atomicfile.WriteFile(r.secretPath(name), value, 0o600); err != nil {
 		return fmt.Errorf("write secret %s: %w", name, err)
 	}
 	return nil
@@ -288,10 +290,10 @@ func (r *Run) ReadSecret(name string) ([]byte, error) {
 }
 
 // BackupPath is where a backup file of this step named name lives, in the
-// journal dir's backups/ (0700). Steps write it with WriteFileAtomic(…, 0600).
+// journal dir's backups/ (0700). Steps write it with atomicfile.WriteFile(…, 0600).
 func (r *Run) BackupPath(name string) (string, error) {
 	dir := filepath.Join(r.x.dir, "backups", r.Addr)
-	if err := MkdirDurable(dir, 0o700); err != nil {
+	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create backups dir: %w", err)
 	}
 	return filepath.Join(dir, name), nil
@@ -301,7 +303,7 @@ func (r *Run) BackupPath(name string) (string, error) {
 // exec step's captured stdout). What goes there must be redacted first.
 func (r *Run) LogPath(name string) (string, error) {
 	dir := filepath.Join(r.x.dir, "logs")
-	if err := MkdirDurable(dir, 0o700); err != nil {
+	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create logs dir: %w", err)
 	}
 	return filepath.Join(dir, r.Addr+"."+name), nil

@@ -3,7 +3,6 @@ package steps
 import (
 	"archive/tar"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -30,6 +29,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/atomicfile"
 )
 
 func init() {
@@ -509,24 +509,14 @@ func (p *prerequisites) Rollback(_ context.Context, r *engine.Run) error {
 }
 
 // snapshotKeyStore writes every entry of the key store, raw as stored, into
-// a tar archive at path (0600), streaming: written to a temp file, synced,
-// then renamed into place. It returns the entries written and the archive's
-// SHA-256.
+// a tar archive at path (0600), streaming, atomically (atomicfile). It
+// returns the entries written and the archive's SHA-256.
 func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore, names []string, path string) (int, string, error) {
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	tmp := path + "." + hex.EncodeToString(rnd[:]) + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := atomicfile.Create(path, 0o600)
 	if err != nil {
 		return 0, "", fmt.Errorf("create key store snapshot: %w", err)
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
+	defer f.Abort()
 	h := sha256.New()
 	tw := tar.NewWriter(io.MultiWriter(f, h))
 	now := time.Now().UTC().Truncate(time.Second)
@@ -553,19 +543,8 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore,
 	if err := tw.Close(); err != nil {
 		return 0, "", fmt.Errorf("write key store snapshot: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		return 0, "", fmt.Errorf("sync key store snapshot: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return 0, "", fmt.Errorf("close key store snapshot: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := f.Commit(); err != nil {
 		return 0, "", fmt.Errorf("store key store snapshot: %w", err)
-	}
-	ok = true
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return len(names), hex.EncodeToString(h.Sum(nil)), nil
 }

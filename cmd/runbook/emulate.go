@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/runbook-dev/runbook/emulator"
-	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/atomicfile"
 )
 
 func init() {
@@ -72,7 +72,7 @@ func runEmulate(ctx context.Context, env *cliEnv, args []string) error {
 	lines := fmt.Sprintf("RUNBOOK_KM_SERVER=%s\nRUNBOOK_KM_CA=%s\nRUNBOOK_KM_API_KEY=%s\n", srv.URL(), ca, srv.RootAPIKey())
 	fmt.Fprint(env.stdout, lines)
 	if *envFile != "" {
-		if err := engine.WriteFileAtomic(*envFile, []byte(lines), 0o600); err != nil {
+		if err := atomicfile.WriteFile(*envFile, []byte(lines), 0o600); err != nil {
 			srv.Close()
 			return fmt.Errorf("write env file: %w", err)
 		}

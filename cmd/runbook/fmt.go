@@ -10,7 +10,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/hashicorp/hcl/v2/hclwrite"
 
-	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/atomicfile"
 )
 
 func init() {
@@ -48,7 +48,7 @@ func runFmt(_ context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("stat runbook: %w", err)
 	}
-	if err := engine.WriteFileAtomic(file, out, info.Mode().Perm()); err != nil {
+	if err := atomicfile.WriteFile(file, out, info.Mode().Perm()); err != nil {
 		return fmt.Errorf("write runbook: %w", err)
 	}
 	fmt.Fprintln(env.stdout, file)

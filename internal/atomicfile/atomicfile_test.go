@@ -1,4 +1,4 @@
-package engine
+package atomicfile
 
 import (
 	"errors"
@@ -10,11 +10,11 @@ import (
 	"testing"
 )
 
-func TestWriteFileAtomic(t *testing.T) {
+func TestWriteFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "plan.json")
 	for _, content := range []string{"first", "second, longer content"} {
-		if err := WriteFileAtomic(path, []byte(content), 0o600); err != nil {
+		if err := WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		if b, err := os.ReadFile(path); err != nil || string(b) != content {
@@ -29,15 +29,15 @@ func TestWriteFileAtomic(t *testing.T) {
 	}
 }
 
-func TestWriteFileAtomicErrors(t *testing.T) {
+func TestWriteFileErrors(t *testing.T) {
 	dir := t.TempDir()
-	if err := WriteFileAtomic(filepath.Join(dir, "missing", "f"), nil, 0o600); err == nil {
+	if err := WriteFile(filepath.Join(dir, "missing", "f"), nil, 0o600); err == nil {
 		t.Error("write into a missing dir succeeded")
 	}
 	// Rename onto a non-empty directory fails after the temp file is written.
 	target := filepath.Join(dir, "target")
 	os.MkdirAll(filepath.Join(target, "x"), 0o700)
-	err := WriteFileAtomic(target, []byte("data"), 0o600)
+	err := WriteFile(target, []byte("data"), 0o600)
 	if err == nil {
 		t.Fatal("rename onto a directory succeeded")
 	}
@@ -48,7 +48,7 @@ func TestWriteFileAtomicErrors(t *testing.T) {
 	}
 }
 
-func TestSweepTempFiles(t *testing.T) {
+func TestSweep(t *testing.T) {
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "secrets"), 0o700)
 	os.MkdirAll(filepath.Join(dir, "backups", "cutover.aistor"), 0o700)
@@ -60,7 +60,7 @@ func TestSweepTempFiles(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, name), nil, 0o600)
 	}
 	os.Mkdir(filepath.Join(dir, "d.0123456789abcdef.tmp"), 0o700)
-	got, err := SweepTempFiles(dir)
+	got, err := Sweep(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestSweepTempFiles(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "d.0123456789abcdef.tmp")); err != nil {
 		t.Errorf("a directory named like a temp file was removed: %v", err)
 	}
-	if got, err := SweepTempFiles(filepath.Join(dir, "missing")); got != nil || err != nil {
+	if got, err := Sweep(filepath.Join(dir, "missing")); got != nil || err != nil {
 		t.Errorf("sweep of missing dir = %v, %v", got, err)
 	}
 }
@@ -104,11 +104,11 @@ func recordDirSyncs(t *testing.T) *[]string {
 	return &synced
 }
 
-func TestMkdirDurable(t *testing.T) {
+func TestMkdirAll(t *testing.T) {
 	root := t.TempDir()
 	synced := recordDirSyncs(t)
 	dir := filepath.Join(root, ".runbook", "migrate", "backups", "cutover.aistor")
-	if err := MkdirDurable(dir, 0o700); err != nil {
+	if err := MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	// Every new level is fsynced into its parent, top down, before return.
@@ -121,10 +121,10 @@ func TestMkdirDurable(t *testing.T) {
 	}
 	// Once durable, a second call costs nothing; a sibling syncs its parent only.
 	*synced = (*synced)[:0]
-	if err := MkdirDurable(dir, 0o700); err != nil {
+	if err := MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := MkdirDurable(filepath.Join(root, ".runbook", "migrate", "secrets"), 0o700); err != nil {
+	if err := MkdirAll(filepath.Join(root, ".runbook", "migrate", "secrets"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if want := []string{filepath.Join(root, ".runbook", "migrate")}; !slices.Equal(*synced, want) {
@@ -134,7 +134,7 @@ func TestMkdirDurable(t *testing.T) {
 	// run killed between mkdir and fsync) is fsynced into its parent.
 	os.Mkdir(filepath.Join(root, "old"), 0o700)
 	*synced = (*synced)[:0]
-	if err := MkdirDurable(filepath.Join(root, "old"), 0o700); err != nil {
+	if err := MkdirAll(filepath.Join(root, "old"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if want := []string{root}; !slices.Equal(*synced, want) {
@@ -142,7 +142,7 @@ func TestMkdirDurable(t *testing.T) {
 	}
 	// Removed since: made again.
 	os.RemoveAll(filepath.Join(root, ".runbook", "migrate", "secrets"))
-	if err := MkdirDurable(filepath.Join(root, ".runbook", "migrate", "secrets"), 0o700); err != nil {
+	if err := MkdirAll(filepath.Join(root, ".runbook", "migrate", "secrets"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(root, ".runbook", "migrate", "secrets")); err != nil {
@@ -150,23 +150,64 @@ func TestMkdirDurable(t *testing.T) {
 	}
 	// A file in the way is an error, not a directory.
 	os.WriteFile(filepath.Join(root, "file"), nil, 0o600)
-	if err := MkdirDurable(filepath.Join(root, "file"), 0o700); err == nil {
-		t.Error("MkdirDurable over a file succeeded")
+	if err := MkdirAll(filepath.Join(root, "file"), 0o700); err == nil {
+		t.Error("MkdirAll over a file succeeded")
 	}
 }
 
-func TestWriteFileAtomicThenSweepKeepsTarget(t *testing.T) {
+func TestWriteFileThenSweepKeepsTarget(t *testing.T) {
 	dir := t.TempDir()
-	if err := WriteFileAtomic(filepath.Join(dir, "f"), []byte("x"), 0o600); err != nil {
+	if err := WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	// Simulate a crash before rename.
 	os.WriteFile(filepath.Join(dir, "f.00000000deadbeef.tmp"), []byte("half"), 0o600)
-	got, err := SweepTempFiles(dir)
+	got, err := Sweep(dir)
 	if err != nil || len(got) != 1 {
 		t.Fatalf("sweep = %v, %v", got, err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "f")); errors.Is(err, os.ErrNotExist) {
 		t.Fatal("sweep removed the target")
+	}
+}
+
+// A file streamed through Create is in place only after Commit; Abort
+// leaves the old content and no temp file.
+func TestCreateCommitAbort(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "snapshot.tar")
+	if err := WriteFile(path, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Create(path, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("half"))
+	f.Abort()
+	f.Abort() // harmless twice
+	if b, _ := os.ReadFile(path); string(b) != "old" {
+		t.Errorf("after Abort the file holds %q, want the old content", b)
+	}
+	f, err = Create(path, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Abort()
+	f.Write([]byte("new"))
+	if b, _ := os.ReadFile(path); string(b) != "old" {
+		t.Errorf("before Commit the file holds %q, want the old content", b)
+	}
+	if err := f.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Commit(); err == nil {
+		t.Error("a second Commit succeeded")
+	}
+	if b, _ := os.ReadFile(path); string(b) != "new" {
+		t.Errorf("after Commit the file holds %q, want %q", b, "new")
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("dir holds %d entries, want only the file", len(entries))
 	}
 }
