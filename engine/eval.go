@@ -148,6 +148,18 @@ func (s *Scope) SetConnection(addr string, b Block) {
 	s.values[addr] = connectionVal(addr, b)
 }
 
+// connection returns the connection block decoded at addr, or nil when it
+// was not decoded (yet).
+func (s *Scope) connection(addr string) Block {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.values[addr]
+	if !ok || !v.IsKnown() || v.IsNull() || !v.Type().Equals(ConnectionType) {
+		return nil
+	}
+	return v.EncapsulatedValue().(*connectionRef).Block
+}
+
 // SetOutputs records a step's outputs (known or partly known), marking the
 // block type's sensitive outputs and registering their values for redaction.
 func (s *Scope) SetOutputs(addr string, outs map[string]cty.Value) {

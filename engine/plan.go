@@ -32,7 +32,7 @@ type PlanResult struct {
 // Plan observes the real systems read-only and says what each selected step
 // would do, in execution order. It writes nothing.
 func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
-	x := s.newExecution(opts)
+	x := s.newExecution(opts, opPlan)
 	sel, err := s.selected(opts.Targets)
 	if err != nil {
 		return nil, err
@@ -57,30 +57,23 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 	)
 	x.walk(ctx, sel, func(ctx context.Context, addr string) error {
 		b := s.Config.Block(addr)
-		inst := b.BlockType.New()
-		d, diags := s.Scope.Decode(b, inst.Config())
-		if v, ok := inst.(Validator); ok && !diags.HasErrors() {
-			diags = append(diags, v.Validate(d)...)
-		}
 		if b.BlockType.Kind == KindConnection {
-			if diags.HasErrors() {
-				err := fmt.Errorf("%s: %w", addr, diagsError(diags))
+			// Files a connection names (CA files, configs) are read lazily by
+			// the steps that use it; the runbook text binds their names.
+			if err := s.decodeConnection(b); err != nil {
 				mu.Lock()
 				connErr = cmp.Or(connErr, err)
 				mu.Unlock()
 				return err
 			}
-			// Files a connection names (CA files, configs) are read lazily by
-			// the steps that use it; the runbook text binds their names.
-			s.Scope.SetConnection(addr, inst)
 			return nil
 		}
+		inst, d, diags := s.decode(b)
 		ps := PlannedStep{Addr: addr, Type: b.Type, DependsOn: s.Graph.Deps[addr]}
 		if diags.HasErrors() {
 			ps.Error = x.rd.String(diagsError(diags).Error())
 		} else if p, ok := inst.(Planner); ok {
-			r := &Run{Addr: addr, Decoded: d, x: x}
-			sp, err := p.Plan(ctx, r)
+			sp, err := p.Plan(ctx, x.newRun(addr, d, x.js.Step(addr), nil))
 			if err != nil {
 				ps.Error = x.rd.String(err.Error())
 				if errors.Is(err, ErrRefused) {
@@ -193,16 +186,10 @@ type StepStatus struct {
 	Error    string
 }
 
-// Status reads a journal without taking the lock or changing anything.
-func Status(dir string, cfg *Config, g *Graph) (*JournalState, []StepStatus, []string, error) {
-	records, warnings, err := ReadJournal(dir)
-	if err != nil {
-		return nil, nil, warnings, err
-	}
-	js, err := Replay(records)
-	if err != nil {
-		return nil, nil, warnings, err
-	}
+// Status is the table `runbook status` shows of a loaded journal
+// (LoadJournal): every step of the runbook in execution order, or, without
+// its graph, every step the journal names.
+func Status(js *JournalState, cfg *Config, g *Graph) []StepStatus {
 	var addrs []string
 	if g != nil {
 		for _, a := range g.Order() {
@@ -229,5 +216,5 @@ func Status(dir string, cfg *Config, g *Graph) (*JournalState, []StepStatus, []s
 		}
 		rows = append(rows, row)
 	}
-	return js, rows, warnings, nil
+	return rows
 }

@@ -78,6 +78,20 @@ func midway(state string) bool {
 	return false
 }
 
+// LoadJournal reads the journal in dir without changing anything and
+// replays it: how status, show and the checks before a run read a run's
+// state (a command that writes opens the journal under its lock instead).
+// warnings name a torn last record, left in place; a missing journal is an
+// error wrapping fs.ErrNotExist.
+func LoadJournal(dir string) (*JournalState, []string, error) {
+	records, warnings, err := ReadJournal(dir)
+	if err != nil {
+		return nil, warnings, err
+	}
+	js, err := Replay(records)
+	return js, warnings, err
+}
+
 // Replay rebuilds the state of a run from its records.
 func Replay(records []Record) (*JournalState, error) {
 	js := &JournalState{Steps: map[string]*StepState{}}

@@ -2,15 +2,12 @@ package engine
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/zclconf/go-cty/cty"
 )
 
 // OpenFromJournal prepares a session for resume or rollback from the journal
@@ -18,14 +15,10 @@ import (
 // checked against what was recorded. When file is not empty, its current text
 // must still be the recorded one.
 func OpenFromJournal(dir, file string, in VarInputs) (*Session, hcl.Diagnostics, error) {
-	records, _, err := ReadJournal(dir)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil, Refusef("there is no journal in %s: nothing was run with this runbook yet", dir)
-		}
-		return nil, nil, err
+	js, _, err := LoadJournal(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, Refusef("there is no journal in %s: nothing was run with this runbook yet", dir)
 	}
-	js, err := Replay(records)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -58,72 +51,31 @@ func OpenFromJournal(dir, file string, in VarInputs) (*Session, hcl.Diagnostics,
 // each from its journal records. With to set, that step and what it depends
 // on are kept and everything else is undone.
 func (s *Session) Rollback(ctx context.Context, opts Options, to string) error {
-	x := s.newExecution(opts)
-	if err := EnsureJournalDir(opts.JournalDir); err != nil {
-		return err
-	}
-	lock, err := AcquireLock(opts.JournalDir, opts.Command)
+	x := s.newExecution(opts, opRollback)
+	release, err := x.lock()
 	if err != nil {
 		return err
 	}
-	defer lock.Release()
-	x.reportTakeover(lock)
+	defer release()
 	if err := x.openJournal(); err != nil {
 		return err
 	}
-	defer x.j.Close()
-	js := x.js
-	keep := map[string]bool{}
-	if to != "" {
-		if s.Config.Block(to) == nil {
-			return fmt.Errorf("--to %q: no such block in the runbook (write it as type.name)", to)
-		}
-		if js.Step(to).State != StateDone {
-			return Refusef("--to %s: that step is %s, not done; roll back to a completed step", to, js.Step(to).State)
-		}
-		keep[to] = true
-		for a := range s.Graph.Ancestors(to) {
-			keep[a] = true
-		}
+	defer x.closeJournal()
+	keep, err := x.keptBy(to)
+	if err != nil {
+		return err
 	}
-	// Every connection is decoded, and every completed step's outputs restored,
-	// so that a rollback can evaluate its configuration as apply did.
-	for _, addr := range s.Graph.Order() {
-		b := s.Config.Block(addr)
-		if b.BlockType.Kind == KindConnection {
-			inst := b.BlockType.New()
-			if _, diags := s.Scope.Decode(b, inst.Config()); diags.HasErrors() {
-				return fmt.Errorf("decode %s: %w", addr, diagsError(diags))
-			}
-			s.Scope.SetConnection(addr, inst)
-			continue
-		}
-		if st := js.Step(addr); st.State != StatePending && st.State != StateRolledBack {
-			outs, err := x.restoreOutputs(addr, st.Outputs)
-			if err != nil {
-				return err
-			}
-			s.Scope.SetOutputs(addr, outs)
-		}
+	if err := x.restoreScope(); err != nil {
+		return err
 	}
-	order := s.Graph.Order()
-	var undo []string
-	for i := len(order) - 1; i >= 0; i-- {
-		addr := order[i]
-		b := s.Config.Block(addr)
-		st := js.Step(addr)
-		if b.BlockType.Kind == KindConnection || keep[addr] || st.State == StatePending || st.State == StateRolledBack {
-			continue
-		}
-		undo = append(undo, addr)
-	}
+	undo := x.toUndo(keep)
 	x.emit(Event{Type: EventRun, Message: fmt.Sprintf("runbook: rollback %s (journal %s): %d step(s) to undo", s.Config.Name, opts.JournalDir, len(undo))})
 	start := time.Now()
 	for _, addr := range undo {
 		if ctx.Err() != nil {
 			return ErrInterrupted
 		}
-		if err := x.rollbackStep(ctx, addr, js.Step(addr)); err != nil {
+		if err := x.rollbackStep(ctx, addr); err != nil {
 			x.emit(Event{Type: EventSummary, Message: fmt.Sprintf("runbook: rollback stopped at %s: the steps before it in this list are undone, the rest are not", addr)})
 			return err
 		}
@@ -132,10 +84,71 @@ func (s *Session) Rollback(ctx context.Context, opts Options, to string) error {
 	return nil
 }
 
-func (x *execution) rollbackStep(ctx context.Context, addr string, st *StepState) error {
-	b := x.cfg.Block(addr)
-	inst := b.BlockType.New()
-	d, diags := x.s.Scope.Decode(b, inst.Config())
+// keptBy is what rollback --to keeps: that step, which must be done, and
+// what it depends on. None when to is empty.
+func (x *execution) keptBy(to string) (map[string]bool, error) {
+	keep := map[string]bool{}
+	if to == "" {
+		return keep, nil
+	}
+	if x.cfg.Block(to) == nil {
+		return nil, fmt.Errorf("--to %q: no such block in the runbook (write it as type.name)", to)
+	}
+	if st := x.js.Step(to); st.State != StateDone {
+		return nil, Refusef("--to %s: that step is %s, not done; roll back to a completed step", to, st.State)
+	}
+	keep[to] = true
+	for a := range x.s.Graph.Ancestors(to) {
+		keep[a] = true
+	}
+	return keep, nil
+}
+
+// restoreScope decodes every connection and restores every started step's
+// recorded outputs, so that a rollback evaluates each step's configuration
+// as apply did.
+func (x *execution) restoreScope() error {
+	for _, addr := range x.s.Graph.Order() {
+		b := x.cfg.Block(addr)
+		if b.BlockType.Kind == KindConnection {
+			if err := x.s.decodeConnection(b); err != nil {
+				return err
+			}
+			continue
+		}
+		if st := x.js.Step(addr); st.State != StatePending && st.State != StateRolledBack {
+			outs, err := x.restoreOutputs(addr, st.Outputs)
+			if err != nil {
+				return err
+			}
+			x.s.Scope.SetOutputs(addr, outs)
+		}
+	}
+	return nil
+}
+
+// toUndo lists the steps to roll back, dependents first: every step the
+// run started and did not undo yet, except those kept.
+func (x *execution) toUndo(keep map[string]bool) []string {
+	order := x.s.Graph.Order()
+	var undo []string
+	for i := len(order) - 1; i >= 0; i-- {
+		addr := order[i]
+		st := x.js.Step(addr)
+		if x.cfg.Block(addr).BlockType.Kind == KindConnection || keep[addr] || st.State == StatePending || st.State == StateRolledBack {
+			continue
+		}
+		undo = append(undo, addr)
+	}
+	return undo
+}
+
+// rollbackStep undoes one step from its journal records, recording that
+// it is rolling back, then rolled back. A step refusing for safety is
+// recorded as it was before.
+func (x *execution) rollbackStep(ctx context.Context, addr string) error {
+	st := x.js.Step(addr)
+	inst, d, diags := x.s.decode(x.cfg.Block(addr))
 	if diags.HasErrors() {
 		return fmt.Errorf("decode %s for rollback: %w", addr, diagsError(diags))
 	}
@@ -143,43 +156,47 @@ func (x *execution) rollbackStep(ctx context.Context, addr string, st *StepState
 	if err != nil {
 		return err
 	}
-	r := &Run{Addr: addr, Decoded: d, x: x, checkpoints: map[string]json.RawMessage{}, outputs: map[string]cty.Value{}, resumed: true}
-	for k, v := range st.Checkpoints {
-		r.checkpoints[k] = v
-	}
-	r.order = append(r.order, st.Order...)
-	for k, v := range outs {
-		r.outputs[k] = v
-	}
+	r := x.newRun(addr, d, st, outs)
 	if err := x.setState(addr, StateRollingBack, nil, nil); err != nil {
 		return err
 	}
 	started := time.Now()
-	if rb, ok := inst.(Rollbacker); ok {
-		if err := rb.Rollback(ctx, r); err != nil {
-			x.emit(Event{Type: EventState, Step: addr, State: "rollback failed", Error: err.Error()})
-			if e := x.append(&Record{Kind: "note", Step: addr, Error: err.Error()}); e != nil {
-				return e
-			}
-			if errors.Is(err, ErrRefused) {
-				// A refusal comes before the rollback changes anything
-				// (Rollbacker): the step is as it was, not half undone.
-				if e := x.append(&Record{Kind: "state", Step: addr, State: st.State, Error: st.Error}); e != nil {
-					return e
-				}
-			}
-			return fmt.Errorf("roll back %s: %w", addr, err)
-		}
-	} else {
-		r.Logf("nothing to undo")
+	if err := x.undo(ctx, inst, r, st); err != nil {
+		return err
 	}
 	if err := x.append(&Record{Kind: "state", Step: addr, State: StateRolledBack}); err != nil {
 		return err
 	}
 	// Secrets of an undone step are of no further use; backups stay for the operator.
 	for name := range x.cfg.Block(addr).BlockType.Outputs {
-		os.Remove(filepath.Join(x.dir, "secrets", addr+"."+name))
+		os.Remove(r.secretPath(name))
 	}
 	x.emit(Event{Type: EventState, Step: addr, State: StateRolledBack, Duration: time.Since(started).Round(time.Millisecond).String()})
 	return nil
+}
+
+// undo calls the step's Rollback, if it has one. A failure is noted in the
+// journal; a refusal comes before the rollback changes anything
+// (Rollbacker), so the step's state goes back to what it was, not half
+// undone.
+func (x *execution) undo(ctx context.Context, inst Block, r *Run, st *StepState) error {
+	rb, ok := inst.(Rollbacker)
+	if !ok {
+		r.Logf("nothing to undo")
+		return nil
+	}
+	err := rb.Rollback(ctx, r)
+	if err == nil {
+		return nil
+	}
+	x.emit(Event{Type: EventState, Step: r.Addr, State: "rollback failed", Error: err.Error()})
+	if e := x.append(&Record{Kind: "note", Step: r.Addr, Error: err.Error()}); e != nil {
+		return e
+	}
+	if errors.Is(err, ErrRefused) {
+		if e := x.append(&Record{Kind: "state", Step: r.Addr, State: st.State, Error: st.Error}); e != nil {
+			return e
+		}
+	}
+	return fmt.Errorf("roll back %s: %w", r.Addr, err)
 }

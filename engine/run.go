@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -32,6 +34,21 @@ type Run struct {
 	lastProg    time.Time
 	progStart   time.Time
 	progDone0   int64
+}
+
+// newRun is the Run a step sees: its decoded configuration, the
+// checkpoints the journal holds for it (st), and outs (for a rollback, the
+// outputs recorded). A rollback counts as resumed: it works from what an
+// earlier command did.
+func (x *execution) newRun(addr string, d *Decoded, st *StepState, outs map[string]cty.Value) *Run {
+	r := &Run{Addr: addr, Decoded: d, x: x, checkpoints: maps.Clone(st.Checkpoints), order: slices.Clone(st.Order), outputs: maps.Clone(outs), resumed: st.Attempts > 0 || x.op == opRollback}
+	if r.checkpoints == nil {
+		r.checkpoints = map[string]json.RawMessage{}
+	}
+	if r.outputs == nil {
+		r.outputs = map[string]cty.Value{}
+	}
+	return r
 }
 
 // Resumed reports whether an earlier attempt of this step started (after an
@@ -222,24 +239,15 @@ func (r *Run) Connections(typ string) ([]Connection, error) {
 			continue
 		}
 		addr := b.Addr()
-		r.x.s.Scope.mu.Lock()
-		v, ok := r.x.s.Scope.values[addr]
-		r.x.s.Scope.mu.Unlock()
-		if ok && v.IsKnown() && !v.IsNull() && v.Type().Equals(ConnectionType) {
-			out = append(out, Connection{Addr: addr, Block: v.EncapsulatedValue().(*connectionRef).Block})
-			continue
+		blk := r.x.s.Scope.connection(addr)
+		if blk == nil {
+			// Not on this command's path (a targeted run): decode it as apply would.
+			if err := r.x.s.decodeConnection(b); err != nil {
+				return nil, err
+			}
+			blk = r.x.s.Scope.connection(addr)
 		}
-		// Not on this command's path (a targeted run): decode it as apply would.
-		inst := b.BlockType.New()
-		d, diags := r.x.s.Scope.Decode(b, inst.Config())
-		if v, ok := inst.(Validator); ok && !diags.HasErrors() {
-			diags = append(diags, v.Validate(d)...)
-		}
-		if diags.HasErrors() {
-			return nil, fmt.Errorf("decode %s: %w", addr, diagsError(diags))
-		}
-		r.x.s.Scope.SetConnection(addr, inst)
-		out = append(out, Connection{Addr: addr, Block: inst})
+		out = append(out, Connection{Addr: addr, Block: blk})
 	}
 	return out, nil
 }

@@ -63,21 +63,14 @@ func (s *Session) Validate() hcl.Diagnostics {
 	}
 	for _, addr := range order {
 		b := s.Config.Block(addr)
-		inst := b.BlockType.New()
-		d, moreDiags := s.Scope.Decode(b, inst.Config())
+		inst, _, moreDiags := s.decode(b)
 		for _, diag := range moreDiags {
 			if !s.Graph.repeatsBadRef(diag) {
 				diags = append(diags, diag)
 			}
 		}
 		diags = append(diags, s.checkMeta(b)...)
-		if moreDiags.HasErrors() {
-			continue
-		}
-		if v, ok := inst.(Validator); ok {
-			diags = append(diags, v.Validate(d)...)
-		}
-		if b.BlockType.Kind == KindConnection {
+		if inst != nil && b.BlockType.Kind == KindConnection {
 			s.Scope.SetConnection(addr, inst)
 		}
 	}

@@ -323,14 +323,10 @@ func (h *harness) point(root *tb, i int, at *killAt, action string) (res pointRe
 	}
 
 	// The journal reads, and says where things are.
-	records, _, err := engine.ReadJournal(journal)
+	js, _, err := engine.LoadJournal(journal)
 	if errors.Is(err, os.ErrNotExist) && action == "rollback" {
-		records, err = nil, nil // killed before the journal: nothing to read
+		js, err = engine.Replay(nil) // killed before the journal: nothing to read
 	}
-	if err != nil {
-		t.Fatalf("journal: %v", err)
-	}
-	js, err := engine.Replay(records)
 	if err != nil {
 		t.Fatalf("journal: %v", err)
 	}

@@ -192,11 +192,7 @@ func writeLines(ts *testscript.TestScript, file string, lines []string) {
 
 // keyCheckpoints counts the "key/…" checkpoints of step in the journal dir.
 func keyCheckpoints(ts *testscript.TestScript, dir, step string) (int, error) {
-	records, _, err := engine.ReadJournal(ts.MkAbs(dir))
-	if err != nil {
-		return 0, err
-	}
-	js, err := engine.Replay(records)
+	js, _, err := engine.LoadJournal(ts.MkAbs(dir))
 	if err != nil {
 		return 0, err
 	}

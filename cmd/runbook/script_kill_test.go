@@ -83,9 +83,7 @@ func cmdJournalClean(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) != 3 {
 		ts.Fatalf("usage: journal-clean JOURNALDIR STEP STATE")
 	}
-	records, _, err := engine.ReadJournal(ts.MkAbs(args[0]))
-	ts.Check(err)
-	js, err := engine.Replay(records)
+	js, _, err := engine.LoadJournal(ts.MkAbs(args[0]))
 	ts.Check(err)
 	if got := js.Step(args[1]).State; got != args[2] {
 		ts.Fatalf("%s is %s, not %s", args[1], got, args[2])

@@ -30,14 +30,10 @@ func runStatus(_ context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	records, _, err := engine.ReadJournal(journal)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("no journal in %s: nothing has run yet", journal)
-		}
-		return fmt.Errorf("read journal: %w", err)
+	js, warnings, err := engine.LoadJournal(journal)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no journal in %s: nothing has run yet", journal)
 	}
-	js, err := engine.Replay(records)
 	if err != nil {
 		return err
 	}
@@ -46,10 +42,7 @@ func runStatus(_ context.Context, env *cliEnv, args []string) error {
 	}
 	// The journal's own copy of the runbook gives the full list of steps.
 	s, _ := engine.Open(js.Run.Runbook, []byte(js.Run.Source), engine.VarInputs{}, false)
-	_, rows, warnings, err := engine.Status(journal, s.Config, s.Graph)
-	if err != nil {
-		return err
-	}
+	rows := engine.Status(js, s.Config, s.Graph)
 	owner, alive, _ := engine.InspectLock(journal)
 	if cf.json {
 		out := map[string]any{"journal": journal, "runbook": js.Run.Runbook, "run": js.Run.ID, "steps": rows, "warnings": warnings}
