@@ -58,20 +58,23 @@ type cutoverConfig struct {
 // (SPEC.md, the cutover row; DOMAIN.md part D). Its files, by concern:
 // cutover_plan.go observes and plans (the KMS facts, the refusals before
 // any change), cutover_sample.go chooses, proves and re-reads the object
-// sample, cutover_apply.go edits the files, cutover_health.go restarts and
+// sample, cutover_apply.go runs an attempt, cutover_health.go restarts and
 // confirms (one routine for both directions), cutover_rollback.go undoes,
-// cutover_systemd.go reads a systemd unit's environment, and
-// cutover_items.go names the checkpoints.
+// cutover_items.go names the checkpoints. Where the nodes' environment
+// lives and how they restart is the platform's (cutover_platform.go): env
+// files on hosts (cutover_linux.go, cutover_systemd.go) or Kubernetes
+// (cutover_kubernetes.go).
 //
-// Apply is idempotent: every node's file is backed up and the hash of its
-// intended new content checkpointed before it is written, so a resume
-// recognises an edited file and never edits it twice; the restart is
-// checkpointed before it begins and each later phase once done, so that a
-// resume or a rollback restarts nothing already restarted and confirmed,
-// and a rollback knows since when the Key Manager may have sealed data.
-// When an attempt was rolled back automatically, a resume starts a new
-// attempt whose items carry the prefix "gN/"; when that automatic rollback
-// stopped part-way, a resume finishes it first.
+// Apply is idempotent: the Key Manager settings are checkpointed before
+// an attempt's first change, and the platform checkpoints every node's
+// backup and intent before it writes, so a resume recognises an edited
+// node and never edits it twice; the restart is checkpointed before it
+// begins and each later phase once done, so that a resume or a rollback
+// restarts nothing already restarted and confirmed, and a rollback knows
+// since when the Key Manager may have sealed data. When an attempt was
+// rolled back automatically, a resume starts a new attempt whose items
+// carry the prefix "gN/"; when that automatic rollback stopped part-way, a
+// resume finishes it first.
 type cutoverStep struct {
 	cfg cutoverConfig
 }
@@ -148,8 +151,7 @@ func (c *cutoverStep) validateConnection(d *engine.Decoded, a *aistorConnection)
 type cutoverEnv struct {
 	a        *aistorConnection
 	enc      enclaveRef
-	nodes    []*envNode
-	pool     *sshPool
+	plat     cutoverPlatform
 	onFail   string
 	wait     time.Duration
 	sample   int
@@ -180,14 +182,8 @@ func (c *cutoverStep) resolve(r *engine.Run) (*cutoverEnv, error) {
 	if c.cfg.SamplePerBucket != nil {
 		e.sample = *c.cfg.SamplePerBucket
 	}
-	e.pool = newSSHPool(a.SSHKnownHosts(), a.SSHIdentity())
-	for _, f := range a.EnvFiles() {
-		n, err := parseEnvNode(f)
-		if err != nil {
-			return nil, err
-		}
-		n.pool = e.pool
-		e.nodes = append(e.nodes, n)
+	if e.plat, err = newCutoverPlatform(a, e.wait); err != nil {
+		return nil, err
 	}
 	return e, nil
 }
@@ -220,37 +216,39 @@ func hostsOf(files []string) int {
 
 // refuseRestartMode refuses the restart modes that cannot carry out a
 // cutover.
-func refuseRestartMode(e *cutoverEnv) error {
-	switch e.a.RestartMode() {
+func refuseRestartMode(a *aistorConnection) error {
+	switch a.RestartMode() {
 	case "admin":
 		return refuseAdmin()
 	case "rolling":
-		return engine.Refusef("restart = \"rolling\" cannot carry out this cutover: %s Use restart = \"systemd\" or \"command\"", rollingReason(hostsOf(e.a.EnvFiles())))
+		return engine.Refusef("restart = \"rolling\" cannot carry out this cutover: %s Use restart = \"systemd\" or \"command\"", rollingReason(hostsOf(a.EnvFiles())))
 	case "":
 		return errors.New("the aistor block sets no restart mode: set restart = \"systemd\" or \"command\"")
 	}
 	return nil
 }
 
-// desired is the Key Manager configuration the files get.
-func (c *cutoverStep) desired(e *cutoverEnv, original []byte, apiKey string) (map[string]string, error) {
-	sse := e.sseKeyIn
-	if sse == "" {
-		env, err := envEffective(original)
-		if err != nil {
-			return nil, err
-		}
-		sse = env["MINIO_KMS_KES_KEY_NAME"]
-		if sse == "" {
-			return nil, errors.New("the env file sets no MINIO_KMS_KES_KEY_NAME to take the default key from: set sse_key on the cutover block")
-		}
-	}
+// kmsSettings is the Key Manager configuration every node gets, less the
+// API key: what the cutover checkpoints before an attempt's first change
+// (kmsSettingsItem), so that a resume writes exactly the same environment.
+type kmsSettings struct {
+	Server  string `json:"server"`
+	Enclave string `json:"enclave"`
+	SSEKey  string `json:"sse_key"`
+}
+
+// env is the nodes' new MINIO_KMS_* variables, with apiKey.
+func (k kmsSettings) env(apiKey string) map[string]string {
 	return map[string]string{
-		"MINIO_KMS_SERVER":  strings.Join(e.enc.KM.Endpoints(), ","),
-		"MINIO_KMS_ENCLAVE": e.enc.Name,
+		"MINIO_KMS_SERVER":  k.Server,
+		"MINIO_KMS_ENCLAVE": k.Enclave,
 		"MINIO_KMS_API_KEY": apiKey,
-		"MINIO_KMS_SSE_KEY": sse,
-	}, nil
+		"MINIO_KMS_SSE_KEY": k.SSEKey,
+	}
+}
+
+func (e *cutoverEnv) settings(sseKey string) kmsSettings {
+	return kmsSettings{Server: strings.Join(e.enc.KM.Endpoints(), ","), Enclave: e.enc.Name, SSEKey: sseKey}
 }
 
 func quoteArgvList(argv []string) string {

@@ -1,14 +1,12 @@
 package steps
 
 import (
+	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/minio/madmin-go/v3"
@@ -16,106 +14,6 @@ import (
 
 	"github.com/runbook-dev/runbook/engine"
 )
-
-// restartAll restarts every node at once: MinIO requires the same MINIO_*
-// environment on every node of a deployment, so a rolling restart cannot
-// pass its start-up check.
-func (c *cutoverStep) restartAll(ctx context.Context, r *engine.Run, e *cutoverEnv) error {
-	// A restart that hangs (systemctl waits for MinIO's start-up) counts
-	// against the same bound as the wait for health.
-	ctx, cancel := context.WithTimeout(ctx, e.wait)
-	defer cancel()
-	errs := make([]error, len(e.nodes))
-	var wg sync.WaitGroup
-	r.Logf("%s", c.restartAction(e))
-	for i, n := range e.nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out, err := c.restartNode(ctx, r, e, i, n)
-			if err != nil {
-				errs[i] = fmt.Errorf("restart %s: %w; last lines of its output:\n%s", n.Name, err, lastLines(out, logTailLines))
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-func (c *cutoverStep) restartNode(ctx context.Context, r *engine.Run, e *cutoverEnv, i int, n *envNode) (string, error) {
-	var (
-		out []byte
-		err error
-	)
-	switch e.a.RestartMode() {
-	case "systemd":
-		out, err = n.exec(ctx, r, []string{"systemctl", "restart", systemdUnit}, nil)
-	case "command":
-		out, err = (&envNode{Name: n.Name}).exec(ctx, r, e.a.RestartCommand(), cutoverNodeEnv(i, n))
-	default:
-		return "", fmt.Errorf("restart mode %q", e.a.RestartMode())
-	}
-	text := r.Redact(string(out))
-	if lp, lerr := r.LogPath(fmt.Sprintf("restart.node%d", i+1)); lerr == nil {
-		_ = os.WriteFile(lp, []byte(text), 0o600)
-	}
-	for _, l := range splitLines(strings.TrimRight(text, "\n")) {
-		r.Logf("%s: %s", n.Name, l)
-	}
-	return text, err
-}
-
-func cutoverNodeEnv(i int, n *envNode) map[string]string {
-	env := map[string]string{"RUNBOOK_NODE": n.Name, "RUNBOOK_NODE_INDEX": fmt.Sprint(i + 1), "RUNBOOK_ENV_FILE": n.Path}
-	if n.Remote() {
-		env["RUNBOOK_NODE_HOST"] = n.Host
-		env["RUNBOOK_NODE_USER"] = n.User
-	}
-	return env
-}
-
-func lastLines(s string, n int) string {
-	lines := splitLines(strings.TrimRight(s, "\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	if len(lines) == 0 {
-		return "\t(no output)"
-	}
-	return "\t" + strings.Join(lines, "\n\t")
-}
-
-// nodeLogs collects every node's recent log for an error message: the
-// aistor block's log_command, or journalctl for systemd, or the restart
-// command's output kept in logs/.
-func (c *cutoverStep) nodeLogs(ctx context.Context, r *engine.Run, e *cutoverEnv) string {
-	var b strings.Builder
-	for i, n := range e.nodes {
-		var (
-			out []byte
-			err error
-		)
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		switch {
-		case len(e.a.LogCommand()) > 0 && n.Remote():
-			out, err = n.exec(lctx, r, e.a.LogCommand(), cutoverNodeEnv(i, n))
-		case len(e.a.LogCommand()) > 0:
-			out, err = (&envNode{Name: n.Name}).exec(lctx, r, e.a.LogCommand(), cutoverNodeEnv(i, n))
-		case e.a.RestartMode() == "systemd":
-			out, err = n.exec(lctx, r, []string{"journalctl", "-u", systemdUnit, "-n", fmt.Sprint(logTailLines), "--no-pager"}, nil)
-		default:
-			lp, _ := r.LogPath(fmt.Sprintf("restart.node%d", i+1))
-			out, _ = os.ReadFile(lp)
-		}
-		cancel()
-		text := string(out)
-		if err != nil {
-			text += fmt.Sprintf("\n(reading the log failed: %v)", err)
-		}
-		fmt.Fprintf(&b, "\n  %s, last lines of its log:\n%s", n.Name, lastLines(r.Redact(text), logTailLines))
-	}
-	return b.String()
-}
 
 // waitHealthy waits until every node is online, AIStor's KMS status names
 // want with every endpoint online, and the default key passes a status
@@ -131,7 +29,7 @@ func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutover
 	healthy := 0
 	var last string
 	for {
-		why := c.healthCheck(wctx, r, e.a, admin, len(e.nodes), want)
+		why := healthCheck(wctx, r, e.a, admin, e.plat.Servers(), want)
 		if why != "" && wctx.Err() != nil && last != "" {
 			// The wait's deadline cut this check short: the check before it
 			// says what was wrong ("context deadline exceeded" says nothing).
@@ -155,7 +53,7 @@ func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutover
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-wctx.Done():
-			return fmt.Errorf("AIStor did not become healthy on %s within %s: %s; the nodes' logs:%s", want, e.wait, last, c.nodeLogs(ctx, r, e))
+			return fmt.Errorf("AIStor did not become healthy on %s within %s: %s; the nodes' logs:%s", want, e.wait, last, e.plat.Logs(ctx, r))
 		case <-time.After(time.Second):
 		}
 	}
@@ -166,7 +64,7 @@ func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutover
 const stableHealthChecks = 3
 
 // healthCheck returns "" when healthy, else what is wrong.
-func (c *cutoverStep) healthCheck(ctx context.Context, r *engine.Run, a *aistorConnection, admin *madmin.AdminClient, nodes int, want string) string {
+func healthCheck(ctx context.Context, r *engine.Run, a *aistorConnection, admin *madmin.AdminClient, nodes int, want string) string {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	info, err := admin.ServerInfo(cctx)
@@ -192,7 +90,7 @@ func (c *cutoverStep) healthCheck(ctx context.Context, r *engine.Run, a *aistorC
 	if len(info.Servers) < nodes {
 		return fmt.Sprintf("%d of %d nodes report", len(info.Servers), nodes)
 	}
-	if why := c.clusterWritable(cctx, r, a); why != "" {
+	if why := clusterWritable(cctx, r, a); why != "" {
 		return why
 	}
 	st, err := admin.KMSStatus(cctx)
@@ -221,7 +119,7 @@ func (c *cutoverStep) healthCheck(ctx context.Context, r *engine.Run, a *aistorC
 // 200 once the erasure sets have write quorum). Nodes restarted together
 // find each other's drives only at their next reconnect, so "online" alone
 // does not mean writable.
-func (c *cutoverStep) clusterWritable(ctx context.Context, r *engine.Run, a *aistorConnection) string {
+func clusterWritable(ctx context.Context, r *engine.Run, a *aistorConnection) string {
 	tlsCfg, err := tlsConfig(r, a.cfg.CAFile, a.cfg.Insecure)
 	if err != nil {
 		return err.Error()
@@ -278,7 +176,7 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	var probe *unavailability
 	if restart {
 		if !begun {
-			rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: e.a.RestartMode()}
+			rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: cmp.Or(e.a.RestartMode(), e.a.Platform())}
 			if !back {
 				rs.IAM, rs.Buckets = c.iamNames(ctx, r, e), c.bucketConfigs(ctx, r, e)
 			}
@@ -289,11 +187,16 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 			r.Logf("the restart begun at %s was interrupted: restarting the nodes again", rs.At.Format(time.RFC3339))
 		}
 		probe = c.startProbe(ctx, r, e)
-		if err := c.restartAll(ctx, r, e); err != nil {
+		// A restart that hangs (systemctl waits for MinIO's start-up)
+		// counts against the same bound as the wait for health.
+		rctx, cancel := context.WithTimeout(ctx, e.wait)
+		err := e.plat.Restart(rctx, r, back)
+		cancel()
+		if err != nil {
 			probe.stop()
 			return err
 		}
-		if err := checkpointItem(r, item(phaseRestarted), map[string]int{"nodes": len(e.nodes)}); err != nil {
+		if err := checkpointItem(r, item(phaseRestarted), map[string]int{"nodes": e.plat.Servers()}); err != nil {
 			probe.stop()
 			return err
 		}
@@ -353,7 +256,7 @@ func (c *cutoverStep) needsRestart(ctx context.Context, r *engine.Run, e *cutove
 	deadline := time.Now().Add(min(e.wait, restartGrace))
 	down := 0
 	for {
-		why := c.healthCheck(ctx, r, e.a, admin, len(e.nodes), want)
+		why := healthCheck(ctx, r, e.a, admin, e.plat.Servers(), want)
 		if why == "" {
 			return ""
 		}
@@ -396,7 +299,7 @@ func (c *cutoverStep) startProbe(ctx context.Context, r *engine.Run, e *cutoverE
 		defer t.Stop()
 		for {
 			cctx, ccancel := context.WithTimeout(pctx, 2*time.Second)
-			why := c.clusterWritable(cctx, r, e.a)
+			why := clusterWritable(cctx, r, e.a)
 			ccancel()
 			if pctx.Err() != nil {
 				if !down.IsZero() {

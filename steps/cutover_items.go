@@ -15,10 +15,12 @@ import (
 // rolled back automatically g times before) prefixes its items with "gN/".
 //
 //	sample                          the object sample, read and digested before any change
+//	[gN/]settings                   the attempt began: the Key Manager settings every node gets
 //	[gN/]backup/NODE                a node's file backed up; the hash it is about to get
 //	[gN/]edited/NODE                a node's file has its new content
 //	[gN/]restart, restarted, healthy, validated
 //	                                the restart into the Key Manager: begun, done, healthy, sample read
+//	[gN/]rollback/restore           a rollback of the attempt began restoring the nodes
 //	[gN/]rollback/restored/NODE     a node's file has its original content again
 //	[gN/]rollback/restart, rollback/restarted, rollback/healthy, rollback/validated
 //	                                the restart back onto KES
@@ -83,6 +85,19 @@ type rolledBackItem struct{ Attempt int }
 
 func (i rolledBackItem) String() string { return "rolled-back/" + strconv.Itoa(i.Attempt) }
 
+// settingsItem records, before attempt Gen's first change, the Key Manager
+// settings every node gets (kmsSettings: no secret); a resume writes
+// exactly these. Its presence means the attempt has begun.
+type settingsItem struct{ Gen int }
+
+func (i settingsItem) String() string { return genPrefix(i.Gen) + "settings" }
+
+// restoreItem marks, before the first node's environment is restored, that
+// a rollback of attempt Gen began.
+type restoreItem struct{ Gen int }
+
+func (i restoreItem) String() string { return genPrefix(i.Gen) + "rollback/restore" }
+
 // sampleItem holds the object sample (cutoverSample), for every attempt.
 type sampleItem struct{}
 
@@ -123,6 +138,12 @@ func parseCutoverItem(s string) (cutoverItemName, error) {
 				g, rest = n, after
 			}
 		}
+	}
+	switch rest {
+	case "settings":
+		return settingsItem{Gen: g}, nil
+	case "rollback/restore":
+		return restoreItem{Gen: g}, nil
 	}
 	for _, k := range []nodeItemKind{nodeRestored, nodeBackup, nodeEdited} {
 		if node, ok := strings.CutPrefix(rest, string(k)+"/"); ok && node != "" {

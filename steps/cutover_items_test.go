@@ -6,6 +6,10 @@ func TestCutoverItemsRoundTrip(t *testing.T) {
 	items := []cutoverItemName{
 		sampleItem{},
 		kubernetesWrittenItem{},
+		settingsItem{},
+		settingsItem{Gen: 2},
+		restoreItem{},
+		restoreItem{Gen: 1},
 		rolledBackItem{Attempt: 2},
 		newNodeItem(0, nodeBackup, "/etc/default/minio"),
 		newNodeItem(1, nodeEdited, "ssh://root@h1:22/etc/default/minio"),

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 
 	kes "github.com/minio/kes-go"
 	"github.com/minio/kms-go/kms"
@@ -15,75 +14,19 @@ import (
 	"github.com/runbook-dev/runbook/engine"
 )
 
-// nodeFile is one node's file as read.
-type nodeFile struct {
-	node *envNode
-	data []byte
-	meta fileMeta
-	sum  string
-}
-
-func (c *cutoverStep) readAll(ctx context.Context, r *engine.Run, e *cutoverEnv) ([]nodeFile, error) {
-	files := make([]nodeFile, len(e.nodes))
-	errs := make([]error, len(e.nodes))
-	var wg sync.WaitGroup
-	for i, n := range e.nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			data, meta, err := n.read(ctx, r)
-			files[i], errs[i] = nodeFile{node: n, data: data, meta: meta, sum: envSHA256(data)}, err
-		}()
-	}
-	wg.Wait()
-	return files, errors.Join(errs...)
-}
-
-// sameFiles names the nodes whose file differs from the majority's.
-func sameFiles(files []nodeFile) error {
-	count := map[string]int{}
-	for _, f := range files {
-		count[f.sum]++
-	}
-	if len(count) <= 1 {
-		return nil
-	}
-	best := ""
-	for _, f := range files { // the most common content; ties go to the first node's
-		if best == "" || count[f.sum] > count[best] {
-			best = f.sum
-		}
-	}
-	var odd []string
-	for _, f := range files {
-		if f.sum != best {
-			odd = append(odd, fmt.Sprintf("%s (sha256 %s)", f.node.Name, f.sum))
-		}
-	}
-	return fmt.Errorf("the nodes' env files are not identical: %s differs from the other nodes' (sha256 %s); MinIO requires the same MINIO_* environment on every node: make the files identical (shasum -a 256 on each node) and run again", strings.Join(odd, ", "), best)
-}
-
 func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan, error) {
 	e, err := c.resolve(r)
 	if err != nil {
 		return nil, err
 	}
-	defer e.pool.close()
+	defer e.plat.Close()
 	p := &engine.StepPlan{ItemsLabel: "env files to edit"}
-	if e.a.Platform() == "kubernetes" {
-		return c.planKubernetes(ctx, r, e, p)
-	}
-	if err := refuseRestartMode(e); err != nil {
-		return nil, err
-	}
-	files, err := c.readAll(ctx, r, e)
+	v, err := e.plat.Observe(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	if err := sameFiles(files); err != nil {
-		return nil, engine.Refusef("%v", err)
-	}
-	f, err := c.observeKMS(ctx, r, e, files[0].data)
+	p.Observed = append(p.Observed, v.Observed...)
+	f, err := c.observeKMS(ctx, r, e, v.Env)
 	if err != nil {
 		return nil, err
 	}
@@ -91,33 +34,10 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	if apiKey == "" || r.Decoded.Unknown("api_key") {
 		apiKey = "(known after apply)"
 	}
-	set, err := c.desired(e, files[0].data, apiKey)
+	set := e.settings(f.sseKey).env(apiKey)
+	nodes, err := e.plat.PlanChange(r, set, p)
 	if err != nil {
-		return nil, fmt.Errorf("plan env file %s: %w", files[0].node.Name, err)
-	}
-	state := map[string]string{}
-	for _, f := range files {
-		state[f.node.Name] = f.sum
-		newData, err := editEnv(f.data, set)
-		if err != nil {
-			return nil, fmt.Errorf("plan edit of %s: %w", f.node.Name, err)
-		}
-		p.Observed = append(p.Observed, fmt.Sprintf("%s: sha256 %s", f.node.Name, f.sum))
-		p.Items = append(p.Items, f.node.Name)
-		diff := envDiff(f.data, newData)
-		p.Actions = append(p.Actions, fmt.Sprintf("back up %s into the journal dir (0600) and change it:", f.node.Name))
-		for _, l := range diff {
-			p.Actions = append(p.Actions, "    "+r.Redact(l))
-		}
-		p.Sections = append(p.Sections, engine.PlanSection{Title: "Environment diff: " + f.node.Name, Body: r.Redact(strings.Join(diff, "\n"))})
-	}
-	p.Observed = append(p.Observed, fmt.Sprintf("the %d env files are identical (sha256 %s)", len(files), files[0].sum))
-	if e.a.RestartMode() == "systemd" {
-		lines, err := c.checkUnitEnv(ctx, r, e)
-		if err != nil {
-			return nil, err
-		}
-		p.Observed = append(p.Observed, lines...)
+		return nil, err
 	}
 	if f.statusNote != "" {
 		p.Observed = append(p.Observed, f.statusNote)
@@ -137,40 +57,23 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		return nil, err
 	}
 	p.Observed = append(p.Observed, sample.lines()...)
-	if risk := rootAccessRisk(files[0].data); risk != "" {
+	if risk := rootAccessRisk(v.Env); risk != "" {
 		p.Risks = append(p.Risks, risk)
 	}
-	p.Actions = append(p.Actions, fmt.Sprintf("confirm the %d edited files are identical (sha256) before any restart", len(files)))
-	p.Actions = append(p.Actions, c.restartAction(e))
-	p.Actions = append(p.Actions, fmt.Sprintf("wait up to %s until every node is online, AIStor's KMS status names the Key Manager (%s) with its endpoints online, and the default key %q passes a key status check", e.wait, kmsNameKeyManager, set["MINIO_KMS_SSE_KEY"]))
+	p.Actions = append(p.Actions, fmt.Sprintf("wait up to %s until every node is online, AIStor's KMS status names the Key Manager (%s) with its endpoints online, and the default key %q passes a key status check", e.wait, kmsNameKeyManager, f.sseKey))
 	p.Actions = append(p.Actions, c.validateAction(e))
 	if e.onFail == "rollback" {
-		p.Actions = append(p.Actions, "on failure: restore the original files, restart and confirm objects read through KES again (on_failure = \"rollback\")")
+		p.Actions = append(p.Actions, "on failure: restore the original environment, restart and confirm objects read through KES again (on_failure = \"rollback\")")
 	} else {
 		p.Actions = append(p.Actions, "on failure: stop and leave the nodes as they are (on_failure = \"stop\"); runbook rollback restores them")
 	}
 	p.Verification = []string{
 		fmt.Sprintf("every node online and AIStor's KMS status names %q with every endpoint online", kmsNameKeyManager),
-		fmt.Sprintf("the default key %q passes AIStor's key status check (generate + decrypt)", set["MINIO_KMS_SSE_KEY"]),
+		fmt.Sprintf("the default key %q passes AIStor's key status check (generate + decrypt)", f.sseKey),
 		c.validateAction(e),
 	}
-	p.Rollback = "restore every node's backed-up env file, restart the nodes the same way, and confirm AIStor reports KES and objects read again; refused once any object was written or changed after the cutover's restart (KES cannot read what the Key Manager sealed) unless forced"
-	if e.a.RestartMode() == "systemd" {
-		p.Risks = append(p.Risks, "restart = \"systemd\": a full stop and start of the minio unit on every node")
-	}
-	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node at start-up, cmd/bootstrap-peer-server.go): the object store answers nothing until they are back; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. Even once every node answers healthy, a node that started before a peer's drive was ready refuses writes until MinIO's next drive check, up to about 16 s later (cmd/erasure-sets.go monitorAndConnectEndpoints: 15 s; seen in 1 to 3 of every 10 restarts measured, BENCHMARKS.md): plan the change window for clients that retry that long. The apply measures the window (from the first failed health probe to the first healthy answer) and reports it in its log and as the output unavailable_seconds")
-	sort.Strings(p.Items)
-	p.State = map[string]any{"env_files": state, "sample": sample, "sse_key": f.sseKey}
+	p.State = map[string]any{"nodes": nodes, "sample": sample, "sse_key": f.sseKey}
 	return p, nil
-}
-
-func (c *cutoverStep) restartAction(e *cutoverEnv) string {
-	switch e.a.RestartMode() {
-	case "systemd":
-		return fmt.Sprintf("restart every node at once: systemctl restart %s on each node's host", systemdUnit)
-	default:
-		return fmt.Sprintf("restart every node at once: run %s once per node (RUNBOOK_NODE = the node's env file)", quoteArgvList(e.a.RestartCommand()))
-	}
 }
 
 func (c *cutoverStep) validateAction(e *cutoverEnv) string {
@@ -212,11 +115,7 @@ type kmsFacts struct {
 // from the default key the object store runs with (DOMAIN.md E: MinIO
 // creates a missing default key at start-up and seals new data with it),
 // or when that key cannot be known at all.
-func (c *cutoverStep) observeKMS(ctx context.Context, r *engine.Run, e *cutoverEnv, envData []byte) (*kmsFacts, error) {
-	env, err := envEffective(envData)
-	if err != nil {
-		return nil, err
-	}
+func (c *cutoverStep) observeKMS(ctx context.Context, r *engine.Run, e *cutoverEnv, env map[string]string) (*kmsFacts, error) {
 	f := &kmsFacts{envKey: env["MINIO_KMS_KES_KEY_NAME"]}
 	admin, _, err := e.a.Clients(r)
 	if err != nil {
@@ -303,9 +202,8 @@ func kmsStatusRefusal(r *engine.Run, err error, env map[string]string) string {
 // access off without root credentials: MinIO then derives its root
 // credentials from a KMS HMAC (DOMAIN.md D2), which the Key Manager
 // connection does not offer. "" when there is no such risk.
-func rootAccessRisk(envData []byte) string {
-	env, err := envEffective(envData)
-	if err != nil || !strings.EqualFold(env["MINIO_API_ROOT_ACCESS"], "off") || env["MINIO_ROOT_USER"] != "" {
+func rootAccessRisk(env map[string]string) string {
+	if !strings.EqualFold(env["MINIO_API_ROOT_ACCESS"], "off") || env["MINIO_ROOT_USER"] != "" {
 		return ""
 	}
 	return "MINIO_API_ROOT_ACCESS=off and no MINIO_ROOT_USER: MinIO derives its root credentials from a KMS HMAC, which the Key Manager connection does not offer, so after the cutover it falls back to the active or the default credentials. Set MINIO_ROOT_USER and MINIO_ROOT_PASSWORD in the env files before the cutover"

@@ -17,7 +17,11 @@ func TestRootAccessRisk(t *testing.T) {
 		{"MINIO_API_ROOT_ACCESS=on\n", false},
 		{"", false},
 	} {
-		got := rootAccessRisk([]byte(c.env))
+		env, err := envEffective([]byte(c.env))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := rootAccessRisk(env)
 		if (got != "") != c.risk {
 			t.Errorf("rootAccessRisk(%q) = %q, want a risk: %v", c.env, got, c.risk)
 		}

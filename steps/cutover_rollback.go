@@ -17,81 +17,43 @@ import (
 	"github.com/runbook-dev/runbook/engine"
 )
 
-// Rollback undoes the cutover's last attempt: the env files restored from
-// their backups, the nodes restarted onto KES, the recorded sample read
-// back. It is idempotent and resumable from the journal: a file already
-// restored is not written again, and a restart done and confirmed is not
-// done again. It refuses (engine.ErrRefused) when the object store changed
-// after the cutover's restart, unless forced.
+// Rollback undoes the cutover's last attempt: every node's environment
+// restored, the nodes restarted onto KES, the recorded sample read back. It
+// is idempotent and resumable from the journal: a node already restored is
+// not written again, and a restart done and confirmed is not done again. It
+// refuses (engine.ErrRefused) when the object store changed after the
+// cutover's restart, unless forced.
 func (c *cutoverStep) Rollback(ctx context.Context, r *engine.Run) error {
 	e, err := c.resolve(r)
 	if err != nil {
 		return err
 	}
-	defer e.pool.close()
-	if e.a.Platform() == "kubernetes" {
-		return c.rollbackKubernetes(ctx, r, e)
-	}
+	defer e.plat.Close()
 	g := cutoverGen(r)
-	if g > 0 && !c.attemptBegun(r, e, g) {
-		// The last attempt was rolled back completely and none was begun since.
+	if g > 0 && !hasItem(r, settingsItem{Gen: g}) {
+		// The last attempt was rolled back completely and none was begun
+		// since: confirm it is still so (each move is checkpointed, so
+		// nothing is done twice).
 		g--
-		if files, err := c.readAll(ctx, r, e); err == nil {
-			all := true
-			for _, f := range files {
-				if b, ok := cutoverCheckpoint[cutoverBackup](r, newNodeItem(g, nodeBackup, f.node.Name)); ok && f.sum != b.Original {
-					all = false
-				}
-			}
-			if all {
-				r.Logf("already rolled back when the cutover failed: every node has its original env file")
-				return nil
-			}
-		}
+		r.Logf("attempt %d was rolled back when it failed: confirming every node is as it was", g+1)
 	}
 	return c.rollback(ctx, r, e, g)
 }
 
-// attemptBegun reports whether attempt g backed up any file.
-func (c *cutoverStep) attemptBegun(r *engine.Run, e *cutoverEnv, g int) bool {
-	for _, n := range e.nodes {
-		if hasItem(r, newNodeItem(g, nodeBackup, n.Name)) {
-			return true
-		}
-	}
-	return false
+// rollbackBegun reports whether a rollback of attempt g began restoring or
+// restarting without finishing (no rolled-back mark).
+func (c *cutoverStep) rollbackBegun(r *engine.Run, g int) bool {
+	return hasItem(r, restoreItem{Gen: g}) || hasItem(r, newRestartItem(g, true, phaseRestart))
 }
 
-// rollbackBegun reports whether a rollback of attempt g restored a file or
-// began its restart without finishing (no rolled-back mark).
-func (c *cutoverStep) rollbackBegun(r *engine.Run, e *cutoverEnv, g int) bool {
-	if hasItem(r, newRestartItem(g, true, phaseRestart)) {
-		return true
-	}
-	for _, n := range e.nodes {
-		if hasItem(r, newNodeItem(g, nodeRestored, n.Name)) {
-			return true
-		}
-	}
-	return false
-}
-
-// rollback restores attempt g's backups, restarts if the nodes were
+// rollback restores attempt g's environment, restarts if the nodes were
 // restarted, and confirms AIStor reads the sample through KES again. Each
-// restored file and each phase of the restart is checkpointed, so running
-// it again after a failure restarts nothing it already restarted. It
-// refuses when the object store changed after the restart, unless forced.
+// move is checkpointed, so running it again after a failure restarts
+// nothing it already restarted. It refuses when the object store changed
+// after the restart, unless forced.
 func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv, g int) error {
-	var backups []cutoverBackup
-	var nodes []*envNode
-	for _, n := range e.nodes {
-		if b, ok := cutoverCheckpoint[cutoverBackup](r, newNodeItem(g, nodeBackup, n.Name)); ok {
-			backups = append(backups, b)
-			nodes = append(nodes, n)
-		}
-	}
-	if len(backups) == 0 {
-		r.Logf("nothing to undo: no env file was backed up or changed")
+	if !hasItem(r, settingsItem{Gen: g}) {
+		r.Logf("nothing to undo: no node's environment was changed")
 		return nil
 	}
 	rs, restarted := cutoverCheckpoint[cutoverRestart](r, newRestartItem(g, false, phaseRestart))
@@ -103,53 +65,21 @@ func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv
 			return err
 		}
 	}
-	// Every file must be the original or the edited one before any is touched.
-	type todo struct {
-		n    *envNode
-		b    cutoverBackup
-		data []byte
-	}
-	var work []todo
-	for i, n := range nodes {
-		b := backups[i]
-		data, _, err := n.read(ctx, r)
-		if err != nil {
+	if !hasItem(r, restoreItem{Gen: g}) {
+		if err := checkpointItem(r, restoreItem{Gen: g}, map[string]string{"at": time.Now().UTC().Format(time.RFC3339)}); err != nil {
 			return err
 		}
-		switch envSHA256(data) {
-		case b.Original:
-			if !hasItem(r, newNodeItem(g, nodeRestored, n.Name)) {
-				r.Logf("%s already has its original content", n.Name)
-				work = append(work, todo{n: n, b: b}) // checkpoint only
-			}
-		case b.New:
-			orig, err := c.readBackup(r, b)
-			if err != nil {
-				return err
-			}
-			work = append(work, todo{n, b, orig})
-		default:
-			return engine.Refusef("env file %s changed after the cutover edited it (sha256 %s; the cutover wrote %s): restoring the backup would discard that change; compare it with the backup %s in the journal dir's backups/ and restore it by hand", n.Name, envSHA256(data), b.New, b.Backup)
-		}
 	}
-	for _, w := range work {
-		if w.data != nil {
-			if err := w.n.write(ctx, r, w.data, fileMeta{Mode: w.b.Mode, UID: w.b.UID, GID: w.b.GID}); err != nil {
-				return err
-			}
-			r.Logf("restored %s (sha256 %s)", w.n.Name, w.b.Original)
-		}
-		if err := checkpointItem(r, newNodeItem(g, nodeRestored, w.n.Name), map[string]string{"sha256": w.b.Original}); err != nil {
-			return err
-		}
+	if err := e.plat.Restore(ctx, r, g); err != nil {
+		return err
 	}
 	if !restarted {
-		r.Logf("the nodes were not restarted by the cutover: restoring the files is all")
+		r.Logf("the nodes were not restarted by the cutover: restoring their environment is all")
 		return nil
 	}
 	s, _ := cutoverCheckpoint[cutoverSample](r, sampleItem{})
 	if err := c.restartAndConfirm(ctx, r, e, g, true, &s); err != nil {
-		return fmt.Errorf("after restoring the env files: %w", err)
+		return fmt.Errorf("after restoring the nodes' environment: %w", err)
 	}
 	return nil
 }
@@ -179,7 +109,7 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 		since, clock = rs.At, "this host's clock (the object store did not tell its time)"
 	}
 	margin := time.Duration(0)
-	if hostsOf(e.a.EnvFiles()) > 1 {
+	if e.plat.Hosts() > 1 {
 		margin = writeCheckMargin
 	}
 	since = since.Add(-margin)
@@ -238,7 +168,7 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 	}
 	when := fmt.Sprintf("%s (%s)", since.Add(margin).Format(time.RFC3339Nano), clock)
 	if margin > 0 {
-		when = fmt.Sprintf("%s (%s, less %s for the clocks of %d hosts)", since.Add(margin).Format(time.RFC3339Nano), clock, margin, hostsOf(e.a.EnvFiles()))
+		when = fmt.Sprintf("%s (%s, less %s for the clocks of %d hosts)", since.Add(margin).Format(time.RFC3339Nano), clock, margin, e.plat.Hosts())
 	}
 	if len(failed) > 0 {
 		msg := fmt.Sprintf("cannot check whether the object store changed since the cutover's restart at %s: %s", when, strings.Join(failed, "; "))

@@ -104,9 +104,9 @@ func cutoverManaged(name string) bool { return strings.HasPrefix(name, "MINIO_KM
 // remove it, and MinIO would not start (DOMAIN.md E). It names the file
 // that sets it. Also refuses when the unit does not read the edited file
 // at all. Returns one observation line per node.
-func (c *cutoverStep) checkUnitEnv(ctx context.Context, r *engine.Run, e *cutoverEnv) ([]string, error) {
+func (l *linuxPlatform) checkUnitEnv(ctx context.Context, r *engine.Run) ([]string, error) {
 	var observed, problems []string
-	for _, n := range e.nodes {
+	for _, n := range l.nodes {
 		u, err := readUnitEnv(ctx, r, n)
 		if err != nil {
 			return nil, err
@@ -119,7 +119,7 @@ func (c *cutoverStep) checkUnitEnv(ctx context.Context, r *engine.Run, e *cutove
 		}
 		sort.Strings(names)
 		for _, name := range names {
-			problems = append(problems, fmt.Sprintf("%s: %s is set by %s", n.Name, name, c.whereSet(ctx, r, n, u, name)))
+			problems = append(problems, fmt.Sprintf("%s: %s is set by %s", n.Name, name, whereSet(ctx, r, n, u, name)))
 		}
 		reads := false
 		for _, f := range u.EnvFiles {
@@ -165,7 +165,7 @@ func (c *cutoverStep) checkUnitEnv(ctx context.Context, r *engine.Run, e *cutove
 }
 
 // whereSet names the unit file or drop-in whose Environment= sets name.
-func (c *cutoverStep) whereSet(ctx context.Context, r *engine.Run, n *envNode, u *unitEnv, name string) string {
+func whereSet(ctx context.Context, r *engine.Run, n *envNode, u *unitEnv, name string) string {
 	files := append([]string{u.Fragment}, u.DropIns...)
 	var found []string
 	for _, f := range files {
