@@ -11,6 +11,7 @@
 # Cache layout (RUNBOOK_TOOLS_CACHE defaults to $HOME/.cache/runbook/tools):
 #   $RUNBOOK_TOOLS_CACHE/kes-v0.24.0-<sum8>/kes
 #   $RUNBOOK_TOOLS_CACHE/kes-v0.23.0-<sum8>/kes
+#   $RUNBOOK_TOOLS_CACHE/kes-v0.22.3-<sum8>/kes
 #   $RUNBOOK_TOOLS_CACHE/minio-<version>-<sum8>/minio
 #   $RUNBOOK_TOOLS_CACHE/vault-v1.21.4-<sum8>/vault
 # <sum8> is the first 8 hex digits of the SHA-256 of the tools module's go.sum
@@ -45,6 +46,7 @@ cache="${RUNBOOK_TOOLS_CACHE:-$HOME/.cache/runbook/tools}"
 servers=(
 	"kes|tools/kes|github.com/minio/kes/cmd/kes|github.com/minio/kes|v0.24.0|kes|RUNBOOK_KES_BIN"
 	"kes|tools/kes-v0.23|github.com/minio/kes/cmd/kes|github.com/minio/kes|v0.23.0|kes|RUNBOOK_KES023_BIN"
+	"kes|tools/kes-v0.22|github.com/minio/kes/cmd/kes|github.com/minio/kes|v0.22.3|kes|RUNBOOK_KES022_BIN"
 	"minio|tools/minio|github.com/minio/minio|github.com/minio/minio|v0.0.0-20260212201848-7aac2a2c5b7c|minio|RUNBOOK_MINIO_BIN"
 	"vault|tools/vault|github.com/hashicorp/vault|github.com/hashicorp/vault|v1.21.4|vault|RUNBOOK_VAULT_BIN"
 )

@@ -1,5 +1,5 @@
 # tools-env.sh — source this file to build (if missing) the real KES, MinIO and
-# Vault servers and export RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN,
+# Vault servers and export RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_KES022_BIN,
 # RUNBOOK_MINIO_BIN and RUNBOOK_VAULT_BIN:
 #
 #   . scripts/tools-env.sh && go test ./...

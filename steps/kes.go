@@ -38,6 +38,11 @@ type kesConfig struct {
 	CAFile     string `hcl:"ca_file,optional"`
 	Insecure   bool   `hcl:"insecure,optional"`
 	Config     string `hcl:"config,optional"`
+	// ShowOtherSecrets names, in plans and logs, the entries of the key
+	// store that are not KES keys (other applications' secrets in a store
+	// KES shares); by default they are only counted, so that a change
+	// request shared for review does not list another team's secrets.
+	ShowOtherSecrets bool `hcl:"show_other_secrets,optional"`
 }
 
 // kesConnection is a connection to KES: its HTTP API (through kes-go) and,

@@ -2,246 +2,147 @@ package steps
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
-	"math"
-	"os"
-	"path/filepath"
-	"slices"
 	"strings"
 
 	kesserver "github.com/minio/kes"
 	"github.com/minio/kes/kesconf"
 
 	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/keystore"
 )
 
-// storeListing is a key store's complete listing, checked by a second means,
-// with every name sorted into what it is. Prerequisites, migration and
-// verification all take it from listKeyStore, so they agree on what a key is.
+// What a key-store entry is, for every step. Prerequisites, migration and
+// verification all take the store from listKeyStore, so they agree. The
+// listing itself (complete, cross-checked) and the classification of a
+// value live in internal/keystore; this file is the steps' view of them.
 //
 // The groups (DOMAIN.md A5, E):
-//   - Keys: entries KES can serve as keys. A symlink to a key file is one
-//     (KES's fs store reads through it). Their content is parsed only when
-//     read (parseEntry): one that does not parse is "unparsable", named
-//     and never migrated.
-//   - NotKeys: entries that are not keys (a directory such as lost+found, a
-//     dot-file, an editor backup, a name KES itself refuses, a symlink that
-//     leads nowhere), each named with the reason and left out by every step.
-type storeListing struct {
-	All     []string  // every name the store lists, sorted
-	Keys    []string  // the names that are keys (until read: see parseEntry), sorted
-	NotKeys []problem // the entries that are not keys, with the reason, sorted by name
-	// Check says how the listing's completeness was checked, for the plan.
-	Check string
-}
-
-// notKeyNames are the NotKeys' names.
-func (l *storeListing) notKeyNames() []string {
-	out := make([]string, len(l.NotKeys))
-	for i, p := range l.NotKeys {
-		out[i] = p.Name
-	}
-	return out
-}
-
-// listKeyStore lists every entry of the store, completely, checks the
-// listing by a second, independent means where the backend allows, and
-// sorts the entries into keys and not-keys.
+//   - Keys: entries KES can serve as keys: valid KES names, and a stored
+//     value that KES's own parser accepts. A symlink to a key file is one
+//     (KES's fs store reads through it).
+//   - Keys that are broken ("entries that look like keys but do not
+//     parse"): the value has the shape of a format KES writes, and KES's
+//     parser refuses it, or KES's own reading of the entry fails because
+//     of the entry (a Vault transit key the config lacks). KES wrote it and
+//     it was damaged, so KES cannot serve it either and nothing readable is
+//     sealed under it: named with the reason, never migrated, a risk in the
+//     plan.
+//   - Not keys ("entries that are not keys"): a directory such as
+//     lost+found, a dot-file, an editor backup, a name KES refuses, a
+//     symlink that leads nowhere: artifacts of KES's own directory or
+//     prefix, each named with the reason and left out by every step.
+//   - Not KES keys ("entries that are not KES keys"): other applications'
+//     secrets, in a store KES shares with them (an AWS account, a GCP
+//     project, an Azure vault, a Vault kv path). Their value is read once,
+//     to tell, and never kept, copied (not in backups/, not in the
+//     journal) or shown; their names appear only as a count, unless the
+//     kes block sets show_other_secrets = true.
 //
-// KES's listing helper (internal/keystore.List) returns at most 1024 names
-// and a "continuation" that is really a prefix: following it, as kes migrate
-// does, silently stops after 1025 keys (DOMAIN.md C). Asked for more names
-// than the store holds, with an empty prefix, it returns all of them in one
-// page and an empty continuation; that is the only listing trusted here.
+// The boundary between "a broken KES key" and "not a KES key" is the value's
+// shape (keystore.Classify). A value is a broken KES key when
+//   - it is JSON with a top-level member "bytes" (KES v0.22/v0.23 wrote
+//     {"version","bytes","algorithm","created_at","created_by"}), or text
+//     that starts with '{' and holds "bytes" but is not JSON (cut short):
+//     {"bytes": …} of the wrong length, a legacy algorithm KES does not
+//     know, a truncated file;
+//   - or its first four bytes are base64 decoding to 0x0a, the first byte
+//     KES v0.24 writes (the protobuf tag of KeyVersion.SecretKey): a v0.24
+//     key cut short or altered after its start;
+//   - or it is empty (an fs key file whose creation was cut short).
 //
-// Errors: the store cannot be listed; the listing is partial; the second
-// means disagrees (the names that differ are named).
+// Anything else is not a KES key: JSON without "bytes" ({"username": …,
+// "password": …}), plain text, a binary blob, a Vault entry without the
+// field KES writes (named after the key), a GCP secret whose version 1 is
+// disabled or destroyed. In a shared store (keystore.Shared) a name KES
+// refuses ("prod/db-password") is not a KES key either, and its value is
+// never read. An AWS secret KES's credentials may not decrypt is named as
+// a broken key: its format cannot be seen, and it may be KES's.
+
+type (
+	problem      = keystore.Problem
+	storeListing = keystore.Listing
+)
+
+// listKeyStore lists every entry of the store completely, checks the
+// listing by a second means (keystore.List), and reads every candidate key
+// once to leave out the entries that are not KES keys (keystore.Classify).
 func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File) (*storeListing, error) {
-	names, next, err := ks.List(ctx, "", math.MaxInt32)
+	l, err := keystore.List(ctx, ks, conf)
 	if err != nil {
-		// KES's vault error holds Vault's answer but not the fix; the
-		// direct listing says which policy rule is missing.
-		if verr := vaultListRefusal(ctx, conf); verr != nil {
-			return nil, fmt.Errorf("list key store: %w", verr)
-		}
-		return nil, fmt.Errorf("list key store: %w", err)
+		return nil, err
 	}
-	if next != "" {
-		return nil, fmt.Errorf("list key store: the store returned a partial listing (%d names, continuing at %q) although every name was asked for; refusing to work from an incomplete list", len(names), next)
-	}
-	l := &storeListing{All: slices.Clone(names)}
-	slices.Sort(l.All)
-	l.All = slices.Compact(l.All)
-
-	// The second, independent listing: one case per backend kind.
-	var fsDir string
-	var fsTypes map[string]fs.FileMode // directory entry types, without following symlinks
-	switch s := conf.KeyStore.(type) {
-	case *kesconf.FSKeyStore:
-		fsDir = s.Path
-		entries, err := os.ReadDir(s.Path)
-		if err != nil {
-			return nil, fmt.Errorf("cross-check key store directory: %w", err)
-		}
-		dir := make([]string, len(entries))
-		fsTypes = make(map[string]fs.FileMode, len(entries))
-		for i, e := range entries {
-			dir[i] = e.Name()
-			fsTypes[e.Name()] = e.Type()
-		}
-		slices.Sort(dir)
-		if err := sameNames("the key store's listing", l.All, "directory "+s.Path, dir); err != nil {
-			return nil, err
-		}
-		l.Check = fmt.Sprintf("cross-checked by name against the directory %s itself (%d entries)", s.Path, len(dir))
-	case *kesconf.VaultKeyStore:
-		direct, err := listVaultNames(ctx, s)
-		if err != nil {
-			return nil, fmt.Errorf("cross-check key store through the Vault API: %w", err)
-		}
-		where := "Vault's own listing of " + vaultListPath(s) + "/"
-		if err := sameNames("the key store's listing", l.All, where, slices.Compact(direct)); err != nil {
-			return nil, err
-		}
-		l.Check = fmt.Sprintf("cross-checked by name against %s through the Vault API (%d entries)", where, len(direct))
-	default:
-		// No independent means here: list again, so that a store that
-		// changes while it is read is at least caught.
-		again, _, err := ks.List(ctx, "", math.MaxInt32)
-		if err != nil {
-			return nil, fmt.Errorf("list key store again: %w", err)
-		}
-		again = slices.Clone(again)
-		slices.Sort(again)
-		if err := sameNames("the first listing", l.All, "a second listing", slices.Compact(again)); err != nil {
-			return nil, fmt.Errorf("%w: is a key being created? Halt key creation at KES first", err)
-		}
-		l.Check = fmt.Sprintf("listed twice with the same result; no listing independent of KES is available for a %s store here, so completeness rests on KES's own listing asked for every name at once", keyStoreKind(conf))
-	}
-
-	for _, n := range l.All {
-		if why := notKeyReason(fsDir, fsTypes, n); why != "" {
-			l.NotKeys = append(l.NotKeys, problem{Name: n, Reason: why})
-		} else {
-			l.Keys = append(l.Keys, n)
-		}
+	err = l.Classify(ctx, func(ctx context.Context, name string) (raw []byte, err error) {
+		err = withRetry(ctx, func() error {
+			raw, err = ks.Get(ctx, name)
+			return err
+		})
+		return raw, err
+	}, readParallelism)
+	if err != nil {
+		return nil, fmt.Errorf("list key store: %w (was an entry deleted while it was read? halt key changes at KES first)", err)
 	}
 	return l, nil
-}
-
-// sameNames compares two sorted name lists and names every difference.
-func sameNames(whatA string, a []string, whatB string, b []string) error {
-	onlyA, onlyB := verifyDiff(a, b)
-	if len(onlyA) == 0 && len(onlyB) == 0 {
-		return nil
-	}
-	var parts []string
-	if len(onlyA) > 0 {
-		parts = append(parts, fmt.Sprintf("only in %s: %s", whatA, verifyNameList(onlyA, verifyShown)))
-	}
-	if len(onlyB) > 0 {
-		parts = append(parts, fmt.Sprintf("only in %s: %s", whatB, verifyNameList(onlyB, verifyShown)))
-	}
-	return fmt.Errorf("list key store: %s and %s differ (%s); refusing to work from a listing that may be incomplete or changing: halt key changes at KES and plan again", whatA, whatB, strings.Join(parts, "; "))
-}
-
-// notKeyReason says why the entry name is not a key, or "" when it is one.
-// fsDir is the directory of an fs store ("" for other backends), where
-// directories and dangling symlinks are told apart by the file system;
-// types are its entries' types as the directory listing gave them (a
-// regular file needs no further look).
-func notKeyReason(fsDir string, types map[string]fs.FileMode, name string) string {
-	if t, ok := types[name]; fsDir != "" && (!ok || !t.IsRegular()) {
-		p := filepath.Join(fsDir, name)
-		info, err := os.Stat(p) // through a symlink, as KES's os.Open reads
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			if target, lerr := os.Readlink(p); lerr == nil {
-				return fmt.Sprintf("a symlink that leads nowhere (to %s)", target)
-			}
-			return "gone from the directory while it was read"
-		case err != nil:
-			return fmt.Sprintf("cannot be examined (%v)", errors.Unwrap(err))
-		case info.IsDir():
-			return "a directory, not a key file"
-		case !info.Mode().IsRegular():
-			return fmt.Sprintf("not a regular file (%s)", info.Mode().Type())
-		}
-	}
-	switch {
-	case strings.HasSuffix(name, "/"):
-		return "a folder below the key store's prefix, not a key: Vault lists sub-paths with a trailing '/'"
-	case strings.HasPrefix(name, "."):
-		return "a dot-file: KES refuses names with '.', so it never served it"
-	case strings.HasSuffix(name, "~"):
-		return "an editor backup: KES refuses names with '~', so it never served it"
-	case strings.Contains(name, "."):
-		return "a name with '.': KES refuses it (its fs store lists such a file but never reads it), so it never served it"
-	case !kesValidName(name):
-		return "a name KES refuses (only 0-9, A-Z, a-z, '_' and inner '-', at most 80 characters), so it never served it"
-	}
-	return ""
-}
-
-// kesValidName is KES v0.24's rule for key names (auth.go validName): every
-// key API call refuses any other name, so no object can be sealed under it.
-// The fs store's own rule (no '/', '\\' or '.') is narrower and included.
-func kesValidName(s string) bool {
-	if s == "" || s == "_" || len(s) > 80 {
-		return false
-	}
-	last := len(s) - 1
-	for i, c := range s {
-		switch {
-		case c >= '0' && c <= '9', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c == '_':
-		case c == '-' && i > 0 && i < last:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// keyStoreKind names the backend, e.g. "fs" or "vault".
-func keyStoreKind(conf *kesconf.File) string {
-	switch conf.KeyStore.(type) {
-	case *kesconf.FSKeyStore:
-		return "fs"
-	case *kesconf.VaultKeyStore:
-		return "vault"
-	}
-	t := fmt.Sprintf("%T", conf.KeyStore)
-	return strings.TrimSuffix(strings.TrimPrefix(t, "*kesconf."), "KeyStore")
 }
 
 // The names of the groups, as plans and logs show them.
 const (
 	groupNotKeys    = "entries that are not keys"
 	groupUnparsable = "entries that look like keys but do not parse"
+	groupForeign    = "entries that are not KES keys"
 )
 
 // Stored-key formats, as KES wrote them (DOMAIN.md A5).
 const (
-	formatV024 = "v0.24" // base64 protobuf
-	formatV023 = "v0.23" // JSON, written by KES v0.22/v0.23
+	formatV024 = keystore.FormatV024 // base64 protobuf
+	formatV023 = keystore.FormatV023 // JSON, written by KES v0.22/v0.23
 )
 
-// parseEntry parses a key store value. A value that does not parse is an
-// "unparsable" entry: reason says why, never with material.
+// parseEntry parses a value of an entry the listing took for a key. A value
+// that does not parse is an "unparsable" entry: reason says why, never with
+// material. A value that has become another application's since the
+// listing is unparsable too, named as the key it was listed as.
 func parseEntry(raw []byte) (k kescrypto.Key, format, reason string) {
-	format = formatV024
-	if json.Valid(raw) {
-		format = formatV023
+	e := keystore.Classify(raw)
+	switch e.Class {
+	case keystore.ClassKey:
+		return e.Key, e.Format, ""
+	case keystore.ClassForeign:
+		return kescrypto.Key{}, formatV024, "no longer in a KES key format: it changed after the store was listed"
 	}
-	k, err := kescrypto.ParseKey(raw)
-	if err != nil {
-		if len(raw) == 0 {
-			return kescrypto.Key{}, format, "the entry is empty"
-		}
-		return kescrypto.Key{}, format, strings.TrimPrefix(err.Error(), "kescrypto: ")
+	return kescrypto.Key{}, e.Format, e.Reason
+}
+
+// unreadableEntryReason says why a key store read failed because of the
+// entry itself, or "" for any other failure, which stops the step.
+func unreadableEntryReason(err error) string {
+	if class, why := keystore.Unreadable(err); class != keystore.ClassKey {
+		return why
 	}
-	return k, format, ""
+	return ""
+}
+
+// foreignObserved is the plan's line on the entries that are not KES keys,
+// or "": a count, and the names only when the kes block asks for them.
+func foreignObserved(k *kesConnection, foreign []string) string {
+	if len(foreign) == 0 {
+		return ""
+	}
+	what := fmt.Sprintf("%s (%d): other applications' secrets in the store (neither KES's JSON nor its protobuf key format, or a name KES refuses in a shared store), left out by every step; their values are never copied", groupForeign, len(foreign))
+	if k.cfg.ShowOtherSecrets {
+		return what + ": " + strings.Join(foreign, ", ")
+	}
+	return what + "; their names are not shown (show_other_secrets = true in the kes block lists them)"
+}
+
+// foreignRisk is the plan's warning when KES's credentials can read more
+// than its keys, or "".
+func foreignRisk(conf *kesconf.File, l *storeListing) string {
+	switch {
+	case len(l.Foreign) > 0:
+		return fmt.Sprintf("KES's credentials for its %s store can read %d secret(s) that are not KES keys: whoever holds the KES config holds them too; the runbook reads each once to tell it apart and copies none, but consider credentials that reach KES's keys only", keystore.Kind(conf), len(l.Foreign))
+	case l.Shared:
+		return fmt.Sprintf("KES's %s store lists every secret its credentials can see (KES keeps no place of its own there): today they see only KES keys; a secret another application adds there later is left out as not a KES key", keystore.Kind(conf))
+	}
+	return ""
 }

@@ -8,9 +8,11 @@ import (
 	"strings"
 	"testing"
 
+	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/minio/kes/kesconf"
 
 	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
 // TestListKeyStoreGroups sorts an operator's fs store the way every step
@@ -35,6 +37,9 @@ func TestListKeyStoreGroups(t *testing.T) {
 	write(filepath.Join(dir, "empty"), nil)
 	write(filepath.Join(dir, "notes.txt"), []byte("hello"))
 	write(filepath.Join(dir, "bad+name"), raw)
+	write(filepath.Join(dir, "app-db"), []byte(`{"username": "app", "password": "hunter2"}`))
+	write(filepath.Join(dir, "blob"), []byte{0x00, 0xff, 0x13, 0x37, 0x80})
+	write(filepath.Join(dir, "short-key"), []byte(`{"bytes":"AAECAwQFBgcICQoLDA0ODw=="}`))
 	write(filepath.Join(elsewhere, "real"), raw)
 	if err := os.Mkdir(filepath.Join(dir, "lost+found"), 0o700); err != nil {
 		t.Fatal(err)
@@ -54,8 +59,11 @@ func TestListKeyStoreGroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"empty", "key-1", "linked"}; !slices.Equal(l.Keys, want) {
+	if want := []string{"empty", "key-1", "linked", "short-key"}; !slices.Equal(l.Keys, want) {
 		t.Errorf("keys: %q, want %q", l.Keys, want)
+	}
+	if want := []string{"app-db", "blob"}; !slices.Equal(l.Foreign, want) {
+		t.Errorf("not KES keys: %q, want %q", l.Foreign, want)
 	}
 	want := map[string]string{
 		".gitkeep":   "a dot-file",
@@ -65,7 +73,7 @@ func TestListKeyStoreGroups(t *testing.T) {
 		"lost+found": "a directory",
 		"notes.txt":  "a name with '.'",
 	}
-	if got := l.notKeyNames(); len(got) != len(want) {
+	if got := l.NotKeyNames(); len(got) != len(want) {
 		t.Errorf("not keys: %q, want %d", got, len(want))
 	}
 	for _, p := range l.NotKeys {
@@ -73,13 +81,13 @@ func TestListKeyStoreGroups(t *testing.T) {
 			t.Errorf("%s: reason %q, want it to start with %q", p.Name, p.Reason, want[p.Name])
 		}
 	}
-	if len(l.All) != len(l.Keys)+len(l.NotKeys) {
-		t.Errorf("%d names, %d keys and %d not keys", len(l.All), len(l.Keys), len(l.NotKeys))
+	if len(l.All) != len(l.Keys)+len(l.NotKeys)+len(l.Foreign) {
+		t.Errorf("%d names, %d keys, %d not keys and %d not KES keys", len(l.All), len(l.Keys), len(l.NotKeys), len(l.Foreign))
 	}
 	if !strings.Contains(l.Check, "cross-checked by name against the directory") {
 		t.Errorf("check: %q", l.Check)
 	}
-	if _, _, reason := parseEntry(nil); reason != "the entry is empty" {
+	if _, _, reason := parseEntry(nil); !strings.HasPrefix(reason, "the entry is empty") {
 		t.Errorf("empty entry: %q", reason)
 	}
 	if _, format, reason := parseEntry(raw); reason != "" || format != formatV023 {
@@ -87,31 +95,77 @@ func TestListKeyStoreGroups(t *testing.T) {
 	}
 }
 
-// TestSameNamesNamesTheDifference: a listing that differs from the
-// directory is refused naming each name on each side, never only counts.
-func TestSameNamesNamesTheDifference(t *testing.T) {
-	err := sameNames("the key store's listing", []string{"a", "b", "c"}, "directory /keys", []string{"a", "c", "d"})
-	if err == nil {
-		t.Fatal("no error")
+// A store whose entries KES sealed with a Vault transit key: read through
+// the config's transit key they are keys; read with a config that names no
+// transit key, each is named as an entry KES cannot read (never a failure
+// of the step).
+func TestVaultTransitEntries(t *testing.T) {
+	v := testenv.StartVault(t, testenv.VaultOptions{})
+	ctx := context.Background()
+	root, err := v.Client()
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, s := range []string{"only in the key store's listing: b", "only in directory /keys: d", "refusing"} {
-		if !strings.Contains(err.Error(), s) {
-			t.Errorf("%v: want %q", err, s)
-		}
+	if err := root.Sys().MountWithContext(ctx, "transit", &vaultapi.MountInput{Type: "transit"}); err != nil {
+		t.Fatal(err)
 	}
-	if err := sameNames("x", []string{"a"}, "y", []string{"a"}); err != nil {
-		t.Errorf("equal lists: %v", err)
+	if _, err := root.Logical().WriteWithContext(ctx, "transit/keys/kes", nil); err != nil {
+		t.Fatal(err)
+	}
+	policy := testenv.KESPolicy(testenv.VaultKV1, "kes", false) +
+		"path \"transit/encrypt/kes\" {\n  capabilities = [\"update\"]\n}\npath \"transit/decrypt/kes\" {\n  capabilities = [\"update\"]\n}\n"
+	role, err := v.CreateAppRole(ctx, "transit", policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: "kv1", Prefix: "kes",
+		AppRole: &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: role.SecretID},
+		Transit: &kesconf.VaultTransit{KeyName: "kes"}}
+	ks, err := conf.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), HMAC: make([]byte, 32)}
+	raw, err := k.MarshalV024()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.Create(ctx, "sealed-key", raw); err != nil {
+		t.Fatal(err)
+	}
+	s, err := root.Logical().ReadWithContext(ctx, "kv1/kes/sealed-key")
+	if err != nil || s == nil {
+		t.Fatalf("read the raw entry: %v", err)
+	}
+	if stored, _ := s.Data["sealed-key"].(string); !strings.HasPrefix(stored, "vault:v1:") {
+		t.Fatalf("the entry is not transit-sealed: %.20q", stored)
+	}
+
+	src, err := newSourceSet(ks, &kesconf.File{KeyStore: conf}, &storeListing{All: []string{"sealed-key"}, Keys: []string{"sealed-key"}}, "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := src.readEntry(ctx, "sealed-key")
+	if err != nil || e.class != entryOK {
+		t.Fatalf("with the transit key: %+v, %v", e, err)
+	}
+	e.wipe()
+
+	plain := *conf
+	plain.Transit = nil
+	ks2, err := plain.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks2.Close()
+	src2, err := newSourceSet(ks2, &kesconf.File{KeyStore: &plain}, &storeListing{All: []string{"sealed-key"}, Keys: []string{"sealed-key"}}, "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err = src2.readEntry(ctx, "sealed-key")
+	if err != nil || e.class != entryUnparsable || !strings.Contains(e.reason, "transit key") {
+		t.Fatalf("without the transit key: %+v, %v", e, err)
 	}
 }
 
-func TestKESValidName(t *testing.T) {
-	for name, ok := range map[string]bool{
-		"key-1": true, "A_b-9": true, "_x": true, strings.Repeat("a", 80): true,
-		"": false, "_": false, "-a": false, "a-": false, "a.b": false, "a~": false,
-		"lost+found": false, "a/b": false, strings.Repeat("a", 81): false,
-	} {
-		if kesValidName(name) != ok {
-			t.Errorf("kesValidName(%q) = %v, want %v", name, !ok, ok)
-		}
-	}
-}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/keystore"
 )
 
 // sourceSet is the listing of the key store, filtered by the pattern.
@@ -76,7 +77,7 @@ func newSourceSet(ks kesserver.KeyStore, conf *kesconf.File, l *storeListing, pa
 		if fs, ok := conf.KeyStore.(*kesconf.FSKeyStore); ok {
 			s.where = "fs key store " + fs.Path
 		} else {
-			s.where = keyStoreKind(conf) + " key store"
+			s.where = keystore.Kind(conf) + " key store"
 		}
 	}
 	return s, nil
@@ -160,12 +161,6 @@ func (s *sourceSet) readEntry(ctx context.Context, name string) (*sourceEntry, e
 	return e, nil
 }
 
-// problem is an entry reported by name.
-type problem struct {
-	Name   string `json:"name"`
-	Reason string `json:"reason"`
-}
-
 // report gathers what a pass over the source found. Safe for concurrent use.
 type report struct {
 	mu           sync.Mutex
@@ -190,9 +185,9 @@ func (rep *report) add(e *sourceEntry) {
 	defer rep.mu.Unlock()
 	switch e.class {
 	case entryUnparsable:
-		rep.unparsable = append(rep.unparsable, problem{e.name, e.reason})
+		rep.unparsable = append(rep.unparsable, problem{Name: e.name, Reason: e.reason})
 	case entryRejectedName:
-		rep.rejected = append(rep.rejected, problem{e.name, e.reason})
+		rep.rejected = append(rep.rejected, problem{Name: e.name, Reason: e.reason})
 	default:
 		if e.key.HMAC != nil {
 			rep.hmac++
@@ -214,7 +209,7 @@ func (rep *report) add(e *sourceEntry) {
 func (rep *report) refuse(name, reason string) {
 	rep.mu.Lock()
 	defer rep.mu.Unlock()
-	rep.rejected = append(rep.rejected, problem{name, reason})
+	rep.rejected = append(rep.rejected, problem{Name: name, Reason: reason})
 }
 
 func (rep *report) sort() {

@@ -30,6 +30,7 @@ import (
 
 	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/atomicfile"
+	"github.com/runbook-dev/runbook/internal/keystore"
 )
 
 func init() {
@@ -144,161 +145,179 @@ func keySetDigest(sorted []string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// check runs every read-only check. It stops at the first failure: each
-// later check needs the earlier ones (a key store is listed only once the
-// config parsed), and the error says what to fix.
+// check runs every read-only check, in the order the plan describes them:
+// KES, the Key Manager, the object store, the key store. It stops at the
+// first failure: each later check needs the earlier ones (a key store is
+// listed only once the config parsed), and the error says what to fix.
 func (p *prerequisites) check(ctx context.Context, r *engine.Run, st *prerequisitesState) (*preflight, error) {
+	pf := &preflight{}
+	for _, phase := range []func(context.Context, *engine.Run, *preflight, *prerequisitesState) error{
+		p.checkKES, p.checkKeyManager, p.checkObjectStore, p.checkKeyStore,
+	} {
+		if err := phase(ctx, r, pf, st); err != nil {
+			return nil, err
+		}
+	}
+	r.RecordInput("kes key set", pf.digest)
+	return pf, nil
+}
+
+// checkKES: the KES server answers /version over verified TLS, is a
+// generation the runbook works with, and lists keys for the identity.
+func (p *prerequisites) checkKES(ctx context.Context, r *engine.Run, pf *preflight, st *prerequisitesState) error {
 	k, kesAddr, err := engine.ConnectionFrom[*kesConnection](p.cfg.KES, "kes")
 	if err != nil {
-		return nil, err
+		return err
 	}
+	if !k.HasServer() {
+		pf.observed = append(pf.observed, fmt.Sprintf("%s names no KES server: only its key store is checked", kesAddr))
+		return nil
+	}
+	c, err := k.Client(r)
+	if err != nil {
+		return fmt.Errorf("%s: %w", kesAddr, err)
+	}
+	host := hostOf(k.Endpoint())
+	srv, err := probeKESServer(ctx, c)
+	var old *kesTooOld
+	switch {
+	case errors.As(err, &old):
+		return engine.Refusef("%s: KES server %s: %s", kesAddr, host, old.why)
+	case errors.Is(err, kes.ErrNotAllowed):
+		return engine.Refusef("%s: KES server %s refused to list keys for the identity of the configured API key (%s): use the KES admin API key, or one whose policy allows %s", kesAddr, host, kesIdentity(c), kesPolicyPaths)
+	case err != nil:
+		// KES answers only "failed to list keys" when its key store
+		// refuses; for a vault store, Vault says why.
+		if conf, cerr := k.LoadConfig(r); cerr == nil && srv != nil {
+			if verr := keystore.VaultListRefusal(ctx, conf); verr != nil {
+				return fmt.Errorf("%s: KES server %s answered %q to a key listing: its key store refuses the listing: %w", kesAddr, host, err.Error(), verr)
+			}
+		}
+		return reachError("KES server", kesAddr, k.Endpoint(), err)
+	}
+	conf, _ := k.LoadConfig(r) // its errors are the key store phase's
+	acc, err := kesAccessOf(ctx, srv, conf, k.ConfigFile(r))
+	if err != nil {
+		return fmt.Errorf("%s: %w", kesAddr, err)
+	}
+	pf.observed = append(pf.observed, fmt.Sprintf("KES server %s: version %s, %s, TLS verified%s; its identity may list keys; %s", host, srv.version, srv.generation, insecureNote(k.cfg.Insecure), acc.describe()))
+	st.KESServer, st.KESServerVersion = host, srv.version
+	return nil
+}
+
+// checkKeyManager: the Key Manager answers /version over verified TLS, and
+// its identity is a SysAdmin.
+func (p *prerequisites) checkKeyManager(ctx context.Context, r *engine.Run, pf *preflight, st *prerequisitesState) error {
 	kmc, kmAddr, err := engine.ConnectionFrom[*keyManagerConnection](p.cfg.KeyManager, "key_manager")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	pf := &preflight{}
-
-	// 1. KES: /version over verified TLS, and the identity may list keys.
-	if k.HasServer() {
-		c, err := k.Client(r)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", kesAddr, err)
-		}
-		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
-		version, err := c.Version(cctx)
-		cancel()
-		if err != nil {
-			return nil, reachError("KES server", kesAddr, k.Endpoint(), err)
-		}
-		cctx, cancel = context.WithTimeout(ctx, checkTimeout)
-		_, _, err = c.ListKeys(cctx, "", 1)
-		cancel()
-		if err != nil {
-			if errors.Is(err, kes.ErrNotAllowed) {
-				return nil, fmt.Errorf("%s: KES server %s refused to list keys for the identity of the configured API key (%s): use the KES admin API key, or one whose policy allows %s", kesAddr, hostOf(k.Endpoint()), kesIdentity(k), kesPolicyPaths)
-			}
-			// KES answers only "failed to list keys" when its key store
-			// refuses; for a vault store, Vault says why.
-			if conf, cerr := k.LoadConfig(r); cerr == nil {
-				if verr := vaultListRefusal(ctx, conf); verr != nil {
-					return nil, fmt.Errorf("%s: KES server %s answered %q to a key listing: its key store refuses the listing: %w", kesAddr, hostOf(k.Endpoint()), err.Error(), verr)
-				}
-			}
-			return nil, reachError("KES server", kesAddr, k.Endpoint(), err)
-		}
-		pf.observed = append(pf.observed, fmt.Sprintf("KES server %s: version %s, TLS verified%s; its identity may list keys", hostOf(k.Endpoint()), version, insecureNote(k.cfg.Insecure)))
-		st.KESServer, st.KESServerVersion = hostOf(k.Endpoint()), version
-	} else {
-		pf.observed = append(pf.observed, fmt.Sprintf("%s names no KES server: only its key store is checked", kesAddr))
-	}
-
-	// 2. The Key Manager: /version over verified TLS, and a SysAdmin identity.
 	client, err := kmc.Client(r)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kmAddr, err)
+		return fmt.Errorf("%s: %w", kmAddr, err)
 	}
 	pf.km = client
+	endpoints := strings.Join(kmc.Endpoints(), ", ")
 	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	versions, err := client.Version(cctx, &kms.VersionRequest{})
 	cancel()
 	if err != nil {
-		return nil, reachError("Key Manager", kmAddr, strings.Join(kmc.Endpoints(), ", "), err)
+		return reachError("Key Manager", kmAddr, endpoints, err)
 	}
 	cctx, cancel = context.WithTimeout(ctx, checkTimeout)
 	_, err = client.ListEnclaves(cctx, &kms.ListRequest{Limit: 1})
 	cancel()
 	if err != nil {
 		if errors.Is(err, kms.ErrPermission) {
-			return nil, errKMPermission(kmAddr, kmc, "list enclaves")
+			return errKMPermission(kmAddr, kmc, "list enclaves")
 		}
-		return nil, reachError("Key Manager", kmAddr, strings.Join(kmc.Endpoints(), ", "), err)
+		return reachError("Key Manager", kmAddr, endpoints, err)
 	}
 	var vs []string
 	for _, v := range versions {
 		vs = append(vs, v.Version)
 	}
-	pf.observed = append(pf.observed, fmt.Sprintf("Key Manager %s: version %s, TLS verified%s; its identity is a SysAdmin (may list enclaves)", strings.Join(kmc.Endpoints(), ", "), strings.Join(vs, ", "), insecureNote(kmc.cfg.Insecure)))
+	pf.observed = append(pf.observed, fmt.Sprintf("Key Manager %s: version %s, TLS verified%s; its identity is a SysAdmin (may list enclaves)", endpoints, strings.Join(vs, ", "), insecureNote(kmc.cfg.Insecure)))
 	st.KeyManager = strings.Join(kmc.Endpoints(), ",")
+	return nil
+}
 
-	// 3. The object store, when given: admin rights and its KMS.
-	if hasValue(p.cfg.AIStor) {
-		a, aAddr, err := engine.ConnectionFrom[*aistorConnection](p.cfg.AIStor, "aistor")
-		if err != nil {
-			return nil, err
-		}
-		admin, s3, err := a.Clients(r)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", aAddr, err)
-		}
-		pf.s3 = s3
-		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
-		info, err := admin.ServerInfo(cctx)
-		cancel()
-		if err != nil {
-			var er madmin.ErrorResponse
-			if errors.As(err, &er) && (er.Code == "AccessDenied" || er.Code == "InvalidAccessKeyId" || er.Code == "SignatureDoesNotMatch" || er.Code == "XMinioAdminAccessDenied") {
-				return nil, fmt.Errorf("%s: the object store %s refused its admin API to access_key %q (%s): give the root user or an access key with admin rights", aAddr, hostOf(a.Endpoint()), a.cfg.AccessKey, er.Message)
-			}
-			return nil, reachError("object store", aAddr, a.Endpoint(), err)
-		}
-		cctx, cancel = context.WithTimeout(ctx, checkTimeout)
-		kst, kerr := admin.KMSStatus(cctx)
-		cancel()
-		obs := fmt.Sprintf("object store %s: %d server(s), admin rights confirmed, %s", hostOf(a.Endpoint()), len(info.Servers), endpointTLSNote(a.Endpoint(), a.cfg.Insecure))
-		st.ObjectStore = hostOf(a.Endpoint())
-		if kerr != nil {
-			obs += "; its KMS status is not available (" + r.Redact(kerr.Error()) + ")"
-			pf.risks = append(pf.risks, kmsStatusRisk(r, kerr))
-		} else {
-			var eps []string
-			for ep, state := range kst.Endpoints {
-				eps = append(eps, ep+" "+string(state))
-			}
-			sort.Strings(eps)
-			obs += fmt.Sprintf("; its KMS is %q (default key %q; %s)", kst.Name, kst.DefaultKeyID, strings.Join(eps, ", "))
-			st.ObjectStoreKMS = kst.Name
-		}
-		pf.observed = append(pf.observed, obs)
+// checkObjectStore: the object store, when given, answers its admin API to
+// the credentials, and says which KMS it runs on.
+func (p *prerequisites) checkObjectStore(ctx context.Context, r *engine.Run, pf *preflight, st *prerequisitesState) error {
+	if !hasValue(p.cfg.AIStor) {
+		return nil
 	}
+	a, aAddr, err := engine.ConnectionFrom[*aistorConnection](p.cfg.AIStor, "aistor")
+	if err != nil {
+		return err
+	}
+	admin, s3, err := a.Clients(r)
+	if err != nil {
+		return fmt.Errorf("%s: %w", aAddr, err)
+	}
+	pf.s3 = s3
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	info, err := admin.ServerInfo(cctx)
+	cancel()
+	if err != nil {
+		var er madmin.ErrorResponse
+		if errors.As(err, &er) && (er.Code == "AccessDenied" || er.Code == "InvalidAccessKeyId" || er.Code == "SignatureDoesNotMatch" || er.Code == "XMinioAdminAccessDenied") {
+			return fmt.Errorf("%s: the object store %s refused its admin API to access_key %q (%s): give the root user or an access key with admin rights", aAddr, hostOf(a.Endpoint()), a.cfg.AccessKey, er.Message)
+		}
+		return reachError("object store", aAddr, a.Endpoint(), err)
+	}
+	cctx, cancel = context.WithTimeout(ctx, checkTimeout)
+	kst, kerr := admin.KMSStatus(cctx)
+	cancel()
+	obs := fmt.Sprintf("object store %s: %d server(s), admin rights confirmed, %s", hostOf(a.Endpoint()), len(info.Servers), endpointTLSNote(a.Endpoint(), a.cfg.Insecure))
+	st.ObjectStore = hostOf(a.Endpoint())
+	if kerr != nil {
+		obs += "; its KMS status is not available (" + r.Redact(kerr.Error()) + ")"
+		pf.risks = append(pf.risks, kmsStatusRisk(r, kerr))
+	} else {
+		var eps []string
+		for ep, state := range kst.Endpoints {
+			eps = append(eps, ep+" "+string(state))
+		}
+		sort.Strings(eps)
+		obs += fmt.Sprintf("; its KMS is %q (default key %q; %s)", kst.Name, kst.DefaultKeyID, strings.Join(eps, ", "))
+		st.ObjectStoreKMS = kst.Name
+	}
+	pf.observed = append(pf.observed, obs)
+	return nil
+}
 
-	// 4. The KES config parses and its key store lists completely.
+// checkKeyStore: the KES config parses, and its key store lists completely
+// and is sorted into keys and what is not (listKeyStore).
+func (p *prerequisites) checkKeyStore(ctx context.Context, r *engine.Run, pf *preflight, st *prerequisitesState) error {
+	k, kesAddr, err := engine.ConnectionFrom[*kesConnection](p.cfg.KES, "kes")
+	if err != nil {
+		return err
+	}
 	ks, conf, err := k.OpenKeyStore(ctx, r)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kesAddr, err)
+		return fmt.Errorf("%s: %w", kesAddr, err)
 	}
 	l, err := listKeyStore(ctx, ks, conf)
 	if err != nil {
-		return nil, fmt.Errorf("%s: read the key store named in %s: %w", kesAddr, k.ConfigFile(r), err)
+		return fmt.Errorf("%s: read the key store named in %s: %w", kesAddr, k.ConfigFile(r), err)
 	}
-	names := l.Keys
-	pf.ks, pf.conf, pf.names, pf.notKeys = ks, conf, names, l.NotKeys
-	pf.digest = keySetDigest(names)
-	pf.storeID = describeKeyStore(conf)
-	pf.observed = append(pf.observed, fmt.Sprintf("KES config %s parses; key store %s lists %d key(s) (key set SHA-256 %s), listed completely and %s", k.ConfigFile(r), pf.storeID, len(names), pf.digest[:16], l.Check))
+	pf.ks, pf.conf, pf.names, pf.notKeys = ks, conf, l.Keys, l.NotKeys
+	pf.digest = keySetDigest(l.Keys)
+	pf.storeID = keystore.Describe(conf)
+	pf.observed = append(pf.observed, fmt.Sprintf("KES config %s parses; key store %s lists %d key(s) (key set SHA-256 %s), listed completely and %s", k.ConfigFile(r), pf.storeID, len(l.Keys), pf.digest[:16], l.Check))
 	if len(l.NotKeys) > 0 {
 		pf.observed = append(pf.observed, fmt.Sprintf("%s (%d), left out by every step and of the snapshot: %s", groupNotKeys, len(l.NotKeys), strings.Join(describeProblems(l.NotKeys), "; ")))
 	}
-	// Verification has the KES server generate data keys: a policy that
-	// does not allow it is refused now, not after the migration.
-	if k.HasServer() && len(names) > 0 {
-		c, err := k.Client(r)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", kesAddr, err)
-		}
-		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
-		dek, err := c.GenerateKey(cctx, names[0], []byte("runbook prerequisites"))
-		cancel()
-		clear(dek.Plaintext)
-		// Only a refusal is judged here: any other answer (such as a key
-		// the store holds and the server does not serve) is
-		// verification's finding, with every name it concerns.
-		if errors.Is(err, kes.ErrNotAllowed) {
-			return nil, fmt.Errorf("%s: KES server %s refused to generate a data key under %s for the identity of the configured API key (%s), which verification needs: use the KES admin API key, or one whose policy allows %s", kesAddr, hostOf(k.Endpoint()), names[0], kesIdentity(k), kesPolicyPaths)
-		}
+	if line := foreignObserved(k, l.Foreign); line != "" {
+		pf.observed = append(pf.observed, line)
 	}
-	st.KESKeys, st.KESKeySetSHA256, st.KeyStore, st.KESKeyNames = len(names), pf.digest, pf.storeID, names
-	r.RecordInput("kes key set", pf.digest)
-	return pf, nil
+	if risk := foreignRisk(conf, l); risk != "" {
+		pf.risks = append(pf.risks, risk)
+	}
+	st.KESKeys, st.KESKeySetSHA256, st.KeyStore, st.KESKeyNames = len(l.Keys), pf.digest, pf.storeID, l.Keys
+	return nil
 }
 
 func (p *prerequisites) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan, error) {
@@ -520,6 +539,7 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore,
 	h := sha256.New()
 	tw := tar.NewWriter(io.MultiWriter(f, h))
 	now := time.Now().UTC().Truncate(time.Second)
+	written := 0
 	for i, name := range names {
 		if err := ctx.Err(); err != nil {
 			return 0, "", err
@@ -531,6 +551,12 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore,
 		if err != nil {
 			return 0, "", fmt.Errorf("snapshot key %q: %w", name, err)
 		}
+		e := keystore.Classify(raw)
+		e.Wipe()
+		if e.Class == keystore.ClassForeign {
+			clear(raw) // another application's secret since the listing: never copied
+			continue
+		}
 		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o600, Size: int64(len(raw)), ModTime: now, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
 			return 0, "", fmt.Errorf("write key store snapshot: %w", err)
 		}
@@ -538,6 +564,7 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore,
 			return 0, "", fmt.Errorf("write key store snapshot: %w", err)
 		}
 		clear(raw)
+		written++
 		r.Progress(int64(i+1), int64(len(names)))
 	}
 	if err := tw.Close(); err != nil {
@@ -546,7 +573,7 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore,
 	if err := f.Commit(); err != nil {
 		return 0, "", fmt.Errorf("store key store snapshot: %w", err)
 	}
-	return len(names), hex.EncodeToString(h.Sum(nil)), nil
+	return written, hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // readNameList reads a key-name list this step wrote and checks its digest.
@@ -594,18 +621,6 @@ func sample(names []string, n int) string {
 	return strings.Join(names[:n], ", ") + fmt.Sprintf(", … (%d more)", len(names)-n)
 }
 
-func describeKeyStore(conf *kesconf.File) string {
-	switch s := conf.KeyStore.(type) {
-	case *kesconf.FSKeyStore:
-		return "fs at " + s.Path
-	case *kesconf.VaultKeyStore:
-		return "vault at " + s.Endpoint
-	default:
-		t := fmt.Sprintf("%T", s)
-		return strings.TrimSuffix(strings.TrimPrefix(t, "*kesconf."), "KeyStore")
-	}
-}
-
 func insecureNote(insecure bool) string {
 	if insecure {
 		return " (NOT verified: insecure = true)"
@@ -618,13 +633,6 @@ func insecureNote(insecure bool) string {
 // path exactly unless it ends in '*', so "/v1/key/list" allows nothing
 // (DOMAIN.md E).
 const kesPolicyPaths = "/v1/key/list/* and /v1/key/generate/* (a path without the trailing /* allows nothing: KES matches it exactly)"
-
-func kesIdentity(k *kesConnection) string {
-	if key, err := kes.ParseAPIKey(k.cfg.APIKey); err == nil {
-		return key.Identity().String()
-	}
-	return "from client_cert"
-}
 
 // errKMPermission is the error for a Key Manager identity without the rights
 // a step needs.

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/runbook-dev/runbook/internal/keystore"
 )
 
 // kesListFunc lists the keys of a KES server whose names start with prefix
@@ -311,6 +313,9 @@ func kesNameChars(s string) bool {
 // kesListable reports whether KES's listing API takes p as a prefix
 // (auth.go validPattern, without its '*'): the same rule as a key name's.
 func kesListable(p string) bool { return kesValidName(p) }
+
+// kesValidName is KES's rule for key names (keystore.ValidName).
+var kesValidName = keystore.ValidName
 
 // kesNextAfter is the smallest string of KES name characters greater than
 // every string that starts with p, or "" when there is none. The strings

@@ -19,6 +19,12 @@ type KESOptions struct {
 	// V023 starts KES v0.23.0 (JSON stored keys, msgpack ciphertexts)
 	// instead of v0.24.0 (protobuf stored keys, raw ciphertexts).
 	V023 bool
+	// V022 starts KES v0.22.3 instead: the API before KES's refactor of
+	// 2023-10-24 (keys listed by glob as a stream of JSON lines, glob
+	// policies, a self-description for every identity), JSON stored keys.
+	// It runs with --auth off, as KES v0.22 must to take the self-signed
+	// client certificates of API keys.
+	V022 bool
 
 	// KeyStoreDir is the fs key store directory. Empty means a new
 	// directory in the test's temp dir. Pointing a second server at the
@@ -52,7 +58,7 @@ type KESOptions struct {
 
 // KES is a running KES server.
 type KES struct {
-	Version     string // KESVersion or KES023Version
+	Version     string // KESVersion, KES023Version or KES022Version
 	URL         string // https://127.0.0.1:PORT (or the test host's address)
 	Addr        string // 127.0.0.1:PORT
 	CAFile      string // CA of the server certificate
@@ -81,7 +87,10 @@ func StartKES(t TB, opts KESOptions) *KES {
 
 func startKES(t TB, opts KESOptions) (*KES, error) {
 	bin := binKES
-	if opts.V023 {
+	switch {
+	case opts.V022:
+		bin = binKES022
+	case opts.V023:
 		bin = binKES023
 	}
 	path, err := findBinary(bin)
@@ -170,6 +179,9 @@ tls:
 			return err
 		}
 		procPath, procArgs := path, []string{"server", "--config", k.ConfigFile, "--addr", k.Addr}
+		if opts.V022 {
+			procArgs = append(procArgs, "--auth", "off")
+		}
 		if opts.Host != nil {
 			procPath, procArgs = opts.Host.Command(procPath, procArgs...)
 		}

@@ -23,7 +23,7 @@ import (
 //	    its own with a veth to it); sets TEST_HOST (its address,
 //	    10.253.N.2) and TEST_NETNS (the namespace). The -netns flags below
 //	    start a server inside it, listening on TEST_HOST.
-//	kes-server [-v0.23] [-keys N] [-key-prefix P] [-env PREFIX] [-keystore DIR] [-config-extra FILE] [-minio-policy PATHS]
+//	kes-server [-v0.23 | -v0.22] [-keys N] [-key-prefix P] [-env PREFIX] [-keystore DIR] [-config-extra FILE] [-minio-policy PATHS]
 //	    [-vault kv1|kv2 [-vault-prefix P] [-vault-no-list]] [-netns]
 //	    a KES server on an fs key store (DIR, or a new one; FILE appended
 //	    to its config, e.g. a policy block); sets PREFIX_SERVER (https URL),
@@ -141,6 +141,7 @@ func parseFlags(ts *testscript.TestScript, fs *flag.FlagSet, args []string) {
 func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
 	fs := newFlags(ts, "kes-server", neg)
 	v023 := fs.Bool("v0.23", false, "start KES v0.23.0")
+	v022 := fs.Bool("v0.22", false, "start KES v0.22.3 (the API before KES's refactor of 2023-10-24)")
 	keys := fs.Int("keys", 0, "create N keys")
 	prefix := fs.String("key-prefix", "key-", "name prefix of the created keys")
 	env := fs.String("env", "KES", "prefix of the environment variables set")
@@ -153,7 +154,7 @@ func cmdKESServer(ts *testscript.TestScript, neg bool, args []string) {
 	vaultNoList := fs.Bool("vault-no-list", false, "the KES AppRole's Vault policy lacks the list capability")
 	parseFlags(ts, fs, args)
 
-	opts := KESOptions{V023: *v023, Keys: *keys, KeyPrefix: *prefix}
+	opts := KESOptions{V023: *v023, V022: *v022, Keys: *keys, KeyPrefix: *prefix}
 	if *keystore != "" {
 		opts.KeyStoreDir = ts.MkAbs(*keystore)
 	}

@@ -6,7 +6,7 @@
 // test end.
 //
 // The KES, MinIO and Vault binaries come from scripts/build-real-servers.sh.
-// Set RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_MINIO_BIN and
+// Set RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_KES022_BIN, RUNBOOK_MINIO_BIN and
 // RUNBOOK_VAULT_BIN, or let the package find them in the build cache
 // (internal/toolcache: RUNBOOK_TOOLS_CACHE, default
 // $HOME/.cache/runbook/tools). A missing binary fails the test; it is never
@@ -47,6 +47,7 @@ type TB interface {
 var (
 	KESVersion    = toolcache.KES.Version
 	KES023Version = toolcache.KES023.Version
+	KES022Version = toolcache.KES022.Version
 	MinIOVersion  = toolcache.MinIO.Version
 	VaultVersion  = toolcache.Vault.Version
 )
@@ -54,6 +55,7 @@ var (
 var (
 	binKES    = toolcache.KES
 	binKES023 = toolcache.KES023
+	binKES022 = toolcache.KES022
 	binMinIO  = toolcache.MinIO
 	binVault  = toolcache.Vault
 )

@@ -49,6 +49,7 @@ type Tool struct {
 var (
 	KES    = Tool{"kes", "v0.24.0", "tools/kes", "github.com/minio/kes/cmd/kes", "github.com/minio/kes", "RUNBOOK_KES_BIN"}
 	KES023 = Tool{"kes", "v0.23.0", "tools/kes-v0.23", "github.com/minio/kes/cmd/kes", "github.com/minio/kes", "RUNBOOK_KES023_BIN"}
+	KES022 = Tool{"kes", "v0.22.3", "tools/kes-v0.22", "github.com/minio/kes/cmd/kes", "github.com/minio/kes", "RUNBOOK_KES022_BIN"}
 	MinIO  = Tool{"minio", "v0.0.0-20260212201848-7aac2a2c5b7c", "tools/minio", "github.com/minio/minio", "github.com/minio/minio", "RUNBOOK_MINIO_BIN"}
 	Vault  = Tool{"vault", "v1.21.4", "tools/vault", "github.com/hashicorp/vault", "github.com/hashicorp/vault", "RUNBOOK_VAULT_BIN"}
 )

@@ -1,4 +1,4 @@
-package steps
+package keystore
 
 import (
 	"context"
@@ -233,9 +233,9 @@ func listVaultNames(ctx context.Context, conf *kesconf.VaultKeyStore) ([]string,
 	return names, nil
 }
 
-// vaultListRefusal lists a vault key store the way listVaultNames does and
+// VaultListRefusal lists a vault key store the way listVaultNames does and
 // returns its error: nil for a store of another kind or one that lists.
-func vaultListRefusal(ctx context.Context, conf *kesconf.File) error {
+func VaultListRefusal(ctx context.Context, conf *kesconf.File) error {
 	v, ok := conf.KeyStore.(*kesconf.VaultKeyStore)
 	if !ok {
 		return nil
@@ -244,29 +244,43 @@ func vaultListRefusal(ctx context.Context, conf *kesconf.File) error {
 	return err
 }
 
-// vaultEntryProblems are the errors of KES v0.24's vault store Get
-// (internal/keystore/vault.Store.Get) that are properties of one entry, not
-// failures to read the store: KES cannot read such an entry, so it never
-// served it, and no object can be sealed under it.
-var vaultEntryProblems = []struct{ text, reason string }{
-	{"entry exists but no secret key is present", "a Vault entry with no field named after it, the field KES reads: KES cannot read it"},
-	{"invalid K/V format", "a Vault entry whose value is not a string: KES cannot read it"},
-	{"key is encrypted with vault transit key", "sealed with a Vault transit key, and the KES config names none: KES cannot read it"},
+// entryProblems are the errors of KES v0.24's stores' Get that are
+// properties of one entry, not failures to read the store, with what each
+// makes of the entry. A Vault entry KES did not write (another
+// application's, at KES's prefix) has no field named after it, or a field
+// that is not a string (internal/keystore/vault.Store.Get); a KES key that
+// KES sealed with a Vault transit key cannot be read without it. An AWS
+// secret whose KMS key KES's credentials may not use (aws/secrets-manager.go
+// Get: DecryptionFailure) may be KES's or not: it is named. A GCP secret
+// whose version 1, the only one KES reads and writes, is disabled or
+// destroyed (gcp/secret-manager.go Get: FailedPrecondition) is not one KES
+// keeps: it deletes a key's whole secret.
+var entryProblems = []struct {
+	prefix, text string
+	class        Class
+	reason       string
+}{
+	{"", "entry exists but no secret key is present", ClassForeign, "a Vault entry with no field named after it, the field KES writes a key to"},
+	{"", "invalid K/V format", ClassForeign, "a Vault entry whose field is not a string: not a value KES wrote"},
+	{"", "key is encrypted with vault transit key", ClassBroken, "sealed with a Vault transit key, and the KES config names none: KES cannot read it"},
+	{"aws: cannot access '", "", ClassBroken, "KES's credentials may not decrypt this secret (AWS DecryptionFailure): KES cannot read it"},
+	{"gcp: failed to read '", "code = FailedPrecondition", ClassForeign, "its version 1, the only version KES reads, is disabled or destroyed: not a key KES keeps"},
 }
 
-// unreadableEntryReason says why a key store read failed because of the
-// entry itself (see vaultEntryProblems), or "" for any other failure,
-// which stops the step.
-func unreadableEntryReason(err error) string {
+// Unreadable says what an entry is whose read failed because of the entry
+// itself (see entryProblems): ClassBroken or ClassForeign, with the reason.
+// Any other failure gives ClassKey and "": it stops the step.
+func Unreadable(err error) (Class, string) {
 	if err == nil {
-		return ""
+		return ClassKey, ""
 	}
-	for _, p := range vaultEntryProblems {
-		if strings.Contains(err.Error(), p.text) {
-			return p.reason
+	msg := err.Error()
+	for _, p := range entryProblems {
+		if strings.HasPrefix(msg, p.prefix) && strings.Contains(msg, p.text) {
+			return p.class, p.reason
 		}
 	}
-	return ""
+	return ClassKey, ""
 }
 
 // vaultLoginError explains a failed login. Vault answers a wrong AppRole

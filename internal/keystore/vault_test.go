@@ -1,4 +1,4 @@
-package steps
+package keystore
 
 import (
 	"context"
@@ -15,7 +15,6 @@ import (
 	kesserver "github.com/minio/kes"
 	"github.com/minio/kes/kesconf"
 
-	"github.com/runbook-dev/runbook/internal/kescrypto"
 	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
@@ -123,23 +122,34 @@ func TestVaultFolderIsNotAKey(t *testing.T) {
 	}
 }
 
-// The errors of KES's vault Get that are about one entry: the entry is
-// named and never migrated; any other error stops the step.
-func TestUnreadableEntryReason(t *testing.T) {
-	for err, want := range map[error]string{
-		errors.New("vault: failed to read 'kes/stray': entry exists but no secret key is present"): "no field named after it",
-		errors.New("vault: failed to read 'kes/x': invalid K/V format"):                            "not a string",
-		errors.New("vault: failed to read 'kes/x': key is encrypted with vault transit key"):       "transit key",
-		errors.New("vault: failed to read 'kes/x': Error making API request. Code: 403"):           "",
-		errors.New("dial tcp 127.0.0.1:8200: connection refused"):                                  "",
+// The errors of KES's stores' Get that are about one entry: the entry is
+// broken (named, never migrated) or not a KES key (counted); any other
+// error stops the step. The AWS and GCP texts are the ones KES v0.24's
+// stores build (aws/secrets-manager.go, gcp/secret-manager.go Get) around
+// their SDKs' errors: no AWS or GCP service runs here.
+func TestUnreadable(t *testing.T) {
+	for _, c := range []struct {
+		err   string
+		class Class
+		says  string
+	}{
+		{"vault: failed to read 'kes/stray': entry exists but no secret key is present", ClassForeign, "no field named after it"},
+		{"vault: failed to read 'kes/x': invalid K/V format", ClassForeign, "not a string"},
+		{"vault: failed to read 'kes/x': key is encrypted with vault transit key", ClassBroken, "transit key"},
+		{"aws: cannot access 'app/db': DecryptionFailure: Access to KMS is not allowed", ClassBroken, "DecryptionFailure"},
+		{"gcp: failed to read 'app-db': rpc error: code = FailedPrecondition desc = Secret Version [projects/1/secrets/app-db/versions/1] is in DESTROYED state.", ClassForeign, "version 1"},
+		{"gcp: failed to read 'key-1': rpc error: code = Unavailable desc = connection refused", ClassKey, ""},
+		{"aws: failed to read 'key-1': RequestError: send request failed", ClassKey, ""},
+		{"vault: failed to read 'kes/x': Error making API request. Code: 403", ClassKey, ""},
+		{"dial tcp 127.0.0.1:8200: connection refused", ClassKey, ""},
 	} {
-		got := unreadableEntryReason(err)
-		if (want == "") != (got == "") || !strings.Contains(got, want) {
-			t.Errorf("unreadableEntryReason(%v) = %q, want it to say %q", err, got, want)
+		class, got := Unreadable(errors.New(c.err))
+		if class != c.class || (c.says == "") != (got == "") || !strings.Contains(got, c.says) {
+			t.Errorf("Unreadable(%q) = %d, %q; want %d, saying %q", c.err, class, got, c.class, c.says)
 		}
 	}
-	if unreadableEntryReason(nil) != "" {
-		t.Error("unreadableEntryReason(nil) is not empty")
+	if class, why := Unreadable(nil); class != ClassKey || why != "" {
+		t.Errorf("Unreadable(nil) = %d, %q", class, why)
 	}
 }
 
@@ -281,7 +291,7 @@ func TestListVaultNamesTLS(t *testing.T) {
 	}
 }
 
-// listKeyStore on KES's own vault store against a real Vault: the listing
+// List on KES's own vault store against a real Vault: the listing
 // is cross-checked through the Vault API, a folder is not a key, and a key
 // created between KES's listing and Vault's is a refusal that names it.
 func TestListKeyStoreVault(t *testing.T) {
@@ -309,7 +319,7 @@ func TestListKeyStoreVault(t *testing.T) {
 	}
 	put(t, root, testenv.VaultKV2, "kes/archive/old")
 
-	l, err := listKeyStore(ctx, ks, &kesconf.File{KeyStore: conf})
+	l, err := List(ctx, ks, &kesconf.File{KeyStore: conf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +331,7 @@ func TestListKeyStoreVault(t *testing.T) {
 	}
 
 	// a key created while the store is read
-	_, err = listKeyStore(ctx, createAfterList{ks, "key-3"}, &kesconf.File{KeyStore: conf})
+	_, err = List(ctx, createAfterList{ks, "key-3"}, &kesconf.File{KeyStore: conf})
 	if err == nil || !strings.Contains(err.Error(), "only in Vault's own listing of kv2/metadata/kes/: key-3") {
 		t.Errorf("a key created between the two listings: %v", err)
 	}
@@ -340,80 +350,6 @@ func (c createAfterList) List(ctx context.Context, prefix string, n int) ([]stri
 		err = c.KeyStore.Create(ctx, c.name, []byte("material"))
 	}
 	return names, next, err
-}
-
-// A store whose entries KES sealed with a Vault transit key: read through
-// the config's transit key they are keys; read with a config that names no
-// transit key, each is named as an entry KES cannot read (never a failure
-// of the step).
-func TestVaultTransitEntries(t *testing.T) {
-	v := testenv.StartVault(t, testenv.VaultOptions{})
-	ctx := context.Background()
-	root, err := v.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := root.Sys().MountWithContext(ctx, "transit", &vaultapi.MountInput{Type: "transit"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := root.Logical().WriteWithContext(ctx, "transit/keys/kes", nil); err != nil {
-		t.Fatal(err)
-	}
-	policy := testenv.KESPolicy(testenv.VaultKV1, "kes", false) +
-		"path \"transit/encrypt/kes\" {\n  capabilities = [\"update\"]\n}\npath \"transit/decrypt/kes\" {\n  capabilities = [\"update\"]\n}\n"
-	role, err := v.CreateAppRole(ctx, "transit", policy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: "kv1", Prefix: "kes",
-		AppRole: &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: role.SecretID},
-		Transit: &kesconf.VaultTransit{KeyName: "kes"}}
-	ks, err := conf.Connect(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ks.Close()
-	k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), HMAC: make([]byte, 32)}
-	raw, err := k.MarshalV024()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ks.Create(ctx, "sealed-key", raw); err != nil {
-		t.Fatal(err)
-	}
-	s, err := root.Logical().ReadWithContext(ctx, "kv1/kes/sealed-key")
-	if err != nil || s == nil {
-		t.Fatalf("read the raw entry: %v", err)
-	}
-	if stored, _ := s.Data["sealed-key"].(string); !strings.HasPrefix(stored, "vault:v1:") {
-		t.Fatalf("the entry is not transit-sealed: %.20q", stored)
-	}
-
-	src, err := newSourceSet(ks, &kesconf.File{KeyStore: conf}, &storeListing{All: []string{"sealed-key"}, Keys: []string{"sealed-key"}}, "*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := src.readEntry(ctx, "sealed-key")
-	if err != nil || e.class != entryOK {
-		t.Fatalf("with the transit key: %+v, %v", e, err)
-	}
-	e.wipe()
-
-	plain := *conf
-	plain.Transit = nil
-	ks2, err := plain.Connect(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ks2.Close()
-	src2, err := newSourceSet(ks2, &kesconf.File{KeyStore: &plain}, &storeListing{All: []string{"sealed-key"}, Keys: []string{"sealed-key"}}, "*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err = src2.readEntry(ctx, "sealed-key")
-	if err != nil || e.class != entryUnparsable || !strings.Contains(e.reason, "transit key") {
-		t.Fatalf("without the transit key: %+v, %v", e, err)
-	}
 }
 
 // Kubernetes auth logs in at the config's mount with the role and the JWT

@@ -1,0 +1,377 @@
+// Package keystore lists a KES key store completely and sorts its entries
+// into KES keys and everything else, with no engine around it: the
+// runbook's steps (prerequisites, migration, verification) all take their
+// key set from List and Classify, so they agree on what a key is.
+//
+// Sources: github.com/minio/kes@v0.24.0 internal/keystore (List, and each
+// backend's List and Get), auth.go (validName), internal/crypto/key.go
+// (ParseKeyVersion); DOMAIN.md A5, C, E.
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	kesserver "github.com/minio/kes"
+	"github.com/minio/kes/kesconf"
+	"golang.org/x/sync/errgroup"
+)
+
+// Problem is an entry named with the reason it is left out. Reason never
+// holds a value read from the store.
+type Problem struct {
+	Name   string `json:"name"`
+	Reason string `json:"reason"`
+}
+
+// Listing is a key store's complete listing, checked by a second means,
+// with every name sorted into what it is (see Classify for the values).
+type Listing struct {
+	All     []string  // every name the store lists, sorted
+	Keys    []string  // the entries that are KES keys, or look like one (see Classify), sorted
+	NotKeys []Problem // entries that are not keys by their name or file type, with the reason, sorted by name
+	// Foreign are the entries that are not KES keys by their stored value
+	// (another application's secret in a store KES shares), or by a name
+	// KES refuses in a store shared with other applications (Shared): the
+	// names of other applications' secrets, counted in plans, named only
+	// where the operator asks. Sorted.
+	Foreign []string
+	// Check says how the listing's completeness was checked, for the plan.
+	Check string
+	// Shared is true for a backend that lists every secret of an account,
+	// project or vault (Shared), where other applications' secrets are
+	// expected.
+	Shared bool
+}
+
+// NotKeyNames are the NotKeys' names.
+func (l *Listing) NotKeyNames() []string {
+	out := make([]string, len(l.NotKeys))
+	for i, p := range l.NotKeys {
+		out[i] = p.Name
+	}
+	return out
+}
+
+// List lists every entry of the store, completely, checks the listing by a
+// second, independent means where the backend allows, and sorts the names
+// into keys and not-keys. Values are not read: Classify does that.
+//
+// KES's listing helper (internal/keystore.List) returns at most 1024 names
+// and a "continuation" that is really a prefix: following it, as kes migrate
+// does, silently stops after 1025 keys (DOMAIN.md C). Asked for more names
+// than the store holds, with an empty prefix, it returns all of them in one
+// page and an empty continuation; that is the only listing trusted here.
+//
+// Errors: the store cannot be listed; the listing is partial; the second
+// means disagrees (the names that differ are named).
+func List(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File) (*Listing, error) {
+	names, next, err := ks.List(ctx, "", math.MaxInt32)
+	if err != nil {
+		// KES's vault error holds Vault's answer but not the fix; the
+		// direct listing says which policy rule is missing.
+		if verr := VaultListRefusal(ctx, conf); verr != nil {
+			return nil, fmt.Errorf("list key store: %w", verr)
+		}
+		return nil, fmt.Errorf("list key store: %w", err)
+	}
+	if next != "" {
+		return nil, fmt.Errorf("list key store: the store returned a partial listing (%d names, continuing at %q) although every name was asked for; refusing to work from an incomplete list", len(names), next)
+	}
+	l := &Listing{All: slices.Clone(names), Shared: Shared(conf)}
+	slices.Sort(l.All)
+	l.All = slices.Compact(l.All)
+
+	types, err := l.crossCheck(ctx, ks, conf)
+	if err != nil {
+		return nil, err
+	}
+	fsDir := ""
+	if s, ok := conf.KeyStore.(*kesconf.FSKeyStore); ok {
+		fsDir = s.Path
+	}
+	for _, n := range l.All {
+		why := notKeyReason(fsDir, types, n)
+		switch {
+		case why == "":
+			l.Keys = append(l.Keys, n)
+		case l.Shared && !ValidName(n):
+			l.Foreign = append(l.Foreign, n) // KES could never have written it
+		default:
+			l.NotKeys = append(l.NotKeys, Problem{Name: n, Reason: why})
+		}
+	}
+	return l, nil
+}
+
+// crossCheck compares the listing with a second, independent one (one case
+// per backend kind) and sets l.Check. For an fs store it returns the
+// directory entries' types, without following symlinks.
+func (l *Listing) crossCheck(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File) (map[string]fs.FileMode, error) {
+	switch s := conf.KeyStore.(type) {
+	case *kesconf.FSKeyStore:
+		entries, err := os.ReadDir(s.Path)
+		if err != nil {
+			return nil, fmt.Errorf("cross-check key store directory: %w", err)
+		}
+		dir := make([]string, len(entries))
+		types := make(map[string]fs.FileMode, len(entries))
+		for i, e := range entries {
+			dir[i] = e.Name()
+			types[e.Name()] = e.Type()
+		}
+		slices.Sort(dir)
+		if err := SameNames("the key store's listing", l.All, "directory "+s.Path, dir); err != nil {
+			return nil, err
+		}
+		l.Check = fmt.Sprintf("cross-checked by name against the directory %s itself (%d entries)", s.Path, len(dir))
+		return types, nil
+	case *kesconf.VaultKeyStore:
+		direct, err := listVaultNames(ctx, s)
+		if err != nil {
+			return nil, fmt.Errorf("cross-check key store through the Vault API: %w", err)
+		}
+		where := "Vault's own listing of " + vaultListPath(s) + "/"
+		if err := SameNames("the key store's listing", l.All, where, slices.Compact(direct)); err != nil {
+			return nil, err
+		}
+		l.Check = fmt.Sprintf("cross-checked by name against %s through the Vault API (%d entries)", where, len(direct))
+		return nil, nil
+	}
+	// No independent means here: list again, so that a store that changes
+	// while it is read is at least caught.
+	again, _, err := ks.List(ctx, "", math.MaxInt32)
+	if err != nil {
+		return nil, fmt.Errorf("list key store again: %w", err)
+	}
+	again = slices.Clone(again)
+	slices.Sort(again)
+	if err := SameNames("the first listing", l.All, "a second listing", slices.Compact(again)); err != nil {
+		return nil, fmt.Errorf("%w: is a key being created? Halt key creation at KES first", err)
+	}
+	l.Check = fmt.Sprintf("listed twice with the same result; no listing independent of KES is available for a %s store here, so completeness rests on KES's own listing asked for every name at once", Kind(conf))
+	return nil, nil
+}
+
+// Read reads one entry's stored value, as the key store's Get does.
+type Read func(ctx context.Context, name string) ([]byte, error)
+
+// Classify reads every entry of l.Keys (par at once) and moves those that
+// are not KES keys by their value (Classify's ClassForeign, or a read
+// Unreadable says is another application's) to l.Foreign. Values are
+// dropped as soon as they are judged; none is kept or returned.
+//
+// Errors: a read that fails for another reason than the entry itself (the
+// store is unreachable, the entry went away): the listing is then unknown.
+func (l *Listing) Classify(ctx context.Context, read Read, par int) error {
+	foreign := make([]bool, len(l.Keys))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(par, 1))
+	for i, name := range l.Keys {
+		g.Go(func() error {
+			raw, err := read(gctx, name)
+			if err != nil {
+				if class, _ := Unreadable(err); class == ClassForeign {
+					foreign[i] = true
+					return nil
+				} else if class == ClassBroken {
+					return nil // KES's own entry that it cannot read: the steps name it
+				}
+				return fmt.Errorf("read entry %q of the key store: %w", name, err)
+			}
+			e := Classify(raw)
+			foreign[i] = e.Class == ClassForeign
+			e.Wipe()
+			clear(raw)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	keys := l.Keys[:0:0]
+	for i, name := range l.Keys {
+		if foreign[i] {
+			l.Foreign = append(l.Foreign, name)
+		} else {
+			keys = append(keys, name)
+		}
+	}
+	l.Keys = keys
+	slices.Sort(l.Foreign)
+	return nil
+}
+
+// SameNames compares two sorted name lists and names every difference.
+func SameNames(whatA string, a []string, whatB string, b []string) error {
+	onlyA, onlyB := Diff(a, b)
+	if len(onlyA) == 0 && len(onlyB) == 0 {
+		return nil
+	}
+	var parts []string
+	if len(onlyA) > 0 {
+		parts = append(parts, fmt.Sprintf("only in %s: %s", whatA, NameList(onlyA, Shown)))
+	}
+	if len(onlyB) > 0 {
+		parts = append(parts, fmt.Sprintf("only in %s: %s", whatB, NameList(onlyB, Shown)))
+	}
+	return fmt.Errorf("list key store: %s and %s differ (%s); refusing to work from a listing that may be incomplete or changing: halt key changes at KES and plan again", whatA, whatB, strings.Join(parts, "; "))
+}
+
+// Shown is how many names a message lists before "and N more".
+const Shown = 20
+
+// NameList shows at most max names, then how many more there are.
+func NameList(names []string, max int) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	if len(names) <= max {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(names[:max], ", "), len(names)-max)
+}
+
+// Diff returns the names only in a and only in b, each sorted once.
+func Diff(a, b []string) (onlyA, onlyB []string) {
+	inA := make(map[string]bool, len(a))
+	for _, n := range a {
+		inA[n] = true
+	}
+	inB := make(map[string]bool, len(b))
+	for _, n := range b {
+		inB[n] = true
+		if !inA[n] {
+			onlyB = append(onlyB, n)
+		}
+	}
+	for _, n := range a {
+		if !inB[n] {
+			onlyA = append(onlyA, n)
+		}
+	}
+	slices.Sort(onlyA)
+	slices.Sort(onlyB)
+	return slices.Compact(onlyA), slices.Compact(onlyB)
+}
+
+// notKeyReason says why the entry name is not a key, or "" when it is one.
+// fsDir is the directory of an fs store ("" for other backends), where
+// directories and dangling symlinks are told apart by the file system;
+// types are its entries' types as the directory listing gave them (a
+// regular file needs no further look).
+func notKeyReason(fsDir string, types map[string]fs.FileMode, name string) string {
+	if t, ok := types[name]; fsDir != "" && (!ok || !t.IsRegular()) {
+		if why := fileNotKeyReason(filepath.Join(fsDir, name)); why != "" {
+			return why
+		}
+	}
+	switch {
+	case strings.HasSuffix(name, "/"):
+		return "a folder below the key store's prefix, not a key: Vault lists sub-paths with a trailing '/'"
+	case strings.HasPrefix(name, "."):
+		return "a dot-file: KES refuses names with '.', so it never served it"
+	case strings.HasSuffix(name, "~"):
+		return "an editor backup: KES refuses names with '~', so it never served it"
+	case strings.Contains(name, "."):
+		return "a name with '.': KES refuses it (its fs store lists such a file but never reads it), so it never served it"
+	case !ValidName(name):
+		return "a name KES refuses (only 0-9, A-Z, a-z, '_' and inner '-', at most 80 characters), so it never served it"
+	}
+	return ""
+}
+
+// fileNotKeyReason says why the fs entry at p is not a key file, or "".
+func fileNotKeyReason(p string) string {
+	info, err := os.Stat(p) // through a symlink, as KES's os.Open reads
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if target, lerr := os.Readlink(p); lerr == nil {
+			return fmt.Sprintf("a symlink that leads nowhere (to %s)", target)
+		}
+		return "gone from the directory while it was read"
+	case err != nil:
+		return fmt.Sprintf("cannot be examined (%v)", errors.Unwrap(err))
+	case info.IsDir():
+		return "a directory, not a key file"
+	case !info.Mode().IsRegular():
+		return fmt.Sprintf("not a regular file (%s)", info.Mode().Type())
+	}
+	return ""
+}
+
+// ValidName is KES v0.24's rule for key names (auth.go validName): every
+// key API call refuses any other name, so no object can be sealed under it.
+// The fs store's own rule (no '/', '\\' or '.') is narrower and included.
+func ValidName(s string) bool {
+	if s == "" || s == "_" || len(s) > 80 {
+		return false
+	}
+	last := len(s) - 1
+	for i, c := range s {
+		switch {
+		case c >= '0' && c <= '9', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c == '_':
+		case c == '-' && i > 0 && i < last:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Kind names the backend, e.g. "fs", "vault" or "aws.secretsmanager".
+func Kind(conf *kesconf.File) string {
+	switch conf.KeyStore.(type) {
+	case *kesconf.FSKeyStore:
+		return "fs"
+	case *kesconf.VaultKeyStore:
+		return "vault"
+	case *kesconf.AWSSecretsManagerKeyStore:
+		return "aws.secretsmanager"
+	case *kesconf.GCPSecretManagerKeyStore:
+		return "gcp.secretmanager"
+	case *kesconf.AzureKeyVaultKeyStore:
+		return "azure.keyvault"
+	}
+	t := fmt.Sprintf("%T", conf.KeyStore)
+	return strings.TrimSuffix(strings.TrimPrefix(t, "*kesconf."), "KeyStore")
+}
+
+// Describe names the store for messages: "fs at /path", "vault at URL".
+func Describe(conf *kesconf.File) string {
+	switch s := conf.KeyStore.(type) {
+	case *kesconf.FSKeyStore:
+		return "fs at " + s.Path
+	case *kesconf.VaultKeyStore:
+		return "vault at " + s.Endpoint
+	case *kesconf.AWSSecretsManagerKeyStore:
+		return "aws.secretsmanager at " + s.Endpoint
+	case *kesconf.GCPSecretManagerKeyStore:
+		return "gcp.secretmanager of project " + s.ProjectID
+	case *kesconf.AzureKeyVaultKeyStore:
+		return "azure.keyvault at " + s.Endpoint
+	}
+	return Kind(conf)
+}
+
+// Shared reports whether the backend lists every secret its credentials
+// can see, not a place of KES's own: KES v0.24's AWS Secrets Manager store
+// lists every secret of the account and region (aws/secrets-manager.go
+// List: ListSecrets with no filter), the GCP one every secret of the
+// project (gcp/secret-manager.go List), the Azure one every secret of the
+// vault (azure/key-vault.go List). An fs store lists a directory and a
+// Vault store a kv prefix, which KES is usually given alone.
+func Shared(conf *kesconf.File) bool {
+	switch conf.KeyStore.(type) {
+	case *kesconf.AWSSecretsManagerKeyStore, *kesconf.GCPSecretManagerKeyStore, *kesconf.AzureKeyVaultKeyStore:
+		return true
+	}
+	return false
+}
