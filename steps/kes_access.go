@@ -16,6 +16,8 @@ import (
 
 	kes "github.com/minio/kes-go"
 	"github.com/minio/kes/kesconf"
+
+	"github.com/runbook-dev/runbook/engine"
 )
 
 // kesAccess is what the runbook's KES identity may do at a KES server, as
@@ -97,6 +99,31 @@ func (a *kesAccess) describe() string {
 		return fmt.Sprintf("the identity %s has policy %q (%s), matched against every key it will need", a.identity, a.policy.name, a.source)
 	}
 	return fmt.Sprintf("the policy of identity %s is not known (%s): its rights are probed by one data key per distinct name prefix", a.identity, a.source)
+}
+
+// checkGenerate is a plan's check that the identity may have the KES server
+// generate a data key under every key of names (sorted), which a step needs
+// for what: it returns the server and the plan's line, or a refusal
+// naming the keys and the policy entry to add, before anything changes.
+func (k *kesConnection) checkGenerate(ctx context.Context, r *engine.Run, addr string, names []string, what string) (*kesServer, string, error) {
+	srv, err := k.Server(ctx, r, addr)
+	if err != nil {
+		return nil, "", err
+	}
+	conf, _ := k.LoadConfig(r) // a config that does not load is the key store's error
+	acc, err := kesAccessOf(ctx, srv, conf, k.ConfigFile(r))
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", addr, err)
+	}
+	refused, how, err := acc.refusedGenerate(ctx, srv, names)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", addr, err)
+	}
+	host := hostOf(k.Endpoint())
+	if len(refused) > 0 {
+		return nil, "", engine.Refusef("%s: %s", addr, kesRefusedMessage(host, acc, refused, len(names), what))
+	}
+	return srv, fmt.Sprintf("KES server %s: %s; %s: it may have a data key generated under each of the %d key(s) %s", host, acc.describe(), how, len(names), what), nil
 }
 
 // kesAccessOf learns the access of the client's identity: the server's own
@@ -348,7 +375,7 @@ func kesProbeGenerate(ctx context.Context, c *kes.Client, name string) (bool, er
 }
 
 // kesRefusedMessage is the refusal at plan for keys the identity may not
-// use: the count, the first few, and the policy entry that fixes it.
+// use: how many, the first few, and the policy entry that fixes it.
 func kesRefusedMessage(server string, a *kesAccess, refused []kesRefusal, total int, what string) string {
 	names := make([]string, len(refused))
 	var denied []string
@@ -356,28 +383,41 @@ func kesRefusedMessage(server string, a *kesAccess, refused []kesRefusal, total 
 	for i, r := range refused {
 		names[i] = r.name
 		keys += max(r.group, 1)
+		if r.group > 1 {
+			names[i] += fmt.Sprintf(" (and the %d other key(s) named %s…)", r.group-1, kesNamePrefix(r.name))
+		}
 		if r.denied != "" && !slices.Contains(denied, r.denied) {
 			denied = append(denied, r.denied)
 		}
 	}
-	entry := "/v1/key/generate/" + kesCommonPrefix(names)
-	if len(names) > 1 || refused[0].group > 1 {
+	who, whose := "identity "+a.identity, "the policy of identity "+a.identity
+	how := ""
+	if a.policy != nil {
+		who = fmt.Sprintf("policy %q (identity %s)", a.policy.name, a.identity)
+		whose = who
+	} else if !a.admin {
+		how = " (its policy could not be read: one key probed per name prefix)"
+	}
+	msg := fmt.Sprintf("KES server %s refuses %s a data key under %d of the %d keys %s%s: %s; nothing was changed: ", server, who, keys, total, what, how, sample(names, 5))
+	if len(denied) > 0 {
+		return msg + fmt.Sprintf("remove the deny entr%s %s from %s in the KES server config, or use the KES admin API key, and plan again", map[bool]string{true: "y", false: "ies"}[len(denied) == 1], strings.Join(denied, ", "), whose)
+	}
+	entry := "/v1/key/generate/" + kesCommonPrefix(refusedNames(refused))
+	if len(refused) > 1 || refused[0].group > 1 {
 		entry += "*"
 	}
-	whose := "the policy of identity " + a.identity
-	if a.policy != nil {
-		whose = fmt.Sprintf("policy %q (identity %s)", a.policy.name, a.identity)
+	if entry != "/v1/key/generate/*" {
+		entry += " (or /v1/key/generate/* for every key)"
 	}
-	counted := fmt.Sprintf("%d of the %d keys", keys, total)
-	if refused[0].group > 0 {
-		counted = fmt.Sprintf("the keys under %d name prefix(es) of the %d keys (probed: one each)", len(refused), total)
+	return msg + fmt.Sprintf("add %s to the allow list of %s in the KES server config, or use the KES admin API key, and plan again", entry, whose)
+}
+
+func refusedNames(refused []kesRefusal) []string {
+	out := make([]string, len(refused))
+	for i, r := range refused {
+		out[i] = r.name
 	}
-	msg := fmt.Sprintf("KES server %s refuses %s a data key under %s %s: %s; nothing was changed: ", server, whose, counted, what, sample(names, 5))
-	if len(denied) > 0 {
-		msg += fmt.Sprintf("remove the deny entr%s %s from %s in the KES server config, ", map[bool]string{true: "y", false: "ies"}[len(denied) == 1], strings.Join(denied, ", "), whose)
-		return msg + "or use the KES admin API key, and plan again"
-	}
-	return msg + fmt.Sprintf("add %s (or /v1/key/generate/* for every key) to the allow list of %s in the KES server config, or use the KES admin API key, and plan again", entry, whose)
+	return out
 }
 
 // kesCommonPrefix is the longest prefix the names share.

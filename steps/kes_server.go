@@ -14,6 +14,9 @@ import (
 
 	kes "github.com/minio/kes-go"
 	"golang.org/x/mod/semver"
+
+	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/keystore"
 )
 
 // kesGeneration is the API generation of a KES server. KES's refactor of
@@ -100,6 +103,36 @@ func probeKESServer(ctx context.Context, c *kes.Client) (*kesServer, error) {
 		return s, err
 	}
 	return s, nil
+}
+
+// Server probes the KES server (probeKESServer) and explains what stops it:
+// too old, or a listing refused to the identity (refusals: nothing can be
+// done until the operator acts), a key store that refuses the listing
+// (Vault says why), or the server out of reach.
+func (k *kesConnection) Server(ctx context.Context, r *engine.Run, addr string) (*kesServer, error) {
+	c, err := k.Client(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", addr, err)
+	}
+	host := hostOf(k.Endpoint())
+	srv, err := probeKESServer(ctx, c)
+	var old *kesTooOld
+	switch {
+	case err == nil:
+		return srv, nil
+	case errors.As(err, &old):
+		return nil, engine.Refusef("%s: KES server %s: %s", addr, host, old.why)
+	case errors.Is(err, kes.ErrNotAllowed):
+		return nil, engine.Refusef("%s: KES server %s refused to list keys for the identity of the configured API key (%s): use the KES admin API key, or one whose policy allows %s", addr, host, kesIdentity(c), kesPolicyPaths)
+	}
+	// KES answers only "failed to list keys" when its key store refuses;
+	// for a vault store, Vault says why.
+	if conf, cerr := k.LoadConfig(r); cerr == nil && srv != nil {
+		if verr := keystore.VaultListRefusal(ctx, conf); verr != nil {
+			return nil, fmt.Errorf("%s: KES server %s answered %q to a key listing: its key store refuses the listing: %w", addr, host, err.Error(), verr)
+		}
+	}
+	return nil, reachError("KES server", addr, k.Endpoint(), err)
 }
 
 // kesTooOld is a KES server older than the runbook works with.

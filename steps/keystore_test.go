@@ -168,4 +168,3 @@ func TestVaultTransitEntries(t *testing.T) {
 		t.Fatalf("without the transit key: %+v, %v", e, err)
 	}
 }
-

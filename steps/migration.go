@@ -289,6 +289,9 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	if len(rep.notKeys) > 0 {
 		p.Observed = append(p.Observed, fmt.Sprintf("%s (%d), left out by every step: %s", groupNotKeys, len(rep.notKeys), strings.Join(describeProblems(rep.notKeys), "; ")))
 	}
+	if line := foreignObserved(from, src.foreign); line != "" {
+		p.Observed = append(p.Observed, line)
+	}
 	if len(rep.unparsable) > 0 {
 		p.Observed = append(p.Observed, fmt.Sprintf("%s (%d), never migrated: %s", groupUnparsable, len(rep.unparsable), strings.Join(describeProblems(rep.unparsable), "; ")))
 		p.Risks = append(p.Risks, fmt.Sprintf("%d entries look like keys but do not parse, so they are not migrated; KES cannot serve them either, so whatever was sealed under them does not read today: %s", len(rep.unparsable), strings.Join(describeProblems(rep.unparsable), "; ")))

@@ -302,6 +302,9 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 	if n := len(rep.notKeys); n > 0 {
 		left += fmt.Sprintf("; %d entries that are not keys left out", n)
 	}
+	if n := len(src.foreign); n > 0 {
+		left += fmt.Sprintf("; %d %s left out, never copied", n, groupForeign)
+	}
 	h.logf("enclave %s holds %d of the %d source keys: %d imported, %d already present (identical), %d overwritten, %d not migrated%s",
 		enclave, res.Imported+res.Skipped+res.Overwritten, len(src.names)-len(rep.unparsable), res.Imported, res.Skipped, res.Overwritten,
 		len(rep.unparsable)+len(rep.rejected), left)

@@ -30,6 +30,7 @@ type sourceSet struct {
 	total   int       // entries in the store
 	names   []string  // sorted names of the keys that match the pattern
 	notKeys []problem // entries matching the pattern that are not keys (listKeyStore)
+	foreign []string  // entries matching the pattern that are not KES keys: counted, never read again
 	digest  string    // SHA-256 of names, one per line
 }
 
@@ -69,6 +70,11 @@ func newSourceSet(ks kesserver.KeyStore, conf *kesconf.File, l *storeListing, pa
 	for _, p := range l.NotKeys {
 		if ok, _ := path.Match(pattern, p.Name); ok {
 			s.notKeys = append(s.notKeys, p)
+		}
+	}
+	for _, n := range l.Foreign {
+		if ok, _ := path.Match(pattern, n); ok {
+			s.foreign = append(s.foreign, n)
 		}
 	}
 	s.digest = namesDigest(s.names)

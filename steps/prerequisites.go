@@ -21,7 +21,6 @@ import (
 	"aead.dev/mtls"
 	"github.com/hashicorp/hcl/v2"
 	kesserver "github.com/minio/kes"
-	kes "github.com/minio/kes-go"
 	"github.com/minio/kes/kesconf"
 	"github.com/minio/kms-go/kms"
 	"github.com/minio/madmin-go/v3"
@@ -173,33 +172,16 @@ func (p *prerequisites) checkKES(ctx context.Context, r *engine.Run, pf *preflig
 		pf.observed = append(pf.observed, fmt.Sprintf("%s names no KES server: only its key store is checked", kesAddr))
 		return nil
 	}
-	c, err := k.Client(r)
+	srv, err := k.Server(ctx, r, kesAddr)
 	if err != nil {
-		return fmt.Errorf("%s: %w", kesAddr, err)
-	}
-	host := hostOf(k.Endpoint())
-	srv, err := probeKESServer(ctx, c)
-	var old *kesTooOld
-	switch {
-	case errors.As(err, &old):
-		return engine.Refusef("%s: KES server %s: %s", kesAddr, host, old.why)
-	case errors.Is(err, kes.ErrNotAllowed):
-		return engine.Refusef("%s: KES server %s refused to list keys for the identity of the configured API key (%s): use the KES admin API key, or one whose policy allows %s", kesAddr, host, kesIdentity(c), kesPolicyPaths)
-	case err != nil:
-		// KES answers only "failed to list keys" when its key store
-		// refuses; for a vault store, Vault says why.
-		if conf, cerr := k.LoadConfig(r); cerr == nil && srv != nil {
-			if verr := keystore.VaultListRefusal(ctx, conf); verr != nil {
-				return fmt.Errorf("%s: KES server %s answered %q to a key listing: its key store refuses the listing: %w", kesAddr, host, err.Error(), verr)
-			}
-		}
-		return reachError("KES server", kesAddr, k.Endpoint(), err)
+		return err
 	}
 	conf, _ := k.LoadConfig(r) // its errors are the key store phase's
 	acc, err := kesAccessOf(ctx, srv, conf, k.ConfigFile(r))
 	if err != nil {
 		return fmt.Errorf("%s: %w", kesAddr, err)
 	}
+	host := hostOf(k.Endpoint())
 	pf.observed = append(pf.observed, fmt.Sprintf("KES server %s: version %s, %s, TLS verified%s; its identity may list keys; %s", host, srv.version, srv.generation, insecureNote(k.cfg.Insecure), acc.describe()))
 	st.KESServer, st.KESServerVersion = host, srv.version
 	return nil

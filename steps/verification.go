@@ -199,6 +199,9 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 	if nk := verifyMatchProblems(l.NotKeys, v.pattern()); len(nk) > 0 {
 		p.Observed = append(p.Observed, fmt.Sprintf("%s (%d), never called missing: %s", groupNotKeys, len(nk), strings.Join(describeProblems(nk), "; ")))
 	}
+	if line := foreignObserved(src, verifyMatch(l.Foreign, v.pattern())); line != "" {
+		p.Observed = append(p.Observed, line)
+	}
 	p.Actions = append(p.Actions, fmt.Sprintf("prove that enclave %s holds exactly the keys of the KES key store matching %q: missing and extra keys are listed by name", enc.Name, v.pattern()))
 	what := fmt.Sprintf("every key (%d)", len(names))
 	if v.cfg.Sample != nil && *v.cfg.Sample < len(names) {
@@ -206,7 +209,15 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 	}
 	p.Actions = append(p.Actions, fmt.Sprintf("prove the key material of %s by a round trip: a random plaintext sealed here under the key's material from the store, in every ciphertext format MinIO may forward for it (%s for every key; %s and %s too for keys stored in the KES v0.22/v0.23 JSON format), must decrypt at the Key Manager to the same plaintext, %d ciphertexts per request (proof %q); a format the Key Manager refuses fails verification, naming it; entries that do not parse are named, never called missing", what, formatRaw, formatMsgpack, formatJSON, verifyDecryptBatch, proofLocalSeal))
 	if src.HasServer() {
-		listings, unlisted := kesPlannedListings(ctx, l.All)
+		srv, line, err := src.checkGenerate(ctx, r, srcAddr, names, "verification may draw for its KES round trips")
+		if err != nil {
+			return nil, err
+		}
+		p.Observed = append(p.Observed, line)
+		listings, unlisted := 1, false // a kesGlob server streams every name at once
+		if srv.generation == kesPaged {
+			listings, unlisted = kesPlannedListings(ctx, l.All)
+		}
 		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's (about %d listing(s), each of which costs the KES server a read of its whole store%s), and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), listings, kesUnlistedNote(unlisted), verifyKESSample))
 	} else {
 		p.Observed = append(p.Observed, fmt.Sprintf("%s names no KES server: the keys are proven from the store's material only", srcAddr))
@@ -300,16 +311,23 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	}
 	servedc := make(chan servedNames, 1)
 	if src.HasServer() {
-		if kc, err = src.Client(r); err != nil {
+		srv, err := src.Server(ctx, r, srcAddr)
+		if err != nil {
 			return err
 		}
+		kc = srv.c
 		lctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		go func() {
 			t0 := time.Now()
-			names, unlisted, err := listKESServerGuided(lctx, func(ctx context.Context, prefix string) ([]string, string, error) {
-				return kc.ListKeys(ctx, prefix, 0)
-			}, listing.All)
+			var names []string
+			var unlisted bool
+			var err error
+			if srv.generation == kesGlob { // one listing streams every name
+				names, unlisted, err = listKESServer(lctx, srv.list)
+			} else {
+				names, unlisted, err = listKESServerGuided(lctx, srv.list, listing.All)
+			}
 			servedc <- servedNames{names, unlisted, err, time.Since(t0)}
 		}()
 	}
@@ -347,6 +365,9 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	}
 	if nk := verifyMatchProblems(listing.NotKeys, v.pattern()); len(nk) > 0 {
 		r.Logf("%s (%d), left out: %s", groupNotKeys, len(nk), strings.Join(describeProblems(nk), "; "))
+	}
+	if n := len(verifyMatch(listing.Foreign, v.pattern())); n > 0 {
+		r.Logf("%s (%d), left out, never called missing", groupForeign, n)
 	}
 	missing, extra := verifyDiff(source, target)
 	if outside := len(allTarget) - len(target); outside > 0 {

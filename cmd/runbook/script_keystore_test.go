@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	kes "github.com/minio/kes-go"
@@ -28,7 +29,11 @@ import (
 //	    the script's Key Manager decrypts every ciphertext in FILE (kes-seal)
 //	    under its key name in ENCLAVE to the plaintext KES gave; with !, none
 //	    of them does.
+//	km-enclaves FILE
+//	    writes the names of the script's Key Manager's enclaves to FILE,
+//	    sorted, one a line (an empty file when there is none).
 func init() {
+	moreScriptCmds["km-enclaves"] = cmdKMEnclaves
 	moreScriptCmds["kes-identity"] = cmdKESIdentity
 	moreScriptCmds["kes-seal"] = cmdKESSeal
 	moreScriptCmds["ct-format"] = cmdCTFormat
@@ -131,4 +136,27 @@ func cmdKMDecrypt(ts *testscript.TestScript, neg bool, args []string) {
 			ts.Fatalf("km-decrypt: the Key Manager did not decrypt the ciphertext of %s to KES's plaintext (%v)", s.name, err)
 		}
 	}
+}
+
+func cmdKMEnclaves(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: km-enclaves FILE")
+	}
+	ctx, cancel := scriptCtx()
+	defer cancel()
+	var names []string
+	req := &kms.ListRequest{}
+	for {
+		page, err := scriptKMS(ts).ListEnclaves(ctx, req)
+		ts.Check(err)
+		for _, e := range page.Items {
+			names = append(names, e.Name)
+		}
+		if page.ContinueAt == "" || len(page.Items) == 0 {
+			break
+		}
+		req = &kms.ListRequest{ContinueAt: page.ContinueAt}
+	}
+	slices.Sort(names)
+	writeLines(ts, args[0], names)
 }

@@ -33,4 +33,3 @@ func TestValidName(t *testing.T) {
 		}
 	}
 }
-
