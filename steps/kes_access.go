@@ -280,11 +280,15 @@ func (a *kesAccess) refusedGenerate(ctx context.Context, s *kesServer, names []s
 				refused = append(refused, kesRefusal{name: n, denied: denied})
 			}
 		}
+		how := fmt.Sprintf("matched %d key(s) against the policy", len(names))
+		if a.admin {
+			how = "the admin may use every key"
+		}
 		if !a.fromConfig {
-			return refused, fmt.Sprintf("matched %d key(s) against the policy", len(names)), nil
+			return refused, how, nil
 		}
 		if agrees, why, err := a.confirm(ctx, s, names, refused); err != nil || agrees {
-			return refused, fmt.Sprintf("matched %d key(s) against the policy; %s", len(names), why), err
+			return refused, how + "; " + why, err
 		} else {
 			a.policy, a.admin, a.source = nil, false, why
 		}

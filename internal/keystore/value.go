@@ -79,7 +79,7 @@ func Classify(raw []byte) Entry {
 	}
 	switch {
 	case len(raw) == 0:
-		return Entry{Class: ClassBroken, Format: FormatV024, Reason: "the entry is empty (a key whose creation was cut short?)"}
+		return Entry{Class: ClassBroken, Format: FormatV024, Reason: "the entry is empty"}
 	case jsonKeyShape(raw):
 		return Entry{Class: ClassBroken, Format: FormatV023, Reason: strings.TrimPrefix(err.Error(), "kescrypto: ")}
 	case protobufKeyShape(raw):
