@@ -339,6 +339,10 @@ type keySetRecord struct {
 	File   string `json:"file"`
 }
 
+// Apply checks again, records the key set the step starts from, backs up
+// the KES config and the key store, reads a few encrypted objects, and
+// confirms that no key was created or deleted meanwhile. On resume it takes
+// the key set the first attempt recorded.
 func (p *prerequisites) Apply(ctx context.Context, r *engine.Run) error {
 	var st prerequisitesState
 	pf, err := p.check(ctx, r, &st)
@@ -355,32 +359,45 @@ func (p *prerequisites) Apply(ctx context.Context, r *engine.Run) error {
 	if err := r.Checkpoint("checked", st); err != nil {
 		return err
 	}
-
-	// The key set this step started from: the first attempt's, on resume,
-	// so that a key created between attempts is caught too.
-	baseline := pf.names
-	if raw, ok := r.Checkpoints()["key-set"]; ok {
-		var rec keySetRecord
-		if err := json.Unmarshal(raw, &rec); err != nil {
-			return fmt.Errorf("read key-set checkpoint: %w", err)
-		}
-		if baseline, err = readNameList(rec.File, rec.SHA256); err != nil {
-			return err
-		}
-	} else {
-		path, err := r.BackupPath("kes-key-names.txt")
-		if err != nil {
-			return err
-		}
-		if err := engine.WriteFileAtomic(path, []byte(strings.Join(pf.names, "\n")+"\n"), 0o600); err != nil {
-			return fmt.Errorf("back up the key names: %w", err)
-		}
-		if err := r.Checkpoint("key-set", keySetRecord{Keys: len(pf.names), SHA256: pf.digest, File: path}); err != nil {
+	baseline, err := p.keySet(r, pf)
+	if err != nil {
+		return err
+	}
+	if err := p.backUp(ctx, r, pf); err != nil {
+		return err
+	}
+	if pf.s3 != nil && p.sample() > 0 { // encrypted data reads now, through KES
+		if err := p.sampleObjects(ctx, r, pf.s3); err != nil {
 			return err
 		}
 	}
+	return p.creationHalted(ctx, r, pf, baseline)
+}
 
-	// Back up the KES config as it is, and a snapshot of the key store.
+// keySet is the key set this step started from: recorded in backups/ now,
+// or the first attempt's on resume, so that a key created between attempts
+// is caught too.
+func (p *prerequisites) keySet(r *engine.Run, pf *preflight) ([]string, error) {
+	if raw, ok := r.Checkpoints()["key-set"]; ok {
+		var rec keySetRecord
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return nil, fmt.Errorf("read key-set checkpoint: %w", err)
+		}
+		return readNameList(rec.File, rec.SHA256)
+	}
+	path, err := r.BackupPath("kes-key-names.txt")
+	if err != nil {
+		return nil, err
+	}
+	if err := engine.WriteFileAtomic(path, []byte(strings.Join(pf.names, "\n")+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("back up the key names: %w", err)
+	}
+	return pf.names, r.Checkpoint("key-set", keySetRecord{Keys: len(pf.names), SHA256: pf.digest, File: path})
+}
+
+// backUp copies the KES config as it is, and a snapshot of the key store's
+// KES keys (snapshotKeyStore), into backups/ (0600).
+func (p *prerequisites) backUp(ctx context.Context, r *engine.Run, pf *preflight) error {
 	k, _, _ := engine.ConnectionFrom[*kesConnection](p.cfg.KES, "kes")
 	raw, err := r.ReadFile(k.cfg.Config)
 	if err != nil {
@@ -402,19 +419,13 @@ func (p *prerequisites) Apply(ctx context.Context, r *engine.Run) error {
 		return err
 	}
 	r.Logf("backed up the KES config to %s and %d key store entries to %s", cfgBackup, n, snapPath)
-	if err := r.Checkpoint("backup", map[string]any{"config": cfgBackup, "snapshot": snapPath, "entries": n, "snapshot_sha256": sum}); err != nil {
-		return err
-	}
+	return r.Checkpoint("backup", map[string]any{"config": cfgBackup, "snapshot": snapPath, "entries": n, "snapshot_sha256": sum})
+}
 
-	// Encrypted data reads now, through KES.
-	if pf.s3 != nil && p.sample() > 0 {
-		if err := p.sampleObjects(ctx, r, pf.s3); err != nil {
-			return err
-		}
-	}
-
-	// Creation halted: the store holds exactly the keys it held when the step
-	// began (and, through the plan's fingerprint, when the plan was made).
+// creationHalted confirms that the store holds exactly the keys it held
+// when the step began (and, through the plan's fingerprint, when the plan
+// was made). Other applications' secrets come and go unjudged.
+func (p *prerequisites) creationHalted(ctx context.Context, r *engine.Run, pf *preflight, baseline []string) error {
 	nowListing, err := listKeyStore(ctx, pf.ks, pf.conf)
 	if err != nil {
 		return fmt.Errorf("list the key store again: %w", err)
@@ -509,9 +520,11 @@ func (p *prerequisites) Rollback(_ context.Context, r *engine.Run) error {
 	return nil
 }
 
-// snapshotKeyStore writes every entry of the key store, raw as stored, into
-// a tar archive at path (0600), streaming, atomically (atomicfile). It
-// returns the entries written and the archive's SHA-256.
+// snapshotKeyStore writes every entry of names (the listing's keys, broken
+// ones too) raw as stored into a tar archive at path (0600), streaming,
+// atomically (atomicfile). A value that is not a KES key (another
+// application's secret written there since the listing) is never written.
+// It returns the entries written and the archive's SHA-256.
 func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore, names []string, path string) (int, string, error) {
 	f, err := atomicfile.Create(path, 0o600)
 	if err != nil {
