@@ -23,6 +23,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/keystore"
 )
 
 func init() {
@@ -665,27 +666,9 @@ func verifyProofName(proofs map[string]int, planned string) string {
 }
 
 // verifyDiff returns the names in source but not in target (missing) and in
-// target but not in source (extra), each sorted.
+// target but not in source (extra), each sorted (keystore.Diff).
 func verifyDiff(source, target []string) (missing, extra []string) {
-	s := make(map[string]bool, len(source))
-	for _, n := range source {
-		s[n] = true
-	}
-	t := make(map[string]bool, len(target))
-	for _, n := range target {
-		t[n] = true
-		if !s[n] {
-			extra = append(extra, n)
-		}
-	}
-	for _, n := range source {
-		if !t[n] {
-			missing = append(missing, n)
-		}
-	}
-	slices.Sort(missing)
-	slices.Sort(extra)
-	return slices.Compact(missing), slices.Compact(extra)
+	return keystore.Diff(source, target)
 }
 
 // verifyIntersect returns the names in both, sorted.
@@ -704,16 +687,9 @@ func verifyIntersect(a, b []string) []string {
 	return slices.Compact(out)
 }
 
-// verifyNameList shows at most max names, then how many more there are.
-func verifyNameList(names []string, max int) string {
-	if len(names) == 0 {
-		return "none"
-	}
-	if len(names) <= max {
-		return strings.Join(names, ", ")
-	}
-	return fmt.Sprintf("%s and %d more", strings.Join(names[:max], ", "), len(names)-max)
-}
+// verifyNameList shows at most max names, then how many more there are
+// (keystore.NameList).
+func verifyNameList(names []string, max int) string { return keystore.NameList(names, max) }
 
 // verifyNameSetMessage says how the enclave's key names differ from the
 // source's.
