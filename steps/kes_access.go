@@ -77,17 +77,13 @@ func (p *kesPolicy) verdict(urlPath string) (ok bool, denied string) {
 	return false, ""
 }
 
-// allows reports what is known of a request for urlPath: ok, and known
-// false when only a probe can tell.
-func (a *kesAccess) allows(urlPath string) (ok, known bool, denied string) {
-	switch {
-	case a.admin:
-		return true, true, ""
-	case a.policy == nil:
-		return false, false, ""
+// allows reports whether the admin or the policy (which must be known)
+// allows a request for urlPath, and the deny entry that refused it, if any.
+func (a *kesAccess) allows(urlPath string) (ok bool, denied string) {
+	if a.admin {
+		return true, ""
 	}
-	ok, denied = a.policy.verdict(urlPath)
-	return ok, true, denied
+	return a.policy.verdict(urlPath)
 }
 
 // describe is the plan's words for what is known and whence.
@@ -276,7 +272,7 @@ func (a *kesAccess) refusedGenerate(ctx context.Context, s *kesServer, names []s
 	if a.policy != nil || a.admin {
 		var refused []kesRefusal
 		for _, n := range names {
-			if ok, _, denied := a.allows("/v1/key/generate/" + n); !ok {
+			if ok, denied := a.allows("/v1/key/generate/" + n); !ok {
 				refused = append(refused, kesRefusal{name: n, denied: denied})
 			}
 		}
@@ -357,25 +353,32 @@ func kesNamePrefix(name string) string {
 }
 
 // kesProbeGenerate asks the server for a data key under name and reports
-// whether the identity may: any answer but "not authorized" is an allowed
-// request (a key the server lacks is verification's finding).
+// whether the identity may: KES judges a request's policy before anything
+// else, so any answer but 403 passed it (a key the server lacks, or cannot
+// read, is verification's finding). Only a request that got no answer is
+// retried and, in the end, an error.
 func kesProbeGenerate(ctx context.Context, c *kes.Client, name string) (bool, error) {
-	var err error
-	werr := withRetry(ctx, func() error {
+	var status int
+	err := withRetry(ctx, func() error {
 		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
 		defer cancel()
-		var dek kes.DEK
-		dek, err = c.GenerateKey(cctx, name, []byte("runbook plan: permission probe"))
+		dek, err := c.GenerateKey(cctx, name, []byte("runbook plan: permission probe"))
 		clear(dek.Plaintext)
-		if errors.Is(err, kes.ErrNotAllowed) || errors.Is(err, kes.ErrKeyNotFound) {
-			return nil
+		var answer interface{ Status() int }
+		switch {
+		case err == nil:
+			status = http.StatusOK
+		case errors.As(err, &answer):
+			status = answer.Status()
+		default:
+			return err
 		}
-		return err
+		return nil
 	})
-	if werr != nil {
-		return false, fmt.Errorf("probe the KES server with a data key under %s: %w", name, werr)
+	if err != nil {
+		return false, fmt.Errorf("probe the KES server with a data key under %s: %w", name, err)
 	}
-	return !errors.Is(err, kes.ErrNotAllowed), nil
+	return status != http.StatusForbidden, nil
 }
 
 // kesRefusedMessage is the refusal at plan for keys the identity may not
