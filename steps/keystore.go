@@ -66,8 +66,9 @@ type (
 
 // listKeyStore lists every entry of the store completely, checks the
 // listing by a second means (keystore.List), and reads every candidate key
-// once to leave out the entries that are not KES keys (keystore.Classify).
-func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File) (*storeListing, error) {
+// once to leave out the entries that are not KES keys (keystore.Classify),
+// but for those k judged already in this process (k may be nil).
+func listKeyStore(ctx context.Context, k *kesConnection, ks kesserver.KeyStore, conf *kesconf.File) (*storeListing, error) {
 	l, err := keystore.List(ctx, ks, conf)
 	if err != nil {
 		return nil, err
@@ -78,7 +79,7 @@ func listKeyStore(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File
 			return err
 		})
 		return raw, err
-	}, readParallelism)
+	}, readParallelism, k.judged())
 	if err != nil {
 		return nil, fmt.Errorf("list key store: %w (was an entry deleted while it was read? halt key changes at KES first)", err)
 	}
@@ -120,6 +121,14 @@ func unreadableEntryReason(err error) string {
 		return why
 	}
 	return ""
+}
+
+// judged is the connection's memory of the entries judged (nil for none).
+func (k *kesConnection) judged() *keystore.Verdicts {
+	if k == nil {
+		return nil
+	}
+	return &k.verdicts
 }
 
 // foreignObserved is the plan's line on the entries that are not KES keys,

@@ -55,7 +55,7 @@ func TestListKeyStoreGroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := listKeyStore(context.Background(), ks, conf)
+	l, err := listKeyStore(context.Background(), nil, ks, conf)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,7 +48,7 @@ func openSource(ctx context.Context, r *engine.Run, from *kesConnection, pattern
 	if err != nil {
 		return nil, err
 	}
-	l, err := listKeyStore(ctx, ks, conf)
+	l, err := listKeyStore(ctx, from, ks, conf)
 	if err != nil {
 		ks.Close()
 		return nil, err

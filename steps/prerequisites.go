@@ -281,7 +281,7 @@ func (p *prerequisites) checkKeyStore(ctx context.Context, r *engine.Run, pf *pr
 	if err != nil {
 		return fmt.Errorf("%s: %w", kesAddr, err)
 	}
-	l, err := listKeyStore(ctx, ks, conf)
+	l, err := listKeyStore(ctx, k, ks, conf)
 	if err != nil {
 		return fmt.Errorf("%s: read the key store named in %s: %w", kesAddr, k.ConfigFile(r), err)
 	}
@@ -426,7 +426,8 @@ func (p *prerequisites) backUp(ctx context.Context, r *engine.Run, pf *preflight
 // when the step began (and, through the plan's fingerprint, when the plan
 // was made). Other applications' secrets come and go unjudged.
 func (p *prerequisites) creationHalted(ctx context.Context, r *engine.Run, pf *preflight, baseline []string) error {
-	nowListing, err := listKeyStore(ctx, pf.ks, pf.conf)
+	k, _, _ := engine.ConnectionFrom[*kesConnection](p.cfg.KES, "kes")
+	nowListing, err := listKeyStore(ctx, k, pf.ks, pf.conf)
 	if err != nil {
 		return fmt.Errorf("list the key store again: %w", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	kesserver "github.com/minio/kes"
 	"github.com/minio/kes/kesconf"
@@ -163,33 +164,72 @@ func (l *Listing) crossCheck(ctx context.Context, ks kesserver.KeyStore, conf *k
 // Read reads one entry's stored value, as the key store's Get does.
 type Read func(ctx context.Context, name string) ([]byte, error)
 
-// Classify reads every entry of l.Keys (par at once) and moves those that
-// are not KES keys by their value (Classify's ClassForeign, or a read
-// Unreadable says is another application's) to l.Foreign. Values are
-// dropped as soon as they are judged; none is kept or returned.
+// Verdicts remembers, by name, which entries Classify found not to be KES
+// keys, so that the later listings of one process read only the names it
+// has not judged yet. A value does not turn from a KES key into another
+// application's secret; and every step judges each value it reads again
+// (a key store value is never copied on the strength of a verdict).
+// Safe for concurrent use; the zero value is ready.
+type Verdicts struct {
+	mu      sync.Mutex
+	foreign map[string]bool
+}
+
+func (v *Verdicts) get(name string) (foreign, known bool) {
+	if v == nil {
+		return false, false
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	foreign, known = v.foreign[name]
+	return foreign, known
+}
+
+func (v *Verdicts) set(name string, foreign bool) {
+	if v == nil {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.foreign == nil {
+		v.foreign = map[string]bool{}
+	}
+	v.foreign[name] = foreign
+}
+
+// Classify reads every entry of l.Keys (par at once) that v has not judged
+// (v may be nil) and moves those that are not KES keys by their value
+// (Classify's ClassForeign, or a read Unreadable says is another
+// application's) to l.Foreign. Values are dropped as soon as they are
+// judged; none is kept or returned.
 //
 // Errors: a read that fails for another reason than the entry itself (the
 // store is unreachable, the entry went away): the listing is then unknown.
-func (l *Listing) Classify(ctx context.Context, read Read, par int) error {
+func (l *Listing) Classify(ctx context.Context, read Read, par int, v *Verdicts) error {
 	foreign := make([]bool, len(l.Keys))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(par, 1))
 	for i, name := range l.Keys {
+		if f, known := v.get(name); known {
+			foreign[i] = f
+			continue
+		}
 		g.Go(func() error {
 			raw, err := read(gctx, name)
 			if err != nil {
-				if class, _ := Unreadable(err); class == ClassForeign {
-					foreign[i] = true
-					return nil
-				} else if class == ClassBroken {
-					return nil // KES's own entry that it cannot read: the steps name it
+				class, _ := Unreadable(err)
+				if class == ClassKey {
+					return fmt.Errorf("read entry %q of the key store: %w", name, err)
 				}
-				return fmt.Errorf("read entry %q of the key store: %w", name, err)
+				foreign[i] = class == ClassForeign // ClassBroken: KES's own entry it cannot read, which the steps name
+				v.set(name, foreign[i])
+				return nil
 			}
 			e := Classify(raw)
 			foreign[i] = e.Class == ClassForeign
 			e.Wipe()
 			clear(raw)
+			v.set(name, foreign[i])
 			return nil
 		})
 	}

@@ -1,8 +1,13 @@
 package keystore
 
 import (
+	"context"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/runbook-dev/runbook/internal/kescrypto"
 )
 
 // TestSameNamesNamesTheDifference: a listing that differs from the
@@ -31,5 +36,36 @@ func TestValidName(t *testing.T) {
 		if ValidName(name) != ok {
 			t.Errorf("ValidName(%q) = %v, want %v", name, !ok, ok)
 		}
+	}
+}
+
+// Classify reads each name once per process when given the same Verdicts:
+// a later listing reads only the names it has not judged.
+func TestClassifyRemembers(t *testing.T) {
+	k, err := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), HMAC: make([]byte, 32)}.MarshalV024()
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := map[string][]byte{"key-1": k, "app": []byte(`{"password":"x"}`), "key-2": k}
+	var mu sync.Mutex
+	reads := map[string]int{}
+	read := func(_ context.Context, name string) ([]byte, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		reads[name]++
+		return slices.Clone(values[name]), nil
+	}
+	var v Verdicts
+	for round, names := range [][]string{{"app", "key-1"}, {"app", "key-1", "key-2"}} {
+		l := &Listing{Keys: names}
+		if err := l.Classify(context.Background(), read, 4, &v); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(l.Foreign, []string{"app"}) || slices.Contains(l.Keys, "app") {
+			t.Errorf("round %d: keys %q, foreign %q", round, l.Keys, l.Foreign)
+		}
+	}
+	if reads["app"] != 1 || reads["key-1"] != 1 || reads["key-2"] != 1 {
+		t.Errorf("reads: %v; want each name read once", reads)
 	}
 }
