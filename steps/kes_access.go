@@ -94,7 +94,7 @@ func (a *kesAccess) describe() string {
 	case a.policy != nil:
 		return fmt.Sprintf("the identity %s has policy %q (%s), matched against every key it will need", a.identity, a.policy.name, a.source)
 	}
-	return fmt.Sprintf("the policy of identity %s is not known (%s): its rights are probed by one data key per distinct name prefix", a.identity, a.source)
+	return fmt.Sprintf("the policy of identity %s is not known (%s): a step that needs data keys probes one key per distinct name prefix", a.identity, a.source)
 }
 
 // checkGenerate is a plan's check that the identity may have the KES server
