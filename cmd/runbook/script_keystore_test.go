@@ -9,10 +9,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/aws/aws-sdk-go/aws"
-	"github.com/aws/aws-sdk-go/aws/credentials"
-	"github.com/aws/aws-sdk-go/aws/session"
-	"github.com/aws/aws-sdk-go/service/secretsmanager"
 	kes "github.com/minio/kes-go"
 	"github.com/minio/kms-go/kms"
 	"github.com/rogpeppe/go-internal/testscript"
@@ -33,16 +29,11 @@ import (
 //	    the script's Key Manager decrypts every ciphertext in FILE (kes-seal)
 //	    under its key name in ENCLAVE to the plaintext KES gave; with !, none
 //	    of them does.
-//	aws-put [-binary] NAME FILE
-//	    creates the secret NAME at the script's AWS Secrets Manager
-//	    (aws-secrets-manager) with FILE's content as its SecretString (what
-//	    KES writes), or its SecretBinary.
 //	km-enclaves FILE
 //	    writes the names of the script's Key Manager's enclaves to FILE,
 //	    sorted, one a line (an empty file when there is none).
 func init() {
 	moreScriptCmds["km-enclaves"] = cmdKMEnclaves
-	moreScriptCmds["aws-put"] = cmdAWSPut
 	moreScriptCmds["kes-identity"] = cmdKESIdentity
 	moreScriptCmds["kes-seal"] = cmdKESSeal
 	moreScriptCmds["ct-format"] = cmdCTFormat
@@ -168,30 +159,4 @@ func cmdKMEnclaves(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	slices.Sort(names)
 	writeLines(ts, args[0], names)
-}
-
-func cmdAWSPut(ts *testscript.TestScript, neg bool, args []string) {
-	fs := scriptFlags(ts, "aws-put", neg)
-	binary := fs.Bool("binary", false, "store FILE as the SecretBinary")
-	ts.Check(fs.Parse(args))
-	if fs.NArg() != 2 {
-		ts.Fatalf("usage: aws-put [-binary] NAME FILE")
-	}
-	sess, err := session.NewSession(&aws.Config{
-		Endpoint:    aws.String(ts.Getenv("AWS_SM_URL")),
-		Region:      aws.String("us-east-1"),
-		Credentials: credentials.NewStaticCredentials("testing", "testing", ""),
-	})
-	ts.Check(err)
-	in := &secretsmanager.CreateSecretInput{Name: aws.String(fs.Arg(0))}
-	value := []byte(ts.ReadFile(fs.Arg(1)))
-	if *binary {
-		in.SecretBinary = value
-	} else {
-		in.SecretString = aws.String(string(value))
-	}
-	ctx, cancel := scriptCtx()
-	defer cancel()
-	_, err = secretsmanager.New(sess).CreateSecretWithContext(ctx, in)
-	ts.Check(err)
 }

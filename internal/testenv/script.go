@@ -39,11 +39,6 @@ import (
 //	    list capability if -vault-no-list; sets PREFIX_VAULT_ROLE_ID and
 //	    PREFIX_VAULT_SECRET_ID (the AppRole's credentials) and no
 //	    PREFIX_KEYSTORE.
-//	aws-secrets-manager
-//	    AWS Secrets Manager on loopback (StartAWSSecretsManager: moto's
-//	    server, the only stand-in this machine has); sets AWS_SM_URL and
-//	    AWS_KES_CONFIG, a KES server config whose key store it is (its admin
-//	    and TLS files are placeholders: only the key store is read).
 //	vault-server [-tls]
 //	    a real HashiCorp Vault in dev mode on loopback (plain HTTP, or with
 //	    -tls HTTPS with a CA of its own, which KES configs then trust), kv
@@ -79,14 +74,13 @@ import (
 // None of them may be negated with '!'.
 func Cmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
 	return map[string]func(ts *testscript.TestScript, neg bool, args []string){
-		"test-host":           cmdTestHost,
-		"kes-server":          cmdKESServer,
-		"key-manager":         cmdKeyManager,
-		"minio-server":        cmdMinIOServer,
-		"minio-restart":       cmdMinIORestart,
-		"sshd-server":         CmdSSHDServer,
-		"vault-server":        cmdVaultServer,
-		"aws-secrets-manager": cmdAWSSecretsManager,
+		"test-host":     cmdTestHost,
+		"kes-server":    cmdKESServer,
+		"key-manager":   cmdKeyManager,
+		"minio-server":  cmdMinIOServer,
+		"minio-restart": cmdMinIORestart,
+		"sshd-server":   CmdSSHDServer,
+		"vault-server":  cmdVaultServer,
 	}
 }
 
@@ -354,20 +348,4 @@ func scriptVaultKeyStore(ts *testscript.TestScript, engine, prefix string, noLis
 		ts.Fatalf("kes-server -vault: %v", err)
 	}
 	return role, st.vault.KESKeyStore(kv, prefix, role)
-}
-
-func cmdAWSSecretsManager(ts *testscript.TestScript, neg bool, args []string) {
-	fs := newFlags(ts, "aws-secrets-manager", neg)
-	parseFlags(ts, fs, args)
-	a, err := startAWSSecretsManager(scriptTB{ts})
-	if err != nil {
-		ts.Fatalf("aws-secrets-manager: %v", err)
-	}
-	ts.Setenv("AWS_SM_URL", a.URL)
-	conf := "version: v1\naddress: 127.0.0.1:7373\nadmin:\n  identity: disabled\ntls:\n  key: server.key\n  cert: server.crt\n" + a.KESKeyStore()
-	path := ts.MkAbs("aws-kes-config.yaml")
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		ts.Fatalf("aws-secrets-manager: %v", err)
-	}
-	ts.Setenv("AWS_KES_CONFIG", path)
 }
