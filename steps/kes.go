@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 
@@ -151,8 +152,19 @@ func (k *kesConnection) LoadConfig(r *engine.Run) (*kesconf.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read KES config: %w", err)
 	}
+	// A config from Kubernetes: ${VAR} placeholders (steps/kes_config.go).
+	raw, notes, err := expandKESConfig(raw, os.LookupEnv)
+	if err != nil {
+		return nil, fmt.Errorf("read KES config %s: %w", k.ConfigFile(r), err)
+	}
+	for _, n := range notes {
+		r.Logf("KES config %s: %s", k.cfg.Config, n)
+	}
 	f, err := kesconf.ReadFrom(bytes.NewReader(raw))
 	if err != nil {
+		if why := kesInClusterOnly(raw); why != "" {
+			return nil, kesInClusterError(why, err)
+		}
 		return nil, fmt.Errorf("parse KES config %s: %w", k.ConfigFile(r), err)
 	}
 	if fs, ok := f.KeyStore.(*kesconf.FSKeyStore); ok && !filepath.IsAbs(fs.Path) {
@@ -169,6 +181,11 @@ func (k *kesConnection) OpenKeyStore(ctx context.Context, r *engine.Run) (kesser
 	}
 	ks, err := f.KeyStore.Connect(ctx)
 	if err != nil {
+		if raw, rerr := r.ReadFile(k.cfg.Config); rerr == nil {
+			if why := kesInClusterOnly(raw); why != "" {
+				return nil, nil, kesInClusterError(why, err)
+			}
+		}
 		return nil, nil, fmt.Errorf("connect to the key store named in %s: %w", k.ConfigFile(r), err)
 	}
 	return ks, f, nil
