@@ -43,13 +43,12 @@ case "${1:-}" in
 esac
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-k8s_version_ldflags="-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/component-base/version.gitTreeState=clean"
 cache="${RUNBOOK_TOOLS_CACHE:-$HOME/.cache/runbook/tools}"
 
-# name | tools module dir | package | module whose version is pinned | version | binary | env var [| extra -ldflags]
+# name | tools module dir | package | module whose version is pinned | version | binary | env var
 # The Kubernetes binaries are slow to build cold (kube-apiserver about 10 min
-# on 2 idle cores, kube-controller-manager 3.5 min more, etcd 2 min); their
-# version is stamped so that `--version` and the API's /version tell the truth.
+# on 2 idle cores, kube-controller-manager 3.5 min more, etcd 2 min).
+# internal/toolcache lists the same servers.
 servers=(
 	"kes|tools/kes|github.com/minio/kes/cmd/kes|github.com/minio/kes|v0.24.0|kes|RUNBOOK_KES_BIN"
 	"kes|tools/kes-v0.23|github.com/minio/kes/cmd/kes|github.com/minio/kes|v0.23.0|kes|RUNBOOK_KES023_BIN"
@@ -57,8 +56,8 @@ servers=(
 	"minio|tools/minio|github.com/minio/minio|github.com/minio/minio|v0.0.0-20260212201848-7aac2a2c5b7c|minio|RUNBOOK_MINIO_BIN"
 	"vault|tools/vault|github.com/hashicorp/vault|github.com/hashicorp/vault|v1.21.4|vault|RUNBOOK_VAULT_BIN"
 	"etcd|tools/etcd|runbook-tools/etcd|go.etcd.io/etcd/server/v3|v3.7.3|etcd|RUNBOOK_ETCD_BIN"
-	"kube-apiserver|tools/kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|k8s.io/kubernetes|v1.37.2|kube-apiserver|RUNBOOK_KUBE_APISERVER_BIN|$k8s_version_ldflags"
-	"kube-controller-manager|tools/kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|k8s.io/kubernetes|v1.37.2|kube-controller-manager|RUNBOOK_KUBE_CONTROLLER_MANAGER_BIN|$k8s_version_ldflags"
+	"kube-apiserver|tools/kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|k8s.io/kubernetes|v1.37.2|kube-apiserver|RUNBOOK_KUBE_APISERVER_BIN"
+	"kube-controller-manager|tools/kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|k8s.io/kubernetes|v1.37.2|kube-controller-manager|RUNBOOK_KUBE_CONTROLLER_MANAGER_BIN"
 )
 
 log() { printf '%s\n' "$*" >&2; }
@@ -101,7 +100,7 @@ lock_for_build() {
 total_start=$(date +%s)
 env_lines=()
 for entry in "${servers[@]}"; do
-	IFS='|' read -r name moddir pkg pinmod version bin envvar ldextra <<<"$entry"
+	IFS='|' read -r name moddir pkg pinmod version bin envvar <<<"$entry"
 	modpath="$repo/$moddir"
 	[[ -f "$modpath/go.mod" && -f "$modpath/go.sum" ]] ||
 		die "$moddir/go.mod or go.sum is missing (clone incomplete?)"
@@ -133,7 +132,7 @@ for entry in "${servers[@]}"; do
 		# -buildvcs=false: the tools module sits in a git clone whose
 		# ownership or state must not matter.
 		if ! (cd "$modpath" && GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0 \
-			go build -trimpath -ldflags "-s -w${ldextra:+ $ldextra}" -o "$tmp" "$pkg"); then
+			go build -trimpath -ldflags "-s -w" -o "$tmp" "$pkg"); then
 			rm -f "$tmp"
 			die "go build of $pkg@$version in $moddir failed (see the output above)"
 		fi

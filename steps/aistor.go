@@ -45,6 +45,17 @@ type aistorConfig struct {
 	SSHKnownHosts string   `hcl:"ssh_known_hosts,optional"`
 	SSHIdentity   string   `hcl:"ssh_identity,optional"`
 	LogCommand    []string `hcl:"log_command,optional"`
+	// With platform = "kubernetes" (steps/cutover_k8s.go): the resource
+	// that owns MinIO's environment, "KIND/NAME" (tenant, objectstore or
+	// statefulset), its namespace, and the API: a kubeconfig file and
+	// context, or none for the in-cluster service account. gitops = true:
+	// the resource's owner (Argo CD, Flux, helm) applies the change, the
+	// cutover waits for it and then restarts.
+	Resource   string `hcl:"resource,optional"`
+	Namespace  string `hcl:"namespace,optional"`
+	Kubeconfig string `hcl:"kubeconfig,optional"`
+	Context    string `hcl:"context,optional"`
+	GitOps     bool   `hcl:"gitops,optional"`
 }
 
 // aistorConnection reaches a MinIO/AIStor deployment.
@@ -74,6 +85,9 @@ func (a *aistorConnection) Validate(d *engine.Decoded) hcl.Diagnostics {
 	}
 	if a.cfg.Platform != "" {
 		diags = append(diags, oneOf(d, "platform", a.cfg.Platform, "linux", "kubernetes")...)
+	}
+	if a.cfg.Platform == "kubernetes" {
+		diags = append(diags, validateK8sConnection(d, &a.cfg)...)
 	}
 	return diags
 }

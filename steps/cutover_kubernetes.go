@@ -2,176 +2,522 @@ package steps
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
-	"path/filepath"
+	"sort"
 	"strings"
 	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
+	"sigs.k8s.io/yaml"
 
 	"github.com/runbook-dev/runbook/engine"
 )
 
-// On Kubernetes (aistor { platform = "kubernetes" }) the cutover edits no
-// file: the environment is the Helm values' (or the resource's). Apply writes
-// the change as a values patch into the journal dir and the API key as a
-// Secret manifest into secrets/, and waits for the operator: until AIStor
-// reports the Key Manager, the step is "waiting for the operator" and resume
-// checks again.
-
-const k8sSecretName = "aistor-kms-api-key"
-
-// k8sHandOff is the cutover on Kubernetes today: Write hands the change over
-// as files, and the operator applies it and rolls the pods out; Restart
-// waits for that (engine.ErrWaiting until AIStor runs on the KMS wanted).
-type k8sHandOff struct {
+// k8sPlatform is the cutover on Kubernetes (cutoverPlatform; what it changes
+// and why: cutover_k8s.go). It connects to the API on first use and reads
+// the deployment afresh for every move.
+type k8sPlatform struct {
 	a    *aistorConnection
 	wait time.Duration
+	t    *k8sTarget
+	s    *k8sState // the last observation
 }
 
-var _ cutoverPlatform = (*k8sHandOff)(nil)
+var _ cutoverPlatform = (*k8sPlatform)(nil)
 
-func (k *k8sHandOff) Close()       {}
-func (k *k8sHandOff) Servers() int { return 0 }
-func (k *k8sHandOff) Hosts() int   { return 1 }
+func (k *k8sPlatform) Close() {}
 
-func (k *k8sHandOff) Logs(context.Context, *engine.Run) string { return "" }
-
-func (k *k8sHandOff) Observe(context.Context, *engine.Run) (*platformView, error) {
-	return &platformView{Observed: []string{"platform = \"kubernetes\": the environment lives in the Helm values or the resource, not in files"}}, nil
-}
-
-func (k *k8sHandOff) paths(r *engine.Run) (patch, secret string) {
-	return filepath.Join(r.JournalDir(), "kubernetes", r.Addr+".values-patch.yaml"), filepath.Join(r.JournalDir(), "secrets", r.Addr+".kubernetes-secret.yaml")
-}
-
-// k8sValuesPatch is the Helm values change; it holds no secret.
-func k8sValuesPatch(set map[string]string) string {
-	var b strings.Builder
-	b.WriteString("# AIStor cutover from KES to the AIStor Key Manager (written by runbook).\n")
-	b.WriteString("# 1. kubectl apply -f the Secret manifest in the journal dir's secrets/ (it holds the API key).\n")
-	b.WriteString("# 2. In the object store's environment (Helm values or the resource's env list), REMOVE every\n")
-	b.WriteString("#    MINIO_KMS_KES_* entry and add the entries below; then roll out (every pod must restart).\n")
-	b.WriteString("# 3. runbook resume: it checks that AIStor reports the Key Manager and reads objects back.\n")
-	b.WriteString("env:\n")
-	for _, k := range []string{"MINIO_KMS_SERVER", "MINIO_KMS_ENCLAVE", "MINIO_KMS_SSE_KEY"} {
-		fmt.Fprintf(&b, "  - name: %s\n    value: %q\n", k, set[k])
+func (k *k8sPlatform) target(r *engine.Run) (*k8sTarget, error) {
+	if k.t == nil {
+		t, err := newK8sTarget(r, k.a)
+		if err != nil {
+			return nil, err
+		}
+		k.t = t
 	}
-	fmt.Fprintf(&b, "  - name: MINIO_KMS_API_KEY\n    valueFrom:\n      secretKeyRef:\n        name: %s\n        key: MINIO_KMS_API_KEY\n", k8sSecretName)
+	return k.t, nil
+}
+
+// observe reads the deployment and keeps what it saw.
+func (k *k8sPlatform) observe(ctx context.Context, r *engine.Run) (*k8sTarget, *k8sState, error) {
+	t, err := k.target(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := t.observe(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	k.s = s
+	return t, s, nil
+}
+
+// Servers is the number of MinIO pods the StatefulSets run.
+func (k *k8sPlatform) Servers() int {
+	if k.s == nil {
+		return 0
+	}
+	return k.s.replicas()
+}
+
+// Hosts is the number of distinct nodes the MinIO pods are bound to.
+func (k *k8sPlatform) Hosts() int {
+	nodes := map[string]bool{}
+	if k.s != nil {
+		for _, p := range k.s.pods {
+			nodes[p.Spec.NodeName] = true
+		}
+	}
+	return max(1, len(nodes))
+}
+
+func (k *k8sPlatform) Logs(ctx context.Context, r *engine.Run) string {
+	if k.t == nil {
+		return ""
+	}
+	return k.t.podStates(ctx)
+}
+
+// Observe reads the resource, its configuration Secret, every pool's
+// StatefulSet and pods, and where each MINIO_KMS_* variable comes from. It
+// refuses what cannot restart all at once (podManagementPolicy
+// OrderedReady), a deployment not complete and Ready, and servers the
+// object store reports beyond the pods.
+func (k *k8sPlatform) Observe(ctx context.Context, r *engine.Run) (*platformView, error) {
+	t, s, err := k.observe(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	v := &platformView{Env: map[string]string{}}
+	v.Observed = append(v.Observed, fmt.Sprintf("platform = \"kubernetes\": %s, through %s", t, t.api))
+	if s.config != nil {
+		v.Observed = append(v.Observed, fmt.Sprintf("configuration Secret %s (config.env)", s.config.Name))
+	}
+	var notReady []string
+	for _, sts := range s.sets {
+		policy := sts.Spec.PodManagementPolicy
+		if policy == "" {
+			policy = appsv1.OrderedReadyPodManagement
+		}
+		v.Observed = append(v.Observed, fmt.Sprintf("StatefulSet %s: %d replicas, podManagementPolicy %s, updateStrategy %s%s", sts.Name, ptrInt(sts.Spec.Replicas), policy, sts.Spec.UpdateStrategy.Type, probesOf(sts)))
+		if policy == appsv1.OrderedReadyPodManagement {
+			return nil, engine.Refusef("StatefulSet %s of %s has podManagementPolicy: OrderedReady: after its pods are deleted together Kubernetes recreates them one at a time, each once the one before is Ready, and MinIO's start-up check keeps the first one waiting for peers with its new environment (DOMAIN.md D5), so the restart cannot be all at once. podManagementPolicy cannot be changed on a live StatefulSet: recreate it with podManagementPolicy: Parallel (kubectl delete statefulset %s --cascade=orphan, then apply it again with Parallel: the pods and their volumes stay), and plan again (nothing was changed)", sts.Name, t, sts.Name)
+		}
+		pods := podsOf(sts, s.pods)
+		for _, p := range pods {
+			if !podReady(&p) {
+				notReady = append(notReady, p.Name)
+			}
+		}
+		v.Observed = append(v.Observed, fmt.Sprintf("StatefulSet %s: pods %s", sts.Name, podNames(pods)))
+		if len(pods) != ptrInt(sts.Spec.Replicas) {
+			return nil, engine.Refusef("StatefulSet %s has %d pods, not the %d it asks for: a cutover restarts every MinIO pod at once and needs the deployment complete and healthy first (nothing was changed)", sts.Name, len(pods), ptrInt(sts.Spec.Replicas))
+		}
+	}
+	if len(notReady) > 0 {
+		return nil, engine.Refusef("pod(s) %s of %s are not Ready: a cutover restarts every MinIO pod at once and needs every pod healthy first (nothing was changed)", strings.Join(notReady, ", "), t)
+	}
+	admin, _, err := k.a.Clients(r)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	info, err := admin.ServerInfo(cctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("read the object store's servers (server info): %w", err)
+	}
+	if len(info.Servers) != s.replicas() {
+		var eps []string
+		for _, sv := range info.Servers {
+			eps = append(eps, sv.Endpoint)
+		}
+		sort.Strings(eps)
+		return nil, engine.Refusef("the object store reports %d server(s) (%s) but the StatefulSets of %s run %d pods: servers outside %s would keep the old environment and wait for peers, or run on KES beside the Key Manager (DOMAIN.md G); name the resource that owns every server and plan again (nothing was changed)", len(info.Servers), strings.Join(eps, ", "), t, s.replicas(), t)
+	}
+	v.Observed = append(v.Observed, fmt.Sprintf("the object store reports %d servers, the %d pods of %s", len(info.Servers), s.replicas(), t))
+	vars, err := t.kmsVars(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range vars {
+		if kv.Value != "" && (strings.Contains(kv.Name, "API_KEY") || strings.Contains(kv.Source, "Secret")) {
+			r.AddSecret(kv.Value)
+		}
+		shown := fmt.Sprintf("%q", kv.Value)
+		if kv.Value == "" {
+			shown = "(empty)"
+			if strings.Contains(kv.Source, "operator") {
+				shown = "(set by the operator)"
+			}
+		}
+		v.Observed = append(v.Observed, fmt.Sprintf("%s = %s, from %s", kv.Name, r.Redact(shown), kv.Source))
+		v.Env[kv.Name] = kv.Value
+	}
+	if len(vars) == 0 {
+		v.Observed = append(v.Observed, "no MINIO_KMS_* variable is set in "+t.String())
+	}
+	return v, nil
+}
+
+// PlanChange says exactly what Write will do, and its equivalent where the
+// resource is kept.
+func (k *k8sPlatform) PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (any, error) {
+	t, s := k.t, k.s
+	ch, err := t.change(s, set, set["MINIO_KMS_API_KEY"])
+	if err != nil {
+		return nil, err
+	}
+	p.ItemsLabel = "MinIO pods to restart"
+	var pods, sets []string
+	for _, pod := range s.pods {
+		pods = append(pods, pod.Name)
+	}
+	sort.Strings(pods)
+	p.Items = append(p.Items, pods...)
+	for _, sts := range s.sets {
+		sets = append(sets, sts.Name)
+	}
+	backup := t.String()
+	if s.config != nil {
+		backup += " and Secret " + s.config.Name
+	}
+	p.Actions = append(p.Actions, fmt.Sprintf("back up %s into the journal dir's backups/ (0600)", backup))
+	p.Actions = append(p.Actions, fmt.Sprintf("set updateStrategy OnDelete on StatefulSet(s) %s for the duration of the cutover, so that Kubernetes rolls no pod one by one (restored once the pods are back)", strings.Join(sets, ", ")))
+	change := r.Redact(t.describe(ch))
+	if t.gitops {
+		p.Actions = append(p.Actions, fmt.Sprintf("wait (watching %s) until its owner has applied this change, which runbook does not write (gitops = true):", t))
+	} else {
+		p.Actions = append(p.Actions, fmt.Sprintf("write this change to %s (field manager %q; the Secret first):", t, fieldManager))
+	}
+	for _, l := range splitLines(strings.TrimRight(change, "\n")) {
+		p.Actions = append(p.Actions, "    "+l)
+	}
+	p.Actions = append(p.Actions, "wait (watching) until every StatefulSet carries the change, so that every new pod gets the new environment")
+	p.Actions = append(p.Actions, fmt.Sprintf("restart every MinIO pod at once: delete the %d pods %s together, watch until each is back and Ready on the new revision, then restore every StatefulSet's updateStrategy", len(pods), strings.Join(pods, ", ")))
+	p.Sections = append(p.Sections,
+		engine.PlanSection{Title: "Kubernetes change: " + t.String(), Body: change},
+		engine.PlanSection{Title: "The same change where the resource is kept (Helm values, Git repository)", Body: r.Redact(t.gitopsEquivalent(ch))})
+	p.Rollback = fmt.Sprintf("restore the saved %s and Secret(s), restart every pod at once the same way, and confirm AIStor reports KES and objects read again; refused once any object was written or changed after the cutover's restart (KES cannot read what the Key Manager sealed) unless forced", t)
+	p.Risks = append(p.Risks, "the MinIO pods restart together (MinIO requires the same environment on every node at start-up, cmd/bootstrap-peer-server.go): the object store answers nothing until they are back Ready; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. The apply measures the window and reports it as the output unavailable_seconds")
+	p.Risks = append(p.Risks, fmt.Sprintf("whoever keeps %s (a Helm release, a Git repository synced by Argo CD or Flux) must carry the same change (CHANGE.md, \"The same change where the resource is kept\"), or its next sync reverts it and the next pod restart brings back KES beside the Key Manager", t))
+	if t.operated() {
+		p.Risks = append(p.Risks, "the operator must leave the StatefulSets' updateStrategy as runbook sets it for the duration (OnDelete), or it rolls the pods one by one when it renders the new template")
+	}
+	return map[string]any{"kubernetes": t.String(), "spec_sha256": t.specDigest(s), "pods": pods}, nil
+}
+
+// Write backs up the resource and Secrets, holds every StatefulSet on
+// OnDelete, writes the change (or waits for its owner, gitops = true) and
+// returns once every StatefulSet carries it. Each move is checkpointed in
+// attempt g.
+func (k *k8sPlatform) Write(ctx context.Context, r *engine.Run, g int, set map[string]string) error {
+	t, s, err := k.observe(ctx, r)
+	if err != nil {
+		return err
+	}
+	b, ok := cutoverCheckpoint[k8sBackup](r, k8sItem{g, k8sBackupItem})
+	if !ok {
+		if b, err = t.backup(ctx, r, s, genPrefix(g)); err != nil {
+			return err
+		}
+		if err := checkpointItem(r, k8sItem{g, k8sBackupItem}, b); err != nil {
+			return err
+		}
+	}
+	if !hasItem(r, k8sItem{g, k8sConfiguredItem}) {
+		// Before the change, so the StatefulSet controller never rolls the
+		// pods one by one; again on a resume (it is idempotent).
+		if err := t.setStrategies(ctx, r, s, nil); err != nil {
+			return err
+		}
+	}
+	if !hasItem(r, k8sItem{g, k8sWrittenItem}) {
+		if err := k.write(ctx, r, g, set); err != nil {
+			return err
+		}
+	}
+	if !hasItem(r, k8sItem{g, k8sConfiguredItem}) {
+		w, _ := cutoverCheckpoint[k8sWriting](r, k8sItem{g, k8sWritingItem})
+		if err := t.waitConfigured(ctx, r, k.wait, w.Generations, t.operated() && !b.KES); err != nil {
+			return err
+		}
+		if err := checkpointItem(r, k8sItem{g, k8sConfiguredItem}, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (k *k8sPlatform) write(ctx context.Context, r *engine.Run, g int, set map[string]string) error {
+	t, s, err := k.observe(ctx, r)
+	if err != nil {
+		return err
+	}
+	if !hasItem(r, k8sItem{g, k8sWritingItem}) {
+		if err := checkpointItem(r, k8sItem{g, k8sWritingItem}, generations(s)); err != nil {
+			return err
+		}
+	}
+	if t.gitops {
+		if err := t.waitGitOps(ctx, r, k.wait, set); err != nil {
+			return err
+		}
+		return checkpointItem(r, k8sItem{g, k8sWrittenItem}, nil)
+	}
+	ch, err := t.change(s, set, set["MINIO_KMS_API_KEY"])
+	if err != nil {
+		return err
+	}
+	if err := t.write(ctx, s, ch); err != nil {
+		return err
+	}
+	r.Logf("wrote the change to %s: %s", t, strings.Join(ch.entries, "; "))
+	return checkpointItem(r, k8sItem{g, k8sWrittenItem}, nil)
+}
+
+func generations(s *k8sState) k8sWriting {
+	w := k8sWriting{Generations: map[string]int64{}}
+	for _, sts := range s.sets {
+		w.Generations[sts.Name] = sts.Generation
+	}
+	return w
+}
+
+// Restart deletes every MinIO pod at once, watches them back Ready on the
+// StatefulSets' new revision, then gives every StatefulSet its own
+// updateStrategy again (nothing is left to roll: every pod runs the
+// current revision).
+func (k *k8sPlatform) Restart(ctx context.Context, r *engine.Run, _ bool) error {
+	t, _, err := k.observe(ctx, r)
+	if err != nil {
+		return err
+	}
+	if err := t.restartPods(ctx, r, k.wait); err != nil {
+		return err
+	}
+	return k.restoreStrategies(ctx, r)
+}
+
+// restoreStrategies gives every StatefulSet the updateStrategy saved by the
+// last attempt that backed it up.
+func (k *k8sPlatform) restoreStrategies(ctx context.Context, r *engine.Run) error {
+	for g := cutoverGen(r) + 1; g >= 0; g-- {
+		if b, ok := cutoverCheckpoint[k8sBackup](r, k8sItem{g, k8sBackupItem}); ok {
+			return k.t.restoreStrategies(ctx, r, b)
+		}
+	}
+	return nil
+}
+
+// Restore writes attempt g's saved resource and Secrets back and returns
+// once every StatefulSet carries them; without a restart to follow (the
+// cutover had not restarted the pods) it gives the StatefulSets their
+// updateStrategy back too.
+func (k *k8sPlatform) Restore(ctx context.Context, r *engine.Run, g int) error {
+	b, ok := cutoverCheckpoint[k8sBackup](r, k8sItem{g, k8sBackupItem})
+	if !ok {
+		r.Logf("nothing to restore: nothing was changed in Kubernetes")
+		return nil
+	}
+	t, s, err := k.observe(ctx, r)
+	if err != nil {
+		return err
+	}
+	restarted := hasItem(r, newRestartItem(g, false, phaseRestart))
+	if !hasItem(r, k8sItem{g, k8sRestoredItem}) {
+		if restarted {
+			if err := t.setStrategies(ctx, r, s, nil); err != nil {
+				return err
+			}
+		}
+		if !hasItem(r, k8sItem{g, k8sRestoringItem}) {
+			if _, s, err = k.observe(ctx, r); err != nil {
+				return err
+			}
+			if err := checkpointItem(r, k8sItem{g, k8sRestoringItem}, generations(s)); err != nil {
+				return err
+			}
+		}
+		if err := t.restore(ctx, r, b); err != nil {
+			return err
+		}
+		if err := checkpointItem(r, k8sItem{g, k8sRestoredItem}, nil); err != nil {
+			return err
+		}
+	}
+	if !restarted {
+		return t.restoreStrategies(ctx, r, b)
+	}
+	if !hasItem(r, k8sItem{g, k8sBackConfItem}) {
+		w, _ := cutoverCheckpoint[k8sWriting](r, k8sItem{g, k8sRestoringItem})
+		if err := t.waitConfigured(ctx, r, k.wait, w.Generations, t.operated() && !b.KES); err != nil {
+			return err
+		}
+		if err := checkpointItem(r, k8sItem{g, k8sBackConfItem}, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// specDigest is the SHA-256 of what the cutover changes (the spec, or the
+// StatefulSet's template, and the configuration Secret), binding a saved
+// plan to it: status changes do not count.
+func (t *k8sTarget) specDigest(s *k8sState) string {
+	var parts []any
+	if s.obj != nil {
+		parts = append(parts, s.obj.Object["spec"])
+	} else {
+		parts = append(parts, s.sets[0].Spec.Template)
+	}
+	if s.config != nil {
+		parts = append(parts, s.config.Data)
+	}
+	data, _ := json.Marshal(parts)
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// describe is the change as it is written, in YAML (the API key appears
+// only through the caller's redaction).
+func (t *k8sTarget) describe(ch *k8sChange) string {
+	var b strings.Builder
+	if t.operated() {
+		if ch.removedKES {
+			fmt.Fprintf(&b, "# %s: remove spec.kes (the operator stops injecting MINIO_KMS_KES_* into the pods' config file)\n", t)
+		}
+		out, _ := yaml.Marshal(map[string]any{"spec": map[string]any{"env": ch.spec["env"]}})
+		fmt.Fprintf(&b, "# %s: spec.env becomes\n%s", t, out)
+	} else {
+		out, _ := yaml.Marshal(map[string]any{"env": ch.env})
+		fmt.Fprintf(&b, "# %s: the MinIO container's env becomes\n%s", t, out)
+	}
+	if ch.config != nil {
+		fmt.Fprintf(&b, "# Secret %s: config.env loses every MINIO_KMS_* line and gets\nexport MINIO_KMS_API_KEY=%q\n", ch.config.Name, ch.apiKey)
+	}
+	if ch.keySecret != nil {
+		fmt.Fprintf(&b, "# Secret %s (created or replaced), key MINIO_KMS_API_KEY: %s\n", ch.keySecret.Name, ch.apiKey)
+	}
 	return b.String()
 }
 
-func k8sSecretManifest(apiKey string) string {
-	return fmt.Sprintf("apiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\ntype: Opaque\nstringData:\n  MINIO_KMS_API_KEY: %q\n", k8sSecretName, apiKey)
-}
-
-func (k *k8sHandOff) PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (any, error) {
-	patch := k8sValuesPatch(set)
-	p.Actions = append(p.Actions, fmt.Sprintf("write the API key as a Secret manifest (Secret %s) into the journal dir's secrets/ (0600), and this patch for the Helm values into the journal dir's kubernetes/ (it holds no secret):", k8sSecretName))
-	for _, l := range splitLines(strings.TrimRight(patch, "\n")) {
-		if !strings.HasPrefix(l, "#") {
-			p.Actions = append(p.Actions, "    "+r.Redact(l))
+// gitopsEquivalent is the change as the resource's keeper would write it.
+func (t *k8sTarget) gitopsEquivalent(ch *k8sChange) string {
+	var b strings.Builder
+	if t.operated() {
+		fmt.Fprintf(&b, "In the %s manifest (or the chart values that render it), the same spec:\n", t.kind)
+		if ch.removedKES {
+			b.WriteString("  remove the whole kes: section\n")
+		}
+		b.WriteString("  in env:, remove every MINIO_KMS_* entry and add\n")
+		for _, e := range ch.spec["env"].([]any) {
+			em := e.(map[string]any)
+			if name := fmt.Sprint(em["name"]); strings.HasPrefix(name, "MINIO_KMS_") {
+				out, _ := yaml.Marshal([]any{em})
+				for _, l := range splitLines(strings.TrimRight(string(out), "\n")) {
+					b.WriteString("    " + l + "\n")
+				}
+			}
+		}
+	} else {
+		fmt.Fprintf(&b, "In the Helm values of StatefulSet %s (environment: of the minio/minio chart, or the chart's equivalent):\n", t.name)
+		b.WriteString("  remove every MINIO_KMS_KES_* variable and add\n")
+		for _, e := range ch.env {
+			if strings.HasPrefix(e.Name, "MINIO_KMS_") && e.ValueFrom == nil {
+				fmt.Fprintf(&b, "    %s: %q\n", e.Name, e.Value)
+			}
 		}
 	}
-	p.Actions = append(p.Actions, fmt.Sprintf("stop, waiting for the operator: apply the Secret, remove every MINIO_KMS_KES_* entry from the object store's environment, add the entries above and roll every pod out; on resume, go on once AIStor reports the Key Manager (%d checks in a row, a second apart; while pods are still coming up, up to %s)", stableHealthChecks, k.wait))
-	p.Sections = append(p.Sections, engine.PlanSection{Title: "Helm values patch", Body: patch})
-	p.Rollback = "the operator reverts the values change (helm rollback); rollback then confirms AIStor reports KES again; refused once objects were written after the patch was handed over, unless forced"
-	p.Risks = append(p.Risks, "the change is applied by the operator, not by runbook: apply stops \"waiting for the operator\" until resume sees the Key Manager")
-	shown := map[string]string{}
-	for key, v := range set {
-		if key != "MINIO_KMS_API_KEY" {
-			shown[key] = v
+	if ch.config != nil {
+		fmt.Fprintf(&b, "and in the configuration Secret %s's config.env (kept outside Git: a sealed or external Secret), remove every MINIO_KMS_* line and add export MINIO_KMS_API_KEY=\"k1:…\" (the identity's API key, runbook's journal secrets/)\n", ch.config.Name)
+	}
+	if ch.keySecret != nil {
+		fmt.Fprintf(&b, "and MINIO_KMS_API_KEY from the Secret %s, key MINIO_KMS_API_KEY (kept outside Git: runbook writes it; a sealed or external Secret if Git keeps Secrets)\n", ch.keySecret.Name)
+	}
+	b.WriteString("Commit it before the cutover's restart: a later sync that does not carry it reverts the resource to KES, and the next pod restart brings KES back beside the Key Manager (MinIO then does not start).\n")
+	return b.String()
+}
+
+// waitGitOps watches the resource until its owner has applied the change:
+// no trace of KES, and the Key Manager variables with the values planned.
+func (t *k8sTarget) waitGitOps(ctx context.Context, r *engine.Run, wait time.Duration, set map[string]string) error {
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var (
+		lw   *cache.ListWatch
+		obj  runtime.Object
+		last string
+	)
+	if t.operated() {
+		res := t.dyn.Resource(t.gvr()).Namespace(t.ns)
+		lw = &cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				o.FieldSelector = "metadata.name=" + t.name
+				return res.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				o.FieldSelector = "metadata.name=" + t.name
+				return res.Watch(ctx, o)
+			},
 		}
+		obj = &unstructured.Unstructured{}
+	} else {
+		lw = cache.NewListWatchFromClient(t.client.AppsV1().RESTClient(), "statefulsets", t.ns, fields.OneTermEqualSelector("metadata.name", t.name))
+		obj = &appsv1.StatefulSet{}
 	}
-	return map[string]any{"kubernetes": shown}, nil
+	r.Logf("waiting (watching %s) until its owner applies the change (gitops = true)", t)
+	_, err := watchtools.UntilWithSync(wctx, lw, obj, nil, func(watch.Event) (bool, error) {
+		last = t.mismatch(wctx, set)
+		return last == "", nil
+	})
+	if err != nil {
+		return engine.WaitForOperator("%s does not carry the change yet (%s): apply it where the resource is kept (CHANGE.md, \"The same change where the resource is kept\"), let it sync, then run runbook resume; no pod was restarted", t, last)
+	}
+	r.Logf("%s carries the change", t)
+	return nil
 }
 
-// Write hands the change over: the values patch into the journal dir's
-// kubernetes/, the API key as a Secret manifest into secrets/.
-func (k *k8sHandOff) Write(_ context.Context, r *engine.Run, _ int, set map[string]string) error {
-	if hasItem(r, kubernetesWrittenItem{}) {
-		return nil
-	}
-	patch, _ := k.paths(r)
-	if err := engine.MkdirDurable(filepath.Dir(patch), 0o700); err != nil {
-		return fmt.Errorf("create kubernetes dir: %w", err)
-	}
-	if err := engine.WriteFileAtomic(patch, []byte(k8sValuesPatch(set)), 0o600); err != nil {
-		return fmt.Errorf("write values patch: %w", err)
-	}
-	if err := r.WriteSecret("kubernetes-secret.yaml", []byte(k8sSecretManifest(set["MINIO_KMS_API_KEY"]))); err != nil {
-		return err
-	}
-	return checkpointItem(r, kubernetesWrittenItem{}, map[string]string{"patch": filepath.Base(patch)})
-}
-
-// Restore has nothing to write: the operator reverts the values change,
-// which Restart(back) then waits for.
-func (k *k8sHandOff) Restore(context.Context, *engine.Run, int) error { return nil }
-
-// Restart returns once AIStor is healthy on the KMS wanted; while it plainly
-// still runs on the other one, the operator has not rolled the change out.
-func (k *k8sHandOff) Restart(ctx context.Context, r *engine.Run, back bool) error {
-	want := kmsNameKeyManager
-	if back {
-		want = kmsNameKES
-	}
-	why := k.stableHealth(ctx, r, want)
-	if why == "" {
-		return nil
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if back {
-		return fmt.Errorf("waiting for the operator: revert the Helm values change (helm rollback, or restore the MINIO_KMS_KES_* entries and remove the MINIO_KMS_* ones), roll the object store out, then run runbook rollback again (AIStor now: %s)", why)
-	}
-	patch, secret := k.paths(r)
-	return engine.WaitForOperator("the change is yours to apply: (1) kubectl apply -f %s in the object store's namespace (the Secret %s, holding the API key); (2) in the object store's Helm values (or the resource's env list) remove every MINIO_KMS_KES_* entry and add the entries of the values patch %s, then helm upgrade so that every pod restarts (MinIO does not start with both KES and the Key Manager configured); (3) run runbook resume: it goes on once AIStor reports the Key Manager (AIStor now: %s)", secret, k8sSecretName, patch, why)
-}
-
-// stableHealth returns "" once AIStor is healthy on want for
-// stableHealthChecks checks a second apart (a rollout still under way can
-// answer from a pod on the new environment while others still run on the
-// old), else what is wrong. While AIStor plainly still runs, healthy, on the
-// other KMS, the change was not applied (yet): that is the answer at once.
-// Any other state (pods restarting, no write quorum yet, the KMS not
-// answering) is a rollout under way: it checks again, up to wait_timeout.
-func (k *k8sHandOff) stableHealth(ctx context.Context, r *engine.Run, want string) string {
-	admin, _, err := k.a.Clients(r)
+// mismatch is "" when the live resource carries set and nothing of KES,
+// else what differs (no secret).
+func (t *k8sTarget) mismatch(ctx context.Context, set map[string]string) string {
+	s, err := t.observe(ctx)
 	if err != nil {
 		return err.Error()
 	}
-	other := kmsNameKES
-	if want == kmsNameKES {
-		other = kmsNameKeyManager
+	vars, err := t.kmsVars(ctx, s)
+	if err != nil {
+		return err.Error()
 	}
-	stillOther := fmt.Sprintf("KMS status names %q, not %q", other, want)
-	deadline := time.Now().Add(k.wait)
-	healthy := 0
-	logged := false
-	for {
-		why := healthCheck(ctx, r, k.a, admin, 0, want)
-		if why == "" {
-			healthy++
-			if healthy >= stableHealthChecks {
-				return ""
-			}
-		} else {
-			if healthy > 0 {
-				why += fmt.Sprintf(" (after %d healthy check(s))", healthy)
-			}
-			healthy = 0
-			if why == stillOther || time.Now().After(deadline) {
-				return why
-			}
-			if !logged {
-				r.Logf("AIStor is not healthy on %s yet (%s): checking again every second for up to %s", want, why, k.wait)
-				logged = true
-			}
+	got := map[string]string{}
+	for _, v := range vars {
+		if strings.HasPrefix(v.Name, "MINIO_KMS_KES_") {
+			return fmt.Sprintf("%s still set, from %s", v.Name, v.Source)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err().Error()
-		case <-time.After(time.Second):
+		got[v.Name] = v.Value
+	}
+	names := make([]string, 0, len(set))
+	for k := range set {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if got[k] != set[k] {
+			if k == "MINIO_KMS_API_KEY" {
+				return k + " is not the identity's API key"
+			}
+			return fmt.Sprintf("%s is %q, not %q", k, got[k], set[k])
 		}
 	}
+	return ""
 }

@@ -15,7 +15,9 @@ import (
 //
 //	linuxPlatform (cutover_linux.go)      env files on this host or over ssh,
 //	                                      restarted by systemd or a command
-//	k8sHandOff (cutover_kubernetes.go)    a values patch the operator applies
+//	k8sPlatform (cutover_kubernetes.go)   a Tenant, ObjectStore or StatefulSet
+//	                                      changed through the Kubernetes API,
+//	                                      every pod deleted at once
 //
 // Methods that change something are called with the attempt g (0 for the
 // first; g > 0 after g automatic rollbacks), whose checkpoint items they may
@@ -84,7 +86,7 @@ type platformView struct {
 // how long a platform watches a rollout it does not drive.
 func newCutoverPlatform(a *aistorConnection, wait time.Duration) (cutoverPlatform, error) {
 	if a.Platform() == "kubernetes" {
-		return &k8sHandOff{a: a, wait: wait}, nil
+		return &k8sPlatform{a: a, wait: wait}, nil
 	}
 	return newLinuxPlatform(a)
 }

@@ -65,9 +65,9 @@ keystore:
 // A key store that only the cluster can reach is named as such.
 func TestKESInClusterOnly(t *testing.T) {
 	for conf, want := range map[string]string{
-		"keystore:\n  vault:\n    endpoint: https://vault.vault.svc:8200\n    approle: {id: a, secret: b}\n":                                                    "cluster address https://vault.vault.svc:8200",
+		"keystore:\n  vault:\n    endpoint: https://vault.vault.svc:8200\n    approle: {id: a, secret: b}\n":                                                               "cluster address https://vault.vault.svc:8200",
 		"keystore:\n  vault:\n    endpoint: https://vault.example.net\n    kubernetes:\n      role: kes\n      jwt: /var/run/secrets/kubernetes.io/serviceaccount/token\n": "KES pod's service-account token",
-		"keystore:\n  vault:\n    endpoint: https://vault.example.net\n    approle: {id: a, secret: b}\n":                                                      "",
+		"keystore:\n  vault:\n    endpoint: https://vault.example.net\n    approle: {id: a, secret: b}\n":                                                                  "",
 	} {
 		got := kesInClusterOnly([]byte(conf))
 		if (want == "") != (got == "") || !strings.Contains(got, want) {

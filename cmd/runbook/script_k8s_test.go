@@ -1,109 +1,125 @@
 package main
 
 import (
+	"context"
+	"encoding/base64"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
-	"gopkg.in/yaml.v3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/jsonpath"
+	"sigs.k8s.io/yaml"
+
+	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
-// Script commands of the Kubernetes cutover script
-// (testdata/scripts/cutover_kubernetes.txtar):
+// Script commands of the Kubernetes cutover scripts
+// (testdata/scripts/cutover_k8s_*.txtar), reading the script's control
+// plane as an admin ($KUBECONFIG, namespace $K8S_NAMESPACE):
 //
-//	k8s-apply-values PATCH SECRET ENVFILE
-//	    plays the operator's "kubectl apply -f SECRET; helm upgrade" on a
-//	    MinIO that reads ENVFILE: parses the values patch PATCH (env: a list
-//	    of {name, value} or {name, valueFrom.secretKeyRef{name, key}}) and
-//	    the Secret manifest SECRET as YAML, resolves every secretKeyRef in
-//	    the Secret (its metadata.name must match), removes (comments out)
-//	    every MINIO_KMS_KES_* line of ENVFILE, as the patch tells the
-//	    operator, and sets the patch's entries. MinIO must be restarted
-//	    afterwards (minio-restart), as a rollout would.
+//	k8s-get KIND NAME TEMPLATE
+//	    prints TEMPLATE (kubectl's JSONPath, e.g. {.spec.updateStrategy.type})
+//	    of the object; KIND is tenant, objectstore, statefulset, secret or
+//	    pod. A Secret's data values are shown decoded.
+//	k8s-pods
+//	    one line per pod: NAME UID REVISION ready|not-ready, by name.
+//	k8s-apply FILE
+//	    creates the Roles and RoleBindings of the YAML file FILE (documents
+//	    separated by ---) in the namespace, as an admin.
 func init() {
-	moreScriptCmds["k8s-apply-values"] = cmdK8sApplyValues
+	moreScriptCmds["k8s-get"] = cmdK8sGet
+	moreScriptCmds["k8s-pods"] = cmdK8sPods
+	moreScriptCmds["k8s-apply"] = cmdK8sApply
 }
 
-type k8sValuesPatch struct {
-	Env []struct {
-		Name      string  `yaml:"name"`
-		Value     *string `yaml:"value"`
-		ValueFrom *struct {
-			SecretKeyRef *struct {
-				Name string `yaml:"name"`
-				Key  string `yaml:"key"`
-			} `yaml:"secretKeyRef"`
-		} `yaml:"valueFrom"`
-	} `yaml:"env"`
+var k8sScriptKinds = map[string]schema.GroupVersionResource{
+	"tenant":      testenv.TenantGVR,
+	"objectstore": testenv.ObjectStoreGVR,
+	"statefulset": {Group: "apps", Version: "v1", Resource: "statefulsets"},
+	"secret":      {Version: "v1", Resource: "secrets"},
+	"pod":         {Version: "v1", Resource: "pods"},
+	"role":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
+	"rolebinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
 }
 
-type k8sSecret struct {
-	APIVersion string `yaml:"apiVersion"`
-	Kind       string `yaml:"kind"`
-	Metadata   struct {
-		Name string `yaml:"name"`
-	} `yaml:"metadata"`
-	StringData map[string]string `yaml:"stringData"`
+func cmdK8sApply(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: k8s-apply FILE")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, doc := range strings.Split(ts.ReadFile(args[0]), "\n---\n") {
+		obj := &unstructured.Unstructured{}
+		ts.Check(yaml.Unmarshal([]byte(doc), &obj.Object))
+		_, err := k8sResource(ts, strings.ToLower(obj.GetKind())).Create(ctx, obj, metav1.CreateOptions{})
+		ts.Check(err)
+		fmt.Fprintf(ts.Stdout(), "created %s %s\n", obj.GetKind(), obj.GetName())
+	}
 }
 
-func cmdK8sApplyValues(ts *testscript.TestScript, neg bool, args []string) {
-	if neg {
-		ts.Fatalf("k8s-apply-values does not support !")
+func k8sResource(ts *testscript.TestScript, kind string) dynamic.ResourceInterface {
+	gvr, ok := k8sScriptKinds[kind]
+	if !ok {
+		ts.Fatalf("k8s: unknown kind %q", kind)
 	}
-	if len(args) != 3 {
-		ts.Fatalf("usage: k8s-apply-values PATCH SECRET ENVFILE")
+	conf, err := clientcmd.BuildConfigFromFlags("", ts.Getenv("KUBECONFIG"))
+	ts.Check(err)
+	d, err := dynamic.NewForConfig(conf)
+	ts.Check(err)
+	return d.Resource(gvr).Namespace(ts.Getenv("K8S_NAMESPACE"))
+}
+
+func cmdK8sGet(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: k8s-get KIND NAME TEMPLATE")
 	}
-	var patch k8sValuesPatch
-	ts.Check(yaml.Unmarshal([]byte(ts.ReadFile(args[0])), &patch))
-	var secret k8sSecret
-	ts.Check(yaml.Unmarshal([]byte(ts.ReadFile(args[1])), &secret))
-	if secret.APIVersion != "v1" || secret.Kind != "Secret" || secret.Metadata.Name == "" {
-		ts.Fatalf("k8s-apply-values: %s is not a v1 Secret with a name", args[1])
-	}
-	if len(patch.Env) == 0 {
-		ts.Fatalf("k8s-apply-values: %s sets no env entries", args[0])
-	}
-	set := map[string]string{}
-	for _, e := range patch.Env {
-		switch {
-		case e.Value != nil && e.ValueFrom == nil:
-			set[e.Name] = *e.Value
-		case e.Value == nil && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
-			ref := e.ValueFrom.SecretKeyRef
-			if ref.Name != secret.Metadata.Name {
-				ts.Fatalf("k8s-apply-values: %s refers to Secret %q, the manifest is %q", e.Name, ref.Name, secret.Metadata.Name)
-			}
-			v, ok := secret.StringData[ref.Key]
-			if !ok || v == "" {
-				ts.Fatalf("k8s-apply-values: Secret %q has no key %q", ref.Name, ref.Key)
-			}
-			set[e.Name] = v
-		default:
-			ts.Fatalf("k8s-apply-values: env entry %q has neither a value nor a secretKeyRef", e.Name)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	obj, err := k8sResource(ts, args[0]).Get(ctx, args[1], metav1.GetOptions{})
+	ts.Check(err)
+	if args[0] == "secret" {
+		data, _ := obj.Object["data"].(map[string]any)
+		for k, v := range data {
+			b, err := base64.StdEncoding.DecodeString(fmt.Sprint(v))
+			ts.Check(err)
+			data[k] = string(b)
 		}
 	}
-	path := ts.MkAbs(args[2])
-	var out []string
-	for _, l := range strings.Split(strings.TrimRight(ts.ReadFile(args[2]), "\n"), "\n") {
-		k, _, _ := strings.Cut(l, "=")
-		switch {
-		case strings.HasPrefix(k, "MINIO_KMS_KES_"):
-			l = "#" + l
-		case set[k] != "":
-			continue
+	jp := jsonpath.New("k8s-get").AllowMissingKeys(true)
+	ts.Check(jp.Parse(args[2]))
+	var out strings.Builder
+	ts.Check(jp.Execute(&out, obj.Object))
+	fmt.Fprintln(ts.Stdout(), out.String())
+}
+
+func cmdK8sPods(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: k8s-pods")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := k8sResource(ts, "pod").List(ctx, metav1.ListOptions{})
+	ts.Check(err)
+	var lines []string
+	for _, p := range list.Items {
+		ready := "not-ready"
+		conds, _, _ := unstructured.NestedSlice(p.Object, "status", "conditions")
+		for _, c := range conds {
+			if m, ok := c.(map[string]any); ok && m["type"] == "Ready" && m["status"] == "True" {
+				ready = "ready"
+			}
 		}
-		out = append(out, l)
+		lines = append(lines, fmt.Sprintf("%s %s %s %s", p.GetName(), p.GetUID(), p.GetLabels()["controller-revision-hash"], ready))
 	}
-	names := make([]string, 0, len(set))
-	for k := range set {
-		names = append(names, k)
+	sort.Strings(lines)
+	for _, l := range lines {
+		fmt.Fprintln(ts.Stdout(), l)
 	}
-	sort.Strings(names)
-	for _, k := range names {
-		out = append(out, k+"="+set[k])
-	}
-	ts.Check(os.WriteFile(path, []byte(strings.Join(out, "\n")+"\n"), 0o600))
-	fmt.Fprintf(ts.Stdout(), "set %s\n", strings.Join(names, ", "))
 }

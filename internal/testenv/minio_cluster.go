@@ -57,9 +57,10 @@ type MinIOCluster struct {
 	RootPassword string
 	Dir          string
 
-	bin  string
-	host *TestHost // where every node runs and listens
-	args []string  // the endpoints, shared by every node
+	bin    string
+	host   *TestHost // where every node runs and listens
+	args   []string  // the endpoints, shared by every node
+	drives int       // per node
 }
 
 // MinIONode is one server process of a MinIOCluster.
@@ -87,6 +88,29 @@ func StartMinIOCluster(t TB, opts MinIOClusterOptions) *MinIOCluster {
 }
 
 func startMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
+	c, err := newMinIOCluster(t, opts)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(c.Stop)
+	var lastErr error
+	for range 3 { // a lost port race: all nodes take new ports
+		if lastErr = c.startAll(); !errors.Is(lastErr, errPortInUse) {
+			break
+		}
+		c.Stop()
+	}
+	if lastErr != nil {
+		c.Stop()
+		return nil, lastErr
+	}
+	return c, nil
+}
+
+// newMinIOCluster prepares a cluster's directories, certificates and env
+// files without starting any node (the Kubernetes node agent starts each
+// node when its pod is scheduled).
+func newMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 	if opts.Nodes <= 0 {
 		opts.Nodes = 2
 	}
@@ -161,31 +185,26 @@ func startMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
-	t.Cleanup(c.Stop)
-	var lastErr error
-	for range 3 { // a lost port race: all nodes take new ports
-		if lastErr = c.startAll(opts.DrivesPerNode); !errors.Is(lastErr, errPortInUse) {
-			break
-		}
-		c.Stop()
-	}
-	if lastErr != nil {
-		c.Stop()
-		return nil, lastErr
-	}
+	c.drives = opts.DrivesPerNode
 	return c, nil
 }
 
-func (c *MinIOCluster) startAll(drives int) error {
+// assignEndpoints gives every node a fresh port of the test host and sets
+// the endpoint list all nodes share.
+func (c *MinIOCluster) assignEndpoints() {
 	c.args = nil
 	for _, n := range c.Nodes {
 		n.Endpoint = c.host.HostPort(c.host.Port())
 		n.URL = "https://" + n.Endpoint
-		for d := range drives {
+		for d := range c.drives {
 			c.args = append(c.args, n.URL+filepath.Join(n.Dir, fmt.Sprintf("data%d", d+1)))
 		}
 	}
 	c.URL, c.Endpoint = c.Nodes[0].URL, c.Nodes[0].Endpoint
+}
+
+func (c *MinIOCluster) startAll() error {
+	c.assignEndpoints()
 	errs := make([]error, len(c.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range c.Nodes {

@@ -67,6 +67,8 @@ import (
 //	minio-restart
 //	    fully stops the script's MinIO and starts it again, re-reading
 //	    MINIO_ENV_FILE (as a systemd restart would).
+//	k8s-minio -kind Tenant|ObjectStore|StatefulSet [-pods N] [-kes] [-key NAME] [-policy P]
+//	    MinIO on a real Kubernetes control plane (cmdK8sMinIO).
 //	sshd-server [-path DIR] [-env NAME]...
 //	    a real sshd on 127.0.0.1 (CmdSSHDServer); sets SSH_PORT,
 //	    SSH_KNOWN_HOSTS, SSH_IDENTITY, SSH_USER and SSHD_LOG.
@@ -81,6 +83,7 @@ func Cmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) 
 		"minio-restart": cmdMinIORestart,
 		"sshd-server":   CmdSSHDServer,
 		"vault-server":  cmdVaultServer,
+		"k8s-minio":     cmdK8sMinIO,
 	}
 }
 

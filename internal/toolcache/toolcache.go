@@ -52,6 +52,12 @@ var (
 	KES022 = Tool{"kes", "v0.22.3", "tools/kes-v0.22", "github.com/minio/kes/cmd/kes", "github.com/minio/kes", "RUNBOOK_KES022_BIN"}
 	MinIO  = Tool{"minio", "v0.0.0-20260212201848-7aac2a2c5b7c", "tools/minio", "github.com/minio/minio", "github.com/minio/minio", "RUNBOOK_MINIO_BIN"}
 	Vault  = Tool{"vault", "v1.21.4", "tools/vault", "github.com/hashicorp/vault", "github.com/hashicorp/vault", "RUNBOOK_VAULT_BIN"}
+	// A real Kubernetes control plane for the Kubernetes cutover's tests
+	// (internal/testenv/k8s.go); kube-apiserver builds in about 10 minutes
+	// on 2 idle cores.
+	Etcd                  = Tool{"etcd", "v3.7.3", "tools/etcd", "runbook-tools/etcd", "go.etcd.io/etcd/server/v3", "RUNBOOK_ETCD_BIN"}
+	KubeAPIServer         = Tool{"kube-apiserver", "v1.37.2", "tools/kubernetes", "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes", "RUNBOOK_KUBE_APISERVER_BIN"}
+	KubeControllerManager = Tool{"kube-controller-manager", "v1.37.2", "tools/kubernetes", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes", "RUNBOOK_KUBE_CONTROLLER_MANAGER_BIN"}
 )
 
 // BuildHint is the command that builds every server into the cache.
