@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -33,7 +36,15 @@ import (
 //	k8s-apply FILE
 //	    creates the Roles and RoleBindings of the YAML file FILE (documents
 //	    separated by ---) in the namespace, as an admin.
+//	k8s-helm-env STATEFULSET FILE
+//	    what a helm upgrade or rollback does to a chart's StatefulSet: its
+//	    first container's env becomes that of the StatefulSet saved as JSON
+//	    in FILE (for example runbook's backup), nothing else changes.
+//	k8s-wait-log FILE REGEXP
+//	    waits (up to 5 minutes) until a line of FILE matches REGEXP.
 func init() {
+	moreScriptCmds["k8s-helm-env"] = cmdK8sHelmEnv
+	moreScriptCmds["k8s-wait-log"] = cmdK8sWaitLog
 	moreScriptCmds["k8s-get"] = cmdK8sGet
 	moreScriptCmds["k8s-pods"] = cmdK8sPods
 	moreScriptCmds["k8s-apply"] = cmdK8sApply
@@ -121,5 +132,44 @@ func cmdK8sPods(ts *testscript.TestScript, neg bool, args []string) {
 	sort.Strings(lines)
 	for _, l := range lines {
 		fmt.Fprintln(ts.Stdout(), l)
+	}
+}
+
+func cmdK8sHelmEnv(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: k8s-helm-env STATEFULSET FILE")
+	}
+	var saved unstructured.Unstructured
+	ts.Check(json.Unmarshal([]byte(ts.ReadFile(args[1])), &saved.Object))
+	env, _, err := unstructured.NestedFieldCopy(saved.Object, "spec", "template", "spec", "containers")
+	ts.Check(err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res := k8sResource(ts, "statefulset")
+	cur, err := res.Get(ctx, args[0], metav1.GetOptions{})
+	ts.Check(err)
+	containers, _, _ := unstructured.NestedSlice(cur.Object, "spec", "template", "spec", "containers")
+	containers[0].(map[string]any)["env"] = env.([]any)[0].(map[string]any)["env"]
+	ts.Check(unstructured.SetNestedSlice(cur.Object, containers, "spec", "template", "spec", "containers"))
+	_, err = res.Update(ctx, cur, metav1.UpdateOptions{FieldManager: "helm"})
+	ts.Check(err)
+}
+
+func cmdK8sWaitLog(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: k8s-wait-log FILE REGEXP")
+	}
+	re, err := regexp.Compile(args[1])
+	ts.Check(err)
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		data, _ := os.ReadFile(ts.MkAbs(args[0]))
+		if re.Match(data) {
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("k8s-wait-log: no line of %s matches %s after 5 minutes", args[0], args[1])
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

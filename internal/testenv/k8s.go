@@ -117,41 +117,47 @@ func AcquireKubernetes(t TB) *Kubernetes {
 	return k
 }
 
-func startKubernetes(dir string) (k *Kubernetes, err error) {
+func startKubernetes(dir string) (*Kubernetes, error) {
 	bins := map[toolcache.Tool]string{}
 	for _, b := range []toolcache.Tool{binEtcd, binAPIServer, binKCM} {
-		if bins[b], err = findBinary(b); err != nil {
+		p, err := findBinary(b)
+		if err != nil {
 			return nil, err
 		}
+		bins[b] = p
 	}
-	k = &Kubernetes{Dir: dir}
-	defer func() {
-		if err != nil {
-			k.stop()
-		}
-	}()
+	k := &Kubernetes{Dir: dir}
+	if err := k.start(bins); err != nil {
+		k.stop()
+		return nil, err
+	}
+	return k, nil
+}
+
+func (k *Kubernetes) start(bins map[toolcache.Tool]string) (err error) {
+	dir := k.Dir
 	etcdURL, err := k.startEtcd(bins[binEtcd])
 	if err != nil {
-		return nil, err
+		return err
 	}
 	adminToken, userToken := randomToken(), randomToken()
 	if err := k.startAPIServer(bins[binAPIServer], etcdURL, adminToken, userToken); err != nil {
-		return nil, err
+		return err
 	}
 	if k.Config, err = clientcmd.BuildConfigFromFlags("", k.Kubeconfig); err != nil {
-		return nil, fmt.Errorf("load kubeconfig %s: %w", k.Kubeconfig, err)
+		return fmt.Errorf("load kubeconfig %s: %w", k.Kubeconfig, err)
 	}
 	// client-go's default of 5 requests a second throttles a test's watches
 	// and writes.
 	k.Config.QPS, k.Config.Burst = 200, 400
 	if k.Client, err = kubernetes.NewForConfig(k.Config); err != nil {
-		return nil, err
+		return err
 	}
 	if k.Dynamic, err = dynamic.NewForConfig(k.Config); err != nil {
-		return nil, err
+		return err
 	}
 	if err := k.installCRDs(); err != nil {
-		return nil, err
+		return err
 	}
 	logFile := filepath.Join(dir, "kube-controller-manager.log")
 	p, err := startProcess(procSpec{
@@ -168,10 +174,10 @@ func startKubernetes(dir string) (k *Kubernetes, err error) {
 		readyTimeout: time.Second,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	k.procs = append(k.procs, p)
-	return k, nil
+	return nil
 }
 
 func (k *Kubernetes) startEtcd(bin string) (string, error) {
@@ -258,6 +264,9 @@ func (k *Kubernetes) startAPIServer(bin, etcdURL, adminToken, userToken string) 
 				// No service-account controller runs to create "default".
 				"--disable-admission-plugins=ServiceAccount",
 				"--allow-privileged=true",
+				// The kubernetes Service's endpoints would be 127.0.0.1,
+				// which the reconciler refuses; nothing here needs them.
+				"--endpoint-reconciler-type=none",
 			},
 			ready:        httpOK(client, k.URL+"/readyz", adminToken),
 			readyTimeout: 3 * time.Minute,
