@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
 	"github.com/runbook-dev/runbook/engine"
@@ -275,11 +276,20 @@ func (k *k8sPlatform) write(ctx context.Context, r *engine.Run, g int, set map[s
 		}
 		return checkpointItem(r, k8sItem{g, k8sWrittenItem}, nil)
 	}
-	ch, err := t.change(s, set, set["MINIO_KMS_API_KEY"])
+	// A conflict is a newer version of an object (status updates count):
+	// read everything again and compute the change from it (it is
+	// idempotent, and keeps whatever else changed).
+	var ch *k8sChange
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if s, err = t.observe(ctx); err != nil {
+			return err
+		}
+		if ch, err = t.change(s, set, set["MINIO_KMS_API_KEY"]); err != nil {
+			return err
+		}
+		return t.write(ctx, s, ch)
+	})
 	if err != nil {
-		return err
-	}
-	if err := t.write(ctx, s, ch); err != nil {
 		return err
 	}
 	r.Logf("wrote the change to %s: %s", t, strings.Join(ch.entries, "; "))

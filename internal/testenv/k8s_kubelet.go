@@ -119,6 +119,7 @@ type podRun struct {
 	cancel chan struct{}
 	proc   *process
 	done   chan struct{}
+	probe  string // the readiness probe's path
 }
 
 // StatefulSetName is the name of the StatefulSet of the deployment's only
@@ -187,7 +188,7 @@ func StartKubernetesMinIO(t TB, opts KubernetesMinIOOptions) (*KubernetesMinIO, 
 		}
 	}
 	for {
-		if n := m.readyPods(); n == opts.Pods {
+		if n := m.readyPods(); n == opts.Pods && m.serves() == nil {
 			return m, nil
 		}
 		select {
@@ -278,7 +279,7 @@ func (m *KubernetesMinIO) createResource(ctx context.Context, opts KubernetesMin
 	}
 	// The operator's StatefulSet; its template follows the resource (reconcileOperator).
 	labels := map[string]string{"v1.min.io/tenant": m.Name, "v1.min.io/pool": "pool-0"}
-	sts := m.statefulSet(m.StatefulSetName(), labels, []corev1.EnvVar{{Name: "MINIO_CONFIG_ENV_FILE", Value: "config.env"}}, nil, opts.PodManagementPolicy)
+	sts := m.statefulSet(m.StatefulSetName(), labels, []corev1.EnvVar{{Name: "MINIO_CONFIG_ENV_FILE", Value: "config.env"}}, m.kesVolumes(m.kes != nil), opts.PodManagementPolicy)
 	if _, err := m.K.Client.AppsV1().StatefulSets(m.Namespace).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create StatefulSet %s: %w", sts.Name, err)
 	}
@@ -290,6 +291,15 @@ func (m *KubernetesMinIO) gvr() schema.GroupVersionResource {
 		return ObjectStoreGVR
 	}
 	return TenantGVR
+}
+
+// kesVolumes is what spec.kes adds to the operator's pod template: the
+// volume of MinIO's KES client certificate.
+func (m *KubernetesMinIO) kesVolumes(hasKES bool) []corev1.Volume {
+	if !hasKES {
+		return nil
+	}
+	return []corev1.Volume{{Name: "kes-client-cert", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: m.Name + "-kes-client-tls"}}}}
 }
 
 func secretEnv(name, secret, key string) corev1.EnvVar {
@@ -386,10 +396,7 @@ func (m *KubernetesMinIO) reconcileOperator(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		var want []corev1.Volume
-		if hasKES {
-			want = []corev1.Volume{{Name: "kes-client-cert", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: m.Name + "-kes-client-tls"}}}}
-		}
+		want := m.kesVolumes(hasKES)
 		if len(sts.Spec.Template.Spec.Volumes) == len(want) {
 			return nil
 		}
@@ -495,7 +502,10 @@ func (m *KubernetesMinIO) podChanged(p *corev1.Pod) {
 		m.logf("%s: no node for this pod", p.Name)
 		return
 	}
-	run := &podRun{uid: string(p.UID), node: m.Cluster.Nodes[n], cancel: make(chan struct{}), done: make(chan struct{})}
+	run := &podRun{uid: string(p.UID), node: m.Cluster.Nodes[n], cancel: make(chan struct{}), done: make(chan struct{}), probe: "/minio/health/live"}
+	if rp := p.Spec.Containers[0].ReadinessProbe; rp != nil && rp.HTTPGet != nil {
+		run.probe = rp.HTTPGet.Path
+	}
 	m.pods[p.Name] = run
 	go m.runPod(p, run)
 }
@@ -584,11 +594,10 @@ func (m *KubernetesMinIO) startNode(run *podRun, env []string) (*process, error)
 	if err != nil {
 		return nil, err
 	}
-	s3, err := minio.New(n.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(c.RootUser, c.RootPassword, ""), Secure: true, Transport: tr})
-	if err != nil {
-		return nil, err
-	}
-	ready := minioReady(n.URL, &http.Client{Transport: tr, Timeout: 10 * time.Second}, s3)
+	// Ready as the kubelet judges it: the readiness probe answers 200
+	// (MinIO's /minio/health/ready does so before its peers are up,
+	// cmd/healthcheck-handler.go).
+	ready := httpOK(&http.Client{Transport: tr, Timeout: 10 * time.Second}, n.URL+run.probe, "")
 	env = append(append(baseEnv("MINIO_"), env...), "MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1", "HOME="+n.Dir)
 	path, args := c.host.Command(c.bin, append([]string{"server", "--certs-dir", c.CertsDir, "--address", n.Endpoint}, c.args...)...)
 	n.mu.Lock()
@@ -708,6 +717,21 @@ func (m *KubernetesMinIO) podGone(name, uid string) {
 	if p, err := m.K.Client.CoreV1().Pods(m.Namespace).Get(m.ctx, name, metav1.GetOptions{}); err == nil {
 		m.podChanged(p)
 	}
+}
+
+// serves reports whether the deployment answers S3 requests (every pod
+// Ready does not mean the erasure sets have found each other yet).
+func (m *KubernetesMinIO) serves() error {
+	c := m.Cluster
+	tr, err := c.transport()
+	if err != nil {
+		return err
+	}
+	s3, err := minio.New(c.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(c.RootUser, c.RootPassword, ""), Secure: true, Transport: tr})
+	if err != nil {
+		return err
+	}
+	return minioReady(c.URL, &http.Client{Transport: tr, Timeout: 10 * time.Second}, s3)()
 }
 
 func (m *KubernetesMinIO) readyPods() int {
