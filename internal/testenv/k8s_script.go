@@ -40,15 +40,7 @@ func cmdK8sMinIO(ts *testscript.TestScript, neg bool, args []string) {
 		if st.kes == nil || st.kes.host != opts.Host {
 			ts.Fatalf("k8s-minio -kes: run kes-server -netns first (the pods reach KES in the test host)")
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		kc, err := st.kes.client()
-		if err != nil {
-			ts.Fatalf("k8s-minio: %v", err)
-		}
-		if err := kc.CreateKey(ctx, *key); err != nil && !strings.Contains(err.Error(), "already exists") {
-			ts.Fatalf("k8s-minio: create key %s at KES: %v", *key, err)
-		}
+		ensureKESKey(ts, "k8s-minio", st.kes, *key)
 		opts.KES, opts.KeyName = st.kes, *key
 	}
 	if st.km != nil {
@@ -72,5 +64,19 @@ func cmdK8sMinIO(ts *testscript.TestScript, neg bool, args []string) {
 		"MINIO_ROOT_USER": c.RootUser, "MINIO_ROOT_PASSWORD": c.RootPassword, "MINIO_NODES": strconv.Itoa(len(c.Nodes)),
 	} {
 		ts.Setenv(k, v)
+	}
+}
+
+// ensureKESKey creates key at k unless it exists (MinIO's default key), for
+// script command cmd.
+func ensureKESKey(ts *testscript.TestScript, cmd string, k *KES, key string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kc, err := k.client()
+	if err != nil {
+		ts.Fatalf("%s: %v", cmd, err)
+	}
+	if err := kc.CreateKey(ctx, key); err != nil && !strings.Contains(err.Error(), "already exists") {
+		ts.Fatalf("%s: create key %s at KES: %v", cmd, key, err)
 	}
 }

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -407,15 +406,7 @@ func CmdMinIOCluster(ts *testscript.TestScript, neg bool, args []string) {
 		if st.kes.host != opts.Host {
 			ts.Fatalf("minio-cluster -kes: the script's KES runs outside the test host, where the nodes cannot reach it: start it with kes-server -netns")
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		kc, err := st.kes.client()
-		if err != nil {
-			ts.Fatalf("minio-cluster: %v", err)
-		}
-		if err := kc.CreateKey(ctx, *key); err != nil && !strings.Contains(err.Error(), "already exists") {
-			ts.Fatalf("minio-cluster: create key %s at KES: %v", *key, err)
-		}
+		ensureKESKey(ts, "minio-cluster", st.kes, *key)
 		opts.Env = KESEnv(st.kes, *key)
 	}
 	if st.km != nil {
