@@ -18,7 +18,7 @@ type Event struct {
 	Time     time.Time `json:"time"`
 	Type     string    `json:"type"`
 	Step     string    `json:"step,omitempty"`
-	State    string    `json:"state,omitempty"`
+	State    State     `json:"state,omitempty"`
 	Message  string    `json:"message,omitempty"`
 	Done     int64     `json:"done,omitempty"`
 	Total    int64     `json:"total,omitempty"`

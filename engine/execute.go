@@ -136,7 +136,7 @@ func (x *execution) carryFurther(targets []string) error {
 		return nil
 	}
 	data, _ := json.Marshal(targets)
-	if err := x.append(&Record{Kind: "targets", Data: data}); err != nil {
+	if err := x.append(&Record{Kind: RecordTargets, Data: data}); err != nil {
 		return err
 	}
 	ri.Targets = widenTargets(ri.Targets, targets)
@@ -153,14 +153,14 @@ func (x *execution) recordStart(targets []string, key *HashKey, plan *PlanRecord
 			return err
 		}
 		data, _ := json.Marshal(ri)
-		if err := x.append(&Record{Kind: "run", Data: data}); err != nil {
+		if err := x.append(&Record{Kind: RecordRun, Data: data}); err != nil {
 			return err
 		}
 		x.js.Run = ri
 	}
 	if plan != nil {
 		data, _ := json.Marshal(plan)
-		if err := x.append(&Record{Kind: "plan", Data: data}); err != nil {
+		if err := x.append(&Record{Kind: RecordPlan, Data: data}); err != nil {
 			return err
 		}
 		x.js.Plans = append(x.js.Plans, *plan)
@@ -209,7 +209,7 @@ func unfinishedSummary(js *JournalState) string {
 	var parts []string
 	for _, a := range js.Order {
 		if st := js.Steps[a]; midway(st.State) {
-			parts = append(parts, a+" "+st.State)
+			parts = append(parts, a+" "+string(st.State))
 		}
 	}
 	return strings.Join(parts, ", ")

@@ -135,8 +135,8 @@ func (x *execution) appendAll(rs []*Record) error {
 
 // setState records a step's new state (with the error that caused it and
 // any data) and reports it.
-func (x *execution) setState(addr, state string, err error, data any) error {
-	rec := &Record{Kind: "state", Step: addr, State: state}
+func (x *execution) setState(addr string, state State, err error, data any) error {
+	rec := &Record{Kind: RecordState, Step: addr, State: state}
 	if err != nil {
 		rec.Error = err.Error()
 	}

@@ -25,22 +25,33 @@ const JournalFile = "journal.log"
 // journal other than a torn last record.
 var ErrJournalCorrupt = errors.New("journal is damaged")
 
-// Record is one journal entry. Kinds used by the executor: "run" (a run
-// started: Data holds run metadata), "state" (a step changed state: State is
-// pending|running|done|failed|interrupted|rolling_back|rolled_back|skipped),
-// "checkpoint" (a step finished one item: Item names it, Data holds the
-// step's own JSON), "output" (a step's outputs: Data), "note" (free text in
-// Data). The journal itself does not interpret Kind.
+// Record is one journal entry. The journal itself does not interpret Kind;
+// Replay does.
 type Record struct {
 	Seq   uint64          `json:"seq"`
 	Time  time.Time       `json:"time"`
-	Kind  string          `json:"kind"`
+	Kind  RecordKind      `json:"kind"`
 	Step  string          `json:"step,omitempty"`
-	State string          `json:"state,omitempty"`
+	State State           `json:"state,omitempty"`
 	Item  string          `json:"item,omitempty"`
 	Error string          `json:"error,omitempty"`
 	Data  json.RawMessage `json:"data,omitempty"`
 }
+
+// RecordKind says what a journal record holds.
+type RecordKind string
+
+// The kinds of record the executor writes. Their names are what journals
+// hold: they never change.
+const (
+	RecordRun        RecordKind = "run"        // a run began: Data is its RunInfo
+	RecordTargets    RecordKind = "targets"    // an apply carried the run further: Data lists its targets
+	RecordPlan       RecordKind = "plan"       // a saved plan was applied: Data is its PlanRecord
+	RecordState      RecordKind = "state"      // Step changed State (Error: why; Data: the attempt)
+	RecordCheckpoint RecordKind = "checkpoint" // Step finished Item; Data is the step's own JSON
+	RecordOutput     RecordKind = "output"     // Step's outputs (Data)
+	RecordNote       RecordKind = "note"       // why Step's rollback failed (Error)
+)
 
 // Journal is an append-only, crash-safe log of a run, stored as
 // dir/journal.log. Each line is one record:

@@ -517,7 +517,7 @@ func TestJournalAppendAll(t *testing.T) {
 func TestReplayStepTimes(t *testing.T) {
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	var recs []Record
-	add := func(kind, state string, at time.Duration) {
+	add := func(kind RecordKind, state State, at time.Duration) {
 		recs = append(recs, Record{Seq: uint64(len(recs) + 1), Time: t0.Add(at), Kind: kind, Step: "s.a", State: state})
 	}
 	recs = append(recs, Record{Seq: 1, Time: t0, Kind: "run", Data: json.RawMessage(`{"id":"r1"}`)})
@@ -543,5 +543,20 @@ func TestReplayStepTimes(t *testing.T) {
 	st = js.Steps["s.a"]
 	if st.Started != t0.Add(20*time.Second) || st.Elapsed != 3*time.Second || st.State != StateRolledBack {
 		t.Fatalf("after a rollback resumed once: started %v, elapsed %v, state %s; want the rollback's start, 3s", st.Started, st.Elapsed, st.State)
+	}
+}
+
+// A family reads back exactly the keys of its own items: a name of
+// another item, or the bare prefix, is none of its.
+func TestFamilyKey(t *testing.T) {
+	f := NewFamily[struct{}]("key/")
+	for name, want := range map[string]string{"key/a": "a", "key/a/b": "a/b", "key/": "", "keys/a": "", "rollback/key/a": "", "key": ""} {
+		k, ok := f.Key(name)
+		if k != want && ok || ok != (want != "") {
+			t.Errorf("Key(%q) = %q, %v; want %q", name, k, ok, want)
+		}
+	}
+	if got := f.Item("a/b").Name(); got != "key/a/b" {
+		t.Errorf("Item(a/b).Name() = %q", got)
 	}
 }

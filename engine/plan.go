@@ -178,7 +178,7 @@ func planEvent(ps PlannedStep) Event {
 type StepStatus struct {
 	Addr     string
 	Type     string
-	State    string
+	State    State
 	Attempts int
 	Started  string
 	Duration string

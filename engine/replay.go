@@ -3,28 +3,40 @@ package engine
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 )
 
+// State is where a step is, as the journal records it ("state" records)
+// and output reports it.
+type State string
+
 // Step states, as the journal records them.
 const (
-	StatePending     = "pending"
-	StateRunning     = "running"
-	StateDone        = "done"
-	StateFailed      = "failed"
-	StateInterrupted = "interrupted"
-	StateRollingBack = "rolling_back"
-	StateRolledBack  = "rolled_back"
+	StatePending     State = "pending" // never started, or not in the journal
+	StateRunning     State = "running" // an attempt began (data: its number)
+	StateDone        State = "done"
+	StateFailed      State = "failed"
+	StateInterrupted State = "interrupted" // stopped by Ctrl-C
+	StateRollingBack State = "rolling_back"
+	StateRolledBack  State = "rolled_back"
 	// StateWaiting: the step handed work to the operator (for example a
 	// Kubernetes patch to apply) and resume continues once it is done.
-	StateWaiting = "waiting"
+	StateWaiting State = "waiting"
+)
+
+// States output reports and the journal never records.
+const (
+	StateSkipped        State = "skipped"  // a dependency did not complete
+	StateRetrying       State = "retrying" // an attempt failed; another follows
+	StateRollbackFailed State = "rollback failed"
 )
 
 // StepState is one step's history, replayed from the journal.
 type StepState struct {
 	Addr        string
-	State       string
+	State       State
 	Attempts    int
 	Started     time.Time // the first attempt's start, or the rollback's
 	Finished    time.Time
@@ -32,7 +44,10 @@ type StepState struct {
 	Error       string
 	Checkpoints map[string]json.RawMessage
 	Order       []string
-	Outputs     json.RawMessage
+	// Cleared are the checkpoints rollbacks of the step cleared (so that a
+	// later apply starts afresh), each with its latest data.
+	Cleared map[string]json.RawMessage
+	Outputs json.RawMessage
 
 	attemptAt   time.Time // when the attempt under way started (zero when none is)
 	rollingBack bool      // a rollback began and has not completed
@@ -70,7 +85,7 @@ func (js *JournalState) Unfinished() bool {
 
 // midway is true of the states a step is left in when a run stops before
 // the step finished.
-func midway(state string) bool {
+func midway(state State) bool {
 	switch state {
 	case StateRunning, StateFailed, StateInterrupted, StateRollingBack, StateWaiting:
 		return true
@@ -98,17 +113,17 @@ func Replay(records []Record) (*JournalState, error) {
 	for i := range records {
 		r := &records[i]
 		switch r.Kind {
-		case "run":
+		case RecordRun:
 			var ri RunInfo
 			if err := json.Unmarshal(r.Data, &ri); err != nil {
 				return nil, fmt.Errorf("decode run record %d: %w", r.Seq, err)
 			}
 			js.Run = &ri
 			continue
-		case "note":
+		case RecordNote:
 			js.Notes = append(js.Notes, *r)
 			continue
-		case "targets":
+		case RecordTargets:
 			// An apply that carried a partly applied run further with other
 			// targets: the run now covers both (none: every step).
 			if js.Run == nil {
@@ -120,7 +135,7 @@ func Replay(records []Record) (*JournalState, error) {
 			}
 			js.Run.Targets = widenTargets(js.Run.Targets, more)
 			continue
-		case "plan":
+		case RecordPlan:
 			var pr PlanRecord
 			if err := json.Unmarshal(r.Data, &pr); err != nil {
 				return nil, fmt.Errorf("decode plan record %d: %w", r.Seq, err)
@@ -138,7 +153,7 @@ func Replay(records []Record) (*JournalState, error) {
 			js.Order = append(js.Order, r.Step)
 		}
 		switch r.Kind {
-		case "state":
+		case RecordState:
 			st.State = r.State
 			st.Error = r.Error
 			switch r.State {
@@ -162,16 +177,20 @@ func Replay(records []Record) (*JournalState, error) {
 				}
 				if r.State == StateRolledBack {
 					// Undone work is not done: a later apply starts the step afresh.
+					if st.Cleared == nil {
+						st.Cleared = map[string]json.RawMessage{}
+					}
+					maps.Copy(st.Cleared, st.Checkpoints)
 					st.Checkpoints, st.Order, st.Outputs, st.Attempts = map[string]json.RawMessage{}, nil, nil, 0
 					st.rollingBack = false
 				}
 			}
-		case "checkpoint":
+		case RecordCheckpoint:
 			if _, seen := st.Checkpoints[r.Item]; !seen {
 				st.Order = append(st.Order, r.Item)
 			}
 			st.Checkpoints[r.Item] = r.Data
-		case "output":
+		case RecordOutput:
 			st.Outputs = r.Data
 		}
 	}

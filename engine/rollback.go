@@ -164,7 +164,7 @@ func (x *execution) rollbackStep(ctx context.Context, addr string) error {
 	if err := x.undo(ctx, inst, r, st); err != nil {
 		return err
 	}
-	if err := x.append(&Record{Kind: "state", Step: addr, State: StateRolledBack}); err != nil {
+	if err := x.append(&Record{Kind: RecordState, Step: addr, State: StateRolledBack}); err != nil {
 		return err
 	}
 	// Secrets of an undone step are of no further use; backups stay for the operator.
@@ -189,12 +189,12 @@ func (x *execution) undo(ctx context.Context, inst Block, r *Run, st *StepState)
 	if err == nil {
 		return nil
 	}
-	x.emit(Event{Type: EventState, Step: r.Addr, State: "rollback failed", Error: err.Error()})
-	if e := x.append(&Record{Kind: "note", Step: r.Addr, Error: err.Error()}); e != nil {
+	x.emit(Event{Type: EventState, Step: r.Addr, State: StateRollbackFailed, Error: err.Error()})
+	if e := x.append(&Record{Kind: RecordNote, Step: r.Addr, Error: err.Error()}); e != nil {
 		return e
 	}
 	if errors.Is(err, ErrRefused) {
-		if e := x.append(&Record{Kind: "state", Step: r.Addr, State: st.State, Error: st.Error}); e != nil {
+		if e := x.append(&Record{Kind: RecordState, Step: r.Addr, State: st.State, Error: st.Error}); e != nil {
 			return e
 		}
 	}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -87,7 +88,7 @@ func (r *Run) CheckpointAll(items []CheckpointItem) error {
 			return fmt.Errorf("encode checkpoint %q: %w", it.Item, err)
 		}
 		raws[i] = json.RawMessage(r.x.rd.String(string(raw)))
-		recs[i] = &Record{Kind: "checkpoint", Step: r.Addr, Item: r.x.rd.String(it.Item), Data: raws[i]}
+		recs[i] = &Record{Kind: RecordCheckpoint, Step: r.Addr, Item: r.x.rd.String(it.Item), Data: raws[i]}
 	}
 	if err := r.x.appendAll(recs); err != nil {
 		return err
@@ -130,6 +131,56 @@ func (r *Run) CheckpointOrder() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]string(nil), r.order...)
+}
+
+// CheckpointData returns the data recorded for item by this or an earlier
+// attempt (Checkpoints; steps read through their declared Items).
+func (r *Run) CheckpointData(item string) (json.RawMessage, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	raw, ok := r.checkpoints[item]
+	return raw, ok
+}
+
+// everRecorded returns every checkpoint this step recorded in the run's
+// journal, those a rollback cleared included (Family.EverRecorded), read
+// from the journal as it is now. No journal yet: none.
+func (r *Run) everRecorded() (map[string]json.RawMessage, error) {
+	js, _, err := LoadJournal(r.x.dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	st := js.Step(r.Addr)
+	all := maps.Clone(st.Cleared)
+	if all == nil {
+		all = map[string]json.RawMessage{}
+	}
+	maps.Copy(all, st.Checkpoints)
+	return all, nil
+}
+
+// StepStates returns, by address, the state of every step of type typ in
+// the runbook (for example "cutover"), read from the journal as it is now,
+// so that a rollback sees what this very command undid before it. No
+// journal yet: every step is pending.
+func (r *Run) StepStates(typ string) (map[string]State, error) {
+	js, _, err := LoadJournal(r.x.dir)
+	if errors.Is(err, os.ErrNotExist) {
+		js, err = Replay(nil)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]State{}
+	for _, b := range r.x.cfg.Blocks {
+		if b.Type == typ && b.BlockType.Kind == KindStep {
+			out[b.Addr()] = js.Step(b.Addr()).State
+		}
+	}
+	return out, nil
 }
 
 // HasCheckpoint reports whether item was recorded.

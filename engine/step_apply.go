@@ -104,7 +104,7 @@ func (x *execution) attempts(ctx context.Context, step Step, r *Run, earlier int
 			return x.fail(addr, err)
 		}
 		wait := p.backoff << (attempt - 1)
-		x.emit(Event{Type: EventState, Step: addr, State: "retrying", Error: err.Error(), Message: fmt.Sprintf("attempt %d of %d failed; trying again in %s", attempt, p.attempts, wait)})
+		x.emit(Event{Type: EventState, Step: addr, State: StateRetrying, Error: err.Error(), Message: fmt.Sprintf("attempt %d of %d failed; trying again in %s", attempt, p.attempts, wait)})
 		select {
 		case <-ctx.Done():
 			return x.interrupted(addr, ctx.Err())
@@ -134,11 +134,11 @@ func (x *execution) recordDone(r *Run, started time.Time) error {
 	if err != nil {
 		return x.fail(r.Addr, err)
 	}
-	if err := x.append(&Record{Kind: "output", Step: r.Addr, Data: data}); err != nil {
+	if err := x.append(&Record{Kind: RecordOutput, Step: r.Addr, Data: data}); err != nil {
 		return err
 	}
 	x.s.Scope.SetOutputs(r.Addr, outs)
-	if err := x.append(&Record{Kind: "state", Step: r.Addr, State: StateDone}); err != nil {
+	if err := x.append(&Record{Kind: RecordState, Step: r.Addr, State: StateDone}); err != nil {
 		return err
 	}
 	x.emit(Event{Type: EventState, Step: r.Addr, State: StateDone, Duration: time.Since(started).Round(time.Millisecond).String()})

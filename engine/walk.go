@@ -63,7 +63,7 @@ func (x *execution) walk(ctx context.Context, sel map[string]bool, fn func(conte
 				if blocked {
 					status[n] = "skipped"
 					if x.cfg.Block(n).BlockType.Kind == KindStep {
-						x.emit(Event{Type: EventState, Step: n, State: "skipped", Message: "a dependency did not complete"})
+						x.emit(Event{Type: EventState, Step: n, State: StateSkipped, Message: "a dependency did not complete"})
 					}
 					continue
 				}

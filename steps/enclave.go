@@ -2,7 +2,6 @@ package steps
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -25,6 +24,17 @@ func init() {
 		Doc:     "a Key Manager enclave: created, or an existing empty one adopted",
 	})
 }
+
+// The enclave step's durable state: every checkpoint it records.
+var (
+	// enclaveCreateIntent: about to create the enclave (durable before the
+	// side effect, so that rollback finds what a crash left).
+	enclaveCreateIntent = engine.NewItem[enclaveRecord]("create-intent")
+	// enclaveCreated: this run created the enclave.
+	enclaveCreated = engine.NewItem[enclaveRecord]("created")
+	// enclaveAdopted: the enclave existed and was adopted; never deleted.
+	enclaveAdopted = engine.NewItem[enclaveRecord]("adopted")
+)
 
 var (
 	_ engine.Step       = (*enclaveStep)(nil)
@@ -159,7 +169,7 @@ type enclaveRecord struct {
 }
 
 func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
-	if r.HasCheckpoint("created") || r.HasCheckpoint("adopted") {
+	if enclaveCreated.Done(r) || enclaveAdopted.Done(r) {
 		for k, v := range e.outputs() {
 			r.SetOutput(k, v)
 		}
@@ -173,7 +183,7 @@ func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
 	case !obs.Exists:
 		// The intent is durable before the side effect, so a crash right
 		// after CreateEnclave still lets rollback find what this run made.
-		if err := r.Checkpoint("create-intent", enclaveRecord{Enclave: e.cfg.Name}); err != nil {
+		if err := enclaveCreateIntent.Put(r, enclaveRecord{Enclave: e.cfg.Name}); err != nil {
 			return err
 		}
 		note := ""
@@ -191,19 +201,19 @@ func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
 			}
 			note = "existed, empty, at the retry: created by this run's earlier try"
 		}
-		if err := r.Checkpoint("created", enclaveRecord{Enclave: e.cfg.Name, Note: note}); err != nil {
+		if err := enclaveCreated.Put(r, enclaveRecord{Enclave: e.cfg.Name, Note: note}); err != nil {
 			return err
 		}
 		r.Logf("created enclave %s", e.cfg.Name)
-	case r.HasCheckpoint("create-intent") && obs.Keys == 0:
+	case enclaveCreateIntent.Done(r) && obs.Keys == 0:
 		// An earlier attempt meant to create it and stopped before recording
 		// the result: it exists and is empty, so it is the one it made.
-		if err := r.Checkpoint("created", enclaveRecord{Enclave: e.cfg.Name, Note: "found, empty, after an interrupted create: created by this run"}); err != nil {
+		if err := enclaveCreated.Put(r, enclaveRecord{Enclave: e.cfg.Name, Note: "found, empty, after an interrupted create: created by this run"}); err != nil {
 			return err
 		}
 		r.Logf("enclave %s was created by the interrupted attempt", e.cfg.Name)
 	case obs.Keys == 0 || e.cfg.AdoptNonempty:
-		if err := r.Checkpoint("adopted", enclaveRecord{Enclave: e.cfg.Name, Keys: obs.Keys}); err != nil {
+		if err := enclaveAdopted.Put(r, enclaveRecord{Enclave: e.cfg.Name, Keys: obs.Keys}); err != nil {
 			return err
 		}
 		r.Logf("adopted existing enclave %s (%d key(s)); it is never deleted by rollback", e.cfg.Name, obs.Keys)
@@ -222,20 +232,17 @@ func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
 // this run made are removed by the identity step's rollback; an identity
 // left is someone else's, and refuses the delete too.
 func (e *enclaveStep) Rollback(ctx context.Context, r *engine.Run) error {
-	cps := r.Checkpoints()
-	if _, ok := cps["create-intent"]; !ok {
-		if raw, ok := cps["adopted"]; ok {
-			var rec enclaveRecord
-			json.Unmarshal(raw, &rec)
-			r.Logf("nothing to undo: enclave %s existed before this run and stays", rec.Enclave)
+	rec, ok, err := enclaveCreateIntent.Get(r)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		if adopted, ok, _ := enclaveAdopted.Get(r); ok {
+			r.Logf("nothing to undo: enclave %s existed before this run and stays", adopted.Enclave)
 			return nil
 		}
 		r.Logf("nothing to undo: no enclave was created")
 		return nil
-	}
-	var rec enclaveRecord
-	if err := json.Unmarshal(cps["create-intent"], &rec); err != nil {
-		return fmt.Errorf("read create-intent checkpoint: %w", err)
 	}
 	name := rec.Enclave
 	kmc, kmAddr, err := engine.ConnectionFrom[*keyManagerConnection](e.cfg.KeyManager, "key_manager")

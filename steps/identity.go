@@ -3,7 +3,6 @@ package steps
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -26,6 +25,15 @@ func init() {
 		Doc:       "an identity in a Key Manager enclave, with an API key generated locally",
 	})
 }
+
+// The identity step's durable state: every checkpoint it records.
+var (
+	// identityRegisterIntent: about to register the identity (durable
+	// before the call, so that rollback finds what a crash left).
+	identityRegisterIntent = engine.NewItem[identityRecord]("register-intent")
+	// identityRegistered: the identity is registered in the enclave.
+	identityRegistered = engine.NewItem[identityRecord]("registered")
+)
 
 var (
 	_ engine.Step       = (*identityStep)(nil)
@@ -122,8 +130,8 @@ func (i *identityStep) Apply(ctx context.Context, r *engine.Run) error {
 		return fmt.Errorf("read stored API key: %w", err)
 	}
 	rec := identityRecord{Enclave: ref.Name, Identity: key.Identity().String(), Privilege: i.privilege().String()}
-	if !r.HasCheckpoint("registered") {
-		if err := r.Checkpoint("register-intent", rec); err != nil {
+	if !identityRegistered.Done(r) {
+		if err := identityRegisterIntent.Put(r, rec); err != nil {
 			return err
 		}
 		c, err := ref.KM.Client(r)
@@ -137,7 +145,7 @@ func (i *identityStep) Apply(ctx context.Context, r *engine.Run) error {
 			}
 			return fmt.Errorf("create identity %s in enclave %s: %w", rec.Identity, ref.Name, err)
 		}
-		if err := r.Checkpoint("registered", rec); err != nil {
+		if err := identityRegistered.Put(r, rec); err != nil {
 			return err
 		}
 		r.Logf("registered identity %s in enclave %s as %s; its API key is in the journal dir's secrets/", rec.Identity, ref.Name, rec.Privilege)
@@ -153,18 +161,16 @@ func (i *identityStep) Apply(ctx context.Context, r *engine.Run) error {
 // secrets dir was durable, or a hand, can leave it. A new key would be handed
 // to the cutover although no identity is registered for it. nil otherwise.
 func refuseLostKey(r *engine.Run) error {
-	cps := r.Checkpoints()
-	raw, ok := cps["registered"]
-	what := "registered"
-	if !ok {
-		if raw, ok = cps["register-intent"]; !ok {
-			return nil
-		}
-		what = "began to register"
+	what, item := "registered", identityRegistered
+	if !item.Done(r) {
+		what, item = "began to register", identityRegisterIntent
 	}
-	var rec identityRecord
-	if err := json.Unmarshal(raw, &rec); err != nil {
+	rec, ok, err := item.Get(r)
+	if err != nil {
 		return fmt.Errorf("read the identity's checkpoint: %w", err)
+	}
+	if !ok {
+		return nil
 	}
 	return engine.Refusef("the journal records that an earlier attempt %s identity %s in enclave %s, but its API key file %s is missing: a new key would not be that identity's. Restore the file from a backup of the journal dir, or undo this step with runbook rollback (it deletes identity %s, which needs no key) and apply again",
 		what, rec.Identity, rec.Enclave, r.SecretPath("api_key"), rec.Identity)
@@ -175,14 +181,13 @@ func refuseLostKey(r *engine.Run) error {
 // Refused while the object store runs on the enclave (refuseWhileInUse): it
 // may authenticate with this very identity.
 func (i *identityStep) Rollback(ctx context.Context, r *engine.Run) error {
-	raw, ok := r.Checkpoints()["register-intent"]
+	rec, ok, err := identityRegisterIntent.Get(r)
+	if err != nil {
+		return err
+	}
 	if !ok {
 		r.Logf("nothing to undo: no identity was registered")
 		return nil
-	}
-	var rec identityRecord
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		return fmt.Errorf("read register-intent checkpoint: %w", err)
 	}
 	id, err := mtls.ParseIdentity(rec.Identity)
 	if err != nil {

@@ -2,7 +2,6 @@ package steps
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"path"
 	"sort"
@@ -32,6 +31,18 @@ func init() {
 	})
 }
 
+// The migration's durable state: every checkpoint it records.
+var (
+	// migrationPreflight: which source keys were already in the enclave,
+	// judged once before the first import.
+	migrationPreflight = engine.NewItem[preflightCheckpoint]("preflight")
+	// migratedKeys: per key name, what apply did (actionImported,
+	// actionOverwriting, actionOverwritten).
+	migratedKeys = engine.NewFamily[keyCheckpoint]("key/")
+	// undoneKeys: per key name, what rollback did (actionDeleted).
+	undoneKeys = engine.NewFamily[keyCheckpoint]("rollback/")
+)
+
 var (
 	_ engine.Step       = (*migrationStep)(nil)
 	_ engine.Planner    = (*migrationStep)(nil)
@@ -55,13 +66,6 @@ const (
 	// requests).
 	defaultMigrationParallelism = 512
 	maxMigrationParallelism     = 1024
-
-	// Checkpoint items: "key/NAME" per key, "preflight" once the keys
-	// already present at the target have been judged, "rollback/NAME" per
-	// key deleted by a rollback.
-	itemPreflight = "preflight"
-	itemKeyPrefix = "key/"
-	itemRBPrefix  = "rollback/"
 
 	actionImported     = "imported"
 	actionOverwriting  = "overwriting" // written before the target's key is deleted
@@ -342,7 +346,8 @@ func (m *migrationStep) judgePresent(ctx context.Context, c *kms.Client, enclave
 // ---------------------------------------------------------------------------
 // Apply.
 
-// keyCheckpoint is the data of a "key/NAME" checkpoint. It holds no material.
+// keyCheckpoint is the data of a migratedKeys or undoneKeys item. It holds
+// no material.
 type keyCheckpoint struct {
 	Action string `json:"action"`
 }
@@ -358,23 +363,22 @@ type preflightCheckpoint struct {
 }
 
 // runHooks is what a migration needs from the engine: a seam so that the
-// core can be tested without a journal.
+// core can be tested without a journal. Its items are read and recorded
+// through it (engine.Checkpoints, engine.CheckpointWriter).
 type runHooks struct {
+	engine.Checkpoints
 	checkpointAll func([]engine.CheckpointItem) error // engine.Run.CheckpointAll
-	checkpoints   map[string]json.RawMessage
 	progress      func(done, total int64)
 	logf          func(format string, args ...any)
 	warnf         func(format string, args ...any)
 }
 
 func hooksOf(r *engine.Run) runHooks {
-	return runHooks{checkpointAll: r.CheckpointAll, checkpoints: r.Checkpoints(), progress: r.Progress, logf: r.Logf, warnf: r.Warnf}
+	return runHooks{Checkpoints: r, checkpointAll: r.CheckpointAll, progress: r.Progress, logf: r.Logf, warnf: r.Warnf}
 }
 
-// checkpoint records one item durably (engine.Run.Checkpoint).
-func (h runHooks) checkpoint(item string, data any) error {
-	return h.checkpointAll([]engine.CheckpointItem{{Item: item, Data: data}})
-}
+// CheckpointAll records items durably (engine.Run.CheckpointAll).
+func (h runHooks) CheckpointAll(items []engine.CheckpointItem) error { return h.checkpointAll(items) }
 
 // migrationResult is what an apply did, over every attempt.
 type migrationResult struct {

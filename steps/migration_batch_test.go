@@ -99,7 +99,7 @@ func TestMigrateResumeInFlightBatched(t *testing.T) {
 	j.fail = func(item string) error { // the "crash": checkpoints stop after 100 keys
 		mu.Lock()
 		defer mu.Unlock()
-		if strings.HasPrefix(item, itemKeyPrefix) {
+		if _, ok := migratedKeys.Key(item); ok {
 			n++
 			if n > 100 {
 				return errCrash

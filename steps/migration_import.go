@@ -2,10 +2,8 @@ package steps
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"sort"
 	"strings"
 	"sync"
@@ -106,11 +104,10 @@ func forEach(ctx context.Context, par, n int, fn func(ctx context.Context, i int
 	return ctx.Err()
 }
 
-func actionOf(raw json.RawMessage) string {
-	var kc keyCheckpoint
-	if json.Unmarshal(raw, &kc) != nil {
-		return ""
-	}
+// actionOf is what the step recorded for key name in family f (apply's
+// migratedKeys, rollback's undoneKeys); "" when nothing.
+func actionOf(c engine.Checkpoints, f engine.Family[keyCheckpoint], name string) string {
+	kc, _, _ := f.Item(name).Get(c)
 	return kc.Action
 }
 
@@ -127,11 +124,11 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 
 	// Pre-flight, once per run: judge the keys already in the enclave
 	// before anything is imported, so that a conflict changes nothing.
-	var pre preflightCheckpoint
-	if raw, ok := h.checkpoints[itemPreflight]; ok {
-		if err := json.Unmarshal(raw, &pre); err != nil {
-			return nil, fmt.Errorf("read the migration's preflight checkpoint: %w", err)
-		}
+	pre, ok, err := migrationPreflight.Get(h)
+	if err != nil {
+		return nil, fmt.Errorf("read the migration's preflight checkpoint: %w", err)
+	}
+	if ok {
 		if pre.NamesSHA256 != src.digest {
 			h.warnf("the key store's names changed since this step first ran (SHA-256 %s, now %s): keys created since are imported now; halt key creation at KES", pre.NamesSHA256[:16], src.digest[:16])
 		}
@@ -140,7 +137,7 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 		if err != nil {
 			return nil, err
 		}
-		if err := h.checkpoint(itemPreflight, pre); err != nil {
+		if err := migrationPreflight.Put(h, pre); err != nil {
 			return nil, err
 		}
 	}
@@ -155,7 +152,7 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 			res.Skipped++
 			continue
 		}
-		switch actionOf(h.checkpoints[itemKeyPrefix+n]) {
+		switch actionOf(h, migratedKeys, n) {
 		case actionImported:
 			res.Imported++
 			res.Earlier++
@@ -262,7 +259,7 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 		// Keys confirmed by the target are checkpointed even when a later
 		// key of the run failed.
 		t := time.Now()
-		cerr := checkpointKeys(h.checkpointAll, finished)
+		cerr := checkpointKeys(h, finished)
 		journalNanos.Add(int64(time.Since(t)))
 		if cerr != nil {
 			return errors.Join(err, cerr)
@@ -383,17 +380,17 @@ type keyDone struct {
 	name, action string
 }
 
-// checkpointKeys makes a "key/NAME" checkpoint of each key durable before
-// it returns, in one journal write under one fsync.
-func checkpointKeys(checkpointAll func([]engine.CheckpointItem) error, keys []keyDone) error {
+// checkpointKeys makes the migratedKeys item of each key durable before it
+// returns, in one journal write under one fsync.
+func checkpointKeys(w engine.CheckpointWriter, keys []keyDone) error {
 	if len(keys) == 0 {
 		return nil
 	}
 	items := make([]engine.CheckpointItem, len(keys))
 	for i, k := range keys {
-		items[i] = engine.CheckpointItem{Item: itemKeyPrefix + k.name, Data: keyCheckpoint{Action: k.action}}
+		items[i] = migratedKeys.Item(k.name).With(keyCheckpoint{Action: k.action})
 	}
-	return checkpointAll(items)
+	return w.CheckpointAll(items)
 }
 
 // maxImportBatch bounds the keys imported by one request (about 4 KiB of
@@ -434,7 +431,7 @@ func (m *migrationStep) overwriteKey(ctx context.Context, h runHooks, c *kms.Cli
 		if same { // finished before an interruption
 			return actionOverwritten, nil
 		}
-		if err := h.checkpoint(itemKeyPrefix+e.name, keyCheckpoint{Action: actionOverwriting}); err != nil {
+		if err := migratedKeys.Item(e.name).Put(h, keyCheckpoint{Action: actionOverwriting}); err != nil {
 			return "", err
 		}
 		err = withRetry(ctx, func() error {
@@ -470,28 +467,21 @@ func (m *migrationStep) overwriteKey(ctx context.Context, h runHooks, c *kms.Cli
 }
 
 // deletedEarlier returns the key names that an earlier rollback of this
-// migration step deleted from its enclave, read from the raw journal (a
-// rollback clears the step's checkpoints for the next apply, so
-// r.Checkpoints no longer shows them). A Key Manager that does not give a
-// deleted name out again (the vendor's client: "Once a key version has
-// been removed it cannot be added again") refuses to import them, so the
-// plan names them before anything is done. No journal yet: none. Only the
-// current journal is read: a later apply archives it (runs/), and the
-// names then show up as refused, one by one, at import.
+// migration step deleted from its enclave (undoneKeys.EverRecorded: a
+// rollback clears the step's checkpoints for the next apply). A Key
+// Manager that does not give a deleted name out again (the vendor's
+// client: "Once a key version has been removed it cannot be added again")
+// refuses to import them, so the plan names them before anything is done.
+// Only the current journal counts: a later apply archives it (runs/), and
+// the names then show up as refused, one by one, at import.
 func deletedEarlier(r *engine.Run) (map[string]bool, error) {
-	records, _, err := engine.ReadJournal(r.JournalDir())
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	undone, err := undoneKeys.EverRecorded(r)
 	if err != nil {
 		return nil, fmt.Errorf("read the journal for keys deleted by an earlier rollback: %w", err)
 	}
 	var gone map[string]bool
-	for _, rec := range records {
-		if rec.Kind != "checkpoint" || rec.Step != r.Addr {
-			continue
-		}
-		if name, ok := strings.CutPrefix(rec.Item, itemRBPrefix); ok && actionOf(rec.Data) == actionDeleted {
+	for name, kc := range undone {
+		if kc.Action == actionDeleted {
 			if gone == nil {
 				gone = map[string]bool{}
 			}

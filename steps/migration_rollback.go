@@ -2,9 +2,10 @@ package steps
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -38,13 +39,11 @@ func (m *migrationStep) Rollback(ctx context.Context, r *engine.Run) error {
 	if err != nil {
 		return err
 	}
-	cps := r.Checkpoints()
-	var pre preflightCheckpoint
-	if raw, ok := cps[itemPreflight]; ok {
-		if err := json.Unmarshal(raw, &pre); err != nil {
-			return fmt.Errorf("read the migration's preflight checkpoint: %w", err)
-		}
-	} else {
+	pre, ok, err := migrationPreflight.Get(r)
+	if err != nil {
+		return fmt.Errorf("read the migration's preflight checkpoint: %w", err)
+	}
+	if !ok {
 		r.Logf("nothing to undo: no key was imported (the step stopped before its preflight)")
 		return nil
 	}
@@ -57,12 +56,12 @@ func (m *migrationStep) Rollback(ctx context.Context, r *engine.Run) error {
 	}
 	var del []string
 	var overwritten []string
-	for item, raw := range cps {
-		name, ok := strings.CutPrefix(item, itemKeyPrefix)
-		if !ok {
-			continue
-		}
-		switch actionOf(raw) {
+	migrated, err := migratedKeys.All(r)
+	if err != nil {
+		return err
+	}
+	for name, kc := range migrated {
+		switch kc.Action {
 		case actionImported:
 			del = append(del, name)
 		case actionOverwritten, actionOverwriting:
@@ -120,7 +119,7 @@ func (m *migrationStep) Rollback(ctx context.Context, r *engine.Run) error {
 	sort.Strings(overwritten)
 	var todo []string
 	for _, n := range del {
-		if !r.HasCheckpoint(itemRBPrefix + n) {
+		if !undoneKeys.Item(n).Done(r) {
 			todo = append(todo, n)
 		}
 	}
@@ -135,7 +134,7 @@ func (m *migrationStep) Rollback(ctx context.Context, r *engine.Run) error {
 		if err != nil && !errors.Is(err, kms.ErrKeyNotFound) {
 			return fmt.Errorf("delete key %q: %w", name, permanentHint(err, to.Name))
 		}
-		if err := r.Checkpoint(itemRBPrefix+name, keyCheckpoint{Action: actionDeleted}); err != nil {
+		if err := undoneKeys.Item(name).Put(r, keyCheckpoint{Action: actionDeleted}); err != nil {
 			return err
 		}
 		r.Progress(done.Add(1), total)
@@ -151,31 +150,16 @@ func (m *migrationStep) Rollback(ctx context.Context, r *engine.Run) error {
 }
 
 // cutoverApplied returns a cutover step of this run that may have taken
-// effect (any state but pending or rolled back), read from the journal.
-//
-// TODO(engine): a hook such as r.StepState(addr) would avoid reading the
-// journal file here; the engine rolls back in reverse dependency order, so
-// with cutover depending on the migration (as in migrate.hcl) this check
-// is a second line of defence.
-func cutoverApplied(r *engine.Run) (addr, state string, err error) {
-	records, _, err := engine.ReadJournal(r.JournalDir())
+// effect (any state but pending or rolled back). The engine rolls back in
+// reverse dependency order, so with cutover depending on the migration (as
+// in migrate.hcl) this check is a second line of defence.
+func cutoverApplied(r *engine.Run) (addr string, state engine.State, err error) {
+	states, err := r.StepStates("cutover")
 	if err != nil {
 		return "", "", fmt.Errorf("read the journal to check for a cutover: %w", err)
 	}
-	js, err := engine.Replay(records)
-	if err != nil {
-		return "", "", fmt.Errorf("read the journal to check for a cutover: %w", err)
-	}
-	var addrs []string
-	for a := range js.Steps {
-		addrs = append(addrs, a)
-	}
-	sort.Strings(addrs)
-	for _, a := range addrs {
-		if !strings.HasPrefix(a, "cutover.") {
-			continue
-		}
-		switch st := js.Steps[a].State; st {
+	for _, a := range slices.Sorted(maps.Keys(states)) {
+		switch st := states[a]; st {
 		case engine.StatePending, engine.StateRolledBack:
 		default:
 			return a, st, nil

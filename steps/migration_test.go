@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -160,6 +162,16 @@ func (env *migrationEnv) targetNames(t *testing.T) []string {
 	return names
 }
 
+// checkpointMap is a snapshot of checkpoints, read as a Run's are.
+type checkpointMap map[string]json.RawMessage
+
+func (m checkpointMap) CheckpointData(name string) (json.RawMessage, bool) {
+	raw, ok := m[name]
+	return raw, ok
+}
+
+func (m checkpointMap) CheckpointOrder() []string { return slices.Sorted(maps.Keys(m)) }
+
 // fakeJournal records checkpoints in memory.
 type fakeJournal struct {
 	mu   sync.Mutex
@@ -174,7 +186,7 @@ func (j *fakeJournal) hooks() runHooks {
 	if j.cps == nil {
 		j.cps = map[string]json.RawMessage{}
 	}
-	cps := map[string]json.RawMessage{}
+	cps := checkpointMap{}
 	for k, v := range j.cps {
 		cps[k] = v
 	}
@@ -201,7 +213,7 @@ func (j *fakeJournal) hooks() runHooks {
 			}
 			return nil
 		},
-		checkpoints: cps,
+		Checkpoints: cps,
 		progress:    func(done, total int64) {},
 		logf:        logf,
 		warnf:       logf,
@@ -227,7 +239,7 @@ func TestMigrateResumeInFlight(t *testing.T) {
 	j.fail = func(item string) error { // the "crash": checkpoints stop after 10 keys
 		mu.Lock()
 		defer mu.Unlock()
-		if strings.HasPrefix(item, itemKeyPrefix) {
+		if _, ok := migratedKeys.Key(item); ok {
 			n++
 			if n > 10 {
 				return errCrash
@@ -264,7 +276,7 @@ func TestMigrateInFlightDifferentMaterial(t *testing.T) {
 	m := &migrationStep{}
 	j := &fakeJournal{}
 	h := j.hooks()
-	if err := h.checkpoint(itemPreflight, preflightCheckpoint{NamesSHA256: env.src.digest}); err != nil {
+	if err := migrationPreflight.Put(h, preflightCheckpoint{NamesSHA256: env.src.digest}); err != nil {
 		t.Fatal(err)
 	}
 	env.put(t, "key-002", randomKey())
@@ -288,7 +300,7 @@ func TestMigrateOverwrite(t *testing.T) {
 	j := &fakeJournal{}
 	errCrash := errors.New("crash")
 	j.fail = func(item string) error {
-		if item == itemKeyPrefix+"key-003" && j.cps[item] != nil { // the "overwritten" record of key-003 never lands
+		if item == migratedKeys.Item("key-003").Name() && j.cps[item] != nil { // the "overwritten" record of key-003 never lands
 			return errCrash
 		}
 		return nil
@@ -296,7 +308,7 @@ func TestMigrateOverwrite(t *testing.T) {
 	if _, err := m.migrate(context.Background(), j.hooks(), env.src, env.c, env.enclave); !errors.Is(err, errCrash) {
 		t.Fatalf("first attempt: %v, want the crash", err)
 	}
-	if a := actionOf(j.cps[itemKeyPrefix+"key-003"]); a != actionOverwriting {
+	if a := actionOf(checkpointMap(j.cps), migratedKeys, "key-003"); a != actionOverwriting {
 		t.Fatalf("key-003 checkpoint %q, want %q", a, actionOverwriting)
 	}
 	j.fail = nil
@@ -329,7 +341,7 @@ func TestMigrateConflictImportsNothing(t *testing.T) {
 	if got := env.targetNames(t); len(got) != 1 {
 		t.Fatalf("enclave holds %v, want only key-004", got)
 	}
-	if _, ok := j.cps[itemPreflight]; ok {
+	if migrationPreflight.Done(checkpointMap(j.cps)) {
 		t.Fatal("a failed preflight must not be checkpointed")
 	}
 }

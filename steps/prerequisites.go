@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +38,43 @@ func init() {
 		New:  func() engine.Block { return &prerequisites{} },
 		Doc:  "checks KES, the Key Manager and AIStor before a migration; backs up the KES config and key store",
 	})
+}
+
+// The prerequisites' durable state: every checkpoint it records.
+var (
+	// prerequisitesChecked: what the checks observed.
+	prerequisitesChecked = engine.NewItem[prerequisitesState]("checked")
+	// prerequisitesKeySet: the key names the step began from (the first
+	// attempt's), kept in backups/.
+	prerequisitesKeySet = engine.NewItem[keySetRecord]("key-set")
+	// prerequisitesBackup: the KES config and key store backed up.
+	prerequisitesBackup = engine.NewItem[backupRecord]("backup")
+	// prerequisitesCreationHalted: the store holds exactly the key set the
+	// step began from.
+	prerequisitesCreationHalted = engine.NewItem[keySetSum]("creation-halted")
+	// objectsRead: per "BUCKET/OBJECT", an encrypted object read in full.
+	objectsRead = engine.NewFamily[objectRead]("object ")
+)
+
+// backupRecord is the data of prerequisitesBackup (fields in the order the
+// journal has always held them).
+type backupRecord struct {
+	Config         string `json:"config"`
+	Entries        int    `json:"entries"`
+	Snapshot       string `json:"snapshot"`
+	SnapshotSHA256 string `json:"snapshot_sha256"`
+}
+
+// keySetSum is the data of prerequisitesCreationHalted.
+type keySetSum struct {
+	Keys   int    `json:"keys"`
+	SHA256 string `json:"sha256"`
+}
+
+// objectRead is the data of an objectsRead item.
+type objectRead struct {
+	Bytes int64  `json:"bytes"`
+	SSE   string `json:"sse"`
 }
 
 var (
@@ -356,7 +392,7 @@ func (p *prerequisites) Apply(ctx context.Context, r *engine.Run) error {
 		r.Warnf("%s", o)
 	}
 	st.KESKeyNames = nil // kept in backups/, not in the journal
-	if err := r.Checkpoint("checked", st); err != nil {
+	if err := prerequisitesChecked.Put(r, st); err != nil {
 		return err
 	}
 	baseline, err := p.keySet(r, pf)
@@ -378,10 +414,9 @@ func (p *prerequisites) Apply(ctx context.Context, r *engine.Run) error {
 // or the first attempt's on resume, so that a key created between attempts
 // is caught too.
 func (p *prerequisites) keySet(r *engine.Run, pf *preflight) ([]string, error) {
-	if raw, ok := r.Checkpoints()["key-set"]; ok {
-		var rec keySetRecord
-		if err := json.Unmarshal(raw, &rec); err != nil {
-			return nil, fmt.Errorf("read key-set checkpoint: %w", err)
+	if rec, ok, err := prerequisitesKeySet.Get(r); err != nil || ok {
+		if err != nil {
+			return nil, err
 		}
 		return readNameList(rec.File, rec.SHA256)
 	}
@@ -392,7 +427,7 @@ func (p *prerequisites) keySet(r *engine.Run, pf *preflight) ([]string, error) {
 	if err := engine.WriteFileAtomic(path, []byte(strings.Join(pf.names, "\n")+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("back up the key names: %w", err)
 	}
-	return pf.names, r.Checkpoint("key-set", keySetRecord{Keys: len(pf.names), SHA256: pf.digest, File: path})
+	return pf.names, prerequisitesKeySet.Put(r, keySetRecord{Keys: len(pf.names), SHA256: pf.digest, File: path})
 }
 
 // backUp copies the KES config as it is, and a snapshot of the key store's
@@ -419,7 +454,7 @@ func (p *prerequisites) backUp(ctx context.Context, r *engine.Run, pf *preflight
 		return err
 	}
 	r.Logf("backed up the KES config to %s and %d key store entries to %s", cfgBackup, n, snapPath)
-	return r.Checkpoint("backup", map[string]any{"config": cfgBackup, "snapshot": snapPath, "entries": n, "snapshot_sha256": sum})
+	return prerequisitesBackup.Put(r, backupRecord{Config: cfgBackup, Snapshot: snapPath, Entries: n, SnapshotSHA256: sum})
 }
 
 // creationHalted confirms that the store holds exactly the keys it held
@@ -439,7 +474,7 @@ func (p *prerequisites) creationHalted(ctx context.Context, r *engine.Run, pf *p
 	if len(removed) > 0 {
 		return fmt.Errorf("key %s was deleted at KES during the migration window: halt key changes first (%d key(s) disappeared since this step began: %s)", removed[0], len(removed), sample(removed, 5))
 	}
-	return r.Checkpoint("creation-halted", map[string]any{"keys": len(now), "sha256": keySetDigest(now)})
+	return prerequisitesCreationHalted.Put(r, keySetSum{Keys: len(now), SHA256: keySetDigest(now)})
 }
 
 // sampleObjects reads a few SSE-S3 and SSE-KMS objects through the object
@@ -495,7 +530,7 @@ func (p *prerequisites) sampleObjects(ctx context.Context, r *engine.Run, s3 *mi
 				continue
 			}
 			read++
-			if err := r.Checkpoint("object "+b.Name+"/"+obj.Key, map[string]any{"sse": sse, "bytes": n}); err != nil {
+			if err := objectsRead.Item(b.Name+"/"+obj.Key).Put(r, objectRead{SSE: sse, Bytes: n}); err != nil {
 				cancel()
 				return err
 			}

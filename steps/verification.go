@@ -40,6 +40,15 @@ func init() {
 	})
 }
 
+// The verification's durable state: every checkpoint it records.
+var (
+	// verifiedKeys: per key name, the proof the key got.
+	verifiedKeys = engine.NewFamily[proofCheckpoint]("key/")
+	// verificationSample: the seed of the sample of keys to prove, drawn
+	// once so that a resumed verification continues the same sample.
+	verificationSample = engine.NewItem[sampleSeed]("sample")
+)
+
 var (
 	_ engine.Step       = (*verificationStep)(nil)
 	_ engine.Planner    = (*verificationStep)(nil)
@@ -422,7 +431,7 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		}
 	}
 	t0 = time.Now()
-	if err := checkpointProofs(ctx, r.CheckpointAll, proven, kesProven, checkpointParallelism); err != nil {
+	if err := checkpointProofs(ctx, r, proven, kesProven, checkpointParallelism); err != nil {
 		return err
 	}
 	r.Logf("checkpointed %d proven keys in %s", len(proven), time.Since(t0).Round(time.Millisecond))
@@ -513,31 +522,33 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 func (v *verificationStep) chooseRoundTrips(r *engine.Run, common []string) (todo, chosen []string, err error) {
 	chosen = common
 	if v.cfg.Sample != nil && *v.cfg.Sample < len(common) {
-		var seed struct {
-			Seed uint64 `json:"seed"`
+		seed, ok, err := verificationSample.Get(r)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read sample checkpoint: %w", err)
 		}
-		if raw, ok := r.Checkpoints()["sample"]; ok {
-			if err := json.Unmarshal(raw, &seed); err != nil {
-				return nil, nil, fmt.Errorf("read sample checkpoint: %w", err)
-			}
-		} else {
+		if !ok {
 			var b [8]byte
 			if _, err := rand.Read(b[:]); err != nil {
 				return nil, nil, fmt.Errorf("draw sample: %w", err)
 			}
 			seed.Seed = binary.LittleEndian.Uint64(b[:])
-			if err := r.Checkpoint("sample", seed); err != nil {
+			if err := verificationSample.Put(r, seed); err != nil {
 				return nil, nil, err
 			}
 		}
 		chosen = verifySample(common, *v.cfg.Sample, seed.Seed)
 	}
 	for _, n := range chosen {
-		if !r.HasCheckpoint("key/" + n) {
+		if !verifiedKeys.Item(n).Done(r) {
 			todo = append(todo, n)
 		}
 	}
 	return todo, chosen, nil
+}
+
+// sampleSeed is the data of verificationSample.
+type sampleSeed struct {
+	Seed uint64 `json:"seed"`
 }
 
 // verifySample picks n of names, sorted, from a seeded permutation.
@@ -633,12 +644,8 @@ func (t verifyTally) describe() string {
 // attempts).
 func verifyCheckpointed(r *engine.Run) verifyTally {
 	t := verifyTally{proofs: map[string]int{}, formats: map[string]int{}}
-	for item, raw := range r.Checkpoints() {
-		if !strings.HasPrefix(item, "key/") {
-			continue
-		}
-		var c proofCheckpoint
-		_ = json.Unmarshal(raw, &c)
+	proofs, _ := verifiedKeys.All(r)
+	for _, c := range proofs {
 		t.keys++
 		t.proofs[c.Proof]++
 		for _, f := range c.Formats {

@@ -257,8 +257,8 @@ func formatRefusalMessage(enclave string, kps []keyProof) string {
 	return strings.Join(parts, "; ")
 }
 
-// proofCheckpoint is the data of a verification "key/NAME" checkpoint: which
-// proof the key got. It holds no material.
+// proofCheckpoint is the data of a verifiedKeys item: which proof the key
+// got. It holds no material.
 type proofCheckpoint struct {
 	Proof       string   `json:"proof"`
 	Formats     []string `json:"formats,omitempty"`
@@ -267,15 +267,15 @@ type proofCheckpoint struct {
 
 // checkpointProofs makes the checkpoints of the proven keys durable, in
 // batches of checkpointBatch under one fsync each, par batches at once.
-func checkpointProofs(ctx context.Context, checkpointAll func([]engine.CheckpointItem) error, kps []keyProof, kesProven map[string]bool, par int) error {
+func checkpointProofs(ctx context.Context, w engine.CheckpointWriter, kps []keyProof, kesProven map[string]bool, par int) error {
 	batches := (len(kps) + checkpointBatch - 1) / checkpointBatch
 	return forEach(ctx, par, batches, func(ctx context.Context, b int) error {
 		batch := kps[b*checkpointBatch : min(len(kps), (b+1)*checkpointBatch)]
 		items := make([]engine.CheckpointItem, len(batch))
 		for i, kp := range batch {
-			items[i] = engine.CheckpointItem{Item: "key/" + kp.Name, Data: proofCheckpoint{Proof: proofLocalSeal, Formats: kp.Formats, KESGenerate: kesProven[kp.Name]}}
+			items[i] = verifiedKeys.Item(kp.Name).With(proofCheckpoint{Proof: proofLocalSeal, Formats: kp.Formats, KESGenerate: kesProven[kp.Name]})
 		}
-		return checkpointAll(items)
+		return w.CheckpointAll(items)
 	})
 }
 

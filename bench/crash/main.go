@@ -433,7 +433,7 @@ func windows(t *tb, journal string, start time.Time, total time.Duration) []wind
 	var ws []window
 	at := map[string]int{}
 	for _, r := range records {
-		if r.Kind != "state" {
+		if r.Kind != engine.RecordState {
 			continue
 		}
 		d := r.Time.Sub(start)
@@ -471,11 +471,11 @@ func underway(t *tb, journal string, killed bool) string {
 	}
 	var mid []string
 	last := ""
-	state := map[string]string{}
+	state := map[string]engine.State{}
 	for _, r := range records {
-		if r.Kind == "state" {
+		if r.Kind == engine.RecordState {
 			state[r.Step] = r.State
-			last = r.Step + " " + r.State
+			last = r.Step + " " + string(r.State)
 		}
 	}
 	for s, st := range state {

@@ -35,6 +35,12 @@ func TestScripts(t *testing.T) {
 				return err
 			}
 			e.Setenv("RUNBOOKS", d)
+			// Journals earlier trees wrote, which this one must resume.
+			j, err := filepath.Abs("../../testdata/journals")
+			if err != nil {
+				return err
+			}
+			e.Setenv("JOURNALS", j)
 			return nil
 		},
 	})

@@ -59,15 +59,15 @@ func cmdJournalLast(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	records, _, err := engine.ReadJournal(ts.MkAbs(args[0]))
 	ts.Check(err)
-	lastItem, lastState := "", ""
+	lastItem, lastState := "", engine.State("")
 	for _, r := range records {
 		if r.Step != args[1] {
 			continue
 		}
 		switch r.Kind {
-		case "checkpoint":
+		case engine.RecordCheckpoint:
 			lastItem = r.Item
-		case "state":
+		case engine.RecordState:
 			lastState = r.State
 		}
 	}
@@ -85,7 +85,7 @@ func cmdJournalClean(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	js, _, err := engine.LoadJournal(ts.MkAbs(args[0]))
 	ts.Check(err)
-	if got := js.Step(args[1]).State; got != args[2] {
+	if got := js.Step(args[1]).State; got != engine.State(args[2]) {
 		ts.Fatalf("%s is %s, not %s", args[1], got, args[2])
 	}
 	if js.Unfinished() {

@@ -46,9 +46,10 @@ import (
 //	    VAULT_URL, VAULT_CA (with -tls), VAULT_ROOT_TOKEN (test-only) and
 //	    VAULT_LOG.
 //	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F] [-fault-refuse-format msgpack|json] [-netns]
-//	    [-write-answer R] [-mixed R] [-batch R] [-deleted-names R]
+//	    [-write-answer R] [-mixed R] [-batch R] [-deleted-names R] [-dir DIR]
 //	    the Key Manager emulator (with -netns a child process, runbook
-//	    emulate key-manager, inside the test host); sets KM_SERVER (https
+//	    emulate key-manager, inside the test host; with -dir on the state,
+//	    root key and CA an earlier emulator left in DIR); sets KM_SERVER (https
 //	    URL), KM_CA, KM_API_KEY (root k1: key), KM_DIR and KM_LOG. The
 //	    readings (emulator.Readings) not given as flags come from the
 //	    script's KM_READINGS, flags in the same syntax (set by a test that
@@ -204,6 +205,7 @@ func cmdKeyManager(ts *testscript.TestScript, neg bool, args []string) {
 	dropRate := fs.Float64("fault-drop-rate", 0, "fraction of connections dropped")
 	refuse := fs.String("fault-refuse-format", "", "ciphertext format Decrypt refuses: msgpack or json")
 	netns := fs.Bool("netns", false, "run inside the script's test host, as a child process (runbook emulate key-manager)")
+	dir := fs.String("dir", "", "the emulator's state directory: an existing one starts on its state, root key and CA (default: a new one)")
 	var readings emulator.Readings
 	readings.Flags(fs)
 	parseFlags(ts, fs, append(strings.Fields(ts.Getenv("KM_READINGS")), args...))
@@ -219,6 +221,9 @@ func cmdKeyManager(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if *netns {
 		opts.Host = scriptHost(ts, "key-manager")
+	}
+	if *dir != "" {
+		opts.Dir = ts.MkAbs(*dir)
 	}
 	km, err := startKeyManager(scriptTB{ts}, opts)
 	if err != nil {

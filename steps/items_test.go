@@ -1,0 +1,159 @@
+package steps
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/engine/enginetest"
+)
+
+// itemCase is one checkpoint item of a step: the name journals already
+// hold for it (never to change), and data to record and read back.
+type itemCase struct {
+	want  string
+	put   func(r *engine.Run) error
+	check func(r *engine.Run) error
+}
+
+func roundTrip[T any](it engine.Item[T], want string, v T) itemCase {
+	return itemCase{
+		want: want,
+		put:  func(r *engine.Run) error { return it.Put(r, v) },
+		check: func(r *engine.Run) error {
+			got, ok, err := it.Get(r)
+			if err != nil || !ok || !reflect.DeepEqual(got, v) {
+				return fmt.Errorf("%s read back as %+v (recorded %v, %v), want %+v", want, got, ok, err, v)
+			}
+			if !it.Done(r) {
+				return fmt.Errorf("%s is not done after it was read back", want)
+			}
+			return nil
+		},
+	}
+}
+
+// familyRoundTrip checks a family's item of key both as an item and
+// through the family: its key reads back from the name, and All finds it.
+func familyRoundTrip[T any](f engine.Family[T], key, want string, v T) itemCase {
+	c := roundTrip(f.Item(key), want, v)
+	check := c.check
+	c.check = func(r *engine.Run) error {
+		if err := check(r); err != nil {
+			return err
+		}
+		if k, ok := f.Key(want); !ok || k != key {
+			return fmt.Errorf("%s: the family reads key %q back (%v), want %q", want, k, ok, key)
+		}
+		all, err := f.All(r)
+		if got, ok := all[key]; err != nil || !ok || !reflect.DeepEqual(got, v) {
+			return fmt.Errorf("%s: All holds %+v (%v, %v), want %+v", want, got, ok, err, v)
+		}
+		return nil
+	}
+	return c
+}
+
+// Every item of the converted steps, by the name journals already hold.
+// The cutover keeps its own items (cutover_items.go) until it is converted.
+var itemCases = []itemCase{
+	roundTrip(migrationPreflight, "preflight", preflightCheckpoint{NamesSHA256: "ab12", Identical: []string{"k1"}, Overwrite: []string{}}),
+	familyRoundTrip(migratedKeys, "minio/key-1", "key/minio/key-1", keyCheckpoint{Action: actionImported}),
+	familyRoundTrip(undoneKeys, "minio-key-2", "rollback/minio-key-2", keyCheckpoint{Action: actionDeleted}),
+	familyRoundTrip(verifiedKeys, "minio-key-3", "key/minio-key-3", proofCheckpoint{Proof: proofLocalSeal, Formats: []string{"msgpack", "json"}, KESGenerate: true}),
+	roundTrip(verificationSample, "sample", sampleSeed{Seed: 1<<63 + 5}),
+	roundTrip(enclaveCreateIntent, "create-intent", enclaveRecord{Enclave: "e"}),
+	roundTrip(enclaveCreated, "created", enclaveRecord{Enclave: "e", Note: "n"}),
+	roundTrip(enclaveAdopted, "adopted", enclaveRecord{Enclave: "e", Keys: 3}),
+	roundTrip(identityRegisterIntent, "register-intent", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
+	roundTrip(identityRegistered, "registered", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
+	roundTrip(prerequisitesChecked, "checked", prerequisitesState{}),
+	roundTrip(prerequisitesKeySet, "key-set", keySetRecord{Keys: 2, SHA256: "cd34", File: "/j/backups/kes-key-names.txt"}),
+	roundTrip(prerequisitesBackup, "backup", backupRecord{Config: "/c.yaml", Entries: 2, Snapshot: "/s.tar", SnapshotSHA256: "ef56"}),
+	roundTrip(prerequisitesCreationHalted, "creation-halted", keySetSum{Keys: 2, SHA256: "cd34"}),
+	familyRoundTrip(objectsRead, "bucket/dir/object", "object bucket/dir/object", objectRead{Bytes: 1 << 40, SSE: "SSE-KMS"}),
+}
+
+// itemProbe records every item on its first attempt and fails; on the
+// resumed attempt it reads each back from the journal. Its rollback
+// records an undoneKeys item, which a later plan reads with EverRecorded.
+type itemProbe struct{}
+
+var errItemsRecorded = errors.New("items recorded")
+
+func init() {
+	engine.Register(engine.BlockType{Name: "item_probe", Kind: engine.KindStep, New: func() engine.Block { return &itemProbe{} }})
+}
+
+func (*itemProbe) Config() any { return &struct{}{} }
+
+func (*itemProbe) Apply(_ context.Context, r *engine.Run) error {
+	if !r.Resumed() {
+		for _, c := range itemCases {
+			if err := c.put(r); err != nil {
+				return err
+			}
+		}
+		return errItemsRecorded
+	}
+	var errs []error
+	for _, c := range itemCases {
+		errs = append(errs, c.check(r))
+	}
+	return errors.Join(errs...)
+}
+
+// Plan after the rollback: the rollback cleared the step's checkpoints, and
+// what it did is still found in the journal.
+func (*itemProbe) Plan(_ context.Context, r *engine.Run) (*engine.StepPlan, error) {
+	undone, err := undoneKeys.EverRecorded(r)
+	if err != nil || undone["after-rollback"].Action != actionDeleted || migratedKeys.Item("minio/key-1").Done(r) {
+		return nil, fmt.Errorf("after a rollback, undoneKeys.EverRecorded = %v, %v; want after-rollback deleted, and no migratedKeys item", undone, err)
+	}
+	return &engine.StepPlan{}, nil
+}
+
+func (*itemProbe) Rollback(_ context.Context, r *engine.Run) error {
+	return undoneKeys.Item("after-rollback").Put(r, keyCheckpoint{Action: actionDeleted})
+}
+
+// Each item is written to a real journal under the name journals already
+// hold, and reads back equal on resume; a rollback clears them, and what
+// the rollback recorded is still read by the next plan (EverRecorded).
+func TestItemsRoundTrip(t *testing.T) {
+	t.Parallel()
+	h := enginetest.New(t, "runbook {\n  name = \"items\"\n}\nitem_probe \"p\" {}\n")
+	if err := h.Apply(); err == nil || !strings.Contains(err.Error(), errItemsRecorded.Error()) {
+		t.Fatalf("first attempt: %v, want it to stop once the items are recorded", err)
+	}
+	recorded := map[string]bool{}
+	for _, rec := range h.Records() {
+		if rec.Kind == engine.RecordCheckpoint {
+			recorded[rec.Item] = true
+		}
+	}
+	for _, c := range itemCases {
+		if !recorded[c.want] {
+			t.Errorf("no checkpoint named %q in the journal", c.want)
+		}
+	}
+	if len(recorded) != len(itemCases) {
+		t.Errorf("the journal holds %d item names, want %d", len(recorded), len(itemCases))
+	}
+	if err := h.Resume(); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if err := h.Rollback(""); err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	if got := h.State().Step("item_probe.p"); len(got.Checkpoints) != 0 || got.State != engine.StateRolledBack {
+		t.Fatalf("after the rollback the step is %s with %d checkpoints, want rolled_back with none", got.State, len(got.Checkpoints))
+	}
+	if _, err := h.Plan(); err != nil {
+		t.Fatalf("plan after the rollback: %v", err)
+	}
+}
