@@ -30,7 +30,7 @@ func (s *Session) refuseEarly(ctx context.Context, opts Options) error {
 	if err == nil || !errors.Is(err, ErrRefused) || res == nil {
 		return nil
 	}
-	return Refusef("nothing ran: the plan of this runbook refuses what it asks (%s); runbook plan FILE shows the whole plan", stepErrors(res.Steps))
+	return RefuseWithHint("runbook plan FILE shows the whole plan", "nothing ran: the plan of this runbook refuses what it asks (%s)", stepErrors(res.Steps))
 }
 
 // ApplyPlan executes a saved, reviewed plan: under the journal lock it plans
@@ -55,7 +55,7 @@ func (s *Session) ApplyPlan(ctx context.Context, opts Options, planDir string, r
 			return nil, err
 		}
 		if art.Doc.Fingerprint != reviewed.Fingerprint {
-			return nil, Refusef("the plan in %s is stale: %s. Make a new plan and have it reviewed", planDir, strings.Join(DiffPlans(reviewed, art.Doc), "; "))
+			return nil, RefuseWithHint("make a new plan and have it reviewed", "the plan in %s is stale: %s", planDir, strings.Join(DiffPlans(reviewed, art.Doc), "; "))
 		}
 		check, err := CheckApprovals(planDir, reviewed)
 		if err != nil {
@@ -72,6 +72,9 @@ func (s *Session) ApplyPlan(ctx context.Context, opts Options, planDir string, r
 	})
 }
 
+// otherJournalHint is the way forward for a plan made with another journal.
+const otherJournalHint = "apply the plan with the journal it was made with (-journal DIR), or make the plan again here"
+
 // planKey is the journal's hash key for checking a saved plan's sensitive
 // values; a plan made with another journal's key cannot be checked here.
 func (s *Session) planKey(journal string, reviewed *PlanDoc) (*HashKey, error) {
@@ -80,13 +83,13 @@ func (s *Session) planKey(journal string, reviewed *PlanDoc) (*HashKey, error) {
 	}
 	key, err := LoadHashKey(journal)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, Refusef("the plan bound its sensitive variables with the hash key of the journal it was made with, and %s has none: apply the plan with that journal (-journal DIR), or make the plan again here", journal)
+		return nil, RefuseWithHint(otherJournalHint, "the plan bound its sensitive variables with the hash key of the journal it was made with, and %s has none", journal)
 	}
 	if err != nil {
 		return nil, err
 	}
 	if key.ID() != reviewed.HashKey {
-		return nil, Refusef("the plan bound its sensitive variables with another journal's hash key (%s; %s has %s): apply the plan with that journal (-journal DIR), or make the plan again here", reviewed.HashKey, journal, key.ID())
+		return nil, RefuseWithHint(otherJournalHint, "the plan bound its sensitive variables with another journal's hash key (%s; %s has %s)", reviewed.HashKey, journal, key.ID())
 	}
 	return key, nil
 }
@@ -117,5 +120,6 @@ func (s *Session) checkApproved(js *JournalState, plan *PlanRecord, sel map[stri
 	if len(outside) == 0 {
 		return nil
 	}
-	return Refusef("this runbook requires %d approval(s), and no approved plan of this run contains %s: nothing ran. Make a plan that does (runbook plan FILE -target %s -out DIR), have it approved, and apply it with runbook apply DIR", s.Config.Approvals, strings.Join(outside, ", "), outside[len(outside)-1])
+	return RefuseWithHint(fmt.Sprintf("make a plan that does (runbook plan FILE -target %s -out DIR), have it approved, and apply it with runbook apply DIR", outside[len(outside)-1]),
+		"this runbook requires %d approval(s), and no approved plan of this run contains %s: nothing ran", s.Config.Approvals, strings.Join(outside, ", "))
 }

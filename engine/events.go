@@ -26,7 +26,9 @@ type Event struct {
 	ETA      string    `json:"eta,omitempty"`
 	Duration string    `json:"duration,omitempty"`
 	Error    string    `json:"error,omitempty"`
-	Details  []string  `json:"details,omitempty"`
+	// Hints say what the operator can do about Error (WithHint).
+	Hints   []string `json:"hints,omitempty"`
+	Details []string `json:"details,omitempty"`
 }
 
 // Event types.
@@ -98,6 +100,9 @@ func (o *HumanOutput) Emit(e Event) {
 			line += ": " + e.Error
 		}
 		fmt.Fprintln(o.W, line)
+		for _, h := range e.Hints {
+			fmt.Fprintf(o.W, "%-28s hint: %s\n", e.Step, h)
+		}
 	case EventLog:
 		fmt.Fprintf(o.W, "%-28s | %s\n", e.Step, e.Message)
 	case EventProgress:
@@ -160,6 +165,9 @@ func (em emitter) emit(e Event) {
 	e.Error = em.rd.String(e.Error)
 	for i, d := range e.Details {
 		e.Details[i] = em.rd.String(d)
+	}
+	for i, h := range e.Hints {
+		e.Hints[i] = em.rd.String(h)
 	}
 	em.out.Emit(e)
 }

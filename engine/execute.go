@@ -33,7 +33,7 @@ var ErrFailed = errors.New("run failed")
 // Apply executes the runbook: a new run, recorded in the journal.
 func (s *Session) Apply(ctx context.Context, opts Options) error {
 	if s.Config.Approvals > 0 {
-		return Refusef("this runbook requires %d approval(s) of a saved plan: run runbook plan FILE -out DIR, have it approved with runbook approve DIR --by NAME, then runbook apply DIR", s.Config.Approvals)
+		return RefuseWithHint("run runbook plan FILE -out DIR, have it approved with runbook approve DIR --by NAME, then runbook apply DIR", "this runbook requires %d approval(s) of a saved plan", s.Config.Approvals)
 	}
 	return s.execute(ctx, opts, opApply, func() (*PlanRecord, error) {
 		return nil, s.refuseEarly(ctx, opts)
@@ -100,7 +100,7 @@ func (x *execution) continueOrBegin() ([]string, error) {
 	s, js, targets := x.s, x.js, x.opts.Targets
 	switch {
 	case x.op == opResume && js.Run == nil:
-		return nil, Refusef("there is no run to resume in %s: start one with runbook apply", x.dir)
+		return nil, RefuseWithHint("start one with runbook apply", "there is no run to resume in %s", x.dir)
 	case x.op == opResume:
 		if err := s.checkAgainst(js.Run, x.dir); err != nil {
 			return nil, err
@@ -109,7 +109,7 @@ func (x *execution) continueOrBegin() ([]string, error) {
 			targets = js.resumeTargets()
 		}
 	case js.Run != nil && js.Unfinished():
-		return nil, Refusef("the run started in %s is unfinished (%s): continue it with runbook resume, or undo it with runbook rollback", x.dir, unfinishedSummary(js))
+		return nil, RefuseWithHint("continue it with runbook resume, or undo it with runbook rollback", "the run started in %s is unfinished (%s)", x.dir, unfinishedSummary(js))
 	case js.Run != nil && s.partlyApplied(js):
 		return targets, x.carryFurther(targets)
 	case js.Run != nil:
@@ -126,7 +126,7 @@ func (x *execution) continueOrBegin() ([]string, error) {
 func (x *execution) carryFurther(targets []string) error {
 	ri := x.js.Run
 	if sha256Hex(x.s.Config.Src) != ri.SourceSHA256 {
-		return Refusef("the runbook changed since the run in %s began, and that run is only partly applied: restore the runbook, or roll the run back first", x.dir)
+		return RefuseWithHint("restore the runbook, or roll the run back first", "the runbook changed since the run in %s began, and that run is only partly applied", x.dir)
 	}
 	if err := x.s.checkAgainst(ri, x.dir); err != nil {
 		return err
@@ -243,7 +243,7 @@ func (x *execution) finish(ctx context.Context, errs map[string]error, start tim
 				return fmt.Errorf("%s: %w", f, errs[f])
 			}
 		}
-		return fmt.Errorf("%w: %s: %v", ErrFailed, failed[0], errs[failed[0]])
+		return fmt.Errorf("%w: %s: %w", ErrFailed, failed[0], errs[failed[0]])
 	case len(waiting) > 0:
 		x.emit(Event{Type: EventSummary, Message: fmt.Sprintf("runbook: %s waiting for the operator after %s: do what it says, then runbook resume", strings.Join(waiting, ", "), took)})
 		return fmt.Errorf("%s: %w", waiting[0], errs[waiting[0]])

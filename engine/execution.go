@@ -148,7 +148,7 @@ func (x *execution) setState(addr string, state State, err error, data any) erro
 	}
 	e := Event{Type: EventState, Step: addr, State: state}
 	if err != nil {
-		e.Error = err.Error()
+		e.Error, e.Hints = err.Error(), Hints(err)
 	}
 	x.emit(e)
 	return nil

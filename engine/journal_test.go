@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -558,5 +559,25 @@ func TestFamilyKey(t *testing.T) {
 	}
 	if got := f.Item("a/b").Name(); got != "key/a/b" {
 		t.Errorf("Item(a/b).Name() = %q", got)
+	}
+}
+
+// A hint travels with its error through wrapping and joining, apart from
+// the error's text, in the order it was attached.
+func TestHints(t *testing.T) {
+	err := WithHint(errors.New("enclave e holds keys"), "delete them first")
+	err = fmt.Errorf("roll back enclave.e: %w", WithHint(err, "or roll back --to enclave.e"))
+	err = errors.Join(err, WithHint(errors.New("other"), "delete them first"))
+	if got, want := err.Error(), "roll back enclave.e: enclave e holds keys\nother"; got != want {
+		t.Errorf("Error() = %q, want %q: a hint is not part of the text", got, want)
+	}
+	if got, want := Hints(err), []string{"delete them first", "or roll back --to enclave.e"}; !slices.Equal(got, want) {
+		t.Errorf("Hints = %q, want %q", got, want)
+	}
+	if WithHint(nil, "x") != nil || Hints(nil) != nil {
+		t.Error("a hint on no error is no error")
+	}
+	if r := RefuseWithHint("h", "no %s", "way"); !errors.Is(r, ErrRefused) || r.Error() != "refused for safety: no way" || !slices.Equal(Hints(r), []string{"h"}) {
+		t.Errorf("RefuseWithHint = %v (hints %q)", r, Hints(r))
 	}
 }

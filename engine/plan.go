@@ -18,6 +18,7 @@ type PlannedStep struct {
 	DependsOn []string  `json:"depends_on,omitempty"`
 	Plan      *StepPlan `json:"plan,omitempty"`
 	Error     string    `json:"error,omitempty"`
+	Hints     []string  `json:"hints,omitempty"` // what to do about Error
 
 	refused bool // Error is a refusal (ErrRefused)
 }
@@ -76,6 +77,7 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 			sp, err := p.Plan(ctx, x.newRun(addr, d, x.js.Step(addr), nil))
 			if err != nil {
 				ps.Error = x.rd.String(err.Error())
+				ps.Hints = redactAll(x.rd, Hints(err))
 				if errors.Is(err, ErrRefused) {
 					ps.refused = true
 				}
@@ -149,6 +151,9 @@ func planEvent(ps PlannedStep) Event {
 	if ps.Error != "" {
 		e.Error = ps.Error
 		e.Details = []string{"cannot plan: " + ps.Error}
+		for _, h := range ps.Hints {
+			e.Details = append(e.Details, "hint: "+h)
+		}
 		return e
 	}
 	p := ps.Plan

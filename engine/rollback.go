@@ -31,7 +31,7 @@ func OpenFromJournal(dir, file string, in VarInputs) (*Session, hcl.Diagnostics,
 			return nil, nil, fmt.Errorf("read runbook: %w", err)
 		}
 		if sha256Hex(cur) != js.Run.SourceSHA256 {
-			return nil, nil, Refusef("%s changed since the run began; the journal's copy is what ran. Restore the file (the journal holds its text), or roll the run back first", file)
+			return nil, nil, RefuseWithHint("restore the file (the journal holds its text), or roll the run back first", "%s changed since the run began; the journal's copy is what ran", file)
 		}
 	}
 	// The recorded values of ordinary variables count least: the operator
@@ -95,7 +95,7 @@ func (x *execution) keptBy(to string) (map[string]bool, error) {
 		return nil, fmt.Errorf("--to %q: no such block in the runbook (write it as type.name)", to)
 	}
 	if st := x.js.Step(to); st.State != StateDone {
-		return nil, Refusef("--to %s: that step is %s, not done; roll back to a completed step", to, st.State)
+		return nil, RefuseWithHint("roll back to a completed step", "--to %s: that step is %s, not done", to, st.State)
 	}
 	keep[to] = true
 	for a := range x.s.Graph.Ancestors(to) {
@@ -189,7 +189,7 @@ func (x *execution) undo(ctx context.Context, inst Block, r *Run, st *StepState)
 	if err == nil {
 		return nil
 	}
-	x.emit(Event{Type: EventState, Step: r.Addr, State: StateRollbackFailed, Error: err.Error()})
+	x.emit(Event{Type: EventState, Step: r.Addr, State: StateRollbackFailed, Error: err.Error(), Hints: Hints(err)})
 	if e := x.append(&Record{Kind: RecordNote, Step: r.Addr, Error: err.Error()}); e != nil {
 		return e
 	}

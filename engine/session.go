@@ -157,7 +157,7 @@ func (s *Session) runInfo(command string, targets []string, key *HashKey) (*RunI
 // one must have the recorded value (OpenFromJournal supplies it). journal is
 // the run's journal dir, whose secrets/ holds the hash key.
 func (s *Session) checkAgainst(ri *RunInfo, journal string) error {
-	var problems []string
+	var problems, hints []string
 	var key *HashKey
 	var keyErr error
 	sum := func(name string, val cty.Value) (string, error) {
@@ -166,7 +166,7 @@ func (s *Session) checkAgainst(ri *RunInfo, journal string) error {
 		}
 		if key == nil && keyErr == nil {
 			if key, keyErr = LoadHashKey(journal); keyErr != nil {
-				keyErr = fmt.Errorf("the journal's hash key %s cannot be read (%w), so sensitive variables cannot be checked against the run; restore it from a backup of the journal dir", filepath.Join(journal, secretsDir, hashKeyFile), keyErr)
+				keyErr = WithHint(fmt.Errorf("the journal's hash key %s cannot be read (%w), so sensitive variables cannot be checked against the run", filepath.Join(journal, secretsDir, hashKeyFile), keyErr), "restore it from a backup of the journal dir")
 			}
 		}
 		if keyErr != nil {
@@ -182,11 +182,12 @@ func (s *Session) checkAgainst(ri *RunInfo, journal string) error {
 			case !recorded:
 				problems = append(problems, fmt.Sprintf("variable %q was not part of the run", v.Name))
 			case !val.IsWhollyKnown():
-				problems = append(problems, fmt.Sprintf("sensitive variable %q is never stored: give it again with -var %s=… or %s%s", v.Name, v.Name, EnvPrefix, v.Name))
+				problems = append(problems, fmt.Sprintf("sensitive variable %q is never stored", v.Name))
+				hints = append(hints, fmt.Sprintf("give %s again with -var %s=… or %s%s", v.Name, v.Name, EnvPrefix, v.Name))
 			default:
 				got, err := sum(v.Name, val)
 				if err != nil {
-					return Refusef("%s", err)
+					return fmt.Errorf("%w: %w", ErrRefused, err)
 				}
 				if got != want {
 					problems = append(problems, fmt.Sprintf("sensitive variable %q differs from the value the run started with", v.Name))
@@ -207,7 +208,11 @@ func (s *Session) checkAgainst(ri *RunInfo, journal string) error {
 		}
 	}
 	if len(problems) > 0 {
-		return Refusef("%s", strings.Join(problems, "; "))
+		err := Refusef("%s", strings.Join(problems, "; "))
+		for _, h := range hints {
+			err = WithHint(err, h)
+		}
+		return err
 	}
 	return nil
 }

@@ -97,6 +97,12 @@ func Refusef(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, args...))
 }
 
+// RefuseWithHint returns an error wrapping ErrRefused, with hint attached
+// (WithHint): the refusal says why, the hint what to do.
+func RefuseWithHint(hint, format string, args ...any) error {
+	return WithHint(Refusef(format, args...), hint)
+}
+
 // Connection values are capsules holding the decoded block, so that a step can
 // take `from = kes.legacy` and reach the connection's Go value.
 type connectionRef struct {

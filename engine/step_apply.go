@@ -14,7 +14,7 @@ func (x *execution) applyNode(ctx context.Context, addr string) error {
 	b := x.cfg.Block(addr)
 	if b.BlockType.Kind == KindConnection {
 		if err := x.s.decodeConnection(b); err != nil {
-			x.emit(Event{Type: EventState, Step: addr, State: StateFailed, Error: err.Error()})
+			x.emit(Event{Type: EventState, Step: addr, State: StateFailed, Error: err.Error(), Hints: Hints(err)})
 			return err
 		}
 		return nil

@@ -197,7 +197,7 @@ func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
 				return err
 			}
 			if obs.Keys > 0 {
-				return fmt.Errorf("create enclave %s: it appeared meanwhile, holding %d key(s) (%s): another party is using this name; choose another", e.cfg.Name, obs.Keys, sample(obs.names, 5))
+				return engine.WithHint(fmt.Errorf("create enclave %s: it appeared meanwhile, holding %d key(s) (%s): another party is using this name", e.cfg.Name, obs.Keys, sample(obs.names, 5)), "choose another name")
 			}
 			note = "existed, empty, at the retry: created by this run's earlier try"
 		}
@@ -277,7 +277,8 @@ func (e *enclaveStep) Rollback(ctx context.Context, r *engine.Run) error {
 		return err
 	}
 	if len(ids) > 0 {
-		return engine.Refusef("enclave %s, created by this run, holds %s this rollback did not remove (%s): deleting it would lock them out; delete them first, or roll back --to %s to keep the enclave", name, plural(len(ids), "identity", "identities"), sample(ids, 5), r.Addr)
+		return engine.RefuseWithHint(fmt.Sprintf("delete them first, or roll back --to %s to keep the enclave", r.Addr),
+			"enclave %s, created by this run, holds %s this rollback did not remove (%s): deleting it would lock them out", name, plural(len(ids), "identity", "identities"), sample(ids, 5))
 	}
 	if err := c.DeleteEnclave(ctx, &kms.DeleteEnclaveRequest{Name: name}); err != nil && !errors.Is(err, kms.ErrEnclaveNotFound) {
 		return fmt.Errorf("delete enclave %s: %w", name, err)

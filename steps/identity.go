@@ -172,8 +172,9 @@ func refuseLostKey(r *engine.Run) error {
 	if !ok {
 		return nil
 	}
-	return engine.Refusef("the journal records that an earlier attempt %s identity %s in enclave %s, but its API key file %s is missing: a new key would not be that identity's. Restore the file from a backup of the journal dir, or undo this step with runbook rollback (it deletes identity %s, which needs no key) and apply again",
-		what, rec.Identity, rec.Enclave, r.SecretPath("api_key"), rec.Identity)
+	return engine.RefuseWithHint(fmt.Sprintf("restore the file from a backup of the journal dir, or undo this step with runbook rollback (it deletes identity %s, which needs no key) and apply again", rec.Identity),
+		"the journal records that an earlier attempt %s identity %s in enclave %s, but its API key file %s is missing: a new key would not be that identity's",
+		what, rec.Identity, rec.Enclave, r.SecretPath("api_key"))
 }
 
 // Rollback deletes the identity this run registered (or may have: the intent

@@ -53,7 +53,8 @@ func runApprove(_ context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if check.Signed && !check.AuthorOK {
-		return engine.Refusef("approval by %s not recorded: the plan's author is not proven (%s), so no approval would let it apply; make the plan again with runbook plan FILE -out %s --by NAME --key KEY", a.By, check.AuthorWhy, dir)
+		return engine.RefuseWithHint(fmt.Sprintf("make the plan again with runbook plan FILE -out %s --by NAME --key KEY", dir),
+			"approval by %s not recorded: the plan's author is not proven (%s), so no approval would let it apply", a.By, check.AuthorWhy)
 	}
 	if last := check.Entries[len(check.Entries)-1]; !last.Counts {
 		return engine.Refusef("approval by %s not recorded: %s", a.By, strings.TrimSuffix(last.Why, ": does not count"))

@@ -127,6 +127,9 @@ func exitCode(env *cliEnv, err error) int {
 		return exitFailure
 	}
 	fmt.Fprintf(env.stderr, "runbook: error: %s\n", err)
+	for _, h := range engine.Hints(err) {
+		fmt.Fprintf(env.stderr, "runbook: hint: %s\n", h)
+	}
 	var le *engine.LockError
 	switch {
 	case errors.As(err, &le):
