@@ -182,7 +182,61 @@ type migrationState struct {
 	HMAC         int       `json:"hmac_keys_not_carried"`
 }
 
+// Plan observes the key store and the enclave read-only and says what
+// Apply would import, skip, overwrite or leave behind.
 func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan, error) {
+	obs, err := m.observe(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	var reused []string // to import, deleted from this enclave by an earlier rollback
+	if obs.exists {
+		gone, err := deletedEarlier(r)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range obs.toImport {
+			if gone[n] {
+				reused = append(reused, n)
+			}
+		}
+	}
+	p := &engine.StepPlan{}
+	m.planObserved(p, obs)
+	m.planImports(p, obs, reused)
+	planLeftBehind(p, obs, m.cfg.SkipUnparsable)
+	p.Items = append(obs.toImport, obs.rep.overwrite...)
+	sort.Strings(p.Items)
+	p.ItemsLabel = "keys to import"
+	// A conservative rate for a Key Manager across a network (BENCHMARKS.md
+	// measures several times this on loopback).
+	p.EstimateSeconds = float64(len(p.Items)) / estimatedImportsPerSecond
+	p.Rollback = "delete the keys this run imported, never keys that were already there; refused once a cutover has been applied; keys it overwrote cannot be restored"
+	src, rep := obs.src, obs.rep
+	p.State = migrationState{
+		SourceKeys: src.total, Matching: len(src.names), NamesSHA256: src.digest,
+		Enclave: obs.to.Name, EnclaveFound: obs.exists, Import: len(obs.toImport),
+		Identical: rep.identical, Conflicts: rep.conflicts,
+		Unparsable: rep.unparsable, Rejected: rep.rejected, NotKeys: rep.notKeys, HMAC: rep.hmac,
+	}
+	return p, nil
+}
+
+// migrationObservation is what the plan observed: the source's entries,
+// read and classified, and the enclave's keys judged against them.
+type migrationObservation struct {
+	from     *kesConnection
+	src      *sourceSet // closed: names and digest only
+	to       enclaveRef
+	present  map[string]bool
+	exists   bool
+	toImport []string // keys not at the target, sorted
+	rep      *report
+}
+
+// observe reads every source entry (its format, whether it is a key) and
+// judges the keys already at the target by round trip.
+func (m *migrationStep) observe(ctx context.Context, r *engine.Run) (*migrationObservation, error) {
 	from, _, err := engine.ConnectionFrom[*kesConnection](m.cfg.From, "kes")
 	if err != nil {
 		return nil, err
@@ -197,18 +251,16 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	}
 	defer src.ks.Close()
 	r.RecordInput("kes key set", src.digest)
-
 	c, err := to.KM.Client(r)
 	if err != nil {
 		return nil, err
 	}
-	present, exists, err := listTarget(ctx, c, to.Name)
+	obs := &migrationObservation{from: from, src: src, to: to, rep: &report{notKeys: src.notKeys}}
+	obs.present, obs.exists, err = listTarget(ctx, c, to.Name)
 	if err != nil {
 		return nil, fmt.Errorf("list enclave %s: %w", to.Name, err)
 	}
-
-	rep := &report{notKeys: src.notKeys}
-	var toImport, there []string
+	var there []string
 	var mu sync.Mutex
 	err = forEach(ctx, m.parallelism(), len(src.names), func(ctx context.Context, i int) error {
 		e, err := src.readEntry(ctx, src.names[i])
@@ -216,16 +268,16 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 			return err
 		}
 		defer e.wipe()
-		rep.add(e)
+		obs.rep.add(e)
 		if e.class != entryOK {
 			return nil
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		if present[e.name] {
+		if obs.present[e.name] {
 			there = append(there, e.name)
 		} else {
-			toImport = append(toImport, e.name)
+			obs.toImport = append(obs.toImport, e.name)
 		}
 		return nil
 	})
@@ -235,35 +287,34 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	// Keys already at the target: same material or not, proven by round
 	// trip, several keys a request.
 	sort.Strings(there)
+	rep := obs.rep
 	rep.identical, rep.overwrite, rep.conflicts, err = m.judgePresent(ctx, c, to.Name, src, there)
 	if err != nil {
 		return nil, err
 	}
 	rep.sort()
-	sort.Strings(toImport)
+	sort.Strings(obs.toImport)
+	return obs, nil
+}
 
-	p := &engine.StepPlan{}
+// planObserved describes the source and the enclave.
+func (m *migrationStep) planObserved(p *engine.StepPlan, obs *migrationObservation) {
+	src, rep, to := obs.src, obs.rep, obs.to
 	p.Observed = append(p.Observed,
 		fmt.Sprintf("%s: %d entries, %d match pattern %q (names SHA-256 %s), listed completely (not through KES's paged listing, which stops after 1025) and %s; %d of them are keys", src.where, src.total, len(src.names)+len(src.notKeys), m.pattern(), src.digest[:16], src.listing.Check, len(src.names)-len(rep.unparsable)),
 		fmt.Sprintf("formats: %d KES v0.24 (protobuf), %d KES v0.22/v0.23 (JSON); algorithms: %d AES256, %d ChaCha20", rep.v024, rep.v023, rep.aes, rep.chacha))
-	if exists {
-		p.Observed = append(p.Observed, fmt.Sprintf("enclave %s at %s: exists, %d keys", to.Name, to.Addr, len(present)))
+	if obs.exists {
+		p.Observed = append(p.Observed, fmt.Sprintf("enclave %s at %s: exists, %d keys", to.Name, to.Addr, len(obs.present)))
 	} else {
 		p.Observed = append(p.Observed, fmt.Sprintf("enclave %s at %s: does not exist yet (the enclave step creates it)", to.Name, to.Addr))
 	}
-	p.Actions = append(p.Actions, fmt.Sprintf("import %d keys into enclave %s (up to %d at a time, each checkpointed; key material never leaves memory except into the Key Manager)", len(toImport), to.Name, max(1, min(m.parallelism(), len(toImport)))))
-	var reused []string // to import, deleted from this enclave by an earlier rollback
-	if exists {
-		gone, err := deletedEarlier(r)
-		if err != nil {
-			return nil, err
-		}
-		for _, n := range toImport {
-			if gone[n] {
-				reused = append(reused, n)
-			}
-		}
-	}
+}
+
+// planImports says what is imported, skipped, overwritten, and what fails
+// before anything is imported.
+func (m *migrationStep) planImports(p *engine.StepPlan, obs *migrationObservation, reused []string) {
+	rep, to := obs.rep, obs.to
+	p.Actions = append(p.Actions, fmt.Sprintf("import %d keys into enclave %s (up to %d at a time, each checkpointed; key material never leaves memory except into the Key Manager)", len(obs.toImport), to.Name, max(1, min(m.parallelism(), len(obs.toImport)))))
 	if n := len(reused); n > 0 {
 		p.Actions = append(p.Actions, fmt.Sprintf("cannot import %d keys that an earlier rollback of this step deleted from enclave %s, if the Key Manager does not give a deleted name out again (the vendor's client: \"Once a key version has been removed it cannot be added again\"); they are then refused one by one, named, and the step fails: %s", n, to.Name, strings.Join(reused, ", ")))
 		p.Risks = append(p.Risks, fmt.Sprintf("%d keys to import were deleted from enclave %s by an earlier rollback; a Key Manager that keeps deleted names refuses them: migrate into a new enclave instead: %s", n, to.Name, strings.Join(reused, ", ")))
@@ -283,9 +334,15 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 		p.Actions = append(p.Actions, fmt.Sprintf("FAIL before importing anything: %d keys are present at the target with different material: %s", n, strings.Join(rep.conflicts, ", ")))
 		p.Risks = append(p.Risks, fmt.Sprintf("%d keys conflict (same name, different material at the Key Manager): %s", n, strings.Join(rep.conflicts, ", ")))
 	}
+}
+
+// planLeftBehind names the entries that are not carried: not keys, not
+// parsable, names the Key Manager refuses, HMAC keys.
+func planLeftBehind(p *engine.StepPlan, obs *migrationObservation, skipUnparsable bool) {
+	rep := obs.rep
 	if bl := rep.blocking(); len(bl) > 0 {
 		verb := "FAIL at the end (set skip_unparsable = true to leave them behind)"
-		if m.cfg.SkipUnparsable {
+		if skipUnparsable {
 			verb = "leave behind (skip_unparsable = true)"
 		}
 		p.Actions = append(p.Actions, fmt.Sprintf("%s %d entries that cannot be carried", verb, len(bl)))
@@ -293,7 +350,7 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	if len(rep.notKeys) > 0 {
 		p.Observed = append(p.Observed, fmt.Sprintf("%s (%d), left out by every step: %s", groupNotKeys, len(rep.notKeys), strings.Join(describeProblems(rep.notKeys), "; ")))
 	}
-	if line := foreignObserved(from, src.foreign); line != "" {
+	if line := foreignObserved(obs.from, obs.src.foreign); line != "" {
 		p.Observed = append(p.Observed, line)
 	}
 	if len(rep.unparsable) > 0 {
@@ -309,20 +366,6 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	if s := rep.hmacRisk(); s != "" {
 		p.Risks = append(p.Risks, s)
 	}
-	p.Items = append(toImport, rep.overwrite...)
-	sort.Strings(p.Items)
-	p.ItemsLabel = "keys to import"
-	// A conservative rate for a Key Manager across a network (BENCHMARKS.md
-	// measures several times this on loopback).
-	p.EstimateSeconds = float64(len(p.Items)) / estimatedImportsPerSecond
-	p.Rollback = "delete the keys this run imported, never keys that were already there; refused once a cutover has been applied; keys it overwrote cannot be restored"
-	p.State = migrationState{
-		SourceKeys: src.total, Matching: len(src.names), NamesSHA256: src.digest,
-		Enclave: to.Name, EnclaveFound: exists, Import: len(toImport),
-		Identical: rep.identical, Conflicts: rep.conflicts,
-		Unparsable: rep.unparsable, Rejected: rep.rejected, NotKeys: rep.notKeys, HMAC: rep.hmac,
-	}
-	return p, nil
 }
 
 // judgePresent proves by round trip, several keys a request, whether the

@@ -36,7 +36,7 @@ func sameMaterial(ctx context.Context, c *kms.Client, enclave, name string, k ke
 func permanentHint(err error, enclave string) error {
 	switch {
 	case errors.Is(err, kms.ErrPermission):
-		return fmt.Errorf("%w (the key_manager's API key lacks permission in enclave %s: use the SysAdmin key or an enclave admin)", err, enclave)
+		return engine.WithHint(fmt.Errorf("%w (the key_manager's API key lacks permission in enclave %s)", err, enclave), "use the SysAdmin key or an enclave admin's")
 	case errors.Is(err, kms.ErrEnclaveNotFound):
 		return fmt.Errorf("%w (enclave %s: the enclave step creates it; was it deleted?)", err, enclave)
 	}
@@ -111,7 +111,9 @@ func actionOf(c engine.Checkpoints, f engine.Family[keyCheckpoint], name string)
 	return kc.Action
 }
 
-// migrate is Apply without the engine: h carries the journal.
+// migrate is Apply without the engine: h carries the journal. It judges
+// the keys already in the enclave (once per run), sorts the source's keys
+// into done and to do, imports the rest, and reports.
 func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet, c *kms.Client, enclave string) (*migrationResult, error) {
 	start := time.Now()
 	present, exists, err := listTarget(ctx, c, enclave)
@@ -121,38 +123,74 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 	if !exists {
 		return nil, fmt.Errorf("import keys: %w", permanentHint(kms.ErrEnclaveNotFound, enclave))
 	}
+	pre, err := m.judgeOnce(ctx, h, src, c, enclave, present)
+	if err != nil {
+		return nil, err
+	}
+	ki := &keyImport{m: m, h: h, src: src, c: c, enclave: enclave, present: present, overwrite: setOf(pre.Overwrite),
+		rep: &report{notKeys: src.notKeys}, res: &migrationResult{}, total: int64(len(src.names))}
+	ki.sortDone(setOf(pre.Identical))
+	err = ki.importAll(ctx)
+	ki.count()
+	if err != nil {
+		return ki.res, err
+	}
+	ki.report(time.Since(start))
+	return ki.res, ki.outcome()
+}
 
-	// Pre-flight, once per run: judge the keys already in the enclave
-	// before anything is imported, so that a conflict changes nothing.
+// judgeOnce is the pre-flight, once per run: the keys already in the
+// enclave are judged before anything is imported, so that a conflict
+// changes nothing. A resume reads the judgement from the journal.
+func (m *migrationStep) judgeOnce(ctx context.Context, h runHooks, src *sourceSet, c *kms.Client, enclave string, present map[string]bool) (preflightCheckpoint, error) {
 	pre, ok, err := migrationPreflight.Get(h)
 	if err != nil {
-		return nil, fmt.Errorf("read the migration's preflight checkpoint: %w", err)
+		return pre, fmt.Errorf("read the migration's preflight checkpoint: %w", err)
 	}
 	if ok {
 		if pre.NamesSHA256 != src.digest {
 			h.warnf("the key store's names changed since this step first ran (SHA-256 %s, now %s): keys created since are imported now; halt key creation at KES", pre.NamesSHA256[:16], src.digest[:16])
 		}
-	} else {
-		pre, err = m.preflight(ctx, h, src, c, enclave, present)
-		if err != nil {
-			return nil, err
-		}
-		if err := migrationPreflight.Put(h, pre); err != nil {
-			return nil, err
-		}
+		return pre, nil
 	}
-	identical := setOf(pre.Identical)
-	overwrite := setOf(pre.Overwrite)
+	if pre, err = m.preflight(ctx, h, src, c, enclave, present); err != nil {
+		return pre, err
+	}
+	return pre, migrationPreflight.Put(h, pre)
+}
 
-	res := &migrationResult{}
-	rep := &report{notKeys: src.notKeys}
-	var todo []string
-	for _, n := range src.names {
+// keyImport is one attempt's import of the source's keys into the enclave.
+type keyImport struct {
+	m         *migrationStep
+	h         runHooks
+	src       *sourceSet
+	c         *kms.Client
+	enclave   string
+	present   map[string]bool // at the target when the attempt began
+	overwrite map[string]bool // to replace with the source's material
+	rep       *report
+	res       *migrationResult
+	todo      []string
+
+	total, done           int64 // keys of the source; done or given up (atomic)
+	imported, overwritten atomic.Int64
+	journalNanos          atomic.Int64 // time workers waited for durable checkpoints
+	busyNanos             atomic.Int64 // time workers worked in all
+
+	conflictMu    sync.Mutex
+	lateConflicts []string
+}
+
+// sortDone counts the keys done already (identical at the target, or
+// checkpointed by an earlier attempt) and lists the rest in ki.todo.
+func (ki *keyImport) sortDone(identical map[string]bool) {
+	res := ki.res
+	for _, n := range ki.src.names {
 		if identical[n] {
 			res.Skipped++
 			continue
 		}
-		switch actionOf(h, migratedKeys, n) {
+		switch actionOf(ki.h, migratedKeys, n) {
 		case actionImported:
 			res.Imported++
 			res.Earlier++
@@ -162,135 +200,143 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 			res.Earlier++
 			continue
 		case actionOverwriting:
-			overwrite[n] = true // interrupted between delete and import: finish it
+			ki.overwrite[n] = true // interrupted between delete and import: finish it
 		}
-		todo = append(todo, n)
+		ki.todo = append(ki.todo, n)
 	}
-	total := int64(len(src.names))
-	var done atomic.Int64
-	done.Store(total - int64(len(todo)))
-	h.progress(done.Load(), total)
+	ki.done = ki.total - int64(len(ki.todo))
+	ki.h.progress(ki.done, ki.total)
 	if res.Earlier > 0 || res.Skipped > 0 {
-		h.logf("%d keys done earlier (journal) or already present with identical material; %d to go", total-int64(len(todo)), len(todo))
+		ki.h.logf("%d keys done earlier (journal) or already present with identical material; %d to go", ki.done, len(ki.todo))
 	}
+}
 
-	var imported, overwritten atomic.Int64
-	var journalNanos, busyNanos atomic.Int64 // time workers wait for durable checkpoints / work in total
-	var conflictMu sync.Mutex
-	var lateConflicts []string
-	conflict := func(names ...string) {
-		conflictMu.Lock()
-		lateConflicts = append(lateConflicts, names...)
-		conflictMu.Unlock()
-	}
-	// A worker takes a run of up to batch consecutive keys: it reads them,
-	// imports those that are not at the target in one request, and then
-	// checkpoints each of them. At most workers*batch <= parallelism keys
-	// are in flight (read, or imported without a durable checkpoint).
-	batch := importBatchSize(m.parallelism())
-	workers := max(1, m.parallelism()/batch)
-	runs := (len(todo) + batch - 1) / batch
-	err = forEach(ctx, workers, runs, func(ctx context.Context, ri int) error {
+// importAll imports ki.todo: a worker takes a run of up to batch
+// consecutive keys, reads them, imports those that are not at the target
+// in one request, and then checkpoints each of them. At most
+// workers*batch <= parallelism keys are in flight (read, or imported
+// without a durable checkpoint).
+func (ki *keyImport) importAll(ctx context.Context) error {
+	batch := importBatchSize(ki.m.parallelism())
+	workers := max(1, ki.m.parallelism()/batch)
+	runs := (len(ki.todo) + batch - 1) / batch
+	return forEach(ctx, workers, runs, func(ctx context.Context, ri int) error {
 		t0 := time.Now()
-		defer func() { busyNanos.Add(int64(time.Since(t0))) }()
-		var finished []keyDone // confirmed by the target, to be checkpointed
-		skipped := 0
-		err := func() error {
-			// fresh: not at the target at the listing, imported together;
-			// there: at the target at the listing without a checkpoint (in
-			// flight at an interruption), proven together.
-			var fresh, there []*sourceEntry
-			defer func() {
-				for _, e := range append(fresh, there...) {
-					e.wipe()
-				}
-			}()
-			for _, name := range todo[ri*batch : min(len(todo), (ri+1)*batch)] {
-				e, err := src.readEntry(ctx, name)
-				if err != nil {
-					return err
-				}
-				rep.add(e)
-				switch {
-				case e.class != entryOK:
-					skipped++
-					continue
-				case overwrite[name]:
-				case present[name]:
-					there = append(there, e)
-					continue
-				default:
-					fresh = append(fresh, e)
-					continue
-				}
-				action, err := m.overwriteKey(ctx, h, c, enclave, e, present[name])
-				e.wipe()
-				if errors.Is(err, errConflict) {
-					conflict(name)
-					continue
-				}
-				if err != nil {
-					return permanentHint(err, enclave)
-				}
-				finished = append(finished, keyDone{name, action})
-			}
-			im := &importer{c: c, enclave: enclave, rep: rep}
-			if len(there) > 0 {
-				same, differ, err := im.prove(ctx, there)
-				if err != nil {
-					return permanentHint(err, enclave)
-				}
-				rep.inflight.Add(int64(len(same)))
-				for _, name := range same {
-					finished = append(finished, keyDone{name, actionImported})
-				}
-				conflict(differ...)
-			}
-			if len(fresh) == 0 {
-				return nil
-			}
-			ok, conflicts, err := im.importAll(ctx, fresh)
-			for _, name := range ok {
-				finished = append(finished, keyDone{name, actionImported})
-			}
-			conflict(conflicts...)
-			return permanentHint(err, enclave)
-		}()
+		defer func() { ki.busyNanos.Add(int64(time.Since(t0))) }()
+		finished, skipped, err := ki.importRun(ctx, ki.todo[ri*batch:min(len(ki.todo), (ri+1)*batch)])
 		// Keys confirmed by the target are checkpointed even when a later
 		// key of the run failed.
 		t := time.Now()
-		cerr := checkpointKeys(h, finished)
-		journalNanos.Add(int64(time.Since(t)))
+		cerr := checkpointKeys(ki.h, finished)
+		ki.journalNanos.Add(int64(time.Since(t)))
 		if cerr != nil {
 			return errors.Join(err, cerr)
 		}
 		for _, k := range finished {
 			if k.action == actionOverwritten {
-				overwritten.Add(1)
+				ki.overwritten.Add(1)
 			} else {
-				imported.Add(1)
+				ki.imported.Add(1)
 			}
 		}
-		h.progress(done.Add(int64(len(finished)+skipped)), total)
+		ki.h.progress(atomic.AddInt64(&ki.done, int64(len(finished)+skipped)), ki.total)
 		return err
 	})
-	res.Imported += int(imported.Load())
-	res.Overwritten += int(overwritten.Load())
+}
+
+// importRun reads a run of keys and carries each to the target: keys not
+// there at the listing are imported together; keys there without a
+// checkpoint (in flight at an interruption) are proven together; keys to
+// overwrite one by one. It returns the keys the target confirmed, and how
+// many entries were given up (not keys, or unparsable: reported).
+func (ki *keyImport) importRun(ctx context.Context, names []string) (finished []keyDone, skipped int, err error) {
+	var fresh, there []*sourceEntry
+	defer func() {
+		for _, e := range append(fresh, there...) {
+			e.wipe()
+		}
+	}()
+	for _, name := range names {
+		e, err := ki.src.readEntry(ctx, name)
+		if err != nil {
+			return finished, skipped, err
+		}
+		ki.rep.add(e)
+		switch {
+		case e.class != entryOK:
+			skipped++
+			continue
+		case ki.overwrite[name]:
+		case ki.present[name]:
+			there = append(there, e)
+			continue
+		default:
+			fresh = append(fresh, e)
+			continue
+		}
+		action, err := ki.m.overwriteKey(ctx, ki.h, ki.c, ki.enclave, e, ki.present[name])
+		e.wipe()
+		if errors.Is(err, errConflict) {
+			ki.conflict(name)
+			continue
+		}
+		if err != nil {
+			return finished, skipped, permanentHint(err, ki.enclave)
+		}
+		finished = append(finished, keyDone{name, action})
+	}
+	im := &importer{c: ki.c, enclave: ki.enclave, rep: ki.rep}
+	if len(there) > 0 {
+		same, differ, err := im.prove(ctx, there)
+		if err != nil {
+			return finished, skipped, permanentHint(err, ki.enclave)
+		}
+		ki.rep.inflight.Add(int64(len(same)))
+		for _, name := range same {
+			finished = append(finished, keyDone{name, actionImported})
+		}
+		ki.conflict(differ...)
+	}
+	if len(fresh) == 0 {
+		return finished, skipped, nil
+	}
+	ok, conflicts, err := im.importAll(ctx, fresh)
+	for _, name := range ok {
+		finished = append(finished, keyDone{name, actionImported})
+	}
+	ki.conflict(conflicts...)
+	return finished, skipped, permanentHint(err, ki.enclave)
+}
+
+// conflict records keys that appeared at the target with other material
+// while the migration ran.
+func (ki *keyImport) conflict(names ...string) {
+	ki.conflictMu.Lock()
+	defer ki.conflictMu.Unlock()
+	ki.lateConflicts = append(ki.lateConflicts, names...)
+}
+
+// count adds this attempt's work to the result.
+func (ki *keyImport) count() {
+	res, rep := ki.res, ki.rep
+	res.Imported += int(ki.imported.Load())
+	res.Overwritten += int(ki.overwritten.Load())
 	res.Requests = rep.requestCount.Load()
 	res.Commands = rep.commandCount.Load()
 	res.InFlight = rep.inflight.Load()
 	rep.sort()
 	res.NotMigrated = len(rep.unparsable) + len(rep.rejected)
-	if err != nil {
-		return res, err
-	}
+}
 
-	elapsed := time.Since(start)
-	rate := float64(imported.Load()+overwritten.Load()) / max(elapsed.Seconds(), 1e-9)
+// report logs what the attempt did and what the enclave now holds, and
+// names every entry left behind.
+func (ki *keyImport) report(elapsed time.Duration) {
+	h, res, rep := ki.h, ki.res, ki.rep
+	carried := ki.imported.Load() + ki.overwritten.Load()
 	h.logf("imported %d keys this attempt (%d import requests carrying %d keys, %d found already imported after an interruption or a lost answer, %d done by earlier attempts; %d requests read back what failed requests did) in %s (%.0f keys/s)",
-		imported.Load()+overwritten.Load(), res.Requests, res.Commands, res.InFlight, res.Earlier, rep.readbacks.Load(), elapsed.Round(time.Millisecond), rate)
-	if b := busyNanos.Load(); b > 0 && len(todo) > 0 {
-		h.logf("journal: waiting for durable per-key checkpoints took %.0f%% of the workers' time", 100*float64(journalNanos.Load())/float64(b))
+		carried, res.Requests, res.Commands, res.InFlight, res.Earlier, rep.readbacks.Load(), elapsed.Round(time.Millisecond), float64(carried)/max(elapsed.Seconds(), 1e-9))
+	if b := ki.busyNanos.Load(); b > 0 && len(ki.todo) > 0 {
+		h.logf("journal: waiting for durable per-key checkpoints took %.0f%% of the workers' time", 100*float64(ki.journalNanos.Load())/float64(b))
 	}
 	left := ""
 	if n := len(rep.unparsable) + len(rep.rejected); n > 0 {
@@ -299,11 +345,11 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 	if n := len(rep.notKeys); n > 0 {
 		left += fmt.Sprintf("; %d entries that are not keys left out", n)
 	}
-	if n := len(src.foreign); n > 0 {
+	if n := len(ki.src.foreign); n > 0 {
 		left += fmt.Sprintf("; %d %s left out, never copied", n, groupForeign)
 	}
 	h.logf("enclave %s holds %d of the %d source keys: %d imported, %d already present (identical), %d overwritten, %d not migrated%s",
-		enclave, res.Imported+res.Skipped+res.Overwritten, len(src.names)-len(rep.unparsable), res.Imported, res.Skipped, res.Overwritten,
+		ki.enclave, res.Imported+res.Skipped+res.Overwritten, len(ki.src.names)-len(rep.unparsable), res.Imported, res.Skipped, res.Overwritten,
 		len(rep.unparsable)+len(rep.rejected), left)
 	for _, p := range rep.notKeys {
 		h.logf("left out: %s: %s", p.Name, p.Reason)
@@ -317,14 +363,20 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 	if s := rep.hmacRisk(); s != "" {
 		h.warnf("%s", s)
 	}
-	if len(lateConflicts) > 0 {
-		sort.Strings(lateConflicts)
-		return res, fmt.Errorf("import keys: %d keys appeared at the target with different material while the migration ran (something else writes to enclave %s): %s", len(lateConflicts), enclave, strings.Join(lateConflicts, ", "))
+}
+
+// outcome fails the attempt for keys another writer changed meanwhile, and
+// for entries that cannot be carried unless the runbook leaves them behind.
+func (ki *keyImport) outcome() error {
+	if len(ki.lateConflicts) > 0 {
+		sort.Strings(ki.lateConflicts)
+		return fmt.Errorf("import keys: %d keys appeared at the target with different material while the migration ran (something else writes to enclave %s): %s", len(ki.lateConflicts), ki.enclave, strings.Join(ki.lateConflicts, ", "))
 	}
-	if bl := rep.blocking(); len(bl) > 0 && !m.cfg.SkipUnparsable {
-		return res, fmt.Errorf("import keys: %d entries cannot be carried (every other key is imported): %s; fix them in the key store and resume, or set skip_unparsable = true to leave them behind", len(bl), strings.Join(describeProblems(bl), "; "))
+	if bl := ki.rep.blocking(); len(bl) > 0 && !ki.m.cfg.SkipUnparsable {
+		return engine.WithHint(fmt.Errorf("import keys: %d entries cannot be carried (every other key is imported): %s", len(bl), strings.Join(describeProblems(bl), "; ")),
+			"fix them in the key store and resume, or set skip_unparsable = true to leave them behind")
 	}
-	return res, nil
+	return nil
 }
 
 func setOf(names []string) map[string]bool {
@@ -362,7 +414,8 @@ func (m *migrationStep) preflight(ctx context.Context, h runHooks, src *sourceSe
 		return pre, fmt.Errorf("import keys: %d keys already exist in enclave %s with different material (conflict; nothing was imported): %s", len(conflicts), enclave, strings.Join(conflicts, ", "))
 	}
 	if m.onConflict() == conflictFail && len(pre.Identical) > 0 {
-		return pre, fmt.Errorf("import keys: %d keys already exist in enclave %s (identical material) and on_conflict = \"fail\" (nothing was imported): %s; use on_conflict = \"skip_identical\" to count them as done", len(pre.Identical), enclave, strings.Join(pre.Identical, ", "))
+		return pre, engine.WithHint(fmt.Errorf("import keys: %d keys already exist in enclave %s (identical material) and on_conflict = \"fail\" (nothing was imported): %s", len(pre.Identical), enclave, strings.Join(pre.Identical, ", ")),
+			`use on_conflict = "skip_identical" to count them as done`)
 	}
 	if len(pre.Overwrite) > 0 {
 		h.warnf("%d keys in enclave %s hold different material and will be overwritten (on_conflict = \"overwrite\"): %s", len(pre.Overwrite), enclave, strings.Join(pre.Overwrite, ", "))

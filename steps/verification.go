@@ -40,6 +40,10 @@ func init() {
 	})
 }
 
+// kesPolicyHint is the fix for a KES identity whose policy refuses what
+// verification asks.
+const kesPolicyHint = "use the KES admin API key, or one whose policy allows " + kesPolicyPaths
+
 // The verification's durable state: every checkpoint it records.
 var (
 	// verifiedKeys: per key name, the proof the key got.
@@ -287,140 +291,254 @@ type verifyFailure struct {
 	Reason string
 }
 
+// Apply proves the migration in three phases, each adding the problems it
+// finds: the names (the key store listed completely against the enclave,
+// and against the KES server's own listing), the material (a round trip of
+// every key, or a sample, in every format MinIO may send it), and the
+// references (every key the object store names is in the enclave). Any
+// problem fails the step, all named.
 func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
-	src, srcAddr, err := engine.ConnectionFrom[*kesConnection](v.cfg.Source, "kes")
+	vr, err := v.begin(ctx, r)
 	if err != nil {
 		return err
+	}
+	ctx, cancel := context.WithCancel(ctx) // ends the background listings if Apply returns early
+	defer cancel()
+	names, err := vr.listNames(ctx)
+	if err != nil {
+		return err
+	}
+	defer names.ks.Close()
+	read, err := vr.readStore(ctx, names)
+	if err != nil {
+		return err
+	}
+	source := vr.compareNames(names, read.unparsable)
+	tally, err := vr.proveMaterial(ctx, read)
+	if err != nil {
+		return err
+	}
+	if err := vr.compareServedNames(names); err != nil {
+		return err
+	}
+	vr.reportProven(source, names.target, read, tally)
+	referenced, err := vr.checkReferences(ctx, names.allTarget)
+	if err != nil {
+		return err
+	}
+	r.SetOutput("verified", cty.NumberIntVal(int64(tally.keys)))
+	r.SetOutput("proof", cty.StringVal(verifyProofName(tally.proofs, proofLocalSeal)))
+	r.SetOutput("referenced", cty.NumberIntVal(int64(referenced)))
+	if len(vr.problems) > 0 {
+		return fmt.Errorf("verify enclave %s: %s", vr.enc.Name, strings.Join(vr.problems, "; "))
+	}
+	return nil
+}
+
+// verifyRun is one verification under way: its connections, and the
+// problems its phases found.
+type verifyRun struct {
+	v        *verificationStep
+	r        *engine.Run
+	src      *kesConnection
+	srcAddr  string
+	enc      enclaveRef
+	kmc      *kms.Client
+	srv      *kesServer  // nil when the kes block names no server
+	kc       *kes.Client // srv's client
+	problems []string
+}
+
+func (v *verificationStep) begin(ctx context.Context, r *engine.Run) (*verifyRun, error) {
+	src, srcAddr, err := engine.ConnectionFrom[*kesConnection](v.cfg.Source, "kes")
+	if err != nil {
+		return nil, err
 	}
 	enc, err := enclaveFrom(v.cfg.Target)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	kmc, err := enc.KM.Client(r)
 	if err != nil {
-		return err
+		return nil, err
 	}
-
-	// 1. The store, listed completely; its keys read, parsed and, for the
-	// keys to prove, sealed here in every format (verification_proof.go).
-	start := time.Now()
-	ks, listing, candidates, err := v.sourceNames(ctx, r, src)
-	if err != nil {
-		return err
-	}
-	defer ks.Close()
-
-	// The KES server's complete name set: listed meanwhile, since it costs
-	// the KES server (a read of its store per listing), not this side.
-	var kc *kes.Client
-	type servedNames struct {
-		names    []string
-		unlisted bool
-		err      error
-		took     time.Duration
-	}
-	servedc := make(chan servedNames, 1)
+	vr := &verifyRun{v: v, r: r, src: src, srcAddr: srcAddr, enc: enc, kmc: kmc}
 	if src.HasServer() {
-		srv, err := src.Server(ctx, r, srcAddr)
-		if err != nil {
-			return err
+		if vr.srv, err = src.Server(ctx, r, srcAddr); err != nil {
+			return nil, err
 		}
-		kc = srv.c
-		lctx, cancel := context.WithCancel(ctx)
-		defer cancel()
+		vr.kc = vr.srv.c
+	}
+	return vr, nil
+}
+
+// verifyNames are the name sets the verification compares.
+type verifyNames struct {
+	ks         kesserver.KeyStore
+	listing    *storeListing
+	candidates []string // the store's entries that may be keys
+	allTarget  []string // every key of the enclave
+	target     []string // those matching the pattern
+	served     chan servedNames
+}
+
+// servedNames is the KES server's complete name set.
+type servedNames struct {
+	names    []string
+	unlisted bool
+	err      error
+	took     time.Duration
+}
+
+// listNames lists the key store completely and the enclave, and starts
+// listing the KES server's names meanwhile (it costs the KES server a
+// read of its store per listing, not this side).
+func (vr *verifyRun) listNames(ctx context.Context) (*verifyNames, error) {
+	ks, listing, candidates, err := vr.v.sourceNames(ctx, vr.r, vr.src)
+	if err != nil {
+		return nil, err
+	}
+	n := &verifyNames{ks: ks, listing: listing, candidates: candidates, served: make(chan servedNames, 1)}
+	if vr.kc != nil {
 		go func() {
 			t0 := time.Now()
 			var names []string
 			var unlisted bool
 			var err error
-			if srv.generation == kesGlob { // one listing streams every name
-				names, unlisted, err = listKESServer(lctx, srv.list)
+			if vr.srv.generation == kesGlob { // one listing streams every name
+				names, unlisted, err = listKESServer(ctx, vr.srv.list)
 			} else {
-				names, unlisted, err = listKESServerGuided(lctx, srv.list, listing.All)
+				names, unlisted, err = listKESServerGuided(ctx, vr.srv.list, listing.All)
 			}
-			servedc <- servedNames{names, unlisted, err, time.Since(t0)}
+			n.served <- servedNames{names, unlisted, err, time.Since(t0)}
 		}()
 	}
-	var allTarget []string
 	err = withRetry(ctx, func() error {
 		var err error
-		allTarget, err = listEnclaveKeys(ctx, kmc, enc.Name)
+		n.allTarget, err = listEnclaveKeys(ctx, vr.kmc, vr.enc.Name)
 		return err
 	})
 	if err != nil {
-		return err
+		ks.Close()
+		return nil, err
 	}
-	target := verifyMatch(allTarget, v.pattern())
-	todo, sampled, err := v.chooseRoundTrips(r, verifyIntersect(candidates, target))
+	n.target = verifyMatch(n.allTarget, vr.v.pattern())
+	return n, nil
+}
+
+// storeRead is what reading the key store gave: the keys to prove, sealed
+// here in every format, and the entries that do not parse.
+type storeRead struct {
+	sampled    []string // the keys chosen to prove (every key, or a sample)
+	proofs     []sealedProof
+	unparsable []problem
+	kesRT      *kesRoundTrips // nil without a KES server
+}
+
+// readStore reads and parses the keys to prove and seals them in every
+// format (verification_proof.go), while the KES round trips on a sample
+// run meanwhile: they cost the KES server and the Key Manager a request
+// each, not this side's CPU.
+func (vr *verifyRun) readStore(ctx context.Context, n *verifyNames) (*storeRead, error) {
+	start := time.Now()
+	todo, sampled, err := vr.v.chooseRoundTrips(vr.r, verifyIntersect(n.candidates, n.target))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	// The KES round trips on a sample run meanwhile: they cost the KES
-	// server and the Key Manager a request each, not this side's CPU.
-	var kesRT *kesRoundTrips
-	if kc != nil {
-		rctx, cancel := context.WithCancel(ctx) // ends them if the step returns early
-		defer cancel()
-		kesRT = startKESRoundTrips(rctx, kc, kmc, enc.Name, kesSample(todo, verifyKESSample), v.parallelism())
+	rd := &storeRead{sampled: sampled}
+	if vr.kc != nil {
+		rd.kesRT = startKESRoundTrips(ctx, vr.kc, vr.kmc, vr.enc.Name, kesSample(todo, verifyKESSample), vr.v.parallelism())
 	}
-	unparsable, proofs, err := v.readAndSeal(ctx, ks, candidates, setOf(todo))
+	rd.unparsable, rd.proofs, err = vr.v.readAndSeal(ctx, n.ks, n.candidates, setOf(todo))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	r.Logf("read %d entries of the key store and sealed %d ciphertexts in %s", len(candidates), len(proofs), time.Since(start).Round(time.Millisecond))
-	source := candidates
+	vr.r.Logf("read %d entries of the key store and sealed %d ciphertexts in %s", len(n.candidates), len(rd.proofs), time.Since(start).Round(time.Millisecond))
+	return rd, nil
+}
+
+// compareNames compares the store's keys with the enclave's and returns
+// the store's keys: entries that do not parse are named apart, never
+// called missing.
+func (vr *verifyRun) compareNames(n *verifyNames, unparsable []problem) (source []string) {
+	r, pattern := vr.r, vr.v.pattern()
+	source = n.candidates
 	if len(unparsable) > 0 {
-		_, source = verifyDiff(problemNames(unparsable), candidates)
+		_, source = verifyDiff(problemNames(unparsable), n.candidates)
 		r.Warnf("%s (%d), not migrated and never called missing: %s", groupUnparsable, len(unparsable), strings.Join(describeProblems(unparsable), "; "))
 	}
-	if nk := verifyMatchProblems(listing.NotKeys, v.pattern()); len(nk) > 0 {
+	if nk := verifyMatchProblems(n.listing.NotKeys, pattern); len(nk) > 0 {
 		r.Logf("%s (%d), left out: %s", groupNotKeys, len(nk), strings.Join(describeProblems(nk), "; "))
 	}
-	if n := len(verifyMatch(listing.Foreign, v.pattern())); n > 0 {
-		r.Logf("%s (%d), left out, never called missing", groupForeign, n)
+	if nf := len(verifyMatch(n.listing.Foreign, pattern)); nf > 0 {
+		r.Logf("%s (%d), left out, never called missing", groupForeign, nf)
 	}
-	missing, extra := verifyDiff(source, target)
-	if outside := len(allTarget) - len(target); outside > 0 {
-		r.Logf("enclave %s also holds %d key(s) outside the pattern %q (not compared)", enc.Name, outside, v.pattern())
+	if outside := len(n.allTarget) - len(n.target); outside > 0 {
+		r.Logf("enclave %s also holds %d key(s) outside the pattern %q (not compared)", vr.enc.Name, outside, pattern)
 	}
-	var problems []string
-	if len(missing) > 0 || len(extra) > 0 {
-		problems = append(problems, verifyNameSetMessage(srcAddr, enc.Name, missing, extra))
+	if missing, extra := verifyDiff(source, n.target); len(missing) > 0 || len(extra) > 0 {
+		vr.problems = append(vr.problems, verifyNameSetMessage(vr.srcAddr, vr.enc.Name, missing, extra))
 	} else {
-		r.Logf("names: the %d key(s) matching %q are the same in the KES key store and enclave %s", len(source), v.pattern(), enc.Name)
+		r.Logf("names: the %d key(s) matching %q are the same in the KES key store and enclave %s", len(source), pattern, vr.enc.Name)
 	}
+	return source
+}
 
-	// 2. The proofs: a KES round trip on a sample, then every sealed
-	// ciphertext decrypted at the Key Manager, batched.
-	proving := proofNames(proofs)
-	if kesRT != nil {
-		kesRT.keep(proving, verifyKESSample)
+// proveMaterial decrypts every sealed ciphertext at the Key Manager,
+// batched, takes the KES round trips' results, checkpoints the keys
+// proven, and returns the tally of every key proven so far (earlier
+// attempts too).
+func (vr *verifyRun) proveMaterial(ctx context.Context, rd *storeRead) (verifyTally, error) {
+	r := vr.r
+	if rd.kesRT != nil {
+		rd.kesRT.keep(proofNames(rd.proofs), verifyKESSample)
 	}
-	total := int64(len(proofs))
+	total := int64(len(rd.proofs))
 	var done atomic.Int64
 	r.Progress(0, total)
 	t0 := time.Now()
-	outcomes, err := decryptProofs(ctx, kmc, enc.Name, proofs, v.parallelism(), func(n int) { r.Progress(done.Add(int64(n)), total) })
+	outcomes, err := decryptProofs(ctx, vr.kmc, vr.enc.Name, rd.proofs, vr.v.parallelism(), func(n int) { r.Progress(done.Add(int64(n)), total) })
 	if err != nil {
-		return err
+		return verifyTally{}, err
 	}
-	r.Logf("the Key Manager decrypted %d ciphertexts, up to %d per request, in %s", len(proofs), verifyDecryptBatch, time.Since(t0).Round(time.Millisecond))
+	r.Logf("the Key Manager decrypted %d ciphertexts, up to %d per request, in %s", len(rd.proofs), verifyDecryptBatch, time.Since(t0).Round(time.Millisecond))
 	var failures []verifyFailure
 	kesProven := map[string]bool{}
-	if kesRT != nil {
-		if failures, kesProven, err = kesRT.wait(); err != nil {
-			return err
+	if rd.kesRT != nil {
+		if failures, kesProven, err = rd.kesRT.wait(); err != nil {
+			return verifyTally{}, err
 		}
 	}
-	kps := judgeProofs(proofs, outcomes)
-	for _, p := range proofs {
+	kps := judgeProofs(rd.proofs, outcomes)
+	for _, p := range rd.proofs {
 		clear(p.plaintext)
 	}
+	proven, failures := splitProven(kps, failures)
+	t0 = time.Now()
+	if err := checkpointProofs(ctx, r, proven, kesProven, checkpointParallelism); err != nil {
+		return verifyTally{}, err
+	}
+	r.Logf("checkpointed %d proven keys in %s", len(proven), time.Since(t0).Round(time.Millisecond))
+	if msg := formatRefusalMessage(vr.enc.Name, kps); msg != "" {
+		vr.problems = append(vr.problems, msg)
+	}
+	if len(failures) > 0 {
+		vr.problems = append(vr.problems, verifyFailureMessage(vr.enc.Name, failures))
+	}
+	tally := verifyCheckpointed(r)
+	tally.allProven = len(failures) == 0 && len(proven) == len(kps)
+	return tally, nil
+}
+
+// splitProven sorts the keys' proofs into those proven and the failures
+// (the KES round trips' failures first; a key that failed there is not
+// proven); a format the Key Manager refuses is neither (formatRefusalMessage).
+func splitProven(kps []keyProof, kesFailures []verifyFailure) (proven []keyProof, failures []verifyFailure) {
+	failures = kesFailures
 	kesFailed := map[string]bool{}
-	for _, f := range failures {
+	for _, f := range kesFailures {
 		kesFailed[f.Name] = true
 	}
-	var proven []keyProof
 	for _, kp := range kps {
 		switch {
 		case len(kp.RefusedFormats) > 0:
@@ -430,90 +548,76 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 			proven = append(proven, kp)
 		}
 	}
-	t0 = time.Now()
-	if err := checkpointProofs(ctx, r, proven, kesProven, checkpointParallelism); err != nil {
-		return err
-	}
-	r.Logf("checkpointed %d proven keys in %s", len(proven), time.Since(t0).Round(time.Millisecond))
 	sort.Slice(failures, func(i, j int) bool { return failures[i].Name < failures[j].Name })
-	if msg := formatRefusalMessage(enc.Name, kps); msg != "" {
-		problems = append(problems, msg)
-	}
-	if len(failures) > 0 {
-		problems = append(problems, verifyFailureMessage(enc.Name, failures))
-	}
-	tally := verifyCheckpointed(r)
-	// The KES server must serve the key store the config names: keys it
-	// holds beyond the store would be used by MinIO and never migrated.
-	if kc != nil {
-		res := <-servedc
-		served, err := res.names, res.err
-		if err != nil {
-			if errors.Is(err, kes.ErrNotAllowed) {
-				return fmt.Errorf("%w: use the KES admin API key, or one whose policy allows %s", err, kesPolicyPaths)
-			}
-			return err
-		}
-		if _, onlyServer := verifyDiff(verifyMatch(listing.All, v.pattern()), verifyMatch(served, v.pattern())); len(onlyServer) > 0 {
-			problems = append(problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", src.Endpoint(), len(onlyServer), src.ConfigFile(r), verifyNameList(onlyServer, verifyShown)))
-		} else {
-			r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s%s)", len(verifyMatch(served, v.pattern())), v.pattern(), res.took.Round(time.Millisecond), kesUnlistedNote(res.unlisted))
-		}
-	}
+	return proven, failures
+}
 
-	common := verifyIntersect(source, target)
-	what := fmt.Sprintf("all %d keys", len(common))
-	if v.cfg.Sample != nil && len(sampled) < len(common) {
-		what = fmt.Sprintf("a random sample of %d of %d keys", len(sampled), len(common))
+// compareServedNames checks that the KES server serves the key store the
+// config names: keys it holds beyond the store would be used by MinIO and
+// never migrated.
+func (vr *verifyRun) compareServedNames(n *verifyNames) error {
+	if vr.kc == nil {
+		return nil
 	}
-	if len(failures) == 0 && len(proven) == len(kps) {
-		r.Logf("round trip: %s proven (%d verified, proof %s): %s", what, tally.keys, verifyProofName(tally.proofs, proofLocalSeal), tally.describe())
+	res := <-n.served
+	if res.err != nil {
+		if errors.Is(res.err, kes.ErrNotAllowed) {
+			return engine.WithHint(res.err, kesPolicyHint)
+		}
+		return res.err
 	}
-	verified, proofNamesSeen := tally.keys, tally.proofs
-
-	// 3. Every key the object store references.
-	referenced := 0
-	if v.hasObjects() {
-		obj, objAddr, err := engine.ConnectionFrom[*aistorConnection](v.cfg.Objects, "aistor")
-		if err != nil {
-			return err
-		}
-		refs, err := observeKeyRefs(ctx, r, obj, v.objectsPerBucket())
-		if err != nil {
-			return err
-		}
-		for _, line := range refs.describe(objAddr) {
-			r.Logf("%s", line)
-		}
-		names := refs.names()
-		referenced = len(names)
-		inTarget := map[string]bool{}
-		for _, n := range allTarget {
-			inTarget[n] = true
-		}
-		var absent []string
-		for _, n := range names {
-			if !inTarget[n] {
-				absent = append(absent, n)
-			}
-		}
-		if len(absent) > 0 {
-			problems = append(problems, fmt.Sprintf("%d key(s) that %s references are not in enclave %s: %s", len(absent), objAddr, enc.Name, refs.whereList(absent)))
-		} else {
-			r.Logf("references: all %d key(s) %s references exist in enclave %s", len(names), objAddr, enc.Name)
-		}
-		if refs.sseS3 > 0 {
-			r.Warnf("%d SSE-S3 object version(s) seen: their key names are not visible through the S3 API (only in xl.meta); they were written with the default key of the time", refs.sseS3)
-		}
-	}
-
-	r.SetOutput("verified", cty.NumberIntVal(int64(verified)))
-	r.SetOutput("proof", cty.StringVal(verifyProofName(proofNamesSeen, proofLocalSeal)))
-	r.SetOutput("referenced", cty.NumberIntVal(int64(referenced)))
-	if len(problems) > 0 {
-		return fmt.Errorf("verify enclave %s: %s", enc.Name, strings.Join(problems, "; "))
+	pattern := vr.v.pattern()
+	served := verifyMatch(res.names, pattern)
+	if _, onlyServer := verifyDiff(verifyMatch(n.listing.All, pattern), served); len(onlyServer) > 0 {
+		vr.problems = append(vr.problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", vr.src.Endpoint(), len(onlyServer), vr.src.ConfigFile(vr.r), verifyNameList(onlyServer, verifyShown)))
+	} else {
+		vr.r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s%s)", len(served), pattern, res.took.Round(time.Millisecond), kesUnlistedNote(res.unlisted))
 	}
 	return nil
+}
+
+// reportProven says what the round trips proved, when they proved all.
+func (vr *verifyRun) reportProven(source, target []string, rd *storeRead, tally verifyTally) {
+	if !tally.allProven {
+		return
+	}
+	common := verifyIntersect(source, target)
+	what := fmt.Sprintf("all %d keys", len(common))
+	if vr.v.cfg.Sample != nil && len(rd.sampled) < len(common) {
+		what = fmt.Sprintf("a random sample of %d of %d keys", len(rd.sampled), len(common))
+	}
+	vr.r.Logf("round trip: %s proven (%d verified, proof %s): %s", what, tally.keys, verifyProofName(tally.proofs, proofLocalSeal), tally.describe())
+}
+
+// checkReferences checks that every key the object store references is in
+// the enclave, and returns how many it references (none without an
+// objects block).
+func (vr *verifyRun) checkReferences(ctx context.Context, allTarget []string) (int, error) {
+	if !vr.v.hasObjects() {
+		return 0, nil
+	}
+	r := vr.r
+	obj, objAddr, err := engine.ConnectionFrom[*aistorConnection](vr.v.cfg.Objects, "aistor")
+	if err != nil {
+		return 0, err
+	}
+	refs, err := observeKeyRefs(ctx, r, obj, vr.v.objectsPerBucket())
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range refs.describe(objAddr) {
+		r.Logf("%s", line)
+	}
+	names := refs.names()
+	if absent, _ := verifyDiff(names, allTarget); len(absent) > 0 {
+		vr.problems = append(vr.problems, fmt.Sprintf("%d key(s) that %s references are not in enclave %s: %s", len(absent), objAddr, vr.enc.Name, refs.whereList(absent)))
+	} else {
+		r.Logf("references: all %d key(s) %s references exist in enclave %s", len(names), objAddr, vr.enc.Name)
+	}
+	if refs.sseS3 > 0 {
+		r.Warnf("%d SSE-S3 object version(s) seen: their key names are not visible through the S3 API (only in xl.meta); they were written with the default key of the time", refs.sseS3)
+	}
+	return len(names), nil
 }
 
 // chooseRoundTrips returns the keys still to round-trip and the whole set
@@ -588,7 +692,7 @@ func verifyKESGenerate(ctx context.Context, kc *kes.Client, kmc *kms.Client, enc
 		return fmt.Errorf("the KES server has no key %q although the key store named in its config does: is the server running with that config?", name)
 	}
 	if errors.Is(err, kes.ErrNotAllowed) {
-		return fmt.Errorf("generate a data key at KES: %w: use the KES admin API key, or one whose policy allows %s", err, kesPolicyPaths)
+		return engine.WithHint(fmt.Errorf("generate a data key at KES: %w", err), kesPolicyHint)
 	}
 	if err != nil {
 		return fmt.Errorf("generate a data key at KES: %w", err)
@@ -620,10 +724,11 @@ func verifyResult(name string, same bool, err error) error {
 // verifyTally is what the verification checkpoints of this and earlier
 // attempts say: the keys proven, by proof, format and KES round trip.
 type verifyTally struct {
-	keys    int
-	proofs  map[string]int // proof name → keys
-	formats map[string]int // ciphertext format → keys proven in it
-	kes     int            // keys also proven by a data key of the KES server
+	allProven bool // this attempt proved every key it tried
+	keys      int
+	proofs    map[string]int // proof name → keys
+	formats   map[string]int // ciphertext format → keys proven in it
+	kes       int            // keys also proven by a data key of the KES server
 }
 
 func (t verifyTally) describe() string {
@@ -826,61 +931,77 @@ func observeKeyRefs(ctx context.Context, r *engine.Run, a *aistorConnection, per
 	}
 	refs.buckets = len(buckets)
 	for _, b := range buckets {
-		cfg, err := s3.GetBucketEncryption(ctx, b.Name)
-		if err != nil && minio.ToErrorResponse(err).Code != "ServerSideEncryptionConfigurationNotFoundError" {
-			return nil, fmt.Errorf("read the encryption of bucket %s: %w", b.Name, err)
+		if err := refs.addBucketEncryption(ctx, s3, b.Name, st.DefaultKeyID); err != nil {
+			return nil, err
 		}
-		if cfg != nil {
-			for _, rule := range cfg.Rules {
-				switch {
-				case rule.Apply.KmsMasterKeyID != "":
-					refs.add(strings.TrimPrefix(rule.Apply.KmsMasterKeyID, kmsARNPrefix), "bucket "+b.Name+" (default encryption)")
-				case rule.Apply.SSEAlgorithm != "" && st.DefaultKeyID != "":
-					refs.add(st.DefaultKeyID, "bucket "+b.Name+" (default SSE-S3 encryption)")
-				}
+		if perBucket > 0 {
+			if err := refs.addObjectKeys(ctx, s3, b.Name, perBucket); err != nil {
+				return nil, err
 			}
 		}
-		if perBucket == 0 {
-			continue
-		}
-		lctx, cancel := context.WithCancel(ctx)
-		n := 0
-		for obj := range s3.ListObjects(lctx, b.Name, minio.ListObjectsOptions{Recursive: true, WithMetadata: true, WithVersions: true}) {
-			if obj.Err != nil {
-				cancel()
-				return nil, fmt.Errorf("list objects of bucket %s: %w", b.Name, obj.Err)
-			}
-			if n == perBucket {
-				refs.truncated = append(refs.truncated, b.Name)
-				break
-			}
-			n++
-			if obj.IsDeleteMarker {
-				continue
-			}
-			refs.versions++
-			sse, keyID := "", ""
-			for k, val := range obj.UserMetadata {
-				switch {
-				case strings.EqualFold(k, hdrSSE):
-					sse = val
-				case strings.EqualFold(k, hdrSSEKMSID):
-					keyID = val
-				}
-			}
-			switch {
-			case keyID != "":
-				refs.sseKMS++
-				place := "object " + b.Name + "/" + obj.Key
-				if obj.VersionID != "" && obj.VersionID != "null" && !obj.IsLatest {
-					place += " (version " + obj.VersionID + ")"
-				}
-				refs.add(strings.TrimPrefix(keyID, kmsARNPrefix), place)
-			case strings.EqualFold(sse, "AES256"):
-				refs.sseS3++
-			}
-		}
-		cancel()
 	}
 	return refs, nil
+}
+
+// addBucketEncryption adds the key of a bucket's default encryption.
+func (refs *verifyRefs) addBucketEncryption(ctx context.Context, s3 *minio.Client, bucket, defaultKey string) error {
+	cfg, err := s3.GetBucketEncryption(ctx, bucket)
+	if err != nil && minio.ToErrorResponse(err).Code != "ServerSideEncryptionConfigurationNotFoundError" {
+		return fmt.Errorf("read the encryption of bucket %s: %w", bucket, err)
+	}
+	if cfg == nil {
+		return nil
+	}
+	for _, rule := range cfg.Rules {
+		switch {
+		case rule.Apply.KmsMasterKeyID != "":
+			refs.add(strings.TrimPrefix(rule.Apply.KmsMasterKeyID, kmsARNPrefix), "bucket "+bucket+" (default encryption)")
+		case rule.Apply.SSEAlgorithm != "" && defaultKey != "":
+			refs.add(defaultKey, "bucket "+bucket+" (default SSE-S3 encryption)")
+		}
+	}
+	return nil
+}
+
+// addObjectKeys adds the keys of the SSE-KMS object versions of a bucket,
+// at most perBucket versions listed, and counts the SSE-S3 ones.
+func (refs *verifyRefs) addObjectKeys(ctx context.Context, s3 *minio.Client, bucket string, perBucket int) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	n := 0
+	for obj := range s3.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true, WithMetadata: true, WithVersions: true}) {
+		if obj.Err != nil {
+			return fmt.Errorf("list objects of bucket %s: %w", bucket, obj.Err)
+		}
+		if n == perBucket {
+			refs.truncated = append(refs.truncated, bucket)
+			return nil
+		}
+		n++
+		if obj.IsDeleteMarker {
+			continue
+		}
+		refs.versions++
+		sse, keyID := "", ""
+		for k, val := range obj.UserMetadata {
+			switch {
+			case strings.EqualFold(k, hdrSSE):
+				sse = val
+			case strings.EqualFold(k, hdrSSEKMSID):
+				keyID = val
+			}
+		}
+		switch {
+		case keyID != "":
+			refs.sseKMS++
+			place := "object " + bucket + "/" + obj.Key
+			if obj.VersionID != "" && obj.VersionID != "null" && !obj.IsLatest {
+				place += " (version " + obj.VersionID + ")"
+			}
+			refs.add(strings.TrimPrefix(keyID, kmsARNPrefix), place)
+		case strings.EqualFold(sse, "AES256"):
+			refs.sseS3++
+		}
+	}
+	return nil
 }
