@@ -13,6 +13,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/keystore"
 )
 
 func init() {
@@ -128,7 +129,7 @@ func (e *enclaveStep) observe(ctx context.Context, r *engine.Run) (*kms.Client, 
 
 // refuseNonempty is the error for an enclave that already holds keys.
 func (e *enclaveStep) refuseNonempty(obs *enclaveObservation) error {
-	return fmt.Errorf("enclave %s already holds %d key(s) (%s): migrate into a new or empty enclave (change name), or set adopt_nonempty = true to use it as it is (it is then never deleted on rollback, and keys of the same name as the source's are conflicts)", e.cfg.Name, obs.Keys, sample(obs.names, 5))
+	return fmt.Errorf("enclave %s already holds %d key(s) (%s): migrate into a new or empty enclave (change name), or set adopt_nonempty = true to use it as it is (it is then never deleted on rollback, and keys of the same name as the source's are conflicts)", e.cfg.Name, obs.Keys, keystore.NameList(obs.names, 5))
 }
 
 func (e *enclaveStep) outputs() map[string]cty.Value {
@@ -151,7 +152,7 @@ func (e *enclaveStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		p.Actions = []string{"adopt existing empty enclave " + e.cfg.Name}
 		p.Rollback = fmt.Sprintf("nothing: enclave %s existed before this run and stays", e.cfg.Name)
 	case e.cfg.AdoptNonempty:
-		p.Observed = []string{fmt.Sprintf("enclave %s exists and holds %d key(s) (key set SHA-256 %s): %s", e.cfg.Name, obs.Keys, obs.KeySetSHA256[:16], sample(obs.names, 5))}
+		p.Observed = []string{fmt.Sprintf("enclave %s exists and holds %d key(s) (key set SHA-256 %s): %s", e.cfg.Name, obs.Keys, obs.KeySetSHA256[:16], keystore.NameList(obs.names, 5))}
 		p.Actions = []string{fmt.Sprintf("adopt existing enclave %s with its %d key(s) (adopt_nonempty = true)", e.cfg.Name, obs.Keys)}
 		p.Rollback = fmt.Sprintf("nothing: enclave %s existed before this run and stays", e.cfg.Name)
 		p.Risks = []string{fmt.Sprintf("enclave %s already holds %d key(s) that are not from this migration", e.cfg.Name, obs.Keys)}
@@ -197,7 +198,7 @@ func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
 				return err
 			}
 			if obs.Keys > 0 {
-				return engine.WithHint(fmt.Errorf("create enclave %s: it appeared meanwhile, holding %d key(s) (%s): another party is using this name", e.cfg.Name, obs.Keys, sample(obs.names, 5)), "choose another name")
+				return engine.WithHint(fmt.Errorf("create enclave %s: it appeared meanwhile, holding %d key(s) (%s): another party is using this name", e.cfg.Name, obs.Keys, keystore.NameList(obs.names, 5)), "choose another name")
 			}
 			note = "existed, empty, at the retry: created by this run's earlier try"
 		}
@@ -270,7 +271,7 @@ func (e *enclaveStep) Rollback(ctx context.Context, r *engine.Run) error {
 	}
 	if len(keys) > 0 {
 		slices.Sort(keys)
-		return engine.Refusef("enclave %s, created by this run, holds %d key(s) this rollback did not remove (%s): deleting it would destroy them; move or delete them first, or roll back --to %s to keep the enclave", name, len(keys), sample(keys, 5), r.Addr)
+		return engine.Refusef("enclave %s, created by this run, holds %d key(s) this rollback did not remove (%s): deleting it would destroy them; move or delete them first, or roll back --to %s to keep the enclave", name, len(keys), keystore.NameList(keys, 5), r.Addr)
 	}
 	ids, err := listEnclaveIdentities(ctx, c, name)
 	if err != nil {
@@ -278,7 +279,7 @@ func (e *enclaveStep) Rollback(ctx context.Context, r *engine.Run) error {
 	}
 	if len(ids) > 0 {
 		return engine.RefuseWithHint(fmt.Sprintf("delete them first, or roll back --to %s to keep the enclave", r.Addr),
-			"enclave %s, created by this run, holds %s this rollback did not remove (%s): deleting it would lock them out", name, plural(len(ids), "identity", "identities"), sample(ids, 5))
+			"enclave %s, created by this run, holds %s this rollback did not remove (%s): deleting it would lock them out", name, plural(len(ids), "identity", "identities"), keystore.NameList(ids, 5))
 	}
 	if err := c.DeleteEnclave(ctx, &kms.DeleteEnclaveRequest{Name: name}); err != nil && !errors.Is(err, kms.ErrEnclaveNotFound) {
 		return fmt.Errorf("delete enclave %s: %w", name, err)
@@ -306,12 +307,4 @@ func listEnclaveIdentities(ctx context.Context, c *kms.Client, enclave string) (
 		}
 		req = &kms.ListRequest{Enclave: enclave, ContinueAt: page.ContinueAt}
 	}
-}
-
-// plural renders a count with its noun.
-func plural(n int, one, many string) string {
-	if n == 1 {
-		return "1 " + one
-	}
-	return fmt.Sprintf("%d %s", n, many)
 }

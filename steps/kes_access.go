@@ -18,6 +18,7 @@ import (
 	"github.com/minio/kes/kesconf"
 
 	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/keystore"
 )
 
 // kesAccess is what the runbook's KES identity may do at a KES server, as
@@ -405,7 +406,7 @@ func kesRefusedMessage(server string, a *kesAccess, refused []kesRefusal, total 
 	} else if !a.admin {
 		how = " (its policy could not be read: one key probed per name prefix)"
 	}
-	msg := fmt.Sprintf("KES server %s refuses %s a data key under %d of the %d keys %s%s: %s; nothing was changed: ", server, who, keys, total, what, how, sample(names, 5))
+	msg := fmt.Sprintf("KES server %s refuses %s a data key under %d of the %d keys %s%s: %s; nothing was changed: ", server, who, keys, total, what, how, keystore.NameList(names, 5))
 	if len(denied) > 0 {
 		return msg + fmt.Sprintf("remove the deny entr%s %s from %s in the KES server config, or use the KES admin API key, and plan again", map[bool]string{true: "y", false: "ies"}[len(denied) == 1], strings.Join(denied, ", "), whose)
 	}

@@ -31,18 +31,6 @@ func sameMaterial(ctx context.Context, c *kms.Client, enclave, name string, k ke
 	return same, nil
 }
 
-// permanentHint turns the Key Manager's permanent errors into what the
-// operator must fix.
-func permanentHint(err error, enclave string) error {
-	switch {
-	case errors.Is(err, kms.ErrPermission):
-		return engine.WithHint(fmt.Errorf("%w (the key_manager's API key lacks permission in enclave %s)", err, enclave), "use the SysAdmin key or an enclave admin's")
-	case errors.Is(err, kms.ErrEnclaveNotFound):
-		return fmt.Errorf("%w (enclave %s: the enclave step creates it; was it deleted?)", err, enclave)
-	}
-	return err
-}
-
 // listTarget lists the enclave's key names. A missing enclave is reported
 // with exists=false (not an error) so that plan can say so.
 func listTarget(ctx context.Context, c *kms.Client, enclave string) (names map[string]bool, exists bool, err error) {
@@ -70,38 +58,6 @@ func kmsType(a kescrypto.Algorithm) kms.SecretKeyType {
 		return kms.ChaCha20
 	}
 	return kms.AES256
-}
-
-// forEach calls fn for 0..n-1 on par goroutines. The first error cancels the
-// others and is returned.
-func forEach(ctx context.Context, par, n int, fn func(ctx context.Context, i int) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	var once sync.Once
-	var first error
-	for range min(par, max(n, 1)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				if err := fn(ctx, i); err != nil {
-					once.Do(func() { first = err; cancel(err) })
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if first != nil {
-		return first
-	}
-	return ctx.Err()
 }
 
 // actionOf is what the step recorded for key name in family f (apply's
@@ -377,14 +333,6 @@ func (ki *keyImport) outcome() error {
 			"fix them in the key store and resume, or set skip_unparsable = true to leave them behind")
 	}
 	return nil
-}
-
-func setOf(names []string) map[string]bool {
-	s := make(map[string]bool, len(names))
-	for _, n := range names {
-		s[n] = true
-	}
-	return s
 }
 
 // preflight judges the source keys already present in the enclave, by round

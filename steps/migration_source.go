@@ -241,11 +241,3 @@ func (rep *report) hmacRisk() string {
 	}
 	return fmt.Sprintf("%d keys have an HMAC key that the Key Manager import cannot carry; KES's /v1/key/hmac for them will not exist at the Key Manager", rep.hmac)
 }
-
-func describeProblems(ps []problem) []string {
-	out := make([]string, len(ps))
-	for i, p := range ps {
-		out[i] = fmt.Sprintf("%s (%s)", p.Name, p.Reason)
-	}
-	return out
-}

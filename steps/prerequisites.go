@@ -4,20 +4,16 @@ import (
 	"archive/tar"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
-	"aead.dev/mtls"
 	"github.com/hashicorp/hcl/v2"
 	kesserver "github.com/minio/kes"
 	"github.com/minio/kes/kesconf"
@@ -467,12 +463,12 @@ func (p *prerequisites) creationHalted(ctx context.Context, r *engine.Run, pf *p
 		return fmt.Errorf("list the key store again: %w", err)
 	}
 	now := nowListing.Keys
-	added, removed := diffSorted(baseline, now)
+	removed, added := keystore.Diff(baseline, now)
 	if len(added) > 0 {
-		return fmt.Errorf("key %s was created at KES during the migration window: halt key creation first (%d key(s) appeared since this step began: %s)", added[0], len(added), sample(added, 5))
+		return fmt.Errorf("key %s was created at KES during the migration window: halt key creation first (%d key(s) appeared since this step began: %s)", added[0], len(added), keystore.NameList(added, 5))
 	}
 	if len(removed) > 0 {
-		return fmt.Errorf("key %s was deleted at KES during the migration window: halt key changes first (%d key(s) disappeared since this step began: %s)", removed[0], len(removed), sample(removed, 5))
+		return fmt.Errorf("key %s was deleted at KES during the migration window: halt key changes first (%d key(s) disappeared since this step began: %s)", removed[0], len(removed), keystore.NameList(removed, 5))
 	}
 	return prerequisitesCreationHalted.Put(r, keySetSum{Keys: len(now), SHA256: keySetDigest(now)})
 }
@@ -625,93 +621,9 @@ func readNameList(path, digest string) ([]string, error) {
 	return names, nil
 }
 
-// diffSorted returns the names only in b (added) and only in a (removed).
-func diffSorted(a, b []string) (added, removed []string) {
-	i, j := 0, 0
-	for i < len(a) || j < len(b) {
-		switch {
-		case j == len(b) || (i < len(a) && a[i] < b[j]):
-			removed = append(removed, a[i])
-			i++
-		case i == len(a) || b[j] < a[i]:
-			added = append(added, b[j])
-			j++
-		default:
-			i++
-			j++
-		}
-	}
-	return added, removed
-}
-
-// sample renders at most n names.
-func sample(names []string, n int) string {
-	if len(names) <= n {
-		return strings.Join(names, ", ")
-	}
-	return strings.Join(names[:n], ", ") + fmt.Sprintf(", … (%d more)", len(names)-n)
-}
-
 func insecureNote(insecure bool) string {
 	if insecure {
 		return " (NOT verified: insecure = true)"
 	}
 	return ""
-}
-
-// kesPolicyPaths are the KES policy entries the runbook's identity needs:
-// kes-go lists through /v1/key/list/<pattern>, and KES matches a policy
-// path exactly unless it ends in '*', so "/v1/key/list" allows nothing
-// (DOMAIN.md E).
-const kesPolicyPaths = "/v1/key/list/* and /v1/key/generate/* (a path without the trailing /* allows nothing: KES matches it exactly)"
-
-// errKMPermission is the error for a Key Manager identity without the rights
-// a step needs.
-func errKMPermission(addr string, kmc *keyManagerConnection, what string) error {
-	id := "unknown"
-	if key, err := mtls.ParsePrivateKey(kmc.cfg.APIKey); err == nil {
-		id = key.Identity().String()
-	}
-	return fmt.Errorf("%s: the Key Manager identity lacks permission: use the SysAdmin API key (the identity %s of the configured api_key may not %s)", addr, id, what)
-}
-
-// reachError explains a failed request to a server: TLS verification,
-// unreachable, or something else, and what to fix.
-func reachError(what, addr, endpoint string, err error) error {
-	var (
-		verr  *tls.CertificateVerificationError
-		uaerr x509.UnknownAuthorityError
-		herr  x509.HostnameError
-		cierr x509.CertificateInvalidError
-		rerr  tls.RecordHeaderError
-		operr *net.OpError
-	)
-	switch {
-	case errors.As(err, &verr), errors.As(err, &uaerr), errors.As(err, &herr), errors.As(err, &cierr):
-		return fmt.Errorf("%s: %s %s: TLS verification failed (%s): set ca_file to the CA certificate that signed the server's certificate (or insecure = true explicitly, to skip verification)", addr, what, endpoint, tlsReason(err))
-	case errors.As(err, &rerr):
-		return fmt.Errorf("%s: %s %s does not speak TLS: use its https address", addr, what, endpoint)
-	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("%s: %s %s is unreachable: no answer within %s: check the address and that the server runs", addr, what, endpoint, checkTimeout)
-	case errors.As(err, &operr):
-		return fmt.Errorf("%s: %s %s is unreachable (%v): check the address and that the server runs", addr, what, endpoint, operr)
-	}
-	return fmt.Errorf("%s: %s %s: %w", addr, what, endpoint, err)
-}
-
-func tlsReason(err error) string {
-	var (
-		uaerr x509.UnknownAuthorityError
-		herr  x509.HostnameError
-		cierr x509.CertificateInvalidError
-	)
-	switch {
-	case errors.As(err, &uaerr):
-		return "certificate signed by unknown authority"
-	case errors.As(err, &herr):
-		return herr.Error()
-	case errors.As(err, &cierr):
-		return cierr.Error()
-	}
-	return "the certificate does not verify"
 }

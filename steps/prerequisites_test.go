@@ -11,28 +11,6 @@ import (
 	"testing"
 )
 
-func TestDiffSorted(t *testing.T) {
-	for _, tc := range []struct {
-		a, b           []string
-		added, removed string
-	}{
-		{nil, nil, "", ""},
-		{[]string{"a", "b"}, []string{"a", "b"}, "", ""},
-		{[]string{"a", "c"}, []string{"a", "b", "c", "d"}, "b,d", ""},
-		{[]string{"a", "b", "c"}, []string{"b"}, "", "a,c"},
-		{[]string{"b"}, []string{"a", "c"}, "a,c", "b"},
-		{nil, []string{"x"}, "x", ""},
-	} {
-		added, removed := diffSorted(tc.a, tc.b)
-		if got := strings.Join(added, ","); got != tc.added {
-			t.Errorf("diffSorted(%v, %v) added %q, want %q", tc.a, tc.b, got, tc.added)
-		}
-		if got := strings.Join(removed, ","); got != tc.removed {
-			t.Errorf("diffSorted(%v, %v) removed %q, want %q", tc.a, tc.b, got, tc.removed)
-		}
-	}
-}
-
 // The digest must tell sets apart that a naive concatenation would not.
 func TestKeySetDigest(t *testing.T) {
 	if keySetDigest([]string{"ab", "c"}) == keySetDigest([]string{"a", "bc"}) {

@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"fmt"
 
-	"github.com/hashicorp/hcl/v2"
-
 	"github.com/runbook-dev/runbook/engine"
 )
 
@@ -30,27 +28,6 @@ func tlsConfig(r *engine.Run, caFile string, insecure bool) (*tls.Config, error)
 	}
 	cfg.RootCAs = pool
 	return cfg, nil
-}
-
-// requireNonEmpty reports a required string argument that evaluated to "".
-func requireNonEmpty(d *engine.Decoded, attr, value, what string) hcl.Diagnostics {
-	if value != "" || d.Unknown(attr) {
-		return nil
-	}
-	return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Missing " + attr, Detail: what, Subject: d.AttrRange(attr)}}
-}
-
-// oneOf reports a string argument outside its allowed values.
-func oneOf(d *engine.Decoded, attr, value string, allowed ...string) hcl.Diagnostics {
-	if d.Unknown(attr) {
-		return nil
-	}
-	for _, a := range allowed {
-		if value == a {
-			return nil
-		}
-	}
-	return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Invalid " + attr, Detail: fmt.Sprintf("%s is %q; it must be one of %q.", attr, value, allowed), Subject: d.AttrRange(attr)}}
 }
 
 func tlsX509KeyPair(certPEM, keyPEM []byte) (tls.Certificate, error) {

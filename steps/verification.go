@@ -9,7 +9,6 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"path"
-	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -39,10 +38,6 @@ func init() {
 		Doc: "proves the enclave holds the KES key set: same names, same material, every key the object store uses",
 	})
 }
-
-// kesPolicyHint is the fix for a KES identity whose policy refuses what
-// verification asks.
-const kesPolicyHint = "use the KES admin API key, or one whose policy allows " + kesPolicyPaths
 
 // The verification's durable state: every checkpoint it records.
 var (
@@ -251,7 +246,7 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 			return nil, err
 		}
 		p.Observed = append(p.Observed, refs.describe(objAddr)...)
-		p.Actions = append(p.Actions, fmt.Sprintf("prove that every key %s references (%d: %s) exists in enclave %s", objAddr, len(refs.names()), verifyNameList(refs.names(), verifyShown), enc.Name))
+		p.Actions = append(p.Actions, fmt.Sprintf("prove that every key %s references (%d: %s) exists in enclave %s", objAddr, len(refs.names()), keystore.NameList(refs.names(), verifyShown), enc.Name))
 		inSource := map[string]bool{}
 		for _, n := range names {
 			inSource[n] = true
@@ -269,7 +264,7 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 			p.Risks = append(p.Risks, fmt.Sprintf("%d SSE-S3 object version(s) seen: the key each was sealed with is not visible through the S3 API (it is the default key at the time of writing, recorded only in xl.meta); they are covered only if that key is still the default key %q or is in the key set", refs.sseS3, refs.defaultKey))
 		}
 		if len(refs.truncated) > 0 {
-			p.Risks = append(p.Risks, fmt.Sprintf("only the first %d object versions of %d bucket(s) were listed (%s): SSE-KMS objects beyond them may use keys not seen here; raise objects_per_bucket to look further", v.objectsPerBucket(), len(refs.truncated), verifyNameList(refs.truncated, verifyShown)))
+			p.Risks = append(p.Risks, fmt.Sprintf("only the first %d object versions of %d bucket(s) were listed (%s): SSE-KMS objects beyond them may use keys not seen here; raise objects_per_bucket to look further", v.objectsPerBucket(), len(refs.truncated), keystore.NameList(refs.truncated, verifyShown)))
 		}
 	}
 	referenced := refs.names()
@@ -441,7 +436,7 @@ type storeRead struct {
 // each, not this side's CPU.
 func (vr *verifyRun) readStore(ctx context.Context, n *verifyNames) (*storeRead, error) {
 	start := time.Now()
-	todo, sampled, err := vr.v.chooseRoundTrips(vr.r, verifyIntersect(n.candidates, n.target))
+	todo, sampled, err := vr.v.chooseRoundTrips(vr.r, nameIntersect(n.candidates, n.target))
 	if err != nil {
 		return nil, err
 	}
@@ -464,7 +459,7 @@ func (vr *verifyRun) compareNames(n *verifyNames, unparsable []problem) (source 
 	r, pattern := vr.r, vr.v.pattern()
 	source = n.candidates
 	if len(unparsable) > 0 {
-		_, source = verifyDiff(problemNames(unparsable), n.candidates)
+		_, source = keystore.Diff(problemNames(unparsable), n.candidates)
 		r.Warnf("%s (%d), not migrated and never called missing: %s", groupUnparsable, len(unparsable), strings.Join(describeProblems(unparsable), "; "))
 	}
 	if nk := verifyMatchProblems(n.listing.NotKeys, pattern); len(nk) > 0 {
@@ -476,7 +471,7 @@ func (vr *verifyRun) compareNames(n *verifyNames, unparsable []problem) (source 
 	if outside := len(n.allTarget) - len(n.target); outside > 0 {
 		r.Logf("enclave %s also holds %d key(s) outside the pattern %q (not compared)", vr.enc.Name, outside, pattern)
 	}
-	if missing, extra := verifyDiff(source, n.target); len(missing) > 0 || len(extra) > 0 {
+	if missing, extra := keystore.Diff(source, n.target); len(missing) > 0 || len(extra) > 0 {
 		vr.problems = append(vr.problems, verifyNameSetMessage(vr.srcAddr, vr.enc.Name, missing, extra))
 	} else {
 		r.Logf("names: the %d key(s) matching %q are the same in the KES key store and enclave %s", len(source), pattern, vr.enc.Name)
@@ -568,8 +563,8 @@ func (vr *verifyRun) compareServedNames(n *verifyNames) error {
 	}
 	pattern := vr.v.pattern()
 	served := verifyMatch(res.names, pattern)
-	if _, onlyServer := verifyDiff(verifyMatch(n.listing.All, pattern), served); len(onlyServer) > 0 {
-		vr.problems = append(vr.problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", vr.src.Endpoint(), len(onlyServer), vr.src.ConfigFile(vr.r), verifyNameList(onlyServer, verifyShown)))
+	if _, onlyServer := keystore.Diff(verifyMatch(n.listing.All, pattern), served); len(onlyServer) > 0 {
+		vr.problems = append(vr.problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", vr.src.Endpoint(), len(onlyServer), vr.src.ConfigFile(vr.r), keystore.NameList(onlyServer, verifyShown)))
 	} else {
 		vr.r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s%s)", len(served), pattern, res.took.Round(time.Millisecond), kesUnlistedNote(res.unlisted))
 	}
@@ -581,7 +576,7 @@ func (vr *verifyRun) reportProven(source, target []string, rd *storeRead, tally 
 	if !tally.allProven {
 		return
 	}
-	common := verifyIntersect(source, target)
+	common := nameIntersect(source, target)
 	what := fmt.Sprintf("all %d keys", len(common))
 	if vr.v.cfg.Sample != nil && len(rd.sampled) < len(common) {
 		what = fmt.Sprintf("a random sample of %d of %d keys", len(rd.sampled), len(common))
@@ -609,7 +604,7 @@ func (vr *verifyRun) checkReferences(ctx context.Context, allTarget []string) (i
 		r.Logf("%s", line)
 	}
 	names := refs.names()
-	if absent, _ := verifyDiff(names, allTarget); len(absent) > 0 {
+	if absent, _ := keystore.Diff(names, allTarget); len(absent) > 0 {
 		vr.problems = append(vr.problems, fmt.Sprintf("%d key(s) that %s references are not in enclave %s: %s", len(absent), objAddr, vr.enc.Name, refs.whereList(absent)))
 	} else {
 		r.Logf("references: all %d key(s) %s references exist in enclave %s", len(names), objAddr, vr.enc.Name)
@@ -777,41 +772,15 @@ func verifyProofName(proofs map[string]int, planned string) string {
 	return proofMixed
 }
 
-// verifyDiff returns the names in source but not in target (missing) and in
-// target but not in source (extra), each sorted (keystore.Diff).
-func verifyDiff(source, target []string) (missing, extra []string) {
-	return keystore.Diff(source, target)
-}
-
-// verifyIntersect returns the names in both, sorted.
-func verifyIntersect(a, b []string) []string {
-	in := make(map[string]bool, len(b))
-	for _, n := range b {
-		in[n] = true
-	}
-	var out []string
-	for _, n := range a {
-		if in[n] {
-			out = append(out, n)
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
-}
-
-// verifyNameList shows at most max names, then how many more there are
-// (keystore.NameList).
-func verifyNameList(names []string, max int) string { return keystore.NameList(names, max) }
-
 // verifyNameSetMessage says how the enclave's key names differ from the
 // source's.
 func verifyNameSetMessage(srcAddr, enclave string, missing, extra []string) string {
 	var parts []string
 	if len(missing) > 0 {
-		parts = append(parts, fmt.Sprintf("%d key(s) of the %s key store are missing from enclave %s: %s (created at KES after the migration listed the store, never imported, or deleted from the enclave since: halt key creation at KES and run the migration again, which carries them and skips the keys already there)", len(missing), srcAddr, enclave, verifyNameList(missing, verifyShown)))
+		parts = append(parts, fmt.Sprintf("%d key(s) of the %s key store are missing from enclave %s: %s (created at KES after the migration listed the store, never imported, or deleted from the enclave since: halt key creation at KES and run the migration again, which carries them and skips the keys already there)", len(missing), srcAddr, enclave, keystore.NameList(missing, verifyShown)))
 	}
 	if len(extra) > 0 {
-		parts = append(parts, fmt.Sprintf("enclave %s holds %d key(s) the %s key store does not: %s (deleted at KES since the migration, or put into the enclave by something else)", enclave, len(extra), srcAddr, verifyNameList(extra, verifyShown)))
+		parts = append(parts, fmt.Sprintf("enclave %s holds %d key(s) the %s key store does not: %s (deleted at KES since the migration, or put into the enclave by something else)", enclave, len(extra), srcAddr, keystore.NameList(extra, verifyShown)))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -830,10 +799,10 @@ func verifyFailureMessage(enclave string, failures []verifyFailure) string {
 	}
 	var parts []string
 	if len(differs) > 0 {
-		parts = append(parts, fmt.Sprintf("%d key(s) in enclave %s have different material than at KES: %s", len(differs), enclave, verifyNameList(differs, verifyShown)))
+		parts = append(parts, fmt.Sprintf("%d key(s) in enclave %s have different material than at KES: %s", len(differs), enclave, keystore.NameList(differs, verifyShown)))
 	}
 	if len(other) > 0 {
-		parts = append(parts, fmt.Sprintf("the round trip failed for %d key(s): %s", len(other), verifyNameList(other, verifyShown)))
+		parts = append(parts, fmt.Sprintf("the round trip failed for %d key(s): %s", len(other), keystore.NameList(other, verifyShown)))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -882,7 +851,7 @@ func (v *verifyRefs) whereList(keys []string) string {
 		}
 		parts = append(parts, fmt.Sprintf("%s (referenced by %s)", k, places))
 	}
-	return verifyNameList(parts, verifyShown)
+	return keystore.NameList(parts, verifyShown)
 }
 
 func (v *verifyRefs) describe(addr string) []string {

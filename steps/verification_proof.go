@@ -18,6 +18,7 @@ import (
 
 	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/keystore"
 )
 
 // The proof, designed once for issues 10 and 12.
@@ -252,7 +253,7 @@ func formatRefusalMessage(enclave string, kps []keyProof) string {
 		if f == formatJSON {
 			what = "legacy JSON ciphertexts, which MinIO forwards unchanged when it cannot parse them"
 		}
-		parts = append(parts, fmt.Sprintf("the Key Manager of enclave %s holds the material of %d key(s) but refuses the %s format: %s; %s", enclave, len(names), f, what, verifyNameList(names, verifyShown)))
+		parts = append(parts, fmt.Sprintf("the Key Manager of enclave %s holds the material of %d key(s) but refuses the %s format: %s; %s", enclave, len(names), f, what, keystore.NameList(names, verifyShown)))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -462,14 +463,6 @@ func proofNames(proofs []sealedProof) []string {
 		if len(out) == 0 || out[len(out)-1] != p.name {
 			out = append(out, p.name)
 		}
-	}
-	return out
-}
-
-func problemNames(ps []problem) []string {
-	out := make([]string, len(ps))
-	for i, p := range ps {
-		out[i] = p.Name
 	}
 	return out
 }

@@ -18,22 +18,9 @@ import (
 	"github.com/minio/kms-go/kms"
 
 	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/keystore"
 	"github.com/runbook-dev/runbook/internal/testenv"
 )
-
-func TestVerifyDiff(t *testing.T) {
-	missing, extra := verifyDiff([]string{"a", "b", "c", "d"}, []string{"d", "b", "x", "a"})
-	if !slices.Equal(missing, []string{"c"}) || !slices.Equal(extra, []string{"x"}) {
-		t.Fatalf("missing %q extra %q, want [c] [x]", missing, extra)
-	}
-	missing, extra = verifyDiff([]string{"a"}, []string{"a"})
-	if missing != nil || extra != nil {
-		t.Fatalf("equal sets: missing %q extra %q", missing, extra)
-	}
-	if got := verifyIntersect([]string{"c", "a", "b"}, []string{"b", "c", "z"}); !slices.Equal(got, []string{"b", "c"}) {
-		t.Fatalf("intersect = %q", got)
-	}
-}
 
 func TestVerifyMatch(t *testing.T) {
 	names := []string{"minio-a", "minio-b", "other"}
@@ -42,18 +29,6 @@ func TestVerifyMatch(t *testing.T) {
 	}
 	if got := verifyMatch(names, "*"); !slices.Equal(got, names) {
 		t.Fatalf("match * = %q", got)
-	}
-}
-
-func TestVerifyNameList(t *testing.T) {
-	if got := verifyNameList(nil, 3); got != "none" {
-		t.Fatalf("empty = %q", got)
-	}
-	if got := verifyNameList([]string{"a", "b"}, 3); got != "a, b" {
-		t.Fatalf("short = %q", got)
-	}
-	if got := verifyNameList([]string{"a", "b", "c", "d", "e"}, 3); got != "a, b, c and 2 more" {
-		t.Fatalf("long = %q", got)
 	}
 }
 
@@ -308,7 +283,7 @@ func TestListKESServerIsComplete(t *testing.T) {
 func checkListing(all, got []string, unlisted bool) string {
 	want := slices.Clone(all)
 	slices.Sort(want)
-	missing, extra := verifyDiff(want, got)
+	missing, extra := keystore.Diff(want, got)
 	var lost []string
 	for _, n := range missing {
 		if !strings.HasPrefix(n, kesUnlisted) || !unlisted {
