@@ -127,62 +127,11 @@ func Load(path string, src []byte) (*Config, hcl.Diagnostics) {
 			Subject:  attr.NameRange.Ptr(),
 		})
 	}
-	var runbookBlock *hclsyntax.Block
-	vars := map[string]*Variable{}
-	locals := map[string]*Local{}
+	ld := &loader{cfg: cfg, vars: map[string]*Variable{}, locals: map[string]*Local{}}
 	for _, blk := range body.Blocks {
-		switch blk.Type {
-		case "runbook":
-			if runbookBlock != nil {
-				diags = append(diags, duplicateDiag("runbook", blk, runbookBlock.DefRange()))
-				continue
-			}
-			runbookBlock = blk
-			diags = append(diags, cfg.decodeRunbook(blk)...)
-		case "variable":
-			v, moreDiags := decodeVariable(blk)
-			diags = append(diags, moreDiags...)
-			if v == nil {
-				continue
-			}
-			if prev, dup := vars[v.Name]; dup {
-				diags = append(diags, duplicateDiag("variable \""+v.Name+"\"", blk, prev.DeclRange))
-				continue
-			}
-			vars[v.Name] = v
-			cfg.Variables = append(cfg.Variables, v)
-		case "locals":
-			attrs, moreDiags := blk.Body.JustAttributes()
-			diags = append(diags, moreDiags...)
-			for _, name := range sortedAttrNames(attrs) {
-				a := attrs[name]
-				if prev, dup := locals[name]; dup {
-					diags = append(diags, &hcl.Diagnostic{
-						Severity: hcl.DiagError,
-						Summary:  "Duplicate local value",
-						Detail:   fmt.Sprintf("A local value named %q was already defined at %s. Local value names must be unique.", name, prev.DeclRange),
-						Subject:  a.NameRange.Ptr(),
-					})
-					continue
-				}
-				l := &Local{Name: name, Expr: a.Expr, DeclRange: a.Range}
-				locals[name] = l
-				cfg.Locals = append(cfg.Locals, l)
-			}
-		default:
-			b, moreDiags := decodeBlock(blk)
-			diags = append(diags, moreDiags...)
-			if b == nil {
-				continue
-			}
-			if prev, dup := cfg.byAddr[b.Addr()]; dup {
-				diags = append(diags, duplicateDiag(fmt.Sprintf("%s %q", b.Type, b.Name), blk, prev.DeclRange))
-				continue
-			}
-			cfg.byAddr[b.Addr()] = b
-			cfg.Blocks = append(cfg.Blocks, b)
-		}
+		diags = append(diags, ld.add(blk)...)
 	}
+	runbookBlock := ld.runbook
 	if runbookBlock == nil {
 		diags = append(diags, &hcl.Diagnostic{
 			Severity: hcl.DiagError,
@@ -193,6 +142,73 @@ func Load(path string, src []byte) (*Config, hcl.Diagnostics) {
 	}
 	diags = append(diags, cfg.checkDependsOn()...)
 	return cfg, diags
+}
+
+// loader adds the top-level blocks of a runbook to its Config, reporting
+// duplicates.
+type loader struct {
+	cfg     *Config
+	runbook *hclsyntax.Block
+	vars    map[string]*Variable
+	locals  map[string]*Local
+}
+
+// add decodes one top-level block: the runbook block, a variable, locals,
+// or a block of a registered type.
+func (ld *loader) add(blk *hclsyntax.Block) hcl.Diagnostics {
+	cfg := ld.cfg
+	switch blk.Type {
+	case "runbook":
+		if ld.runbook != nil {
+			return hcl.Diagnostics{duplicateDiag("runbook", blk, ld.runbook.DefRange())}
+		}
+		ld.runbook = blk
+		return cfg.decodeRunbook(blk)
+	case "variable":
+		v, diags := decodeVariable(blk)
+		if v == nil {
+			return diags
+		}
+		if prev, dup := ld.vars[v.Name]; dup {
+			return append(diags, duplicateDiag("variable \""+v.Name+"\"", blk, prev.DeclRange))
+		}
+		ld.vars[v.Name] = v
+		cfg.Variables = append(cfg.Variables, v)
+		return diags
+	case "locals":
+		return ld.addLocals(blk)
+	}
+	b, diags := decodeBlock(blk)
+	if b == nil {
+		return diags
+	}
+	if prev, dup := cfg.byAddr[b.Addr()]; dup {
+		return append(diags, duplicateDiag(fmt.Sprintf("%s %q", b.Type, b.Name), blk, prev.DeclRange))
+	}
+	cfg.byAddr[b.Addr()] = b
+	cfg.Blocks = append(cfg.Blocks, b)
+	return diags
+}
+
+// addLocals adds the local values of a locals block.
+func (ld *loader) addLocals(blk *hclsyntax.Block) hcl.Diagnostics {
+	attrs, diags := blk.Body.JustAttributes()
+	for _, name := range sortedAttrNames(attrs) {
+		a := attrs[name]
+		if prev, dup := ld.locals[name]; dup {
+			diags = append(diags, &hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary:  "Duplicate local value",
+				Detail:   fmt.Sprintf("A local value named %q was already defined at %s. Local value names must be unique.", name, prev.DeclRange),
+				Subject:  a.NameRange.Ptr(),
+			})
+			continue
+		}
+		l := &Local{Name: name, Expr: a.Expr, DeclRange: a.Range}
+		ld.locals[name] = l
+		ld.cfg.Locals = append(ld.cfg.Locals, l)
+	}
+	return diags
 }
 
 func duplicateDiag(what string, blk *hclsyntax.Block, prev hcl.Range) *hcl.Diagnostic {

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
@@ -24,100 +26,26 @@ type Graph struct {
 // BuildGraph finds every reference, reports references to undeclared blocks,
 // variables and locals, and any cycle naming all of its members.
 func BuildGraph(cfg *Config) (*Graph, hcl.Diagnostics) {
-	var diags hcl.Diagnostics
 	g := &Graph{cfg: cfg, Deps: map[string][]string{}}
-	vars := map[string]bool{}
+	rc := &refChecker{cfg: cfg, g: g, vars: map[string]bool{}, locals: map[string]bool{}}
 	for _, v := range cfg.Variables {
-		vars[v.Name] = true
+		rc.vars[v.Name] = true
 	}
-	locals := map[string]bool{}
 	for _, l := range cfg.Locals {
-		locals[l.Name] = true
-	}
-	check := func(tr hcl.Traversal, what string) (string, bool) {
-		before := len(diags)
-		defer func() {
-			if len(diags) > before {
-				g.badRefs = append(g.badRefs, tr.SourceRange())
-			}
-		}()
-		root := tr.RootName()
-		switch root {
-		case "var", "local":
-			name := secondName(tr)
-			if root == "var" && !vars[name] {
-				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Reference to undeclared input variable", Detail: fmt.Sprintf("No variable named %q is declared. Declare it with a variable %q {} block.", name, name), Subject: tr.SourceRange().Ptr()})
-			}
-			if root == "local" && !locals[name] {
-				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Reference to undeclared local value", Detail: fmt.Sprintf("No local value named %q is declared in a locals block.", name), Subject: tr.SourceRange().Ptr()})
-			}
-			return "", false
-		}
-		if _, ok := LookupType(root); !ok {
-			detail := fmt.Sprintf("%s refers to %q, which is neither a block type nor var or local.", what, root)
-			if s := nameSuggestion(root, append([]string{"var", "local"}, TypeNames()...)); s != "" {
-				detail += fmt.Sprintf(" Did you mean %q?", s)
-			}
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Unknown reference", Detail: detail, Subject: tr.SourceRange().Ptr()})
-			return "", false
-		}
-		addr, d := cfg.refAddr(tr)
-		if d != nil {
-			diags = append(diags, d)
-			return "", false
-		}
-		return addr, true
+		rc.locals[l.Name] = true
 	}
 	for _, l := range cfg.Locals {
 		for _, tr := range l.Expr.Variables() {
 			if r := tr.RootName(); r == "var" || r == "local" {
-				check(tr, "A local value")
+				rc.check(tr, "A local value")
 			}
 		}
 	}
 	for _, b := range cfg.Blocks {
 		g.Nodes = append(g.Nodes, b.Addr())
-		deps := map[string]bool{}
-		for _, tr := range bodyTraversals(b.Body) {
-			if addr, ok := check(tr, "The "+b.Addr()+" block"); ok && addr != b.Addr() {
-				deps[addr] = true
-			} else if ok {
-				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Self-reference", Detail: fmt.Sprintf("%s cannot refer to itself.", b.Addr()), Subject: tr.SourceRange().Ptr()})
-			}
-		}
-		for _, expr := range []hcl.Expression{b.Timeout} {
-			if expr != nil {
-				for _, tr := range expr.Variables() {
-					check(tr, "timeout")
-				}
-			}
-		}
-		if b.Retry != nil {
-			for _, expr := range []hcl.Expression{b.Retry.Attempts, b.Retry.Backoff} {
-				if expr != nil {
-					for _, tr := range expr.Variables() {
-						check(tr, "retry")
-					}
-				}
-			}
-		}
-		for _, tr := range b.DependsOn {
-			addr, d := cfg.refAddr(tr)
-			switch {
-			case d != nil: // reported by Load
-			case addr == b.Addr():
-				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Self-reference", Detail: fmt.Sprintf("%s cannot depend on itself.", b.Addr()), Subject: tr.SourceRange().Ptr()})
-			default:
-				deps[addr] = true
-			}
-		}
-		list := make([]string, 0, len(deps))
-		for d := range deps {
-			list = append(list, d)
-		}
-		sort.Strings(list)
-		g.Deps[b.Addr()] = list
+		g.Deps[b.Addr()] = rc.blockDeps(b)
 	}
+	diags := rc.diags
 	if cycles := g.cycles(); len(cycles) > 0 {
 		for _, c := range cycles {
 			first := cfg.Block(c[0])
@@ -132,6 +60,91 @@ func BuildGraph(cfg *Config) (*Graph, hcl.Diagnostics) {
 	}
 	g.order = g.topo()
 	return g, diags
+}
+
+// refChecker resolves the references of a runbook, collecting a
+// diagnostic for each that names nothing declared.
+type refChecker struct {
+	cfg          *Config
+	g            *Graph
+	vars, locals map[string]bool
+	diags        hcl.Diagnostics
+}
+
+// check resolves one reference: the address of the block it names, or
+// false for a variable, a local, or a reference that names nothing (then
+// reported, and remembered so that decoding does not report it again).
+func (rc *refChecker) check(tr hcl.Traversal, what string) (string, bool) {
+	before := len(rc.diags)
+	defer func() {
+		if len(rc.diags) > before {
+			rc.g.badRefs = append(rc.g.badRefs, tr.SourceRange())
+		}
+	}()
+	root := tr.RootName()
+	switch root {
+	case "var", "local":
+		name := secondName(tr)
+		if root == "var" && !rc.vars[name] {
+			rc.diags = append(rc.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Reference to undeclared input variable", Detail: fmt.Sprintf("No variable named %q is declared. Declare it with a variable %q {} block.", name, name), Subject: tr.SourceRange().Ptr()})
+		}
+		if root == "local" && !rc.locals[name] {
+			rc.diags = append(rc.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Reference to undeclared local value", Detail: fmt.Sprintf("No local value named %q is declared in a locals block.", name), Subject: tr.SourceRange().Ptr()})
+		}
+		return "", false
+	}
+	if _, ok := LookupType(root); !ok {
+		detail := fmt.Sprintf("%s refers to %q, which is neither a block type nor var or local.", what, root)
+		if s := nameSuggestion(root, append([]string{"var", "local"}, TypeNames()...)); s != "" {
+			detail += fmt.Sprintf(" Did you mean %q?", s)
+		}
+		rc.diags = append(rc.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Unknown reference", Detail: detail, Subject: tr.SourceRange().Ptr()})
+		return "", false
+	}
+	addr, d := rc.cfg.refAddr(tr)
+	if d != nil {
+		rc.diags = append(rc.diags, d)
+		return "", false
+	}
+	return addr, true
+}
+
+// blockDeps returns, sorted, the blocks b depends on: those its body
+// refers to and those its depends_on names. Its timeout and retry may
+// refer to variables and locals only.
+func (rc *refChecker) blockDeps(b *BlockConfig) []string {
+	deps := map[string]bool{}
+	for _, tr := range bodyTraversals(b.Body) {
+		if addr, ok := rc.check(tr, "The "+b.Addr()+" block"); ok && addr != b.Addr() {
+			deps[addr] = true
+		} else if ok {
+			rc.diags = append(rc.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Self-reference", Detail: fmt.Sprintf("%s cannot refer to itself.", b.Addr()), Subject: tr.SourceRange().Ptr()})
+		}
+	}
+	meta := map[string][]hcl.Expression{"timeout": {b.Timeout}}
+	if b.Retry != nil {
+		meta["retry"] = []hcl.Expression{b.Retry.Attempts, b.Retry.Backoff}
+	}
+	for _, what := range []string{"timeout", "retry"} {
+		for _, expr := range meta[what] {
+			if expr != nil {
+				for _, tr := range expr.Variables() {
+					rc.check(tr, what)
+				}
+			}
+		}
+	}
+	for _, tr := range b.DependsOn {
+		addr, d := rc.cfg.refAddr(tr)
+		switch {
+		case d != nil: // reported by Load
+		case addr == b.Addr():
+			rc.diags = append(rc.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Self-reference", Detail: fmt.Sprintf("%s cannot depend on itself.", b.Addr()), Subject: tr.SourceRange().Ptr()})
+		default:
+			deps[addr] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(deps))
 }
 
 // bodyTraversals lists the references in every expression of a body,

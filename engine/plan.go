@@ -39,71 +39,103 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 		return nil, err
 	}
 	x.emit(Event{Type: EventRun, Message: fmt.Sprintf("runbook: plan %s", s.Config.Name)})
-	if p := s.Config.AllowedSignersPath(); p != "" {
-		// Bound like any file the plan read: approvals are checked against
-		// this list, so a plan is stale once it changes.
-		raw, err := os.ReadFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("read allowed signers: %w", err)
-		}
-		x.recordInput("file "+p, sha256Hex(raw))
+	if err := x.bindAllowedSigners(); err != nil {
+		return nil, err
 	}
-	// Steps are planned concurrently once the steps they depend on are (a
-	// plan's outputs feed its dependents' configuration); plans only
-	// observe, and are shown in execution order.
+	results, err := x.planSteps(ctx, sel)
+	if err != nil {
+		return nil, err
+	}
+	return x.planResult(results)
+}
+
+// bindAllowedSigners binds the plan to the allowed-signers file like any
+// file the plan read: approvals are checked against this list, so a plan
+// is stale once it changes.
+func (x *execution) bindAllowedSigners() error {
+	p := x.cfg.AllowedSignersPath()
+	if p == "" {
+		return nil
+	}
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("read allowed signers: %w", err)
+	}
+	x.recordInput("file "+p, sha256Hex(raw))
+	return nil
+}
+
+// planSteps plans the selected steps concurrently, each once the steps it
+// depends on are planned (a plan's outputs feed its dependents'
+// configuration); plans only observe. A connection that does not decode
+// stops the plan; a step that cannot be planned does not stop its
+// dependents' plans.
+func (x *execution) planSteps(ctx context.Context, sel map[string]bool) (map[string]PlannedStep, error) {
 	var (
 		mu      sync.Mutex
 		results = map[string]PlannedStep{}
 		connErr error
 	)
 	x.walk(ctx, sel, func(ctx context.Context, addr string) error {
-		b := s.Config.Block(addr)
+		b := x.cfg.Block(addr)
 		if b.BlockType.Kind == KindConnection {
 			// Files a connection names (CA files, configs) are read lazily by
 			// the steps that use it; the runbook text binds their names.
-			if err := s.decodeConnection(b); err != nil {
+			err := x.s.decodeConnection(b)
+			if err != nil {
 				mu.Lock()
 				connErr = cmp.Or(connErr, err)
 				mu.Unlock()
-				return err
 			}
-			return nil
+			return err
 		}
-		inst, d, diags := s.decode(b)
-		ps := PlannedStep{Addr: addr, Type: b.Type, DependsOn: s.Graph.Deps[addr]}
-		if diags.HasErrors() {
-			ps.Error = x.rd.String(diagsError(diags).Error())
-		} else if p, ok := inst.(Planner); ok {
-			sp, err := p.Plan(ctx, x.newRun(addr, d, x.js.Step(addr), nil))
-			if err != nil {
-				ps.Error = x.rd.String(err.Error())
-				ps.Hints = redactAll(x.rd, Hints(err))
-				if errors.Is(err, ErrRefused) {
-					ps.refused = true
-				}
-			} else {
-				ps.Plan = sp
-				if sp.Outputs != nil {
-					s.Scope.SetOutputs(addr, sp.Outputs)
-				}
-			}
-		} else {
-			ps.Plan = &StepPlan{Actions: []string{"run " + addr}}
-		}
+		ps := x.planStep(ctx, b)
 		mu.Lock()
 		results[addr] = ps
 		mu.Unlock()
-		return nil // a step that cannot be planned does not stop its dependents' plans
+		return nil
 	})
 	if connErr != nil {
 		return nil, connErr
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
+	return results, ctx.Err()
+}
+
+// planStep asks one step what it would do; what went wrong is its Error.
+func (x *execution) planStep(ctx context.Context, b *BlockConfig) PlannedStep {
+	addr := b.Addr()
+	ps := PlannedStep{Addr: addr, Type: b.Type, DependsOn: x.s.Graph.Deps[addr]}
+	inst, d, diags := x.s.decode(b)
+	if diags.HasErrors() {
+		ps.Error = x.rd.String(diagsError(diags).Error())
+		return ps
 	}
+	p, ok := inst.(Planner)
+	if !ok {
+		ps.Plan = &StepPlan{Actions: []string{"run " + addr}}
+		return ps
+	}
+	sp, err := p.Plan(ctx, x.newRun(addr, d, x.js.Step(addr), nil))
+	if err != nil {
+		ps.Error = x.rd.String(err.Error())
+		ps.Hints = redactAll(x.rd, Hints(err))
+		ps.refused = errors.Is(err, ErrRefused)
+		return ps
+	}
+	ps.Plan = sp
+	if sp.Outputs != nil {
+		x.s.Scope.SetOutputs(addr, sp.Outputs)
+	}
+	return ps
+}
+
+// planResult shows the steps' plans in execution order; a step that
+// refuses makes the plan a refusal, one that could not be planned a
+// failure.
+func (x *execution) planResult(results map[string]PlannedStep) (*PlanResult, error) {
 	var planned []PlannedStep
 	failed, refused := 0, 0
-	for _, addr := range s.Graph.Order() {
+	for _, addr := range x.s.Graph.Order() {
 		ps, ok := results[addr]
 		if !ok {
 			continue

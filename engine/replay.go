@@ -111,90 +111,109 @@ func LoadJournal(dir string) (*JournalState, []string, error) {
 func Replay(records []Record) (*JournalState, error) {
 	js := &JournalState{Steps: map[string]*StepState{}}
 	for i := range records {
-		r := &records[i]
-		switch r.Kind {
-		case RecordRun:
-			var ri RunInfo
-			if err := json.Unmarshal(r.Data, &ri); err != nil {
-				return nil, fmt.Errorf("decode run record %d: %w", r.Seq, err)
-			}
-			js.Run = &ri
-			continue
-		case RecordNote:
-			js.Notes = append(js.Notes, *r)
-			continue
-		case RecordTargets:
-			// An apply that carried a partly applied run further with other
-			// targets: the run now covers both (none: every step).
-			if js.Run == nil {
-				return nil, fmt.Errorf("targets record %d before any run record", r.Seq)
-			}
-			var more []string
-			if err := json.Unmarshal(r.Data, &more); err != nil {
-				return nil, fmt.Errorf("decode targets record %d: %w", r.Seq, err)
-			}
-			js.Run.Targets = widenTargets(js.Run.Targets, more)
-			continue
-		case RecordPlan:
-			var pr PlanRecord
-			if err := json.Unmarshal(r.Data, &pr); err != nil {
-				return nil, fmt.Errorf("decode plan record %d: %w", r.Seq, err)
-			}
-			js.Plans = append(js.Plans, pr)
-			continue
-		}
-		if r.Step == "" {
-			continue
-		}
-		st, ok := js.Steps[r.Step]
-		if !ok {
-			st = &StepState{Addr: r.Step, State: StatePending, Checkpoints: map[string]json.RawMessage{}}
-			js.Steps[r.Step] = st
-			js.Order = append(js.Order, r.Step)
-		}
-		switch r.Kind {
-		case RecordState:
-			st.State = r.State
-			st.Error = r.Error
-			switch r.State {
-			case StateRunning:
-				st.Attempts++
-				if st.Attempts == 1 {
-					st.Started, st.Elapsed = r.Time, 0
-				}
-				st.Finished, st.attemptAt, st.rollingBack = time.Time{}, r.Time, false
-			case StateRollingBack:
-				if !st.rollingBack { // not a rollback resumed after an interruption
-					st.Started, st.Elapsed = r.Time, 0
-				}
-				st.rollingBack = true
-				st.Finished, st.attemptAt = time.Time{}, r.Time
-			case StateDone, StateFailed, StateInterrupted, StateWaiting, StateRolledBack:
-				st.Finished = r.Time
-				if !st.attemptAt.IsZero() {
-					st.Elapsed += r.Time.Sub(st.attemptAt)
-					st.attemptAt = time.Time{}
-				}
-				if r.State == StateRolledBack {
-					// Undone work is not done: a later apply starts the step afresh.
-					if st.Cleared == nil {
-						st.Cleared = map[string]json.RawMessage{}
-					}
-					maps.Copy(st.Cleared, st.Checkpoints)
-					st.Checkpoints, st.Order, st.Outputs, st.Attempts = map[string]json.RawMessage{}, nil, nil, 0
-					st.rollingBack = false
-				}
-			}
-		case RecordCheckpoint:
-			if _, seen := st.Checkpoints[r.Item]; !seen {
-				st.Order = append(st.Order, r.Item)
-			}
-			st.Checkpoints[r.Item] = r.Data
-		case RecordOutput:
-			st.Outputs = r.Data
+		if err := js.apply(&records[i]); err != nil {
+			return nil, err
 		}
 	}
 	return js, nil
+}
+
+// apply replays one record.
+func (js *JournalState) apply(r *Record) error {
+	switch r.Kind {
+	case RecordRun, RecordNote, RecordTargets, RecordPlan:
+		return js.applyRunRecord(r)
+	}
+	if r.Step == "" {
+		return nil
+	}
+	st, ok := js.Steps[r.Step]
+	if !ok {
+		st = &StepState{Addr: r.Step, State: StatePending, Checkpoints: map[string]json.RawMessage{}}
+		js.Steps[r.Step] = st
+		js.Order = append(js.Order, r.Step)
+	}
+	switch r.Kind {
+	case RecordState:
+		st.changeState(r)
+	case RecordCheckpoint:
+		if _, seen := st.Checkpoints[r.Item]; !seen {
+			st.Order = append(st.Order, r.Item)
+		}
+		st.Checkpoints[r.Item] = r.Data
+	case RecordOutput:
+		st.Outputs = r.Data
+	}
+	return nil
+}
+
+// applyRunRecord replays a record about the run as a whole.
+func (js *JournalState) applyRunRecord(r *Record) error {
+	switch r.Kind {
+	case RecordRun:
+		var ri RunInfo
+		if err := json.Unmarshal(r.Data, &ri); err != nil {
+			return fmt.Errorf("decode run record %d: %w", r.Seq, err)
+		}
+		js.Run = &ri
+	case RecordNote:
+		js.Notes = append(js.Notes, *r)
+	case RecordTargets:
+		// An apply that carried a partly applied run further with other
+		// targets: the run now covers both (none: every step).
+		if js.Run == nil {
+			return fmt.Errorf("targets record %d before any run record", r.Seq)
+		}
+		var more []string
+		if err := json.Unmarshal(r.Data, &more); err != nil {
+			return fmt.Errorf("decode targets record %d: %w", r.Seq, err)
+		}
+		js.Run.Targets = widenTargets(js.Run.Targets, more)
+	case RecordPlan:
+		var pr PlanRecord
+		if err := json.Unmarshal(r.Data, &pr); err != nil {
+			return fmt.Errorf("decode plan record %d: %w", r.Seq, err)
+		}
+		js.Plans = append(js.Plans, pr)
+	}
+	return nil
+}
+
+// changeState replays a step's state record: its attempts, its own time
+// (without the gaps between attempts), and a rollback that clears its
+// checkpoints.
+func (st *StepState) changeState(r *Record) {
+	st.State = r.State
+	st.Error = r.Error
+	switch r.State {
+	case StateRunning:
+		st.Attempts++
+		if st.Attempts == 1 {
+			st.Started, st.Elapsed = r.Time, 0
+		}
+		st.Finished, st.attemptAt, st.rollingBack = time.Time{}, r.Time, false
+	case StateRollingBack:
+		if !st.rollingBack { // not a rollback resumed after an interruption
+			st.Started, st.Elapsed = r.Time, 0
+		}
+		st.rollingBack = true
+		st.Finished, st.attemptAt = time.Time{}, r.Time
+	case StateDone, StateFailed, StateInterrupted, StateWaiting, StateRolledBack:
+		st.Finished = r.Time
+		if !st.attemptAt.IsZero() {
+			st.Elapsed += r.Time.Sub(st.attemptAt)
+			st.attemptAt = time.Time{}
+		}
+		if r.State == StateRolledBack {
+			// Undone work is not done: a later apply starts the step afresh.
+			if st.Cleared == nil {
+				st.Cleared = map[string]json.RawMessage{}
+			}
+			maps.Copy(st.Cleared, st.Checkpoints)
+			st.Checkpoints, st.Order, st.Outputs, st.Attempts = map[string]json.RawMessage{}, nil, nil, 0
+			st.rollingBack = false
+		}
+	}
 }
 
 // widenTargets is the targets of a run that a later command carried further

@@ -42,11 +42,20 @@ type rawVar struct {
 // requireAll false (validate), variables without a value are unknown rather
 // than an error.
 func (c *Config) ResolveVariables(in VarInputs, requireAll bool) (map[string]cty.Value, hcl.Diagnostics) {
-	var diags hcl.Diagnostics
 	declared := map[string]*Variable{}
 	for _, v := range c.Variables {
 		declared[v.Name] = v
 	}
+	raw, diags := c.givenVars(in, declared)
+	vals, moreDiags := c.varValues(raw, declared, requireAll)
+	return vals, append(diags, moreDiags...)
+}
+
+// givenVars gathers the value given for each declared variable, a later
+// source winning over an earlier one: a saved plan's record, the
+// environment, the variables files, the -var options.
+func (c *Config) givenVars(in VarInputs, declared map[string]*Variable) (map[string]rawVar, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
 	raw := map[string]rawVar{}
 	for name, js := range in.Recorded {
 		if v := declared[name]; v != nil {
@@ -71,27 +80,7 @@ func (c *Config) ResolveVariables(in VarInputs, requireAll bool) (map[string]cty
 		}
 	}
 	for _, path := range in.VarFiles {
-		src, err := os.ReadFile(path)
-		if err != nil {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot read variables file", Detail: fmt.Sprintf("Reading %s failed: %s.", path, err)})
-			continue
-		}
-		f, moreDiags := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
-		diags = append(diags, moreDiags...)
-		if moreDiags.HasErrors() {
-			continue
-		}
-		c.Files[path] = f
-		attrs, moreDiags := f.Body.JustAttributes()
-		diags = append(diags, moreDiags...)
-		for _, name := range sortedAttrNames(attrs) {
-			a := attrs[name]
-			if declared[name] == nil {
-				diags = append(diags, undeclaredVarDiag(c, name, a.NameRange.Ptr(), "the variables file"))
-				continue
-			}
-			raw[name] = rawVar{expr: a.Expr, source: path}
-		}
+		diags = append(diags, c.readVarFile(path, declared, raw)...)
 	}
 	for _, kv := range in.Vars {
 		name, val, ok := strings.Cut(kv, "=")
@@ -105,7 +94,38 @@ func (c *Config) ResolveVariables(in VarInputs, requireAll bool) (map[string]cty
 		}
 		raw[name] = rawVar{text: val, source: "-var " + name}
 	}
+	return raw, diags
+}
 
+// readVarFile adds the values of a variables file to raw.
+func (c *Config) readVarFile(path string, declared map[string]*Variable, raw map[string]rawVar) hcl.Diagnostics {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read variables file", Detail: fmt.Sprintf("Reading %s failed: %s.", path, err)}}
+	}
+	f, diags := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
+	if diags.HasErrors() {
+		return diags
+	}
+	c.Files[path] = f
+	attrs, moreDiags := f.Body.JustAttributes()
+	diags = append(diags, moreDiags...)
+	for _, name := range sortedAttrNames(attrs) {
+		a := attrs[name]
+		if declared[name] == nil {
+			diags = append(diags, undeclaredVarDiag(c, name, a.NameRange.Ptr(), "the variables file"))
+			continue
+		}
+		raw[name] = rawVar{expr: a.Expr, source: path}
+	}
+	return diags
+}
+
+// varValues evaluates each variable: its given value, else its default,
+// else unknown (an error when requireAll), validated and, if sensitive,
+// marked.
+func (c *Config) varValues(raw map[string]rawVar, declared map[string]*Variable, requireAll bool) (map[string]cty.Value, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
 	vals := map[string]cty.Value{}
 	var missing []string
 	for _, v := range c.Variables {

@@ -235,37 +235,9 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 	if v.cfg.Sample == nil {
 		p.Items = names
 	}
-	refs := &verifyRefs{}
-	if v.hasObjects() {
-		obj, objAddr, err := engine.ConnectionFrom[*aistorConnection](v.cfg.Objects, "aistor")
-		if err != nil {
-			return nil, err
-		}
-		refs, err = observeKeyRefs(ctx, r, obj, v.objectsPerBucket())
-		if err != nil {
-			return nil, err
-		}
-		p.Observed = append(p.Observed, refs.describe(objAddr)...)
-		p.Actions = append(p.Actions, fmt.Sprintf("prove that every key %s references (%d: %s) exists in enclave %s", objAddr, len(refs.names()), keystore.NameList(refs.names(), verifyShown), enc.Name))
-		inSource := map[string]bool{}
-		for _, n := range names {
-			inSource[n] = true
-		}
-		var lacking []string
-		for _, n := range refs.names() {
-			if !inSource[n] {
-				lacking = append(lacking, n)
-			}
-		}
-		if len(lacking) > 0 {
-			p.Risks = append(p.Risks, fmt.Sprintf("%s uses %d key(s) that the KES key store does not hold (matching %q), so the migration cannot carry them and verification will fail: %s", objAddr, len(lacking), v.pattern(), refs.whereList(lacking)))
-		}
-		if refs.sseS3 > 0 {
-			p.Risks = append(p.Risks, fmt.Sprintf("%d SSE-S3 object version(s) seen: the key each was sealed with is not visible through the S3 API (it is the default key at the time of writing, recorded only in xl.meta); they are covered only if that key is still the default key %q or is in the key set", refs.sseS3, refs.defaultKey))
-		}
-		if len(refs.truncated) > 0 {
-			p.Risks = append(p.Risks, fmt.Sprintf("only the first %d object versions of %d bucket(s) were listed (%s): SSE-KMS objects beyond them may use keys not seen here; raise objects_per_bucket to look further", v.objectsPerBucket(), len(refs.truncated), keystore.NameList(refs.truncated, verifyShown)))
-		}
+	refs, err := v.planReferences(ctx, r, p, names, enc.Name)
+	if err != nil {
+		return nil, err
 	}
 	referenced := refs.names()
 	if referenced == nil {
@@ -276,6 +248,35 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 	p.Verification = append(p.Verification, p.Actions...)
 	p.ItemsLabel = "keys to prove"
 	return p, nil
+}
+
+// planReferences observes the keys the object store references and says
+// how they will be checked, and what the plan already sees missing. No
+// objects block: none.
+func (v *verificationStep) planReferences(ctx context.Context, r *engine.Run, p *engine.StepPlan, names []string, enclave string) (*verifyRefs, error) {
+	if !v.hasObjects() {
+		return &verifyRefs{}, nil
+	}
+	obj, objAddr, err := engine.ConnectionFrom[*aistorConnection](v.cfg.Objects, "aistor")
+	if err != nil {
+		return nil, err
+	}
+	refs, err := observeKeyRefs(ctx, r, obj, v.objectsPerBucket())
+	if err != nil {
+		return nil, err
+	}
+	p.Observed = append(p.Observed, refs.describe(objAddr)...)
+	p.Actions = append(p.Actions, fmt.Sprintf("prove that every key %s references (%d: %s) exists in enclave %s", objAddr, len(refs.names()), keystore.NameList(refs.names(), verifyShown), enclave))
+	if lacking, _ := keystore.Diff(refs.names(), names); len(lacking) > 0 {
+		p.Risks = append(p.Risks, fmt.Sprintf("%s uses %d key(s) that the KES key store does not hold (matching %q), so the migration cannot carry them and verification will fail: %s", objAddr, len(lacking), v.pattern(), refs.whereList(lacking)))
+	}
+	if refs.sseS3 > 0 {
+		p.Risks = append(p.Risks, fmt.Sprintf("%d SSE-S3 object version(s) seen: the key each was sealed with is not visible through the S3 API (it is the default key at the time of writing, recorded only in xl.meta); they are covered only if that key is still the default key %q or is in the key set", refs.sseS3, refs.defaultKey))
+	}
+	if len(refs.truncated) > 0 {
+		p.Risks = append(p.Risks, fmt.Sprintf("only the first %d object versions of %d bucket(s) were listed (%s): SSE-KMS objects beyond them may use keys not seen here; raise objects_per_bucket to look further", v.objectsPerBucket(), len(refs.truncated), keystore.NameList(refs.truncated, verifyShown)))
+	}
+	return refs, nil
 }
 
 func (v *verificationStep) Rollback(context.Context, *engine.Run) error { return nil }
