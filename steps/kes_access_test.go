@@ -54,7 +54,7 @@ func TestKESRefusedMessage(t *testing.T) {
 		{"one key", []kesRefusal{{name: "app-00000"}},
 			[]string{`refuses policy "minio" (identity ab12) a data key under 1 of the 9 keys verification needs: app-00000;`, "add /v1/key/generate/app-00000 (or /v1/key/generate/* for every key) to the allow list of policy"}},
 		{"keys sharing a prefix", []kesRefusal{{name: "app-00000"}, {name: "app-00001"}, {name: "app-00002"}, {name: "app-00003"}, {name: "app-00004"}, {name: "app-00005"}},
-			[]string{"6 of the 9 keys", "app-00000, app-00001, app-00002, app-00003, app-00004, … (1 more)", "add /v1/key/generate/app-0000* (or"}},
+			[]string{"6 of the 9 keys", "app-00000, app-00001, app-00002, app-00003, app-00004 and 1 more", "add /v1/key/generate/app-0000* (or"}},
 		{"nothing shared", []kesRefusal{{name: "app-1"}, {name: "db-1"}},
 			[]string{"add /v1/key/generate/* to the allow list"}},
 		{"denied", []kesRefusal{{name: "app-1", denied: "/v1/key/generate/app-*"}},
