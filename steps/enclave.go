@@ -271,7 +271,8 @@ func (e *enclaveStep) Rollback(ctx context.Context, r *engine.Run) error {
 	}
 	if len(keys) > 0 {
 		slices.Sort(keys)
-		return engine.Refusef("enclave %s, created by this run, holds %d key(s) this rollback did not remove (%s): deleting it would destroy them; move or delete them first, or roll back --to %s to keep the enclave", name, len(keys), keystore.NameList(keys, 5), r.Addr)
+		return engine.RefuseWithHint(fmt.Sprintf("move or delete them first, or roll back --to %s to keep the enclave", r.Addr),
+			"enclave %s, created by this run, holds %d key(s) this rollback did not remove (%s): deleting it would destroy them", name, len(keys), keystore.NameList(keys, 5))
 	}
 	ids, err := listEnclaveIdentities(ctx, c, name)
 	if err != nil {
