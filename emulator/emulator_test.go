@@ -26,6 +26,7 @@ import (
 var ctx = context.Background()
 
 func TestVersionAndHealth(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, Config{})
 	c := newClient(t, s, s.RootAPIKey())
 	v, err := c.Version(ctx, &kms.VersionRequest{})
@@ -64,6 +65,7 @@ func TestVersionAndHealth(t *testing.T) {
 }
 
 func TestEnclaves(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, Config{})
 	c := newClient(t, s, s.RootAPIKey())
 	root := mustKey(t, s.RootAPIKey()).Identity()
@@ -106,6 +108,7 @@ func TestEnclaves(t *testing.T) {
 }
 
 func TestKeys(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, Config{})
 	c := newClient(t, s, s.RootAPIKey())
 	root := mustKey(t, s.RootAPIKey()).Identity()
@@ -182,6 +185,7 @@ func TestKeys(t *testing.T) {
 }
 
 func TestListKeysPagination(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, Config{})
 	c := newClient(t, s, s.RootAPIKey())
 	must(t, c.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: "e"}))
@@ -255,6 +259,7 @@ func TestListKeysPagination(t *testing.T) {
 
 // Keys imported from KES decrypt every ciphertext format KES produced.
 func TestImportKESKeys(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, Config{})
 	c := newClient(t, s, s.RootAPIKey())
 	must(t, c.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: "minio"}))
@@ -324,6 +329,7 @@ func TestImportKESKeys(t *testing.T) {
 }
 
 func TestPrivileges(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, Config{})
 	root := newClient(t, s, s.RootAPIKey())
 	must(t, root.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: "a"}))
@@ -459,6 +465,7 @@ func TestPrivileges(t *testing.T) {
 }
 
 func TestPersistence(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s1, err := Start(Config{Addr: "127.0.0.1:0", Dir: dir})
 	must(t, err)
@@ -521,6 +528,7 @@ func TestPersistence(t *testing.T) {
 }
 
 func TestTornLogRecordIsDropped(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s1, err := Start(Config{Addr: "127.0.0.1:0", Dir: dir})
 	must(t, err)
@@ -543,6 +551,7 @@ func TestTornLogRecordIsDropped(t *testing.T) {
 }
 
 func TestFaultInjection(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, Config{FaultErrorRate: 1})
 	c := newClient(t, s, s.RootAPIKey())
 	err := c.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: "e"})
@@ -575,6 +584,7 @@ func TestFaultInjection(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, Config{})
 	c := newClient(t, s, s.RootAPIKey())
 	must(t, c.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: "e"}))
@@ -646,6 +656,7 @@ func TestBadInput(t *testing.T) {
 // Encrypt is tested at the frame level: the vendor client decodes the
 // answer with the KeyStatus code (DOMAIN B1 caveat).
 func TestEncryptFrames(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, Config{})
 	c := newClient(t, s, s.RootAPIKey())
 	must(t, c.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: "e"}))
@@ -693,6 +704,7 @@ func TestEncryptFrames(t *testing.T) {
 }
 
 func TestIdentityPathIsEnclaveScoped(t *testing.T) {
+	t.Parallel()
 	s := startServer(t, Config{})
 	root := newClient(t, s, s.RootAPIKey())
 	must(t, root.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: "a"}))
@@ -721,6 +733,7 @@ func mustKey(t testing.TB, s string) mtls.PrivateKey {
 // Records which paths the vendor client uses, and that the log never
 // carries key material or API keys.
 func TestRequestLogAndPaths(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	var lines []string
 	s := startServer(t, Config{Logf: func(f string, a ...any) {
@@ -748,6 +761,7 @@ func TestRequestLogAndPaths(t *testing.T) {
 }
 
 func TestLogCompaction(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s1, err := Start(Config{Addr: "127.0.0.1:0", Dir: dir, Readings: Readings{DeletedNames: DeletedReusable}})
 	must(t, err)

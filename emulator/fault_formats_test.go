@@ -16,6 +16,7 @@ import (
 // kms.ErrDecrypt for a KES v0.22/v0.23 msgpack ciphertext of an imported
 // key, while the raw and JSON ones of the same key still decrypt.
 func TestFaultRefuseFormats(t *testing.T) {
+	t.Parallel()
 	if err := CheckRefuseFormats([]string{"raw"}); err == nil {
 		t.Error("refusing the raw format was accepted")
 	}

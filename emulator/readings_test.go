@@ -71,6 +71,7 @@ func withEnclaveIn(t *testing.T, dir string, r Readings) (*Server, *kms.Client) 
 }
 
 func TestReadingsDefaultAndInvalid(t *testing.T) {
+	t.Parallel()
 	r, err := Readings{}.normalize()
 	must(t, err)
 	if want := (Readings{WriteEmpty, MixedRefuse, BatchPartial, DeletedTombstoned}); r != want {
@@ -82,6 +83,7 @@ func TestReadingsDefaultAndInvalid(t *testing.T) {
 }
 
 func TestReadingWriteAnswer(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		reading string
 		want    func(body []byte) bool
@@ -117,6 +119,7 @@ func TestReadingWriteAnswer(t *testing.T) {
 }
 
 func TestReadingMixed(t *testing.T) {
+	t.Parallel()
 	t.Run(MixedRefuse, func(t *testing.T) {
 		_, c := withEnclave(t, Readings{Mixed: MixedRefuse})
 		must(t, c.ImportKey(ctx, "e", &kms.ImportKeyRequest{Name: "old", Key: make([]byte, 32)}))
@@ -164,6 +167,7 @@ func countTestFrames(t *testing.T, b []byte) int {
 }
 
 func TestReadingBatch(t *testing.T) {
+	t.Parallel()
 	for _, reading := range []string{BatchPartial, BatchAtomic} {
 		t.Run(reading, func(t *testing.T) {
 			_, c := withEnclave(t, Readings{Batch: reading})
@@ -185,6 +189,7 @@ func TestReadingBatch(t *testing.T) {
 // fault after the last command loses the answer of a request that took
 // effect.
 func TestFaultStrikesPartWay(t *testing.T) {
+	t.Parallel()
 	for _, reading := range []string{BatchPartial, BatchAtomic} {
 		t.Run(reading, func(t *testing.T) {
 			dir := t.TempDir()
@@ -239,6 +244,7 @@ func TestFaultStrikesPartWay(t *testing.T) {
 }
 
 func TestReadingDeletedNames(t *testing.T) {
+	t.Parallel()
 	for _, reading := range []string{DeletedTombstoned, DeletedReusable} {
 		t.Run(reading, func(t *testing.T) {
 			s, c := withEnclave(t, Readings{DeletedNames: reading})
@@ -277,6 +283,7 @@ func TestReadingDeletedNames(t *testing.T) {
 }
 
 func TestContinueAtNamingNoElementIsRefused(t *testing.T) {
+	t.Parallel()
 	_, c := withEnclave(t, Readings{})
 	for _, n := range []string{"k-1", "k-2", "k-3"} {
 		must(t, c.CreateKey(ctx, "e", &kms.CreateKeyRequest{Name: n}))
@@ -305,6 +312,7 @@ func TestContinueAtNamingNoElementIsRefused(t *testing.T) {
 }
 
 func TestNoIdentityActsAboveItsPrivilege(t *testing.T) {
+	t.Parallel()
 	s, root := withEnclave(t, Readings{})
 	adminKey, otherAdmin, userKey, victim := newAPIKey(t), newAPIKey(t), newAPIKey(t), newAPIKey(t)
 	must(t, root.CreateIdentity(ctx, "e", &kms.CreateIdentityRequest{Identity: adminKey.Identity(), Privilege: kms.Admin}))
@@ -347,6 +355,7 @@ func TestNoIdentityActsAboveItsPrivilege(t *testing.T) {
 // the anonymous caller here is a plain HTTPS client sending what the
 // vendor's client sends (kms-go client.go Version, Live, Ready, Send).
 func TestVersionAndHealthWithoutClientCertificate(t *testing.T) {
+	t.Parallel()
 	s, _ := withEnclave(t, Readings{})
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: caPool(t, s)}, ForceAttemptHTTP2: true}
 	t.Cleanup(tr.CloseIdleConnections)
@@ -372,6 +381,7 @@ func TestVersionAndHealthWithoutClientCertificate(t *testing.T) {
 // Key names: the vendor states no rule, so the emulator takes any
 // non-empty name, including what KES itself would refuse.
 func TestKeyNamesOnlyWhatTheVendorStates(t *testing.T) {
+	t.Parallel()
 	_, c := withEnclave(t, Readings{})
 	for _, name := range []string{"a/b", `back\slash`, "with space", "ctl\x01", "ünïcode", strings.Repeat("x", 1500)} {
 		must(t, c.ImportKey(ctx, "e", &kms.ImportKeyRequest{Name: name, Type: kms.AES256, Key: make([]byte, 32)}))

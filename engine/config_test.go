@@ -17,6 +17,7 @@ import (
 // TestErrorFiles loads each testdata/error-files/*.hcl and compares the
 // diagnostics with the "# ERROR: <Summary>" comments on the offending lines.
 func TestErrorFiles(t *testing.T) {
+	t.Parallel()
 	files, err := filepath.Glob("testdata/error-files/*.hcl")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no error files: %v", err)

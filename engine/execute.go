@@ -21,6 +21,10 @@ type Options struct {
 	// Force lets a rollback go ahead where a step refused it as unsafe; the
 	// step sees it as Run.Forced and must show its reasons again.
 	Force bool
+	// AfterCheckpoint, when not nil, is called with the step's address and
+	// the item once a checkpoint of this command is durable. Only tests
+	// set it: enginetest stops a run there.
+	AfterCheckpoint func(step, item string)
 }
 
 // ErrInterrupted is returned when a run stopped because it was asked to

@@ -64,6 +64,7 @@ func recordsEqual(a, b Record) bool {
 }
 
 func TestJournalRoundTrip(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "state", "journal")
 	j, recs, warns, err := OpenJournal(dir)
 	if err != nil || len(recs) != 0 || len(warns) != 0 {
@@ -141,12 +142,14 @@ func TestJournalRoundTrip(t *testing.T) {
 }
 
 func TestReadJournalMissing(t *testing.T) {
+	t.Parallel()
 	if _, _, err := ReadJournal(t.TempDir()); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("ReadJournal on empty dir = %v, want ErrNotExist", err)
 	}
 }
 
 func TestJournalConcurrentAppend(t *testing.T) {
+	t.Parallel()
 	const goroutines, each = 16, 40
 	dir := t.TempDir()
 	j, _, _, err := OpenJournal(dir)
@@ -207,6 +210,7 @@ func TestJournalConcurrentAppend(t *testing.T) {
 }
 
 func TestJournalTornTail(t *testing.T) {
+	t.Parallel()
 	dir0, good := writeJournal(t, 5)
 	_ = dir0
 	extra, err := encodeJournalLine(&Record{Seq: 6, Time: time.Now().UTC(), Kind: "state", Step: "s", State: "done"})
@@ -299,6 +303,7 @@ func wantCorrupt(t *testing.T, dir string, line int, what string) {
 func read0(dir string) error { _, _, err := ReadJournal(dir); return err }
 
 func TestJournalDamageInMiddle(t *testing.T) {
+	t.Parallel()
 	dir, good := writeJournal(t, 10)
 	lines := bytes.SplitAfter(good, []byte("\n"))
 	lines[2][20] ^= 0x04 // inside the JSON of record 3
@@ -307,6 +312,7 @@ func TestJournalDamageInMiddle(t *testing.T) {
 }
 
 func TestJournalBadLastLineThenPartial(t *testing.T) {
+	t.Parallel()
 	// Two damaged lines at the end is more than one torn write.
 	dir, good := writeJournal(t, 3)
 	setJournalBytes(t, dir, append(bytes.Clone(good), "abc\ndef"...))
@@ -331,6 +337,7 @@ func rawLine(js string) []byte {
 }
 
 func TestJournalSeqGap(t *testing.T) {
+	t.Parallel()
 	now := time.Now().UTC()
 	dir := t.TempDir()
 	setJournalBytes(t, dir, encodeLines(t, Record{Seq: 1, Time: now, Kind: "run"}, Record{Seq: 2, Time: now, Kind: "note"},
@@ -346,6 +353,7 @@ func TestJournalSeqGap(t *testing.T) {
 }
 
 func TestJournalBadJSONValidChecksum(t *testing.T) {
+	t.Parallel()
 	now := time.Now().UTC()
 	for _, js := range []string{`{"seq":"two"}`, `[1,2]`, `{"seq":2,`, `{"seq":2,"time":"yesterday"}`} {
 		dir := t.TempDir()
@@ -356,6 +364,7 @@ func TestJournalBadJSONValidChecksum(t *testing.T) {
 }
 
 func TestJournalEmptyFile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	setJournalBytes(t, dir, nil)
 	recs, warns, err := ReadJournal(dir)
@@ -436,6 +445,7 @@ func BenchmarkAppendParallel(b *testing.B) {
 }
 
 func TestJournalCloseDuringAppends(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	j, _, _, err := OpenJournal(dir)
 	if err != nil {
@@ -475,6 +485,7 @@ func TestJournalCloseDuringAppends(t *testing.T) {
 // A batch is appended in order under consecutive sequence numbers, durable
 // under one fsync, and reads back like records appended one by one.
 func TestJournalAppendAll(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	j, _, _, err := OpenJournal(dir)
 	if err != nil {
@@ -516,6 +527,7 @@ func TestJournalAppendAll(t *testing.T) {
 // A step's time is its attempts' own time, not the gap before a resume;
 // after a rollback, the step's start and time are the rollback's.
 func TestReplayStepTimes(t *testing.T) {
+	t.Parallel()
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	var recs []Record
 	add := func(kind RecordKind, state State, at time.Duration) {
@@ -550,6 +562,7 @@ func TestReplayStepTimes(t *testing.T) {
 // A family reads back exactly the keys of its own items: a name of
 // another item, or the bare prefix, is none of its.
 func TestFamilyKey(t *testing.T) {
+	t.Parallel()
 	f := NewFamily[struct{}]("key/")
 	for name, want := range map[string]string{"key/a": "a", "key/a/b": "a/b", "key/": "", "keys/a": "", "rollback/key/a": "", "key": ""} {
 		k, ok := f.Key(name)
@@ -565,6 +578,7 @@ func TestFamilyKey(t *testing.T) {
 // A hint travels with its error through wrapping and joining, apart from
 // the error's text, in the order it was attached.
 func TestHints(t *testing.T) {
+	t.Parallel()
 	err := WithHint(errors.New("enclave e holds keys"), "delete them first")
 	err = fmt.Errorf("roll back enclave.e: %w", WithHint(err, "or roll back --to enclave.e"))
 	err = errors.Join(err, WithHint(errors.New("other"), "delete them first"))

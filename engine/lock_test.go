@@ -24,6 +24,7 @@ func lockErr(t *testing.T, err error, want error) *LockError {
 }
 
 func TestLockOwnerString(t *testing.T) {
+	t.Parallel()
 	o := LockOwner{PID: 4242, Host: "build-7", Command: "runbook apply", Started: time.Date(2026, 11, 26, 17, 3, 0, 0, time.UTC)}
 	if got, want := o.String(), "pid 4242 on host build-7 (runbook apply), since 2026-11-26T17:03:00Z"; got != want {
 		t.Errorf("String() = %q, want %q", got, want)
@@ -31,6 +32,7 @@ func TestLockOwnerString(t *testing.T) {
 }
 
 func TestLockTwiceInProcess(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "j")
 	l, err := AcquireLock(dir, "runbook apply")
 	if err != nil {
@@ -72,6 +74,7 @@ func TestLockTwiceInProcess(t *testing.T) {
 }
 
 func TestLockStale(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	dead := LockOwner{PID: 99999, Host: "build-7", Command: "runbook apply", Started: time.Now().UTC().Truncate(time.Second)}
 	js, _ := json.Marshal(dead)
@@ -106,6 +109,7 @@ func TestLockStale(t *testing.T) {
 }
 
 func TestLockGarbledAndEmpty(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, lockFileName)
 	// A crash while writing the owner record: stale, owner unknown.
@@ -223,6 +227,7 @@ func deadPID(t *testing.T) int {
 }
 
 func TestLockStaleTakeover(t *testing.T) {
+	t.Parallel()
 	host, err := os.Hostname()
 	if err != nil {
 		t.Fatal(err)

@@ -101,7 +101,10 @@ func (r *Run) CheckpointAll(items []CheckpointItem) error {
 		r.checkpoints[it.Item] = raws[i]
 	}
 	r.mu.Unlock()
-	if hook := AfterCheckpoint; hook != nil {
+	for _, hook := range []func(step, item string){AfterCheckpoint, r.x.opts.AfterCheckpoint} {
+		if hook == nil {
+			continue
+		}
 		for _, it := range items {
 			hook(r.Addr, it.Item)
 		}

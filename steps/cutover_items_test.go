@@ -3,6 +3,7 @@ package steps
 import "testing"
 
 func TestCutoverItemsRoundTrip(t *testing.T) {
+	t.Parallel()
 	items := []cutoverItemName{
 		sampleItem{},
 		kubernetesWrittenItem{},

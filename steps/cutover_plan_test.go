@@ -6,6 +6,7 @@ import (
 )
 
 func TestRootAccessRisk(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		env  string
 		risk bool
@@ -32,6 +33,7 @@ func TestRootAccessRisk(t *testing.T) {
 }
 
 func TestEndpointTLSNote(t *testing.T) {
+	t.Parallel()
 	if got := endpointTLSNote("http://minio:9000", false); strings.Contains(got, "TLS verified") {
 		t.Errorf("http endpoint: %q says TLS verified", got)
 	}
@@ -41,6 +43,7 @@ func TestEndpointTLSNote(t *testing.T) {
 }
 
 func TestSplitSystemdWords(t *testing.T) {
+	t.Parallel()
 	got := splitSystemdWords(`A=1 "B=x y" C= D=\"q\"`)
 	want := []string{"A=1", "B=x y", "C=", `D="q"`}
 	if strings.Join(got, "|") != strings.Join(want, "|") {

@@ -13,6 +13,7 @@ var kmSet = map[string]string{
 }
 
 func TestEditEnvCommentsKESAndAppends(t *testing.T) {
+	t.Parallel()
 	in := "# MinIO\nMINIO_ROOT_USER=admin\nexport MINIO_KMS_KES_ENDPOINT=\"https://kes:7373\"\n  MINIO_KMS_KES_KEY_NAME='minio-default-key'\n\nMINIO_VOLUMES=/data\nMINIO_KMS_KES_API_KEY=kes:v1:abc\n"
 	out, err := editEnv([]byte(in), kmSet)
 	if err != nil {
@@ -29,6 +30,7 @@ func TestEditEnvCommentsKESAndAppends(t *testing.T) {
 }
 
 func TestEditEnvReplacesInPlaceKeepingForm(t *testing.T) {
+	t.Parallel()
 	in := "export MINIO_KMS_SERVER=\"https://old:7373\"\nMINIO_KMS_KES_KEY_NAME=k\nMINIO_KMS_ENCLAVE='old'\nMINIO_OTHER=1\r\nMINIO_KMS_SSE_KEY=x\nMINIO_KMS_API_KEY=k1:old\n"
 	out, err := editEnv([]byte(in), kmSet)
 	if err != nil {
@@ -50,6 +52,7 @@ func TestEditEnvReplacesInPlaceKeepingForm(t *testing.T) {
 }
 
 func TestEditEnvRefuses(t *testing.T) {
+	t.Parallel()
 	for name, in := range map[string]string{
 		"malformed line": "MINIO_ROOT_USER=a\nnot a variable\n",
 		"static key":     "MINIO_KMS_KES_KEY_NAME=k\nMINIO_KMS_SECRET_KEY=my-key:abc\n",
@@ -61,6 +64,7 @@ func TestEditEnvRefuses(t *testing.T) {
 }
 
 func TestParseEnvLineLikeMinIO(t *testing.T) {
+	t.Parallel()
 	for line, want := range map[string][2]string{
 		"export A=b":     {"A", "b"},
 		"  A=\"b c\"  ":  {"A", "b c"},
@@ -83,6 +87,7 @@ func TestParseEnvLineLikeMinIO(t *testing.T) {
 }
 
 func TestEnvDiffHidesSecrets(t *testing.T) {
+	t.Parallel()
 	in := "MINIO_ROOT_PASSWORD=rootpw\nMINIO_KMS_KES_API_KEY=kes:v1:abc\nMINIO_KMS_KES_KEY_NAME=k\n"
 	out, err := editEnv([]byte(in), kmSet)
 	if err != nil {
@@ -105,6 +110,7 @@ func TestEnvDiffHidesSecrets(t *testing.T) {
 }
 
 func TestParseEnvNode(t *testing.T) {
+	t.Parallel()
 	n, err := parseEnvNode("ssh://root@10.0.0.1:2222/etc/default/minio")
 	if err != nil || n.Host != "10.0.0.1:2222" || n.User != "root" || n.Path != "/etc/default/minio" {
 		t.Fatalf("got %+v, %v", n, err)

@@ -11,6 +11,7 @@ import (
 // '*', and a '*' elsewhere is a literal character. A deny entry beats an
 // allow entry.
 func TestKESPolicyVerdict(t *testing.T) {
+	t.Parallel()
 	allowMinio := []string{"/v1/key/list/*", "/v1/key/generate/minio-*", "/v1/key/decrypt/minio-*"}
 	for _, c := range []struct {
 		name        string
@@ -45,6 +46,7 @@ func TestKESPolicyVerdict(t *testing.T) {
 // What the refusal says: how many keys of how many, the first few, and the
 // policy entry that fixes it (the deny entry to remove when one matched).
 func TestKESRefusedMessage(t *testing.T) {
+	t.Parallel()
 	a := &kesAccess{identity: "ab12", policy: &kesPolicy{name: "minio"}}
 	for _, c := range []struct {
 		name    string
@@ -77,6 +79,7 @@ func TestKESRefusedMessage(t *testing.T) {
 }
 
 func TestKESNamePrefix(t *testing.T) {
+	t.Parallel()
 	for name, want := range map[string]string{
 		"minio-prod-0001": "minio-prod-", "app_key": "app_", "a1b2c3": "", "x-": "x-",
 	} {
@@ -91,6 +94,7 @@ func TestKESNamePrefix(t *testing.T) {
 // v0.22.2, then the time of its commit; a build from source says
 // "<unknown>" and is judged by its API instead.
 func TestKESVersionProblem(t *testing.T) {
+	t.Parallel()
 	for version, old := range map[string]bool{
 		"v0.21.1": true, "v0.19.4": true, "2022-10-19T09-46-46Z": true,
 		"v0.22.0": false, "v0.22.2": false, "2022-12-05T08-40-23Z": false, "2023-10-24T19-13-19Z": false,
@@ -110,6 +114,7 @@ func TestKESVersionProblem(t *testing.T) {
 // lists), the 2023 releases before the refactor (a policy name and
 // top-level maps), and since (a policy object with maps).
 func TestKESPatterns(t *testing.T) {
+	t.Parallel()
 	for raw, want := range map[string]string{
 		`["/v1/key/list/*","/v1/key/generate/minio-*"]`:       "/v1/key/list/*,/v1/key/generate/minio-*",
 		`{"/v1/key/list/*":{},"/v1/key/generate/minio-*":{}}`: "/v1/key/generate/minio-*,/v1/key/list/*",

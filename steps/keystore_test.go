@@ -19,6 +19,7 @@ import (
 // must: keys (a symlink to a key file is one), and entries that are not
 // keys, each with its reason. The empty file is a key until read.
 func TestListKeyStoreGroups(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	elsewhere := t.TempDir()
 	k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32)}
@@ -100,6 +101,7 @@ func TestListKeyStoreGroups(t *testing.T) {
 // transit key, each is named as an entry KES cannot read (never a failure
 // of the step).
 func TestVaultTransitEntries(t *testing.T) {
+	t.Parallel()
 	v := testenv.StartVault(t, testenv.VaultOptions{})
 	ctx := context.Background()
 	root, err := v.Client()

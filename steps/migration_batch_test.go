@@ -15,6 +15,7 @@ import (
 )
 
 func TestImportBatchSize(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ par, batch int }{{1, 1}, {4, 1}, {8, 1}, {16, 2}, {64, 8}, {100, 12}, {128, 16}, {256, 32}, {512, 64}, {1024, 64}} {
 		b := importBatchSize(tc.par)
 		if b != tc.batch {
@@ -33,6 +34,7 @@ func TestImportBatchSize(t *testing.T) {
 // and the identical one are proven by round trip, only the different one is
 // a conflict, and the request count stays logarithmic.
 func TestImportKeysFallback(t *testing.T) {
+	t.Parallel()
 	for _, r := range []emulator.Readings{
 		{},
 		{Batch: emulator.BatchAtomic},
@@ -89,6 +91,7 @@ func TestImportKeysFallback(t *testing.T) {
 // checkpointed keys, proves the keys in flight by round trip, and at most
 // the parallelism were in flight.
 func TestMigrateResumeInFlightBatched(t *testing.T) {
+	t.Parallel()
 	env := newMigrationEnv(t, 300)
 	const par = 32 // 8 workers of 4 keys
 	m := &migrationStep{cfg: migrationConfig{Parallelism: par}}
@@ -149,6 +152,7 @@ func TestMigrateResumeInFlightBatched(t *testing.T) {
 // one whose name was deleted (tombstoned). Every other key is imported,
 // each refused key is named with its reason, and none is an error.
 func TestImportRefusedKeysAreNamed(t *testing.T) {
+	t.Parallel()
 	for _, r := range []emulator.Readings{{Batch: emulator.BatchPartial}, {Batch: emulator.BatchAtomic}} {
 		t.Run(r.Batch, func(t *testing.T) {
 			env := newMigrationEnv(t, 8, r)

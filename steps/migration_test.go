@@ -26,6 +26,7 @@ import (
 )
 
 func TestKMNameProblem(t *testing.T) {
+	t.Parallel()
 	for name, bad := range map[string]bool{
 		"key-00001": false, "minio_default": false, "a.b": false, strings.Repeat("k", 1025): false,
 		"a/b": false, `a\b`: false, "a\nb": false, // no rule the vendor states
@@ -38,6 +39,7 @@ func TestKMNameProblem(t *testing.T) {
 }
 
 func TestTransient(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		err  error
 		want bool
@@ -230,6 +232,7 @@ func randomKey() kescrypto.Key {
 // no import for them (they are in the enclave: round trip instead) and
 // never for checkpointed ones.
 func TestMigrateResumeInFlight(t *testing.T) {
+	t.Parallel()
 	env := newMigrationEnv(t, 40)
 	m := &migrationStep{cfg: migrationConfig{Parallelism: 4}}
 	j := &fakeJournal{}
@@ -272,6 +275,7 @@ func TestMigrateResumeInFlight(t *testing.T) {
 // A key that appears at the target with different material after the
 // preflight is never accepted as done.
 func TestMigrateInFlightDifferentMaterial(t *testing.T) {
+	t.Parallel()
 	env := newMigrationEnv(t, 5)
 	m := &migrationStep{}
 	j := &fakeJournal{}
@@ -289,6 +293,7 @@ func TestMigrateInFlightDifferentMaterial(t *testing.T) {
 // overwrite replaces a different key, keeps an identical one, and a crash
 // between delete and import is finished by the next attempt.
 func TestMigrateOverwrite(t *testing.T) {
+	t.Parallel()
 	// An overwrite deletes, then imports the same name: only a Key Manager
 	// that gives deleted names out again allows it (see
 	// TestMigrateOverwriteTombstoned).
@@ -330,6 +335,7 @@ func TestMigrateOverwrite(t *testing.T) {
 // on_conflict = "skip_identical" fails on different material before
 // importing anything.
 func TestMigrateConflictImportsNothing(t *testing.T) {
+	t.Parallel()
 	env := newMigrationEnv(t, 10)
 	env.put(t, "key-004", randomKey())
 	m := &migrationStep{}

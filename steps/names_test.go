@@ -8,6 +8,7 @@ import (
 )
 
 func TestNameDiff(t *testing.T) {
+	t.Parallel()
 	missing, extra := keystore.Diff([]string{"a", "b", "c", "d"}, []string{"d", "b", "x", "a"})
 	if !slices.Equal(missing, []string{"c"}) || !slices.Equal(extra, []string{"x"}) {
 		t.Fatalf("missing %q extra %q, want [c] [x]", missing, extra)
@@ -22,6 +23,7 @@ func TestNameDiff(t *testing.T) {
 }
 
 func TestNameList(t *testing.T) {
+	t.Parallel()
 	if got := keystore.NameList(nil, 3); got != "none" {
 		t.Fatalf("empty = %q", got)
 	}

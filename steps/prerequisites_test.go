@@ -13,6 +13,7 @@ import (
 
 // The digest must tell sets apart that a naive concatenation would not.
 func TestKeySetDigest(t *testing.T) {
+	t.Parallel()
 	if keySetDigest([]string{"ab", "c"}) == keySetDigest([]string{"a", "bc"}) {
 		t.Error("different key sets have the same digest")
 	}
@@ -25,6 +26,7 @@ func TestKeySetDigest(t *testing.T) {
 }
 
 func TestReachError(t *testing.T) {
+	t.Parallel()
 	wrap := func(err error) error {
 		return &url.Error{Op: "Get", URL: "https://127.0.0.1:7373/version", Err: err}
 	}
@@ -47,6 +49,7 @@ func TestReachError(t *testing.T) {
 }
 
 func TestEnclaveName(t *testing.T) {
+	t.Parallel()
 	for name, ok := range map[string]bool{"aistor-primary": true, "a_b": true, "": false, "a/b": false, "a b": false, strings.Repeat("x", 81): false} {
 		if enclaveNameRE.MatchString(name) != ok {
 			t.Errorf("enclave name %q accepted = %v, want %v", name, !ok, ok)

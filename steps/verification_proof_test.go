@@ -9,6 +9,7 @@ import (
 // TestJudgeProofs tells a refused format (the raw ciphertext of the same key
 // decrypts) from different material (the raw one does not), per key.
 func TestJudgeProofs(t *testing.T) {
+	t.Parallel()
 	proofs := []sealedProof{
 		{name: "a", format: formatRaw}, {name: "a", format: formatMsgpack}, {name: "a", format: formatJSON},
 		{name: "b", format: formatRaw}, {name: "b", format: formatMsgpack}, {name: "b", format: formatJSON},

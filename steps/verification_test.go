@@ -23,6 +23,7 @@ import (
 )
 
 func TestVerifyMatch(t *testing.T) {
+	t.Parallel()
 	names := []string{"minio-a", "minio-b", "other"}
 	if got := verifyMatch(names, "minio-*"); !slices.Equal(got, []string{"minio-a", "minio-b"}) {
 		t.Fatalf("match = %q", got)
@@ -33,6 +34,7 @@ func TestVerifyMatch(t *testing.T) {
 }
 
 func TestVerifyNameSetMessage(t *testing.T) {
+	t.Parallel()
 	msg := verifyNameSetMessage("kes.legacy", "aistor-primary", []string{"new-key"}, []string{"stray"})
 	for _, want := range []string{"1 key(s) of the kes.legacy key store are missing from enclave aistor-primary: new-key", "enclave aistor-primary holds 1 key(s) the kes.legacy key store does not: stray"} {
 		if !strings.Contains(msg, want) {
@@ -46,6 +48,7 @@ func TestVerifyNameSetMessage(t *testing.T) {
 }
 
 func TestVerifyFailureMessage(t *testing.T) {
+	t.Parallel()
 	msg := verifyFailureMessage("e", []verifyFailure{
 		{Name: "k1", Reason: errMaterialDiffers.Error() + ": x"},
 		{Name: "k2", Reason: "decrypt at the Key Manager: boom"},
@@ -59,6 +62,7 @@ func TestVerifyFailureMessage(t *testing.T) {
 }
 
 func TestVerifySample(t *testing.T) {
+	t.Parallel()
 	var names []string
 	for i := range 100 {
 		names = append(names, "key-"+string(rune('a'+i%26))+string(rune('a'+i/26)))
@@ -83,6 +87,7 @@ func TestVerifySample(t *testing.T) {
 }
 
 func TestVerifyProofName(t *testing.T) {
+	t.Parallel()
 	if got := verifyProofName(nil, proofLocalSeal); got != proofLocalSeal {
 		t.Errorf("no checkpoints: %q", got)
 	}
@@ -95,6 +100,7 @@ func TestVerifyProofName(t *testing.T) {
 }
 
 func TestVerifyRefsWhereList(t *testing.T) {
+	t.Parallel()
 	var r verifyRefs
 	r.add("k", "the default key")
 	for _, o := range []string{"b/1", "b/2", "b/3", "b/4"} {
@@ -117,6 +123,7 @@ func (s statusErr) Error() string { return "status" }
 func (s statusErr) Status() int   { return int(s) }
 
 func TestRetry(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	n := 0
 	err := withRetry(ctx, func() error {
@@ -141,6 +148,7 @@ func TestRetry(t *testing.T) {
 // passes; a key imported under the same name with other material fails as
 // differing; a key the enclave lacks fails by name.
 func TestVerifyRoundTrips(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	k := testenv.StartKES(t, testenv.KESOptions{Keys: 3})
@@ -255,6 +263,7 @@ func fakeKESList(all []string, n int, calls *int) kesListFunc {
 }
 
 func TestListKESServerIsComplete(t *testing.T) {
+	t.Parallel()
 	var all []string
 	for i := range 500 {
 		all = append(all, fmt.Sprintf("key-%05d", i))
@@ -301,6 +310,7 @@ func checkListing(all, got []string, unlisted bool) string {
 // page sorts before '_', as with hex names) costs a few listings per
 // crowded level, not thousands.
 func TestListKESServerLeavesOutOnlyTheUnlistedRegion(t *testing.T) {
+	t.Parallel()
 	var all []string
 	for i := range 5000 {
 		all = append(all, fmt.Sprintf("%08x", uint32(i)*2654435761))
@@ -345,6 +355,7 @@ func randomKESNames(rng *mrand.Rand, n int) []string {
 // TestListKESServerRandom checks the listing against random stores and page
 // sizes: every name, exactly once.
 func TestListKESServerRandom(t *testing.T) {
+	t.Parallel()
 	rng := mrand.New(mrand.NewPCG(1, 2))
 	for round := range 200 {
 		all := randomKESNames(rng, rng.IntN(300))
@@ -364,6 +375,7 @@ func TestListKESServerRandom(t *testing.T) {
 // guide says (the store's names, some missing, some extra), including
 // servers that also list names KES refuses (an fs store's lost+found).
 func TestListKESServerGuided(t *testing.T) {
+	t.Parallel()
 	rng := mrand.New(mrand.NewPCG(3, 4))
 	for round := range 300 {
 		all := randomKESNames(rng, rng.IntN(400))
@@ -405,6 +417,7 @@ func TestListKESServerGuided(t *testing.T) {
 // no name uses at each crowded level (each must be seen empty), and no
 // listing twice, although they run in parallel.
 func TestListKESServerGuidedListings(t *testing.T) {
+	t.Parallel()
 	var all []string
 	for i := range 20000 {
 		all = append(all, fmt.Sprintf("fs-%06d", i))

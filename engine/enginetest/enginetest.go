@@ -34,6 +34,9 @@ type Harness struct {
 	Journal string // its journal dir
 	// Events records what the commands reported, in order.
 	Events *Recorder
+	// Force makes Rollback go past a step's refusal (runbook rollback
+	// --force).
+	Force bool
 
 	vars []string
 }
@@ -105,6 +108,35 @@ func (h *Harness) open() (*engine.Session, error) {
 	return s, diagsErr(diags)
 }
 
+// ApplyUntil runs `runbook apply` and stops it once the checkpoint item of
+// step is durable, as a kill -9 at that instant would: the run's context
+// is cancelled there and the journal is cut back to that checkpoint
+// (what the steps did after it stays done in the systems, as after a real
+// kill). It fails the test if the run never records that checkpoint.
+func (h *Harness) ApplyUntil(step, item string) {
+	h.t.Helper()
+	s, err := h.open()
+	if err != nil {
+		h.t.Fatalf("enginetest: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	opts := h.options("apply")
+	opts.AfterCheckpoint = func(s, i string) {
+		if s == step && i == item {
+			cancel()
+		}
+	}
+	err = s.Apply(ctx, opts)
+	for _, rec := range h.Records() {
+		if rec.Kind == engine.RecordCheckpoint && rec.Step == step && rec.Item == item {
+			h.Truncate(int(rec.Seq))
+			return
+		}
+	}
+	h.t.Fatalf("enginetest: apply never recorded checkpoint %s %s (it ended with %v)", step, item, err)
+}
+
 // Resume runs `runbook resume` from the journal.
 func (h *Harness) Resume() error {
 	h.t.Helper()
@@ -122,7 +154,9 @@ func (h *Harness) Rollback(to string) error {
 	if err != nil {
 		return err
 	}
-	return s.Rollback(context.Background(), h.options("rollback"), to)
+	opts := h.options("rollback")
+	opts.Force = h.Force
+	return s.Rollback(context.Background(), opts, to)
 }
 
 func (h *Harness) fromJournal() (*engine.Session, error) {

@@ -11,6 +11,7 @@ import (
 )
 
 func TestWriteFile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "plan.json")
 	for _, content := range []string{"first", "second, longer content"} {
@@ -30,6 +31,7 @@ func TestWriteFile(t *testing.T) {
 }
 
 func TestWriteFileErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	if err := WriteFile(filepath.Join(dir, "missing", "f"), nil, 0o600); err == nil {
 		t.Error("write into a missing dir succeeded")
@@ -49,6 +51,7 @@ func TestWriteFileErrors(t *testing.T) {
 }
 
 func TestSweep(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "secrets"), 0o700)
 	os.MkdirAll(filepath.Join(dir, "backups", "cutover.aistor"), 0o700)
@@ -156,6 +159,7 @@ func TestMkdirAll(t *testing.T) {
 }
 
 func TestWriteFileThenSweepKeepsTarget(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	if err := WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
@@ -174,6 +178,7 @@ func TestWriteFileThenSweepKeepsTarget(t *testing.T) {
 // A file streamed through Create is in place only after Commit; Abort
 // leaves the old content and no temp file.
 func TestCreateCommitAbort(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "snapshot.tar")
 	if err := WriteFile(path, []byte("old"), 0o600); err != nil {

@@ -27,6 +27,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/runbook-dev/runbook/internal/toolcache"
@@ -40,6 +41,16 @@ type TB interface {
 	Logf(format string, args ...any)
 	Cleanup(func())
 	TempDir() string
+}
+
+// skipShort skips a Go test under go test -short, naming the real server
+// it needs: -short is the fast tier, which runs only what needs none (CI
+// never passes it). A script's commands are not skipped.
+func skipShort(t TB, server string) {
+	if st, ok := t.(testing.TB); ok && testing.Short() {
+		st.Helper()
+		st.Skipf("needs a real %s server: go test -short skips it (CI runs it)", server)
+	}
 }
 
 // Versions of the real servers, as pinned by the tools modules
