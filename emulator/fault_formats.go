@@ -7,10 +7,12 @@ import (
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 )
 
-// Ciphertext formats a fault can make Decrypt refuse (DOMAIN.md A6): a Key
+// Ciphertext formats a fault can make Decrypt refuse (docs/domain.md,
+// "Ciphertext formats"): a Key
 // Manager that opens raw ciphertexts of an imported key but not those KES
 // v0.22/v0.23 wrote. Whether the real minkms opens them is unconfirmed
-// (DOMAIN.md B5), so the migration must be able to tell.
+// (docs/domain.md, "Ciphertext formats"), so the migration must be able to
+// tell.
 const (
 	FormatMsgpack = kescrypto.FormatMsgpack // first byte 0x95
 	FormatJSON    = kescrypto.FormatJSON    // a JSON object

@@ -8,7 +8,7 @@ import (
 )
 
 // Readings choose how the emulator answers where the vendor's client
-// leaves the Key Manager's behaviour open (docs/emulator.md; DOMAIN.md F).
+// leaves the Key Manager's behaviour open (docs/emulator.md; docs/domain.md, "Key Manager readings").
 // The zero value is the most demanding reading of each.
 type Readings struct {
 	// WriteAnswer: how a write command is answered. WriteEmpty (default):

@@ -3,7 +3,8 @@
 // client library github.com/minio/kms-go/kms: HTTPS with mutual TLS
 // where the client certificate's public key is the identity, GET
 // /version and health probes, and framed protobuf commands on
-// POST /v1/kms[/<enclave>]. See DOMAIN.md part B and SPEC.md section 5.
+// POST /v1/kms[/<enclave>]. See docs/domain.md, "The Key Manager
+// protocol", and docs/emulator.md.
 package emulator
 
 import (

@@ -24,7 +24,7 @@ const lockFileName = "lock"
 // the holder's process dies, however it dies. The owner record outlives the
 // process, so a lock file with an owner record but no flock was left by a
 // process that is gone (stale). AcquireLock takes a stale lock over when its
-// owner ran on this host and its process is gone (SPEC.md section 3: kill -9,
+// owner ran on this host and its process is gone (README.md, "Using it": kill -9,
 // then runbook resume); any other stale lock stays until broken explicitly
 // (BreakLock, `runbook unlock`).
 //

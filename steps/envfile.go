@@ -79,7 +79,8 @@ const kesPrefix = "MINIO_KMS_KES_"
 var kmsVars = []string{"MINIO_KMS_SERVER", "MINIO_KMS_ENCLAVE", "MINIO_KMS_API_KEY", "MINIO_KMS_SSE_KEY"}
 
 // staticKMSVars configure MinIO's static-key KMS; present together with the
-// Key Manager's, they stop MinIO at start-up (DOMAIN.md D1).
+// Key Manager's, they stop MinIO at start-up (docs/domain.md, "MinIO KMS
+// variables").
 var staticKMSVars = []string{"MINIO_KMS_SECRET_KEY", "MINIO_KMS_SECRET_KEY_FILE"}
 
 // appendHeader precedes the lines the cutover appends.

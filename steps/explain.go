@@ -32,7 +32,7 @@ func permanentHint(err error, enclave string) error {
 // kesPolicyPaths are the KES policy entries the runbook's identity needs:
 // kes-go lists through /v1/key/list/<pattern>, and KES matches a policy
 // path exactly unless it ends in '*', so "/v1/key/list" allows nothing
-// (DOMAIN.md E).
+// (docs/domain.md, "KES identities and policies").
 const kesPolicyPaths = "/v1/key/list/* and /v1/key/generate/* (a path without the trailing /* allows nothing: KES matches it exactly)"
 
 // kesPolicyHint is the fix for a KES identity whose policy refuses what

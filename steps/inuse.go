@@ -12,8 +12,8 @@ import (
 )
 
 // Keys in use. A rollback that deletes keys or an identity from an enclave
-// first asks the object store whether it runs on that enclave (SPEC.md
-// section 2, the rollback column of migration and identity): an object store
+// first asks the object store whether it runs on that enclave (README.md,
+// "Using it": rollback refuses what could lose data): an object store
 // cut over by other means (by hand, as the vendor's page says) would decrypt
 // nothing once they are gone (issue 11, input 3).
 

@@ -26,7 +26,7 @@ import (
 // request), a policy (matched as the server's generation matches it), or
 // neither (probed: see refusedGenerate).
 type kesAccess struct {
-	identity string // hex SHA-256 of the client certificate's public key (DOMAIN.md A2)
+	identity string // hex SHA-256 of the client certificate's public key (docs/domain.md, "KES identities and policies")
 	admin    bool
 	policy   *kesPolicy // nil: not known
 	source   string     // where admin or policy was learned, for the plan

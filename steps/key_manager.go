@@ -75,7 +75,7 @@ func (k *keyManagerConnection) newClient(r *engine.Run) (*kms.Client, error) {
 		return nil, fmt.Errorf("parse Key Manager API key: %w", err)
 	}
 	// The client needs a non-nil TLS config with an API key (kms-go bug,
-	// DOMAIN.md B1); it adds the client certificate itself.
+	// docs/domain.md, "Key Manager transport"); it adds the client certificate itself.
 	tlsCfg, err := tlsConfig(r, k.cfg.CAFile, k.cfg.Insecure)
 	if err != nil {
 		return nil, err

@@ -17,7 +17,7 @@ import (
 // listing itself (complete, cross-checked) and the classification of a
 // value live in internal/keystore; this file is the steps' view of them.
 //
-// The groups (DOMAIN.md A5, E):
+// The groups (docs/domain.md, "KES stored keys"):
 //   - Keys: entries KES can serve as keys: valid KES names, and a stored
 //     value that KES's own parser accepts. A symlink to a key file is one
 //     (KES's fs store reads through it).
@@ -93,7 +93,7 @@ const (
 	groupForeign    = "entries that are not KES keys"
 )
 
-// Stored-key formats, as KES wrote them (DOMAIN.md A5).
+// Stored-key formats, as KES wrote them (docs/domain.md, "KES stored keys").
 const (
 	formatV024 = keystore.FormatV024 // base64 protobuf
 	formatV023 = keystore.FormatV023 // JSON, written by KES v0.22/v0.23

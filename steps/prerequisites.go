@@ -91,8 +91,8 @@ const (
 )
 
 // prerequisites checks, read-only at plan and again at apply, what the
-// vendor's procedure checks by hand before a migration (DOMAIN.md, "The
-// procedure", "Before" and steps 1, 2 and 5): KES and the Key Manager answer
+// vendor's procedure checks by hand before a migration (docs/domain.md,
+// "The vendor's procedure": "before" and steps 1, 2 and 5): KES and the Key Manager answer
 // over verified TLS, their identities have the rights the migration needs,
 // the object store answers to its admin credentials, and the KES config parses
 // and its key store lists completely. Apply also backs up the KES config and

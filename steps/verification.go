@@ -885,7 +885,7 @@ func observeKeyRefs(ctx context.Context, r *engine.Run, a *aistorConnection, per
 	switch {
 	case err != nil && kmsStatusRefused(err):
 		// MinIO's KES identity may lack /v1/status while SSE works
-		// (DOMAIN.md E): the default key is then not among the references;
+		// (docs/domain.md, "KES identities and policies"): the default key is then not among the references;
 		// the cutover checks it against the env files and the enclave.
 		st.Name = "unknown (KES refuses /v1/status to MinIO's identity)"
 	case err != nil:

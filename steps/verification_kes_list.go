@@ -42,7 +42,7 @@ func kesUnlistedNote(unlisted bool) string {
 // them out). Its listing API returns
 // about 1024 names for a prefix and, when there are more, the first name it
 // left out, as a "continuation" that kes-go and kes migrate pass back as a
-// prefix and so lose keys (DOMAIN.md). Here the names at or after that
+// prefix and so lose keys (docs/domain.md, "KES key names and listing"). Here the names at or after that
 // continuation under the prefix are covered exactly by the continuation
 // itself (as a prefix) and, for each of its positions, the prefixes that
 // share it up to there and continue with a greater character; each of those
@@ -123,7 +123,7 @@ const kesGuidedFew = 256
 
 // listKESServerGuided lists every key a KES server holds, like
 // listKESServer (but for kesUnlisted), in about one listing per 1024 names: the KES server reads
-// and sorts its whole store for every listing (DOMAIN.md C), so at 100,000
+// and sorts its whole store for every listing (docs/domain.md, "KES key names and listing"), so at 100,000
 // keys the number of listings is what costs.
 //
 // A listing under prefix P that answers names and continuation C proves

@@ -34,7 +34,7 @@ import (
 // data key it generates on a sample of keys (verifyKESSample) must decrypt at
 // the Key Manager.
 //
-// Formats (DOMAIN.md A6, B5): raw (KES v0.24) for every key; for a key
+// Formats (docs/domain.md, "Ciphertext formats"): raw (KES v0.24) for every key; for a key
 // stored in the KES v0.22/v0.23 JSON format, objects written then carry
 // msgpack ciphertexts (first byte 0x95), which MinIO forwards unchanged,
 // and possibly JSON ones, which MinIO converts to raw unless they fail to

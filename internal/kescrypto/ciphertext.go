@@ -168,7 +168,8 @@ func Open(k Key, ciphertext, associatedData []byte) ([]byte, error) {
 	return plaintext, nil
 }
 
-// Ciphertext formats (DOMAIN.md A6), as FormatOf names them.
+// Ciphertext formats (docs/domain.md, "Ciphertext formats"), as FormatOf
+// names them.
 const (
 	FormatRaw     = "raw"     // KES v0.24: sealed ‖ tag ‖ iv ‖ nonce
 	FormatMsgpack = "msgpack" // KES v0.22/v0.23: first byte 0x95

@@ -5,7 +5,8 @@
 //
 // Sources: github.com/minio/kes@v0.24.0 internal/keystore (List, and each
 // backend's List and Get), auth.go (validName), internal/crypto/key.go
-// (ParseKeyVersion); DOMAIN.md A5, C, E.
+// (ParseKeyVersion); docs/domain.md, "KES key names and listing" and "KES
+// stored keys".
 package keystore
 
 import (
@@ -67,7 +68,8 @@ func (l *Listing) NotKeyNames() []string {
 //
 // KES's listing helper (internal/keystore.List) returns at most 1024 names
 // and a "continuation" that is really a prefix: following it, as kes migrate
-// does, silently stops after 1025 keys (DOMAIN.md C). Asked for more names
+// does, silently stops after 1025 keys (docs/domain.md, "KES key names and
+// listing"). Asked for more names
 // than the store holds, with an empty prefix, it returns all of them in one
 // page and an empty continuation; that is the only listing trusted here.
 //

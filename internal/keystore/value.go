@@ -25,7 +25,7 @@ const (
 	ClassForeign
 )
 
-// The stored-key formats KES wrote (DOMAIN.md A5).
+// The stored-key formats KES wrote (docs/domain.md, "KES stored keys").
 const (
 	FormatV024 = "v0.24" // base64 (standard) of a protobuf KeyVersion
 	FormatV023 = "v0.23" // JSON, written by KES v0.22 and v0.23

@@ -20,7 +20,7 @@ import (
 // unsealed, plain HTTP on loopback), with a kv v1 engine mounted at "kv1/"
 // and a kv v2 engine at "kv2/" and the AppRole auth method enabled. It is
 // the key store behind KES in the vault tests: KES deployments mostly keep
-// their keys in Vault (DOMAIN.md E).
+// their keys in Vault (docs/domain.md, "KES stored keys").
 type Vault struct {
 	Version   string // VaultVersion
 	URL       string // http://127.0.0.1:PORT (https with VaultOptions.TLS)
@@ -54,6 +54,7 @@ type VaultOptions struct {
 // fails the test if the server cannot start or be set up.
 func StartVault(t TB, opts VaultOptions) *Vault {
 	t.Helper()
+	skipShort(t, "Vault")
 	v, err := startVault(t, opts)
 	if err != nil {
 		t.Fatalf("testenv: StartVault: %v", err)
