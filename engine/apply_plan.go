@@ -64,7 +64,7 @@ func (s *Session) ApplyPlan(ctx context.Context, opts Options, planDir string, r
 		if err := check.Enough(planDir); err != nil {
 			return nil, err
 		}
-		pr := &PlanRecord{Dir: planDir, Fingerprint: reviewed.Fingerprint, Targets: reviewed.Targets, MadeBy: reviewed.MadeBy, Approvers: check.Approvers}
+		pr := &PlanRecord{Dir: planDir, Fingerprint: reviewed.Fingerprint, Targets: reviewed.Targets, MadeBy: reviewed.MadeBy, Approvers: check.Approvers, Inputs: res.Inputs}
 		for _, st := range reviewed.Steps {
 			pr.Steps = append(pr.Steps, st.Address)
 		}

@@ -42,6 +42,10 @@ type PlanRecord struct {
 	Steps       []string `json:"steps"`
 	MadeBy      string   `json:"made_by,omitempty"`
 	Approvers   []string `json:"approvers,omitempty"`
+	// Inputs are the files and observations the plan was checked against
+	// when it was applied, with their digests ("file /abs/path" → SHA-256):
+	// a file a step runs later in the run must still match (Run.BindFile).
+	Inputs map[string]string `json:"inputs,omitempty"`
 }
 
 // SignedMessage is the text an author or approver signs: the fingerprint
@@ -202,14 +206,14 @@ func (c *ApprovalCheck) Enough(planDir string) error {
 	var why []string
 	for _, e := range c.Entries {
 		if !e.Counts {
-			why = append(why, e.By+": "+e.Why)
+			why = append(why, Printable(e.By+": "+e.Why))
 		}
 	}
 	how := "runbook approve " + planDir + " --by NAME"
 	if c.Signed {
 		how += " --key KEY"
 	}
-	msg := fmt.Sprintf("the plan has %d approval(s) (%s) and this runbook requires %d from distinct approvers", len(c.Approvers), strings.Join(c.Approvers, ", "), c.Required)
+	msg := fmt.Sprintf("the plan has %d approval(s) (%s) and this runbook requires %d from distinct approvers", len(c.Approvers), Printable(strings.Join(c.Approvers, ", ")), c.Required)
 	if len(why) > 0 {
 		msg += "; not counted: " + strings.Join(why, "; ")
 	}

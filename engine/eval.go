@@ -23,16 +23,35 @@ type Scope struct {
 
 	mu     sync.Mutex
 	values map[string]cty.Value // block address → its value once known
+	reads  map[string]string    // "file PATH" → SHA-256 of what a function read
 }
 
 // NewScope evaluates the locals and registers every sensitive value with rd.
 func NewScope(cfg *Config, vars map[string]cty.Value, rd *Redactor) (*Scope, hcl.Diagnostics) {
-	s := &Scope{cfg: cfg, vars: vars, locals: map[string]cty.Value{}, funcs: functions(cfg.Dir), redactor: rd, values: map[string]cty.Value{}}
+	s := &Scope{cfg: cfg, vars: vars, locals: map[string]cty.Value{}, redactor: rd, values: map[string]cty.Value{}, reads: map[string]string{}}
+	s.funcs = functions(cfg.Dir, func(path, digest string) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.reads["file "+path] = digest
+	})
 	for _, v := range vars {
 		s.registerSecrets(v)
 	}
 	diags := s.evalLocals()
 	return s, diags
+}
+
+// Reads returns the files the runbook's functions (file, filebase64,
+// fileexists) read so far: "file PATH" → SHA-256 hex, or what was found
+// instead of a file.
+func (s *Scope) Reads() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]string, len(s.reads))
+	for k, v := range s.reads {
+		out[k] = v
+	}
+	return out
 }
 
 // Vars returns the variable values (sensitive ones marked).

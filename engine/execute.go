@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -168,6 +169,10 @@ func (x *execution) recordStart(targets []string, key *HashKey, plan *PlanRecord
 			return err
 		}
 		x.js.Plans = append(x.js.Plans, *plan)
+	}
+	x.bound = map[string]string{}
+	for _, p := range x.js.Plans {
+		maps.Copy(x.bound, p.Inputs)
 	}
 	return nil
 }

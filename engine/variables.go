@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -103,11 +104,16 @@ func (c *Config) readVarFile(path string, declared map[string]*Variable, raw map
 	if err != nil {
 		return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read variables file", Detail: fmt.Sprintf("Reading %s failed: %s.", path, err)}}
 	}
+	if abs, err := filepath.Abs(path); err == nil {
+		c.varFiles[abs] = sha256Hex(src)
+	}
 	f, diags := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
 	if diags.HasErrors() {
 		return diags
 	}
-	c.Files[path] = f
+	// Not kept in Files: a diagnostic in a variables file shows no source
+	// line, since the file may hold secrets that a line that did not parse
+	// would show unredacted.
 	attrs, moreDiags := f.Body.JustAttributes()
 	diags = append(diags, moreDiags...)
 	for _, name := range sortedAttrNames(attrs) {
@@ -147,11 +153,13 @@ func (c *Config) varValues(raw map[string]rawVar, declared map[string]*Variable,
 			}
 			val = cty.UnknownVal(v.Type)
 		}
+		if v.Sensitive {
+			// Marked before validation, so that an error_message that
+			// interpolates the value is not shown.
+			val = val.Mark(sensitiveMark)
+		}
 		if val.IsKnown() {
 			diags = append(diags, v.validate(val)...)
-		}
-		if v.Sensitive {
-			val = val.Mark(sensitiveMark)
 		}
 		vals[v.Name] = val
 	}
@@ -211,7 +219,7 @@ func (r rawVar) value(v *Variable) (cty.Value, hcl.Diagnostics) {
 
 func (v *Variable) validate(val cty.Value) hcl.Diagnostics {
 	var diags hcl.Diagnostics
-	ctx := &hcl.EvalContext{Variables: map[string]cty.Value{"var": cty.ObjectVal(map[string]cty.Value{v.Name: val})}, Functions: functions(".")}
+	ctx := &hcl.EvalContext{Variables: map[string]cty.Value{"var": cty.ObjectVal(map[string]cty.Value{v.Name: val})}, Functions: functions(".", nil)}
 	for _, vd := range v.Validations {
 		res, moreDiags := vd.Condition.Value(ctx)
 		if moreDiags.HasErrors() {
