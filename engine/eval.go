@@ -255,6 +255,16 @@ type Decoded struct {
 	credential map[string]bool // BlockType.Credentials
 	ranges     map[string]hcl.Range
 	failed     map[hcl.Range]bool
+	scope      *Scope
+}
+
+// AddSecret registers values that must never be shown, found while checking
+// the configuration (a password inside a URL): the diagnostic that refuses
+// them quotes the source line, and must not show them either.
+func (d *Decoded) AddSecret(values ...string) {
+	if d.scope != nil && d.scope.redactor != nil {
+		d.scope.redactor.Add(values...)
+	}
 }
 
 // Sensitive reports whether an attribute's value was sensitive.
@@ -277,7 +287,7 @@ func (d *Decoded) AttrRange(attr string) *hcl.Range {
 // redactor; values not known yet are replaced by zero values and reported
 // through Decoded.Unknown.
 func (s *Scope) Decode(b *BlockConfig, target any) (*Decoded, hcl.Diagnostics) {
-	d := &Decoded{Addr: b.Addr(), Range: b.DeclRange, sensitive: map[string]bool{}, unknown: map[string]bool{}, null: map[string]bool{}, credential: map[string]bool{}, ranges: map[string]hcl.Range{}, failed: map[hcl.Range]bool{}}
+	d := &Decoded{Addr: b.Addr(), Range: b.DeclRange, sensitive: map[string]bool{}, unknown: map[string]bool{}, null: map[string]bool{}, credential: map[string]bool{}, ranges: map[string]hcl.Range{}, failed: map[hcl.Range]bool{}, scope: s}
 	for _, name := range b.BlockType.Credentials {
 		d.credential[name] = true
 	}
