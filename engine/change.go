@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -132,7 +133,14 @@ func renderChange(d *PlanDoc, items map[string][]string) []byte {
 	}
 	p("\n## Variables\n\n| name | value |\n|---|---|\n")
 	for _, v := range d.Variables {
-		val := "`" + strings.ReplaceAll(string(v.Value), "|", "\\|") + "`"
+		// Compact: read back from plan.json, which is indented, a list
+		// value spans lines.
+		var compact bytes.Buffer
+		if json.Compact(&compact, v.Value) != nil {
+			compact.Reset()
+			compact.Write(v.Value)
+		}
+		val := "`" + strings.ReplaceAll(compact.String(), "|", "\\|") + "`"
 		if v.Sensitive {
 			val = Sensitive + " — checked by hash at apply"
 		}
