@@ -42,6 +42,9 @@ type PlanRecord struct {
 	Steps       []string `json:"steps"`
 	MadeBy      string   `json:"made_by,omitempty"`
 	Approvers   []string `json:"approvers,omitempty"`
+	// Approvals is ApprovalCheck.Digest of the approvals that counted: with
+	// Fingerprint, what identifies the plan as applied.
+	Approvals string `json:"approvals,omitempty"`
 	// Inputs are the files and observations the plan was checked against
 	// when it was applied, with their digests ("file /abs/path" → SHA-256):
 	// a file a step runs later in the run must still match (Run.BindFile).
@@ -190,6 +193,20 @@ func CheckApprovals(planDir string, doc *PlanDoc, extra ...Approval) (*ApprovalC
 	}
 	sort.Strings(c.Approvers)
 	return c, nil
+}
+
+// Digest identifies the approvals that count: SHA-256 (hex) of their
+// records (name, fingerprint, time, signature), one JSON line each, in the
+// order recorded; the empty string's digest when none counts.
+func (c *ApprovalCheck) Digest() string {
+	var b bytes.Buffer
+	for _, e := range c.Entries {
+		if e.Counts {
+			raw, _ := json.Marshal(e.Approval)
+			b.Write(append(raw, '\n'))
+		}
+	}
+	return sha256Hex(b.Bytes())
 }
 
 // Enough refuses a plan that does not have the approvals it needs.
