@@ -111,7 +111,11 @@ func LoadFile(path string) (*Config, hcl.Diagnostics) {
 // its source range, and never stops at the first.
 func Load(path string, src []byte) (*Config, hcl.Diagnostics) {
 	p := hclparse.NewParser()
-	f, diags := p.ParseHCL(src, path)
+	diags := checkNesting(src, path)
+	var f *hcl.File
+	if !diags.HasErrors() {
+		f, diags = p.ParseHCL(src, path)
+	}
 	cfg := &Config{Path: path, Dir: filepath.Dir(path), Src: src, Files: p.Files(), byAddr: map[string]*BlockConfig{}, varFiles: map[string]string{}}
 	// Absolute, so that a path the runbook names is spelled the same from
 	// any working directory: a saved plan binds what it observed by path,

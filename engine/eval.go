@@ -132,7 +132,7 @@ func (s *Scope) evalLocals() hcl.Diagnostics {
 				next = append(next, l)
 				continue
 			}
-			v, moreDiags := l.Expr.Value(s.evalContext())
+			v, moreDiags := s.evalBounded(l.Expr, "local value \""+l.Name+"\"")
 			diags = append(diags, moreDiags...)
 			s.locals[l.Name] = v
 		}
@@ -237,6 +237,27 @@ func (s *Scope) evalContext() *hcl.EvalContext {
 		vars[t] = cty.ObjectVal(m)
 	}
 	return &hcl.EvalContext{Variables: vars, Functions: s.funcs}
+}
+
+// evalBounded evaluates expr in the scope within the limits on values
+// (boundedValue); what names it in a diagnostic.
+func (s *Scope) evalBounded(expr hcl.Expression, what string) (cty.Value, hcl.Diagnostics) {
+	return boundedValue(expr, s.evalContext(), what)
+}
+
+// boundedValue evaluates expr unless a template in it would build a string
+// larger than maxValueBytes, and refuses a result larger than that (an
+// unknown value takes its place): a local value built by doubling another
+// stops growing there.
+func boundedValue(expr hcl.Expression, ctx *hcl.EvalContext, what string) (cty.Value, hcl.Diagnostics) {
+	if diags := checkTemplates(expr, ctx); diags.HasErrors() {
+		return cty.DynamicVal, diags
+	}
+	v, diags := expr.Value(ctx)
+	if valueSize(v) > maxValueBytes {
+		return cty.DynamicVal, append(diags, tooLarge(what, expr.Range().Ptr()))
+	}
+	return v, diags
 }
 
 // Eval evaluates one expression in the scope.
@@ -387,7 +408,7 @@ type evalExpr struct {
 func (e evalExpr) UnwrapExpression() hcl.Expression { return e.Expression }
 
 func (e evalExpr) Value(ctx *hcl.EvalContext) (cty.Value, hcl.Diagnostics) {
-	v, diags := e.Expression.Value(ctx)
+	v, diags := boundedValue(e.Expression, ctx, e.name)
 	if diags.HasErrors() {
 		e.d.failed[e.Expression.Range()] = true
 	}

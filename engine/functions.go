@@ -138,5 +138,5 @@ func functions(baseDir string, read fileReader) map[string]function.Function {
 		},
 	})
 	fs["strlen"] = stdlib.StrlenFunc
-	return fs
+	return limitFunctions(fs)
 }

@@ -107,6 +107,9 @@ func (c *Config) readVarFile(path string, declared map[string]*Variable, raw map
 	if abs, err := filepath.Abs(path); err == nil {
 		c.varFiles[abs] = sha256Hex(src)
 	}
+	if diags := checkNesting(src, path); diags.HasErrors() {
+		return diags
+	}
 	f, diags := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
 	if diags.HasErrors() {
 		return diags
@@ -146,6 +149,11 @@ func (c *Config) varValues(raw map[string]rawVar, declared map[string]*Variable,
 			}
 		} else if v.Default != cty.NilVal {
 			val = v.Default
+		}
+		if val != cty.NilVal && valueSize(val) > maxValueBytes {
+			diags = append(diags, tooLarge("the value of variable \""+v.Name+"\"", v.DeclRange.Ptr()))
+			vals[v.Name] = cty.UnknownVal(v.Type)
+			continue
 		}
 		if val == cty.NilVal {
 			if requireAll {
@@ -201,6 +209,9 @@ func (r rawVar) value(v *Variable) (cty.Value, hcl.Diagnostics) {
 	} else if v.Type == cty.String || v.Type == cty.DynamicPseudoType {
 		val = cty.StringVal(r.text) // strings are taken literally, as Terraform does
 	} else {
+		if diags := checkNesting([]byte(r.text), r.source); diags.HasErrors() {
+			return cty.NilVal, diags
+		}
 		expr, diags := hclsyntax.ParseExpression([]byte(r.text), r.source, hcl.InitialPos)
 		if diags.HasErrors() {
 			return cty.NilVal, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Invalid value for variable", Detail: fmt.Sprintf("The value of %q from %s is not a valid %s.", v.Name, r.source, v.Type.FriendlyName())}}
