@@ -242,20 +242,15 @@ func estimate(name string, args []cty.Value) (int64, bool) {
 			return 0, false
 		}
 		spaces, _ := args[0].Unmark()
-		if spaces.IsNull() || spaces.Type() != cty.Number {
+		w, ok := numberInt(spaces)
+		if !ok {
 			return 0, false
 		}
-		bf := spaces.AsBigFloat()
-		if !bf.IsInt() {
-			return 0, false
-		}
-		w, acc := bf.Int64()
 		s := str(args[1])
-		lines := int64(strings.Count(s, "\n") + 1)
-		if acc != big.Exact || w > maxValueBytes {
+		if w > maxValueBytes {
 			return maxValueBytes + 1, true
 		}
-		return int64(len(s)) + w*lines, true
+		return int64(len(s)) + int64(w)*int64(strings.Count(s, "\n")+1), true
 	case "join":
 		if len(args) < 2 {
 			return 0, false

@@ -50,12 +50,8 @@ func refuseWhileInUse(ctx context.Context, r *engine.Run, enc enclaveRef, undo s
 		return fmt.Errorf("check whether the object store uses enclave %s: %w", enc.Name, err)
 	}
 	if len(conns) == 0 {
-		why := fmt.Sprintf("the runbook has no aistor block, so no object store was asked whether it runs on enclave %s (neither its KMS status nor its env files' MINIO_KMS_ENCLAVE and MINIO_KMS_SERVER were checked)", enc.Name)
-		if r.Forced() {
-			r.Warnf("forced: %s; deleting %s all the same", why, undo)
-			return nil
-		}
-		return engine.Refusef("%s: deleting %s could leave an object store that runs on the enclave unable to decrypt its data. Add the object store's aistor block to the runbook so that rollback can ask it, or, once you have checked by hand that nothing uses enclave %s, run runbook rollback --force", why, undo, enc.Name)
+		return refuseUnlessForced(r, fmt.Sprintf("the runbook has no aistor block, so no object store was asked whether it runs on enclave %s (neither its KMS status nor its env files' MINIO_KMS_ENCLAVE and MINIO_KMS_SERVER were checked)", enc.Name), undo,
+			"could leave an object store that runs on the enclave unable to decrypt its data. Add the object store's aistor block to the runbook so that rollback can ask it, or, once you have checked by hand that nothing uses enclave "+enc.Name+", run runbook rollback --force")
 	}
 	var uses []storeUse
 	id := newKMIdentity(r, enc)
@@ -86,25 +82,28 @@ func refuseWhileInUse(ctx context.Context, r *engine.Run, enc enclaveRef, undo s
 		return engine.Refusef("the object store runs on enclave %s (%s): deleting %s would leave it unable to decrypt its data. Move it back to KES first (restore every node's env file and restart every node, or roll back the cutover step that moved it), then roll back again", enc.Name, strings.Join(inUse, "; "), undo)
 	}
 	if len(doubt) > 0 {
-		why := fmt.Sprintf("could not rule out that the object store runs on enclave %s (%s)", enc.Name, strings.Join(doubt, "; "))
-		if r.Forced() {
-			r.Warnf("forced: %s; deleting %s all the same", why, undo)
-			return nil
-		}
-		return engine.Refusef("%s: deleting %s could leave it unable to decrypt its data. Make that Key Manager reachable from here and run rollback again, or, once you have checked by hand that it is not the Key Manager of enclave %s, run runbook rollback --force", why, undo, enc.Name)
+		return refuseUnlessForced(r, fmt.Sprintf("could not rule out that the object store runs on enclave %s (%s)", enc.Name, strings.Join(doubt, "; ")), undo,
+			"could leave it unable to decrypt its data. Make that Key Manager reachable from here and run rollback again, or, once you have checked by hand that it is not the Key Manager of enclave "+enc.Name+", run runbook rollback --force")
 	}
 	if len(blind) > 0 {
-		why := fmt.Sprintf("could not check whether the object store runs on enclave %s (%s)", enc.Name, strings.Join(blind, "; "))
-		if r.Forced() {
-			r.Warnf("forced: %s; deleting %s all the same", why, undo)
-			return nil
-		}
-		return engine.Refusef("%s: deleting %s could leave an object store that runs on the enclave unable to decrypt its data. Make it reachable and run rollback again, or, once you have checked by hand that nothing uses enclave %s, run runbook rollback --force", why, undo, enc.Name)
+		return refuseUnlessForced(r, fmt.Sprintf("could not check whether the object store runs on enclave %s (%s)", enc.Name, strings.Join(blind, "; ")), undo,
+			"could leave an object store that runs on the enclave unable to decrypt its data. Make it reachable and run rollback again, or, once you have checked by hand that nothing uses enclave "+enc.Name+", run runbook rollback --force")
 	}
 	for _, p := range partly {
 		r.Warnf("not checked: %s", p)
 	}
 	return nil
+}
+
+// refuseUnlessForced refuses deleting undo because of why ("why: deleting
+// undo then"), or, when the rollback is forced, warns with why and lets it
+// go ahead.
+func refuseUnlessForced(r *engine.Run, why, undo, then string) error {
+	if r.Forced() {
+		r.Warnf("forced: %s; deleting %s all the same", why, undo)
+		return nil
+	}
+	return engine.Refusef("%s: deleting %s %s", why, undo, then)
 }
 
 // checkStoreUse asks one object store, through its admin API and its env

@@ -2,7 +2,6 @@ package steps
 
 import (
 	"context"
-	"io"
 	"net"
 	"strings"
 	"testing"
@@ -51,7 +50,7 @@ func TestKMIdentity(t *testing.T) {
 	conn.once.Do(func() { conn.client = a.Client() })
 	id := newKMIdentity(nil, enclaveRef{Name: "e", KM: conn, Addr: "key_manager.a"})
 
-	lb := startBalancer(t, a.Addr)
+	lb := testenv.StartBalancer(t, a.Addr).Addr
 	_, port, _ := net.SplitHostPort(a.Addr)
 	_, lbPort, _ := net.SplitHostPort(lb)
 	for _, tc := range []struct {
@@ -77,30 +76,4 @@ func TestKMIdentity(t *testing.T) {
 	if v, why := id.judgeAll(ctx, []string{"https://127.0.0.1:1", b.URL}); v != kmDoubt {
 		t.Errorf("judgeAll with one in doubt and another Key Manager = %d, %q; want doubt", v, why)
 	}
-}
-
-// startBalancer passes TCP connections through to target, as an L4 load
-// balancer does, and returns its address.
-func startBalancer(t *testing.T, target string) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			go func() { io.Copy(out, in); out.Close() }()
-			go func() { io.Copy(in, out); in.Close() }()
-		}
-	}()
-	return ln.Addr().String()
 }

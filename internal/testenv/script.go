@@ -72,6 +72,13 @@ import (
 //	    MINIO_ENV_FILE (as a systemd restart would).
 //	k8s-minio -kind Tenant|ObjectStore|StatefulSet [-pods N] [-kes] [-key NAME] [-policy P]
 //	    MinIO on a real Kubernetes control plane (cmdK8sMinIO).
+//	tcp-proxy NAME TARGET
+//	    a TCP load balancer on 127.0.0.1 (Balancer) that passes every
+//	    connection through to TARGET (host:port), TLS included, as an L4
+//	    balancer in front of Key Manager nodes does; sets NAME (its
+//	    127.0.0.1:PORT) and NAME_PORT.
+//	tcp-proxy-stop NAME
+//	    closes that balancer and every connection through it.
 //	sshd-server [-path DIR] [-env NAME]...
 //	    a real sshd on 127.0.0.1 (CmdSSHDServer); sets SSH_PORT,
 //	    SSH_KNOWN_HOSTS, SSH_IDENTITY, SSH_USER and SSHD_LOG.
@@ -79,14 +86,16 @@ import (
 // None of them may be negated with '!'.
 func Cmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
 	return map[string]func(ts *testscript.TestScript, neg bool, args []string){
-		"test-host":     cmdTestHost,
-		"kes-server":    cmdKESServer,
-		"key-manager":   cmdKeyManager,
-		"minio-server":  cmdMinIOServer,
-		"minio-restart": cmdMinIORestart,
-		"sshd-server":   CmdSSHDServer,
-		"vault-server":  cmdVaultServer,
-		"k8s-minio":     cmdK8sMinIO,
+		"k8s-minio":      cmdK8sMinIO,
+		"test-host":      cmdTestHost,
+		"kes-server":     cmdKESServer,
+		"key-manager":    cmdKeyManager,
+		"minio-server":   cmdMinIOServer,
+		"minio-restart":  cmdMinIORestart,
+		"sshd-server":    CmdSSHDServer,
+		"vault-server":   cmdVaultServer,
+		"tcp-proxy":      cmdTCPProxy,
+		"tcp-proxy-stop": cmdTCPProxyStop,
 	}
 }
 
