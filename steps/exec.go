@@ -81,12 +81,16 @@ func (e *execStep) Plan(_ context.Context, r *engine.Run) (*engine.StepPlan, err
 		// The program and the scripts it is handed are bound by the plan's
 		// fingerprint: apply DIR refuses them changed, and so does the step
 		// itself when it comes to run them (Run.BindFile).
+		// A program not there yet (an earlier step makes it) is not bound,
+		// and the plan says so.
 		for _, argv := range [][]string{e.cfg.Command, e.cfg.RollbackCommand} {
 			if len(argv) == 0 {
 				continue
 			}
-			if _, err := e.bindFiles(r, argv); err != nil {
+			if _, err := e.bindFiles(r, argv); errors.Is(err, engine.ErrRefused) {
 				return nil, err
+			} else if err != nil {
+				p.Risks = append(p.Risks, fmt.Sprintf("%s, so this plan does not bind what runs: it is found when the step runs", oneLine(err)))
 			}
 		}
 	}
@@ -123,7 +127,9 @@ func (e *execStep) describe(r *engine.Run, argv []string) string {
 // bindFiles resolves argv's program as the child will run it and binds it
 // to the plan (Run.BindFile), and so does it for the script an interpreter
 // is handed (sh deploy.sh, python3 migrate.py: the first argument that is not
-// an option, unless the code is given inline with -c or -e). It returns the
+// an option, unless the code is given inline with -c or -e, or is a module,
+// -m). A script that is not there is an error, as the interpreter would
+// fail on it. It returns the
 // program's path. Other arguments are data, not bound (a rollback command's
 // argument may be a file the command itself writes); programs that the
 // command starts in turn are not seen.
@@ -140,7 +146,11 @@ func (e *execStep) bindFiles(r *engine.Run, argv []string) (string, error) {
 		if !filepath.IsAbs(script) {
 			script = filepath.Join(dir, script)
 		}
-		if info, err := os.Stat(script); err == nil && info.Mode().IsRegular() {
+		info, err := os.Stat(script)
+		if err != nil {
+			return "", fmt.Errorf("script %s: %w", script, err)
+		}
+		if info.Mode().IsRegular() {
 			if err := r.BindFile(script); err != nil {
 				return "", err
 			}
@@ -163,8 +173,10 @@ func scriptArg(prog string, args []string) string {
 	}
 	for _, a := range args {
 		switch {
-		case a == "-c" || a == "-e" || a == "--command":
-			return "" // inline code: the runbook text holds it
+		case a == "-c" || a == "-e" || a == "--command" || a == "--eval" || a == "-s":
+			return "" // inline code (the runbook text holds it), or read from stdin
+		case a == "-m":
+			return "" // a module, found by the interpreter
 		case a == "--":
 			continue
 		case strings.HasPrefix(a, "-"):
