@@ -150,7 +150,7 @@ func (rd *Redactor) Contains(s string) bool {
 // could be the beginning of a secret that more text would complete, and
 // returns how much of s it consumed; the caller keeps the rest.
 func (rd *Redactor) scan(s string, final bool) (string, int) {
-	var out strings.Builder
+	var out strings.Builder // written only once a secret is found
 	last := 0
 	i := 0
 	for i < len(s) {
@@ -165,6 +165,9 @@ func (rd *Redactor) scan(s string, final bool) (string, int) {
 			break
 		}
 		i++
+	}
+	if last == 0 {
+		return s[:i], i
 	}
 	out.WriteString(s[last:i])
 	return out.String(), i

@@ -373,6 +373,10 @@ func (e *execStep) run(ctx context.Context, r *engine.Run, argv []string, logPre
 	wg.Wait()
 	err = cmd.Wait()
 	close(done)
+	proc.Ended = true
+	if e := r.Checkpoint(processItem(logPrefix), proc); e != nil {
+		return -1, "", e
+	}
 	code := cmd.ProcessState.ExitCode()
 	stdout := captured.String()
 	if ctx.Err() != nil {

@@ -36,6 +36,10 @@ type execProcess struct {
 	Start uint64 `json:"start"` // the leader's start, clock ticks since boot (/proc/PID/stat field 22)
 	Boot  string `json:"boot"`  // /proc/sys/kernel/random/boot_id: a group of another boot is gone
 	Mark  string `json:"mark"`  // execMarkEnv's value
+	// Ended: runbook saw the command exit. What it left running in its
+	// group then is its own business (a daemon it started), not a
+	// half-done command.
+	Ended bool `json:"ended,omitempty"`
 }
 
 // endTimeout is how long a leftover group gets to end after SIGTERM, and
@@ -124,7 +128,8 @@ func (p execProcess) members() (ours, unsure []int, err error) {
 }
 
 // endLeftover ends what is left of the command that an earlier attempt
-// started under checkpoint item, before the command runs again: SIGTERM to
+// started under checkpoint item and that runbook did not see exit (it was
+// killed meanwhile), before the command runs again: SIGTERM to
 // its process group, then SIGKILL, waiting for each. It refuses, changing
 // nothing, when the group holds a process it cannot tell to be the
 // command's (the group's number reused), and fails when the group will not
@@ -137,6 +142,9 @@ func endLeftover(r *engine.Run, item, what string) error {
 	var p execProcess
 	if err := json.Unmarshal(raw, &p); err != nil {
 		return fmt.Errorf("decode checkpoint %s: %w", item, err)
+	}
+	if p.Ended {
+		return nil
 	}
 	ours, unsure, err := p.members()
 	if err != nil {
