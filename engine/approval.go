@@ -42,6 +42,13 @@ type PlanRecord struct {
 	Steps       []string `json:"steps"`
 	MadeBy      string   `json:"made_by,omitempty"`
 	Approvers   []string `json:"approvers,omitempty"`
+	// Approvals is ApprovalCheck.Digest of the approvals that counted: with
+	// Fingerprint, what identifies the plan as applied.
+	Approvals string `json:"approvals,omitempty"`
+	// Inputs are the files and observations the plan was checked against
+	// when it was applied, with their digests ("file /abs/path" → SHA-256):
+	// a file a step runs later in the run must still match (Run.BindFile).
+	Inputs map[string]string `json:"inputs,omitempty"`
 }
 
 // SignedMessage is the text an author or approver signs: the fingerprint
@@ -188,6 +195,20 @@ func CheckApprovals(planDir string, doc *PlanDoc, extra ...Approval) (*ApprovalC
 	return c, nil
 }
 
+// Digest identifies the approvals that count: SHA-256 (hex) of their
+// records (name, fingerprint, time, signature), one JSON line each, in the
+// order recorded; the empty string's digest when none counts.
+func (c *ApprovalCheck) Digest() string {
+	var b bytes.Buffer
+	for _, e := range c.Entries {
+		if e.Counts {
+			raw, _ := json.Marshal(e.Approval)
+			b.Write(append(raw, '\n'))
+		}
+	}
+	return sha256Hex(b.Bytes())
+}
+
 // Enough refuses a plan that does not have the approvals it needs.
 func (c *ApprovalCheck) Enough(planDir string) error {
 	if c.Required == 0 {
@@ -202,14 +223,14 @@ func (c *ApprovalCheck) Enough(planDir string) error {
 	var why []string
 	for _, e := range c.Entries {
 		if !e.Counts {
-			why = append(why, e.By+": "+e.Why)
+			why = append(why, Printable(e.By+": "+e.Why))
 		}
 	}
 	how := "runbook approve " + planDir + " --by NAME"
 	if c.Signed {
 		how += " --key KEY"
 	}
-	msg := fmt.Sprintf("the plan has %d approval(s) (%s) and this runbook requires %d from distinct approvers", len(c.Approvers), strings.Join(c.Approvers, ", "), c.Required)
+	msg := fmt.Sprintf("the plan has %d approval(s) (%s) and this runbook requires %d from distinct approvers", len(c.Approvers), Printable(strings.Join(c.Approvers, ", ")), c.Required)
 	if len(why) > 0 {
 		msg += "; not counted: " + strings.Join(why, "; ")
 	}

@@ -12,13 +12,14 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/zclconf/go-cty/cty"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
 
 	"github.com/runbook-dev/runbook/internal/atomicfile"
 )
 
 // PlanFormatVersion is the version of plan.json's schema (docs/plan-format.md).
-const PlanFormatVersion = 2
+const PlanFormatVersion = 3
 
 // Files of a plan directory.
 const (
@@ -131,7 +132,20 @@ func (s *Session) BuildPlan(res *PlanResult, planDir string, meta PlanMeta) (*Pl
 		}
 	}
 	for k, v := range res.Inputs {
-		doc.Inputs[rd.String(relInput(planDir, k))] = v
+		doc.Inputs[rd.String(s.relInput(planDir, k))] = v
+	}
+	if key != nil {
+		// Every plan names the journal key it was made with: it applies with
+		// that journal only, which records that it was applied.
+		doc.HashKey = key.ID()
+	}
+	for path, sum := range s.Config.varFiles {
+		if key == nil {
+			return nil, errors.New("bind variables files: no hash key")
+		}
+		// Keyed: a variables file may hold secrets, and a plain digest of
+		// a file whose layout is known would allow guessing them.
+		doc.Inputs["var-file "+rd.String(s.relFile(planDir, path))] = key.Sum("var-file", cty.StringVal(sum))
 	}
 	for _, v := range s.Config.Variables {
 		val := s.Scope.vars[v.Name]
@@ -141,7 +155,6 @@ func (s *Session) BuildPlan(res *PlanResult, planDir string, meta PlanMeta) (*Pl
 				return nil, errors.New("bind sensitive variables: no hash key")
 			}
 			pv.Hash = key.Sum("var."+v.Name, val)
-			doc.HashKey = key.ID()
 		} else {
 			raw, err := ctyjson.Marshal(val, v.Type)
 			if err != nil {
@@ -165,7 +178,7 @@ func (s *Session) BuildPlan(res *PlanResult, planDir string, meta PlanMeta) (*Pl
 			}
 			sd.Items = len(p.Items)
 			if len(p.Items) > 0 {
-				items := redactAll(rd, p.Items)
+				items := p.Items // identifiers, verbatim: Plan refused any that holds a secret
 				name := ps.Addr + ".txt"
 				art.Items[name] = items
 				sd.ItemsFile = filepath.ToSlash(filepath.Join(itemsDir, name))
@@ -219,15 +232,28 @@ func relPath(base, target string) (string, error) {
 	return filepath.ToSlash(rel), nil
 }
 
-// relInput shows a file input relative to the plan dir, so plans made from
-// the same place are identical wherever the checkout lives.
-func relInput(planDir, input string) string {
+// relInput shows a file input relative to the plan dir when it lies in the
+// runbook's folder or the plan dir, so plans made from the same place are
+// identical wherever the checkout lives; other files (a program in
+// /usr/bin) keep their absolute path.
+func (s *Session) relInput(planDir, input string) string {
 	if p, ok := strings.CutPrefix(input, "file "); ok {
-		if rel, err := relPath(planDir, p); err == nil {
-			return "file " + rel
-		}
+		return "file " + s.relFile(planDir, p)
 	}
 	return input
+}
+
+func (s *Session) relFile(planDir, path string) string {
+	for _, base := range []string{s.Config.Dir, planDir} {
+		if ab, err := filepath.Abs(base); err == nil {
+			if r, err := filepath.Rel(ab, path); err == nil && r != ".." && !strings.HasPrefix(r, "../") {
+				if rel, err := relPath(planDir, path); err == nil {
+					return rel
+				}
+			}
+		}
+	}
+	return path
 }
 
 // computeFingerprint hashes everything in the document but the fingerprint.
@@ -264,6 +290,19 @@ func WritePlanDir(dir string, art *PlanArtifacts, authorSig string) error {
 	for name, lines := range art.Items {
 		writes[filepath.Join(itemsDir, name)] = []byte(strings.Join(lines, "\n") + "\n")
 	}
+	// An earlier plan's item lists in the same directory are not part of
+	// this one: removed, so that the directory holds exactly this plan.
+	entries, err := os.ReadDir(filepath.Join(dir, itemsDir))
+	if err != nil {
+		return fmt.Errorf("read plan items: %w", err)
+	}
+	for _, e := range entries {
+		if _, ok := art.Items[e.Name()]; !ok {
+			if err := os.RemoveAll(filepath.Join(dir, itemsDir, e.Name())); err != nil {
+				return fmt.Errorf("remove the earlier plan's %s: %w", filepath.Join(itemsDir, e.Name()), err)
+			}
+		}
+	}
 	for _, name := range sortedKeys(writes) {
 		if err := atomicfile.WriteFile(filepath.Join(dir, name), writes[name], 0o644); err != nil {
 			return fmt.Errorf("write %s: %w", name, err)
@@ -272,8 +311,35 @@ func WritePlanDir(dir string, art *PlanArtifacts, authorSig string) error {
 	return nil
 }
 
-// ReadPlanDir reads plan.json and checks that it is intact.
+// PlanDir is a plan directory as read back and checked: everything in it
+// that show displays or apply uses, each part bound by the fingerprint.
+type PlanDir struct {
+	Dir   string
+	Doc   *PlanDoc
+	Items map[string][]string // file name under items/ → lines
+	// Change is CHANGE.md as rendered from Doc and Items, which is what the
+	// file holds (OpenPlanDir refuses it otherwise).
+	Change []byte
+}
+
+// ReadPlanDir reads a plan directory and checks that it is whole (OpenPlanDir).
 func ReadPlanDir(dir string) (*PlanDoc, error) {
+	pd, err := OpenPlanDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return pd.Doc, nil
+}
+
+// OpenPlanDir reads a plan directory and checks that every part of it is the
+// one the fingerprint binds: plan.json against its fingerprint, the runbook
+// copy against runbook.source_sha256, each items/ file against its step's
+// items_sha256 (and no other file in items/), and CHANGE.md against the text
+// rendered from plan.json and the items. A part that differs is refused
+// (ErrRefused) with its file named; nothing a reviewer reads comes from a
+// file that the fingerprint does not bind. approvals.jsonl and plan.sig are
+// judged by CheckApprovals.
+func OpenPlanDir(dir string) (*PlanDir, error) {
 	raw, err := os.ReadFile(filepath.Join(dir, PlanFile))
 	if err != nil {
 		return nil, fmt.Errorf("read plan: %w", err)
@@ -285,12 +351,70 @@ func ReadPlanDir(dir string) (*PlanDoc, error) {
 		return nil, fmt.Errorf("read plan %s: %w", filepath.Join(dir, PlanFile), err)
 	}
 	if doc.FormatVersion != PlanFormatVersion {
-		return nil, fmt.Errorf("read plan: format version %d is not supported by this runbook (version %d)", doc.FormatVersion, PlanFormatVersion)
+		return nil, fmt.Errorf("read plan: format version %d is not supported by this runbook (version %d); make the plan again", doc.FormatVersion, PlanFormatVersion)
 	}
 	if got := doc.computeFingerprint(); got != doc.Fingerprint {
 		return nil, Refusef("%s was edited after it was written: its content does not match its fingerprint; make a new plan", filepath.Join(dir, PlanFile))
 	}
-	return &doc, nil
+	pd := &PlanDir{Dir: dir, Doc: &doc, Items: map[string][]string{}}
+	changed := func(name, why string) error {
+		return Refusef("%s is not the one the plan's fingerprint binds (%s): the plan directory was changed after the plan was written. Make a new plan (runbook plan FILE -out DIR) and have it reviewed", filepath.Join(dir, filepath.FromSlash(name)), why)
+	}
+	src, err := os.ReadFile(filepath.Join(dir, RunbookCopy))
+	if err != nil {
+		return nil, changed(RunbookCopy, "it cannot be read: "+errors.Unwrap(err).Error())
+	}
+	if sha256Hex(src) != doc.Runbook.SourceSHA256 {
+		return nil, changed(RunbookCopy, "its text differs from the runbook text planned")
+	}
+	listed := map[string]bool{}
+	for _, st := range doc.Steps {
+		if st.ItemsFile == "" {
+			continue
+		}
+		name, ok := strings.CutPrefix(st.ItemsFile, itemsDir+"/")
+		if !ok || name == "" || strings.ContainsAny(name, `/\`) || name != st.Address+".txt" {
+			return nil, Refusef("%s names items file %q for %s, which is not where a plan keeps it; make a new plan", filepath.Join(dir, PlanFile), st.ItemsFile, st.Address)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, itemsDir, name))
+		if err != nil {
+			return nil, changed(st.ItemsFile, "it cannot be read: "+errors.Unwrap(err).Error())
+		}
+		if sha256Hex(b) != st.ItemsSHA256 {
+			return nil, changed(st.ItemsFile, "its list differs from the "+fmt.Sprint(st.Items)+" item(s) planned")
+		}
+		pd.Items[name] = strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+		listed[name] = true
+	}
+	entries, err := os.ReadDir(filepath.Join(dir, itemsDir))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read plan items: %w", err)
+	}
+	for _, e := range entries {
+		if !listed[e.Name()] {
+			return nil, changed(itemsDir+"/"+e.Name(), "the plan lists no such file")
+		}
+	}
+	pd.Change = renderChange(&doc, pd.Items)
+	change, err := os.ReadFile(filepath.Join(dir, ChangeFile))
+	if err != nil {
+		return nil, changed(ChangeFile, "it cannot be read: "+errors.Unwrap(err).Error())
+	}
+	if !bytes.Equal(change, pd.Change) {
+		return nil, changed(ChangeFile, "its text differs from the change request rendered from "+PlanFile+", line "+fmt.Sprint(firstDifferentLine(change, pd.Change)))
+	}
+	return pd, nil
+}
+
+// firstDifferentLine is the 1-based number of the first line where a and b differ.
+func firstDifferentLine(a, b []byte) int {
+	la, lb := bytes.Split(a, []byte("\n")), bytes.Split(b, []byte("\n"))
+	for i := range min(len(la), len(lb)) {
+		if !bytes.Equal(la[i], lb[i]) {
+			return i + 1
+		}
+	}
+	return min(len(la), len(lb)) + 1
 }
 
 // DiffPlans names each thing that differs between a reviewed plan and the

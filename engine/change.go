@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -16,7 +17,20 @@ const changeListLimit = 20
 // rollback path, the risks and the fingerprint.
 func renderChange(d *PlanDoc, items map[string][]string) []byte {
 	var b bytes.Buffer
-	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	// Every string shown is escaped (Printable): names and observations come
+	// from the systems the plan read, and must not be able to change how the
+	// text around them reads on a terminal or in a Markdown viewer.
+	p := func(format string, args ...any) {
+		for i, a := range args {
+			switch v := a.(type) {
+			case string:
+				args[i] = Printable(v)
+			case preformatted:
+				args[i] = PrintableLines(string(v))
+			}
+		}
+		fmt.Fprintf(&b, format, args...)
+	}
 	p("# Change request: %s\n\n", d.Runbook.Name)
 	if d.Runbook.Description != "" {
 		p("%s\n\n", d.Runbook.Description)
@@ -84,7 +98,7 @@ func renderChange(d *PlanDoc, items map[string][]string) []byte {
 			p(" — full list in [`%s`](%s)\n\n", s.ItemsFile, s.ItemsFile)
 		}
 		for _, sec := range s.Sections {
-			p("**%s**\n\n```\n%s\n```\n\n", sec.Title, strings.TrimRight(sec.Body, "\n"))
+			p("**%s**\n\n```\n%s\n```\n\n", sec.Title, preformatted(strings.TrimRight(sec.Body, "\n")))
 		}
 		if s.Rollback != "" {
 			p("**Rollback**: %s\n\n", s.Rollback)
@@ -119,7 +133,14 @@ func renderChange(d *PlanDoc, items map[string][]string) []byte {
 	}
 	p("\n## Variables\n\n| name | value |\n|---|---|\n")
 	for _, v := range d.Variables {
-		val := "`" + strings.ReplaceAll(string(v.Value), "|", "\\|") + "`"
+		// Compact: read back from plan.json, which is indented, a list
+		// value spans lines.
+		var compact bytes.Buffer
+		if json.Compact(&compact, v.Value) != nil {
+			compact.Reset()
+			compact.Write(v.Value)
+		}
+		val := "`" + strings.ReplaceAll(compact.String(), "|", "\\|") + "`"
 		if v.Sensitive {
 			val = Sensitive + " — checked by hash at apply"
 		}
@@ -136,13 +157,16 @@ func renderChange(d *PlanDoc, items map[string][]string) []byte {
 	return b.Bytes()
 }
 
+// preformatted is text shown as a block of lines: its newlines are kept.
+type preformatted string
+
 func bullets(b *bytes.Buffer, title string, lines []string) {
 	if len(lines) == 0 {
 		return
 	}
 	fmt.Fprintf(b, "**%s**\n\n", title)
 	for _, l := range lines {
-		fmt.Fprintf(b, "- %s\n", l)
+		fmt.Fprintf(b, "- %s\n", Printable(l))
 	}
 	b.WriteString("\n")
 }

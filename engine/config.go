@@ -36,6 +36,10 @@ type Config struct {
 	Files               map[string]*hcl.File // for diagnostic snippets
 
 	byAddr map[string]*BlockConfig
+	// varFiles are the -var-file files ResolveVariables read: absolute
+	// path → SHA-256 hex of the content, which a saved plan binds (keyed:
+	// they may hold secrets).
+	varFiles map[string]string
 }
 
 // Variable is a `variable "name" {}` block.
@@ -107,8 +111,12 @@ func LoadFile(path string) (*Config, hcl.Diagnostics) {
 // its source range, and never stops at the first.
 func Load(path string, src []byte) (*Config, hcl.Diagnostics) {
 	p := hclparse.NewParser()
-	f, diags := p.ParseHCL(src, path)
-	cfg := &Config{Path: path, Dir: filepath.Dir(path), Src: src, Files: p.Files(), byAddr: map[string]*BlockConfig{}}
+	diags := checkNesting(src, path)
+	var f *hcl.File
+	if !diags.HasErrors() {
+		f, diags = p.ParseHCL(src, path)
+	}
+	cfg := &Config{Path: path, Dir: filepath.Dir(path), Src: src, Files: p.Files(), byAddr: map[string]*BlockConfig{}, varFiles: map[string]string{}}
 	// Absolute, so that a path the runbook names is spelled the same from
 	// any working directory: a saved plan binds what it observed by path,
 	// and apply DIR may run from elsewhere than plan did.

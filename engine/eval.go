@@ -23,16 +23,35 @@ type Scope struct {
 
 	mu     sync.Mutex
 	values map[string]cty.Value // block address → its value once known
+	reads  map[string]string    // "file PATH" → SHA-256 of what a function read
 }
 
 // NewScope evaluates the locals and registers every sensitive value with rd.
 func NewScope(cfg *Config, vars map[string]cty.Value, rd *Redactor) (*Scope, hcl.Diagnostics) {
-	s := &Scope{cfg: cfg, vars: vars, locals: map[string]cty.Value{}, funcs: functions(cfg.Dir), redactor: rd, values: map[string]cty.Value{}}
+	s := &Scope{cfg: cfg, vars: vars, locals: map[string]cty.Value{}, redactor: rd, values: map[string]cty.Value{}, reads: map[string]string{}}
+	s.funcs = functions(cfg.Dir, func(path, digest string) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.reads["file "+path] = digest
+	})
 	for _, v := range vars {
 		s.registerSecrets(v)
 	}
 	diags := s.evalLocals()
 	return s, diags
+}
+
+// Reads returns the files the runbook's functions (file, filebase64,
+// fileexists) read so far: "file PATH" → SHA-256 hex, or what was found
+// instead of a file.
+func (s *Scope) Reads() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]string, len(s.reads))
+	for k, v := range s.reads {
+		out[k] = v
+	}
+	return out
 }
 
 // Vars returns the variable values (sensitive ones marked).
@@ -113,7 +132,7 @@ func (s *Scope) evalLocals() hcl.Diagnostics {
 				next = append(next, l)
 				continue
 			}
-			v, moreDiags := l.Expr.Value(s.evalContext())
+			v, moreDiags := s.evalBounded(l.Expr, "local value \""+l.Name+"\"")
 			diags = append(diags, moreDiags...)
 			s.locals[l.Name] = v
 		}
@@ -220,6 +239,27 @@ func (s *Scope) evalContext() *hcl.EvalContext {
 	return &hcl.EvalContext{Variables: vars, Functions: s.funcs}
 }
 
+// evalBounded evaluates expr in the scope within the limits on values
+// (boundedValue); what names it in a diagnostic.
+func (s *Scope) evalBounded(expr hcl.Expression, what string) (cty.Value, hcl.Diagnostics) {
+	return boundedValue(expr, s.evalContext(), what)
+}
+
+// boundedValue evaluates expr unless a template in it would build a string
+// larger than maxValueBytes, and refuses a result larger than that (an
+// unknown value takes its place): a local value built by doubling another
+// stops growing there.
+func boundedValue(expr hcl.Expression, ctx *hcl.EvalContext, what string) (cty.Value, hcl.Diagnostics) {
+	if diags := checkTemplates(expr, ctx); diags.HasErrors() {
+		return cty.DynamicVal, diags
+	}
+	v, diags := expr.Value(ctx)
+	if valueSize(v) > maxValueBytes {
+		return cty.DynamicVal, append(diags, tooLarge(what, expr.Range().Ptr()))
+	}
+	return v, diags
+}
+
 // Eval evaluates one expression in the scope.
 func (s *Scope) Eval(expr hcl.Expression) (cty.Value, hcl.Diagnostics) {
 	return expr.Value(s.evalContext())
@@ -236,6 +276,16 @@ type Decoded struct {
 	credential map[string]bool // BlockType.Credentials
 	ranges     map[string]hcl.Range
 	failed     map[hcl.Range]bool
+	scope      *Scope
+}
+
+// AddSecret registers values that must never be shown, found while checking
+// the configuration (a password inside a URL): the diagnostic that refuses
+// them quotes the source line, and must not show them either.
+func (d *Decoded) AddSecret(values ...string) {
+	if d.scope != nil && d.scope.redactor != nil {
+		d.scope.redactor.Add(values...)
+	}
 }
 
 // Sensitive reports whether an attribute's value was sensitive.
@@ -258,7 +308,7 @@ func (d *Decoded) AttrRange(attr string) *hcl.Range {
 // redactor; values not known yet are replaced by zero values and reported
 // through Decoded.Unknown.
 func (s *Scope) Decode(b *BlockConfig, target any) (*Decoded, hcl.Diagnostics) {
-	d := &Decoded{Addr: b.Addr(), Range: b.DeclRange, sensitive: map[string]bool{}, unknown: map[string]bool{}, null: map[string]bool{}, credential: map[string]bool{}, ranges: map[string]hcl.Range{}, failed: map[hcl.Range]bool{}}
+	d := &Decoded{Addr: b.Addr(), Range: b.DeclRange, sensitive: map[string]bool{}, unknown: map[string]bool{}, null: map[string]bool{}, credential: map[string]bool{}, ranges: map[string]hcl.Range{}, failed: map[hcl.Range]bool{}, scope: s}
 	for _, name := range b.BlockType.Credentials {
 		d.credential[name] = true
 	}
@@ -358,7 +408,7 @@ type evalExpr struct {
 func (e evalExpr) UnwrapExpression() hcl.Expression { return e.Expression }
 
 func (e evalExpr) Value(ctx *hcl.EvalContext) (cty.Value, hcl.Diagnostics) {
-	v, diags := e.Expression.Value(ctx)
+	v, diags := boundedValue(e.Expression, ctx, e.name)
 	if diags.HasErrors() {
 		e.d.failed[e.Expression.Range()] = true
 	}

@@ -78,6 +78,12 @@ func (o *HumanOutput) Emit(e Event) {
 		o.showBar(e)
 		return
 	}
+	// Steps quote what servers said (key names, errors): no control
+	// character among them reaches the terminal as one.
+	e.Message, e.Error = PrintableLines(e.Message), PrintableLines(e.Error)
+	for i, d := range e.Details {
+		e.Details[i] = PrintableLines(d)
+	}
 	if o.bar != nil {
 		o.bar.Clear()
 		defer o.bar.RenderBlank()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -39,9 +40,12 @@ func (s *Session) Apply(ctx context.Context, opts Options) error {
 	if s.Config.Approvals > 0 {
 		return RefuseWithHint("run runbook plan FILE -out DIR, have it approved with runbook approve DIR --by NAME, then runbook apply DIR", "this runbook requires %d approval(s) of a saved plan", s.Config.Approvals)
 	}
-	return s.execute(ctx, opts, opApply, func() (*PlanRecord, error) {
-		return nil, s.refuseEarly(ctx, opts)
-	})
+	// Planned before the lock is taken: a refusal leaves not even a journal
+	// dir behind.
+	if err := s.refuseEarly(ctx, opts); err != nil {
+		return err
+	}
+	return s.execute(ctx, opts, opApply, nil)
 }
 
 // Resume continues the run recorded in the journal: completed steps are not
@@ -54,8 +58,13 @@ func (s *Session) Resume(ctx context.Context, opts Options) error {
 // check checks (apply PLANDIR: the saved plan, which it names), reads from
 // the journal what to continue or begin, refuses steps no approved plan
 // contains, records the start, and walks the graph applying each step.
-// check runs before anything is written.
+// Everything that can refuse is checked before the journal changes: a
+// refused command archives nothing and records nothing (issue 20, input 7).
 func (s *Session) execute(ctx context.Context, opts Options, op operation, check func() (*PlanRecord, error)) error {
+	// A mistyped -target is refused before even the journal dir is made.
+	if _, err := s.selected(opts.Targets); err != nil {
+		return err
+	}
 	x := s.newExecution(opts, op)
 	release, err := x.lock()
 	if err != nil {
@@ -68,26 +77,34 @@ func (s *Session) execute(ctx context.Context, opts Options, op operation, check
 			return err
 		}
 	}
-	key, err := EnsureHashKey(opts.JournalDir)
-	if err != nil {
-		return err
-	}
 	if err := x.openJournal(); err != nil {
 		return err
 	}
 	defer x.closeJournal()
-	targets, err := x.continueOrBegin()
+	next, err := x.continueOrBegin()
 	if err != nil {
 		return err
 	}
-	sel, err := s.selected(targets)
+	sel, err := s.selected(next.targets)
 	if err != nil {
 		return err
 	}
-	if err := s.checkApproved(x.js, plan, sel); err != nil {
+	approvedBy := x.js
+	if next.archive {
+		approvedBy = &JournalState{Steps: map[string]*StepState{}} // a new run: only this plan counts
+	}
+	if err := s.checkApproved(approvedBy, plan, sel); err != nil {
 		return err
 	}
-	if err := x.recordStart(targets, key, plan); err != nil {
+	// Nothing refused: from here on the journal changes.
+	key, err := EnsureHashKey(opts.JournalDir)
+	if err != nil {
+		return err
+	}
+	if err := x.begin(next); err != nil {
+		return err
+	}
+	if err := x.recordStart(next.targets, key, plan); err != nil {
 		return err
 	}
 	x.emit(Event{Type: EventRun, Message: fmt.Sprintf("runbook: %s %s (journal %s)", x.op, s.Config.Name, opts.JournalDir)})
@@ -95,55 +112,73 @@ func (s *Session) execute(ctx context.Context, opts Options, op operation, check
 	return x.finish(ctx, x.walk(ctx, sel, x.applyNode), start)
 }
 
+// nextRun is what continueOrBegin decided: the targets to walk, and what
+// to write before the walk (begin).
+type nextRun struct {
+	targets []string
+	archive bool // a finished run's journal is kept beside the new one
+	// widen: a partly applied run is carried further with targets (none:
+	// every step), which are recorded.
+	widen bool
+}
+
 // continueOrBegin reads from the journal what this command continues or
-// begins and returns the targets to walk. A resume continues the run
-// recorded. An apply refuses an unfinished run, carries a partly applied
-// one further (it becomes a resume), or begins anew, keeping a finished
-// run's journal beside the new one.
-func (x *execution) continueOrBegin() ([]string, error) {
+// begins, and refuses what it cannot; it writes nothing. A resume continues
+// the run recorded. An apply refuses an unfinished run, carries a partly
+// applied one further (it becomes a resume), or begins anew, keeping a
+// finished run's journal beside the new one.
+func (x *execution) continueOrBegin() (nextRun, error) {
 	s, js, targets := x.s, x.js, x.opts.Targets
 	switch {
 	case x.op == opResume && js.Run == nil:
-		return nil, RefuseWithHint("start one with runbook apply", "there is no run to resume in %s", x.dir)
+		return nextRun{}, RefuseWithHint("start one with runbook apply", "there is no run to resume in %s", x.dir)
 	case x.op == opResume:
 		if err := s.checkAgainst(js.Run, x.dir); err != nil {
-			return nil, err
+			return nextRun{}, err
 		}
 		if len(targets) == 0 {
 			targets = js.resumeTargets()
 		}
 	case js.Run != nil && js.Unfinished():
-		return nil, RefuseWithHint("continue it with runbook resume, or undo it with runbook rollback", "the run started in %s is unfinished (%s)", x.dir, unfinishedSummary(js))
+		return nextRun{}, RefuseWithHint("continue it with runbook resume, or undo it with runbook rollback", "the run started in %s is unfinished (%s)", x.dir, unfinishedSummary(js))
 	case js.Run != nil && s.partlyApplied(js):
-		return targets, x.carryFurther(targets)
+		return x.carryFurther(targets)
 	case js.Run != nil:
-		return targets, x.archiveJournal()
+		return nextRun{targets: targets, archive: true}, nil
 	}
-	return targets, nil
+	return nextRun{targets: targets}, nil
 }
 
 // carryFurther makes this apply continue a targeted run that finished and
-// left steps to do, so that what is done is not done again. The targets
-// are recorded before anything runs, so that a resume after this apply
-// fails continues what this apply set out to do, not only the targets of
-// the run's first command.
-func (x *execution) carryFurther(targets []string) error {
+// left steps to do, so that what is done is not done again.
+func (x *execution) carryFurther(targets []string) (nextRun, error) {
 	ri := x.js.Run
 	if sha256Hex(x.s.Config.Src) != ri.SourceSHA256 {
-		return RefuseWithHint("restore the runbook, or roll the run back first", "the runbook changed since the run in %s began, and that run is only partly applied", x.dir)
+		return nextRun{}, RefuseWithHint("restore the runbook, or roll the run back first", "the runbook changed since the run in %s began, and that run is only partly applied", x.dir)
 	}
 	if err := x.s.checkAgainst(ri, x.dir); err != nil {
-		return err
+		return nextRun{}, err
 	}
 	x.op = opResume
-	if slices.Equal(targets, ri.Targets) {
-		return nil
+	return nextRun{targets: targets, widen: !slices.Equal(targets, ri.Targets)}, nil
+}
+
+// begin writes what continueOrBegin decided: the finished run's journal
+// archived, or the targets a partly applied run is carried further with,
+// recorded before anything runs, so that a resume after this apply fails
+// continues what this apply set out to do, not only the targets of the
+// run's first command.
+func (x *execution) begin(next nextRun) error {
+	switch {
+	case next.archive:
+		return x.archiveJournal()
+	case next.widen:
+		data, _ := json.Marshal(next.targets)
+		if err := x.append(&Record{Kind: RecordTargets, Data: data}); err != nil {
+			return err
+		}
+		x.js.Run.Targets = widenTargets(x.js.Run.Targets, next.targets)
 	}
-	data, _ := json.Marshal(targets)
-	if err := x.append(&Record{Kind: RecordTargets, Data: data}); err != nil {
-		return err
-	}
-	ri.Targets = widenTargets(ri.Targets, targets)
 	return nil
 }
 
@@ -168,6 +203,10 @@ func (x *execution) recordStart(targets []string, key *HashKey, plan *PlanRecord
 			return err
 		}
 		x.js.Plans = append(x.js.Plans, *plan)
+	}
+	x.bound = map[string]string{}
+	for _, p := range x.js.Plans {
+		maps.Copy(x.bound, p.Inputs)
 	}
 	return nil
 }

@@ -28,6 +28,10 @@ type execution struct {
 	logMu         sync.Mutex
 	inputsMu      sync.Mutex
 	inputs        map[string]string // what was read → its digest, for plan fingerprints
+	// bound are the inputs of the saved plans applied in this run, as they
+	// were checked: a file a step binds at apply (Run.BindFile) must still
+	// have that digest.
+	bound map[string]string
 }
 
 func (x *execution) recordInput(name, digest string) {

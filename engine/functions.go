@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -14,9 +15,22 @@ import (
 	"github.com/zclconf/go-cty/cty/function/stdlib"
 )
 
+// maxFileRead bounds what file() and filebase64() read: a runbook names
+// certificates and configs, and a path such as /dev/zero must not fill the
+// memory.
+const maxFileRead = 16 << 20
+
+// fileReader is told of every file a function reads (its path and SHA-256,
+// hex) or finds absent ("absent"), so that a saved plan binds its content.
+type fileReader func(path, digest string)
+
 // functions are the ones a runbook author expects from Terraform: go-cty's
-// stdlib plus file and hashing helpers that resolve paths from baseDir.
-func functions(baseDir string) map[string]function.Function {
+// stdlib plus file and hashing helpers that resolve paths from baseDir. read,
+// when not nil, is told of every file read.
+func functions(baseDir string, read fileReader) map[string]function.Function {
+	if read == nil {
+		read = func(string, string) {}
+	}
 	fs := map[string]function.Function{
 		"abs": stdlib.AbsoluteFunc, "ceil": stdlib.CeilFunc, "chomp": stdlib.ChompFunc,
 		"chunklist": stdlib.ChunklistFunc, "coalesce": stdlib.CoalesceFunc, "compact": stdlib.CompactFunc,
@@ -57,19 +71,30 @@ func functions(baseDir string) map[string]function.Function {
 			},
 		})
 	}
-	fs["file"] = stringFunc("path", func(p string) (string, error) {
-		b, err := os.ReadFile(resolve(p))
+	readFile := func(p string) ([]byte, error) {
+		path := resolve(p)
+		f, err := os.Open(path)
 		if err != nil {
-			return "", fmt.Errorf("read file: %w", err)
+			return nil, fmt.Errorf("read file: %w", err)
 		}
-		return string(b), nil
+		defer f.Close()
+		b, err := io.ReadAll(io.LimitReader(f, maxFileRead+1))
+		if err != nil {
+			return nil, fmt.Errorf("read file: %w", err)
+		}
+		if len(b) > maxFileRead {
+			return nil, fmt.Errorf("read file %s: larger than %d MiB, the most a runbook function reads", path, maxFileRead>>20)
+		}
+		read(path, sha256Hex(b))
+		return b, nil
+	}
+	fs["file"] = stringFunc("path", func(p string) (string, error) {
+		b, err := readFile(p)
+		return string(b), err
 	})
 	fs["filebase64"] = stringFunc("path", func(p string) (string, error) {
-		b, err := os.ReadFile(resolve(p))
-		if err != nil {
-			return "", fmt.Errorf("read file: %w", err)
-		}
-		return base64.StdEncoding.EncodeToString(b), nil
+		b, err := readFile(p)
+		return base64.StdEncoding.EncodeToString(b), err
 	})
 	fs["abspath"] = stringFunc("path", func(p string) (string, error) { return filepath.Abs(resolve(p)) })
 	fs["basename"] = stringFunc("path", func(p string) (string, error) { return filepath.Base(p), nil })
@@ -87,7 +112,17 @@ func functions(baseDir string) map[string]function.Function {
 		Params: []function.Parameter{{Name: "path", Type: cty.String}},
 		Type:   function.StaticReturnType(cty.Bool),
 		Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
-			_, err := os.Stat(resolve(args[0].AsString()))
+			// What the runbook found is bound like a file it read.
+			path := resolve(args[0].AsString())
+			info, err := os.Stat(path)
+			switch {
+			case err != nil:
+				read(path, "absent")
+			case info.Mode().IsRegular():
+				readFile(path)
+			default:
+				read(path, "present, not a regular file")
+			}
 			return cty.BoolVal(err == nil), nil
 		},
 	})
@@ -103,5 +138,5 @@ func functions(baseDir string) map[string]function.Function {
 		},
 	})
 	fs["strlen"] = stdlib.StrlenFunc
-	return fs
+	return limitFunctions(fs)
 }

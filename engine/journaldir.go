@@ -66,24 +66,41 @@ func LoadHashKey(journal string) (*HashKey, error) {
 // EnsureHashKey returns the journal's hash key, creating the journal dir,
 // its secrets/ and the key (0600) on first use.
 func EnsureHashKey(journal string) (*HashKey, error) {
-	k, err := LoadHashKey(journal)
-	if err == nil || !errors.Is(err, os.ErrNotExist) {
+	k, fresh, err := HashKeyFor(journal)
+	if err != nil || !fresh {
 		return k, err
 	}
-	if err := EnsureJournalDir(journal); err != nil {
-		return nil, err
-	}
-	if err := atomicfile.MkdirAll(filepath.Join(journal, secretsDir), 0o700); err != nil {
-		return nil, fmt.Errorf("create secrets dir: %w", err)
+	return k, k.Save(journal)
+}
+
+// HashKeyFor returns the journal's hash key, or, when it has none, a new one
+// (fresh) not yet saved: a command that may still refuse saves it (Save)
+// only once nothing refused.
+func HashKeyFor(journal string) (k *HashKey, fresh bool, err error) {
+	k, err = LoadHashKey(journal)
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		return k, false, err
 	}
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
-		return nil, fmt.Errorf("generate hash key: %w", err)
+		return nil, false, fmt.Errorf("generate hash key: %w", err)
 	}
-	if err := atomicfile.WriteFile(filepath.Join(journal, secretsDir, hashKeyFile), []byte(hex.EncodeToString(key)), 0o600); err != nil {
-		return nil, fmt.Errorf("write hash key: %w", err)
+	return &HashKey{key: key}, true, nil
+}
+
+// Save writes a key HashKeyFor made to the journal dir's secrets/ (0600),
+// creating the journal dir.
+func (k *HashKey) Save(journal string) error {
+	if err := EnsureJournalDir(journal); err != nil {
+		return err
 	}
-	return &HashKey{key: key}, nil
+	if err := atomicfile.MkdirAll(filepath.Join(journal, secretsDir), 0o700); err != nil {
+		return fmt.Errorf("create secrets dir: %w", err)
+	}
+	if err := atomicfile.WriteFile(filepath.Join(journal, secretsDir, hashKeyFile), []byte(hex.EncodeToString(k.key)), 0o600); err != nil {
+		return fmt.Errorf("write hash key: %w", err)
+	}
+	return nil
 }
 
 // Sum binds a value under a name: "hmac-sha256:" and 64 hex digits.

@@ -122,11 +122,28 @@ func (x *execution) planStep(ctx context.Context, b *BlockConfig) PlannedStep {
 		ps.refused = errors.Is(err, ErrRefused)
 		return ps
 	}
+	if err := itemsHoldNoSecret(x.rd, sp.Items); err != nil {
+		ps.Error, ps.refused = err.Error(), true
+		return ps
+	}
 	ps.Plan = sp
 	if sp.Outputs != nil {
 		x.s.Scope.SetOutputs(addr, sp.Outputs)
 	}
 	return ps
+}
+
+// itemsHoldNoSecret refuses item names that hold a sensitive value. Item
+// names are identifiers, written verbatim in the plan, its items/ files and
+// the journal: one cannot be redacted without making it name something
+// else, so it must hold no secret in the first place.
+func itemsHoldNoSecret(rd *Redactor, items []string) error {
+	for i, it := range items {
+		if rd.Contains(it) {
+			return Refusef("item %d of %d holds a sensitive value (a secret is part of its name; the name is not shown): item names are written verbatim in plans and the journal. Rename it, or change the secret so that no item name contains it", i+1, len(items))
+		}
+	}
+	return nil
 }
 
 // planResult shows the steps' plans in execution order; a step that

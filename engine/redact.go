@@ -1,8 +1,11 @@
 package engine
 
 import (
+	"encoding/json"
 	"io"
+	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -14,10 +17,20 @@ const Sensitive = "(sensitive)"
 // engine writes outside secrets/ and backups/ (output, logs, journal records,
 // plans) passes through one: marks on values protect evaluation, this protects
 // text that a step or a child process produced.
+//
+// A secret is registered with every form in which text may carry it (Forms):
+// as given, escaped inside a Go or JSON string (with and without HTML
+// escaping), inside an HCL string, inside a URL, and for a multi-line secret
+// with CRLF line ends. Text is redacted as a whole, never line by line, so a
+// multi-line secret (a PEM key) is found across its lines.
 type Redactor struct {
 	mu      sync.RWMutex
-	secrets []string // longest first, so a secret containing another is replaced whole
-	r       *strings.Replacer
+	secrets map[string]bool
+	// byFirst indexes every form by its first byte, longest first, so that
+	// at each position the longest form wins (a secret containing another is
+	// replaced whole).
+	byFirst map[byte][]string
+	maxLen  int
 }
 
 // minSecretLen keeps a one-character "secret" from redacting all output.
@@ -27,52 +40,163 @@ const minSecretLen = 4
 func (rd *Redactor) Add(values ...string) {
 	rd.mu.Lock()
 	defer rd.mu.Unlock()
-	changed := false
 	for _, v := range values {
 		v = strings.TrimSpace(v)
-		if len(v) < minSecretLen || rd.has(v) {
+		if len(v) < minSecretLen || rd.secrets[v] {
 			continue
 		}
-		rd.secrets = append(rd.secrets, v)
-		changed = true
+		if rd.secrets == nil {
+			rd.secrets, rd.byFirst = map[string]bool{}, map[byte][]string{}
+		}
+		rd.secrets[v] = true
+		for _, f := range Forms(v) {
+			list := rd.byFirst[f[0]]
+			if !contains(list, f) {
+				list = append(list, f)
+				sort.SliceStable(list, func(i, j int) bool { return len(list[i]) > len(list[j]) })
+				rd.byFirst[f[0]] = list
+			}
+			rd.maxLen = max(rd.maxLen, len(f))
+		}
 	}
-	if !changed {
-		return
-	}
-	sort.Slice(rd.secrets, func(i, j int) bool { return len(rd.secrets[i]) > len(rd.secrets[j]) })
-	pairs := make([]string, 0, 2*len(rd.secrets))
-	for _, s := range rd.secrets {
-		pairs = append(pairs, s, Sensitive)
-	}
-	rd.r = strings.NewReplacer(pairs...)
 }
 
-func (rd *Redactor) has(v string) bool {
-	for _, s := range rd.secrets {
-		if s == v {
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
 			return true
 		}
 	}
 	return false
 }
 
-// String returns s with every secret replaced.
+// Forms returns the renderings of secret that text may carry, secret first:
+// the escaped forms are those of the inside of a quoted Go, JSON (Go's
+// encoding/json, with and without HTML escaping) or HCL string, of a URL's
+// password, query or path, and, for a multi-line secret, its CRLF form. Each
+// is at least minSecretLen long; duplicates are left out.
+func Forms(secret string) []string {
+	forms := []string{secret}
+	add := func(f string) {
+		if len(f) >= minSecretLen && !contains(forms, f) {
+			forms = append(forms, f)
+		}
+	}
+	q := strconv.Quote(secret)
+	add(q[1 : len(q)-1])
+	q = strconv.QuoteToASCII(secret)
+	add(q[1 : len(q)-1])
+	add(jsonInner(secret, true))
+	add(jsonInner(secret, false))
+	add(hclInner(secret))
+	add(strings.TrimPrefix(url.UserPassword("u", secret).String(), "u:"))
+	add(url.QueryEscape(secret))
+	add(url.PathEscape(secret))
+	if strings.Contains(secret, "\n") {
+		crlf := strings.ReplaceAll(secret, "\n", "\r\n")
+		add(crlf)
+		q = strconv.Quote(crlf)
+		add(q[1 : len(q)-1])
+		add(jsonInner(crlf, true))
+	}
+	return forms
+}
+
+func jsonInner(s string, html bool) string {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(html)
+	enc.Encode(s)
+	out := strings.TrimSuffix(b.String(), "\n")
+	return out[1 : len(out)-1]
+}
+
+// hclInner is s as written inside an HCL quoted string (hclwrite's escaping).
+func hclInner(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`, "\r", `\r`, "\t", `\t`, "${", "$${", "%{", "%%{")
+	return r.Replace(s)
+}
+
+// String returns s with every form of every secret replaced.
 func (rd *Redactor) String(s string) string {
 	if rd == nil {
 		return s
 	}
 	rd.mu.RLock()
-	r := rd.r
-	rd.mu.RUnlock()
-	if r == nil {
+	defer rd.mu.RUnlock()
+	if len(rd.byFirst) == 0 {
 		return s
 	}
-	return r.Replace(s)
+	out, _ := rd.scan(s, true)
+	return out
 }
 
-// Writer returns a writer that redacts line by line before writing to w.
-// Lines are buffered until their newline so a secret split across two writes
-// is still caught; Close (or Flush) writes what remains.
+// Contains reports whether s holds any form of a registered secret.
+func (rd *Redactor) Contains(s string) bool {
+	if rd == nil {
+		return false
+	}
+	rd.mu.RLock()
+	defer rd.mu.RUnlock()
+	for i := 0; i < len(s); i++ {
+		if rd.match(s[i:]) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// scan redacts s from its start. Unless final, it stops where the rest of s
+// could be the beginning of a secret that more text would complete, and
+// returns how much of s it consumed; the caller keeps the rest.
+func (rd *Redactor) scan(s string, final bool) (string, int) {
+	var out strings.Builder // written only once a secret is found
+	last := 0
+	i := 0
+	for i < len(s) {
+		if n := rd.match(s[i:]); n > 0 {
+			out.WriteString(s[last:i])
+			out.WriteString(Sensitive)
+			i += n
+			last = i
+			continue
+		}
+		if !final && len(s)-i < rd.maxLen && rd.partial(s[i:]) {
+			break
+		}
+		i++
+	}
+	if last == 0 {
+		return s[:i], i
+	}
+	out.WriteString(s[last:i])
+	return out.String(), i
+}
+
+// match returns the length of the longest form that s begins with, or 0.
+func (rd *Redactor) match(s string) int {
+	for _, f := range rd.byFirst[s[0]] {
+		if strings.HasPrefix(s, f) {
+			return len(f)
+		}
+	}
+	return 0
+}
+
+// partial reports whether s is the beginning of a longer form.
+func (rd *Redactor) partial(s string) bool {
+	for _, f := range rd.byFirst[s[0]] {
+		if len(f) > len(s) && strings.HasPrefix(f, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Writer returns a writer that redacts what passes through it to w as one
+// text: it holds back only what could be the beginning of a secret that the
+// next write completes, so a secret split across writes, or across lines,
+// is still found. Close (or Flush) writes what it holds.
 func (rd *Redactor) Writer(w io.Writer) *RedactWriter {
 	return &RedactWriter{rd: rd, w: w}
 }
@@ -89,22 +213,20 @@ func (rw *RedactWriter) Write(p []byte) (int, error) {
 	rw.mu.Lock()
 	defer rw.mu.Unlock()
 	rw.buf = append(rw.buf, p...)
-	i := strings.LastIndexByte(string(rw.buf), '\n')
-	if i < 0 {
-		if len(rw.buf) < 64<<10 {
-			return len(p), nil
-		}
-		i = len(rw.buf) - 1 // a very long line: write it rather than grow without bound
+	rw.rd.mu.RLock()
+	out, n := rw.rd.scan(string(rw.buf), false)
+	rw.rd.mu.RUnlock()
+	rw.buf = append(rw.buf[:0], rw.buf[n:]...)
+	if out == "" {
+		return len(p), nil
 	}
-	out := rw.rd.String(string(rw.buf[:i+1]))
-	rw.buf = append(rw.buf[:0], rw.buf[i+1:]...)
 	if _, err := io.WriteString(rw.w, out); err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
 
-// Flush writes any unterminated last line.
+// Flush writes what the writer holds back, redacted.
 func (rw *RedactWriter) Flush() error {
 	rw.mu.Lock()
 	defer rw.mu.Unlock()
@@ -116,3 +238,6 @@ func (rw *RedactWriter) Flush() error {
 	_, err := io.WriteString(rw.w, out)
 	return err
 }
+
+// Close flushes the writer.
+func (rw *RedactWriter) Close() error { return rw.Flush() }

@@ -2,8 +2,11 @@ package engine
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"time"
 )
@@ -105,6 +108,53 @@ func LoadJournal(dir string) (*JournalState, []string, error) {
 	}
 	js, err := Replay(records)
 	return js, warnings, err
+}
+
+// appliedPlan says where a saved plan was applied: in the current run of a
+// journal, or in one of its finished runs kept in runs/.
+type appliedPlan struct {
+	RunID    string
+	Archived string // the file in runs/ that holds that run, or "" for the current run
+}
+
+// findApplied looks in the journal dir's current run and in every run kept
+// in runs/ for a plan record of fingerprint with the approvals digest
+// approvals, without changing anything.
+func findApplied(dir, fingerprint, approvals string) (*appliedPlan, error) {
+	runs, _ := filepath.Glob(filepath.Join(dir, "runs", "*.log"))
+	paths := append([]string{filepath.Join(dir, JournalFile)}, runs...)
+	for i, path := range paths {
+		f, err := os.Open(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read journal: %w", err)
+		}
+		res, err := scanJournal(path, f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("read journal: %w", err)
+		}
+		js, err := Replay(res.records)
+		if err != nil {
+			return nil, fmt.Errorf("read journal %s: %w", path, err)
+		}
+		for _, p := range js.Plans {
+			if p.Fingerprint != fingerprint || p.Approvals != approvals {
+				continue
+			}
+			a := &appliedPlan{}
+			if js.Run != nil {
+				a.RunID = js.Run.ID
+			}
+			if i > 0 {
+				a.Archived = path
+			}
+			return a, nil
+		}
+	}
+	return nil, nil
 }
 
 // Replay rebuilds the state of a run from its records.

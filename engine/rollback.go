@@ -51,6 +51,14 @@ func OpenFromJournal(dir, file string, in VarInputs) (*Session, hcl.Diagnostics,
 // each from its journal records. With to set, that step and what it depends
 // on are kept and everything else is undone.
 func (s *Session) Rollback(ctx context.Context, opts Options, to string) error {
+	// A --to that names no block or a step not done is refused before the
+	// lock is taken and the journal opened (which repairs a torn tail):
+	// a refused command changes nothing.
+	if js, _, err := LoadJournal(opts.JournalDir); err == nil {
+		if _, err := s.keptBy(js, to); err != nil {
+			return err
+		}
+	}
 	x := s.newExecution(opts, opRollback)
 	release, err := x.lock()
 	if err != nil {
@@ -61,7 +69,7 @@ func (s *Session) Rollback(ctx context.Context, opts Options, to string) error {
 		return err
 	}
 	defer x.closeJournal()
-	keep, err := x.keptBy(to)
+	keep, err := s.keptBy(x.js, to)
 	if err != nil {
 		return err
 	}
@@ -86,19 +94,19 @@ func (s *Session) Rollback(ctx context.Context, opts Options, to string) error {
 
 // keptBy is what rollback --to keeps: that step, which must be done, and
 // what it depends on. None when to is empty.
-func (x *execution) keptBy(to string) (map[string]bool, error) {
+func (s *Session) keptBy(js *JournalState, to string) (map[string]bool, error) {
 	keep := map[string]bool{}
 	if to == "" {
 		return keep, nil
 	}
-	if x.cfg.Block(to) == nil {
+	if s.Config.Block(to) == nil {
 		return nil, fmt.Errorf("--to %q: no such block in the runbook (write it as type.name)", to)
 	}
-	if st := x.js.Step(to); st.State != StateDone {
+	if st := js.Step(to); st.State != StateDone {
 		return nil, RefuseWithHint("roll back to a completed step", "--to %s: that step is %s, not done", to, st.State)
 	}
 	keep[to] = true
-	for a := range x.s.Graph.Ancestors(to) {
+	for a := range s.Graph.Ancestors(to) {
 		keep[a] = true
 	}
 	return keep, nil

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -83,12 +85,16 @@ func (r *Run) CheckpointAll(items []CheckpointItem) error {
 	recs := make([]*Record, len(items))
 	raws := make([]json.RawMessage, len(items))
 	for i, it := range items {
+		if r.x.rd.Contains(it.Item) {
+			// Written verbatim: redacted, it would name another item.
+			return Refusef("checkpoint of %s: an item name holds a sensitive value (not shown); rename it, or change the secret so that no item name contains it", r.Addr)
+		}
 		raw, err := json.Marshal(it.Data)
 		if err != nil {
 			return fmt.Errorf("encode checkpoint %q: %w", it.Item, err)
 		}
 		raws[i] = json.RawMessage(r.x.rd.String(string(raw)))
-		recs[i] = &Record{Kind: RecordCheckpoint, Step: r.Addr, Item: r.x.rd.String(it.Item), Data: raws[i]}
+		recs[i] = &Record{Kind: RecordCheckpoint, Step: r.Addr, Item: it.Item, Data: raws[i]}
 	}
 	if err := r.x.appendAll(recs); err != nil {
 		return err
@@ -269,6 +275,31 @@ func (r *Run) ReadFile(p string) ([]byte, error) {
 		r.x.recordInput("file "+path, sha256Hex(b))
 	}
 	return b, err
+}
+
+// BindFile binds the plan to a file that a step will run or hand to a
+// program (an exec step's program and scripts): it records the SHA-256 of its
+// content like ReadFile, without keeping the content. Applying a saved plan
+// (or resuming its run), it also refuses (ErrRefused) a file whose content is
+// not the one the plan was checked with, so that what runs is what was
+// reviewed, however long after the check it runs.
+func (r *Run) BindFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	digest := hex.EncodeToString(h.Sum(nil))
+	name := "file " + path
+	if want, ok := r.x.bound[name]; ok && want != digest {
+		return Refusef("%s changed since the plan was checked (SHA-256 %s, now %s): it is not what was reviewed. Make a new plan and have it reviewed", path, short(want), short(digest))
+	}
+	r.x.recordInput(name, digest)
+	return nil
 }
 
 // RecordInput binds the plan to something observed that is not a file, for

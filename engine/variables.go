@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -103,11 +104,19 @@ func (c *Config) readVarFile(path string, declared map[string]*Variable, raw map
 	if err != nil {
 		return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read variables file", Detail: fmt.Sprintf("Reading %s failed: %s.", path, err)}}
 	}
+	if abs, err := filepath.Abs(path); err == nil {
+		c.varFiles[abs] = sha256Hex(src)
+	}
+	if diags := checkNesting(src, path); diags.HasErrors() {
+		return diags
+	}
 	f, diags := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
 	if diags.HasErrors() {
 		return diags
 	}
-	c.Files[path] = f
+	// Not kept in Files: a diagnostic in a variables file shows no source
+	// line, since the file may hold secrets that a line that did not parse
+	// would show unredacted.
 	attrs, moreDiags := f.Body.JustAttributes()
 	diags = append(diags, moreDiags...)
 	for _, name := range sortedAttrNames(attrs) {
@@ -141,17 +150,24 @@ func (c *Config) varValues(raw map[string]rawVar, declared map[string]*Variable,
 		} else if v.Default != cty.NilVal {
 			val = v.Default
 		}
+		if val != cty.NilVal && valueSize(val) > maxValueBytes {
+			diags = append(diags, tooLarge("the value of variable \""+v.Name+"\"", v.DeclRange.Ptr()))
+			vals[v.Name] = cty.UnknownVal(v.Type)
+			continue
+		}
 		if val == cty.NilVal {
 			if requireAll {
 				missing = append(missing, v.Name)
 			}
 			val = cty.UnknownVal(v.Type)
 		}
+		if v.Sensitive {
+			// Marked before validation, so that an error_message that
+			// interpolates the value is not shown.
+			val = val.Mark(sensitiveMark)
+		}
 		if val.IsKnown() {
 			diags = append(diags, v.validate(val)...)
-		}
-		if v.Sensitive {
-			val = val.Mark(sensitiveMark)
 		}
 		vals[v.Name] = val
 	}
@@ -193,6 +209,9 @@ func (r rawVar) value(v *Variable) (cty.Value, hcl.Diagnostics) {
 	} else if v.Type == cty.String || v.Type == cty.DynamicPseudoType {
 		val = cty.StringVal(r.text) // strings are taken literally, as Terraform does
 	} else {
+		if diags := checkNesting([]byte(r.text), r.source); diags.HasErrors() {
+			return cty.NilVal, diags
+		}
 		expr, diags := hclsyntax.ParseExpression([]byte(r.text), r.source, hcl.InitialPos)
 		if diags.HasErrors() {
 			return cty.NilVal, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Invalid value for variable", Detail: fmt.Sprintf("The value of %q from %s is not a valid %s.", v.Name, r.source, v.Type.FriendlyName())}}
@@ -211,7 +230,7 @@ func (r rawVar) value(v *Variable) (cty.Value, hcl.Diagnostics) {
 
 func (v *Variable) validate(val cty.Value) hcl.Diagnostics {
 	var diags hcl.Diagnostics
-	ctx := &hcl.EvalContext{Variables: map[string]cty.Value{"var": cty.ObjectVal(map[string]cty.Value{v.Name: val})}, Functions: functions(".")}
+	ctx := &hcl.EvalContext{Variables: map[string]cty.Value{"var": cty.ObjectVal(map[string]cty.Value{v.Name: val})}, Functions: functions(".", nil)}
 	for _, vd := range v.Validations {
 		res, moreDiags := vd.Condition.Value(ctx)
 		if moreDiags.HasErrors() {

@@ -56,7 +56,7 @@ echo "test.sh: crash test passed after $(($(date +%s) - start))s" >&2
 # Each fuzz target, briefly (a count, not a duration: Go 1.26's fuzzer can end
 # a timed run with a spurious "context deadline exceeded").
 fuzzcount="${RUNBOOK_FUZZCOUNT:-3000x}"
-for target in "./engine FuzzLoad" "./engine FuzzReadJournal" \
+for target in "./engine FuzzLoad" "./engine FuzzLoadLimits" "./engine FuzzReadJournal" "./engine FuzzRedact" \
 	"./internal/kescrypto FuzzParseKey" "./internal/kescrypto FuzzOpen" \
 	"./emulator FuzzKMSRequest" "./steps FuzzEditEnv"; do
 	set -- $target

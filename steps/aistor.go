@@ -77,6 +77,8 @@ func (a *aistorConnection) Validate(d *engine.Decoded) hcl.Diagnostics {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid endpoint", Detail: "endpoint is the object store's URL, for example \"https://minio.example.net:9000\".", Subject: d.AttrRange("endpoint")})
 		}
 	}
+	diags = append(diags, urlCredentialDiags(d, "endpoint", "give them as access_key and secret_key, the secret key a sensitive variable.", a.cfg.Endpoint)...)
+	diags = append(diags, urlCredentialDiags(d, "env_files", "reach the host with ssh_identity (a key file) or an ssh agent.", a.cfg.EnvFiles...)...)
 	if a.cfg.Restart != "" {
 		diags = append(diags, oneOf(d, "restart", a.cfg.Restart, "systemd", "command", "admin", "rolling")...)
 	}

@@ -3,14 +3,16 @@
 package steps
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -75,23 +77,168 @@ func (e *execStep) Plan(_ context.Context, r *engine.Run) (*engine.StepPlan, err
 	} else {
 		p.Rollback = "nothing to undo (no rollback_command)"
 	}
+	if !r.Decoded.Unknown("command") {
+		// The program and the scripts it is handed are bound by the plan's
+		// fingerprint: apply DIR refuses them changed, and so does the step
+		// itself when it comes to run them (Run.BindFile).
+		// A program not there yet (an earlier step makes it) is not bound,
+		// and the plan says so.
+		for _, argv := range [][]string{e.cfg.Command, e.cfg.RollbackCommand} {
+			if len(argv) == 0 {
+				continue
+			}
+			if _, err := e.bindFiles(r, argv); errors.Is(err, engine.ErrRefused) {
+				return nil, err
+			} else if err != nil {
+				p.Risks = append(p.Risks, fmt.Sprintf("%s, so this plan does not bind what runs: it is found when the step runs", oneLine(err)))
+			}
+		}
+	}
 	return p, nil
 }
 
-// describe renders argv for a plan, with sensitive values hidden.
+// describe renders argv for a plan: each argument, the directory and the
+// environment it adds, with every sensitive value hidden before it is quoted.
 func (e *execStep) describe(r *engine.Run, argv []string) string {
 	if r.Decoded.Unknown("command") {
 		return "(command known after apply)"
 	}
 	q := make([]string, len(argv))
 	for i, a := range argv {
-		q[i] = fmt.Sprintf("%q", a)
+		q[i] = strconv.Quote(r.Redact(a))
 	}
 	s := "[" + strings.Join(q, " ") + "]"
 	if e.cfg.Dir != "" {
-		s += " in " + e.cfg.Dir
+		s += " in " + strconv.Quote(r.Redact(e.cfg.Dir))
 	}
-	return r.Redact(s)
+	switch {
+	case r.Decoded.Unknown("env"):
+		s += " with environment variables known after apply"
+	case len(e.cfg.Env) > 0:
+		var env []string
+		for _, k := range sortedMapKeys(e.cfg.Env) {
+			env = append(env, k+"="+strconv.Quote(r.Redact(e.cfg.Env[k])))
+		}
+		s += " with " + strings.Join(env, " ")
+	}
+	return s
+}
+
+// bindFiles resolves argv's program as the child will run it and binds it
+// to the plan (Run.BindFile), and so does it for the script an interpreter
+// is handed (sh deploy.sh, python3 migrate.py: the first argument that is not
+// an option, unless the code is given inline with -c or -e, or is a module,
+// -m). A script that is not there is an error, as the interpreter would
+// fail on it. It returns the
+// program's path. Other arguments are data, not bound (a rollback command's
+// argument may be a file the command itself writes); programs that the
+// command starts in turn are not seen.
+func (e *execStep) bindFiles(r *engine.Run, argv []string) (string, error) {
+	dir := e.dir(r)
+	prog, err := lookProgram(argv[0], dir, engine.ChildEnv(e.cfg.Env))
+	if err != nil {
+		return "", err
+	}
+	if err := r.BindFile(prog); err != nil {
+		return "", err
+	}
+	if script := scriptArg(prog, argv[1:]); script != "" {
+		if !filepath.IsAbs(script) {
+			script = filepath.Join(dir, script)
+		}
+		info, err := os.Stat(script)
+		if err != nil {
+			return "", fmt.Errorf("script %s: %w", script, err)
+		}
+		if info.Mode().IsRegular() {
+			if err := r.BindFile(script); err != nil {
+				return "", err
+			}
+		}
+	}
+	return prog, nil
+}
+
+// interpreters run the script named by their first argument that is not an
+// option.
+var interpreters = map[string]bool{
+	"sh": true, "bash": true, "dash": true, "ksh": true, "zsh": true, "python": true, "python3": true,
+	"perl": true, "ruby": true, "node": true, "php": true, "pwsh": true, "lua": true, "Rscript": true,
+}
+
+// scriptArg is the script an interpreter prog is handed in args, or "".
+func scriptArg(prog string, args []string) string {
+	if !interpreters[filepath.Base(prog)] {
+		return ""
+	}
+	for _, a := range args {
+		switch {
+		case a == "-c" || a == "-e" || a == "--command" || a == "--eval" || a == "-s":
+			return "" // inline code (the runbook text holds it), or read from stdin
+		case a == "-m":
+			return "" // a module, found by the interpreter
+		case a == "--":
+			continue
+		case strings.HasPrefix(a, "-"):
+			continue
+		}
+		return a
+	}
+	return ""
+}
+
+// lookProgram finds name as exec would for a child in dir with env: a name
+// with a slash from dir, any other on env's PATH.
+func lookProgram(name, dir string, env []string) (string, error) {
+	if strings.Contains(name, "/") {
+		p := name
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		if err := isExecutable(p); err != nil {
+			return "", fmt.Errorf("program %s: %w", name, err)
+		}
+		return p, nil
+	}
+	path := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	for _, d := range filepath.SplitList(path) {
+		if d == "" {
+			d = "."
+		}
+		p := filepath.Join(d, name)
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		if isExecutable(p) == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("program %s: not found on PATH (%s)", name, path)
+}
+
+func isExecutable(p string) error {
+	info, err := os.Stat(p)
+	switch {
+	case err != nil:
+		return err
+	case !info.Mode().IsRegular():
+		return errors.New("not a regular file")
+	case info.Mode().Perm()&0o111 == 0:
+		return errors.New("not executable")
+	}
+	return nil
+}
+
+func (e *execStep) dir(r *engine.Run) string {
+	if e.cfg.Dir == "" {
+		return r.Path(".")
+	}
+	return r.Path(e.cfg.Dir)
 }
 
 func (e *execStep) Apply(ctx context.Context, r *engine.Run) error {
@@ -102,6 +249,11 @@ func (e *execStep) Apply(ctx context.Context, r *engine.Run) error {
 }
 
 func (e *execStep) Rollback(ctx context.Context, r *engine.Run) error {
+	// The command may still run, started by an apply that was killed: it
+	// ends before its undo starts.
+	if err := endLeftover(r, processItem(""), "the command"); err != nil {
+		return err
+	}
 	if len(e.cfg.RollbackCommand) == 0 {
 		r.Logf("nothing to undo: no rollback_command")
 		return nil
@@ -110,22 +262,50 @@ func (e *execStep) Rollback(ctx context.Context, r *engine.Run) error {
 	return err
 }
 
+// processItem is the checkpoint naming the process group of the command
+// (logPrefix "") or of the rollback command ("rollback.").
+func processItem(logPrefix string) string { return logPrefix + "process" }
+
+// shim is what the child runs first: it waits until runbook has recorded
+// its process group (a line on fd 3), then becomes the command ($0 "$@"). If
+// runbook dies first, fd 3 reads end of file and the command never starts.
+const shim = `IFS= read -r go <&3 || exit 125; exec 3<&-; exec "$0" "$@"`
+
 // run executes argv with output captured, redacted, to the journal dir's logs
-// and shown line by line. It kills the whole process group when ctx ends.
+// and shown line by line. The command runs in a process group of its own,
+// recorded in the journal (processItem) before it starts; what an earlier
+// attempt left running there is ended first (endLeftover). It kills the whole
+// group when ctx ends.
 func (e *execStep) run(ctx context.Context, r *engine.Run, argv []string, logPrefix string) (int, string, error) {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = r.Path(e.cfg.Dir)
-	if cmd.Dir == "" {
-		cmd.Dir = r.Path(".")
+	what := "the command"
+	if logPrefix != "" {
+		what = "the rollback command"
 	}
+	prog, err := e.bindFiles(r, argv)
+	if err != nil {
+		return -1, "", err
+	}
+	if err := endLeftover(r, processItem(logPrefix), what); err != nil {
+		return -1, "", err
+	}
+	mark := newExecMark()
+	cmd := exec.Command("/bin/sh", append([]string{"-c", shim, prog}, argv[1:]...)...)
+	cmd.Dir = e.dir(r)
 	cmd.Env = engine.ChildEnv(e.cfg.Env)
-	cmd.Env = append(cmd.Env, "RUNBOOK_STEP="+r.Addr, "RUNBOOK_JOURNAL_DIR="+r.JournalDir())
+	cmd.Env = append(cmd.Env, "RUNBOOK_STEP="+r.Addr, "RUNBOOK_JOURNAL_DIR="+r.JournalDir(), execMarkEnv+"="+mark)
 	if r.Resumed() {
 		cmd.Env = append(cmd.Env, "RUNBOOK_RESUMED=1")
 	}
-	// Its own process group, so a cancel stops its children too; and killed
-	// with us, so a crashed run never leaves a step half-running behind it.
+	// Its own process group, so a cancel stops its children too, and a
+	// resume finds them; and killed with us.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	goRead, goWrite, err := os.Pipe()
+	if err != nil {
+		return -1, "", fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	defer goRead.Close()
+	defer goWrite.Close()
+	cmd.ExtraFiles = []*os.File{goRead}
 
 	outPath, err := r.LogPath(logPrefix + "stdout")
 	if err != nil {
@@ -154,9 +334,24 @@ func (e *execStep) run(ctx context.Context, r *engine.Run, argv []string, logPre
 	if err != nil {
 		return -1, "", err
 	}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	goRead.Close()
+	if err != nil {
 		return -1, "", fmt.Errorf("start %s: %w", argv[0], err)
 	}
+	proc, err := processOf(cmd.Process.Pid, mark)
+	if err == nil {
+		err = r.Checkpoint(processItem(logPrefix), proc)
+	}
+	if err == nil {
+		_, err = goWrite.Write([]byte("go\n"))
+	}
+	if err != nil {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		return -1, "", fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	goWrite.Close()
 	done := make(chan struct{})
 	go func() {
 		select {
@@ -178,6 +373,10 @@ func (e *execStep) run(ctx context.Context, r *engine.Run, argv []string, logPre
 	wg.Wait()
 	err = cmd.Wait()
 	close(done)
+	proc.Ended = true
+	if e := r.Checkpoint(processItem(logPrefix), proc); e != nil {
+		return -1, "", e
+	}
 	code := cmd.ProcessState.ExitCode()
 	stdout := captured.String()
 	if ctx.Err() != nil {
@@ -193,21 +392,57 @@ func (e *execStep) run(ctx context.Context, r *engine.Run, argv []string, logPre
 	return code, stdout, nil
 }
 
-// pump copies a child's stream line by line, redacting each line before it
-// reaches the log file, the output or the captured stdout.
+// pump copies a child's stream, redacted as one text (a multi-line secret
+// is found across its lines), to the log file, the output (a line at a time)
+// and the captured stdout.
 func (e *execStep) pump(r *engine.Run, src io.Reader, log io.Writer, capture *strings.Builder) {
-	sc := bufio.NewScanner(src)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
-		line := r.Redact(sc.Text())
-		fmt.Fprintln(log, line)
-		r.Logf("%s", line)
-		if capture != nil && capture.Len() < maxCapture {
-			capture.WriteString(line)
-			capture.WriteByte('\n')
+	lines := &lineSink{r: r, log: log, capture: capture}
+	rw := r.RedactedWriter(lines)
+	io.Copy(rw, src)
+	rw.Close()
+	lines.flush()
+}
+
+// lineSink receives redacted text and passes it on a line at a time.
+type lineSink struct {
+	r       *engine.Run
+	log     io.Writer
+	capture *strings.Builder
+	partial []byte
+}
+
+// maxLine bounds a line held back waiting for its newline.
+const maxLine = 64 << 10
+
+func (l *lineSink) Write(p []byte) (int, error) {
+	l.partial = append(l.partial, p...)
+	for {
+		i := bytes.IndexByte(l.partial, '\n')
+		if i < 0 && len(l.partial) < maxLine {
+			return len(p), nil
 		}
+		if i < 0 {
+			i = len(l.partial) - 1 // a very long line: pass it on rather than grow without bound
+		}
+		l.line(string(bytes.TrimSuffix(l.partial[:i+1], []byte("\n"))))
+		l.partial = l.partial[i+1:]
 	}
-	io.Copy(io.Discard, src) // a line longer than the buffer: drain so the child never blocks
+}
+
+func (l *lineSink) flush() {
+	if len(l.partial) > 0 {
+		l.line(string(l.partial))
+		l.partial = nil
+	}
+}
+
+func (l *lineSink) line(s string) {
+	fmt.Fprintln(l.log, s)
+	l.r.Logf("%s", s)
+	if l.capture != nil && l.capture.Len() < maxCapture {
+		l.capture.WriteString(s)
+		l.capture.WriteByte('\n')
+	}
 }
 
 func sortedMapKeys(m map[string]string) []string {

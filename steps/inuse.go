@@ -3,7 +3,6 @@ package steps
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -26,19 +25,23 @@ type storeUse struct {
 	addr      string
 	inUse     []string // evidence that it runs on the enclave
 	ruledOut  []string // evidence that it does not
+	doubt     []string // a Key Manager it names that could be the enclave's, and why it could not be ruled out
 	unchecked []string // what could not be asked, and why
 }
 
 // refuseWhileInUse returns an error wrapping engine.ErrRefused while an
 // object store of the runbook runs on enclave enc, however it got there:
-// its KMS status (madmin's KMSStatus: name "MinIO KMS" with an endpoint of
-// enc's Key Manager, and no env file naming another enclave) or one of its
+// its KMS status (madmin's KMSStatus: name "MinIO KMS" with an endpoint that
+// is enc's Key Manager, and no env file naming another enclave) or one of its
 // env files (MINIO_KMS_ENCLAVE = enc's name with MINIO_KMS_SERVER at enc's
-// Key Manager, running now or at the next restart) says so. No --force
-// overrides that. When the runbook has no aistor block, or one of them could
-// be asked nothing (status and env files both unreadable), it refuses unless
-// the rollback is forced (runbook rollback --force), naming what was not
-// checked; forced, it warns with the same list. undo says what the rollback
+// Key Manager, running now or at the next restart) says so. Whether an
+// endpoint is enc's Key Manager is decided by what it is, not how it is
+// spelled (kmIdentity). No --force overrides that. When the runbook has no
+// aistor block, one of them could be asked nothing (status and env files
+// both unreadable), or one names a Key Manager that could not be ruled out
+// as enc's, it refuses unless the rollback is forced (runbook rollback
+// --force), naming what was not checked or ruled out; forced, it warns with
+// the same list. undo says what the rollback
 // would delete, for the messages ("the 51 keys this run imported"). It
 // changes nothing.
 func refuseWhileInUse(ctx context.Context, r *engine.Run, enc enclaveRef, undo string) error {
@@ -47,26 +50,25 @@ func refuseWhileInUse(ctx context.Context, r *engine.Run, enc enclaveRef, undo s
 		return fmt.Errorf("check whether the object store uses enclave %s: %w", enc.Name, err)
 	}
 	if len(conns) == 0 {
-		why := fmt.Sprintf("the runbook has no aistor block, so no object store was asked whether it runs on enclave %s (neither its KMS status nor its env files' MINIO_KMS_ENCLAVE and MINIO_KMS_SERVER were checked)", enc.Name)
-		if r.Forced() {
-			r.Warnf("forced: %s; deleting %s all the same", why, undo)
-			return nil
-		}
-		return engine.Refusef("%s: deleting %s could leave an object store that runs on the enclave unable to decrypt its data. Add the object store's aistor block to the runbook so that rollback can ask it, or, once you have checked by hand that nothing uses enclave %s, run runbook rollback --force", why, undo, enc.Name)
+		return refuseUnlessForced(r, fmt.Sprintf("the runbook has no aistor block, so no object store was asked whether it runs on enclave %s (neither its KMS status nor its env files' MINIO_KMS_ENCLAVE and MINIO_KMS_SERVER were checked)", enc.Name), undo,
+			"could leave an object store that runs on the enclave unable to decrypt its data. Add the object store's aistor block to the runbook so that rollback can ask it, or, once you have checked by hand that nothing uses enclave "+enc.Name+", run runbook rollback --force")
 	}
 	var uses []storeUse
+	id := newKMIdentity(r, enc)
 	for _, c := range conns {
 		a, ok := c.Block.(*aistorConnection)
 		if !ok {
 			continue
 		}
-		uses = append(uses, checkStoreUse(ctx, r, c.Addr, a, enc))
+		uses = append(uses, checkStoreUse(ctx, r, c.Addr, a, enc, id))
 	}
-	var inUse, blind, partly []string
+	var inUse, doubt, blind, partly []string
 	for _, u := range uses {
 		switch {
 		case len(u.inUse) > 0:
 			inUse = append(inUse, fmt.Sprintf("%s: %s", u.addr, strings.Join(u.inUse, "; ")))
+		case len(u.doubt) > 0:
+			doubt = append(doubt, fmt.Sprintf("%s: %s", u.addr, strings.Join(u.doubt, "; ")))
 		case len(u.ruledOut) == 0:
 			blind = append(blind, fmt.Sprintf("%s: %s", u.addr, strings.Join(u.unchecked, "; ")))
 		default:
@@ -79,13 +81,13 @@ func refuseWhileInUse(ctx context.Context, r *engine.Run, enc enclaveRef, undo s
 	if len(inUse) > 0 {
 		return engine.Refusef("the object store runs on enclave %s (%s): deleting %s would leave it unable to decrypt its data. Move it back to KES first (restore every node's env file and restart every node, or roll back the cutover step that moved it), then roll back again", enc.Name, strings.Join(inUse, "; "), undo)
 	}
+	if len(doubt) > 0 {
+		return refuseUnlessForced(r, fmt.Sprintf("could not rule out that the object store runs on enclave %s (%s)", enc.Name, strings.Join(doubt, "; ")), undo,
+			"could leave it unable to decrypt its data. Make that Key Manager reachable from here and run rollback again, or, once you have checked by hand that it is not the Key Manager of enclave "+enc.Name+", run runbook rollback --force")
+	}
 	if len(blind) > 0 {
-		why := fmt.Sprintf("could not check whether the object store runs on enclave %s (%s)", enc.Name, strings.Join(blind, "; "))
-		if r.Forced() {
-			r.Warnf("forced: %s; deleting %s all the same", why, undo)
-			return nil
-		}
-		return engine.Refusef("%s: deleting %s could leave an object store that runs on the enclave unable to decrypt its data. Make it reachable and run rollback again, or, once you have checked by hand that nothing uses enclave %s, run runbook rollback --force", why, undo, enc.Name)
+		return refuseUnlessForced(r, fmt.Sprintf("could not check whether the object store runs on enclave %s (%s)", enc.Name, strings.Join(blind, "; ")), undo,
+			"could leave an object store that runs on the enclave unable to decrypt its data. Make it reachable and run rollback again, or, once you have checked by hand that nothing uses enclave "+enc.Name+", run runbook rollback --force")
 	}
 	for _, p := range partly {
 		r.Warnf("not checked: %s", p)
@@ -93,11 +95,21 @@ func refuseWhileInUse(ctx context.Context, r *engine.Run, enc enclaveRef, undo s
 	return nil
 }
 
+// refuseUnlessForced refuses deleting undo because of why ("why: deleting
+// undo then"), or, when the rollback is forced, warns with why and lets it
+// go ahead.
+func refuseUnlessForced(r *engine.Run, why, undo, then string) error {
+	if r.Forced() {
+		r.Warnf("forced: %s; deleting %s all the same", why, undo)
+		return nil
+	}
+	return engine.Refusef("%s: deleting %s %s", why, undo, then)
+}
+
 // checkStoreUse asks one object store, through its admin API and its env
 // files, whether it runs on enc.
-func checkStoreUse(ctx context.Context, r *engine.Run, addr string, a *aistorConnection, enc enclaveRef) storeUse {
+func checkStoreUse(ctx context.Context, r *engine.Run, addr string, a *aistorConnection, enc enclaveRef, id *kmIdentity) storeUse {
 	u := storeUse{addr: addr}
-	km := endpointSet(enc.KM.Endpoints())
 
 	// The env files: what the nodes run with now, or after their next
 	// restart (an edit not yet applied counts: it is on its way).
@@ -133,13 +145,21 @@ func checkStoreUse(ctx context.Context, r *engine.Run, addr string, a *aistorCon
 			}
 			envRead++
 			enclave, server := env["MINIO_KMS_ENCLAVE"], env["MINIO_KMS_SERVER"]
-			servers := strings.Split(server, ",")
+			sets := fmt.Sprintf("env file %s sets MINIO_KMS_ENCLAVE=%s and MINIO_KMS_SERVER=%s", n.Name, enclave, server)
+			verdict := kmSame
+			if enclave == enc.Name && server != "" {
+				var why string
+				verdict, why = id.judgeAll(ctx, strings.Split(server, ","))
+				sets += " (" + why + ")"
+			}
 			switch {
-			case enclave == enc.Name && (server == "" || overlaps(endpointSet(servers), km)):
-				u.inUse = append(u.inUse, fmt.Sprintf("env file %s sets MINIO_KMS_ENCLAVE=%s and MINIO_KMS_SERVER=%s", n.Name, enclave, server))
+			case enclave == enc.Name && verdict == kmSame:
+				u.inUse = append(u.inUse, sets)
+			case enclave == enc.Name && verdict == kmDoubt:
+				u.doubt = append(u.doubt, sets)
 			case enclave != "":
 				envOther++
-				u.ruledOut = append(u.ruledOut, fmt.Sprintf("env file %s sets MINIO_KMS_ENCLAVE=%s and MINIO_KMS_SERVER=%s", n.Name, enclave, server))
+				u.ruledOut = append(u.ruledOut, sets)
 			case env["MINIO_KMS_KES_ENDPOINT"] != "":
 				// Says nothing about a server that has not restarted since
 				// the file was put back: the KMS status below decides.
@@ -169,49 +189,54 @@ func checkStoreUse(ctx context.Context, r *engine.Run, addr string, a *aistorCon
 	}
 	sort.Strings(eps)
 	status := fmt.Sprintf("its KMS status names %q with endpoints %s", st.Name, strings.Join(eps, ", "))
-	switch {
-	case st.Name != kmsNameKeyManager:
+	if st.Name != kmsNameKeyManager {
 		u.ruledOut = append(u.ruledOut, status)
-	case !overlaps(endpointSet(eps), km):
-		u.ruledOut = append(u.ruledOut, status+", not the Key Manager of enclave "+enc.Name)
+		return u
+	}
+	verdict, why := id.judgeAll(ctx, eps)
+	switch {
+	case verdict == kmOther:
+		u.ruledOut = append(u.ruledOut, status+", not the Key Manager of enclave "+enc.Name+" ("+why+")")
 	case envRead > 0 && envOther == envRead:
 		// The running server uses this Key Manager, and every env file
 		// names another enclave of it: it runs on that one. An env file
 		// that names KES, or no enclave, does not tell (edited back, not
 		// restarted yet): then the status alone decides, as in use.
-		u.ruledOut = append(u.ruledOut, status+", the Key Manager of enclave "+enc.Name+", but no env file names that enclave")
+		u.ruledOut = append(u.ruledOut, status+" ("+why+"), but no env file names enclave "+enc.Name)
+	case verdict == kmDoubt:
+		u.doubt = append(u.doubt, status+" ("+why+")")
 	default:
-		u.inUse = append(u.inUse, status+", the Key Manager of enclave "+enc.Name+", and no env file names another enclave")
+		u.inUse = append(u.inUse, status+", the Key Manager of enclave "+enc.Name+" ("+why+"), and no env file names another enclave")
 	}
 	return u
 }
 
-// endpointSet normalises Key Manager endpoints ("https://kms-1:7373",
-// "kms-1:7373") to lowercase host:port.
-func endpointSet(endpoints []string) map[string]bool {
-	set := map[string]bool{}
+// judgeAll judges the endpoints an object store names for one Key Manager
+// (MINIO_KMS_SERVER's list, or its KMS status): the enclave's when one of
+// them is; in doubt when none is and one could not be ruled out; another
+// one only when every one is another's. why gives the evidence.
+func (id *kmIdentity) judgeAll(ctx context.Context, endpoints []string) (kmVerdict, string) {
+	var doubts, others []string
 	for _, e := range endpoints {
-		e = strings.TrimSpace(e)
-		if e == "" {
+		if strings.TrimSpace(e) == "" {
 			continue
 		}
-		if !strings.Contains(e, "://") {
-			e = "https://" + e
-		}
-		if u, err := url.Parse(e); err == nil && u.Host != "" {
-			set[strings.ToLower(u.Host)] = true
-		}
-	}
-	return set
-}
-
-func overlaps(a, b map[string]bool) bool {
-	for k := range a {
-		if b[k] {
-			return true
+		switch v, why := id.judge(ctx, e); v {
+		case kmSame:
+			return kmSame, why
+		case kmDoubt:
+			doubts = append(doubts, why)
+		default:
+			others = append(others, why)
 		}
 	}
-	return false
+	switch {
+	case len(doubts) > 0:
+		return kmDoubt, strings.Join(doubts, "; ")
+	case len(others) == 0:
+		return kmDoubt, "no endpoint named"
+	}
+	return kmOther, strings.Join(others, "; ")
 }
 
 // oneLine is err's text on one line: a server's answer quoted in an error

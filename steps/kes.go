@@ -69,6 +69,7 @@ func (k *kesConnection) Validate(d *engine.Decoded) hcl.Diagnostics {
 	if k.cfg.Server == "" && k.cfg.Config == "" && !d.Unknown("server") && !d.Unknown("config") {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing server and config", Detail: "A kes block needs the server's address (server = \"https://…:7373\"), the KES server config file that names its key store (config = \"kes-config.yaml\"), or both.", Subject: &d.Range})
 	}
+	diags = append(diags, urlCredentialDiags(d, "server", "authenticate with api_key, given a sensitive variable, or with client_cert and client_key.", k.cfg.Server)...)
 	if k.cfg.Server != "" {
 		hasKey := k.cfg.APIKey != "" || d.Unknown("api_key")
 		hasCert := k.cfg.ClientCert != "" || k.cfg.ClientKey != ""

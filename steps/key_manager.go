@@ -50,6 +50,7 @@ func (k *keyManagerConnection) Validate(d *engine.Decoded) hcl.Diagnostics {
 	if len(k.cfg.Servers) == 0 && !d.Unknown("servers") {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing servers", Detail: "servers lists the Key Manager's nodes (or a load balancer), for example [\"https://kms-1.example.net:7373\"].", Subject: d.AttrRange("servers")})
 	}
+	diags = append(diags, urlCredentialDiags(d, "servers", "the Key Manager authenticates with api_key, given a sensitive variable.", k.cfg.Servers...)...)
 	diags = append(diags, requireNonEmpty(d, "api_key", k.cfg.APIKey, "api_key is the Key Manager's SysAdmin API key, k1:…")...)
 	if k.cfg.APIKey != "" {
 		if _, err := mtls.ParsePrivateKey(k.cfg.APIKey); err != nil {

@@ -54,15 +54,15 @@ func runApprove(_ context.Context, env *cliEnv, args []string) error {
 	}
 	if check.Signed && !check.AuthorOK {
 		return engine.RefuseWithHint(fmt.Sprintf("make the plan again with runbook plan FILE -out %s --by NAME --key KEY", dir),
-			"approval by %s not recorded: the plan's author is not proven (%s), so no approval would let it apply", a.By, check.AuthorWhy)
+			"approval by %s not recorded: the plan's author is not proven (%s), so no approval would let it apply", engine.Printable(a.By), engine.Printable(check.AuthorWhy))
 	}
 	if last := check.Entries[len(check.Entries)-1]; !last.Counts {
-		return engine.Refusef("approval by %s not recorded: %s", a.By, strings.TrimSuffix(last.Why, ": does not count"))
+		return engine.Refusef("approval by %s not recorded: %s", engine.Printable(a.By), engine.Printable(strings.TrimSuffix(last.Why, ": does not count")))
 	}
 	if err := engine.Approve(dir, a); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "runbook: %s approved %s (fingerprint %s); %s\n", a.By, dir, doc.Fingerprint, approvalTally(check.Approvers, doc.Runbook.Approvals))
+	fmt.Fprintf(env.stdout, "runbook: %s approved %s (fingerprint %s); %s\n", engine.Printable(a.By), engine.Printable(dir), doc.Fingerprint, approvalTally(check.Approvers, doc.Runbook.Approvals))
 	return nil
 }
 
@@ -75,7 +75,7 @@ func approvalTally(approvers []string, required int) string {
 		tally = fmt.Sprintf("%d approval(s), none required", len(approvers))
 	}
 	if len(approvers) > 0 {
-		tally += ": " + strings.Join(approvers, ", ")
+		tally += ": " + engine.Printable(strings.Join(approvers, ", "))
 	}
 	return tally
 }

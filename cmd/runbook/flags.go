@@ -194,6 +194,7 @@ func openSessionIn(env *cliEnv, file string, in engine.VarInputs, requireAll boo
 	if s == nil {
 		return nil, printDiags(env, nil, diags, nil)
 	}
+	env.redactor = s.Redactor
 	diags = append(diags, s.Validate()...)
 	if err := printDiags(env, s.Config.Files, diags, s.Redactor); err != nil {
 		return nil, err

@@ -41,6 +41,9 @@ func register(c *command) { commands = append(commands, c) }
 type cliEnv struct {
 	stdout, stderr io.Writer
 	environ        []string
+	// redactor is the loaded runbook's, once there is one: the final error
+	// line passes through it like every other output.
+	redactor *engine.Redactor
 }
 
 func main() {
@@ -113,9 +116,9 @@ func exitCode(env *cliEnv, err error) int {
 	}
 	var ue *usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(env.stderr, "runbook: error: %s\n", ue.msg)
+		fmt.Fprintf(env.stderr, "runbook: error: %s\n", engine.Printable(env.redactor.String(ue.msg)))
 		if ue.hint != "" {
-			fmt.Fprintf(env.stderr, "runbook: hint: %s\n", ue.hint)
+			fmt.Fprintf(env.stderr, "runbook: hint: %s\n", engine.Printable(env.redactor.String(ue.hint)))
 		}
 		return exitUsage
 	}
@@ -126,9 +129,9 @@ func exitCode(env *cliEnv, err error) int {
 		}
 		return exitFailure
 	}
-	fmt.Fprintf(env.stderr, "runbook: error: %s\n", err)
+	fmt.Fprintf(env.stderr, "runbook: error: %s\n", engine.PrintableLines(env.redactor.String(err.Error())))
 	for _, h := range engine.Hints(err) {
-		fmt.Fprintf(env.stderr, "runbook: hint: %s\n", h)
+		fmt.Fprintf(env.stderr, "runbook: hint: %s\n", engine.Printable(env.redactor.String(h)))
 	}
 	var le *engine.LockError
 	switch {

@@ -56,7 +56,9 @@ func runPlan(ctx context.Context, env *cliEnv, args []string) error {
 	if *out == "" {
 		return nil
 	}
-	hk, err := engine.EnsureHashKey(journal)
+	// A new journal's key is saved only once nothing refused (a signature
+	// that does not verify): a refused plan leaves nothing behind.
+	hk, freshKey, err := engine.HashKeyFor(journal)
 	if err != nil {
 		return err
 	}
@@ -73,6 +75,11 @@ func runPlan(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		if _, err := engine.VerifySignature(s.Config.AllowedSignersPath(), *by, engine.AuthorNamespace, art.Doc.Fingerprint, sig); err != nil {
 			return engine.Refusef("the plan's signature by %s: %s; sign with a key listed for %s", *by, err, *by)
+		}
+	}
+	if freshKey {
+		if err := hk.Save(journal); err != nil {
+			return err
 		}
 	}
 	if err := engine.WritePlanDir(*out, art, sig); err != nil {

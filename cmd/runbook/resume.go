@@ -36,6 +36,7 @@ func runResume(ctx context.Context, env *cliEnv, args []string) error {
 func openFromJournal(env *cliEnv, journal, file string, cf *commonFlags) (*engine.Session, error) {
 	s, diags, err := engine.OpenFromJournal(journal, file, cf.inputs(env))
 	if s != nil {
+		env.redactor = s.Redactor
 		if derr := printDiags(env, s.Config.Files, diags, s.Redactor); derr != nil {
 			return nil, derr
 		}

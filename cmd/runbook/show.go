@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"github.com/runbook-dev/runbook/engine"
 )
@@ -23,27 +21,31 @@ func runShow(_ context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	doc, err := engine.ReadPlanDir(dir)
+	// The change request shown is the one rendered from what the
+	// fingerprint binds (OpenPlanDir refuses a CHANGE.md that differs).
+	pd, err := engine.OpenPlanDir(dir)
 	if err != nil {
 		return err
 	}
-	change, err := os.ReadFile(filepath.Join(dir, engine.ChangeFile))
-	if err != nil {
-		return fmt.Errorf("read change request: %w", err)
-	}
-	fmt.Fprint(env.stdout, string(change))
+	doc := pd.Doc
+	env.stdout.Write(pd.Change)
 	check, err := engine.CheckApprovals(dir, doc)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "\n## Approvals\n\n")
+	// Approvals are read from approvals.jsonl, which anyone who can write
+	// the plan directory can append to: every field is printed escaped, so
+	// that no control character in a name or comment can paint over the
+	// verdict printed beside it.
+	pr := engine.Printable
 	switch {
 	case check.Signed && check.AuthorOK:
-		fmt.Fprintf(env.stdout, "Made by %s: %s.\n\n", check.Author, check.AuthorWhy)
+		fmt.Fprintf(env.stdout, "Made by %s: %s.\n\n", pr(check.Author), pr(check.AuthorWhy))
 	case check.Signed:
-		fmt.Fprintf(env.stdout, "Made by %s: NOT PROVEN: %s. No approval lets this plan apply.\n\n", map[bool]string{true: check.Author, false: "(nobody named)"}[check.Author != ""], check.AuthorWhy)
+		fmt.Fprintf(env.stdout, "Made by %s: NOT PROVEN: %s. No approval lets this plan apply.\n\n", map[bool]string{true: pr(check.Author), false: "(nobody named)"}[check.Author != ""], pr(check.AuthorWhy))
 	case check.Author != "":
-		fmt.Fprintf(env.stdout, "Made by %s (a name, not signed: the runbook names no allowed_signers).\n\n", check.Author)
+		fmt.Fprintf(env.stdout, "Made by %s (a name, not signed: the runbook names no allowed_signers).\n\n", pr(check.Author))
 	}
 	if doc.Runbook.Approvals > 0 && !check.Signed {
 		fmt.Fprintf(env.stdout, "Approvals are names anyone can type: the runbook names no allowed_signers.\n\n")
@@ -52,9 +54,9 @@ func runShow(_ context.Context, env *cliEnv, args []string) error {
 		fmt.Fprintln(env.stdout, "None yet.")
 	}
 	for _, e := range check.Entries {
-		line := fmt.Sprintf("- %s at %s (%s)", e.By, e.Time, e.Why)
+		line := fmt.Sprintf("- %s at %s (%s)", pr(e.By), pr(e.Time), pr(e.Why))
 		if e.Comment != "" {
-			line += ": " + e.Comment
+			line += ": " + pr(e.Comment)
 		}
 		fmt.Fprintln(env.stdout, line)
 	}

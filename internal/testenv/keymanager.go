@@ -36,6 +36,12 @@ type KeyManagerOptions struct {
 	// server open (emulator.Readings); zero: the most demanding.
 	Readings emulator.Readings
 
+	// Addr is where the emulator (in this process) listens; default
+	// 127.0.0.1:0. A test that needs a fixed port (443, the default of an
+	// https URL) listens on its test host's Peer address, which no other
+	// test uses.
+	Addr string
+
 	// Host runs the emulator inside this test host, as a child process
 	// (Bin emulate key-manager), listening on the host's address.
 	Host *TestHost
@@ -89,8 +95,12 @@ func startKeyManager(t TB, opts KeyManagerOptions) (*KeyManager, error) {
 		defer mu.Unlock()
 		fmt.Fprintf(lf, time.Now().Format("15:04:05.000000 ")+format+"\n", args...)
 	}
+	addr := opts.Addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
 	srv, err := emulator.Start(emulator.Config{
-		Addr:               "127.0.0.1:0",
+		Addr:               addr,
 		Dir:                dir,
 		Hosts:              []string{"127.0.0.1", "localhost"},
 		FaultErrorRate:     opts.FaultErrorRate,

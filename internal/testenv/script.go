@@ -21,7 +21,8 @@ import (
 //	test-host
 //	    creates the script's test host (TestHost: a network namespace of
 //	    its own with a veth to it); sets TEST_HOST (its address,
-//	    10.253.N.2) and TEST_NETNS (the namespace). The -netns flags below
+//	    10.253.N.2), TEST_PEER (the root namespace's side, 10.253.N.1)
+//	    and TEST_NETNS (the namespace). The -netns flags below
 //	    start a server inside it, listening on TEST_HOST.
 //	kes-server [-v0.23 | -v0.22] [-keys N] [-key-prefix P] [-env PREFIX] [-keystore DIR] [-config-extra FILE] [-minio-policy PATHS]
 //	    [-vault kv1|kv2 [-vault-prefix P] [-vault-no-list]] [-netns]
@@ -45,11 +46,12 @@ import (
 //	    v1 mounted at kv1/, kv v2 at kv2/, AppRole auth enabled; sets
 //	    VAULT_URL, VAULT_CA (with -tls), VAULT_ROOT_TOKEN (test-only) and
 //	    VAULT_LOG.
-//	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F] [-fault-refuse-format msgpack|json] [-netns]
+//	key-manager [-fault-error-rate F] [-fault-latency D] [-fault-drop-rate F] [-fault-refuse-format msgpack|json] [-netns | -addr A]
 //	    [-write-answer R] [-mixed R] [-batch R] [-deleted-names R] [-dir DIR]
 //	    the Key Manager emulator (with -netns a child process, runbook
-//	    emulate key-manager, inside the test host; with -dir on the state,
-//	    root key and CA an earlier emulator left in DIR); sets KM_SERVER (https
+//	    emulate key-manager, inside the test host; with -addr listening
+//	    there, for example $TEST_PEER:443; with -dir on the state, root key
+//	    and CA an earlier emulator left in DIR); sets KM_SERVER (https
 //	    URL), KM_CA, KM_API_KEY (root k1: key), KM_DIR and KM_LOG. The
 //	    readings (emulator.Readings) not given as flags come from the
 //	    script's KM_READINGS, flags in the same syntax (set by a test that
@@ -70,6 +72,13 @@ import (
 //	    MINIO_ENV_FILE (as a systemd restart would).
 //	k8s-minio -kind Tenant|ObjectStore|StatefulSet [-pods N] [-kes] [-key NAME] [-policy P]
 //	    MinIO on a real Kubernetes control plane (cmdK8sMinIO).
+//	tcp-proxy NAME TARGET
+//	    a TCP load balancer on 127.0.0.1 (Balancer) that passes every
+//	    connection through to TARGET (host:port), TLS included, as an L4
+//	    balancer in front of Key Manager nodes does; sets NAME (its
+//	    127.0.0.1:PORT) and NAME_PORT.
+//	tcp-proxy-stop NAME
+//	    closes that balancer and every connection through it.
 //	sshd-server [-path DIR] [-env NAME]...
 //	    a real sshd on 127.0.0.1 (CmdSSHDServer); sets SSH_PORT,
 //	    SSH_KNOWN_HOSTS, SSH_IDENTITY, SSH_USER and SSHD_LOG.
@@ -77,14 +86,16 @@ import (
 // None of them may be negated with '!'.
 func Cmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
 	return map[string]func(ts *testscript.TestScript, neg bool, args []string){
-		"test-host":     cmdTestHost,
-		"kes-server":    cmdKESServer,
-		"key-manager":   cmdKeyManager,
-		"minio-server":  cmdMinIOServer,
-		"minio-restart": cmdMinIORestart,
-		"sshd-server":   CmdSSHDServer,
-		"vault-server":  cmdVaultServer,
-		"k8s-minio":     cmdK8sMinIO,
+		"k8s-minio":      cmdK8sMinIO,
+		"test-host":      cmdTestHost,
+		"kes-server":     cmdKESServer,
+		"key-manager":    cmdKeyManager,
+		"minio-server":   cmdMinIOServer,
+		"minio-restart":  cmdMinIORestart,
+		"sshd-server":    CmdSSHDServer,
+		"vault-server":   cmdVaultServer,
+		"tcp-proxy":      cmdTCPProxy,
+		"tcp-proxy-stop": cmdTCPProxyStop,
 	}
 }
 
@@ -206,6 +217,7 @@ func cmdKeyManager(ts *testscript.TestScript, neg bool, args []string) {
 	refuse := fs.String("fault-refuse-format", "", "ciphertext format Decrypt refuses: msgpack or json")
 	netns := fs.Bool("netns", false, "run inside the script's test host, as a child process (runbook emulate key-manager)")
 	dir := fs.String("dir", "", "the emulator's state directory: an existing one starts on its state, root key and CA (default: a new one)")
+	addr := fs.String("addr", "", "listen here (in this process; default 127.0.0.1:0)")
 	var readings emulator.Readings
 	readings.Flags(fs)
 	parseFlags(ts, fs, append(strings.Fields(ts.Getenv("KM_READINGS")), args...))
@@ -215,6 +227,7 @@ func cmdKeyManager(ts *testscript.TestScript, neg bool, args []string) {
 		FaultLatency:   *latency,
 		FaultDropRate:  *dropRate,
 		Readings:       readings,
+		Addr:           *addr,
 	}
 	if *refuse != "" {
 		opts.FaultRefuseFormats = []string{*refuse}

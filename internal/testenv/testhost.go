@@ -174,6 +174,7 @@ func cmdTestHost(ts *testscript.TestScript, neg bool, args []string) {
 	st.host = h
 	ts.Setenv("TEST_HOST", h.Addr)
 	ts.Setenv("TEST_NETNS", h.NetNS)
+	ts.Setenv("TEST_PEER", h.Peer)
 }
 
 // scriptHost returns the script's test host for a command's -netns flag.
