@@ -63,6 +63,12 @@ func runDemo(ctx context.Context, env *cliEnv, args []string) error {
 	default:
 		return &usageError{msg: fmt.Sprintf("unknown demo action %q", action), hint: "runbook demo [--dir DIR] [resume|rollback]"}
 	}
+	n, why := 0, ""
+	if !*keysOnly {
+		if n, why, err = demo.PlanNodes(*nodes, *address); err != nil {
+			return &usageError{msg: err.Error(), hint: "runbook help demo"}
+		}
+	}
 	d := &demoRun{env: env, cf: &cf, out: cf.output(env), start: time.Now(), action: action}
 	if action == "" {
 		if *dir, err = newDemoDir(*dir); err != nil {
@@ -74,10 +80,6 @@ func runDemo(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	if *keysOnly {
 		return d.keys(ctx, "")
-	}
-	n, why, err := demo.PlanNodes(*nodes, *address)
-	if err != nil {
-		return &usageError{msg: err.Error(), hint: "runbook help demo"}
 	}
 	kesBin, minioBin, err := demoServers(ctx, env)
 	if err != nil {
@@ -461,4 +463,3 @@ func unpackDemo(dir string, names ...string) error {
 	}
 	return nil
 }
-
