@@ -83,6 +83,9 @@ func runDemo(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	kesBin, minioBin, err := demoServers(ctx, env)
 	if err != nil {
+		if ctx.Err() != nil { // interrupted while building: nothing else to rehearse
+			return err
+		}
 		if action != "" {
 			return fmt.Errorf("demo %s needs the real servers: %w", action, err)
 		}
