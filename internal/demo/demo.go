@@ -136,7 +136,10 @@ func Start(ctx context.Context, opts Options) (_ *Servers, err error) {
 		if s.MinIO, err = newMinIO(nodes, opts.MinIOBin, opts.Address, st.NodePorts, env, s.KM.CAFile()); err != nil {
 			return nil, err
 		}
-		if err = s.MinIO.startAll(ctx, true); !errors.Is(err, errPortInUse) || attempt == 3 {
+		if err = s.MinIO.startAll(); err == nil {
+			err = s.MinIO.settle(ctx, 3*time.Minute)
+		}
+		if !errors.Is(err, errPortInUse) || attempt == 3 {
 			break
 		}
 		s.MinIO.stopAll()
@@ -157,9 +160,9 @@ func Start(ctx context.Context, opts Options) (_ *Servers, err error) {
 // Restore starts the servers of the demo folder dir again, on the addresses
 // they had, after the demo was interrupted: the journal names them, and a
 // resume or rollback needs them. The nodes start with their env files as
-// they are now, which may be mid-cutover (not identical yet, or naming the
-// Key Manager), so Restore does not wait for them to serve: the cutover's
-// resume or rollback restarts and checks them.
+// they are now, which may be mid-cutover (naming the Key Manager, or not
+// identical yet, which keeps a node of several waiting for its peers), so
+// Restore does not wait for them to serve: Settle does.
 func Restore(ctx context.Context, dir, kesBin, minioBin string) (_ *Servers, err error) {
 	raw, err := os.ReadFile(filepath.Join(dir, stateFile))
 	if errors.Is(err, os.ErrNotExist) {
@@ -194,13 +197,19 @@ func Restore(ctx context.Context, dir, kesBin, minioBin string) (_ *Servers, err
 	if s.MinIO, err = openMinIO(nodes, minioBin, st.Address, st.NodePorts); err != nil {
 		return nil, err
 	}
-	if err := s.MinIO.startAll(ctx, false); err != nil {
+	if err := s.MinIO.startAll(); err != nil {
 		return nil, fmt.Errorf("start MinIO again: %w", err)
 	}
 	if err := s.serveControl(nodes); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// Settle waits up to timeout until every MinIO node serves, and names those
+// that do not (the cutover's resume or rollback restarts them).
+func (s *Servers) Settle(ctx context.Context, timeout time.Duration) error {
+	return s.MinIO.settle(ctx, timeout)
 }
 
 // Close stops every server and the control endpoint; the folder stays.

@@ -160,9 +160,22 @@ func (m *MinIO) node(dir string, i, port int) *Node {
 // URL is the deployment's address for clients: node 1.
 func (m *MinIO) URL() string { return m.Nodes[0].URL }
 
-// startAll starts every node at once (a node of several waits for its peers)
-// and, with wait, returns once every node serves.
-func (m *MinIO) startAll(ctx context.Context, wait bool) error {
+// startAll starts every node's process at once; settle waits until they
+// serve.
+func (m *MinIO) startAll() error {
+	var errs []error
+	for _, n := range m.Nodes {
+		n.mu.Lock()
+		errs = append(errs, n.start())
+		n.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// settle waits up to timeout until every node serves (readyCheck: a node of
+// several needs its peers) and names each node that does not, with its
+// log's last lines; errors wrap errPortInUse when a node's port was taken.
+func (m *MinIO) settle(ctx context.Context, timeout time.Duration) error {
 	errs := make([]error, len(m.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range m.Nodes {
@@ -171,17 +184,22 @@ func (m *MinIO) startAll(ctx context.Context, wait bool) error {
 			defer wg.Done()
 			n.mu.Lock()
 			defer n.mu.Unlock()
-			errs[i] = n.start(ctx, wait)
+			ready, err := n.readyCheck()
+			if err == nil {
+				err = n.p.waitReady(ctx, timeout, ready)
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("%s: %w", n.Name, err)
+			}
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
-// start runs the node's process (the caller holds n.mu) and, with wait,
-// waits until it serves: live, no degraded state, an authenticated call
-// answered. A node that stops before is an error with its log's last lines.
-func (n *Node) start(ctx context.Context, wait bool) error {
+// start runs the node's process (the caller holds n.mu); it re-reads its
+// env file, as every start of MinIO does.
+func (n *Node) start() error {
 	m := n.m
 	m.mu.Lock()
 	closed := m.closed
@@ -198,21 +216,8 @@ func (n *Node) start(ctx context.Context, wait bool) error {
 	)
 	argv := append([]string{m.bin, "server", "--certs-dir", m.CertsDir, "--address", strings.TrimPrefix(n.URL, "https://")}, m.args...)
 	var err error
-	if n.p, err = startProc("minio "+n.Name, n.Dir, n.Log, env, argv); err != nil {
-		return err
-	}
-	if !wait {
-		return nil
-	}
-	ready, err := n.readyCheck()
-	if err != nil {
-		return err
-	}
-	if err := n.p.waitReady(ctx, 3*time.Minute, ready); err != nil {
-		n.p.stop(10 * time.Second)
-		return err
-	}
-	return nil
+	n.p, err = startProc("minio "+n.Name, n.Dir, n.Log, env, argv)
+	return err
 }
 
 // readyCheck reports the node ready once /minio/health/live answers 200
@@ -265,7 +270,7 @@ func (n *Node) restart(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.p.stop(10 * time.Second)
-	if err := n.start(ctx, false); err != nil {
+	if err := n.start(); err != nil {
 		return err
 	}
 	hc, err := n.m.httpClient()
