@@ -159,12 +159,13 @@ func (d *demoRun) keys(ctx context.Context, why string) error {
 	defer km.Close()
 	d.say("runbook: demo in %s; Key Manager emulator at %s", d.dir, km.URL())
 	file := filepath.Join(d.dir, "demo-keys.hcl")
+	d.file = file
 	ca, err := filepath.Abs(km.CAFile())
 	if err != nil {
 		return fmt.Errorf("resolve the emulator's CA file: %w", err)
 	}
 	d.cf.vars = append([]string{"km_server=" + km.URL(), "km_ca=" + ca, "km_api_key=" + km.RootAPIKey()}, d.cf.vars...)
-	journal := defaultJournal(file)
+	journal := d.journal()
 	planDir, err := d.plan(ctx, file, journal)
 	if err != nil {
 		return err

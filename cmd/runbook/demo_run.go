@@ -21,6 +21,7 @@ type demoRun struct {
 	cf     *commonFlags
 	out    engine.Output
 	dir    string
+	file   string // its runbook, in dir
 	start  time.Time
 	action string // "", "resume" or "rollback"
 
@@ -49,8 +50,8 @@ func (d *demoRun) at(phase string, stage demoStage) { d.phase, d.stage = phase, 
 // cutover, back to KES. Whatever stops it, the servers are stopped and the
 // folder keeps what is needed to continue.
 func (d *demoRun) full(ctx context.Context, opts demo.Options, single string) error {
-	file := filepath.Join(d.dir, "demo.hcl")
-	journal := defaultJournal(file)
+	d.file = filepath.Join(d.dir, "demo.hcl")
+	file, journal := d.file, d.journal()
 	s, sample, err := d.servers(ctx, opts, single)
 	if err != nil {
 		return d.stopped(err, s)
@@ -267,9 +268,15 @@ func (d *demoRun) stopped(err error, s *demo.Servers) error {
 	case stageBack:
 		fmt.Fprintf(d.env.stderr, "runbook: hint: every server the demo started is stopped; finish the rollback with runbook demo --dir %s rollback (it starts them again; runbook rollback alone would find them stopped)\n", d.dir)
 	default:
-		fmt.Fprintf(d.env.stderr, "runbook: hint: every server the demo started is stopped; the journal is in %s: continue with runbook demo --dir %s resume, or undo with runbook demo --dir %s rollback (they start the servers again; runbook resume alone would find them stopped)\n", defaultJournal(filepath.Join(d.dir, "demo.hcl")), d.dir, d.dir)
+		fmt.Fprintf(d.env.stderr, "runbook: hint: every server the demo started is stopped; the journal is in %s: continue with runbook demo --dir %s resume, or undo with runbook demo --dir %s rollback (they start the servers again; runbook resume alone would find them stopped)\n", d.journal(), d.dir, d.dir)
 	}
 	return &reportedError{err: err}
+}
+
+// journal is the demo's journal directory: beside its runbook, or -journal.
+func (d *demoRun) journal() string {
+	j, _ := d.cf.journalFor(d.file) // errs only without a file
+	return j
 }
 
 // useOwnExecutable puts the directory of this executable first on PATH, so

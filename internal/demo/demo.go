@@ -27,6 +27,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,7 +68,6 @@ type state struct {
 	KESPort   int    `json:"kes_port"`
 	KMPort    int    `json:"key_manager_port"`
 	NodePorts []int  `json:"node_ports"`
-	KeyStore  string `json:"key_store"`
 }
 
 const stateFile = "servers.json"
@@ -91,12 +91,12 @@ func Start(ctx context.Context, opts Options) (_ *Servers, err error) {
 			s.Close()
 		}
 	}()
-	st := state{Address: opts.Address, KeyStore: opts.KeyStore}
+	st := state{Address: opts.Address}
 	if s.KM, err = emulator.Start(emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(opts.Dir, "key-manager")}); err != nil {
 		return nil, fmt.Errorf("start the Key Manager emulator: %w", err)
 	}
 	_, port, _ := net.SplitHostPort(s.KM.Addr())
-	fmt.Sscan(port, &st.KMPort)
+	st.KMPort, _ = strconv.Atoi(port)
 
 	// A port picked free can be taken before the server binds it: try again
 	// on fresh ones.
