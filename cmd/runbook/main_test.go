@@ -42,13 +42,13 @@ func TestScripts(t *testing.T) {
 				return err
 			}
 			e.Setenv("JOURNALS", j)
-			// The servers the tests run, for the runbook command scripts
-			// exec (runbook demo): a script's environment is not the
-			// test's, and its HOME is no home with a tools cache.
+			// The servers runbook demo starts, for the runbook command
+			// scripts exec: a script's environment is not the test's, and
+			// its HOME is no home with a tools cache.
 			if cache, err := toolcache.Dir(); err == nil {
 				e.Setenv("RUNBOOK_TOOLS_CACHE", cache)
 			}
-			for _, t := range []toolcache.Tool{toolcache.KES, toolcache.KES023, toolcache.MinIO, toolcache.Vault} {
+			for _, t := range []toolcache.Tool{toolcache.KES, toolcache.MinIO} {
 				if p, err := toolcache.Find(t); err == nil {
 					e.Setenv(t.Env, p)
 				}
