@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,7 +22,8 @@ import (
 //	    runs in DIR or names it on its command line.
 //	journal-unfinished JOURNALDIR STEP ITEM
 //	    STEP recorded checkpoint ITEM and did not finish (its last state is
-//	    running or interrupted): a journal that resume or rollback continues.
+//	    running, interrupted or rolling_back): a journal that resume or
+//	    rollback continues.
 func init() {
 	moreScriptCmds["demo-stopped"] = cmdDemoStopped
 	moreScriptCmds["journal-unfinished"] = cmdJournalUnfinished
@@ -34,22 +36,39 @@ func cmdDemoStopped(ts *testscript.TestScript, neg bool, args []string) {
 	dir := ts.MkAbs(args[0])
 	addrs, err := demo.Ports(dir)
 	ts.Check(err)
+	// A demo killed with SIGKILL leaves its servers to the kernel, which
+	// kills them at once (Pdeathsig); give them a moment to be gone.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		left := demoLeft(dir, addrs)
+		if left == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("%s", left)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ts.Logf("demo-stopped: %d ports free, no process in %s", len(addrs), dir)
+}
+
+// demoLeft names something the demo in dir left running, or is "".
+func demoLeft(dir string, addrs []string) string {
 	for _, a := range addrs {
 		if c, err := net.DialTimeout("tcp", a, 5*time.Second); err == nil {
 			c.Close()
-			ts.Fatalf("%s still accepts connections after the demo ended", a)
+			return a + " still accepts connections after the demo ended"
 		}
 	}
-	procs, err := filepath.Glob("/proc/[0-9]*")
-	ts.Check(err)
+	procs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, p := range procs {
 		cwd, _ := os.Readlink(filepath.Join(p, "cwd"))
 		cmdline, _ := os.ReadFile(filepath.Join(p, "cmdline"))
 		if cwd == dir || strings.HasPrefix(cwd, dir+"/") || strings.Contains(string(cmdline), dir) {
-			ts.Fatalf("process %s (%s) still runs in the demo's folder", filepath.Base(p), strings.ReplaceAll(string(cmdline), "\x00", " "))
+			return fmt.Sprintf("process %s (%s) still runs in the demo's folder", filepath.Base(p), strings.ReplaceAll(string(cmdline), "\x00", " "))
 		}
 	}
-	ts.Logf("demo-stopped: %d ports free, no process in %s", len(addrs), dir)
+	return ""
 }
 
 func cmdJournalUnfinished(ts *testscript.TestScript, neg bool, args []string) {
@@ -73,7 +92,7 @@ func cmdJournalUnfinished(ts *testscript.TestScript, neg bool, args []string) {
 	if !seen {
 		ts.Fatalf("%s recorded no checkpoint %q", args[1], args[2])
 	}
-	if state != engine.StateRunning && state != engine.StateInterrupted {
-		ts.Fatalf("%s is %s, not running or interrupted", args[1], state)
+	if state != engine.StateRunning && state != engine.StateInterrupted && state != engine.StateRollingBack {
+		ts.Fatalf("%s is %s, not running, interrupted or rolling back", args[1], state)
 	}
 }
