@@ -45,11 +45,12 @@ func (s *Servers) serveControl(dir string) error {
 			return
 		}
 		start := time.Now()
-		if err := n.restart(r.Context()); err != nil {
+		pid, err := n.restart(r.Context())
+		if err != nil {
 			http.Error(w, fmt.Sprintf("restart %s: %v", n.Name, err), http.StatusInternalServerError)
 			return
 		}
-		fmt.Fprintf(w, "restarted %s at %s (pid %d) in %s\n", n.Name, n.URL, n.p.cmd.Process.Pid, time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(w, "restarted %s at %s (pid %d) in %s\n", n.Name, n.URL, pid, time.Since(start).Round(time.Millisecond))
 	})
 	s.control = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.control.Serve(ln) }()

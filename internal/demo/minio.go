@@ -177,6 +177,20 @@ func (m *MinIO) startAll() error {
 // log's last lines; errors wrap errPortInUse when a node's port was taken.
 func (m *MinIO) settle(ctx context.Context, timeout time.Duration) error {
 	errs := make([]error, len(m.Nodes))
+	m.each(func(i int, n *Node) {
+		ready, err := n.readyCheck()
+		if err == nil {
+			err = n.p.waitReady(ctx, timeout, ready)
+		}
+		if err != nil {
+			errs[i] = fmt.Errorf("%s: %w", n.Name, err)
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// each runs fn for every node at once, each under its node's lock.
+func (m *MinIO) each(fn func(i int, n *Node)) {
 	var wg sync.WaitGroup
 	for i, n := range m.Nodes {
 		wg.Add(1)
@@ -184,17 +198,10 @@ func (m *MinIO) settle(ctx context.Context, timeout time.Duration) error {
 			defer wg.Done()
 			n.mu.Lock()
 			defer n.mu.Unlock()
-			ready, err := n.readyCheck()
-			if err == nil {
-				err = n.p.waitReady(ctx, timeout, ready)
-			}
-			if err != nil {
-				errs[i] = fmt.Errorf("%s: %w", n.Name, err)
-			}
+			fn(i, n)
 		}()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // start runs the node's process (the caller holds n.mu); it re-reads its
@@ -263,21 +270,21 @@ func (n *Node) live(ctx context.Context, hc *http.Client) (int, string, error) {
 }
 
 // restart stops the node and starts it again, re-reading its env file, as
-// `systemctl restart minio` does on a host; it returns once the node's
-// HTTP server is live (its peers, restarted at the same time, are needed
-// for more: the cutover waits for that itself).
-func (n *Node) restart(ctx context.Context) error {
+// `systemctl restart minio` does on a host; it returns the new process's
+// id once the node's HTTP server is live (more needs its peers, restarted
+// at the same time: the cutover waits for that itself).
+func (n *Node) restart(ctx context.Context) (pid int, err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.p.stop(10 * time.Second)
 	if err := n.start(); err != nil {
-		return err
+		return 0, err
 	}
 	hc, err := n.m.httpClient()
 	if err != nil {
-		return err
+		return 0, err
 	}
-	return n.p.waitReady(ctx, 3*time.Minute, func(ctx context.Context) error {
+	return n.p.cmd.Process.Pid, n.p.waitReady(ctx, 3*time.Minute, func(ctx context.Context) error {
 		_, _, err := n.live(ctx, hc) // any answer: its HTTP server runs
 		return err
 	})
@@ -288,17 +295,7 @@ func (m *MinIO) stopAll() {
 	m.mu.Lock()
 	m.closed = true
 	m.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, n := range m.Nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n.mu.Lock()
-			defer n.mu.Unlock()
-			n.p.stop(10 * time.Second)
-		}()
-	}
-	wg.Wait()
+	m.each(func(_ int, n *Node) { n.p.stop(10 * time.Second) })
 }
 
 // nodeByEnvFile finds the node whose env file is path.
