@@ -1,21 +1,32 @@
-# A rehearsal of the KES → Key Manager migration on embedded defaults: the
-# key store bundled in demo/keystore (48 keys, in both formats KES writes) is
-# migrated into a Key Manager — the emulator that `runbook demo` starts — and
-# every key is proven by a cryptographic round trip. No KES server and no
-# object store take part, so there is no cutover.
+# The whole procedure of migrate.hcl, rehearsed on this machine by
+# `runbook demo`: the bundled KES key store (demo/keystore) served by a real
+# KES, the Key Manager emulator, and a real MinIO on KES-era settings with
+# encrypted objects in it. The steps are migrate.hcl's, in the same order and
+# with the same settings; only the connections name the demo's servers, whose
+# addresses and credentials `runbook demo` passes as the variables below.
+#
+# The demo's MinIO nodes are processes of `runbook demo` itself, so the
+# restart command asks it to restart a node (the cutover runs it once per
+# node, as it would run `systemctl restart minio` on each host).
 runbook {
   name        = "demo"
-  description = "Rehearse moving the SSE keys of the bundled KES key store into a Key Manager enclave"
+  description = "Rehearse moving the SSE keys of a KES-backed MinIO into a Key Manager enclave and cutting MinIO over"
+}
+
+variable "kes_server" {
+  type        = string
+  description = "the demo's KES server, https://127.0.0.1:PORT"
+}
+
+variable "kes_api_key" {
+  type        = string
+  sensitive   = true
+  description = "the KES admin's API key (kes:v1:…)"
 }
 
 variable "km_server" {
   type        = string
-  description = "the Key Manager's address, https://host:port"
-}
-
-variable "km_ca" {
-  type        = string
-  description = "the CA certificate that signs the Key Manager's TLS certificate"
+  description = "the Key Manager emulator, https://127.0.0.1:PORT"
 }
 
 variable "km_api_key" {
@@ -24,46 +35,87 @@ variable "km_api_key" {
   description = "the Key Manager's SysAdmin API key, k1:…"
 }
 
+variable "minio_endpoint" {
+  type        = string
+  description = "node 1 of the demo's MinIO, https://ADDRESS:PORT"
+}
+
+variable "root_password" {
+  type        = string
+  sensitive   = true
+  description = "the password of MinIO's root user demo-admin"
+}
+
+variable "env_files" {
+  type        = list(string)
+  description = "every node's env file"
+}
+
 variable "enclave" {
   type    = string
-  default = "demo"
+  default = "aistor-primary"
 }
 
-# The key store is read through the KES server config, as `kes migrate --from` does.
 kes "legacy" {
-  config = "demo/kes-config.yaml"
+  server  = var.kes_server
+  api_key = var.kes_api_key
+  ca_file = "kes/tls/ca.pem"
+  config  = "kes/config.yaml"
 }
 
-key_manager "rehearsal" {
+key_manager "target" {
   servers = [var.km_server]
   api_key = var.km_api_key
-  ca_file = var.km_ca
+  ca_file = "key-manager/ca.crt"
+}
+
+aistor "demo" {
+  endpoint        = var.minio_endpoint
+  access_key      = "demo-admin"
+  secret_key      = var.root_password
+  ca_file         = "nodes/tls/ca.pem"
+  env_files       = var.env_files
+  restart         = "command"
+  restart_command = ["runbook", "demo", "restart-node"]
+  log_command     = ["runbook", "demo", "node-log"]
 }
 
 prerequisites "preflight" {
   kes         = kes.legacy
-  key_manager = key_manager.rehearsal
+  key_manager = key_manager.target
+  aistor      = aistor.demo
 }
 
-enclave "demo" {
-  key_manager = key_manager.rehearsal
+enclave "primary" {
+  key_manager = key_manager.target
   name        = var.enclave
   depends_on  = [prerequisites.preflight]
 }
 
 identity "aistor" {
-  enclave = enclave.demo
+  enclave = enclave.primary
   admin   = true
 }
 
 migration "keys" {
-  from    = kes.legacy
-  to      = enclave.demo
-  pattern = "*"
+  from        = kes.legacy
+  to          = enclave.primary
+  pattern     = "*"
+  on_conflict = "fail"
 }
 
 verification "keys" {
   source     = kes.legacy
-  target     = enclave.demo
+  target     = enclave.primary
+  objects    = aistor.demo
   depends_on = [migration.keys]
+}
+
+cutover "aistor" {
+  aistor           = aistor.demo
+  enclave          = enclave.primary
+  api_key          = identity.aistor.api_key
+  validate_objects = []
+  on_failure       = "rollback"
+  depends_on       = [verification.keys]
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/runbook-dev/runbook/internal/testenv"
+	"github.com/runbook-dev/runbook/internal/toolcache"
 )
 
 func TestMain(m *testing.M) {
@@ -41,6 +42,17 @@ func TestScripts(t *testing.T) {
 				return err
 			}
 			e.Setenv("JOURNALS", j)
+			// The servers runbook demo starts, for the runbook command
+			// scripts exec: a script's environment is not the test's, and
+			// its HOME is no home with a tools cache.
+			if cache, err := toolcache.Dir(); err == nil {
+				e.Setenv("RUNBOOK_TOOLS_CACHE", cache)
+			}
+			for _, t := range []toolcache.Tool{toolcache.KES, toolcache.MinIO} {
+				if p, err := toolcache.Find(t); err == nil {
+					e.Setenv(t.Env, p)
+				}
+			}
 			return nil
 		},
 	})

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -18,24 +19,43 @@ import (
 // at that instant leaves.
 const killAfterEnv = "RUNBOOK_TEST_KILL_AFTER"
 
-// installKillHook arms the kill of killAfterEnv in the runbook command that
-// scripts run (the re-executed test binary; the real binary has no hook).
+// interruptAfterEnv is killAfterEnv's gentle twin: at the checkpoint it
+// names, the runbook command sends itself SIGINT, as a Ctrl-C in its
+// terminal would, and carries on until it notices.
+const interruptAfterEnv = "RUNBOOK_TEST_INTERRUPT_AFTER"
+
+// installKillHook arms the kill of killAfterEnv, or the interrupt of
+// interruptAfterEnv, in the runbook command that scripts run (the
+// re-executed test binary; the real binary has no hook).
 func installKillHook() {
+	sig, name := syscall.SIGKILL, killAfterEnv
 	spec := os.Getenv(killAfterEnv)
+	if spec == "" {
+		sig, name, spec = syscall.SIGINT, interruptAfterEnv, os.Getenv(interruptAfterEnv)
+	}
 	if spec == "" {
 		return
 	}
 	step, item, ok := strings.Cut(spec, " ")
 	if !ok {
-		fmt.Fprintf(os.Stderr, "%s=%q: write it as \"STEP ITEM\"\n", killAfterEnv, spec)
+		fmt.Fprintf(os.Stderr, "%s=%q: write it as \"STEP ITEM\"\n", name, spec)
 		os.Exit(2)
 	}
+	var once sync.Once
 	engine.AfterCheckpoint = func(s, i string) {
-		if s == step && i == item {
-			fmt.Fprintf(os.Stderr, "test hook: kill -9 after checkpoint %s %s\n", s, i)
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {} // the signal is on its way
+		if s != step || i != item {
+			return
 		}
+		if sig == syscall.SIGINT {
+			once.Do(func() {
+				fmt.Fprintf(os.Stderr, "test hook: interrupt (SIGINT) after checkpoint %s %s\n", s, i)
+				_ = syscall.Kill(os.Getpid(), syscall.SIGINT)
+			})
+			return
+		}
+		fmt.Fprintf(os.Stderr, "test hook: kill -9 after checkpoint %s %s\n", s, i)
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // the signal is on its way
 	}
 }
 

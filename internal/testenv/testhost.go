@@ -159,7 +159,9 @@ var errNoTestHost = errors.New("-netns: run test-host first")
 //	test-host
 //
 // which creates the script's test host (TestHost) and sets TEST_HOST (its
-// address) and TEST_NETNS (its namespace).
+// address), TEST_NETNS (its namespace) and TEST_PEER (the root
+// namespace's side of its link: an address of this machine that only it
+// reaches).
 func cmdTestHost(ts *testscript.TestScript, neg bool, args []string) {
 	fs := newFlags(ts, "test-host", neg)
 	parseFlags(ts, fs, args)

@@ -216,7 +216,7 @@ func Executable(p string) error {
 }
 
 // ProgressEvery is how often Ensure says that a build is still running.
-var ProgressEvery = 30 * time.Second
+var ProgressEvery = time.Minute
 
 // Ensure returns t's binary, building it into the cache first when it is
 // missing: $t.Env if set, else the cached build, else a build under the
