@@ -138,7 +138,7 @@ func (r *rollout) runDeployment(ctx workflow.Context, w int, ds *DeploymentStatu
 			err = fut.Get(ctx, &out)
 		}
 		ds.Finished = workflow.Now(ctx)
-		if errors.Is(err, workflow.ErrChildWorkflowExecutionAlreadyStarted) {
+		if temporal.IsWorkflowExecutionAlreadyStartedError(err) {
 			ds.State, ds.Message = StatePending, "busy: another workflow runs "+ds.WorkflowID+"; retried in "+busyRetry.String()
 			r.decide("%s not started: %s", d.Name, ds.Message)
 			workflow.Sleep(ctx, busyRetry)
