@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"go.temporal.io/sdk/client"
 	sdklog "go.temporal.io/sdk/log"
@@ -61,7 +63,7 @@ func connect(f *fleet.Fleet, logTo io.Writer) (*connection, error) {
 	if logTo == nil {
 		logTo = io.Discard
 	}
-	logger := sdklog.NewStructuredLogger(slog.New(slog.NewTextHandler(logTo, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	logger := sdklog.NewStructuredLogger(slog.New(quietMemo{slog.NewTextHandler(logTo, &slog.HandlerOptions{Level: slog.LevelWarn})}))
 	cl, err := client.Dial(client.Options{HostPort: c.Address, Namespace: f.Temporal.Namespace, Logger: logger})
 	if err != nil {
 		if c.server != nil {
@@ -94,3 +96,20 @@ func runbookExecutable(flagValue string) (string, error) {
 	}
 	return "", &usageError{msg: "no runbook executable to run the deployments with", hint: "run through runbook fleet, put runbook on PATH, or name it with --runbook PATH"}
 }
+
+// quietMemo drops the SDK's warning that a memo passed 2 KiB (TMPRL1103):
+// the rollout's status memo does by design (the server's limit is 2 MiB).
+type quietMemo struct{ slog.Handler }
+
+func (h quietMemo) Handle(ctx context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "TMPRL1103") {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h quietMemo) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return quietMemo{h.Handler.WithAttrs(attrs)}
+}
+
+func (h quietMemo) WithGroup(name string) slog.Handler { return quietMemo{h.Handler.WithGroup(name)} }

@@ -85,11 +85,11 @@ func testMain(m *testing.M) int {
 
 // fleetEnv is a fleet under test: its folder, fleet file and deployments.
 type fleetEnv struct {
-	t      *testing.T
-	dir    string
-	file   string
-	name   string
-	km     *testenv.KeyManager
+	t       *testing.T
+	dir     string
+	file    string
+	name    string
+	km      *testenv.KeyManager
 	stores  map[string]string // deployment → its KES fs key store
 	secrets []string          // every secret the var files hold
 	extra   []string          // environment of the processes started
