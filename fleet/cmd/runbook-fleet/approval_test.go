@@ -51,7 +51,7 @@ func TestApprovalGate(t *testing.T) {
 	wave1 := []string{"gate-02", "gate-03"}
 	notStarted := func(when string) {
 		for _, n := range wave1 {
-			if _, err := os.Stat(fe.journal(n)); err == nil {
+			if fe.started(n) {
 				t.Fatalf("%s: %s started before wave 1 was approved", when, n)
 			}
 		}

@@ -41,8 +41,9 @@ func TestErrorBudget(t *testing.T) {
 	for _, d := range st.Waves[1].Deployments {
 		switch d.State {
 		case rollout.StateFailed:
-			if !strings.Contains(d.Message, "site check failed") {
-				t.Errorf("%s failed with %q, not the injected failure", d.Name, d.Message)
+			stderr, _ := os.ReadFile(filepath.Join(fe.journal(d.Name), "logs", "exec.site_check.stderr"))
+			if !strings.Contains(d.Message, "exec.site_check: sh exited with status 1") || !strings.Contains(string(stderr), "site check failed") {
+				t.Errorf("%s failed with %q (%s), not the injected failure", d.Name, d.Message, stderr)
 			}
 			if _, err := os.Stat(filepath.Join(fe.dir, "fail-"+d.Name)); err != nil {
 				t.Errorf("%s failed, and no failure was injected there", d.Name)
@@ -56,8 +57,8 @@ func TestErrorBudget(t *testing.T) {
 			}
 		case rollout.StateNotStarted:
 			notStarted++
-			if _, err := os.Stat(fe.journal(d.Name)); err == nil {
-				t.Errorf("%s never started, and has a journal", d.Name)
+			if fe.started(d.Name) {
+				t.Errorf("%s never started, and its journal has records", d.Name)
 			}
 		default:
 			t.Errorf("%s ended %s", d.Name, d.State)

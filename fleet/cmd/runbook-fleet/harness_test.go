@@ -638,3 +638,10 @@ func payloadsOf(m proto.Message) [][]byte {
 	walk(m.ProtoReflect())
 	return out
 }
+
+// started reports whether a deployment's journal holds a record (fleet plan
+// makes the journal's folder and hash key, and nothing else).
+func (fe *fleetEnv) started(name string) bool {
+	recs, _, err := engine.ReadJournal(fe.journal(name))
+	return err == nil && len(recs) > 0
+}
