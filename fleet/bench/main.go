@@ -73,7 +73,7 @@ func main() {
 	check(err)
 	defer c.Close()
 	acts := &rollout.Activities{Runbook: bin}
-	for _, w := range []worker.Worker{worker.New(c, rollout.CoordinatorQueue, worker.Options{}), worker.New(c, rollout.HostQueue(fleet.DefaultHost), worker.Options{})} {
+	for _, w := range []worker.Worker{worker.New(c, rollout.CoordinatorQueue, rollout.WorkerOptions()), worker.New(c, rollout.HostQueue(fleet.DefaultHost), rollout.WorkerOptions())} {
 		w.RegisterWorkflow(rollout.FleetWorkflow)
 		w.RegisterWorkflow(rollout.DeploymentWorkflow)
 		w.RegisterActivity(acts)

@@ -18,6 +18,7 @@ import (
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/worker"
 
 	"github.com/runbook-dev/runbook/engine"
 )
@@ -30,6 +31,14 @@ type Activities struct {
 	Runbook string
 	// Log, when set, receives a line per deployment run started and ended.
 	Log io.Writer
+}
+
+// WorkerOptions are the options of every worker: heartbeats reach the
+// server at least every 2 seconds (the SDK's default throttle waits up to
+// 0.8 of the heartbeat timeout, which leaves a busy host little margin and
+// shows stale progress: FLEET.md F2).
+func WorkerOptions() worker.Options {
+	return worker.Options{MaxHeartbeatThrottleInterval: 2 * time.Second, DefaultHeartbeatThrottleInterval: 2 * time.Second}
 }
 
 // interruptGrace is how long a runbook interrupted (SIGINT: it stops at a
@@ -51,6 +60,13 @@ func (a *Activities) RunDeployment(ctx context.Context, d DeploymentInput) (*Out
 	}
 	if mode == "done already" {
 		return &Outcome{Mode: mode, Message: "the journal holds this plan's finished run"}, nil
+	}
+	// A live owner of the journal's lock (a run by hand, or this
+	// deployment's previous attempt still stopping after its heartbeat
+	// timed out): busy, without starting a runbook that the lock would
+	// refuse anyway.
+	if owner, alive, err := engine.InspectLock(d.Journal); err == nil && alive && owner != nil {
+		return nil, temporal.NewApplicationError(fmt.Sprintf("busy: %s: %s", engine.ErrLocked, owner), ErrBusy)
 	}
 	args := []string{"apply", d.PlanDir}
 	if mode == "resume" {

@@ -79,10 +79,10 @@ func runDemo(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	acts := &rollout.Activities{Runbook: bin}
-	coord := worker.New(c.Client, rollout.CoordinatorQueue, worker.Options{})
+	coord := worker.New(c.Client, rollout.CoordinatorQueue, rollout.WorkerOptions())
 	coord.RegisterWorkflow(rollout.FleetWorkflow)
 	coord.RegisterActivity(acts.JudgeApproval)
-	local := worker.New(c.Client, rollout.HostQueue(fleet.DefaultHost), worker.Options{})
+	local := worker.New(c.Client, rollout.HostQueue(fleet.DefaultHost), rollout.WorkerOptions())
 	local.RegisterWorkflow(rollout.DeploymentWorkflow)
 	local.RegisterActivity(acts.RunDeployment)
 	for _, w := range []worker.Worker{coord, local} {

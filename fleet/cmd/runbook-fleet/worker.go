@@ -39,10 +39,10 @@ func runWorker(ctx context.Context, env *cliEnv, args []string) error {
 	acts := &rollout.Activities{Runbook: bin, Log: env.stdout}
 	// Every worker coordinates (fleet workflows, approval checks); only the
 	// host's own run its deployments.
-	coord := worker.New(c.Client, rollout.CoordinatorQueue, worker.Options{})
+	coord := worker.New(c.Client, rollout.CoordinatorQueue, rollout.WorkerOptions())
 	coord.RegisterWorkflow(rollout.FleetWorkflow)
 	coord.RegisterActivity(acts.JudgeApproval)
-	local := worker.New(c.Client, rollout.HostQueue(*host), worker.Options{})
+	local := worker.New(c.Client, rollout.HostQueue(*host), rollout.WorkerOptions())
 	local.RegisterWorkflow(rollout.DeploymentWorkflow)
 	local.RegisterActivity(acts.RunDeployment)
 	for _, w := range []worker.Worker{coord, local} {
