@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -231,7 +232,7 @@ func (fe *fleetEnv) command(args ...string) *exec.Cmd {
 	self, _ := os.Executable()
 	cmd := exec.Command(self, args...)
 	cmd.Dir = fe.dir
-	cmd.Env = append(append(os.Environ(), "RUNBOOK_FLEET_TEST_MAIN=1", "RUNBOOK_BIN="+runbookBin, "RUNBOOK_FLEET_HEARTBEAT_TIMEOUT=5s"), fe.extra...)
+	cmd.Env = append(append(os.Environ(), "RUNBOOK_FLEET_TEST_MAIN=1", "RUNBOOK_BIN="+runbookBin, "RUNBOOK_FLEET_HEARTBEAT_TIMEOUT=15s"), fe.extra...)
 	return cmd
 }
 
@@ -540,6 +541,7 @@ func watchRunbooks(t *testing.T) *procWatch {
 			case <-time.After(50 * time.Millisecond):
 			}
 			live := map[string][]int{}
+			parent := map[int]int{}
 			entries, _ := os.ReadDir("/proc")
 			for _, e := range entries {
 				var pid int
@@ -555,14 +557,30 @@ func watchRunbooks(t *testing.T) *procWatch {
 					continue
 				}
 				stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-				if strings.Contains(string(stat), ") Z ") {
+				// pid (comm) state ppid …
+				fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+				if len(fields) < 2 || fields[0] == "Z" {
 					continue // a zombie: exited, not yet reaped
 				}
+				var ppid int
+				fmt.Sscanf(fields[1], "%d", &ppid)
+				parent[pid] = ppid
 				for i, a := range args {
 					if a == "-journal" && i+1 < len(args) {
 						live[args[i+1]] = append(live[args[i+1]], pid)
 					}
 				}
+			}
+			// A runbook's child between fork and exec (of sh, ssh-keygen, …)
+			// still shows the runbook's command line: not an attempt.
+			for j, pids := range live {
+				var attempts []int
+				for _, p := range pids {
+					if !slices.Contains(pids, parent[p]) {
+						attempts = append(attempts, p)
+					}
+				}
+				live[j] = attempts
 			}
 			w.mu.Lock()
 			for j, pids := range live {

@@ -49,13 +49,17 @@ func TestRollout20(t *testing.T) {
 	}
 	w1.kill9()
 	killedAt := time.Now()
-	// The deployments whose run had begun (their journal holds it) must
-	// resume it; those killed while their plan was checked again had
-	// recorded nothing, and start it.
+	// The deployments whose run had begun a step must resume it; those
+	// killed while their plan was checked again had done nothing yet (at
+	// most a run record, which the next apply archives), and start it.
 	var midRun []string
 	for _, n := range wave1 {
-		if fe.started(n) {
-			midRun = append(midRun, n)
+		recs, _, _ := engine.ReadJournal(fe.journal(n))
+		for _, r := range recs {
+			if r.Kind == "state" {
+				midRun = append(midRun, n)
+				break
+			}
 		}
 	}
 
@@ -100,6 +104,9 @@ func TestRollout20(t *testing.T) {
 	}
 	if len(watch.overlap) > 0 {
 		t.Errorf("attempts of one deployment overlapped: %v", watch.overlap)
+		for _, w := range fe.workers {
+			t.Logf("%s:\n%s", w.log, readFile(t, w.log))
+		}
 	}
 	for _, n := range midRun {
 		d := final.Status.Deployment(n)
