@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/runbook-dev/runbook/internal/toolcache"
 )
 
 func init() {
@@ -59,8 +61,8 @@ type exitStatus struct{ code int }
 func (e *exitStatus) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 // fleetBinary finds runbook-fleet: $RUNBOOK_FLEET_BIN, beside this
-// executable, on PATH, or in the tools cache, built there from the clone's
-// fleet/ module when missing (keyed by the sources it is built from).
+// executable, on PATH, or in the tools cache (internal/toolcache's), built
+// there from the clone's fleet/ module when missing.
 func fleetBinary(env *cliEnv) (string, error) {
 	if p := os.Getenv("RUNBOOK_FLEET_BIN"); p != "" {
 		return p, nil
@@ -74,7 +76,7 @@ func fleetBinary(env *cliEnv) (string, error) {
 	if p, err := exec.LookPath("runbook-fleet"); err == nil {
 		return p, nil
 	}
-	root, err := fleetModuleRoot()
+	root, err := toolcache.RepoRoot()
 	if err != nil {
 		return "", &usageError{msg: "runbook-fleet is not installed and no clone of runbook is here to build it from", hint: "go build -o DIR/runbook-fleet ./cmd/runbook-fleet in the clone's fleet/ folder, DIR beside runbook or on PATH"}
 	}
@@ -82,13 +84,9 @@ func fleetBinary(env *cliEnv) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cache := os.Getenv("RUNBOOK_TOOLS_CACHE")
-	if cache == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", err
-		}
-		cache = filepath.Join(home, ".cache", "runbook", "tools")
+	cache, err := toolcache.Dir()
+	if err != nil {
+		return "", err
 	}
 	bin := filepath.Join(cache, "runbook-fleet-"+key, "runbook-fleet")
 	if _, err := os.Stat(bin); err == nil {
@@ -112,27 +110,10 @@ func fleetBinary(env *cliEnv) (string, error) {
 	return bin, nil
 }
 
-// fleetModuleRoot is the clone holding fleet/go.mod, looked for from the
-// working directory up.
-func fleetModuleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "fleet", "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no fleet/go.mod here or above")
-		}
-		dir = parent
-	}
-}
-
 // sourceKey is the first 8 hex digits of the SHA-256 of the Go sources and
-// module files runbook-fleet is built from (the clone's, but testdata).
+// module files runbook-fleet is built from (the clone's, but testdata and
+// tools/): unlike a tools module's server (internal/toolcache keys those by
+// go.sum), runbook-fleet is the clone's own code, so an edit must rebuild it.
 func sourceKey(root string) (string, error) {
 	var files []string
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
