@@ -148,30 +148,24 @@ func Load(path string) (*Fleet, hcl.Diagnostics) {
 	}
 	content, moreDiags := file.Body.Content(fileSchema)
 	diags = append(diags, moreDiags...)
-	var fleetBlock, rolloutBlock *hcl.Block
+	once := map[string]*hcl.Block{} // fleet, rollout, temporal: one each
 	var deployments []*hcl.Block
 	for _, b := range content.Blocks {
-		switch b.Type {
-		case "deployment", "deployments":
+		if b.Type == "deployment" || b.Type == "deployments" {
 			deployments = append(deployments, b)
 			continue
 		}
-		prev := map[string]*hcl.Block{"fleet": fleetBlock, "rollout": rolloutBlock}[b.Type]
-		if b.Type == "temporal" {
-			diags = append(diags, f.decodeTemporal(b)...)
-		}
-		if prev != nil {
+		if prev := once[b.Type]; prev != nil {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: fmt.Sprintf("Duplicate %s block", b.Type),
 				Detail: fmt.Sprintf("Only one %s block is allowed. Another was defined at %s.", b.Type, prev.DefRange), Subject: b.DefRange.Ptr()})
 			continue
 		}
-		switch b.Type {
-		case "fleet":
-			fleetBlock = b
-		case "rollout":
-			rolloutBlock = b
-		}
+		once[b.Type] = b
 	}
+	if b := once["temporal"]; b != nil {
+		diags = append(diags, f.decodeTemporal(b)...)
+	}
+	fleetBlock, rolloutBlock := once["fleet"], once["rollout"]
 	if fleetBlock == nil {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing fleet block",
 			Detail: `A fleet file needs fleet { name = "…", runbook = "FILE.hcl" }: the fleet's name and the runbook it rolls out.`, Subject: file.Body.MissingItemRange().Ptr()})
