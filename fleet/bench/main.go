@@ -11,8 +11,8 @@
 //     loop's, over N);
 //   - fleet, max_concurrency -concurrency (canary 1, waves of that size).
 //
-// "sum of single runs" adds each deployment's own run time (its journal's
-// first to last record). The embedded Temporal server and the worker run in
+// "sum of single runs" adds each run's own wall time in the loop (the
+// runbook process, start to exit). The embedded Temporal server and the worker run in
 // this process; each deployment is a runbook process, as in production.
 //
 //	cd fleet && go build -o /tmp/runbook ../cmd/runbook
@@ -24,6 +24,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -167,17 +168,28 @@ func plan(bin, dir, prefix string, km *emulator.Server, stores []string, conc in
 func runLoop(bin string, km *emulator.Server, work string, n int, stores []string) (time.Duration, time.Duration) {
 	dir := filepath.Join(work, fmt.Sprintf("loop-%d", n))
 	_, doc, planDir := plan(bin, dir, fmt.Sprintf("loop%d", n), km, stores, 1)
+	// Each run is timed by the loop itself (date before and after): the
+	// process's whole life, its start and the plan's check included.
 	var script strings.Builder
 	script.WriteString("set -e\n")
 	for _, d := range doc.Deployments {
-		fmt.Fprintf(&script, "%q apply %q -journal %q -var-file %q >/dev/null\n", bin, filepath.Join(planDir, d.PlanDir), d.Journal, d.VarFiles[0])
+		fmt.Fprintf(&script, "date +%%s.%%N; %q apply %q -journal %q -var-file %q >/dev/null; date +%%s.%%N\n", bin, filepath.Join(planDir, d.PlanDir), d.Journal, d.VarFiles[0])
 	}
 	start := time.Now()
-	out, err := exec.Command("sh", "-c", script.String()).CombinedOutput()
+	out, err := exec.Command("sh", "-c", script.String()).Output()
 	if err != nil {
 		log.Fatalf("the loop: %v\n%s", err, out)
 	}
-	return time.Since(start), sumOfRuns(doc)
+	wall := time.Since(start)
+	stamps := strings.Fields(string(out))
+	var sum time.Duration
+	for i := 0; i+1 < len(stamps); i += 2 {
+		a, err1 := strconv.ParseFloat(stamps[i], 64)
+		b, err2 := strconv.ParseFloat(stamps[i+1], 64)
+		check(errors.Join(err1, err2))
+		sum += time.Duration((b - a) * float64(time.Second))
+	}
+	return wall, sum
 }
 
 // runFleet rolls the deployments out through Temporal and returns the wall
