@@ -204,7 +204,7 @@ func (a *Activities) run(ctx context.Context, d DeploymentInput, mode string, ar
 			case engine.EventProgress:
 				prog.Step, prog.Done, prog.Total = e.Step, e.Done, e.Total
 			case engine.EventState:
-				prog.Step, prog.State = e.Step, e.State
+				prog.Step, prog.State = e.Step, string(e.State)
 				if e.Error != "" {
 					res.errs = append(res.errs, e.Step+": "+e.Error)
 				}
