@@ -117,38 +117,71 @@ type ApprovalCheck struct {
 	Approvers []string // the distinct approvers that count, sorted
 }
 
-// CheckApprovals judges every approval recorded in planDir against the plan:
-// an approval counts when it names this fingerprint, its approver is not the
-// plan's author and has not already been counted; with allowed signers, also
-// when its SSH signature verifies for that principal (ssh-keygen -Y verify)
-// with a key that no counted approver or the author used, and when the
-// author's own signature (plan.sig) verifies.
-// extra are judged after the recorded ones, as if appended (approve checks a
-// new approval before recording it).
+// CheckApprovals judges every approval recorded in planDir against the plan
+// (JudgeApprovals, with the plan's fingerprint, author, plan.sig and allowed
+// signers). extra are judged after the recorded ones, as if appended
+// (approve checks a new approval before recording it).
 func CheckApprovals(planDir string, doc *PlanDoc, extra ...Approval) (*ApprovalCheck, error) {
 	approvals, err := ReadApprovals(planDir)
 	if err != nil {
 		return nil, err
 	}
-	approvals = append(approvals, extra...)
-	c := &ApprovalCheck{Required: doc.Runbook.Approvals, Author: doc.MadeBy}
-	var signers string
-	authorKey := ""
+	g := ApprovalGate{Required: doc.Runbook.Approvals, Author: doc.MadeBy, Fingerprint: doc.Fingerprint}
 	if doc.Runbook.AllowedSigners != "" {
+		g.AllowedSigners = filepath.Join(planDir, filepath.FromSlash(doc.Runbook.AllowedSigners))
+		sig, err := os.ReadFile(filepath.Join(planDir, AuthorSigFile))
+		if err != nil {
+			g.AuthorSigErr = fmt.Errorf("the author's signature %s cannot be read: %s", AuthorSigFile, errors.Unwrap(err))
+		}
+		g.AuthorSig = string(sig)
+	}
+	return JudgeApprovals(g, append(approvals, extra...)), nil
+}
+
+// ApprovalGate is what approvals are judged against: a plan's, or anything
+// else approved the same way (a wave of a fleet rollout, whose Fingerprint
+// then names the wave).
+type ApprovalGate struct {
+	Required int
+	// AllowedSigners is an OpenSSH allowed-signers file; empty: approvals
+	// are names, not signed.
+	AllowedSigners string
+	Author         string
+	// AuthorSig is the author's armored signature over Fingerprint
+	// (AuthorNamespace); AuthorSigErr says why there is none to read.
+	AuthorSig    string
+	AuthorSigErr error
+	Fingerprint  string // what an approval names, and with allowed signers what it signs
+	// AuthorSigned is what the author signed, when not Fingerprint.
+	AuthorSigned string
+}
+
+// JudgeApprovals judges approvals in order: one counts when it names the
+// gate's fingerprint, its approver is not the author and has not already
+// been counted; with allowed signers, also when its SSH signature verifies
+// for that principal (ssh-keygen -Y verify) with a key that no counted
+// approver or the author used, and when the author's own signature verifies.
+func JudgeApprovals(g ApprovalGate, approvals []Approval) *ApprovalCheck {
+	c := &ApprovalCheck{Required: g.Required, Author: g.Author}
+	authorKey := ""
+	if g.AllowedSigners != "" {
 		c.Signed = true
-		signers = filepath.Join(planDir, filepath.FromSlash(doc.Runbook.AllowedSigners))
-		switch sig, err := os.ReadFile(filepath.Join(planDir, AuthorSigFile)); {
-		case doc.MadeBy == "":
+		switch {
+		case g.Author == "":
 			c.AuthorWhy = "the plan names no author (runbook plan --by NAME --key KEY)"
-		case err != nil:
-			c.AuthorWhy = fmt.Sprintf("the author's signature %s cannot be read: %s", AuthorSigFile, errors.Unwrap(err))
+		case g.AuthorSigErr != nil:
+			c.AuthorWhy = g.AuthorSigErr.Error()
 		default:
-			key, err := VerifySignature(signers, doc.MadeBy, AuthorNamespace, doc.Fingerprint, string(sig))
+			signed := g.Fingerprint
+			if g.AuthorSigned != "" {
+				signed = g.AuthorSigned
+			}
+			key, err := VerifySignature(g.AllowedSigners, g.Author, AuthorNamespace, signed, g.AuthorSig)
 			if err != nil {
 				c.AuthorWhy = err.Error()
 			} else {
 				c.AuthorOK, authorKey = true, key
-				c.AuthorWhy = fmt.Sprintf("signed by %s with key %s", doc.MadeBy, key)
+				c.AuthorWhy = fmt.Sprintf("signed by %s with key %s", g.Author, key)
 			}
 		}
 	}
@@ -158,9 +191,9 @@ func CheckApprovals(planDir string, doc *PlanDoc, extra ...Approval) (*ApprovalC
 		name := strings.TrimSpace(a.By)
 		key := ""
 		switch {
-		case a.Fingerprint != doc.Fingerprint:
+		case a.Fingerprint != g.Fingerprint:
 			st.Why = "for another version of the plan: does not count"
-		case doc.MadeBy != "" && strings.EqualFold(name, doc.MadeBy):
+		case g.Author != "" && strings.EqualFold(name, g.Author):
 			st.Why = name + " made the plan and cannot approve it: does not count"
 		case c.Signed && a.Signature == "":
 			st.Why = "not signed, and the runbook names allowed signers: does not count"
@@ -169,7 +202,7 @@ func CheckApprovals(planDir string, doc *PlanDoc, extra ...Approval) (*ApprovalC
 		}
 		if st.Why == "" && c.Signed {
 			var err error
-			key, err = VerifySignature(signers, name, ApprovalNamespace, doc.Fingerprint, a.Signature)
+			key, err = VerifySignature(g.AllowedSigners, name, ApprovalNamespace, g.Fingerprint, a.Signature)
 			switch {
 			case err != nil:
 				st.Why = err.Error() + ": does not count"
@@ -192,7 +225,7 @@ func CheckApprovals(planDir string, doc *PlanDoc, extra ...Approval) (*ApprovalC
 		c.Entries = append(c.Entries, st)
 	}
 	sort.Strings(c.Approvers)
-	return c, nil
+	return c
 }
 
 // Digest identifies the approvals that count: SHA-256 (hex) of their

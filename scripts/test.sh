@@ -7,7 +7,8 @@
 #    instant when cached),
 # 2. exports RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_MINIO_BIN,
 #    RUNBOOK_VAULT_BIN,
-# 3. checks formatting and vet, runs every test against those servers, the
+# 3. checks formatting and vet, runs every test against those servers (the
+#    fleet module's too: fleet/ has its own go.mod), the
 #    race detector over engine, steps and emulator, a 10-point crash test
 #    (bench/crash, docs/crash-test.md) and each fuzz target briefly.
 #
@@ -31,6 +32,24 @@ fi
 go vet ./...
 go test -count=1 -timeout 60m "$@" ./...
 echo "test.sh: tests passed after $(($(date +%s) - start))s" >&2
+
+# The fleet module (fleet/, a module of its own so that Temporal's server and
+# SDK stay out of this one): its formatting, vet and tests, against the
+# embedded Temporal server, real KES servers, a real MinIO and the emulator,
+# with real worker processes. The first build of Temporal's server takes
+# about 9 minutes on 2 cores; later runs come from the build cache.
+(
+	cd fleet
+	unformatted="$(gofmt -l .)"
+	if [[ -n "$unformatted" ]]; then
+		echo "test.sh: gofmt needed in fleet/:" >&2
+		echo "$unformatted" >&2
+		exit 1
+	fi
+	go vet ./...
+	go test -count=1 -timeout 40m ./...
+)
+echo "test.sh: fleet module passed after $(($(date +%s) - start))s" >&2
 
 # The race detector over the packages with concurrency of their own: the
 # journal's group commit and the walk (engine), the migration's workers and

@@ -122,6 +122,10 @@ func exitCode(env *cliEnv, err error) int {
 		}
 		return exitUsage
 	}
+	var xs *exitStatus
+	if errors.As(err, &xs) {
+		return xs.code // runbook fleet: the child printed its errors
+	}
 	var re *reportedError
 	if errors.As(err, &re) {
 		if errors.Is(err, engine.ErrRefused) {
