@@ -67,7 +67,9 @@ func (r *Run) Forced() bool { return r.x.opts.Force }
 func (r *Run) Attempt() int { return r.attempt }
 
 // Checkpoint records that one item of the step's work is done, durably, before
-// it returns. data is the step's own JSON; it must hold no secret.
+// it returns. data is the step's own JSON; it must hold no secret. Steps
+// declare their items (Item, Family in item.go) and record through them;
+// the raw name is what the cutover uses until it is converted.
 func (r *Run) Checkpoint(item string, data any) error {
 	return r.CheckpointAll([]CheckpointItem{{Item: item, Data: data}})
 }
@@ -124,7 +126,8 @@ func (r *Run) CheckpointAll(items []CheckpointItem) error {
 // rollback from exactly that journal.
 var AfterCheckpoint func(step, item string)
 
-// Checkpoints returns the items recorded so far by this and earlier attempts.
+// Checkpoints returns the items recorded so far by this and earlier
+// attempts, by raw name (steps read through their declared Items).
 func (r *Run) Checkpoints() map[string]json.RawMessage {
 	r.mu.Lock()
 	defer r.mu.Unlock()

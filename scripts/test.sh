@@ -77,7 +77,7 @@ echo "test.sh: crash test passed after $(($(date +%s) - start))s" >&2
 fuzzcount="${RUNBOOK_FUZZCOUNT:-3000x}"
 for target in "./engine FuzzLoad" "./engine FuzzLoadLimits" "./engine FuzzReadJournal" "./engine FuzzRedact" \
 	"./internal/kescrypto FuzzParseKey" "./internal/kescrypto FuzzOpen" \
-	"./emulator FuzzKMSRequest" "./steps FuzzEditEnv"; do
+	"./emulator FuzzKMSRequest" "./internal/envfile FuzzEdit"; do
 	set -- $target
 	go test -run '^$' -fuzz "^$2\$" -fuzztime "$fuzzcount" "$1"
 done

@@ -71,16 +71,12 @@ type migrationEnv struct {
 	keys    map[string]kescrypto.Key
 }
 
-// newMigrationEnv makes n keys and an emulator playing readings (default:
-// the most demanding).
-func newMigrationEnv(t testing.TB, n int, readings ...emulator.Readings) *migrationEnv {
+// writeKESKeys writes n random keys into an fs key store as KES v0.24
+// stores them (key-000, …; every other one ChaCha20) and returns them by
+// name.
+func writeKESKeys(t testing.TB, store string, n int) map[string]kescrypto.Key {
 	t.Helper()
-	dir := t.TempDir()
-	store := filepath.Join(dir, "keys")
-	if err := os.MkdirAll(store, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	env := &migrationEnv{dir: store, enclave: "e", keys: map[string]kescrypto.Key{}}
+	keys := map[string]kescrypto.Key{}
 	for i := range n {
 		k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), HMAC: make([]byte, 32)}
 		if i%2 == 1 {
@@ -96,8 +92,21 @@ func newMigrationEnv(t testing.TB, n int, readings ...emulator.Readings) *migrat
 		if err := os.WriteFile(filepath.Join(store, name), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		env.keys[name] = k
+		keys[name] = k
 	}
+	return keys
+}
+
+// newMigrationEnv makes n keys and an emulator playing readings (default:
+// the most demanding).
+func newMigrationEnv(t testing.TB, n int, readings ...emulator.Readings) *migrationEnv {
+	t.Helper()
+	dir := t.TempDir()
+	store := filepath.Join(dir, "keys")
+	if err := os.MkdirAll(store, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	env := &migrationEnv{dir: store, enclave: "e", keys: writeKESKeys(t, store, n)}
 	var r emulator.Readings
 	if len(readings) > 0 {
 		r = readings[0]

@@ -2,9 +2,8 @@ package steps
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
-	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,7 +14,6 @@ import (
 	"github.com/runbook-dev/runbook/emulator"
 	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/engine/enginetest"
-	"github.com/runbook-dev/runbook/internal/kescrypto"
 	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
@@ -92,19 +90,11 @@ func newInProcess(t *testing.T, n int) *inProcess {
 	t.Helper()
 	h := enginetest.New(t, inProcessRunbook)
 	h.WriteFile("kes/kes-config.yaml", "version: v1\naddress: 0.0.0.0:7373\nadmin:\n  identity: 3ecfcdf38fcbe141ae26a1030f81e96b753365a46760ae6b578698a97c59fd22\ntls:\n  key: ./server.key\n  cert: ./server.cert\nkeystore:\n  fs:\n    path: ./keys\n")
-	ip := &inProcess{h: h}
-	for i := range n {
-		k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), HMAC: make([]byte, 32)}
-		rand.Read(k.Material)
-		rand.Read(k.HMAC)
-		b, err := k.MarshalV024()
-		if err != nil {
-			t.Fatal(err)
-		}
-		name := fmt.Sprintf("key-%03d", i)
-		h.WriteFile(filepath.Join("kes", "keys", name), string(b))
-		ip.keys = append(ip.keys, name)
+	store := filepath.Join(h.Dir, "kes", "keys")
+	if err := os.MkdirAll(store, 0o700); err != nil {
+		t.Fatal(err)
 	}
+	ip := &inProcess{h: h, keys: slices.Sorted(maps.Keys(writeKESKeys(t, store, n)))}
 	km, err := emulator.Start(emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(t.TempDir(), "km")})
 	if err != nil {
 		t.Fatal(err)

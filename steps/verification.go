@@ -190,11 +190,7 @@ func verifyMatch(names []string, pattern string) []string {
 }
 
 func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan, error) {
-	src, srcAddr, err := engine.ConnectionFrom[*kesConnection](v.cfg.Source, "kes")
-	if err != nil {
-		return nil, err
-	}
-	enc, err := enclaveFrom(v.cfg.Target)
+	src, srcAddr, enc, err := v.ends()
 	if err != nil {
 		return nil, err
 	}
@@ -345,12 +341,21 @@ type verifyRun struct {
 	problems []string
 }
 
-func (v *verificationStep) begin(ctx context.Context, r *engine.Run) (*verifyRun, error) {
+// ends are the two sides the verification compares: the kes block (and its
+// address) and the enclave.
+func (v *verificationStep) ends() (*kesConnection, string, enclaveRef, error) {
 	src, srcAddr, err := engine.ConnectionFrom[*kesConnection](v.cfg.Source, "kes")
 	if err != nil {
-		return nil, err
+		return nil, "", enclaveRef{}, err
 	}
 	enc, err := enclaveFrom(v.cfg.Target)
+	return src, srcAddr, enc, err
+}
+
+// begin connects to both ends (and to the KES server, if the kes block
+// names one) for Apply.
+func (v *verificationStep) begin(ctx context.Context, r *engine.Run) (*verifyRun, error) {
+	src, srcAddr, enc, err := v.ends()
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package steps
+package envfile
 
 import (
 	"strings"
@@ -15,15 +15,15 @@ var kmSet = map[string]string{
 func TestEditEnvCommentsKESAndAppends(t *testing.T) {
 	t.Parallel()
 	in := "# MinIO\nMINIO_ROOT_USER=admin\nexport MINIO_KMS_KES_ENDPOINT=\"https://kes:7373\"\n  MINIO_KMS_KES_KEY_NAME='minio-default-key'\n\nMINIO_VOLUMES=/data\nMINIO_KMS_KES_API_KEY=kes:v1:abc\n"
-	out, err := editEnv([]byte(in), kmSet)
+	out, err := Edit([]byte(in), kmSet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "# MinIO\nMINIO_ROOT_USER=admin\n#export MINIO_KMS_KES_ENDPOINT=\"https://kes:7373\"\n#  MINIO_KMS_KES_KEY_NAME='minio-default-key'\n\nMINIO_VOLUMES=/data\n#MINIO_KMS_KES_API_KEY=kes:v1:abc\n" + appendHeader + "\nMINIO_KMS_SERVER=https://kms-1:7373,https://kms-2:7373\nMINIO_KMS_ENCLAVE=aistor-primary\nMINIO_KMS_API_KEY=k1:SECRETSECRET\nMINIO_KMS_SSE_KEY=minio-default-key\n"
+	want := "# MinIO\nMINIO_ROOT_USER=admin\n#export MINIO_KMS_KES_ENDPOINT=\"https://kes:7373\"\n#  MINIO_KMS_KES_KEY_NAME='minio-default-key'\n\nMINIO_VOLUMES=/data\n#MINIO_KMS_KES_API_KEY=kes:v1:abc\n" + AppendHeader + "\nMINIO_KMS_SERVER=https://kms-1:7373,https://kms-2:7373\nMINIO_KMS_ENCLAVE=aistor-primary\nMINIO_KMS_API_KEY=k1:SECRETSECRET\nMINIO_KMS_SSE_KEY=minio-default-key\n"
 	if string(out) != want {
 		t.Fatalf("got:\n%s\nwant:\n%s", out, want)
 	}
-	again, err := editEnv(out, kmSet)
+	again, err := Edit(out, kmSet)
 	if err != nil || string(again) != string(out) {
 		t.Fatalf("not idempotent: %v\n%s", err, again)
 	}
@@ -32,7 +32,7 @@ func TestEditEnvCommentsKESAndAppends(t *testing.T) {
 func TestEditEnvReplacesInPlaceKeepingForm(t *testing.T) {
 	t.Parallel()
 	in := "export MINIO_KMS_SERVER=\"https://old:7373\"\nMINIO_KMS_KES_KEY_NAME=k\nMINIO_KMS_ENCLAVE='old'\nMINIO_OTHER=1\r\nMINIO_KMS_SSE_KEY=x\nMINIO_KMS_API_KEY=k1:old\n"
-	out, err := editEnv([]byte(in), kmSet)
+	out, err := Edit([]byte(in), kmSet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestEditEnvReplacesInPlaceKeepingForm(t *testing.T) {
 	if string(out) != want {
 		t.Fatalf("got:\n%q\nwant:\n%q", out, want)
 	}
-	env, err := envEffective(out)
+	env, err := Effective(out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestEditEnvRefuses(t *testing.T) {
 		"malformed line": "MINIO_ROOT_USER=a\nnot a variable\n",
 		"static key":     "MINIO_KMS_KES_KEY_NAME=k\nMINIO_KMS_SECRET_KEY=my-key:abc\n",
 	} {
-		if _, err := editEnv([]byte(in), kmSet); err == nil {
+		if _, err := Edit([]byte(in), kmSet); err == nil {
 			t.Errorf("%s: edit succeeded", name)
 		}
 	}
@@ -74,13 +74,13 @@ func TestParseEnvLineLikeMinIO(t *testing.T) {
 		"A=":             {"A", ""},
 		"export\tA=\"\"": {"A", ""},
 	} {
-		e, ok, err := parseEnvLine(line)
+		e, ok, err := ParseLine(line)
 		if err != nil || !ok || e.Key != want[0] || e.Value != want[1] {
 			t.Errorf("%q: got %q=%q ok=%v err=%v, want %q=%q", line, e.Key, e.Value, ok, err, want[0], want[1])
 		}
 	}
 	for _, line := range []string{"", "   ", "# A=b", "  #A=b"} {
-		if _, ok, err := parseEnvLine(line); ok || err != nil {
+		if _, ok, err := ParseLine(line); ok || err != nil {
 			t.Errorf("%q: parsed as an entry", line)
 		}
 	}
@@ -89,11 +89,11 @@ func TestParseEnvLineLikeMinIO(t *testing.T) {
 func TestEnvDiffHidesSecrets(t *testing.T) {
 	t.Parallel()
 	in := "MINIO_ROOT_PASSWORD=rootpw\nMINIO_KMS_KES_API_KEY=kes:v1:abc\nMINIO_KMS_KES_KEY_NAME=k\n"
-	out, err := editEnv([]byte(in), kmSet)
+	out, err := Edit([]byte(in), kmSet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	diff := strings.Join(envDiff([]byte(in), out), "\n")
+	diff := strings.Join(Diff([]byte(in), out), "\n")
 	for _, secret := range []string{"SECRETSECRET", "kes:v1:abc", "rootpw"} {
 		if strings.Contains(diff, secret) {
 			t.Errorf("diff shows %q:\n%s", secret, diff)
@@ -109,28 +109,12 @@ func TestEnvDiffHidesSecrets(t *testing.T) {
 	}
 }
 
-func TestParseEnvNode(t *testing.T) {
-	t.Parallel()
-	n, err := parseEnvNode("ssh://root@10.0.0.1:2222/etc/default/minio")
-	if err != nil || n.Host != "10.0.0.1:2222" || n.User != "root" || n.Path != "/etc/default/minio" {
-		t.Fatalf("got %+v, %v", n, err)
-	}
-	if n, err := parseEnvNode("ssh://minio@node2/etc/default/minio"); err != nil || n.Host != "node2:22" {
-		t.Fatalf("default port: %+v, %v", n, err)
-	}
-	for _, bad := range []string{"ssh://node/etc/x", "ssh://u:pw@node/etc/x", "http://node/x", "ssh://u@node"} {
-		if _, err := parseEnvNode(bad); err == nil {
-			t.Errorf("%s accepted", bad)
-		}
-	}
-}
-
-// FuzzEditEnv edits arbitrary env files with arbitrary values. Whenever the
+// FuzzEdit edits arbitrary env files with arbitrary values. Whenever the
 // edit succeeds: editing the edited file changes nothing (the cutover's
 // resume edits again what a crash left edited), and MinIO reads from it what
 // it read before, without the MINIO_KMS_KES_* variables and with the set
 // ones.
-func FuzzEditEnv(f *testing.F) {
+func FuzzEdit(f *testing.F) {
 	f.Add("# MinIO\nMINIO_ROOT_USER=admin\nexport MINIO_KMS_KES_ENDPOINT=\"https://kes:7373\"\n  MINIO_KMS_KES_KEY_NAME='minio-default-key'\n\nMINIO_VOLUMES=/data\n", "https://kms-1:7373", "aistor-primary", "k1:SECRET", "minio-default-key")
 	f.Add("export MINIO_KMS_SERVER=\"https://old:7373\"\nMINIO_KMS_ENCLAVE='old'\nMINIO_OTHER=1\r\nMINIO_KMS_SSE_KEY=x\n", "https://kms-1:7373,https://kms-2:7373", "e", "k1:x", "k")
 	f.Add("MINIO_KMS_SERVER=a\nMINIO_KMS_SERVER=b\n#MINIO_KMS_ENCLAVE=c\n", "'quoted'", "\"dq\"", "", " spaced ")
@@ -138,28 +122,28 @@ func FuzzEditEnv(f *testing.F) {
 	f.Add("A=1\nA='2'\nexport  B=\"x\nC\n", "v", "v", "v", "v")
 	f.Fuzz(func(t *testing.T, content, server, enclave, apiKey, sseKey string) {
 		set := map[string]string{"MINIO_KMS_SERVER": server, "MINIO_KMS_ENCLAVE": enclave, "MINIO_KMS_API_KEY": apiKey, "MINIO_KMS_SSE_KEY": sseKey}
-		out, err := editEnv([]byte(content), set)
+		out, err := Edit([]byte(content), set)
 		if err != nil {
 			return // refused: the cutover stops before any change
 		}
-		again, err := editEnv(out, set)
+		again, err := Edit(out, set)
 		if err != nil {
 			t.Fatalf("editing the edited file failed: %v\nedited:\n%q", err, out)
 		}
 		if string(again) != string(out) {
 			t.Fatalf("the edit is not idempotent:\nonce:  %q\ntwice: %q", out, again)
 		}
-		before, err := envEffective([]byte(content))
+		before, err := Effective([]byte(content))
 		if err != nil {
-			t.Fatalf("editEnv accepted a file envEffective refuses: %v", err)
+			t.Fatalf("Edit accepted a file Effective refuses: %v", err)
 		}
-		after, err := envEffective(out)
+		after, err := Effective(out)
 		if err != nil {
 			t.Fatalf("the edited file does not parse: %v", err)
 		}
 		want := map[string]string{}
 		for k, v := range before {
-			if !strings.HasPrefix(k, kesPrefix) {
+			if !strings.HasPrefix(k, KESPrefix) {
 				want[k] = v
 			}
 		}
