@@ -77,15 +77,15 @@ func cmdJournalUnfinished(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	records, _, err := engine.ReadJournal(ts.MkAbs(args[0]))
 	ts.Check(err)
-	seen, state := false, ""
+	seen, state := false, engine.State("")
 	for _, r := range records {
 		if r.Step != args[1] {
 			continue
 		}
 		switch {
-		case r.Kind == "checkpoint" && r.Item == args[2]:
+		case r.Kind == engine.RecordCheckpoint && r.Item == args[2]:
 			seen = true
-		case r.Kind == "state":
+		case r.Kind == engine.RecordState:
 			state = r.State
 		}
 	}
