@@ -16,123 +16,179 @@ const changeListLimit = 20
 // reviewer — a summary first, then each step, the verification, the
 // rollback path, the risks and the fingerprint.
 func renderChange(d *PlanDoc, items map[string][]string) []byte {
-	var b bytes.Buffer
-	// Every string shown is escaped (Printable): names and observations come
-	// from the systems the plan read, and must not be able to change how the
-	// text around them reads on a terminal or in a Markdown viewer.
-	p := func(format string, args ...any) {
-		for i, a := range args {
-			switch v := a.(type) {
-			case string:
-				args[i] = Printable(v)
-			case preformatted:
-				args[i] = PrintableLines(string(v))
-			}
+	w := &changeWriter{d: d, items: items}
+	w.summary()
+	w.whatWillChange()
+	w.stepsInOrder()
+	w.verification()
+	w.rollbackPath()
+	w.risks()
+	w.variables()
+	w.bound()
+	return w.b.Bytes()
+}
+
+// changeWriter renders one PlanDoc as CHANGE.md, a section per method.
+type changeWriter struct {
+	b     bytes.Buffer
+	d     *PlanDoc
+	items map[string][]string // items/ file name -> its lines
+}
+
+// p writes like fmt.Fprintf with every string argument escaped
+// (Printable): names and observations come from the systems the plan
+// read, and must not be able to change how the text around them reads on
+// a terminal or in a Markdown viewer.
+func (w *changeWriter) p(format string, args ...any) {
+	for i, a := range args {
+		switch v := a.(type) {
+		case string:
+			args[i] = Printable(v)
+		case preformatted:
+			args[i] = PrintableLines(string(v))
 		}
-		fmt.Fprintf(&b, format, args...)
 	}
-	p("# Change request: %s\n\n", d.Runbook.Name)
+	fmt.Fprintf(&w.b, format, args...)
+}
+
+// summary is the title, the description and the table a reviewer reads
+// first: runbook, steps, item counts, estimate, targets, risks,
+// approvals, author and fingerprint.
+func (w *changeWriter) summary() {
+	d := w.d
+	w.p("# Change request: %s\n\n", d.Runbook.Name)
 	if d.Runbook.Description != "" {
-		p("%s\n\n", d.Runbook.Description)
+		w.p("%s\n\n", d.Runbook.Description)
 	}
-	p("| | |\n|---|---|\n")
-	p("| Runbook | `%s` (sha256 `%s`) |\n", d.Runbook.File, short(d.Runbook.SourceSHA256))
-	p("| Steps | %d, in the order below |\n", len(d.Steps))
+	w.p("| | |\n|---|---|\n")
+	w.p("| Runbook | `%s` (sha256 `%s`) |\n", d.Runbook.File, short(d.Runbook.SourceSHA256))
+	w.p("| Steps | %d, in the order below |\n", len(d.Steps))
 	var estimate float64
 	for _, s := range d.Steps {
 		estimate += s.EstimateSeconds
 		if s.Items > 0 {
-			label := s.ItemsLabel
-			if label == "" {
-				label = "items"
-			}
-			p("| %s | %d %s |\n", s.Address, s.Items, label)
+			w.p("| %s | %d %s |\n", s.Address, s.Items, itemsLabel(s))
 		}
 	}
 	if estimate > 0 {
-		p("| Estimated duration | about %s |\n", humanDuration(estimate))
+		w.p("| Estimated duration | about %s |\n", humanDuration(estimate))
 	}
 	if len(d.Targets) > 0 {
-		p("| Targets | %s |\n", strings.Join(d.Targets, ", "))
+		w.p("| Targets | %s |\n", strings.Join(d.Targets, ", "))
 	}
-	p("| Risks | %d (see below) |\n", len(d.Risks))
+	w.p("| Risks | %d (see below) |\n", len(d.Risks))
 	switch {
 	case d.Runbook.AllowedSigners != "":
-		p("| Approvals required | %d, each SSH-signed by a distinct key listed in `%s` |\n", d.Runbook.Approvals, d.Runbook.AllowedSigners)
+		w.p("| Approvals required | %d, each SSH-signed by a distinct key listed in `%s` |\n", d.Runbook.Approvals, d.Runbook.AllowedSigners)
 	default:
-		p("| Approvals required | %d |\n", d.Runbook.Approvals)
+		w.p("| Approvals required | %d |\n", d.Runbook.Approvals)
 	}
 	if d.MadeBy != "" {
-		p("| Made by | %s (who cannot approve it) |\n", d.MadeBy)
+		w.p("| Made by | %s (who cannot approve it) |\n", d.MadeBy)
 	}
-	p("| Fingerprint | `%s` |\n\n", d.Fingerprint)
+	w.p("| Fingerprint | `%s` |\n\n", d.Fingerprint)
+}
 
-	p("## What will change\n\n")
-	for _, s := range d.Steps {
+// itemsLabel is what a step's items are called ("items" unless it says).
+func itemsLabel(s PlanStepDoc) string {
+	if s.ItemsLabel == "" {
+		return "items"
+	}
+	return s.ItemsLabel
+}
+
+// whatWillChange lists each step's first action.
+func (w *changeWriter) whatWillChange() {
+	w.p("## What will change\n\n")
+	for _, s := range w.d.Steps {
 		if len(s.Actions) > 0 {
-			p("- **%s**: %s\n", s.Address, s.Actions[0])
+			w.p("- **%s**: %s\n", s.Address, s.Actions[0])
 		}
 	}
-	p("\n## Steps in execution order\n")
-	for i, s := range d.Steps {
-		p("\n### %d. `%s`\n\n", i+1, s.Address)
+}
+
+// stepsInOrder is one section per step: what it observed, what it will
+// do, its items (the first changeListLimit, the rest in items/), its
+// sections and its rollback.
+func (w *changeWriter) stepsInOrder() {
+	w.p("\n## Steps in execution order\n")
+	for i, s := range w.d.Steps {
+		w.p("\n### %d. `%s`\n\n", i+1, s.Address)
 		if len(s.DependsOn) > 0 {
-			p("After: %s\n\n", codeList(s.DependsOn))
+			w.p("After: %s\n\n", codeList(s.DependsOn))
 		}
-		bullets(&b, "Observed", s.Observed)
-		bullets(&b, "Will do", s.Actions)
+		bullets(&w.b, "Observed", s.Observed)
+		bullets(&w.b, "Will do", s.Actions)
 		if s.Items > 0 {
-			label := s.ItemsLabel
-			if label == "" {
-				label = "items"
-			}
-			list := items[strings.TrimPrefix(s.ItemsFile, itemsDir+"/")]
-			shown := list
-			if len(shown) > changeListLimit {
-				shown = shown[:changeListLimit]
-			}
-			p("**%s (%d)**: %s", capitalise(label), s.Items, codeList(shown))
-			if len(list) > len(shown) {
-				p(" and %d more", len(list)-len(shown))
-			}
-			p(" — full list in [`%s`](%s)\n\n", s.ItemsFile, s.ItemsFile)
+			w.itemList(s)
 		}
 		for _, sec := range s.Sections {
-			p("**%s**\n\n```\n%s\n```\n\n", sec.Title, preformatted(strings.TrimRight(sec.Body, "\n")))
+			w.p("**%s**\n\n```\n%s\n```\n\n", sec.Title, preformatted(strings.TrimRight(sec.Body, "\n")))
 		}
 		if s.Rollback != "" {
-			p("**Rollback**: %s\n\n", s.Rollback)
+			w.p("**Rollback**: %s\n\n", s.Rollback)
 		}
 	}
-	p("## Verification that will prove success\n\n")
+}
+
+// itemList shows a step's items, at most changeListLimit of them, and
+// links the full list in items/.
+func (w *changeWriter) itemList(s PlanStepDoc) {
+	list := w.items[strings.TrimPrefix(s.ItemsFile, itemsDir+"/")]
+	shown := list
+	if len(shown) > changeListLimit {
+		shown = shown[:changeListLimit]
+	}
+	w.p("**%s (%d)**: %s", capitalise(itemsLabel(s)), s.Items, codeList(shown))
+	if len(list) > len(shown) {
+		w.p(" and %d more", len(list)-len(shown))
+	}
+	w.p(" — full list in [`%s`](%s)\n\n", s.ItemsFile, s.ItemsFile)
+}
+
+// verification lists what every step says will prove success.
+func (w *changeWriter) verification() {
+	w.p("## Verification that will prove success\n\n")
 	n := 0
-	for _, s := range d.Steps {
+	for _, s := range w.d.Steps {
 		for _, v := range s.Verification {
-			p("- %s (`%s`)\n", v, s.Address)
+			w.p("- %s (`%s`)\n", v, s.Address)
 			n++
 		}
 	}
 	if n == 0 {
-		p("- No step states a verification; each step's own checks apply.\n")
+		w.p("- No step states a verification; each step's own checks apply.\n")
 	}
-	p("\n## Rollback path\n\n`runbook rollback` undoes the steps in reverse order:\n\n")
-	for i := len(d.Steps) - 1; i >= 0; i-- {
-		s := d.Steps[i]
+}
+
+// rollbackPath lists each step's undo, in reverse order.
+func (w *changeWriter) rollbackPath() {
+	w.p("\n## Rollback path\n\n`runbook rollback` undoes the steps in reverse order:\n\n")
+	for i := len(w.d.Steps) - 1; i >= 0; i-- {
+		s := w.d.Steps[i]
 		rb := s.Rollback
 		if rb == "" {
 			rb = "nothing to undo"
 		}
-		p("1. `%s`: %s\n", s.Address, rb)
+		w.p("1. `%s`: %s\n", s.Address, rb)
 	}
-	p("\n## Risks\n\n")
-	if len(d.Risks) == 0 {
-		p("None found.\n")
+}
+
+func (w *changeWriter) risks() {
+	w.p("\n## Risks\n\n")
+	if len(w.d.Risks) == 0 {
+		w.p("None found.\n")
 	}
-	for _, r := range d.Risks {
-		p("- %s\n", r)
+	for _, r := range w.d.Risks {
+		w.p("- %s\n", r)
 	}
-	p("\n## Variables\n\n| name | value |\n|---|---|\n")
-	for _, v := range d.Variables {
+}
+
+// variables is the table of variable values, a sensitive one shown only
+// as checked by hash.
+func (w *changeWriter) variables() {
+	w.p("\n## Variables\n\n| name | value |\n|---|---|\n")
+	for _, v := range w.d.Variables {
 		// Compact: read back from plan.json, which is indented, a list
 		// value spans lines.
 		var compact bytes.Buffer
@@ -144,17 +200,21 @@ func renderChange(d *PlanDoc, items map[string][]string) []byte {
 		if v.Sensitive {
 			val = Sensitive + " — checked by hash at apply"
 		}
-		p("| %s | %s |\n", v.Name, val)
+		w.p("| %s | %s |\n", v.Name, val)
 	}
-	p("\n## Bound by the fingerprint\n\nThe runbook text, the variables, the tool's version (%s), what each step observed, and:\n\n", d.ToolVersion)
+}
+
+// bound lists what the fingerprint binds, and how to apply the plan.
+func (w *changeWriter) bound() {
+	d := w.d
+	w.p("\n## Bound by the fingerprint\n\nThe runbook text, the variables, the tool's version (%s), what each step observed, and:\n\n", d.ToolVersion)
 	for _, k := range sortedKeys(d.Inputs) {
-		p("- %s (`%s`)\n", k, short(d.Inputs[k]))
+		w.p("- %s (`%s`)\n", k, short(d.Inputs[k]))
 	}
 	if len(d.Inputs) == 0 {
-		p("- no file or other observation beyond the steps' own\n")
+		w.p("- no file or other observation beyond the steps' own\n")
 	}
-	p("\nApply exactly this plan with `runbook apply DIR`; it refuses if anything above changed.\n\nFingerprint: `%s`\n", d.Fingerprint)
-	return b.Bytes()
+	w.p("\nApply exactly this plan with `runbook apply DIR`; it refuses if anything above changed.\n\nFingerprint: `%s`\n", d.Fingerprint)
 }
 
 // preformatted is text shown as a block of lines: its newlines are kept.
