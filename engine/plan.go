@@ -166,6 +166,11 @@ func (x *execution) planResult(results map[string]PlannedStep) (*PlanResult, err
 		planned = append(planned, ps)
 		x.emit(planEvent(ps))
 	}
+	// Files that the runbook's functions read (file(), filebase64()) are
+	// bound like the files the steps read.
+	for k, v := range x.s.Scope.Reads() {
+		x.recordInput(k, v)
+	}
 	res := &PlanResult{Steps: planned, Inputs: x.inputs}
 	if res.Inputs == nil {
 		res.Inputs = map[string]string{}

@@ -288,44 +288,13 @@ func (e *execStep) run(ctx context.Context, r *engine.Run, argv []string, logPre
 	if err := endLeftover(r, processItem(logPrefix), what); err != nil {
 		return -1, "", err
 	}
+	logs, err := openExecLogs(r, logPrefix)
+	if err != nil {
+		return -1, "", err
+	}
+	defer logs.close()
 	mark := newExecMark()
-	cmd := exec.Command("/bin/sh", append([]string{"-c", shim, prog}, argv[1:]...)...)
-	cmd.Dir = e.dir(r)
-	cmd.Env = engine.ChildEnv(e.cfg.Env)
-	cmd.Env = append(cmd.Env, "RUNBOOK_STEP="+r.Addr, "RUNBOOK_JOURNAL_DIR="+r.JournalDir(), execMarkEnv+"="+mark)
-	if r.Resumed() {
-		cmd.Env = append(cmd.Env, "RUNBOOK_RESUMED=1")
-	}
-	// Its own process group, so a cancel stops its children too, and a
-	// resume finds them; and killed with us.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	goRead, goWrite, err := os.Pipe()
-	if err != nil {
-		return -1, "", fmt.Errorf("start %s: %w", argv[0], err)
-	}
-	defer goRead.Close()
-	defer goWrite.Close()
-	cmd.ExtraFiles = []*os.File{goRead}
-
-	outPath, err := r.LogPath(logPrefix + "stdout")
-	if err != nil {
-		return -1, "", err
-	}
-	errPath, err := r.LogPath(logPrefix + "stderr")
-	if err != nil {
-		return -1, "", err
-	}
-	outFile, err := os.OpenFile(outPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return -1, "", fmt.Errorf("create stdout log: %w", err)
-	}
-	defer outFile.Close()
-	errFile, err := os.OpenFile(errPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return -1, "", fmt.Errorf("create stderr log: %w", err)
-	}
-	defer errFile.Close()
-
+	cmd := e.command(r, prog, argv, mark)
 	stdoutPipe, err := cmd.StdoutPipe()
 	if err != nil {
 		return -1, "", err
@@ -334,42 +303,17 @@ func (e *execStep) run(ctx context.Context, r *engine.Run, argv []string, logPre
 	if err != nil {
 		return -1, "", err
 	}
-	err = cmd.Start()
-	goRead.Close()
+	proc, err := startRecorded(r, cmd, processItem(logPrefix), mark)
 	if err != nil {
 		return -1, "", fmt.Errorf("start %s: %w", argv[0], err)
 	}
-	proc, err := processOf(cmd.Process.Pid, mark)
-	if err == nil {
-		err = r.Checkpoint(processItem(logPrefix), proc)
-	}
-	if err == nil {
-		_, err = goWrite.Write([]byte("go\n"))
-	}
-	if err != nil {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-		return -1, "", fmt.Errorf("start %s: %w", argv[0], err)
-	}
-	goWrite.Close()
 	done := make(chan struct{})
-	go func() {
-		select {
-		case <-ctx.Done():
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			}
-		case <-done:
-		}
-	}()
+	go endOnCancel(ctx, cmd.Process.Pid, done)
 	var captured strings.Builder
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); e.pump(r, stdoutPipe, outFile, &captured) }()
-	go func() { defer wg.Done(); e.pump(r, stderrPipe, errFile, nil) }()
+	go func() { defer wg.Done(); e.pump(r, stdoutPipe, logs.out, &captured) }()
+	go func() { defer wg.Done(); e.pump(r, stderrPipe, logs.err, nil) }()
 	wg.Wait()
 	err = cmd.Wait()
 	close(done)
@@ -384,12 +328,108 @@ func (e *execStep) run(ctx context.Context, r *engine.Run, argv []string, logPre
 	}
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
-		return code, stdout, fmt.Errorf("%s exited with status %d (output in %s)", argv[0], code, errPath)
+		return code, stdout, fmt.Errorf("%s exited with status %d (output in %s)", argv[0], code, logs.errPath)
 	}
 	if err != nil {
 		return code, stdout, fmt.Errorf("run %s: %w", argv[0], err)
 	}
 	return code, stdout, nil
+}
+
+// command is the child: the shim, then prog with argv's arguments, in the
+// step's directory and environment, in a process group of its own (so a
+// cancel stops its children too, and a resume finds them) that dies with
+// runbook.
+func (e *execStep) command(r *engine.Run, prog string, argv []string, mark string) *exec.Cmd {
+	cmd := exec.Command("/bin/sh", append([]string{"-c", shim, prog}, argv[1:]...)...)
+	cmd.Dir = e.dir(r)
+	cmd.Env = engine.ChildEnv(e.cfg.Env)
+	cmd.Env = append(cmd.Env, "RUNBOOK_STEP="+r.Addr, "RUNBOOK_JOURNAL_DIR="+r.JournalDir(), execMarkEnv+"="+mark)
+	if r.Resumed() {
+		cmd.Env = append(cmd.Env, "RUNBOOK_RESUMED=1")
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
+// execLogs are the journal dir's stdout and stderr logs of one run.
+type execLogs struct {
+	out, err *os.File
+	errPath  string
+}
+
+// openExecLogs creates (truncating) the step's logPrefix+"stdout" and
+// logPrefix+"stderr" logs, 0600.
+func openExecLogs(r *engine.Run, logPrefix string) (*execLogs, error) {
+	outPath, err := r.LogPath(logPrefix + "stdout")
+	if err != nil {
+		return nil, err
+	}
+	errPath, err := r.LogPath(logPrefix + "stderr")
+	if err != nil {
+		return nil, err
+	}
+	l := &execLogs{errPath: errPath}
+	if l.out, err = os.OpenFile(outPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600); err != nil {
+		return nil, fmt.Errorf("create stdout log: %w", err)
+	}
+	if l.err, err = os.OpenFile(errPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600); err != nil {
+		l.out.Close()
+		return nil, fmt.Errorf("create stderr log: %w", err)
+	}
+	return l, nil
+}
+
+func (l *execLogs) close() {
+	l.out.Close()
+	l.err.Close()
+}
+
+// startRecorded starts cmd held at its shim, records its process group in
+// item, and only then lets it go (a line on the shim's fd 3): a command
+// runs only once the journal knows where to find it. On failure the group
+// is killed and waited for.
+func startRecorded(r *engine.Run, cmd *exec.Cmd, item, mark string) (execProcess, error) {
+	goRead, goWrite, err := os.Pipe()
+	if err != nil {
+		return execProcess{}, err
+	}
+	defer goRead.Close()
+	defer goWrite.Close()
+	cmd.ExtraFiles = []*os.File{goRead}
+	err = cmd.Start()
+	goRead.Close()
+	if err != nil {
+		return execProcess{}, err
+	}
+	proc, err := processOf(cmd.Process.Pid, mark)
+	if err == nil {
+		err = r.Checkpoint(item, proc)
+	}
+	if err == nil {
+		_, err = goWrite.Write([]byte("go\n"))
+	}
+	if err != nil {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		return execProcess{}, err
+	}
+	return proc, nil
+}
+
+// endOnCancel ends process group pgid when ctx ends before done closes:
+// SIGTERM, then SIGKILL after 5 s.
+func endOnCancel(ctx context.Context, pgid int, done <-chan struct{}) {
+	select {
+	case <-ctx.Done():
+		syscall.Kill(-pgid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			syscall.Kill(-pgid, syscall.SIGKILL)
+		}
+	case <-done:
+	}
 }
 
 // pump copies a child's stream, redacted as one text (a multi-line secret
