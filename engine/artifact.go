@@ -115,8 +115,6 @@ type PlanMeta struct {
 // BuildPlan turns a plan result into the artifacts of a plan directory.
 // planDir is where they will be written (paths inside are relative to it).
 func (s *Session) BuildPlan(res *PlanResult, planDir string, meta PlanMeta) (*PlanArtifacts, error) {
-	key := meta.Key
-	rd := s.Redactor
 	rel, err := relPath(planDir, s.Config.Path)
 	if err != nil {
 		return nil, err
@@ -126,9 +124,42 @@ func (s *Session) BuildPlan(res *PlanResult, planDir string, meta PlanMeta) (*Pl
 		Runbook: PlanRunbook{Name: s.Config.Name, Description: s.Config.Description, File: rel, SourceSHA256: sha256Hex(s.Config.Src), Approvals: s.Config.Approvals},
 		Targets: meta.Targets, MadeBy: meta.MadeBy, Inputs: map[string]string{},
 	}
-	if p := s.Config.AllowedSignersPath(); p != "" {
-		if doc.Runbook.AllowedSigners, err = relPath(planDir, p); err != nil {
+	if err := s.bindInputs(doc, res, planDir, meta.Key); err != nil {
+		return nil, err
+	}
+	if doc.Variables, err = s.planVariables(meta.Key); err != nil {
+		return nil, err
+	}
+	art := &PlanArtifacts{Doc: doc, Items: map[string][]string{}, Source: s.Config.Src}
+	riskSeen := map[string]bool{}
+	for _, ps := range res.Steps {
+		sd, err := s.stepDoc(ps, art.Items)
+		if err != nil {
 			return nil, err
+		}
+		for _, r := range sd.Risks {
+			if !riskSeen[r] {
+				riskSeen[r] = true
+				doc.Risks = append(doc.Risks, ps.Addr+": "+r)
+			}
+		}
+		doc.Steps = append(doc.Steps, sd)
+	}
+	doc.Fingerprint = doc.computeFingerprint()
+	art.Change = renderChange(doc, art.Items)
+	return art, nil
+}
+
+// bindInputs records in doc what the plan binds besides the runbook text:
+// the allowed-signers file, every input the steps and functions read, the
+// journal key the plan was made with, and each variables file by a keyed
+// digest.
+func (s *Session) bindInputs(doc *PlanDoc, res *PlanResult, planDir string, key *HashKey) error {
+	rd := s.Redactor
+	if p := s.Config.AllowedSignersPath(); p != "" {
+		var err error
+		if doc.Runbook.AllowedSigners, err = relPath(planDir, p); err != nil {
+			return err
 		}
 	}
 	for k, v := range res.Inputs {
@@ -141,12 +172,19 @@ func (s *Session) BuildPlan(res *PlanResult, planDir string, meta PlanMeta) (*Pl
 	}
 	for path, sum := range s.Config.varFiles {
 		if key == nil {
-			return nil, errors.New("bind variables files: no hash key")
+			return errors.New("bind variables files: no hash key")
 		}
 		// Keyed: a variables file may hold secrets, and a plain digest of
 		// a file whose layout is known would allow guessing them.
 		doc.Inputs["var-file "+rd.String(s.relFile(planDir, path))] = key.Sum("var-file", cty.StringVal(sum))
 	}
+	return nil
+}
+
+// planVariables is each variable's value, redacted, or for a sensitive
+// one its keyed hash.
+func (s *Session) planVariables(key *HashKey) ([]PlanVariable, error) {
+	var out []PlanVariable
 	for _, v := range s.Config.Variables {
 		val := s.Scope.vars[v.Name]
 		pv := PlanVariable{Name: v.Name, Sensitive: v.Sensitive}
@@ -160,49 +198,43 @@ func (s *Session) BuildPlan(res *PlanResult, planDir string, meta PlanMeta) (*Pl
 			if err != nil {
 				return nil, fmt.Errorf("encode variable %s: %w", v.Name, err)
 			}
-			pv.Value = json.RawMessage(rd.String(string(raw)))
+			pv.Value = json.RawMessage(s.Redactor.String(string(raw)))
 		}
-		doc.Variables = append(doc.Variables, pv)
+		out = append(out, pv)
 	}
-	art := &PlanArtifacts{Doc: doc, Items: map[string][]string{}, Source: s.Config.Src}
-	riskSeen := map[string]bool{}
-	for _, ps := range res.Steps {
-		sd := PlanStepDoc{Address: ps.Addr, Type: ps.Type, DependsOn: ps.DependsOn}
-		if ps.Plan != nil {
-			p := ps.Plan
-			sd.Observed, sd.Actions, sd.Verification = redactAll(rd, p.Observed), redactAll(rd, p.Actions), redactAll(rd, p.Verification)
-			sd.Rollback, sd.Risks, sd.ItemsLabel = rd.String(p.Rollback), redactAll(rd, p.Risks), p.ItemsLabel
-			sd.EstimateSeconds = p.EstimateSeconds
-			for _, sec := range p.Sections {
-				sd.Sections = append(sd.Sections, PlanSection{Title: rd.String(sec.Title), Body: rd.String(sec.Body)})
-			}
-			sd.Items = len(p.Items)
-			if len(p.Items) > 0 {
-				items := p.Items // identifiers, verbatim: Plan refused any that holds a secret
-				name := ps.Addr + ".txt"
-				art.Items[name] = items
-				sd.ItemsFile = filepath.ToSlash(filepath.Join(itemsDir, name))
-				sd.ItemsSHA256 = sha256Hex([]byte(strings.Join(items, "\n") + "\n"))
-			}
-			if p.State != nil {
-				raw, err := json.Marshal(p.State)
-				if err != nil {
-					return nil, fmt.Errorf("encode observed state of %s: %w", ps.Addr, err)
-				}
-				sd.State = json.RawMessage(rd.String(string(raw)))
-			}
-			for _, r := range sd.Risks {
-				if !riskSeen[r] {
-					riskSeen[r] = true
-					doc.Risks = append(doc.Risks, ps.Addr+": "+r)
-				}
-			}
+	return out, nil
+}
+
+// stepDoc is one planned step as plan.json records it, every rendered
+// string redacted; its items go to items (by file name), verbatim.
+func (s *Session) stepDoc(ps PlannedStep, items map[string][]string) (PlanStepDoc, error) {
+	rd := s.Redactor
+	sd := PlanStepDoc{Address: ps.Addr, Type: ps.Type, DependsOn: ps.DependsOn}
+	p := ps.Plan
+	if p == nil {
+		return sd, nil
+	}
+	sd.Observed, sd.Actions, sd.Verification = redactAll(rd, p.Observed), redactAll(rd, p.Actions), redactAll(rd, p.Verification)
+	sd.Rollback, sd.Risks, sd.ItemsLabel = rd.String(p.Rollback), redactAll(rd, p.Risks), p.ItemsLabel
+	sd.EstimateSeconds = p.EstimateSeconds
+	for _, sec := range p.Sections {
+		sd.Sections = append(sd.Sections, PlanSection{Title: rd.String(sec.Title), Body: rd.String(sec.Body)})
+	}
+	sd.Items = len(p.Items)
+	if len(p.Items) > 0 {
+		name := ps.Addr + ".txt"
+		items[name] = p.Items // identifiers, verbatim: Plan refused any that holds a secret
+		sd.ItemsFile = filepath.ToSlash(filepath.Join(itemsDir, name))
+		sd.ItemsSHA256 = sha256Hex([]byte(strings.Join(p.Items, "\n") + "\n"))
+	}
+	if p.State != nil {
+		raw, err := json.Marshal(p.State)
+		if err != nil {
+			return sd, fmt.Errorf("encode observed state of %s: %w", ps.Addr, err)
 		}
-		doc.Steps = append(doc.Steps, sd)
+		sd.State = json.RawMessage(rd.String(string(raw)))
 	}
-	doc.Fingerprint = doc.computeFingerprint()
-	art.Change = renderChange(doc, art.Items)
-	return art, nil
+	return sd, nil
 }
 
 func redactAll(rd *Redactor, in []string) []string {

@@ -186,97 +186,128 @@ func limitFunction(name string, f function.Function) function.Function {
 var formatWidth = regexp.MustCompile(`%[-+# 0]*(\d*)(?:\.(\d*))?`)
 
 // estimate bounds the size of a function's result from its arguments, for
-// the functions that can build much more than they are given; ok is false
-// for the others.
+// the functions that can build much more than they are given (estimators);
+// ok is false for the others.
 func estimate(name string, args []cty.Value) (int64, bool) {
 	for _, a := range args {
 		if a, _ := a.UnmarkDeep(); !a.IsWhollyKnown() {
 			return 0, false
 		}
 	}
-	str := func(v cty.Value) string {
-		v, _ = v.Unmark()
-		if v.IsNull() || v.Type() != cty.String {
-			return ""
-		}
-		return v.AsString()
-	}
-	switch name {
-	case "setproduct":
-		n := big.NewInt(1)
-		for _, a := range args {
-			a, _ = a.Unmark()
-			if a.IsNull() || !a.CanIterateElements() {
-				return 0, false
-			}
-			n.Mul(n, big.NewInt(int64(a.LengthInt())))
-		}
-		n.Mul(n, big.NewInt(int64(16*(len(args)+1))))
-		if !n.IsInt64() {
-			return maxValueBytes + 1, true
-		}
-		return n.Int64(), true
-	case "format", "formatlist":
-		if len(args) == 0 {
-			return 0, false
-		}
-		var n int64
-		for _, m := range formatWidth.FindAllStringSubmatch(str(args[0]), -1) {
-			for _, d := range m[1:] {
-				w, err := strconv.ParseInt(d, 10, 64)
-				if err != nil && d != "" {
-					return maxValueBytes + 1, true
-				}
-				n += w
-			}
-		}
-		for _, a := range args {
-			n += valueSize(a)
-		}
-		if name == "formatlist" {
-			n *= int64(max(1, maxListLen(args)))
-		}
-		return n, true
-	case "indent":
-		if len(args) != 2 {
-			return 0, false
-		}
-		spaces, _ := args[0].Unmark()
-		w, ok := numberInt(spaces)
-		if !ok {
-			return 0, false
-		}
-		s := str(args[1])
-		if w > maxValueBytes {
-			return maxValueBytes + 1, true
-		}
-		return int64(len(s)) + int64(w)*int64(strings.Count(s, "\n")+1), true
-	case "join":
-		if len(args) < 2 {
-			return 0, false
-		}
-		sep := int64(len(str(args[0])))
-		var n int64
-		for _, l := range args[1:] {
-			l, _ = l.Unmark()
-			if l.IsNull() || !l.CanIterateElements() {
-				return 0, false
-			}
-			n += valueSize(l) + sep*int64(l.LengthInt())
-		}
-		return n, true
-	case "replace":
-		if len(args) != 3 {
-			return 0, false
-		}
-		s, sub, repl := str(args[0]), str(args[1]), str(args[2])
-		if strings.HasPrefix(sub, "/") && strings.HasSuffix(sub, "/") && len(sub) > 1 {
-			return 0, false // a regular expression: measured after
-		}
-		count := int64(strings.Count(s, sub))
-		return int64(len(s)) + count*int64(len(repl)), true
+	if e, ok := estimators[name]; ok {
+		return e(name, args)
 	}
 	return 0, false
+}
+
+// estimators bound, by function name, the size of a result in bytes from
+// the known arguments; ok false: not bounded here (measured after).
+var estimators = map[string]func(name string, args []cty.Value) (n int64, ok bool){
+	"setproduct": estimateSetproduct,
+	"format":     estimateFormat,
+	"formatlist": estimateFormat,
+	"indent":     estimateIndent,
+	"join":       estimateJoin,
+	"replace":    estimateReplace,
+}
+
+// unmarkedString is v's string, or "" if it is not a known string.
+func unmarkedString(v cty.Value) string {
+	v, _ = v.Unmark()
+	if v.IsNull() || v.Type() != cty.String {
+		return ""
+	}
+	return v.AsString()
+}
+
+// estimateSetproduct: the product of the lengths, 16 bytes per element.
+func estimateSetproduct(_ string, args []cty.Value) (int64, bool) {
+	n := big.NewInt(1)
+	for _, a := range args {
+		a, _ = a.Unmark()
+		if a.IsNull() || !a.CanIterateElements() {
+			return 0, false
+		}
+		n.Mul(n, big.NewInt(int64(a.LengthInt())))
+	}
+	n.Mul(n, big.NewInt(int64(16*(len(args)+1))))
+	if !n.IsInt64() {
+		return maxValueBytes + 1, true
+	}
+	return n.Int64(), true
+}
+
+// estimateFormat: the widths and precisions the format asks for plus the
+// arguments, once per element of the longest list for formatlist.
+func estimateFormat(name string, args []cty.Value) (int64, bool) {
+	if len(args) == 0 {
+		return 0, false
+	}
+	var n int64
+	for _, m := range formatWidth.FindAllStringSubmatch(unmarkedString(args[0]), -1) {
+		for _, d := range m[1:] {
+			w, err := strconv.ParseInt(d, 10, 64)
+			if err != nil && d != "" {
+				return maxValueBytes + 1, true
+			}
+			n += w
+		}
+	}
+	for _, a := range args {
+		n += valueSize(a)
+	}
+	if name == "formatlist" {
+		n *= int64(max(1, maxListLen(args)))
+	}
+	return n, true
+}
+
+// estimateIndent: the text plus the indent once per line.
+func estimateIndent(_ string, args []cty.Value) (int64, bool) {
+	if len(args) != 2 {
+		return 0, false
+	}
+	spaces, _ := args[0].Unmark()
+	w, ok := numberInt(spaces)
+	if !ok {
+		return 0, false
+	}
+	s := unmarkedString(args[1])
+	if w > maxValueBytes {
+		return maxValueBytes + 1, true
+	}
+	return int64(len(s)) + int64(w)*int64(strings.Count(s, "\n")+1), true
+}
+
+// estimateJoin: the lists plus a separator per element.
+func estimateJoin(_ string, args []cty.Value) (int64, bool) {
+	if len(args) < 2 {
+		return 0, false
+	}
+	sep := int64(len(unmarkedString(args[0])))
+	var n int64
+	for _, l := range args[1:] {
+		l, _ = l.Unmark()
+		if l.IsNull() || !l.CanIterateElements() {
+			return 0, false
+		}
+		n += valueSize(l) + sep*int64(l.LengthInt())
+	}
+	return n, true
+}
+
+// estimateReplace: the text plus the replacement once per match of a
+// plain substring (a regular expression is measured after).
+func estimateReplace(_ string, args []cty.Value) (int64, bool) {
+	if len(args) != 3 {
+		return 0, false
+	}
+	s, sub, repl := unmarkedString(args[0]), unmarkedString(args[1]), unmarkedString(args[2])
+	if strings.HasPrefix(sub, "/") && strings.HasSuffix(sub, "/") && len(sub) > 1 {
+		return 0, false
+	}
+	count := int64(strings.Count(s, sub))
+	return int64(len(s)) + count*int64(len(repl)), true
 }
 
 // maxListLen is the length of the longest list among args (formatlist

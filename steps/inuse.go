@@ -3,7 +3,8 @@ package steps
 import (
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -106,98 +107,118 @@ func refuseUnlessForced(r *engine.Run, why, undo, then string) error {
 	return engine.Refusef("%s: deleting %s %s", why, undo, then)
 }
 
-// checkStoreUse asks one object store, through its admin API and its env
-// files, whether it runs on enc.
+// checkStoreUse asks one object store, through its env files and its
+// admin API, whether it runs on enc.
 func checkStoreUse(ctx context.Context, r *engine.Run, addr string, a *aistorConnection, enc enclaveRef, id *kmIdentity) storeUse {
 	u := storeUse{addr: addr}
+	files := u.checkEnvFiles(ctx, r, a, enc, id)
+	u.checkKMSStatus(ctx, r, a, enc, id, files)
+	return u
+}
 
-	// The env files: what the nodes run with now, or after their next
-	// restart (an edit not yet applied counts: it is on its way).
-	envRead, envOther := 0, 0
-	if a.Platform() == "kubernetes" {
+// envFilesRead counts the env files checkEnvFiles could read, and of them
+// those that name another enclave.
+type envFilesRead struct{ read, other int }
+
+// checkEnvFiles judges what the nodes run with now, or after their next
+// restart (an edit not yet applied counts: it is on its way).
+func (u *storeUse) checkEnvFiles(ctx context.Context, r *engine.Run, a *aistorConnection, enc enclaveRef, id *kmIdentity) envFilesRead {
+	var n envFilesRead
+	switch {
+	case a.Platform() == "kubernetes":
 		u.unchecked = append(u.unchecked, "its environment (platform = \"kubernetes\": the Helm values or resource are not read)")
-	} else if len(a.EnvFiles()) == 0 {
+		return n
+	case len(a.EnvFiles()) == 0:
 		u.unchecked = append(u.unchecked, "its env files (the aistor block names none)")
-	} else {
-		pool := newSSHPool(a.SSHKnownHosts(), a.SSHIdentity())
-		defer pool.close()
-		for _, f := range a.EnvFiles() {
-			n, err := parseEnvNode(f)
-			if err != nil {
-				u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %s", f, oneLine(err)))
-				continue
-			}
-			n.pool = pool
-			data, _, err := n.read(ctx, r)
-			if err != nil {
-				u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %s", n.Name, oneLine(err)))
-				continue
-			}
-			env, err := envEffective(data)
-			if err != nil {
-				u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %s", n.Name, oneLine(err)))
-				continue
-			}
-			for _, k := range []string{"MINIO_KMS_API_KEY", "MINIO_KMS_KES_API_KEY", "MINIO_ROOT_PASSWORD", "MINIO_SECRET_KEY"} {
-				if v := env[k]; v != "" {
-					r.AddSecret(v)
-				}
-			}
-			envRead++
-			enclave, server := env["MINIO_KMS_ENCLAVE"], env["MINIO_KMS_SERVER"]
-			sets := fmt.Sprintf("env file %s sets MINIO_KMS_ENCLAVE=%s and MINIO_KMS_SERVER=%s", n.Name, enclave, server)
-			verdict := kmSame
-			if enclave == enc.Name && server != "" {
-				var why string
-				verdict, why = id.judgeAll(ctx, strings.Split(server, ","))
-				sets += " (" + why + ")"
-			}
-			switch {
-			case enclave == enc.Name && verdict == kmSame:
-				u.inUse = append(u.inUse, sets)
-			case enclave == enc.Name && verdict == kmDoubt:
-				u.doubt = append(u.doubt, sets)
-			case enclave != "":
-				envOther++
-				u.ruledOut = append(u.ruledOut, sets)
-			case env["MINIO_KMS_KES_ENDPOINT"] != "":
-				// Says nothing about a server that has not restarted since
-				// the file was put back: the KMS status below decides.
-				u.ruledOut = append(u.ruledOut, fmt.Sprintf("env file %s configures KES (MINIO_KMS_KES_ENDPOINT=%s)", n.Name, env["MINIO_KMS_KES_ENDPOINT"]))
-			default:
-				u.ruledOut = append(u.ruledOut, fmt.Sprintf("env file %s sets no MINIO_KMS_ENCLAVE", n.Name))
-			}
+		return n
+	}
+	pool := newSSHPool(a.SSHKnownHosts(), a.SSHIdentity())
+	defer pool.close()
+	for _, f := range a.EnvFiles() {
+		node, err := parseEnvNode(f)
+		if err != nil {
+			u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %s", f, oneLine(err)))
+			continue
+		}
+		node.pool = pool
+		data, _, err := node.read(ctx, r)
+		if err != nil {
+			u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %s", node.Name, oneLine(err)))
+			continue
+		}
+		env, err := envEffective(data)
+		if err != nil {
+			u.unchecked = append(u.unchecked, fmt.Sprintf("env file %s: %s", node.Name, oneLine(err)))
+			continue
+		}
+		n.read++
+		if u.judgeEnvFile(ctx, r, node.Name, env, enc, id) {
+			n.other++
 		}
 	}
+	return n
+}
 
-	// The KMS status: what the running server uses, however it got there.
+// judgeEnvFile files one env file's KMS settings under in use, in doubt or
+// ruled out, and says whether it names another enclave.
+func (u *storeUse) judgeEnvFile(ctx context.Context, r *engine.Run, name string, env map[string]string, enc enclaveRef, id *kmIdentity) (other bool) {
+	for _, k := range []string{"MINIO_KMS_API_KEY", "MINIO_KMS_KES_API_KEY", "MINIO_ROOT_PASSWORD", "MINIO_SECRET_KEY"} {
+		if v := env[k]; v != "" {
+			r.AddSecret(v)
+		}
+	}
+	enclave, server := env["MINIO_KMS_ENCLAVE"], env["MINIO_KMS_SERVER"]
+	sets := fmt.Sprintf("env file %s sets MINIO_KMS_ENCLAVE=%s and MINIO_KMS_SERVER=%s", name, enclave, server)
+	verdict := kmSame
+	if enclave == enc.Name && server != "" {
+		var why string
+		verdict, why = id.judgeAll(ctx, strings.Split(server, ","))
+		sets += " (" + why + ")"
+	}
+	switch {
+	case enclave == enc.Name && verdict == kmSame:
+		u.inUse = append(u.inUse, sets)
+	case enclave == enc.Name && verdict == kmDoubt:
+		u.doubt = append(u.doubt, sets)
+	case enclave != "":
+		u.ruledOut = append(u.ruledOut, sets)
+		return true
+	case env["MINIO_KMS_KES_ENDPOINT"] != "":
+		// Says nothing about a server that has not restarted since the
+		// file was put back: the KMS status decides.
+		u.ruledOut = append(u.ruledOut, fmt.Sprintf("env file %s configures KES (MINIO_KMS_KES_ENDPOINT=%s)", name, env["MINIO_KMS_KES_ENDPOINT"]))
+	default:
+		u.ruledOut = append(u.ruledOut, fmt.Sprintf("env file %s sets no MINIO_KMS_ENCLAVE", name))
+	}
+	return false
+}
+
+// checkKMSStatus judges what the running server uses, however it got
+// there, from its KMS status; files says what its env files named.
+func (u *storeUse) checkKMSStatus(ctx context.Context, r *engine.Run, a *aistorConnection, enc enclaveRef, id *kmIdentity, files envFilesRead) {
 	admin, _, err := a.Clients(r)
 	if err != nil {
 		u.unchecked = append(u.unchecked, fmt.Sprintf("its KMS status (%s): %s", hostOf(a.Endpoint()), oneLine(err)))
-		return u
+		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, kmsStatusTimeout)
 	defer cancel()
 	st, err := admin.KMSStatus(cctx)
 	if err != nil {
 		u.unchecked = append(u.unchecked, fmt.Sprintf("its KMS status (%s): %s", hostOf(a.Endpoint()), oneLine(err)))
-		return u
+		return
 	}
-	var eps []string
-	for ep := range st.Endpoints {
-		eps = append(eps, ep)
-	}
-	sort.Strings(eps)
+	eps := slices.Sorted(maps.Keys(st.Endpoints))
 	status := fmt.Sprintf("its KMS status names %q with endpoints %s", st.Name, strings.Join(eps, ", "))
 	if st.Name != kmsNameKeyManager {
 		u.ruledOut = append(u.ruledOut, status)
-		return u
+		return
 	}
 	verdict, why := id.judgeAll(ctx, eps)
 	switch {
 	case verdict == kmOther:
 		u.ruledOut = append(u.ruledOut, status+", not the Key Manager of enclave "+enc.Name+" ("+why+")")
-	case envRead > 0 && envOther == envRead:
+	case files.read > 0 && files.other == files.read:
 		// The running server uses this Key Manager, and every env file
 		// names another enclave of it: it runs on that one. An env file
 		// that names KES, or no enclave, does not tell (edited back, not
@@ -208,7 +229,6 @@ func checkStoreUse(ctx context.Context, r *engine.Run, addr string, a *aistorCon
 	default:
 		u.inUse = append(u.inUse, status+", the Key Manager of enclave "+enc.Name+" ("+why+"), and no env file names another enclave")
 	}
-	return u
 }
 
 // judgeAll judges the endpoints an object store names for one Key Manager
