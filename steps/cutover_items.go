@@ -16,6 +16,7 @@ import (
 //
 //	sample                          the object sample, read and digested before any change
 //	[gN/]settings                   the attempt began: the Key Manager settings every node gets
+//	[gN/]ca-install                 the nodes whose certs/CAs get the Key Manager's CA (install_ca), before any is written
 //	[gN/]backup/NODE                a node's file backed up; the hash it is about to get
 //	[gN/]edited/NODE                a node's file has its new content
 //	[gN/]restart, restarted, healthy, validated
@@ -92,6 +93,12 @@ type settingsItem struct{ Gen int }
 
 func (i settingsItem) String() string { return genPrefix(i.Gen) + "settings" }
 
+// caInstallItem lists, before the first is written, the CA files attempt
+// Gen installs ([]caInstall).
+type caInstallItem struct{ Gen int }
+
+func (i caInstallItem) String() string { return genPrefix(i.Gen) + "ca-install" }
+
 // restoreItem marks, before the first node's environment is restored, that
 // a rollback of attempt Gen began.
 type restoreItem struct{ Gen int }
@@ -144,6 +151,8 @@ func parseCutoverItem(s string) (cutoverItemName, error) {
 		return settingsItem{Gen: g}, nil
 	case "rollback/restore":
 		return restoreItem{Gen: g}, nil
+	case "ca-install":
+		return caInstallItem{Gen: g}, nil
 	}
 	for _, k := range []nodeItemKind{nodeRestored, nodeBackup, nodeEdited} {
 		if node, ok := strings.CutPrefix(rest, string(k)+"/"); ok && node != "" {

@@ -11,6 +11,8 @@ func TestCutoverItemsRoundTrip(t *testing.T) {
 		settingsItem{Gen: 2},
 		restoreItem{},
 		restoreItem{Gen: 1},
+		caInstallItem{},
+		caInstallItem{Gen: 3},
 		rolledBackItem{Attempt: 2},
 		newNodeItem(0, nodeBackup, "/etc/default/minio"),
 		newNodeItem(1, nodeEdited, "ssh://root@h1:22/etc/default/minio"),

@@ -69,7 +69,37 @@ func runStatus(_ context.Context, env *cliEnv, args []string) error {
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%s\n", r.Addr, r.State, r.Attempts, dash(r.Started), dash(r.Duration), r.Items, dash(r.Error))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printTables(env, records)
+}
+
+// printTables prints the tables steps keep in the journal (engine.Table),
+// the latest of each step and name, in the order first recorded.
+func printTables(env *cliEnv, records []engine.Record) error {
+	type key struct{ step, item string }
+	latest := map[key]engine.Table{}
+	var order []key
+	for _, r := range records {
+		if r.Kind != "checkpoint" || !engine.IsTableItem(r.Item) {
+			continue
+		}
+		var t engine.Table
+		if json.Unmarshal(r.Data, &t) != nil {
+			continue
+		}
+		k := key{r.Step, r.Item}
+		if _, seen := latest[k]; !seen {
+			order = append(order, k)
+		}
+		latest[k] = t
+	}
+	for _, k := range order {
+		t := latest[k]
+		fmt.Fprintf(env.stdout, "\n%s: %s\n%s", k.step, t.Title, t.Text())
+	}
+	return nil
 }
 
 func dash(s string) string {
