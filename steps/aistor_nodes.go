@@ -119,7 +119,7 @@ func checkServerName(s string) error {
 // storeServer is one server of the object store as it lists itself.
 type storeServer struct {
 	Endpoint string // host:port
-	Pools    []int  // pool numbers, 0-based as MinIO counts them
+	Pools    []int  // pool numbers, from 1 (MinIO cmd/admin-server-info.go: PoolIdx+1)
 	State    string
 	Version  string            // MinIO's Version: an RFC 3339 time for a release build
 	Env      map[string]string // its MINIO_* environment, secrets redacted by MinIO
@@ -133,15 +133,21 @@ func (s storeServer) host() string {
 	return h
 }
 
-// poolsLabel says which pools a server serves ("pool 1", "pools 1, 2"),
-// numbered from 1 as mc admin info does.
+func (s storeServer) firstPool() int {
+	if len(s.Pools) == 0 {
+		return 0
+	}
+	return s.Pools[0]
+}
+
+// poolsLabel says which pools a server serves ("pool 1", "pools 1, 2").
 func (s storeServer) poolsLabel() string {
 	if len(s.Pools) == 0 {
 		return ""
 	}
 	var n []string
 	for _, p := range s.Pools {
-		n = append(n, strconv.Itoa(p+1))
+		n = append(n, strconv.Itoa(p))
 	}
 	if len(n) == 1 {
 		return "pool " + n[0]

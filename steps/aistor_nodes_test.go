@@ -28,7 +28,7 @@ func systemResolverIPOnly(host string) []string {
 func servers(eps ...string) []storeServer {
 	var out []storeServer
 	for i, ep := range eps {
-		out = append(out, storeServer{Endpoint: ep, Pools: []int{i / 4}})
+		out = append(out, storeServer{Endpoint: ep, Pools: []int{i/4 + 1}})
 	}
 	return out
 }

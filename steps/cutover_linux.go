@@ -167,7 +167,7 @@ func (l *linuxPlatform) Observe(ctx context.Context, r *engine.Run) (*platformVi
 	return v, nil
 }
 
-func (l *linuxPlatform) PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (any, error) {
+func (l *linuxPlatform) PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (map[string]any, error) {
 	p.ItemsLabel = "env files to edit"
 	state := map[string]string{}
 	for _, f := range l.files {
@@ -225,10 +225,13 @@ func (l *linuxPlatform) restartAction() string {
 	}
 }
 
-// Write backs up and edits every node's file (checkpointed per node, so a
-// resume never edits a file twice) and confirms the edited files are
-// identical.
+// Write installs the Key Manager's CA where a node lacks it (install_ca),
+// backs up and edits every node's file (checkpointed per node, so a resume
+// never edits a file twice) and confirms the edited files are identical.
 func (l *linuxPlatform) Write(ctx context.Context, r *engine.Run, g int, set map[string]string) error {
+	if err := l.installCAs(ctx, r, g); err != nil {
+		return err
+	}
 	files, err := l.readAll(ctx, r)
 	if err != nil {
 		return err

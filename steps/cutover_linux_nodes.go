@@ -10,12 +10,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"os"
 	"os/user"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -84,11 +86,18 @@ func storeServers(info madmin.InfoMessage) []storeServer {
 	var out []storeServer
 	for _, s := range info.Servers {
 		pools := s.PoolNumbers
-		if len(pools) == 0 && s.PoolNumber >= 0 && s.PoolNumber < 1<<20 {
-			pools = []int{s.PoolNumber}
+		if len(pools) == 0 && s.PoolNumber > 0 && s.PoolNumber < math.MaxInt {
+			pools = []int{s.PoolNumber} // MaxInt: several pools, not listed
 		}
 		out = append(out, storeServer{Endpoint: s.Endpoint, Pools: pools, State: s.State, Version: s.Version, Env: s.MinioEnvVars})
 	}
+	// ServerInfo answers in no fixed order: by pool, then endpoint.
+	sort.SliceStable(out, func(i, j int) bool {
+		if pi, pj := out[i].firstPool(), out[j].firstPool(); pi != pj {
+			return pi < pj
+		}
+		return out[i].Endpoint < out[j].Endpoint
+	})
 	return out
 }
 

@@ -39,7 +39,7 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		apiKey = "(known after apply)"
 	}
 	set := e.settings(f.sseKey).env(apiKey)
-	nodes, err := e.plat.PlanChange(r, set, p)
+	state, err := e.plat.PlanChange(r, set, p)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +73,8 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		fmt.Sprintf("the default key %q passes AIStor's key status check (generate + decrypt)", f.sseKey),
 		c.validateAction(e),
 	}
-	p.State = map[string]any{"nodes": nodes, "sample": sample, "sse_key": f.sseKey}
+	state["sample"], state["sse_key"] = sample, f.sseKey
+	p.State = state
 	return p, nil
 }
 

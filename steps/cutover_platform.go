@@ -35,9 +35,9 @@ type cutoverPlatform interface {
 	// PlanChange adds to p, after Observe, the exact change that set makes
 	// to each node's environment (secrets redacted: set holds the API key),
 	// how every node is then restarted, and how a rollback undoes it. It
-	// returns what the plan binds of the nodes (no secret): a change to it
-	// makes a saved plan stale.
-	PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (state any, err error)
+	// returns what the plan binds of the nodes (no secret), keys of the
+	// step's plan state: a change to it makes a saved plan stale.
+	PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (state map[string]any, err error)
 
 	// Write gives every node the environment set, in attempt g. It backs up
 	// what it replaces (journal dir backups/, 0600) and checkpoints its

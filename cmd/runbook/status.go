@@ -72,32 +72,24 @@ func runStatus(_ context.Context, env *cliEnv, args []string) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	return printTables(env, records)
+	return printTables(env, js)
 }
 
 // printTables prints the tables steps keep in the journal (engine.Table),
-// the latest of each step and name, in the order first recorded.
-func printTables(env *cliEnv, records []engine.Record) error {
-	type key struct{ step, item string }
-	latest := map[key]engine.Table{}
-	var order []key
-	for _, r := range records {
-		if r.Kind != "checkpoint" || !engine.IsTableItem(r.Item) {
-			continue
+// in the order of the steps, the latest of each name.
+func printTables(env *cliEnv, js *engine.JournalState) error {
+	for _, addr := range js.Order {
+		st := js.Step(addr)
+		for _, item := range st.Order {
+			if !engine.IsTableItem(item) {
+				continue
+			}
+			var t engine.Table
+			if json.Unmarshal(st.Checkpoints[item], &t) != nil {
+				continue
+			}
+			fmt.Fprintf(env.stdout, "\n%s: %s\n%s", addr, t.Title, t.Text())
 		}
-		var t engine.Table
-		if json.Unmarshal(r.Data, &t) != nil {
-			continue
-		}
-		k := key{r.Step, r.Item}
-		if _, seen := latest[k]; !seen {
-			order = append(order, k)
-		}
-		latest[k] = t
-	}
-	for _, k := range order {
-		t := latest[k]
-		fmt.Fprintf(env.stdout, "\n%s: %s\n%s", k.step, t.Title, t.Text())
 	}
 	return nil
 }
