@@ -32,6 +32,9 @@ type MinIOClusterOptions struct {
 	// NoKeyManagerCA leaves the script's Key Manager CA out of certs/CAs
 	// (CmdMinIOCluster): the nodes then cannot verify it.
 	NoKeyManagerCA bool
+	// BeforeKM runs every node on toolcache.MinIOBeforeKM, which reports
+	// the release before MinIO's Key Manager client.
+	BeforeKM bool
 	// Host is the test host every node runs in (required: in a container
 	// MinIO refuses endpoints that resolve to loopback, "resolves to
 	// localhost in a containerized deployment", and test traffic goes to
@@ -123,7 +126,11 @@ func newMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 	if opts.Host == nil {
 		return nil, errors.New("a MinIO cluster runs in a test host (MinIOClusterOptions.Host, StartTestHost): in a container MinIO refuses endpoints on loopback")
 	}
-	bin, err := findBinary(binMinIO)
+	tool := binMinIO
+	if opts.BeforeKM {
+		tool = binMinIOBeforeKM
+	}
+	bin, err := findBinary(tool)
 	if err != nil {
 		return nil, err
 	}
@@ -382,7 +389,7 @@ func (c *MinIOCluster) ServeControl(t TB) string {
 
 // CmdMinIOCluster is the script command
 //
-//	minio-cluster -netns [-nodes N] [-drives D] [-kes] [-key NAME] [-trust-km=false]
+//	minio-cluster -netns [-nodes N] [-drives D] [-kes] [-key NAME] [-trust-km=false] [-release-before-km]
 //
 // a distributed MinIO of N server processes (default 2) with D drives each
 // (default 2) inside the script's test host (test-host; -netns is required,
@@ -391,7 +398,8 @@ func (c *MinIOCluster) ServeControl(t TB) string {
 // run in the test host too (kes-server -netns). The CA of the script's Key
 // Manager, if one was started, is trusted; it must run in the test host
 // (key-manager -netns), where the nodes can reach it; with -trust-km=false
-// it is not. Every node's env file sets MINIO_OPTS="--certs-dir DIR" and
+// it is not; with -release-before-km every node reports MinIO
+// RELEASE.2024-05-07T06-41-25Z (toolcache.MinIOBeforeKM). Every node's env file sets MINIO_OPTS="--certs-dir DIR" and
 // the node starts with those words, as a unit's ExecStart=minio server
 // $MINIO_OPTS would. Sets MINIO_ENDPOINT, MINIO_URL (node 1), MINIO_CA,
 // MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, MINIO_NODES, MINIO_ENV_FILE_i,
@@ -410,12 +418,13 @@ func CmdMinIOCluster(ts *testscript.TestScript, neg bool, args []string) {
 	key := fs.String("key", "minio-default-key", "default KMS key")
 	netns := fs.Bool("netns", false, "run inside the script's test host (required)")
 	trustKM := fs.Bool("trust-km", true, "put the script's Key Manager CA into certs/CAs")
+	beforeKM := fs.Bool("release-before-km", false, "run the MinIO that reports the release before the Key Manager client")
 	parseFlags(ts, fs, args)
 	if !*netns {
 		ts.Fatalf("minio-cluster: the nodes run in the script's test host: run test-host first and pass -netns (in a container MinIO refuses endpoints on loopback)")
 	}
 	st := stateOf(ts)
-	opts := MinIOClusterOptions{Nodes: *nodes, DrivesPerNode: *drives, Host: scriptHost(ts, "minio-cluster")}
+	opts := MinIOClusterOptions{Nodes: *nodes, DrivesPerNode: *drives, Host: scriptHost(ts, "minio-cluster"), BeforeKM: *beforeKM}
 	if st.km != nil && st.km.host != opts.Host {
 		ts.Fatalf("minio-cluster: the script's Key Manager runs outside the test host, where the nodes cannot reach it: start it with key-manager -netns")
 	}
