@@ -21,6 +21,7 @@ import (
 //	[gN/]edited/NODE                a node's file has its new content
 //	[gN/]restart, restarted, healthy, validated
 //	                                the restart into the Key Manager: begun, done, healthy, sample read
+//	[gN/]reported                   what the nodes reported while the cutover waited for health ([]nodesReport)
 //	[gN/]rollback/restore           a rollback of the attempt began restoring the nodes
 //	[gN/]rollback/restored/NODE     a node's file has its original content again
 //	[gN/]rollback/restart, rollback/restarted, rollback/healthy, rollback/validated
@@ -99,6 +100,13 @@ type caInstallItem struct{ Gen int }
 
 func (i caInstallItem) String() string { return genPrefix(i.Gen) + "ca-install" }
 
+// reportedItem holds what the nodes reported after attempt Gen's restart
+// into the Key Manager (nodesReport): the rollback's evidence of whether
+// anything can have been sealed under it.
+type reportedItem struct{ Gen int }
+
+func (i reportedItem) String() string { return genPrefix(i.Gen) + "reported" }
+
 // restoreItem marks, before the first node's environment is restored, that
 // a rollback of attempt Gen began.
 type restoreItem struct{ Gen int }
@@ -153,6 +161,8 @@ func parseCutoverItem(s string) (cutoverItemName, error) {
 		return restoreItem{Gen: g}, nil
 	case "ca-install":
 		return caInstallItem{Gen: g}, nil
+	case "reported":
+		return reportedItem{Gen: g}, nil
 	}
 	for _, k := range []nodeItemKind{nodeRestored, nodeBackup, nodeEdited} {
 		if node, ok := strings.CutPrefix(rest, string(k)+"/"); ok && node != "" {

@@ -13,6 +13,8 @@ func TestCutoverItemsRoundTrip(t *testing.T) {
 		restoreItem{Gen: 1},
 		caInstallItem{},
 		caInstallItem{Gen: 3},
+		reportedItem{},
+		reportedItem{Gen: 2},
 		rolledBackItem{Attempt: 2},
 		newNodeItem(0, nodeBackup, "/etc/default/minio"),
 		newNodeItem(1, nodeEdited, "ssh://root@h1:22/etc/default/minio"),
