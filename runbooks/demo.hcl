@@ -48,7 +48,14 @@ variable "root_password" {
 
 variable "env_files" {
   type        = list(string)
-  description = "every node's env file"
+  default     = []
+  description = "the env file of a single-node demo (it needs no mapping)"
+}
+
+variable "nodes" {
+  type        = map(object({ env_file = string }))
+  default     = {}
+  description = "every node's env file by server, { \"ADDRESS:PORT\" = { env_file = \"nodes/nodeN/minio.env\" } }: the demo's nodes are local files on one machine, so each is named by the server it controls"
 }
 
 variable "enclave" {
@@ -75,6 +82,10 @@ aistor "demo" {
   secret_key      = var.root_password
   ca_file         = "nodes/tls/ca.pem"
   env_files       = var.env_files
+  nodes           = var.nodes
+  # every node starts with --certs-dir nodes/certs (the Key Manager's CA is
+  # checked against its CAs/ before the cutover)
+  certs_dir       = "nodes/certs"
   restart         = "command"
   restart_command = ["runbook", "demo", "restart-node"]
   log_command     = ["runbook", "demo", "node-log"]

@@ -96,10 +96,27 @@ variable "minio_ca" {
   description = "the CA certificate that signs the object store's TLS certificate"
 }
 
+# Every server of the object store (every pool, as `mc admin info` lists
+# them) is cut over with its own env file; the plan matches each server to
+# its file and refuses a server no file covers, or a file that matches no
+# server, before anything changes.
+#   one server:  env_files = ["/etc/default/minio"]              (the default)
+#   a cluster:   env_files = ["ssh://minio@minio1.example.net/etc/default/minio",
+#                             "ssh://minio@minio2.example.net/etc/default/minio", …]
+#                (an ssh:// file matches the server on its host)
+#   local files of a cluster (several servers on this host, or a shared mount):
+#                env_files = []
+#                nodes = { "minio1.example.net:9000" = { env_file = "/srv/minio1/minio.env" }, … }
 variable "env_files" {
   type        = list(string)
   default     = ["/etc/default/minio"]
-  description = "every node's environment file: local paths, or ssh://user@host[:port]/path"
+  description = "the servers' environment files: ssh://user@host[:port]/path (matched to the server on that host), or the one local file of a single-server store"
+}
+
+variable "nodes" {
+  type        = map(object({ env_file = string }))
+  default     = {}
+  description = "local env files of a cluster, by server: { \"HOST:PORT\" = { env_file = \"/path\" } }, HOST:PORT as mc admin info lists the servers"
 }
 
 variable "restart" {
@@ -112,6 +129,12 @@ variable "restart_command" {
   type        = list(string)
   default     = []
   description = "with restart = \"command\": the argv run once per node"
+}
+
+variable "install_ca" {
+  type        = bool
+  default     = false
+  description = "install the Key Manager's CA (km_ca) into the certs/CAs of every node that does not trust the Key Manager yet (rollback removes it); without it, such a node is refused at plan"
 }
 
 # --- Connections: no side effects -----------------------------------------
@@ -140,6 +163,7 @@ aistor "prod" {
   secret_key      = var.root_password
   ca_file         = var.minio_ca
   env_files       = var.env_files
+  nodes           = var.nodes
   restart         = var.restart
   restart_command = var.restart_command
 }
@@ -208,7 +232,10 @@ verification "keys" {
   depends_on = [migration.keys]
 }
 
-# Documented steps 8 and 9: on every node, comment out MINIO_KMS_KES_* and
+# Documented steps 8 and 9, with each node checked first (from the node
+# itself: its release has the Key Manager client, it reaches the Key
+# Manager, and the CAs its MinIO loads, certs/CAs and the system roots,
+# verify it; MinIO has no Key Manager CA variable): on every node, comment out MINIO_KMS_KES_* and
 # set MINIO_KMS_SERVER, MINIO_KMS_ENCLAVE, MINIO_KMS_API_KEY and
 # MINIO_KMS_SSE_KEY (the old MINIO_KMS_KES_KEY_NAME); check the files are
 # identical across nodes; restart with a full stop and start (the documented
@@ -221,6 +248,7 @@ cutover "aistor" {
   enclave          = enclave.primary
   api_key          = identity.aistor.api_key
   validate_objects = []
+  install_ca       = var.install_ca
   on_failure       = "rollback"
   depends_on       = [verification.keys]
 }

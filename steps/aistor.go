@@ -11,6 +11,7 @@ import (
 	"github.com/minio/madmin-go/v3"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/zclconf/go-cty/cty"
 
 	"github.com/runbook-dev/runbook/engine"
 )
@@ -31,15 +32,19 @@ var (
 )
 
 type aistorConfig struct {
-	Endpoint       string   `hcl:"endpoint"`
-	AccessKey      string   `hcl:"access_key"`
-	SecretKey      string   `hcl:"secret_key"`
-	CAFile         string   `hcl:"ca_file,optional"`
-	Insecure       bool     `hcl:"insecure,optional"`
-	EnvFiles       []string `hcl:"env_files,optional"`
-	Restart        string   `hcl:"restart,optional"`
-	RestartCommand []string `hcl:"restart_command,optional"`
-	Platform       string   `hcl:"platform,optional"`
+	Endpoint  string   `hcl:"endpoint"`
+	AccessKey string   `hcl:"access_key"`
+	SecretKey string   `hcl:"secret_key"`
+	CAFile    string   `hcl:"ca_file,optional"`
+	Insecure  bool     `hcl:"insecure,optional"`
+	EnvFiles  []string `hcl:"env_files,optional"`
+	// Nodes names the server each env file controls (aistor_nodes.go):
+	// "HOST:PORT" → { env_file, restart_command, certs_dir }.
+	Nodes          cty.Value `hcl:"nodes,optional"`
+	CertsDir       string    `hcl:"certs_dir,optional"`
+	Restart        string    `hcl:"restart,optional"`
+	RestartCommand []string  `hcl:"restart_command,optional"`
+	Platform       string    `hcl:"platform,optional"`
 	// For the cutover (steps/cutover.go): how ssh:// env files are reached,
 	// and how a node's log is read when it does not come back.
 	SSHKnownHosts string   `hcl:"ssh_known_hosts,optional"`
@@ -62,6 +67,10 @@ type aistorConfig struct {
 type aistorConnection struct {
 	cfg aistorConfig
 
+	nodesOnce sync.Once
+	nodes     []nodeSpec
+	nodesBad  []string
+
 	once  sync.Once
 	admin *madmin.AdminClient
 	s3    *minio.Client
@@ -82,7 +91,7 @@ func (a *aistorConnection) Validate(d *engine.Decoded) hcl.Diagnostics {
 	if a.cfg.Restart != "" {
 		diags = append(diags, oneOf(d, "restart", a.cfg.Restart, "systemd", "command", "admin", "rolling")...)
 	}
-	if a.cfg.Restart == "command" && len(a.cfg.RestartCommand) == 0 {
+	if a.cfg.Restart == "command" && len(a.cfg.RestartCommand) == 0 && !a.everyNodeRestarts() {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing restart_command", Detail: "restart = \"command\" runs restart_command once per node: give it as an argv list, for example [\"/usr/local/bin/restart-minio\"].", Subject: d.AttrRange("restart")})
 	}
 	if a.cfg.Platform != "" {
@@ -91,14 +100,80 @@ func (a *aistorConnection) Validate(d *engine.Decoded) hcl.Diagnostics {
 	if a.cfg.Platform == "kubernetes" {
 		diags = append(diags, validateK8sConnection(d, &a.cfg)...)
 	}
+	if !d.Unknown("nodes") {
+		_, problems := a.nodeSpecs()
+		for _, p := range problems {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid nodes", Detail: p + ".", Subject: d.AttrRange("nodes")})
+		}
+	}
+	if !d.Unknown("env_files") && !d.Unknown("nodes") {
+		diags = append(diags, a.validateFiles(d)...)
+	}
+	return diags
+}
+
+// everyNodeRestarts reports whether every node has a restart_command of
+// its own in nodes (then the block needs none).
+func (a *aistorConnection) everyNodeRestarts() bool {
+	specs, _ := a.nodeSpecs()
+	if len(specs) == 0 || len(a.cfg.EnvFiles) > 0 {
+		return false
+	}
+	for _, sp := range specs {
+		if len(sp.RestartCommand) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// validateFiles refuses local files that name no server where there is
+// more than one file, and a file listed twice.
+func (a *aistorConnection) validateFiles(d *engine.Decoded) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	all := a.EnvFiles()
+	seen := map[string]bool{}
+	for _, f := range all {
+		if seen[f] {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate env file", Detail: fmt.Sprintf("%s is listed twice (env_files and nodes name every node's file once).", f), Subject: d.AttrRange("env_files")})
+		}
+		seen[f] = true
+	}
+	if len(all) < 2 {
+		return diags
+	}
+	for _, f := range a.cfg.EnvFiles {
+		if n, err := parseEnvNode(f); err == nil && !n.Remote() {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Local env file names no server", Detail: fmt.Sprintf("%s is a local file, and this object store has %d env files: a local file cannot be matched to its server by host. Name the server each local file controls, as `mc admin info` lists it: nodes = { \"HOST:PORT\" = { env_file = %q } } (one entry per server; leave env_files for ssh://user@host/path files, which match by host).", f, len(all), f), Subject: d.AttrRange("env_files")})
+		}
+	}
 	return diags
 }
 
 // Endpoint is the deployment's URL.
 func (a *aistorConnection) Endpoint() string { return a.cfg.Endpoint }
 
-// EnvFiles are the nodes' environment files as written in the runbook.
-func (a *aistorConnection) EnvFiles() []string { return a.cfg.EnvFiles }
+// EnvFiles are the nodes' environment files as written in the runbook:
+// env_files, then the files of nodes in the order of their servers.
+func (a *aistorConnection) EnvFiles() []string {
+	files := append([]string(nil), a.cfg.EnvFiles...)
+	specs, _ := a.nodeSpecs()
+	for _, n := range specs {
+		files = append(files, n.EnvFile)
+	}
+	return files
+}
+
+// nodeSpecs are the entries of nodes, sorted by server, and what is wrong
+// with them (Validate reports it).
+func (a *aistorConnection) nodeSpecs() ([]nodeSpec, []string) {
+	a.nodesOnce.Do(func() { a.nodes, a.nodesBad = parseNodeSpecs(a.cfg.Nodes) })
+	return a.nodes, a.nodesBad
+}
+
+// CertsDir is the certs dir every node's MinIO loads, when the runbook
+// says it ("" = found per node: aistor_nodes.go).
+func (a *aistorConnection) CertsDir() string { return a.cfg.CertsDir }
 
 // RestartMode is how the cutover restarts each node.
 func (a *aistorConnection) RestartMode() string { return a.cfg.Restart }

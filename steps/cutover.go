@@ -51,7 +51,11 @@ type cutoverConfig struct {
 	SamplePerBucket *int     `hcl:"sample_per_bucket,optional"`
 	ValidateAll     bool     `hcl:"validate_all,optional"`
 	OnFailure       string   `hcl:"on_failure,optional"`
-	WaitTimeout     string   `hcl:"wait_timeout,optional"`
+	// InstallCA installs the Key Manager's CA (its key_manager block's
+	// ca_file) into the certs/CAs of every node that does not trust the
+	// Key Manager yet; rollback removes it again.
+	InstallCA   bool   `hcl:"install_ca,optional"`
+	WaitTimeout string `hcl:"wait_timeout,optional"`
 }
 
 // cutoverStep moves a running AIStor deployment from KES to the Key Manager
@@ -126,17 +130,17 @@ func (c *cutoverStep) validateConnection(d *engine.Decoded, a *aistorConnection)
 		return nil
 	}
 	if len(a.EnvFiles()) == 0 {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "No env files to cut over", Detail: "The cutover edits every node's environment file: list them in env_files on the aistor block (local paths or ssh://user@host[:port]/path), or set platform = \"kubernetes\".", Subject: d.AttrRange("aistor")})
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "No env files to cut over", Detail: "The cutover edits every node's environment file: list them on the aistor block, ssh://user@host[:port]/path files in env_files (matched to the servers by host), local files in nodes = { \"HOST:PORT\" = { env_file = \"PATH\" } } (a single-server store may list its one local file in env_files), or set platform = \"kubernetes\".", Subject: d.AttrRange("aistor")})
 	}
-	seen := map[string]bool{}
 	for _, f := range a.EnvFiles() {
 		if _, err := parseEnvNode(f); err != nil {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid env file", Detail: err.Error() + ".", Subject: d.AttrRange("aistor")})
 		}
-		if seen[f] {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate env file", Detail: fmt.Sprintf("%s is listed twice in env_files; list every node's file once.", f), Subject: d.AttrRange("aistor")})
+	}
+	if c.cfg.InstallCA && a.Platform() != "kubernetes" {
+		if k, err := enclaveFrom(c.cfg.Enclave); err == nil && k.KM.cfg.CAFile == "" && !d.Unknown("enclave") {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "install_ca without a CA", Detail: fmt.Sprintf("install_ca installs the Key Manager's CA certificate (the ca_file of %s) into each node's certs/CAs, and that block names no ca_file: set it to the CA that signed the Key Manager's certificate.", k.Addr), Subject: d.AttrRange("install_ca")})
 		}
-		seen[f] = true
 	}
 	if a.RestartMode() == "rolling" {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Rolling restart cannot cut over", Detail: rollingReason(hostsOf(a.EnvFiles())) + " Set restart = \"systemd\" or restart = \"command\" on the aistor block: every node restarts at once and S3 clients retry.", Subject: d.AttrRange("aistor")})
@@ -182,7 +186,8 @@ func (c *cutoverStep) resolve(r *engine.Run) (*cutoverEnv, error) {
 	if c.cfg.SamplePerBucket != nil {
 		e.sample = *c.cfg.SamplePerBucket
 	}
-	if e.plat, err = newCutoverPlatform(a, e.wait); err != nil {
+	target := kmTarget{Endpoints: enc.KM.Endpoints(), CAFile: enc.KM.cfg.CAFile, InstallCA: c.cfg.InstallCA}
+	if e.plat, err = newCutoverPlatform(a, target, e.wait); err != nil {
 		return nil, err
 	}
 	return e, nil

@@ -117,9 +117,17 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 		s, _ := cutoverCheckpoint[cutoverSample](r, sampleItem{})
 		return &s, settings, nil
 	}
+	if err := c.refuseOnKeyManager(ctx, r, e, nil); err != nil {
+		return nil, kmsSettings{}, err
+	}
 	v, err := e.plat.Observe(ctx, r)
 	if err != nil {
 		return nil, kmsSettings{}, fmt.Errorf("check the nodes before the cutover (nothing was changed, no node restarted): %w", err)
+	}
+	if v.Table != nil {
+		if err := r.Checkpoint(engine.TableItem(v.Table.Title), v.Table); err != nil {
+			return nil, kmsSettings{}, err
+		}
 	}
 	facts, err := c.observeKMS(ctx, r, e, v.Env)
 	if err != nil {

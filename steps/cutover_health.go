@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -18,7 +19,7 @@ import (
 // waitHealthy waits until every node is online, AIStor's KMS status names
 // want with every endpoint online, and the default key passes a status
 // check.
-func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutoverEnv, want string) error {
+func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutoverEnv, want string, seen *nodesReport) error {
 	admin, _, err := e.a.Clients(r)
 	if err != nil {
 		return err
@@ -29,7 +30,7 @@ func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutover
 	healthy := 0
 	var last string
 	for {
-		why := healthCheck(wctx, r, e.a, admin, e.plat.Servers(), want)
+		why := healthCheck(wctx, r, e.a, admin, e.plat.Servers(), want, seen)
 		if why != "" && wctx.Err() != nil && last != "" {
 			// The wait's deadline cut this check short: the check before it
 			// says what was wrong ("context deadline exceeded" says nothing).
@@ -64,15 +65,18 @@ func (c *cutoverStep) waitHealthy(ctx context.Context, r *engine.Run, e *cutover
 const stableHealthChecks = 3
 
 // healthCheck returns "" when healthy, else what is wrong.
-func healthCheck(ctx context.Context, r *engine.Run, a *aistorConnection, admin *madmin.AdminClient, nodes int, want string) string {
+// seen, when not nil, gathers what the nodes reported.
+func healthCheck(ctx context.Context, r *engine.Run, a *aistorConnection, admin *madmin.AdminClient, nodes int, want string, seen *nodesReport) string {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	seen.check()
 	info, err := admin.ServerInfo(cctx)
 	if err != nil {
 		return fmt.Sprintf("server info: %v", err)
 	}
 	var offline []string
 	for _, s := range info.Servers {
+		seen.server(s.Endpoint, s.State)
 		if s.State != string(madmin.ItemOnline) {
 			offline = append(offline, s.Endpoint+" "+s.State)
 			continue
@@ -94,9 +98,20 @@ func healthCheck(ctx context.Context, r *engine.Run, a *aistorConnection, admin 
 		return why
 	}
 	st, err := admin.KMSStatus(cctx)
-	if err != nil {
+	switch {
+	case err != nil && want == kmsNameKES && kmsStatusRefused(err):
+		// MinIO asks KES /v1/status with its own KES identity, which may
+		// encrypt and decrypt and still lack that path (DOMAIN.md E): no
+		// status will ever name KES. Judge by what each server runs with
+		// instead, then by the default key's round trip below.
+		if why := runsOnKES(info); why != "" {
+			return why
+		}
+		st = madmin.KMSStatus{Name: kmsNameKES} // DefaultKeyID "": MinIO's default key
+	case err != nil:
 		return fmt.Sprintf("KMS status: %v", err)
 	}
+	seen.kms(st.Name)
 	if st.Name != want {
 		return fmt.Sprintf("KMS status names %q, not %q", st.Name, want)
 	}
@@ -111,6 +126,66 @@ func healthCheck(ctx context.Context, r *engine.Run, a *aistorConnection, admin 
 	}
 	if ks.EncryptionErr != "" || ks.DecryptionErr != "" {
 		return fmt.Sprintf("default key %q fails its round trip: %s %s", st.DefaultKeyID, ks.EncryptionErr, ks.DecryptionErr)
+	}
+	return ""
+}
+
+// nodesReport is what the nodes reported while a cutover waited for them
+// after its restart into the Key Manager (journal item reported). A server
+// that MinIO never listed online and a KMS status that never named the Key
+// Manager mean no node ever served on the Key Manager: MinIO exits at
+// start-up when it cannot reach its KMS, so nothing was sealed under it.
+type nodesReport struct {
+	Checks int      `json:"checks"`
+	Online []string `json:"online,omitempty"` // servers listed online at least once
+	KMS    []string `json:"kms,omitempty"`    // the KMS names the status gave
+}
+
+func (n *nodesReport) check() {
+	if n != nil {
+		n.Checks++
+	}
+}
+
+func (n *nodesReport) server(endpoint, state string) {
+	if n != nil && state == string(madmin.ItemOnline) && !slices.Contains(n.Online, endpoint) {
+		n.Online = append(n.Online, endpoint)
+		slices.Sort(n.Online)
+	}
+}
+
+func (n *nodesReport) kms(name string) {
+	if n != nil && !slices.Contains(n.KMS, name) {
+		n.KMS = append(n.KMS, name)
+	}
+}
+
+// neverServed reports whether no node was ever seen serving after the
+// restart: none listed online, no KMS status at all.
+func (n nodesReport) neverServed() bool { return n.Checks > 0 && len(n.Online) == 0 && len(n.KMS) == 0 }
+
+// merge adds what an earlier run's wait saw.
+func (n *nodesReport) merge(o nodesReport) {
+	n.Checks += o.Checks
+	for _, s := range o.Online {
+		n.server(s, string(madmin.ItemOnline))
+	}
+	for _, k := range o.KMS {
+		n.kms(k)
+	}
+}
+
+// runsOnKES returns "" when every server's own environment (ServerInfo's
+// MinioEnvVars) names a KES server and no Key Manager, else which server
+// does not.
+func runsOnKES(info madmin.InfoMessage) string {
+	for _, s := range info.Servers {
+		if srv := s.MinioEnvVars["MINIO_KMS_SERVER"]; srv != "" {
+			return fmt.Sprintf("KES refuses /v1/status to MinIO's KES identity, and server %s runs with MINIO_KMS_SERVER=%s", s.Endpoint, srv)
+		}
+		if s.MinioEnvVars["MINIO_KMS_KES_ENDPOINT"] == "" {
+			return fmt.Sprintf("the KMS status is refused, and server %s runs with no MINIO_KMS_KES_ENDPOINT", s.Endpoint)
+		}
 	}
 	return ""
 }
@@ -205,8 +280,22 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 		r.SetOutput("restarted_at", cty.StringVal(rs.At.Format(time.RFC3339Nano)))
 	}
 	if !hasItem(r, item(phaseHealthy)) {
-		err := c.waitHealthy(ctx, r, e, want)
+		var seen *nodesReport
+		if !back {
+			seen = &nodesReport{}
+			if old, ok := cutoverCheckpoint[nodesReport](r, reportedItem{Gen: g}); ok {
+				seen.merge(old)
+			}
+		}
+		err := c.waitHealthy(ctx, r, e, want, seen)
 		window := probe.stop()
+		if seen != nil {
+			// Recorded whether the wait succeeded or not: a rollback reads
+			// it as evidence (rollback, checkNoNewWrites).
+			if cerr := checkpointItem(r, reportedItem{Gen: g}, seen); cerr != nil && err == nil {
+				err = cerr
+			}
+		}
 		if err != nil {
 			return err
 		}
@@ -256,7 +345,7 @@ func (c *cutoverStep) needsRestart(ctx context.Context, r *engine.Run, e *cutove
 	deadline := time.Now().Add(min(e.wait, restartGrace))
 	down := 0
 	for {
-		why := healthCheck(ctx, r, e.a, admin, e.plat.Servers(), want)
+		why := healthCheck(ctx, r, e.a, admin, e.plat.Servers(), want, nil)
 		if why == "" {
 			return ""
 		}

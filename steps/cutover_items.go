@@ -16,10 +16,12 @@ import (
 //
 //	sample                          the object sample, read and digested before any change
 //	[gN/]settings                   the attempt began: the Key Manager settings every node gets
+//	[gN/]ca-install                 the nodes whose certs/CAs get the Key Manager's CA (install_ca), before any is written
 //	[gN/]backup/NODE                a node's file backed up; the hash it is about to get
 //	[gN/]edited/NODE                a node's file has its new content
 //	[gN/]restart, restarted, healthy, validated
 //	                                the restart into the Key Manager: begun, done, healthy, sample read
+//	[gN/]reported                   what the nodes reported while the cutover waited for health ([]nodesReport)
 //	[gN/]rollback/restore           a rollback of the attempt began restoring the nodes
 //	[gN/]rollback/restored/NODE     a node's file has its original content again
 //	[gN/]rollback/restart, rollback/restarted, rollback/healthy, rollback/validated
@@ -92,6 +94,19 @@ type settingsItem struct{ Gen int }
 
 func (i settingsItem) String() string { return genPrefix(i.Gen) + "settings" }
 
+// caInstallItem lists, before the first is written, the CA files attempt
+// Gen installs ([]caInstall).
+type caInstallItem struct{ Gen int }
+
+func (i caInstallItem) String() string { return genPrefix(i.Gen) + "ca-install" }
+
+// reportedItem holds what the nodes reported after attempt Gen's restart
+// into the Key Manager (nodesReport): the rollback's evidence of whether
+// anything can have been sealed under it.
+type reportedItem struct{ Gen int }
+
+func (i reportedItem) String() string { return genPrefix(i.Gen) + "reported" }
+
 // restoreItem marks, before the first node's environment is restored, that
 // a rollback of attempt Gen began.
 type restoreItem struct{ Gen int }
@@ -144,6 +159,10 @@ func parseCutoverItem(s string) (cutoverItemName, error) {
 		return settingsItem{Gen: g}, nil
 	case "rollback/restore":
 		return restoreItem{Gen: g}, nil
+	case "ca-install":
+		return caInstallItem{Gen: g}, nil
+	case "reported":
+		return reportedItem{Gen: g}, nil
 	}
 	for _, k := range []nodeItemKind{nodeRestored, nodeBackup, nodeEdited} {
 		if node, ok := strings.CutPrefix(rest, string(k)+"/"); ok && node != "" {

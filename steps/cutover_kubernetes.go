@@ -173,7 +173,7 @@ func (k *k8sPlatform) Observe(ctx context.Context, r *engine.Run) (*platformView
 
 // PlanChange says exactly what Write will do, and its equivalent where the
 // resource is kept.
-func (k *k8sPlatform) PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (any, error) {
+func (k *k8sPlatform) PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (map[string]any, error) {
 	t, s := k.t, k.s
 	ch, err := t.change(s, set, set["MINIO_KMS_API_KEY"])
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"strings"
@@ -15,33 +16,64 @@ import (
 
 // linuxPlatform is the cutover on hosts: every node's environment is an
 // env file (local, or ssh://user@host[:port]/path), edited in place, and
-// every node is restarted by systemd or by the aistor block's
-// restart_command.
+// every node is restarted by systemd or by a restart command. Its nodes
+// are the object store's servers, each matched to the env file that
+// controls it (aistor_nodes.go) and checked from the node before any
+// change (cutover_linux_nodes.go).
 type linuxPlatform struct {
-	a     *aistorConnection
-	nodes []*envNode
-	pool  *sshPool
-	files []nodeFile // as Observe read them
+	a      *aistorConnection
+	target kmTarget
+	nodes  []*envNode  // every node's env file, in the runbook's order
+	specs  []nodeSpec  // per node: its nodes entry (Server "" for an env_files entry)
+	facts  []nodeFacts // per node, found by Observe
+	pool   *sshPool
+	files  []nodeFile // as Observe read them
+
+	observed bool // Observe ran (facts are known)
 }
 
 var _ cutoverPlatform = (*linuxPlatform)(nil)
 
-func newLinuxPlatform(a *aistorConnection) (*linuxPlatform, error) {
-	l := &linuxPlatform{a: a, pool: newSSHPool(a.SSHKnownHosts(), a.SSHIdentity())}
-	for _, f := range a.EnvFiles() {
-		n, err := parseEnvNode(f)
+func newLinuxPlatform(a *aistorConnection, target kmTarget) (*linuxPlatform, error) {
+	l := &linuxPlatform{a: a, target: target, pool: newSSHPool(a.SSHKnownHosts(), a.SSHIdentity())}
+	specs, _ := a.nodeSpecs()
+	for _, f := range a.cfg.EnvFiles {
+		l.specs = append(l.specs, nodeSpec{EnvFile: f})
+	}
+	l.specs = append(l.specs, specs...)
+	for _, sp := range l.specs {
+		n, err := parseEnvNode(sp.EnvFile)
 		if err != nil {
 			return nil, err
 		}
 		n.pool = l.pool
 		l.nodes = append(l.nodes, n)
 	}
+	l.facts = make([]nodeFacts, len(l.nodes))
 	return l, nil
 }
 
 func (l *linuxPlatform) Close()       { l.pool.close() }
 func (l *linuxPlatform) Servers() int { return len(l.nodes) }
-func (l *linuxPlatform) Hosts() int   { return hostsOf(l.a.EnvFiles()) }
+
+// Hosts counts the hosts the runbook names: each nodes entry's host, each
+// ssh host, and this host for a lone local file.
+func (l *linuxPlatform) Hosts() int {
+	hosts := map[string]bool{}
+	for i, sp := range l.specs {
+		switch {
+		case sp.Server != "":
+			h, _, _ := net.SplitHostPort(sp.Server)
+			hosts[strings.ToLower(h)] = true
+		case l.nodes[i].Remote():
+			h, _, _ := net.SplitHostPort(l.nodes[i].Host)
+			hosts[strings.ToLower(h)] = true
+		default:
+			hosts[""] = true
+		}
+	}
+	return len(hosts)
+}
 
 // nodeFile is one node's file as read.
 type nodeFile struct {
@@ -92,8 +124,10 @@ func sameFiles(files []nodeFile) error {
 }
 
 // Observe refuses a restart mode that cannot cut over, env files that
-// differ between nodes, and (restart = "systemd") KMS variables the unit
-// sets outside the edited file.
+// differ between nodes, servers no file covers and files that match no
+// server, a node that cannot run on the Key Manager (nodeChecks), and
+// (restart = "systemd") KMS variables the unit sets outside the edited
+// file.
 func (l *linuxPlatform) Observe(ctx context.Context, r *engine.Run) (*platformView, error) {
 	if err := refuseRestartMode(l.a); err != nil {
 		return nil, err
@@ -110,9 +144,15 @@ func (l *linuxPlatform) Observe(ctx context.Context, r *engine.Run) (*platformVi
 	if err != nil {
 		return nil, fmt.Errorf("read env file %s: %w", files[0].node.Name, err)
 	}
+	if err := l.matchServers(ctx, r); err != nil {
+		return nil, err
+	}
 	v := &platformView{Env: env}
-	for _, f := range files {
-		v.Observed = append(v.Observed, fmt.Sprintf("%s: sha256 %s", f.node.Name, f.sum))
+	if v.Risks, err = l.nodeChecks(ctx, r, env); err != nil {
+		return nil, err
+	}
+	for i, f := range files {
+		v.Observed = append(v.Observed, fmt.Sprintf("%s: sha256 %s; %s", f.node.Name, f.sum, l.facts[i].summary()))
 	}
 	v.Observed = append(v.Observed, fmt.Sprintf("the %d env files are identical (sha256 %s)", len(files), files[0].sum))
 	if l.a.RestartMode() == "systemd" {
@@ -122,10 +162,12 @@ func (l *linuxPlatform) Observe(ctx context.Context, r *engine.Run) (*platformVi
 		}
 		v.Observed = append(v.Observed, lines...)
 	}
+	l.observed = true
+	v.Table = l.nodeTable()
 	return v, nil
 }
 
-func (l *linuxPlatform) PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (any, error) {
+func (l *linuxPlatform) PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (map[string]any, error) {
 	p.ItemsLabel = "env files to edit"
 	state := map[string]string{}
 	for _, f := range l.files {
@@ -143,14 +185,22 @@ func (l *linuxPlatform) PlanChange(r *engine.Run, set map[string]string, p *engi
 		p.Sections = append(p.Sections, engine.PlanSection{Title: "Environment diff: " + f.node.Name, Body: r.Redact(strings.Join(diff, "\n"))})
 	}
 	sort.Strings(p.Items)
+	if a := l.caAction(); a != "" {
+		p.Actions = append(p.Actions, a)
+	}
 	p.Actions = append(p.Actions, fmt.Sprintf("confirm the %d edited files are identical (sha256) before any restart", len(l.files)))
+	p.Sections = append(p.Sections, engine.PlanSection{Title: "Nodes", Body: l.nodeTable().Text()})
 	p.Actions = append(p.Actions, l.restartAction())
 	p.Rollback = "restore every node's backed-up env file, restart the nodes the same way, and confirm AIStor reports KES and objects read again; refused once any object was written or changed after the cutover's restart (KES cannot read what the Key Manager sealed) unless forced"
 	if l.a.RestartMode() == "systemd" {
 		p.Risks = append(p.Risks, "restart = \"systemd\": a full stop and start of the minio unit on every node")
 	}
 	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node at start-up, cmd/bootstrap-peer-server.go): the object store answers nothing until they are back; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. Even once every node answers healthy, a node that started before a peer's drive was ready refuses writes until MinIO's next drive check, up to about 16 s later (cmd/erasure-sets.go monitorAndConnectEndpoints: 15 s; seen in 1 to 3 of every 10 restarts measured, BENCHMARKS.md): plan the change window for clients that retry that long. The apply measures the window (from the first failed health probe to the first healthy answer) and reports it in its log and as the output unavailable_seconds")
-	return map[string]any{"env_files": state}, nil
+	servers := map[string]string{}
+	for i, n := range l.nodes {
+		servers[n.Name] = l.facts[i].server.Endpoint
+	}
+	return map[string]any{"env_files": state, "servers": servers}, nil
 }
 
 func (l *linuxPlatform) restartAction() string {
@@ -158,14 +208,30 @@ func (l *linuxPlatform) restartAction() string {
 	case "systemd":
 		return fmt.Sprintf("restart every node at once: systemctl restart %s on each node's host", systemdUnit)
 	default:
-		return fmt.Sprintf("restart every node at once: run %s once per node (RUNBOOK_NODE = the node's env file)", quoteArgvList(l.a.RestartCommand()))
+		var own []string
+		for i, sp := range l.specs {
+			if len(sp.RestartCommand) > 0 {
+				own = append(own, fmt.Sprintf("%s runs %s", l.nodes[i].Name, quoteArgvList(sp.RestartCommand)))
+			}
+		}
+		if len(own) == len(l.specs) {
+			return "restart every node at once: " + strings.Join(own, ", ")
+		}
+		s := fmt.Sprintf("restart every node at once: run %s once per node (RUNBOOK_NODE = the node's env file)", quoteArgvList(l.a.RestartCommand()))
+		if len(own) > 0 {
+			s += "; " + strings.Join(own, ", ") + " instead"
+		}
+		return s
 	}
 }
 
-// Write backs up and edits every node's file (checkpointed per node, so a
-// resume never edits a file twice) and confirms the edited files are
-// identical.
+// Write installs the Key Manager's CA where a node lacks it (install_ca),
+// backs up and edits every node's file (checkpointed per node, so a resume
+// never edits a file twice) and confirms the edited files are identical.
 func (l *linuxPlatform) Write(ctx context.Context, r *engine.Run, g int, set map[string]string) error {
+	if err := l.installCAs(ctx, r, g); err != nil {
+		return err
+	}
 	files, err := l.readAll(ctx, r)
 	if err != nil {
 		return err
@@ -305,7 +371,7 @@ func (l *linuxPlatform) Restore(ctx context.Context, r *engine.Run, g int) error
 			return err
 		}
 	}
-	return nil
+	return l.removeCAs(ctx, r, g)
 }
 
 // Restart restarts every node at once: MinIO requires the same MINIO_*
@@ -338,7 +404,7 @@ func (l *linuxPlatform) restartNode(ctx context.Context, r *engine.Run, i int, n
 	case "systemd":
 		out, err = n.exec(ctx, r, []string{"systemctl", "restart", systemdUnit}, nil)
 	case "command":
-		out, err = (&envNode{Name: n.Name}).exec(ctx, r, l.a.RestartCommand(), cutoverNodeEnv(i, n))
+		out, err = (&envNode{Name: n.Name}).exec(ctx, r, l.restartCommand(i), l.nodeEnv(i))
 	default:
 		return "", fmt.Errorf("restart mode %q", l.a.RestartMode())
 	}
@@ -352,11 +418,28 @@ func (l *linuxPlatform) restartNode(ctx context.Context, r *engine.Run, i int, n
 	return text, err
 }
 
-func cutoverNodeEnv(i int, n *envNode) map[string]string {
+// restartCommand is node i's restart_command: its own in nodes, else the
+// aistor block's.
+func (l *linuxPlatform) restartCommand(i int) []string {
+	if rc := l.specs[i].RestartCommand; len(rc) > 0 {
+		return rc
+	}
+	return l.a.RestartCommand()
+}
+
+// nodeEnv is what a restart or log command learns of node i: its env file
+// (RUNBOOK_NODE, as written in the runbook; RUNBOOK_ENV_FILE, its path),
+// its number, its ssh host and user, and its server when the runbook
+// names it in nodes (RUNBOOK_NODE_SERVER).
+func (l *linuxPlatform) nodeEnv(i int) map[string]string {
+	n := l.nodes[i]
 	env := map[string]string{"RUNBOOK_NODE": n.Name, "RUNBOOK_NODE_INDEX": fmt.Sprint(i + 1), "RUNBOOK_ENV_FILE": n.Path}
 	if n.Remote() {
 		env["RUNBOOK_NODE_HOST"] = n.Host
 		env["RUNBOOK_NODE_USER"] = n.User
+	}
+	if s := l.specs[i].Server; s != "" {
+		env["RUNBOOK_NODE_SERVER"] = s
 	}
 	return env
 }
@@ -373,9 +456,9 @@ func (l *linuxPlatform) Logs(ctx context.Context, r *engine.Run) string {
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		switch {
 		case len(l.a.LogCommand()) > 0 && n.Remote():
-			out, err = n.exec(lctx, r, l.a.LogCommand(), cutoverNodeEnv(i, n))
+			out, err = n.exec(lctx, r, l.a.LogCommand(), l.nodeEnv(i))
 		case len(l.a.LogCommand()) > 0:
-			out, err = (&envNode{Name: n.Name}).exec(lctx, r, l.a.LogCommand(), cutoverNodeEnv(i, n))
+			out, err = (&envNode{Name: n.Name}).exec(lctx, r, l.a.LogCommand(), l.nodeEnv(i))
 		case l.a.RestartMode() == "systemd":
 			out, err = n.exec(lctx, r, []string{"journalctl", "-u", systemdUnit, "-n", fmt.Sprint(logTailLines), "--no-pager"}, nil)
 		default:

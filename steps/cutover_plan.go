@@ -21,11 +21,15 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	}
 	defer e.plat.Close()
 	p := &engine.StepPlan{ItemsLabel: "env files to edit"}
+	if err := c.refuseOnKeyManager(ctx, r, e, nil); err != nil {
+		return nil, err
+	}
 	v, err := e.plat.Observe(ctx, r)
 	if err != nil {
 		return nil, err
 	}
 	p.Observed = append(p.Observed, v.Observed...)
+	p.Risks = append(p.Risks, v.Risks...)
 	f, err := c.observeKMS(ctx, r, e, v.Env)
 	if err != nil {
 		return nil, err
@@ -35,7 +39,7 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		apiKey = "(known after apply)"
 	}
 	set := e.settings(f.sseKey).env(apiKey)
-	nodes, err := e.plat.PlanChange(r, set, p)
+	state, err := e.plat.PlanChange(r, set, p)
 	if err != nil {
 		return nil, err
 	}
@@ -44,9 +48,6 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		p.Risks = append(p.Risks, fmt.Sprintf("the object store does not report its KMS status (see above): the default key is taken from the env files (%q), and after the restart the cutover cannot confirm that the object store reports the Key Manager until its identity may read the status", f.envKey))
 	} else {
 		p.Observed = append(p.Observed, fmt.Sprintf("AIStor reports KMS %q, default key %q, endpoints %s", f.name, f.defaultKey, formatKMSEndpoints(f.endpoints)))
-		if f.name == kmsNameKeyManager {
-			p.Risks = append(p.Risks, "AIStor already reports the Key Manager: the files will be edited and the nodes restarted all the same")
-		}
 	}
 	p.Observed = append(p.Observed, fmt.Sprintf("MINIO_KMS_SSE_KEY will be %q, the default key the object store runs with today; the enclave must hold it before any file is changed", f.sseKey))
 	sample, err := c.chooseSample(ctx, r, e)
@@ -72,7 +73,8 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		fmt.Sprintf("the default key %q passes AIStor's key status check (generate + decrypt)", f.sseKey),
 		c.validateAction(e),
 	}
-	p.State = map[string]any{"nodes": nodes, "sample": sample, "sse_key": f.sseKey}
+	state["sample"], state["sse_key"] = sample, f.sseKey
+	p.State = state
 	return p, nil
 }
 
@@ -132,14 +134,8 @@ func (c *cutoverStep) observeKMS(ctx context.Context, r *engine.Run, e *cutoverE
 			return nil, engine.Refusef("%s; and the env files set no MINIO_KMS_KES_KEY_NAME, so the default key the object store runs with cannot be known: add /v1/status to that identity's policy at KES and plan again", f.statusNote)
 		}
 	}
-	if f.name == kmsNameKeyManager {
-		// Already on the Key Manager: the files are edited all the same
-		// (the plan says so as a risk); the KES-era checks do not apply.
-		f.sseKey = c.cfg.SSEKey
-		if f.sseKey == "" {
-			f.sseKey = f.envKey
-		}
-		return f, nil
+	if err := c.refuseOnKeyManager(ctx, r, e, env); err != nil {
+		return nil, err
 	}
 	if f.defaultKey != "" && f.envKey != "" && f.envKey != f.defaultKey {
 		return nil, engine.Refusef("the env files set MINIO_KMS_KES_KEY_NAME=%q, but the running object store reports the default key %q: the files were changed since MinIO started, or it reads its environment elsewhere; after the restart it would seal new data under %q. Make the files name the key MinIO runs with (%q), or restart MinIO on the files first, and plan again", f.envKey, f.defaultKey, f.envKey, f.defaultKey)
@@ -163,6 +159,43 @@ func (c *cutoverStep) observeKMS(ctx context.Context, r *engine.Run, e *cutoverE
 		return nil, engine.Refusef("sse_key %q differs from %s, %q: MINIO_KMS_SSE_KEY must name the key the object store runs with today, or MinIO creates %q in the enclave at start-up and seals new data under a key KES never had. Set sse_key = %q, or leave it out", f.sseKey, src, running, f.sseKey, running)
 	}
 	return f, nil
+}
+
+// refuseOnKeyManager refuses, before anything changes, an object store that
+// runs on a Key Manager already, or whose environment already names one
+// (the env files, when env is given; each server's own environment, which
+// ServerInfo shows): it was cut over before, by hand or by another run, and
+// importing keys into another enclave and editing the files again would
+// only fail later (issue 16, input 8). It names the Key Manager and the
+// enclave the nodes use.
+func (c *cutoverStep) refuseOnKeyManager(ctx context.Context, r *engine.Run, e *cutoverEnv, env map[string]string) error {
+	admin, _, err := e.a.Clients(r)
+	if err != nil {
+		return err
+	}
+	var found []string
+	if env != nil {
+		if srv := env["MINIO_KMS_SERVER"]; srv != "" {
+			found = append(found, fmt.Sprintf("the env files set MINIO_KMS_SERVER=%s and MINIO_KMS_ENCLAVE=%s", srv, env["MINIO_KMS_ENCLAVE"]))
+		}
+	} else {
+		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+		defer cancel()
+		if st, err := admin.KMSStatus(cctx); err == nil && st.Name == kmsNameKeyManager {
+			found = append(found, fmt.Sprintf("its KMS status names %q (endpoints %s, default key %q)", st.Name, formatKMSEndpoints(st.Endpoints), st.DefaultKeyID))
+		}
+		if info, err := admin.ServerInfo(cctx); err == nil {
+			for _, s := range info.Servers {
+				if srv := s.MinioEnvVars["MINIO_KMS_SERVER"]; srv != "" {
+					found = append(found, fmt.Sprintf("server %s runs with MINIO_KMS_SERVER=%s, MINIO_KMS_ENCLAVE=%s", s.Endpoint, srv, s.MinioEnvVars["MINIO_KMS_ENCLAVE"]))
+				}
+			}
+		}
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	return engine.Refusef("the object store already runs on a Key Manager: %s. It was cut over before (by hand or by another run): there is nothing to cut over from KES, and this runbook would import every key into enclave %s for nothing. Nothing was changed; if that Key Manager and enclave are the ones meant, drop the migration and cutover from this runbook", strings.Join(found, "; "), e.enc.Name)
 }
 
 // kmsStatusRefused reports whether MinIO's KMS status call failed because

@@ -35,9 +35,9 @@ type cutoverPlatform interface {
 	// PlanChange adds to p, after Observe, the exact change that set makes
 	// to each node's environment (secrets redacted: set holds the API key),
 	// how every node is then restarted, and how a rollback undoes it. It
-	// returns what the plan binds of the nodes (no secret): a change to it
-	// makes a saved plan stale.
-	PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (state any, err error)
+	// returns what the plan binds of the nodes (no secret), keys of the
+	// step's plan state: a change to it makes a saved plan stale.
+	PlanChange(r *engine.Run, set map[string]string, p *engine.StepPlan) (state map[string]any, err error)
 
 	// Write gives every node the environment set, in attempt g. It backs up
 	// what it replaces (journal dir backups/, 0600) and checkpoints its
@@ -78,15 +78,28 @@ type platformView struct {
 	// Env is the environment every node starts with today (the env files'
 	// MINIO_* variables); nil where the platform does not show it.
 	Env map[string]string
-	// Observed are the plan's lines about the nodes.
+	// Observed are the plan's lines about the nodes; Risks what the plan
+	// must say could not be checked.
 	Observed []string
+	Risks    []string
+	// Table is the nodes as runbook status shows them (nil: none).
+	Table *engine.Table
 }
 
-// newCutoverPlatform is the platform the aistor block names; wait bounds
-// how long a platform watches a rollout it does not drive.
-func newCutoverPlatform(a *aistorConnection, wait time.Duration) (cutoverPlatform, error) {
+// kmTarget is the Key Manager the nodes are cut over to, as the checks
+// from each node need it.
+type kmTarget struct {
+	Endpoints []string // https://host:port, as MINIO_KMS_SERVER will list them
+	CAFile    string   // the key_manager block's ca_file ("" = the system roots verify it)
+	InstallCA bool     // cutover install_ca: put CAFile into the certs/CAs of each node that lacks it
+}
+
+// newCutoverPlatform is the platform the aistor block names; target is
+// the Key Manager, wait bounds how long a platform watches a rollout it
+// does not drive.
+func newCutoverPlatform(a *aistorConnection, target kmTarget, wait time.Duration) (cutoverPlatform, error) {
 	if a.Platform() == "kubernetes" {
 		return &k8sPlatform{a: a, wait: wait}, nil
 	}
-	return newLinuxPlatform(a)
+	return newLinuxPlatform(a, target)
 }

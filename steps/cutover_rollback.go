@@ -58,7 +58,7 @@ func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv
 	}
 	rs, restarted := cutoverCheckpoint[cutoverRestart](r, newRestartItem(g, false, phaseRestart))
 	backBegun := hasItem(r, newRestartItem(g, true, phaseRestart))
-	if restarted && !backBegun {
+	if restarted && !backBegun && !c.neverServed(ctx, r, e, g, rs) {
 		// Once the rollback's own restart began, the object store runs on
 		// KES again: what it writes from then on, KES sealed.
 		if err := c.checkNoNewWrites(ctx, r, e, g, rs); err != nil {
@@ -82,6 +82,34 @@ func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv
 		return fmt.Errorf("after restoring the nodes' environment: %w", err)
 	}
 	return nil
+}
+
+// neverServed reports whether the evidence says no node served on the Key
+// Manager after attempt g's restart, so nothing can have been sealed under
+// it and the write check (which cannot list an object store that is down)
+// is not needed: the journal's report of the cutover's wait (reportedItem)
+// saw no server online and no KMS status, the attempt was never healthy,
+// and no server answers online now. Anything else leaves the judgement to
+// checkNoNewWrites.
+func (c *cutoverStep) neverServed(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, rs cutoverRestart) bool {
+	rep, ok := cutoverCheckpoint[nodesReport](r, reportedItem{Gen: g})
+	if !ok || !rep.neverServed() || hasItem(r, newRestartItem(g, false, phaseHealthy)) {
+		return false
+	}
+	if admin, _, err := e.a.Clients(r); err == nil {
+		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+		info, err := admin.ServerInfo(cctx)
+		cancel()
+		if err == nil {
+			for _, s := range info.Servers {
+				if s.State == string(madmin.ItemOnline) {
+					return false // it serves now: the write check can list it
+				}
+			}
+		}
+	}
+	r.Logf("no node served on the Key Manager after the cutover's restart at %s: in %d health check(s) MinIO listed no server online and reported no KMS status, and none is online now; MinIO exits at start-up when it cannot reach its KMS, so nothing can have been sealed under the Key Manager: rolling back without the write check", rs.At.Format(time.RFC3339), rep.Checks)
+	return true
 }
 
 // writeCheckMargin widens the window of the write check before a rollback

@@ -11,17 +11,19 @@ import (
 
 // unitEnv is what systemd says a node's minio unit sets, from `systemctl
 // show UNIT -p FragmentPath -p DropInPaths -p Environment -p
-// EnvironmentFiles` on the node's host.
+// EnvironmentFiles -p ExecStart -p User` on the node's host.
 type unitEnv struct {
 	Fragment    string            // the unit file
 	DropIns     []string          // its drop-in files
 	Environment map[string]string // Environment= of the unit and its drop-ins, merged
 	EnvFiles    []string          // EnvironmentFiles=, without systemd's "(ignore_errors=…)" note; a leading "-" dropped
+	ExecStart   string            // as systemctl shows it: "{ path=… ; argv[]=… ; … }"
+	User        string            // User=; "" runs it as root
 }
 
 // readUnitEnv asks systemd on n's host for the minio unit's environment.
 func readUnitEnv(ctx context.Context, r *engine.Run, n *envNode) (*unitEnv, error) {
-	out, err := n.exec(ctx, r, []string{"systemctl", "show", systemdUnit, "-p", "FragmentPath", "-p", "DropInPaths", "-p", "Environment", "-p", "EnvironmentFiles"}, nil)
+	out, err := n.exec(ctx, r, []string{"systemctl", "show", systemdUnit, "-p", "FragmentPath", "-p", "DropInPaths", "-p", "Environment", "-p", "EnvironmentFiles", "-p", "ExecStart", "-p", "User"}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("read the %s unit's environment on %s (systemctl show %s): %w: %s", systemdUnit, hostOrLocal(n), systemdUnit, err, strings.TrimSpace(r.Redact(string(out))))
 	}
@@ -36,6 +38,10 @@ func readUnitEnv(ctx context.Context, r *engine.Run, n *envNode) (*unitEnv, erro
 			u.Fragment = v
 		case "DropInPaths":
 			u.DropIns = strings.Fields(v)
+		case "ExecStart":
+			u.ExecStart = v
+		case "User":
+			u.User = v
 		case "Environment":
 			for _, kv := range splitSystemdWords(v) {
 				if name, val, ok := strings.Cut(kv, "="); ok {

@@ -204,7 +204,7 @@ func (m *migrationStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	p := &engine.StepPlan{}
 	m.planObserved(p, obs)
 	m.planImports(p, obs, reused)
-	planLeftBehind(p, obs, m.cfg.SkipUnparsable)
+	planLeftBehind(p, obs, m.cfg.SkipUnparsable, m.pattern())
 	p.Items = append(obs.toImport, obs.rep.overwrite...)
 	sort.Strings(p.Items)
 	p.ItemsLabel = "keys to import"
@@ -337,8 +337,9 @@ func (m *migrationStep) planImports(p *engine.StepPlan, obs *migrationObservatio
 }
 
 // planLeftBehind names the entries that are not carried: not keys, not
-// parsable, names the Key Manager refuses, HMAC keys.
-func planLeftBehind(p *engine.StepPlan, obs *migrationObservation, skipUnparsable bool) {
+// parsable, names the Key Manager refuses, HMAC keys, and keys outside the
+// pattern.
+func planLeftBehind(p *engine.StepPlan, obs *migrationObservation, skipUnparsable bool, pattern string) {
 	rep := obs.rep
 	if bl := rep.blocking(); len(bl) > 0 {
 		verb := "FAIL at the end (set skip_unparsable = true to leave them behind)"
@@ -365,6 +366,11 @@ func planLeftBehind(p *engine.StepPlan, obs *migrationObservation, skipUnparsabl
 	}
 	if s := rep.hmacRisk(); s != "" {
 		p.Risks = append(p.Risks, s)
+	}
+	if left := obs.src.total - len(obs.src.names) - len(obs.src.notKeys); pattern != "*" && left > 0 {
+		// The migration is the step that knows its pattern; verification
+		// and the cutover see only the keys the object store names.
+		p.Risks = append(p.Risks, fmt.Sprintf("pattern %q leaves %d of the key store's %d entries out: a key outside it may seal IAM users, groups and policies, server and bucket configuration (sealed with the default key in force when each was written, DOMAIN.md G) and SSE-S3 objects, and the object store's API names none of those keys, so no check can find them; after the cutover they would no longer read. Migrate with pattern = \"*\" unless you know every key outside the pattern is unused", pattern, left, obs.src.total))
 	}
 }
 

@@ -147,8 +147,12 @@ func (n *envNode) write(ctx context.Context, r *engine.Run, data []byte, meta fi
 	}
 	dir, base := path.Dir(n.Path), path.Base(n.Path)
 	tmp := path.Join(dir, "."+base+".runbook.tmp")
-	script := fmt.Sprintf("set -e; umask 077; t=%s; cat > \"$t\"; chmod %o \"$t\"; chown %d:%d \"$t\"; sync \"$t\"; mv -f \"$t\" %s; sync %s",
-		shellQuote(tmp), meta.Mode, meta.UID, meta.GID, shellQuote(n.Path), shellQuote(dir))
+	chown := ""
+	if meta.UID >= 0 {
+		chown = fmt.Sprintf("chown %d:%d \"$t\"; ", meta.UID, meta.GID)
+	}
+	script := fmt.Sprintf("set -e; umask 077; t=%s; cat > \"$t\"; chmod %o \"$t\"; %ssync \"$t\"; mv -f \"$t\" %s; sync %s",
+		shellQuote(tmp), meta.Mode, chown, shellQuote(n.Path), shellQuote(dir))
 	if _, err := n.pool.run(ctx, r, n, script, data); err != nil {
 		return fmt.Errorf("write env file %s: %w", n.Name, err)
 	}

@@ -101,9 +101,9 @@ func main() {
 	for run := 1; run <= *runs; run++ {
 		dir := filepath.Join(work, fmt.Sprintf("run%d", run))
 		check(os.MkdirAll(dir, 0o700))
-		var files []string
+		var files []string // the aistor block's nodes: each server's env file
 		for _, n := range c.Nodes {
-			files = append(files, strconv.Quote(n.EnvFile))
+			files = append(files, fmt.Sprintf("%q = { env_file = %q }", n.Endpoint, n.EnvFile))
 		}
 		check(os.WriteFile(filepath.Join(dir, "cut.hcl"), fmt.Appendf(nil, runbookHCL, k.URL, k.CAFile, k.ConfigFile, km.URL, km.CAFile, c.URL, c.CAFile, c.RootUser, strings.Join(files, ", "), strconv.Quote(self), fmt.Sprintf("bench-%d", run)), 0o600))
 		env := append(os.Environ(), "RUNBOOK_VAR_kes_api_key="+k.APIKey, "RUNBOOK_VAR_km_api_key="+km.RootAPIKey, "RUNBOOK_VAR_root_password="+c.RootPassword, "MINIO_CONTROL_URL="+control)
@@ -173,7 +173,7 @@ aistor "prod" {
   ca_file         = %q
   access_key      = %q
   secret_key      = var.root_password
-  env_files       = [%s]
+  nodes           = { %s }
   restart         = "command"
   restart_command = [%s, "minio-ctl", "restart"]
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/minio/kms-go/kms"
 	"github.com/minio/madmin-go/v3"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -33,6 +35,9 @@ import (
 //	    online" (madmin KMSStatus).
 //	nosecretfile FILE PATH...
 //	    nosecret, with the secret read from FILE.
+//	km-no-enclave NAME
+//	    the script's Key Manager holds no enclave NAME (EnclaveStatus
+//	    answers ErrEnclaveNotFound): nothing was created.
 //	minio-admin add-user NAME SECRET | set-config KV | add-policy NAME |
 //	            add-service-account USER | set-quota BUCKET BYTES
 //	    changes the script's MinIO through its admin API (madmin AddUser,
@@ -44,6 +49,22 @@ func init() {
 	moreScriptCmds["kms-status"] = cmdKMSStatus
 	moreScriptCmds["nosecretfile"] = cmdNoSecretFile
 	moreScriptCmds["minio-admin"] = cmdMinIOAdmin
+	moreScriptCmds["km-no-enclave"] = cmdKMNoEnclave
+}
+
+func cmdKMNoEnclave(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: km-no-enclave NAME")
+	}
+	ctx, cancel := scriptCtx()
+	defer cancel()
+	_, err := kmClient(ts).EnclaveStatus(ctx, &kms.EnclaveStatusRequest{Name: args[0]})
+	switch {
+	case err == nil:
+		ts.Fatalf("km-no-enclave: enclave %s exists at the Key Manager", args[0])
+	case !errors.Is(err, kms.ErrEnclaveNotFound):
+		ts.Fatalf("km-no-enclave: status of enclave %s: %v", args[0], err)
+	}
 }
 
 func cmdObjectsSnapshot(ts *testscript.TestScript, neg bool, args []string) {

@@ -69,7 +69,29 @@ func runStatus(_ context.Context, env *cliEnv, args []string) error {
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%s\n", r.Addr, r.State, r.Attempts, dash(r.Started), dash(r.Duration), r.Items, dash(r.Error))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printTables(env, js)
+}
+
+// printTables prints the tables steps keep in the journal (engine.Table),
+// in the order of the steps, the latest of each name.
+func printTables(env *cliEnv, js *engine.JournalState) error {
+	for _, addr := range js.Order {
+		st := js.Step(addr)
+		for _, item := range st.Order {
+			if !engine.IsTableItem(item) {
+				continue
+			}
+			var t engine.Table
+			if json.Unmarshal(st.Checkpoints[item], &t) != nil {
+				continue
+			}
+			fmt.Fprintf(env.stdout, "\n%s: %s\n%s", addr, t.Title, t.Text())
+		}
+	}
+	return nil
 }
 
 func dash(s string) string {

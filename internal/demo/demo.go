@@ -235,23 +235,32 @@ func (s *Servers) Close() {
 // Vars are the values of the demo runbook's variables (runbooks/demo.hcl),
 // NAME=VALUE: the servers' addresses and the credentials it is given.
 func (s *Servers) Vars() []string {
-	files := make([]string, len(s.MinIO.Nodes))
-	for i, n := range s.MinIO.Nodes {
-		rel, err := filepath.Rel(s.Dir, n.EnvFile)
-		if err != nil {
-			rel = n.EnvFile
-		}
-		files[i] = fmt.Sprintf("%q", filepath.ToSlash(rel))
-	}
-	return []string{
+	vars := []string{
 		"kes_server=" + s.KES.URL,
 		"kes_api_key=" + s.KES.APIKey,
 		"km_server=" + s.KM.URL(),
 		"km_api_key=" + s.KM.RootAPIKey(),
 		"minio_endpoint=" + s.MinIO.URL(),
 		"root_password=" + s.MinIO.RootPassword,
-		"env_files=[" + strings.Join(files, ",") + "]",
 	}
+	rel := func(n *Node) string {
+		r, err := filepath.Rel(s.Dir, n.EnvFile)
+		if err != nil {
+			r = n.EnvFile
+		}
+		return fmt.Sprintf("%q", filepath.ToSlash(r))
+	}
+	if len(s.MinIO.Nodes) == 1 {
+		// One server and its one local file: the cutover matches them.
+		return append(vars, "env_files=["+rel(s.MinIO.Nodes[0])+"]")
+	}
+	// Local files of several servers name the server each controls, as
+	// MinIO lists it (ADDRESS:PORT).
+	entries := make([]string, len(s.MinIO.Nodes))
+	for i, n := range s.MinIO.Nodes {
+		entries[i] = fmt.Sprintf("%q={env_file=%s}", strings.TrimPrefix(n.URL, "https://"), rel(n))
+	}
+	return append(vars, "nodes={"+strings.Join(entries, ",")+"}")
 }
 
 // Ports are every port the demo's servers listen on, for a check that they

@@ -212,6 +212,9 @@ func (m *MinIO) AddCA(caFile string) error {
 func (m *MinIO) WriteEnv(env map[string]string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "MINIO_ROOT_USER=%s\nMINIO_ROOT_PASSWORD=%s\n", m.RootUser, m.RootPassword)
+	// What a systemd unit's ExecStart=minio server $MINIO_OPTS … would pass
+	// (start reads it from the file, as systemd does).
+	fmt.Fprintf(&b, "MINIO_OPTS=\"--certs-dir %s\"\n", m.CertsDir)
 	keys := make([]string, 0, len(env))
 	for k := range env {
 		keys = append(keys, k)
@@ -257,10 +260,9 @@ func (m *MinIO) start(port int) error {
 			"HOME="+m.Dir,
 		)
 		m.proc, err = startProcess(procSpec{
-			name: "minio",
-			path: m.bin,
-			args: []string{"server", "--certs-dir", m.CertsDir,
-				"--address", m.Endpoint, m.DataDir},
+			name:         "minio",
+			path:         m.bin,
+			args:         append(append([]string{"server", "--address", m.Endpoint}, minioOpts(m.EnvFile, m.CertsDir)...), m.DataDir),
 			env:          env,
 			dir:          m.Dir,
 			logFile:      m.LogFile,
@@ -354,6 +356,7 @@ func (m *MinIO) ServeControl(t TB) string {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /restart", func(w http.ResponseWriter, r *http.Request) {
 		logf("restart requested")
+		countRestart(m.RestartsFile(), "minio")
 		if err := m.restart(logf); err != nil {
 			logf("restart failed: %v", err)
 			http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -372,6 +375,38 @@ func (m *MinIO) ServeControl(t TB) string {
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return "http://" + l.Addr().String()
+}
+
+// RestartsFile is where the control endpoint appends one line per restart
+// it is asked for: what a test counts restarts by.
+func (m *MinIO) RestartsFile() string { return filepath.Join(m.Dir, "restarts") }
+
+// countRestart appends a line to a restart counter file.
+func countRestart(file, node string) {
+	if f, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+		fmt.Fprintln(f, node)
+		f.Close()
+	}
+}
+
+// minioOpts are the words of MINIO_OPTS in an env file, as a unit's
+// ExecStart=minio server $MINIO_OPTS passes them (split at whitespace);
+// with --certs-dir certsDir added when they name none.
+func minioOpts(envFile, certsDir string) []string {
+	var words []string
+	if data, err := os.ReadFile(envFile); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "MINIO_OPTS="); ok {
+				words = strings.Fields(strings.Trim(v, `"'`))
+			}
+		}
+	}
+	for _, w := range words {
+		if w == "--certs-dir" || w == "-S" || strings.HasPrefix(w, "--certs-dir=") {
+			return words
+		}
+	}
+	return append(words, "--certs-dir", certsDir)
 }
 
 // MinIOCtlMain is a command for testscript.Main's command map

@@ -29,6 +29,12 @@ type MinIOClusterOptions struct {
 	// sorted by name (as MinIO.WriteEnv does).
 	Env     map[string]string
 	CAFiles []string // copied into the shared certs/CAs
+	// NoKeyManagerCA leaves the script's Key Manager CA out of certs/CAs
+	// (CmdMinIOCluster): the nodes then cannot verify it.
+	NoKeyManagerCA bool
+	// BeforeKM runs every node on toolcache.MinIOBeforeKM, which reports
+	// the release before MinIO's Key Manager client.
+	BeforeKM bool
 	// Host is the test host every node runs in (required: in a container
 	// MinIO refuses endpoints that resolve to loopback, "resolves to
 	// localhost in a containerized deployment", and test traffic goes to
@@ -120,7 +126,11 @@ func newMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 	if opts.Host == nil {
 		return nil, errors.New("a MinIO cluster runs in a test host (MinIOClusterOptions.Host, StartTestHost): in a container MinIO refuses endpoints on loopback")
 	}
-	bin, err := findBinary(binMinIO)
+	tool := binMinIO
+	if opts.BeforeKM {
+		tool = binMinIOBeforeKM
+	}
+	bin, err := findBinary(tool)
 	if err != nil {
 		return nil, err
 	}
@@ -162,6 +172,9 @@ func newMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 	}
 	var env strings.Builder
 	fmt.Fprintf(&env, "MINIO_ROOT_USER=%s\nMINIO_ROOT_PASSWORD=%s\n", c.RootUser, c.RootPassword)
+	// What a systemd unit's ExecStart=minio server $MINIO_OPTS … would
+	// pass (startNode reads it from the file, as systemd does).
+	fmt.Fprintf(&env, "MINIO_OPTS=\"--certs-dir %s\"\n", c.CertsDir)
 	keys := make([]string, 0, len(opts.Env))
 	for k := range opts.Env {
 		keys = append(keys, k)
@@ -240,7 +253,8 @@ func (n *MinIONode) start() error {
 		"MINIO_CI_CD=1", // drives on the root file system are fine here
 		"HOME="+n.Dir,
 	)
-	path, args := c.host.Command(c.bin, append([]string{"server", "--certs-dir", c.CertsDir, "--address", n.Endpoint}, c.args...)...)
+	args := append([]string{"server", "--address", n.Endpoint}, minioOpts(n.EnvFile, c.CertsDir)...)
+	path, args := c.host.Command(c.bin, append(args, c.args...)...)
 	n.proc, err = startProcess(procSpec{
 		name: "minio " + n.Name, path: path, args: args, env: env, dir: n.Dir, logFile: n.LogFile,
 		ready:        minioReady(n.URL, httpClient, s3),
@@ -279,6 +293,10 @@ func (c *MinIOCluster) Stop() {
 	}
 	wg.Wait()
 }
+
+// RestartsFile is where the control endpoint appends one line (the node's
+// name) per restart it is asked for: what a test counts restarts by.
+func (c *MinIOCluster) RestartsFile() string { return filepath.Join(c.Dir, "restarts") }
 
 // Node finds a node by name ("node2"), number ("2") or env file path.
 func (c *MinIOCluster) Node(id string) (*MinIONode, error) {
@@ -338,6 +356,7 @@ func (c *MinIOCluster) ServeControl(t TB) string {
 	mux.HandleFunc("POST /restart", func(w http.ResponseWriter, r *http.Request) {
 		if n := node(w, r); n != nil {
 			note(n, "restart requested")
+			countRestart(c.RestartsFile(), n.Name)
 			if err := n.Restart(); err != nil {
 				note(n, "restart failed: %v", err)
 				http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -370,7 +389,7 @@ func (c *MinIOCluster) ServeControl(t TB) string {
 
 // CmdMinIOCluster is the script command
 //
-//	minio-cluster -netns [-nodes N] [-drives D] [-kes] [-key NAME]
+//	minio-cluster -netns [-nodes N] [-drives D] [-kes] [-key NAME] [-trust-km=false] [-release-before-km]
 //
 // a distributed MinIO of N server processes (default 2) with D drives each
 // (default 2) inside the script's test host (test-host; -netns is required,
@@ -378,12 +397,19 @@ func (c *MinIOCluster) ServeControl(t TB) string {
 // (default key NAME, "minio-default-key", created if missing), which must
 // run in the test host too (kes-server -netns). The CA of the script's Key
 // Manager, if one was started, is trusted; it must run in the test host
-// (key-manager -netns), where the nodes can reach it. Sets MINIO_ENDPOINT, MINIO_URL
-// (node 1), MINIO_CA, MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, MINIO_NODES,
-// MINIO_ENV_FILE_i, MINIO_LOG_i and MINIO_DIR_i for each node i, MINIO_ENV_FILE
-// (node 1's), MINIO_CAS_DIR and MINIO_CONTROL_URL (minio-ctl restart|stop|log
-// NODE; NODE defaults to $RUNBOOK_NODE, which the cutover sets to the node's
-// env file).
+// (key-manager -netns), where the nodes can reach it; with -trust-km=false
+// it is not; with -release-before-km every node reports MinIO
+// RELEASE.2024-05-07T06-41-25Z (toolcache.MinIOBeforeKM). Every node's env file sets MINIO_OPTS="--certs-dir DIR" and
+// the node starts with those words, as a unit's ExecStart=minio server
+// $MINIO_OPTS would. Sets MINIO_ENDPOINT, MINIO_URL (node 1), MINIO_CA,
+// MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, MINIO_NODES, MINIO_ENV_FILE_i,
+// MINIO_SERVER_i (HOST:PORT as the object store lists it), MINIO_LOG_i and
+// MINIO_DIR_i for each node i, MINIO_ENV_FILE (node 1's), MINIO_NODES_MAP
+// (the aistor block's nodes map of every server, as an HCL value for
+// RUNBOOK_VAR_nodes), MINIO_CERTS_DIR, MINIO_CAS_DIR, MINIO_RESTARTS (one
+// line per restart asked of the control endpoint) and MINIO_CONTROL_URL
+// (minio-ctl restart|stop|log NODE; NODE defaults to $RUNBOOK_NODE, which
+// the cutover sets to the node's env file).
 func CmdMinIOCluster(ts *testscript.TestScript, neg bool, args []string) {
 	fs := newFlags(ts, "minio-cluster", neg)
 	nodes := fs.Int("nodes", 2, "server processes")
@@ -391,12 +417,14 @@ func CmdMinIOCluster(ts *testscript.TestScript, neg bool, args []string) {
 	withKES := fs.Bool("kes", false, "connect to the script's KES server")
 	key := fs.String("key", "minio-default-key", "default KMS key")
 	netns := fs.Bool("netns", false, "run inside the script's test host (required)")
+	trustKM := fs.Bool("trust-km", true, "put the script's Key Manager CA into certs/CAs")
+	beforeKM := fs.Bool("release-before-km", false, "run the MinIO that reports the release before the Key Manager client")
 	parseFlags(ts, fs, args)
 	if !*netns {
 		ts.Fatalf("minio-cluster: the nodes run in the script's test host: run test-host first and pass -netns (in a container MinIO refuses endpoints on loopback)")
 	}
 	st := stateOf(ts)
-	opts := MinIOClusterOptions{Nodes: *nodes, DrivesPerNode: *drives, Host: scriptHost(ts, "minio-cluster")}
+	opts := MinIOClusterOptions{Nodes: *nodes, DrivesPerNode: *drives, Host: scriptHost(ts, "minio-cluster"), BeforeKM: *beforeKM}
 	if st.km != nil && st.km.host != opts.Host {
 		ts.Fatalf("minio-cluster: the script's Key Manager runs outside the test host, where the nodes cannot reach it: start it with key-manager -netns")
 	}
@@ -410,7 +438,7 @@ func CmdMinIOCluster(ts *testscript.TestScript, neg bool, args []string) {
 		ensureKESKey(ts, "minio-cluster", st.kes, *key)
 		opts.Env = KESEnv(st.kes, *key)
 	}
-	if st.km != nil {
+	if st.km != nil && *trustKM {
 		opts.CAFiles = append(opts.CAFiles, st.km.CAFile)
 	}
 	start := time.Now()
@@ -425,12 +453,18 @@ func CmdMinIOCluster(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Setenv("MINIO_ROOT_USER", c.RootUser)
 	ts.Setenv("MINIO_ROOT_PASSWORD", c.RootPassword)
 	ts.Setenv("MINIO_NODES", strconv.Itoa(len(c.Nodes)))
+	var nodeMap []string
 	for i, n := range c.Nodes {
+		nodeMap = append(nodeMap, fmt.Sprintf("%q = { env_file = %q }", n.Endpoint, n.EnvFile))
+		ts.Setenv(fmt.Sprintf("MINIO_SERVER_%d", i+1), n.Endpoint)
 		ts.Setenv(fmt.Sprintf("MINIO_ENV_FILE_%d", i+1), n.EnvFile)
 		ts.Setenv(fmt.Sprintf("MINIO_LOG_%d", i+1), n.LogFile)
 		ts.Setenv(fmt.Sprintf("MINIO_DIR_%d", i+1), n.Dir)
 	}
 	ts.Setenv("MINIO_ENV_FILE", c.Nodes[0].EnvFile)
+	ts.Setenv("MINIO_NODES_MAP", "{ "+strings.Join(nodeMap, ", ")+" }")
+	ts.Setenv("MINIO_CERTS_DIR", c.CertsDir)
 	ts.Setenv("MINIO_CAS_DIR", c.CAsDir)
+	ts.Setenv("MINIO_RESTARTS", c.RestartsFile())
 	ts.Setenv("MINIO_CONTROL_URL", c.ServeControl(scriptTB{ts}))
 }

@@ -6,7 +6,8 @@
 // test end.
 //
 // The KES, MinIO and Vault binaries come from scripts/build-real-servers.sh.
-// Set RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_KES022_BIN, RUNBOOK_MINIO_BIN and
+// Set RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_KES022_BIN, RUNBOOK_MINIO_BIN,
+// RUNBOOK_MINIO_BEFORE_KM_BIN (the same MinIO reporting an older release) and
 // RUNBOOK_VAULT_BIN, or let the package find them in the build cache
 // (internal/toolcache: RUNBOOK_TOOLS_CACHE, default
 // $HOME/.cache/runbook/tools). A missing binary fails the test; it is never
@@ -68,7 +69,9 @@ var (
 	binKES023 = toolcache.KES023
 	binKES022 = toolcache.KES022
 	binMinIO  = toolcache.MinIO
-	binVault  = toolcache.Vault
+	// the same MinIO, reporting the release before the Key Manager client
+	binMinIOBeforeKM = toolcache.MinIOBeforeKM
+	binVault         = toolcache.Vault
 )
 
 // findBinary returns the path of b (its RUNBOOK_*_BIN variable, else the
