@@ -207,21 +207,53 @@ type nodeMatch struct {
 // one-to-one pairing, every problem: servers no file covers, files that
 // match no server, and files or servers matched more than once.
 func matchNodes(ctx context.Context, servers []storeServer, files []fileRef, resolve resolver) ([]nodeMatch, []string) {
-	byServer := make([][]int, len(servers)) // server → files matching it
-	byFile := make([][]int, len(files))     // file → servers it matches
-	how := map[[2]int]string{}
-	add := func(si, fi int, why string) {
-		byServer[si] = append(byServer[si], fi)
-		byFile[fi] = append(byFile[fi], si)
-		how[[2]int{si, fi}] = why
+	m := &nodeMatcher{
+		servers: servers, files: files,
+		byServer: make([][]int, len(servers)), byFile: make([][]int, len(files)),
+		how: map[[2]int]string{},
 	}
-	named := map[int]bool{} // servers named by a nodes entry
-	for fi, f := range files {
+	named := m.matchNamed(ctx, resolve)
+	m.matchByHost(ctx, resolve, named)
+	// One file and one server: nothing to tell apart.
+	if len(files) == 1 && len(servers) == 1 && len(m.byFile[0]) == 0 && files[0].Server == "" {
+		m.add(0, 0, "the only server and the only env file")
+	}
+	if problems := append(m.serverProblems(), m.fileProblems()...); len(problems) > 0 {
+		return nil, problems
+	}
+	out := make([]nodeMatch, len(servers))
+	for si, s := range servers {
+		fi := m.byServer[si][0]
+		out[si] = nodeMatch{Server: s, File: files[fi], How: m.how[[2]int{si, fi}]}
+	}
+	return out, nil
+}
+
+// nodeMatcher holds the matches found so far, both ways, by index.
+type nodeMatcher struct {
+	servers  []storeServer
+	files    []fileRef
+	byServer [][]int           // server → files matching it
+	byFile   [][]int           // file → servers it matches
+	how      map[[2]int]string // {server, file} → why they match
+}
+
+func (m *nodeMatcher) add(si, fi int, why string) {
+	m.byServer[si] = append(m.byServer[si], fi)
+	m.byFile[fi] = append(m.byFile[fi], si)
+	m.how[[2]int{si, fi}] = why
+}
+
+// matchNamed matches the files a nodes entry names a server for (HOST:PORT,
+// the host by name or address) and returns the servers so named.
+func (m *nodeMatcher) matchNamed(ctx context.Context, resolve resolver) map[int]bool {
+	named := map[int]bool{}
+	for fi, f := range m.files {
 		if f.Server == "" {
 			continue
 		}
 		fh, fp, _ := net.SplitHostPort(f.Server)
-		for si, s := range servers {
+		for si, s := range m.servers {
 			sh, sp, err := net.SplitHostPort(s.Endpoint)
 			if err != nil || sp != fp || !sameHost(ctx, resolve, sh, fh) {
 				continue
@@ -230,15 +262,21 @@ func matchNodes(ctx context.Context, servers []storeServer, files []fileRef, res
 			if !strings.EqualFold(sh, fh) {
 				why = fmt.Sprintf("named in nodes as %s, the same host", f.Server)
 			}
-			add(si, fi, why)
+			m.add(si, fi, why)
 			named[si] = true
 		}
 	}
-	for fi, f := range files {
+	return named
+}
+
+// matchByHost matches each ssh:// file to the servers on its host that no
+// nodes entry named.
+func (m *nodeMatcher) matchByHost(ctx context.Context, resolve resolver, named map[int]bool) {
+	for fi, f := range m.files {
 		if f.Host == "" || f.Server != "" {
 			continue
 		}
-		for si, s := range servers {
+		for si, s := range m.servers {
 			if named[si] || !sameHost(ctx, resolve, s.host(), f.Host) {
 				continue
 			}
@@ -246,32 +284,40 @@ func matchNodes(ctx context.Context, servers []storeServer, files []fileRef, res
 			if !strings.EqualFold(s.host(), f.Host) {
 				why = fmt.Sprintf("on the ssh host %s (%s resolves to the same address)", f.Host, s.host())
 			}
-			add(si, fi, why)
+			m.add(si, fi, why)
 		}
 	}
-	// One file and one server: nothing to tell apart.
-	if len(files) == 1 && len(servers) == 1 && len(byFile[0]) == 0 && files[0].Server == "" {
-		add(0, 0, "the only server and the only env file")
-	}
+}
+
+// serverProblems names the servers no file covers (first, in one line)
+// and those more than one file matches.
+func (m *nodeMatcher) serverProblems() []string {
 	var problems, uncovered []string
-	for si, s := range servers {
-		switch len(byServer[si]) {
+	for si, s := range m.servers {
+		switch len(m.byServer[si]) {
 		case 0:
 			uncovered = append(uncovered, serverLabel(s))
 		case 1:
 		default:
 			var names []string
-			for _, fi := range byServer[si] {
-				names = append(names, files[fi].Name)
+			for _, fi := range m.byServer[si] {
+				names = append(names, m.files[fi].Name)
 			}
 			problems = append(problems, fmt.Sprintf("server %s is matched by %d env files (%s): name each server's own file in nodes", serverLabel(s), len(names), strings.Join(names, ", ")))
 		}
 	}
 	if len(uncovered) > 0 {
-		problems = append([]string{fmt.Sprintf("%d of the object store's %d servers have no env file: %s", len(uncovered), len(servers), strings.Join(uncovered, ", "))}, problems...)
+		problems = append([]string{fmt.Sprintf("%d of the object store's %d servers have no env file: %s", len(uncovered), len(m.servers), strings.Join(uncovered, ", "))}, problems...)
 	}
-	for fi, f := range files {
-		switch len(byFile[fi]) {
+	return problems
+}
+
+// fileProblems names the files that match no server, saying why, and those
+// that match several.
+func (m *nodeMatcher) fileProblems() []string {
+	var problems []string
+	for fi, f := range m.files {
+		switch len(m.byFile[fi]) {
 		case 0:
 			why := ""
 			switch {
@@ -286,21 +332,13 @@ func matchNodes(ctx context.Context, servers []storeServer, files []fileRef, res
 		case 1:
 		default:
 			var names []string
-			for _, si := range byFile[fi] {
-				names = append(names, servers[si].Endpoint)
+			for _, si := range m.byFile[fi] {
+				names = append(names, m.servers[si].Endpoint)
 			}
 			problems = append(problems, fmt.Sprintf("env file %s matches %d servers on one host (%s): one file cannot be told apart for each; name each server's own file in nodes", f.Name, len(names), strings.Join(names, ", ")))
 		}
 	}
-	if len(problems) > 0 {
-		return nil, problems
-	}
-	out := make([]nodeMatch, len(servers))
-	for si, s := range servers {
-		fi := byServer[si][0]
-		out[si] = nodeMatch{Server: s, File: files[fi], How: how[[2]int{si, fi}]}
-	}
-	return out, nil
+	return problems
 }
 
 func serverLabel(s storeServer) string {
