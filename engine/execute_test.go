@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -87,7 +88,17 @@ func (p *probe) Plan(_ context.Context, r *engine.Run) (*engine.StepPlan, error)
 		probeCalls = append(probeCalls, "plan:"+r.Addr)
 		return nil, err
 	}
-	return &engine.StepPlan{Actions: []string{"probe"}}, nil
+	// What the plan saw of the probes it follows (TestUpstreamPlans).
+	var seen []string
+	for a, up := range r.UpstreamPlans("probe") {
+		if up == nil {
+			seen = append(seen, a+" failed")
+		} else {
+			seen = append(seen, a+" "+strings.Join(up.Actions, ","))
+		}
+	}
+	sort.Strings(seen)
+	return &engine.StepPlan{Actions: []string{"probe"}, Observed: seen}, nil
 }
 
 func setProbe(t *testing.T, behaviour map[string]error) {
@@ -293,5 +304,45 @@ probe "d" {
 	}
 	if got, want := strings.Join(order, " "), strings.Join(s.Graph.Order(), " "); got != want {
 		t.Errorf("planned steps in order %q, want the execution order %q", got, want)
+	}
+}
+
+// A step's plan sees the plans made before it of the steps it follows,
+// directly or through others, and only those: a failed one as nil.
+func TestUpstreamPlans(t *testing.T) {
+	dir := t.TempDir()
+	src := `
+runbook {
+  name = "chain"
+}
+probe "a" {}
+probe "b" {
+  label = probe.a.label
+}
+probe "c" {}
+probe "d" {
+  depends_on = [probe.b]
+}
+`
+	s, diags := engine.Open(filepath.Join(dir, "chain.hcl"), []byte(src), engine.VarInputs{}, true)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	setProbe(t, map[string]error{"plan:probe.a": errors.New("cannot observe yet")})
+	res, err := s.Plan(context.Background(), engine.Options{JournalDir: filepath.Join(dir, ".runbook", "chain"), Command: "test"})
+	if err == nil || !strings.Contains(err.Error(), "probe.a: cannot observe yet") || res == nil {
+		t.Fatalf("plan: %v, want the plans and the error of probe.a", err)
+	}
+	got := map[string]string{}
+	for _, ps := range res.Steps {
+		if ps.Plan != nil {
+			got[ps.Addr] = strings.Join(ps.Plan.Observed, "; ")
+		}
+	}
+	want := map[string]string{"probe.b": "probe.a failed", "probe.c": "", "probe.d": "probe.a failed; probe.b probe"}
+	for a, w := range want {
+		if got[a] != w {
+			t.Errorf("%s saw upstream plans %q, want %q", a, got[a], w)
+		}
 	}
 }

@@ -32,6 +32,11 @@ type execution struct {
 	// were checked: a file a step binds at apply (Run.BindFile) must still
 	// have that digest.
 	bound map[string]string
+	// planned are the plans this command made so far, by address (nil:
+	// the step's plan failed), for the steps that depend on them
+	// (Run.UpstreamPlans).
+	plannedMu sync.Mutex
+	planned   map[string]*StepPlan
 }
 
 func (x *execution) recordInput(name, digest string) {

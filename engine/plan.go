@@ -93,12 +93,23 @@ func (x *execution) planSteps(ctx context.Context, sel map[string]bool) (map[str
 		mu.Lock()
 		results[addr] = ps
 		mu.Unlock()
+		x.setPlanned(addr, ps.Plan)
 		return nil
 	})
 	if connErr != nil {
 		return nil, connErr
 	}
 	return results, ctx.Err()
+}
+
+// setPlanned keeps a step's plan (nil: it failed) for its dependents.
+func (x *execution) setPlanned(addr string, p *StepPlan) {
+	x.plannedMu.Lock()
+	defer x.plannedMu.Unlock()
+	if x.planned == nil {
+		x.planned = map[string]*StepPlan{}
+	}
+	x.planned[addr] = p
 }
 
 // planStep asks one step what it would do; what went wrong is its Error.

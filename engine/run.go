@@ -195,6 +195,29 @@ func (r *Run) StepStates(typ string) (map[string]State, error) {
 	return out, nil
 }
 
+// UpstreamPlans returns, by address, the plans this command made of the
+// steps of type typ that this step depends on, directly or through other
+// blocks (a plan walks the graph, so theirs are made before this step's
+// Plan is called); nil for such a step whose plan failed. A step of that
+// type not planned by this command (outside a plan, or not selected) is
+// absent. A step's plan may thus judge what an earlier step will have done
+// by the time it runs (the keys a migration will import).
+func (r *Run) UpstreamPlans(typ string) map[string]*StepPlan {
+	out := map[string]*StepPlan{}
+	r.x.plannedMu.Lock()
+	defer r.x.plannedMu.Unlock()
+	for a := range r.x.s.Graph.Ancestors(r.Addr) {
+		b := r.x.cfg.Block(a)
+		if b == nil || b.Type != typ || b.BlockType.Kind != KindStep {
+			continue
+		}
+		if p, ok := r.x.planned[a]; ok {
+			out[a] = p
+		}
+	}
+	return out
+}
+
 // HasCheckpoint reports whether item was recorded.
 func (r *Run) HasCheckpoint(item string) bool {
 	r.mu.Lock()

@@ -273,6 +273,17 @@ func (t *k8sTarget) kmsVars(ctx context.Context, s *k8sState) ([]k8sVar, error) 
 		src := "spec.env"
 		if _, ok := em["valueFrom"]; ok {
 			src += " (valueFrom)"
+			// The AIStor Operator resolves a secretKeyRef entry; the MinIO
+			// Operator (v6 and later) renders it empty (minio/operator#2279).
+			ref, _, _ := unstructured.NestedStringMap(em, "valueFrom", "secretKeyRef")
+			if t.kind == "ObjectStore" && ref["name"] != "" {
+				src = fmt.Sprintf("spec.env (Secret %s key %s)", ref["name"], ref["key"])
+				val, err := t.secretValue(ctx, ref["name"], ref["key"])
+				if err != nil {
+					return nil, err
+				}
+				value = val
+			}
 		}
 		vars = append(vars, k8sVar{Name: name, Value: value, Source: src})
 	}

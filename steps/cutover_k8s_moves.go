@@ -183,12 +183,8 @@ func readBackupJSON(r *engine.Run, name string, v any) error {
 func (t *k8sTarget) write(ctx context.Context, s *k8sState, ch *k8sChange) error {
 	opts := metav1.UpdateOptions{FieldManager: fieldManager}
 	if ch.keySecret != nil {
-		data, err := json.Marshal(ch.keySecret)
-		if err != nil {
+		if err := t.writeKeySecret(ctx, ch.keySecret); err != nil {
 			return err
-		}
-		if _, err := t.client.CoreV1().Secrets(t.ns).Patch(ctx, ch.keySecret.Name, types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: fieldManager, Force: ptrTrue()}); err != nil {
-			return fmt.Errorf("write Secret %s: %w", ch.keySecret.Name, err)
 		}
 	}
 	if ch.config != nil {
@@ -208,6 +204,18 @@ func (t *k8sTarget) write(ctx context.Context, s *k8sState, ch *k8sChange) error
 	obj.Object["spec"] = ch.spec
 	if _, err := t.dyn.Resource(t.gvr()).Namespace(t.ns).Update(ctx, obj, opts); err != nil {
 		return fmt.Errorf("write %s: %w", t, err)
+	}
+	return nil
+}
+
+// writeKeySecret writes runbook's API-key Secret (server-side apply).
+func (t *k8sTarget) writeKeySecret(ctx context.Context, sec *corev1.Secret) error {
+	data, err := json.Marshal(sec)
+	if err != nil {
+		return err
+	}
+	if _, err := t.client.CoreV1().Secrets(t.ns).Patch(ctx, sec.Name, types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: fieldManager, Force: ptrTrue()}); err != nil {
+		return fmt.Errorf("write Secret %s: %w", sec.Name, err)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
@@ -197,7 +198,10 @@ func (k *k8sPlatform) PlanChange(r *engine.Run, set map[string]string, p *engine
 	p.Actions = append(p.Actions, fmt.Sprintf("set updateStrategy OnDelete on StatefulSet(s) %s for the duration of the cutover, so that Kubernetes rolls no pod one by one (restored once the pods are back)", strings.Join(sets, ", ")))
 	change := r.Redact(t.describe(ch))
 	if t.gitops {
-		p.Actions = append(p.Actions, fmt.Sprintf("wait (watching %s) until its owner has applied this change, which runbook does not write (gitops = true):", t))
+		if ch.keySecret != nil {
+			p.Actions = append(p.Actions, fmt.Sprintf("write runbook's own Secret %s holding the API key (no part of the owner's repository)", ch.keySecret.Name))
+		}
+		p.Actions = append(p.Actions, fmt.Sprintf("wait (watching %s and the Secrets it reads) until its owner has applied this change, which runbook does not write (gitops = true):", t))
 	} else {
 		p.Actions = append(p.Actions, fmt.Sprintf("write this change to %s (field manager %q; the Secret first):", t, fieldManager))
 	}
@@ -212,6 +216,9 @@ func (k *k8sPlatform) PlanChange(r *engine.Run, set map[string]string, p *engine
 	p.Rollback = fmt.Sprintf("restore the saved %s and Secret(s), restart every pod at once the same way, and confirm AIStor reports KES and objects read again; refused once any object was written or changed after the cutover's restart (KES cannot read what the Key Manager sealed) unless forced", t)
 	p.Risks = append(p.Risks, "the MinIO pods restart together (MinIO requires the same environment on every node at start-up, cmd/bootstrap-peer-server.go): the object store answers nothing until they are back Ready; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. The apply measures the window and reports it as the output unavailable_seconds")
 	p.Risks = append(p.Risks, fmt.Sprintf("whoever keeps %s (a Helm release, a Git repository synced by Argo CD or Flux) must carry the same change (CHANGE.md, \"The same change where the resource is kept\"), or its next sync reverts it and the next pod restart brings back KES beside the Key Manager", t))
+	if t.gitops && !t.operated() {
+		p.Risks = append(p.Risks, fmt.Sprintf("the owner's sync writes the whole StatefulSet %s: if the manifest it applies sets updateStrategy RollingUpdate, the StatefulSet controller rolls the pods one by one onto the new environment before runbook restarts them together; commit updateStrategy OnDelete with the change (runbook restores the saved strategy after the restart only in the live object)", t.name))
+	}
 	if t.operated() {
 		p.Risks = append(p.Risks, "the operator must leave the StatefulSets' updateStrategy as runbook sets it for the duration (OnDelete), or it rolls the pods one by one when it renders the new template")
 	}
@@ -271,7 +278,18 @@ func (k *k8sPlatform) write(ctx context.Context, r *engine.Run, g int, set map[s
 		}
 	}
 	if t.gitops {
-		if err := t.waitGitOps(ctx, r, k.wait, set); err != nil {
+		ch, err := t.change(s, set, set["MINIO_KMS_API_KEY"])
+		if err != nil {
+			return err
+		}
+		// runbook's own API-key Secret is no part of the owner's repository
+		// (CHANGE.md says so): runbook writes it; the rest is the owner's.
+		if ch.keySecret != nil {
+			if err := t.writeKeySecret(ctx, ch.keySecret); err != nil {
+				return err
+			}
+		}
+		if err := t.waitGitOps(ctx, r, k.wait, set, t.secretsRead(s)); err != nil {
 			return err
 		}
 		return checkpointItem(r, k8sItem{g, k8sWrittenItem}, nil)
@@ -459,19 +477,22 @@ func (t *k8sTarget) gitopsEquivalent(ch *k8sChange) string {
 	return b.String()
 }
 
-// waitGitOps watches the resource until its owner has applied the change:
-// no trace of KES, and the Key Manager variables with the values planned.
-func (t *k8sTarget) waitGitOps(ctx context.Context, r *engine.Run, wait time.Duration, set map[string]string) error {
+// waitGitOps watches the resource and the Secrets it takes the KMS
+// variables from (the owner may sync them in any order, or a controller
+// may materialize a sealed or external Secret later) until the owner has
+// applied the change: no trace of KES, and the Key Manager variables with
+// the values planned. Every event of either has the live state read again.
+func (t *k8sTarget) waitGitOps(ctx context.Context, r *engine.Run, wait time.Duration, set map[string]string, secrets []string) error {
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	var (
-		lw   *cache.ListWatch
-		obj  runtime.Object
-		last string
-	)
+	type watched struct {
+		lw  *cache.ListWatch
+		obj runtime.Object
+	}
+	var ws []watched
 	if t.operated() {
 		res := t.dyn.Resource(t.gvr()).Namespace(t.ns)
-		lw = &cache.ListWatch{
+		ws = append(ws, watched{&cache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 				o.FieldSelector = "metadata.name=" + t.name
 				return res.List(ctx, o)
@@ -480,22 +501,51 @@ func (t *k8sTarget) waitGitOps(ctx context.Context, r *engine.Run, wait time.Dur
 				o.FieldSelector = "metadata.name=" + t.name
 				return res.Watch(ctx, o)
 			},
-		}
-		obj = &unstructured.Unstructured{}
+		}, &unstructured.Unstructured{}})
 	} else {
-		lw = cache.NewListWatchFromClient(t.client.AppsV1().RESTClient(), "statefulsets", t.ns, fields.OneTermEqualSelector("metadata.name", t.name))
-		obj = &appsv1.StatefulSet{}
+		ws = append(ws, watched{cache.NewListWatchFromClient(t.client.AppsV1().RESTClient(), "statefulsets", t.ns, fields.OneTermEqualSelector("metadata.name", t.name)), &appsv1.StatefulSet{}})
 	}
-	r.Logf("waiting (watching %s) until its owner applies the change (gitops = true)", t)
-	_, err := watchtools.UntilWithSync(wctx, lw, obj, nil, func(watch.Event) (bool, error) {
-		last = t.mismatch(wctx, set)
-		return last == "", nil
-	})
-	if err != nil {
-		return engine.WaitForOperator("%s does not carry the change yet (%s): apply it where the resource is kept (CHANGE.md, \"The same change where the resource is kept\"), let it sync, then run runbook resume; no pod was restarted", t, last)
+	for _, name := range secrets {
+		ws = append(ws, watched{cache.NewListWatchFromClient(t.client.CoreV1().RESTClient(), "secrets", t.ns, fields.OneTermEqualSelector("metadata.name", name)), &corev1.Secret{}})
 	}
-	r.Logf("%s carries the change", t)
-	return nil
+	changed := make(chan struct{}, 1)
+	ended := make(chan error, len(ws))
+	for _, w := range ws {
+		go func() {
+			_, err := watchtools.UntilWithSync(wctx, w.lw, w.obj, nil, func(watch.Event) (bool, error) {
+				select {
+				case changed <- struct{}{}:
+				default:
+				}
+				return false, nil
+			})
+			ended <- err
+		}()
+	}
+	watching := t.String()
+	if len(secrets) > 0 {
+		watching += " and Secret(s) " + strings.Join(secrets, ", ")
+	}
+	r.Logf("waiting (watching %s) until its owner applies the change (gitops = true)", watching)
+	last := "nothing seen yet"
+	for {
+		select {
+		case <-changed:
+			if last = t.mismatch(wctx, set); last == "" {
+				r.Logf("%s carries the change", t)
+				return nil
+			}
+		case err := <-ended:
+			if wctx.Err() == nil {
+				return fmt.Errorf("watch %s: %w", watching, err)
+			}
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return engine.WaitForOperator("%s does not carry the change yet (%s): apply it where the resource is kept (CHANGE.md, \"The same change where the resource is kept\"), let it sync, then run runbook resume; no pod was restarted", t, last)
+		}
+	}
 }
 
 // mismatch is "" when the live resource carries set and nothing of KES,
@@ -530,4 +580,17 @@ func (t *k8sTarget) mismatch(ctx context.Context, set map[string]string) string 
 		}
 	}
 	return ""
+}
+
+// secretsRead names the Secrets the pods' KMS variables are read from:
+// the configuration Secret and runbook's API-key Secret.
+func (t *k8sTarget) secretsRead(s *k8sState) []string {
+	var names []string
+	if s.config != nil {
+		names = append(names, s.config.Name)
+	}
+	if t.kind != "Tenant" {
+		names = append(names, t.keySecretName())
+	}
+	return names
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -50,6 +51,11 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		p.Observed = append(p.Observed, fmt.Sprintf("AIStor reports KMS %q, default key %q, endpoints %s", f.name, f.defaultKey, formatKMSEndpoints(f.endpoints)))
 	}
 	p.Observed = append(p.Observed, fmt.Sprintf("MINIO_KMS_SSE_KEY will be %q, the default key the object store runs with today; the enclave must hold it before any file is changed", f.sseKey))
+	held, err := c.planEnclaveHolds(ctx, r, e, f.sseKey)
+	if err != nil {
+		return nil, err
+	}
+	p.Observed = append(p.Observed, held)
 	sample, err := c.chooseSample(ctx, r, e)
 	if err != nil {
 		return nil, err
@@ -278,4 +284,56 @@ func (c *cutoverStep) checkEnclaveHolds(ctx context.Context, r *engine.Run, e *c
 		return fmt.Errorf("check that enclave %s holds the default key %q: %w", e.enc.Name, name, err)
 	}
 	return nil
+}
+
+// planEnclaveHolds refuses at plan a default key the enclave will not hold
+// when the cutover runs: it holds it now, or a migration this cutover
+// follows (depends_on, directly or through other steps) imports it into
+// that enclave, as its plan lists. Else MinIO would create a fresh key
+// under that name at start-up (DOMAIN.md E). It returns the plan's line
+// saying which. Apply checks the enclave itself again before the first
+// change (checkEnclaveHolds).
+func (c *cutoverStep) planEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, name string) (string, error) {
+	kmc, err := e.enc.KM.Client(r)
+	if err != nil {
+		return "", err
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	_, err = kmc.KeyStatus(cctx, e.enc.Name, &kms.KeyStatusRequest{Name: name})
+	cancel()
+	switch {
+	case err == nil:
+		return fmt.Sprintf("enclave %s holds the default key %q", e.enc.Name, name), nil
+	case !errors.Is(err, kms.ErrKeyNotFound) && !errors.Is(err, kms.ErrEnclaveNotFound):
+		return "", fmt.Errorf("check that enclave %s holds the default key %q: %w", e.enc.Name, name, err)
+	}
+	ups := r.UpstreamPlans("migration")
+	addrs := make([]string, 0, len(ups))
+	for a := range ups {
+		addrs = append(addrs, a)
+	}
+	sort.Strings(addrs)
+	var seen []string
+	for _, a := range addrs {
+		p := ups[a]
+		if p == nil {
+			seen = append(seen, a+" could not be planned (see its error)")
+			continue
+		}
+		st, ok := p.State.(migrationState)
+		if !ok || st.Enclave != e.enc.Name {
+			continue
+		}
+		if slices.Contains(p.Items, name) {
+			return fmt.Sprintf("enclave %s does not hold the default key %q yet: %s imports it before the cutover", e.enc.Name, name, a), nil
+		}
+		seen = append(seen, fmt.Sprintf("%s imports %d key(s) into it, not this one", a, len(p.Items)))
+	}
+	why := "no migration this cutover follows (depends_on) imports keys into it"
+	if len(seen) > 0 {
+		why = strings.Join(seen, "; ")
+	}
+	return "", engine.WithHint(
+		engine.Refusef("enclave %s holds no key %q, the default key the object store runs with (MINIO_KMS_SSE_KEY), and none will hold it when the cutover runs: %s. MinIO would create a fresh key under that name at start-up and seal new data with it, and no object sealed before could be read (nothing was changed, no node restarted)", e.enc.Name, name, why),
+		fmt.Sprintf("carry %q into enclave %s first: a migration block from the key store the object store runs with, to that enclave, whose pattern matches the key, and depends_on = [migration.NAME] on the cutover (or import it by hand); then plan again", name, e.enc.Name))
 }

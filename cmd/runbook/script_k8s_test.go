@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/jsonpath"
@@ -40,6 +41,11 @@ import (
 //	    what a helm upgrade or rollback does to a chart's StatefulSet: its
 //	    first container's env becomes that of the StatefulSet saved as JSON
 //	    in FILE (for example runbook's backup), nothing else changes.
+//	k8s-patch KIND NAME FILE
+//	    what a GitOps tool's sync (Argo CD, Flux) does to the live object
+//	    when its owner commits a change: the YAML of FILE, its $VARS
+//	    expanded from the script's environment, as a JSON merge patch
+//	    (field manager argocd). A Secret's stringData is written to data.
 //	k8s-wait-log FILE REGEXP
 //	    waits (up to 5 minutes) until a line of FILE matches REGEXP.
 func init() {
@@ -48,6 +54,7 @@ func init() {
 	moreScriptCmds["k8s-get"] = cmdK8sGet
 	moreScriptCmds["k8s-pods"] = cmdK8sPods
 	moreScriptCmds["k8s-apply"] = cmdK8sApply
+	moreScriptCmds["k8s-patch"] = cmdK8sPatch
 }
 
 var k8sScriptKinds = map[string]schema.GroupVersionResource{
@@ -73,6 +80,21 @@ func cmdK8sApply(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Check(err)
 		fmt.Fprintf(ts.Stdout(), "created %s %s\n", obj.GetKind(), obj.GetName())
 	}
+}
+
+func cmdK8sPatch(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: k8s-patch KIND NAME FILE")
+	}
+	var patch map[string]any
+	ts.Check(yaml.Unmarshal([]byte(os.Expand(ts.ReadFile(args[2]), ts.Getenv)), &patch))
+	data, err := json.Marshal(patch)
+	ts.Check(err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	obj, err := k8sResource(ts, args[0]).Patch(ctx, args[1], types.MergePatchType, data, metav1.PatchOptions{FieldManager: "argocd"})
+	ts.Check(err)
+	fmt.Fprintf(ts.Stdout(), "patched %s %s (resourceVersion %s)\n", obj.GetKind(), obj.GetName(), obj.GetResourceVersion())
 }
 
 func k8sResource(ts *testscript.TestScript, kind string) dynamic.ResourceInterface {

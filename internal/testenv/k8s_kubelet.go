@@ -58,8 +58,12 @@ type KubernetesMinIOOptions struct {
 	// PodManagementPolicy of the StatefulSet(s): "Parallel" (default) or
 	// "OrderedReady".
 	PodManagementPolicy string
-	CAFiles             []string // trusted by every pod's MinIO (certs/CAs)
-	Host                *TestHost
+	// NoConfigSecret (ObjectStore) leaves spec.configuration out: the
+	// root credentials are spec.env entries given by secretKeyRef to the
+	// Secret NAME-root, which the AIStor Operator resolves.
+	NoConfigSecret bool
+	CAFiles        []string // trusted by every pod's MinIO (certs/CAs)
+	Host           *TestHost
 	// Log receives one line per pod event (bound, started, ready, stopped,
 	// and "MIXED" when pods of two KMS eras were Ready at once).
 	Log string
@@ -258,14 +262,30 @@ func (m *KubernetesMinIO) createResource(ctx context.Context, opts KubernetesMin
 		}
 		return nil
 	}
-	conf := fmt.Sprintf("export MINIO_ROOT_USER=%q\nexport MINIO_ROOT_PASSWORD=%q\n", c.RootUser, c.RootPassword)
-	if _, err := core.Secrets(m.Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: m.ConfigSecretName()}, StringData: map[string]string{"config.env": conf}}, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create Secret %s: %w", m.ConfigSecretName(), err)
-	}
 	spec := map[string]any{
 		"pools":         []any{map[string]any{"name": "pool-0", "servers": int64(len(c.Nodes)), "volumesPerServer": int64(c.drives)}},
 		"configuration": map[string]any{"name": m.ConfigSecretName()},
 		"env":           []any{map[string]any{"name": "MINIO_BROWSER", "value": "off"}},
+	}
+	if opts.NoConfigSecret {
+		if m.Kind != "ObjectStore" {
+			return fmt.Errorf("NoConfigSecret: only an ObjectStore resolves secretKeyRef entries of spec.env")
+		}
+		root := m.Name + "-root"
+		if _, err := core.Secrets(m.Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: root}, StringData: map[string]string{"rootUser": c.RootUser, "rootPassword": c.RootPassword}}, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create Secret %s: %w", root, err)
+		}
+		delete(spec, "configuration")
+		spec["env"] = []any{
+			map[string]any{"name": "MINIO_BROWSER", "value": "off"},
+			map[string]any{"name": "MINIO_ROOT_USER", "valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": root, "key": "rootUser"}}},
+			map[string]any{"name": "MINIO_ROOT_PASSWORD", "valueFrom": map[string]any{"secretKeyRef": map[string]any{"name": root, "key": "rootPassword"}}},
+		}
+	} else {
+		conf := fmt.Sprintf("export MINIO_ROOT_USER=%q\nexport MINIO_ROOT_PASSWORD=%q\n", c.RootUser, c.RootPassword)
+		if _, err := core.Secrets(m.Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: m.ConfigSecretName()}, StringData: map[string]string{"config.env": conf}}, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create Secret %s: %w", m.ConfigSecretName(), err)
+		}
 	}
 	if m.kes != nil {
 		spec["kes"] = map[string]any{"image": "quay.io/minio/kes:2024-06-17T15-47-05Z", "replicas": int64(1), "keyName": m.keyName, "kesSecret": map[string]any{"name": m.Name + "-kes-configuration"}}

@@ -11,7 +11,7 @@ import (
 
 // cmdK8sMinIO is the script command
 //
-//	k8s-minio -kind Tenant|ObjectStore|StatefulSet [-pods N] [-kes] [-key NAME] [-policy Parallel|OrderedReady]
+//	k8s-minio -kind Tenant|ObjectStore|StatefulSet [-pods N] [-kes] [-key NAME] [-policy Parallel|OrderedReady] [-no-config]
 //
 // a MinIO deployment of N pods (default 4) on the process's Kubernetes
 // control plane (AcquireKubernetes), its pods run by the node agent of
@@ -19,12 +19,14 @@ import (
 // (test-host). -kes connects it to the script's KES server (kes-server
 // -netns; key NAME, default "minio-default-key", created if missing):
 // through spec.kes for a Tenant or ObjectStore, MINIO_KMS_KES_* env entries
-// for a StatefulSet. The CA of the script's Key Manager (key-manager
-// -netns) is trusted. Sets KUBECONFIG (an admin), K8S_USER_KUBECONFIG (user
-// runbook-user, no rights until bound), K8S_NAMESPACE, K8S_NAME (the
-// resource), K8S_STATEFULSET, K8S_CONFIG_SECRET (Tenant, ObjectStore),
-// K8S_LOG (the pods' events), MINIO_URL (pod 0's), MINIO_ENDPOINT,
-// MINIO_CA, MINIO_ROOT_USER, MINIO_ROOT_PASSWORD and MINIO_NODES.
+// for a StatefulSet. -no-config (ObjectStore) leaves the configuration
+// Secret out: the root credentials are spec.env entries by secretKeyRef.
+// The CA of the script's Key Manager (key-manager -netns) is trusted. Sets
+// KUBECONFIG (an admin), K8S_USER_KUBECONFIG (user runbook-user, no rights
+// until bound), K8S_NAMESPACE, K8S_NAME (the resource), K8S_STATEFULSET,
+// K8S_CONFIG_SECRET (Tenant, ObjectStore), K8S_LOG (the pods' events),
+// MINIO_URL (pod 0's), MINIO_ENDPOINT, MINIO_CA, MINIO_ROOT_USER,
+// MINIO_ROOT_PASSWORD and MINIO_NODES.
 func cmdK8sMinIO(ts *testscript.TestScript, neg bool, args []string) {
 	fs := newFlags(ts, "k8s-minio", neg)
 	kind := fs.String("kind", "", "Tenant, ObjectStore or StatefulSet")
@@ -32,9 +34,10 @@ func cmdK8sMinIO(ts *testscript.TestScript, neg bool, args []string) {
 	withKES := fs.Bool("kes", false, "connect to the script's KES server")
 	key := fs.String("key", "minio-default-key", "default KMS key")
 	policy := fs.String("policy", "Parallel", "podManagementPolicy")
+	noConfig := fs.Bool("no-config", false, "ObjectStore without configuration Secret")
 	parseFlags(ts, fs, args)
 	st := stateOf(ts)
-	opts := KubernetesMinIOOptions{Kind: *kind, Pods: *pods, PodManagementPolicy: *policy, Host: scriptHost(ts, "k8s-minio"), Log: ts.MkAbs("k8s-pods.log")}
+	opts := KubernetesMinIOOptions{Kind: *kind, Pods: *pods, PodManagementPolicy: *policy, NoConfigSecret: *noConfig, Host: scriptHost(ts, "k8s-minio"), Log: ts.MkAbs("k8s-pods.log")}
 	opts.Namespace = "rb-" + strings.ToLower(randomToken()[:10])
 	if *withKES {
 		if st.kes == nil || st.kes.host != opts.Host {
