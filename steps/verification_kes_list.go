@@ -189,7 +189,25 @@ func kesPlannedListings(ctx context.Context, expected []string) (n int, unlisted
 }
 
 // kesListParallelism bounds the listings asked of the KES server at once.
-const kesListParallelism = 4
+const kesListParallelism = KESListParallelism
+
+// KESListParallelism is how many listings the verification asks of a KES
+// server at once.
+const KESListParallelism = 4
+
+// KESListings are the prefixes ("*" first) the verification lists on a KES
+// v0.23/v0.24 server that holds exactly names (sorted): the fewest
+// listings that prove a server's complete name set with its listing API
+// (docs/domain.md, "KES key names and listing"). bench/migration times them
+// as the floor of the verification at scale.
+func KESListings(names []string) []string {
+	var planned []string
+	kesCursorWalk(context.Background(), func(_ context.Context, q string) ([]string, string, error) {
+		planned = append(planned, q)
+		return kesListSorted(names, q)
+	}, names, new(bool))
+	return planned
+}
 
 // kesListSorted answers a listing as KES's listing helper does
 // (internal/keystore.List, called with n < 0) from sorted names.

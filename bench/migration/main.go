@@ -2,58 +2,92 @@
 // enclave, identity, migration, verification) from a KES fs key store into
 // the Key Manager emulator, on its default (most demanding) readings
 // (docs/emulator.md), against `kes migrate` v0.24.0 on the same keys into the
-// same emulator in the same run.
+// same emulator in the same run: on every store shape operators have, at
+// the round-trip times they have to the Key Manager and to KES, and at
+// scale against the time the KES server alone needs to list its names.
 //
-//	go build -o /tmp/runbook ./cmd/runbook
-//	eval "$(scripts/build-real-servers.sh)"
-//	go run ./bench/migration -runbook /tmp/runbook -compare 1000 -sizes 100000
-//	go run ./bench/migration -runbook /tmp/runbook -compare 1000 -sizes '' -latency 1ms
+//	go run ./bench/migration -write BENCHMARKS.md     # the whole matrix
+//	go run ./bench/migration -quick                   # a smaller matrix, a few minutes
 //
-// -compare N: N keys, three alternating runs of each, best of three, wall
-// time of the whole process. -sizes: the whole runbook's plan and apply at
-// each size, with each step's time and the processes' peak RSS. A real KES
-// v0.24 server serves each store (the prerequisites and the verification's
-// KES round trips talk to it). Results go to stdout as Markdown
-// (BENCHMARKS.md).
+// It builds the runbook binary itself (or takes -runbook) and finds or
+// builds the KES servers (internal/toolcache). A real KES server serves each
+// store (the prerequisites and the verification talk to it); latency is
+// added by a TCP proxy in front of the emulator and one in front of KES
+// (proxy.go). The tables go to stdout in BENCHMARKS.md's format; -write
+// replaces the generated part of that file's migration section.
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/minio/kms-go/kms"
-
 	"github.com/runbook-dev/runbook/emulator"
-	"github.com/runbook-dev/runbook/internal/kescrypto"
-	"github.com/runbook-dev/runbook/internal/testenv"
+	"github.com/runbook-dev/runbook/internal/toolcache"
 )
 
+var traceDir string
+
+type options struct {
+	runbookBin, kesBin string
+	compare            int
+	shapes             []shape
+	latencies          []time.Duration
+	wan                int
+	wanShapes          []shape
+	wanRTT             time.Duration
+	sizes              []int
+	scaleShapes        []shape
+	runs               int
+}
+
 func main() {
-	runbookBin := flag.String("runbook", "", "the runbook binary (go build -o /tmp/runbook ./cmd/runbook)")
-	kesBin := flag.String("kes", os.Getenv("RUNBOOK_KES_BIN"), "the kes v0.24.0 binary: the KES server, and kes migrate")
-	compare := flag.Int("compare", 1000, "keys for the comparison with kes migrate (0: skip)")
-	sizesFlag := flag.String("sizes", "100000", "key store sizes for the whole runbook's plan and apply (comma-separated; empty: none)")
-	latency := flag.Duration("latency", 0, "latency the emulator adds to every request (0: loopback only)")
+	var o options
+	quick := flag.Bool("quick", false, "a smaller matrix (two shapes, no 10 ms column, 10,000 keys at scale), for a check in minutes")
+	flag.StringVar(&o.runbookBin, "runbook", "", "the runbook binary (default: go build ./cmd/runbook into the work directory)")
+	flag.StringVar(&o.kesBin, "kes", "", "the kes v0.24.0 binary for kes migrate (default: internal/toolcache)")
+	flag.IntVar(&o.compare, "compare", 1000, "keys for the comparison with kes migrate on every shape and latency (0: skip)")
+	shapesFlag := flag.String("shapes", "v0.24,v0.23,mixed,v0.22", "store shapes of the comparison")
+	latFlag := flag.String("latencies", "0,1ms,10ms", "round-trip times added to every connection to the Key Manager and to KES in the comparison")
+	flag.IntVar(&o.wan, "wan", 10000, "keys for the comparison with -wan-rtt to the Key Manager (0: skip)")
+	wanShapesFlag := flag.String("wan-shapes", "mixed", "store shapes of the -wan comparison")
+	flag.DurationVar(&o.wanRTT, "wan-rtt", 10*time.Millisecond, "round-trip time to the Key Manager (and KES) in the -wan comparison")
+	sizesFlag := flag.String("sizes", "10000,100000", "key store sizes at scale: plan and apply, against the KES server's listing alone (empty: none)")
+	scaleShapesFlag := flag.String("scale-shapes", "v0.24,v0.23", "store shapes at scale")
+	flag.IntVar(&o.runs, "runs", 3, "runs of each side per comparison (best of)")
+	write := flag.String("write", "", "replace the generated part of this file's migration section (BENCHMARKS.md)")
 	keep := flag.Bool("keep", false, "keep the work directory")
-	flag.StringVar(&traceDir, "trace", "", "write each runbook run's JSON events (-json) to this directory")
+	flag.StringVar(&traceDir, "trace", "", "write each runbook run's JSON events to this directory")
 	flag.Parse()
-	if *runbookBin == "" || *kesBin == "" {
-		log.Fatal("-runbook and -kes (or RUNBOOK_KES_BIN) are required")
+	if *quick {
+		*shapesFlag, *latFlag, o.wan, *sizesFlag, *scaleShapesFlag = "v0.24,mixed", "0,1ms", 2000, "10000", "mixed"
 	}
-	os.Setenv("RUNBOOK_KES_BIN", *kesBin) // testenv starts the KES server from it
+	o.shapes = parseShapes(*shapesFlag)
+	o.wanShapes = parseShapes(*wanShapesFlag)
+	o.scaleShapes = parseShapes(*scaleShapesFlag)
+	for _, s := range splitList(*latFlag) {
+		if s == "0" {
+			o.latencies = append(o.latencies, 0)
+			continue
+		}
+		d, err := time.ParseDuration(s)
+		check(err)
+		o.latencies = append(o.latencies, d)
+	}
+	for _, s := range splitList(*sizesFlag) {
+		n, err := strconv.Atoi(s)
+		check(err)
+		o.sizes = append(o.sizes, n)
+	}
+
 	work, err := os.MkdirTemp("", "bench-migration-")
 	check(err)
 	tb := &benchTB{dir: work}
@@ -61,7 +95,17 @@ func main() {
 	if !*keep {
 		defer os.RemoveAll(work)
 	}
-	cfg := emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(work, "km"), FaultLatency: *latency}
+	if o.runbookBin == "" {
+		o.runbookBin = filepath.Join(work, "runbook")
+		build := exec.Command("go", "build", "-o", o.runbookBin, "./cmd/runbook")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		check(build.Run())
+	}
+	if o.kesBin == "" {
+		o.kesBin, err = toolcache.Ensure(context.Background(), toolcache.KES, os.Stderr)
+		check(err)
+	}
+	cfg := emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(work, "km")}
 	if traceDir != "" {
 		lf, err := os.Create(filepath.Join(traceDir, "emulator.log"))
 		check(err)
@@ -73,41 +117,44 @@ func main() {
 	km, err := emulator.Start(cfg)
 	check(err)
 	defer km.Close()
-	fmt.Printf("Emulator readings: `%s`; latency added per Key Manager request: %s\n\n", km.Readings(), *latency)
 
-	if *compare > 0 {
-		st := newStore(tb, filepath.Join(work, "cmp"), *compare)
-		fmt.Printf("#### %d keys: whole verified `runbook apply` vs `kes migrate`, three alternating runs\n\n", *compare)
-		fmt.Printf("| run | runbook apply: wall | CPU | steps | kes migrate: wall | CPU | keys |\n|---:|---:|---:|---|---:|---:|---:|\n")
-		var bestRB, bestKM time.Duration
-		for i := 1; i <= 3; i++ {
-			rb := st.runbook(*runbookBin, km, fmt.Sprintf("cmp%d", i), "apply")
-			kd, kc, k := st.kesMigrate(*kesBin, km, fmt.Sprintf("kesmigrate%d", i))
-			fmt.Printf("| %d | %s | %s | %s | %s | %s | %d |\n", i, ms(rb.wall), ms(rb.cpu), rb.stepsLine(), ms(kd), ms(kc), k)
-			if bestRB == 0 || rb.wall < bestRB {
-				bestRB = rb.wall
-			}
-			if bestKM == 0 || kd < bestKM {
-				bestKM = kd
-			}
-		}
-		fmt.Printf("\nBest of 3: runbook %s, kes migrate %s: **%.1f×**\n\n", ms(bestRB), ms(bestKM), bestKM.Seconds()/bestRB.Seconds())
+	var doc strings.Builder
+	out := io.MultiWriter(os.Stdout, &doc)
+	b := &bench{o: o, tb: tb, work: work, km: km, out: out}
+	b.header()
+	if o.compare > 0 {
+		b.compareAll(o.compare, o.shapes, o.latencies)
 	}
+	if o.wan > 0 {
+		b.compareAll(o.wan, o.wanShapes, []time.Duration{o.wanRTT})
+	}
+	if len(o.sizes) > 0 {
+		b.scale()
+	}
+	b.footer()
+	if *write != "" {
+		check(replaceGenerated(*write, doc.String()))
+	}
+}
 
-	if *sizesFlag != "" {
-		fmt.Printf("#### Whole verified runbook at scale\n\n| keys | plan: wall | CPU | peak RSS | apply: wall | CPU | peak RSS | steps (apply) |\n|---:|---:|---:|---:|---:|---:|---:|---|\n")
-		for _, s := range strings.Split(*sizesFlag, ",") {
-			n, err := strconv.Atoi(s)
-			check(err)
-			st := newStore(tb, filepath.Join(work, "s"+s), n)
-			p := st.runbook(*runbookBin, km, "scale"+s, "plan")
-			a := st.runbook(*runbookBin, km, "scale"+s, "apply")
-			fmt.Printf("| %d | %s | %s | %.1f MiB | %s | %s | %.1f MiB | %s |\n", n, ms(p.wall), ms(p.cpu), float64(p.maxRSS)/1024, ms(a.wall), ms(a.cpu), float64(a.maxRSS)/1024, a.stepsLine())
-			if a.attempt != "" {
-				fmt.Printf("\n%d keys, migration: %s\n\n", n, a.attempt)
-			}
+func parseShapes(list string) []shape {
+	var out []shape
+	for _, n := range splitList(list) {
+		s, err := shapeNamed(n)
+		check(err)
+		out = append(out, s)
+	}
+	return out
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
 		}
 	}
+	return out
 }
 
 func check(err error) {
@@ -116,7 +163,9 @@ func check(err error) {
 	}
 }
 
-func ms(d time.Duration) string {
+// msRound shows a duration in milliseconds below 10 s, tenths of a second
+// above.
+func msRound(d time.Duration) string {
 	if d >= 10*time.Second {
 		return d.Round(100 * time.Millisecond).String()
 	}
@@ -145,165 +194,4 @@ func (b *benchTB) cleanup() {
 		b.cleanups[i]()
 	}
 	b.cleanups = nil
-}
-
-// store is an fs key store with a real KES server on it.
-type store struct {
-	dir string
-	kes *testenv.KES
-}
-
-// newStore writes n keys straight into dir/keys, as KES v0.24 stores them
-// (protobuf with an HMAC key), every third one ChaCha20, and starts a KES
-// server on them.
-func newStore(tb *benchTB, dir string, n int) *store {
-	keys := filepath.Join(dir, "keys")
-	check(os.MkdirAll(keys, 0o700))
-	for i := range n {
-		k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), HMAC: make([]byte, 32), CreatedAt: time.Now().UTC(), CreatedBy: "bench"}
-		if i%3 == 0 {
-			k.Algorithm = kescrypto.ChaCha20
-		}
-		rand.Read(k.Material)
-		rand.Read(k.HMAC)
-		b, err := k.MarshalV024()
-		check(err)
-		check(os.WriteFile(filepath.Join(keys, fmt.Sprintf("key-%06d", i)), b, 0o600))
-	}
-	return &store{dir: dir, kes: testenv.StartKES(tb, testenv.KESOptions{KeyStoreDir: keys})}
-}
-
-type result struct {
-	wall    time.Duration
-	cpu     time.Duration // user + system CPU of the process
-	maxRSS  int64         // KiB
-	steps   [][2]string
-	attempt string
-}
-
-func (r result) stepsLine() string {
-	var parts []string
-	for _, s := range r.steps {
-		parts = append(parts, s[0]+" "+s[1])
-	}
-	return strings.Join(parts, ", ")
-}
-
-var traceDir string
-
-var (
-	stepDone    = regexp.MustCompile(`(?m)^(\S+)\s+done \(([^)]+)\)`)
-	attemptLine = regexp.MustCompile(`imported \d+ keys this attempt \([^)]*\)`)
-)
-
-// runbook runs `runbook plan` or `runbook apply` of the whole verified
-// runbook into a new enclave named name.
-func (s *store) runbook(bin string, km *emulator.Server, name, verb string) result {
-	rb := filepath.Join(s.dir, name+".hcl")
-	check(os.WriteFile(rb, fmt.Appendf(nil, `runbook {
-  name = %q
-}
-
-variable "km_api_key" {
-  type      = string
-  sensitive = true
-}
-
-variable "kes_api_key" {
-  type      = string
-  sensitive = true
-}
-
-kes "legacy" {
-  server  = %q
-  api_key = var.kes_api_key
-  ca_file = %q
-  config  = %q
-}
-
-key_manager "target" {
-  servers = [%q]
-  api_key = var.km_api_key
-  ca_file = %q
-}
-
-prerequisites "preflight" {
-  kes         = kes.legacy
-  key_manager = key_manager.target
-}
-
-enclave "primary" {
-  key_manager = key_manager.target
-  name        = %q
-}
-
-identity "aistor" {
-  enclave = enclave.primary
-  admin   = true
-}
-
-migration "keys" {
-  from = kes.legacy
-  to   = enclave.primary
-}
-
-verification "keys" {
-  source     = kes.legacy
-  target     = enclave.primary
-  depends_on = [migration.keys]
-}
-`, name, s.kes.URL, s.kes.CAFile, s.kes.ConfigFile, km.URL(), km.CAFile(), name), 0o600))
-	args := []string{verb, rb}
-	if traceDir != "" {
-		args = append(args, "-json")
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "RUNBOOK_VAR_km_api_key="+km.RootAPIKey(), "RUNBOOK_VAR_kes_api_key="+s.kes.APIKey)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	if err := cmd.Run(); err != nil {
-		log.Fatalf("runbook %s %s: %v\n%s", verb, rb, err, out.String())
-	}
-	res := result{wall: time.Since(start)}
-	if traceDir != "" {
-		check(os.WriteFile(filepath.Join(traceDir, name+"."+verb+".jsonl"), out.Bytes(), 0o600))
-	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		res.maxRSS = ru.Maxrss
-	}
-	res.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-	for _, m := range stepDone.FindAllStringSubmatch(out.String(), -1) {
-		res.steps = append(res.steps, [2]string{m[1], m[2]})
-	}
-	if traceDir != "" { // -json: one event a line
-		for _, line := range strings.Split(out.String(), "\n") {
-			var e struct{ Type, Step, State, Duration string }
-			if json.Unmarshal([]byte(line), &e) == nil && e.Type == "state" && e.State == "done" && e.Duration != "" {
-				res.steps = append(res.steps, [2]string{e.Step, e.Duration})
-			}
-		}
-	}
-	res.attempt = attemptLine.FindString(out.String())
-	return res
-}
-
-// kesMigrate runs kes migrate v0.24.0 on the store into a new enclave and
-// returns its wall time and the keys it says it migrated.
-func (s *store) kesMigrate(bin string, km *emulator.Server, enclave string) (wall, cpu time.Duration, keys int) {
-	c, err := testenv.KMSClient(km.Addr(), km.CAFile(), km.RootAPIKey())
-	check(err)
-	check(c.CreateEnclave(context.Background(), &kms.CreateEnclaveRequest{Name: enclave}))
-	cmd := exec.Command(bin, "migrate", "--from", s.kes.ConfigFile, "--server", km.Addr(), "--enclave", enclave, "--api-key", km.RootAPIKey(), "-k")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	check(cmd.Run())
-	d := time.Since(start)
-	m := regexp.MustCompile(`Migrated +(\d+) keys successfully`).FindStringSubmatch(out.String())
-	if m == nil {
-		log.Fatalf("kes migrate: %s", out.String())
-	}
-	k, _ := strconv.Atoi(m[1])
-	return d, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), k
 }

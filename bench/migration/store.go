@@ -1,0 +1,87 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/testenv"
+)
+
+// shape is a kind of key store operators have (docs/domain.md, "KES stored
+// keys"): which format each key was written in, and which KES serves it.
+type shape struct {
+	name  string
+	about string
+	// json says whether key i is stored in the KES v0.22/v0.23 JSON format
+	// (no HMAC key: that format has none) rather than KES v0.24's base64
+	// protobuf (always with an HMAC key: KES v0.24 requires one).
+	json func(i int) bool
+	v022 bool // served by KES v0.22.3 (listing by glob) instead of v0.24.0
+}
+
+var shapes = []shape{
+	{name: "v0.24", about: "every key written by KES v0.24 (protobuf, with an HMAC key)", json: func(int) bool { return false }},
+	{name: "v0.23", about: "every key written by KES v0.22/v0.23 (JSON, no HMAC key), served by KES v0.24", json: func(int) bool { return true }},
+	{name: "mixed", about: "every other key JSON (KES v0.22/v0.23), the others protobuf with an HMAC key (KES v0.24), served by KES v0.24", json: func(i int) bool { return i%2 == 1 }},
+	{name: "v0.22", about: "every key JSON, served by KES v0.22.3 (an older KES still running: keys listed by glob, streamed)", json: func(int) bool { return true }, v022: true},
+}
+
+func shapeNamed(name string) (shape, error) {
+	var names []string
+	for _, s := range shapes {
+		if s.name == name {
+			return s, nil
+		}
+		names = append(names, s.name)
+	}
+	return shape{}, fmt.Errorf("unknown store shape %q (known: %s)", name, strings.Join(names, ", "))
+}
+
+// store is an fs key store with a real KES server on it.
+type store struct {
+	dir   string
+	shape shape
+	keys  int
+	kes   *testenv.KES
+}
+
+// newStore writes n keys straight into dir/keys in the shape's formats,
+// every third one ChaCha20, and starts a KES server on them.
+func newStore(tb *benchTB, dir string, n int, sh shape) *store {
+	keys := filepath.Join(dir, "keys")
+	check(os.MkdirAll(keys, 0o700))
+	now := time.Now().UTC()
+	for i := range n {
+		k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), CreatedAt: now, CreatedBy: "bench"}
+		if i%3 == 0 {
+			k.Algorithm = kescrypto.ChaCha20
+		}
+		rand.Read(k.Material)
+		var b []byte
+		var err error
+		if sh.json(i) {
+			b, err = k.MarshalV023()
+			if sh.v022 {
+				// KES v0.22 names the algorithm as its kes-go did
+				// (kescrypto.ParseAlgorithm: the legacy names).
+				b = bytes.Replace(b, []byte(`"algorithm":"ChaCha20"`), []byte(`"algorithm":"XCHACHA20-POLY1305"`), 1)
+			}
+		} else {
+			k.HMAC = make([]byte, 32)
+			rand.Read(k.HMAC)
+			b, err = k.MarshalV024()
+		}
+		check(err)
+		check(os.WriteFile(filepath.Join(keys, keyName(i)), b, 0o600))
+	}
+	return &store{dir: dir, shape: sh, keys: n, kes: testenv.StartKES(tb, testenv.KESOptions{KeyStoreDir: keys, V022: sh.v022})}
+}
+
+// keyName is the store's name of key i.
+func keyName(i int) string { return fmt.Sprintf("key-%06d", i) }
