@@ -118,22 +118,28 @@ func (b *bench) compareAll(n int, shapes []shape, rtts []time.Duration) {
 			st := b.store(n, sh)
 			s := newSite(b.km, st, rtt, rtt)
 			var bestRB, bestKM result
+			carried := n
 			for range b.o.runs {
 				rb := st.runbook(b.o.runbookBin, s, b.name("cmp"), "apply")
 				km, keys := st.kesMigrate(b.o.kesBin, s, b.name("kesmigrate"))
-				if keys != n {
-					// kes migrate v0.24.0 loses keys past 1025 (docs/domain.md, "kes migrate"): its time covers fewer keys.
-					b.printf("<!-- kes migrate migrated %d of %d keys -->\n", keys, n)
-				}
 				if bestRB.wall == 0 || rb.wall < bestRB.wall {
 					bestRB = rb
 				}
 				if bestKM.wall == 0 || km.wall < bestKM.wall {
-					bestKM = km
+					bestKM, carried = km, keys
 				}
 			}
 			s.close()
-			ratio := bestKM.wall.Seconds() / bestRB.wall.Seconds()
+			kmWall, kmShown := bestKM.wall, msRound(bestKM.wall)
+			if carried < n && carried > 0 {
+				// kes migrate v0.24.0 stops after about 1025 keys of a
+				// larger store, reporting success (docs/domain.md, "KES key
+				// names and listing"): its time is scaled to n keys (it
+				// sends one request per key).
+				kmWall = time.Duration(float64(bestKM.wall) * float64(n) / float64(carried))
+				kmShown = fmt.Sprintf("%s for the %d keys it carried; %s scaled to %d", msRound(bestKM.wall), carried, msRound(kmWall), n)
+			}
+			ratio := kmWall.Seconds() / bestRB.wall.Seconds()
 			verdict := "–"
 			if t := target(n, rtt); t > 0 {
 				verdict = fmt.Sprintf("≥ %g×: **not met**", t)
@@ -141,7 +147,7 @@ func (b *bench) compareAll(n int, shapes []shape, rtts []time.Duration) {
 					verdict = fmt.Sprintf("≥ %g×: met", t)
 				}
 			}
-			b.printf("| %s | %s | %s | %s | %s | %s | %s | **%.1f×** | %s |\n", sh.name, rttName(rtt), msRound(bestRB.wall), msRound(bestRB.cpu), msRound(bestRB.ready), msRound(bestKM.wall), msRound(bestKM.cpu), ratio, verdict)
+			b.printf("| %s | %s | %s | %s | %s | %s | %s | **%.1f×** | %s |\n", sh.name, rttName(rtt), msRound(bestRB.wall), msRound(bestRB.cpu), msRound(bestRB.ready), kmShown, msRound(bestKM.cpu), ratio, verdict)
 			rows = append(rows, row{sh.name, rtt, bestRB})
 		}
 	}
