@@ -14,7 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
+	"sync"
 	"time"
 
 	"github.com/minio/kms-go/kms"
@@ -110,15 +110,16 @@ func (s *store) runbook(bin string, st *site, name, verb string) result {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
-	if err := cmd.Run(); err != nil {
+	if err := cmd.Start(); err != nil {
+		log.Fatalf("runbook %s %s: %v", verb, rb, err)
+	}
+	hwm := watchHWM(cmd.Process.Pid)
+	if err := cmd.Wait(); err != nil {
 		log.Fatalf("runbook %s %s: %v\n%s", verb, rb, err, out.String())
 	}
-	res := result{wall: time.Since(start)}
+	res := result{wall: time.Since(start), maxRSS: hwm()}
 	if traceDir != "" {
 		check(os.WriteFile(filepath.Join(traceDir, name+"."+verb+".jsonl"), out.Bytes(), 0o600))
-	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		res.maxRSS = ru.Maxrss
 	}
 	res.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	running := map[string]time.Duration{}
@@ -285,3 +286,45 @@ verification "keys" {
   depends_on = [migration.keys]
 }
 `
+
+// watchHWM polls a child's peak resident set (VmHWM, KiB) until the
+// returned function is called, which returns the last value seen. The
+// rusage of a child is no measure here: a child started by vfork counts
+// the benchmark's own resident set until it execs.
+func watchHWM(pid int) func() int64 {
+	var mu sync.Mutex
+	var peak int64
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			if err == nil {
+				for _, line := range strings.Split(string(raw), "\n") {
+					if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+						if kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64); err == nil {
+							mu.Lock()
+							peak = max(peak, kb)
+							mu.Unlock()
+						}
+					}
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() int64 {
+		close(done)
+		<-stopped
+		mu.Lock()
+		defer mu.Unlock()
+		return peak
+	}
+}
