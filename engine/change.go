@@ -117,8 +117,8 @@ func (w *changeWriter) stepsInOrder() {
 		if len(s.DependsOn) > 0 {
 			w.p("After: %s\n\n", codeList(s.DependsOn))
 		}
-		bullets(&w.b, "Observed", s.Observed)
-		bullets(&w.b, "Will do", s.Actions)
+		w.bullets("Observed", s.Observed)
+		w.bullets("Will do", s.Actions)
 		if s.Items > 0 {
 			w.itemList(s)
 		}
@@ -220,15 +220,17 @@ func (w *changeWriter) bound() {
 // preformatted is text shown as a block of lines: its newlines are kept.
 type preformatted string
 
-func bullets(b *bytes.Buffer, title string, lines []string) {
+// bullets is a titled list, escaped as everything p writes; nothing for
+// no lines.
+func (w *changeWriter) bullets(title string, lines []string) {
 	if len(lines) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "**%s**\n\n", title)
+	w.p("**%s**\n\n", title)
 	for _, l := range lines {
-		fmt.Fprintf(b, "- %s\n", Printable(l))
+		w.p("- %s\n", l)
 	}
-	b.WriteString("\n")
+	w.p("\n")
 }
 
 func codeList(l []string) string {
