@@ -212,7 +212,7 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 	if v.cfg.Sample != nil && *v.cfg.Sample < len(names) {
 		what = fmt.Sprintf("a random sample of %d of the %d keys", *v.cfg.Sample, len(names))
 	}
-	p.Actions = append(p.Actions, fmt.Sprintf("prove the key material of %s by a round trip: a random plaintext sealed here under the key's material from the store, in every ciphertext format MinIO may forward for it (%s for every key; %s and %s too for keys stored in the KES v0.22/v0.23 JSON format), must decrypt at the Key Manager to the same plaintext, %d ciphertexts per request (proof %q); a format the Key Manager refuses fails verification, naming it; entries that do not parse are named, never called missing", what, formatRaw, formatMsgpack, formatJSON, verifyDecryptBatch, proofLocalSeal))
+	p.Actions = append(p.Actions, fmt.Sprintf("prove the key material of %s by a round trip: a random plaintext sealed here under the key's material from the store, in every ciphertext format MinIO may forward for it (%s for every key; %s too for keys stored in the KES v0.22/v0.23 JSON format; MinIO turns legacy JSON ciphertexts into %s before it asks), must decrypt at the Key Manager to the same plaintext, %d ciphertexts per request (proof %q); a format the Key Manager refuses fails verification, naming it; entries that do not parse are named, never called missing", what, formatRaw, formatMsgpack, formatRaw, verifyDecryptBatch, proofLocalSeal))
 	if src.HasServer() {
 		srv, line, err := src.checkGenerate(ctx, r, srcAddr, names, "verification may draw for its KES round trips")
 		if err != nil {

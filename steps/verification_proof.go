@@ -34,15 +34,19 @@ import (
 // data key it generates on a sample of keys (verifyKESSample) must decrypt at
 // the Key Manager.
 //
-// Formats (docs/domain.md, "Ciphertext formats"): raw (KES v0.24) for every key; for a key
+// Formats (docs/domain.md, "Ciphertext formats"): what MinIO may forward
+// to the Key Manager for the key. Raw (KES v0.24) for every key; for a key
 // stored in the KES v0.22/v0.23 JSON format, objects written then carry
 // msgpack ciphertexts (first byte 0x95), which MinIO forwards unchanged,
-// and possibly JSON ones, which MinIO converts to raw unless they fail to
-// parse; both are proven too.
+// so msgpack too. Legacy JSON ciphertexts never reach the Key Manager:
+// MinIO turns every one KES could open into raw before it asks (the two
+// parse them with the same checks), so the raw proof covers them.
 const (
 	formatRaw     = "raw"
 	formatMsgpack = "msgpack"
-	formatJSON    = "JSON"
+	// formatJSON is only read: checkpoints of earlier versions, which
+	// proved it too, are tallied with it.
+	formatJSON = "JSON"
 
 	// verifyDecryptBatch is how many Decrypt frames one request carries.
 	verifyDecryptBatch = 64
@@ -55,7 +59,7 @@ const (
 // ciphertextFormats are the formats proven for a key stored as stored.
 func ciphertextFormats(stored string) []string {
 	if stored == formatV023 {
-		return []string{formatRaw, formatMsgpack, formatJSON}
+		return []string{formatRaw, formatMsgpack}
 	}
 	return []string{formatRaw}
 }
@@ -85,8 +89,6 @@ func sealProofs(name string, k kescrypto.Key, stored string) ([]sealedProof, err
 			ct, err = kescrypto.Seal(k, pt, aad)
 		case formatMsgpack:
 			ct, err = kescrypto.SealMsgpack(k, pt, aad)
-		case formatJSON:
-			ct, err = kescrypto.SealLegacyJSON(k, pt, aad)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("seal %s locally in the %s format: %w", name, f, err)
@@ -244,15 +246,12 @@ func formatRefusalMessage(enclave string, kps []keyProof) string {
 		}
 	}
 	var parts []string
-	for _, f := range []string{formatMsgpack, formatJSON} {
+	for _, f := range []string{formatMsgpack} {
 		names := by[f]
 		if len(names) == 0 {
 			continue
 		}
 		what := "KES v0.22/v0.23 msgpack ciphertexts (first byte 0x95), which MinIO forwards unchanged: objects written under these keys before KES v0.24 would not read after the cutover"
-		if f == formatJSON {
-			what = "legacy JSON ciphertexts, which MinIO forwards unchanged when it cannot parse them"
-		}
 		parts = append(parts, fmt.Sprintf("the Key Manager of enclave %s holds the material of %d key(s) but refuses the %s format: %s; %s", enclave, len(names), f, what, keystore.NameList(names, verifyShown)))
 	}
 	return strings.Join(parts, "; ")
@@ -446,7 +445,7 @@ func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStor
 		return nil, nil, err
 	}
 	slices.SortFunc(unparsable, func(a, b problem) int { return strings.Compare(a.Name, b.Name) })
-	order := map[string]int{formatRaw: 0, formatMsgpack: 1, formatJSON: 2}
+	order := map[string]int{formatRaw: 0, formatMsgpack: 1}
 	slices.SortFunc(proofs, func(a, b sealedProof) int {
 		if c := strings.Compare(a.name, b.name); c != 0 {
 			return c
