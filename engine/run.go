@@ -292,6 +292,21 @@ func (r *Run) Path(p string) string {
 	return filepath.Join(r.x.cfg.Dir, p)
 }
 
+// Memo returns what steps keep under key for the rest of the session (one
+// process: the quiet plan that apply FILE makes first, then the apply),
+// made by make the first time any step of any plan or apply of the session
+// asks; concurrent callers wait for it. It is for read-only observations
+// that stay true while the process runs, so that the apply does not observe
+// again what its plan did: a step keeps there no secret and nothing it
+// must judge anew (a step still checks what it acts on). key must be
+// comparable; a step's own type in it keeps steps apart.
+func (r *Run) Memo(key any, make func() any) any {
+	e, _ := r.x.s.memo.LoadOrStore(key, &memoEntry{})
+	m := e.(*memoEntry)
+	m.once.Do(func() { m.v = make() })
+	return m.v
+}
+
 // ReadFile reads a file the runbook names (relative to its folder) and
 // records its digest: a saved plan is bound to every file it read.
 func (r *Run) ReadFile(p string) ([]byte, error) {

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"sync"
+
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -24,6 +26,13 @@ type Session struct {
 	Graph    *Graph
 	Scope    *Scope
 	Redactor *Redactor
+
+	memo sync.Map // Run.Memo: key → *memoEntry
+}
+
+type memoEntry struct {
+	once sync.Once
+	v    any
 }
 
 // Open loads, graphs and evaluates a runbook. requireAll makes every

@@ -14,7 +14,6 @@ import (
 	"github.com/minio/kes/kesconf"
 
 	"github.com/runbook-dev/runbook/engine"
-	"github.com/runbook-dev/runbook/internal/keystore"
 )
 
 func init() {
@@ -56,10 +55,6 @@ type kesConnection struct {
 	once   sync.Once
 	client *kes.Client
 	err    error
-
-	// verdicts remembers which key store entries are not KES keys, so
-	// that each step's listing reads only what it has not judged.
-	verdicts keystore.Verdicts
 }
 
 func (k *kesConnection) Config() any { return &k.cfg }

@@ -8,6 +8,7 @@ import (
 	kesserver "github.com/minio/kes"
 	"github.com/minio/kes/kesconf"
 
+	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 	"github.com/runbook-dev/runbook/internal/keystore"
 )
@@ -67,8 +68,8 @@ type (
 // listKeyStore lists every entry of the store completely, checks the
 // listing by a second means (keystore.List), and reads every candidate key
 // once to leave out the entries that are not KES keys (keystore.Classify),
-// but for those k judged already in this process (k may be nil).
-func listKeyStore(ctx context.Context, k *kesConnection, ks kesserver.KeyStore, conf *kesconf.File) (*storeListing, error) {
+// but for those judged already in this process (judged; r may be nil).
+func listKeyStore(ctx context.Context, r *engine.Run, k *kesConnection, ks kesserver.KeyStore, conf *kesconf.File) (*storeListing, error) {
 	l, err := keystore.List(ctx, ks, conf)
 	if err != nil {
 		return nil, err
@@ -79,7 +80,7 @@ func listKeyStore(ctx context.Context, k *kesConnection, ks kesserver.KeyStore, 
 			return err
 		})
 		return raw, err
-	}, readParallelism, k.judged())
+	}, readParallelism, judged(r, k, conf))
 	if err != nil {
 		return nil, fmt.Errorf("list key store: %w (was an entry deleted while it was read? halt key changes at KES first)", err)
 	}
@@ -123,12 +124,18 @@ func unreadableEntryReason(err error) string {
 	return ""
 }
 
-// judged is the connection's memory of the entries judged (nil for none).
-func (k *kesConnection) judged() *keystore.Verdicts {
-	if k == nil {
+// verdictsKey keys the session's memory of a key store's entries.
+type verdictsKey struct{ config, store string }
+
+// judged is the session's memory of the entries of k's key store judged
+// so far (nil for none): kept across the quiet plan and the apply of one
+// process (engine.Run.Memo), so that each value is classified once.
+func judged(r *engine.Run, k *kesConnection, conf *kesconf.File) *keystore.Verdicts {
+	if r == nil || k == nil || conf == nil {
 		return nil
 	}
-	return &k.verdicts
+	key := verdictsKey{config: r.Path(k.cfg.Config), store: keystore.Describe(conf)}
+	return r.Memo(key, func() any { return new(keystore.Verdicts) }).(*keystore.Verdicts)
 }
 
 // foreignObserved is the plan's line on the entries that are not KES keys,

@@ -56,7 +56,7 @@ func TestListKeyStoreGroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := listKeyStore(context.Background(), nil, ks, conf)
+	l, err := listKeyStore(context.Background(), nil, nil, ks, conf)
 	if err != nil {
 		t.Fatal(err)
 	}

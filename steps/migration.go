@@ -263,11 +263,10 @@ func (m *migrationStep) observe(ctx context.Context, r *engine.Run) (*migrationO
 	var there []string
 	var mu sync.Mutex
 	err = forEach(ctx, m.parallelism(), len(src.names), func(ctx context.Context, i int) error {
-		e, err := src.readEntry(ctx, src.names[i])
+		e, err := src.observeEntry(ctx, src.names[i])
 		if err != nil {
 			return err
 		}
-		defer e.wipe()
 		obs.rep.add(e)
 		if e.class != entryOK {
 			return nil

@@ -32,6 +32,10 @@ type sourceSet struct {
 	notKeys []problem // entries matching the pattern that are not keys (listKeyStore)
 	foreign []string  // entries matching the pattern that are not KES keys: counted, never read again
 	digest  string    // SHA-256 of names, one per line
+	// facts is what this process's listings found of each entry
+	// (listKeyStore), which a plan counts instead of reading again; nil
+	// for none.
+	facts *keystore.Verdicts
 }
 
 func namesDigest(names []string) string {
@@ -48,12 +52,17 @@ func openSource(ctx context.Context, r *engine.Run, from *kesConnection, pattern
 	if err != nil {
 		return nil, err
 	}
-	l, err := listKeyStore(ctx, from, ks, conf)
+	l, err := listKeyStore(ctx, r, from, ks, conf)
 	if err != nil {
 		ks.Close()
 		return nil, err
 	}
-	return newSourceSet(ks, conf, l, pattern)
+	s, err := newSourceSet(ks, conf, l, pattern)
+	if err != nil {
+		return nil, err
+	}
+	s.facts = judged(r, from, conf)
+	return s, nil
 }
 
 func newSourceSet(ks kesserver.KeyStore, conf *kesconf.File, l *storeListing, pattern string) (*sourceSet, error) {
@@ -107,8 +116,9 @@ const (
 // flight; wipe() drops it.
 type sourceEntry struct {
 	name   string
-	key    kescrypto.Key
-	format string // "v0.24" (protobuf) or "v0.23" (JSON)
+	key    kescrypto.Key // its Algorithm only, when observed from facts
+	hmac   bool          // the key has an HMAC key
+	format string        // "v0.24" (protobuf) or "v0.23" (JSON)
 	class  entryClass
 	reason string // why it is not OK; never holds material
 }
@@ -158,11 +168,35 @@ func (s *sourceSet) readEntry(ctx context.Context, name string) (*sourceEntry, e
 		e.reason = reason
 		return e, nil
 	}
-	e.key = k
+	e.key, e.hmac = k, k.HMAC != nil
 	if p := kmNameProblem(name); p != "" {
 		e.wipe()
 		e.class = entryRejectedName
 		e.reason = "the Key Manager rejects this name: " + p
+	}
+	return e, nil
+}
+
+// observeEntry is what readEntry would find of name, without its
+// material: from what this process's listing found of it (facts) when it
+// read it, else read now. For a plan, which counts and names entries.
+func (s *sourceSet) observeEntry(ctx context.Context, name string) (*sourceEntry, error) {
+	f, ok := s.facts.Facts(name)
+	if !ok || f.Class == keystore.ClassForeign {
+		e, err := s.readEntry(ctx, name)
+		if err == nil {
+			e.wipe()
+		}
+		return e, err
+	}
+	e := &sourceEntry{name: name, format: f.Format}
+	switch {
+	case f.Class == keystore.ClassBroken:
+		e.class, e.reason = entryUnparsable, f.Reason
+	case kmNameProblem(name) != "":
+		e.class, e.reason = entryRejectedName, "the Key Manager rejects this name: "+kmNameProblem(name)
+	default:
+		e.key.Algorithm, e.hmac = f.Algorithm, f.HMAC
 	}
 	return e, nil
 }
@@ -195,7 +229,7 @@ func (rep *report) add(e *sourceEntry) {
 	case entryRejectedName:
 		rep.rejected = append(rep.rejected, problem{Name: e.name, Reason: e.reason})
 	default:
-		if e.key.HMAC != nil {
+		if e.hmac {
 			rep.hmac++
 		}
 		if e.key.Algorithm == kescrypto.ChaCha20 {

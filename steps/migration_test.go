@@ -134,7 +134,7 @@ func (env *migrationEnv) reopen(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	all, err := listKeyStore(context.Background(), nil, ks, conf)
+	all, err := listKeyStore(context.Background(), nil, nil, ks, conf)
 	if err != nil {
 		t.Fatal(err)
 	}

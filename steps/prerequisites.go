@@ -313,7 +313,7 @@ func (p *prerequisites) checkKeyStore(ctx context.Context, r *engine.Run, pf *pr
 	if err != nil {
 		return fmt.Errorf("%s: %w", kesAddr, err)
 	}
-	l, err := listKeyStore(ctx, k, ks, conf)
+	l, err := listKeyStore(ctx, r, k, ks, conf)
 	if err != nil {
 		return fmt.Errorf("%s: read the key store named in %s: %w", kesAddr, k.ConfigFile(r), err)
 	}
@@ -458,7 +458,7 @@ func (p *prerequisites) backUp(ctx context.Context, r *engine.Run, pf *preflight
 // was made). Other applications' secrets come and go unjudged.
 func (p *prerequisites) creationHalted(ctx context.Context, r *engine.Run, pf *preflight, baseline []string) error {
 	k, _, _ := engine.ConnectionFrom[*kesConnection](p.cfg.KES, "kes")
-	nowListing, err := listKeyStore(ctx, k, pf.ks, pf.conf)
+	nowListing, err := listKeyStore(ctx, r, k, pf.ks, pf.conf)
 	if err != nil {
 		return fmt.Errorf("list the key store again: %w", err)
 	}
@@ -567,32 +567,54 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore,
 	tw := tar.NewWriter(io.MultiWriter(f, h))
 	now := time.Now().UTC().Truncate(time.Second)
 	written := 0
-	for i, name := range names {
-		if err := ctx.Err(); err != nil {
+	// Read snapshotChunk entries at once (readParallelism reads in
+	// flight: one at a time, the snapshot took as long as the migration),
+	// then write them in order; values are wiped as soon as written.
+	vals := make([][]byte, snapshotChunk)
+	keep := make([]bool, snapshotChunk) // an empty value is kept too
+	for lo := 0; lo < len(names); lo += snapshotChunk {
+		chunk := names[lo:min(len(names), lo+snapshotChunk)]
+		err := forEach(ctx, readParallelism, len(chunk), func(ctx context.Context, i int) error {
+			raw, err := ks.Get(ctx, chunk[i])
+			if unreadableEntryReason(err) != "" {
+				return nil // KES cannot read it either: migration names it
+			}
+			if err != nil {
+				return fmt.Errorf("snapshot key %q: %w", chunk[i], err)
+			}
+			if keystore.Foreign(raw) {
+				clear(raw) // another application's secret since the listing: never copied
+				return nil
+			}
+			vals[i], keep[i] = raw, true
+			return nil
+		})
+		if err != nil {
+			for _, v := range vals {
+				clear(v)
+			}
 			return 0, "", err
 		}
-		raw, err := ks.Get(ctx, name)
-		if unreadableEntryReason(err) != "" {
-			continue // KES cannot read it either: migration names it
+		for i, name := range chunk {
+			raw, ok := vals[i], keep[i]
+			vals[i], keep[i] = nil, false
+			if !ok {
+				continue
+			}
+			err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o600, Size: int64(len(raw)), ModTime: now, Typeflag: tar.TypeReg, Format: tar.FormatPAX})
+			if err == nil {
+				_, err = tw.Write(raw)
+			}
+			clear(raw)
+			if err != nil {
+				for _, v := range vals {
+					clear(v)
+				}
+				return 0, "", fmt.Errorf("write key store snapshot: %w", err)
+			}
+			written++
 		}
-		if err != nil {
-			return 0, "", fmt.Errorf("snapshot key %q: %w", name, err)
-		}
-		e := keystore.Classify(raw)
-		e.Wipe()
-		if e.Class == keystore.ClassForeign {
-			clear(raw) // another application's secret since the listing: never copied
-			continue
-		}
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o600, Size: int64(len(raw)), ModTime: now, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
-			return 0, "", fmt.Errorf("write key store snapshot: %w", err)
-		}
-		if _, err := tw.Write(raw); err != nil {
-			return 0, "", fmt.Errorf("write key store snapshot: %w", err)
-		}
-		clear(raw)
-		written++
-		r.Progress(int64(i+1), int64(len(names)))
+		r.Progress(int64(lo+len(chunk)), int64(len(names)))
 	}
 	if err := tw.Close(); err != nil {
 		return 0, "", fmt.Errorf("write key store snapshot: %w", err)
@@ -602,6 +624,10 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore,
 	}
 	return written, hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// snapshotChunk is how many key store entries the snapshot reads before it
+// writes them.
+const snapshotChunk = 256
 
 // readNameList reads a key-name list this step wrote and checks its digest.
 func readNameList(path, digest string) ([]string, error) {

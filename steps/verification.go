@@ -166,7 +166,7 @@ func (v *verificationStep) sourceNames(ctx context.Context, r *engine.Run, src *
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	l, err = listKeyStore(ctx, src, ks, conf)
+	l, err = listKeyStore(ctx, r, src, ks, conf)
 	if err != nil {
 		ks.Close()
 		return nil, nil, nil, err

@@ -24,6 +24,8 @@ import (
 	kesserver "github.com/minio/kes"
 	"github.com/minio/kes/kesconf"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/runbook-dev/runbook/internal/kescrypto"
 )
 
 // Problem is an entry named with the reason it is left out. Reason never
@@ -166,37 +168,49 @@ func (l *Listing) crossCheck(ctx context.Context, ks kesserver.KeyStore, conf *k
 // Read reads one entry's stored value, as the key store's Get does.
 type Read func(ctx context.Context, name string) ([]byte, error)
 
-// Verdicts remembers, by name, which entries Classify found not to be KES
-// keys, so that the later listings of one process read only the names it
-// has not judged yet. A value does not turn from a KES key into another
-// application's secret; and every step judges each value it reads again
-// (a key store value is never copied on the strength of a verdict).
+// Verdicts remembers, by name, what Classify found of each entry it read
+// (its Facts), so that the later listings of one process read only the
+// names it has not judged yet, and a plan can count formats without
+// reading the values again. A value does not turn from a KES key into
+// another application's secret; and every step judges each value it reads
+// again (a key store value is never copied on the strength of a verdict).
 // Safe for concurrent use; the zero value is ready.
 type Verdicts struct {
-	mu      sync.Mutex
-	foreign map[string]bool
+	mu    sync.Mutex
+	facts map[string]Facts
 }
 
-func (v *Verdicts) get(name string) (foreign, known bool) {
+// Facts is what Classify found of one entry, without anything of its
+// value: enough for a plan to count and name.
+type Facts struct {
+	Class     Class
+	Format    string              // as Entry.Format
+	Reason    string              // as Entry.Reason, or why the read failed (Unreadable)
+	Algorithm kescrypto.Algorithm // ClassKey only
+	HMAC      bool                // ClassKey only: the key has an HMAC key
+}
+
+// Facts returns what Classify found of name, and whether it read it.
+func (v *Verdicts) Facts(name string) (Facts, bool) {
 	if v == nil {
-		return false, false
+		return Facts{}, false
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	foreign, known = v.foreign[name]
-	return foreign, known
+	f, ok := v.facts[name]
+	return f, ok
 }
 
-func (v *Verdicts) set(name string, foreign bool) {
+func (v *Verdicts) set(name string, f Facts) {
 	if v == nil {
 		return
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.foreign == nil {
-		v.foreign = map[string]bool{}
+	if v.facts == nil {
+		v.facts = map[string]Facts{}
 	}
-	v.foreign[name] = foreign
+	v.facts[name] = f
 }
 
 // Classify reads every entry of l.Keys (par at once) that v has not judged
@@ -212,26 +226,26 @@ func (l *Listing) Classify(ctx context.Context, read Read, par int, v *Verdicts)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(par, 1))
 	for i, name := range l.Keys {
-		if f, known := v.get(name); known {
-			foreign[i] = f
+		if f, known := v.Facts(name); known {
+			foreign[i] = f.Class == ClassForeign
 			continue
 		}
 		g.Go(func() error {
 			raw, err := read(gctx, name)
 			if err != nil {
-				class, _ := Unreadable(err)
+				class, why := Unreadable(err)
 				if class == ClassKey {
 					return fmt.Errorf("read entry %q of the key store: %w", name, err)
 				}
 				foreign[i] = class == ClassForeign // ClassBroken: KES's own entry it cannot read, which the steps name
-				v.set(name, foreign[i])
+				v.set(name, Facts{Class: class, Reason: why})
 				return nil
 			}
 			e := Classify(raw)
-			foreign[i] = e.Class == ClassForeign
-			e.Wipe()
 			clear(raw)
-			v.set(name, foreign[i])
+			foreign[i] = e.Class == ClassForeign
+			v.set(name, Facts{Class: e.Class, Format: e.Format, Reason: e.Reason, Algorithm: e.Key.Algorithm, HMAC: e.Key.HMAC != nil})
+			e.Wipe()
 			return nil
 		})
 	}

@@ -68,4 +68,14 @@ func TestClassifyRemembers(t *testing.T) {
 	if reads["app"] != 1 || reads["key-1"] != 1 || reads["key-2"] != 1 {
 		t.Errorf("reads: %v; want each name read once", reads)
 	}
+	// What a plan counts without reading again, and nothing of the value.
+	if f, ok := v.Facts("key-1"); !ok || f != (Facts{Class: ClassKey, Format: FormatV024, Algorithm: kescrypto.AES256, HMAC: true}) {
+		t.Errorf("facts of key-1: %+v, %v", f, ok)
+	}
+	if f, ok := v.Facts("app"); !ok || f.Class != ClassForeign {
+		t.Errorf("facts of app: %+v, %v", f, ok)
+	}
+	if _, ok := v.Facts("unread"); ok {
+		t.Error("facts of a name never read")
+	}
 }

@@ -69,12 +69,13 @@ func (e *Entry) Wipe() {
 //
 // Errors of the parser name fields and lengths, never content.
 func Classify(raw []byte) Entry {
-	format := FormatV024
-	if json.Valid(raw) {
-		format = FormatV023
-	}
 	k, err := kescrypto.ParseKey(raw)
 	if err == nil {
+		// A JSON value that parses is an object; base64 holds no '{'.
+		format := FormatV024
+		if t := bytes.TrimLeft(raw, " \t\r\n"); len(t) > 0 && t[0] == '{' {
+			format = FormatV023
+		}
 		return Entry{Class: ClassKey, Key: k, Format: format}
 	}
 	switch {
@@ -86,6 +87,19 @@ func Classify(raw []byte) Entry {
 		return Entry{Class: ClassBroken, Format: FormatV024, Reason: strings.TrimPrefix(err.Error(), "kescrypto: ")}
 	}
 	return Entry{Class: ClassForeign, Reason: "not a KES key: neither KES's JSON key format (an object with \"bytes\") nor its base64 protobuf format"}
+}
+
+// Foreign reports whether Classify finds raw not a KES key (ClassForeign),
+// without parsing a value that has the shape KES v0.24 writes (such a
+// value is a key or a broken key, never foreign): for a step that only
+// needs to leave out other applications' secrets (the snapshot).
+func Foreign(raw []byte) bool {
+	if len(raw) == 0 || protobufKeyShape(raw) {
+		return false
+	}
+	e := Classify(raw)
+	e.Wipe()
+	return e.Class == ClassForeign
 }
 
 // jsonKeyShape reports whether raw has the shape of a KES JSON key.

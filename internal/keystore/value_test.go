@@ -64,5 +64,8 @@ func TestClassify(t *testing.T) {
 		if strings.Contains(e.Reason, "hunter2") || (e.Class != ClassKey && e.Key.Material != nil) {
 			t.Errorf("%s: the result holds the value: %+v", c.name, e)
 		}
+		if got := Foreign(c.value); got != (c.class == ClassForeign) {
+			t.Errorf("%s: Foreign says %v, Classify class %d", c.name, got, c.class)
+		}
 	}
 }
