@@ -1,8 +1,6 @@
 package engine
 
 import (
-	"sync"
-
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
