@@ -13,7 +13,7 @@
 // builds the KES servers (internal/toolcache). A real KES server serves each
 // store (the prerequisites and the verification talk to it); latency is
 // added by a TCP proxy in front of the emulator and one in front of KES
-// (proxy.go). The tables go to stdout in BENCHMARKS.md's format; -write
+// (internal/delayproxy). The tables go to stdout in BENCHMARKS.md's format; -write
 // replaces the generated part of that file's migration section.
 package main
 

@@ -20,11 +20,12 @@ import (
 	"github.com/minio/kms-go/kms"
 
 	"github.com/runbook-dev/runbook/emulator"
+	"github.com/runbook-dev/runbook/internal/delayproxy"
 	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
 // site is what a run talks to: the Key Manager and the store's KES server,
-// each directly or through a delayProxy.
+// each directly or through a delayproxy.Proxy.
 type site struct {
 	km      *emulator.Server
 	kmAddr  string // the emulator, or its proxy
@@ -38,15 +39,15 @@ type site struct {
 // store's KES server (none for 0).
 func newSite(km *emulator.Server, st *store, kmRTT, kesRTT time.Duration) *site {
 	s := &site{km: km, kmAddr: km.Addr(), kesAddr: st.kes.Addr, kmRTT: kmRTT, kesRTT: kesRTT, close: func() {}}
-	var proxies []*delayProxy
+	var proxies []*delayproxy.Proxy
 	if kmRTT > 0 {
-		p, err := startDelayProxy(km.Addr(), kmRTT)
+		p, err := delayproxy.Start(km.Addr(), kmRTT)
 		check(err)
 		proxies = append(proxies, p)
 		s.kmAddr = p.Addr()
 	}
 	if kesRTT > 0 {
-		p, err := startDelayProxy(st.kes.Addr, kesRTT)
+		p, err := delayproxy.Start(st.kes.Addr, kesRTT)
 		check(err)
 		proxies = append(proxies, p)
 		s.kesAddr = p.Addr()

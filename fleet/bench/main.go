@@ -11,12 +11,16 @@
 //     loop's, over N);
 //   - fleet, max_concurrency -concurrency (canary 1, waves of that size).
 //
+// -km-rtt adds a round-trip time to every connection to the Key Manager
+// (internal/delayproxy), as for object stores in other sites than the
+// operator's: with it the runs wait on the network, not on the CPU.
+//
 // "sum of single runs" adds each run's own wall time in the loop (the
 // runbook process, start to exit). The embedded Temporal server and the worker run in
 // this process; each deployment is a runbook process, as in production.
 //
 //	cd fleet && go build -o /tmp/runbook ../cmd/runbook
-//	go run ./bench -runbook /tmp/runbook -sizes 20,100 -keys 1000
+//	go run ./bench -runbook /tmp/runbook -sizes 20,100 -keys 1000 [-km-rtt 10ms] [-gaps]
 //
 // Results go to stdout as Markdown (BENCHMARKS.md, "Fleet rollout").
 package main
@@ -44,6 +48,7 @@ import (
 	"github.com/runbook-dev/runbook/fleet/demo"
 	"github.com/runbook-dev/runbook/fleet/devserver"
 	"github.com/runbook-dev/runbook/fleet/rollout"
+	"github.com/runbook-dev/runbook/internal/delayproxy"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 )
 
@@ -53,6 +58,8 @@ func main() {
 	keys := flag.Int("keys", 1000, "keys per deployment")
 	conc := flag.Int("concurrency", 5, "the fleet's max_concurrency (and wave size)")
 	keep := flag.Bool("keep", false, "keep the work directory")
+	showGaps = flag.Bool("gaps", false, "log where each fleet run's workflows waited (the summed gaps between consecutive history events over 100 ms)")
+	kmRTT := flag.Duration("km-rtt", 0, "round-trip time added to every Key Manager connection (e.g. 10ms)")
 	flag.Parse()
 	if *runbookBin == "" {
 		log.Fatal("-runbook is required")
@@ -67,6 +74,13 @@ func main() {
 	km, err := emulator.Start(emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(work, "key-manager")})
 	check(err)
 	defer km.Close()
+	kmURL := km.URL()
+	if *kmRTT > 0 {
+		p, err := delayproxy.Start(km.Addr(), *kmRTT)
+		check(err)
+		defer p.Close()
+		kmURL = "https://" + p.Addr()
+	}
 	srv, err := devserver.Start(filepath.Join(work, "temporal"), "default")
 	check(err)
 	defer srv.Stop()
@@ -82,15 +96,16 @@ func main() {
 		defer w.Stop()
 	}
 
-	fmt.Printf("| deployments | keys each | shell loop | sum of single runs | fleet, 1 at once | overhead per deployment | fleet, %d at once | speed-up vs loop |\n|---|---|---|---|---|---|---|---|\n", *conc)
+	fmt.Printf("| deployments | keys each | Key Manager RTT | shell loop | sum of single runs | fleet, 1 at once | overhead per deployment | fleet, %d at once | speed-up vs loop |\n|---|---|---|---|---|---|---|---|---|\n", *conc)
 	for _, s := range strings.Split(*sizesFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		check(err)
 		stores := makeStores(filepath.Join(work, fmt.Sprintf("n%d", n)), n, *keys)
-		loop, sum := runLoop(bin, km, work, n, stores)
-		c1, _ := runFleet(c, bin, km, work, n, stores, 1)
-		cN, _ := runFleet(c, bin, km, work, n, stores, *conc)
-		fmt.Printf("| %d | %d | %s | %s | %s | %s | %s | %.1f× |\n", n, *keys, secs(loop), secs(sum), secs(c1), secs((c1-loop)/time.Duration(n)), secs(cN), loop.Seconds()/cN.Seconds())
+		loop, sum := runLoop(bin, km, kmURL, work, n, stores)
+		c1, c1sum := runFleet(c, bin, km, kmURL, work, n, stores, 1)
+		cN, _ := runFleet(c, bin, km, kmURL, work, n, stores, *conc)
+		log.Printf("%d deployments: fleet 1 at once %s, its runs from their journals %s", n, secs(c1), secs(c1sum))
+		fmt.Printf("| %d | %d | %v | %s | %s | %s | %s | %s | %.1f× |\n", n, *keys, *kmRTT, secs(loop), secs(sum), secs(c1), secs((c1-loop)/time.Duration(n)), secs(cN), loop.Seconds()/cN.Seconds())
 	}
 }
 
@@ -126,12 +141,12 @@ func makeStores(dir string, n, k int) []string {
 
 // writeFleet writes a fleet of the demo runbook over the stores, each
 // deployment into enclave PREFIX-site-NNN.
-func writeFleet(dir, prefix string, km *emulator.Server, stores []string, conc int) string {
+func writeFleet(dir, prefix string, km *emulator.Server, kmURL string, stores []string, conc int) string {
 	check(os.MkdirAll(filepath.Join(dir, "deployments"), 0o755))
 	check(os.WriteFile(filepath.Join(dir, "runbook.hcl"), demo.Runbook, 0o644))
 	for i, cfg := range stores {
 		name := fmt.Sprintf("site-%03d", i+1)
-		vars := fmt.Sprintf("km_server = %q\nkm_ca = %q\nkm_api_key = %q\nkes_config = %q\nenclave = %q\n", km.URL(), km.CAFile(), km.RootAPIKey(), cfg, prefix+"-"+name)
+		vars := fmt.Sprintf("km_server = %q\nkm_ca = %q\nkm_api_key = %q\nkes_config = %q\nenclave = %q\n", kmURL, km.CAFile(), km.RootAPIKey(), cfg, prefix+"-"+name)
 		check(os.WriteFile(filepath.Join(dir, "deployments", name+".hcl"), []byte(vars), 0o600))
 	}
 	file := filepath.Join(dir, "fleet.hcl")
@@ -151,8 +166,8 @@ rollout {
 	return file
 }
 
-func plan(bin, dir, prefix string, km *emulator.Server, stores []string, conc int) (*fleet.Fleet, *fleet.PlanDoc, string) {
-	file := writeFleet(dir, prefix, km, stores, conc)
+func plan(bin, dir, prefix string, km *emulator.Server, kmURL string, stores []string, conc int) (*fleet.Fleet, *fleet.PlanDoc, string) {
+	file := writeFleet(dir, prefix, km, kmURL, stores, conc)
 	f, diags := fleet.Load(file)
 	if diags.HasErrors() {
 		log.Fatal(diags)
@@ -165,9 +180,9 @@ func plan(bin, dir, prefix string, km *emulator.Server, stores []string, conc in
 
 // runLoop runs every deployment's plan one after the other from a shell
 // loop and returns the loop's wall time and the sum of the runs' own.
-func runLoop(bin string, km *emulator.Server, work string, n int, stores []string) (time.Duration, time.Duration) {
+func runLoop(bin string, km *emulator.Server, kmURL, work string, n int, stores []string) (time.Duration, time.Duration) {
 	dir := filepath.Join(work, fmt.Sprintf("loop-%d", n))
-	_, doc, planDir := plan(bin, dir, fmt.Sprintf("loop%d", n), km, stores, 1)
+	_, doc, planDir := plan(bin, dir, fmt.Sprintf("loop%d", n), km, kmURL, stores, 1)
 	// Each run is timed by the loop itself (date before and after): the
 	// process's whole life, its start and the plan's check included.
 	var script strings.Builder
@@ -194,9 +209,9 @@ func runLoop(bin string, km *emulator.Server, work string, n int, stores []strin
 
 // runFleet rolls the deployments out through Temporal and returns the wall
 // time from the start of the rollout to its end.
-func runFleet(c client.Client, bin string, km *emulator.Server, work string, n int, stores []string, conc int) (time.Duration, time.Duration) {
+func runFleet(c client.Client, bin string, km *emulator.Server, kmURL, work string, n int, stores []string, conc int) (time.Duration, time.Duration) {
 	prefix := fmt.Sprintf("fleet%d-c%d", n, conc)
-	_, doc, planDir := plan(bin, filepath.Join(work, prefix), prefix, km, stores, conc)
+	_, doc, planDir := plan(bin, filepath.Join(work, prefix), prefix, km, kmURL, stores, conc)
 	in := rollout.FleetInput{Fleet: doc.Fleet, Fingerprint: doc.Fingerprint, Runbook: doc.Runbook.Name, MaxConcurrency: conc}
 	byName := map[string]fleet.PlanDeployment{}
 	for _, d := range doc.Deployments {
@@ -219,6 +234,14 @@ func runFleet(c client.Client, bin string, km *emulator.Server, work string, n i
 	var st rollout.Status
 	check(run.Get(context.Background(), &st))
 	wall := time.Since(start)
+	if *showGaps {
+		gaps(c, rollout.FleetWorkflowID(prefix))
+		for _, w := range st.Waves {
+			for _, d := range w.Deployments {
+				gaps(c, d.WorkflowID)
+			}
+		}
+	}
 	for _, w := range st.Waves {
 		for _, d := range w.Deployments {
 			if d.State != rollout.StateDone {
@@ -239,4 +262,32 @@ func sumOfRuns(doc *fleet.PlanDoc) time.Duration {
 		sum += recs[len(recs)-1].Time.Sub(recs[0].Time)
 	}
 	return sum
+}
+
+// showGaps is -gaps.
+var showGaps *bool
+
+// gaps logs, for the workflow id, the time between consecutive events of
+// its history summed by the pair of event types, where over 100 ms: where
+// a rollout waited on Temporal (task queues, workflow tasks) and where on
+// the runbook (ActivityTaskStarted -> ActivityTaskCompleted).
+func gaps(c client.Client, id string) {
+	it := c.GetWorkflowHistory(context.Background(), id, "", false, 0)
+	var prev time.Time
+	var prevType string
+	sums := map[string]time.Duration{}
+	for it.HasNext() {
+		e, err := it.Next()
+		check(err)
+		t := e.GetEventTime().AsTime()
+		if !prev.IsZero() {
+			sums[prevType+" -> "+e.GetEventType().String()] += t.Sub(prev)
+		}
+		prev, prevType = t, e.GetEventType().String()
+	}
+	for k, v := range sums {
+		if v > 100*time.Millisecond {
+			log.Printf("gap %s %s: %s", id, k, v)
+		}
+	}
 }

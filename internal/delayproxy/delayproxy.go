@@ -1,4 +1,6 @@
-package main
+// Package delayproxy is the benchmarks' instrument for network latency: a
+// TCP proxy that adds a round-trip time to every connection through it.
+package delayproxy
 
 import (
 	"io"
@@ -7,41 +9,43 @@ import (
 	"time"
 )
 
-// delayProxy forwards TCP connections to a server and delivers every chunk
+// Proxy forwards TCP connections to a server and delivers every chunk
 // of bytes half a round trip after it arrived, in each direction: a
 // network with that round-trip time (not a bandwidth limit; chunks in
 // flight overlap). TLS handshakes pay it too, as across sites. It is the
 // benchmark's instrument for latency to KES and to the Key Manager, not a
 // stand-in for either: the real server answers every byte.
-type delayProxy struct {
+type Proxy struct {
 	ln     net.Listener
 	target string
 	oneWay time.Duration
 	wg     sync.WaitGroup
 }
 
-// startDelayProxy listens on a free loopback port and forwards to target
-// with rtt of added round-trip time.
-func startDelayProxy(target string, rtt time.Duration) (*delayProxy, error) {
+// Start listens on a free loopback port and forwards to target (host:port)
+// with rtt of added round-trip time. Close stops it.
+func Start(target string, rtt time.Duration) (*Proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	p := &delayProxy{ln: ln, target: target, oneWay: rtt / 2}
+	p := &Proxy{ln: ln, target: target, oneWay: rtt / 2}
 	p.wg.Add(1)
 	go p.serve()
 	return p, nil
 }
 
 // Addr is the proxy's host:port.
-func (p *delayProxy) Addr() string { return p.ln.Addr().String() }
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-func (p *delayProxy) Close() {
+// Close stops listening and waits for the accept loop; connections in
+// flight end when either side closes.
+func (p *Proxy) Close() {
 	p.ln.Close()
 	p.wg.Wait()
 }
 
-func (p *delayProxy) serve() {
+func (p *Proxy) serve() {
 	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
@@ -52,7 +56,7 @@ func (p *delayProxy) serve() {
 	}
 }
 
-func (p *delayProxy) forward(c net.Conn) {
+func (p *Proxy) forward(c net.Conn) {
 	s, err := net.Dial("tcp", p.target)
 	if err != nil {
 		c.Close()
@@ -74,7 +78,7 @@ type chunk struct {
 
 // pump copies src to dst, each chunk oneWay after it was read; at the end
 // of src it closes dst for writing, and on a write error it stops reading.
-func (p *delayProxy) pump(dst, src net.Conn) {
+func (p *Proxy) pump(dst, src net.Conn) {
 	q := make(chan chunk, 4096)
 	done := make(chan struct{})
 	go func() {
