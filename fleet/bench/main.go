@@ -13,7 +13,8 @@
 //
 // -km-rtt adds a round-trip time to every connection to the Key Manager
 // (internal/delayproxy), as for object stores in other sites than the
-// operator's: with it the runs wait on the network, not on the CPU.
+// operator's: with it the runs wait on the network, not on the CPU. -gaps
+// logs where each fleet run waited, from its workflows' histories.
 //
 // "sum of single runs" adds each run's own wall time in the loop (the
 // runbook process, start to exit). The embedded Temporal server and the worker run in
