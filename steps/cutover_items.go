@@ -4,14 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 
 	"github.com/runbook-dev/runbook/engine"
 )
 
 // The cutover's checkpoint items. Each kind has its own type with a
-// constructor and a String() (the name in the journal); parseCutoverItem is
-// the only place that reads a name back. An attempt g > 0 (the cutover was
+// constructor and a String() (the name in the journal); only the attempt
+// numbers of rolled-back/N are read back, through their engine.Family. An attempt g > 0 (the cutover was
 // rolled back automatically g times before) prefixes its items with "gN/".
 //
 //	sample                          the object sample, read and digested before any change
@@ -85,7 +84,11 @@ func (i restartItem) String() string {
 // rolledBackItem marks attempt Attempt (1-based) as rolled back completely.
 type rolledBackItem struct{ Attempt int }
 
-func (i rolledBackItem) String() string { return "rolled-back/" + strconv.Itoa(i.Attempt) }
+// rolledBack is the family of rolledBackItem, keyed by the attempt's
+// number: the one cutover name that is read back (cutoverGen).
+var rolledBack = engine.NewFamily[struct{}]("rolled-back/")
+
+func (i rolledBackItem) String() string { return rolledBack.Item(strconv.Itoa(i.Attempt)).Name() }
 
 // settingsItem records, before attempt Gen's first change, the Key Manager
 // settings every node gets (kmsSettings: no secret); a resume writes
@@ -131,64 +134,13 @@ func genPrefix(g int) string {
 	return fmt.Sprintf("g%d/", g)
 }
 
-// parseCutoverItem reads a checkpoint item name back into its type.
-func parseCutoverItem(s string) (cutoverItemName, error) {
-	if rest, ok := strings.CutPrefix(s, "rolled-back/"); ok {
-		n, err := strconv.Atoi(rest)
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("parse cutover item %q: bad attempt number", s)
-		}
-		return rolledBackItem{Attempt: n}, nil
-	}
-	switch s {
-	case "sample":
-		return sampleItem{}, nil
-	case "kubernetes/written":
-		return kubernetesWrittenItem{}, nil
-	}
-	g, rest := 0, s
-	if strings.HasPrefix(s, "g") {
-		if num, after, ok := strings.Cut(s[1:], "/"); ok {
-			if n, err := strconv.Atoi(num); err == nil && n > 0 {
-				g, rest = n, after
-			}
-		}
-	}
-	switch rest {
-	case "settings":
-		return settingsItem{Gen: g}, nil
-	case "rollback/restore":
-		return restoreItem{Gen: g}, nil
-	case "ca-install":
-		return caInstallItem{Gen: g}, nil
-	case "reported":
-		return reportedItem{Gen: g}, nil
-	}
-	for _, k := range []nodeItemKind{nodeRestored, nodeBackup, nodeEdited} {
-		if node, ok := strings.CutPrefix(rest, string(k)+"/"); ok && node != "" {
-			return nodeItem{Gen: g, Kind: k, Node: node}, nil
-		}
-	}
-	back := false
-	if after, ok := strings.CutPrefix(rest, "rollback/"); ok {
-		back, rest = true, after
-	}
-	switch p := restartPhase(rest); p {
-	case phaseRestart, phaseRestarted, phaseHealthy, phaseValidated:
-		return restartItem{Gen: g, Back: back, Phase: p}, nil
-	}
-	return nil, fmt.Errorf("parse cutover item %q: unknown item", s)
-}
-
 // cutoverGen is the number of earlier attempts of this step that were rolled
 // back completely.
 func cutoverGen(r *engine.Run) int {
 	n := 0
-	for _, it := range r.CheckpointOrder() {
-		if p, err := parseCutoverItem(it); err == nil {
-			if rb, ok := p.(rolledBackItem); ok && rb.Attempt > n {
-				n = rb.Attempt
-			}
+	for _, k := range rolledBack.Keys(r) {
+		if a, err := strconv.Atoi(k); err == nil && a > n {
+			n = a
 		}
 	}
 	return n

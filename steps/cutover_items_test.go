@@ -2,50 +2,41 @@ package steps
 
 import "testing"
 
-func TestCutoverItemsRoundTrip(t *testing.T) {
+// The cutover's items keep the names journals already hold: a resume or
+// rollback by a newer runbook reads an older run's journal by them.
+func TestCutoverItemNames(t *testing.T) {
 	t.Parallel()
-	items := []cutoverItemName{
-		sampleItem{},
-		kubernetesWrittenItem{},
-		settingsItem{},
-		settingsItem{Gen: 2},
-		restoreItem{},
-		restoreItem{Gen: 1},
-		caInstallItem{},
-		caInstallItem{Gen: 3},
-		reportedItem{},
-		reportedItem{Gen: 2},
-		rolledBackItem{Attempt: 2},
-		newNodeItem(0, nodeBackup, "/etc/default/minio"),
-		newNodeItem(1, nodeEdited, "ssh://root@h1:22/etc/default/minio"),
-		newNodeItem(3, nodeRestored, "/srv/g1/minio.env"),
-		newRestartItem(0, false, phaseRestart),
-		newRestartItem(2, true, phaseValidated),
-		newRestartItem(0, true, phaseHealthy),
-	}
-	for _, it := range items {
-		got, err := parseCutoverItem(it.String())
-		if err != nil {
-			t.Errorf("parse %q: %v", it, err)
-			continue
-		}
-		if got != it {
-			t.Errorf("parse %q = %#v, want %#v", it, got, it)
-		}
-	}
-	// The names journals already hold keep their meaning.
-	for s, want := range map[string]cutoverItemName{
-		"backup//tmp/n1/minio.env": nodeItem{Kind: nodeBackup, Node: "/tmp/n1/minio.env"},
-		"g1/restarted":             restartItem{Gen: 1, Phase: phaseRestarted},
-		"rolled-back/1":            rolledBackItem{Attempt: 1},
+	for want, it := range map[string]cutoverItemName{
+		"sample":                    sampleItem{},
+		"kubernetes/written":        kubernetesWrittenItem{},
+		"settings":                  settingsItem{},
+		"g2/settings":               settingsItem{Gen: 2},
+		"rollback/restore":          restoreItem{},
+		"g1/rollback/restore":       restoreItem{Gen: 1},
+		"ca-install":                caInstallItem{},
+		"g3/ca-install":             caInstallItem{Gen: 3},
+		"reported":                  reportedItem{},
+		"g2/reported":               reportedItem{Gen: 2},
+		"rolled-back/2":             rolledBackItem{Attempt: 2},
+		"backup//etc/default/minio": newNodeItem(0, nodeBackup, "/etc/default/minio"),
+		"g1/edited/ssh://root@h1:22/etc/default/minio": newNodeItem(1, nodeEdited, "ssh://root@h1:22/etc/default/minio"),
+		"g3/rollback/restored//srv/g1/minio.env":       newNodeItem(3, nodeRestored, "/srv/g1/minio.env"),
+		"restart":                                      newRestartItem(0, false, phaseRestart),
+		"g1/restarted":                                 newRestartItem(1, false, phaseRestarted),
+		"g2/rollback/validated":                        newRestartItem(2, true, phaseValidated),
+		"rollback/healthy":                             newRestartItem(0, true, phaseHealthy),
 	} {
-		if got, err := parseCutoverItem(s); err != nil || got != want {
-			t.Errorf("parse %q = %#v, %v; want %#v", s, got, err, want)
+		if got := it.String(); got != want {
+			t.Errorf("%#v is named %q, want %q", it, got, want)
 		}
 	}
-	for _, bad := range []string{"", "backup/", "rolled-back/x", "g1/nothing", "restarting"} {
-		if _, err := parseCutoverItem(bad); err == nil {
-			t.Errorf("parse %q: no error", bad)
+	// The attempt numbers are read back through the family alone.
+	if k, ok := rolledBack.Key(rolledBackItem{Attempt: 12}.String()); !ok || k != "12" {
+		t.Errorf("rolledBack.Key = %q, %v; want 12", k, ok)
+	}
+	for _, other := range []string{"rollback/restore", "g1/restarted", "rolled-back/"} {
+		if k, ok := rolledBack.Key(other); ok {
+			t.Errorf("rolledBack.Key(%q) = %q, want none", other, k)
 		}
 	}
 }
