@@ -30,6 +30,7 @@ func TestScripts(t *testing.T) {
 		UpdateScripts: os.Getenv("RUNBOOK_UPDATE_SCRIPTS") != "",
 		Cmds:          scriptCmds(),
 		Setup: func(e *testscript.Env) error {
+			testenv.ScriptSetup(e)
 			// Scripts copy the project's real runbooks from here.
 			d, err := filepath.Abs("../../runbooks")
 			if err != nil {

@@ -44,7 +44,7 @@ import (
 //	    SetConfigKV, AddCannedPolicy, AddServiceAccount, SetBucketQuota), as
 //	    an operator would after a cutover.
 func init() {
-	moreScriptCmds["minio-cluster"] = testenv.CmdMinIOCluster
+	moreScriptCmds["minio-cluster"] = testenv.ShortSkips("MinIO", testenv.CmdMinIOCluster)
 	moreScriptCmds["objects-snapshot"] = cmdObjectsSnapshot
 	moreScriptCmds["kms-status"] = cmdKMSStatus
 	moreScriptCmds["nosecretfile"] = cmdNoSecretFile

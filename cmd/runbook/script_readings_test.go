@@ -17,6 +17,7 @@ import (
 
 	"github.com/runbook-dev/runbook/emulator"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
 func init() {
@@ -59,6 +60,7 @@ func TestReadings(t *testing.T) {
 				RequireUniqueNames:  true,
 				Cmds:                scriptCmds(),
 				Setup: func(e *testscript.Env) error {
+					testenv.ScriptSetup(e)
 					e.Setenv("KM_READINGS", strings.Join(r.Args(), " "))
 					d, err := filepath.Abs("../../runbooks")
 					if err != nil {

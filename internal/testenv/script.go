@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -83,20 +84,48 @@ import (
 //	    a real sshd on 127.0.0.1 (CmdSSHDServer); sets SSH_PORT,
 //	    SSH_KNOWN_HOSTS, SSH_IDENTITY, SSH_USER and SSHD_LOG.
 //
-// None of them may be negated with '!'.
+// None of them may be negated with '!'. Under go test -short (the fast
+// tier; CI never passes it) each command that starts a real server skips
+// its script, naming the server.
 func Cmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
 	return map[string]func(ts *testscript.TestScript, neg bool, args []string){
-		"k8s-minio":      cmdK8sMinIO,
-		"test-host":      cmdTestHost,
-		"kes-server":     cmdKESServer,
+		"k8s-minio":      ShortSkips("Kubernetes control plane", cmdK8sMinIO),
+		"test-host":      ShortSkips("network namespace (test host)", cmdTestHost),
+		"kes-server":     ShortSkips("KES", cmdKESServer),
 		"key-manager":    cmdKeyManager,
-		"minio-server":   cmdMinIOServer,
+		"minio-server":   ShortSkips("MinIO", cmdMinIOServer),
 		"minio-restart":  cmdMinIORestart,
-		"sshd-server":    CmdSSHDServer,
-		"vault-server":   cmdVaultServer,
+		"sshd-server":    ShortSkips("sshd", CmdSSHDServer),
+		"vault-server":   ShortSkips("Vault", cmdVaultServer),
 		"tcp-proxy":      cmdTCPProxy,
 		"tcp-proxy-stop": cmdTCPProxyStop,
 	}
+}
+
+// ShortSkips wraps a script command that starts a real server: under go
+// test -short it skips the script, naming the server, as skipShort does for
+// a Go test. (The emulator is ours and fast: it is not skipped.) The
+// script's Params.Setup must call ScriptSetup.
+func ShortSkips(server string, cmd func(ts *testscript.TestScript, neg bool, args []string)) func(ts *testscript.TestScript, neg bool, args []string) {
+	return func(ts *testscript.TestScript, neg bool, args []string) {
+		if testing.Short() {
+			t, ok := ts.Value(scriptT{}).(testscript.T)
+			if !ok {
+				ts.Fatalf("testenv: the script's Setup does not call testenv.ScriptSetup")
+			}
+			t.Skip("needs a real " + server + " server: go test -short skips it (CI runs it)")
+		}
+		cmd(ts, neg, args)
+	}
+}
+
+// scriptT keys the script's testscript.T in its Env.Values.
+type scriptT struct{}
+
+// ScriptSetup keeps the script's test for ShortSkips (a TestScript has no
+// Skip of its own); every Params.Setup that uses Cmds calls it.
+func ScriptSetup(e *testscript.Env) {
+	e.Values[scriptT{}] = e.T()
 }
 
 // scriptTB adapts a TestScript to TB.

@@ -46,7 +46,7 @@ type TB interface {
 
 // skipShort skips a Go test under go test -short, naming the real server
 // it needs: -short is the fast tier, which runs only what needs none (CI
-// never passes it). A script's commands are not skipped.
+// never passes it). Scripts' server commands skip the same way (ShortSkips).
 func skipShort(t TB, server string) {
 	if st, ok := t.(testing.TB); ok && testing.Short() {
 		st.Helper()

@@ -154,6 +154,7 @@ func TestScripts(t *testing.T) {
 		Dir:  filepath.Join("testdata", "script"),
 		Cmds: cmds,
 		Setup: func(env *testscript.Env) error {
+			ScriptSetup(env)
 			env.Setenv("HOME", env.WorkDir)
 			return nil
 		},
