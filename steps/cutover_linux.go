@@ -237,64 +237,96 @@ func (l *linuxPlatform) Write(ctx context.Context, r *engine.Run, g int, set map
 		return err
 	}
 	for i, f := range files {
-		bitem, eitem := newNodeItem(g, nodeBackup, f.node.Name), newNodeItem(g, nodeEdited, f.node.Name)
-		b, hasBackup := cutoverCheckpoint[cutoverBackup](r, bitem)
-		if !hasBackup {
-			newData, err := editEnv(f.data, set)
-			if err != nil {
-				return fmt.Errorf("edit env file %s: %w", f.node.Name, err)
-			}
-			name := backupName(i, f.node)
-			if g > 0 {
-				name = fmt.Sprintf("%s.g%d", name, g)
-			}
-			bp, err := r.BackupPath(name)
-			if err != nil {
-				return err
-			}
-			if err := engine.WriteFileAtomic(bp, f.data, 0o600); err != nil {
-				return fmt.Errorf("back up env file %s: %w", f.node.Name, err)
-			}
-			b = cutoverBackup{Backup: name, Original: f.sum, New: envSHA256(newData), Mode: f.meta.Mode, UID: f.meta.UID, GID: f.meta.GID}
-			// The intent, before the edit: a resume recognises the edited file by this hash.
-			if err := checkpointItem(r, bitem, b); err != nil {
-				return err
-			}
-			r.Logf("backed up %s (sha256 %s)", f.node.Name, f.sum)
-		}
-		switch f.sum {
-		case b.New:
-			if !hasItem(r, eitem) {
-				r.Logf("%s is already edited (sha256 %s)", f.node.Name, b.New)
-			}
-		case b.Original:
-			orig, err := readBackup(r, b)
-			if err != nil {
-				return err
-			}
-			newData, err := editEnv(orig, set)
-			if err != nil {
-				return fmt.Errorf("edit env file %s: %w", f.node.Name, err)
-			}
-			if envSHA256(newData) != b.New {
-				return fmt.Errorf("edit env file %s: the new content differs from the one recorded before the interruption (was the API key, the enclave or the Key Manager changed?); roll back and plan again", f.node.Name)
-			}
-			if err := f.node.write(ctx, r, newData, fileMeta{Mode: b.Mode, UID: b.UID, GID: b.GID}); err != nil {
-				return err
-			}
-			r.Logf("edited %s (sha256 %s → %s)", f.node.Name, b.Original, b.New)
-		default:
-			return fmt.Errorf("env file %s changed since the cutover backed it up (sha256 %s, expected the original %s or the edited %s): someone else is editing it; compare it with the backup in %s and roll back or fix it by hand", f.node.Name, f.sum, b.Original, b.New, r.JournalDir())
-		}
-		if !hasItem(r, eitem) {
-			if err := checkpointItem(r, eitem, map[string]string{"sha256": b.New}); err != nil {
-				return err
-			}
+		if err := writeNode(ctx, r, g, i, f, set); err != nil {
+			return err
 		}
 	}
+	return l.confirmWritten(ctx, r, g)
+}
 
-	// Every node's new file, identical, before any restart.
-	files, err = l.readAll(ctx, r)
+// writeNode backs up one node's file and records the intent (the hash the
+// file is about to get), then edits it and records that: on a resume, a
+// file with the intended hash is edited already, one with the original's
+// is edited from the backup, and any other was changed by someone else.
+func writeNode(ctx context.Context, r *engine.Run, g, i int, f nodeFile, set map[string]string) error {
+	bitem, eitem := newNodeItem(g, nodeBackup, f.node.Name), newNodeItem(g, nodeEdited, f.node.Name)
+	b, hasBackup := cutoverCheckpoint[cutoverBackup](r, bitem)
+	if !hasBackup {
+		var err error
+		if b, err = backUpNode(r, g, i, f, set); err != nil {
+			return err
+		}
+		// The intent, before the edit: a resume recognises the edited file by this hash.
+		if err := checkpointItem(r, bitem, b); err != nil {
+			return err
+		}
+		r.Logf("backed up %s (sha256 %s)", f.node.Name, f.sum)
+	}
+	switch f.sum {
+	case b.New:
+		if !hasItem(r, eitem) {
+			r.Logf("%s is already edited (sha256 %s)", f.node.Name, b.New)
+		}
+	case b.Original:
+		if err := editFromBackup(ctx, r, f.node, b, set); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("env file %s changed since the cutover backed it up (sha256 %s, expected the original %s or the edited %s): someone else is editing it; compare it with the backup in %s and roll back or fix it by hand", f.node.Name, f.sum, b.Original, b.New, r.JournalDir())
+	}
+	if hasItem(r, eitem) {
+		return nil
+	}
+	return checkpointItem(r, eitem, map[string]string{"sha256": b.New})
+}
+
+// backUpNode writes node i's file to the journal's backups/ (attempt g
+// keeps its own copy) and returns the backup record, with the hash of the
+// edited content it is about to get.
+func backUpNode(r *engine.Run, g, i int, f nodeFile, set map[string]string) (cutoverBackup, error) {
+	newData, err := editEnv(f.data, set)
+	if err != nil {
+		return cutoverBackup{}, fmt.Errorf("edit env file %s: %w", f.node.Name, err)
+	}
+	name := backupName(i, f.node)
+	if g > 0 {
+		name = fmt.Sprintf("%s.g%d", name, g)
+	}
+	bp, err := r.BackupPath(name)
+	if err != nil {
+		return cutoverBackup{}, err
+	}
+	if err := engine.WriteFileAtomic(bp, f.data, 0o600); err != nil {
+		return cutoverBackup{}, fmt.Errorf("back up env file %s: %w", f.node.Name, err)
+	}
+	return cutoverBackup{Backup: name, Original: f.sum, New: envSHA256(newData), Mode: f.meta.Mode, UID: f.meta.UID, GID: f.meta.GID}, nil
+}
+
+// editFromBackup writes the node's edited file, made again from its backup:
+// it must hash as recorded before any interruption.
+func editFromBackup(ctx context.Context, r *engine.Run, n *envNode, b cutoverBackup, set map[string]string) error {
+	orig, err := readBackup(r, b)
+	if err != nil {
+		return err
+	}
+	newData, err := editEnv(orig, set)
+	if err != nil {
+		return fmt.Errorf("edit env file %s: %w", n.Name, err)
+	}
+	if envSHA256(newData) != b.New {
+		return fmt.Errorf("edit env file %s: the new content differs from the one recorded before the interruption (was the API key, the enclave or the Key Manager changed?); roll back and plan again", n.Name)
+	}
+	if err := n.write(ctx, r, newData, fileMeta{Mode: b.Mode, UID: b.UID, GID: b.GID}); err != nil {
+		return err
+	}
+	r.Logf("edited %s (sha256 %s → %s)", n.Name, b.Original, b.New)
+	return nil
+}
+
+// confirmWritten reads every node's file again: each is the edited one, and
+// all are identical, before any restart.
+func (l *linuxPlatform) confirmWritten(ctx context.Context, r *engine.Run, g int) error {
+	files, err := l.readAll(ctx, r)
 	if err != nil {
 		return err
 	}

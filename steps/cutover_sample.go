@@ -87,8 +87,10 @@ func listedSSE(meta map[string]string) (kind, kmsKey string) {
 	return "", ""
 }
 
-// chooseSample lists every bucket and picks the sample. Errors: a listing
-// that fails, or a validate_objects entry that does not exist.
+// chooseSample lists every bucket and picks the sample: up to e.sample
+// encrypted objects of each bucket (every one with validate_all), then each
+// object validate_objects names. Errors: a listing that fails, or a
+// validate_objects entry that does not exist.
 func (c *cutoverStep) chooseSample(ctx context.Context, r *engine.Run, e *cutoverEnv) (*cutoverSample, error) {
 	_, s3, err := e.a.Clients(r)
 	if err != nil {
@@ -106,60 +108,21 @@ func (c *cutoverStep) chooseSample(ctx context.Context, r *engine.Run, e *cutove
 	s.Buckets = len(buckets)
 	seen := map[string]bool{}
 	for _, b := range buckets {
-		n, scanned := 0, 0
-		lctx, cancel := context.WithCancel(ctx)
-		for obj := range s3.ListObjects(lctx, b.Name, minio.ListObjectsOptions{Recursive: true, WithMetadata: true}) {
-			if obj.Err != nil {
-				cancel()
-				return nil, fmt.Errorf("list objects of %s: %w", b.Name, obj.Err)
-			}
-			if scanned++; scanned > maxSampleScan {
-				s.Truncated = append(s.Truncated, b.Name)
-				break
-			}
-			o := sampledObject{Bucket: b.Name, Key: obj.Key, Size: obj.Size}
-			o.SSE, o.KMSKey = listedSSE(obj.UserMetadata)
-			switch o.SSE {
-			case "SSE-C":
-				s.SSEC[b.Name]++
-				continue
-			case "":
-				continue // not encrypted: proves nothing about a KMS
-			}
-			if excluded[o.name()] {
-				s.Excluded = append(s.Excluded, o.name())
-				continue
-			}
-			if c.cfg.ValidateAll || n < e.sample {
-				s.Objects = append(s.Objects, o)
-				seen[o.name()] = true
-				n++
-			}
+		if err := c.sampleBucket(ctx, s3, b.Name, e.sample, excluded, s, seen); err != nil {
+			return nil, err
 		}
-		cancel()
 	}
 	for _, name := range c.cfg.ValidateObjects {
 		if seen[name] || excluded[name] {
 			continue
 		}
-		b, k, _ := strings.Cut(name, "/")
-		st, err := s3.StatObject(ctx, b, k, minio.StatObjectOptions{})
+		o, ok, err := statNamedObject(ctx, r, s3, name)
 		if err != nil {
-			if minio.ToErrorResponse(err).StatusCode == http.StatusBadRequest {
-				// MinIO answers a HEAD of an SSE-C object without its key with 400.
-				s.SSEC[b]++
-				r.Warnf("validate_objects names %s, which is encrypted with a customer key (SSE-C): it never touches a KMS and cannot be read without the client's key; left out of the sample", name)
-				continue
-			}
-			return nil, fmt.Errorf("validate_objects names %s: %w", name, err)
+			return nil, err
 		}
-		o := sampledObject{Bucket: b, Key: k, Size: st.Size, SSE: "none"}
-		switch st.Metadata.Get("X-Amz-Server-Side-Encryption") {
-		case "AES256":
-			o.SSE = "SSE-S3"
-		case "aws:kms":
-			o.SSE = "SSE-KMS"
-			o.KMSKey = strings.TrimPrefix(st.Metadata.Get("X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id"), kmsARNPrefix)
+		if !ok {
+			s.SSEC[o.Bucket]++
+			continue
 		}
 		s.Objects = append(s.Objects, o)
 		seen[name] = true
@@ -170,6 +133,69 @@ func (c *cutoverStep) chooseSample(ctx context.Context, r *engine.Run, e *cutove
 		}
 	}
 	return s, nil
+}
+
+// sampleBucket adds up to limit of bucket's encrypted objects to s (every
+// one with validate_all), scanning at most maxSampleScan: SSE-C objects
+// are counted, unencrypted ones skipped (they prove nothing about a KMS),
+// excluded ones listed.
+func (c *cutoverStep) sampleBucket(ctx context.Context, s3 *minio.Client, bucket string, limit int, excluded map[string]bool, s *cutoverSample, seen map[string]bool) error {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	n, scanned := 0, 0
+	for obj := range s3.ListObjects(lctx, bucket, minio.ListObjectsOptions{Recursive: true, WithMetadata: true}) {
+		if obj.Err != nil {
+			return fmt.Errorf("list objects of %s: %w", bucket, obj.Err)
+		}
+		if scanned++; scanned > maxSampleScan {
+			s.Truncated = append(s.Truncated, bucket)
+			return nil
+		}
+		o := sampledObject{Bucket: bucket, Key: obj.Key, Size: obj.Size}
+		o.SSE, o.KMSKey = listedSSE(obj.UserMetadata)
+		switch o.SSE {
+		case "SSE-C":
+			s.SSEC[bucket]++
+			continue
+		case "":
+			continue // not encrypted: proves nothing about a KMS
+		}
+		if excluded[o.name()] {
+			s.Excluded = append(s.Excluded, o.name())
+			continue
+		}
+		if c.cfg.ValidateAll || n < limit {
+			s.Objects = append(s.Objects, o)
+			seen[o.name()] = true
+			n++
+		}
+	}
+	return nil
+}
+
+// statNamedObject reads what validate_objects' BUCKET/KEY is. ok is false
+// for an SSE-C object, which never touches a KMS and is left out (with a
+// warning); an object that does not exist is an error.
+func statNamedObject(ctx context.Context, r *engine.Run, s3 *minio.Client, name string) (o sampledObject, ok bool, err error) {
+	b, k, _ := strings.Cut(name, "/")
+	st, err := s3.StatObject(ctx, b, k, minio.StatObjectOptions{})
+	if err != nil {
+		if minio.ToErrorResponse(err).StatusCode == http.StatusBadRequest {
+			// MinIO answers a HEAD of an SSE-C object without its key with 400.
+			r.Warnf("validate_objects names %s, which is encrypted with a customer key (SSE-C): it never touches a KMS and cannot be read without the client's key; left out of the sample", name)
+			return sampledObject{Bucket: b, Key: k}, false, nil
+		}
+		return o, false, fmt.Errorf("validate_objects names %s: %w", name, err)
+	}
+	o = sampledObject{Bucket: b, Key: k, Size: st.Size, SSE: "none"}
+	switch st.Metadata.Get("X-Amz-Server-Side-Encryption") {
+	case "AES256":
+		o.SSE = "SSE-S3"
+	case "aws:kms":
+		o.SSE = "SSE-KMS"
+		o.KMSKey = strings.TrimPrefix(st.Metadata.Get("X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id"), kmsARNPrefix)
+	}
+	return o, true, nil
 }
 
 // proveSample reads every sampled object in full through the object
