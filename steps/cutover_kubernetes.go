@@ -100,7 +100,7 @@ func (k *k8sPlatform) Observe(ctx context.Context, r *engine.Run) (*platformView
 	if err != nil {
 		return nil, err
 	}
-	v := &platformView{Env: map[string]string{}}
+	v := &platformView{Env: map[string]string{}, Sources: map[string]string{}}
 	v.Observed = append(v.Observed, fmt.Sprintf("platform = \"kubernetes\": %s, through %s", t, t.api))
 	if s.config != nil {
 		v.Observed = append(v.Observed, fmt.Sprintf("configuration Secret %s (config.env)", s.config.Name))
@@ -165,6 +165,7 @@ func (k *k8sPlatform) Observe(ctx context.Context, r *engine.Run) (*platformView
 		}
 		v.Observed = append(v.Observed, fmt.Sprintf("%s = %s, from %s", kv.Name, r.Redact(shown), kv.Source))
 		v.Env[kv.Name] = kv.Value
+		v.Sources[kv.Name] = kv.Source
 	}
 	if len(vars) == 0 {
 		v.Observed = append(v.Observed, "no MINIO_KMS_* variable is set in "+t.String())
