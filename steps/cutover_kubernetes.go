@@ -157,13 +157,18 @@ func (k *k8sPlatform) Observe(ctx context.Context, r *engine.Run) (*platformView
 			r.AddSecret(kv.Value)
 		}
 		shown := fmt.Sprintf("%q", kv.Value)
-		if kv.Value == "" {
+		switch {
+		case kv.Unset:
+			shown = "(unset: the optional reference finds no such Secret or key)"
+		case kv.Value == "" && strings.Contains(kv.Source, "operator"):
+			shown = "(set by the operator)"
+		case kv.Value == "":
 			shown = "(empty)"
-			if strings.Contains(kv.Source, "operator") {
-				shown = "(set by the operator)"
-			}
 		}
 		v.Observed = append(v.Observed, fmt.Sprintf("%s = %s, from %s", kv.Name, r.Redact(shown), kv.Source))
+		if kv.Unset {
+			continue
+		}
 		v.Env[kv.Name] = kv.Value
 		v.Sources[kv.Name] = kv.Source
 	}
@@ -562,6 +567,9 @@ func (t *k8sTarget) mismatch(ctx context.Context, set map[string]string) string 
 	}
 	got := map[string]string{}
 	for _, v := range vars {
+		if v.Unset {
+			continue
+		}
 		if strings.HasPrefix(v.Name, "MINIO_KMS_KES_") {
 			return fmt.Sprintf("%s still set, from %s", v.Name, v.Source)
 		}
