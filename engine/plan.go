@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 )
 
 // PlannedStep is one block of a plan.
@@ -39,6 +40,14 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 		return nil, err
 	}
 	x.emit(Event{Type: EventRun, Message: fmt.Sprintf("runbook: plan %s", s.Config.Name)})
+	carried, err := s.carriedRun(opts.JournalDir)
+	if err != nil {
+		return nil, err
+	}
+	if carried != nil {
+		x.js = carried
+		x.emit(Event{Type: EventRun, Message: fmt.Sprintf("runbook: the run in %s is partly applied: apply carries it further, so the steps it did are not planned again", opts.JournalDir)})
+	}
 	if err := x.bindAllowedSigners(); err != nil {
 		return nil, err
 	}
@@ -47,6 +56,35 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 		return nil, err
 	}
 	return x.planResult(results)
+}
+
+// carriedRun returns the run recorded in dir when `apply FILE` would carry
+// it further (execution.carryFurther): a targeted run that finished and
+// left steps pending, begun from this runbook text with these variables.
+// The plan then shows what that apply would do, the steps done being done
+// (a targeted apply of a migration, then the plan of the cutover that
+// follows it). Otherwise, or without a journal, nil: the plan is a new
+// run's.
+func (s *Session) carriedRun(dir string) (*JournalState, error) {
+	if dir == "" {
+		return nil, nil
+	}
+	js, _, err := LoadJournal(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the journal in %s: %w", dir, err)
+	}
+	if js.Run == nil || js.Unfinished() || !s.partlyApplied(js) || sha256Hex(s.Config.Src) != js.Run.SourceSHA256 {
+		return nil, nil
+	}
+	// Other variables: apply refuses to carry the run further (it says
+	// why); the plan stays a new run's.
+	if s.checkAgainst(js.Run, dir) != nil {
+		return nil, nil
+	}
+	return js, nil
 }
 
 // bindAllowedSigners binds the plan to the allowed-signers file like any
@@ -89,7 +127,12 @@ func (x *execution) planSteps(ctx context.Context, sel map[string]bool) (map[str
 			}
 			return err
 		}
-		ps := x.planStep(ctx, b)
+		var ps PlannedStep
+		if st := x.js.Step(addr); st.State == StateDone {
+			ps = x.planDone(b, st)
+		} else {
+			ps = x.planStep(ctx, b)
+		}
 		mu.Lock()
 		results[addr] = ps
 		mu.Unlock()
@@ -110,6 +153,22 @@ func (x *execution) setPlanned(addr string, p *StepPlan) {
 		x.planned = map[string]*StepPlan{}
 	}
 	x.planned[addr] = p
+}
+
+// planDone shows a step the carried run did (Session.carriedRun): not
+// planned again, its recorded outputs given to its dependents as apply
+// gives them.
+func (x *execution) planDone(b *BlockConfig, st *StepState) PlannedStep {
+	addr := b.Addr()
+	ps := PlannedStep{Addr: addr, Type: b.Type, DependsOn: x.s.Graph.Deps[addr]}
+	outs, err := x.restoreOutputs(addr, st.Outputs)
+	if err != nil {
+		ps.Error = x.rd.String(err.Error())
+		return ps
+	}
+	x.s.Scope.SetOutputs(addr, outs)
+	ps.Plan = &StepPlan{Observed: []string{fmt.Sprintf("done in the run in %s (finished %s): apply carries that run further and does not redo it", x.dir, st.Finished.UTC().Format(time.RFC3339))}}
+	return ps
 }
 
 // planStep asks one step what it would do; what went wrong is its Error.

@@ -129,7 +129,7 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 			return nil, kmsSettings{}, err
 		}
 	}
-	facts, err := c.observeKMS(ctx, r, e, v.Env)
+	facts, err := c.observeKMS(ctx, r, e, v)
 	if err != nil {
 		return nil, kmsSettings{}, err
 	}

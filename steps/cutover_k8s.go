@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -224,8 +225,11 @@ func (s *k8sState) replicas() int {
 // k8sVar is one MINIO_KMS_* variable and where the pods get it.
 type k8sVar struct {
 	Name   string
-	Value  string // "" when it comes from a Secret reference
+	Value  string
 	Source string // for the plan: "spec.env", "Secret X config.env", ...
+	// Unset: an optional secretKeyRef whose Secret or key does not exist,
+	// which leaves the variable unset.
+	Unset bool
 }
 
 // kmsVars lists where every MINIO_KMS_* variable of the pods comes from.
@@ -239,12 +243,13 @@ func (t *k8sTarget) kmsVars(ctx context.Context, s *k8sState) ([]k8sVar, error) 
 			}
 			v := k8sVar{Name: e.Name, Value: e.Value, Source: fmt.Sprintf("StatefulSet %s container %s env", s.sets[0].Name, c.Name)}
 			if ref := secretRef(e); ref != nil {
-				v.Source += fmt.Sprintf(" (Secret %s key %s)", ref.Name, ref.Key)
-				val, err := t.secretValue(ctx, ref.Name, ref.Key)
+				optional := ref.Optional != nil && *ref.Optional
+				v.Source += " " + refSource(ref.Name, ref.Key, optional)
+				val, found, err := t.refValue(ctx, ref.Name, ref.Key, optional)
 				if err != nil {
 					return nil, err
 				}
-				v.Value = val
+				v.Value, v.Unset = val, !found
 			}
 			vars = append(vars, v)
 		}
@@ -269,23 +274,27 @@ func (t *k8sTarget) kmsVars(ctx context.Context, s *k8sState) ([]k8sVar, error) 
 		if !strings.HasPrefix(name, "MINIO_KMS_") {
 			continue
 		}
-		value, _ := em["value"].(string)
-		src := "spec.env"
+		v := k8sVar{Name: name, Source: "spec.env"}
+		v.Value, _ = em["value"].(string)
 		if _, ok := em["valueFrom"]; ok {
-			src += " (valueFrom)"
+			v.Source += " (valueFrom)"
 			// The AIStor Operator resolves a secretKeyRef entry; the MinIO
 			// Operator (v6 and later) renders it empty (minio/operator#2279).
-			ref, _, _ := unstructured.NestedStringMap(em, "valueFrom", "secretKeyRef")
-			if t.kind == "ObjectStore" && ref["name"] != "" {
-				src = fmt.Sprintf("spec.env (Secret %s key %s)", ref["name"], ref["key"])
-				val, err := t.secretValue(ctx, ref["name"], ref["key"])
+			// Read as a map: optional is a bool.
+			ref, _, _ := unstructured.NestedMap(em, "valueFrom", "secretKeyRef")
+			secret, _ := ref["name"].(string)
+			key, _ := ref["key"].(string)
+			optional, _ := ref["optional"].(bool)
+			if t.kind == "ObjectStore" && secret != "" {
+				v.Source = "spec.env " + refSource(secret, key, optional)
+				val, found, err := t.refValue(ctx, secret, key, optional)
 				if err != nil {
 					return nil, err
 				}
-				value = val
+				v.Value, v.Unset = val, !found
 			}
 		}
-		vars = append(vars, k8sVar{Name: name, Value: value, Source: src})
+		vars = append(vars, v)
 	}
 	if s.config != nil {
 		for _, kv := range parseConfigEnv(string(s.config.Data["config.env"])) {
@@ -297,12 +306,32 @@ func (t *k8sTarget) kmsVars(ctx context.Context, s *k8sState) ([]k8sVar, error) 
 	return vars, nil
 }
 
-func (t *k8sTarget) secretValue(ctx context.Context, name, key string) (string, error) {
+// refValue is what a secretKeyRef gives the pods: the Secret's key. An
+// optional reference whose Secret or key does not exist leaves the
+// variable unset (found false), as the kubelet does; a Secret that cannot
+// be read otherwise is an error.
+func (t *k8sTarget) refValue(ctx context.Context, name, key string, optional bool) (value string, found bool, err error) {
 	sec, err := t.client.CoreV1().Secrets(t.ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return "", fmt.Errorf("read Secret %s: %w", name, err)
+	if optional && apierrors.IsNotFound(err) {
+		return "", false, nil
 	}
-	return string(sec.Data[key]), nil
+	if err != nil {
+		return "", false, fmt.Errorf("read Secret %s: %w", name, err)
+	}
+	data, ok := sec.Data[key]
+	if !ok && optional {
+		return "", false, nil
+	}
+	return string(data), true, nil
+}
+
+// refSource says where a secretKeyRef points, for the plan: "(Secret S
+// key K)", "(Secret S key K, optional)".
+func refSource(secret, key string, optional bool) string {
+	if optional {
+		return fmt.Sprintf("(Secret %s key %s, optional)", secret, key)
+	}
+	return fmt.Sprintf("(Secret %s key %s)", secret, key)
 }
 
 func secretRef(e corev1.EnvVar) *corev1.SecretKeySelector {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -439,12 +440,137 @@ func (t *k8sTarget) restore(ctx context.Context, r *engine.Run, b k8sBackup) err
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", t, err)
 	}
-	if !b.KeySecretExisted {
-		err := t.client.CoreV1().Secrets(t.ns).Delete(ctx, b.KeySecret, metav1.DeleteOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("delete Secret %s: %w", b.KeySecret, err)
-		}
+	if err := t.dropKeySecret(ctx, b); err != nil {
+		return err
 	}
 	r.Logf("restored %s from the journal's backups", t)
 	return nil
+}
+
+// dropKeySecret deletes runbook's API-key Secret unless it existed before
+// the cutover.
+func (t *k8sTarget) dropKeySecret(ctx context.Context, b k8sBackup) error {
+	if b.KeySecretExisted || b.KeySecret == "" {
+		return nil
+	}
+	err := t.client.CoreV1().Secrets(t.ns).Delete(ctx, b.KeySecret, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete Secret %s: %w", b.KeySecret, err)
+	}
+	return nil
+}
+
+// waitReverted is restore with gitops = true: runbook writing the saved
+// objects back would be undone by the owner's next sync, so the owner
+// reverts the change where the resource is kept, and this waits
+// (watching, up to wait_timeout) until the live KMS variables are again
+// those of the backup, then deletes runbook's own API-key Secret (no part
+// of the owner's repository). Wait ends first: engine.ErrWaiting, nothing
+// restarted; runbook rollback again waits on.
+func (t *k8sTarget) waitReverted(ctx context.Context, r *engine.Run, wait time.Duration, b k8sBackup) error {
+	saved, err := t.savedState(r, b)
+	if err != nil {
+		return err
+	}
+	want, err := t.kmsEnv(ctx, saved)
+	if err != nil {
+		return err
+	}
+	live, err := t.observe(ctx)
+	if err != nil {
+		return err
+	}
+	err = t.waitGitOps(ctx, r, wait, t.secretsRead(live), gitopsWait{
+		what: "reverts the change",
+		pending: func(ctx context.Context) string {
+			s, err := t.observe(ctx)
+			if err != nil {
+				return err.Error()
+			}
+			got, err := t.kmsEnv(ctx, s)
+			if err != nil {
+				return err.Error()
+			}
+			return kmsEnvDiff(got, want)
+		},
+		done: fmt.Sprintf("%s carries again what was saved before the change (the owner's revert)", t),
+		later: func(last string) error {
+			return engine.WaitForOperator("%s does not carry the saved state yet (%s): revert the change where the resource is kept (CHANGE.md, \"Rollback where the resource is kept\"), let it sync, then run runbook rollback again; no pod was restarted by the rollback", t, last)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	return t.dropKeySecret(ctx, b)
+}
+
+// savedState is the resource and configuration Secret as backed up.
+func (t *k8sTarget) savedState(r *engine.Run, b k8sBackup) (*k8sState, error) {
+	s := &k8sState{}
+	if b.Config != "" {
+		s.config = &corev1.Secret{}
+		if err := readBackupJSON(r, b.Config, s.config); err != nil {
+			return nil, err
+		}
+	}
+	if !t.operated() {
+		sts := &appsv1.StatefulSet{}
+		if err := readBackupJSON(r, b.Resource, sts); err != nil {
+			return nil, err
+		}
+		s.sets = []*appsv1.StatefulSet{sts}
+		return s, nil
+	}
+	s.obj = &unstructured.Unstructured{}
+	if err := readBackupJSON(r, b.Resource, &s.obj.Object); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// kmsEnv is the MINIO_KMS_* variables s gives the pods, by name, each
+// with its value and where it comes from (kmsVars; unset ones left out).
+func (t *k8sTarget) kmsEnv(ctx context.Context, s *k8sState) (map[string]k8sVar, error) {
+	vars, err := t.kmsVars(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]k8sVar{}
+	for _, v := range vars {
+		if !v.Unset {
+			out[v.Name] = v // a later source wins, as the operator renders it
+		}
+	}
+	return out, nil
+}
+
+// kmsEnvDiff is "" when got and want set the same variables from the same
+// sources to the same values, else the first difference by name (no
+// value: they may be secrets).
+func kmsEnvDiff(got, want map[string]k8sVar) string {
+	names := make([]string, 0, len(got)+len(want))
+	for n := range got {
+		names = append(names, n)
+	}
+	for n := range want {
+		if _, ok := got[n]; !ok {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		g, inGot := got[n]
+		w, inWant := want[n]
+		switch {
+		case !inWant:
+			return fmt.Sprintf("%s is set, from %s", n, g.Source)
+		case !inGot:
+			return fmt.Sprintf("%s is not set (it was, from %s)", n, w.Source)
+		case g.Source != w.Source:
+			return fmt.Sprintf("%s comes from %s, not %s", n, g.Source, w.Source)
+		case g.Value != w.Value:
+			return fmt.Sprintf("%s differs from its saved value", n)
+		}
+	}
+	return ""
 }

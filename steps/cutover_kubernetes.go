@@ -100,7 +100,7 @@ func (k *k8sPlatform) Observe(ctx context.Context, r *engine.Run) (*platformView
 	if err != nil {
 		return nil, err
 	}
-	v := &platformView{Env: map[string]string{}}
+	v := &platformView{Env: map[string]string{}, Sources: map[string]string{}}
 	v.Observed = append(v.Observed, fmt.Sprintf("platform = \"kubernetes\": %s, through %s", t, t.api))
 	if s.config != nil {
 		v.Observed = append(v.Observed, fmt.Sprintf("configuration Secret %s (config.env)", s.config.Name))
@@ -157,14 +157,20 @@ func (k *k8sPlatform) Observe(ctx context.Context, r *engine.Run) (*platformView
 			r.AddSecret(kv.Value)
 		}
 		shown := fmt.Sprintf("%q", kv.Value)
-		if kv.Value == "" {
+		switch {
+		case kv.Unset:
+			shown = "(unset: the optional reference finds no such Secret or key)"
+		case kv.Value == "" && strings.Contains(kv.Source, "operator"):
+			shown = "(set by the operator)"
+		case kv.Value == "":
 			shown = "(empty)"
-			if strings.Contains(kv.Source, "operator") {
-				shown = "(set by the operator)"
-			}
 		}
 		v.Observed = append(v.Observed, fmt.Sprintf("%s = %s, from %s", kv.Name, r.Redact(shown), kv.Source))
+		if kv.Unset {
+			continue
+		}
 		v.Env[kv.Name] = kv.Value
+		v.Sources[kv.Name] = kv.Source
 	}
 	if len(vars) == 0 {
 		v.Observed = append(v.Observed, "no MINIO_KMS_* variable is set in "+t.String())
@@ -214,6 +220,10 @@ func (k *k8sPlatform) PlanChange(r *engine.Run, set map[string]string, p *engine
 		engine.PlanSection{Title: "Kubernetes change: " + t.String(), Body: change},
 		engine.PlanSection{Title: "The same change where the resource is kept (Helm values, Git repository)", Body: r.Redact(t.gitopsEquivalent(ch))})
 	p.Rollback = fmt.Sprintf("restore the saved %s and Secret(s), restart every pod at once the same way, and confirm AIStor reports KES and objects read again; refused once any object was written or changed after the cutover's restart (KES cannot read what the Key Manager sealed) unless forced", t)
+	if t.gitops {
+		p.Rollback = fmt.Sprintf("runbook does not write %s back (gitops = true: the owner's next sync would undo it): its owner reverts the change where it is kept (CHANGE.md, \"Rollback where the resource is kept\"); runbook holds the StatefulSets on OnDelete, waits (watching) until the live resource and Secrets carry again what it saved before the change, removes its own API-key Secret if it made one, restarts every pod at once the same way, and confirms AIStor reports KES and objects read again; refused once any object was written or changed after the cutover's restart (KES cannot read what the Key Manager sealed) unless forced", t)
+		p.Sections = append(p.Sections, engine.PlanSection{Title: "Rollback where the resource is kept (gitops = true)", Body: t.gitopsRevert(s)})
+	}
 	p.Risks = append(p.Risks, "the MinIO pods restart together (MinIO requires the same environment on every node at start-up, cmd/bootstrap-peer-server.go): the object store answers nothing until they are back Ready; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. The apply measures the window and reports it as the output unavailable_seconds")
 	p.Risks = append(p.Risks, fmt.Sprintf("whoever keeps %s (a Helm release, a Git repository synced by Argo CD or Flux) must carry the same change (CHANGE.md, \"The same change where the resource is kept\"), or its next sync reverts it and the next pod restart brings back KES beside the Key Manager", t))
 	if t.gitops && !t.operated() {
@@ -289,7 +299,15 @@ func (k *k8sPlatform) write(ctx context.Context, r *engine.Run, g int, set map[s
 				return err
 			}
 		}
-		if err := t.waitGitOps(ctx, r, k.wait, set, t.secretsRead(s)); err != nil {
+		err = t.waitGitOps(ctx, r, k.wait, t.secretsRead(s), gitopsWait{
+			what:    "applies the change",
+			pending: func(ctx context.Context) string { return t.mismatch(ctx, set) },
+			done:    fmt.Sprintf("%s carries the change", t),
+			later: func(last string) error {
+				return engine.WaitForOperator("%s does not carry the change yet (%s): apply it where the resource is kept (CHANGE.md, \"The same change where the resource is kept\"), let it sync, then run runbook resume; no pod was restarted", t, last)
+			},
+		})
+		if err != nil {
 			return err
 		}
 		return checkpointItem(r, k8sItem{g, k8sWrittenItem}, nil)
@@ -377,7 +395,11 @@ func (k *k8sPlatform) Restore(ctx context.Context, r *engine.Run, g int) error {
 				return err
 			}
 		}
-		if err := t.restore(ctx, r, b); err != nil {
+		restore := t.restore
+		if t.gitops {
+			restore = func(ctx context.Context, r *engine.Run, b k8sBackup) error { return t.waitReverted(ctx, r, k.wait, b) }
+		}
+		if err := restore(ctx, r, b); err != nil {
 			return err
 		}
 		if err := checkpointItem(r, k8sItem{g, k8sRestoredItem}, nil); err != nil {
@@ -440,6 +462,57 @@ func (t *k8sTarget) describe(ch *k8sChange) string {
 	return b.String()
 }
 
+// gitopsRevert is the rollback's part for the resource's owner (gitops =
+// true): what its repository must get back, named (no value: config.env
+// holds secrets), and what runbook does meanwhile.
+func (t *k8sTarget) gitopsRevert(s *k8sState) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "runbook does not write %s back: the owner's next sync would undo it. Revert the change in the repository that keeps it (git revert of the commit that carried it) and let it sync, so that the live objects carry again what they carry now:\n", t)
+	var names []string
+	if t.operated() {
+		if kes, ok, _ := unstructured.NestedMap(s.obj.Object, "spec", "kes"); ok {
+			fmt.Fprintf(&b, "- spec.kes, as now (keyName %q)\n", fmt.Sprint(kes["keyName"]))
+		}
+		env, _, _ := unstructured.NestedSlice(s.obj.Object, "spec", "env")
+		for _, e := range env {
+			em, _ := e.(map[string]any)
+			if n := fmt.Sprint(em["name"]); strings.HasPrefix(n, "MINIO_KMS_") {
+				names = append(names, n)
+			}
+		}
+		fmt.Fprintf(&b, "- spec.env: its MINIO_KMS_* entries as now (%s), none of the Key Manager's\n", orNone(names))
+	} else {
+		for _, e := range minioContainer(s.sets[0]).Env {
+			if strings.HasPrefix(e.Name, "MINIO_KMS_") {
+				names = append(names, e.Name)
+			}
+		}
+		fmt.Fprintf(&b, "- the MinIO container's env: its MINIO_KMS_* entries as now (%s), none of the Key Manager's\n", orNone(names))
+	}
+	if s.config != nil {
+		names = names[:0]
+		for _, kv := range parseConfigEnv(string(s.config.Data["config.env"])) {
+			if strings.HasPrefix(kv[0], "MINIO_KMS_") {
+				names = append(names, kv[0])
+			}
+		}
+		fmt.Fprintf(&b, "- Secret %s, config.env: its MINIO_KMS_* lines as now (%s), without MINIO_KMS_API_KEY\n", s.config.Name, orNone(names))
+	}
+	then := ""
+	if !t.operated() || s.config == nil {
+		then = fmt.Sprintf(" removes its own Secret %s if it made it (no part of the repository),", t.keySecretName())
+	}
+	fmt.Fprintf(&b, "runbook waits (watching, up to wait_timeout; runbook rollback again waits on) until they do, restarting nothing; then it%s restarts every pod at once and confirms AIStor reports KES.\n", then)
+	return b.String()
+}
+
+func orNone(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}
+
 // gitopsEquivalent is the change as the resource's keeper would write it.
 func (t *k8sTarget) gitopsEquivalent(ch *k8sChange) string {
 	var b strings.Builder
@@ -477,12 +550,21 @@ func (t *k8sTarget) gitopsEquivalent(ch *k8sChange) string {
 	return b.String()
 }
 
+// gitopsWait is what waitGitOps waits for: the owner applying the change
+// (apply) or reverting it (rollback).
+type gitopsWait struct {
+	what    string                           // "applies the change", "reverts the change"
+	pending func(ctx context.Context) string // what still differs; "" once the live objects carry it
+	done    string                           // the log line once they do
+	later   func(last string) error          // the error when wait ends first
+}
+
 // waitGitOps watches the resource and the Secrets it takes the KMS
 // variables from (the owner may sync them in any order, or a controller
-// may materialize a sealed or external Secret later) until the owner has
-// applied the change: no trace of KES, and the Key Manager variables with
-// the values planned. Every event of either has the live state read again.
-func (t *k8sTarget) waitGitOps(ctx context.Context, r *engine.Run, wait time.Duration, set map[string]string, secrets []string) error {
+// may materialize a sealed or external Secret later) until w.pending says
+// the owner's sync carries what is waited for. Every event of either has
+// the live state read again.
+func (t *k8sTarget) waitGitOps(ctx context.Context, r *engine.Run, wait time.Duration, secrets []string, w gitopsWait) error {
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	type watched struct {
@@ -526,13 +608,13 @@ func (t *k8sTarget) waitGitOps(ctx context.Context, r *engine.Run, wait time.Dur
 	if len(secrets) > 0 {
 		watching += " and Secret(s) " + strings.Join(secrets, ", ")
 	}
-	r.Logf("waiting (watching %s) until its owner applies the change (gitops = true)", watching)
+	r.Logf("waiting (watching %s) until its owner %s (gitops = true)", watching, w.what)
 	last := "nothing seen yet"
 	for {
 		select {
 		case <-changed:
-			if last = t.mismatch(wctx, set); last == "" {
-				r.Logf("%s carries the change", t)
+			if last = w.pending(wctx); last == "" {
+				r.Logf("%s", w.done)
 				return nil
 			}
 		case err := <-ended:
@@ -543,7 +625,7 @@ func (t *k8sTarget) waitGitOps(ctx context.Context, r *engine.Run, wait time.Dur
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return engine.WaitForOperator("%s does not carry the change yet (%s): apply it where the resource is kept (CHANGE.md, \"The same change where the resource is kept\"), let it sync, then run runbook resume; no pod was restarted", t, last)
+			return w.later(last)
 		}
 	}
 }
@@ -561,6 +643,9 @@ func (t *k8sTarget) mismatch(ctx context.Context, set map[string]string) string 
 	}
 	got := map[string]string{}
 	for _, v := range vars {
+		if v.Unset {
+			continue
+		}
 		if strings.HasPrefix(v.Name, "MINIO_KMS_KES_") {
 			return fmt.Sprintf("%s still set, from %s", v.Name, v.Source)
 		}

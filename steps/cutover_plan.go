@@ -31,7 +31,7 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	}
 	p.Observed = append(p.Observed, v.Observed...)
 	p.Risks = append(p.Risks, v.Risks...)
-	f, err := c.observeKMS(ctx, r, e, v.Env)
+	f, err := c.observeKMS(ctx, r, e, v)
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +123,8 @@ type kmsFacts struct {
 // from the default key the object store runs with (DOMAIN.md E: MinIO
 // creates a missing default key at start-up and seals new data with it),
 // or when that key cannot be known at all.
-func (c *cutoverStep) observeKMS(ctx context.Context, r *engine.Run, e *cutoverEnv, env map[string]string) (*kmsFacts, error) {
+func (c *cutoverStep) observeKMS(ctx context.Context, r *engine.Run, e *cutoverEnv, v *platformView) (*kmsFacts, error) {
+	env := v.Env
 	f := &kmsFacts{envKey: env["MINIO_KMS_KES_KEY_NAME"]}
 	admin, _, err := e.a.Clients(r)
 	if err != nil {
@@ -144,6 +145,12 @@ func (c *cutoverStep) observeKMS(ctx context.Context, r *engine.Run, e *cutoverE
 		return nil, err
 	}
 	if f.defaultKey != "" && f.envKey != "" && f.envKey != f.defaultKey {
+		if where, files := v.envSource("MINIO_KMS_KES_KEY_NAME"); !files {
+			// Kubernetes: the resource was edited and its pods not restarted
+			// on it (updateStrategy OnDelete, or an operator that rewrites
+			// the config file without a restart).
+			return nil, engine.Refusef("%s sets MINIO_KMS_KES_KEY_NAME=%q, but the running object store reports the default key %q: it was changed since the pods started, and they were not restarted on it; after the restart they would seal new data under %q. Make it name the key MinIO runs with (%q), or restart the pods on it first, and plan again (nothing was changed, no pod restarted)", where, f.envKey, f.defaultKey, f.envKey, f.defaultKey)
+		}
 		return nil, engine.Refusef("the env files set MINIO_KMS_KES_KEY_NAME=%q, but the running object store reports the default key %q: the files were changed since MinIO started, or it reads its environment elsewhere; after the restart it would seal new data under %q. Make the files name the key MinIO runs with (%q), or restart MinIO on the files first, and plan again", f.envKey, f.defaultKey, f.envKey, f.defaultKey)
 	}
 	running := f.defaultKey

@@ -78,6 +78,10 @@ type platformView struct {
 	// Env is the environment every node starts with today (the env files'
 	// MINIO_* variables); nil where the platform does not show it.
 	Env map[string]string
+	// Sources says, by variable of Env, where the nodes get it when that is
+	// not the env files (Kubernetes: "StatefulSet minio container minio
+	// env", "spec.env", …), for messages naming what to fix.
+	Sources map[string]string
 	// Observed are the plan's lines about the nodes; Risks what the plan
 	// must say could not be checked.
 	Observed []string
@@ -102,4 +106,13 @@ func newCutoverPlatform(a *aistorConnection, target kmTarget, wait time.Duration
 		return &k8sPlatform{a: a, wait: wait}, nil
 	}
 	return newLinuxPlatform(a, target)
+}
+
+// envSource is where the nodes get the variable name: v.Sources, else the
+// env files.
+func (v *platformView) envSource(name string) (where string, files bool) {
+	if src := v.Sources[name]; src != "" {
+		return src, false
+	}
+	return "the env files", true
 }

@@ -82,9 +82,17 @@ func cmdK8sApply(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
+// cmdK8sPatch patches an object as the GitOps tool's sync does (a JSON
+// merge patch, field manager argocd), or with -strategic as kubectl edit
+// does (a strategic merge patch: lists such as a container's env merge by
+// name; built-in kinds only).
 func cmdK8sPatch(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 3 {
-		ts.Fatalf("usage: k8s-patch KIND NAME FILE")
+	fs := scriptFlags(ts, "k8s-patch", neg)
+	strategic := fs.Bool("strategic", false, "strategic merge patch, field manager kubectl-edit")
+	ts.Check(fs.Parse(args))
+	args = fs.Args()
+	if len(args) != 3 {
+		ts.Fatalf("usage: k8s-patch [-strategic] KIND NAME FILE")
 	}
 	var patch map[string]any
 	ts.Check(yaml.Unmarshal([]byte(os.Expand(ts.ReadFile(args[2]), ts.Getenv)), &patch))
@@ -92,7 +100,11 @@ func cmdK8sPatch(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(err)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	obj, err := k8sResource(ts, args[0]).Patch(ctx, args[1], types.MergePatchType, data, metav1.PatchOptions{FieldManager: "argocd"})
+	pt, manager := types.MergePatchType, "argocd"
+	if *strategic {
+		pt, manager = types.StrategicMergePatchType, "kubectl-edit"
+	}
+	obj, err := k8sResource(ts, args[0]).Patch(ctx, args[1], pt, data, metav1.PatchOptions{FieldManager: manager})
 	ts.Check(err)
 	fmt.Fprintf(ts.Stdout(), "patched %s %s (resourceVersion %s)\n", obj.GetKind(), obj.GetName(), obj.GetResourceVersion())
 }

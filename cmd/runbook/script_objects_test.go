@@ -163,9 +163,18 @@ const writeCheckSlack = 1500 * time.Millisecond
 func ensureBucket(ctx context.Context, ts *testscript.TestScript, c *minio.Client, bucket string) {
 	exists, err := c.BucketExists(ctx, bucket)
 	ts.Check(err)
-	if !exists {
-		ts.Check(c.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}))
+	if exists {
+		return
 	}
+	// minio-go retries a request whose answer was lost; when the first try
+	// made the bucket (a cluster of several nodes just started can be slow
+	// to answer), the retry is told so: the bucket is there, and ours.
+	err = c.MakeBucket(ctx, bucket, minio.MakeBucketOptions{})
+	if minio.ToErrorResponse(err).Code == "BucketAlreadyOwnedByYou" {
+		ts.Logf("put-objects: bucket %s made by an earlier try of the request", bucket)
+		err = nil
+	}
+	ts.Check(err)
 }
 
 func cmdBucketEncryption(ts *testscript.TestScript, neg bool, args []string) {

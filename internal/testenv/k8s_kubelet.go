@@ -460,11 +460,19 @@ func (m *KubernetesMinIO) renderConfig(ctx context.Context, obj *unstructured.Un
 		if ref, ok, _ := unstructured.NestedMap(em, "valueFrom", "secretKeyRef"); ok && m.Kind == "ObjectStore" {
 			secret, _ := ref["name"].(string)
 			key, _ := ref["key"].(string)
+			optional, _ := ref["optional"].(bool)
 			s, err := m.K.Client.CoreV1().Secrets(m.Namespace).Get(ctx, secret, metav1.GetOptions{})
+			if optional && apierrors.IsNotFound(err) {
+				continue // an optional reference to nothing leaves it unset
+			}
 			if err != nil {
 				return "", fmt.Errorf("spec.env %s: %w", name, err)
 			}
-			value = string(s.Data[key])
+			data, ok := s.Data[key]
+			if !ok && optional {
+				continue
+			}
+			value = string(data)
 		}
 		// Tenant (operator v6): a valueFrom entry is written with its
 		// (empty) value.
@@ -652,11 +660,18 @@ func (m *KubernetesMinIO) podEnv(ctx context.Context, p *corev1.Pod) ([]string, 
 		v := e.Value
 		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
 			ref := e.ValueFrom.SecretKeyRef
+			optional := ref.Optional != nil && *ref.Optional
 			s, err := m.K.Client.CoreV1().Secrets(m.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+			if optional && apierrors.IsNotFound(err) {
+				continue // the kubelet leaves it unset
+			}
 			if err != nil {
 				return nil, fmt.Errorf("%s: Secret %s: %w", e.Name, ref.Name, err)
 			}
 			data, ok := s.Data[ref.Key]
+			if !ok && optional {
+				continue
+			}
 			if !ok {
 				return nil, fmt.Errorf("%s: Secret %s has no key %s", e.Name, ref.Name, ref.Key)
 			}
