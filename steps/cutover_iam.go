@@ -24,19 +24,19 @@ const iamPollInterval = time.Second
 // held before it: every IAM user, group, policy and service account and
 // every bucket configuration recorded then (cutoverRestart.IAM,
 // cutoverRestart.Buckets) must be present and read as before. MinIO seals
-// them with the default key in force when each was written (docs/domain.md
-// G) and loads its IAM all or nothing: one entry sealed under a key the
-// KMS lacks leaves the lists of users, groups and service accounts
-// unanswered and only the built-in policies listed, while root and the
-// objects still read. It asks again, up to e.wait, while a list does not
-// answer (IAM still loading).
+// them with the default key in force when each was written and loads its
+// IAM all or nothing (docs/domain.md, What MinIO seals with its default
+// key): one entry sealed under a key the KMS lacks leaves the lists of
+// users, groups and service accounts unanswered, while root and the
+// objects still read. It asks again, up to e.wait, while something does
+// not read (IAM still loading).
 //
 // Into the Key Manager (back false) anything absent fails the attempt,
-// naming the entries. Back onto KES (the rollback) only an IAM that does
-// not load fails: every entry then read through KES, so nothing the Key
-// Manager sealed is left; entries deleted or changed since the cutover are
-// reported. Nothing recorded (the store did not list them before the
-// restart) is nothing to check.
+// naming the entries. Back onto KES (the rollback) only what does not read
+// fails (forced, it is reported): when IAM loads, every entry read through
+// KES, so nothing the Key Manager sealed is left; entries deleted or
+// changed since the cutover are reported. Nothing recorded (the store did
+// not list them before the restart) is nothing to check.
 func (c *cutoverStep) checkIAMAfterRestart(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, back bool) error {
 	rs, _ := cutoverCheckpoint[cutoverRestart](r, newRestartItem(g, false, phaseRestart))
 	if rs.IAM == nil && rs.Buckets == nil {
@@ -74,9 +74,13 @@ func (c *cutoverStep) checkIAMAfterRestart(ctx context.Context, r *engine.Run, e
 		r.Warnf("on %s again, not as before the cutover (deleted or changed since, on the Key Manager): %s", kms, strings.Join(shortList(ab.missing, 50), ", "))
 		return nil
 	}
+	if back && r.Forced() {
+		r.Warnf("rolled back although on %s %s (forced)", kms, ab)
+		return nil
+	}
 	err = fmt.Errorf("check IAM and bucket configuration after the restart: on %s %s; the nodes' logs:%s", kms, ab, e.plat.Logs(ctx, r))
 	if back {
-		return err
+		return engine.WithHint(err, "what was written while the object store ran on the Key Manager may be sealed under it, and KES cannot unseal it: MinIO then loads no IAM at all (the nodes' logs name what does not unseal). runbook rollback --force accepts that and finishes the rollback")
 	}
 	return engine.WithHint(err, "MinIO seals IAM and configuration with the default key in force when each was written; one sealed under a key the migration left out (its pattern) does not read on the Key Manager. Migrate every key the object store's default key ever was (pattern = \"*\") and run the cutover again")
 }
@@ -192,6 +196,25 @@ func (c *cutoverStep) iamNames(ctx context.Context, r *engine.Run, e *cutoverEnv
 	}
 	sort.Strings(names)
 	return names
+}
+
+// iamPlanRisk is a plan risk when the object store's IAM does not list
+// today: MinIO loads IAM all or nothing, so one entry sealed under a key
+// KES no longer holds (a default key deleted at KES long ago) keeps every
+// user, group and service account unavailable, on KES now as on the Key
+// Manager after the cutover. No migration can carry a key KES lacks, and
+// nothing recorded means nothing compared after the restart. "" when the
+// IAM lists, or the object store cannot be asked (other checks say so).
+func (c *cutoverStep) iamPlanRisk(ctx context.Context, r *engine.Run, e *cutoverEnv) string {
+	admin, _, err := e.a.Clients(r)
+	if err != nil {
+		return ""
+	}
+	l := listIAM(ctx, admin, false)
+	if len(l.failed) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the object store's IAM does not list on KES today (%s): an IAM entry sealed under a key KES no longer holds (a default key deleted at KES) keeps MinIO from loading any; no migration can carry that key, its users, groups and service accounts stay unavailable on the Key Manager too, and the cutover cannot compare IAM after its restart. The nodes' logs name what does not unseal", strings.Join(shortList(l.failed, 5), "; "))
 }
 
 // iamEntry is one IAM user, group, policy or service account; updated is
