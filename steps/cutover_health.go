@@ -312,6 +312,9 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 		}
 	}
 	if !hasItem(r, item(phaseValidated)) {
+		if err := c.checkIAMAfterRestart(ctx, r, e, g, back); err != nil {
+			return err
+		}
 		n, err := c.validate(ctx, r, e, s)
 		if err != nil {
 			return err

@@ -67,6 +67,9 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	if risk := rootAccessRisk(v.Env); risk != "" {
 		p.Risks = append(p.Risks, risk)
 	}
+	if risk := c.iamPlanRisk(ctx, r, e); risk != "" {
+		p.Risks = append(p.Risks, risk)
+	}
 	p.Actions = append(p.Actions, fmt.Sprintf("wait up to %s until every node is online, AIStor's KMS status names the Key Manager (%s) with its endpoints online, and the default key %q passes a key status check", e.wait, kmsNameKeyManager, f.sseKey))
 	p.Actions = append(p.Actions, c.validateAction(e))
 	if e.onFail == "rollback" {

@@ -39,10 +39,18 @@ import (
 //	    the script's Key Manager holds no enclave NAME (EnclaveStatus
 //	    answers ErrEnclaveNotFound): nothing was created.
 //	minio-admin add-user NAME SECRET | set-config KV | add-policy NAME |
-//	            add-service-account USER | set-quota BUCKET BYTES
-//	    changes the script's MinIO through its admin API (madmin AddUser,
-//	    SetConfigKV, AddCannedPolicy, AddServiceAccount, SetBucketQuota), as
-//	    an operator would after a cutover.
+//	            add-group NAME USER... | add-service-account USER |
+//	            set-quota BUCKET BYTES | set-remote-target BUCKET TARGET |
+//	            list-iam | list-remote-targets BUCKET
+//	    list-iam prints "user NAME", "group NAME", "policy NAME" and
+//	    "service-account ACCESS-KEY" lines, sorted; list-remote-targets
+//	    "BUCKET -> TARGET" lines. The others change the script's MinIO
+//	    through its admin API (madmin AddUser, SetConfigKV, AddCannedPolicy,
+//	    UpdateGroupMembers, AddServiceAccount, SetBucketQuota), as an
+//	    operator would; set-remote-target creates BUCKET and TARGET with
+//	    versioning and makes TARGET, on the same MinIO with its root
+//	    credentials, BUCKET's replication target (madmin SetRemoteTarget:
+//	    MinIO seals those credentials with its default key).
 func init() {
 	moreScriptCmds["minio-cluster"] = testenv.ShortSkips("MinIO", testenv.CmdMinIOCluster)
 	moreScriptCmds["objects-snapshot"] = cmdObjectsSnapshot
@@ -133,6 +141,37 @@ func cmdMinIOAdmin(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Check(err)
 	case len(args) == 2 && args[0] == "add-policy":
 		ts.Check(scriptAdmin(ts).AddCannedPolicy(ctx, args[1], []byte(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:GetObject"],"Resource":["arn:aws:s3:::data/*"]}]}`)))
+	case len(args) == 1 && args[0] == "list-iam":
+		adm := scriptAdmin(ts)
+		users, err := adm.ListUsers(ctx)
+		ts.Check(err)
+		groups, err := adm.ListGroups(ctx)
+		ts.Check(err)
+		policies, err := adm.ListCannedPolicies(ctx)
+		ts.Check(err)
+		var lines []string
+		for name := range users {
+			lines = append(lines, "user "+name)
+		}
+		for _, name := range groups {
+			lines = append(lines, "group "+name)
+		}
+		for name := range policies {
+			lines = append(lines, "policy "+name)
+		}
+		accounts, err := adm.ListAccessKeysBulk(ctx, nil, madmin.ListAccessKeysOpts{ListType: madmin.AccessKeyListSvcaccOnly, All: true})
+		ts.Check(err)
+		for _, keys := range accounts {
+			for _, a := range keys.ServiceAccounts {
+				lines = append(lines, "service-account "+a.AccessKey)
+			}
+		}
+		sort.Strings(lines)
+		for _, l := range lines {
+			fmt.Fprintln(ts.Stdout(), l)
+		}
+	case len(args) >= 3 && args[0] == "add-group":
+		ts.Check(scriptAdmin(ts).UpdateGroupMembers(ctx, madmin.GroupAddRemove{Group: args[1], Members: args[2:]}))
 	case len(args) == 2 && args[0] == "add-service-account":
 		_, err := scriptAdmin(ts).AddServiceAccount(ctx, madmin.AddServiceAccountReq{TargetUser: args[1]})
 		ts.Check(err)
@@ -140,8 +179,29 @@ func cmdMinIOAdmin(ts *testscript.TestScript, neg bool, args []string) {
 		size, err := strconv.ParseUint(args[2], 10, 64)
 		ts.Check(err)
 		ts.Check(scriptAdmin(ts).SetBucketQuota(ctx, args[1], &madmin.BucketQuota{Size: size, Type: madmin.HardQuota}))
+	case len(args) == 3 && args[0] == "set-remote-target":
+		c := scriptMinIO(ts)
+		for _, b := range args[1:] {
+			ensureBucket(ctx, ts, c, b)
+			ts.Check(c.EnableVersioning(ctx, b))
+		}
+		_, err := scriptAdmin(ts).SetRemoteTarget(ctx, args[1], &madmin.BucketTarget{
+			Endpoint:     ts.Getenv("MINIO_ENDPOINT"),
+			Secure:       true,
+			TargetBucket: args[2],
+			Type:         madmin.ReplicationService,
+			API:          "s3v4",
+			Credentials:  &madmin.Credentials{AccessKey: ts.Getenv("MINIO_ROOT_USER"), SecretKey: ts.Getenv("MINIO_ROOT_PASSWORD")},
+		})
+		ts.Check(err)
+	case len(args) == 2 && args[0] == "list-remote-targets":
+		targets, err := scriptAdmin(ts).ListRemoteTargets(ctx, args[1], "")
+		ts.Check(err)
+		for _, t := range targets {
+			fmt.Fprintf(ts.Stdout(), "%s -> %s\n", t.SourceBucket, t.TargetBucket)
+		}
 	default:
-		ts.Fatalf("usage: minio-admin add-user NAME SECRET | set-config KV | add-policy NAME | add-service-account USER | set-quota BUCKET BYTES")
+		ts.Fatalf("usage: minio-admin add-user NAME SECRET | set-config KV | add-policy NAME | add-group NAME USER... | add-service-account USER | set-quota BUCKET BYTES | set-remote-target BUCKET TARGET | list-iam | list-remote-targets BUCKET")
 	}
 }
 

@@ -338,7 +338,8 @@ func (m *MinIO) restart(logf func(string, ...any)) error {
 
 // ServeControl serves a loopback HTTP endpoint through which another
 // process can restart or stop this MinIO, the way an operator's restart
-// command (systemctl restart minio) would: POST /restart or POST /stop.
+// command (systemctl restart minio) would: POST /restart or POST /stop;
+// GET /log prints the last lines of its log.
 // It returns the endpoint's URL (for MINIO_CONTROL_URL and MinIOCtlMain)
 // and closes it at test end.
 func (m *MinIO) ServeControl(t TB) string {
@@ -370,6 +371,9 @@ func (m *MinIO) ServeControl(t TB) string {
 		m.Stop()
 		m.mu.Unlock()
 		fmt.Fprintln(w, "stopped")
+	})
+	mux.HandleFunc("GET /log", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s (%s):\n%s\n", m.Endpoint, m.LogFile, logTail(m.LogFile, 20))
 	})
 	srv := &http.Server{Handler: mux}
 	go func() { _ = srv.Serve(l) }()
