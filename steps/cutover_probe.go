@@ -126,6 +126,13 @@ func (c *cutoverStep) confirmWrites(ctx context.Context, r *engine.Run, e *cutov
 		if len(refused) == 0 {
 			return c.writesAccepted(r, e, g, back, targets, firstFailed, now)
 		}
+		for _, s := range refused {
+			if strings.HasPrefix(last[s], accessDenied) {
+				// No wait or restart changes what the credentials may do.
+				return engine.WithHint(fmt.Errorf("probe writes through server %s: %s", s, last[s]),
+					"the aistor block's access key must be allowed to make, write, list and remove the buckets runbook-write-probe-* (s3:CreateBucket, s3:PutObject, s3:ListBucket, s3:DeleteObject, s3:DeleteBucket): the cutover proves each server writable with them after the restart")
+			}
+		}
 		if firstFailed.IsZero() {
 			firstFailed = now
 		}
@@ -256,10 +263,16 @@ func probeWrite(ctx context.Context, t probeTarget, bucket string) string {
 		}
 	}
 	if err != nil {
+		if minio.ToErrorResponse(err).Code == "AccessDenied" {
+			return accessDenied + err.Error()
+		}
 		return err.Error()
 	}
 	return ""
 }
+
+// accessDenied marks a probe refused for the credentials, not the node.
+const accessDenied = "access denied: "
 
 // restartAlone restarts server's node alone, recording the intent before
 // and the return after (a resume after a kill in between restarts it again
