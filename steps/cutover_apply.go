@@ -86,6 +86,10 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 	}
 	err = c.restartAndConfirm(ctx, r, e, g, false, sample)
 	if err == nil {
+		if err := c.removeProbeBucket(ctx, r, e, g); err != nil {
+			// The cutover is done: a bucket left over is no cause to undo it.
+			r.Warnf("%v; remove it by hand (mc rb --force ALIAS/BUCKET); a rollback of the cutover removes it too", err)
+		}
 		r.SetOutput("kms", cty.StringVal(kmsNameKeyManager))
 		return nil
 	}

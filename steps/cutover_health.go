@@ -302,6 +302,9 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 		data := map[string]any{"kms": want}
 		if probe != nil {
 			data["unavailable_ms"] = window.Milliseconds()
+			if at := probe.firstFailure(); !at.IsZero() {
+				data["down_at"] = at.UTC() // where the write probe's window starts
+			}
 			r.Logf("the object store answered nothing for %s (from its first failed probe to its first healthy answer)", window.Round(100*time.Millisecond))
 			if !back {
 				r.SetOutput("unavailable_seconds", cty.NumberFloatVal(window.Seconds()))
@@ -310,6 +313,10 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 		if err := checkpointItem(r, item(phaseHealthy), data); err != nil {
 			return err
 		}
+	}
+	// Healthy is not writable: every server must accept a write.
+	if err := c.confirmWrites(ctx, r, e, g, back); err != nil {
+		return err
 	}
 	if !hasItem(r, item(phaseValidated)) {
 		if err := c.checkIAMAfterRestart(ctx, r, e, g, back); err != nil {
@@ -379,6 +386,15 @@ type unavailability struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	window time.Duration
+	down   time.Time // the first failed probe (read after stop)
+}
+
+// firstFailure is when the probe first failed (zero: never), after stop.
+func (u *unavailability) firstFailure() time.Time {
+	if u == nil {
+		return time.Time{}
+	}
+	return u.down
 }
 
 func (c *cutoverStep) startProbe(ctx context.Context, r *engine.Run, e *cutoverEnv) *unavailability {
@@ -402,6 +418,7 @@ func (c *cutoverStep) startProbe(ctx context.Context, r *engine.Run, e *cutoverE
 			switch {
 			case why != "" && down.IsZero():
 				down = time.Now()
+				u.down = down
 			case why == "" && !down.IsZero():
 				u.window = time.Since(down)
 				return

@@ -21,6 +21,12 @@ import (
 //	[gN/]restart, restarted, healthy, validated
 //	                                the restart into the Key Manager: begun, done, healthy, sample read
 //	[gN/]reported                   what the nodes reported while the cutover waited for health ([]nodesReport)
+//	[gN/]probe-bucket               the bucket the write probe writes in, recorded before it is made (probeBucket)
+//	[gN/][rollback/]lone-restart/SERVER
+//	                                a server that refused writes once another accepted is about to be restarted alone (loneRestart)
+//	[gN/][rollback/]lone-restarted/SERVER
+//	                                its lone restart returned (loneRestart)
+//	[gN/][rollback/]writable        every server accepted a write through its own endpoint (writeProbeResult)
 //	[gN/]rollback/restore           a rollback of the attempt began restoring the nodes
 //	[gN/]rollback/restored/NODE     a node's file has its original content again
 //	[gN/]rollback/restart, rollback/restarted, rollback/healthy, rollback/validated
@@ -132,6 +138,41 @@ func genPrefix(g int) string {
 		return ""
 	}
 	return fmt.Sprintf("g%d/", g)
+}
+
+// The write probe's items (cutover_probe.go), declared as engine items.
+// Their names take the attempt's prefix, and "rollback/" for the probe
+// after the rollback's restart.
+
+// probeBucketItem records, before the bucket is made, which bucket attempt
+// g's write probes write in (and the end of the cutover or its rollback
+// removes).
+func probeBucketItem(g int) engine.Item[probeBucket] {
+	return engine.NewItem[probeBucket](genPrefix(g) + "probe-bucket")
+}
+
+// writableItem records that every server accepted a write after attempt
+// g's restart (back: the rollback's restart onto KES).
+func writableItem(g int, back bool) engine.Item[writeProbeResult] {
+	return engine.NewItem[writeProbeResult](probePrefix(g, back) + "writable")
+}
+
+// loneRestarts holds, by server, the intent to restart it alone: recorded
+// before its restart command runs.
+func loneRestarts(g int, back bool) engine.Family[loneRestart] {
+	return engine.NewFamily[loneRestart](probePrefix(g, back) + "lone-restart/")
+}
+
+// loneRestarted holds, by server, that its lone restart returned.
+func loneRestarted(g int, back bool) engine.Family[loneRestart] {
+	return engine.NewFamily[loneRestart](probePrefix(g, back) + "lone-restarted/")
+}
+
+func probePrefix(g int, back bool) string {
+	if back {
+		return genPrefix(g) + "rollback/"
+	}
+	return genPrefix(g)
 }
 
 // cutoverGen is the number of earlier attempts of this step that were rolled

@@ -191,11 +191,12 @@ func (l *linuxPlatform) PlanChange(r *engine.Run, set map[string]string, p *engi
 	p.Actions = append(p.Actions, fmt.Sprintf("confirm the %d edited files are identical (sha256) before any restart", len(l.files)))
 	p.Sections = append(p.Sections, engine.PlanSection{Title: "Nodes", Body: l.nodeTable().Text()})
 	p.Actions = append(p.Actions, l.restartAction())
+	p.Actions = append(p.Actions, fmt.Sprintf("once healthy, write a probe object through each server's own endpoint into a bucket runbook-write-probe-… that the cutover makes and removes again (the rollback's write check ignores it); a server that still refuses writes %s after another accepted is restarted alone", loneRestartAfter))
 	p.Rollback = "restore every node's backed-up env file, restart the nodes the same way, and confirm AIStor reports KES and objects read again; refused once any object was written or changed after the cutover's restart (KES cannot read what the Key Manager sealed) unless forced"
 	if l.a.RestartMode() == "systemd" {
 		p.Risks = append(p.Risks, "restart = \"systemd\": a full stop and start of the minio unit on every node")
 	}
-	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node at start-up, cmd/bootstrap-peer-server.go): the object store answers nothing until they are back; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. Even once every node answers healthy, a node that started before a peer's drive was ready refuses writes until MinIO's next drive check, up to about 16 s later (cmd/erasure-sets.go monitorAndConnectEndpoints: 15 s; seen in 1 to 3 of every 10 restarts measured, BENCHMARKS.md): plan the change window for clients that retry that long. The apply measures the window (from the first failed health probe to the first healthy answer) and reports it in its log and as the output unavailable_seconds")
+	p.Risks = append(p.Risks, "the nodes restart together (MinIO requires the same environment on every node at start-up, cmd/bootstrap-peer-server.go): the object store answers nothing until they are back; S3 clients with minio-go's default retries ride out about 4 to 8 seconds. Even once every node answers healthy, a node that started before a peer's drive was ready refuses writes until MinIO's next drive check, up to about 16 s later (cmd/erasure-sets.go monitorAndConnectEndpoints: 15 s; seen in 1 to 3 of every 10 restarts measured, BENCHMARKS.md): the apply restarts such a node alone once another accepts writes (its environment then equals its peers', so MinIO's start-up check passes). It measures the window from the first failed probe until every server accepted a write, and reports it in its log and as the output unavailable_seconds")
 	servers := map[string]string{}
 	for i, n := range l.nodes {
 		servers[n.Name] = l.facts[i].server.Endpoint
@@ -417,7 +418,7 @@ func (l *linuxPlatform) Restart(ctx context.Context, r *engine.Run, _ bool) erro
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out, err := l.restartNode(ctx, r, i, n)
+			out, err := l.restartNode(ctx, r, i, n, false)
 			if err != nil {
 				errs[i] = fmt.Errorf("restart %s: %w; last lines of its output:\n%s", n.Name, err, lastLines(out, logTailLines))
 			}
@@ -427,7 +428,41 @@ func (l *linuxPlatform) Restart(ctx context.Context, r *engine.Run, _ bool) erro
 	return errors.Join(errs...)
 }
 
-func (l *linuxPlatform) restartNode(ctx context.Context, r *engine.Run, i int, n *envNode) (string, error) {
+// RestartServer restarts alone the node that serves server (host:port as
+// the object store lists it), as Restart restarts each node, and returns
+// its env file's name (the write probe, cutover_probe.go). A resume has not
+// run Observe: the servers are matched to the files again.
+func (l *linuxPlatform) RestartServer(ctx context.Context, r *engine.Run, server string) (string, error) {
+	find := func() int {
+		for i := range l.nodes {
+			if l.facts[i].server.Endpoint == server {
+				return i
+			}
+		}
+		return -1
+	}
+	i := find()
+	if i < 0 {
+		if err := l.matchServers(ctx, r); err != nil {
+			return "", fmt.Errorf("restart server %s alone: %w", server, err)
+		}
+		if i = find(); i < 0 {
+			return "", fmt.Errorf("restart server %s alone: no env file of the runbook controls it", server)
+		}
+	}
+	n := l.nodes[i]
+	out, err := l.restartNode(ctx, r, i, n, true)
+	if err != nil {
+		return n.Name, fmt.Errorf("restart server %s (%s) alone: %w; last lines of its output:\n%s", server, n.Name, err, lastLines(out, logTailLines))
+	}
+	r.Logf("restarted server %s (%s) alone", server, n.Name)
+	return n.Name, nil
+}
+
+// restartNode restarts node i: with every other node at once, or alone
+// (the restart command learns which from RUNBOOK_RESTART, "every" or
+// "alone").
+func (l *linuxPlatform) restartNode(ctx context.Context, r *engine.Run, i int, n *envNode, alone bool) (string, error) {
 	var (
 		out []byte
 		err error
@@ -436,7 +471,12 @@ func (l *linuxPlatform) restartNode(ctx context.Context, r *engine.Run, i int, n
 	case "systemd":
 		out, err = n.exec(ctx, r, []string{"systemctl", "restart", systemdUnit}, nil)
 	case "command":
-		out, err = (&envNode{Name: n.Name}).exec(ctx, r, l.restartCommand(i), l.nodeEnv(i))
+		env := l.nodeEnv(i)
+		env["RUNBOOK_RESTART"] = "every"
+		if alone {
+			env["RUNBOOK_RESTART"] = "alone"
+		}
+		out, err = (&envNode{Name: n.Name}).exec(ctx, r, l.restartCommand(i), env)
 	default:
 		return "", fmt.Errorf("restart mode %q", l.a.RestartMode())
 	}

@@ -81,7 +81,7 @@ func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv
 	if err := c.restartAndConfirm(ctx, r, e, g, true, &s); err != nil {
 		return fmt.Errorf("after restoring the nodes' environment: %w", err)
 	}
-	return nil
+	return c.removeProbeBucket(ctx, r, e, g)
 }
 
 // neverServed reports whether the evidence says no node served on the Key
@@ -150,7 +150,11 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 	if err != nil {
 		failed = append(failed, fmt.Sprintf("list buckets: %v", err))
 	}
+	probe, _, _ := probeBucketItem(g).Get(r)
 	for _, b := range buckets {
+		if b.Name == probe.Bucket {
+			continue // the write probe's own (cutover_probe.go)
+		}
 		if b.CreationDate.After(since) {
 			found = append(found, b.Name+"/ (bucket created)")
 		} else if d, ok := rs.Buckets[b.Name]; ok {

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/engine/enginetest"
@@ -76,7 +77,18 @@ var itemCases = []itemCase{
 	roundTrip(prerequisitesBackup, "backup", backupRecord{Config: "/c.yaml", Entries: 2, Snapshot: "/s.tar", SnapshotSHA256: "ef56"}),
 	roundTrip(prerequisitesCreationHalted, "creation-halted", keySetSum{Keys: 2, SHA256: "cd34"}),
 	familyRoundTrip(objectsRead, "bucket/dir/object", "object bucket/dir/object", objectRead{Bytes: 1 << 40, SSE: "SSE-KMS"}),
+	// The cutover's write probe (its one set of engine items so far).
+	roundTrip(probeBucketItem(0), "probe-bucket", probeBucket{Bucket: "runbook-write-probe-0a1b2c3d"}),
+	roundTrip(probeBucketItem(2), "g2/probe-bucket", probeBucket{Bucket: "runbook-write-probe-4e5f6071"}),
+	roundTrip(writableItem(0, false), "writable", writeProbeResult{Servers: []string{"h1:9000", "h2:9000"}, FirstFailed: probeAt, AllAccepted: probeAt.Add(3 * time.Second), WindowMS: 3000, LoneRestarts: []string{"h2:9000"}}),
+	roundTrip(writableItem(1, true), "g1/rollback/writable", writeProbeResult{Servers: []string{"h1:9000"}, AllAccepted: probeAt}),
+	familyRoundTrip(loneRestarts(0, false), "h2:9000", "lone-restart/h2:9000", loneRestart{At: probeAt, Why: "Resource requested is unwritable"}),
+	familyRoundTrip(loneRestarted(0, false), "h2:9000", "lone-restarted/h2:9000", loneRestart{At: probeAt, Node: "/etc/default/minio"}),
+	familyRoundTrip(loneRestarts(3, true), "10.0.0.4:9000", "g3/rollback/lone-restart/10.0.0.4:9000", loneRestart{At: probeAt}),
+	familyRoundTrip(loneRestarted(3, true), "10.0.0.4:9000", "g3/rollback/lone-restarted/10.0.0.4:9000", loneRestart{At: probeAt, Node: "ssh://root@h4/etc/default/minio"}),
 }
+
+var probeAt = time.Date(2026, 12, 5, 11, 0, 0, 0, time.UTC)
 
 // itemProbe records every item on its first attempt and fails; on the
 // resumed attempt it reads each back from the journal. Its rollback

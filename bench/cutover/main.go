@@ -5,9 +5,11 @@
 // cutover) then `runbook rollback --force` (the load keeps writing, so the
 // rollback's write check would refuse). It reports per run:
 //
-//   - the window in which the object store answered nothing, as the cutover
-//     itself measures and reports it (its first failed probe of node 1's
-//     /minio/health/cluster to its first healthy answer);
+//   - the window in which writes were refused, as the cutover itself
+//     measures and reports it (from its first failed probe, of node 1's
+//     /minio/health/cluster or of a write through a server's own endpoint,
+//     until every server accepted a write), and how many nodes it restarted
+//     alone because they refused writes while another accepted;
 //   - the same seen from outside, per node, every 100 ms: its
 //     /minio/health/cluster (the longest span without a 200) and a PUT of a
 //     small SSE-S3 object through it with a single attempt (the longest span
@@ -95,9 +97,10 @@ func main() {
 	check(err)
 
 	fmt.Printf("%d nodes, %d clients (one request each every %s: PUT SSE-S3 or SSE-KMS, then GET it back; at most %d requests or %s each run)\n\n", *nodes, *clients, *interval, *maxRequests, *maxRun)
-	fmt.Printf("| run | cutover: unavailable (runbook) | health (probes, worst node) | writes refused (probes, worst node) | rollback: unavailable (runbook) | health (probes) | writes refused (probes) | longest client gap | requests | failed | objects written | unreadable afterwards |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Printf("| run | cutover: window (runbook) | restarted alone | health (probes, worst node) | writes refused (probes, worst node) | rollback: window (runbook) | restarted alone | health (probes) | writes refused (probes) | longest client gap | requests | failed | objects written | unreadable afterwards |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	var upWins, downWins, upHealth, downHealth, upWrites, downWrites []time.Duration
 	failedTotal, requestsTotal := int64(0), int64(0)
+	var upAlone, downAlone, upRunsAlone, downRunsAlone int
 	for run := 1; run <= *runs; run++ {
 		dir := filepath.Join(work, fmt.Sprintf("run%d", run))
 		check(os.MkdirAll(dir, 0o700))
@@ -110,14 +113,21 @@ func main() {
 
 		l := startLoad(c, *clients, *interval, *maxRequests, *maxRun, run)
 		p := startProbes(c, *maxRun)
-		up := runbook(dir, env, *runbookBin, "apply", "cut.hcl")
+		up, upN := runbook(dir, env, *runbookBin, "apply", "cut.hcl")
 		upH, upW := p.mark()
-		down := runbook(dir, env, *runbookBin, "rollback", "-force", "cut.hcl")
+		down, downN := runbook(dir, env, *runbookBin, "rollback", "-force", "cut.hcl")
 		downH, downW := p.mark()
 		p.stop()
 		l.stop()
 		unreadable := l.verify()
-		fmt.Printf("| %d | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %d |\n", run, up, maxOf(upH), maxOf(upW), down, maxOf(downH), maxOf(downW), l.longestGap().Round(10*time.Millisecond), l.requests.Load(), l.failed.Load(), len(l.written), unreadable)
+		fmt.Printf("| %d | %s | %d | %s | %s | %s | %d | %s | %s | %s | %d | %d | %d | %d |\n", run, up, upN, maxOf(upH), maxOf(upW), down, downN, maxOf(downH), maxOf(downW), l.longestGap().Round(10*time.Millisecond), l.requests.Load(), l.failed.Load(), len(l.written), unreadable)
+		upAlone, downAlone = upAlone+upN, downAlone+downN
+		if upN > 0 {
+			upRunsAlone++
+		}
+		if downN > 0 {
+			downRunsAlone++
+		}
 		fmt.Fprintf(os.Stderr, "run %d: per node, cutover: health %v writes %v; rollback: health %v writes %v\n", run, upH, upW, downH, downW)
 		for _, e := range l.errs {
 			fmt.Fprintf(os.Stderr, "run %d: %s\n", run, e)
@@ -130,6 +140,7 @@ func main() {
 	}
 	fmt.Printf("\ncutover window (runbook): median %s, max %s; worst node's health (probes): median %s, max %s; worst node's writes refused (probes): median %s, max %s\n", median(upWins), maxOf(upWins), median(upHealth), maxOf(upHealth), median(upWrites), maxOf(upWrites))
 	fmt.Printf("rollback window (runbook): median %s, max %s; worst node's health (probes): median %s, max %s; worst node's writes refused (probes): median %s, max %s\n", median(downWins), maxOf(downWins), median(downHealth), maxOf(downHealth), median(downWrites), maxOf(downWrites))
+	fmt.Printf("nodes restarted alone: %d in %d of %d cutovers, %d in %d of %d rollbacks\n", upAlone, upRunsAlone, *runs, downAlone, downRunsAlone, *runs)
 	fmt.Printf("failed client requests: %d of %d\n", failedTotal, requestsTotal)
 }
 
@@ -203,11 +214,14 @@ cutover "aistor" {
 }
 `
 
-var windowRE = regexp.MustCompile(`the object store answered nothing for ([0-9.]+[a-zµ]+)`)
+var (
+	windowRE = regexp.MustCompile(`writes were refused for ([0-9.]+[a-zµ]+), from the first failed probe`)
+	aloneRE  = regexp.MustCompile(`still refuses writes through its own endpoint while others accept .*: restarting it alone`)
+)
 
-// runbook runs one runbook command in dir and returns the unavailability
-// window its log reports.
-func runbook(dir string, env []string, bin string, args ...string) time.Duration {
+// runbook runs one runbook command in dir and returns the window its log
+// reports and how many nodes it restarted alone.
+func runbook(dir string, env []string, bin string, args ...string) (time.Duration, int) {
 	cmd := exec.Command(bin, args...)
 	cmd.Dir, cmd.Env = dir, env
 	out, err := cmd.CombinedOutput()
@@ -221,7 +235,7 @@ func runbook(dir string, env []string, bin string, args ...string) time.Duration
 	}
 	d, err := time.ParseDuration(string(m[1]))
 	check(err)
-	return d
+	return d, len(aloneRE.FindAll(out, -1))
 }
 
 // load is the clients' steady traffic.

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,6 +29,7 @@ const interruptAfterEnv = "RUNBOOK_TEST_INTERRUPT_AFTER"
 // interruptAfterEnv, in the runbook command that scripts run (the
 // re-executed test binary; the real binary has no hook).
 func installKillHook() {
+	installRunHook()
 	sig, name := syscall.SIGKILL, killAfterEnv
 	spec := os.Getenv(killAfterEnv)
 	if spec == "" {
@@ -42,7 +44,11 @@ func installKillHook() {
 		os.Exit(2)
 	}
 	var once sync.Once
+	run := engine.AfterCheckpoint
 	engine.AfterCheckpoint = func(s, i string) {
+		if run != nil {
+			run(s, i)
+		}
 		if s != step || i != item {
 			return
 		}
@@ -56,6 +62,40 @@ func installKillHook() {
 		fmt.Fprintf(os.Stderr, "test hook: kill -9 after checkpoint %s %s\n", s, i)
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // the signal is on its way
+	}
+}
+
+// runAfterEnv names a checkpoint ("STEP ITEM") at which the runbook
+// command of the test binary runs the shell command in runEnv, once and
+// to its end, before it goes on: something that happens to the servers at
+// that instant, for example a node's MinIO stopped right after the
+// cutover's health checks passed (cutover_write_probe_lone_restart.txtar).
+const (
+	runAfterEnv = "RUNBOOK_TEST_RUN_AFTER"
+	runEnv      = "RUNBOOK_TEST_RUN"
+)
+
+func installRunHook() {
+	spec, command := os.Getenv(runAfterEnv), os.Getenv(runEnv)
+	if spec == "" {
+		return
+	}
+	step, item, ok := strings.Cut(spec, " ")
+	if !ok || command == "" {
+		fmt.Fprintf(os.Stderr, "%s=%q, %s=%q: write them as \"STEP ITEM\" and a shell command\n", runAfterEnv, spec, runEnv, command)
+		os.Exit(2)
+	}
+	var once sync.Once
+	engine.AfterCheckpoint = func(s, i string) {
+		if s != step || i != item {
+			return
+		}
+		once.Do(func() {
+			cmd := exec.Command("sh", "-c", command)
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			err := cmd.Run()
+			fmt.Fprintf(os.Stderr, "test hook: ran %q after checkpoint %s %s: %v\n", command, s, i, err)
+		})
 	}
 }
 

@@ -1,0 +1,412 @@
+package steps
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+// The write probe. Health is not writability: after a restart of every
+// node at once, a node may refuse writes while /minio/health/cluster
+// already answers 200 (docs/domain.md, "Restarting a cluster"). So a
+// restart counts as done only once every server accepts a write of a small
+// object through its own endpoint, into a bucket the cutover makes for it
+// (probeBucketItem) and removes at its end and in its rollback; the write
+// check before a rollback ignores that bucket. A server that still refuses
+// once another accepts (so the erasure sets have write quorum: the fault is
+// the node's) is restarted alone: its environment now equals its peers', so
+// MinIO's start-up check passes (docs/domain.md, "Restarting a cluster").
+
+// probeBucket is the bucket attempt g's write probes write in.
+type probeBucket struct {
+	Bucket string `json:"bucket"`
+}
+
+// writeProbeResult is what the write probe saw once every server accepted
+// a write. The window runs from the first failed probe (the health probe
+// during the restart, or a write probe) until every server accepted.
+type writeProbeResult struct {
+	Servers      []string  `json:"servers"`
+	FirstFailed  time.Time `json:"first_failed_at,omitzero"`
+	AllAccepted  time.Time `json:"all_accepted_at"`
+	WindowMS     int64     `json:"window_ms"`
+	LoneRestarts []string  `json:"lone_restarts,omitempty"`
+}
+
+// loneRestart is one server restarted alone: the intent (Why: its last
+// refusal) before its restart command runs, then (Node: the env file or
+// name the platform restarted it by) once it returned.
+type loneRestart struct {
+	At   time.Time `json:"at"`
+	Why  string    `json:"why,omitempty"`
+	Node string    `json:"node,omitempty"`
+}
+
+// serverRestarter is a platform that can restart the node of one server
+// alone (linuxPlatform). On the others the probe writes through the
+// object store's endpoint and restarts nothing alone.
+type serverRestarter interface {
+	// RestartServer restarts the node that serves server (host:port as
+	// the object store lists it) and returns its name (its env file).
+	RestartServer(ctx context.Context, r *engine.Run, server string) (string, error)
+}
+
+const (
+	// writeProbeEvery is the pause between two rounds of write probes.
+	writeProbeEvery = 500 * time.Millisecond
+	// writeProbeTimeout bounds one probe's PUT (a node that hangs refuses).
+	writeProbeTimeout = 5 * time.Second
+	// loneRestartAfter is how long a server may refuse writes while another
+	// accepts before it is restarted alone. MinIO itself may take up to
+	// about 16 s to reconnect it (docs/domain.md), while a client with
+	// minio-go's default retries gives up after about 4 s on average
+	// (BENCHMARKS.md, cutover): waiting longer loses requests.
+	loneRestartAfter = 3 * time.Second
+)
+
+// probeTarget is one server the probe writes through.
+type probeTarget struct {
+	server string // host:port as the object store lists it, or the aistor endpoint's
+	s3     *minio.Client
+}
+
+// confirmWrites returns once every server accepts a write through its own
+// endpoint after attempt g's restart (back: the rollback's, onto KES),
+// restarting alone, once each, a server that refuses while another
+// accepts. It records the result (writableItem) and reports the window
+// from the first failed probe until every server accepted. Errors: a
+// server (or every one) still refusing after wait_timeout, named with its
+// last refusal.
+func (c *cutoverStep) confirmWrites(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, back bool) error {
+	done := writableItem(g, back)
+	if done.Done(r) {
+		return nil
+	}
+	deadline := time.Now().Add(e.wait)
+	bucket, err := c.probeBucketName(r, g)
+	if err != nil {
+		return err
+	}
+	targets, err := c.probeTargets(ctx, r, e, deadline)
+	if err != nil {
+		return err
+	}
+	restarter, _ := e.plat.(serverRestarter)
+	var (
+		firstFailed  time.Time
+		refusedSince = map[string]time.Time{} // server → refusing while another accepts, since
+		last         map[string]string
+	)
+	for {
+		last = probeRound(ctx, targets, bucket)
+		now := time.Now()
+		var refused []string
+		for _, t := range targets {
+			if last[t.server] != "" {
+				refused = append(refused, t.server)
+			} else {
+				delete(refusedSince, t.server)
+			}
+		}
+		if len(refused) == 0 {
+			return c.writesAccepted(r, e, g, back, targets, firstFailed, now)
+		}
+		for _, s := range refused {
+			if strings.HasPrefix(last[s], accessDenied) {
+				// No wait or restart changes what the credentials may do.
+				return engine.WithHint(fmt.Errorf("probe writes through server %s: %s", s, last[s]),
+					"the aistor block's access key must be allowed to make, write, list and remove the buckets runbook-write-probe-* (s3:CreateBucket, s3:PutObject, s3:ListBucket, s3:DeleteObject, s3:DeleteBucket): the cutover proves each server writable with them after the restart")
+			}
+		}
+		if firstFailed.IsZero() {
+			firstFailed = now
+		}
+		if len(refused) < len(targets) && restarter != nil {
+			// Another server accepted: the erasure sets have write quorum,
+			// and the refusal is the node's own.
+			for _, s := range refused {
+				if refusedSince[s].IsZero() {
+					refusedSince[s] = now
+				}
+				if now.Sub(refusedSince[s]) < loneRestartAfter || loneRestarted(g, back).Item(s).Done(r) {
+					continue
+				}
+				if err := c.restartAlone(ctx, r, e, restarter, g, back, s, last[s]); err != nil {
+					return err
+				}
+				refusedSince[s] = time.Now()
+				break // one at a time: the others keep the write quorum
+			}
+		}
+		if time.Now().After(deadline) {
+			return c.writesRefused(ctx, r, e, g, back, targets, last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(writeProbeEvery):
+		}
+	}
+}
+
+// probeBucketName is attempt g's probe bucket, named (at random: a bucket
+// of that name is the runbook's own) and recorded before it is made.
+func (c *cutoverStep) probeBucketName(r *engine.Run, g int) (string, error) {
+	it := probeBucketItem(g)
+	if pb, ok, err := it.Get(r); err != nil || ok {
+		return pb.Bucket, err
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	pb := probeBucket{Bucket: "runbook-write-probe-" + hex.EncodeToString(b)}
+	return pb.Bucket, it.Put(r, pb)
+}
+
+// probeTargets lists every server (every pool, as the object store lists
+// them) with an S3 client of its own endpoint; on a platform that cannot
+// restart one node alone, the object store's endpoint alone. It asks
+// until deadline while the object store does not answer.
+func (c *cutoverStep) probeTargets(ctx context.Context, r *engine.Run, e *cutoverEnv, deadline time.Time) ([]probeTarget, error) {
+	u, err := url.Parse(e.a.Endpoint())
+	if err != nil {
+		return nil, fmt.Errorf("parse endpoint: %w", err)
+	}
+	servers := []string{u.Host}
+	if _, ok := e.plat.(serverRestarter); ok {
+		admin, _, err := e.a.Clients(r)
+		if err != nil {
+			return nil, err
+		}
+		for {
+			cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+			info, err := admin.ServerInfo(cctx)
+			cancel()
+			if err == nil {
+				servers = servers[:0]
+				for _, s := range storeServers(info) {
+					servers = append(servers, s.Endpoint)
+				}
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return nil, fmt.Errorf("list the servers to probe their writes (admin server info): %w", err)
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	tlsCfg, err := tlsConfig(r, e.a.cfg.CAFile, e.a.cfg.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	var targets []probeTarget
+	for _, s := range servers {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = tlsCfg
+		// One attempt per probe: the probe itself asks again.
+		s3, err := minio.New(s, &minio.Options{Creds: credentials.NewStaticV4(e.a.cfg.AccessKey, e.a.cfg.SecretKey, ""), Secure: u.Scheme == "https", Transport: tr, MaxRetries: 1})
+		if err != nil {
+			return nil, fmt.Errorf("make S3 client of server %s: %w", s, err)
+		}
+		targets = append(targets, probeTarget{server: s, s3: s3})
+	}
+	return targets, nil
+}
+
+// probeRound writes one probe object through every target at once and
+// returns, by server, why it refused ("" when it accepted). A bucket not
+// there yet is made through the server that found it missing.
+func probeRound(ctx context.Context, targets []probeTarget, bucket string) map[string]string {
+	out := make(map[string]string, len(targets))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, t := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			why := probeWrite(ctx, t, bucket)
+			mu.Lock()
+			out[t.server] = why
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func probeWrite(ctx context.Context, t probeTarget, bucket string) string {
+	cctx, cancel := context.WithTimeout(ctx, writeProbeTimeout)
+	defer cancel()
+	body := fmt.Appendf(nil, "runbook write probe through %s at %s\n", t.server, time.Now().UTC().Format(time.RFC3339Nano))
+	put := func() error {
+		_, err := t.s3.PutObject(cctx, bucket, "probe/"+t.server, bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{})
+		return err
+	}
+	err := put()
+	if err != nil && minio.ToErrorResponse(err).Code == "NoSuchBucket" {
+		if err = t.s3.MakeBucket(cctx, bucket, minio.MakeBucketOptions{}); err == nil || minio.ToErrorResponse(err).Code == "BucketAlreadyOwnedByYou" {
+			err = put()
+		}
+	}
+	if err != nil {
+		if minio.ToErrorResponse(err).Code == "AccessDenied" {
+			return accessDenied + err.Error()
+		}
+		return err.Error()
+	}
+	return ""
+}
+
+// accessDenied marks a probe refused for the credentials, not the node.
+const accessDenied = "access denied: "
+
+// restartAlone restarts server's node alone, recording the intent before
+// and the return after (a resume after a kill in between restarts it again
+// if it still refuses).
+func (c *cutoverStep) restartAlone(ctx context.Context, r *engine.Run, e *cutoverEnv, p serverRestarter, g int, back bool, server, why string) error {
+	r.Logf("server %s still refuses writes through its own endpoint while others accept (%s): restarting it alone", server, why)
+	if err := loneRestarts(g, back).Item(server).Put(r, loneRestart{At: time.Now().UTC(), Why: why}); err != nil {
+		return err
+	}
+	// Bounded as the restart of every node is.
+	rctx, cancel := context.WithTimeout(ctx, e.wait)
+	node, err := p.RestartServer(rctx, r, server)
+	cancel()
+	if err != nil {
+		return err
+	}
+	return loneRestarted(g, back).Item(server).Put(r, loneRestart{At: time.Now().UTC(), Node: node})
+}
+
+// writesAccepted records and reports that every server accepted a write.
+func (c *cutoverStep) writesAccepted(r *engine.Run, e *cutoverEnv, g int, back bool, targets []probeTarget, firstFailed, at time.Time) error {
+	res := writeProbeResult{AllAccepted: at.UTC(), FirstFailed: firstFailed}
+	for _, t := range targets {
+		res.Servers = append(res.Servers, t.server)
+	}
+	// The restart's health probe failed first, usually (its first failure,
+	// recorded with the healthy phase).
+	if h, ok := cutoverCheckpoint[struct {
+		DownAt time.Time `json:"down_at"`
+	}](r, newRestartItem(g, back, phaseHealthy)); ok && !h.DownAt.IsZero() && (res.FirstFailed.IsZero() || h.DownAt.Before(res.FirstFailed)) {
+		res.FirstFailed = h.DownAt
+	}
+	if !res.FirstFailed.IsZero() {
+		res.FirstFailed = res.FirstFailed.UTC()
+		res.WindowMS = at.Sub(res.FirstFailed).Milliseconds()
+	}
+	if lone, err := loneRestarted(g, back).All(r); err == nil {
+		for s := range lone {
+			res.LoneRestarts = append(res.LoneRestarts, s)
+		}
+		slices.Sort(res.LoneRestarts)
+	}
+	if err := writableItem(g, back).Put(r, res); err != nil {
+		return err
+	}
+	window := time.Duration(res.WindowMS) * time.Millisecond
+	alone := "no server restarted alone"
+	if len(res.LoneRestarts) > 0 {
+		alone = "restarted alone: " + strings.Join(res.LoneRestarts, ", ")
+	}
+	r.Logf("every server accepts writes (%d probed through its own endpoint); writes were refused for %s, from the first failed probe until every server accepted one (%s)", len(targets), window.Round(100*time.Millisecond), alone)
+	if !back {
+		r.SetOutput("unavailable_seconds", cty.NumberFloatVal(window.Seconds()))
+	}
+	return nil
+}
+
+// writesRefused is the error once wait_timeout ran out with servers still
+// refusing writes.
+func (c *cutoverStep) writesRefused(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, back bool, targets []probeTarget, last map[string]string) error {
+	var refused, accepted []string
+	for _, t := range targets {
+		why := last[t.server]
+		if why == "" {
+			accepted = append(accepted, t.server)
+			continue
+		}
+		s := fmt.Sprintf("%s (%s", t.server, why)
+		if lr, ok, _ := loneRestarted(g, back).Item(t.server).Get(r); ok {
+			s += fmt.Sprintf("; restarted alone at %s, %s", lr.At.Format(time.RFC3339), lr.Node)
+		}
+		refused = append(refused, s+")")
+	}
+	kms := kmsNameKeyManager
+	if back {
+		kms = kmsNameKES
+	}
+	msg := fmt.Sprintf("after the restart onto %s, %d of %d server(s) refuse writes through their own endpoint %s later: %s", kms, len(refused), len(targets), e.wait, strings.Join(refused, ", "))
+	if len(accepted) > 0 {
+		msg += "; these accept: " + strings.Join(accepted, ", ")
+	}
+	return errors.New(msg + "; the nodes' logs:" + e.plat.Logs(ctx, r))
+}
+
+// removeProbeBucket removes attempt g's probe bucket with the objects the
+// probes wrote, asking again for up to restartGrace while nodes reconnect;
+// nothing recorded, or no such bucket, is nothing to remove.
+func (c *cutoverStep) removeProbeBucket(ctx context.Context, r *engine.Run, e *cutoverEnv, g int) error {
+	pb, ok, err := probeBucketItem(g).Get(r)
+	if err != nil || !ok {
+		return err
+	}
+	_, s3, err := e.a.Clients(r)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(restartGrace)
+	for {
+		var existed bool
+		existed, err = removeBucket(ctx, s3, pb.Bucket)
+		if err == nil {
+			if existed {
+				r.Logf("removed the write probe's bucket %s", pb.Bucket)
+			}
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("remove the write probe's bucket %s: %w", pb.Bucket, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// removeBucket empties and removes bucket; existed is false when there
+// was no such bucket.
+func removeBucket(ctx context.Context, s3 *minio.Client, bucket string) (existed bool, err error) {
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	for obj := range s3.ListObjects(cctx, bucket, minio.ListObjectsOptions{Recursive: true}) {
+		if obj.Err != nil {
+			if minio.ToErrorResponse(obj.Err).Code == "NoSuchBucket" {
+				return false, nil
+			}
+			return true, obj.Err
+		}
+		if err := s3.RemoveObject(cctx, bucket, obj.Key, minio.RemoveObjectOptions{}); err != nil {
+			return true, err
+		}
+	}
+	if err := s3.RemoveBucket(cctx, bucket); err != nil {
+		if minio.ToErrorResponse(err).Code == "NoSuchBucket" {
+			return false, nil
+		}
+		return true, err
+	}
+	return true, nil
+}
