@@ -77,7 +77,19 @@ const (
 	// minio-go's default retries gives up after about 4 s on average
 	// (BENCHMARKS.md, cutover): waiting longer loses requests.
 	loneRestartAfter = 3 * time.Second
+	// loneRestartSettle is how long at least the probe waits for a node
+	// restarted alone: a peer's drive it missed at start-up is tried again
+	// after 0 to 1 s, then every 15 s (docs/domain.md, "Restarting a
+	// cluster").
+	loneRestartSettle = 20 * time.Second
 )
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
 
 // probeTarget is one server the probe writes through.
 type probeTarget struct {
@@ -150,6 +162,9 @@ func (c *cutoverStep) confirmWrites(ctx context.Context, r *engine.Run, e *cutov
 					return err
 				}
 				refusedSince[s] = time.Now()
+				// A node restarted alone may need MinIO's next drive check
+				// to find its peers' drives: give it that much at least.
+				deadline = later(deadline, time.Now().Add(loneRestartSettle))
 				break // one at a time: the others keep the write quorum
 			}
 		}
@@ -350,7 +365,7 @@ func (c *cutoverStep) writesRefused(ctx context.Context, r *engine.Run, e *cutov
 	if back {
 		kms = kmsNameKES
 	}
-	msg := fmt.Sprintf("after the restart onto %s, %d of %d server(s) refuse writes through their own endpoint %s later: %s", kms, len(refused), len(targets), e.wait, strings.Join(refused, ", "))
+	msg := fmt.Sprintf("after the restart onto %s, %d of %d server(s) still refuse writes through their own endpoint after wait_timeout (%s; at least %s after a lone restart): %s", kms, len(refused), len(targets), e.wait, loneRestartSettle, strings.Join(refused, ", "))
 	if len(accepted) > 0 {
 		msg += "; these accept: " + strings.Join(accepted, ", ")
 	}
