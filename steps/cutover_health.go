@@ -250,29 +250,8 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	}
 	var probe *unavailability
 	if restart {
-		if !begun {
-			rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: cmp.Or(e.a.RestartMode(), e.a.Platform())}
-			if !back {
-				rs.IAM, rs.Buckets = c.iamNames(ctx, r, e), c.bucketConfigs(ctx, r, e)
-			}
-			if err := checkpointItem(r, item(phaseRestart), rs); err != nil {
-				return err
-			}
-		} else if !hasItem(r, item(phaseRestarted)) {
-			r.Logf("the restart begun at %s was interrupted: restarting the nodes again", rs.At.Format(time.RFC3339))
-		}
-		probe = c.startProbe(ctx, r, e)
-		// A restart that hangs (systemctl waits for MinIO's start-up)
-		// counts against the same bound as the wait for health.
-		rctx, cancel := context.WithTimeout(ctx, e.wait)
-		err := e.plat.Restart(rctx, r, back)
-		cancel()
-		if err != nil {
-			probe.stop()
-			return err
-		}
-		if err := checkpointItem(r, item(phaseRestarted), map[string]int{"nodes": e.plat.Servers()}); err != nil {
-			probe.stop()
+		var err error
+		if rs, probe, err = c.restartNodes(ctx, r, e, g, back, rs, begun); err != nil {
 			return err
 		}
 	}
@@ -280,37 +259,7 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 		r.SetOutput("restarted_at", cty.StringVal(rs.At.Format(time.RFC3339Nano)))
 	}
 	if !hasItem(r, item(phaseHealthy)) {
-		var seen *nodesReport
-		if !back {
-			seen = &nodesReport{}
-			if old, ok := cutoverCheckpoint[nodesReport](r, reportedItem{Gen: g}); ok {
-				seen.merge(old)
-			}
-		}
-		err := c.waitHealthy(ctx, r, e, want, seen)
-		window := probe.stop()
-		if seen != nil {
-			// Recorded whether the wait succeeded or not: a rollback reads
-			// it as evidence (rollback, checkNoNewWrites).
-			if cerr := checkpointItem(r, reportedItem{Gen: g}, seen); cerr != nil && err == nil {
-				err = cerr
-			}
-		}
-		if err != nil {
-			return err
-		}
-		data := map[string]any{"kms": want}
-		if probe != nil {
-			data["unavailable_ms"] = window.Milliseconds()
-			if at := probe.firstFailure(); !at.IsZero() {
-				data["down_at"] = at.UTC() // where the write probe's window starts
-			}
-			r.Logf("the object store answered nothing for %s (from its first failed probe to its first healthy answer)", window.Round(100*time.Millisecond))
-			if !back {
-				r.SetOutput("unavailable_seconds", cty.NumberFloatVal(window.Seconds()))
-			}
-		}
-		if err := checkpointItem(r, item(phaseHealthy), data); err != nil {
+		if err := c.awaitHealthy(ctx, r, e, g, back, want, probe); err != nil {
 			return err
 		}
 	}
@@ -318,22 +267,102 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	if err := c.confirmWrites(ctx, r, e, g, back); err != nil {
 		return err
 	}
-	if !hasItem(r, item(phaseValidated)) {
-		if err := c.checkIAMAfterRestart(ctx, r, e, g, back); err != nil {
-			return err
+	if hasItem(r, item(phaseValidated)) {
+		return nil
+	}
+	return c.validateRestart(ctx, r, e, g, back, want, s)
+}
+
+// restartNodes records the restart's intent (first time: when it began,
+// the store's clock, and into the Key Manager the IAM entries and bucket
+// configurations it must keep), starts the unavailability probe and
+// restarts every node, bounded by wait_timeout; the probe runs on until
+// awaitHealthy stops it.
+func (c *cutoverStep) restartNodes(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, back bool, rs cutoverRestart, begun bool) (cutoverRestart, *unavailability, error) {
+	item := func(p restartPhase) restartItem { return newRestartItem(g, back, p) }
+	if !begun {
+		rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: cmp.Or(e.a.RestartMode(), e.a.Platform())}
+		if !back {
+			rs.IAM, rs.Buckets = c.iamNames(ctx, r, e), c.bucketConfigs(ctx, r, e)
 		}
-		n, err := c.validate(ctx, r, e, s)
-		if err != nil {
-			return err
+		if err := checkpointItem(r, item(phaseRestart), rs); err != nil {
+			return rs, nil, err
 		}
-		if err := checkpointItem(r, item(phaseValidated), map[string]int{"objects": n}); err != nil {
-			return err
+	} else if !hasItem(r, item(phaseRestarted)) {
+		r.Logf("the restart begun at %s was interrupted: restarting the nodes again", rs.At.Format(time.RFC3339))
+	}
+	probe := c.startProbe(ctx, r, e)
+	// A restart that hangs (systemctl waits for MinIO's start-up)
+	// counts against the same bound as the wait for health.
+	rctx, cancel := context.WithTimeout(ctx, e.wait)
+	err := e.plat.Restart(rctx, r, back)
+	cancel()
+	if err == nil {
+		err = checkpointItem(r, item(phaseRestarted), map[string]int{"nodes": e.plat.Servers()})
+	}
+	if err != nil {
+		probe.stop()
+		return rs, nil, err
+	}
+	return rs, probe, nil
+}
+
+// awaitHealthy waits until every node is healthy on want, records what the
+// nodes reported on the way into the Key Manager (the rollback's evidence,
+// whether the wait succeeded or not) and the window probe measured (nil:
+// this run did not restart).
+func (c *cutoverStep) awaitHealthy(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, back bool, want string, probe *unavailability) error {
+	var seen *nodesReport
+	if !back {
+		seen = &nodesReport{}
+		if old, ok := cutoverCheckpoint[nodesReport](r, reportedItem{Gen: g}); ok {
+			seen.merge(old)
 		}
-		if back {
-			r.Logf("AIStor reports %s again; %d object(s) read back", want, n)
-		} else {
-			r.Logf("AIStor reports %s; %d object(s) read back", want, n)
+	}
+	err := c.waitHealthy(ctx, r, e, want, seen)
+	window := probe.stop()
+	if seen != nil {
+		// Recorded whether the wait succeeded or not: a rollback reads
+		// it as evidence (rollback, checkNoNewWrites).
+		if cerr := checkpointItem(r, reportedItem{Gen: g}, seen); cerr != nil && err == nil {
+			err = cerr
 		}
+	}
+	if err != nil {
+		return err
+	}
+	data := map[string]any{"kms": want}
+	if probe != nil {
+		data["unavailable_ms"] = window.Milliseconds()
+		if at := probe.firstFailure(); !at.IsZero() {
+			data["down_at"] = at.UTC() // where the write probe's window starts
+		}
+		r.Logf("the object store answered nothing for %s (from its first failed probe to its first healthy answer)", window.Round(100*time.Millisecond))
+		if !back {
+			r.SetOutput("unavailable_seconds", cty.NumberFloatVal(window.Seconds()))
+		}
+	}
+	return checkpointItem(r, newRestartItem(g, back, phaseHealthy), data)
+}
+
+// validateRestart checks what the restart must have kept (IAM and bucket
+// configurations) and reads the object sample back byte for byte, then
+// records the attempt's restart as validated.
+func (c *cutoverStep) validateRestart(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, back bool, want string, s *cutoverSample) error {
+	if err := c.checkIAMAfterRestart(ctx, r, e, g, back); err != nil {
+		return err
+	}
+	n, err := c.validate(ctx, r, e, s)
+	if err != nil {
+		return err
+	}
+	if err := checkpointItem(r, newRestartItem(g, back, phaseValidated), map[string]int{"objects": n}); err != nil {
+		return err
+	}
+	if back {
+		r.Logf("AIStor reports %s again; %d object(s) read back", want, n)
+	} else {
+		r.Logf("AIStor reports %s; %d object(s) read back", want, n)
 	}
 	return nil
 }
