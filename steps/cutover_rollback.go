@@ -145,48 +145,9 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 		margin = writeCheckMargin
 	}
 	since = since.Add(-margin)
-	var found, failed, reported []string
-	buckets, err := s3.ListBuckets(ctx)
-	if err != nil {
-		failed = append(failed, fmt.Sprintf("list buckets: %v", err))
-	}
 	probe, _, _ := probeBucketItem(g).Get(r)
-	for _, b := range buckets {
-		if b.Name == probe.Bucket {
-			continue // the write probe's own (cutover_probe.go)
-		}
-		if b.CreationDate.After(since) {
-			found = append(found, b.Name+"/ (bucket created)")
-		} else if d, ok := rs.Buckets[b.Name]; ok {
-			if now, err := bucketConfigDigest(ctx, s3, admin, b.Name); err != nil {
-				reported = append(reported, err.Error())
-			} else if now != d {
-				found = append(found, b.Name+"/ (bucket configuration changed)")
-			}
-		}
-		lctx, cancel := context.WithCancel(ctx)
-		for obj := range s3.ListObjects(lctx, b.Name, minio.ListObjectsOptions{Recursive: true, WithVersions: true}) {
-			if obj.Err != nil {
-				failed = append(failed, fmt.Sprintf("list objects of %s: %v", b.Name, obj.Err))
-				break
-			}
-			if obj.LastModified.After(since) {
-				found = append(found, b.Name+"/"+obj.Key)
-			}
-		}
-		cancel()
-	}
-	iamFound, iamReported := iamWrites(ctx, admin, rs, since)
-	found, reported = append(found, iamFound...), append(reported, iamReported...)
-	if hist, err := admin.ListConfigHistoryKV(ctx, 10); err != nil {
-		failed = append(failed, fmt.Sprintf("list config history: %v", err))
-	} else {
-		for _, h := range hist {
-			if h.CreateTime.After(since) {
-				found = append(found, "config change "+h.RestoreID)
-			}
-		}
-	}
+	w := writesSince(ctx, admin, s3, rs, since, probe.Bucket)
+	found, failed, reported := w.found, w.failed, w.reported
 	when := fmt.Sprintf("%s (%s)", since.Add(margin).Format(time.RFC3339Nano), clock)
 	if margin > 0 {
 		when = fmt.Sprintf("%s (%s, less %s for the clocks of %d hosts)", since.Add(margin).Format(time.RFC3339Nano), clock, margin, e.plat.Hosts())
@@ -224,6 +185,67 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 		return nil
 	}
 	return engine.Refusef("%s. Rolling back would make those unreadable: copy the objects off (and write them again after the rollback), note the IAM and config changes, or force it with runbook rollback --force", msg)
+}
+
+// storeWrites is what changed in an object store since a time.
+type storeWrites struct {
+	found    []string // objects, buckets, bucket configurations, IAM entries and config changes written since
+	failed   []string // listings that failed: nothing can be said of what they cover
+	reported []string // entries that vanished or do not read: reported, never counted as writes
+}
+
+// writesSince lists what the object store holds that changed after since:
+// every bucket (but skip, the write probe's own) and its objects with
+// their versions, the bucket configurations recorded in rs, the IAM
+// entries and the config history.
+func writesSince(ctx context.Context, admin *madmin.AdminClient, s3 *minio.Client, rs cutoverRestart, since time.Time, skip string) storeWrites {
+	var w storeWrites
+	buckets, err := s3.ListBuckets(ctx)
+	if err != nil {
+		w.failed = append(w.failed, fmt.Sprintf("list buckets: %v", err))
+	}
+	for _, b := range buckets {
+		if b.Name == skip {
+			continue // the write probe's own (cutover_probe.go)
+		}
+		if b.CreationDate.After(since) {
+			w.found = append(w.found, b.Name+"/ (bucket created)")
+		} else if d, ok := rs.Buckets[b.Name]; ok {
+			if now, err := bucketConfigDigest(ctx, s3, admin, b.Name); err != nil {
+				w.reported = append(w.reported, err.Error())
+			} else if now != d {
+				w.found = append(w.found, b.Name+"/ (bucket configuration changed)")
+			}
+		}
+		w.objectsSince(ctx, s3, b.Name, since)
+	}
+	iamFound, iamReported := iamWrites(ctx, admin, rs, since)
+	w.found, w.reported = append(w.found, iamFound...), append(w.reported, iamReported...)
+	if hist, err := admin.ListConfigHistoryKV(ctx, 10); err != nil {
+		w.failed = append(w.failed, fmt.Sprintf("list config history: %v", err))
+	} else {
+		for _, h := range hist {
+			if h.CreateTime.After(since) {
+				w.found = append(w.found, "config change "+h.RestoreID)
+			}
+		}
+	}
+	return w
+}
+
+// objectsSince adds bucket's objects (every version) modified after since.
+func (w *storeWrites) objectsSince(ctx context.Context, s3 *minio.Client, bucket string, since time.Time) {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for obj := range s3.ListObjects(lctx, bucket, minio.ListObjectsOptions{Recursive: true, WithVersions: true}) {
+		if obj.Err != nil {
+			w.failed = append(w.failed, fmt.Sprintf("list objects of %s: %v", bucket, obj.Err))
+			return
+		}
+		if obj.LastModified.After(since) {
+			w.found = append(w.found, bucket+"/"+obj.Key)
+		}
+	}
 }
 
 // bucketConfigs digests each bucket's configuration as the S3 and admin
