@@ -52,7 +52,7 @@ import (
 //	    credentials, BUCKET's replication target (madmin SetRemoteTarget:
 //	    MinIO seals those credentials with its default key).
 func init() {
-	moreScriptCmds["minio-cluster"] = testenv.ShortSkips("MinIO", testenv.CmdMinIOCluster)
+	moreScriptCmds["minio-cluster"] = testenv.ShortSkips("a real MinIO server", testenv.CmdMinIOCluster)
 	moreScriptCmds["objects-snapshot"] = cmdObjectsSnapshot
 	moreScriptCmds["kms-status"] = cmdKMSStatus
 	moreScriptCmds["nosecretfile"] = cmdNoSecretFile

@@ -78,7 +78,7 @@ type KES struct {
 // the test ends. It fails the test if the server cannot start.
 func StartKES(t TB, opts KESOptions) *KES {
 	t.Helper()
-	skipShort(t, "KES")
+	skipShort(t, "a real KES server")
 	k, err := startKES(t, opts)
 	if err != nil {
 		t.Fatalf("testenv: StartKES: %v", err)

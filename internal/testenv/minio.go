@@ -67,7 +67,7 @@ type MinIO struct {
 // StartMinIO starts a real MinIO server and stops it when the test ends.
 func StartMinIO(t TB, opts MinIOOptions) *MinIO {
 	t.Helper()
-	skipShort(t, "MinIO")
+	skipShort(t, "a real MinIO server")
 	m, err := startMinIO(t, opts)
 	if err != nil {
 		t.Fatalf("testenv: StartMinIO: %v", err)
@@ -80,7 +80,7 @@ func StartMinIO(t TB, opts MinIOOptions) *MinIO {
 // _CAPATH pointing at k.
 func StartMinIOWithKES(t TB, k *KES, keyName string) *MinIO {
 	t.Helper()
-	skipShort(t, "MinIO")
+	skipShort(t, "a real MinIO server")
 	m, err := startMinIOWithKES(t, k, keyName)
 	if err != nil {
 		t.Fatalf("testenv: StartMinIOWithKES: %v", err)

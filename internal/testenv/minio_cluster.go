@@ -85,7 +85,7 @@ type MinIONode struct {
 // StartMinIOCluster starts a distributed MinIO and stops it at test end.
 func StartMinIOCluster(t TB, opts MinIOClusterOptions) *MinIOCluster {
 	t.Helper()
-	skipShort(t, "MinIO")
+	skipShort(t, "a real MinIO server")
 	c, err := startMinIOCluster(t, opts)
 	if err != nil {
 		t.Fatalf("testenv: StartMinIOCluster: %v", err)

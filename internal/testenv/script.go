@@ -89,31 +89,32 @@ import (
 // its script, naming the server.
 func Cmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
 	return map[string]func(ts *testscript.TestScript, neg bool, args []string){
-		"k8s-minio":      ShortSkips("Kubernetes control plane", cmdK8sMinIO),
-		"test-host":      ShortSkips("network namespace (test host)", cmdTestHost),
-		"kes-server":     ShortSkips("KES", cmdKESServer),
+		"k8s-minio":      ShortSkips("a real Kubernetes control plane", cmdK8sMinIO),
+		"test-host":      ShortSkips("a network namespace (test host)", cmdTestHost),
+		"kes-server":     ShortSkips("a real KES server", cmdKESServer),
 		"key-manager":    cmdKeyManager,
-		"minio-server":   ShortSkips("MinIO", cmdMinIOServer),
+		"minio-server":   ShortSkips("a real MinIO server", cmdMinIOServer),
 		"minio-restart":  cmdMinIORestart,
-		"sshd-server":    ShortSkips("sshd", CmdSSHDServer),
-		"vault-server":   ShortSkips("Vault", cmdVaultServer),
+		"sshd-server":    ShortSkips("a real sshd", CmdSSHDServer),
+		"vault-server":   ShortSkips("a real Vault server", cmdVaultServer),
 		"tcp-proxy":      cmdTCPProxy,
 		"tcp-proxy-stop": cmdTCPProxyStop,
 	}
 }
 
 // ShortSkips wraps a script command that starts a real server: under go
-// test -short it skips the script, naming the server, as skipShort does for
-// a Go test. (The emulator is ours and fast: it is not skipped.) The
-// script's Params.Setup must call ScriptSetup.
-func ShortSkips(server string, cmd func(ts *testscript.TestScript, neg bool, args []string)) func(ts *testscript.TestScript, neg bool, args []string) {
+// test -short it skips the script, naming what it needs (what: "a real KES
+// server"), as skipShort does for a Go test. (The emulator is ours and
+// fast: it is not skipped.) The script's Params.Setup must call
+// ScriptSetup.
+func ShortSkips(what string, cmd func(ts *testscript.TestScript, neg bool, args []string)) func(ts *testscript.TestScript, neg bool, args []string) {
 	return func(ts *testscript.TestScript, neg bool, args []string) {
 		if testing.Short() {
 			t, ok := ts.Value(scriptT{}).(testscript.T)
 			if !ok {
 				ts.Fatalf("testenv: the script's Setup does not call testenv.ScriptSetup")
 			}
-			t.Skip("needs a real " + server + " server: go test -short skips it (CI runs it)")
+			t.Skip("needs " + what + " (the first real part this script starts): go test -short skips it (CI runs it)")
 		}
 		cmd(ts, neg, args)
 	}

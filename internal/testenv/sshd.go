@@ -51,7 +51,7 @@ const sshdPath = "/usr/sbin/sshd"
 // StartSSHD starts sshd and stops it when the test ends.
 func StartSSHD(t TB, opts SSHDOptions) *SSHD {
 	t.Helper()
-	skipShort(t, "sshd")
+	skipShort(t, "a real sshd")
 	s, err := startSSHD(t, opts)
 	if err != nil {
 		t.Fatalf("testenv: StartSSHD: %v", err)

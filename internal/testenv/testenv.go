@@ -44,13 +44,13 @@ type TB interface {
 	TempDir() string
 }
 
-// skipShort skips a Go test under go test -short, naming the real server
-// it needs: -short is the fast tier, which runs only what needs none (CI
+// skipShort skips a Go test under go test -short, naming what it needs
+// (what: "a real KES server"): -short is the fast tier, which runs only what needs none (CI
 // never passes it). Scripts' server commands skip the same way (ShortSkips).
-func skipShort(t TB, server string) {
+func skipShort(t TB, what string) {
 	if st, ok := t.(testing.TB); ok && testing.Short() {
 		st.Helper()
-		st.Skipf("needs a real %s server: go test -short skips it (CI runs it)", server)
+		st.Skipf("needs %s: go test -short skips it (CI runs it)", what)
 	}
 }
 

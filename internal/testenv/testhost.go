@@ -39,7 +39,7 @@ var testHostSeq atomic.Int32
 // StartTestHost creates a test host and removes it when the test ends.
 func StartTestHost(t TB) *TestHost {
 	t.Helper()
-	skipShort(t, "network namespace (test host)")
+	skipShort(t, "a network namespace (test host)")
 	h, err := startTestHost(t)
 	if err != nil {
 		t.Fatalf("testenv: StartTestHost: %v", err)

@@ -54,7 +54,7 @@ type VaultOptions struct {
 // fails the test if the server cannot start or be set up.
 func StartVault(t TB, opts VaultOptions) *Vault {
 	t.Helper()
-	skipShort(t, "Vault")
+	skipShort(t, "a real Vault server")
 	v, err := startVault(t, opts)
 	if err != nil {
 		t.Fatalf("testenv: StartVault: %v", err)
