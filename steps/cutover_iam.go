@@ -246,98 +246,105 @@ func (l iamListing) has(name string) bool { return l.names[name] }
 // out of time, the others are not asked. What could not be read is
 // returned as failures, the rest is listed.
 func listIAM(ctx context.Context, admin *madmin.AdminClient, times bool) iamListing {
-	l := iamListing{unlisted: map[string]bool{}}
-	stalled := ""
-	ask := func(kind string, list func(context.Context) error) {
-		if stalled != "" && kind != "policy" {
-			l.unlisted[kind] = true
-			return
-		}
-		lctx, cancel := context.WithTimeout(ctx, checkTimeout)
-		defer cancel()
-		start := time.Now()
-		err := list(lctx)
-		switch {
-		case err == nil:
-		case errors.Is(lctx.Err(), context.DeadlineExceeded) && kind != "policy":
-			stalled = kind
-			l.unlisted[kind] = true
-			l.failed = append(l.failed, fmt.Sprintf("MinIO answered no list of IAM %s in %s: its IAM has not loaded", iamPlural[kind], time.Since(start).Round(time.Second)))
-		default:
-			l.unlisted[kind] = true
-			l.failed = append(l.failed, fmt.Sprintf("list IAM %s: %v", iamPlural[kind], err))
-		}
-	}
-	// Each description gets its own time: there may be thousands.
-	describe := func(f func(context.Context) error) error {
-		dctx, cancel := context.WithTimeout(ctx, checkTimeout)
-		defer cancel()
-		return f(dctx)
-	}
-	ask("user", func(lctx context.Context) error {
+	il := &iamLister{ctx: ctx, l: iamListing{unlisted: map[string]bool{}}}
+	il.ask("user", func(lctx context.Context) error {
 		users, err := admin.ListUsers(lctx)
 		for name, u := range users {
-			l.entries = append(l.entries, iamEntry{"user", name, u.UpdatedAt})
+			il.l.entries = append(il.l.entries, iamEntry{"user", name, u.UpdatedAt})
 		}
 		return err
 	})
-	ask("group", func(lctx context.Context) error {
+	il.ask("group", func(lctx context.Context) error {
 		groups, err := admin.ListGroups(lctx)
 		for _, name := range groups {
-			en := iamEntry{kind: "group", name: name}
-			if times {
-				err := describe(func(ctx context.Context) error {
-					d, err := admin.GetGroupDescription(ctx, name)
-					if err == nil {
-						en.updated = d.UpdatedAt
-					}
-					return err
-				})
+			il.add("group", name, times, func(ctx context.Context) (time.Time, error) {
+				d, err := admin.GetGroupDescription(ctx, name)
 				if err != nil {
-					l.failed = append(l.failed, fmt.Sprintf("describe IAM group %s: %v", name, err))
-					continue
+					return time.Time{}, err
 				}
-			}
-			l.entries = append(l.entries, en)
+				return d.UpdatedAt, nil
+			})
 		}
 		return err
 	})
-	ask("policy", func(lctx context.Context) error {
+	il.ask("policy", func(lctx context.Context) error {
 		policies, err := admin.ListCannedPolicies(lctx)
 		for name := range policies {
-			en := iamEntry{kind: "policy", name: name}
-			if times {
-				err := describe(func(ctx context.Context) error {
-					info, err := admin.InfoCannedPolicyV2(ctx, name)
-					if err == nil {
-						en.updated = info.UpdateDate
-					}
-					return err
-				})
+			il.add("policy", name, times, func(ctx context.Context) (time.Time, error) {
+				info, err := admin.InfoCannedPolicyV2(ctx, name)
 				if err != nil {
-					l.failed = append(l.failed, fmt.Sprintf("describe IAM policy %s: %v", name, err))
-					continue
+					return time.Time{}, err
 				}
-			}
-			l.entries = append(l.entries, en)
+				return info.UpdateDate, nil
+			})
 		}
 		return err
 	})
 	// An access key is an identifier, not a secret.
-	ask("service-account", func(lctx context.Context) error {
+	il.ask("service-account", func(lctx context.Context) error {
 		resp, err := admin.ListAccessKeysBulk(lctx, nil, madmin.ListAccessKeysOpts{ListType: madmin.AccessKeyListSvcaccOnly, All: true})
 		for _, keys := range resp {
 			for _, a := range keys.ServiceAccounts {
-				l.entries = append(l.entries, iamEntry{kind: "service-account", name: a.AccessKey})
+				il.l.entries = append(il.l.entries, iamEntry{kind: "service-account", name: a.AccessKey})
 			}
 		}
 		return err
 	})
-	l.names = map[string]bool{}
-	for _, en := range l.entries {
-		l.names[en.kind+" "+en.name] = true
+	il.l.names = map[string]bool{}
+	for _, en := range il.l.entries {
+		il.l.names[en.kind+" "+en.name] = true
 	}
-	return l
+	return il.l
+}
+
+// iamLister gathers an iamListing one kind after another. Once the list
+// of users, groups or service accounts runs out of time (MinIO's IAM has
+// not loaded, so none of those will answer) the later ones are skipped;
+// policies list without IAM loaded.
+type iamLister struct {
+	ctx     context.Context
+	l       iamListing
+	stalled string // the kind whose list ran out of time
+}
+
+// ask runs list, bounded by checkTimeout, and records how it failed.
+func (il *iamLister) ask(kind string, list func(context.Context) error) {
+	if il.stalled != "" && kind != "policy" {
+		il.l.unlisted[kind] = true
+		return
+	}
+	lctx, cancel := context.WithTimeout(il.ctx, checkTimeout)
+	defer cancel()
+	start := time.Now()
+	err := list(lctx)
+	switch {
+	case err == nil:
+	case errors.Is(lctx.Err(), context.DeadlineExceeded) && kind != "policy":
+		il.stalled = kind
+		il.l.unlisted[kind] = true
+		il.l.failed = append(il.l.failed, fmt.Sprintf("MinIO answered no list of IAM %s in %s: its IAM has not loaded", iamPlural[kind], time.Since(start).Round(time.Second)))
+	default:
+		il.l.unlisted[kind] = true
+		il.l.failed = append(il.l.failed, fmt.Sprintf("list IAM %s: %v", iamPlural[kind], err))
+	}
+}
+
+// add records the entry kind name; with times, with its last change as
+// describe reads it, bounded by checkTimeout on its own (there may be
+// thousands). An entry that does not describe is a failure, not an entry.
+func (il *iamLister) add(kind, name string, times bool, describe func(context.Context) (time.Time, error)) {
+	en := iamEntry{kind: kind, name: name}
+	if times {
+		dctx, cancel := context.WithTimeout(il.ctx, checkTimeout)
+		updated, err := describe(dctx)
+		cancel()
+		if err != nil {
+			il.l.failed = append(il.l.failed, fmt.Sprintf("describe IAM %s %s: %v", kind, name, err))
+			return
+		}
+		en.updated = updated
+	}
+	il.l.entries = append(il.l.entries, en)
 }
 
 var iamPlural = map[string]string{"user": "users", "group": "groups", "policy": "policies", "service-account": "service accounts"}
