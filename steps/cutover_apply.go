@@ -140,6 +140,10 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 	if err := c.checkEnclaveHolds(ctx, r, e, facts.sseKey); err != nil {
 		return nil, kmsSettings{}, err
 	}
+	// The plan showed a risk where it cannot judge; a refusal stands.
+	if _, err := c.checkProbeAccess(ctx, r, e); err != nil {
+		return nil, kmsSettings{}, err
+	}
 	s, ok := cutoverCheckpoint[cutoverSample](r, sampleItem{})
 	if !ok {
 		chosen, err := c.chooseSample(ctx, r, e)

@@ -56,6 +56,13 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		return nil, err
 	}
 	p.Observed = append(p.Observed, held)
+	risk, err := c.checkProbeAccess(ctx, r, e)
+	if err != nil {
+		return nil, err
+	}
+	if risk != "" {
+		p.Risks = append(p.Risks, risk)
+	}
 	sample, err := c.chooseSample(ctx, r, e)
 	if err != nil {
 		return nil, err

@@ -141,6 +141,11 @@ func cmdMinIOAdmin(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Check(err)
 	case len(args) == 2 && args[0] == "add-policy":
 		ts.Check(scriptAdmin(ts).AddCannedPolicy(ctx, args[1], []byte(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:GetObject"],"Resource":["arn:aws:s3:::data/*"]}]}`)))
+	case len(args) == 3 && args[0] == "add-policy":
+		ts.Check(scriptAdmin(ts).AddCannedPolicy(ctx, args[1], []byte(ts.ReadFile(args[2]))))
+	case len(args) == 3 && args[0] == "attach-policy":
+		_, err := scriptAdmin(ts).AttachPolicy(ctx, madmin.PolicyAssociationReq{Policies: []string{args[1]}, User: args[2]})
+		ts.Check(err)
 	case len(args) == 1 && args[0] == "list-iam":
 		adm := scriptAdmin(ts)
 		users, err := adm.ListUsers(ctx)
@@ -175,6 +180,10 @@ func cmdMinIOAdmin(ts *testscript.TestScript, neg bool, args []string) {
 	case len(args) == 2 && args[0] == "add-service-account":
 		_, err := scriptAdmin(ts).AddServiceAccount(ctx, madmin.AddServiceAccountReq{TargetUser: args[1]})
 		ts.Check(err)
+	case len(args) == 5 && args[0] == "add-service-account":
+		// USER ACCESS SECRET POLICYFILE: a service account narrowed by a policy of its own
+		_, err := scriptAdmin(ts).AddServiceAccount(ctx, madmin.AddServiceAccountReq{TargetUser: args[1], AccessKey: args[2], SecretKey: args[3], Policy: []byte(ts.ReadFile(args[4]))})
+		ts.Check(err)
 	case len(args) == 3 && args[0] == "set-quota":
 		size, err := strconv.ParseUint(args[2], 10, 64)
 		ts.Check(err)
@@ -201,7 +210,7 @@ func cmdMinIOAdmin(ts *testscript.TestScript, neg bool, args []string) {
 			fmt.Fprintf(ts.Stdout(), "%s -> %s\n", t.SourceBucket, t.TargetBucket)
 		}
 	default:
-		ts.Fatalf("usage: minio-admin add-user NAME SECRET | set-config KV | add-policy NAME | add-group NAME USER... | add-service-account USER | set-quota BUCKET BYTES | set-remote-target BUCKET TARGET | list-iam | list-remote-targets BUCKET")
+		ts.Fatalf("usage: minio-admin add-user NAME SECRET | set-config KV | add-policy NAME [FILE] | attach-policy POLICY USER | add-group NAME USER... | add-service-account USER [ACCESS SECRET POLICYFILE] | set-quota BUCKET BYTES | set-remote-target BUCKET TARGET | list-iam | list-remote-targets BUCKET")
 	}
 }
 
