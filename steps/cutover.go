@@ -235,7 +235,7 @@ func refuseRestartMode(a *aistorConnection) error {
 
 // kmsSettings is the Key Manager configuration every node gets, less the
 // API key: what the cutover checkpoints before an attempt's first change
-// (kmsSettingsItem), so that a resume writes exactly the same environment.
+// (settingsItem), so that a resume writes exactly the same environment.
 type kmsSettings struct {
 	Server  string `json:"server"`
 	Enclave string `json:"enclave"`

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/zclconf/go-cty/cty"
@@ -69,7 +70,7 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 		if err := c.rollback(ctx, r, e, g); err != nil {
 			return fmt.Errorf("finish the rollback of attempt %d: %w", g+1, err)
 		}
-		if err := checkpointItem(r, rolledBackItem{Attempt: g + 1}, map[string]string{"at": time.Now().UTC().Format(time.RFC3339)}); err != nil {
+		if err := rolledBack.Item(strconv.Itoa(g+1)).Put(r, markNow()); err != nil {
 			return err
 		}
 		g++
@@ -103,7 +104,7 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 	if rbErr := c.rollback(ctx, r, e, g); rbErr != nil {
 		return fmt.Errorf("%w; the automatic rollback failed too: %v; the journal records how far it came: runbook rollback finishes it, runbook resume finishes it and tries the cutover again", err, rbErr)
 	}
-	if err := checkpointItem(r, rolledBackItem{Attempt: g + 1}, map[string]string{"at": time.Now().UTC().Format(time.RFC3339)}); err != nil {
+	if err := rolledBack.Item(strconv.Itoa(g+1)).Put(r, markNow()); err != nil {
 		return err
 	}
 	return fmt.Errorf("%w; rolled back automatically: every node has its original environment again and AIStor reads the sample through KES", err)
@@ -117,8 +118,17 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 // begun (a resume), both come from the journal and nothing is checked
 // again: the nodes may already run on the Key Manager.
 func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEnv, g int) (*cutoverSample, kmsSettings, error) {
-	if settings, begun := cutoverCheckpoint[kmsSettings](r, settingsItem{Gen: g}); begun {
-		s, _ := cutoverCheckpoint[cutoverSample](r, sampleItem{})
+	// A recorded item that does not decode is an error here and below: read
+	// as absent, it would begin the attempt again on nodes already changed.
+	settings, begun, err := settingsItem(g).Get(r)
+	if err != nil {
+		return nil, kmsSettings{}, err
+	}
+	if begun {
+		s, _, err := sampleItem.Get(r)
+		if err != nil {
+			return nil, kmsSettings{}, err
+		}
 		return &s, settings, nil
 	}
 	if err := c.refuseOnKeyManager(ctx, r, e, nil); err != nil {
@@ -144,7 +154,10 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 	if _, err := c.checkProbeAccess(ctx, r, e); err != nil {
 		return nil, kmsSettings{}, err
 	}
-	s, ok := cutoverCheckpoint[cutoverSample](r, sampleItem{})
+	s, ok, err := sampleItem.Get(r)
+	if err != nil {
+		return nil, kmsSettings{}, err
+	}
 	if !ok {
 		chosen, err := c.chooseSample(ctx, r, e)
 		if err != nil {
@@ -153,14 +166,14 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 		if err := c.proveSample(ctx, r, e, chosen, facts.sseKey); err != nil {
 			return nil, kmsSettings{}, err
 		}
-		if err := checkpointItem(r, sampleItem{}, chosen); err != nil {
+		if err := sampleItem.Put(r, *chosen); err != nil {
 			return nil, kmsSettings{}, err
 		}
 		r.Logf("%s", chosen.summary())
 		s = *chosen
 	}
-	settings := e.settings(facts.sseKey)
-	if err := checkpointItem(r, settingsItem{Gen: g}, settings); err != nil {
+	settings = e.settings(facts.sseKey)
+	if err := settingsItem(g).Put(r, settings); err != nil {
 		return nil, kmsSettings{}, err
 	}
 	return &s, settings, nil

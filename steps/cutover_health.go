@@ -234,10 +234,15 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	if back {
 		want = kmsNameKES
 	}
-	item := func(p restartPhase) restartItem { return newRestartItem(g, back, p) }
-	rs, begun := cutoverCheckpoint[cutoverRestart](r, item(phaseRestart))
-	restart := !hasItem(r, item(phaseRestarted))
-	if !restart && !hasItem(r, item(phaseHealthy)) {
+	it := restartItemsOf(g, back)
+	// A recorded restart that does not decode is an error: read as
+	// absent, its time and what it recorded before the restart are lost.
+	rs, begun, err := it.restart.Get(r)
+	if err != nil {
+		return err
+	}
+	restart := !it.restarted.Done(r)
+	if !restart && !it.healthy.Done(r) {
 		// An earlier run restarted the nodes and stopped before they were
 		// healthy (it failed, or was killed while waiting). If they become
 		// healthy, go on; if they are down or stay unhealthy, that is cause
@@ -250,7 +255,6 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	}
 	var probe *unavailability
 	if restart {
-		var err error
 		if rs, probe, err = c.restartNodes(ctx, r, e, g, back, rs, begun); err != nil {
 			return err
 		}
@@ -258,7 +262,7 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	if !back {
 		r.SetOutput("restarted_at", cty.StringVal(rs.At.Format(time.RFC3339Nano)))
 	}
-	if !hasItem(r, item(phaseHealthy)) {
+	if !it.healthy.Done(r) {
 		if err := c.awaitHealthy(ctx, r, e, g, back, want, probe); err != nil {
 			return err
 		}
@@ -267,7 +271,7 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 	if err := c.confirmWrites(ctx, r, e, g, back); err != nil {
 		return err
 	}
-	if hasItem(r, item(phaseValidated)) {
+	if it.validated.Done(r) {
 		return nil
 	}
 	return c.validateRestart(ctx, r, e, g, back, want, s)
@@ -279,16 +283,16 @@ func (c *cutoverStep) restartAndConfirm(ctx context.Context, r *engine.Run, e *c
 // restarts every node, bounded by wait_timeout; the probe runs on until
 // awaitHealthy stops it.
 func (c *cutoverStep) restartNodes(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, back bool, rs cutoverRestart, begun bool) (cutoverRestart, *unavailability, error) {
-	item := func(p restartPhase) restartItem { return newRestartItem(g, back, p) }
+	it := restartItemsOf(g, back)
 	if !begun {
 		rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: cmp.Or(e.a.RestartMode(), e.a.Platform())}
 		if !back {
 			rs.IAM, rs.Buckets = c.iamNames(ctx, r, e), c.bucketConfigs(ctx, r, e)
 		}
-		if err := checkpointItem(r, item(phaseRestart), rs); err != nil {
+		if err := it.restart.Put(r, rs); err != nil {
 			return rs, nil, err
 		}
-	} else if !hasItem(r, item(phaseRestarted)) {
+	} else if !it.restarted.Done(r) {
 		r.Logf("the restart begun at %s was interrupted: restarting the nodes again", rs.At.Format(time.RFC3339))
 	}
 	probe := c.startProbe(ctx, r, e)
@@ -298,7 +302,7 @@ func (c *cutoverStep) restartNodes(ctx context.Context, r *engine.Run, e *cutove
 	err := e.plat.Restart(rctx, r, back)
 	cancel()
 	if err == nil {
-		err = checkpointItem(r, item(phaseRestarted), map[string]int{"nodes": e.plat.Servers()})
+		err = it.restarted.Put(r, restartedNodes{Nodes: e.plat.Servers()})
 	}
 	if err != nil {
 		probe.stop()
@@ -315,7 +319,13 @@ func (c *cutoverStep) awaitHealthy(ctx context.Context, r *engine.Run, e *cutove
 	var seen *nodesReport
 	if !back {
 		seen = &nodesReport{}
-		if old, ok := cutoverCheckpoint[nodesReport](r, reportedItem{Gen: g}); ok {
+		// A recorded report that does not decode is an error: read as
+		// absent, the evidence of a server that served would be lost.
+		old, ok, err := reportedItem(g).Get(r)
+		if err != nil {
+			return err
+		}
+		if ok {
 			seen.merge(old)
 		}
 	}
@@ -324,25 +334,26 @@ func (c *cutoverStep) awaitHealthy(ctx context.Context, r *engine.Run, e *cutove
 	if seen != nil {
 		// Recorded whether the wait succeeded or not: a rollback reads
 		// it as evidence (rollback, checkNoNewWrites).
-		if cerr := checkpointItem(r, reportedItem{Gen: g}, seen); cerr != nil && err == nil {
+		if cerr := reportedItem(g).Put(r, *seen); cerr != nil && err == nil {
 			err = cerr
 		}
 	}
 	if err != nil {
 		return err
 	}
-	data := map[string]any{"kms": want}
+	data := restartHealth{KMS: want}
 	if probe != nil {
-		data["unavailable_ms"] = window.Milliseconds()
+		ms := window.Milliseconds()
+		data.UnavailableMS = &ms
 		if at := probe.firstFailure(); !at.IsZero() {
-			data["down_at"] = at.UTC() // where the write probe's window starts
+			data.DownAt = at.UTC() // where the write probe's window starts
 		}
 		r.Logf("the object store answered nothing for %s (from its first failed probe to its first healthy answer)", window.Round(100*time.Millisecond))
 		if !back {
 			r.SetOutput("unavailable_seconds", cty.NumberFloatVal(window.Seconds()))
 		}
 	}
-	return checkpointItem(r, newRestartItem(g, back, phaseHealthy), data)
+	return restartItemsOf(g, back).healthy.Put(r, data)
 }
 
 // validateRestart checks what the restart must have kept (IAM and bucket
@@ -356,7 +367,7 @@ func (c *cutoverStep) validateRestart(ctx context.Context, r *engine.Run, e *cut
 	if err != nil {
 		return err
 	}
-	if err := checkpointItem(r, newRestartItem(g, back, phaseValidated), map[string]int{"objects": n}); err != nil {
+	if err := restartItemsOf(g, back).validated.Put(r, validatedSample{Objects: n}); err != nil {
 		return err
 	}
 	if back {

@@ -38,7 +38,12 @@ const iamPollInterval = time.Second
 // changed since the cutover are reported. Nothing recorded (the store did
 // not list them before the restart) is nothing to check.
 func (c *cutoverStep) checkIAMAfterRestart(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, back bool) error {
-	rs, _ := cutoverCheckpoint[cutoverRestart](r, newRestartItem(g, false, phaseRestart))
+	// A recorded restart that does not decode is an error: read as absent,
+	// the check would be skipped as if nothing had been recorded.
+	rs, _, err := restartItemsOf(g, false).restart.Get(r)
+	if err != nil {
+		return err
+	}
 	if rs.IAM == nil && rs.Buckets == nil {
 		r.Logf("no IAM entries or bucket configurations were recorded before the restart (the object store did not list them): not checked")
 		return nil

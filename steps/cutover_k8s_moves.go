@@ -27,35 +27,6 @@ import (
 	"github.com/runbook-dev/runbook/engine"
 )
 
-// The Kubernetes platform's checkpoints in attempt g (prefix "gN/" for
-// g > 0, cutover_items.go), in order. Each names a move done once: a resume
-// after a crash between the write and the restart restarts, and writes
-// nothing again.
-//
-//	k8s/backup              the resource and Secrets saved (data k8sBackup); nothing changed yet
-//	k8s/writing             the change is about to be written (data k8sWriting)
-//	k8s/written             the resource and the Secret carry the change
-//	k8s/configured          every StatefulSet carries it (the controller saw the new template)
-//	k8s/rollback/restoring  the saved state is about to be written back (data k8sWriting)
-//	k8s/rollback/restored   the resource and Secrets are as saved
-//	k8s/rollback/configured every StatefulSet carries the saved state
-type k8sItem struct {
-	Gen  int
-	Name string
-}
-
-func (i k8sItem) String() string { return genPrefix(i.Gen) + "k8s/" + i.Name }
-
-const (
-	k8sBackupItem     = "backup"
-	k8sWritingItem    = "writing"
-	k8sWrittenItem    = "written"
-	k8sConfiguredItem = "configured"
-	k8sRestoringItem  = "rollback/restoring"
-	k8sRestoredItem   = "rollback/restored"
-	k8sBackConfItem   = "rollback/configured"
-)
-
 // k8sWriting is recorded before a change is written: the StatefulSets'
 // generations then (the wait for the new template counts from them).
 type k8sWriting struct {

@@ -244,33 +244,43 @@ func (k *k8sPlatform) Write(ctx context.Context, r *engine.Run, g int, set map[s
 	if err != nil {
 		return err
 	}
-	b, ok := cutoverCheckpoint[k8sBackup](r, k8sItem{g, k8sBackupItem})
+	it := k8sItemsOf(g)
+	// A recorded item that does not decode is an error here and below:
+	// read as absent, a changed resource would be saved as the original,
+	// or the wait for the new template would count from no generation.
+	b, ok, err := it.backup.Get(r)
+	if err != nil {
+		return err
+	}
 	if !ok {
 		if b, err = t.backup(ctx, r, s, genPrefix(g)); err != nil {
 			return err
 		}
-		if err := checkpointItem(r, k8sItem{g, k8sBackupItem}, b); err != nil {
+		if err := it.backup.Put(r, b); err != nil {
 			return err
 		}
 	}
-	if !hasItem(r, k8sItem{g, k8sConfiguredItem}) {
+	if !it.configured.Done(r) {
 		// Before the change, so the StatefulSet controller never rolls the
 		// pods one by one; again on a resume (it is idempotent).
 		if err := t.setStrategies(ctx, r, s, nil); err != nil {
 			return err
 		}
 	}
-	if !hasItem(r, k8sItem{g, k8sWrittenItem}) {
+	if !it.written.Done(r) {
 		if err := k.write(ctx, r, g, set); err != nil {
 			return err
 		}
 	}
-	if !hasItem(r, k8sItem{g, k8sConfiguredItem}) {
-		w, _ := cutoverCheckpoint[k8sWriting](r, k8sItem{g, k8sWritingItem})
+	if !it.configured.Done(r) {
+		w, _, err := it.writing.Get(r)
+		if err != nil {
+			return err
+		}
 		if err := t.waitConfigured(ctx, r, k.wait, w.Generations, t.operated() && !b.KES); err != nil {
 			return err
 		}
-		if err := checkpointItem(r, k8sItem{g, k8sConfiguredItem}, nil); err != nil {
+		if err := it.configured.Put(r, struct{}{}); err != nil {
 			return err
 		}
 	}
@@ -282,8 +292,9 @@ func (k *k8sPlatform) write(ctx context.Context, r *engine.Run, g int, set map[s
 	if err != nil {
 		return err
 	}
-	if !hasItem(r, k8sItem{g, k8sWritingItem}) {
-		if err := checkpointItem(r, k8sItem{g, k8sWritingItem}, generations(s)); err != nil {
+	it := k8sItemsOf(g)
+	if !it.writing.Done(r) {
+		if err := it.writing.Put(r, generations(s)); err != nil {
 			return err
 		}
 	}
@@ -310,7 +321,7 @@ func (k *k8sPlatform) write(ctx context.Context, r *engine.Run, g int, set map[s
 		if err != nil {
 			return err
 		}
-		return checkpointItem(r, k8sItem{g, k8sWrittenItem}, nil)
+		return it.written.Put(r, struct{}{})
 	}
 	// A conflict is a newer version of an object (status updates count):
 	// read everything again and compute the change from it (it is
@@ -329,7 +340,7 @@ func (k *k8sPlatform) write(ctx context.Context, r *engine.Run, g int, set map[s
 		return err
 	}
 	r.Logf("wrote the change to %s: %s", t, strings.Join(ch.entries, "; "))
-	return checkpointItem(r, k8sItem{g, k8sWrittenItem}, nil)
+	return it.written.Put(r, struct{}{})
 }
 
 func generations(s *k8sState) k8sWriting {
@@ -359,7 +370,13 @@ func (k *k8sPlatform) Restart(ctx context.Context, r *engine.Run, _ bool) error 
 // last attempt that backed it up.
 func (k *k8sPlatform) restoreStrategies(ctx context.Context, r *engine.Run) error {
 	for g := cutoverGen(r) + 1; g >= 0; g-- {
-		if b, ok := cutoverCheckpoint[k8sBackup](r, k8sItem{g, k8sBackupItem}); ok {
+		// A backup that does not decode is an error: skipped, an earlier
+		// attempt's strategies would be restored.
+		b, ok, err := k8sItemsOf(g).backup.Get(r)
+		if err != nil {
+			return err
+		}
+		if ok {
 			return k.t.restoreStrategies(ctx, r, b)
 		}
 	}
@@ -371,7 +388,14 @@ func (k *k8sPlatform) restoreStrategies(ctx context.Context, r *engine.Run) erro
 // cutover had not restarted the pods) it gives the StatefulSets their
 // updateStrategy back too.
 func (k *k8sPlatform) Restore(ctx context.Context, r *engine.Run, g int) error {
-	b, ok := cutoverCheckpoint[k8sBackup](r, k8sItem{g, k8sBackupItem})
+	it := k8sItemsOf(g)
+	// A recorded item that does not decode is an error here and below:
+	// read as absent, nothing would be restored, or the wait for the saved
+	// template would count from no generation.
+	b, ok, err := it.backup.Get(r)
+	if err != nil {
+		return err
+	}
 	if !ok {
 		r.Logf("nothing to restore: nothing was changed in Kubernetes")
 		return nil
@@ -380,18 +404,18 @@ func (k *k8sPlatform) Restore(ctx context.Context, r *engine.Run, g int) error {
 	if err != nil {
 		return err
 	}
-	restarted := hasItem(r, newRestartItem(g, false, phaseRestart))
-	if !hasItem(r, k8sItem{g, k8sRestoredItem}) {
+	restarted := restartItemsOf(g, false).restart.Done(r)
+	if !it.restored.Done(r) {
 		if restarted {
 			if err := t.setStrategies(ctx, r, s, nil); err != nil {
 				return err
 			}
 		}
-		if !hasItem(r, k8sItem{g, k8sRestoringItem}) {
+		if !it.restoring.Done(r) {
 			if _, s, err = k.observe(ctx, r); err != nil {
 				return err
 			}
-			if err := checkpointItem(r, k8sItem{g, k8sRestoringItem}, generations(s)); err != nil {
+			if err := it.restoring.Put(r, generations(s)); err != nil {
 				return err
 			}
 		}
@@ -402,19 +426,22 @@ func (k *k8sPlatform) Restore(ctx context.Context, r *engine.Run, g int) error {
 		if err := restore(ctx, r, b); err != nil {
 			return err
 		}
-		if err := checkpointItem(r, k8sItem{g, k8sRestoredItem}, nil); err != nil {
+		if err := it.restored.Put(r, struct{}{}); err != nil {
 			return err
 		}
 	}
 	if !restarted {
 		return t.restoreStrategies(ctx, r, b)
 	}
-	if !hasItem(r, k8sItem{g, k8sBackConfItem}) {
-		w, _ := cutoverCheckpoint[k8sWriting](r, k8sItem{g, k8sRestoringItem})
+	if !it.backConfigured.Done(r) {
+		w, _, err := it.restoring.Get(r)
+		if err != nil {
+			return err
+		}
 		if err := t.waitConfigured(ctx, r, k.wait, w.Generations, t.operated() && !b.KES); err != nil {
 			return err
 		}
-		if err := checkpointItem(r, k8sItem{g, k8sBackConfItem}, nil); err != nil {
+		if err := it.backConfigured.Put(r, struct{}{}); err != nil {
 			return err
 		}
 	}

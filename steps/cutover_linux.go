@@ -250,22 +250,26 @@ func (l *linuxPlatform) Write(ctx context.Context, r *engine.Run, g int, set map
 // file with the intended hash is edited already, one with the original's
 // is edited from the backup, and any other was changed by someone else.
 func writeNode(ctx context.Context, r *engine.Run, g, i int, f nodeFile, set map[string]string) error {
-	bitem, eitem := newNodeItem(g, nodeBackup, f.node.Name), newNodeItem(g, nodeEdited, f.node.Name)
-	b, hasBackup := cutoverCheckpoint[cutoverBackup](r, bitem)
+	bitem, eitem := nodeBackups(g).Item(f.node.Name), nodesEdited(g).Item(f.node.Name)
+	// A backup record that does not decode is an error: read as absent,
+	// the file (maybe edited already) would be backed up as the original.
+	b, hasBackup, err := bitem.Get(r)
+	if err != nil {
+		return err
+	}
 	if !hasBackup {
-		var err error
 		if b, err = backUpNode(r, g, i, f, set); err != nil {
 			return err
 		}
 		// The intent, before the edit: a resume recognises the edited file by this hash.
-		if err := checkpointItem(r, bitem, b); err != nil {
+		if err := bitem.Put(r, b); err != nil {
 			return err
 		}
 		r.Logf("backed up %s (sha256 %s)", f.node.Name, f.sum)
 	}
 	switch f.sum {
 	case b.New:
-		if !hasItem(r, eitem) {
+		if !eitem.Done(r) {
 			r.Logf("%s is already edited (sha256 %s)", f.node.Name, b.New)
 		}
 	case b.Original:
@@ -275,10 +279,10 @@ func writeNode(ctx context.Context, r *engine.Run, g, i int, f nodeFile, set map
 	default:
 		return fmt.Errorf("env file %s changed since the cutover backed it up (sha256 %s, expected the original %s or the edited %s): someone else is editing it; compare it with the backup in %s and roll back or fix it by hand", f.node.Name, f.sum, b.Original, b.New, r.JournalDir())
 	}
-	if hasItem(r, eitem) {
+	if eitem.Done(r) {
 		return nil
 	}
-	return checkpointItem(r, eitem, map[string]string{"sha256": b.New})
+	return eitem.Put(r, fileSum{SHA256: b.New})
 }
 
 // backUpNode writes node i's file to the journal's backups/ (attempt g
@@ -332,7 +336,10 @@ func (l *linuxPlatform) confirmWritten(ctx context.Context, r *engine.Run, g int
 		return err
 	}
 	for _, f := range files {
-		b, _ := cutoverCheckpoint[cutoverBackup](r, newNodeItem(g, nodeBackup, f.node.Name))
+		b, _, err := nodeBackups(g).Item(f.node.Name).Get(r)
+		if err != nil {
+			return err
+		}
 		if f.sum != b.New {
 			return fmt.Errorf("env file %s is not the edited one after writing it (sha256 %s, expected %s); no node was restarted", f.node.Name, f.sum, b.New)
 		}
@@ -369,7 +376,12 @@ func (l *linuxPlatform) Restore(ctx context.Context, r *engine.Run, g int) error
 	}
 	var work []todo
 	for _, n := range l.nodes {
-		b, ok := cutoverCheckpoint[cutoverBackup](r, newNodeItem(g, nodeBackup, n.Name))
+		// A backup record that does not decode is an error: read as
+		// absent, the node would be left unrestored.
+		b, ok, err := nodeBackups(g).Item(n.Name).Get(r)
+		if err != nil {
+			return err
+		}
 		if !ok {
 			continue
 		}
@@ -379,7 +391,7 @@ func (l *linuxPlatform) Restore(ctx context.Context, r *engine.Run, g int) error
 		}
 		switch envSHA256(data) {
 		case b.Original:
-			if !hasItem(r, newNodeItem(g, nodeRestored, n.Name)) {
+			if !nodesRestored(g).Item(n.Name).Done(r) {
 				r.Logf("%s already has its original content", n.Name)
 				work = append(work, todo{n: n, b: b}) // checkpoint only
 			}
@@ -400,7 +412,7 @@ func (l *linuxPlatform) Restore(ctx context.Context, r *engine.Run, g int) error
 			}
 			r.Logf("restored %s (sha256 %s)", w.n.Name, w.b.Original)
 		}
-		if err := checkpointItem(r, newNodeItem(g, nodeRestored, w.n.Name), map[string]string{"sha256": w.b.Original}); err != nil {
+		if err := nodesRestored(g).Item(w.n.Name).Put(r, fileSum{SHA256: w.b.Original}); err != nil {
 			return err
 		}
 	}

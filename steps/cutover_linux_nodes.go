@@ -479,7 +479,12 @@ func (l *linuxPlatform) caAction() string {
 // resume finds the list in the journal; Observe made it (apply runs
 // Observe before an attempt's first change).
 func (l *linuxPlatform) installCAs(ctx context.Context, r *engine.Run, g int) error {
-	plan, recorded := cutoverCheckpoint[[]caInstall](r, caInstallItem{Gen: g})
+	// A list that does not decode is an error: read as absent, a CA
+	// written already would not be known as runbook's.
+	plan, recorded, err := caInstallItem(g).Get(r)
+	if err != nil {
+		return err
+	}
 	if !recorded {
 		if !l.target.InstallCA {
 			return nil
@@ -505,7 +510,7 @@ func (l *linuxPlatform) installCAs(ctx context.Context, r *engine.Run, g int) er
 		if len(plan) == 0 {
 			return nil
 		}
-		if err := checkpointItem(r, caInstallItem{Gen: g}, plan); err != nil {
+		if err := caInstallItem(g).Put(r, plan); err != nil {
 			return err
 		}
 	}
@@ -550,7 +555,10 @@ func (l *linuxPlatform) installCAs(ctx context.Context, r *engine.Run, g int) er
 // removeCAs removes the CA files attempt g installed: only a file that
 // still has the content it wrote (anything else is left, and said).
 func (l *linuxPlatform) removeCAs(ctx context.Context, r *engine.Run, g int) error {
-	plan, _ := cutoverCheckpoint[[]caInstall](r, caInstallItem{Gen: g})
+	plan, _, err := caInstallItem(g).Get(r)
+	if err != nil {
+		return err
+	}
 	for _, in := range plan {
 		n := l.nodeNamed(in.Node)
 		if n == nil {

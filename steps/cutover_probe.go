@@ -314,10 +314,9 @@ func (c *cutoverStep) writesAccepted(r *engine.Run, e *cutoverEnv, g int, back b
 		res.Servers = append(res.Servers, t.server)
 	}
 	// The restart's health probe failed first, usually (its first failure,
-	// recorded with the healthy phase).
-	if h, ok := cutoverCheckpoint[struct {
-		DownAt time.Time `json:"down_at"`
-	}](r, newRestartItem(g, back, phaseHealthy)); ok && !h.DownAt.IsZero() && (res.FirstFailed.IsZero() || h.DownAt.Before(res.FirstFailed)) {
+	// recorded with the healthy phase). A healthy record that does not
+	// decode is ignored, as before: it only widens the window reported.
+	if h, ok, err := restartItemsOf(g, back).healthy.Get(r); err == nil && ok && !h.DownAt.IsZero() && (res.FirstFailed.IsZero() || h.DownAt.Before(res.FirstFailed)) {
 		res.FirstFailed = h.DownAt
 	}
 	if !res.FirstFailed.IsZero() {

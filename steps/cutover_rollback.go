@@ -30,7 +30,7 @@ func (c *cutoverStep) Rollback(ctx context.Context, r *engine.Run) error {
 	}
 	defer e.plat.Close()
 	g := cutoverGen(r)
-	if g > 0 && !hasItem(r, settingsItem{Gen: g}) {
+	if g > 0 && !settingsItem(g).Done(r) {
 		// The last attempt was rolled back completely and none was begun
 		// since: confirm it is still so (each move is checkpointed, so
 		// nothing is done twice).
@@ -43,7 +43,7 @@ func (c *cutoverStep) Rollback(ctx context.Context, r *engine.Run) error {
 // rollbackBegun reports whether a rollback of attempt g began restoring or
 // restarting without finishing (no rolled-back mark).
 func (c *cutoverStep) rollbackBegun(r *engine.Run, g int) bool {
-	return hasItem(r, restoreItem{Gen: g}) || hasItem(r, newRestartItem(g, true, phaseRestart))
+	return restoreItem(g).Done(r) || restartItemsOf(g, true).restart.Done(r)
 }
 
 // rollback restores attempt g's environment, restarts if the nodes were
@@ -52,12 +52,17 @@ func (c *cutoverStep) rollbackBegun(r *engine.Run, g int) bool {
 // nothing it already restarted. It refuses when the object store changed
 // after the restart, unless forced.
 func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv, g int) error {
-	if !hasItem(r, settingsItem{Gen: g}) {
+	if !settingsItem(g).Done(r) {
 		r.Logf("nothing to undo: no node's environment was changed")
 		return nil
 	}
-	rs, restarted := cutoverCheckpoint[cutoverRestart](r, newRestartItem(g, false, phaseRestart))
-	backBegun := hasItem(r, newRestartItem(g, true, phaseRestart))
+	// A recorded restart or sample that does not decode is an error: read
+	// as absent, the rollback would restart nothing and check no write.
+	rs, restarted, err := restartItemsOf(g, false).restart.Get(r)
+	if err != nil {
+		return err
+	}
+	backBegun := restartItemsOf(g, true).restart.Done(r)
 	if restarted && !backBegun && !c.neverServed(ctx, r, e, g, rs) {
 		// Once the rollback's own restart began, the object store runs on
 		// KES again: what it writes from then on, KES sealed.
@@ -65,8 +70,8 @@ func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv
 			return err
 		}
 	}
-	if !hasItem(r, restoreItem{Gen: g}) {
-		if err := checkpointItem(r, restoreItem{Gen: g}, map[string]string{"at": time.Now().UTC().Format(time.RFC3339)}); err != nil {
+	if !restoreItem(g).Done(r) {
+		if err := restoreItem(g).Put(r, markNow()); err != nil {
 			return err
 		}
 	}
@@ -77,7 +82,10 @@ func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv
 		r.Logf("the nodes were not restarted by the cutover: restoring their environment is all")
 		return nil
 	}
-	s, _ := cutoverCheckpoint[cutoverSample](r, sampleItem{})
+	s, _, err := sampleItem.Get(r)
+	if err != nil {
+		return err
+	}
 	if err := c.restartAndConfirm(ctx, r, e, g, true, &s); err != nil {
 		return fmt.Errorf("after restoring the nodes' environment: %w", err)
 	}
@@ -92,8 +100,10 @@ func (c *cutoverStep) rollback(ctx context.Context, r *engine.Run, e *cutoverEnv
 // and no server answers online now. Anything else leaves the judgement to
 // checkNoNewWrites.
 func (c *cutoverStep) neverServed(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, rs cutoverRestart) bool {
-	rep, ok := cutoverCheckpoint[nodesReport](r, reportedItem{Gen: g})
-	if !ok || !rep.neverServed() || hasItem(r, newRestartItem(g, false, phaseHealthy)) {
+	// A report that does not decode is no evidence: the write check judges,
+	// as before.
+	rep, ok, err := reportedItem(g).Get(r)
+	if err != nil || !ok || !rep.neverServed() || restartItemsOf(g, false).healthy.Done(r) {
 		return false
 	}
 	if admin, _, err := e.a.Clients(r); err == nil {
@@ -161,7 +171,7 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 			r.Warnf("rolling back although %s (forced)", msg)
 		} else {
 			healthy := "it never became healthy on the Key Manager, but it may have answered writes all the same"
-			if hasItem(r, newRestartItem(g, false, phaseHealthy)) {
+			if restartItemsOf(g, false).healthy.Done(r) {
 				healthy = "it was healthy on the Key Manager after the restart"
 			}
 			return engine.Refusef("%s (%s). KES may not read what the Key Manager sealed, so the rollback stops: bring the object store up (the nodes' logs say why it is not) and run rollback again, or, if you know nothing was written, force it with runbook rollback --force", msg, healthy)

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+
 	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/engine/enginetest"
 )
@@ -59,8 +61,9 @@ func familyRoundTrip[T any](f engine.Family[T], key, want string, v T) itemCase 
 	return c
 }
 
-// Every item of the converted steps, by the name journals already hold.
-// The cutover keeps its own items (cutover_items.go) until it is converted.
+// Every item of the steps but the cutover, by the name journals already
+// hold (the cutover's are in cutoverItemCases: a step's names are its own,
+// and the cutover's sample is named as the verification's is).
 var itemCases = []itemCase{
 	roundTrip(migrationPreflight, "preflight", preflightCheckpoint{NamesSHA256: "ab12", Identical: []string{"k1"}, Overwrite: []string{}}),
 	familyRoundTrip(migratedKeys, "minio/key-1", "key/minio/key-1", keyCheckpoint{Action: actionImported}),
@@ -77,7 +80,40 @@ var itemCases = []itemCase{
 	roundTrip(prerequisitesBackup, "backup", backupRecord{Config: "/c.yaml", Entries: 2, Snapshot: "/s.tar", SnapshotSHA256: "ef56"}),
 	roundTrip(prerequisitesCreationHalted, "creation-halted", keySetSum{Keys: 2, SHA256: "cd34"}),
 	familyRoundTrip(objectsRead, "bucket/dir/object", "object bucket/dir/object", objectRead{Bytes: 1 << 40, SSE: "SSE-KMS"}),
-	// The cutover's write probe (its one set of engine items so far).
+}
+
+// Every item of the cutover (cutover_items.go), by the name journals
+// already hold; an attempt g > 0 prefixes "gN/".
+var cutoverItemCases = []itemCase{
+	roundTrip(sampleItem, "sample", cutoverSample{Objects: []sampledObject{{Bucket: "b", Key: "k/1", SSE: "SSE-KMS", KMSKey: "minio-key", SHA256: "ab12", Size: 7}}, SSEC: map[string]int{"b": 1}, Buckets: 2}),
+	familyRoundTrip(rolledBack, "2", "rolled-back/2", markedAt{At: "2026-12-05T11:00:00Z"}),
+	roundTrip(settingsItem(0), "settings", kmsSettings{Server: "https://km:7373", Enclave: "e", SSEKey: "minio-key"}),
+	roundTrip(settingsItem(2), "g2/settings", kmsSettings{Server: "https://km:7373", Enclave: "e", SSEKey: "minio-key"}),
+	roundTrip(caInstallItem(0), "ca-install", []caInstall{{Node: "/etc/default/minio", Path: "/etc/minio/certs/CAs/runbook-key-manager-0a1b2c3d4e5f.crt", SHA256: "cd34"}}),
+	roundTrip(caInstallItem(3), "g3/ca-install", []caInstall{}),
+	roundTrip(reportedItem(0), "reported", nodesReport{Checks: 3, Online: []string{"h1:9000"}, KMS: []string{kmsNameKeyManager}}),
+	roundTrip(reportedItem(2), "g2/reported", nodesReport{Checks: 1}),
+	roundTrip(restoreItem(0), "rollback/restore", markedAt{At: "2026-12-05T11:00:00Z"}),
+	roundTrip(restoreItem(1), "g1/rollback/restore", markedAt{At: "2026-12-05T11:00:01Z"}),
+	familyRoundTrip(nodeBackups(0), "/etc/default/minio", "backup//etc/default/minio", cutoverBackup{Backup: "node1.env", Original: "ab12", New: "cd34", Mode: 0o640, UID: 0, GID: 996}),
+	familyRoundTrip(nodesEdited(1), "ssh://root@h1:22/etc/default/minio", "g1/edited/ssh://root@h1:22/etc/default/minio", fileSum{SHA256: "cd34"}),
+	familyRoundTrip(nodesRestored(2), "/srv/g1/minio.env", "g2/rollback/restored//srv/g1/minio.env", fileSum{SHA256: "ab12"}),
+	roundTrip(restartItemsOf(0, false).restart, "restart", cutoverRestart{At: probeAt, StoreAt: probeAt.Add(-time.Second), Mode: "systemd", IAM: []string{"user u1", "group g1"}, Buckets: map[string]string{"b": "ef56"}}),
+	roundTrip(restartItemsOf(1, false).restarted, "g1/restarted", restartedNodes{Nodes: 4}),
+	roundTrip(restartItemsOf(0, false).healthy, "healthy", restartHealth{DownAt: probeAt, KMS: kmsNameKeyManager, UnavailableMS: ptr(int64(0))}),
+	roundTrip(restartItemsOf(0, false).validated, "validated", validatedSample{Objects: 12}),
+	roundTrip(restartItemsOf(1, true).restart, "g1/rollback/restart", cutoverRestart{At: probeAt, Mode: "kubernetes"}),
+	roundTrip(restartItemsOf(0, true).restarted, "rollback/restarted", restartedNodes{Nodes: 1}),
+	roundTrip(restartItemsOf(0, true).healthy, "rollback/healthy", restartHealth{KMS: kmsNameKES}),
+	roundTrip(restartItemsOf(2, true).validated, "g2/rollback/validated", validatedSample{Objects: 3}),
+	roundTrip(k8sItemsOf(0).backup, "k8s/backup", k8sBackup{Resource: "tenant.json", Config: "config.json", KeySecret: "runbook-km-api-key", Strategies: map[string]appsv1.StatefulSetUpdateStrategy{"pool-0": {Type: appsv1.RollingUpdateStatefulSetStrategyType}}, KES: true}),
+	roundTrip(k8sItemsOf(0).writing, "k8s/writing", k8sWriting{Generations: map[string]int64{"pool-0": 3}}),
+	roundTrip(k8sItemsOf(0).written, "k8s/written", struct{}{}),
+	roundTrip(k8sItemsOf(0).configured, "k8s/configured", struct{}{}),
+	roundTrip(k8sItemsOf(1).restoring, "g1/k8s/rollback/restoring", k8sWriting{Generations: map[string]int64{"pool-0": 4}}),
+	roundTrip(k8sItemsOf(1).restored, "g1/k8s/rollback/restored", struct{}{}),
+	roundTrip(k8sItemsOf(1).backConfigured, "g1/k8s/rollback/configured", struct{}{}),
+	// The write probe's.
 	roundTrip(probeBucketItem(0), "probe-bucket", probeBucket{Bucket: "runbook-write-probe-0a1b2c3d"}),
 	roundTrip(probeBucketItem(2), "g2/probe-bucket", probeBucket{Bucket: "runbook-write-probe-4e5f6071"}),
 	roundTrip(writableItem(0, false), "writable", writeProbeResult{Servers: []string{"h1:9000", "h2:9000"}, FirstFailed: probeAt, AllAccepted: probeAt.Add(3 * time.Second), WindowMS: 3000, LoneRestarts: []string{"h2:9000"}}),
@@ -89,6 +125,17 @@ var itemCases = []itemCase{
 }
 
 var probeAt = time.Date(2026, 12, 5, 11, 0, 0, 0, time.UTC)
+
+func ptr[T any](v T) *T { return &v }
+
+// casesOf is what item_probe.NAME records: the cutover's items for the
+// block named cutover, the other steps' for any other.
+func casesOf(r *engine.Run) []itemCase {
+	if r.Addr == "item_probe.cutover" {
+		return cutoverItemCases
+	}
+	return itemCases
+}
 
 // itemProbe records every item on its first attempt and fails; on the
 // resumed attempt it reads each back from the journal. Its rollback
@@ -105,7 +152,7 @@ func (*itemProbe) Config() any { return &struct{}{} }
 
 func (*itemProbe) Apply(_ context.Context, r *engine.Run) error {
 	if !r.Resumed() {
-		for _, c := range itemCases {
+		for _, c := range casesOf(r) {
 			if err := c.put(r); err != nil {
 				return err
 			}
@@ -113,7 +160,7 @@ func (*itemProbe) Apply(_ context.Context, r *engine.Run) error {
 		return errItemsRecorded
 	}
 	var errs []error
-	for _, c := range itemCases {
+	for _, c := range casesOf(r) {
 		errs = append(errs, c.check(r))
 	}
 	return errors.Join(errs...)
@@ -138,7 +185,18 @@ func (*itemProbe) Rollback(_ context.Context, r *engine.Run) error {
 // the rollback recorded is still read by the next plan (EverRecorded).
 func TestItemsRoundTrip(t *testing.T) {
 	t.Parallel()
-	h := enginetest.New(t, "runbook {\n  name = \"items\"\n}\nitem_probe \"p\" {}\n")
+	checkItemsRoundTrip(t, "p", itemCases)
+}
+
+// The cutover's items, likewise.
+func TestCutoverItemsRoundTrip(t *testing.T) {
+	t.Parallel()
+	checkItemsRoundTrip(t, "cutover", cutoverItemCases)
+}
+
+func checkItemsRoundTrip(t *testing.T, name string, cases []itemCase) {
+	t.Helper()
+	h := enginetest.New(t, "runbook {\n  name = \"items\"\n}\nitem_probe \""+name+"\" {}\n")
 	if err := h.Apply(); err == nil || !strings.Contains(err.Error(), errItemsRecorded.Error()) {
 		t.Fatalf("first attempt: %v, want it to stop once the items are recorded", err)
 	}
@@ -148,13 +206,13 @@ func TestItemsRoundTrip(t *testing.T) {
 			recorded[rec.Item] = true
 		}
 	}
-	for _, c := range itemCases {
+	for _, c := range cases {
 		if !recorded[c.want] {
 			t.Errorf("no checkpoint named %q in the journal", c.want)
 		}
 	}
-	if len(recorded) != len(itemCases) {
-		t.Errorf("the journal holds %d item names, want %d", len(recorded), len(itemCases))
+	if len(recorded) != len(cases) {
+		t.Errorf("the journal holds %d item names, want %d", len(recorded), len(cases))
 	}
 	if err := h.Resume(); err != nil {
 		t.Fatalf("resume: %v", err)
@@ -162,7 +220,7 @@ func TestItemsRoundTrip(t *testing.T) {
 	if err := h.Rollback(""); err != nil {
 		t.Fatalf("rollback: %v", err)
 	}
-	if got := h.State().Step("item_probe.p"); len(got.Checkpoints) != 0 || got.State != engine.StateRolledBack {
+	if got := h.State().Step("item_probe." + name); len(got.Checkpoints) != 0 || got.State != engine.StateRolledBack {
 		t.Fatalf("after the rollback the step is %s with %d checkpoints, want rolled_back with none", got.State, len(got.Checkpoints))
 	}
 	if _, err := h.Plan(); err != nil {
