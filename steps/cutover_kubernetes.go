@@ -129,25 +129,11 @@ func (k *k8sPlatform) Observe(ctx context.Context, r *engine.Run) (*platformView
 	if len(notReady) > 0 {
 		return nil, engine.Refusef("pod(s) %s of %s are not Ready: a cutover restarts every MinIO pod at once and needs every pod healthy first (nothing was changed)", strings.Join(notReady, ", "), t)
 	}
-	admin, _, err := k.a.Clients(r)
+	covered, err := k.checkServers(ctx, r, t, s)
 	if err != nil {
 		return nil, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
-	info, err := admin.ServerInfo(cctx)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("read the object store's servers (server info): %w", err)
-	}
-	if len(info.Servers) != s.replicas() {
-		var eps []string
-		for _, sv := range info.Servers {
-			eps = append(eps, sv.Endpoint)
-		}
-		sort.Strings(eps)
-		return nil, engine.Refusef("the object store reports %d server(s) (%s) but the StatefulSets of %s run %d pods: servers outside %s would keep the old environment and wait for peers, or run on KES beside the Key Manager (DOMAIN.md G); name the resource that owns every server and plan again (nothing was changed)", len(info.Servers), strings.Join(eps, ", "), t, s.replicas(), t)
-	}
-	v.Observed = append(v.Observed, fmt.Sprintf("the object store reports %d servers, the %d pods of %s", len(info.Servers), s.replicas(), t))
+	v.Observed = append(v.Observed, covered)
 	vars, err := t.kmsVars(ctx, s)
 	if err != nil {
 		return nil, err
@@ -176,6 +162,30 @@ func (k *k8sPlatform) Observe(ctx context.Context, r *engine.Run) (*platformView
 		v.Observed = append(v.Observed, "no MINIO_KMS_* variable is set in "+t.String())
 	}
 	return v, nil
+}
+
+// checkServers refuses an object store that reports other servers than
+// the pods of t's StatefulSets (s), and otherwise says it reports them.
+func (k *k8sPlatform) checkServers(ctx context.Context, r *engine.Run, t *k8sTarget, s *k8sState) (string, error) {
+	admin, _, err := k.a.Clients(r)
+	if err != nil {
+		return "", err
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	info, err := admin.ServerInfo(cctx)
+	cancel()
+	if err != nil {
+		return "", fmt.Errorf("read the object store's servers (server info): %w", err)
+	}
+	if len(info.Servers) != s.replicas() {
+		var eps []string
+		for _, sv := range info.Servers {
+			eps = append(eps, sv.Endpoint)
+		}
+		sort.Strings(eps)
+		return "", engine.Refusef("the object store reports %d server(s) (%s) but the StatefulSets of %s run %d pods: servers outside %s would keep the old environment and wait for peers, or run on KES beside the Key Manager (DOMAIN.md G); name the resource that owns every server and plan again (nothing was changed)", len(info.Servers), strings.Join(eps, ", "), t, s.replicas(), t)
+	}
+	return fmt.Sprintf("the object store reports %d servers, the %d pods of %s", len(info.Servers), s.replicas(), t), nil
 }
 
 // PlanChange says exactly what Write will do, and its equivalent where the
