@@ -158,7 +158,7 @@ func (d *demoRun) forward(ctx context.Context, s *demo.Servers, sample []demo.Sa
 		}
 	}
 	d.at("check the cutover", stageForward)
-	return d.check(ctx, s, "MinIO KMS", sample, journal, "healthy")
+	return d.check(ctx, s, "MinIO KMS", sample, journal, "writable")
 }
 
 // back rolls the whole run back, as runbook rollback does, then checks
@@ -170,7 +170,7 @@ func (d *demoRun) back(ctx context.Context, s *demo.Servers, sample []demo.Sampl
 		return err
 	}
 	d.at("check the rollback", stageBack)
-	return d.check(ctx, s, "MinIO KES", sample, journal, "rollback/healthy")
+	return d.check(ctx, s, "MinIO KES", sample, journal, "rollback/writable")
 }
 
 // plan observes the servers and writes the change request.
@@ -225,14 +225,15 @@ func (d *demoRun) check(ctx context.Context, s *demo.Servers, kms string, sample
 	if w, ok := cutoverWindow(journal, item); ok {
 		window = w.Round(100 * time.Millisecond).String()
 	}
-	d.say("runbook demo: the object store was unavailable for %s while every node restarted onto %s", window, map[string]string{"MinIO KMS": "the Key Manager", "MinIO KES": "KES"}[kms])
+	d.say("runbook demo: the object store was unavailable for %s while every node restarted onto %s, until every server accepted a write", window, map[string]string{"MinIO KMS": "the Key Manager", "MinIO KES": "KES"}[kms])
 	return nil
 }
 
 // cutoverWindow is the unavailability the cutover measured at its last
-// checkpoint named item ("healthy": into the Key Manager, "rollback/healthy":
-// back onto KES; an attempt after an automatic rollback prefixes "gN/",
-// steps/cutover_items.go).
+// checkpoint named item ("writable": into the Key Manager,
+// "rollback/writable": back onto KES; from the first failed probe until
+// every server accepted a write; an attempt after an automatic rollback
+// prefixes "gN/", steps/cutover_items.go).
 func cutoverWindow(journal, item string) (time.Duration, bool) {
 	records, _, err := engine.ReadJournal(journal)
 	if err != nil {
@@ -242,11 +243,11 @@ func cutoverWindow(journal, item string) (time.Duration, bool) {
 	var window time.Duration
 	found := false
 	for _, r := range records {
-		if r.Kind != "checkpoint" || r.Step != "cutover.aistor" || !name.MatchString(r.Item) {
+		if r.Kind != engine.RecordCheckpoint || r.Step != "cutover.aistor" || !name.MatchString(r.Item) {
 			continue
 		}
 		var data struct {
-			MS *int64 `json:"unavailable_ms"`
+			MS *int64 `json:"window_ms"`
 		}
 		if json.Unmarshal(r.Data, &data) == nil && data.MS != nil {
 			window, found = time.Duration(*data.MS)*time.Millisecond, true
