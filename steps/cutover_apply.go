@@ -39,6 +39,12 @@ type cutoverRestart struct {
 	// Buckets digests each bucket's configuration before the restart
 	// (bucket → SHA-256; bucketConfigDigest).
 	Buckets map[string]string `json:"buckets,omitempty"`
+	// ServerConfig digests the server configuration the object store ran
+	// with before the restart (SHA-256 of the admin API's text; the text
+	// holds credentials): MinIO seals config.json with the default key in
+	// force when it was last saved, and runs on its defaults when it does
+	// not unseal, which only the configuration's content shows.
+	ServerConfig string `json:"server_config,omitempty"`
 }
 
 // backupName is node N's backup file (N in env_files order, which the

@@ -288,6 +288,7 @@ func (c *cutoverStep) restartNodes(ctx context.Context, r *engine.Run, e *cutove
 		rs = cutoverRestart{At: time.Now().UTC(), StoreAt: c.storeClock(ctx, r, e), Mode: cmp.Or(e.a.RestartMode(), e.a.Platform())}
 		if !back {
 			rs.IAM, rs.Buckets = c.iamNames(ctx, r, e), c.bucketConfigs(ctx, r, e)
+			rs.ServerConfig = c.serverConfigDigest(ctx, r, e)
 		}
 		if err := it.restart.Put(r, rs); err != nil {
 			return rs, nil, err

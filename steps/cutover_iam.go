@@ -2,6 +2,8 @@ package steps
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -44,7 +46,7 @@ func (c *cutoverStep) checkIAMAfterRestart(ctx context.Context, r *engine.Run, e
 	if err != nil {
 		return err
 	}
-	if rs.IAM == nil && rs.Buckets == nil {
+	if rs.IAM == nil && rs.Buckets == nil && rs.ServerConfig == "" {
 		r.Logf("no IAM entries or bucket configurations were recorded before the restart (the object store did not list them): not checked")
 		return nil
 	}
@@ -73,7 +75,11 @@ func (c *cutoverStep) checkIAMAfterRestart(ctx context.Context, r *engine.Run, e
 	}
 	switch {
 	case len(ab.unread) == 0 && len(ab.missing) == 0:
-		r.Logf("on %s the %d IAM entries and %d bucket configurations recorded before the restart are all present and read as before", kms, len(rs.IAM), len(rs.Buckets))
+		also := ""
+		if rs.ServerConfig != "" {
+			also = ", and so does the server configuration"
+		}
+		r.Logf("on %s the %d IAM entries and %d bucket configurations recorded before the restart are all present and read as before%s", kms, len(rs.IAM), len(rs.Buckets), also)
 		return nil
 	case back && len(ab.unread) == 0:
 		r.Warnf("on %s again, not as before the cutover (deleted or changed since, on the Key Manager): %s", kms, strings.Join(shortList(ab.missing, 50), ", "))
@@ -113,6 +119,15 @@ func (a iamAbsence) String() string {
 // returns those of rs that are absent.
 func absentSince(ctx context.Context, admin *madmin.AdminClient, s3 *minio.Client, rs cutoverRestart) iamAbsence {
 	var ab iamAbsence
+	if rs.ServerConfig != "" {
+		switch d, err := serverConfigDigest(ctx, admin); {
+		case err != nil:
+			ab.unread = append(ab.unread, "the server configuration")
+			ab.why = append(ab.why, err.Error())
+		case d != rs.ServerConfig:
+			ab.missing = append(ab.missing, "the server configuration (it reads otherwise: MinIO runs on its defaults where config.json does not unseal)")
+		}
+	}
 	l := listIAM(ctx, admin, false)
 	ab.why = append(ab.why, l.failed...)
 	for _, n := range rs.IAM {
@@ -178,6 +193,36 @@ func iamWrites(ctx context.Context, admin *madmin.AdminClient, rs cutoverRestart
 		}
 	}
 	return found, append(reported, l.failed...)
+}
+
+// serverConfigDigest digests the server configuration now (before the
+// restart); "" with a warning when it does not read.
+func (c *cutoverStep) serverConfigDigest(ctx context.Context, r *engine.Run, e *cutoverEnv) string {
+	admin, _, err := e.a.Clients(r)
+	if err != nil {
+		return ""
+	}
+	d, err := serverConfigDigest(ctx, admin)
+	if err != nil {
+		r.Warnf("the object store's server configuration does not read before the restart (%v): it is not compared after the restart", err)
+		return ""
+	}
+	return d
+}
+
+// serverConfigDigest is the SHA-256 (hex) of the server configuration the
+// object store runs with (madmin GetConfig: MinIO's configuration in
+// memory, cmd/admin-handlers-config-kv.go GetConfigHandler), never kept
+// itself: it holds credentials.
+func serverConfigDigest(ctx context.Context, admin *madmin.AdminClient) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	cfg, err := admin.GetConfig(cctx)
+	if err != nil {
+		return "", fmt.Errorf("read the server configuration: %w", err)
+	}
+	sum := sha256.Sum256(cfg)
+	return hex.EncodeToString(sum[:]), nil
 }
 
 // iamNames lists the IAM users, groups, policies and service accounts

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -38,7 +39,7 @@ import (
 //	km-no-enclave NAME
 //	    the script's Key Manager holds no enclave NAME (EnclaveStatus
 //	    answers ErrEnclaveNotFound): nothing was created.
-//	minio-admin add-user NAME SECRET | set-config KV | add-policy NAME |
+//	minio-admin add-user NAME SECRET | get-config SUBSYS | set-config KV | add-policy NAME |
 //	            add-group NAME USER... | add-service-account USER |
 //	            set-quota BUCKET BYTES | set-remote-target BUCKET TARGET |
 //	            list-iam | list-remote-targets BUCKET
@@ -136,6 +137,10 @@ func cmdMinIOAdmin(ts *testscript.TestScript, neg bool, args []string) {
 	switch {
 	case len(args) == 3 && args[0] == "add-user":
 		ts.Check(scriptAdmin(ts).AddUser(ctx, args[1], args[2]))
+	case len(args) == 2 && args[0] == "get-config":
+		kv, err := scriptAdmin(ts).GetConfigKV(ctx, args[1])
+		ts.Check(err)
+		fmt.Fprintf(ts.Stdout(), "%s\n", bytes.TrimSpace(kv))
 	case len(args) == 2 && args[0] == "set-config":
 		_, err := scriptAdmin(ts).SetConfigKV(ctx, args[1])
 		ts.Check(err)
@@ -210,7 +215,7 @@ func cmdMinIOAdmin(ts *testscript.TestScript, neg bool, args []string) {
 			fmt.Fprintf(ts.Stdout(), "%s -> %s\n", t.SourceBucket, t.TargetBucket)
 		}
 	default:
-		ts.Fatalf("usage: minio-admin add-user NAME SECRET | set-config KV | add-policy NAME [FILE] | attach-policy POLICY USER | add-group NAME USER... | add-service-account USER [ACCESS SECRET POLICYFILE] | set-quota BUCKET BYTES | set-remote-target BUCKET TARGET | list-iam | list-remote-targets BUCKET")
+		ts.Fatalf("usage: minio-admin add-user NAME SECRET | get-config SUBSYS | set-config KV | add-policy NAME [FILE] | attach-policy POLICY USER | add-group NAME USER... | add-service-account USER [ACCESS SECRET POLICYFILE] | set-quota BUCKET BYTES | set-remote-target BUCKET TARGET | list-iam | list-remote-targets BUCKET")
 	}
 }
 
