@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/hashicorp/hcl/v2/ext/tryfunc"
 	"github.com/zclconf/go-cty/cty"
@@ -97,6 +98,18 @@ func functions(baseDir string, read fileReader) map[string]function.Function {
 		return base64.StdEncoding.EncodeToString(b), err
 	})
 	fs["abspath"] = stringFunc("path", func(p string) (string, error) { return filepath.Abs(resolve(p)) })
+	// pathexpand replaces a leading ~ with the home directory, as
+	// Terraform's does: no path attribute expands ~ by itself.
+	fs["pathexpand"] = stringFunc("path", func(p string) (string, error) {
+		if p != "~" && !strings.HasPrefix(p, "~/") {
+			return p, nil
+		}
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("expand %s: %w", p, err)
+		}
+		return filepath.Join(home, p[1:]), nil
+	})
 	fs["basename"] = stringFunc("path", func(p string) (string, error) { return filepath.Base(p), nil })
 	fs["dirname"] = stringFunc("path", func(p string) (string, error) { return filepath.Dir(p), nil })
 	fs["sha256"] = stringFunc("str", func(s string) (string, error) {

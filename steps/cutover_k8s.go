@@ -121,7 +121,11 @@ func newK8sTarget(r *engine.Run, a *aistorConnection) (*k8sTarget, error) {
 		rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: path}
 		conf, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: a.cfg.Context}).ClientConfig()
 		if err != nil {
-			return nil, fmt.Errorf("load kubeconfig %s: %w", a.cfg.Kubeconfig, err)
+			err = fmt.Errorf("load kubeconfig %s: %w", a.cfg.Kubeconfig, err)
+			if strings.HasPrefix(a.cfg.Kubeconfig, "~") {
+				err = engine.WithHint(err, fmt.Sprintf("a path attribute does not expand ~: write kubeconfig = pathexpand(%q)", a.cfg.Kubeconfig))
+			}
+			return nil, err
 		}
 	}
 	// The default (5 requests a second) would pace the watches and the
