@@ -59,7 +59,7 @@ type cutoverConfig struct {
 }
 
 // cutoverStep moves a running AIStor deployment from KES to the Key Manager
-// (SPEC.md, the cutover row; DOMAIN.md part D). Its files, by concern:
+// (README.md, "The cutover"; docs/domain.md, "MinIO"). Its files, by concern:
 // cutover_plan.go observes and plans (the KMS facts, the refusals before
 // any change), cutover_sample.go chooses, proves and re-reads the object
 // sample, cutover_apply.go runs an attempt, cutover_health.go restarts and
@@ -199,13 +199,13 @@ func refuseAdmin() error {
 }
 
 // rollingReason explains why no rolling restart can carry the cutover
-// (DOMAIN.md D5), for a deployment on h distinct hosts.
+// (docs/domain.md, "Restarting a cluster"), for a deployment on h distinct hosts.
 func rollingReason(h int) string {
 	wave := (h + 1) / 2
 	return fmt.Sprintf("At start-up each MinIO node waits until at least ⌊(H−1)/2⌋ other hosts report an identical MINIO_* environment, and the KES-era and Key Manager-era variables can never be set together: a node restarted into the Key Manager era waits for peers that are still on KES. So no node-by-node restart can pass; the smallest first wave is ⌈H/2⌉ hosts (%d of these %d), which already stops writes on any evenly spread erasure set.", wave, h)
 }
 
-// hostsOf counts the hosts of env_files (H of DOMAIN.md D5): each ssh
+// hostsOf counts the hosts of env_files (H of docs/domain.md, "Restarting a cluster"): each ssh
 // host, and this host for local files.
 func hostsOf(files []string) int {
 	hosts := map[string]bool{}

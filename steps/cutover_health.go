@@ -101,7 +101,7 @@ func healthCheck(ctx context.Context, r *engine.Run, a *aistorConnection, admin 
 	switch {
 	case err != nil && want == kmsNameKES && kmsStatusRefused(err):
 		// MinIO asks KES /v1/status with its own KES identity, which may
-		// encrypt and decrypt and still lack that path (DOMAIN.md E): no
+		// encrypt and decrypt and still lack that path (docs/domain.md, "KES identities and policies"): no
 		// status will ever name KES. Judge by what each server runs with
 		// instead, then by the default key's round trip below.
 		if why := runsOnKES(info); why != "" {

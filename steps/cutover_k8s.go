@@ -26,7 +26,7 @@ import (
 
 // The cutover on Kubernetes (aistor { platform = "kubernetes" }) changes the
 // resource that owns MinIO's environment through the Kubernetes API
-// (KUBERNETES.md K1, K2):
+// (docs/kubernetes.md, "What it does"):
 //
 //	Tenant (minio.min.io/v2, the MinIO Operator): the operator writes each
 //	    pod's config file from its own KES injection (while spec.kes is
@@ -43,7 +43,7 @@ import (
 //
 // None of these changes restarts MinIO by itself, or it rolls the pods one
 // at a time, which MinIO's start-up check forbids for a KMS change
-// (DOMAIN.md D5). So the cutover sets every StatefulSet's updateStrategy to
+// (docs/domain.md, "Restarting a cluster"). So the cutover sets every StatefulSet's updateStrategy to
 // OnDelete for its duration, writes the change, waits until the StatefulSets
 // carry it, deletes every MinIO pod at once and watches them return Ready,
 // then validates as on Linux and restores the updateStrategy.

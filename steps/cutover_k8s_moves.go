@@ -274,8 +274,8 @@ func (t *k8sTarget) waitConfigured(ctx context.Context, r *engine.Run, wait time
 
 // restartPods deletes every MinIO pod at once and watches until each
 // StatefulSet has all its pods back, new ones, Ready, on the StatefulSet's
-// current revision (KUBERNETES.md K2: with OnDelete and Parallel the
-// controller recreates them together). Deleting is not an eviction:
+// current revision (with OnDelete and Parallel the StatefulSet controller recreates
+// them together: docs/kubernetes.md, "What it does"). Deleting is not an eviction:
 // PodDisruptionBudgets do not apply.
 func (t *k8sTarget) restartPods(ctx context.Context, r *engine.Run, wait time.Duration) error {
 	s, err := t.observe(ctx)

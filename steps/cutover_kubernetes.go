@@ -113,7 +113,7 @@ func (k *k8sPlatform) Observe(ctx context.Context, r *engine.Run) (*platformView
 		}
 		v.Observed = append(v.Observed, fmt.Sprintf("StatefulSet %s: %d replicas, podManagementPolicy %s, updateStrategy %s%s", sts.Name, ptrInt(sts.Spec.Replicas), policy, sts.Spec.UpdateStrategy.Type, probesOf(sts)))
 		if policy == appsv1.OrderedReadyPodManagement {
-			return nil, engine.Refusef("StatefulSet %s of %s has podManagementPolicy: OrderedReady: after its pods are deleted together Kubernetes recreates them one at a time, each once the one before is Ready, and MinIO's start-up check keeps the first one waiting for peers with its new environment (DOMAIN.md D5), so the restart cannot be all at once. podManagementPolicy cannot be changed on a live StatefulSet: recreate it with podManagementPolicy: Parallel (kubectl delete statefulset %s --cascade=orphan, then apply it again with Parallel: the pods and their volumes stay), and plan again (nothing was changed)", sts.Name, t, sts.Name)
+			return nil, engine.Refusef("StatefulSet %s of %s has podManagementPolicy: OrderedReady: after its pods are deleted together Kubernetes recreates them one at a time, each once the one before is Ready, and MinIO's start-up check keeps the first one waiting for peers with its new environment (docs/domain.md: Restarting a cluster), so the restart cannot be all at once. podManagementPolicy cannot be changed on a live StatefulSet: recreate it with podManagementPolicy: Parallel (kubectl delete statefulset %s --cascade=orphan, then apply it again with Parallel: the pods and their volumes stay), and plan again (nothing was changed)", sts.Name, t, sts.Name)
 		}
 		pods := podsOf(sts, s.pods)
 		for _, p := range pods {
@@ -183,7 +183,7 @@ func (k *k8sPlatform) checkServers(ctx context.Context, r *engine.Run, t *k8sTar
 			eps = append(eps, sv.Endpoint)
 		}
 		sort.Strings(eps)
-		return "", engine.Refusef("the object store reports %d server(s) (%s) but the StatefulSets of %s run %d pods: servers outside %s would keep the old environment and wait for peers, or run on KES beside the Key Manager (DOMAIN.md G); name the resource that owns every server and plan again (nothing was changed)", len(info.Servers), strings.Join(eps, ", "), t, s.replicas(), t)
+		return "", engine.Refusef("the object store reports %d server(s) (%s) but the StatefulSets of %s run %d pods: servers outside %s would keep the old environment and wait for peers, or run on KES beside the Key Manager (docs/domain.md: Restarting a cluster); name the resource that owns every server and plan again (nothing was changed)", len(info.Servers), strings.Join(eps, ", "), t, s.replicas(), t)
 	}
 	return fmt.Sprintf("the object store reports %d servers, the %d pods of %s", len(info.Servers), s.replicas(), t), nil
 }

@@ -69,7 +69,7 @@ func (l *linuxPlatform) matchServers(ctx context.Context, r *engine.Run) error {
 	}
 	matches, problems := matchNodes(ctx, servers, refs, systemResolver)
 	if len(problems) > 0 {
-		return engine.Refusef("the env files do not match the object store's servers one to one: %s. Every server must be cut over with its own env file, or it keeps the others waiting at start-up for peers with its environment, or stays on KES beside nodes on the Key Manager (DOMAIN.md G). List each server's file: ssh://user@HOST/path in env_files matches the server on HOST; a local file needs its server named, nodes = { \"HOST:PORT\" = { env_file = \"PATH\" } }, HOST:PORT as `mc admin info` lists the servers (%s). Nothing was changed", strings.Join(problems, "; "), serverList(servers))
+		return engine.Refusef("the env files do not match the object store's servers one to one: %s. Every server must be cut over with its own env file, or it keeps the others waiting at start-up for peers with its environment, or stays on KES beside nodes on the Key Manager (docs/domain.md: Restarting a cluster). List each server's file: ssh://user@HOST/path in env_files matches the server on HOST; a local file needs its server named, nodes = { \"HOST:PORT\" = { env_file = \"PATH\" } }, HOST:PORT as `mc admin info` lists the servers (%s). Nothing was changed", strings.Join(problems, "; "), serverList(servers))
 	}
 	for _, m := range matches {
 		for i, n := range l.nodes {
@@ -112,7 +112,7 @@ func serverList(servers []storeServer) string {
 // nodeChecks checks every node, in parallel, before any change: that its
 // release has the Key Manager client, which certs dir its MinIO loads, and
 // that from the node every Key Manager endpoint is reached and its
-// certificate verified by the CAs that MinIO will load there (DOMAIN.md G:
+// certificate verified by the CAs that MinIO will load there (docs/domain.md, "What MinIO asks of the Key Manager":
 // certs/CAs and the system roots; MinIO has no Key Manager CA variable).
 // It refuses with every node's problem; what cannot be told is a risk.
 func (l *linuxPlatform) nodeChecks(ctx context.Context, r *engine.Run, env map[string]string) ([]string, error) {

@@ -130,7 +130,7 @@ type kmsFacts struct {
 
 // observeKMS reads MinIO's KMS status and the env files' default key and
 // refuses, before anything changes, when MINIO_KMS_SSE_KEY would differ
-// from the default key the object store runs with (DOMAIN.md E: MinIO
+// from the default key the object store runs with (docs/domain.md, "What MinIO asks of the Key Manager": MinIO
 // creates a missing default key at start-up and seals new data with it),
 // or when that key cannot be known at all.
 func (c *cutoverStep) observeKMS(ctx context.Context, r *engine.Run, e *cutoverEnv, v *platformView) (*kmsFacts, error) {
@@ -232,7 +232,7 @@ func kmsStatusRefused(err error) bool {
 // kmsStatusRefusal says precisely why MinIO could not report its KMS
 // status. MinIO's status call asks KES /v1/status with MinIO's own KES
 // identity, which may encrypt and decrypt and still lack that path
-// (DOMAIN.md E).
+// (docs/domain.md, "KES identities and policies").
 func kmsStatusRefusal(r *engine.Run, err error, env map[string]string) string {
 	msg := r.Redact(err.Error())
 	if !kmsStatusRefused(err) {
@@ -256,7 +256,7 @@ func kmsStatusRefusal(r *engine.Run, err error, env map[string]string) string {
 
 // rootAccessRisk is the plan's risk line when the env file turns root
 // access off without root credentials: MinIO then derives its root
-// credentials from a KMS HMAC (DOMAIN.md D2), which the Key Manager
+// credentials from a KMS HMAC (docs/domain.md, "MinIO restart"), which the Key Manager
 // connection does not offer. "" when there is no such risk.
 func rootAccessRisk(env map[string]string) string {
 	if !strings.EqualFold(env["MINIO_API_ROOT_ACCESS"], "off") || env["MINIO_ROOT_USER"] != "" {
@@ -307,7 +307,8 @@ func (c *cutoverStep) checkEnclaveHolds(ctx context.Context, r *engine.Run, e *c
 // when the cutover runs: it holds it now, or a migration this cutover
 // follows (depends_on, directly or through other steps) imports it into
 // that enclave, as its plan lists. Else MinIO would create a fresh key
-// under that name at start-up (DOMAIN.md E). It returns the plan's line
+// under that name at start-up (docs/domain.md, "What MinIO asks of the
+// Key Manager"). It returns the plan's line
 // saying which. Apply checks the enclave itself again before the first
 // change (checkEnclaveHolds).
 func (c *cutoverStep) planEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, name string) (string, error) {

@@ -100,14 +100,14 @@ func hostOrLocal(n *envNode) string {
 
 // cutoverManaged reports whether the cutover must be the only source of a
 // variable: every MINIO_KMS_* variable, since MinIO refuses to start with
-// KES and the Key Manager configured together (DOMAIN.md D1) and the
+// KES and the Key Manager configured together (docs/domain.md, "MinIO KMS variables") and the
 // cutover changes them in the env file alone.
 func cutoverManaged(name string) bool { return strings.HasPrefix(name, "MINIO_KMS_") }
 
 // checkUnitEnv refuses when a node's minio unit sets a MINIO_KMS_*
 // variable outside the env file the cutover edits (an Environment= line of
 // the unit or a drop-in, or another EnvironmentFile=): the edit could not
-// remove it, and MinIO would not start (DOMAIN.md E). It names the file
+// remove it, and MinIO would not start (docs/domain.md, "MinIO KMS variables"). It names the file
 // that sets it. Also refuses when the unit does not read the edited file
 // at all. Returns one observation line per node.
 func (l *linuxPlatform) checkUnitEnv(ctx context.Context, r *engine.Run) ([]string, error) {

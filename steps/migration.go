@@ -369,7 +369,7 @@ func planLeftBehind(p *engine.StepPlan, obs *migrationObservation, skipUnparsabl
 	if left := obs.src.total - len(obs.src.names) - len(obs.src.notKeys); pattern != "*" && left > 0 {
 		// The migration is the step that knows its pattern; verification
 		// and the cutover see only the keys the object store names.
-		p.Risks = append(p.Risks, fmt.Sprintf("pattern %q leaves %d of the key store's %d entries out: a key outside it may seal IAM users, groups and policies, server and bucket configuration (sealed with the default key in force when each was written, DOMAIN.md G) and SSE-S3 objects, and the object store's API names none of those keys, so no check can find them; after the cutover they would no longer read. Migrate with pattern = \"*\" unless you know every key outside the pattern is unused", pattern, left, obs.src.total))
+		p.Risks = append(p.Risks, fmt.Sprintf("pattern %q leaves %d of the key store's %d entries out: a key outside it may seal IAM users, groups and policies, server and bucket configuration (sealed with the default key in force when each was written, docs/domain.md: What MinIO seals with its default key) and SSE-S3 objects, and the object store's API names none of those keys, so no check can find them; after the cutover they would no longer read. Migrate with pattern = \"*\" unless you know every key outside the pattern is unused", pattern, left, obs.src.total))
 	}
 }
 

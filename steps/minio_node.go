@@ -15,7 +15,7 @@ import (
 // client (MINIO_KMS_SERVER, MINIO_KMS_ENCLAVE, MINIO_KMS_API_KEY): commit
 // 8b660e18f "kms: add support for MinKMS" (#19368) of 2024-05-07 is in
 // RELEASE.2024-05-10T01-41-38Z and not in RELEASE.2024-05-07T06-41-25Z
-// (minio/minio history; DOMAIN.md G). An older server ignores those
+// (minio/minio history; docs/domain.md, "MinIO KMS variables"). An older server ignores those
 // variables and, with MINIO_KMS_KES_* commented out, starts with no KMS.
 var minKeyManagerRelease = time.Date(2024, 5, 10, 1, 41, 38, 0, time.UTC)
 

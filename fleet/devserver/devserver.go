@@ -1,5 +1,6 @@
 // Package devserver runs Temporal's server in-process on a SQLite file: the
-// embedded server of a fleet's rehearsals and small fleets (FLEET.md F1).
+// embedded server of a fleet's rehearsals and small fleets (docs/fleet.md,
+// "On one machine and beyond").
 // One process at a time hosts a fleet's server; it holds a lock in the
 // server's folder and writes the address there, so that the fleet's other
 // commands and workers on this host connect to it instead of starting a

@@ -36,7 +36,7 @@ type Activities struct {
 // WorkerOptions are the options of every worker: heartbeats reach the
 // server at least every 2 seconds (the SDK's default throttle waits up to
 // 0.8 of the heartbeat timeout, which leaves a busy host little margin and
-// shows stale progress: FLEET.md F2).
+// shows stale progress; measured with a probe of 20 child workflows).
 func WorkerOptions() worker.Options {
 	return worker.Options{MaxHeartbeatThrottleInterval: 2 * time.Second, DefaultHeartbeatThrottleInterval: 2 * time.Second}
 }
@@ -50,7 +50,7 @@ const interruptGrace = 30 * time.Second
 // `resume` when the journal holds this plan's unfinished run (a retry after
 // a worker died resumes from the journal, never from zero), nothing when it
 // holds this plan's finished run. Its -json events become heartbeats. The
-// exit code becomes the outcome (FLEET.md F3): 0 done; 1 ErrFailed; 2
+// exit code becomes the outcome (docs/fleet.md, "How a rollout runs"): 0 done; 1 ErrFailed; 2
 // ErrUsage; 3 ErrBusy when the journal's lock is held (retried), else
 // ErrRefused.
 func (a *Activities) RunDeployment(ctx context.Context, d DeploymentInput) (*Outcome, error) {

@@ -25,7 +25,7 @@ const (
 	SignalResume     = "resume"
 	// MemoStatus is the memo field holding the fleet's Status, so that
 	// status reads it with DescribeWorkflowExecution, with no worker alive
-	// (queries need one: FLEET.md F2).
+	// (a query needs a worker alive; the memo does not).
 	MemoStatus = "status"
 )
 
@@ -36,7 +36,8 @@ func HostQueue(host string) string { return CoordinatorQueue + "@" + host }
 func FleetWorkflowID(fleet string) string { return "fleet/" + fleet }
 
 // DeploymentWorkflowID is the ID of a deployment's run: one open run per
-// deployment of a runbook, whichever fleet starts it (FLEET.md F2).
+// deployment of a runbook, whichever fleet starts it (Temporal keeps one
+// open execution per workflow ID).
 func DeploymentWorkflowID(runbook, deployment string) string {
 	return "runbook/" + runbook + "/" + deployment
 }
@@ -131,7 +132,7 @@ type Progress struct {
 }
 
 // Error types of a deployment's failure (Temporal ApplicationError types),
-// by the runbook's exit code (FLEET.md F3).
+// by the runbook's exit code (docs/fleet.md, "How a rollout runs").
 const (
 	ErrFailed  = "failed"  // exit 1: counts against the error budget
 	ErrUsage   = "usage"   // exit 2: the fleet is misconfigured; stops the rollout

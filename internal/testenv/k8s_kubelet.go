@@ -87,7 +87,7 @@ type KubernetesMinIOOptions struct {
 //     (MINIO_CONFIG_ENV_FILE) from the operator's KES injection while
 //     spec.kes is set, spec.env and the configuration Secret's config.env
 //     ("export K=\"V\"" lines), at pod start and again on every change,
-//     without restarting MinIO (KUBERNETES.md K1, K2). The Tenant renders a
+//     without restarting MinIO (docs/kubernetes.md, "What it does"). The Tenant renders a
 //     spec.env entry given by valueFrom.secretKeyRef as an empty value, as
 //     operator v6 does (minio/operator#2279); the ObjectStore resolves it.
 //     Updating the StatefulSet it replaces the pod template only, leaving

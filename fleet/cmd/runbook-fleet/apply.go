@@ -143,7 +143,8 @@ func startRollout(ctx context.Context, c *connection, f *fleet.Fleet, in rollout
 		ID:        rollout.FleetWorkflowID(f.Name),
 		TaskQueue: rollout.CoordinatorQueue,
 		// Without this, starting an ID that runs returns the running
-		// execution as if it were new (FLEET.md F2).
+		// execution as if it were new (Temporal's Go SDK; conflict policy
+		// FAIL alone is not enough).
 		WorkflowExecutionErrorWhenAlreadyStarted: true,
 		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
 		WorkflowIDReusePolicy:                    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
