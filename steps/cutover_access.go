@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/minio/madmin-go/v3"
@@ -12,78 +13,137 @@ import (
 	"github.com/runbook-dev/runbook/engine"
 )
 
-// The write probe (cutover_probe.go) is the one thing the cutover does
-// with its access key that nothing before the restart does: it makes a
-// bucket, writes, lists, removes. An access key that may not would fail
-// the cutover only after every node restarted onto the Key Manager, and
-// the automatic rollback would restart them all again. So the plan reads
-// the key's effective policy (MinIO's admin accountinfo: the policies of
-// the user and its groups combined; consoleAdmin for root) and, for a
-// service account with a policy of its own, that one too, and evaluates
-// them with MinIO's own policy package.
+// After the restart the cutover uses its access key for things nothing
+// before the restart proves it may: the write probe (cutover_probe.go)
+// makes a bucket, writes, lists and removes; the health wait asks the KMS
+// status and the default key's status and lists the servers. A key that
+// may not would fail the cutover only after every node restarted, and the
+// automatic rollback would restart them all again. So the plan reads the
+// key's effective policies (MinIO's admin accountinfo: the policies of the
+// user and its groups combined; consoleAdmin for root) and, for a service
+// account with a policy of its own, that one too, and evaluates them with
+// MinIO's own policy package for every right below.
 
-// probeActions are the S3 actions the write probe needs on its bucket
-// runbook-write-probe-*: bucket-level ones without an object, the others
-// on the probe's objects.
-var probeActions = []struct {
+// cutoverRight is one action the cutover needs after the restart, on what.
+type cutoverRight struct {
 	action policy.Action
-	object bool
-}{
-	{policy.CreateBucketAction, false},
-	{policy.PutObjectAction, true},
-	{policy.ListBucketAction, false},
-	{policy.DeleteObjectAction, true},
-	{policy.DeleteBucketAction, false},
+	bucket string // the resource: a probe bucket, or the default key (KMS actions); "" for none
+	object string
 }
 
-// probeAccessHint is how to fix an access key the write probe cannot use.
-const probeAccessHint = "the aistor block's access key must be allowed to make, write, list and remove the buckets runbook-write-probe-* (s3:CreateBucket, s3:PutObject, s3:ListBucket, s3:DeleteObject, s3:DeleteBucket): the cutover proves each server writable with them after the restart; attach a policy that allows them on arn:aws:s3:::runbook-write-probe-* and arn:aws:s3:::runbook-write-probe-*/*, or use the root credentials"
+// cutoverRights are the rights checkCutoverAccess asks for, with
+// defaultKey the key whose status the health wait asks (MinIO:
+// cmd/kms-handlers.go checks kms:Status, and kms:KeyStatus on the key;
+// cmd/admin-handlers.go admin:ServerInfo).
+func cutoverRights(defaultKey string) []cutoverRight {
+	const bucket = "runbook-write-probe-00000000"
+	return []cutoverRight{
+		{policy.CreateBucketAction, bucket, ""},
+		{policy.PutObjectAction, bucket, "probe/server"},
+		{policy.ListBucketAction, bucket, ""},
+		{policy.DeleteObjectAction, bucket, "probe/server"},
+		{policy.DeleteBucketAction, bucket, ""},
+		{policy.KMSStatusAction, "", ""},
+		{policy.KMSKeyStatusAction, defaultKey, ""},
+		{policy.ServerInfoAdminAction, "", ""},
+	}
+}
 
-// checkProbeAccess refuses, before any change, an access key whose
-// policies do not allow every probeActions action on a probe bucket. It
-// returns a plan risk instead when it cannot judge: the policies cannot be
-// read, or a statement has conditions (their values exist only in a
-// request).
-func (c *cutoverStep) checkProbeAccess(ctx context.Context, r *engine.Run, e *cutoverEnv) (string, error) {
+// cutoverAccessHint is how to fix an access key that lacks a right.
+const cutoverAccessHint = "after the restart the cutover proves each server writable and waits for the KMS status with the aistor block's access key: it must be allowed s3:CreateBucket, s3:PutObject, s3:ListBucket, s3:DeleteObject and s3:DeleteBucket on arn:aws:s3:::runbook-write-probe-* and arn:aws:s3:::runbook-write-probe-*/*, kms:Status, kms:KeyStatus on the default key, and admin:ServerInfo (besides the reads and admin calls the plan already made with it); attach a policy that allows them, or use the root credentials"
+
+// checkCutoverAccess refuses, before any change, an access key whose
+// policies do not allow every cutoverRights right. It returns a plan risk
+// instead when it cannot judge: the policies cannot be read, or a
+// statement's conditions decide (their values exist only in a request:
+// the verdict differs with and without them).
+func (c *cutoverStep) checkCutoverAccess(ctx context.Context, r *engine.Run, e *cutoverEnv, defaultKey string) (string, error) {
 	admin, _, err := e.a.Clients(r)
 	if err != nil {
 		return "", err
 	}
 	policies, account, err := accessPolicies(ctx, admin, e.a.cfg.AccessKey)
 	if err != nil {
-		return fmt.Sprintf("cannot read the policies of the aistor block's access key (%v), so the plan cannot tell whether the write probe after the restart may make its bucket; %s", err, probeAccessHint), nil
+		return fmt.Sprintf("cannot read the policies of the aistor block's access key (%v), so the plan cannot tell whether the cutover may use it after the restart; %s", err, cutoverAccessHint), nil
 	}
-	bucket := "runbook-write-probe-00000000"
-	var denied []string
-	conditional := false
-	for _, p := range policies {
-		for _, st := range p.Statements {
-			conditional = conditional || len(st.Conditions) > 0
-		}
-	}
-	for _, pa := range probeActions {
-		args := policy.Args{AccountName: account, Action: pa.action, BucketName: bucket, ConditionValues: map[string][]string{}}
-		if pa.object {
-			args.ObjectName = "probe/server"
-		}
-		for _, p := range policies {
-			if !p.IsAllowed(args) {
-				denied = append(denied, string(pa.action))
-				break
-			}
-		}
-	}
-	if len(denied) == 0 {
-		return "", nil
-	}
+	// A condition's values exist only in a request: judge with no condition
+	// met and with every one met; where the two differ, conditions decide.
+	rights := cutoverRights(defaultKey)
+	noneMet := deniedRights(conditionsMet(policies, false), account, rights)
+	allMet := deniedRights(conditionsMet(policies, true), account, rights)
 	who := e.a.cfg.AccessKey
 	if account != who {
 		who += " (a service account of " + account + ")"
 	}
-	if conditional {
-		return fmt.Sprintf("the policies of the aistor block's access key %s have conditions, and without them they do not allow %s on the write probe's bucket; if a request of the cutover does not meet them, the cutover fails after the restart and rolls back; %s", who, strings.Join(denied, ", "), probeAccessHint), nil
+	switch {
+	case !slices.Equal(noneMet, allMet):
+		return fmt.Sprintf("the policies of the aistor block's access key %s have conditions that decide whether it may use %s after the restart (with no condition met denied: %s; with every one met denied: %s); if a request of the cutover does not meet them, the cutover fails after the restart and rolls back; %s", who, deniedText(union(noneMet, allMet)), orNone(noneMet), orNone(allMet), cutoverAccessHint), nil
+	case len(allMet) > 0:
+		return "", engine.RefuseWithHint(cutoverAccessHint, "the policies of the aistor block's access key %s do not allow %s, which the cutover uses after restarting every node, so it would fail then", who, deniedText(allMet))
 	}
-	return "", engine.RefuseWithHint(probeAccessHint, "the policies of the aistor block's access key %s do not allow %s on the write probe's bucket runbook-write-probe-*, so the cutover would fail after restarting every node", who, strings.Join(denied, ", "))
+	return "", nil
+}
+
+// deniedRights lists the rights (action and resource) some policy does not
+// allow.
+func deniedRights(policies []*policy.Policy, account string, rights []cutoverRight) []string {
+	var denied []string
+	for _, rt := range rights {
+		args := policy.Args{AccountName: account, Action: rt.action, BucketName: rt.bucket, ObjectName: rt.object, ConditionValues: map[string][]string{}}
+		for _, p := range policies {
+			if !p.IsAllowed(args) {
+				denied = append(denied, rightName(rt))
+				break
+			}
+		}
+	}
+	return denied
+}
+
+// rightName is the action, and the key of a KMS action on one (an S3
+// action is on the probe's buckets: deniedText says so once).
+func rightName(rt cutoverRight) string {
+	if rt.bucket != "" && !strings.HasPrefix(string(rt.action), "s3:") {
+		return string(rt.action) + " on key " + rt.bucket
+	}
+	return string(rt.action)
+}
+
+// deniedText lists denied rights, saying where the S3 ones apply.
+func deniedText(denied []string) string {
+	s := strings.Join(denied, ", ")
+	if slices.ContainsFunc(denied, func(d string) bool { return strings.HasPrefix(d, "s3:") }) {
+		s += " (the S3 actions on the write probe's buckets runbook-write-probe-*)"
+	}
+	return s
+}
+
+// conditionsMet is policies as they judge when every condition is met
+// (met: the conditions left out) or none is (the statements with
+// conditions left out).
+func conditionsMet(policies []*policy.Policy, met bool) []*policy.Policy {
+	out := make([]*policy.Policy, len(policies))
+	for i, p := range policies {
+		q := *p
+		q.Statements = nil
+		for _, st := range p.Statements {
+			if len(st.Conditions) > 0 {
+				if !met {
+					continue
+				}
+				st.Conditions = nil
+			}
+			q.Statements = append(q.Statements, st)
+		}
+		out[i] = &q
+	}
+	return out
+}
+
+func union(a, b []string) []string {
+	u := slices.Concat(a, b)
+	slices.Sort(u)
+	return slices.Compact(u)
 }
 
 // accessPolicies returns the policies that must all allow an action of

@@ -157,7 +157,7 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 		return nil, kmsSettings{}, err
 	}
 	// The plan showed a risk where it cannot judge; a refusal stands.
-	if _, err := c.checkProbeAccess(ctx, r, e); err != nil {
+	if _, err := c.checkCutoverAccess(ctx, r, e, facts.sseKey); err != nil {
 		return nil, kmsSettings{}, err
 	}
 	s, ok, err := sampleItem.Get(r)

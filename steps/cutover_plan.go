@@ -56,7 +56,7 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		return nil, err
 	}
 	p.Observed = append(p.Observed, held)
-	risk, err := c.checkProbeAccess(ctx, r, e)
+	risk, err := c.checkCutoverAccess(ctx, r, e, f.sseKey)
 	if err != nil {
 		return nil, err
 	}
