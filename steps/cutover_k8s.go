@@ -122,7 +122,7 @@ func newK8sTarget(r *engine.Run, a *aistorConnection) (*k8sTarget, error) {
 		conf, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: a.cfg.Context}).ClientConfig()
 		if err != nil {
 			err = fmt.Errorf("load kubeconfig %s: %w", a.cfg.Kubeconfig, err)
-			if strings.HasPrefix(a.cfg.Kubeconfig, "~") {
+			if a.cfg.Kubeconfig == "~" || strings.HasPrefix(a.cfg.Kubeconfig, "~/") {
 				err = engine.WithHint(err, fmt.Sprintf("a path attribute does not expand ~: write kubeconfig = pathexpand(%q)", a.cfg.Kubeconfig))
 			}
 			return nil, err

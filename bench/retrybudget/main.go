@@ -20,17 +20,19 @@ import (
 
 func main() {
 	n := flag.Int("n", 200000, "requests simulated per outage length")
+	seed := flag.Uint64("seed", 1, "random seed (the same seed prints the same table)")
 	flag.Parse()
+	rng := rand.New(rand.NewPCG(*seed, *seed))
 	waits := []float64{0.2, 0.4, 0.8, 1, 1, 1, 1, 1, 1} // seconds, the cap of each wait between the 10 attempts
 	fmt.Println("| outage | requests meeting it that fail |")
 	fmt.Println("|---:|---:|")
 	for _, outage := range []float64{1, 1.5, 2, 2.5, 3, 4, 5, 6, 7} {
 		failed := 0
 		for range *n {
-			offset := rand.Float64() * outage
+			offset := rng.Float64() * outage
 			span := 0.0
 			for _, w := range waits {
-				span += rand.Float64() * w
+				span += rng.Float64() * w
 			}
 			if span < outage-offset {
 				failed++
