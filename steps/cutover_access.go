@@ -56,7 +56,8 @@ const cutoverAccessHint = "after the restart the cutover proves each server writ
 // policies do not allow every cutoverRights right. It returns a plan risk
 // instead when it cannot judge: the policies cannot be read, or a
 // statement's conditions decide (their values exist only in a request:
-// the verdict differs with and without them).
+// the verdict with no condition met differs from the one with every
+// condition met).
 func (c *cutoverStep) checkCutoverAccess(ctx context.Context, r *engine.Run, e *cutoverEnv, defaultKey string) (string, error) {
 	admin, _, err := e.a.Clients(r)
 	if err != nil {
