@@ -40,7 +40,10 @@ func runApprove(_ context.Context, env *cliEnv, args []string) error {
 	case !signed && *key != "":
 		return &usageError{msg: "--key signs the approval, but the runbook names no allowed_signers to check it against", hint: "add allowed_signers = \"FILE\" to the runbook block and make the plan again, or leave out --key"}
 	}
-	a := engine.Approval{By: strings.TrimSpace(*by), Comment: *comment, Fingerprint: doc.Fingerprint, Time: time.Now().UTC().Format(time.RFC3339)}
+	// Nanoseconds: a saved plan is told apart from the same change planned
+	// and approved again by its approvals (engine refuseApplied), and a
+	// script may do both within one second.
+	a := engine.Approval{By: strings.TrimSpace(*by), Comment: *comment, Fingerprint: doc.Fingerprint, Time: time.Now().UTC().Format(time.RFC3339Nano)}
 	if signed {
 		if a.Signature, err = engine.Sign(*key, engine.ApprovalNamespace, doc.Fingerprint); err != nil {
 			return err
