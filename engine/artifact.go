@@ -90,6 +90,7 @@ type PlanStepDoc struct {
 	ItemsSHA256     string          `json:"items_sha256,omitempty"`
 	Rollback        string          `json:"rollback,omitempty"`
 	Risks           []string        `json:"risks,omitempty"`
+	Changes         []Resource      `json:"changes,omitempty"`
 	Sections        []PlanSection   `json:"sections,omitempty"`
 	EstimateSeconds float64         `json:"estimate_seconds,omitempty"`
 	State           json.RawMessage `json:"state,omitempty"`
@@ -217,6 +218,10 @@ func (s *Session) stepDoc(ps PlannedStep, items map[string][]string) (PlanStepDo
 	sd.Observed, sd.Actions, sd.Verification = redactAll(rd, p.Observed), redactAll(rd, p.Actions), redactAll(rd, p.Verification)
 	sd.Rollback, sd.Risks, sd.ItemsLabel = rd.String(p.Rollback), redactAll(rd, p.Risks), p.ItemsLabel
 	sd.EstimateSeconds = p.EstimateSeconds
+	for _, c := range p.Changes {
+		c.Via = rd.String(c.Via)
+		sd.Changes = append(sd.Changes, c)
+	}
 	for _, sec := range p.Sections {
 		sd.Sections = append(sd.Sections, PlanSection{Title: rd.String(sec.Title), Body: rd.String(sec.Body)})
 	}

@@ -119,6 +119,11 @@ func (w *changeWriter) stepsInOrder() {
 		}
 		w.bullets("Observed", s.Observed)
 		w.bullets("Will do", s.Actions)
+		var changes []string
+		for _, c := range s.Changes {
+			changes = append(changes, c.String())
+		}
+		w.bullets("Changes", changes)
 		if s.Items > 0 {
 			w.itemList(s)
 		}

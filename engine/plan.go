@@ -287,6 +287,9 @@ func planEvent(ps PlannedStep) Event {
 	for _, a := range p.Actions {
 		e.Details = append(e.Details, "will: "+a)
 	}
+	for _, c := range p.Changes {
+		e.Details = append(e.Details, "changes: "+c.String())
+	}
 	if n := len(p.Items); n > 0 {
 		shown := p.Items
 		if n > 10 {

@@ -66,12 +66,32 @@ type StepPlan struct {
 	EstimateSeconds float64  `json:"estimate_seconds,omitempty"`
 	Rollback        string   `json:"rollback,omitempty"`
 	Risks           []string `json:"risks,omitempty"`
+	// Changes are the systems the step changes, by the identity each
+	// reports of itself, so that plans made apart (a fleet's deployments)
+	// can be checked for two that would change one system.
+	Changes []Resource `json:"changes,omitempty"`
 	// State is the observed state that the plan's fingerprint binds.
 	State any `json:"state,omitempty"`
 	// Outputs are the outputs already known at plan time (for example an
 	// enclave's name), so that dependents can be planned.
 	Outputs map[string]cty.Value `json:"-"`
 }
+
+// Resource is a system a step changes, named by the identity the system
+// reports of itself where it has one (a MinIO deployment's ID, not the URL
+// it was reached by, which another var file may spell another way: a host
+// name, an address, a load balancer).
+type Resource struct {
+	Kind string `json:"kind"` // what it is, e.g. "MinIO deployment"
+	ID   string `json:"id"`   // its identity, unique within Kind
+	Via  string `json:"via"`  // how the plan reached it (an endpoint), for messages
+}
+
+// Same reports whether r and o are one system: the same Kind and ID, however
+// each was reached.
+func (r Resource) Same(o Resource) bool { return r.Kind == o.Kind && r.ID == o.ID }
+
+func (r Resource) String() string { return fmt.Sprintf("%s %s (reached as %s)", r.Kind, r.ID, r.Via) }
 
 // PlanSection is a titled block of preformatted text in a change request.
 type PlanSection struct {

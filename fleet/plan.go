@@ -81,6 +81,7 @@ type PlanDeployment struct {
 	Risks       []string          `json:"risks,omitempty"`
 
 	runbookName string
+	changes     []engine.Resource // the systems its plan changes (bound by its fingerprint)
 }
 
 func (d *PlanDoc) computeFingerprint() string {
@@ -174,6 +175,9 @@ func Plan(ctx context.Context, f *Fleet, opts PlanOptions) (*PlanDoc, error) {
 	if len(names) != 1 {
 		return nil, fmt.Errorf("the deployments' plans name %d runbooks: the runbook changed while they were made; plan again", len(names))
 	}
+	if err := refuseSharedSystems(doc.Deployments); err != nil {
+		return nil, err
+	}
 	doc.Fingerprint = doc.computeFingerprint()
 	var sig string
 	if opts.Key != "" {
@@ -232,8 +236,42 @@ func planDeployment(ctx context.Context, f *Fleet, d *Deployment, opts PlanOptio
 	for _, st := range pdoc.Steps {
 		pd.Steps = append(pd.Steps, st.Address)
 		pd.Risks = append(pd.Risks, st.Risks...)
+		pd.changes = append(pd.changes, st.Changes...)
 	}
 	return pd, nil
+}
+
+// refuseSharedSystems refuses a fleet in which two deployments would change
+// one system, by the identity the system reports (engine.Resource): one
+// object store reached through two var files' URLs, or a var file copied
+// and not edited. Each deployment's plan alone is sound, and the engine's
+// lock fences one journal, not the system: run in one wave, both would
+// edit and restart the same servers at once; in two, the second would cut
+// over a store the first already had.
+func refuseSharedSystems(ds []PlanDeployment) error {
+	type owner struct {
+		name string
+		r    engine.Resource
+	}
+	first := map[[2]string]owner{}
+	var problems []string
+	for _, d := range ds {
+		for _, r := range d.changes {
+			k := [2]string{r.Kind, r.ID}
+			o, ok := first[k]
+			switch {
+			case !ok:
+				first[k] = owner{d.Name, r}
+			case o.name != d.Name:
+				problems = append(problems, fmt.Sprintf("%s and %s both change %s %s (reached as %s and as %s)", o.name, d.Name, r.Kind, r.ID, o.r.Via, r.Via))
+			}
+		}
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	return engine.RefuseWithHint("give each deployment the var file of its own object store, or remove the duplicate deployment from the fleet file; then plan again",
+		"two deployments of this fleet would change the same system: %s. Their runs would edit and restart the same servers; no fleet plan was written and nothing was changed", strings.Join(problems, "; "))
 }
 
 func lastError(out string, err error) string {

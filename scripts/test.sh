@@ -30,6 +30,23 @@ if [[ -n "$unformatted" ]]; then
 	exit 1
 fi
 go vet ./...
+
+# While the main module's tests run (mostly waiting on real servers: the CPU
+# is half idle), the later phases' builds go into the build cache at low
+# priority: the fleet module's test binaries (Temporal's server, the largest
+# build of a first run), the race-instrumented packages and the crash test's
+# runbook. Only the cache is kept: each phase builds again from it, so an
+# error here shows there, and the phases wait for this first rather than
+# build the same packages twice.
+work="$(mktemp -d)"
+warm_pid=""
+# its own process group (setsid), so that an early exit stops every build in it
+trap 'if [[ -n "$warm_pid" ]]; then kill -- "-$warm_pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+setsid nice -n 15 bash -c 'cd fleet && go test -c -o "$1/fleet/" ./... && cd .. &&
+	go test -race -c -o "$1/race/" ./engine ./steps ./emulator &&
+	go build -o "$1/crash/runbook" ./cmd/runbook' warm "$work" >"$work/warm.log" 2>&1 &
+warm_pid=$!
+
 go test -count=1 -timeout 60m "$@" ./...
 echo "test.sh: tests passed after $(($(date +%s) - start))s" >&2
 
@@ -37,7 +54,10 @@ echo "test.sh: tests passed after $(($(date +%s) - start))s" >&2
 # SDK stay out of this one): its formatting, vet and tests, against the
 # embedded Temporal server, real KES servers, a real MinIO and the emulator,
 # with real worker processes. The first build of Temporal's server takes
-# about 9 minutes on 2 cores; later runs come from the build cache.
+# about 9 minutes on 2 cores (made while the main module's tests ran, above);
+# later runs come from the build cache.
+wait "$warm_pid" || echo "test.sh: the builds made ahead failed; each phase builds again (its error shows there): $(tail -3 "$work/warm.log")" >&2
+warm_pid=""
 (
 	cd fleet
 	unformatted="$(gofmt -l .)"
@@ -66,10 +86,8 @@ echo "test.sh: race detector passed after $(($(date +%s) - start))s" >&2
 # full migrate.hcl on 2,000 keys with real KES, the emulator and a real
 # MinIO, kill -9 at an instant of every step, then resume or rollback, each
 # checked. About 2 minutes on 2 cores.
-crashbin="$(mktemp -d)"
-trap 'rm -rf "$crashbin"' EXIT
-go build -o "$crashbin/runbook" ./cmd/runbook
-go run ./bench/crash -runbook "$crashbin/runbook" -keys 2000 -points 10
+go build -o "$work/crash/runbook" ./cmd/runbook
+go run ./bench/crash -runbook "$work/crash/runbook" -keys 2000 -points 10
 echo "test.sh: crash test passed after $(($(date +%s) - start))s" >&2
 
 # Each fuzz target, briefly (a count, not a duration: Go 1.26's fuzzer can end

@@ -31,6 +31,11 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	}
 	p.Observed = append(p.Observed, v.Observed...)
 	p.Risks = append(p.Risks, v.Risks...)
+	store, err := c.objectStore(ctx, r, e)
+	if err != nil {
+		return nil, err
+	}
+	p.Changes = append(p.Changes, store...)
 	f, err := c.observeKMS(ctx, r, e, v)
 	if err != nil {
 		return nil, err
@@ -92,6 +97,28 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	state["sample"], state["sse_key"] = sample, f.sseKey
 	p.State = state
 	return p, nil
+}
+
+// objectStore is the object store the cutover changes, named by the
+// deployment ID its servers report (madmin ServerInfo: MinIO keeps it in
+// the drives' format.json, the same on every server and across restarts),
+// so that a fleet can tell two deployments that reach one object store by
+// different URLs. None when the server reports no ID.
+func (c *cutoverStep) objectStore(ctx context.Context, r *engine.Run, e *cutoverEnv) ([]engine.Resource, error) {
+	admin, _, err := e.a.Clients(r)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	info, err := admin.ServerInfo(cctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the object store's deployment ID (admin server info): %w", err)
+	}
+	if info.DeploymentID == "" {
+		return nil, nil
+	}
+	return []engine.Resource{{Kind: "MinIO deployment", ID: info.DeploymentID, Via: e.a.cfg.Endpoint}}, nil
 }
 
 func (c *cutoverStep) validateAction(e *cutoverEnv) string {

@@ -7,7 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -183,8 +183,8 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 		}
 		return nil
 	}
-	sort.Strings(found)
-	found = dedupeSorted(found)
+	slices.Sort(found)
+	found = slices.Compact(found)
 	shown := found
 	if len(shown) > 50 {
 		shown = append(append([]string(nil), found[:50]...), fmt.Sprintf("and %d more", len(found)-50))
@@ -338,14 +338,4 @@ func bucketConfigDigest(ctx context.Context, s3 *minio.Client, admin *madmin.Adm
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-func dedupeSorted(sorted []string) []string {
-	out := sorted[:0]
-	for i, s := range sorted {
-		if i == 0 || s != sorted[i-1] {
-			out = append(out, s)
-		}
-	}
-	return out
 }

@@ -324,6 +324,24 @@ func (fe *fleetEnv) replay(name string) *engine.JournalState {
 // every workflow it ran on Temporal for each secret of the var files.
 func (fe *fleetEnv) noSecrets() {
 	fe.t.Helper()
+	fe.secretsIn(append(fe.producedFiles(), fe.histories()...))
+}
+
+// noSecretsBefore is noSecrets for a fleet that never started a rollout:
+// its folder, and the given outputs of its commands.
+func (fe *fleetEnv) noSecretsBefore(outputs ...string) {
+	fe.t.Helper()
+	texts := fe.producedFiles()
+	for i, o := range outputs {
+		texts = append(texts, fmt.Sprintf("output %d\x00%s", i+1, o))
+	}
+	fe.secretsIn(texts)
+}
+
+// producedFiles are the files of the fleet's folder, but the journals'
+// secrets/ and backups/, the servers' folders and the embedded server's
+// SQLite: each as "PATH\x00CONTENT".
+func (fe *fleetEnv) producedFiles() []string {
 	var texts []string
 	filepath.WalkDir(fe.dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
@@ -344,6 +362,13 @@ func (fe *fleetEnv) noSecrets() {
 		}
 		return nil
 	})
+	return texts
+}
+
+// histories are the histories of every workflow the fleet ran on Temporal,
+// payloads decoded, each as "history of ID\x00CONTENT".
+func (fe *fleetEnv) histories() []string {
+	var texts []string
 	c := fe.client()
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -371,6 +396,12 @@ func (fe *fleetEnv) noSecrets() {
 		}
 		texts = append(texts, "history of "+id+"\x00"+b.String())
 	}
+	return texts
+}
+
+// secretsIn fails the test for each secret of the var files in texts.
+func (fe *fleetEnv) secretsIn(texts []string) {
+	fe.t.Helper()
 	for _, s := range fe.secrets {
 		for _, t := range texts {
 			if strings.Contains(t, s) {

@@ -120,6 +120,9 @@ func exitCode(env *cliEnv, err error) int {
 		if errors.As(err, &he) {
 			fmt.Fprintf(env.stderr, "runbook: hint: %s\n", he.hint)
 		}
+		for _, h := range engine.Hints(err) {
+			fmt.Fprintf(env.stderr, "runbook: hint: %s\n", h)
+		}
 	}
 	if errors.Is(err, engine.ErrRefused) {
 		return exitRefused

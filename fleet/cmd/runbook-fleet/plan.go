@@ -71,6 +71,10 @@ func runPlan(ctx context.Context, env *cliEnv, args []string) error {
 				fmt.Fprintf(env.stdout, "  %-24s planned\n", name)
 			}
 		}})
+	var de *fleet.DeploymentPlanError
+	if err != nil && !errors.As(err, &de) && errors.Is(err, engine.ErrRefused) {
+		return err // the deployments planned; the fleet as a whole is refused
+	}
 	if err != nil {
 		var lines []string
 		refused := false
