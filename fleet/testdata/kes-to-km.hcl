@@ -63,6 +63,12 @@ variable "fail_marker" {
   description = "a file whose existence fails exec.site_check (the tests' injected failure)"
 }
 
+variable "hold_marker" {
+  type        = string
+  default     = "/nonexistent"
+  description = "a file whose existence holds exec.site_check until it is removed (the tests' long step)"
+}
+
 variable "minio_endpoint" {
   type        = string
   description = "the object store's URL, https://host:port"
@@ -198,8 +204,8 @@ verification "keys" {
 # failure (a deployment whose var file names an existing fail_marker fails
 # at this step, after its keys were migrated and verified).
 exec "site_check" {
-  command    = ["sh", "-c", "test ! -e \"$MARKER\" || { echo \"site check failed: $MARKER exists\" >&2; exit 1; }"]
-  env        = { MARKER = var.fail_marker }
+  command    = ["sh", "-c", "while [ -e \"$HOLD\" ]; do sleep 0.2; done; test ! -e \"$MARKER\" || { echo \"site check failed: $MARKER exists\" >&2; exit 1; }"]
+  env        = { MARKER = var.fail_marker, HOLD = var.hold_marker }
   depends_on = [verification.keys]
 }
 

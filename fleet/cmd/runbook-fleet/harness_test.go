@@ -141,7 +141,7 @@ func newFleet(t *testing.T, spec fleetSpec) *fleetEnv {
 		vars := map[string]string{
 			"kes_server": k.URL, "kes_api_key": k.APIKey, "kes_ca": k.CAFile, "kes_config": k.ConfigFile,
 			"km_server": fe.km.URL, "km_ca": fe.km.CAFile, "sysadmin_api_key": fe.km.RootAPIKey,
-			"enclave": name, "fail_marker": filepath.Join(dir, "fail-"+name),
+			"enclave": name, "fail_marker": filepath.Join(dir, "fail-"+name), "hold_marker": filepath.Join(dir, "hold-"+name),
 		}
 		folder := "emulated"
 		if spec.minio && i == spec.deployments {
