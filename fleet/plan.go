@@ -270,8 +270,22 @@ func refuseSharedSystems(ds []PlanDeployment) error {
 	if len(problems) == 0 {
 		return nil
 	}
-	return engine.RefuseWithHint("give each deployment the var file of its own object store, or remove the duplicate deployment from the fleet file; then plan again",
-		"two deployments of this fleet would change the same system: %s. Their runs would edit and restart the same servers; no fleet plan was written and nothing was changed", strings.Join(problems, "; "))
+	return &SharedSystemsError{Problems: problems}
+}
+
+// SharedSystemsError is a fleet refused because two of its deployments would
+// change one system (refuseSharedSystems). It is a refusal (engine.ErrRefused)
+// with a hint (engine.Hints).
+type SharedSystemsError struct {
+	Problems []string // "A and B both change KIND ID (reached as …)"
+}
+
+func (e *SharedSystemsError) Error() string {
+	return fmt.Sprintf("two deployments of this fleet would change the same system: %s. Their runs would edit and restart the same servers; no fleet plan was written and nothing was changed", strings.Join(e.Problems, "; "))
+}
+
+func (e *SharedSystemsError) Unwrap() error {
+	return engine.WithHint(engine.ErrRefused, "give each deployment the var file of its own object store, or remove the duplicate deployment from the fleet file; then plan again (a store restored from another's disk images keeps its deployment ID: see docs/fleet.md, Limits)")
 }
 
 func lastError(out string, err error) string {

@@ -2,15 +2,17 @@
 # test.sh — the project's test command (CI runs exactly this via .ci/run).
 #
 # 0. installs the Debian packages the tests need (scripts/install-test-deps.sh),
-# 1. builds the real KES (v0.24.0, v0.23.0), MinIO and Vault servers into the
-#    cache outside the clone if they are missing (scripts/build-real-servers.sh;
-#    instant when cached),
-# 2. exports RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_MINIO_BIN,
-#    RUNBOOK_VAULT_BIN,
-# 3. checks formatting and vet, runs every test against those servers (the
+# 1. builds the real servers (KES v0.24.0, v0.23.0 and v0.22.3, MinIO, Vault,
+#    etcd, kube-apiserver, kube-controller-manager) into the cache outside the
+#    clone if they are missing (scripts/build-real-servers.sh; instant when
+#    cached) and exports their RUNBOOK_*_BIN variables (scripts/tools-env.sh),
+# 2. checks formatting and vet, runs every test against those servers (the
 #    fleet module's too: fleet/ has its own go.mod), the
 #    race detector over engine, steps and emulator, a 10-point crash test
-#    (bench/crash, docs/crash-test.md) and each fuzz target briefly.
+#    (bench/crash, docs/crash-test.md) and each fuzz target briefly; while
+#    the main module's tests run, the later phases' builds are made ahead at
+#    low priority into the build cache (the fleet module's, Temporal's
+#    server among them: the largest build of a first run).
 #
 # Extra arguments go to 'go test' (e.g. scripts/test.sh -run Interop -v).
 set -euo pipefail
@@ -40,7 +42,9 @@ go vet ./...
 # build the same packages twice.
 work="$(mktemp -d)"
 warm_pid=""
-# its own process group (setsid), so that an early exit stops every build in it
+# Its own process group (setsid), so that an early exit stops every build in
+# it; a runner that kills only test.sh's group with SIGKILL (no trap runs)
+# leaves these builds to finish on their own, into the cache.
 trap 'if [[ -n "$warm_pid" ]]; then kill -- "-$warm_pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 setsid nice -n 15 bash -c 'cd fleet && go test -c -o "$1/fleet/" ./... && cd .. &&
 	go test -race -c -o "$1/race/" ./engine ./steps ./emulator &&

@@ -36,6 +36,9 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		return nil, err
 	}
 	p.Changes = append(p.Changes, store...)
+	if len(store) == 0 {
+		p.Risks = append(p.Risks, "the object store reports no deployment ID (admin info): a fleet cannot tell whether another of its deployments reaches this same store by another URL")
+	}
 	f, err := c.observeKMS(ctx, r, e, v)
 	if err != nil {
 		return nil, err

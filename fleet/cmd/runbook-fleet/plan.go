@@ -71,9 +71,9 @@ func runPlan(ctx context.Context, env *cliEnv, args []string) error {
 				fmt.Fprintf(env.stdout, "  %-24s planned\n", name)
 			}
 		}})
-	var de *fleet.DeploymentPlanError
-	if err != nil && !errors.As(err, &de) && errors.Is(err, engine.ErrRefused) {
-		return err // the deployments planned; the fleet as a whole is refused
+	var shared *fleet.SharedSystemsError
+	if errors.As(err, &shared) {
+		return err // every deployment planned; the fleet as a whole is refused
 	}
 	if err != nil {
 		var lines []string
