@@ -80,16 +80,13 @@ type StepPlan struct {
 // Resource is a system a step changes, named by the identity the system
 // reports of itself where it has one (a MinIO deployment's ID, not the URL
 // it was reached by, which another var file may spell another way: a host
-// name, an address, a load balancer).
+// name, an address, a load balancer). Two resources of the same Kind and ID
+// are one system, however each was reached.
 type Resource struct {
 	Kind string `json:"kind"` // what it is, e.g. "MinIO deployment"
 	ID   string `json:"id"`   // its identity, unique within Kind
 	Via  string `json:"via"`  // how the plan reached it (an endpoint), for messages
 }
-
-// Same reports whether r and o are one system: the same Kind and ID, however
-// each was reached.
-func (r Resource) Same(o Resource) bool { return r.Kind == o.Kind && r.ID == o.ID }
 
 func (r Resource) String() string { return fmt.Sprintf("%s %s (reached as %s)", r.Kind, r.ID, r.Via) }
 

@@ -281,7 +281,7 @@ type SharedSystemsError struct {
 }
 
 func (e *SharedSystemsError) Error() string {
-	return fmt.Sprintf("two deployments of this fleet would change the same system: %s. Their runs would edit and restart the same servers; no fleet plan was written and nothing was changed", strings.Join(e.Problems, "; "))
+	return fmt.Sprintf("two deployments of this fleet would change the same system: %s. Run at once, both would change it together; one after the other, the second would change what the first already had. No fleet plan was written and nothing was changed", strings.Join(e.Problems, "; "))
 }
 
 func (e *SharedSystemsError) Unwrap() error {

@@ -48,7 +48,7 @@ func TestSameObjectStoreTwice(t *testing.T) {
 		"twice-02 and twice-03 both change MinIO deployment ",
 		"reached as https://127.0.0.1:",
 		"and as https://localhost:",
-		"no fleet plan was written and nothing was changed",
+		"No fleet plan was written and nothing was changed",
 		"runbook: hint: give each deployment the var file of its own object store",
 	} {
 		if !strings.Contains(out, want) {
