@@ -117,26 +117,17 @@ func childrenOf(pid int) []int {
 	var out []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
-		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
+		var child int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &child); err != nil {
 			continue
 		}
 		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 		if !strings.HasPrefix(string(cmd), runbookBin+"\x00") {
 			continue
 		}
-		// pid (comm) state ppid …
-		s := string(raw)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		var ppid, child int
-		if len(fields) < 2 || fields[0] == "Z" {
-			continue
+		if ppid, alive := procParent(child); alive && ppid == pid {
+			out = append(out, child)
 		}
-		if _, err := fmt.Sscan(fields[1], &ppid); err != nil || ppid != pid {
-			continue
-		}
-		fmt.Sscan(e.Name(), &child)
-		out = append(out, child)
 	}
 	return out
 }
@@ -144,12 +135,7 @@ func childrenOf(pid int) []int {
 // anyAlive reports whether one of pids is a live process (not a zombie).
 func anyAlive(pids []int) bool {
 	for _, p := range pids {
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
-		if err != nil {
-			continue
-		}
-		s := string(raw)
-		if f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]); len(f) > 0 && f[0] != "Z" {
+		if _, alive := procParent(p); alive {
 			return true
 		}
 	}

@@ -587,14 +587,10 @@ func watchRunbooks(t *testing.T) *procWatch {
 				if len(args) < 2 || args[0] != runbookBin {
 					continue
 				}
-				stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-				// pid (comm) state ppid …
-				fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-				if len(fields) < 2 || fields[0] == "Z" {
-					continue // a zombie: exited, not yet reaped
+				ppid, alive := procParent(pid)
+				if !alive {
+					continue // gone, or a zombie: exited, not yet reaped
 				}
-				var ppid int
-				fmt.Sscanf(fields[1], "%d", &ppid)
 				parent[pid] = ppid
 				for i, a := range args {
 					if a == "-journal" && i+1 < len(args) {
@@ -693,4 +689,20 @@ func payloadsOf(m proto.Message) [][]byte {
 func (fe *fleetEnv) started(name string) bool {
 	recs, _, err := engine.ReadJournal(fe.journal(name))
 	return err == nil && len(recs) > 0
+}
+
+// procParent reads /proc/PID/stat: the process's parent, and whether it is
+// alive (it exists and is not a zombie, exited and not yet reaped).
+func procParent(pid int) (ppid int, alive bool) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// pid (comm) state ppid …
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(fields) < 2 || fields[0] == "Z" {
+		return 0, false
+	}
+	fmt.Sscanf(fields[1], "%d", &ppid)
+	return ppid, true
 }
