@@ -43,13 +43,13 @@ func runApply(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	doc, err := fleet.ReadPlan(*planDir)
 	if errors.Is(err, os.ErrNotExist) {
-		return &hintError{err: engine.Refusef("no fleet plan in %s", *planDir), hint: "make it with runbook fleet plan " + path}
+		return engine.WithHint(engine.Refusef("no fleet plan in %s", *planDir), "make it with runbook fleet plan "+path)
 	}
 	if err != nil {
 		return err
 	}
 	if doc.Fleet != f.Name || doc.FleetFileSHA256 != sha(f.Src) {
-		return &hintError{err: engine.Refusef("the fleet plan in %s was made from another version of %s", *planDir, path), hint: "make a new plan with runbook fleet plan " + path}
+		return engine.WithHint(engine.Refusef("the fleet plan in %s was made from another version of %s", *planDir, path), "make a new plan with runbook fleet plan "+path)
 	}
 	in, err := fleetInput(doc, *planDir)
 	if err != nil {
@@ -79,7 +79,7 @@ func runApply(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 	if len(busy) > 0 {
-		return &hintError{err: engine.Refusef("%d deployment(s) of this fleet are being run already: %s", len(busy), strings.Join(busy, ", ")), hint: "wait for those runs to end (runbook fleet status shows a fleet's), then apply again"}
+		return engine.WithHint(engine.Refusef("%d deployment(s) of this fleet are being run already: %s", len(busy), strings.Join(busy, ", ")), "wait for those runs to end (runbook fleet status shows a fleet's), then apply again")
 	}
 	run, err := startRollout(ctx, c, f, in)
 	if err != nil {
@@ -151,7 +151,7 @@ func startRollout(ctx context.Context, c *connection, f *fleet.Fleet, in rollout
 	}, rollout.FleetWorkflow, in)
 	var started *serviceerror.WorkflowExecutionAlreadyStarted
 	if errors.As(err, &started) {
-		return nil, &hintError{err: engine.Refusef("the rollout of fleet %s is running already (workflow %s): a second one is not started", f.Name, rollout.FleetWorkflowID(f.Name)), hint: "runbook fleet status " + f.File + " shows it; pause it with runbook fleet pause " + f.File}
+		return nil, engine.WithHint(engine.Refusef("the rollout of fleet %s is running already (workflow %s): a second one is not started", f.Name, rollout.FleetWorkflowID(f.Name)), "runbook fleet status "+f.File+" shows it; pause it with runbook fleet pause "+f.File)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start the rollout: %w", err)

@@ -89,15 +89,6 @@ type reportedError struct{ err error }
 func (e *reportedError) Error() string { return e.err.Error() }
 func (e *reportedError) Unwrap() error { return e.err }
 
-// hintError carries a hint line.
-type hintError struct {
-	err  error
-	hint string
-}
-
-func (e *hintError) Error() string { return e.err.Error() }
-func (e *hintError) Unwrap() error { return e.err }
-
 func exitCode(env *cliEnv, err error) int {
 	if err == nil {
 		return exitOK
@@ -116,10 +107,6 @@ func exitCode(env *cliEnv, err error) int {
 	var re *reportedError
 	if !errors.As(err, &re) {
 		fmt.Fprintf(env.stderr, "runbook: error: %s\n", err)
-		var he *hintError
-		if errors.As(err, &he) {
-			fmt.Fprintf(env.stderr, "runbook: hint: %s\n", he.hint)
-		}
 		for _, h := range engine.Hints(err) {
 			fmt.Fprintf(env.stderr, "runbook: hint: %s\n", h)
 		}

@@ -67,7 +67,7 @@ func describe(ctx context.Context, c *connection, f *fleet.Fleet) (*rollout.Stat
 	desc, err := c.DescribeWorkflowExecution(ctx, id, "")
 	var nf *serviceerror.NotFound
 	if errors.As(err, &nf) {
-		return nil, "", &hintError{err: engine.Refusef("fleet %s has no rollout on Temporal at %s", f.Name, c.Address), hint: "start one with runbook fleet apply"}
+		return nil, "", engine.WithHint(engine.Refusef("fleet %s has no rollout on Temporal at %s", f.Name, c.Address), "start one with runbook fleet apply")
 	}
 	if err != nil {
 		return nil, "", fmt.Errorf("describe %s: %w", id, err)
