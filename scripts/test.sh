@@ -9,10 +9,12 @@
 # 2. checks formatting and vet, runs every test against those servers (the
 #    fleet module's too: fleet/ has its own go.mod), the
 #    race detector over engine, steps and emulator, a 10-point crash test
-#    (bench/crash, docs/crash-test.md) and each fuzz target briefly; while
-#    the main module's tests run, the later phases' builds are made ahead at
-#    low priority into the build cache (the fleet module's, Temporal's
-#    server among them: the largest build of a first run).
+#    (bench/crash, docs/crash-test.md) and each fuzz target briefly.
+# From the start, every phase's builds are made ahead at low priority into
+# the build cache (vet, the test binaries, the fuzz targets' instrumented
+# builds, the race-instrumented packages, the fleet module's with Temporal's
+# server): they use the CPU the server builds and the end-to-end scripts
+# leave idle, and each phase then finds its packages compiled.
 #
 # Extra arguments go to 'go test' (e.g. scripts/test.sh -run Interop -v).
 set -euo pipefail
@@ -21,6 +23,33 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$(date +%s)
 # Debian packages the tests need (openssh-server for the ssh cutover tests).
 scripts/install-test-deps.sh
+
+# Every phase's builds, made ahead into the build cache at low priority (nice
+# 15: what runs in the foreground, the server builds and then the tests, comes
+# first): in the order the phases need them, vet and the main module's test
+# binaries, the fuzz targets' instrumented builds, the race-instrumented
+# packages, the crash test's runbook, then the fleet module's (Temporal's
+# server: the largest build of a first run). On 2 cores the server builds
+# leave a core idle while one large package compiles or a binary links, and
+# the end-to-end scripts mostly wait on their servers. Only the cache is
+# kept: each phase builds again from it, so an error here shows there, and a
+# phase waits for this only when it needs what is still being built.
+work="$(mktemp -d)"
+warm_pid=""
+# Its own process group (setsid), so that an early exit stops every build in
+# it; a runner that kills only test.sh's group with SIGKILL (no trap runs)
+# leaves these builds to finish on their own, into the cache.
+trap 'if [[ -n "$warm_pid" ]]; then kill -- "-$warm_pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+setsid nice -n 15 bash -c 'set -e
+	go vet ./... && go test -c -o "$1/main/" ./...
+	for pkg in ./engine ./internal/kescrypto ./emulator ./internal/envfile; do
+		go test -c -fuzz . -o "$1/fuzz/" "$pkg"
+	done
+	go test -race -c -o "$1/race/" ./engine ./steps ./emulator
+	go build -o "$1/crash/runbook" ./cmd/runbook
+	cd fleet && go vet ./... && go test -c -o "$1/fleet/" ./...' warm "$work" >"$work/warm.log" 2>&1 &
+warm_pid=$!
+
 # shellcheck source=scripts/tools-env.sh
 . scripts/tools-env.sh
 echo "test.sh: real servers ready after $(($(date +%s) - start))s" >&2
@@ -33,33 +62,17 @@ if [[ -n "$unformatted" ]]; then
 fi
 go vet ./...
 
-# While the main module's tests run (mostly waiting on real servers: the CPU
-# is half idle), the later phases' builds go into the build cache at low
-# priority: the fleet module's test binaries (Temporal's server, the largest
-# build of a first run), the race-instrumented packages and the crash test's
-# runbook. Only the cache is kept: each phase builds again from it, so an
-# error here shows there, and the phases wait for this first rather than
-# build the same packages twice.
-work="$(mktemp -d)"
-warm_pid=""
-# Its own process group (setsid), so that an early exit stops every build in
-# it; a runner that kills only test.sh's group with SIGKILL (no trap runs)
-# leaves these builds to finish on their own, into the cache.
-trap 'if [[ -n "$warm_pid" ]]; then kill -- "-$warm_pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
-setsid nice -n 15 bash -c 'cd fleet && go test -c -o "$1/fleet/" ./... && cd .. &&
-	go test -race -c -o "$1/race/" ./engine ./steps ./emulator &&
-	go build -o "$1/crash/runbook" ./cmd/runbook' warm "$work" >"$work/warm.log" 2>&1 &
-warm_pid=$!
-
-go test -count=1 -timeout 60m "$@" ./...
+# -parallel 4: the end-to-end scripts (cmd/runbook) mostly wait on the
+# servers they start and restart, two at a time left the 2 cores half idle.
+go test -count=1 -timeout 60m -parallel 4 "$@" ./...
 echo "test.sh: tests passed after $(($(date +%s) - start))s" >&2
 
 # The fleet module (fleet/, a module of its own so that Temporal's server and
 # SDK stay out of this one): its formatting, vet and tests, against the
 # embedded Temporal server, real KES servers, a real MinIO and the emulator,
 # with real worker processes. The first build of Temporal's server takes
-# about 9 minutes on 2 cores (made while the main module's tests ran, above);
-# later runs come from the build cache.
+# about 9 minutes on 2 cores (made ahead, above); later runs come from the
+# build cache.
 wait "$warm_pid" || echo "test.sh: the builds made ahead failed; each phase builds again (its error shows there): $(tail -3 "$work/warm.log")" >&2
 warm_pid=""
 (

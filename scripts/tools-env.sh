@@ -1,6 +1,6 @@
-# tools-env.sh — source this file to build (if missing) the real KES, MinIO and
-# Vault servers and export RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_KES022_BIN,
-# RUNBOOK_MINIO_BIN and RUNBOOK_VAULT_BIN:
+# tools-env.sh — source this file to build (if missing) the real servers the
+# tests run and export their RUNBOOK_*_BIN variables (RUNBOOK_KES_BIN,
+# RUNBOOK_MINIO_FIPS_BIN, ...: scripts/build-real-servers.sh lists them):
 #
 #   . scripts/tools-env.sh && go test ./...
 #

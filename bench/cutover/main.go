@@ -91,7 +91,7 @@ func main() {
 	ctx := context.Background()
 	check(k.Client().CreateKey(ctx, "minio-default-key"))
 	check(k.Client().CreateKey(ctx, "tenant-a"))
-	c := testenv.StartMinIOCluster(t, testenv.MinIOClusterOptions{Nodes: *nodes, DrivesPerNode: 1, Env: testenv.KESEnv(k, "minio-default-key"), CAFiles: []string{km.CAFile}, Host: host})
+	c := testenv.StartMinIOCluster(t, testenv.MinIOClusterOptions{Nodes: *nodes, DrivesPerNode: 1, Env: testenv.KESEnv(k, "minio-default-key"), CAFiles: []string{km.CAFile}, Host: host, ReleaseBuild: true})
 	control := c.ServeControl(t)
 	self, err := os.Executable()
 	check(err)

@@ -35,6 +35,11 @@ type MinIOClusterOptions struct {
 	// BeforeKM runs every node on toolcache.MinIOBeforeKM, which reports
 	// the release before MinIO's Key Manager client.
 	BeforeKM bool
+	// ReleaseBuild runs every node on toolcache.MinIO, built as MinIO
+	// releases are (its admin API seals payloads under Argon2id), not the
+	// fips-tagged build tests run: for benchmarks, which measure what
+	// operators run.
+	ReleaseBuild bool
 	// Host is the test host every node runs in (required: in a container
 	// MinIO refuses endpoints that resolve to loopback, "resolves to
 	// localhost in a containerized deployment", and test traffic goes to
@@ -110,6 +115,13 @@ func startMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 		c.Stop()
 		return nil, lastErr
 	}
+	adm, err := c.Admin()
+	if err != nil {
+		return nil, err
+	}
+	if err := iamLoaded(adm, 3*time.Minute); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -127,8 +139,13 @@ func newMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 		return nil, errors.New("a MinIO cluster runs in a test host (MinIOClusterOptions.Host, StartTestHost): in a container MinIO refuses endpoints on loopback")
 	}
 	tool := binMinIO
-	if opts.BeforeKM {
+	switch {
+	case opts.BeforeKM && opts.ReleaseBuild:
+		return nil, errors.New("MinIOClusterOptions: BeforeKM and ReleaseBuild are two different builds; choose one")
+	case opts.BeforeKM:
 		tool = binMinIOBeforeKM
+	case opts.ReleaseBuild:
+		tool = binMinIORelease
 	}
 	bin, err := findBinary(tool)
 	if err != nil {

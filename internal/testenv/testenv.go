@@ -6,9 +6,11 @@
 // test end.
 //
 // The KES, MinIO and Vault binaries come from scripts/build-real-servers.sh.
-// Set RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_KES022_BIN, RUNBOOK_MINIO_BIN,
-// RUNBOOK_MINIO_BEFORE_KM_BIN (the same MinIO reporting an older release) and
-// RUNBOOK_VAULT_BIN, or let the package find them in the build cache
+// Set RUNBOOK_KES_BIN, RUNBOOK_KES023_BIN, RUNBOOK_KES022_BIN,
+// RUNBOOK_MINIO_FIPS_BIN (the MinIO tests run: toolcache.MinIOFIPS says
+// why), RUNBOOK_MINIO_BIN (MinIO as operators run it: MinIOClusterOptions.
+// ReleaseBuild), RUNBOOK_MINIO_BEFORE_KM_BIN (reporting an older release)
+// and RUNBOOK_VAULT_BIN, or let the package find them in the build cache
 // (internal/toolcache: RUNBOOK_TOOLS_CACHE, default
 // $HOME/.cache/runbook/tools). A missing binary fails the test; it is never
 // skipped.
@@ -68,7 +70,9 @@ var (
 	binKES    = toolcache.KES
 	binKES023 = toolcache.KES023
 	binKES022 = toolcache.KES022
-	binMinIO  = toolcache.MinIO
+	// the fips-tagged MinIO: admin payloads under PBKDF2, not Argon2id
+	binMinIO        = toolcache.MinIOFIPS
+	binMinIORelease = toolcache.MinIO
 	// the same MinIO, reporting the release before the Key Manager client
 	binMinIOBeforeKM = toolcache.MinIOBeforeKM
 	binVault         = toolcache.Vault

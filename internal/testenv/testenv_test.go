@@ -60,7 +60,7 @@ func TestMissingBinaryFails(t *testing.T) {
 		t.Fatalf("StartKES with a missing binary: Fatalf(%q); want it to name RUNBOOK_KES_BIN and the build script", msg)
 	}
 
-	t.Setenv("RUNBOOK_MINIO_BIN", "")
+	t.Setenv("RUNBOOK_MINIO_FIPS_BIN", "")
 	t.Setenv("RUNBOOK_TOOLS_CACHE", t.TempDir())
 	msg = runFatal(t, func(tb TB) { StartMinIO(tb, MinIOOptions{}) })
 	if !strings.Contains(msg, "not in the build cache") || !strings.Contains(msg, "scripts/build-real-servers.sh") {

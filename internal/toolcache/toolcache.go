@@ -45,16 +45,29 @@ type Tool struct {
 	// LDFlags are linker flags added to "-s -w": MinIOBeforeKM's release
 	// variables. Empty for a plain build.
 	LDFlags string
+	// Tags are build tags: MinIOFIPS's "fips". Empty for a plain build.
+	Tags string
 }
 
 // The servers of scripts/build-real-servers.sh, whose table lists the same
 // (TestToolsMatchBuildScript).
 var (
-	KES    = Tool{"kes", "v0.24.0", "tools/kes", "github.com/minio/kes/cmd/kes", "github.com/minio/kes", "RUNBOOK_KES_BIN", ""}
-	KES023 = Tool{"kes", "v0.23.0", "tools/kes-v0.23", "github.com/minio/kes/cmd/kes", "github.com/minio/kes", "RUNBOOK_KES023_BIN", ""}
-	KES022 = Tool{"kes", "v0.22.3", "tools/kes-v0.22", "github.com/minio/kes/cmd/kes", "github.com/minio/kes", "RUNBOOK_KES022_BIN", ""}
-	MinIO  = Tool{"minio", "v0.0.0-20260212201848-7aac2a2c5b7c", "tools/minio", "github.com/minio/minio", "github.com/minio/minio", "RUNBOOK_MINIO_BIN", ""}
-	Vault  = Tool{"vault", "v1.21.4", "tools/vault", "github.com/hashicorp/vault", "github.com/hashicorp/vault", "RUNBOOK_VAULT_BIN", ""}
+	KES    = Tool{"kes", "v0.24.0", "tools/kes", "github.com/minio/kes/cmd/kes", "github.com/minio/kes", "RUNBOOK_KES_BIN", "", ""}
+	KES023 = Tool{"kes", "v0.23.0", "tools/kes-v0.23", "github.com/minio/kes/cmd/kes", "github.com/minio/kes", "RUNBOOK_KES023_BIN", "", ""}
+	KES022 = Tool{"kes", "v0.22.3", "tools/kes-v0.22", "github.com/minio/kes/cmd/kes", "github.com/minio/kes", "RUNBOOK_KES022_BIN", "", ""}
+	MinIO  = Tool{"minio", "v0.0.0-20260212201848-7aac2a2c5b7c", "tools/minio", "github.com/minio/minio", "github.com/minio/minio", "RUNBOOK_MINIO_BIN", "", ""}
+	// MinIOFIPS is the same MinIO built with the "fips" tag, the MinIO the
+	// tests run (internal/testenv). The tag changes one thing in it:
+	// madmin-go's EncryptData (fips.go, encrypt.go) seals the admin API's
+	// payloads (config, users, service accounts) under a PBKDF2 key instead
+	// of Argon2id with 64 MiB of memory, and clients decrypt either. Argon2id
+	// costs about a second of CPU for the first payload of a fresh process
+	// on 2 cores (page faults) and 130 ms after, on both ends: three
+	// quarters of the CPU of the cutover scripts, which restart MinIO and
+	// start runbook many times. The demo and bench/cutover run MinIO, as
+	// operators do.
+	MinIOFIPS = Tool{"minio-fips", "v0.0.0-20260212201848-7aac2a2c5b7c", "tools/minio", "github.com/minio/minio", "github.com/minio/minio", "RUNBOOK_MINIO_FIPS_BIN", "", "fips"}
+	Vault     = Tool{"vault", "v1.21.4", "tools/vault", "github.com/hashicorp/vault", "github.com/hashicorp/vault", "RUNBOOK_VAULT_BIN", "", ""}
 	// MinIOBeforeKM is the same MinIO linked as its release build of
 	// RELEASE.2024-05-07T06-41-25Z would be (cmd.Version and cmd.ReleaseTag,
 	// as MinIO's buildscripts/gen-ldflags.go sets them): the release before
@@ -62,13 +75,13 @@ var (
 	// cutover's release check reads; a real build of that release's source
 	// tree is not made here (its whole dependency tree of May 2024).
 	MinIOBeforeKM = Tool{"minio-2024-05-07", "v0.0.0-20260212201848-7aac2a2c5b7c", "tools/minio", "github.com/minio/minio", "github.com/minio/minio", "RUNBOOK_MINIO_BEFORE_KM_BIN",
-		"-X github.com/minio/minio/cmd.Version=2024-05-07T06:41:25Z -X github.com/minio/minio/cmd.ReleaseTag=RELEASE.2024-05-07T06-41-25Z"}
+		"-X github.com/minio/minio/cmd.Version=2024-05-07T06:41:25Z -X github.com/minio/minio/cmd.ReleaseTag=RELEASE.2024-05-07T06-41-25Z", ""}
 	// A real Kubernetes control plane for the Kubernetes cutover's tests
 	// (internal/testenv/k8s.go); kube-apiserver builds in about 10 minutes
 	// on 2 idle cores.
-	Etcd                  = Tool{"etcd", "v3.7.3", "tools/etcd", "runbook-tools/etcd", "go.etcd.io/etcd/server/v3", "RUNBOOK_ETCD_BIN", ""}
-	KubeAPIServer         = Tool{"kube-apiserver", "v1.37.2", "tools/kubernetes", "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes", "RUNBOOK_KUBE_APISERVER_BIN", ""}
-	KubeControllerManager = Tool{"kube-controller-manager", "v1.37.2", "tools/kubernetes", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes", "RUNBOOK_KUBE_CONTROLLER_MANAGER_BIN", ""}
+	Etcd                  = Tool{"etcd", "v3.7.3", "tools/etcd", "runbook-tools/etcd", "go.etcd.io/etcd/server/v3", "RUNBOOK_ETCD_BIN", "", ""}
+	KubeAPIServer         = Tool{"kube-apiserver", "v1.37.2", "tools/kubernetes", "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes", "RUNBOOK_KUBE_APISERVER_BIN", "", ""}
+	KubeControllerManager = Tool{"kube-controller-manager", "v1.37.2", "tools/kubernetes", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes", "RUNBOOK_KUBE_CONTROLLER_MANAGER_BIN", "", ""}
 )
 
 // BuildHint is the command that builds every server into the cache.
@@ -339,7 +352,11 @@ func (t Tool) build(ctx context.Context, goBin, root, out string, progress io.Wr
 	}
 	// -buildvcs=false: the tools module sits in a git clone whose ownership
 	// or state must not matter.
-	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-ldflags", strings.TrimSpace("-s -w "+t.LDFlags), "-o", tmp, t.Package)
+	args := []string{"build", "-trimpath", "-ldflags", strings.TrimSpace("-s -w " + t.LDFlags)}
+	if t.Tags != "" {
+		args = append(args, "-tags", t.Tags)
+	}
+	cmd := exec.CommandContext(ctx, goBin, append(args, "-o", tmp, t.Package)...)
 	if log, err := run(ctx, cmd, mod, []string{"GOFLAGS=-mod=mod -buildvcs=false", "CGO_ENABLED=0"}); err != nil {
 		return fmt.Errorf("go build of %s@%s in %s: %w; its last lines:\n%s", t.Package, t.Version, t.Module, err, log)
 	}

@@ -35,7 +35,7 @@ func TestToolsMatchBuildScript(t *testing.T) {
 		}
 		want[name] = value
 	}
-	tools := []Tool{KES, KES023, KES022, MinIO, MinIOBeforeKM, Vault, Etcd, KubeAPIServer, KubeControllerManager}
+	tools := []Tool{KES, KES023, KES022, MinIO, MinIOFIPS, MinIOBeforeKM, Vault, Etcd, KubeAPIServer, KubeControllerManager}
 	if len(want) != len(tools) {
 		t.Fatalf("script printed %d lines, the package knows %d tools:\n%s", len(want), len(tools), out)
 	}
