@@ -25,7 +25,8 @@
 # same paths when the RUNBOOK_*_BIN variables are not set.
 #
 # A tools module with an executable prepare.sh has it run before its build
-# (tools/vault: it materializes the patched vault/sdk its go.mod replaces).
+# (tools/vault: it materializes the patched Vault module and vault/sdk its
+# go.mod replaces: vault.patch leaves out what the tests do not use).
 #
 # Only stdout carries the RUNBOOK_*_BIN=... lines; everything else goes to
 # stderr. Exit status is non-zero if any build fails.

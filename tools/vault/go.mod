@@ -518,3 +518,8 @@ require (
 // Vault v1.21.4's in-tree sdk matches no published vault/sdk version: ./sdk
 // is vault/sdk v0.21.0 with sdk.patch applied, written by prepare.sh.
 replace github.com/hashicorp/vault/sdk => ./sdk
+
+// ./vault is the published Vault v1.21.4 (the version required above) with
+// vault.patch applied, written by prepare.sh: the same server with only the
+// plugins and backends the tests use compiled in (see prepare.sh).
+replace github.com/hashicorp/vault => ./vault
