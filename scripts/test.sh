@@ -25,7 +25,7 @@ start=$(date +%s)
 scripts/install-test-deps.sh
 
 # Every phase's builds, made ahead into the build cache at low priority (nice
-# 15: what runs in the foreground, the server builds and then the tests, comes
+# 15, autogroup nice 19: what runs in the foreground, the server builds and then the tests, comes
 # first): in the order the phases need them, vet and the main module's test
 # binaries, the fuzz targets' instrumented builds, the race-instrumented
 # packages, the crash test's runbook, then the fleet module's (Temporal's
@@ -38,9 +38,15 @@ work="$(mktemp -d)"
 warm_pid=""
 # Its own process group (setsid), so that an early exit stops every build in
 # it; a runner that kills only test.sh's group with SIGKILL (no trap runs)
-# leaves these builds to finish on their own, into the cache.
+# leaves these builds to finish on their own, into the cache. A new session
+# is also a new autogroup where the kernel has them
+# (/proc/sys/kernel/sched_autogroup_enabled): autogroups share the CPU by
+# their own nice, not their processes', so the job sets its autogroup's to
+# 19 too (measured: at autogroup nice 0 it took half the CPU, and KES took
+# 222 s to build instead of 118).
 trap 'if [[ -n "$warm_pid" ]]; then kill -- "-$warm_pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 setsid nice -n 15 bash -c 'set -e
+	{ echo 19 >/proc/self/autogroup; } 2>/dev/null || true
 	go vet ./... && go test -c -o "$1/main/" ./...
 	for pkg in ./engine ./internal/kescrypto ./emulator ./internal/envfile; do
 		go test -c -fuzz . -o "$1/fuzz/" "$pkg"
