@@ -62,7 +62,8 @@ servers=(
 	"minio-2024-05-07|tools/minio|github.com/minio/minio|github.com/minio/minio|v0.0.0-20260212201848-7aac2a2c5b7c|minio-2024-05-07|RUNBOOK_MINIO_BEFORE_KM_BIN|-X github.com/minio/minio/cmd.Version=2024-05-07T06:41:25Z -X github.com/minio/minio/cmd.ReleaseTag=RELEASE.2024-05-07T06-41-25Z"
 	# the same MinIO with the fips tag, which the tests run: its admin API
 	# seals payloads under PBKDF2, not Argon2id (internal/toolcache says
-	# why; only madmin-go and what imports it build again: about a minute)
+	# why; madmin-go, minio-go and mc read the tag, so they and what imports
+	# them build again: about a minute)
 	"minio-fips|tools/minio|github.com/minio/minio|github.com/minio/minio|v0.0.0-20260212201848-7aac2a2c5b7c|minio-fips|RUNBOOK_MINIO_FIPS_BIN||fips"
 	"vault|tools/vault|github.com/hashicorp/vault|github.com/hashicorp/vault|v1.21.4|vault|RUNBOOK_VAULT_BIN"
 	"etcd|tools/etcd|runbook-tools/etcd|go.etcd.io/etcd/server/v3|v3.7.3|etcd|RUNBOOK_ETCD_BIN"

@@ -194,7 +194,7 @@ func startMinIO(t TB, opts MinIOOptions) (*MinIO, error) {
 	}
 	t.Cleanup(m.Stop)
 	if err := iamLoaded(m.Admin(), 3*time.Minute); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (its log: %s)", err, m.LogFile)
 	}
 	return m, nil
 }

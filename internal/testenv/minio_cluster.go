@@ -120,7 +120,11 @@ func startMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 		return nil, err
 	}
 	if err := iamLoaded(adm, 3*time.Minute); err != nil {
-		return nil, err
+		var logs []string
+		for _, n := range c.Nodes {
+			logs = append(logs, n.LogFile)
+		}
+		return nil, fmt.Errorf("%w (the nodes' logs: %s)", err, strings.Join(logs, ", "))
 	}
 	return c, nil
 }

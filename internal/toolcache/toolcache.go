@@ -57,15 +57,17 @@ var (
 	KES022 = Tool{"kes", "v0.22.3", "tools/kes-v0.22", "github.com/minio/kes/cmd/kes", "github.com/minio/kes", "RUNBOOK_KES022_BIN", "", ""}
 	MinIO  = Tool{"minio", "v0.0.0-20260212201848-7aac2a2c5b7c", "tools/minio", "github.com/minio/minio", "github.com/minio/minio", "RUNBOOK_MINIO_BIN", "", ""}
 	// MinIOFIPS is the same MinIO built with the "fips" tag, the MinIO the
-	// tests run (internal/testenv). The tag changes one thing in it:
+	// tests run (internal/testenv). The tag changes one thing MinIO does:
 	// madmin-go's EncryptData (fips.go, encrypt.go) seals the admin API's
 	// payloads (config, users, service accounts) under a PBKDF2 key instead
-	// of Argon2id with 64 MiB of memory, and clients decrypt either. Argon2id
-	// costs about a second of CPU for the first payload of a fresh process
-	// on 2 cores (page faults) and 130 ms after, on both ends: three
-	// quarters of the CPU of the cutover scripts, which restart MinIO and
-	// start runbook many times. The demo and bench/cutover run MinIO, as
-	// operators do.
+	// of Argon2id with 64 MiB of memory, and clients decrypt either (minio-go
+	// and mc read the tag too, for a constant MinIO does not use and an
+	// update URL). Argon2id costs about a second of CPU for the first
+	// payload of a fresh process on 2 cores (page faults) and 130 ms after,
+	// on both ends: three quarters of the CPU of the cutover scripts, which
+	// restart MinIO and start runbook many times. (What a client seals, the
+	// test harness's AddUser or SetConfigKV, is still Argon2id.) The demo
+	// and bench/cutover run MinIO as released, as operators do.
 	MinIOFIPS = Tool{"minio-fips", "v0.0.0-20260212201848-7aac2a2c5b7c", "tools/minio", "github.com/minio/minio", "github.com/minio/minio", "RUNBOOK_MINIO_FIPS_BIN", "", "fips"}
 	Vault     = Tool{"vault", "v1.21.4", "tools/vault", "github.com/hashicorp/vault", "github.com/hashicorp/vault", "RUNBOOK_VAULT_BIN", "", ""}
 	// MinIOBeforeKM is the same MinIO linked as its release build of

@@ -51,6 +51,33 @@ func TestToolsMatchBuildScript(t *testing.T) {
 			t.Errorf("%s: %s is not under RUNBOOK_TOOLS_CACHE", tool.Env, got)
 		}
 	}
+
+	// The same path must hold the same build: the cache path names neither
+	// the package nor the flags, so each is compared with the script's table.
+	script, err := os.ReadFile(filepath.Join(root, "scripts", "build-real-servers.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string][]string{} // env var: the row's fields
+	for line := range strings.Lines(string(script)) {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, `"`) || !strings.HasSuffix(line, `"`) || strings.Count(line, "|") < 6 {
+			continue
+		}
+		f := strings.Split(strings.Trim(line, `"`), "|")
+		f = append(f, "", "")[:9] // the optional ldflags and tags
+		rows[f[6]] = f
+	}
+	for _, tool := range tools {
+		f, ok := rows[tool.Env]
+		switch {
+		case !ok:
+			t.Errorf("%s: no row in the script's servers table", tool.Env)
+		case f[1] != tool.Module || f[2] != tool.Package || f[3] != tool.Pinned || f[7] != tool.LDFlags || f[8] != tool.Tags:
+			t.Errorf("%s: the script builds %s of %s (pins %s) with ldflags %q and tags %q; toolcache builds %s of %s (pins %s) with %q and %q",
+				tool.Env, f[2], f[1], f[3], f[7], f[8], tool.Package, tool.Module, tool.Pinned, tool.LDFlags, tool.Tags)
+		}
+	}
 }
 
 // fakeClone makes a clone of the runbook module holding one tools module,

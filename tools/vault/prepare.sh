@@ -32,9 +32,10 @@
 #   - stackdriver telemetry (the Google Cloud Monitoring client);
 #   - the MySQL plugin that a test helper (corehelpers) links into the
 #     server, and with it the Cloud SQL connector.
-# Asking for anything removed gets an error saying it "is not built into this
-# Vault (runbook's test build)", or Vault's own "plugin not found in the
-# catalog". If a test needs another plugin, add it back in vault.patch's
+# Asking for a removed plugin or seal gets an error saying it "is not built
+# into this Vault (runbook's test build)", or Vault's own "plugin not found
+# in the catalog"; a removed storage backend, login helper or command gets
+# Vault's own unknown-type or unknown-command error. If a test needs another plugin, add it back in vault.patch's
 # hunk of helper/builtinplugins/registry.go (the upstream registry_full.go
 # lists them all).
 #
@@ -60,8 +61,14 @@
 # binary belongs in a patch.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-vault_version=v1.21.4 # the version go.mod requires
-sdk_version=v0.21.0
+# The Vault go.mod requires (the version the build script's cache path
+# names): read, so that a bump of go.mod cannot build the old one.
+vault_version="$(sed -nE 's/^[[:space:]]*(require[[:space:]]+)?github\.com\/hashicorp\/vault[[:space:]]+(v[^[:space:]]+).*/\2/p' "$here/go.mod" | head -1)"
+[[ -n "$vault_version" ]] || {
+	echo "prepare.sh: $here/go.mod requires no github.com/hashicorp/vault version" >&2
+	exit 1
+}
+sdk_version=v0.21.0 # not go.mod's: see above
 
 tmp=""
 trap 'if [[ -n "$tmp" ]]; then rm -rf "$tmp"; fi' EXIT
@@ -69,11 +76,15 @@ trap 'if [[ -n "$tmp" ]]; then rm -rf "$tmp"; fi' EXIT
 # materialize MODULE VERSION PATCH NAME: $here/NAME becomes MODULE@VERSION
 # from the module cache (downloaded if missing) with PATCH applied.
 materialize() {
-	local module="$1" version="$2" patchfile="$3" name="$4" dir
-	dir="$(cd / && go mod download -json "$module@$version" |
-		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+	local module="$1" version="$2" patchfile="$3" name="$4" dir json
+	# -json puts a failure's reason in its output, not on stderr
+	if ! json="$(cd / && go mod download -json "$module@$version")"; then
+		printf 'prepare.sh: go mod download of %s@%s failed:\n%s\n' "$module" "$version" "$json" >&2
+		return 1
+	fi
+	dir="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$json")"
 	[[ -n "$dir" && -d "$dir" ]] || {
-		echo "prepare.sh: go mod download of $module@$version gave no directory" >&2
+		printf 'prepare.sh: go mod download of %s@%s gave no directory:\n%s\n' "$module" "$version" "$json" >&2
 		return 1
 	}
 	tmp="$here/.$name.tmp.$$"
