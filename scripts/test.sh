@@ -12,11 +12,12 @@
 #    fleet module's too: fleet/ has its own go.mod), the
 #    race detector over engine, steps and emulator, a 10-point crash test
 #    (bench/crash, docs/crash-test.md) and each fuzz target briefly.
-# From the start, every phase's builds are made ahead at low priority into
-# the build cache (vet, the test binaries, the fuzz targets' instrumented
-# builds, the race-instrumented packages, the fleet module's with Temporal's
-# server): they use the CPU the server builds and the end-to-end scripts
-# leave idle, and each phase then finds its packages compiled.
+# From the start, the later phases' builds are made ahead at low priority
+# into the build cache (the fleet module's, with Temporal's server, the
+# largest build of a first run; the race-instrumented packages; the fuzz
+# targets' instrumented builds): they use the CPU the server builds and the
+# end-to-end scripts leave idle, and each phase then finds its packages
+# compiled.
 #
 # Extra arguments go to 'go test' (e.g. scripts/test.sh -run Interop -v).
 set -euo pipefail
@@ -26,18 +27,20 @@ start=$(date +%s)
 # Debian packages the tests need (openssh-server for the ssh cutover tests).
 scripts/install-test-deps.sh
 
-# Every phase's builds, made ahead into the build cache at low priority (nice
-# 15, autogroup nice 19: the foreground, the server builds and then the
-# tests, comes first), in the order the phases run: vet and the main
-# module's test binaries, the fleet module's (Temporal's server: the largest
-# build of a first run), the race-instrumented packages, the crash test's
-# runbook, the fuzz targets' instrumented builds. On 2 cores the server
-# builds leave a core idle while one large package compiles or a binary
-# links, and the end-to-end scripts mostly wait on their servers. Only the
-# cache is kept: each phase builds again from it, so an error here shows
-# there (a step that fails here is logged and the next one runs), and the
-# fleet phase waits for the whole job rather than build the same packages
-# beside it.
+# The later phases' builds, made ahead into the build cache at low priority
+# (nice 15, autogroup nice 19: the foreground, the server builds and then
+# the main module's tests, comes first), in the order the phases run: the
+# fleet module's packages and everything they import (go vet compiles every
+# dependency and links nothing; Temporal's server from empty caches is the
+# largest build of a first run), then the race-instrumented packages and the
+# fuzz targets' instrumented builds. The main module's own builds are not
+# made here: the foreground compiles them as soon as the servers are ready,
+# and two processes compiling the same package at once only duplicate the
+# work (nothing is linked here that a phase links again, for the same
+# reason). Only the cache is kept: each phase builds again from it, so an
+# error here shows there (a step that fails here is logged and the next one
+# runs). The fleet phase waits only for the fleet's builds (fleet.built):
+# the others go on beside its tests, which mostly wait on their servers.
 work="$(mktemp -d)"
 warm_pid=""
 # Its own process group (setsid), so that an early exit stops every build in
@@ -51,15 +54,20 @@ warm_pid=""
 trap 'if [[ -n "$warm_pid" ]]; then kill -- "-$warm_pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 setsid nice -n 15 bash -c '{ echo 19 >/proc/self/autogroup; } 2>/dev/null || true
 	ahead() { "$@" || echo "test.sh: made ahead, failed: $*" >&2; }
-	ahead go vet ./...
-	ahead go test -c -o "$1/main/" ./...
-	(cd fleet && ahead go vet ./... && ahead go test -c -o "$1/fleet/" ./...)
+	(cd fleet && ahead go vet ./...)
+	touch "$1/fleet.built"
 	ahead go test -race -c -o "$1/race/" ./engine ./steps ./emulator
-	ahead go build -o "$1/crash/runbook" ./cmd/runbook
 	for pkg in ./engine ./internal/kescrypto ./emulator ./internal/envfile; do
 		ahead go test -c -fuzz . -o "$1/fuzz/" "$pkg"
 	done' warm "$work" >"$work/warm.log" 2>&1 &
 warm_pid=$!
+# warm_failed reports the builds made ahead that failed (each phase builds
+# again, and its error shows there).
+warm_failed() {
+	if grep -q "made ahead, failed" "$work/warm.log"; then
+		echo "test.sh: builds made ahead failed (each phase builds again; its error shows there): $(grep "made ahead, failed" "$work/warm.log")" >&2
+	fi
+}
 
 # shellcheck source=scripts/tools-env.sh
 . scripts/tools-env.sh
@@ -82,14 +90,10 @@ echo "test.sh: tests passed after $(($(date +%s) - start))s" >&2
 # The fleet module (fleet/, a module of its own so that Temporal's server and
 # SDK stay out of this one): its formatting, vet and tests, against the
 # embedded Temporal server, real KES servers, a real MinIO and the emulator,
-# with real worker processes. The first build of Temporal's server takes
-# about 9 minutes on 2 cores (made ahead, above); later runs come from the
-# build cache.
-wait "$warm_pid" || true
-if grep -q "made ahead, failed" "$work/warm.log"; then
-	echo "test.sh: builds made ahead failed (each phase builds again; its error shows there): $(grep "made ahead, failed" "$work/warm.log")" >&2
-fi
-warm_pid=""
+# with real worker processes. Temporal's server is the largest build of a
+# first run (made ahead, above; it waits here only for what is left of it);
+# later runs come from the build cache.
+while [[ ! -e "$work/fleet.built" ]] && kill -0 "$warm_pid" 2>/dev/null; do sleep 2; done
 (
 	cd fleet
 	unformatted="$(gofmt -l .)"
@@ -111,6 +115,9 @@ echo "test.sh: fleet module passed after $(($(date +%s) - start))s" >&2
 # comes from the build cache. (The end-to-end scripts in cmd/runbook run
 # the binary in child processes; -race there would cost far more for the
 # same code.)
+wait "$warm_pid" || true
+warm_pid=""
+warm_failed
 go test -race -count=1 -timeout 30m ./engine ./steps ./emulator
 echo "test.sh: race detector passed after $(($(date +%s) - start))s" >&2
 

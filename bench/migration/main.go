@@ -107,6 +107,7 @@ func main() {
 	}
 	cfg := emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(work, "km")}
 	if traceDir != "" {
+		check(os.MkdirAll(traceDir, 0o700))
 		lf, err := os.Create(filepath.Join(traceDir, "emulator.log"))
 		check(err)
 		defer lf.Close()
