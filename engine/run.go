@@ -63,6 +63,13 @@ func (r *Run) Resumed() bool { return r.resumed }
 // what it found.
 func (r *Run) Forced() bool { return r.x.opts.Force }
 
+// BeforeApply reports whether this is the quiet plan that an apply makes
+// first, in this process (apply FILE, or apply DIR planning again): unless
+// some step refuses, the apply follows at once. A step may start there a
+// read-only observation its apply will need (through Memo), so that it runs
+// while the steps before it do.
+func (r *Run) BeforeApply() bool { return r.x.op == opPlan && r.x.opts.beforeApply }
+
 // Attempt is 1 for the first try, 2 for the first retry, and so on.
 func (r *Run) Attempt() int { return r.attempt }
 

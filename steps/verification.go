@@ -219,6 +219,9 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 			return nil, err
 		}
 		p.Observed = append(p.Observed, line)
+		if r.BeforeApply() {
+			startServedListing(ctx, r, src, srv, l.All) // the apply follows: list meanwhile
+		}
 		listings, unlisted := 1, false // a kesGlob server streams every name at once
 		if srv.generation == kesPaged {
 			listings, unlisted = kesPlannedListings(ctx, l.All)
@@ -310,7 +313,7 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	if err != nil {
 		return err
 	}
-	if err := vr.compareServedNames(names); err != nil {
+	if err := vr.compareServedNames(ctx, names); err != nil {
 		return err
 	}
 	vr.reportProven(source, names.target, read, tally)
@@ -338,6 +341,7 @@ type verifyRun struct {
 	kmc      *kms.Client
 	srv      *kesServer  // nil when the kes block names no server
 	kc       *kes.Client // srv's client
+	began    time.Time   // when Apply began
 	problems []string
 }
 
@@ -363,7 +367,7 @@ func (v *verificationStep) begin(ctx context.Context, r *engine.Run) (*verifyRun
 	if err != nil {
 		return nil, err
 	}
-	vr := &verifyRun{v: v, r: r, src: src, srcAddr: srcAddr, enc: enc, kmc: kmc}
+	vr := &verifyRun{v: v, r: r, src: src, srcAddr: srcAddr, enc: enc, kmc: kmc, began: time.Now()}
 	if src.HasServer() {
 		if vr.srv, err = src.Server(ctx, r, srcAddr); err != nil {
 			return nil, err
@@ -380,7 +384,7 @@ type verifyNames struct {
 	candidates []string // the store's entries that may be keys
 	allTarget  []string // every key of the enclave
 	target     []string // those matching the pattern
-	served     chan servedNames
+	served     *servedListing
 }
 
 // servedNames is the KES server's complete name set.
@@ -391,28 +395,18 @@ type servedNames struct {
 	took     time.Duration
 }
 
-// listNames lists the key store completely and the enclave, and starts
-// listing the KES server's names meanwhile (it costs the KES server a
-// read of its store per listing, not this side).
+// listNames lists the key store completely and the enclave, and takes the
+// listing of the KES server's names that this process's plan started, or
+// starts it (verification_served.go): it costs the KES server a read of its
+// store per listing, not this side.
 func (vr *verifyRun) listNames(ctx context.Context) (*verifyNames, error) {
 	ks, listing, candidates, err := vr.v.sourceNames(ctx, vr.r, vr.src)
 	if err != nil {
 		return nil, err
 	}
-	n := &verifyNames{ks: ks, listing: listing, candidates: candidates, served: make(chan servedNames, 1)}
+	n := &verifyNames{ks: ks, listing: listing, candidates: candidates}
 	if vr.kc != nil {
-		go func() {
-			t0 := time.Now()
-			var names []string
-			var unlisted bool
-			var err error
-			if vr.srv.generation == kesGlob { // one listing streams every name
-				names, unlisted, err = listKESServer(ctx, vr.srv.list)
-			} else {
-				names, unlisted, err = listKESServerGuided(ctx, vr.srv.list, listing.All)
-			}
-			n.served <- servedNames{names, unlisted, err, time.Since(t0)}
-		}()
+		n.served = startServedListing(ctx, vr.r, vr.src, vr.srv, listing.All)
 	}
 	err = withRetry(ctx, func() error {
 		var err error
@@ -556,20 +550,30 @@ func splitProven(kps []keyProof, kesFailures []verifyFailure) (proven []keyProof
 // compareServedNames checks that the KES server serves the key store the
 // config names: keys it holds beyond the store would be used by MinIO and
 // never migrated.
-func (vr *verifyRun) compareServedNames(n *verifyNames) error {
+func (vr *verifyRun) compareServedNames(ctx context.Context, n *verifyNames) error {
 	if vr.kc == nil {
 		return nil
 	}
-	res := <-n.served
+	pattern := vr.v.pattern()
+	stored := verifyMatch(n.listing.All, pattern)
+	res := n.served.wait(ctx)
+	if res.err == nil && n.served.started.Before(vr.began) {
+		// Listed before this step began (the plan started it): a name the
+		// store no longer holds may have been deleted since. Only a listing
+		// made now may call it a problem.
+		if _, onlyServer := keystore.Diff(stored, verifyMatch(res.names, pattern)); len(onlyServer) > 0 {
+			vr.r.Logf("KES server: %d name(s) listed before this step began are not in the key store (%s); listing again", len(onlyServer), keystore.NameList(onlyServer, verifyShown))
+			res = listServed(ctx, vr.srv, n.listing.All)
+		}
+	}
 	if res.err != nil {
 		if errors.Is(res.err, kes.ErrNotAllowed) {
 			return engine.WithHint(res.err, kesPolicyHint)
 		}
 		return res.err
 	}
-	pattern := vr.v.pattern()
 	served := verifyMatch(res.names, pattern)
-	if _, onlyServer := keystore.Diff(verifyMatch(n.listing.All, pattern), served); len(onlyServer) > 0 {
+	if _, onlyServer := keystore.Diff(stored, served); len(onlyServer) > 0 {
 		vr.problems = append(vr.problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", vr.src.Endpoint(), len(onlyServer), vr.src.ConfigFile(vr.r), keystore.NameList(onlyServer, verifyShown)))
 	} else {
 		vr.r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s%s)", len(served), pattern, res.took.Round(time.Millisecond), kesUnlistedNote(res.unlisted))

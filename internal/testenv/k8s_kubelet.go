@@ -193,6 +193,14 @@ func StartKubernetesMinIO(t TB, opts KubernetesMinIOOptions) (*KubernetesMinIO, 
 	}
 	for {
 		if n := m.readyPods(); n == opts.Pods && m.serves() == nil {
+			// A fresh deployment: wait for its IAM, as StartMinIOCluster does.
+			adm, err := c.Admin()
+			if err != nil {
+				return nil, err
+			}
+			if err := iamLoaded(adm, 3*time.Minute); err != nil {
+				return nil, fmt.Errorf("%w (the pods' nodes are in %s)", err, c.Dir)
+			}
 			return m, nil
 		}
 		select {
