@@ -33,14 +33,15 @@ scripts/install-test-deps.sh
 # fleet module's packages and everything they import (go vet compiles every
 # dependency and links nothing; Temporal's server from empty caches is the
 # largest build of a first run), then the race-instrumented packages and the
-# fuzz targets' instrumented builds. The main module's own builds are not
-# made here: the foreground compiles them as soon as the servers are ready,
-# and two processes compiling the same package at once only duplicate the
-# work (nothing is linked here that a phase links again, for the same
-# reason). Only the cache is kept: each phase builds again from it, so an
-# error here shows there (a step that fails here is logged and the next one
-# runs). The fleet phase waits only for the fleet's builds (fleet.built):
-# the others go on beside its tests, which mostly wait on their servers.
+# fuzz targets' instrumented builds. The main module's tests are not built
+# here (only what the fleet imports of it is): the foreground compiles them
+# as soon as the servers are ready, and two processes compiling the same
+# package at once only duplicate the work; nor is its crash-test binary
+# linked here, since its phase would link it again. Only the cache is kept:
+# each phase builds again from it, so an error here shows there (a step
+# that fails here is logged and the next one runs). The fleet phase waits
+# only for the fleet's builds (fleet.built): the others go on beside its
+# tests, which mostly wait on their servers.
 work="$(mktemp -d)"
 warm_pid=""
 # Its own process group (setsid), so that an early exit stops every build in
@@ -61,11 +62,15 @@ setsid nice -n 15 bash -c '{ echo 19 >/proc/self/autogroup; } 2>/dev/null || tru
 		ahead go test -c -fuzz . -o "$1/fuzz/" "$pkg"
 	done' warm "$work" >"$work/warm.log" 2>&1 &
 warm_pid=$!
-# warm_failed reports the builds made ahead that failed (each phase builds
-# again, and its error shows there).
+# warm_failed reports the builds made ahead that failed since it last did
+# (each phase builds again, and its error shows there).
+warm_reported=0
 warm_failed() {
-	if grep -q "made ahead, failed" "$work/warm.log"; then
-		echo "test.sh: builds made ahead failed (each phase builds again; its error shows there): $(grep "made ahead, failed" "$work/warm.log")" >&2
+	local failed
+	failed="$(grep "made ahead, failed" "$work/warm.log" | tail -n "+$((warm_reported + 1))")" || true
+	if [[ -n "$failed" ]]; then
+		echo "test.sh: builds made ahead failed (each phase builds again; its error shows there): $failed" >&2
+		warm_reported=$((warm_reported + $(wc -l <<<"$failed")))
 	fi
 }
 
@@ -94,6 +99,7 @@ echo "test.sh: tests passed after $(($(date +%s) - start))s" >&2
 # first run (made ahead, above; it waits here only for what is left of it);
 # later runs come from the build cache.
 while [[ ! -e "$work/fleet.built" ]] && kill -0 "$warm_pid" 2>/dev/null; do sleep 2; done
+warm_failed
 (
 	cd fleet
 	unformatted="$(gofmt -l .)"

@@ -220,13 +220,13 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 		}
 		p.Observed = append(p.Observed, line)
 		if r.BeforeApply() {
-			startServedListing(ctx, r, src, srv, l.All) // the apply follows: list meanwhile
+			startServedListing(ctx, r, src, srv, l.All) // the apply follows: list meanwhile (verification_served.go)
 		}
 		listings, unlisted := 1, false // a kesGlob server streams every name at once
 		if srv.generation == kesPaged {
 			listings, unlisted = kesPlannedListings(ctx, l.All)
 		}
-		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's (about %d listing(s), each of which costs the KES server a read of its whole store%s), and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), listings, kesUnlistedNote(unlisted), verifyKESSample))
+		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's (about %d listing(s), each of which costs the KES server a read of its whole store%s; apply FILE starts them with its plan, to run while the migration does, and lists again what the store no longer holds), and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), listings, kesUnlistedNote(unlisted), verifyKESSample))
 	} else {
 		p.Observed = append(p.Observed, fmt.Sprintf("%s names no KES server: the keys are proven from the store's material only", srcAddr))
 	}
@@ -304,6 +304,9 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		return err
 	}
 	defer names.ks.Close()
+	if names.served != nil {
+		defer names.served.cancel() // the plan's listing too, once taken
+	}
 	read, err := vr.readStore(ctx, names)
 	if err != nil {
 		return err
@@ -393,6 +396,7 @@ type servedNames struct {
 	unlisted bool
 	err      error
 	took     time.Duration
+	byPlan   bool // listed from the plan's start (freshServed)
 }
 
 // listNames lists the key store completely and the enclave, and takes the
@@ -406,7 +410,7 @@ func (vr *verifyRun) listNames(ctx context.Context) (*verifyNames, error) {
 	}
 	n := &verifyNames{ks: ks, listing: listing, candidates: candidates}
 	if vr.kc != nil {
-		n.served = startServedListing(ctx, vr.r, vr.src, vr.srv, listing.All)
+		n.served = takeServedListing(ctx, vr.r, vr.src, vr.srv, listing.All)
 	}
 	err = withRetry(ctx, func() error {
 		var err error
@@ -556,15 +560,11 @@ func (vr *verifyRun) compareServedNames(ctx context.Context, n *verifyNames) err
 	}
 	pattern := vr.v.pattern()
 	stored := verifyMatch(n.listing.All, pattern)
-	res := n.served.wait(ctx)
-	if res.err == nil && n.served.started.Before(vr.began) {
-		// Listed before this step began (the plan started it): a name the
-		// store no longer holds may have been deleted since. Only a listing
-		// made now may call it a problem.
-		if _, onlyServer := keystore.Diff(stored, verifyMatch(res.names, pattern)); len(onlyServer) > 0 {
-			vr.r.Logf("KES server: %d name(s) listed before this step began are not in the key store (%s); listing again", len(onlyServer), keystore.NameList(onlyServer, verifyShown))
-			res = listServed(ctx, vr.srv, n.listing.All)
-		}
+	res, why := freshServed(n.served.wait(ctx), n.served.byPlan, stored, pattern, func() servedNames {
+		return listServed(ctx, vr.srv, n.listing.All)
+	})
+	if why != "" {
+		vr.r.Logf("KES server: %s; listed again", why)
 	}
 	if res.err != nil {
 		if errors.Is(res.err, kes.ErrNotAllowed) {
@@ -576,7 +576,11 @@ func (vr *verifyRun) compareServedNames(ctx context.Context, n *verifyNames) err
 	if _, onlyServer := keystore.Diff(stored, served); len(onlyServer) > 0 {
 		vr.problems = append(vr.problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", vr.src.Endpoint(), len(onlyServer), vr.src.ConfigFile(vr.r), keystore.NameList(onlyServer, verifyShown)))
 	} else {
-		vr.r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s%s)", len(served), pattern, res.took.Round(time.Millisecond), kesUnlistedNote(res.unlisted))
+		when := ""
+		if res.byPlan {
+			when = ", from the plan's start, while the steps before this one ran"
+		}
+		vr.r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s%s%s)", len(served), pattern, res.took.Round(time.Millisecond), when, kesUnlistedNote(res.unlisted))
 	}
 	return nil
 }

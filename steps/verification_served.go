@@ -2,44 +2,70 @@ package steps
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/keystore"
 )
 
-// servedListing is the KES server's complete name set, listed once per
-// process. At scale this listing is most of the verification's time (each
-// listing costs the KES server a read of its whole store: about 28 s at
-// 100,000 keys here, BENCHMARKS.md), and it depends on nothing the other
-// steps do, so the quiet plan that apply FILE makes first starts it
-// (engine.Run.BeforeApply) and it runs while the migration does; the
-// verification takes its answer when it gets there. Without that plan
-// (resume, runbook plan) the verification starts it itself, as before.
+// servedListing is one listing of the KES server's complete name set, under
+// way or done. At scale this listing is most of the verification's time
+// (each listing costs the KES server a read of its whole store: about 28 s
+// at 100,000 keys here, BENCHMARKS.md), and it depends on nothing the other
+// steps do, so the quiet plan that apply FILE makes first starts one
+// (engine.Run.BeforeApply) that runs while the migration does, and the
+// first verification attempt takes it. Any other attempt, and an apply
+// without that plan (resume), lists when it gets there.
 type servedListing struct {
 	done    chan struct{}
 	started time.Time
+	byPlan  bool               // started by the plan, before the apply began
+	cancel  context.CancelFunc // ends the listing; its taker calls it when done
+	taken   atomic.Bool
 	res     servedNames
 }
 
-// servedKey keeps one servedListing per KES server and config file.
-type servedKey struct{ endpoint, config string }
+// servedKey keeps the plan's listing apart per KES server, config file and
+// client identity (what one identity may list, another may not).
+type servedKey struct{ endpoint, config, identity string }
 
-// startServedListing returns the session's listing of the KES server's
-// names, starting it if no step of this process has (expected, the key
-// store's names, sorted, only guides the walk: listKESServerGuided). It
-// lists on ctx's values without its cancellation: the plan that starts it
-// ends long before the listing does. A listing the plan started that the
-// apply never takes ends with the process.
-func startServedListing(ctx context.Context, r *engine.Run, src *kesConnection, srv *kesServer, expected []string) *servedListing {
-	key := servedKey{src.Endpoint(), src.ConfigFile(r)}
-	return r.Memo(key, func() any {
-		l := &servedListing{done: make(chan struct{}), started: time.Now()}
-		go func() {
-			defer close(l.done)
-			l.res = listServed(context.WithoutCancel(ctx), srv, expected)
-		}()
+func servedKeyOf(r *engine.Run, src *kesConnection, srv *kesServer) servedKey {
+	return servedKey{src.Endpoint(), src.ConfigFile(r), kesIdentity(srv.c)}
+}
+
+// startServedListing starts, in the quiet plan before an apply, the
+// listing the verification will take (expected, the key store's names,
+// sorted, only guides the walk: listKESServerGuided). The listing runs on
+// ctx's values without its cancellation: the plan ends long before the
+// listing does; one no step takes ends with the process.
+func startServedListing(ctx context.Context, r *engine.Run, src *kesConnection, srv *kesServer, expected []string) {
+	r.Memo(servedKeyOf(r, src, srv), func() any {
+		return newServedListing(context.WithoutCancel(ctx), srv, expected, true)
+	})
+}
+
+// takeServedListing returns the listing the plan started, if there is one
+// and no step has taken it, and otherwise starts one on ctx.
+func takeServedListing(ctx context.Context, r *engine.Run, src *kesConnection, srv *kesServer, expected []string) *servedListing {
+	l, _ := r.Memo(servedKeyOf(r, src, srv), func() any { return (*servedListing)(nil) }).(*servedListing)
+	if l != nil && l.taken.CompareAndSwap(false, true) {
 		return l
-	}).(*servedListing)
+	}
+	l = newServedListing(ctx, srv, expected, false)
+	l.taken.Store(true)
+	return l
+}
+
+func newServedListing(ctx context.Context, srv *kesServer, expected []string, byPlan bool) *servedListing {
+	ctx, cancel := context.WithCancel(ctx)
+	l := &servedListing{done: make(chan struct{}), started: time.Now(), byPlan: byPlan, cancel: cancel}
+	go func() {
+		defer close(l.done)
+		l.res = listServed(ctx, srv, expected)
+	}()
+	return l
 }
 
 // listServed lists every name the KES server serves, and how long it took.
@@ -63,4 +89,27 @@ func (l *servedListing) wait(ctx context.Context) servedNames {
 	case <-ctx.Done():
 		return servedNames{err: ctx.Err()}
 	}
+}
+
+// freshServed returns the served names to judge against stored (the key
+// store's names matching pattern) and, when it asked relist for a new
+// listing, why. A listing the plan started is older than the store read it
+// is judged against: a key deleted at KES since would look like a name the
+// store lacks, and a listing that failed (KES restarted while the migration
+// ran) says nothing of now; either is listed again. Names the server gained
+// since the plan's listing are outside what it proves (the check's log line
+// says when it listed), as a listing made at the end would miss those
+// gained after it.
+func freshServed(res servedNames, byPlan bool, stored []string, pattern string, relist func() servedNames) (servedNames, string) {
+	if !byPlan {
+		return res, ""
+	}
+	if res.err != nil {
+		return relist(), fmt.Sprintf("the listing the plan started failed (%v)", res.err)
+	}
+	if _, onlyServer := keystore.Diff(stored, verifyMatch(res.names, pattern)); len(onlyServer) > 0 {
+		return relist(), fmt.Sprintf("%d name(s) listed while the plan ran are not in the key store (%s)", len(onlyServer), keystore.NameList(onlyServer, verifyShown))
+	}
+	res.byPlan = true
+	return res, ""
 }
