@@ -119,17 +119,25 @@ func (a iamAbsence) String() string {
 // returns those of rs that are absent.
 func absentSince(ctx context.Context, admin *madmin.AdminClient, s3 *minio.Client, rs cutoverRestart) iamAbsence {
 	var ab iamAbsence
+	l := listIAM(ctx, admin, false)
+	ab.why = append(ab.why, l.failed...)
+	// The configuration is read after IAM: a restarted MinIO answers admin
+	// calls while its configuration still loads, with its defaults, and
+	// starts loading IAM only once the configuration has (cmd/server-main.go:
+	// initServerConfig, then globalIAMSys.Init), so an IAM that lists means
+	// the configuration read is the loaded one; one that does not makes the
+	// round unread, and the caller asks again.
 	if rs.ServerConfig != "" {
 		switch d, err := serverConfigDigest(ctx, admin); {
 		case err != nil:
 			ab.unread = append(ab.unread, "the server configuration")
 			ab.why = append(ab.why, err.Error())
+		case d != rs.ServerConfig && len(l.failed) > 0:
+			ab.unread = append(ab.unread, "the server configuration (IAM has not listed: it may still be loading)")
 		case d != rs.ServerConfig:
 			ab.missing = append(ab.missing, "the server configuration (it reads otherwise: MinIO runs on its defaults where config.json does not unseal)")
 		}
 	}
-	l := listIAM(ctx, admin, false)
-	ab.why = append(ab.why, l.failed...)
 	for _, n := range rs.IAM {
 		switch kind, _, _ := strings.Cut(n, " "); {
 		case l.unlisted[kind]:
