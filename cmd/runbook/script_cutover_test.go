@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -140,21 +139,11 @@ func cmdMinIOAdmin(ts *testscript.TestScript, neg bool, args []string) {
 	case len(args) == 3 && args[0] == "add-user":
 		ts.Check(scriptAdmin(ts).AddUser(ctx, args[1], args[2]))
 	case len(args) == 2 && args[0] == "get-config":
-		// A restarted MinIO answers admin calls while its configuration
-		// still loads, with its defaults, and starts loading IAM only once
-		// the configuration has (cmd/server-main.go): an IAM listing that
-		// answers means the configuration read is the loaded one.
+		// A restarted MinIO answers admin calls with its default
+		// configuration until config.json has loaded; IAM loads after it.
 		adm := scriptAdmin(ts)
-		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
-			lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
-			_, err := adm.ListUsers(lctx)
-			lcancel()
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				ts.Fatalf("get-config: MinIO's IAM does not list, so its configuration may not have loaded: %v", err)
-			}
+		if err := testenv.IAMLoaded(adm, 2*time.Minute); err != nil {
+			ts.Fatalf("get-config: the configuration may not have loaded: %v", err)
 		}
 		kv, err := adm.GetConfigKV(ctx, args[1])
 		ts.Check(err)

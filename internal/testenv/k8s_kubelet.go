@@ -198,7 +198,7 @@ func StartKubernetesMinIO(t TB, opts KubernetesMinIOOptions) (*KubernetesMinIO, 
 			if err != nil {
 				return nil, err
 			}
-			if err := iamLoaded(adm, 3*time.Minute); err != nil {
+			if err := IAMLoaded(adm, 3*time.Minute); err != nil {
 				return nil, fmt.Errorf("%w (the pods' nodes are in %s)", err, c.Dir)
 			}
 			return m, nil

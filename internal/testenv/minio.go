@@ -193,21 +193,23 @@ func startMinIO(t TB, opts MinIOOptions) (*MinIO, error) {
 		return nil, err
 	}
 	t.Cleanup(m.Stop)
-	if err := iamLoaded(m.Admin(), 3*time.Minute); err != nil {
+	if err := IAMLoaded(m.Admin(), 3*time.Minute); err != nil {
 		return nil, fmt.Errorf("%w (its log: %s)", err, m.LogFile)
 	}
 	return m, nil
 }
 
-// iamLoaded waits until a fresh deployment's IAM has loaded (ListUsers
-// answers: MinIO's IAMSys.ListUsers waits for it), each attempt bounded,
-// for at most timeout. MinIO answers S3 calls with its root credentials
-// before its IAM has initialized and written its format file, which it
-// seals under the default key of that moment (cmd/iam.go, Init;
+// IAMLoaded waits until a deployment's IAM has loaded after a start
+// (ListUsers answers: MinIO's IAMSys.ListUsers waits for it), each attempt
+// bounded, for at most timeout. MinIO answers S3 calls with its root
+// credentials before its IAM has initialized and written its format file,
+// which it seals under the default key of that moment (cmd/iam.go, Init;
 // cmd/iam-store.go, saveIAMFormat): a script that changes the default key
 // right after the start would otherwise, on a loaded machine, find the
-// format sealed under the later key.
-func iamLoaded(adm *madmin.AdminClient, timeout time.Duration) error {
+// format sealed under the later key. MinIO loads IAM only once its
+// configuration has loaded (cmd/server-main.go), so after it the
+// configuration in memory is the loaded one, not the defaults.
+func IAMLoaded(adm *madmin.AdminClient, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -302,7 +304,7 @@ func (m *MinIO) start(port int) error {
 
 // minioReady reports a MinIO server ready once it is live, says nothing of a
 // degraded state, and answers an authenticated call (the object layer is up;
-// not yet IAM: the root credentials need none, iamLoaded waits for it).
+// not yet IAM: the root credentials need none, IAMLoaded waits for it).
 func minioReady(url string, httpClient *http.Client, s3 *minio.Client) func() error {
 	return func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -119,7 +119,7 @@ func startMinIOCluster(t TB, opts MinIOClusterOptions) (*MinIOCluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := iamLoaded(adm, 3*time.Minute); err != nil {
+	if err := IAMLoaded(adm, 3*time.Minute); err != nil {
 		var logs []string
 		for _, n := range c.Nodes {
 			logs = append(logs, n.LogFile)
