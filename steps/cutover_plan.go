@@ -85,7 +85,16 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	if risk := c.iamPlanRisk(ctx, r, e); risk != "" {
 		p.Risks = append(p.Risks, risk)
 	}
-	p.Actions = append(p.Actions, fmt.Sprintf("wait up to %s until every node is online, AIStor's KMS status names the Key Manager (%s) with its endpoints online, and the default key %q passes a key status check", e.wait, kmsNameKeyManager, f.sseKey))
+	c.planAfterRestart(p, e, f.sseKey)
+	state["sample"], state["sse_key"] = sample, f.sseKey
+	p.State = state
+	return p, nil
+}
+
+// planAfterRestart adds what the cutover waits for after the restart, what
+// it does on failure and what it verifies, with sseKey the default key.
+func (c *cutoverStep) planAfterRestart(p *engine.StepPlan, e *cutoverEnv, sseKey string) {
+	p.Actions = append(p.Actions, fmt.Sprintf("wait up to %s until every node is online, AIStor's KMS status names the Key Manager (%s) with its endpoints online, and the default key %q passes a key status check", e.wait, kmsNameKeyManager, sseKey))
 	p.Actions = append(p.Actions, c.validateAction(e))
 	if e.onFail == "rollback" {
 		p.Actions = append(p.Actions, "on failure: restore the original environment, restart and confirm objects read through KES again (on_failure = \"rollback\")")
@@ -94,12 +103,9 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 	}
 	p.Verification = []string{
 		fmt.Sprintf("every node online and AIStor's KMS status names %q with every endpoint online", kmsNameKeyManager),
-		fmt.Sprintf("the default key %q passes AIStor's key status check (generate + decrypt)", f.sseKey),
+		fmt.Sprintf("the default key %q passes AIStor's key status check (generate + decrypt)", sseKey),
 		c.validateAction(e),
 	}
-	state["sample"], state["sse_key"] = sample, f.sseKey
-	p.State = state
-	return p, nil
 }
 
 // objectStore is the object store the cutover changes, named by the
