@@ -26,6 +26,7 @@ func (s *Session) refuseEarly(ctx context.Context, opts Options) error {
 	}
 	quiet := opts
 	quiet.Output = nil
+	quiet.beforeApply = true
 	res, err := s.Plan(ctx, quiet)
 	if err == nil || !errors.Is(err, ErrRefused) || res == nil {
 		return nil
@@ -58,6 +59,7 @@ func (s *Session) ApplyPlan(ctx context.Context, opts Options, planDir string, r
 		}
 		quiet := opts
 		quiet.Output = nil
+		quiet.beforeApply = true
 		res, err := s.Plan(ctx, quiet)
 		if err != nil {
 			return nil, fmt.Errorf("observe the systems again: %w", err)

@@ -26,6 +26,8 @@ type Options struct {
 	// the item once a checkpoint of this command is durable. Only tests
 	// set it: enginetest stops a run there.
 	AfterCheckpoint func(step, item string)
+	// beforeApply marks the quiet plan an apply makes first (Run.BeforeApply).
+	beforeApply bool
 }
 
 // ErrInterrupted is returned when a run stopped because it was asked to

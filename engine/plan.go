@@ -51,11 +51,43 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 	if err := x.bindAllowedSigners(); err != nil {
 		return nil, err
 	}
+	early := x.startEarly(ctx, sel)
 	results, err := x.planSteps(ctx, sel)
+	early.Wait()
 	if err != nil {
 		return nil, err
 	}
 	return x.planResult(results)
+}
+
+// startEarly calls StartEarly (EarlyStarter) of every selected step that
+// has not run when this is the quiet plan before an apply, each in its own
+// goroutine; the connections are decoded here first (the walk decodes them
+// again, and reports what fails). Wait for the group before the plan ends:
+// a step's StartEarly reads files through its Run, which the plan binds.
+func (x *execution) startEarly(ctx context.Context, sel map[string]bool) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	if !x.opts.beforeApply {
+		return &wg
+	}
+	for _, addr := range x.s.Graph.Order() {
+		if b := x.cfg.Block(addr); b.BlockType.Kind == KindConnection && x.s.decodeConnection(b) != nil {
+			return &wg
+		}
+	}
+	for _, addr := range x.s.Graph.Order() {
+		b := x.cfg.Block(addr)
+		if !sel[addr] || b.BlockType.Kind == KindConnection || x.js.Step(addr).State == StateDone {
+			continue
+		}
+		inst, d, diags := x.s.decode(b)
+		es, ok := inst.(EarlyStarter)
+		if diags.HasErrors() || !ok {
+			continue
+		}
+		wg.Go(func() { es.StartEarly(ctx, x.newRun(addr, d, x.js.Step(addr), nil)) })
+	}
+	return &wg
 }
 
 // carriedRun returns the run recorded in dir when `apply FILE` would carry

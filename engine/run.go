@@ -63,6 +63,15 @@ func (r *Run) Resumed() bool { return r.resumed }
 // what it found.
 func (r *Run) Forced() bool { return r.x.opts.Force }
 
+// BeforeApply reports whether this is the quiet plan that an apply makes
+// first, in this process (apply FILE, or apply DIR planning again): unless
+// a step or a check after it refuses (the journal lock, a changed
+// fingerprint, missing approvals), the apply follows at once. A step may
+// start there a read-only observation its apply will need (through Memo),
+// so that it runs while the steps before it do; the apply must judge how
+// old it is (verification_served.go in steps/ does).
+func (r *Run) BeforeApply() bool { return r.x.op == opPlan && r.x.opts.beforeApply }
+
 // Attempt is 1 for the first try, 2 for the first retry, and so on.
 func (r *Run) Attempt() int { return r.attempt }
 
@@ -297,9 +306,11 @@ func (r *Run) Path(p string) string {
 // made by make the first time any step of any plan or apply of the session
 // asks; concurrent callers wait for it. It is for read-only observations
 // that stay true while the process runs, so that the apply does not observe
-// again what its plan did: a step keeps there no secret and nothing it
-// must judge anew (a step still checks what it acts on). key must be
-// comparable; a step's own type in it keeps steps apart.
+// again what its plan did, or for one a plan starts for its apply
+// (BeforeApply) that the apply takes and judges by its age: a step keeps
+// there no secret and nothing it must judge anew (a step still checks what
+// it acts on). key must be comparable; a step's own type in it keeps steps
+// apart.
 func (r *Run) Memo(key any, make func() any) any {
 	e, _ := r.x.s.memo.LoadOrStore(key, &memoEntry{})
 	m := e.(*memoEntry)

@@ -31,6 +31,21 @@ type Planner interface {
 	Plan(ctx context.Context, r *Run) (*StepPlan, error)
 }
 
+// EarlyStarter is a step with read-only work its apply will need that
+// depends on nothing the steps before it do (a long listing of a server):
+// in the quiet plan an apply makes first (Run.BeforeApply), the engine
+// calls StartEarly for every selected step that has not run, beside the
+// plan's walk rather than in dependency order, so that the work can start
+// at the plan's first moment. The step's config is decoded as the plan
+// starts: outputs of the steps before it are unknown. StartEarly must
+// return once the work is started (the engine waits for it before the plan
+// ends) and hand the work on through Run.Memo; the work must not use r
+// after StartEarly returns. It is best-effort: on any failure it starts
+// nothing, and the step's Plan and Apply meet the failure in their order.
+type EarlyStarter interface {
+	StartEarly(ctx context.Context, r *Run)
+}
+
 // Rollbacker undoes a step from its journal records alone (r.Checkpoints,
 // r.Outputs). It is called for steps that completed and for steps that were
 // interrupted or failed half-way, so it must not assume Apply finished. It must

@@ -219,11 +219,15 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 			return nil, err
 		}
 		p.Observed = append(p.Observed, line)
+		if r.BeforeApply() {
+			// The apply follows: list meanwhile, if StartEarly did not.
+			startServedListing(ctx, r, src, srv, l.All, "from this step's plan")
+		}
 		listings, unlisted := 1, false // a kesGlob server streams every name at once
 		if srv.generation == kesPaged {
 			listings, unlisted = kesPlannedListings(ctx, l.All)
 		}
-		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's (about %d listing(s), each of which costs the KES server a read of its whole store%s), and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), listings, kesUnlistedNote(unlisted), verifyKESSample))
+		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's (about %d listing(s), each of which costs the KES server a read of its whole store%s; apply FILE starts them with its plan, to run while the migration does, and lists again what the store no longer holds), and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), listings, kesUnlistedNote(unlisted), verifyKESSample))
 	} else {
 		p.Observed = append(p.Observed, fmt.Sprintf("%s names no KES server: the keys are proven from the store's material only", srcAddr))
 	}
@@ -301,6 +305,9 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 		return err
 	}
 	defer names.ks.Close()
+	if names.served != nil {
+		defer names.served.cancel() // the plan's listing too, once taken
+	}
 	read, err := vr.readStore(ctx, names)
 	if err != nil {
 		return err
@@ -310,7 +317,7 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 	if err != nil {
 		return err
 	}
-	if err := vr.compareServedNames(names); err != nil {
+	if err := vr.compareServedNames(ctx, names); err != nil {
 		return err
 	}
 	vr.reportProven(source, names.target, read, tally)
@@ -380,7 +387,7 @@ type verifyNames struct {
 	candidates []string // the store's entries that may be keys
 	allTarget  []string // every key of the enclave
 	target     []string // those matching the pattern
-	served     chan servedNames
+	served     *servedListing
 }
 
 // servedNames is the KES server's complete name set.
@@ -389,30 +396,21 @@ type servedNames struct {
 	unlisted bool
 	err      error
 	took     time.Duration
+	byPlan   bool // listed from the quiet plan before the apply (freshServed)
 }
 
-// listNames lists the key store completely and the enclave, and starts
-// listing the KES server's names meanwhile (it costs the KES server a
-// read of its store per listing, not this side).
+// listNames lists the key store completely and the enclave, and takes the
+// listing of the KES server's names that this process's plan started, or
+// starts it (verification_served.go): it costs the KES server a read of its
+// store per listing, not this side.
 func (vr *verifyRun) listNames(ctx context.Context) (*verifyNames, error) {
 	ks, listing, candidates, err := vr.v.sourceNames(ctx, vr.r, vr.src)
 	if err != nil {
 		return nil, err
 	}
-	n := &verifyNames{ks: ks, listing: listing, candidates: candidates, served: make(chan servedNames, 1)}
+	n := &verifyNames{ks: ks, listing: listing, candidates: candidates}
 	if vr.kc != nil {
-		go func() {
-			t0 := time.Now()
-			var names []string
-			var unlisted bool
-			var err error
-			if vr.srv.generation == kesGlob { // one listing streams every name
-				names, unlisted, err = listKESServer(ctx, vr.srv.list)
-			} else {
-				names, unlisted, err = listKESServerGuided(ctx, vr.srv.list, listing.All)
-			}
-			n.served <- servedNames{names, unlisted, err, time.Since(t0)}
-		}()
+		n.served = takeServedListing(ctx, vr.r, vr.src, vr.srv, listing.All)
 	}
 	err = withRetry(ctx, func() error {
 		var err error
@@ -556,23 +554,33 @@ func splitProven(kps []keyProof, kesFailures []verifyFailure) (proven []keyProof
 // compareServedNames checks that the KES server serves the key store the
 // config names: keys it holds beyond the store would be used by MinIO and
 // never migrated.
-func (vr *verifyRun) compareServedNames(n *verifyNames) error {
+func (vr *verifyRun) compareServedNames(ctx context.Context, n *verifyNames) error {
 	if vr.kc == nil {
 		return nil
 	}
-	res := <-n.served
+	pattern := vr.v.pattern()
+	stored := verifyMatch(n.listing.All, pattern)
+	res, why := freshServed(n.served.wait(ctx), n.served.byPlan, stored, pattern, func() servedNames {
+		return listServed(ctx, vr.srv, n.listing.All)
+	})
+	if why != "" {
+		vr.r.Logf("KES server: %s; listed again", why)
+	}
 	if res.err != nil {
 		if errors.Is(res.err, kes.ErrNotAllowed) {
 			return engine.WithHint(res.err, kesPolicyHint)
 		}
 		return res.err
 	}
-	pattern := vr.v.pattern()
 	served := verifyMatch(res.names, pattern)
-	if _, onlyServer := keystore.Diff(verifyMatch(n.listing.All, pattern), served); len(onlyServer) > 0 {
+	if _, onlyServer := keystore.Diff(stored, served); len(onlyServer) > 0 {
 		vr.problems = append(vr.problems, fmt.Sprintf("the KES server %s holds %d key(s) that the key store named in %s does not: %s (is the server running with that config? the migration reads the store, so these keys would not be carried)", vr.src.Endpoint(), len(onlyServer), vr.src.ConfigFile(vr.r), keystore.NameList(onlyServer, verifyShown)))
 	} else {
-		vr.r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s%s)", len(served), pattern, res.took.Round(time.Millisecond), kesUnlistedNote(res.unlisted))
+		when := ""
+		if res.byPlan {
+			when = fmt.Sprintf(", %s, while the steps before this one ran", n.served.from)
+		}
+		vr.r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s%s%s)", len(served), pattern, res.took.Round(time.Millisecond), when, kesUnlistedNote(res.unlisted))
 	}
 	return nil
 }

@@ -47,6 +47,7 @@ type options struct {
 	sizes              []int
 	scaleShapes        []shape
 	runs               int
+	kesCPU             int
 }
 
 func main() {
@@ -62,6 +63,7 @@ func main() {
 	flag.DurationVar(&o.wanRTT, "wan-rtt", 10*time.Millisecond, "round-trip time to the Key Manager (and KES) in the -wan comparison")
 	sizesFlag := flag.String("sizes", "10000,100000", "key store sizes at scale: plan and apply, against the KES server's listing alone (empty: none)")
 	scaleShapesFlag := flag.String("scale-shapes", "v0.24,v0.23", "store shapes at scale")
+	flag.IntVar(&o.kesCPU, "kes-cpu", 1, "at scale, also run with the KES server on this CPU alone and the rest on the others, as when KES has a host of its own (-1: shared only)")
 	flag.IntVar(&o.runs, "runs", 3, "runs of each side per comparison (best of)")
 	write := flag.String("write", "", "replace the generated part of this file's migration section (BENCHMARKS.md)")
 	keep := flag.Bool("keep", false, "keep the work directory")

@@ -263,6 +263,15 @@ func (k *KES) client() (*kes.Client, error) {
 	return kes.NewClientWithConfig(k.URL, conf), nil
 }
 
+// PID is the server process's ID (0 when it is not running): a benchmark
+// gives the server CPUs of its own through it.
+func (k *KES) PID() int {
+	if k.proc == nil || k.proc.cmd.Process == nil || k.proc.exited() {
+		return 0
+	}
+	return k.proc.cmd.Process.Pid
+}
+
 // Stop stops the server (SIGTERM, then SIGKILL after 5 seconds). The key
 // store directory stays. Stop is called at test end; calling it earlier is
 // fine.

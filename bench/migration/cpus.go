@@ -1,0 +1,87 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// placement is where the processes of a run at scale may run. In
+// production the KES server has a host of its own; on a small benchmark
+// machine it shares the CPUs with the runbook and the Key Manager, so its
+// listing, the floor of the verification, slows down by whatever the
+// runbook computes meanwhile. "KES apart" gives the KES server one CPU of
+// its own and everything else (this process, which runs the Key Manager
+// emulator, and the runbook it starts) the others, for the floor and the
+// apply alike.
+type placement struct {
+	name, short string
+	kesCPU      int // -1: every process may run on every CPU
+}
+
+var shared = placement{name: "shared", short: "shared", kesCPU: -1}
+
+// placements are the ones a machine with cpus CPUs can run: with one CPU
+// only shared; otherwise shared and, when kesCPU is a CPU of it, KES apart.
+func placements(cpus, kesCPU int) []placement {
+	if cpus < 2 || kesCPU < 0 || kesCPU >= cpus {
+		return []placement{shared}
+	}
+	return []placement{shared, {name: fmt.Sprintf("KES apart (CPU %d; the rest on the other %d)", kesCPU, cpus-1), short: "KES apart", kesCPU: kesCPU}}
+}
+
+// place applies p to the KES server kesPID and this process, and returns
+// what undoes it. Processes started meanwhile (the runbook) inherit this
+// process's CPUs.
+func place(p placement, kesPID int) (undo func(), err error) {
+	all := cpuSet(func(int) bool { return true })
+	if p.kesCPU < 0 {
+		return func() {}, nil
+	}
+	if err := setAffinity(kesPID, cpuSet(func(c int) bool { return c == p.kesCPU })); err != nil {
+		return nil, fmt.Errorf("give the KES server CPU %d: %w", p.kesCPU, err)
+	}
+	if err := setAffinity(os.Getpid(), cpuSet(func(c int) bool { return c != p.kesCPU })); err != nil {
+		return nil, fmt.Errorf("keep this process off CPU %d: %w", p.kesCPU, err)
+	}
+	return func() {
+		check(setAffinity(os.Getpid(), all))
+		check(setAffinity(kesPID, all))
+	}, nil
+}
+
+func cpuSet(in func(cpu int) bool) *unix.CPUSet {
+	var s unix.CPUSet
+	for c := range runtime.NumCPU() {
+		if in(c) {
+			s.Set(c)
+		}
+	}
+	return &s
+}
+
+// setAffinity sets the CPUs of every thread of process pid: a thread's
+// affinity is its own (sched_setaffinity(2)), and threads a process starts
+// later take their creator's.
+func setAffinity(pid int, set *unix.CPUSet) error {
+	if pid <= 0 {
+		return fmt.Errorf("process %d is not running", pid)
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, set); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("thread %d: %w", tid, err)
+		}
+	}
+	return nil
+}
