@@ -55,6 +55,8 @@ func (e *early) Plan(_ context.Context, r *engine.Run) (*engine.StepPlan, error)
 		select {
 		case <-earlyLog.started:
 		case <-time.After(5 * time.Second):
+			// The quiet plan's failure alone would not fail the apply.
+			e.record("planfailed:" + r.Addr)
 			return nil, errors.New("early.second's StartEarly was not called while the plan walked the steps before it")
 		}
 	}
@@ -116,6 +118,9 @@ func TestStartEarlyBesideThePlan(t *testing.T) {
 		t.Fatalf("apply: %v (calls %v)", err, earlyCalls())
 	}
 	got := earlyCalls()
+	if count(got, "planfailed:early.first") > 0 {
+		t.Fatalf("calls %v: early.second's StartEarly came only after the plan of the step it depends on", got)
+	}
 	for _, want := range []string{"early:early.first", "early:early.second", "apply:early.first", "apply:early.second"} {
 		if count(got, want) != 1 {
 			t.Fatalf("calls %v: want %s once", got, want)

@@ -42,6 +42,9 @@ type Planner interface {
 // ends) and hand the work on through Run.Memo; the work must not use r
 // after StartEarly returns. It is best-effort: on any failure it starts
 // nothing, and the step's Plan and Apply meet the failure in their order.
+// It reads no file the step's Plan does not read too: the files a plan
+// reads bind it, and a saved plan (apply DIR, planned without StartEarly)
+// must bind the same ones.
 type EarlyStarter interface {
 	StartEarly(ctx context.Context, r *Run)
 }

@@ -227,7 +227,7 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 		if srv.generation == kesPaged {
 			listings, unlisted = kesPlannedListings(ctx, l.All)
 		}
-		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's (about %d listing(s), each of which costs the KES server a read of its whole store%s; apply FILE starts them with its plan, to run while the migration does, and lists again what the store no longer holds), and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), listings, kesUnlistedNote(unlisted), verifyKESSample))
+		p.Actions = append(p.Actions, fmt.Sprintf("prove that the KES server %s serves this store: the complete set of names it lists is the store's (about %d listing(s), each of which costs the KES server a read of its whole store%s; an apply starts them with its plan, to run while the migration does, and lists again what the store no longer holds), and a data key it generates under each of a random sample of up to %d keys decrypts at the Key Manager to the same plaintext (no call to the KES server per key)", src.Endpoint(), listings, kesUnlistedNote(unlisted), verifyKESSample))
 	} else {
 		p.Observed = append(p.Observed, fmt.Sprintf("%s names no KES server: the keys are proven from the store's material only", srcAddr))
 	}
@@ -419,6 +419,9 @@ func (vr *verifyRun) listNames(ctx context.Context) (*verifyNames, error) {
 	})
 	if err != nil {
 		ks.Close()
+		if n.served != nil {
+			n.served.cancel() // taken: no other attempt will
+		}
 		return nil, err
 	}
 	n.target = verifyMatch(n.allTarget, vr.v.pattern())
@@ -560,7 +563,11 @@ func (vr *verifyRun) compareServedNames(ctx context.Context, n *verifyNames) err
 	}
 	pattern := vr.v.pattern()
 	stored := verifyMatch(n.listing.All, pattern)
-	res, why := freshServed(n.served.wait(ctx), n.served.byPlan, stored, pattern, func() servedNames {
+	got := n.served.wait(ctx)
+	if err := ctx.Err(); err != nil {
+		return err // interrupted: nothing to judge or list again
+	}
+	res, why := freshServed(got, n.served.byPlan, stored, pattern, func() servedNames {
 		return listServed(ctx, vr.srv, n.listing.All)
 	})
 	if why != "" {

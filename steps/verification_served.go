@@ -14,7 +14,7 @@ import (
 // way or done. At scale this listing is most of the verification's time
 // (each listing costs the KES server a read of its whole store: about 28 s
 // at 100,000 keys here, BENCHMARKS.md), and it depends on nothing the other
-// steps do, so the quiet plan that apply FILE makes first starts one
+// steps do, so the quiet plan an apply makes first starts one
 // (StartEarly, at its first moment) that runs while the migration does,
 // and the first verification attempt takes it. Any other attempt, and an apply
 // without that plan (resume), lists when it gets there.

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -34,54 +33,65 @@ func placements(cpus, kesCPU int) []placement {
 }
 
 // place applies p to the KES server kesPID and this process, and returns
-// what undoes it. Processes started meanwhile (the runbook) inherit this
-// process's CPUs.
+// what undoes it (each process's CPUs as they were). Processes started
+// meanwhile (the runbook) inherit this process's CPUs.
 func place(p placement, kesPID int) (undo func(), err error) {
-	all := cpuSet(func(int) bool { return true })
 	if p.kesCPU < 0 {
 		return func() {}, nil
 	}
-	if err := setAffinity(kesPID, cpuSet(func(c int) bool { return c == p.kesCPU })); err != nil {
+	var self, kes unix.CPUSet
+	if err := unix.SchedGetaffinity(os.Getpid(), &self); err != nil {
+		return nil, err
+	}
+	if err := unix.SchedGetaffinity(kesPID, &kes); err != nil {
+		return nil, fmt.Errorf("read the KES server's CPUs: %w", err)
+	}
+	if !kes.IsSet(p.kesCPU) || self.Count() < 2 {
+		return nil, fmt.Errorf("CPU %d is not the KES server's to take, or this process has one CPU (%d)", p.kesCPU, self.Count())
+	}
+	apart, rest := self, self
+	apart.Zero()
+	apart.Set(p.kesCPU)
+	rest.Clear(p.kesCPU)
+	if err := setAffinity(kesPID, &apart); err != nil {
 		return nil, fmt.Errorf("give the KES server CPU %d: %w", p.kesCPU, err)
 	}
-	if err := setAffinity(os.Getpid(), cpuSet(func(c int) bool { return c != p.kesCPU })); err != nil {
+	if err := setAffinity(os.Getpid(), &rest); err != nil {
 		return nil, fmt.Errorf("keep this process off CPU %d: %w", p.kesCPU, err)
 	}
 	return func() {
-		check(setAffinity(os.Getpid(), all))
-		check(setAffinity(kesPID, all))
+		check(setAffinity(os.Getpid(), &self))
+		check(setAffinity(kesPID, &kes))
 	}, nil
 }
 
-func cpuSet(in func(cpu int) bool) *unix.CPUSet {
-	var s unix.CPUSet
-	for c := range runtime.NumCPU() {
-		if in(c) {
-			s.Set(c)
-		}
-	}
-	return &s
-}
-
 // setAffinity sets the CPUs of every thread of process pid: a thread's
-// affinity is its own (sched_setaffinity(2)), and threads a process starts
-// later take their creator's.
+// affinity is its own (sched_setaffinity(2)), and a thread takes its
+// creator's, so the threads are listed again until a pass finds none it
+// has not set.
 func setAffinity(pid int, set *unix.CPUSet) error {
 	if pid <= 0 {
 		return fmt.Errorf("process %d is not running", pid)
 	}
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		return err
-	}
-	for _, t := range tasks {
-		tid, err := strconv.Atoi(t.Name())
+	done := map[int]bool{}
+	for {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 		if err != nil {
-			continue
+			return err
 		}
-		if err := unix.SchedSetaffinity(tid, set); err != nil && err != unix.ESRCH {
-			return fmt.Errorf("thread %d: %w", tid, err)
+		fresh := 0
+		for _, t := range tasks {
+			tid, err := strconv.Atoi(t.Name())
+			if err != nil || done[tid] {
+				continue
+			}
+			if err := unix.SchedSetaffinity(tid, set); err != nil && err != unix.ESRCH {
+				return fmt.Errorf("thread %d: %w", tid, err)
+			}
+			done[tid], fresh = true, fresh+1
+		}
+		if fresh == 0 {
+			return nil
 		}
 	}
-	return nil
 }
