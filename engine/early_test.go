@@ -3,7 +3,6 @@ package engine_test
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -81,15 +80,10 @@ early "second" {
 
 func openEarly(t *testing.T) (*engine.Session, engine.Options) {
 	t.Helper()
-	dir := t.TempDir()
-	s, diags := engine.Open(filepath.Join(dir, "early.hcl"), []byte(earlyRunbook), engine.VarInputs{}, true)
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
 	earlyLog.Lock()
 	earlyLog.calls, earlyLog.started = nil, make(chan struct{})
 	earlyLog.Unlock()
-	return s, engine.Options{JournalDir: filepath.Join(dir, ".runbook", "early"), Command: "test"}
+	return openRunbook(t, "early", earlyRunbook)
 }
 
 func earlyCalls() []string {

@@ -127,12 +127,19 @@ probe "b" {
 
 func openProbe(t *testing.T) (*engine.Session, engine.Options) {
 	t.Helper()
+	return openRunbook(t, "probes", probeRunbook)
+}
+
+// openRunbook opens src as NAME.hcl in a new directory, with the journal
+// of run NAME beside it.
+func openRunbook(t *testing.T, name, src string) (*engine.Session, engine.Options) {
+	t.Helper()
 	dir := t.TempDir()
-	s, diags := engine.Open(filepath.Join(dir, "probes.hcl"), []byte(probeRunbook), engine.VarInputs{}, true)
+	s, diags := engine.Open(filepath.Join(dir, name+".hcl"), []byte(src), engine.VarInputs{}, true)
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
-	return s, engine.Options{JournalDir: filepath.Join(dir, ".runbook", "probes"), Command: "test"}
+	return s, engine.Options{JournalDir: filepath.Join(dir, ".runbook", name), Command: "test"}
 }
 
 // A step that hands work to the operator leaves the run waiting; a new apply
