@@ -360,3 +360,27 @@ func TestMigrateConflictImportsNothing(t *testing.T) {
 		t.Fatal("a failed preflight must not be checkpointed")
 	}
 }
+
+// An enclave's listing follows the Key Manager's pages to the last key,
+// whatever page it asks for (the emulator's default is 1,000 names).
+func TestListEnclaveKeysFollowsPages(t *testing.T) {
+	t.Parallel()
+	env := newMigrationEnv(t, 0)
+	var want []string
+	for i := range 2100 {
+		name := fmt.Sprintf("key-%05d", i)
+		k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32)}
+		rand.Read(k.Material)
+		env.put(t, name, k)
+		want = append(want, name)
+	}
+	for _, limit := range []int{1000, 999, enclaveListPage} {
+		got, err := listEnclaveKeysPaged(context.Background(), env.c, env.enclave, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Sort(got); !slices.Equal(got, want) {
+			t.Fatalf("pages of %d: listed %d names, want %d", limit, len(got), len(want))
+		}
+	}
+}

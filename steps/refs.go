@@ -37,11 +37,24 @@ func enclaveFrom(v cty.Value) (enclaveRef, error) {
 	return enclaveRef{Name: name.AsString(), KM: km, Addr: addr}, nil
 }
 
+// enclaveListPage is the page the listing of an enclave's keys asks for.
+// The Key Manager caps a request's Limit at its own maximum (kms-go
+// ListRequest.Limit: without one, "the server limits listing results to a
+// reasonable max. size"), so a large one costs nothing and saves a round
+// trip per default page: over a WAN, 10 ms per 1,000 keys at the
+// emulator's default page (docs/emulator.md: 1,000 names, 10,000 at most).
+const enclaveListPage = 10000
+
 // listEnclaveKeys returns every key name in an enclave, following
 // continuation across pages.
 func listEnclaveKeys(ctx context.Context, c *kms.Client, enclave string) ([]string, error) {
+	return listEnclaveKeysPaged(ctx, c, enclave, enclaveListPage)
+}
+
+// listEnclaveKeysPaged is listEnclaveKeys asking for pages of limit keys.
+func listEnclaveKeysPaged(ctx context.Context, c *kms.Client, enclave string, limit int) ([]string, error) {
 	var names []string
-	req := &kms.ListRequest{Enclave: enclave}
+	req := &kms.ListRequest{Enclave: enclave, Limit: limit}
 	for {
 		page, err := c.ListKeys(ctx, req)
 		if err != nil {
@@ -53,6 +66,6 @@ func listEnclaveKeys(ctx context.Context, c *kms.Client, enclave string) ([]stri
 		if page.ContinueAt == "" || len(page.Items) == 0 {
 			return names, nil
 		}
-		req = &kms.ListRequest{Enclave: enclave, Prefix: req.Prefix, ContinueAt: page.ContinueAt}
+		req = &kms.ListRequest{Enclave: enclave, Prefix: req.Prefix, ContinueAt: page.ContinueAt, Limit: limit}
 	}
 }
