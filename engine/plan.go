@@ -80,6 +80,9 @@ func (x *execution) startEarly(ctx context.Context, sel map[string]bool) *sync.W
 		if !sel[addr] || b.BlockType.Kind == KindConnection || x.js.Step(addr).State == StateDone {
 			continue
 		}
+		if _, ok := b.BlockType.New().(EarlyStarter); !ok {
+			continue // decode only the steps that start early
+		}
 		inst, d, diags := x.s.decode(b)
 		es, ok := inst.(EarlyStarter)
 		if diags.HasErrors() || !ok {

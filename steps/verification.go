@@ -567,7 +567,7 @@ func (vr *verifyRun) compareServedNames(ctx context.Context, n *verifyNames) err
 	if err := ctx.Err(); err != nil {
 		return err // interrupted: nothing to judge or list again
 	}
-	res, why := freshServed(got, n.served.byPlan, stored, pattern, func() servedNames {
+	res, why := freshServed(got, n.served.from != "", stored, pattern, func() servedNames {
 		return listServed(ctx, vr.srv, n.listing.All)
 	})
 	if why != "" {

@@ -19,9 +19,10 @@ import (
 // and the first verification attempt takes it. Any other attempt, and an apply
 // without that plan (resume), lists when it gets there.
 type servedListing struct {
-	done   chan struct{}
-	byPlan bool               // started by the plan, before the apply began
-	from   string             // for a plan's: when in the plan it started
+	done chan struct{}
+	// from says when in the quiet plan before the apply the listing
+	// started ("" when the verification's attempt started it itself).
+	from   string
 	cancel context.CancelFunc // ends the listing; its taker calls it when done
 	taken  atomic.Bool
 	res    servedNames
@@ -42,9 +43,7 @@ func servedKeyOf(r *engine.Run, src *kesConnection, srv *kesServer) servedKey {
 // listing does; one no step takes ends with the process.
 func startServedListing(ctx context.Context, r *engine.Run, src *kesConnection, srv *kesServer, expected []string, from string) {
 	r.Memo(servedKeyOf(r, src, srv), func() any {
-		l := newServedListing(context.WithoutCancel(ctx), srv, expected, true)
-		l.from = from
-		return l
+		return newServedListing(context.WithoutCancel(ctx), srv, expected, from)
 	})
 }
 
@@ -84,14 +83,14 @@ func takeServedListing(ctx context.Context, r *engine.Run, src *kesConnection, s
 	if l != nil && l.taken.CompareAndSwap(false, true) {
 		return l
 	}
-	l = newServedListing(ctx, srv, expected, false)
+	l = newServedListing(ctx, srv, expected, "")
 	l.taken.Store(true)
 	return l
 }
 
-func newServedListing(ctx context.Context, srv *kesServer, expected []string, byPlan bool) *servedListing {
+func newServedListing(ctx context.Context, srv *kesServer, expected []string, from string) *servedListing {
 	ctx, cancel := context.WithCancel(ctx)
-	l := &servedListing{done: make(chan struct{}), byPlan: byPlan, cancel: cancel}
+	l := &servedListing{done: make(chan struct{}), from: from, cancel: cancel}
 	go func() {
 		defer close(l.done)
 		l.res = listServed(ctx, srv, expected)
