@@ -40,6 +40,7 @@ func (s *Session) refuseEarly(ctx context.Context, opts Options) error {
 // which plan ran, its steps and its approvers (a "plan" record), so that a
 // later resume runs nothing the approved plans do not contain.
 func (s *Session) ApplyPlan(ctx context.Context, opts Options, planDir string, reviewed *PlanDoc) error {
+	defer s.releaseMemo() // what the quiet plan kept for this apply
 	// A journal that is not the plan's is refused before the lock is taken
 	// (which would make the journal dir); under the lock it is checked again.
 	if _, err := s.planKey(opts.JournalDir, reviewed); err != nil {

@@ -42,6 +42,7 @@ func (s *Session) Apply(ctx context.Context, opts Options) error {
 	if s.Config.Approvals > 0 {
 		return RefuseWithHint("run runbook plan FILE -out DIR, have it approved with runbook approve DIR --by NAME, then runbook apply DIR", "this runbook requires %d approval(s) of a saved plan", s.Config.Approvals)
 	}
+	defer s.releaseMemo() // what the quiet plan kept for this apply
 	// Planned before the lock is taken: a refusal leaves not even a journal
 	// dir behind.
 	if err := s.refuseEarly(ctx, opts); err != nil {

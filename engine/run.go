@@ -310,12 +310,17 @@ func (r *Run) Path(p string) string {
 // (BeforeApply) that the apply takes and judges by its age: a step keeps
 // there nothing it must judge anew (a step still checks what it acts on),
 // and nothing that is ever written out holds a secret (a client it keeps
-// holds its credentials in memory only, as the step's own would). key must
-// be comparable; a step's own type in it keeps steps apart.
+// holds its credentials in memory only, as the step's own would). What a
+// quiet plan keeps in memory for its apply alone (key values it read)
+// implements Releaser, released when the apply ends. key must be
+// comparable; a step's own type in it keeps steps apart.
 func (r *Run) Memo(key any, make func() any) any {
 	e, _ := r.x.s.memo.LoadOrStore(key, &memoEntry{})
 	m := e.(*memoEntry)
-	m.once.Do(func() { m.v = make() })
+	m.once.Do(func() {
+		m.v = make()
+		m.made.Store(true)
+	})
 	return m.v
 }
 

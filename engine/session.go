@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
@@ -32,6 +33,23 @@ type Session struct {
 type memoEntry struct {
 	once sync.Once
 	v    any
+	made atomic.Bool // v is set: releaseMemo reads it only then
+}
+
+// Releaser is a Run.Memo value that holds what must not outlive the apply
+// that used it (key material a quiet plan read for its apply): the engine
+// calls Release when an apply of the session ends, refused or not.
+type Releaser interface{ Release() }
+
+// releaseMemo releases every Releaser the session's steps keep in Memo.
+func (s *Session) releaseMemo() {
+	s.memo.Range(func(_, e any) bool {
+		m := e.(*memoEntry)
+		if r, ok := m.v.(Releaser); ok && m.made.Load() {
+			r.Release()
+		}
+		return true
+	})
 }
 
 // Open loads, graphs and evaluates a runbook. requireAll makes every

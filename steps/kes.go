@@ -184,5 +184,5 @@ func (k *kesConnection) OpenKeyStore(ctx context.Context, r *engine.Run) (kesser
 		}
 		return nil, nil, fmt.Errorf("connect to the key store named in %s: %w", k.ConfigFile(r), err)
 	}
-	return ks, f, nil
+	return fastKeyStore(ks, f), f, nil
 }

@@ -129,13 +129,36 @@ type verdictsKey struct{ config, store string }
 
 // judged is the session's memory of the entries of k's key store judged
 // so far (nil for none): kept across the quiet plan and the apply of one
-// process (engine.Run.Memo), so that each value is classified once.
+// process (engine.Run.Memo), so that each value is classified once. In the
+// quiet plan an apply makes first it also holds the values of the keys it
+// reads (keystore.Verdicts.Hold), which the snapshot and the migration of
+// that apply copy instead of reading each key twice more (takeValue); the
+// verification always reads the store itself. The engine releases them
+// when the apply ends (engine.Releaser).
 func judged(r *engine.Run, k *kesConnection, conf *kesconf.File) *keystore.Verdicts {
 	if r == nil || k == nil || conf == nil {
 		return nil
 	}
 	key := verdictsKey{config: r.Path(k.cfg.Config), store: keystore.Describe(conf)}
-	return r.Memo(key, func() any { return new(keystore.Verdicts) }).(*keystore.Verdicts)
+	v := r.Memo(key, func() any { return new(keystore.Verdicts) }).(*keystore.Verdicts)
+	if r.BeforeApply() {
+		v.Hold()
+	}
+	return v
+}
+
+// takeValue is name's value as the quiet plan of this apply read it (held),
+// else as ks reads it now: for the steps that copy a key (the snapshot, the
+// migration), milliseconds after that read. KES creates a key once and
+// never rewrites it; only a deletion and a new key of the same name could
+// change the value under a name, which the prerequisites' check that key
+// changes are halted, and the verification, which reads the store itself
+// and proves every copy against it, would catch.
+func takeValue(ctx context.Context, held *keystore.Verdicts, ks kesserver.KeyStore, name string) ([]byte, error) {
+	if raw := held.Held(name); raw != nil {
+		return raw, nil
+	}
+	return ks.Get(ctx, name)
 }
 
 // foreignObserved is the plan's line on the entries that are not KES keys,

@@ -2,6 +2,8 @@ package steps
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +12,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/minio/kes/kesconf"
+	kesdk "github.com/minio/kms-go/kes"
 
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 	"github.com/runbook-dev/runbook/internal/testenv"
@@ -168,5 +171,60 @@ func TestVaultTransitEntries(t *testing.T) {
 	e, err = src2.readEntry(ctx, "sealed-key")
 	if err != nil || e.class != entryUnparsable || !strings.Contains(e.reason, "transit key") {
 		t.Fatalf("without the transit key: %+v, %v", e, err)
+	}
+}
+
+// TestFSKeyStoreGetAnswersAsKES reads every kind of entry an operator's fs
+// store holds through fsKeyStore and through KES's own fs store, and wants
+// the same answer of both: the value, or the same error (the steps sort
+// entries by the error's text and by kes.ErrKeyNotFound).
+func TestFSKeyStoreGetAnswersAsKES(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), HMAC: make([]byte, 32)}
+	v024, err := k.MarshalV024()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{
+		"v024":  v024,
+		"empty": nil,
+		"s511":  []byte(strings.Repeat("x", 511)),
+		"s512":  []byte(strings.Repeat("x", 512)),
+		"s513":  []byte(strings.Repeat("x", 513)),
+		"large": []byte(strings.Repeat("y", 1<<20+4096)), // KES reads its first MiB only
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "lost+found"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("v024", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("nowhere", filepath.Join(dir, "dangling")); err != nil {
+		t.Fatal(err)
+	}
+	conf := &kesconf.File{KeyStore: &kesconf.FSKeyStore{Path: dir}}
+	kes, err := conf.KeyStore.Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fast := fastKeyStore(kes, conf)
+	if _, ok := fast.(fsKeyStore); !ok {
+		t.Fatalf("fastKeyStore of an fs store is %T, not fsKeyStore", fast)
+	}
+	for _, name := range []string{"v024", "empty", "s511", "s512", "s513", "large", "lost+found", "link", "dangling", "missing", "a.b", "", `a\b`, "../v024"} {
+		want, wantErr := kes.Get(context.Background(), name)
+		got, gotErr := fast.Get(context.Background(), name)
+		if !slices.Equal(got, want) || fmt.Sprint(gotErr) != fmt.Sprint(wantErr) || errors.Is(gotErr, kesdk.ErrKeyNotFound) != errors.Is(wantErr, kesdk.ErrKeyNotFound) {
+			t.Errorf("Get(%q) = %d bytes, %v; KES's fs store: %d bytes, %v", name, len(got), gotErr, len(want), wantErr)
+		}
+	}
+	if got, _ := fast.Get(context.Background(), "large"); len(got) != 1<<20 {
+		t.Errorf("Get(large) read %d bytes, want KES's 1 MiB", len(got))
 	}
 }

@@ -213,7 +213,7 @@ func (ki *keyImport) importRun(ctx context.Context, names []string) (finished []
 		}
 	}()
 	for _, name := range names {
-		e, err := ki.src.readEntry(ctx, name)
+		e, err := ki.src.takeEntry(ctx, name)
 		if err != nil {
 			return finished, skipped, err
 		}

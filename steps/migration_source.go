@@ -148,8 +148,18 @@ func kmNameProblem(name string) string {
 // readEntry reads and classifies one entry. A non-nil error is a failure to
 // read the store (not a property of the entry) and stops the step.
 func (s *sourceSet) readEntry(ctx context.Context, name string) (*sourceEntry, error) {
+	return s.entry(ctx, name, nil)
+}
+
+// takeEntry is readEntry of the value this apply's quiet plan read, when it
+// holds it (takeValue): for the import, which copies the key.
+func (s *sourceSet) takeEntry(ctx context.Context, name string) (*sourceEntry, error) {
+	return s.entry(ctx, name, s.facts)
+}
+
+func (s *sourceSet) entry(ctx context.Context, name string, held *keystore.Verdicts) (*sourceEntry, error) {
 	e := &sourceEntry{name: name}
-	raw, err := s.ks.Get(ctx, name)
+	raw, err := takeValue(ctx, held, s.ks, name)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()

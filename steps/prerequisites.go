@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -176,19 +177,37 @@ func keySetDigest(sorted []string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// check runs every read-only check, in the order the plan describes them:
-// KES, the Key Manager, the object store, the key store. It stops at the
-// first failure: each later check needs the earlier ones (a key store is
-// listed only once the config parsed), and the error says what to fix.
+// check runs every read-only check: KES, the Key Manager, the object store,
+// the key store. They are independent, and each waits on a different server
+// (or reads the key store), so they run at once: a check takes as long as
+// its slowest phase, not the sum of their round trips. The plan describes
+// them in that order, and the error is the first failure in it, as when
+// they ran one after another; the error says what to fix.
 func (p *prerequisites) check(ctx context.Context, r *engine.Run, st *prerequisitesState) (*preflight, error) {
-	pf := &preflight{}
-	for _, phase := range []func(context.Context, *engine.Run, *preflight, *prerequisitesState) error{
-		p.checkKES, p.checkKeyManager, p.checkObjectStore, p.checkKeyStore,
-	} {
-		if err := phase(ctx, r, pf, st); err != nil {
+	// Each phase writes its own part of pf and its own fields of st.
+	var kes, km, objects, store preflight
+	phases := []struct {
+		part *preflight
+		run  func(context.Context, *engine.Run, *preflight, *prerequisitesState) error
+	}{{&kes, p.checkKES}, {&km, p.checkKeyManager}, {&objects, p.checkObjectStore}, {&store, p.checkKeyStore}}
+	errs := make([]error, len(phases))
+	var wg sync.WaitGroup
+	for i, ph := range phases {
+		wg.Go(func() { errs[i] = ph.run(ctx, r, ph.part, st) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
 			return nil, err
 		}
 	}
+	pf := &store
+	pf.km, pf.s3 = km.km, objects.s3
+	var observed, risks []string
+	for _, ph := range phases {
+		observed, risks = append(observed, ph.part.observed...), append(risks, ph.part.risks...)
+	}
+	pf.observed, pf.risks = observed, risks
 	r.RecordInput("kes key set", pf.digest)
 	return pf, nil
 }
@@ -445,7 +464,7 @@ func (p *prerequisites) backUp(ctx context.Context, r *engine.Run, pf *preflight
 	if err != nil {
 		return err
 	}
-	n, sum, err := snapshotKeyStore(ctx, r, pf.ks, pf.names, snapPath)
+	n, sum, err := snapshotKeyStore(ctx, r, judged(r, k, pf.conf), pf.ks, pf.names, snapPath)
 	if err != nil {
 		return err
 	}
@@ -556,8 +575,9 @@ func (p *prerequisites) Rollback(_ context.Context, r *engine.Run) error {
 // ones too) raw as stored into a tar archive at path (0600), streaming,
 // atomically (atomicfile). A value that is not a KES key (another
 // application's secret written there since the listing) is never written.
+// A value the quiet plan of this apply read is taken from held (takeValue).
 // It returns the entries written and the archive's SHA-256.
-func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore, names []string, path string) (int, string, error) {
+func snapshotKeyStore(ctx context.Context, r *engine.Run, held *keystore.Verdicts, ks kesserver.KeyStore, names []string, path string) (int, string, error) {
 	f, err := atomicfile.Create(path, 0o600)
 	if err != nil {
 		return 0, "", fmt.Errorf("create key store snapshot: %w", err)
@@ -575,7 +595,7 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, ks kesserver.KeyStore,
 	for lo := 0; lo < len(names); lo += snapshotChunk {
 		chunk := names[lo:min(len(names), lo+snapshotChunk)]
 		err := forEach(ctx, readParallelism, len(chunk), func(ctx context.Context, i int) error {
-			raw, err := ks.Get(ctx, chunk[i])
+			raw, err := takeValue(ctx, held, ks, chunk[i])
 			if unreadableEntryReason(err) != "" {
 				return nil // KES cannot read it either: migration names it
 			}

@@ -10,6 +10,7 @@
 package keystore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -174,11 +175,39 @@ type Read func(ctx context.Context, name string) ([]byte, error)
 // reading the values again. A value does not turn from a KES key into
 // another application's secret; and every step judges each value it reads
 // again (a key store value is never copied on the strength of a verdict).
+// Two Classify calls at once (the plans of two steps) read each name once:
+// the second waits for the first's verdict.
+//
+// Under Hold it also keeps the value of each key it reads, up to
+// HeldBudget, for the steps of the same apply that copy keys (Held): the
+// quiet plan an apply makes first reads every key, and the snapshot and
+// the migration milliseconds later would otherwise read each again. Only
+// values that parse as KES keys are kept (never another application's
+// secret); they live in this process's memory only and are wiped by
+// Release.
+//
 // Safe for concurrent use; the zero value is ready.
 type Verdicts struct {
-	mu    sync.Mutex
-	facts map[string]Facts
+	mu      sync.Mutex
+	facts   map[string]Facts
+	reading map[string]chan struct{} // names a Classify is reading: closed at its verdict
+
+	holding  bool
+	held     map[string][]byte
+	heldSize int // bytes held, with heldOverhead per entry
+	budget   int // what heldSize may reach; 0: HeldBudget
 }
+
+// HeldBudget bounds the memory the values kept under Hold take, in bytes,
+// with heldOverhead per entry: at the budget, values are no longer kept
+// and the steps read them from the store, so that memory grows with the
+// names only. 32 MiB holds about 100,000 keys in either format KES writes
+// (a v0.24 value is about 130 bytes, a v0.23 one about 200).
+const HeldBudget = 32 << 20
+
+// heldOverhead is what one held entry costs besides its name and value:
+// the map's slot and the slice header, about.
+const heldOverhead = 64
 
 // Facts is what Classify found of one entry, without anything of its
 // value: enough for a plan to count and name.
@@ -201,56 +230,147 @@ func (v *Verdicts) Facts(name string) (Facts, bool) {
 	return f, ok
 }
 
-func (v *Verdicts) set(name string, f Facts) {
+// Hold makes the Classify calls that follow keep the values of the keys
+// they read, for Held, until Release.
+func (v *Verdicts) Hold() {
 	if v == nil {
 		return
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.facts == nil {
-		v.facts = map[string]Facts{}
+	v.holding = true
+}
+
+// Held returns a copy of the value of name that Classify kept under Hold
+// (the caller wipes it), or nil: the caller then reads the store.
+func (v *Verdicts) Held(name string) []byte {
+	if v == nil {
+		return nil
 	}
-	v.facts[name] = f
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	raw, ok := v.held[name]
+	if !ok {
+		return nil
+	}
+	return append(make([]byte, 0, max(len(raw), 1)), raw...)
+}
+
+// Release wipes every held value and stops holding. The facts stay.
+func (v *Verdicts) Release() {
+	if v == nil {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, raw := range v.held {
+		clear(raw)
+	}
+	v.held, v.heldSize, v.holding = nil, 0, false
+}
+
+// keep holds raw as name's value when holding and within the budget, and
+// reports whether it did (raw then belongs to v).
+func (v *Verdicts) keep(name string, raw []byte) bool {
+	if v == nil {
+		return false
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	size := len(name) + len(raw) + heldOverhead
+	budget := cmp.Or(v.budget, HeldBudget)
+	if !v.holding || v.heldSize+size > budget {
+		return false
+	}
+	if old, ok := v.held[name]; ok {
+		clear(old)
+		v.heldSize -= len(name) + len(old) + heldOverhead
+	}
+	if v.held == nil {
+		v.held = map[string][]byte{}
+	}
+	v.held[name], v.heldSize = raw, v.heldSize+size
+	return true
+}
+
+// claim says what is known of name: its facts (known), or a channel that
+// closes when another Classify now reading it has judged it (wait), or
+// neither: the caller reads it, and calls judged when done.
+func (v *Verdicts) claim(name string) (f Facts, known bool, wait <-chan struct{}) {
+	if v == nil {
+		return Facts{}, false, nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if f, ok := v.facts[name]; ok {
+		return f, true, nil
+	}
+	if ch, ok := v.reading[name]; ok {
+		return Facts{}, false, ch
+	}
+	if v.reading == nil {
+		v.reading = map[string]chan struct{}{}
+	}
+	v.reading[name] = make(chan struct{})
+	return Facts{}, false, nil
+}
+
+// judged records name's facts (ok: the read judged it; otherwise it failed
+// and the name stays unknown) and lets the waiting Classify calls go on.
+func (v *Verdicts) judged(name string, f Facts, ok bool) {
+	if v == nil {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if ok {
+		if v.facts == nil {
+			v.facts = map[string]Facts{}
+		}
+		v.facts[name] = f
+	}
+	if ch, found := v.reading[name]; found {
+		close(ch)
+		delete(v.reading, name)
+	}
 }
 
 // Classify reads every entry of l.Keys (par at once) that v has not judged
 // (v may be nil) and moves those that are not KES keys by their value
 // (Classify's ClassForeign, or a read Unreadable says is another
 // application's) to l.Foreign. Values are dropped as soon as they are
-// judged; none is kept or returned.
+// judged, but for those v holds (Hold); none is returned. A name another
+// Classify is reading is waited for, not read again.
 //
 // Errors: a read that fails for another reason than the entry itself (the
 // store is unreachable, the entry went away): the listing is then unknown.
 func (l *Listing) Classify(ctx context.Context, read Read, par int, v *Verdicts) error {
 	foreign := make([]bool, len(l.Keys))
+	var waits []int // indexes of the names another Classify is reading
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(par, 1))
 	for i, name := range l.Keys {
-		if f, known := v.Facts(name); known {
+		f, known, wait := v.claim(name)
+		switch {
+		case known:
 			foreign[i] = f.Class == ClassForeign
-			continue
+		case wait != nil:
+			waits = append(waits, i)
+		default:
+			g.Go(func() (err error) {
+				foreign[i], err = v.judge(gctx, read, name)
+				return err
+			})
 		}
-		g.Go(func() error {
-			raw, err := read(gctx, name)
-			if err != nil {
-				class, why := Unreadable(err)
-				if class == ClassKey {
-					return fmt.Errorf("read entry %q of the key store: %w", name, err)
-				}
-				foreign[i] = class == ClassForeign // ClassBroken: KES's own entry it cannot read, which the steps name
-				v.set(name, Facts{Class: class, Reason: why})
-				return nil
-			}
-			e := Classify(raw)
-			clear(raw)
-			foreign[i] = e.Class == ClassForeign
-			v.set(name, Facts{Class: e.Class, Format: e.Format, Reason: e.Reason, Algorithm: e.Key.Algorithm, HMAC: e.Key.HMAC != nil})
-			e.Wipe()
-			return nil
-		})
 	}
 	if err := g.Wait(); err != nil {
 		return err
+	}
+	for _, i := range waits {
+		var err error
+		if foreign[i], err = v.await(ctx, read, l.Keys[i]); err != nil {
+			return err
+		}
 	}
 	keys := l.Keys[:0:0]
 	for i, name := range l.Keys {
@@ -263,6 +383,47 @@ func (l *Listing) Classify(ctx context.Context, read Read, par int, v *Verdicts)
 	l.Keys = keys
 	slices.Sort(l.Foreign)
 	return nil
+}
+
+// judge reads name (claimed by the caller), records its facts, and says
+// whether it is another application's.
+func (v *Verdicts) judge(ctx context.Context, read Read, name string) (foreign bool, err error) {
+	raw, err := read(ctx, name)
+	if err != nil {
+		class, why := Unreadable(err)
+		if class == ClassKey {
+			v.judged(name, Facts{}, false)
+			return false, fmt.Errorf("read entry %q of the key store: %w", name, err)
+		}
+		v.judged(name, Facts{Class: class, Reason: why}, true) // ClassBroken: KES's own entry it cannot read, which the steps name
+		return class == ClassForeign, nil
+	}
+	e := Classify(raw)
+	if e.Class != ClassKey || !v.keep(name, raw) {
+		clear(raw)
+	}
+	v.judged(name, Facts{Class: e.Class, Format: e.Format, Reason: e.Reason, Algorithm: e.Key.Algorithm, HMAC: e.Key.HMAC != nil}, true)
+	e.Wipe()
+	return e.Class == ClassForeign, nil
+}
+
+// await waits for the verdict on name that another Classify is reading,
+// and reads it itself if that read failed.
+func (v *Verdicts) await(ctx context.Context, read Read, name string) (foreign bool, err error) {
+	for {
+		f, known, wait := v.claim(name)
+		switch {
+		case known:
+			return f.Class == ClassForeign, nil
+		case wait == nil: // claimed: the other read failed
+			return v.judge(ctx, read, name)
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
 }
 
 // SameNames compares two sorted name lists and names every difference.

@@ -1,11 +1,15 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 )
@@ -77,5 +81,118 @@ func TestClassifyRemembers(t *testing.T) {
 	}
 	if _, ok := v.Facts("unread"); ok {
 		t.Error("facts of a name never read")
+	}
+}
+
+// Under Hold, Classify keeps the value of every KES key it reads, and only
+// of keys (never another application's secret, nor a broken key), within
+// the budget; Held gives a copy; Release wipes them all.
+func TestClassifyHoldsKeyValues(t *testing.T) {
+	key := func(b byte) []byte {
+		k, err := kescrypto.Key{Algorithm: kescrypto.AES256, Material: bytes.Repeat([]byte{b}, 32), HMAC: make([]byte, 32)}.MarshalV024()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	values := map[string][]byte{"key-1": key(1), "key-2": key(2), "key-3": key(3), "app": []byte(`{"password":"x"}`), "cut": []byte(`{"bytes":"AAA`)}
+	read := func(_ context.Context, name string) ([]byte, error) { return slices.Clone(values[name]), nil }
+	// Room for two keys' values.
+	v := Verdicts{budget: 2 * (len("key-1") + len(values["key-1"]) + heldOverhead)}
+	l := &Listing{Keys: []string{"app", "cut", "key-1"}}
+	if err := l.Classify(context.Background(), read, 1, &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Held("key-1") != nil {
+		t.Error("a value held before Hold")
+	}
+	v.Hold()
+	l = &Listing{Keys: []string{"app", "cut", "key-1", "key-2", "key-3"}}
+	if err := l.Classify(context.Background(), read, 1, &v); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Held("key-2"); !bytes.Equal(got, values["key-2"]) {
+		t.Errorf("Held(key-2) = %q, want the value read", got)
+	}
+	if v.Held("key-3") == nil {
+		t.Error("key-3 not held: room for it was left")
+	}
+	for _, name := range []string{"app", "cut", "key-1"} {
+		if v.Held(name) != nil {
+			t.Errorf("Held(%s) holds a value: another application's secret, a broken key, or a key judged before Hold", name)
+		}
+	}
+	v.Hold() // a fourth key is past the budget
+	values["key-4"] = key(4)
+	if err := (&Listing{Keys: []string{"key-4"}}).Classify(context.Background(), read, 1, &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Held("key-4") != nil {
+		t.Error("key-4 held past the budget")
+	}
+	copied := v.Held("key-2")
+	clear(copied)
+	if !bytes.Equal(v.Held("key-2"), values["key-2"]) {
+		t.Error("wiping Held's answer wiped the held value")
+	}
+	heldArray := v.held["key-2"]
+	v.Release()
+	if v.Held("key-2") != nil || v.Held("key-3") != nil {
+		t.Error("a value held after Release")
+	}
+	if !bytes.Equal(heldArray, make([]byte, len(heldArray))) {
+		t.Error("Release left the held value in memory")
+	}
+	if f, ok := v.Facts("key-2"); !ok || f.Class != ClassKey {
+		t.Errorf("facts of key-2 after Release: %+v, %v", f, ok)
+	}
+}
+
+// Two Classify calls at once with the same Verdicts (the plans of two steps)
+// read each name once: one waits for the other's verdict; and a name whose
+// read failed in one is read again by the other.
+func TestClassifyAtOnceReadsOnce(t *testing.T) {
+	k, err := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), HMAC: make([]byte, 32)}.MarshalV024()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for i := range 200 {
+		names = append(names, fmt.Sprintf("key-%03d", i))
+	}
+	var mu sync.Mutex
+	reads := map[string]int{}
+	read := func(_ context.Context, name string) ([]byte, error) {
+		mu.Lock()
+		reads[name]++
+		n := reads[name]
+		mu.Unlock()
+		time.Sleep(100 * time.Microsecond)
+		if name == "key-007" && n == 1 {
+			return nil, errors.New("connection reset")
+		}
+		return slices.Clone(k), nil
+	}
+	var v Verdicts
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Go(func() { errs[i] = (&Listing{Keys: slices.Clone(names)}).Classify(context.Background(), read, 4, &v) })
+	}
+	wg.Wait()
+	if (errs[0] == nil) == (errs[1] == nil) {
+		t.Fatalf("errors %v, %v: want the failed read to fail one Classify, and the other to read the name itself", errs[0], errs[1])
+	}
+	for _, n := range names {
+		want := 1
+		if n == "key-007" {
+			want = 2
+		}
+		if reads[n] != want {
+			t.Errorf("%s read %d times, want %d", n, reads[n], want)
+		}
+		if f, ok := v.Facts(n); !ok || f.Class != ClassKey {
+			t.Errorf("facts of %s: %+v, %v", n, f, ok)
+		}
 	}
 }
