@@ -30,13 +30,6 @@ func tlsConfig(r *engine.Run, caFile string, insecure bool) (*tls.Config, error)
 	return cfg, nil
 }
 
-// WarmTLS loads the system's root certificates in the background, which
-// every connection's TLS config adds its CA to (tlsConfig): the first load
-// parses the whole system bundle (tens of milliseconds), which a plan or
-// apply would otherwise wait for when it first connects. Call it when a
-// plan or apply is about to start.
-func WarmTLS() { go x509.SystemCertPool() }
-
 func tlsX509KeyPair(certPEM, keyPEM []byte) (tls.Certificate, error) {
 	return tls.X509KeyPair(certPEM, keyPEM)
 }

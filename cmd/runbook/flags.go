@@ -15,7 +15,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/runbook-dev/runbook/engine"
-	"github.com/runbook-dev/runbook/steps"
 )
 
 type listFlag []string
@@ -187,9 +186,6 @@ func openSessionWith(env *cliEnv, file string, cf *commonFlags, recorded map[str
 }
 
 func openSessionIn(env *cliEnv, file string, in engine.VarInputs, requireAll bool) (*engine.Session, error) {
-	if requireAll { // a plan or apply follows: load what TLS needs meanwhile
-		steps.WarmTLS()
-	}
 	src, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("read runbook: %w", err)

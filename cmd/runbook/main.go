@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/runbook-dev/runbook/engine"
+	_ "github.com/runbook-dev/runbook/internal/warmroots" // the system roots load while the rest initialises
 	_ "github.com/runbook-dev/runbook/steps"
 )
 
