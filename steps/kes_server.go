@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"time"
 
 	kes "github.com/minio/kes-go"
 	"golang.org/x/mod/semver"
@@ -82,6 +83,11 @@ type kesServer struct {
 	c          *kes.Client
 	version    string
 	generation kesGeneration
+	// listing is how long the probe's listing of every name took, and
+	// roundTrip how long a /version request took on the same connection
+	// afterwards: together they say how much of a listing is the server's
+	// work (kesListInFlight). Zero when not measured.
+	listing, roundTrip time.Duration
 }
 
 // probeKESServer reads the server's version and, by listing every key once,
@@ -99,8 +105,14 @@ func probeKESServer(ctx context.Context, c *kes.Client) (*kesServer, error) {
 	if why := kesVersionProblem(version); why != "" {
 		return s, &kesTooOld{why}
 	}
+	start := time.Now()
 	if _, _, s.generation, err = kesList(cctx, c, "*"); err != nil {
 		return s, err
+	}
+	s.listing = time.Since(start)
+	start = time.Now()
+	if _, err := c.Version(cctx); err == nil {
+		s.roundTrip = time.Since(start)
 	}
 	return s, nil
 }

@@ -396,6 +396,7 @@ type servedNames struct {
 	unlisted bool
 	err      error
 	took     time.Duration
+	inFlight int  // listings asked at once (kesListInFlight); 0 for one streamed listing
 	byPlan   bool // listed from the quiet plan before the apply (freshServed)
 }
 
@@ -586,6 +587,9 @@ func (vr *verifyRun) compareServedNames(ctx context.Context, n *verifyNames) err
 		when := ""
 		if res.byPlan {
 			when = fmt.Sprintf(", %s, while the steps before this one ran", n.served.from)
+		}
+		if res.inFlight > 0 {
+			when += fmt.Sprintf(", %d listings at once", res.inFlight)
 		}
 		vr.r.Logf("KES server: the %d name(s) it serves matching %q are all in the key store (listed completely in %s%s%s)", len(served), pattern, res.took.Round(time.Millisecond), when, kesUnlistedNote(res.unlisted))
 	}

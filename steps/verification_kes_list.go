@@ -3,9 +3,11 @@ package steps
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/runbook-dev/runbook/internal/keystore"
 )
@@ -136,7 +138,7 @@ const kesGuidedFew = 256
 // choice: a server holding other names is listed just as completely, with
 // more listings. Between one prefix's names and the next cursor lie only
 // strings with a character KES refuses in names, which no key can have.
-func listKESServerGuided(ctx context.Context, list kesListFunc, expected []string) (names []string, unlisted bool, err error) {
+func listKESServerGuided(ctx context.Context, list kesListFunc, expected []string, inFlight int) (names []string, unlisted bool, err error) {
 	// The listings the walk will ask for if the server holds exactly the
 	// expected names are known in advance: they are asked for in parallel
 	// (the KES server's cost per listing is CPU, and it has several), and
@@ -153,7 +155,7 @@ func listKESServerGuided(ctx context.Context, list kesListFunc, expected []strin
 		next  string
 	}
 	answers := make([]answer, len(planned))
-	err = forEach(ctx, kesListParallelism, len(planned), func(ctx context.Context, i int) error {
+	err = forEach(ctx, inFlight, len(planned), func(ctx context.Context, i int) error {
 		return withRetry(ctx, func() error {
 			var err error
 			answers[i].names, answers[i].next, err = list(ctx, planned[i])
@@ -188,12 +190,35 @@ func kesPlannedListings(ctx context.Context, expected []string) (n int, unlisted
 	return n, unlisted
 }
 
-// kesListParallelism bounds the listings asked of the KES server at once.
+// kesListParallelism is how many listings the KES server works on at once
+// (kesListInFlight).
 const kesListParallelism = KESListParallelism
 
-// KESListParallelism is how many listings the verification asks of a KES
-// server at once.
+// KESListParallelism is how many listings the verification keeps the KES
+// server working on at once.
 const KESListParallelism = 4
+
+// kesListMaxInFlight bounds the listings asked at once however long the
+// round trip.
+const kesListMaxInFlight = 16
+
+// kesListInFlight is how many listings to ask of a KES server at once, from
+// how long one listing took (listing) and a request that costs the server
+// nothing (roundTrip): a listing keeps the server busy for listing -
+// roundTrip and its answer travels for the rest, so that n listings in
+// flight keep n × (listing - roundTrip) / listing of them on the server's
+// CPU at once. It asks as many as keep kesListParallelism there (4 on
+// loopback, 12 where the round trip is twice the server's time), between
+// kesListParallelism and kesListMaxInFlight; kesListParallelism when
+// either time is unknown.
+func kesListInFlight(listing, roundTrip time.Duration) int {
+	if listing <= 0 || roundTrip <= 0 {
+		return kesListParallelism
+	}
+	server := max(listing-roundTrip, listing/kesListMaxInFlight)
+	n := int(math.Round(float64(kesListParallelism) * float64(listing) / float64(server)))
+	return min(max(n, kesListParallelism), kesListMaxInFlight)
+}
 
 // KESListings are the prefixes ("*" first) the verification lists on a KES
 // v0.23/v0.24 server that holds exactly names (sorted): the fewest

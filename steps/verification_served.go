@@ -105,7 +105,8 @@ func listServed(ctx context.Context, srv *kesServer, expected []string) servedNa
 	if srv.generation == kesGlob { // one listing streams every name
 		res.names, res.unlisted, res.err = listKESServer(ctx, srv.list)
 	} else {
-		res.names, res.unlisted, res.err = listKESServerGuided(ctx, srv.list, expected)
+		res.inFlight = kesListInFlight(srv.listing, srv.roundTrip)
+		res.names, res.unlisted, res.err = listKESServerGuided(ctx, srv.list, expected, res.inFlight)
 	}
 	res.took = time.Since(t0)
 	return res

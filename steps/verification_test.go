@@ -318,7 +318,7 @@ func TestListKESServerLeavesOutOnlyTheUnlistedRegion(t *testing.T) {
 	all = append(all, "_-a", "_0", "__x", "_--deep")
 	slices.Sort(all)
 	calls := 0
-	got, unlisted, err := listKESServerGuided(context.Background(), fakeKESList(all, 1024, &calls), all)
+	got, unlisted, err := listKESServerGuided(context.Background(), fakeKESList(all, 1024, &calls), all, kesListParallelism)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +393,7 @@ func TestListKESServerGuided(t *testing.T) {
 		guide = slices.Compact(guide)
 		page := 1 + rng.IntN(20)
 		calls := 0
-		got, unlisted, err := listKESServerGuided(context.Background(), fakeKESList(server, page, &calls), guide)
+		got, unlisted, err := listKESServerGuided(context.Background(), fakeKESList(server, page, &calls), guide, kesListParallelism)
 		if err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
@@ -433,7 +433,7 @@ func TestListKESServerGuidedListings(t *testing.T) {
 		defer mu.Unlock()
 		seen[q]++
 		return inner(ctx, q)
-	}, all)
+	}, all, kesListMaxInFlight)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -451,4 +451,29 @@ func TestListKESServerGuidedListings(t *testing.T) {
 		t.Errorf("%d listings for %d names, want at most %d", calls, len(all), max)
 	}
 	t.Logf("%d names in %d listings", len(got), calls)
+}
+
+// The listings asked at once keep about four on the KES server's CPU: four
+// on loopback, and more as the round trip grows against the server's own
+// time, within bounds; four when a time is unknown.
+func TestKESListInFlight(t *testing.T) {
+	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
+	for _, c := range []struct {
+		listing, roundTrip time.Duration
+		want               int
+	}{
+		{ms(5), ms(0.2), 4},  // loopback, 10,000 keys
+		{ms(30), ms(0.2), 4}, // loopback, 100,000 keys
+		{ms(6), ms(1), 5},    // 1 ms
+		{ms(15), ms(10), 12}, // 10 ms, 10,000 keys
+		{ms(40), ms(10), 5},  // 10 ms, 100,000 keys
+		{ms(55), ms(50), 16}, // 50 ms: bounded
+		{ms(10), ms(12), 16}, // a round trip measured longer than the listing
+		{0, ms(10), 4},       // not measured
+		{ms(15), 0, 4},
+	} {
+		if got := kesListInFlight(c.listing, c.roundTrip); got != c.want {
+			t.Errorf("kesListInFlight(%v, %v) = %d, want %d", c.listing, c.roundTrip, got, c.want)
+		}
+	}
 }

@@ -16,9 +16,10 @@ import (
 // server alone needs to list its complete name set, asked directly (no
 // runbook process, no proxy) with the listings the verification asks of a
 // server that holds exactly the store's names (steps.KESListings), as many
-// at once as it asks them. A KES v0.22 server streams every name in one
-// listing. It checks that the listings returned every name, and returns
-// the best of runs and the number of listings.
+// at once as it asks them on loopback (steps.KESListParallelism; more only
+// where a round trip leaves the server idle). A KES v0.22 server streams
+// every name in one listing. It checks that the listings returned every
+// name, and returns the best of runs and the number of listings.
 func (s *store) listAlone(runs int) (time.Duration, int) {
 	names := make([]string, s.keys)
 	for i := range names {
