@@ -45,7 +45,10 @@ type Releaser interface{ Release() }
 func (s *Session) releaseMemo() {
 	s.memo.Range(func(_, e any) bool {
 		m := e.(*memoEntry)
-		if r, ok := m.v.(Releaser); ok && m.made.Load() {
+		if !m.made.Load() {
+			return true
+		}
+		if r, ok := m.v.(Releaser); ok {
 			r.Release()
 		}
 		return true

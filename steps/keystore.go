@@ -149,11 +149,13 @@ func judged(r *engine.Run, k *kesConnection, conf *kesconf.File) *keystore.Verdi
 
 // takeValue is name's value as the quiet plan of this apply read it (held),
 // else as ks reads it now: for the steps that copy a key (the snapshot, the
-// migration), milliseconds after that read. KES creates a key once and
-// never rewrites it; only a deletion and a new key of the same name could
-// change the value under a name, which the prerequisites' check that key
-// changes are halted, and the verification, which reads the store itself
-// and proves every copy against it, would catch.
+// migration), milliseconds to seconds after that read. KES creates a key
+// once and never rewrites it; only a deletion, or a deletion and a new key
+// of the same name, in between could make the store differ from the copy
+// (the name checks see a name come or go, not a value). The copy is then of
+// a key the store held at the plan, and the verification, which reads the
+// store itself and proves every copy against it, fails the run naming the
+// key, as a read failing in the copying step would have failed it sooner.
 func takeValue(ctx context.Context, held *keystore.Verdicts, ks kesserver.KeyStore, name string) ([]byte, error) {
 	if raw := held.Held(name); raw != nil {
 		return raw, nil

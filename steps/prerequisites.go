@@ -190,10 +190,25 @@ func (p *prerequisites) check(ctx context.Context, r *engine.Run, st *prerequisi
 		part *preflight
 		run  func(context.Context, *engine.Run, *preflight, *prerequisitesState) error
 	}{{&kes, p.checkKES}, {&km, p.checkKeyManager}, {&objects, p.checkObjectStore}, {&store, p.checkKeyStore}}
+	// A failure makes the phases after it moot (it is the error reported
+	// unless one before it fails too): they are cancelled, so that it is
+	// reported without waiting for them.
 	errs := make([]error, len(phases))
+	ctxs := make([]context.Context, len(phases))
+	cancels := make([]context.CancelFunc, len(phases))
+	for i := range phases {
+		ctxs[i], cancels[i] = context.WithCancel(ctx)
+		defer cancels[i]()
+	}
 	var wg sync.WaitGroup
 	for i, ph := range phases {
-		wg.Go(func() { errs[i] = ph.run(ctx, r, ph.part, st) })
+		wg.Go(func() {
+			if errs[i] = ph.run(ctxs[i], r, ph.part, st); errs[i] != nil {
+				for _, later := range cancels[i+1:] {
+					later()
+				}
+			}
+		})
 	}
 	wg.Wait()
 	for _, err := range errs {

@@ -105,7 +105,7 @@ func listServed(ctx context.Context, srv *kesServer, expected []string) servedNa
 	if srv.generation == kesGlob { // one listing streams every name
 		res.names, res.unlisted, res.err = listKESServer(ctx, srv.list)
 	} else {
-		res.inFlight = kesListInFlight(srv.listing, srv.roundTrip)
+		res.inFlight = kesListInFlight(srv.listing, srv.roundTrip(ctx))
 		res.names, res.unlisted, res.err = listKESServerGuided(ctx, srv.list, expected, res.inFlight)
 	}
 	res.took = time.Since(t0)

@@ -10,6 +10,7 @@
 package keystore
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -269,18 +270,18 @@ func (v *Verdicts) Release() {
 	v.held, v.heldSize, v.holding = nil, 0, false
 }
 
-// keep holds raw as name's value when holding and within the budget, and
-// reports whether it did (raw then belongs to v).
-func (v *Verdicts) keep(name string, raw []byte) bool {
+// keep holds a copy of raw, of its own length (a read's buffer may be
+// larger), as name's value when holding and within the budget.
+func (v *Verdicts) keep(name string, raw []byte) {
 	if v == nil {
-		return false
+		return
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	size := len(name) + len(raw) + heldOverhead
 	budget := cmp.Or(v.budget, HeldBudget)
 	if !v.holding || v.heldSize+size > budget {
-		return false
+		return
 	}
 	if old, ok := v.held[name]; ok {
 		clear(old)
@@ -289,8 +290,7 @@ func (v *Verdicts) keep(name string, raw []byte) bool {
 	if v.held == nil {
 		v.held = map[string][]byte{}
 	}
-	v.held[name], v.heldSize = raw, v.heldSize+size
-	return true
+	v.held[name], v.heldSize = bytes.Clone(raw), v.heldSize+size
 }
 
 // claim says what is known of name: its facts (known), or a channel that
@@ -350,6 +350,9 @@ func (l *Listing) Classify(ctx context.Context, read Read, par int, v *Verdicts)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(par, 1))
 	for i, name := range l.Keys {
+		if gctx.Err() != nil {
+			break // a read failed, or ctx ended: the names not claimed stay unread
+		}
 		f, known, wait := v.claim(name)
 		switch {
 		case known:
@@ -364,6 +367,9 @@ func (l *Listing) Classify(ctx context.Context, read Read, par int, v *Verdicts)
 		}
 	}
 	if err := g.Wait(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
 		return err
 	}
 	for _, i := range waits {
@@ -399,9 +405,10 @@ func (v *Verdicts) judge(ctx context.Context, read Read, name string) (foreign b
 		return class == ClassForeign, nil
 	}
 	e := Classify(raw)
-	if e.Class != ClassKey || !v.keep(name, raw) {
-		clear(raw)
+	if e.Class == ClassKey {
+		v.keep(name, raw)
 	}
+	clear(raw)
 	v.judged(name, Facts{Class: e.Class, Format: e.Format, Reason: e.Reason, Algorithm: e.Key.Algorithm, HMAC: e.Key.HMAC != nil}, true)
 	e.Wipe()
 	return e.Class == ClassForeign, nil

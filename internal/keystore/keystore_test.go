@@ -162,12 +162,18 @@ func TestClassifyAtOnceReadsOnce(t *testing.T) {
 	}
 	var mu sync.Mutex
 	reads := map[string]int{}
+	var now, most int // reads under way: more than one Classify's 4 proves they overlapped
 	read := func(_ context.Context, name string) ([]byte, error) {
 		mu.Lock()
 		reads[name]++
 		n := reads[name]
+		now++
+		most = max(most, now)
 		mu.Unlock()
-		time.Sleep(100 * time.Microsecond)
+		time.Sleep(time.Millisecond)
+		mu.Lock()
+		now--
+		mu.Unlock()
 		if name == "key-007" && n == 1 {
 			return nil, errors.New("connection reset")
 		}
@@ -180,6 +186,9 @@ func TestClassifyAtOnceReadsOnce(t *testing.T) {
 		wg.Go(func() { errs[i] = (&Listing{Keys: slices.Clone(names)}).Classify(context.Background(), read, 4, &v) })
 	}
 	wg.Wait()
+	if most <= 4 {
+		t.Fatalf("at most %d reads at once: the two Classify calls did not overlap", most)
+	}
 	if (errs[0] == nil) == (errs[1] == nil) {
 		t.Fatalf("errors %v, %v: want the failed read to fail one Classify, and the other to read the name itself", errs[0], errs[1])
 	}
