@@ -3,6 +3,7 @@ package steps
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -174,6 +175,14 @@ func (k *kesConnection) OpenKeyStore(ctx context.Context, r *engine.Run) (kesser
 	f, err := k.LoadConfig(r)
 	if err != nil {
 		return nil, nil, err
+	}
+	// KES's fs store makes its directory when it is missing (kes@v0.24.0
+	// internal/keystore/fs NewStore: MkdirAll): a plan must change nothing,
+	// and a KES server that ever ran has made it.
+	if fs, ok := f.KeyStore.(*kesconf.FSKeyStore); ok {
+		if _, err := os.Stat(fs.Path); errors.Is(err, os.ErrNotExist) {
+			return nil, nil, fmt.Errorf("the fs key store %s named in %s does not exist: is the path right? (a KES server makes it when it starts; the runbook makes nothing)", fs.Path, k.ConfigFile(r))
+		}
 	}
 	ks, err := f.KeyStore.Connect(ctx)
 	if err != nil {
