@@ -250,11 +250,7 @@ func (v *Verdicts) Held(name string) []byte {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	raw, ok := v.held[name]
-	if !ok {
-		return nil
-	}
-	return append(make([]byte, 0, max(len(raw), 1)), raw...)
+	return bytes.Clone(v.held[name]) // nil when not held; a held key's value is never empty
 }
 
 // Release wipes every held value and stops holding. The facts stay.
@@ -271,7 +267,8 @@ func (v *Verdicts) Release() {
 }
 
 // keep holds a copy of raw, of its own length (a read's buffer may be
-// larger), as name's value when holding and within the budget.
+// larger), as name's value when holding and within the budget. Only judge
+// calls it, for a name it claimed unjudged: never one held already.
 func (v *Verdicts) keep(name string, raw []byte) {
 	if v == nil {
 		return
@@ -282,10 +279,6 @@ func (v *Verdicts) keep(name string, raw []byte) {
 	budget := cmp.Or(v.budget, HeldBudget)
 	if !v.holding || v.heldSize+size > budget {
 		return
-	}
-	if old, ok := v.held[name]; ok {
-		clear(old)
-		v.heldSize -= len(name) + len(old) + heldOverhead
 	}
 	if v.held == nil {
 		v.held = map[string][]byte{}
