@@ -599,7 +599,9 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, held *keystore.Verdict
 	}
 	defer f.Abort()
 	h := sha256.New()
-	tw := tar.NewWriter(io.MultiWriter(f, h))
+	out := newWipedBuffer(f, snapshotBuffer)
+	defer out.wipe()
+	tw := tar.NewWriter(io.MultiWriter(out, h))
 	now := time.Now().UTC().Truncate(time.Second)
 	written := 0
 	// Read snapshotChunk entries at once (readParallelism reads in
@@ -654,15 +656,66 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, held *keystore.Verdict
 	if err := tw.Close(); err != nil {
 		return 0, "", fmt.Errorf("write key store snapshot: %w", err)
 	}
+	if err := out.flush(); err != nil {
+		return 0, "", fmt.Errorf("write key store snapshot: %w", err)
+	}
 	if err := f.Commit(); err != nil {
 		return 0, "", fmt.Errorf("store key store snapshot: %w", err)
 	}
 	return written, hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// snapshotChunk is how many key store entries the snapshot reads before it
-// writes them.
-const snapshotChunk = 256
+const (
+	// snapshotChunk is how many key store entries the snapshot reads
+	// before it writes them.
+	snapshotChunk = 256
+	// snapshotBuffer is how many bytes of the snapshot are gathered into
+	// one write: the tar writer writes each header, value and padding
+	// apart, three system calls per key (a tenth of the runbook's CPU at
+	// 1,000 keys, profiled).
+	snapshotBuffer = 64 << 10
+)
+
+// wipedBuffer gathers small writes into writes of up to its size, like
+// bufio.Writer, and clears its bytes after each: what it gathers are key
+// values, wiped everywhere else as soon as they are written.
+type wipedBuffer struct {
+	w   io.Writer
+	buf []byte
+}
+
+func newWipedBuffer(w io.Writer, size int) *wipedBuffer {
+	return &wipedBuffer{w: w, buf: make([]byte, 0, size)}
+}
+
+func (b *wipedBuffer) Write(p []byte) (int, error) {
+	if len(b.buf)+len(p) > cap(b.buf) {
+		if err := b.flush(); err != nil {
+			return 0, err
+		}
+		if len(p) > cap(b.buf) {
+			return b.w.Write(p)
+		}
+	}
+	b.buf = append(b.buf, p...)
+	return len(p), nil
+}
+
+// flush writes what the buffer holds and wipes it.
+func (b *wipedBuffer) flush() error {
+	if len(b.buf) == 0 {
+		return nil
+	}
+	_, err := b.w.Write(b.buf)
+	b.wipe()
+	return err
+}
+
+// wipe clears what the buffer holds without writing it (a failed snapshot).
+func (b *wipedBuffer) wipe() {
+	clear(b.buf)
+	b.buf = b.buf[:0]
+}
 
 // readNameList reads a key-name list this step wrote and checks its digest.
 func readNameList(path, digest string) ([]string, error) {

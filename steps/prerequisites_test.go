@@ -1,6 +1,7 @@
 package steps
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -62,3 +63,53 @@ func TestEnclaveName(t *testing.T) {
 		t.Errorf("plural(3) = %q", got)
 	}
 }
+
+// The snapshot's buffer writes every byte in order, whatever the sizes of
+// the writes against its own, in as few writes as it can, and holds nothing
+// of them once flushed or wiped (they are key values).
+func TestWipedBufferWritesAllAndKeepsNothing(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	writes := 0
+	w := writerFunc(func(p []byte) (int, error) { writes++; return out.Write(p) })
+	b := newWipedBuffer(w, 16)
+	var want []byte
+	for i, n := range []int{3, 5, 8, 1, 40, 2, 16, 15} { // 40: larger than the buffer, written through
+		p := bytes.Repeat([]byte{byte('a' + i)}, n)
+		want = append(want, p...)
+		if m, err := b.Write(p); m != n || err != nil {
+			t.Fatalf("write %d bytes: %d, %v", n, m, err)
+		}
+	}
+	held := b.buf[:cap(b.buf)]
+	if err := b.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.Bytes(), want) {
+		t.Fatalf("wrote %q, want %q", out.Bytes(), want)
+	}
+	if writes != 6 { // 3+5+8 | 1 | 40 | 2 | 16 | 15
+		t.Errorf("%d writes, want 6", writes)
+	}
+	if !bytes.Equal(held, make([]byte, len(held))) {
+		t.Errorf("the buffer still holds %q after the flush", held)
+	}
+	if err := b.flush(); err != nil || writes != 6 {
+		t.Errorf("an empty flush wrote (%d writes, %v)", writes, err)
+	}
+	b.Write([]byte("secret"))
+	b.wipe()
+	if !bytes.Equal(held, make([]byte, len(held))) || writes != 6 {
+		t.Errorf("wipe left %q or wrote", held)
+	}
+
+	failing := newWipedBuffer(writerFunc(func(p []byte) (int, error) { return 0, errors.New("disk full") }), 4)
+	failing.Write([]byte("abc"))
+	if _, err := failing.Write([]byte("defg")); err == nil {
+		t.Error("a failed write-out was not reported")
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

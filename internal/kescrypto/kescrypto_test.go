@@ -261,8 +261,13 @@ func TestParseKeyJSONVariants(t *testing.T) {
 		`{"version":"v1","bytes":42}`:                                                       `field "bytes"`,
 		`{"version":"v1","bytes":"!!!!"}`:                                                   "not valid base64",
 		`[]`:                                                                                "invalid JSON key",
-		`not a key at all`:                                                                  "invalid base64",
-		``:                                                                                  "no secret key",
+		`42`:                                                                                "invalid JSON key",
+		`"bytes"`:                                                                           "invalid JSON key",
+		`null`:                                                                              "invalid key length 0",
+		`{"bytes":"` + b64 + `","created_at":"yesterday"}`: "invalid JSON key",
+		`{"version":"v1","bytes":"` + b64 + `"`:            "invalid base64",
+		`not a key at all`:                                 "invalid base64",
+		``:                                                 "no secret key",
 	} {
 		_, err := ParseKey([]byte(in))
 		if err == nil || !strings.Contains(err.Error(), msg) {

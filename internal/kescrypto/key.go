@@ -101,15 +101,20 @@ func (k Key) validate() error {
 //
 // Errors never contain key material.
 func ParseKey(stored []byte) (Key, error) {
-	if json.Valid(stored) {
-		type JSON struct {
-			Bytes     []byte    `json:"bytes"`
-			Type      string    `json:"algorithm"`
-			CreatedAt time.Time `json:"created_at"`
-			CreatedBy string    `json:"created_by"`
-		}
-		var v JSON
-		if err := json.Unmarshal(stored, &v); err != nil {
+	type JSON struct {
+		Bytes     []byte    `json:"bytes"`
+		Type      string    `json:"algorithm"`
+		CreatedAt time.Time `json:"created_at"`
+		CreatedBy string    `json:"created_by"`
+	}
+	var v JSON
+	// Unmarshal checks the whole text is JSON before it decodes any of it
+	// and answers a *json.SyntaxError when it is not (what json.Valid
+	// would say, without scanning the text a second time): then it is the
+	// base64 of KES v0.24.
+	err := json.Unmarshal(stored, &v)
+	if _, notJSON := errors.AsType[*json.SyntaxError](err); !notJSON {
+		if err != nil {
 			return Key{}, fmt.Errorf("kescrypto: invalid JSON key (KES v0.22/v0.23 format): %s", jsonErrorText(err))
 		}
 		alg := AES256

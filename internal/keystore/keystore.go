@@ -104,8 +104,12 @@ func List(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File) (*List
 	if s, ok := conf.KeyStore.(*kesconf.FSKeyStore); ok {
 		fsDir = s.Path
 	}
-	for _, n := range l.All {
-		why := notKeyReason(fsDir, types, n)
+	for i, n := range l.All {
+		var typ fs.FileMode // an fs store's entry type: regular files are keys
+		if types != nil {
+			typ = types[i]
+		}
+		why := notKeyReason(fsDir, typ, n)
 		switch {
 		case why == "":
 			l.Keys = append(l.Keys, n)
@@ -120,8 +124,9 @@ func List(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File) (*List
 
 // crossCheck compares the listing with a second, independent one (one case
 // per backend kind) and sets l.Check. For an fs store it returns the
-// directory entries' types, without following symlinks.
-func (l *Listing) crossCheck(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File) (map[string]fs.FileMode, error) {
+// directory entries' types, without following symlinks, in the order of
+// l.All (os.ReadDir sorts by name as l.All is, and the names are the same).
+func (l *Listing) crossCheck(ctx context.Context, ks kesserver.KeyStore, conf *kesconf.File) ([]fs.FileMode, error) {
 	switch s := conf.KeyStore.(type) {
 	case *kesconf.FSKeyStore:
 		entries, err := os.ReadDir(s.Path)
@@ -129,12 +134,10 @@ func (l *Listing) crossCheck(ctx context.Context, ks kesserver.KeyStore, conf *k
 			return nil, fmt.Errorf("cross-check key store directory: %w", err)
 		}
 		dir := make([]string, len(entries))
-		types := make(map[string]fs.FileMode, len(entries))
+		types := make([]fs.FileMode, len(entries))
 		for i, e := range entries {
-			dir[i] = e.Name()
-			types[e.Name()] = e.Type()
+			dir[i], types[i] = e.Name(), e.Type()
 		}
-		slices.Sort(dir)
 		if err := SameNames("the key store's listing", l.All, "directory "+s.Path, dir); err != nil {
 			return nil, err
 		}
@@ -482,10 +485,10 @@ func Diff(a, b []string) (onlyA, onlyB []string) {
 // notKeyReason says why the entry name is not a key, or "" when it is one.
 // fsDir is the directory of an fs store ("" for other backends), where
 // directories and dangling symlinks are told apart by the file system;
-// types are its entries' types as the directory listing gave them (a
-// regular file needs no further look).
-func notKeyReason(fsDir string, types map[string]fs.FileMode, name string) string {
-	if t, ok := types[name]; fsDir != "" && (!ok || !t.IsRegular()) {
+// typ is the entry's type as the directory listing gave it (a regular file
+// needs no further look).
+func notKeyReason(fsDir string, typ fs.FileMode, name string) string {
+	if fsDir != "" && !typ.IsRegular() {
 		if why := fileNotKeyReason(filepath.Join(fsDir, name)); why != "" {
 			return why
 		}

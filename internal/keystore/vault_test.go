@@ -114,10 +114,10 @@ func TestVaultListErrorNamesTheFix(t *testing.T) {
 // Vault lists a folder below the prefix with a trailing '/': every step
 // leaves it out as not a key.
 func TestVaultFolderIsNotAKey(t *testing.T) {
-	if why := notKeyReason("", nil, "archive/"); !strings.Contains(why, "a folder below the key store's prefix") {
+	if why := notKeyReason("", 0, "archive/"); !strings.Contains(why, "a folder below the key store's prefix") {
 		t.Errorf("notKeyReason(archive/) = %q", why)
 	}
-	if why := notKeyReason("", nil, "key-00001"); why != "" {
+	if why := notKeyReason("", 0, "key-00001"); why != "" {
 		t.Errorf("notKeyReason(key-00001) = %q", why)
 	}
 }
