@@ -147,20 +147,23 @@ func judged(r *engine.Run, k *kesConnection, conf *kesconf.File) *keystore.Verdi
 	return v
 }
 
-// takeValue is name's value as the quiet plan of this apply read it (held),
-// else as ks reads it now: for the steps that copy a key (the snapshot, the
-// migration), milliseconds to seconds after that read. KES creates a key
+// takeValue is name's value as the quiet plan of this apply read it (held,
+// and then a KES key by the plan's verdict), else as ks reads it now: for
+// the snapshot, milliseconds to seconds after that read. KES creates a key
 // once and never rewrites it; only a deletion, or a deletion and a new key
 // of the same name, in between could make the store differ from the copy
 // (the name checks see a name come or go, not a value). The copy is then of
 // a key the store held at the plan, and the verification, which reads the
 // store itself and proves every copy against it, fails the run naming the
 // key, as a read failing in the copying step would have failed it sooner.
-func takeValue(ctx context.Context, held *keystore.Verdicts, ks kesserver.KeyStore, name string) ([]byte, error) {
+// The migration takes the key the plan parsed (Verdicts.HeldKey) on the
+// same grounds.
+func takeValue(ctx context.Context, held *keystore.Verdicts, ks kesserver.KeyStore, name string) (raw []byte, isHeld bool, err error) {
 	if raw := held.Held(name); raw != nil {
-		return raw, nil
+		return raw, true, nil
 	}
-	return ks.Get(ctx, name)
+	raw, err = ks.Get(ctx, name)
+	return raw, false, err
 }
 
 // foreignObserved is the plan's line on the entries that are not KES keys,

@@ -151,33 +151,38 @@ func (s *sourceSet) readEntry(ctx context.Context, name string) (*sourceEntry, e
 	return s.entry(ctx, name, nil)
 }
 
-// takeEntry is readEntry of the value this apply's quiet plan read, when it
-// holds it (takeValue): for the import, which copies the key.
+// takeEntry is readEntry of the key this apply's quiet plan parsed, when it
+// holds it (Verdicts.HeldKey): for the import, which copies the key.
 func (s *sourceSet) takeEntry(ctx context.Context, name string) (*sourceEntry, error) {
 	return s.entry(ctx, name, s.facts)
 }
 
 func (s *sourceSet) entry(ctx context.Context, name string, held *keystore.Verdicts) (*sourceEntry, error) {
 	e := &sourceEntry{name: name}
-	raw, err := takeValue(ctx, held, s.ks, name)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+	// The key the plan of this apply parsed from the value it read, if it
+	// holds it (takeValue says why that copy is safe); else read now.
+	k, format, ok := held.HeldKey(name, nil)
+	if !ok {
+		raw, err := s.ks.Get(ctx, name)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if why := unreadableEntryReason(err); why != "" {
+				e.class, e.reason = entryUnparsable, why
+				return e, nil
+			}
+			return nil, fmt.Errorf("read key %q from the %s: %w (was it deleted since the listing? halt key changes at KES first)", name, s.where, err)
 		}
-		if why := unreadableEntryReason(err); why != "" {
-			e.class, e.reason = entryUnparsable, why
+		var reason string
+		k, format, reason = parseEntry(raw)
+		clear(raw)
+		if reason != "" {
+			e.class, e.format, e.reason = entryUnparsable, format, reason
 			return e, nil
 		}
-		return nil, fmt.Errorf("read key %q from the %s: %w (was it deleted since the listing? halt key changes at KES first)", name, s.where, err)
 	}
-	k, format, reason := parseEntry(raw)
-	clear(raw)
 	e.format = format
-	if reason != "" {
-		e.class = entryUnparsable
-		e.reason = reason
-		return e, nil
-	}
 	e.key, e.hmac = k, k.HMAC != nil
 	if p := kmNameProblem(name); p != "" {
 		e.wipe()

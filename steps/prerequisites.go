@@ -612,14 +612,14 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, held *keystore.Verdict
 	for lo := 0; lo < len(names); lo += snapshotChunk {
 		chunk := names[lo:min(len(names), lo+snapshotChunk)]
 		err := forEach(ctx, readParallelism, len(chunk), func(ctx context.Context, i int) error {
-			raw, err := takeValue(ctx, held, ks, chunk[i])
+			raw, isHeld, err := takeValue(ctx, held, ks, chunk[i])
 			if unreadableEntryReason(err) != "" {
 				return nil // KES cannot read it either: migration names it
 			}
 			if err != nil {
 				return fmt.Errorf("snapshot key %q: %w", chunk[i], err)
 			}
-			if keystore.Foreign(raw) {
+			if !isHeld && keystore.Foreign(raw) { // a held value is a key
 				clear(raw) // another application's secret since the listing: never copied
 				return nil
 			}

@@ -161,17 +161,17 @@ func (v *verificationStep) Validate(d *engine.Decoded) hcl.Diagnostics {
 // sourceNames opens the key store the KES config names and lists it
 // completely (listKeyStore); names are the keys that match the pattern,
 // before their values are read.
-func (v *verificationStep) sourceNames(ctx context.Context, r *engine.Run, src *kesConnection) (ks kesserver.KeyStore, l *storeListing, names []string, err error) {
+func (v *verificationStep) sourceNames(ctx context.Context, r *engine.Run, src *kesConnection) (ks kesserver.KeyStore, l *storeListing, names []string, held *keystore.Verdicts, err error) {
 	ks, conf, err := src.OpenKeyStore(ctx, r)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	l, err = listKeyStore(ctx, r, src, ks, conf)
 	if err != nil {
 		ks.Close()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	return ks, l, verifyMatch(l.Keys, v.pattern()), nil
+	return ks, l, verifyMatch(l.Keys, v.pattern()), judged(r, src, conf), nil
 }
 
 // verifyMatch keeps the names that match a glob (filepath.Match, as the
@@ -194,7 +194,7 @@ func (v *verificationStep) Plan(ctx context.Context, r *engine.Run) (*engine.Ste
 	if err != nil {
 		return nil, err
 	}
-	ks, l, names, err := v.sourceNames(ctx, r, src)
+	ks, l, names, _, err := v.sourceNames(ctx, r, src)
 	if err != nil {
 		return nil, err
 	}
@@ -383,6 +383,7 @@ func (v *verificationStep) begin(ctx context.Context, r *engine.Run) (*verifyRun
 // verifyNames are the name sets the verification compares.
 type verifyNames struct {
 	ks         kesserver.KeyStore
+	held       *keystore.Verdicts // what this apply's plan read of the store (readAndSeal)
 	listing    *storeListing
 	candidates []string // the store's entries that may be keys
 	allTarget  []string // every key of the enclave
@@ -405,11 +406,11 @@ type servedNames struct {
 // starts it (verification_served.go): it costs the KES server a read of its
 // store per listing, not this side.
 func (vr *verifyRun) listNames(ctx context.Context) (*verifyNames, error) {
-	ks, listing, candidates, err := vr.v.sourceNames(ctx, vr.r, vr.src)
+	ks, listing, candidates, held, err := vr.v.sourceNames(ctx, vr.r, vr.src)
 	if err != nil {
 		return nil, err
 	}
-	n := &verifyNames{ks: ks, listing: listing, candidates: candidates}
+	n := &verifyNames{ks: ks, listing: listing, candidates: candidates, held: held}
 	if vr.kc != nil {
 		n.served = takeServedListing(ctx, vr.r, vr.src, vr.srv, listing.All)
 	}
@@ -452,7 +453,7 @@ func (vr *verifyRun) readStore(ctx context.Context, n *verifyNames) (*storeRead,
 	if vr.kc != nil {
 		rd.kesRT = startKESRoundTrips(ctx, vr.kc, vr.kmc, vr.enc.Name, kesSample(todo, verifyKESSample), vr.v.parallelism())
 	}
-	rd.unparsable, rd.proofs, err = vr.v.readAndSeal(ctx, n.ks, n.candidates, setOf(todo))
+	rd.unparsable, rd.proofs, err = vr.v.readAndSeal(ctx, n.ks, n.held, n.candidates, setOf(todo))
 	if err != nil {
 		return nil, err
 	}

@@ -395,8 +395,9 @@ const (
 // readAndSeal reads and parses every key of names from the store, and seals
 // the proofs of those in prove. It returns the entries that do not parse
 // and the proofs, sorted by key then format. Material is wiped as soon as
-// a key's proofs are sealed.
-func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStore, names []string, prove map[string]bool) ([]problem, []sealedProof, error) {
+// a key's proofs are sealed. A value read that is byte for byte the one
+// this apply's plan parsed (held, may be nil) is not parsed again.
+func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStore, held *keystore.Verdicts, names []string, prove map[string]bool) ([]problem, []sealedProof, error) {
 	var (
 		mu         sync.Mutex
 		unparsable []problem
@@ -419,7 +420,11 @@ func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStor
 		if err != nil {
 			return fmt.Errorf("read key %q from the key store: %w (was it deleted since the listing? halt key changes at KES first)", name, err)
 		}
-		k, format, reason := parseEntry(raw)
+		k, format, ok := held.HeldKey(name, raw)
+		var reason string
+		if !ok {
+			k, format, reason = parseEntry(raw)
+		}
 		clear(raw)
 		if reason != "" {
 			mu.Lock()

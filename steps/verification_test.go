@@ -203,7 +203,7 @@ func TestVerifyRoundTrips(t *testing.T) {
 	// local-seal: the three keys in one batch, which the Key Manager fails
 	// as a whole; every key's outcome is still told apart.
 	v := &verificationStep{}
-	unparsable, proofs, err := v.readAndSeal(ctx, ks, names, setOf(names))
+	unparsable, proofs, err := v.readAndSeal(ctx, ks, nil, names, setOf(names))
 	if err != nil || len(unparsable) != 0 || len(proofs) != 3 {
 		t.Fatalf("read and seal: %d unparsable, %d proofs, %v", len(unparsable), len(proofs), err)
 	}

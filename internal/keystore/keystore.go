@@ -197,7 +197,7 @@ type Verdicts struct {
 	reading map[string]chan struct{} // names a Classify is reading: closed at its verdict
 
 	holding  bool
-	held     map[string][]byte
+	held     map[string]heldValue
 	heldSize int // bytes held, with heldOverhead per entry
 	budget   int // what heldSize may reach; 0: HeldBudget
 }
@@ -205,13 +205,30 @@ type Verdicts struct {
 // HeldBudget bounds the memory the values kept under Hold take, in bytes,
 // with heldOverhead per entry: at the budget, values are no longer kept
 // and the steps read them from the store, so that memory grows with the
-// names only. 32 MiB holds about 100,000 keys in either format KES writes
-// (a v0.24 value is about 130 bytes, a v0.23 one about 200).
+// names only. 32 MiB holds about 90,000 keys in either format KES writes
+// (a v0.24 value is about 130 bytes and 64 of material, a v0.23 one about
+// 200 and 32).
 const HeldBudget = 32 << 20
 
-// heldOverhead is what one held entry costs besides its name and value:
-// the map's slot and the slice header, about.
-const heldOverhead = 64
+// heldOverhead is what one held entry costs besides its name, value and
+// material: the map's slot, the slice headers and the parsed key's other
+// fields, about.
+const heldOverhead = 128
+
+// heldValue is a key Classify kept under Hold: the stored value and what
+// KES's parser made of it, so that a step that copies or proves the key
+// does not parse the same bytes again.
+type heldValue struct {
+	raw    []byte
+	key    kescrypto.Key
+	format string
+}
+
+func (h heldValue) wipe() {
+	clear(h.raw)
+	clear(h.key.Material)
+	clear(h.key.HMAC)
+}
 
 // Facts is what Classify found of one entry, without anything of its
 // value: enough for a plan to count and name.
@@ -253,7 +270,27 @@ func (v *Verdicts) Held(name string) []byte {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return bytes.Clone(v.held[name]) // nil when not held; a held key's value is never empty
+	return bytes.Clone(v.held[name].raw) // nil when not held; a held key's value is never empty
+}
+
+// HeldKey returns a copy of the key Classify parsed from name's value under
+// Hold (the caller wipes it) and the value's format, when raw is that
+// value byte for byte, or raw is nil (the caller takes the value the plan
+// read); else ok is false and the caller parses what it read itself. The
+// parse is a function of the bytes alone: the same bytes make the same key.
+func (v *Verdicts) HeldKey(name string, raw []byte) (k kescrypto.Key, format string, ok bool) {
+	if v == nil {
+		return kescrypto.Key{}, "", false
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	h, ok := v.held[name]
+	if !ok || raw != nil && !bytes.Equal(raw, h.raw) {
+		return kescrypto.Key{}, "", false
+	}
+	k = h.key
+	k.Material, k.HMAC = bytes.Clone(h.key.Material), bytes.Clone(h.key.HMAC)
+	return k, h.format, true
 }
 
 // Release wipes every held value and stops holding. The facts stay.
@@ -263,30 +300,33 @@ func (v *Verdicts) Release() {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	for _, raw := range v.held {
-		clear(raw)
+	for _, h := range v.held {
+		h.wipe()
 	}
 	v.held, v.heldSize, v.holding = nil, 0, false
 }
 
 // keep holds a copy of raw, of its own length (a read's buffer may be
-// larger), as name's value when holding and within the budget. Only judge
-// calls it, for a name it claimed unjudged: never one held already.
-func (v *Verdicts) keep(name string, raw []byte) {
+// larger), and of the key e parsed from it, as name's value when holding
+// and within the budget. Only judge calls it, for a name it claimed
+// unjudged: never one held already.
+func (v *Verdicts) keep(name string, raw []byte, e Entry) {
 	if v == nil {
 		return
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	size := len(name) + len(raw) + heldOverhead
+	size := len(name) + len(raw) + len(e.Key.Material) + len(e.Key.HMAC) + heldOverhead
 	budget := cmp.Or(v.budget, HeldBudget)
 	if !v.holding || v.heldSize+size > budget {
 		return
 	}
 	if v.held == nil {
-		v.held = map[string][]byte{}
+		v.held = map[string]heldValue{}
 	}
-	v.held[name], v.heldSize = bytes.Clone(raw), v.heldSize+size
+	h := heldValue{raw: bytes.Clone(raw), key: e.Key, format: e.Format}
+	h.key.Material, h.key.HMAC = bytes.Clone(e.Key.Material), bytes.Clone(e.Key.HMAC)
+	v.held[name], v.heldSize = h, v.heldSize+size
 }
 
 // claim says what is known of name: its facts (known), or a channel that
@@ -402,7 +442,7 @@ func (v *Verdicts) judge(ctx context.Context, read Read, name string) (foreign b
 	}
 	e := Classify(raw)
 	if e.Class == ClassKey {
-		v.keep(name, raw)
+		v.keep(name, raw, e)
 	}
 	clear(raw)
 	v.judged(name, Facts{Class: e.Class, Format: e.Format, Reason: e.Reason, Algorithm: e.Key.Algorithm, HMAC: e.Key.HMAC != nil}, true)

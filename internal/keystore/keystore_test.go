@@ -86,10 +86,11 @@ func TestClassifyRemembers(t *testing.T) {
 
 // Under Hold, Classify keeps the value of every KES key it reads, and only
 // of keys (never another application's secret, nor a broken key), within
-// the budget; Held gives a copy; Release wipes them all.
+// the budget, with the key KES's parser made of it; Held and HeldKey give
+// copies (HeldKey only for the same bytes); Release wipes them all.
 func TestClassifyHoldsKeyValues(t *testing.T) {
 	key := func(b byte) []byte {
-		k, err := kescrypto.Key{Algorithm: kescrypto.AES256, Material: bytes.Repeat([]byte{b}, 32), HMAC: make([]byte, 32)}.MarshalV024()
+		k, err := kescrypto.Key{Algorithm: kescrypto.AES256, Material: bytes.Repeat([]byte{b}, 32), HMAC: bytes.Repeat([]byte{b + 100}, 32)}.MarshalV024()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,7 +99,7 @@ func TestClassifyHoldsKeyValues(t *testing.T) {
 	values := map[string][]byte{"key-1": key(1), "key-2": key(2), "key-3": key(3), "app": []byte(`{"password":"x"}`), "cut": []byte(`{"bytes":"AAA`)}
 	read := func(_ context.Context, name string) ([]byte, error) { return slices.Clone(values[name]), nil }
 	// Room for two keys' values.
-	v := Verdicts{budget: 2 * (len("key-1") + len(values["key-1"]) + heldOverhead)}
+	v := Verdicts{budget: 2 * (len("key-1") + len(values["key-1"]) + 2*32 + heldOverhead)}
 	l := &Listing{Keys: []string{"app", "cut", "key-1"}}
 	if err := l.Classify(context.Background(), read, 1, &v); err != nil {
 		t.Fatal(err)
@@ -135,13 +136,36 @@ func TestClassifyHoldsKeyValues(t *testing.T) {
 	if !bytes.Equal(v.Held("key-2"), values["key-2"]) {
 		t.Error("wiping Held's answer wiped the held value")
 	}
-	heldArray := v.held["key-2"]
+	for _, raw := range [][]byte{nil, slices.Clone(values["key-2"])} {
+		k, format, ok := v.HeldKey("key-2", raw)
+		if !ok || format != FormatV024 || !bytes.Equal(k.Material, bytes.Repeat([]byte{2}, 32)) || len(k.HMAC) != 32 || k.Algorithm != kescrypto.AES256 {
+			t.Errorf("HeldKey(key-2, %d bytes) = %v %q %v, want the key parsed from its value", len(raw), k.Algorithm, format, ok)
+		}
+		clear(k.Material)
+	}
+	if k, _, _ := v.HeldKey("key-2", nil); !bytes.Equal(k.Material, bytes.Repeat([]byte{2}, 32)) {
+		t.Error("wiping HeldKey's answer wiped the held key")
+	}
+	if _, _, ok := v.HeldKey("key-2", values["key-3"]); ok {
+		t.Error("HeldKey answered for bytes other than the held value's")
+	}
+	for _, name := range []string{"app", "cut", "key-1", "key-4"} {
+		if _, _, ok := v.HeldKey(name, nil); ok {
+			t.Errorf("HeldKey(%s) answered for a value not held", name)
+		}
+	}
+	held := v.held["key-2"]
 	v.Release()
 	if v.Held("key-2") != nil || v.Held("key-3") != nil {
 		t.Error("a value held after Release")
 	}
-	if !bytes.Equal(heldArray, make([]byte, len(heldArray))) {
-		t.Error("Release left the held value in memory")
+	if _, _, ok := v.HeldKey("key-2", nil); ok {
+		t.Error("a key held after Release")
+	}
+	for _, b := range [][]byte{held.raw, held.key.Material, held.key.HMAC} {
+		if len(b) == 0 || !bytes.Equal(b, make([]byte, len(b))) {
+			t.Error("Release left a held value or its material in memory")
+		}
 	}
 	if f, ok := v.Facts("key-2"); !ok || f.Class != ClassKey {
 		t.Errorf("facts of key-2 after Release: %+v, %v", f, ok)
