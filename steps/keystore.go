@@ -131,10 +131,12 @@ type verdictsKey struct{ config, store string }
 // so far (nil for none): kept across the quiet plan and the apply of one
 // process (engine.Run.Memo), so that each value is classified once. In the
 // quiet plan an apply makes first it also holds the values of the keys it
-// reads (keystore.Verdicts.Hold), which the snapshot and the migration of
-// that apply copy instead of reading each key twice more (takeValue); the
-// verification always reads the store itself. The engine releases them
-// when the apply ends (engine.Releaser).
+// reads and the keys parsed from them (keystore.Verdicts.Hold), which the
+// snapshot (takeValue) and the migration (sourceSet.entry) of that apply
+// copy instead of reading and parsing each key again; the verification
+// always reads the store itself, and parses only a value that differs
+// from the held one. The engine releases them when the apply ends
+// (engine.Releaser).
 func judged(r *engine.Run, k *kesConnection, conf *kesconf.File) *keystore.Verdicts {
 	if r == nil || k == nil || conf == nil {
 		return nil

@@ -161,7 +161,7 @@ func (s *sourceSet) entry(ctx context.Context, name string, held *keystore.Verdi
 	e := &sourceEntry{name: name}
 	// The key the plan of this apply parsed from the value it read, if it
 	// holds it (takeValue says why that copy is safe); else read now.
-	k, format, ok := held.HeldKey(name, nil)
+	k, format, ok := held.HeldKey(name)
 	if !ok {
 		raw, err := s.ks.Get(ctx, name)
 		if err != nil {

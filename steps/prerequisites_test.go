@@ -108,6 +108,9 @@ func TestWipedBufferWritesAllAndKeepsNothing(t *testing.T) {
 	if _, err := failing.Write([]byte("defg")); err == nil {
 		t.Error("a failed write-out was not reported")
 	}
+	if kept := failing.buf[:cap(failing.buf)]; !bytes.Equal(kept, make([]byte, len(kept))) {
+		t.Errorf("a failed write-out left %q in the buffer", kept)
+	}
 }
 
 type writerFunc func([]byte) (int, error)

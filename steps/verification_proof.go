@@ -420,7 +420,7 @@ func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStor
 		if err != nil {
 			return fmt.Errorf("read key %q from the key store: %w (was it deleted since the listing? halt key changes at KES first)", name, err)
 		}
-		k, format, ok := held.HeldKey(name, raw)
+		k, format, ok := held.HeldKeyOf(name, raw)
 		var reason string
 		if !ok {
 			k, format, reason = parseEntry(raw)

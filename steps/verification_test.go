@@ -168,6 +168,7 @@ func TestVerifyRoundTrips(t *testing.T) {
 		t.Fatalf("key store: %d entries, %v", len(entries), err)
 	}
 	var names []string
+	imported := map[string]kescrypto.Key{} // what the enclave holds
 	for i, e := range entries {
 		names = append(names, e.Name())
 		raw, err := os.ReadFile(filepath.Join(k.KeyStoreDir, e.Name()))
@@ -189,6 +190,7 @@ func TestVerifyRoundTrips(t *testing.T) {
 		if err := kmc.ImportKey(ctx, enclave, &kms.ImportKeyRequest{Name: e.Name(), Type: kms.SecretKeyType(key.Algorithm), Key: key.Material}); err != nil {
 			t.Fatalf("import %s: %v", e.Name(), err)
 		}
+		imported[e.Name()] = key
 	}
 	kc := k.Client()
 	if err := verifyKESGenerate(ctx, kc, kmc, enclave, names[0]); err != nil {
@@ -230,6 +232,34 @@ func TestVerifyRoundTrips(t *testing.T) {
 	}
 	if err := verifyKESGenerate(ctx, kc, kmc, enclave, "no-such-key"); err == nil || !strings.Contains(err.Error(), "the KES server has no key \"no-such-key\"") {
 		t.Errorf("key unknown to KES: %v", err)
+	}
+
+	// local-seal with what a plan held: the plan read names[0] as the store
+	// holds it, and names[1] as the enclave holds it (a value changed in
+	// the store since the plan). The bytes read now differ from names[1]'s
+	// held value, so the store's own key is proven, and fails as before.
+	held := new(keystore.Verdicts)
+	held.Hold()
+	planRead := func(_ context.Context, name string) ([]byte, error) {
+		if name == names[1] {
+			return imported[name].MarshalV024()
+		}
+		return os.ReadFile(filepath.Join(k.KeyStoreDir, name))
+	}
+	if err := (&keystore.Listing{Keys: names[:2]}).Classify(ctx, planRead, 1, held); err != nil {
+		t.Fatal(err)
+	}
+	_, proofs, err = v.readAndSeal(ctx, ks, held, names, setOf(names))
+	if err != nil || len(proofs) != 3 {
+		t.Fatalf("read and seal with held values: %d proofs, %v", len(proofs), err)
+	}
+	if outcomes, err = decryptProofs(ctx, kmc, enclave, proofs, 2, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, kp := range judgeProofs(proofs, outcomes) {
+		if failed := kp.Failed != ""; failed != (kp.Name != names[0]) {
+			t.Errorf("local-seal with held values: %s: %+v (only %s proves)", kp.Name, kp, names[0])
+		}
 	}
 }
 

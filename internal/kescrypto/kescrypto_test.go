@@ -249,6 +249,7 @@ func TestParseKeyJSONVariants(t *testing.T) {
 		`{"version":"v1","bytes":"` + b64 + `","algorithm":"AES256-GCM_SHA256"}`:    AES256,
 		`{"version":"v1","bytes":"` + b64 + `","algorithm":"XCHACHA20-POLY1305"}`:   ChaCha20,
 		`{"version":"v1","bytes":"` + b64 + `","algorithm":"ChaCha20","x":[1,2,3]}`: ChaCha20,
+		"\n\t " + `{"bytes":"` + b64 + `"}`:                                         AES256,
 	} {
 		k, err := ParseKey([]byte(in))
 		if err != nil || k.Algorithm != alg || !bytes.Equal(k.Material, seq(1)) {
@@ -530,5 +531,21 @@ func TestFormatOf(t *testing.T) {
 		if _, err := Open(k, raw, nil); err != nil {
 			t.Errorf("Open(raw beginning with %#x): %v", first, err)
 		}
+	}
+}
+
+// mayBeJSON only ever skips the JSON decoder for text json.Valid refuses.
+func TestMayBeJSONNeverSkipsJSON(t *testing.T) {
+	k, err := Key{Algorithm: AES256, Material: seq(1), HMAC: seq(2)}.MarshalV024()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []string{``, ` `, `{}`, ` []`, "\n\"s\"", `-1`, `0`, `9`, `true`, `false`, `null`, "\t{\"bytes\":1}", string(k), `Cg`, `x`, "\ufeff{}", `+1`, `.5`} {
+		if json.Valid([]byte(in)) && !mayBeJSON([]byte(in)) {
+			t.Errorf("mayBeJSON(%q) = false for valid JSON", in)
+		}
+	}
+	if mayBeJSON(k) {
+		t.Error("mayBeJSON is true for a key KES v0.24 wrote: the decoder runs for nothing")
 	}
 }

@@ -11,6 +11,7 @@
 package kescrypto
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -18,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -101,6 +103,31 @@ func (k Key) validate() error {
 //
 // Errors never contain key material.
 func ParseKey(stored []byte) (Key, error) {
+	if mayBeJSON(stored) {
+		if k, isJSON, err := parseJSONKey(stored); isJSON {
+			return k, err
+		}
+	}
+	raw, err := base64.StdEncoding.DecodeString(string(stored))
+	if err != nil {
+		return Key{}, errors.New("kescrypto: key is neither JSON (KES v0.22/v0.23) nor base64 protobuf (KES v0.24): invalid base64")
+	}
+	return parseKeyVersion(raw)
+}
+
+// mayBeJSON reports whether stored could be JSON: its first byte after
+// JSON's white space can start a JSON value. When it cannot, json.Valid is
+// false and the decoder need not run (the base64 KES v0.24 writes starts
+// with 'C').
+func mayBeJSON(stored []byte) bool {
+	t := bytes.TrimLeft(stored, " \t\r\n")
+	return len(t) == 0 || strings.IndexByte(`{["-0123456789tfn`, t[0]) >= 0
+}
+
+// parseJSONKey parses a key KES v0.22/v0.23 wrote (JSON); isJSON is false
+// when stored is not JSON at all (json.Valid's answer), and the caller
+// tries the base64 of KES v0.24.
+func parseJSONKey(stored []byte) (k Key, isJSON bool, err error) {
 	type JSON struct {
 		Bytes     []byte    `json:"bytes"`
 		Type      string    `json:"algorithm"`
@@ -110,36 +137,24 @@ func ParseKey(stored []byte) (Key, error) {
 	var v JSON
 	// Unmarshal checks the whole text is JSON before it decodes any of it
 	// and answers a *json.SyntaxError when it is not (what json.Valid
-	// would say, without scanning the text a second time): then it is the
-	// base64 of KES v0.24.
-	err := json.Unmarshal(stored, &v)
-	if _, notJSON := errors.AsType[*json.SyntaxError](err); !notJSON {
-		if err != nil {
-			return Key{}, fmt.Errorf("kescrypto: invalid JSON key (KES v0.22/v0.23 format): %s", jsonErrorText(err))
-		}
-		alg := AES256
-		if v.Type != "" {
-			var err error
-			if alg, err = ParseAlgorithm(v.Type); err != nil {
-				return Key{}, err
-			}
-		}
-		if n := len(v.Bytes); n != KeySize {
-			return Key{}, fmt.Errorf("kescrypto: invalid key length %d for %s: want %d bytes", n, alg, KeySize)
-		}
-		return Key{
-			Algorithm: alg,
-			Material:  v.Bytes,
-			CreatedAt: v.CreatedAt,
-			CreatedBy: v.CreatedBy,
-		}, nil
+	// would say, without scanning the text a second time).
+	err = json.Unmarshal(stored, &v)
+	if _, notJSON := errors.AsType[*json.SyntaxError](err); notJSON {
+		return Key{}, false, nil
 	}
-
-	raw, err := base64.StdEncoding.DecodeString(string(stored))
 	if err != nil {
-		return Key{}, errors.New("kescrypto: key is neither JSON (KES v0.22/v0.23) nor base64 protobuf (KES v0.24): invalid base64")
+		return Key{}, true, fmt.Errorf("kescrypto: invalid JSON key (KES v0.22/v0.23 format): %s", jsonErrorText(err))
 	}
-	return parseKeyVersion(raw)
+	alg := AES256
+	if v.Type != "" {
+		if alg, err = ParseAlgorithm(v.Type); err != nil {
+			return Key{}, true, err
+		}
+	}
+	if n := len(v.Bytes); n != KeySize {
+		return Key{}, true, fmt.Errorf("kescrypto: invalid key length %d for %s: want %d bytes", n, alg, KeySize)
+	}
+	return Key{Algorithm: alg, Material: v.Bytes, CreatedAt: v.CreatedAt, CreatedBy: v.CreatedBy}, true, nil
 }
 
 // jsonErrorText describes a JSON decoding error without echoing input

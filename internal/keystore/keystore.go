@@ -133,10 +133,16 @@ func (l *Listing) crossCheck(ctx context.Context, ks kesserver.KeyStore, conf *k
 		if err != nil {
 			return nil, fmt.Errorf("cross-check key store directory: %w", err)
 		}
-		dir := make([]string, len(entries))
-		types := make([]fs.FileMode, len(entries))
-		for i, e := range entries {
-			dir[i], types[i] = e.Name(), e.Type()
+		// Sorted by name; a name a directory read gave twice (a file
+		// system changing under it) is kept once, so that the types
+		// stay aligned with l.All, which holds each name once.
+		dir := make([]string, 0, len(entries))
+		types := make([]fs.FileMode, 0, len(entries))
+		for _, e := range entries {
+			if n := len(dir); n > 0 && dir[n-1] == e.Name() {
+				continue
+			}
+			dir, types = append(dir, e.Name()), append(types, e.Type())
 		}
 		if err := SameNames("the key store's listing", l.All, "directory "+s.Path, dir); err != nil {
 			return nil, err
@@ -178,15 +184,17 @@ type Read func(ctx context.Context, name string) ([]byte, error)
 // names it has not judged yet, and a plan can count formats without
 // reading the values again. A value does not turn from a KES key into
 // another application's secret; and every step judges each value it reads
-// again (a key store value is never copied on the strength of a verdict).
-// Two Classify calls at once (the plans of two steps) read each name once:
-// the second waits for the first's verdict.
+// again (a key store value is never copied on the strength of a verdict
+// about other bytes). Two Classify calls at once (the plans of two steps)
+// read each name once: the second waits for the first's verdict.
 //
-// Under Hold it also keeps the value of each key it reads, up to
-// HeldBudget, for the steps of the same apply that copy keys (Held): the
-// quiet plan an apply makes first reads every key, and the snapshot and
-// the migration milliseconds later would otherwise read each again. Only
-// values that parse as KES keys are kept (never another application's
+// Under Hold it also keeps the value of each key it reads, and the key
+// KES's parser made of it, up to HeldBudget, for the steps of the same
+// apply: the quiet plan an apply makes first reads every key, and the
+// snapshot (Held) and the migration (HeldKey) milliseconds later would
+// otherwise read and parse each again; the verification reads every value
+// itself and parses only those that differ from the held one (HeldKeyOf).
+// Only values that parse as KES keys are kept (never another application's
 // secret); they live in this process's memory only and are wiped by
 // Release.
 //
@@ -205,15 +213,15 @@ type Verdicts struct {
 // HeldBudget bounds the memory the values kept under Hold take, in bytes,
 // with heldOverhead per entry: at the budget, values are no longer kept
 // and the steps read them from the store, so that memory grows with the
-// names only. 32 MiB holds about 90,000 keys in either format KES writes
+// names only. 48 MiB holds about 95,000 keys in either format KES writes
 // (a v0.24 value is about 130 bytes and 64 of material, a v0.23 one about
-// 200 and 32).
-const HeldBudget = 32 << 20
+// 200 and 32; either with its creator's identity, 64, and heldOverhead).
+const HeldBudget = 48 << 20
 
-// heldOverhead is what one held entry costs besides its name, value and
-// material: the map's slot, the slice headers and the parsed key's other
-// fields, about.
-const heldOverhead = 128
+// heldOverhead is what one held entry costs besides its name, value,
+// material and creator: the map's slot at its load factor, the heldValue
+// the map keeps apart (its elements are larger than 128 bytes), about.
+const heldOverhead = 256
 
 // heldValue is a key Classify kept under Hold: the stored value and what
 // KES's parser made of it, so that a step that copies or proves the key
@@ -274,11 +282,28 @@ func (v *Verdicts) Held(name string) []byte {
 }
 
 // HeldKey returns a copy of the key Classify parsed from name's value under
-// Hold (the caller wipes it) and the value's format, when raw is that
-// value byte for byte, or raw is nil (the caller takes the value the plan
-// read); else ok is false and the caller parses what it read itself. The
-// parse is a function of the bytes alone: the same bytes make the same key.
-func (v *Verdicts) HeldKey(name string, raw []byte) (k kescrypto.Key, format string, ok bool) {
+// Hold (the caller wipes it) and the value's format; ok is false when it
+// holds none, and the caller reads the store. For a step that copies the
+// value the plan read (the migration).
+func (v *Verdicts) HeldKey(name string) (k kescrypto.Key, format string, ok bool) {
+	return v.heldKey(name, nil)
+}
+
+// HeldKeyOf is HeldKey when raw, a value the caller has just read of name,
+// is byte for byte the value held, so that the caller need not parse it
+// again (the parse is a function of the bytes alone); ok is false for any
+// other value, an empty one too (some stores answer an emptied entry with
+// no bytes), and the caller parses what it read. For a step that must
+// judge the store as it is now (the verification).
+func (v *Verdicts) HeldKeyOf(name string, raw []byte) (k kescrypto.Key, format string, ok bool) {
+	if len(raw) == 0 {
+		return kescrypto.Key{}, "", false
+	}
+	return v.heldKey(name, raw)
+}
+
+// heldKey is HeldKey, for the value raw only when raw is not nil.
+func (v *Verdicts) heldKey(name string, raw []byte) (kescrypto.Key, string, bool) {
 	if v == nil {
 		return kescrypto.Key{}, "", false
 	}
@@ -288,7 +313,7 @@ func (v *Verdicts) HeldKey(name string, raw []byte) (k kescrypto.Key, format str
 	if !ok || raw != nil && !bytes.Equal(raw, h.raw) {
 		return kescrypto.Key{}, "", false
 	}
-	k = h.key
+	k := h.key
 	k.Material, k.HMAC = bytes.Clone(h.key.Material), bytes.Clone(h.key.HMAC)
 	return k, h.format, true
 }
@@ -316,7 +341,7 @@ func (v *Verdicts) keep(name string, raw []byte, e Entry) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	size := len(name) + len(raw) + len(e.Key.Material) + len(e.Key.HMAC) + heldOverhead
+	size := len(name) + len(raw) + len(e.Key.Material) + len(e.Key.HMAC) + len(e.Key.CreatedBy) + heldOverhead
 	budget := cmp.Or(v.budget, HeldBudget)
 	if !v.holding || v.heldSize+size > budget {
 		return

@@ -86,8 +86,9 @@ func TestClassifyRemembers(t *testing.T) {
 
 // Under Hold, Classify keeps the value of every KES key it reads, and only
 // of keys (never another application's secret, nor a broken key), within
-// the budget, with the key KES's parser made of it; Held and HeldKey give
-// copies (HeldKey only for the same bytes); Release wipes them all.
+// the budget, with the key KES's parser made of it; Held, HeldKey and
+// HeldKeyOf give copies (HeldKeyOf only for the same bytes); Release wipes
+// them all.
 func TestClassifyHoldsKeyValues(t *testing.T) {
 	key := func(b byte) []byte {
 		k, err := kescrypto.Key{Algorithm: kescrypto.AES256, Material: bytes.Repeat([]byte{b}, 32), HMAC: bytes.Repeat([]byte{b + 100}, 32)}.MarshalV024()
@@ -96,10 +97,17 @@ func TestClassifyHoldsKeyValues(t *testing.T) {
 		}
 		return k
 	}
-	values := map[string][]byte{"key-1": key(1), "key-2": key(2), "key-3": key(3), "app": []byte(`{"password":"x"}`), "cut": []byte(`{"bytes":"AAA`)}
+	json023 := func(b byte) []byte { // KES v0.22/v0.23: no HMAC key
+		k, err := kescrypto.Key{Algorithm: kescrypto.AES256, Material: bytes.Repeat([]byte{b}, 32)}.MarshalV023()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	values := map[string][]byte{"key-1": key(1), "key-2": key(2), "key-3": json023(3), "app": []byte(`{"password":"x"}`), "cut": []byte(`{"bytes":"AAA`)}
 	read := func(_ context.Context, name string) ([]byte, error) { return slices.Clone(values[name]), nil }
-	// Room for two keys' values.
-	v := Verdicts{budget: 2 * (len("key-1") + len(values["key-1"]) + 2*32 + heldOverhead)}
+	// Room for key-2 and key-3 and not one byte more: what keep counts.
+	v := Verdicts{budget: len("key-2") + len(values["key-2"]) + 2*32 + heldOverhead + len("key-3") + len(values["key-3"]) + 32 + heldOverhead}
 	l := &Listing{Keys: []string{"app", "cut", "key-1"}}
 	if err := l.Classify(context.Background(), read, 1, &v); err != nil {
 		t.Fatal(err)
@@ -136,21 +144,31 @@ func TestClassifyHoldsKeyValues(t *testing.T) {
 	if !bytes.Equal(v.Held("key-2"), values["key-2"]) {
 		t.Error("wiping Held's answer wiped the held value")
 	}
-	for _, raw := range [][]byte{nil, slices.Clone(values["key-2"])} {
-		k, format, ok := v.HeldKey("key-2", raw)
-		if !ok || format != FormatV024 || !bytes.Equal(k.Material, bytes.Repeat([]byte{2}, 32)) || len(k.HMAC) != 32 || k.Algorithm != kescrypto.AES256 {
-			t.Errorf("HeldKey(key-2, %d bytes) = %v %q %v, want the key parsed from its value", len(raw), k.Algorithm, format, ok)
+	heldKeys := map[string]func() (kescrypto.Key, string, bool){
+		"HeldKey":   func() (kescrypto.Key, string, bool) { return v.HeldKey("key-2") },
+		"HeldKeyOf": func() (kescrypto.Key, string, bool) { return v.HeldKeyOf("key-2", slices.Clone(values["key-2"])) },
+	}
+	for what, heldKey := range heldKeys {
+		k, format, ok := heldKey()
+		if !ok || format != FormatV024 || k.Algorithm != kescrypto.AES256 || !bytes.Equal(k.Material, bytes.Repeat([]byte{2}, 32)) || !bytes.Equal(k.HMAC, bytes.Repeat([]byte{102}, 32)) {
+			t.Errorf("%s(key-2) = %v %q %v, want the key parsed from its value", what, k.Algorithm, format, ok)
 		}
 		clear(k.Material)
+		clear(k.HMAC)
+		if k, _, _ := heldKey(); !bytes.Equal(k.Material, bytes.Repeat([]byte{2}, 32)) || !bytes.Equal(k.HMAC, bytes.Repeat([]byte{102}, 32)) {
+			t.Errorf("wiping %s's answer wiped the held key", what)
+		}
 	}
-	if k, _, _ := v.HeldKey("key-2", nil); !bytes.Equal(k.Material, bytes.Repeat([]byte{2}, 32)) {
-		t.Error("wiping HeldKey's answer wiped the held key")
+	if k, format, ok := v.HeldKey("key-3"); !ok || format != FormatV023 || k.HMAC != nil || !bytes.Equal(k.Material, bytes.Repeat([]byte{3}, 32)) {
+		t.Errorf("HeldKey(key-3) = %q %v, HMAC %v: want the v0.23 key, without an HMAC key", format, ok, k.HMAC)
 	}
-	if _, _, ok := v.HeldKey("key-2", values["key-3"]); ok {
-		t.Error("HeldKey answered for bytes other than the held value's")
+	for _, raw := range [][]byte{values["key-3"], nil, {}} {
+		if _, _, ok := v.HeldKeyOf("key-2", raw); ok {
+			t.Errorf("HeldKeyOf(key-2) answered for %d other bytes (an emptied entry reads as none)", len(raw))
+		}
 	}
 	for _, name := range []string{"app", "cut", "key-1", "key-4"} {
-		if _, _, ok := v.HeldKey(name, nil); ok {
+		if _, _, ok := v.HeldKey(name); ok {
 			t.Errorf("HeldKey(%s) answered for a value not held", name)
 		}
 	}
@@ -159,7 +177,7 @@ func TestClassifyHoldsKeyValues(t *testing.T) {
 	if v.Held("key-2") != nil || v.Held("key-3") != nil {
 		t.Error("a value held after Release")
 	}
-	if _, _, ok := v.HeldKey("key-2", nil); ok {
+	if _, _, ok := v.HeldKey("key-2"); ok {
 		t.Error("a key held after Release")
 	}
 	for _, b := range [][]byte{held.raw, held.key.Material, held.key.HMAC} {
@@ -169,6 +187,20 @@ func TestClassifyHoldsKeyValues(t *testing.T) {
 	}
 	if f, ok := v.Facts("key-2"); !ok || f.Class != ClassKey {
 		t.Errorf("facts of key-2 after Release: %+v, %v", f, ok)
+	}
+
+	// The budget counts name, value, material, HMAC key and the overhead:
+	// a byte less and the key is not held.
+	size := len("key-2") + len(values["key-2"]) + 2*32 + heldOverhead
+	for budget, wantHeld := range map[int]bool{size: true, size - 1: false} {
+		w := Verdicts{budget: budget}
+		w.Hold()
+		if err := (&Listing{Keys: []string{"key-2"}}).Classify(context.Background(), read, 1, &w); err != nil {
+			t.Fatal(err)
+		}
+		if held := w.Held("key-2") != nil; held != wantHeld {
+			t.Errorf("budget %d for a key that costs %d: held %v", budget, size, held)
+		}
 	}
 }
 
