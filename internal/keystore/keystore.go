@@ -213,7 +213,7 @@ type Verdicts struct {
 // HeldBudget bounds the memory the values kept under Hold take, in bytes,
 // with heldOverhead per entry: at the budget, values are no longer kept
 // and the steps read them from the store, so that memory grows with the
-// names only. 48 MiB holds about 95,000 keys in either format KES writes
+// names only. 48 MiB holds about 90,000 keys in either format KES writes
 // (a v0.24 value is about 130 bytes and 64 of material, a v0.23 one about
 // 200 and 32; either with its creator's identity, 64, and heldOverhead).
 const HeldBudget = 48 << 20
