@@ -116,12 +116,12 @@ func ParseKey(stored []byte) (Key, error) {
 }
 
 // mayBeJSON reports whether stored could be JSON: its first byte after
-// JSON's white space can start a JSON value. When it cannot, json.Valid is
-// false and the decoder need not run (the base64 KES v0.24 writes starts
-// with 'C').
+// JSON's white space can start a JSON value. When it cannot (or there is
+// none), json.Valid is false and the decoder need not run (the base64 KES
+// v0.24 writes starts with 'C').
 func mayBeJSON(stored []byte) bool {
 	t := bytes.TrimLeft(stored, " \t\r\n")
-	return len(t) == 0 || strings.IndexByte(`{["-0123456789tfn`, t[0]) >= 0
+	return len(t) > 0 && strings.IndexByte(`{["-0123456789tfn`, t[0]) >= 0
 }
 
 // parseJSONKey parses a key KES v0.22/v0.23 wrote (JSON); isJSON is false
