@@ -209,7 +209,7 @@ func (a *aistorConnection) newClients(r *engine.Run) (*madmin.AdminClient, *mini
 		return nil, nil, fmt.Errorf("parse endpoint: %w", err)
 	}
 	secure := u.Scheme == "https"
-	tlsCfg, err := tlsConfig(r, a.cfg.CAFile, a.cfg.Insecure)
+	tlsCfg, _, err := tlsConfigFor(r, a.cfg.CAFile, a.cfg.Insecure, u.Hostname())
 	if err != nil {
 		return nil, nil, err
 	}

@@ -3,6 +3,8 @@ package steps
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -98,14 +100,17 @@ func (k *kesConnection) Client(r *engine.Run) (*kes.Client, error) {
 	return k.client, k.err
 }
 
+// newClient makes the block's KES client, or takes the session's client
+// for the same server, trust and identity (sharedClient).
 func (k *kesConnection) newClient(r *engine.Run) (*kes.Client, error) {
 	if k.cfg.Server == "" {
 		return nil, fmt.Errorf("no KES server configured")
 	}
-	tlsCfg, err := tlsConfig(r, k.cfg.CAFile, k.cfg.Insecure)
+	tlsCfg, trust, err := tlsConfigFor(r, k.cfg.CAFile, k.cfg.Insecure, oneHost(k.cfg.Server))
 	if err != nil {
 		return nil, err
 	}
+	var identity string
 	if k.cfg.APIKey != "" {
 		key, err := kes.ParseAPIKey(k.cfg.APIKey)
 		if err != nil {
@@ -116,6 +121,7 @@ func (k *kesConnection) newClient(r *engine.Run) (*kes.Client, error) {
 			return nil, fmt.Errorf("make KES client certificate: %w", err)
 		}
 		tlsCfg.Certificates = append(tlsCfg.Certificates, cert)
+		identity = "api key " + key.Identity().String()
 	} else {
 		certPEM, err := r.ReadFile(k.cfg.ClientCert)
 		if err != nil {
@@ -131,8 +137,11 @@ func (k *kesConnection) newClient(r *engine.Run) (*kes.Client, error) {
 			return nil, fmt.Errorf("load client certificate: %w", err)
 		}
 		tlsCfg.Certificates = append(tlsCfg.Certificates, cert)
+		leaf := sha256.Sum256(cert.Certificate[0])
+		identity = "certificate " + hex.EncodeToString(leaf[:])
 	}
-	return kes.NewClientWithConfig(k.cfg.Server, tlsCfg), nil
+	key := clientKey{kind: "kes", endpoints: k.cfg.Server, trust: trust, identity: identity}
+	return sharedClient(r, key, func() *kes.Client { return kes.NewClientWithConfig(k.cfg.Server, tlsCfg) }), nil
 }
 
 // ConfigFile is the KES server config's path, resolved.

@@ -70,6 +70,8 @@ func (k *keyManagerConnection) Client(r *engine.Run) (*kms.Client, error) {
 	return k.client, k.err
 }
 
+// newClient makes the block's Key Manager client, or takes the session's
+// client for the same servers, trust and identity (sharedClient).
 func (k *keyManagerConnection) newClient(r *engine.Run) (*kms.Client, error) {
 	key, err := mtls.ParsePrivateKey(k.cfg.APIKey)
 	if err != nil {
@@ -77,7 +79,7 @@ func (k *keyManagerConnection) newClient(r *engine.Run) (*kms.Client, error) {
 	}
 	// The client needs a non-nil TLS config with an API key (kms-go bug,
 	// docs/domain.md, "Key Manager transport"); it adds the client certificate itself.
-	tlsCfg, err := tlsConfig(r, k.cfg.CAFile, k.cfg.Insecure)
+	tlsCfg, trust, err := tlsConfigFor(r, k.cfg.CAFile, k.cfg.Insecure, oneHost(k.cfg.Servers...))
 	if err != nil {
 		return nil, err
 	}
@@ -85,9 +87,17 @@ func (k *keyManagerConnection) newClient(r *engine.Run) (*kms.Client, error) {
 	for i, s := range k.cfg.Servers {
 		endpoints[i] = strings.TrimPrefix(s, "https://")
 	}
-	c, err := kms.NewClient(&kms.Config{Endpoints: endpoints, APIKey: key, TLS: tlsCfg})
-	if err != nil {
-		return nil, fmt.Errorf("make Key Manager client: %w", err)
+	type made struct {
+		c   *kms.Client
+		err error
 	}
-	return c, nil
+	ck := clientKey{kind: "key_manager", endpoints: strings.Join(endpoints, " "), trust: trust, identity: key.Identity().String()}
+	m := sharedClient(r, ck, func() made {
+		c, err := kms.NewClient(&kms.Config{Endpoints: endpoints, APIKey: key, TLS: tlsCfg})
+		return made{c, err}
+	})
+	if m.err != nil {
+		return nil, fmt.Errorf("make Key Manager client: %w", m.err)
+	}
+	return m.c, nil
 }

@@ -15,7 +15,7 @@ import (
 	"syscall"
 
 	"github.com/runbook-dev/runbook/engine"
-	_ "github.com/runbook-dev/runbook/internal/warmroots" // the system roots load while the rest initialises
+	"github.com/runbook-dev/runbook/internal/initgc" // no collection while packages initialise
 	_ "github.com/runbook-dev/runbook/steps"
 )
 
@@ -48,6 +48,7 @@ type cliEnv struct {
 }
 
 func main() {
+	initgc.Restore()
 	os.Exit(Main())
 }
 

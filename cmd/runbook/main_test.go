@@ -7,11 +7,13 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/runbook-dev/runbook/internal/initgc"
 	"github.com/runbook-dev/runbook/internal/testenv"
 	"github.com/runbook-dev/runbook/internal/toolcache"
 )
 
 func TestMain(m *testing.M) {
+	initgc.Restore()
 	testscript.Main(m, map[string]func(){
 		"runbook":   func() { installKillHook(); os.Exit(Main()) },
 		"minio-ctl": testenv.MinIOCtlMain,

@@ -1,0 +1,188 @@
+package steps
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/runbook-dev/runbook/internal/devcert"
+)
+
+// tlsServer serves TLS with a certificate devcert made (valid for
+// 127.0.0.1, ::1 and localhost, signed by a new CA named after name) and
+// returns its address and the CA's file.
+func tlsServer(t *testing.T, name string) (addr, caFile string) {
+	t.Helper()
+	f, err := devcert.Generate(t.TempDir(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _ = c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	return ln.Addr().String(), f.CAFile
+}
+
+func pool(t *testing.T, files ...string) *x509.CertPool {
+	t.Helper()
+	p, err := devcert.Pool(files...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// handshake dials addr as net/http does for a URL naming host.
+func handshake(addr, host string, cfg *tls.Config) error {
+	cfg = cfg.Clone()
+	cfg.ServerName = host
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+// TestVerifyCAFirst: a server the CA file signed is verified without the
+// system roots; one it did not sign is tried against them; a wrong host
+// fails without them; and every outcome and error is the one crypto/tls
+// gives verifying against a pool of both (the same type and text).
+func TestVerifyCAFirst(t *testing.T) {
+	ours, ourCA := tlsServer(t, "kes")
+	public, publicCA := tlsServer(t, "public")
+	renewed, _ := tlsServer(t, "kes") // a CA of the same name with another key
+	_, otherCA := tlsServer(t, "other")
+
+	for _, tc := range []struct {
+		name       string
+		addr, host string
+		system     string // the CA file the fallback's "system roots" hold
+		fails      bool
+		asksSystem bool
+	}{
+		{name: "the CA file signed it", addr: ours, host: "127.0.0.1", system: publicCA},
+		{name: "the CA file signed it, by name", addr: ours, host: "localhost", system: publicCA},
+		{name: "a system root signed it", addr: public, host: "127.0.0.1", system: publicCA, asksSystem: true},
+		{name: "no one known signed it", addr: public, host: "127.0.0.1", system: otherCA, fails: true, asksSystem: true},
+		{name: "a CA of the same name signed it", addr: renewed, host: "127.0.0.1", system: publicCA, fails: true, asksSystem: true},
+		{name: "another address", addr: ours, host: "10.9.9.9", system: publicCA, fails: true},
+		{name: "another name", addr: ours, host: "kes.example.net", system: publicCA, fails: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			asked := 0
+			cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true,
+				VerifyConnection: verifyCAFirst(pool(t, ourCA), tc.host, func() *x509.CertPool { asked++; return pool(t, tc.system) })}
+			err := handshake(tc.addr, tc.host, cfg)
+			want := handshake(tc.addr, tc.host, &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool(t, ourCA, tc.system)})
+			if (err != nil) != tc.fails || (want != nil) != tc.fails {
+				t.Fatalf("handshake: %v; crypto/tls against both pools: %v; want failure %v", err, want, tc.fails)
+			}
+			if (asked > 0) != tc.asksSystem {
+				t.Errorf("the system roots were asked for %d time(s), want asked %v", asked, tc.asksSystem)
+			}
+			if err == nil {
+				return
+			}
+			var got, exp *tls.CertificateVerificationError
+			if !errors.As(err, &got) || !errors.As(want, &exp) {
+				t.Fatalf("errors %T and %T, want *tls.CertificateVerificationError both", err, want)
+			}
+			if err.Error() != want.Error() {
+				t.Errorf("error %q\nwant  %q (crypto/tls's)", err, want)
+			}
+		})
+	}
+}
+
+// TestClientTLS: the settings a connection to one host gets verify that
+// host with the CA file (crypto/tls's check left off for verifyCAFirst); a
+// connection to several hosts keeps crypto/tls's pool of both; insecure
+// verifies nothing; and each says what it trusts.
+func TestClientTLS(t *testing.T) {
+	ours, ourCA := tlsServer(t, "kes")
+	pem, err := os.ReadFile(ourCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(pem)
+	for _, tc := range []struct {
+		host     string
+		insecure bool
+		trust    string
+		// a dial that sends another name verifies: settings for one host
+		// check that host (net/http dials no other with them)
+		anyName bool
+	}{
+		{host: "127.0.0.1", trust: "system " + hex.EncodeToString(sum[:]), anyName: true},
+		{host: "", trust: "system " + hex.EncodeToString(sum[:])},
+		{host: "127.0.0.1", insecure: true, trust: "insecure " + hex.EncodeToString(sum[:]), anyName: true},
+	} {
+		cfg, trust, err := clientTLS(pem, tc.insecure, tc.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if trust != tc.trust {
+			t.Errorf("host %q, insecure %v: trust %q, want %q", tc.host, tc.insecure, trust, tc.trust)
+		}
+		if err := handshake(ours, "127.0.0.1", cfg); err != nil {
+			t.Errorf("host %q, insecure %v: %v", tc.host, tc.insecure, err)
+		}
+		if err := handshake(ours, "kes.example.net", cfg); (err == nil) != tc.anyName {
+			t.Errorf("host %q, insecure %v: dialled as kes.example.net: %v", tc.host, tc.insecure, err)
+		}
+	}
+	// Settings for a host the certificate does not name refuse it.
+	cfg, _, err := clientTLS(pem, false, "10.9.9.9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hostErr x509.HostnameError
+	if err := handshake(ours, "10.9.9.9", cfg); !errors.As(err, &hostErr) {
+		t.Errorf("a certificate for another host: %v, want an x509.HostnameError", err)
+	}
+	if _, _, err := clientTLS([]byte("not PEM"), false, "127.0.0.1"); err == nil {
+		t.Error("a CA file without a certificate was taken")
+	}
+	cfg, trust, err := clientTLS(nil, false, "127.0.0.1")
+	if err != nil || trust != "system" || cfg.RootCAs != nil || cfg.InsecureSkipVerify || cfg.VerifyConnection != nil {
+		t.Errorf("no CA file: trust %q, err %v, %+v; want crypto/tls's own check against the system roots", trust, err, cfg)
+	}
+}
+
+func TestOneHost(t *testing.T) {
+	for _, tc := range []struct {
+		endpoints []string
+		want      string
+	}{
+		{[]string{"https://kes.example.net:7373"}, "kes.example.net"},
+		{[]string{"kms-1.example.net:7373"}, "kms-1.example.net"},
+		{[]string{"127.0.0.1:7373", "https://127.0.0.1:7374"}, "127.0.0.1"},
+		{[]string{"[::1]:7373"}, "::1"},
+		{[]string{"kms-1.example.net:7373", "kms-2.example.net:7373"}, ""},
+		{[]string{"https://:7373"}, ""},
+		{nil, ""},
+	} {
+		if got := oneHost(tc.endpoints...); got != tc.want {
+			t.Errorf("oneHost(%q) = %q, want %q", tc.endpoints, got, tc.want)
+		}
+	}
+}
