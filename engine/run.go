@@ -72,6 +72,12 @@ func (r *Run) Forced() bool { return r.x.opts.Force }
 // old it is (verification_served.go in steps/ does).
 func (r *Run) BeforeApply() bool { return r.x.op == opPlan && r.x.opts.beforeApply }
 
+// Planning reports whether this is a plan (runbook plan, or the quiet plan
+// an apply makes first): every step observes read-only, at about the same
+// moment, so a step may share through Memo what another step's plan
+// observed of the same thing; an apply observes afresh what it acts on.
+func (r *Run) Planning() bool { return r.x.op == opPlan }
+
 // Attempt is 1 for the first try, 2 for the first retry, and so on.
 func (r *Run) Attempt() int { return r.attempt }
 

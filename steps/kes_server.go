@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	kes "github.com/minio/kes-go"
@@ -133,7 +132,7 @@ func probeKESServer(ctx context.Context, c *kes.Client) (*kesServer, error) {
 // too old, or a listing refused to the identity (refusals: nothing can be
 // done until the operator acts), a key store that refuses the listing
 // (Vault says why), or the server out of reach. A probe that passed is
-// kept for the session (kesProbe): every step's plan and apply of one
+// kept for the session (keptResult): every step's plan and apply of one
 // process asks it, and it costs the server a listing of its store.
 func (k *kesConnection) Server(ctx context.Context, r *engine.Run, addr string) (*kesServer, error) {
 	c, err := k.Client(r)
@@ -141,7 +140,9 @@ func (k *kesConnection) Server(ctx context.Context, r *engine.Run, addr string) 
 		return nil, fmt.Errorf("%s: %w", addr, err)
 	}
 	host := hostOf(k.Endpoint())
-	srv, err := r.Memo(kesProbeKey{c}, func() any { return new(kesProbe) }).(*kesProbe).probe(ctx, c)
+	srv, err := r.Memo(kesProbeKey{c}, func() any { return new(keptResult[*kesServer]) }).(*keptResult[*kesServer]).get(func() (*kesServer, error) {
+		return probeKESServer(ctx, c)
+	})
 	var old *kesTooOld
 	switch {
 	case err == nil:
@@ -164,28 +165,6 @@ func (k *kesConnection) Server(ctx context.Context, r *engine.Run, addr string) 
 // kesProbeKey keeps a session's probe per client (sharedClient: one per
 // server, trust and identity).
 type kesProbeKey struct{ c *kes.Client }
-
-// kesProbe is the session's probe of one KES server as one identity: the
-// first that passes is kept; one that fails is asked again by the next
-// caller (the server may be back, the policy changed). Concurrent callers
-// wait for the probe under way rather than ask their own.
-type kesProbe struct {
-	mu  sync.Mutex
-	srv *kesServer
-}
-
-func (p *kesProbe) probe(ctx context.Context, c *kes.Client) (*kesServer, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.srv != nil {
-		return p.srv, nil
-	}
-	srv, err := probeKESServer(ctx, c)
-	if err == nil {
-		p.srv = srv
-	}
-	return srv, err
-}
 
 // kesTooOld is a KES server older than the runbook works with.
 type kesTooOld struct{ why string }

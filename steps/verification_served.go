@@ -69,7 +69,7 @@ func (v *verificationStep) StartEarly(ctx context.Context, r *engine.Run) {
 		return
 	}
 	defer ks.Close()
-	l, err := keystore.List(ctx, ks, conf)
+	l, err := planList(ctx, r, src, ks, conf)
 	if err != nil {
 		return
 	}

@@ -57,6 +57,14 @@ type Listing struct {
 	Shared bool
 }
 
+// Clone is a copy of l that shares no slice with it (Classify moves names
+// between them).
+func (l *Listing) Clone() *Listing {
+	c := *l
+	c.All, c.Keys, c.NotKeys, c.Foreign = slices.Clone(l.All), slices.Clone(l.Keys), slices.Clone(l.NotKeys), slices.Clone(l.Foreign)
+	return &c
+}
+
 // NotKeyNames are the NotKeys' names.
 func (l *Listing) NotKeyNames() []string {
 	out := make([]string, len(l.NotKeys))
