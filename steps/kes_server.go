@@ -131,18 +131,23 @@ func probeKESServer(ctx context.Context, c *kes.Client) (*kesServer, error) {
 // Server probes the KES server (probeKESServer) and explains what stops it:
 // too old, or a listing refused to the identity (refusals: nothing can be
 // done until the operator acts), a key store that refuses the listing
-// (Vault says why), or the server out of reach. A probe that passed is
-// kept for the session (keptResult): every step's plan and apply of one
-// process asks it, and it costs the server a listing of its store.
+// (Vault says why), or the server out of reach. In a plan, a probe that
+// passed is kept (keptResult) for the plan's other steps: each asks it at
+// about the same moment, and it costs the server a listing of its store.
+// An apply's step probes again: it checks what it acts on.
 func (k *kesConnection) Server(ctx context.Context, r *engine.Run, addr string) (*kesServer, error) {
 	c, err := k.Client(r)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", addr, err)
 	}
 	host := hostOf(k.Endpoint())
-	srv, err := r.Memo(kesProbeKey{c}, func() any { return new(keptResult[*kesServer]) }).(*keptResult[*kesServer]).get(func() (*kesServer, error) {
-		return probeKESServer(ctx, c)
-	})
+	probe := func() (*kesServer, error) { return probeKESServer(ctx, c) }
+	var srv *kesServer
+	if r.Planning() {
+		srv, err = r.Memo(kesProbeKey{c}, func() any { return new(keptResult[*kesServer]) }).(*keptResult[*kesServer]).get(probe)
+	} else {
+		srv, err = probe()
+	}
 	var old *kesTooOld
 	switch {
 	case err == nil:
@@ -162,7 +167,7 @@ func (k *kesConnection) Server(ctx context.Context, r *engine.Run, addr string) 
 	return nil, reachError("KES server", addr, k.Endpoint(), err)
 }
 
-// kesProbeKey keeps a session's probe per client (sharedClient: one per
+// kesProbeKey keeps a plan's probe per client (sharedClient: one per
 // server, trust and identity).
 type kesProbeKey struct{ c *kes.Client }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -27,8 +28,9 @@ func tlsConfig(r *engine.Run, caFile string, insecure bool) (*tls.Config, error)
 // "insecure", "system" (the system roots alone), or the SHA-256 of caFile's
 // content (hex). Given host and a CA file, the server is verified against
 // the CA file first and the system roots only if that fails
-// (verifyCAFirst): crypto/tls verifies a pool of both, which loads the
-// system roots at the first connection.
+// (verifyCAFirst; not through an HTTPS proxy: httpsProxied): crypto/tls
+// verifies a pool of both, which loads the system roots at the first
+// connection.
 func tlsConfigFor(r *engine.Run, caFile string, insecure bool, host string) (*tls.Config, string, error) {
 	var pem []byte
 	if caFile != "" {
@@ -65,7 +67,7 @@ func clientTLS(pem []byte, insecure bool, host string) (*tls.Config, string, err
 	trust += " " + hex.EncodeToString(sum[:])
 	switch {
 	case insecure:
-	case host != "":
+	case host != "" && !httpsProxied(host):
 		cfg.InsecureSkipVerify = true // verified by verifyCAFirst, as crypto/tls would
 		cfg.VerifyConnection = verifyCAFirst(ca, host, func() *x509.CertPool { return nil })
 	default:
@@ -79,36 +81,68 @@ func clientTLS(pem []byte, insecure bool, host string) (*tls.Config, string, err
 	return cfg, trust, nil
 }
 
+// httpsProxied reports whether the environment sends requests to host
+// through a proxy reached over TLS (HTTPS_PROXY=https://…): net/http opens
+// that connection with the same settings, to the proxy's name, which
+// verifyCAFirst would check as host's when it is an address. A NO_PROXY
+// entry with a port is not matched here (no port is given): such a host
+// keeps crypto/tls's own check, which is right either way.
+func httpsProxied(host string) bool {
+	u, err := http.ProxyFromEnvironment(&http.Request{URL: &url.URL{Scheme: "https", Host: host}})
+	return err == nil && u != nil && u.Scheme == "https"
+}
+
 // warmSystemRoots starts loading the system roots (x509.SystemCertPool
 // keeps them), once, for a connection that will need them: the plan's
 // other work runs meanwhile rather than its first handshake waiting for
 // the load.
 var warmSystemRoots = sync.OnceFunc(func() { go x509.SystemCertPool() }) //nolint:errcheck // an error is met again at the first handshake
 
-// verifyCAFirst verifies a server's certificate for host as crypto/tls
-// does against the system roots plus a CA file, without loading the system
-// roots when the CA file verifies it. Loading them parses every
-// certificate of the system bundle and of /etc/ssl/certs: 45-55 ms of CPU
-// on this Debian VM, in every process, for a KES server and a Key Manager
-// that a private CA signs. A chain verifies against a union of pools
-// exactly when it verifies against one of them (every pooled certificate
-// is an anchor), and a wrong host or an expired certificate fails alike
-// against any roots: only an unknown authority is tried against
-// fallback's roots (nil: the system's, as x509.Certificate.Verify loads
-// them). The error is crypto/tls's for a failed verification, with the CA
-// file's reason (its hint names a CA of the same name whose key differs).
+// verifyCAFirst verifies a server's certificate as crypto/tls does against
+// the system roots plus a CA file, without loading the system roots when
+// the CA file verifies it. Loading them parses every certificate of the
+// system bundle and of /etc/ssl/certs: 45-55 ms of CPU on this Debian VM,
+// in every process, for a KES server and a Key Manager that a private CA
+// signs. The name checked is the one the connection was opened with (its
+// server name, as crypto/tls checks it), or host when that is an address
+// (no server name is sent for one). A chain verifies against a union of
+// pools when it verifies against one of them (every pooled certificate is
+// an anchor); a wrong name, or a leaf expired or otherwise invalid in
+// itself, fails alike against any roots, and any other failure is tried
+// against fallback's roots (nil: the system's, as x509.Certificate.Verify
+// loads them). The error is crypto/tls's for a failed verification, with
+// the CA file's reason (its hint names a CA of the same name whose key
+// differs).
 func verifyCAFirst(ca *x509.CertPool, host string, fallback func() *x509.CertPool) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {
 			return errors.New("tls: the server presented no certificate")
 		}
-		err := verifyChain(cs.PeerCertificates, ca, host)
-		var unknown x509.UnknownAuthorityError
-		if err == nil || errors.As(err, &unknown) && verifyChain(cs.PeerCertificates, fallback(), host) == nil {
+		name := cs.ServerName
+		if name == "" {
+			name = host
+		}
+		err := verifyChain(cs.PeerCertificates, ca, name)
+		if err == nil || rootsMatter(err, cs.PeerCertificates[0]) && verifyChain(cs.PeerCertificates, fallback(), name) == nil {
 			return nil
 		}
 		return &tls.CertificateVerificationError{UnverifiedCertificates: cs.PeerCertificates, Err: err}
 	}
+}
+
+// rootsMatter reports whether a failed verification may pass with other
+// roots: not for a wrong name, nor for a leaf invalid in itself
+// (x509.Certificate.Verify checks both before it builds a chain).
+func rootsMatter(err error, leaf *x509.Certificate) bool {
+	var name x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &name):
+		return false
+	case errors.As(err, &invalid):
+		return invalid.Cert != leaf
+	}
+	return true
 }
 
 // oneHost is the host every endpoint names (URLs or host:port), without

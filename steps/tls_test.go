@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"os"
+	"os/exec"
 	"testing"
 
 	"github.com/runbook-dev/runbook/internal/devcert"
@@ -113,10 +114,11 @@ func TestVerifyCAFirst(t *testing.T) {
 	}
 }
 
-// TestClientTLS: the settings a connection to one host gets verify that
-// host with the CA file (crypto/tls's check left off for verifyCAFirst); a
-// connection to several hosts keeps crypto/tls's pool of both; insecure
-// verifies nothing; and each says what it trusts.
+// TestClientTLS: the settings a connection to one host gets verify it with
+// the CA file (crypto/tls's check left off for verifyCAFirst), by the name
+// a dial sends or else by that host; a connection to several hosts keeps
+// crypto/tls's pool of both; insecure verifies nothing; and each says
+// what it trusts.
 func TestClientTLS(t *testing.T) {
 	ours, ourCA := tlsServer(t, "kes")
 	pem, err := os.ReadFile(ourCA)
@@ -128,11 +130,9 @@ func TestClientTLS(t *testing.T) {
 		host     string
 		insecure bool
 		trust    string
-		// a dial that sends another name verifies: settings for one host
-		// check that host (net/http dials no other with them)
-		anyName bool
+		anyName  bool // a dial that sends another name verifies
 	}{
-		{host: "127.0.0.1", trust: "system " + hex.EncodeToString(sum[:]), anyName: true},
+		{host: "127.0.0.1", trust: "system " + hex.EncodeToString(sum[:])},
 		{host: "", trust: "system " + hex.EncodeToString(sum[:])},
 		{host: "127.0.0.1", insecure: true, trust: "insecure " + hex.EncodeToString(sum[:]), anyName: true},
 	} {
@@ -146,6 +146,7 @@ func TestClientTLS(t *testing.T) {
 		if err := handshake(ours, "127.0.0.1", cfg); err != nil {
 			t.Errorf("host %q, insecure %v: %v", tc.host, tc.insecure, err)
 		}
+		// A name the dial sends is the name checked (an HTTPS proxy's).
 		if err := handshake(ours, "kes.example.net", cfg); (err == nil) != tc.anyName {
 			t.Errorf("host %q, insecure %v: dialled as kes.example.net: %v", tc.host, tc.insecure, err)
 		}
@@ -183,6 +184,61 @@ func TestOneHost(t *testing.T) {
 	} {
 		if got := oneHost(tc.endpoints...); got != tc.want {
 			t.Errorf("oneHost(%q) = %q, want %q", tc.endpoints, got, tc.want)
+		}
+	}
+}
+
+// TestRootsMatter: only a failure other roots could undo is tried against
+// the system roots.
+func TestRootsMatter(t *testing.T) {
+	leaf, other := &x509.Certificate{}, &x509.Certificate{}
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{x509.UnknownAuthorityError{Cert: leaf}, true},
+		{x509.HostnameError{Certificate: leaf, Host: "kes.example.net"}, false},
+		{x509.CertificateInvalidError{Cert: leaf, Reason: x509.Expired}, false},
+		{x509.CertificateInvalidError{Cert: other, Reason: x509.Expired}, true},
+		{x509.CertificateInvalidError{Cert: other, Reason: x509.CANotAuthorizedForThisName}, true},
+	} {
+		if got := rootsMatter(tc.err, leaf); got != tc.want {
+			t.Errorf("rootsMatter(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// TestHTTPSProxied: behind an HTTPS proxy a connection keeps crypto/tls's
+// own check (the proxy's connection is opened with the same settings);
+// without one, or for a host NO_PROXY names, it verifies with the CA file
+// first. net/http reads the proxy variables once per process, so the test
+// runs itself again with each environment.
+func TestHTTPSProxied(t *testing.T) {
+	if want := os.Getenv("RUNBOOK_TEST_PROXIED"); want != "" {
+		_, ca := tlsServer(t, "kes")
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for host, proxied := range map[string]bool{"kms.example.net": want == "proxy", "kes.internal": false} {
+			cfg, _, err := clientTLS(pem, false, host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if httpsProxied(host) != proxied || (cfg.VerifyConnection == nil) != proxied || (cfg.RootCAs != nil) != proxied {
+				t.Errorf("%s: httpsProxied %v, VerifyConnection set %v, RootCAs set %v; want proxied %v (crypto/tls's pool when proxied)", host, httpsProxied(host), cfg.VerifyConnection != nil, cfg.RootCAs != nil, proxied)
+			}
+		}
+		return
+	}
+	for _, env := range [][]string{
+		{"RUNBOOK_TEST_PROXIED=proxy", "HTTPS_PROXY=https://proxy.example.net:3128", "NO_PROXY=kes.internal"},
+		{"RUNBOOK_TEST_PROXIED=none", "HTTPS_PROXY=", "https_proxy=", "NO_PROXY=kes.internal"},
+	} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHTTPSProxied$", "-test.count=1")
+		cmd.Env = append(os.Environ(), env...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("with %q: %v\n%s", env, err, out)
 		}
 	}
 }
