@@ -132,7 +132,7 @@ func probeKESServer(ctx context.Context, c *kes.Client) (*kesServer, error) {
 // too old, or a listing refused to the identity (refusals: nothing can be
 // done until the operator acts), a key store that refuses the listing
 // (Vault says why), or the server out of reach. In a plan, a probe that
-// passed is kept (keptResult) for the plan's other steps: each asks it at
+// passed is kept for the plan's other steps (planOnce): each asks it at
 // about the same moment, and it costs the server a listing of its store.
 // An apply's step probes again: it checks what it acts on.
 func (k *kesConnection) Server(ctx context.Context, r *engine.Run, addr string) (*kesServer, error) {
@@ -141,13 +141,7 @@ func (k *kesConnection) Server(ctx context.Context, r *engine.Run, addr string) 
 		return nil, fmt.Errorf("%s: %w", addr, err)
 	}
 	host := hostOf(k.Endpoint())
-	probe := func() (*kesServer, error) { return probeKESServer(ctx, c) }
-	var srv *kesServer
-	if r.Planning() {
-		srv, err = r.Memo(kesProbeKey{c}, func() any { return new(keptResult[*kesServer]) }).(*keptResult[*kesServer]).get(probe)
-	} else {
-		srv, err = probe()
-	}
+	srv, err := planOnce(r, kesProbeKey{c}, func() (*kesServer, error) { return probeKESServer(ctx, c) })
 	var old *kesTooOld
 	switch {
 	case err == nil:

@@ -125,35 +125,51 @@ func unreadableEntryReason(err error) string {
 	return ""
 }
 
-// verdictsKey keys the session's memory of a key store's entries.
+// verdictsKey keys the session's memory of a key store's entries: the
+// KES config's path and the store it names.
 type verdictsKey struct{ config, store string }
+
+func verdictsKeyOf(r *engine.Run, k *kesConnection, conf *kesconf.File) verdictsKey {
+	return verdictsKey{config: r.Path(k.cfg.Config), store: keystore.Describe(conf)}
+}
 
 // listingKey keeps a plan's listing of a key store (planList).
 type listingKey verdictsKey
 
-// planList is keystore.List, listed once per plan (engine.Run.Planning;
-// r may be nil): a plan's every step lists the store at about the same
-// moment (the verification's early start, the prerequisites, the
-// migration, the verification: four listings and cross-checks, 0.3-0.5 s
-// each at 100,000 keys), and each gets a copy of the first listing that
-// succeeded. An apply lists afresh each time it acts.
+// planList is keystore.List, listed once per plan (planOnce; r may be
+// nil): a plan's every step lists the store at about the same moment (the
+// verification's early start, the prerequisites, the migration, the
+// verification: four listings and cross-checks, 0.3-0.5 s each at 100,000
+// keys), and each gets a copy of the first listing that succeeded. An
+// apply lists afresh each time it acts.
 func planList(ctx context.Context, r *engine.Run, k *kesConnection, ks kesserver.KeyStore, conf *kesconf.File) (*storeListing, error) {
+	list := func() (*storeListing, error) { return keystore.List(ctx, ks, conf) }
 	if r == nil || k == nil || conf == nil || !r.Planning() {
-		return keystore.List(ctx, ks, conf)
+		return list() // the caller's own: no copy
 	}
-	key := listingKey{config: r.Path(k.cfg.Config), store: keystore.Describe(conf)}
-	l, err := r.Memo(key, func() any { return new(keptResult[*storeListing]) }).(*keptResult[*storeListing]).get(func() (*storeListing, error) {
-		return keystore.List(ctx, ks, conf)
-	})
+	l, err := planOnce(r, listingKey(verdictsKeyOf(r, k, conf)), list)
 	if err != nil {
 		return nil, err
 	}
 	return l.Clone(), nil
 }
 
-// keptResult is the first result of an observation that succeeded, kept
-// for a session (engine.Run.Memo): concurrent callers wait for the one
-// under way; one that fails is asked again by the next caller.
+// planOnce is observe's answer, asked once per plan (engine.Run.Planning)
+// under key (engine.Run.Memo): the first answer that succeeded is kept for
+// the plan's other steps, which ask at about the same moment; concurrent
+// callers wait for the one under way; one that fails is asked again by the
+// next caller. Outside a plan (r nil, or an apply, which checks what it
+// acts on) observe is asked every time. What is kept is shared: a caller
+// that changes it copies it first.
+func planOnce[T any](r *engine.Run, key any, observe func() (T, error)) (T, error) {
+	if r == nil || !r.Planning() {
+		return observe()
+	}
+	return r.Memo(key, func() any { return new(keptResult[T]) }).(*keptResult[T]).get(observe)
+}
+
+// keptResult is the first result of an observation that succeeded
+// (planOnce).
 type keptResult[T any] struct {
 	mu sync.Mutex
 	v  T
@@ -187,8 +203,7 @@ func judged(r *engine.Run, k *kesConnection, conf *kesconf.File) *keystore.Verdi
 	if r == nil || k == nil || conf == nil {
 		return nil
 	}
-	key := verdictsKey{config: r.Path(k.cfg.Config), store: keystore.Describe(conf)}
-	v := r.Memo(key, func() any { return new(keystore.Verdicts) }).(*keystore.Verdicts)
+	v := r.Memo(verdictsKeyOf(r, k, conf), func() any { return new(keystore.Verdicts) }).(*keystore.Verdicts)
 	if r.BeforeApply() {
 		v.Hold()
 	}
