@@ -28,8 +28,10 @@ type Redactor struct {
 	secrets map[string]bool
 	// byFirst indexes every form by its first byte, longest first, so that
 	// at each position the longest form wins (a secret containing another is
-	// replaced whole).
-	byFirst map[byte][]string
+	// replaced whole). An array, not a map: every byte of every output line
+	// and journal record is looked up (a map's hash was 0.2 s of CPU in an
+	// apply of 100,000 keys).
+	byFirst *[256][]string
 	maxLen  int
 }
 
@@ -46,7 +48,7 @@ func (rd *Redactor) Add(values ...string) {
 			continue
 		}
 		if rd.secrets == nil {
-			rd.secrets, rd.byFirst = map[string]bool{}, map[byte][]string{}
+			rd.secrets, rd.byFirst = map[string]bool{}, new([256][]string)
 		}
 		rd.secrets[v] = true
 		for _, f := range Forms(v) {
@@ -124,7 +126,7 @@ func (rd *Redactor) String(s string) string {
 	}
 	rd.mu.RLock()
 	defer rd.mu.RUnlock()
-	if len(rd.byFirst) == 0 {
+	if rd.byFirst == nil {
 		return s
 	}
 	out, _ := rd.scan(s, true)
@@ -138,6 +140,9 @@ func (rd *Redactor) Contains(s string) bool {
 	}
 	rd.mu.RLock()
 	defer rd.mu.RUnlock()
+	if rd.byFirst == nil {
+		return false
+	}
 	for i := 0; i < len(s); i++ {
 		if rd.match(s[i:]) > 0 {
 			return true
@@ -150,6 +155,9 @@ func (rd *Redactor) Contains(s string) bool {
 // could be the beginning of a secret that more text would complete, and
 // returns how much of s it consumed; the caller keeps the rest.
 func (rd *Redactor) scan(s string, final bool) (string, int) {
+	if rd.byFirst == nil {
+		return s, len(s) // no secret yet
+	}
 	var out strings.Builder // written only once a secret is found
 	last := 0
 	i := 0

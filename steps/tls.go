@@ -1,6 +1,7 @@
 package steps
 
 import (
+	"crypto/fips140"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -28,7 +29,9 @@ func tlsConfig(r *engine.Run, caFile string, insecure bool) (*tls.Config, error)
 // "insecure", "system" (the system roots alone), or the SHA-256 of caFile's
 // content (hex). Given host and a CA file, the server is verified against
 // the CA file first and the system roots only if that fails
-// (verifyCAFirst; not through an HTTPS proxy: httpsProxied): crypto/tls
+// (verifyCAFirst; not through an HTTPS proxy: httpsProxied, nor in FIPS
+// 140-3 mode, where crypto/tls also keeps only the chains whose keys and
+// signatures FIPS allows, a check verifyCAFirst does not repeat): crypto/tls
 // verifies a pool of both, which loads the system roots at the first
 // connection.
 func tlsConfigFor(r *engine.Run, caFile string, insecure bool, host string) (*tls.Config, string, error) {
@@ -67,7 +70,7 @@ func clientTLS(pem []byte, insecure bool, host string) (*tls.Config, string, err
 	trust += " " + hex.EncodeToString(sum[:])
 	switch {
 	case insecure:
-	case host != "" && !httpsProxied(host):
+	case host != "" && !httpsProxied(host) && !fips140.Enabled():
 		cfg.InsecureSkipVerify = true // verified by verifyCAFirst, as crypto/tls would
 		cfg.VerifyConnection = verifyCAFirst(ca, host, func() *x509.CertPool { return nil })
 	default:

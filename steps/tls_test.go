@@ -1,6 +1,7 @@
 package steps
 
 import (
+	"crypto/fips140"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/runbook-dev/runbook/internal/devcert"
@@ -240,5 +242,40 @@ func TestHTTPSProxied(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("with %q: %v\n%s", env, err, out)
 		}
+	}
+}
+
+// TestFIPSModeKeepsCryptoTLSCheck: in FIPS 140-3 mode crypto/tls keeps only
+// the chains FIPS allows, which verifyCAFirst does not check: a connection
+// then takes crypto/tls's own verification against the system roots plus
+// the CA file, and still reaches a server the CA file signs. The test runs
+// itself again with GODEBUG=fips140=on (read once per process).
+func TestFIPSModeKeepsCryptoTLSCheck(t *testing.T) {
+	if os.Getenv("RUNBOOK_TEST_FIPS") == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestFIPSModeKeepsCryptoTLSCheck$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "RUNBOOK_TEST_FIPS=1", "GODEBUG=fips140=on")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestFIPSModeKeepsCryptoTLSCheck") {
+			t.Errorf("with GODEBUG=fips140=on: %v\n%s", err, out)
+		}
+		return
+	}
+	if !fips140.Enabled() {
+		t.Fatal("GODEBUG=fips140=on did not turn FIPS 140-3 mode on in this test binary")
+	}
+	ours, ourCA := tlsServer(t, "kes")
+	pem, err := os.ReadFile(ourCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := clientTLS(pem, false, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.VerifyConnection != nil || cfg.InsecureSkipVerify || cfg.RootCAs == nil {
+		t.Errorf("FIPS mode: VerifyConnection set %v, InsecureSkipVerify %v, RootCAs set %v; want crypto/tls's own check against a pool", cfg.VerifyConnection != nil, cfg.InsecureSkipVerify, cfg.RootCAs != nil)
+	}
+	if err := handshake(ours, "127.0.0.1", cfg); err != nil {
+		t.Errorf("FIPS mode, a server the CA file signs: %v", err)
 	}
 }

@@ -483,6 +483,39 @@ func TestListKESServerGuidedListings(t *testing.T) {
 	t.Logf("%d names in %d listings", len(got), calls)
 }
 
+// TestKESProbeTimesRoundTrip: a plan's probe times a round trip before its
+// listing, and the served listing takes the shortest of it and its own two
+// (a round trip timed while the plan judges the store also times the wait
+// for a CPU); an apply's probe times none.
+func TestKESProbeTimesRoundTrip(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := testenv.StartKES(t, testenv.KESOptions{Keys: 3}).Client()
+	planned, err := probeKESServer(ctx, c, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if planned.rtt <= 0 || planned.rtt > planned.listing+time.Second {
+		t.Errorf("a plan's probe: round trip %v (listing %v), want one timed", planned.rtt, planned.listing)
+	}
+	applied, err := probeKESServer(ctx, c, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if applied.rtt != 0 {
+		t.Errorf("an apply's probe timed a round trip: %v", applied.rtt)
+	}
+	applied.rtt = time.Nanosecond // shorter than any the listing times
+	if got := applied.roundTrip(ctx); got != time.Nanosecond {
+		t.Errorf("roundTrip = %v, want the probe's 1ns, the shortest", got)
+	}
+	applied.rtt = time.Hour
+	if got := applied.roundTrip(ctx); got <= 0 || got >= time.Hour {
+		t.Errorf("roundTrip = %v, want one timed now, shorter than the probe's hour", got)
+	}
+}
+
 // The listings asked at once keep about four on the KES server's CPU: four
 // on loopback, and more as the round trip grows against the server's own
 // time, within bounds; four when a time is unknown.
