@@ -86,10 +86,11 @@ type kesServer struct {
 	// listing is how long the probe's listing of every name took: the
 	// server's work and a round trip (kesListInFlight).
 	listing time.Duration
-	// rtt is a /version request the plan's probe timed before its
-	// listing, at the plan's start, while the process does little else
-	// (0: not timed): a round trip timed later, while the plan judges the
-	// key store, also times the wait for a CPU (76 ms measured on
+	// rtt is a /version request the probe of the quiet plan before an
+	// apply timed before its listing, early in the plan (0: not timed):
+	// the served listing that plan starts (verification_served.go) sizes
+	// itself by the round trip, and one timed later, while the plan judges
+	// the key store, also times the wait for a CPU (76 ms measured on
 	// loopback with KES on a CPU of its own), which kesListInFlight would
 	// take for a distant server.
 	rtt time.Duration
@@ -113,8 +114,8 @@ func (s *kesServer) roundTrip(ctx context.Context) time.Duration {
 }
 
 // probeKESServer reads the server's version and, by listing every key once,
-// its API generation; with timeRTT (a plan's probe) it also times a round
-// trip first (kesServer.rtt). Errors: the server does not answer (as
+// its API generation; with timeRTT (the probe of the quiet plan before an
+// apply) it also times a round trip first (kesServer.rtt). Errors: the server does not answer (as
 // kes-go reports it), refuses the listing (kes.ErrNotAllowed), or is too
 // old (a refusal, naming the version).
 func probeKESServer(ctx context.Context, c *kes.Client, timeRTT bool) (*kesServer, error) {
@@ -155,7 +156,7 @@ func (k *kesConnection) Server(ctx context.Context, r *engine.Run, addr string) 
 		return nil, fmt.Errorf("%s: %w", addr, err)
 	}
 	host := hostOf(k.Endpoint())
-	srv, err := planOnce(r, kesProbeKey{c}, func() (*kesServer, error) { return probeKESServer(ctx, c, r != nil && r.Planning()) })
+	srv, err := planOnce(r, kesProbeKey{c}, func() (*kesServer, error) { return probeKESServer(ctx, c, r != nil && r.BeforeApply()) })
 	var old *kesTooOld
 	switch {
 	case err == nil:

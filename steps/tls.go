@@ -30,8 +30,8 @@ func tlsConfig(r *engine.Run, caFile string, insecure bool) (*tls.Config, error)
 // content (hex). Given host and a CA file, the server is verified against
 // the CA file first and the system roots only if that fails
 // (verifyCAFirst; not through an HTTPS proxy: httpsProxied, nor in FIPS
-// 140-3 mode, where crypto/tls also keeps only the chains whose keys and
-// signatures FIPS allows, a check verifyCAFirst does not repeat): crypto/tls
+// 140-3 mode, where crypto/tls also keeps only the chains whose every key
+// FIPS allows, a check verifyCAFirst does not repeat): crypto/tls
 // verifies a pool of both, which loads the system roots at the first
 // connection.
 func tlsConfigFor(r *engine.Run, caFile string, insecure bool, host string) (*tls.Config, string, error) {

@@ -1,16 +1,25 @@
 package steps
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/fips140"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/runbook-dev/runbook/internal/devcert"
 )
@@ -246,14 +255,21 @@ func TestHTTPSProxied(t *testing.T) {
 }
 
 // TestFIPSModeKeepsCryptoTLSCheck: in FIPS 140-3 mode crypto/tls keeps only
-// the chains FIPS allows, which verifyCAFirst does not check: a connection
-// then takes crypto/tls's own verification against the system roots plus
-// the CA file, and still reaches a server the CA file signs. The test runs
-// itself again with GODEBUG=fips140=on (read once per process).
+// the chains whose every key FIPS allows, which verifyCAFirst does not
+// check: a connection then takes crypto/tls's own verification against the
+// system roots plus the CA file. It still reaches a server the CA file
+// signs, and refuses one whose CA's key FIPS does not allow (P-224), which
+// outside FIPS mode it reaches. The test runs itself again with
+// GODEBUG=fips140=on (read once per process).
 func TestFIPSModeKeepsCryptoTLSCheck(t *testing.T) {
 	if os.Getenv("RUNBOOK_TEST_FIPS") == "" {
+		weak := weakCAServerFiles(t)
+		addr := serveTLSFiles(t, weak)
+		if err := handshakeWithCA(t, addr, weak); err != nil {
+			t.Fatalf("outside FIPS mode, a server whose CA has a P-224 key: %v, want it reached", err)
+		}
 		cmd := exec.Command(os.Args[0], "-test.run=^TestFIPSModeKeepsCryptoTLSCheck$", "-test.count=1", "-test.v")
-		cmd.Env = append(os.Environ(), "RUNBOOK_TEST_FIPS=1", "GODEBUG=fips140=on")
+		cmd.Env = append(os.Environ(), "RUNBOOK_TEST_FIPS="+weak, "GODEBUG=fips140=on")
 		out, err := cmd.CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "--- PASS: TestFIPSModeKeepsCryptoTLSCheck") {
 			t.Errorf("with GODEBUG=fips140=on: %v\n%s", err, out)
@@ -278,4 +294,88 @@ func TestFIPSModeKeepsCryptoTLSCheck(t *testing.T) {
 	if err := handshake(ours, "127.0.0.1", cfg); err != nil {
 		t.Errorf("FIPS mode, a server the CA file signs: %v", err)
 	}
+	weak := os.Getenv("RUNBOOK_TEST_FIPS")
+	if err := handshakeWithCA(t, serveTLSFiles(t, weak), weak); err == nil || !strings.Contains(err.Error(), "FIPS") {
+		t.Errorf("FIPS mode, a server whose CA has a P-224 key: %v, want crypto/tls's refusal of a chain FIPS does not allow", err)
+	}
+}
+
+// weakCAServerFiles writes, into a new directory it returns, a CA with a
+// P-224 key (ca.pem), which FIPS 140-3 does not allow in a chain, and a
+// P-256 certificate for 127.0.0.1 it signs (cert.pem, key.pem).
+func weakCAServerFiles(t *testing.T) string {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "P-224 test CA"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for name, b := range map[string]*pem.Block{"ca.pem": {Type: "CERTIFICATE", Bytes: caDER}, "cert.pem": {Type: "CERTIFICATE", Bytes: der}, "key.pem": {Type: "EC PRIVATE KEY", Bytes: keyDER}} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(b), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// serveTLSFiles serves TLS with dir's cert.pem and key.pem and returns the
+// address.
+func serveTLSFiles(t *testing.T, dir string) string {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _ = c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// handshakeWithCA dials addr with the settings clientTLS makes for dir's
+// ca.pem and the host 127.0.0.1.
+func handshakeWithCA(t *testing.T, addr, dir string) error {
+	t.Helper()
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := clientTLS(caPEM, false, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return handshake(addr, "127.0.0.1", cfg)
 }

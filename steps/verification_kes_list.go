@@ -204,8 +204,10 @@ const kesListMaxInFlight = 16
 
 // kesListInFlight is how many listings to ask of a KES server at once, from
 // how long one listing took (listing, the probe's) and a request that costs
-// the server nothing (roundTrip, the shorter of two): a listing keeps the server busy for listing -
-// roundTrip and its answer travels for the rest, so that n listings in
+// the server nothing (roundTrip: kesServer.roundTrip, the shortest of the
+// quiet plan's probe's and two timed as the listing starts): a listing
+// keeps the server busy for listing - roundTrip and its answer travels for
+// the rest, so that n listings in
 // flight keep n × (listing - roundTrip) / listing of them on the server's
 // CPU at once. It asks as many as keep kesListParallelism there (4 on
 // loopback, 12 where the round trip is twice the server's time), between

@@ -483,10 +483,10 @@ func TestListKESServerGuidedListings(t *testing.T) {
 	t.Logf("%d names in %d listings", len(got), calls)
 }
 
-// TestKESProbeTimesRoundTrip: a plan's probe times a round trip before its
-// listing, and the served listing takes the shortest of it and its own two
-// (a round trip timed while the plan judges the store also times the wait
-// for a CPU); an apply's probe times none.
+// TestKESProbeTimesRoundTrip: the probe of the quiet plan before an apply
+// times a round trip before its listing, and the served listing takes the
+// shortest of it and its own two (a round trip timed while the plan judges
+// the store also times the wait for a CPU); another probe times none.
 func TestKESProbeTimesRoundTrip(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -496,15 +496,15 @@ func TestKESProbeTimesRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if planned.rtt <= 0 || planned.rtt > planned.listing+time.Second {
-		t.Errorf("a plan's probe: round trip %v (listing %v), want one timed", planned.rtt, planned.listing)
+	if planned.rtt <= 0 {
+		t.Errorf("the quiet plan's probe timed no round trip (listing %v)", planned.listing)
 	}
 	applied, err := probeKESServer(ctx, c, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if applied.rtt != 0 {
-		t.Errorf("an apply's probe timed a round trip: %v", applied.rtt)
+		t.Errorf("a probe outside the quiet plan before an apply timed a round trip: %v", applied.rtt)
 	}
 	applied.rtt = time.Nanosecond // shorter than any the listing times
 	if got := applied.roundTrip(ctx); got != time.Nanosecond {

@@ -99,35 +99,28 @@ func setAffinity(pid int, set *unix.CPUSet) error {
 }
 
 // procCPU is the user + system CPU time process pid has used, from
-// /proc/PID/stat (fields 14 and 15, in USER_HZ, 100 per second on Linux);
-// 0 when it cannot be read.
+// /proc/PID/stat (fields 14 and 15, in USER_HZ, 100 per second on Linux).
+// It stops the benchmark when the file cannot be read: a CPU time missing
+// on one side of a difference would be reported as a false one.
 func procCPU(pid int) time.Duration {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
+	check(err)
 	s := string(raw)
 	i := strings.LastIndexByte(s, ')') // the command name may hold spaces
-	if i < 0 {
-		return 0
+	f := strings.Fields(s[i+1:])       // f[0] is field 3, the state
+	if i < 0 || len(f) < 13 {
+		check(fmt.Errorf("/proc/%d/stat: %q has no CPU times", pid, s))
 	}
-	f := strings.Fields(s[i+1:]) // f[0] is field 3, the state
-	if len(f) < 13 {
-		return 0
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0
-	}
+	utime, err := strconv.ParseInt(f[11], 10, 64)
+	check(err)
+	stime, err := strconv.ParseInt(f[12], 10, 64)
+	check(err)
 	return time.Duration(utime+stime) * time.Second / 100
 }
 
 // selfCPU is the user + system CPU time this process has used.
 func selfCPU() time.Duration {
 	var ru unix.Rusage
-	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
+	check(unix.Getrusage(unix.RUSAGE_SELF, &ru))
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -362,9 +362,10 @@ func (v *Verdicts) keep(name string, raw []byte, e Entry) {
 	v.held[name], v.heldSize = h, v.heldSize+size
 }
 
-// reserve sizes the maps for n names at the first Classify, so that they
-// are not rebuilt as they grow (a map of 100,000 names is rebuilt about
-// ten times from empty).
+// reserve sizes the facts for n names at the first Classify, so that the
+// map is not rebuilt as it grows (a map of 100,000 names is rebuilt about
+// ten times from empty). The held values are not: they stop at the budget,
+// which slots sized for every name would not count.
 func (v *Verdicts) reserve(n int) {
 	if v == nil {
 		return
@@ -373,9 +374,6 @@ func (v *Verdicts) reserve(n int) {
 	defer v.mu.Unlock()
 	if v.facts == nil {
 		v.facts = make(map[string]Facts, n)
-	}
-	if v.held == nil && v.holding {
-		v.held = make(map[string]heldValue, min(n, HeldBudget/heldOverhead))
 	}
 }
 
