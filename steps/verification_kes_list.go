@@ -207,9 +207,8 @@ const kesListMaxInFlight = 16
 // the server nothing (roundTrip: kesServer.roundTrip, the shortest of the
 // quiet plan's probe's and two timed as the listing starts): a listing
 // keeps the server busy for listing - roundTrip and its answer travels for
-// the rest, so that n listings in
-// flight keep n × (listing - roundTrip) / listing of them on the server's
-// CPU at once. It asks as many as keep kesListParallelism there (4 on
+// the rest, so that n listings in flight keep n × (listing - roundTrip) /
+// listing of them on the server's CPU at once. It asks as many as keep kesListParallelism there (4 on
 // loopback, 12 where the round trip is twice the server's time), between
 // kesListParallelism and kesListMaxInFlight; kesListParallelism when
 // either time is unknown.
