@@ -115,9 +115,9 @@ func (s *kesServer) roundTrip(ctx context.Context) time.Duration {
 
 // probeKESServer reads the server's version and, by listing every key once,
 // its API generation; with timeRTT (the probe of the quiet plan before an
-// apply) it also times a round trip first (kesServer.rtt). Errors: the server does not answer (as
-// kes-go reports it), refuses the listing (kes.ErrNotAllowed), or is too
-// old (a refusal, naming the version).
+// apply) it also times a round trip first (kesServer.rtt). Errors: the
+// server does not answer (as kes-go reports it), refuses the listing
+// (kes.ErrNotAllowed), or is too old (a refusal, naming the version).
 func probeKESServer(ctx context.Context, c *kes.Client, timeRTT bool) (*kesServer, error) {
 	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()

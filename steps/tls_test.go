@@ -33,25 +33,7 @@ func tlsServer(t *testing.T, name string) (addr, caFile string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _ = c.(*tls.Conn).Handshake(); c.Close() }()
-		}
-	}()
-	return ln.Addr().String(), f.CAFile
+	return serveTLS(t, f.CertFile, f.KeyFile), f.CAFile
 }
 
 func pool(t *testing.T, files ...string) *x509.CertPool {
@@ -264,7 +246,7 @@ func TestHTTPSProxied(t *testing.T) {
 func TestFIPSModeKeepsCryptoTLSCheck(t *testing.T) {
 	if os.Getenv("RUNBOOK_TEST_FIPS") == "" {
 		weak := weakCAServerFiles(t)
-		addr := serveTLSFiles(t, weak)
+		addr := serveTLS(t, filepath.Join(weak, "cert.pem"), filepath.Join(weak, "key.pem"))
 		if err := handshakeWithCA(t, addr, weak); err != nil {
 			t.Fatalf("outside FIPS mode, a server whose CA has a P-224 key: %v, want it reached", err)
 		}
@@ -295,7 +277,7 @@ func TestFIPSModeKeepsCryptoTLSCheck(t *testing.T) {
 		t.Errorf("FIPS mode, a server the CA file signs: %v", err)
 	}
 	weak := os.Getenv("RUNBOOK_TEST_FIPS")
-	if err := handshakeWithCA(t, serveTLSFiles(t, weak), weak); err == nil || !strings.Contains(err.Error(), "FIPS") {
+	if err := handshakeWithCA(t, serveTLS(t, filepath.Join(weak, "cert.pem"), filepath.Join(weak, "key.pem")), weak); err == nil || !strings.Contains(err.Error(), "FIPS") {
 		t.Errorf("FIPS mode, a server whose CA has a P-224 key: %v, want crypto/tls's refusal of a chain FIPS does not allow", err)
 	}
 }
@@ -340,11 +322,11 @@ func weakCAServerFiles(t *testing.T) string {
 	return dir
 }
 
-// serveTLSFiles serves TLS with dir's cert.pem and key.pem and returns the
-// address.
-func serveTLSFiles(t *testing.T, dir string) string {
+// serveTLS serves TLS with the certificate and key of the files given,
+// completing each handshake, and returns the address.
+func serveTLS(t *testing.T, certFile, keyFile string) string {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
