@@ -95,6 +95,8 @@ func later(a, b time.Time) time.Time {
 type probeTarget struct {
 	server string // host:port as the object store lists it, or the aistor endpoint's
 	s3     *minio.Client
+	health string       // the server's own /minio/health/cluster
+	hc     *http.Client // for health, over the S3 client's TLS settings
 }
 
 // confirmWrites returns once every server accepts a write through its own
@@ -121,6 +123,7 @@ func (c *cutoverStep) confirmWrites(ctx context.Context, r *engine.Run, e *cutov
 	restarter, _ := e.plat.(serverRestarter)
 	var (
 		firstFailed  time.Time
+		acceptedAt   time.Time                // every server accepted, since
 		refusedSince = map[string]time.Time{} // server → refusing while another accepts, since
 		last         map[string]string
 	)
@@ -136,7 +139,25 @@ func (c *cutoverStep) confirmWrites(ctx context.Context, r *engine.Run, e *cutov
 			}
 		}
 		if len(refused) == 0 {
-			return c.writesAccepted(r, e, g, back, targets, firstFailed, now)
+			if acceptedAt.IsZero() {
+				acceptedAt = now
+			}
+			// A server serves S3 before its start-up has loaded its IAM and
+			// its buckets' metadata, and that load heals every bucket it
+			// listed at start with Recreate: on every node, even one
+			// removed meanwhile (minio cmd/bucket-metadata-sys.go,
+			// concurrentLoad). The probe bucket is removed next, so each
+			// server must have finished starting first: its own cluster
+			// check says so.
+			starting := startingRound(ctx, targets)
+			if len(starting) == 0 {
+				return c.writesAccepted(r, e, g, back, targets, firstFailed, acceptedAt)
+			}
+			if time.Now().After(deadline) {
+				return c.stillStarting(ctx, r, e, back, targets, starting)
+			}
+		} else {
+			acceptedAt = time.Time{}
 		}
 		for _, s := range refused {
 			if strings.HasPrefix(last[s], accessDenied) {
@@ -168,7 +189,7 @@ func (c *cutoverStep) confirmWrites(ctx context.Context, r *engine.Run, e *cutov
 				break // one at a time: the others keep the write quorum
 			}
 		}
-		if time.Now().After(deadline) {
+		if len(refused) > 0 && time.Now().After(deadline) {
 			return c.writesRefused(ctx, r, e, g, back, targets, last)
 		}
 		select {
@@ -237,9 +258,66 @@ func (c *cutoverStep) probeTargets(ctx context.Context, r *engine.Run, e *cutove
 		if err != nil {
 			return nil, fmt.Errorf("make S3 client of server %s: %w", s, err)
 		}
-		targets = append(targets, probeTarget{server: s, s3: s3})
+		targets = append(targets, probeTarget{server: s, s3: s3, health: u.Scheme + "://" + s + "/minio/health/cluster", hc: &http.Client{Transport: tr}})
 	}
 	return targets, nil
+}
+
+// startingRound asks every target's own cluster check at once and returns,
+// by server, why it has not finished starting; empty once all have.
+// MinIO answers 503 until the node has loaded its buckets' metadata and
+// its IAM, naming which in x-minio-server-status, or while the erasure
+// sets lack write quorum (minio cmd/healthcheck-handler.go, checkHealth).
+func startingRound(ctx context.Context, targets []probeTarget) map[string]string {
+	out := map[string]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, t := range targets {
+		wg.Go(func() {
+			if why := serverStarting(ctx, t); why != "" {
+				mu.Lock()
+				out[t.server] = why
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// serverStarting is why t has not finished starting ("" once its cluster
+// check answers 200): the status and x-minio-server-status, or the error.
+func serverStarting(ctx context.Context, t probeTarget) string {
+	cctx, cancel := context.WithTimeout(ctx, writeProbeTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(cctx, http.MethodGet, t.health, nil)
+	if err != nil {
+		return err.Error()
+	}
+	resp, err := t.hc.Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		return ""
+	}
+	why := "/minio/health/cluster: " + resp.Status
+	if st := resp.Header.Get("x-minio-server-status"); st != "" {
+		why += ", " + st
+	}
+	return why
+}
+
+// stillStarting is the error once wait_timeout ran out with every server
+// accepting writes but some not done starting.
+func (c *cutoverStep) stillStarting(ctx context.Context, r *engine.Run, e *cutoverEnv, back bool, targets []probeTarget, starting map[string]string) error {
+	kms := kmsNameKeyManager
+	if back {
+		kms = kmsNameKES
+	}
+	msg := fmt.Sprintf("after the restart onto %s, every server accepts writes but %d of %d have not finished starting after wait_timeout (%s): %s; a server still loading its IAM and its buckets' metadata is not done starting, and makes again every bucket it listed at start (the write probe's too); raise wait_timeout for an object store with many buckets", kms, len(starting), len(targets), e.wait, describeStarting(targets, starting))
+	return errors.New(msg + "; the nodes' logs:" + e.plat.Logs(ctx, r))
 }
 
 // probeRound writes one probe object through every target at once and
@@ -337,7 +415,7 @@ func (c *cutoverStep) writesAccepted(r *engine.Run, e *cutoverEnv, g int, back b
 	if len(res.LoneRestarts) > 0 {
 		alone = "restarted alone: " + strings.Join(res.LoneRestarts, ", ")
 	}
-	r.Logf("every server accepts writes (%d probed through its own endpoint); writes were refused for %s, from the first failed probe until every server accepted one (%s)", len(targets), window.Round(100*time.Millisecond), alone)
+	r.Logf("every server accepts writes (%d probed through its own endpoint); writes were refused for %s, from the first failed probe until every server accepted one (%s); each has finished starting (its own /minio/health/cluster answers 200)", len(targets), window.Round(100*time.Millisecond), alone)
 	if !back {
 		r.SetOutput("unavailable_seconds", cty.NumberFloatVal(window.Seconds()))
 	}
@@ -372,32 +450,87 @@ func (c *cutoverStep) writesRefused(ctx context.Context, r *engine.Run, e *cutov
 }
 
 // removeProbeBucket removes attempt g's probe bucket with the objects the
-// probes wrote, asking again for up to restartGrace while nodes reconnect;
-// nothing recorded, or no such bucket, is nothing to remove.
+// probes wrote; nothing recorded, or no such bucket, is nothing to remove.
+// A server still starting heals every bucket it listed at start with
+// Recreate, on every node (minio cmd/bucket-metadata-sys.go,
+// concurrentLoad): the bucket is removed only while every server has
+// finished starting, and found gone once they all have again (a server
+// that began starting meanwhile made it again: removed again). It asks
+// again while nodes reconnect, up to wait_timeout (at least restartGrace).
 func (c *cutoverStep) removeProbeBucket(ctx context.Context, r *engine.Run, e *cutoverEnv, g int) error {
 	pb, ok, err := probeBucketItem(g).Get(r)
 	if err != nil || !ok {
 		return err
 	}
+	fail := func(err error) error { return fmt.Errorf("remove the write probe's bucket %s: %w", pb.Bucket, err) }
 	_, s3, err := e.a.Clients(r)
 	if err != nil {
-		return err
+		return fail(err)
 	}
-	deadline := time.Now().Add(restartGrace)
+	deadline := time.Now().Add(max(e.wait, restartGrace))
+	targets, err := c.probeTargets(ctx, r, e, deadline)
+	if err != nil {
+		return fail(err)
+	}
+	removed := 0
 	for {
-		var existed bool
-		existed, err = removeBucket(ctx, s3, pb.Bucket)
+		err := awaitStarted(ctx, targets, deadline)
 		if err == nil {
-			if existed {
-				r.Logf("removed the write probe's bucket %s", pb.Bucket)
+			var existed bool
+			existed, err = removeBucket(ctx, s3, pb.Bucket)
+			if err == nil && !existed {
+				break
 			}
-			return nil
+			if err == nil {
+				removed++
+				if time.Now().After(deadline) {
+					return fail(fmt.Errorf("it was there again after each of %d removals", removed))
+				}
+				continue
+			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("remove the write probe's bucket %s: %w", pb.Bucket, err)
+			return fail(err)
 		}
 		time.Sleep(time.Second)
 	}
+	switch {
+	case removed == 1:
+		r.Logf("removed the write probe's bucket %s", pb.Bucket)
+	case removed > 1:
+		r.Logf("removed the write probe's bucket %s (%d times: a server starting meanwhile made it again)", pb.Bucket, removed)
+	}
+	return nil
+}
+
+// awaitStarted returns once every target has finished starting, or, past
+// deadline, which have not and why.
+func awaitStarted(ctx context.Context, targets []probeTarget, deadline time.Time) error {
+	for {
+		starting := startingRound(ctx, targets)
+		if len(starting) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return errors.New("servers still starting: " + describeStarting(targets, starting))
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(writeProbeEvery):
+		}
+	}
+}
+
+// describeStarting names each server still starting with why, in the
+// targets' order.
+func describeStarting(targets []probeTarget, starting map[string]string) string {
+	var names []string
+	for _, t := range targets {
+		if why, ok := starting[t.server]; ok {
+			names = append(names, fmt.Sprintf("%s (%s)", t.server, why))
+		}
+	}
+	return strings.Join(names, ", ")
 }
 
 // removeBucket empties and removes bucket; existed is false when there

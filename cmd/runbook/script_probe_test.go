@@ -2,9 +2,14 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"sort"
+	"strconv"
+	"time"
 
+	"github.com/minio/minio-go/v7"
 	"github.com/rogpeppe/go-internal/testscript"
+	"golang.org/x/sync/errgroup"
 )
 
 // Script command of the write probe scripts
@@ -13,8 +18,73 @@ import (
 //	minio-buckets
 //	    prints the script's MinIO's buckets, one name a line, sorted
 //	    (an empty bucket shows here, not in objects-snapshot).
+//	make-buckets -n N -prefix P
+//	    makes the empty buckets P0000 to P(N-1), N at once at most 8.
+//	minio-started [-now]
+//	    waits (up to a minute) until every node of the cluster
+//	    (MINIO_SERVER_i) has finished starting: its own
+//	    /minio/health/cluster answers 200, which MinIO gives only once the
+//	    node has loaded its buckets and its IAM; -now fails at once on a
+//	    node that has not.
 func init() {
 	moreScriptCmds["minio-buckets"] = cmdMinIOBuckets
+	moreScriptCmds["make-buckets"] = cmdMakeBuckets
+	moreScriptCmds["minio-started"] = cmdMinIOStarted
+}
+
+func cmdMakeBuckets(ts *testscript.TestScript, neg bool, args []string) {
+	fs := scriptFlags(ts, "make-buckets", neg)
+	n := fs.Int("n", 1, "number of buckets")
+	prefix := fs.String("prefix", "bucket-", "bucket name prefix")
+	ts.Check(fs.Parse(args))
+	ctx, cancel := scriptCtx()
+	defer cancel()
+	c := scriptMinIO(ts)
+	var g errgroup.Group
+	g.SetLimit(8)
+	for i := range *n {
+		g.Go(func() error {
+			name := fmt.Sprintf("%s%04d", *prefix, i)
+			if err := c.MakeBucket(ctx, name, minio.MakeBucketOptions{}); err != nil {
+				return fmt.Errorf("make bucket %s: %w", name, err)
+			}
+			return nil
+		})
+	}
+	ts.Check(g.Wait())
+}
+
+func cmdMinIOStarted(ts *testscript.TestScript, neg bool, args []string) {
+	fs := scriptFlags(ts, "minio-started", neg)
+	now := fs.Bool("now", false, "fail at once on a node still starting")
+	ts.Check(fs.Parse(args))
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = scriptTLS(ts, "MINIO_CA")
+	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	deadline := time.Now().Add(time.Minute)
+	if *now {
+		deadline = time.Now()
+	}
+	for i := 1; ts.Getenv("MINIO_SERVER_"+strconv.Itoa(i)) != ""; i++ {
+		server := ts.Getenv("MINIO_SERVER_" + strconv.Itoa(i))
+		for {
+			resp, err := hc.Get("https://" + server + "/minio/health/cluster")
+			var why string
+			if err != nil {
+				why = err.Error()
+			} else {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+				why = resp.Status + " " + resp.Header.Get("x-minio-server-status")
+			}
+			if time.Now().After(deadline) {
+				ts.Fatalf("minio-started: server %s has not finished starting: %s", server, why)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
 }
 
 func cmdMinIOBuckets(ts *testscript.TestScript, neg bool, args []string) {
