@@ -100,12 +100,13 @@ type probeTarget struct {
 }
 
 // confirmWrites returns once every server accepts a write through its own
-// endpoint after attempt g's restart (back: the rollback's, onto KES),
-// restarting alone, once each, a server that refuses while another
-// accepts. It records the result (writableItem) and reports the window
-// from the first failed probe until every server accepted. Errors: a
-// server (or every one) still refusing after wait_timeout, named with its
-// last refusal.
+// endpoint after attempt g's restart (back: the rollback's, onto KES) and
+// has loaded its buckets' metadata, restarting alone, once each, a server
+// that refuses while another accepts and is not still starting. It records
+// the result (writableItem) and reports the window from the first failed
+// probe until every server accepted. Errors: a server (or every one) still
+// refusing after wait_timeout, named with its last refusal; one still
+// loading its buckets then is a warning (removeProbeBucket waits again).
 func (c *cutoverStep) confirmWrites(ctx context.Context, r *engine.Run, e *cutoverEnv, g int, back bool) error {
 	done := writableItem(g, back)
 	if done.Done(r) {
@@ -119,6 +120,10 @@ func (c *cutoverStep) confirmWrites(ctx context.Context, r *engine.Run, e *cutov
 	targets, err := c.probeTargets(ctx, r, e, deadline)
 	if err != nil {
 		return err
+	}
+	byServer := make(map[string]probeTarget, len(targets))
+	for _, t := range targets {
+		byServer[t.server] = t
 	}
 	restarter, _ := e.plat.(serverRestarter)
 	var (
@@ -142,19 +147,19 @@ func (c *cutoverStep) confirmWrites(ctx context.Context, r *engine.Run, e *cutov
 			if acceptedAt.IsZero() {
 				acceptedAt = now
 			}
-			// A server serves S3 before its start-up has loaded its IAM and
-			// its buckets' metadata, and that load heals every bucket it
-			// listed at start with Recreate: on every node, even one
-			// removed meanwhile (minio cmd/bucket-metadata-sys.go,
-			// concurrentLoad). The probe bucket is removed next, so each
-			// server must have finished starting first: its own cluster
-			// check says so.
-			starting := startingRound(ctx, targets)
-			if len(starting) == 0 {
-				return c.writesAccepted(r, e, g, back, targets, firstFailed, acceptedAt)
-			}
-			if time.Now().After(deadline) {
-				return c.stillStarting(ctx, r, e, back, targets, starting)
+			// A server serves S3 before it has loaded its buckets' metadata
+			// (it serves no bucket notifications or replication targets
+			// until then), and that load heals every bucket it listed at
+			// start with Recreate: on every node, even one removed meanwhile
+			// (minio cmd/bucket-metadata-sys.go, concurrentLoad). The probe
+			// bucket is removed next: wait for the load.
+			loading := loadingRound(ctx, targets)
+			if len(loading) == 0 || time.Now().After(deadline) {
+				if len(loading) > 0 {
+					r.Warnf("every server accepts writes, but %s still loading its buckets' metadata after wait_timeout (%s): %s; it serves no bucket notifications or replication until it has (raise wait_timeout for an object store with many buckets)",
+						plural(len(loading), "server is", "servers are"), e.wait, describeLoading(targets, loading))
+				}
+				return c.writesAccepted(r, e, g, back, targets, firstFailed, acceptedAt, len(loading) == 0)
 			}
 		} else {
 			acceptedAt = time.Time{}
@@ -166,7 +171,7 @@ func (c *cutoverStep) confirmWrites(ctx context.Context, r *engine.Run, e *cutov
 					"the aistor block's access key must be allowed to make, write, list and remove the buckets runbook-write-probe-* (s3:CreateBucket, s3:PutObject, s3:ListBucket, s3:DeleteObject, s3:DeleteBucket): the cutover proves each server writable with them after the restart")
 			}
 		}
-		if firstFailed.IsZero() {
+		if firstFailed.IsZero() && len(refused) > 0 {
 			firstFailed = now
 		}
 		if len(refused) < len(targets) && restarter != nil {
@@ -177,6 +182,13 @@ func (c *cutoverStep) confirmWrites(ctx context.Context, r *engine.Run, e *cutov
 					refusedSince[s] = now
 				}
 				if now.Sub(refusedSince[s]) < loneRestartAfter || loneRestarted(g, back).Item(s).Done(r) {
+					continue
+				}
+				if st := startupStatus(ctx, byServer[s]); st != "" {
+					// Still starting (a key other than root's is refused
+					// until its IAM is loaded): a restart would only start
+					// it over. Its 3 s run from the end of its start-up.
+					refusedSince[s] = time.Now()
 					continue
 				}
 				if err := c.restartAlone(ctx, r, e, restarter, g, back, s, last[s]); err != nil {
@@ -263,61 +275,55 @@ func (c *cutoverStep) probeTargets(ctx context.Context, r *engine.Run, e *cutove
 	return targets, nil
 }
 
-// startingRound asks every target's own cluster check at once and returns,
-// by server, why it has not finished starting; empty once all have.
-// MinIO answers 503 until the node has loaded its buckets' metadata and
-// its IAM, naming which in x-minio-server-status, or while the erasure
-// sets lack write quorum (minio cmd/healthcheck-handler.go, checkHealth).
-func startingRound(ctx context.Context, targets []probeTarget) map[string]string {
+// startupStatus is what server t's own cluster check says of its start-up
+// (x-minio-server-status): "offline" before its object layer is up,
+// "bucket-metadata-offline" until it has loaded its buckets' metadata,
+// "iam-offline" until its IAM store exists (its users may load later);
+// "" past these, and when the check does not answer: a server that is down
+// makes no bucket again, and the write probe judges it (minio
+// cmd/healthcheck-handler.go, checkHealth).
+func startupStatus(ctx context.Context, t probeTarget) string {
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(cctx, http.MethodGet, t.health, nil)
+	if err != nil {
+		return ""
+	}
+	resp, err := t.hc.Do(req)
+	if err != nil {
+		return ""
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		return ""
+	}
+	return resp.Header.Get("x-minio-server-status")
+}
+
+// loadingBuckets reports whether a start-up status means the server has
+// yet to list and load its buckets.
+func loadingBuckets(status string) bool {
+	return status == "offline" || status == "bucket-metadata-offline"
+}
+
+// loadingRound asks every target's own cluster check at once and returns,
+// by server, the status of each that has yet to load its buckets; empty
+// once none has.
+func loadingRound(ctx context.Context, targets []probeTarget) map[string]string {
 	out := map[string]string{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, t := range targets {
 		wg.Go(func() {
-			if why := serverStarting(ctx, t); why != "" {
+			if st := startupStatus(ctx, t); loadingBuckets(st) {
 				mu.Lock()
-				out[t.server] = why
+				out[t.server] = st
 				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
 	return out
-}
-
-// serverStarting is why t has not finished starting ("" once its cluster
-// check answers 200): the status and x-minio-server-status, or the error.
-func serverStarting(ctx context.Context, t probeTarget) string {
-	cctx, cancel := context.WithTimeout(ctx, writeProbeTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(cctx, http.MethodGet, t.health, nil)
-	if err != nil {
-		return err.Error()
-	}
-	resp, err := t.hc.Do(req)
-	if err != nil {
-		return err.Error()
-	}
-	resp.Body.Close()
-	if resp.StatusCode == http.StatusOK {
-		return ""
-	}
-	why := "/minio/health/cluster: " + resp.Status
-	if st := resp.Header.Get("x-minio-server-status"); st != "" {
-		why += ", " + st
-	}
-	return why
-}
-
-// stillStarting is the error once wait_timeout ran out with every server
-// accepting writes but some not done starting.
-func (c *cutoverStep) stillStarting(ctx context.Context, r *engine.Run, e *cutoverEnv, back bool, targets []probeTarget, starting map[string]string) error {
-	kms := kmsNameKeyManager
-	if back {
-		kms = kmsNameKES
-	}
-	msg := fmt.Sprintf("after the restart onto %s, every server accepts writes but %d of %d have not finished starting after wait_timeout (%s): %s; a server still loading its IAM and its buckets' metadata is not done starting, and makes again every bucket it listed at start (the write probe's too); raise wait_timeout for an object store with many buckets", kms, len(starting), len(targets), e.wait, describeStarting(targets, starting))
-	return errors.New(msg + "; the nodes' logs:" + e.plat.Logs(ctx, r))
 }
 
 // probeRound writes one probe object through every target at once and
@@ -386,7 +392,8 @@ func (c *cutoverStep) restartAlone(ctx context.Context, r *engine.Run, e *cutove
 }
 
 // writesAccepted records and reports that every server accepted a write.
-func (c *cutoverStep) writesAccepted(r *engine.Run, e *cutoverEnv, g int, back bool, targets []probeTarget, firstFailed, at time.Time) error {
+// loaded: every server has loaded its buckets' metadata.
+func (c *cutoverStep) writesAccepted(r *engine.Run, e *cutoverEnv, g int, back bool, targets []probeTarget, firstFailed, at time.Time, loaded bool) error {
 	res := writeProbeResult{AllAccepted: at.UTC(), FirstFailed: firstFailed}
 	for _, t := range targets {
 		res.Servers = append(res.Servers, t.server)
@@ -415,7 +422,11 @@ func (c *cutoverStep) writesAccepted(r *engine.Run, e *cutoverEnv, g int, back b
 	if len(res.LoneRestarts) > 0 {
 		alone = "restarted alone: " + strings.Join(res.LoneRestarts, ", ")
 	}
-	r.Logf("every server accepts writes (%d probed through its own endpoint); writes were refused for %s, from the first failed probe until every server accepted one (%s); each has finished starting (its own /minio/health/cluster answers 200)", len(targets), window.Round(100*time.Millisecond), alone)
+	var note string
+	if loaded {
+		note = "; each has loaded its buckets (its own /minio/health/cluster says so)"
+	}
+	r.Logf("every server accepts writes (%d probed through its own endpoint); writes were refused for %s, from the first failed probe until every server accepted one (%s)%s", len(targets), window.Round(100*time.Millisecond), alone, note)
 	if !back {
 		r.SetOutput("unavailable_seconds", cty.NumberFloatVal(window.Seconds()))
 	}
@@ -451,12 +462,13 @@ func (c *cutoverStep) writesRefused(ctx context.Context, r *engine.Run, e *cutov
 
 // removeProbeBucket removes attempt g's probe bucket with the objects the
 // probes wrote; nothing recorded, or no such bucket, is nothing to remove.
-// A server still starting heals every bucket it listed at start with
-// Recreate, on every node (minio cmd/bucket-metadata-sys.go,
-// concurrentLoad): the bucket is removed only while every server has
-// finished starting, and found gone once they all have again (a server
-// that began starting meanwhile made it again: removed again). It asks
-// again while nodes reconnect, up to wait_timeout (at least restartGrace).
+// A server loading its buckets' metadata heals every bucket it listed at
+// start with Recreate, on every node (minio cmd/bucket-metadata-sys.go,
+// concurrentLoad): the bucket is removed only while no server is loading
+// them, and must be found gone once none is again (a server that started
+// meanwhile made it again: removed again). A server that is down is not
+// waited for: it lists the buckets when it starts. It asks again while
+// nodes reconnect, up to wait_timeout (at least restartGrace).
 func (c *cutoverStep) removeProbeBucket(ctx context.Context, r *engine.Run, e *cutoverEnv, g int) error {
 	pb, ok, err := probeBucketItem(g).Get(r)
 	if err != nil || !ok {
@@ -474,45 +486,51 @@ func (c *cutoverStep) removeProbeBucket(ctx context.Context, r *engine.Run, e *c
 	}
 	removed := 0
 	for {
-		err := awaitStarted(ctx, targets, deadline)
+		err := awaitLoaded(ctx, targets, deadline)
 		if err == nil {
 			var existed bool
-			existed, err = removeBucket(ctx, s3, pb.Bucket)
-			if err == nil && !existed {
+			if existed, err = removeBucket(ctx, s3, pb.Bucket); err == nil && !existed {
 				break
 			}
 			if err == nil {
-				removed++
-				if time.Now().After(deadline) {
-					return fail(fmt.Errorf("it was there again after each of %d removals", removed))
+				// Removed: look again once no server is loading, even past
+				// the deadline the first time.
+				if removed++; removed == 1 || !time.Now().After(deadline) {
+					continue
 				}
-				continue
+				return fail(fmt.Errorf("it was there again after each of %d removals", removed))
 			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fail(err)
 		}
-		time.Sleep(time.Second)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
 	}
 	switch {
 	case removed == 1:
 		r.Logf("removed the write probe's bucket %s", pb.Bucket)
 	case removed > 1:
-		r.Logf("removed the write probe's bucket %s (%d times: a server starting meanwhile made it again)", pb.Bucket, removed)
+		r.Logf("removed the write probe's bucket %s (%d times: a server that started meanwhile made it again)", pb.Bucket, removed)
 	}
 	return nil
 }
 
-// awaitStarted returns once every target has finished starting, or, past
-// deadline, which have not and why.
-func awaitStarted(ctx context.Context, targets []probeTarget, deadline time.Time) error {
+// awaitLoaded returns once no target is loading its buckets' metadata;
+// past deadline (one round at least), which still are.
+func awaitLoaded(ctx context.Context, targets []probeTarget, deadline time.Time) error {
 	for {
-		starting := startingRound(ctx, targets)
-		if len(starting) == 0 {
+		loading := loadingRound(ctx, targets)
+		if len(loading) == 0 {
 			return nil
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return errors.New("servers still starting: " + describeStarting(targets, starting))
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return errors.New("servers still loading their buckets: " + describeLoading(targets, loading))
 		}
 		select {
 		case <-ctx.Done():
@@ -521,13 +539,13 @@ func awaitStarted(ctx context.Context, targets []probeTarget, deadline time.Time
 	}
 }
 
-// describeStarting names each server still starting with why, in the
-// targets' order.
-func describeStarting(targets []probeTarget, starting map[string]string) string {
+// describeLoading names each server still loading its buckets with its
+// start-up status, in the targets' order.
+func describeLoading(targets []probeTarget, loading map[string]string) string {
 	var names []string
 	for _, t := range targets {
-		if why, ok := starting[t.server]; ok {
-			names = append(names, fmt.Sprintf("%s (%s)", t.server, why))
+		if st, ok := loading[t.server]; ok {
+			names = append(names, fmt.Sprintf("%s (%s)", t.server, st))
 		}
 	}
 	return strings.Join(names, ", ")

@@ -20,16 +20,17 @@ import (
 //	    (an empty bucket shows here, not in objects-snapshot).
 //	make-buckets -n N -prefix P
 //	    makes the empty buckets P0000 to P(N-1), N at once at most 8.
-//	minio-started [-now]
+//	minio-loaded [-now]
 //	    waits (up to a minute) until every node of the cluster
-//	    (MINIO_SERVER_i) has finished starting: its own
-//	    /minio/health/cluster answers 200, which MinIO gives only once the
-//	    node has loaded its buckets and its IAM; -now fails at once on a
+//	    (MINIO_SERVER_i) has loaded its buckets' metadata: its own
+//	    /minio/health/cluster answers, and neither 200 nor with
+//	    x-minio-server-status offline or bucket-metadata-offline (MinIO's
+//	    start-up statuses before that load ends); -now fails at once on a
 //	    node that has not.
 func init() {
 	moreScriptCmds["minio-buckets"] = cmdMinIOBuckets
 	moreScriptCmds["make-buckets"] = cmdMakeBuckets
-	moreScriptCmds["minio-started"] = cmdMinIOStarted
+	moreScriptCmds["minio-loaded"] = cmdMinIOLoaded
 }
 
 func cmdMakeBuckets(ts *testscript.TestScript, neg bool, args []string) {
@@ -54,9 +55,9 @@ func cmdMakeBuckets(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(g.Wait())
 }
 
-func cmdMinIOStarted(ts *testscript.TestScript, neg bool, args []string) {
-	fs := scriptFlags(ts, "minio-started", neg)
-	now := fs.Bool("now", false, "fail at once on a node still starting")
+func cmdMinIOLoaded(ts *testscript.TestScript, neg bool, args []string) {
+	fs := scriptFlags(ts, "minio-loaded", neg)
+	now := fs.Bool("now", false, "fail at once on a node still loading")
 	ts.Check(fs.Parse(args))
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = scriptTLS(ts, "MINIO_CA")
@@ -68,25 +69,27 @@ func cmdMinIOStarted(ts *testscript.TestScript, neg bool, args []string) {
 	for i := 1; ts.Getenv("MINIO_SERVER_"+strconv.Itoa(i)) != ""; i++ {
 		server := ts.Getenv("MINIO_SERVER_" + strconv.Itoa(i))
 		for {
-			resp, err := hc.Get("https://" + server + "/minio/health/cluster")
 			var why string
+			resp, err := hc.Get("https://" + server + "/minio/health/cluster")
 			if err != nil {
 				why = err.Error()
 			} else {
 				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					break
+				switch st := resp.Header.Get("x-minio-server-status"); st {
+				case "offline", "bucket-metadata-offline":
+					why = resp.Status + ", " + st
 				}
-				why = resp.Status + " " + resp.Header.Get("x-minio-server-status")
+			}
+			if why == "" {
+				break
 			}
 			if time.Now().After(deadline) {
-				ts.Fatalf("minio-started: server %s has not finished starting: %s", server, why)
+				ts.Fatalf("minio-loaded: server %s has not loaded its buckets: %s", server, why)
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
 	}
 }
-
 func cmdMinIOBuckets(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) != 0 {
 		ts.Fatalf("usage: minio-buckets")
