@@ -23,10 +23,9 @@ import (
 //	minio-loaded [-now]
 //	    waits (up to a minute) until every node of the cluster
 //	    (MINIO_SERVER_i) has loaded its buckets' metadata: its own
-//	    /minio/health/cluster answers, and neither 200 nor with
-//	    x-minio-server-status offline or bucket-metadata-offline (MinIO's
-//	    start-up statuses before that load ends); -now fails at once on a
-//	    node that has not.
+//	    /minio/health/cluster answers, and not with x-minio-server-status
+//	    offline or bucket-metadata-offline (MinIO's start-up statuses
+//	    before that load ends); -now fails at once on a node that has not.
 func init() {
 	moreScriptCmds["minio-buckets"] = cmdMinIOBuckets
 	moreScriptCmds["make-buckets"] = cmdMakeBuckets
@@ -90,6 +89,7 @@ func cmdMinIOLoaded(ts *testscript.TestScript, neg bool, args []string) {
 		}
 	}
 }
+
 func cmdMinIOBuckets(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) != 0 {
 		ts.Fatalf("usage: minio-buckets")
