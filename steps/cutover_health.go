@@ -202,19 +202,31 @@ func clusterWritable(ctx context.Context, r *engine.Run, a *aistorConnection) st
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsCfg
 	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(a.Endpoint(), "/")+"/minio/health/cluster", nil)
-	if err != nil {
-		return err.Error()
-	}
-	resp, err := (&http.Client{Transport: tr}).Do(req)
+	resp, err := clusterHealth(ctx, &http.Client{Transport: tr}, strings.TrimSuffix(a.Endpoint(), "/"))
 	if err != nil {
 		return fmt.Sprintf("cluster health: %v", err)
 	}
-	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Sprintf("the cluster has no write quorum yet (/minio/health/cluster: %s)", resp.Status)
 	}
 	return ""
+}
+
+// clusterHealth asks MinIO's cluster health check of base
+// (scheme://host:port) and returns its answer, body closed: the status
+// code, and the x-minio-server-status header MinIO sets while it starts
+// (startupStatus).
+func clusterHealth(ctx context.Context, hc *http.Client, base string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/minio/health/cluster", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body.Close()
+	return resp, nil
 }
 
 // restartAndConfirm is one restart of every node, in either direction:

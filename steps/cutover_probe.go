@@ -95,8 +95,8 @@ func later(a, b time.Time) time.Time {
 type probeTarget struct {
 	server string // host:port as the object store lists it, or the aistor endpoint's
 	s3     *minio.Client
-	health string       // the server's own /minio/health/cluster
-	hc     *http.Client // for health, over the S3 client's TLS settings
+	base   string       // scheme://host:port of the server's own endpoint
+	hc     *http.Client // for its cluster health check, over the S3 client's TLS settings
 }
 
 // confirmWrites returns once every server accepts a write through its own
@@ -270,7 +270,7 @@ func (c *cutoverStep) probeTargets(ctx context.Context, r *engine.Run, e *cutove
 		if err != nil {
 			return nil, fmt.Errorf("make S3 client of server %s: %w", s, err)
 		}
-		targets = append(targets, probeTarget{server: s, s3: s3, health: u.Scheme + "://" + s + "/minio/health/cluster", hc: &http.Client{Transport: tr}})
+		targets = append(targets, probeTarget{server: s, s3: s3, base: u.Scheme + "://" + s, hc: &http.Client{Transport: tr}})
 	}
 	return targets, nil
 }
@@ -285,16 +285,8 @@ func (c *cutoverStep) probeTargets(ctx context.Context, r *engine.Run, e *cutove
 func startupStatus(ctx context.Context, t probeTarget) string {
 	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(cctx, http.MethodGet, t.health, nil)
-	if err != nil {
-		return ""
-	}
-	resp, err := t.hc.Do(req)
-	if err != nil {
-		return ""
-	}
-	resp.Body.Close()
-	if resp.StatusCode == http.StatusOK {
+	resp, err := clusterHealth(cctx, t.hc, t.base)
+	if err != nil || resp.StatusCode == http.StatusOK {
 		return ""
 	}
 	return resp.Header.Get("x-minio-server-status")
@@ -310,14 +302,25 @@ func loadingBuckets(status string) bool {
 // by server, the status of each that has yet to load its buckets; empty
 // once none has.
 func loadingRound(ctx context.Context, targets []probeTarget) map[string]string {
-	out := map[string]string{}
+	return askEach(targets, func(t probeTarget) string {
+		if st := startupStatus(ctx, t); loadingBuckets(st) {
+			return st
+		}
+		return ""
+	})
+}
+
+// askEach asks every target at once and returns, by server, the answers
+// that are not "".
+func askEach(targets []probeTarget, ask func(probeTarget) string) map[string]string {
+	out := make(map[string]string, len(targets))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, t := range targets {
 		wg.Go(func() {
-			if st := startupStatus(ctx, t); loadingBuckets(st) {
+			if a := ask(t); a != "" {
 				mu.Lock()
-				out[t.server] = st
+				out[t.server] = a
 				mu.Unlock()
 			}
 		})
@@ -327,24 +330,10 @@ func loadingRound(ctx context.Context, targets []probeTarget) map[string]string 
 }
 
 // probeRound writes one probe object through every target at once and
-// returns, by server, why it refused ("" when it accepted). A bucket not
-// there yet is made through the server that found it missing.
+// returns, by server, why it refused (absent when it accepted). A bucket
+// not there yet is made through the server that found it missing.
 func probeRound(ctx context.Context, targets []probeTarget, bucket string) map[string]string {
-	out := make(map[string]string, len(targets))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, t := range targets {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			why := probeWrite(ctx, t, bucket)
-			mu.Lock()
-			out[t.server] = why
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return out
+	return askEach(targets, func(t probeTarget) string { return probeWrite(ctx, t, bucket) })
 }
 
 func probeWrite(ctx context.Context, t probeTarget, bucket string) string {
