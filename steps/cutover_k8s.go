@@ -17,7 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
+	appsv1client "k8s.io/client-go/kubernetes/typed/apps/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -93,9 +94,21 @@ type k8sTarget struct {
 	kind, name, ns string
 	gitops         bool
 	api            string // how the API is reached, for messages
-	client         kubernetes.Interface
+	client         k8sClient
 	dyn            dynamic.Interface
 }
+
+// k8sClient holds the typed clients of the two API groups the cutover
+// reads and changes (core/v1: Secrets, Pods; apps/v1: StatefulSets).
+// Not the whole clientset: its every other group's client is linked and
+// registered at start-up by every run, a migration's too.
+type k8sClient struct {
+	core corev1client.CoreV1Interface
+	apps appsv1client.AppsV1Interface
+}
+
+func (c k8sClient) CoreV1() corev1client.CoreV1Interface { return c.core }
+func (c k8sClient) AppsV1() appsv1client.AppsV1Interface { return c.apps }
 
 // newK8sTarget connects to the API: the kubeconfig file and context of the
 // aistor block, or the in-cluster service account (runbook run as a Job:
@@ -134,7 +147,10 @@ func newK8sTarget(r *engine.Run, a *aistorConnection) (*k8sTarget, error) {
 	if conf.BearerToken != "" {
 		r.AddSecret(conf.BearerToken)
 	}
-	if t.client, err = kubernetes.NewForConfig(conf); err != nil {
+	if t.client.core, err = corev1client.NewForConfig(conf); err != nil {
+		return nil, fmt.Errorf("make Kubernetes client: %w", err)
+	}
+	if t.client.apps, err = appsv1client.NewForConfig(conf); err != nil {
 		return nil, fmt.Errorf("make Kubernetes client: %w", err)
 	}
 	if t.dyn, err = dynamic.NewForConfig(conf); err != nil {

@@ -294,12 +294,12 @@ type verifyFailure struct {
 // references (every key the object store names is in the enclave). Any
 // problem fails the step, all named.
 func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
+	ctx, cancel := context.WithCancel(ctx) // ends the background probe and listings if Apply returns early
+	defer cancel()
 	vr, err := v.begin(ctx, r)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx) // ends the background listings if Apply returns early
-	defer cancel()
 	names, err := vr.listNames(ctx)
 	if err != nil {
 		return err
@@ -343,8 +343,10 @@ type verifyRun struct {
 	srcAddr  string
 	enc      enclaveRef
 	kmc      *kms.Client
-	srv      *kesServer  // nil when the kes block names no server
-	kc       *kes.Client // srv's client
+	srv      *kesServer    // nil when the kes block names no server
+	kc       *kes.Client   // srv's client
+	probed   chan struct{} // closed once begin's probe of the KES server ended (nil: no server)
+	probeErr error
 	problems []string
 }
 
@@ -359,8 +361,10 @@ func (v *verificationStep) ends() (*kesConnection, string, enclaveRef, error) {
 	return src, srcAddr, enc, err
 }
 
-// begin connects to both ends (and to the KES server, if the kes block
-// names one) for Apply.
+// begin connects to both ends for Apply, and starts probing the KES
+// server, if the kes block names one: the probe (a few round trips) runs
+// while listNames lists the store and the enclave, and listNames waits
+// for it (server).
 func (v *verificationStep) begin(ctx context.Context, r *engine.Run) (*verifyRun, error) {
 	src, srcAddr, enc, err := v.ends()
 	if err != nil {
@@ -372,12 +376,31 @@ func (v *verificationStep) begin(ctx context.Context, r *engine.Run) (*verifyRun
 	}
 	vr := &verifyRun{v: v, r: r, src: src, srcAddr: srcAddr, enc: enc, kmc: kmc}
 	if src.HasServer() {
-		if vr.srv, err = src.Server(ctx, r, srcAddr); err != nil {
-			return nil, err
-		}
-		vr.kc = vr.srv.c
+		vr.probed = make(chan struct{})
+		go func() {
+			defer close(vr.probed)
+			vr.srv, vr.probeErr = src.Server(ctx, r, srcAddr)
+		}()
 	}
 	return vr, nil
+}
+
+// server waits for begin's probe of the KES server and sets srv and kc;
+// without a KES server it returns nil at once.
+func (vr *verifyRun) server(ctx context.Context) error {
+	if vr.probed == nil {
+		return nil
+	}
+	select {
+	case <-vr.probed:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if vr.probeErr != nil {
+		return vr.probeErr
+	}
+	vr.kc = vr.srv.c
+	return nil
 }
 
 // verifyNames are the name sets the verification compares.
@@ -411,53 +434,64 @@ func (vr *verifyRun) listNames(ctx context.Context) (*verifyNames, error) {
 		return nil, err
 	}
 	n := &verifyNames{ks: ks, listing: listing, candidates: candidates, held: held}
-	if vr.kc != nil {
-		n.served = takeServedListing(ctx, vr.r, vr.src, vr.srv, listing.All)
-	}
 	err = withRetry(ctx, func() error {
 		var err error
 		n.allTarget, err = listEnclaveKeys(ctx, vr.kmc, vr.enc.Name)
 		return err
 	})
+	if err == nil {
+		err = vr.server(ctx)
+	}
 	if err != nil {
 		ks.Close()
-		if n.served != nil {
-			n.served.cancel() // taken: no other attempt will
-		}
 		return nil, err
+	}
+	if vr.kc != nil {
+		n.served = takeServedListing(ctx, vr.r, vr.src, vr.srv, listing.All)
 	}
 	n.target = verifyMatch(n.allTarget, vr.v.pattern())
 	return n, nil
 }
 
-// storeRead is what reading the key store gave: the keys to prove, sealed
-// here in every format, and the entries that do not parse.
+// storeRead is what reading the key store gave: the keys to prove, whose
+// proofs (sealed here in every format) the Key Manager is decrypting, and
+// the entries that do not parse.
 type storeRead struct {
 	sampled    []string // the keys chosen to prove (every key, or a sample)
-	proofs     []sealedProof
+	decrypting *decryptPipe
+	proving    []string // the keys whose proofs were sealed, sorted
 	unparsable []problem
 	kesRT      *kesRoundTrips // nil without a KES server
+	started    time.Time
 }
 
 // readStore reads and parses the keys to prove and seals them in every
-// format (verification_proof.go), while the KES round trips on a sample
-// run meanwhile: they cost the KES server and the Key Manager a request
-// each, not this side's CPU.
+// format (verification_proof.go), the Key Manager decrypting them as they
+// are sealed (decryptPipe), while the KES round trips on a sample run
+// meanwhile: they cost the KES server and the Key Manager a request each,
+// not this side's CPU. proveMaterial takes the answers.
 func (vr *verifyRun) readStore(ctx context.Context, n *verifyNames) (*storeRead, error) {
 	start := time.Now()
 	todo, sampled, err := vr.v.chooseRoundTrips(vr.r, nameIntersect(n.candidates, n.target))
 	if err != nil {
 		return nil, err
 	}
-	rd := &storeRead{sampled: sampled}
+	rd := &storeRead{sampled: sampled, started: start}
 	if vr.kc != nil {
 		rd.kesRT = startKESRoundTrips(ctx, vr.kc, vr.kmc, vr.enc.Name, kesSample(todo, verifyKESSample), vr.v.parallelism())
 	}
-	rd.unparsable, rd.proofs, err = vr.v.readAndSeal(ctx, n.ks, n.held, n.candidates, setOf(todo))
+	total := int64(len(todo))
+	var done atomic.Int64
+	vr.r.Progress(0, total)
+	rd.decrypting = newDecryptPipe(ctx, vr.kmc, vr.enc.Name, vr.v.parallelism(), func(n int) { vr.r.Progress(done.Add(int64(n)), total) })
+	rd.unparsable, err = vr.v.readAndSeal(ctx, n.ks, n.held, n.candidates, setOf(todo), rd.decrypting.add)
 	if err != nil {
+		rd.decrypting.abort()
 		return nil, err
 	}
-	vr.r.Logf("read %d entries of the key store and sealed %d ciphertexts in %s", len(n.candidates), len(rd.proofs), time.Since(start).Round(time.Millisecond))
+	var sealed int
+	rd.proving, sealed = rd.decrypting.sealed()
+	vr.r.Logf("read %d entries of the key store and sealed %d ciphertexts in %s, each sent to the Key Manager as its request filled", len(n.candidates), sealed, time.Since(start).Round(time.Millisecond))
 	return rd, nil
 }
 
@@ -495,17 +529,13 @@ func (vr *verifyRun) compareNames(n *verifyNames, unparsable []problem) (source 
 func (vr *verifyRun) proveMaterial(ctx context.Context, rd *storeRead) (verifyTally, error) {
 	r := vr.r
 	if rd.kesRT != nil {
-		rd.kesRT.keep(proofNames(rd.proofs), verifyKESSample)
+		rd.kesRT.keep(rd.proving, verifyKESSample)
 	}
-	total := int64(len(rd.proofs))
-	var done atomic.Int64
-	r.Progress(0, total)
-	t0 := time.Now()
-	outcomes, err := decryptProofs(ctx, vr.kmc, vr.enc.Name, rd.proofs, vr.v.parallelism(), func(n int) { r.Progress(done.Add(int64(n)), total) })
+	proofs, outcomes, tail, err := rd.decrypting.wait()
 	if err != nil {
 		return verifyTally{}, err
 	}
-	r.Logf("the Key Manager decrypted %d ciphertexts, up to %d per request, in %s", len(rd.proofs), verifyDecryptBatch, time.Since(t0).Round(time.Millisecond))
+	r.Logf("the Key Manager decrypted %d ciphertexts, up to %d per request, in %s from the reading's start (%s after the last request)", len(proofs), verifyDecryptBatch, time.Since(rd.started).Round(time.Millisecond), tail.Round(time.Millisecond))
 	var failures []verifyFailure
 	kesProven := map[string]bool{}
 	if rd.kesRT != nil {
@@ -513,12 +543,9 @@ func (vr *verifyRun) proveMaterial(ctx context.Context, rd *storeRead) (verifyTa
 			return verifyTally{}, err
 		}
 	}
-	kps := judgeProofs(rd.proofs, outcomes)
-	for _, p := range rd.proofs {
-		clear(p.plaintext)
-	}
+	kps := judgeProofs(proofs, outcomes)
 	proven, failures := splitProven(kps, failures)
-	t0 = time.Now()
+	t0 := time.Now()
 	if err := checkpointProofs(ctx, r, proven, kesProven, checkpointParallelism); err != nil {
 		return verifyTally{}, err
 	}

@@ -28,8 +28,9 @@ import (
 // and the Key Manager must decrypt each to the same plaintext: that proves
 // the enclave holds the store's key and opens what KES sealed under it. The
 // decrypts travel several per request (one Decrypt frame each, a read
-// command), so the Key Manager sees a request per verifyDecryptBatch
-// ciphertexts, and the KES server no call per key. That the KES server
+// command), each request sent as soon as its proofs are sealed while the
+// store is still read (decryptPipe), so the Key Manager sees a request per
+// verifyDecryptBatch ciphertexts, and the KES server no call per key. That the KES server
 // serves this very store is proven apart: its complete name set must be the store's, and a
 // data key it generates on a sample of keys (verifyKESSample) must decrypt at
 // the Key Manager.
@@ -108,53 +109,44 @@ const (
 	outcomeNoKey                       // kms.ErrKeyNotFound
 )
 
-// decryptProofs has the Key Manager decrypt every proof, in requests of up
-// to verifyDecryptBatch frames, par requests at a time, and returns each
-// proof's outcome. A request the Key Manager fails (it answers with the
-// error of the first command that failed) is taken apart: each of its
-// proofs is decrypted on its own, so that every outcome is known. Errors
-// that are not about a proof (permission, transport after retries) are
-// returned.
-func decryptProofs(ctx context.Context, c *kms.Client, enclave string, proofs []sealedProof, par int, progress func(n int)) ([]proofOutcome, error) {
+// decryptBatch has the Key Manager decrypt proofs in one request (one
+// Decrypt frame each) and returns each proof's outcome. A request the Key
+// Manager fails (it answers with the error of the first command that
+// failed) is taken apart: each of its proofs is decrypted on its own, so
+// that every outcome is known. Errors that are not about a proof
+// (permission, transport after retries) are returned.
+func decryptBatch(ctx context.Context, c *kms.Client, enclave string, proofs []sealedProof) ([]proofOutcome, error) {
 	out := make([]proofOutcome, len(proofs))
-	batches := (len(proofs) + verifyDecryptBatch - 1) / verifyDecryptBatch
-	err := forEach(ctx, par, batches, func(ctx context.Context, b int) error {
-		lo, hi := b*verifyDecryptBatch, min(len(proofs), (b+1)*verifyDecryptBatch)
-		reqs := make([]*kms.DecryptRequest, 0, hi-lo)
-		for _, p := range proofs[lo:hi] {
-			reqs = append(reqs, &kms.DecryptRequest{Name: p.name, Version: 0, Ciphertext: p.ciphertext, AssociatedData: p.aad})
-		}
-		var resp []*kms.DecryptResponse
-		err := withRetry(ctx, func() error {
-			var err error
-			resp, err = c.Decrypt(ctx, enclave, reqs...)
-			return err
-		})
-		switch {
-		case err == nil && len(resp) == len(reqs):
-			for i, r := range resp {
-				out[lo+i] = compareProof(r.Plaintext, proofs[lo+i].plaintext)
-				clear(r.Plaintext)
-			}
-		case err == nil:
-			return fmt.Errorf("decrypt at the Key Manager: %d answers to %d commands", len(resp), len(reqs))
-		case errors.Is(err, kms.ErrDecrypt), errors.Is(err, kms.ErrKeyNotFound), len(reqs) > 1 && ctx.Err() == nil:
-			for i := range reqs {
-				o, err := decryptOne(ctx, c, enclave, reqs[i], proofs[lo+i].plaintext)
-				if err != nil {
-					return err
-				}
-				out[lo+i] = o
-			}
-		default:
-			return fmt.Errorf("decrypt at the Key Manager: %w", permanentHint(err, enclave))
-		}
-		if progress != nil {
-			progress(hi - lo)
-		}
-		return nil
+	reqs := make([]*kms.DecryptRequest, 0, len(proofs))
+	for _, p := range proofs {
+		reqs = append(reqs, &kms.DecryptRequest{Name: p.name, Version: 0, Ciphertext: p.ciphertext, AssociatedData: p.aad})
+	}
+	var resp []*kms.DecryptResponse
+	err := withRetry(ctx, func() error {
+		var err error
+		resp, err = c.Decrypt(ctx, enclave, reqs...)
+		return err
 	})
-	return out, err
+	switch {
+	case err == nil && len(resp) == len(reqs):
+		for i, r := range resp {
+			out[i] = compareProof(r.Plaintext, proofs[i].plaintext)
+			clear(r.Plaintext)
+		}
+	case err == nil:
+		return nil, fmt.Errorf("decrypt at the Key Manager: %d answers to %d commands", len(resp), len(reqs))
+	case errors.Is(err, kms.ErrDecrypt), errors.Is(err, kms.ErrKeyNotFound), len(reqs) > 1 && ctx.Err() == nil:
+		for i := range reqs {
+			o, err := decryptOne(ctx, c, enclave, reqs[i], proofs[i].plaintext)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = o
+		}
+	default:
+		return nil, fmt.Errorf("decrypt at the Key Manager: %w", permanentHint(err, enclave))
+	}
+	return out, nil
 }
 
 func decryptOne(ctx context.Context, c *kms.Client, enclave string, req *kms.DecryptRequest, want []byte) (proofOutcome, error) {
@@ -392,16 +384,16 @@ const (
 	checkpointParallelism = 4
 )
 
-// readAndSeal reads and parses every key of names from the store, and seals
-// the proofs of those in prove. It returns the entries that do not parse
-// and the proofs, sorted by key then format. Material is wiped as soon as
-// a key's proofs are sealed. A value read that is byte for byte the one
+// readAndSeal reads and parses every key of names from the store, seals
+// the proofs of those in prove and hands each key's proofs to sealed as
+// soon as they are sealed (an error it returns ends the reading). It
+// returns the entries that do not parse, sorted. Material is wiped as soon
+// as a key's proofs are sealed. A value read that is byte for byte the one
 // this apply's plan parsed (held, may be nil) is not parsed again.
-func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStore, held *keystore.Verdicts, names []string, prove map[string]bool) ([]problem, []sealedProof, error) {
+func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStore, held *keystore.Verdicts, names []string, prove map[string]bool, sealed func([]sealedProof) error) ([]problem, error) {
 	var (
 		mu         sync.Mutex
 		unparsable []problem
-		proofs     []sealedProof
 	)
 	err := forEach(ctx, readParallelism, len(names), func(ctx context.Context, i int) error {
 		name := names[i]
@@ -441,34 +433,28 @@ func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStor
 		if err != nil {
 			return err
 		}
-		mu.Lock()
-		proofs = append(proofs, ps...)
-		mu.Unlock()
-		return nil
+		return sealed(ps)
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	slices.SortFunc(unparsable, func(a, b problem) int { return strings.Compare(a.Name, b.Name) })
-	order := map[string]int{formatRaw: 0, formatMsgpack: 1}
-	slices.SortFunc(proofs, func(a, b sealedProof) int {
-		if c := strings.Compare(a.name, b.name); c != 0 {
-			return c
-		}
-		return order[a.format] - order[b.format]
-	})
-	return unparsable, proofs, nil
+	return unparsable, nil
 }
 
-// proofNames are the keys proofs are about, sorted, once each.
-func proofNames(proofs []sealedProof) []string {
-	var out []string
-	for _, p := range proofs {
-		if len(out) == 0 || out[len(out)-1] != p.name {
-			out = append(out, p.name)
-		}
+// compareProofs orders proofs by key, then format (raw first).
+func compareProofs(a, b sealedProof) int {
+	if c := strings.Compare(a.name, b.name); c != 0 {
+		return c
 	}
-	return out
+	return formatOrder(a.format) - formatOrder(b.format)
+}
+
+func formatOrder(f string) int {
+	if f == formatRaw {
+		return 0
+	}
+	return 1
 }
 
 // verifyMatchProblems keeps the entries whose name matches a glob.

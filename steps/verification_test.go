@@ -205,13 +205,23 @@ func TestVerifyRoundTrips(t *testing.T) {
 	// local-seal: the three keys in one batch, which the Key Manager fails
 	// as a whole; every key's outcome is still told apart.
 	v := &verificationStep{}
-	unparsable, proofs, err := v.readAndSeal(ctx, ks, nil, names, setOf(names))
-	if err != nil || len(unparsable) != 0 || len(proofs) != 3 {
-		t.Fatalf("read and seal: %d unparsable, %d proofs, %v", len(unparsable), len(proofs), err)
+	sealAndDecrypt := func(held *keystore.Verdicts) ([]problem, []sealedProof, []proofOutcome) {
+		t.Helper()
+		pipe := newDecryptPipe(ctx, kmc, enclave, 2, nil)
+		unparsable, err := v.readAndSeal(ctx, ks, held, names, setOf(names), pipe.add)
+		if err != nil {
+			pipe.abort()
+			t.Fatalf("read and seal: %v", err)
+		}
+		proofs, outcomes, _, err := pipe.wait()
+		if err != nil {
+			t.Fatalf("decrypt: %v", err)
+		}
+		return unparsable, proofs, outcomes
 	}
-	outcomes, err := decryptProofs(ctx, kmc, enclave, proofs, 2, nil)
-	if err != nil {
-		t.Fatal(err)
+	unparsable, proofs, outcomes := sealAndDecrypt(nil)
+	if len(unparsable) != 0 || len(proofs) != 3 {
+		t.Fatalf("read and seal: %d unparsable, %d proofs", len(unparsable), len(proofs))
 	}
 	kps := judgeProofs(proofs, outcomes)
 	if len(kps) != 3 {
@@ -249,12 +259,8 @@ func TestVerifyRoundTrips(t *testing.T) {
 	if err := (&keystore.Listing{Keys: names[:2]}).Classify(ctx, planRead, 1, held); err != nil {
 		t.Fatal(err)
 	}
-	_, proofs, err = v.readAndSeal(ctx, ks, held, names, setOf(names))
-	if err != nil || len(proofs) != 3 {
-		t.Fatalf("read and seal with held values: %d proofs, %v", len(proofs), err)
-	}
-	if outcomes, err = decryptProofs(ctx, kmc, enclave, proofs, 2, nil); err != nil {
-		t.Fatal(err)
+	if _, proofs, outcomes = sealAndDecrypt(held); len(proofs) != 3 {
+		t.Fatalf("read and seal with held values: %d proofs", len(proofs))
 	}
 	for _, kp := range judgeProofs(proofs, outcomes) {
 		if failed := kp.Failed != ""; failed != (kp.Name != names[0]) {

@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	kesserver "github.com/minio/kes"
 	"github.com/minio/kes/kesconf"
@@ -431,25 +432,38 @@ func (v *Verdicts) judged(name string, f Facts, ok bool) {
 func (l *Listing) Classify(ctx context.Context, read Read, par int, v *Verdicts) error {
 	foreign := make([]bool, len(l.Keys))
 	v.reserve(len(l.Keys))
-	var waits []int // indexes of the names another Classify is reading
+	var (
+		mu    sync.Mutex
+		waits []int // indexes of the names another Classify is reading
+		next  atomic.Int64
+	)
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(par, 1))
-	for i, name := range l.Keys {
-		if gctx.Err() != nil {
-			break // a read failed, or ctx ended: the names not claimed stay unread
-		}
-		f, known, wait := v.claim(name)
-		switch {
-		case known:
-			foreign[i] = f.Class == ClassForeign
-		case wait != nil:
-			waits = append(waits, i)
-		default:
-			g.Go(func() (err error) {
-				foreign[i], err = v.judge(gctx, read, name)
-				return err
-			})
-		}
+	// par workers take the names in turn: a goroutine per name would grow
+	// its stack anew for every read (at 10,000 keys, a twentieth of the
+	// runbook's CPU went to copying stacks; perf).
+	for range min(max(par, 1), len(l.Keys)) {
+		g.Go(func() error {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(l.Keys) || gctx.Err() != nil {
+					return nil // a read failed, or ctx ended: the names not claimed stay unread
+				}
+				f, known, wait := v.claim(l.Keys[i])
+				switch {
+				case known:
+					foreign[i] = f.Class == ClassForeign
+				case wait != nil:
+					mu.Lock()
+					waits = append(waits, i)
+					mu.Unlock()
+				default:
+					var err error
+					if foreign[i], err = v.judge(gctx, read, l.Keys[i]); err != nil {
+						return err
+					}
+				}
+			}
+		})
 	}
 	if err := g.Wait(); err != nil {
 		return err
@@ -457,6 +471,7 @@ func (l *Listing) Classify(ctx context.Context, read Read, par int, v *Verdicts)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	slices.Sort(waits)
 	for _, i := range waits {
 		var err error
 		if foreign[i], err = v.await(ctx, read, l.Keys[i]); err != nil {
