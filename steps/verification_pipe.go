@@ -149,7 +149,7 @@ func (d *decryptPipe) wait() ([]sealedProof, []proofOutcome, time.Duration, erro
 		p sealedProof
 		o proofOutcome
 	}
-	var all []answered
+	all := make([]answered, 0, d.proofs)
 	for _, b := range d.answered {
 		for i, p := range b.proofs {
 			all = append(all, answered{p, b.outcomes[i]})
