@@ -480,10 +480,12 @@ func (vr *verifyRun) readStore(ctx context.Context, n *verifyNames) (*storeRead,
 	if vr.kc != nil {
 		rd.kesRT = startKESRoundTrips(ctx, vr.kc, vr.kmc, vr.enc.Name, kesSample(todo, verifyKESSample), vr.v.parallelism())
 	}
-	total := int64(len(todo))
-	var done atomic.Int64
-	vr.r.Progress(0, total)
-	rd.decrypting = newDecryptPipe(ctx, vr.kmc, vr.enc.Name, vr.v.parallelism(), func(n int) { vr.r.Progress(done.Add(int64(n)), total) })
+	// Progress counts keys answered, out of the keys to prove: those that
+	// turn out not to parse leave the total once the reading has ended.
+	var done, total atomic.Int64
+	total.Store(int64(len(todo)))
+	vr.r.Progress(0, total.Load())
+	rd.decrypting = newDecryptPipe(ctx, vr.kmc, vr.enc.Name, vr.v.parallelism(), func(n int) { vr.r.Progress(done.Add(int64(n)), total.Load()) })
 	rd.unparsable, err = vr.v.readAndSeal(ctx, n.ks, n.held, n.candidates, setOf(todo), rd.decrypting.add)
 	if err != nil {
 		rd.decrypting.abort()
@@ -491,6 +493,9 @@ func (vr *verifyRun) readStore(ctx context.Context, n *verifyNames) (*storeRead,
 	}
 	var sealed int
 	rd.proving, sealed = rd.decrypting.sealed()
+	if total.Swap(int64(len(rd.proving))) != int64(len(rd.proving)) {
+		vr.r.Progress(done.Load(), total.Load())
+	}
 	vr.r.Logf("read %d entries of the key store and sealed %d ciphertexts in %s, each sent to the Key Manager as its request filled", len(n.candidates), sealed, time.Since(start).Round(time.Millisecond))
 	return rd, nil
 }
