@@ -19,6 +19,7 @@ import (
 
 	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/keystore"
+	"github.com/runbook-dev/runbook/internal/parallel"
 )
 
 // kesAccess is what the runbook's KES identity may do at a KES server, as
@@ -332,7 +333,7 @@ func probeGenerate(ctx context.Context, s *kesServer, names []string) ([]kesRefu
 	}
 	var mu sync.Mutex
 	var refused []kesRefusal
-	err := forEach(ctx, readParallelism, len(order), func(ctx context.Context, i int) error {
+	err := parallel.ForEach(ctx, readParallelism, len(order), func(ctx context.Context, i int) error {
 		g := groups[order[i]]
 		allowed, err := kesProbeGenerate(ctx, s.c, g[0])
 		if err == nil && !allowed {

@@ -13,6 +13,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/parallel"
 )
 
 func init() {
@@ -262,7 +263,7 @@ func (m *migrationStep) observe(ctx context.Context, r *engine.Run) (*migrationO
 	}
 	var there []string
 	var mu sync.Mutex
-	err = forEach(ctx, m.parallelism(), len(src.names), func(ctx context.Context, i int) error {
+	err = parallel.ForEach(ctx, m.parallelism(), len(src.names), func(ctx context.Context, i int) error {
 		e, err := src.observeEntry(ctx, src.names[i])
 		if err != nil {
 			return err

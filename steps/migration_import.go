@@ -14,6 +14,7 @@ import (
 
 	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/parallel"
 )
 
 // The target: round trips, retries.
@@ -176,7 +177,7 @@ func (ki *keyImport) importAll(ctx context.Context) error {
 	batch := importBatchSize(ki.m.parallelism())
 	workers := max(1, ki.m.parallelism()/batch)
 	runs := (len(ki.todo) + batch - 1) / batch
-	return forEach(ctx, workers, runs, func(ctx context.Context, ri int) error {
+	return parallel.ForEach(ctx, workers, runs, func(ctx context.Context, ri int) error {
 		t0 := time.Now()
 		defer func() { ki.busyNanos.Add(int64(time.Since(t0))) }()
 		finished, skipped, err := ki.importRun(ctx, ki.todo[ri*batch:min(len(ki.todo), (ri+1)*batch)])
@@ -500,7 +501,7 @@ func proveNames(ctx context.Context, c *kms.Client, enclave string, src *sourceS
 	const proveBatch = 64
 	var mu sync.Mutex
 	chunks := (len(names) + proveBatch - 1) / proveBatch
-	err = forEach(ctx, max(1, parallelism/proveBatch), chunks, func(ctx context.Context, i int) error {
+	err = parallel.ForEach(ctx, max(1, parallelism/proveBatch), chunks, func(ctx context.Context, i int) error {
 		var es []*sourceEntry
 		defer func() {
 			for _, e := range es {

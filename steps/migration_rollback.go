@@ -14,6 +14,7 @@ import (
 	"github.com/minio/kms-go/kms"
 
 	"github.com/runbook-dev/runbook/engine"
+	"github.com/runbook-dev/runbook/internal/parallel"
 )
 
 // Rollback deletes the keys this run imported: those checkpointed as
@@ -130,7 +131,7 @@ func (m *migrationStep) inFlightKeys(ctx context.Context, r *engine.Run, c *kms.
 		}
 	}
 	var mu sync.Mutex
-	err = forEach(ctx, m.parallelism(), len(maybe), func(ctx context.Context, i int) error {
+	err = parallel.ForEach(ctx, m.parallelism(), len(maybe), func(ctx context.Context, i int) error {
 		e, err := src.readEntry(ctx, maybe[i])
 		if err != nil || e.class != entryOK {
 			return err
@@ -160,7 +161,7 @@ func (m *migrationStep) inFlightKeys(ctx context.Context, r *engine.Run, c *kms.
 func (m *migrationStep) deleteKeys(ctx context.Context, r *engine.Run, c *kms.Client, enclave string, names []string) error {
 	var done atomic.Int64
 	total := int64(len(names))
-	return forEach(ctx, m.parallelism(), len(names), func(ctx context.Context, i int) error {
+	return parallel.ForEach(ctx, m.parallelism(), len(names), func(ctx context.Context, i int) error {
 		name := names[i]
 		err := withRetry(ctx, func() error {
 			return c.DeleteKey(ctx, enclave, &kms.DeleteKeyRequest{Name: name, AllVersions: true})

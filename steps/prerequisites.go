@@ -26,6 +26,7 @@ import (
 	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/atomicfile"
 	"github.com/runbook-dev/runbook/internal/keystore"
+	"github.com/runbook-dev/runbook/internal/parallel"
 )
 
 func init() {
@@ -611,7 +612,7 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, held *keystore.Verdict
 	keep := make([]bool, snapshotChunk) // an empty value is kept too
 	for lo := 0; lo < len(names); lo += snapshotChunk {
 		chunk := names[lo:min(len(names), lo+snapshotChunk)]
-		err := forEach(ctx, readParallelism, len(chunk), func(ctx context.Context, i int) error {
+		err := parallel.ForEach(ctx, readParallelism, len(chunk), func(ctx context.Context, i int) error {
 			raw, isHeld, err := takeValue(ctx, held, ks, chunk[i])
 			if unreadableEntryReason(err) != "" {
 				return nil // KES cannot read it either: migration names it

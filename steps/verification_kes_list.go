@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/runbook-dev/runbook/internal/keystore"
+	"github.com/runbook-dev/runbook/internal/parallel"
 )
 
 // kesListFunc lists the keys of a KES server whose names start with prefix
@@ -155,7 +156,7 @@ func listKESServerGuided(ctx context.Context, list kesListFunc, expected []strin
 		next  string
 	}
 	answers := make([]answer, len(planned))
-	err = forEach(ctx, inFlight, len(planned), func(ctx context.Context, i int) error {
+	err = parallel.ForEach(ctx, inFlight, len(planned), func(ctx context.Context, i int) error {
 		return withRetry(ctx, func() error {
 			var err error
 			answers[i].names, answers[i].next, err = list(ctx, planned[i])

@@ -19,6 +19,7 @@ import (
 	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 	"github.com/runbook-dev/runbook/internal/keystore"
+	"github.com/runbook-dev/runbook/internal/parallel"
 )
 
 // The proof, designed once for issues 10 and 12.
@@ -261,7 +262,7 @@ type proofCheckpoint struct {
 // batches of checkpointBatch under one fsync each, par batches at once.
 func checkpointProofs(ctx context.Context, w engine.CheckpointWriter, kps []keyProof, kesProven map[string]bool, par int) error {
 	batches := (len(kps) + checkpointBatch - 1) / checkpointBatch
-	return forEach(ctx, par, batches, func(ctx context.Context, b int) error {
+	return parallel.ForEach(ctx, par, batches, func(ctx context.Context, b int) error {
 		batch := kps[b*checkpointBatch : min(len(kps), (b+1)*checkpointBatch)]
 		items := make([]engine.CheckpointItem, len(batch))
 		for i, kp := range batch {
@@ -302,7 +303,7 @@ func (rt *kesRoundTrips) start(names []string) {
 	rt.wg.Add(1)
 	go func() {
 		defer rt.wg.Done()
-		err := forEach(rt.ctx, rt.par, len(names), func(ctx context.Context, i int) error {
+		err := parallel.ForEach(rt.ctx, rt.par, len(names), func(ctx context.Context, i int) error {
 			err := verifyKESGenerate(ctx, rt.kc, rt.kmc, rt.enclave, names[i])
 			rt.mu.Lock()
 			rt.results[names[i]] = err
@@ -395,7 +396,7 @@ func (v *verificationStep) readAndSeal(ctx context.Context, ks kesserver.KeyStor
 		mu         sync.Mutex
 		unparsable []problem
 	)
-	err := forEach(ctx, readParallelism, len(names), func(ctx context.Context, i int) error {
+	err := parallel.ForEach(ctx, readParallelism, len(names), func(ctx context.Context, i int) error {
 		name := names[i]
 		var raw []byte
 		err := withRetry(ctx, func() error {

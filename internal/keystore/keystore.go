@@ -22,13 +22,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	kesserver "github.com/minio/kes"
 	"github.com/minio/kes/kesconf"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/parallel"
 )
 
 // Problem is an entry named with the reason it is left out. Reason never
@@ -435,40 +434,26 @@ func (l *Listing) Classify(ctx context.Context, read Read, par int, v *Verdicts)
 	var (
 		mu    sync.Mutex
 		waits []int // indexes of the names another Classify is reading
-		next  atomic.Int64
 	)
-	g, gctx := errgroup.WithContext(ctx)
-	// par workers take the names in turn: a goroutine per name would grow
-	// its stack anew for every read (at 10,000 keys, a twentieth of the
-	// runbook's CPU went to copying stacks; perf).
-	for range min(max(par, 1), len(l.Keys)) {
-		g.Go(func() error {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(l.Keys) || gctx.Err() != nil {
-					return nil // a read failed, or ctx ended: the names not claimed stay unread
-				}
-				f, known, wait := v.claim(l.Keys[i])
-				switch {
-				case known:
-					foreign[i] = f.Class == ClassForeign
-				case wait != nil:
-					mu.Lock()
-					waits = append(waits, i)
-					mu.Unlock()
-				default:
-					var err error
-					if foreign[i], err = v.judge(gctx, read, l.Keys[i]); err != nil {
-						return err
-					}
-				}
-			}
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
+	// A read that fails, or ctx ending, stops the claims: the names not
+	// claimed stay unread.
+	err := parallel.ForEach(ctx, par, len(l.Keys), func(ctx context.Context, i int) error {
+		f, known, wait := v.claim(l.Keys[i])
+		switch {
+		case known:
+			foreign[i] = f.Class == ClassForeign
+		case wait != nil:
+			mu.Lock()
+			waits = append(waits, i)
+			mu.Unlock()
+		default:
+			var err error
+			foreign[i], err = v.judge(ctx, read, l.Keys[i])
+			return err
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	slices.Sort(waits)

@@ -1,4 +1,4 @@
-package steps
+package parallel
 
 import (
 	"context"
@@ -7,12 +7,12 @@ import (
 	"testing"
 )
 
-// forEach runs every index at most par at a time; the first error stops
+// ForEach runs every index at most par at a time; the first error stops
 // the rest and is what it returns; a context that ends first is the error.
 func TestForEach(t *testing.T) {
 	t.Parallel()
 	var running, most, calls atomic.Int64
-	err := forEach(context.Background(), 3, 50, func(ctx context.Context, i int) error {
+	err := ForEach(context.Background(), 3, 50, func(ctx context.Context, i int) error {
 		calls.Add(1)
 		n := running.Add(1)
 		defer running.Add(-1)
@@ -25,7 +25,7 @@ func TestForEach(t *testing.T) {
 	}
 	boom := errors.New("boom")
 	calls.Store(0)
-	err = forEach(context.Background(), 1, 50, func(ctx context.Context, i int) error {
+	err = ForEach(context.Background(), 1, 50, func(ctx context.Context, i int) error {
 		calls.Add(1)
 		if i == 4 {
 			return boom
@@ -37,7 +37,7 @@ func TestForEach(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := forEach(ctx, 2, 10, func(context.Context, int) error { return nil }); !errors.Is(err, context.Canceled) {
+	if err := ForEach(ctx, 2, 10, func(context.Context, int) error { return nil }); !errors.Is(err, context.Canceled) {
 		t.Fatalf("a cancelled context gives %v, want context.Canceled", err)
 	}
 }
