@@ -81,10 +81,13 @@ func ignoringEINTR(fn func() error) error {
 }
 
 // fastKeyStore is ks, KES's store of conf, with fsKeyStore's Get when
-// conf names an fs store.
+// conf names an fs store and vaultKeyStore's when it names Vault.
 func fastKeyStore(ks kesserver.KeyStore, conf *kesconf.File) kesserver.KeyStore {
-	if c, ok := conf.KeyStore.(*kesconf.FSKeyStore); ok {
+	switch c := conf.KeyStore.(type) {
+	case *kesconf.FSKeyStore:
 		return fsKeyStore{KeyStore: ks, dir: c.Path}
+	case *kesconf.VaultKeyStore:
+		return &vaultKeyStore{KeyStore: ks, conf: c}
 	}
 	return ks
 }

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/minio/kes/kesconf"
 	kesdk "github.com/minio/kms-go/kes"
 
@@ -105,21 +104,9 @@ func TestListKeyStoreGroups(t *testing.T) {
 // of the step).
 func TestVaultTransitEntries(t *testing.T) {
 	t.Parallel()
-	v := testenv.StartVault(t, testenv.VaultOptions{})
+	v, root := vaultWithTransit(t, testenv.VaultOptions{})
 	ctx := context.Background()
-	root, err := v.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := root.Sys().MountWithContext(ctx, "transit", &vaultapi.MountInput{Type: "transit"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := root.Logical().WriteWithContext(ctx, "transit/keys/kes", nil); err != nil {
-		t.Fatal(err)
-	}
-	policy := testenv.KESPolicy(testenv.VaultKV1, "kes", false) +
-		"path \"transit/encrypt/kes\" {\n  capabilities = [\"update\"]\n}\npath \"transit/decrypt/kes\" {\n  capabilities = [\"update\"]\n}\n"
-	role, err := v.CreateAppRole(ctx, "transit", policy)
+	role, err := v.CreateAppRole(ctx, "transit", transitPolicy(testenv.VaultKV1))
 	if err != nil {
 		t.Fatal(err)
 	}

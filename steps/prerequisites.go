@@ -147,7 +147,7 @@ type preflight struct {
 	names   []string
 	notKeys []problem // entries that are not keys (listKeyStore)
 	digest  string
-	ks      kesserver.KeyStore
+	ks      kesserver.KeyStore // the caller of check closes it
 	conf    *kesconf.File
 	km      *kms.Client
 	s3      *minio.Client
@@ -214,6 +214,9 @@ func (p *prerequisites) check(ctx context.Context, r *engine.Run, st *prerequisi
 	wg.Wait()
 	for _, err := range errs {
 		if err != nil {
+			if store.ks != nil {
+				store.ks.Close()
+			}
 			return nil, err
 		}
 	}
@@ -375,6 +378,7 @@ func (p *prerequisites) Plan(ctx context.Context, r *engine.Run) (*engine.StepPl
 	if err != nil {
 		return nil, err
 	}
+	pf.ks.Close()
 	actions := []string{
 		"check again that KES, the Key Manager and the object store answer as observed",
 		fmt.Sprintf("back up the KES config and a snapshot of the key store (%d entries) into the journal dir's backups/ (0600)", len(pf.names)),
@@ -416,6 +420,7 @@ func (p *prerequisites) Apply(ctx context.Context, r *engine.Run) error {
 	if err != nil {
 		return err
 	}
+	defer pf.ks.Close()
 	for _, o := range pf.observed {
 		r.Logf("%s", o)
 	}

@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -56,7 +57,7 @@ func main() {
 	flag.StringVar(&o.runbookBin, "runbook", "", "the runbook binary (default: go build ./cmd/runbook into the work directory)")
 	flag.StringVar(&o.kesBin, "kes", "", "the kes v0.24.0 binary for kes migrate (default: internal/toolcache)")
 	flag.IntVar(&o.compare, "compare", 1000, "keys for the comparison with kes migrate on every shape and latency (0: skip)")
-	shapesFlag := flag.String("shapes", "v0.24,v0.23,mixed,v0.22", "store shapes of the comparison")
+	shapesFlag := flag.String("shapes", "v0.24,v0.23,mixed,v0.22,vault", "store shapes of the comparison")
 	latFlag := flag.String("latencies", "0,1ms,10ms", "round-trip times added to every connection to the Key Manager and to KES in the comparison")
 	flag.IntVar(&o.wan, "wan", 10000, "keys for the comparison with -wan-rtt to the Key Manager (0: skip)")
 	wanShapesFlag := flag.String("wan-shapes", "mixed", "store shapes of the -wan comparison")
@@ -106,6 +107,13 @@ func main() {
 	if o.kesBin == "" {
 		o.kesBin, err = toolcache.Ensure(context.Background(), toolcache.KES, os.Stderr)
 		check(err)
+	}
+	for _, sh := range slices.Concat(o.shapes, o.wanShapes, o.scaleShapes) {
+		if sh.vault {
+			_, err = toolcache.Ensure(context.Background(), toolcache.Vault, os.Stderr)
+			check(err)
+			break
+		}
 	}
 	cfg := emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(work, "km")}
 	if traceDir != "" {

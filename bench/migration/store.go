@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/runbook-dev/runbook/internal/kescrypto"
 	"github.com/runbook-dev/runbook/internal/testenv"
@@ -21,8 +24,9 @@ type shape struct {
 	// json says whether key i is stored in the KES v0.22/v0.23 JSON format
 	// (no HMAC key: that format has none) rather than KES v0.24's base64
 	// protobuf (always with an HMAC key: KES v0.24 requires one).
-	json func(i int) bool
-	v022 bool // served by KES v0.22.3 (listing by glob) instead of v0.24.0
+	json  func(i int) bool
+	v022  bool // served by KES v0.22.3 (listing by glob) instead of v0.24.0
+	vault bool // kept in Vault's kv v1 engine, not in an fs store
 }
 
 var shapes = []shape{
@@ -30,6 +34,7 @@ var shapes = []shape{
 	{name: "v0.23", about: "every key written by KES v0.22/v0.23 (JSON, no HMAC key), served by KES v0.24", json: func(int) bool { return true }},
 	{name: "mixed", about: "every other key JSON (KES v0.22/v0.23), the others protobuf with an HMAC key (KES v0.24), served by KES v0.24", json: func(i int) bool { return i%2 == 1 }},
 	{name: "v0.22", about: "every key JSON, served by KES v0.22.3 (an older KES still running: keys listed by glob, streamed)", json: func(int) bool { return true }, v022: true},
+	{name: "vault", about: "mixed, kept in Vault (a kv v1 engine, as most KES deployments keep their keys; Vault in dev mode over TLS on this machine, at no added round trip: both tools read it from where KES runs), served by KES v0.24", json: func(i int) bool { return i%2 == 1 }, vault: true},
 }
 
 func shapeNamed(name string) (shape, error) {
@@ -43,7 +48,8 @@ func shapeNamed(name string) (shape, error) {
 	return shape{}, fmt.Errorf("unknown store shape %q (known: %s)", name, strings.Join(names, ", "))
 }
 
-// store is an fs key store with a real KES server on it.
+// store is a key store (fs, or Vault's kv v1) with a real KES server on
+// it.
 type store struct {
 	dir   string
 	shape shape
@@ -51,11 +57,18 @@ type store struct {
 	kes   *testenv.KES
 }
 
-// newStore writes n keys straight into dir/keys in the shape's formats,
-// every third one ChaCha20, and starts a KES server on them.
+// newStore writes n keys straight into dir/keys (or Vault) in the shape's
+// formats, every third one ChaCha20, and starts a KES server on them.
 func newStore(tb *benchTB, dir string, n int, sh shape) *store {
 	keys := filepath.Join(dir, "keys")
 	check(os.MkdirAll(keys, 0o700))
+	write := func(name string, value []byte) error { return os.WriteFile(filepath.Join(keys, name), value, 0o600) }
+	opts := testenv.KESOptions{KeyStoreDir: keys, V022: sh.v022}
+	if sh.vault {
+		write, opts = vaultStore(tb)
+	}
+	g := new(errgroup.Group)
+	g.SetLimit(16) // Vault takes a write per key
 	now := time.Now().UTC()
 	for i := range n {
 		k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, 32), CreatedAt: now, CreatedBy: "bench"}
@@ -78,9 +91,28 @@ func newStore(tb *benchTB, dir string, n int, sh shape) *store {
 			b, err = k.MarshalV024()
 		}
 		check(err)
-		check(os.WriteFile(filepath.Join(keys, keyName(i)), b, 0o600))
+		g.Go(func() error { return write(keyName(i), b) })
 	}
-	return &store{dir: dir, shape: sh, keys: n, kes: testenv.StartKES(tb, testenv.KESOptions{KeyStoreDir: keys, V022: sh.v022})}
+	check(g.Wait())
+	return &store{dir: dir, shape: sh, keys: n, kes: testenv.StartKES(tb, opts)}
+}
+
+// vaultStore starts a Vault server with an AppRole for KES and returns a
+// function that writes a key as KES's vault store does (kes@v0.24.0
+// internal/keystore/vault: the value under the key's name in a kv v1
+// secret at kv1/kes/NAME), and the options of a KES server on it.
+func vaultStore(tb *benchTB) (func(name string, value []byte) error, testenv.KESOptions) {
+	ctx := context.Background()
+	v := testenv.StartVault(tb, testenv.VaultOptions{TLS: true}) // as in production
+	role, err := v.CreateAppRole(ctx, "kes", testenv.KESPolicy(testenv.VaultKV1, "kes", false))
+	check(err)
+	c, err := v.Client()
+	check(err)
+	write := func(name string, value []byte) error {
+		_, err := c.Logical().WriteWithContext(ctx, "kv1/kes/"+name, map[string]any{name: string(value)})
+		return err
+	}
+	return write, testenv.KESOptions{KeyStore: v.KESKeyStore(testenv.VaultKV1, "kes", role)}
 }
 
 // keyName is the store's name of key i.

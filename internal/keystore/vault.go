@@ -126,6 +126,10 @@ func newVaultClient(conf *kesconf.VaultKeyStore) (*vaultapi.Client, error) {
 		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout: 10 * time.Second,
 		ForceAttemptHTTP2:   true,
+		// A VaultReader's reads, many at once, each keep their connection
+		// (HTTP/1.1 when Vault serves plain HTTP or no HTTP/2).
+		MaxIdleConnsPerHost: vaultReadConns,
+		IdleConnTimeout:     30 * time.Second,
 	}
 	cfg := &vaultapi.Config{
 		Address: conf.Endpoint,
@@ -168,6 +172,41 @@ func newVaultClient(conf *kesconf.VaultKeyStore) (*vaultapi.Client, error) {
 	return c, nil
 }
 
+// vaultLogIn logs in to conf's Vault as KES does (vaultLoginOf) and
+// returns a client (newVaultClient) holding the token, or the login's error
+// (vaultLoginError: never with the secret or the JWT).
+func vaultLogIn(ctx context.Context, conf *kesconf.VaultKeyStore) (*vaultapi.Client, vaultLogin, error) {
+	login, err := vaultLoginOf(conf)
+	if err != nil {
+		return nil, login, err
+	}
+	c, err := newVaultClient(conf)
+	if err != nil {
+		return nil, login, err
+	}
+	lc := c
+	if login.namespace != conf.Namespace {
+		lc = c.WithNamespace(login.namespace)
+	}
+	secret, err := lc.Logical().WriteWithContext(ctx, login.path, login.body)
+	if err != nil {
+		return nil, login, vaultLoginError(conf, login, err)
+	}
+	if secret == nil || secret.Auth == nil || secret.Auth.ClientToken == "" {
+		return nil, login, fmt.Errorf("log in to Vault at %s (%s): Vault answered without a token", conf.Endpoint, login.path)
+	}
+	c.SetToken(secret.Auth.ClientToken)
+	return c, login, nil
+}
+
+// revokeVaultToken revokes c's token, waiting at most 5 s: a failure leaves
+// it to its TTL.
+func revokeVaultToken(ctx context.Context, c *vaultapi.Client) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_ = c.Auth().Token().RevokeSelfWithContext(ctx, "")
+}
+
 // listVaultNames lists every entry name of a KES vault key store through the
 // Vault API itself (github.com/hashicorp/vault/api), logging in as KES does
 // (AppRole or Kubernetes, with the config's namespace): a second listing,
@@ -182,32 +221,12 @@ func newVaultClient(conf *kesconf.VaultKeyStore) (*vaultapi.Client, error) {
 // lacks the list capability gets the policy rule to add. They never hold the
 // AppRole secret, the JWT or the token.
 func listVaultNames(ctx context.Context, conf *kesconf.VaultKeyStore) ([]string, error) {
-	login, err := vaultLoginOf(conf)
+	c, login, err := vaultLogIn(ctx, conf)
 	if err != nil {
 		return nil, err
 	}
-	c, err := newVaultClient(conf)
-	if err != nil {
-		return nil, err
-	}
-	lc := c
-	if login.namespace != conf.Namespace {
-		lc = c.WithNamespace(login.namespace)
-	}
-	secret, err := lc.Logical().WriteWithContext(ctx, login.path, login.body)
-	if err != nil {
-		return nil, vaultLoginError(conf, login, err)
-	}
-	if secret == nil || secret.Auth == nil || secret.Auth.ClientToken == "" {
-		return nil, fmt.Errorf("log in to Vault at %s (%s): Vault answered without a token", conf.Endpoint, login.path)
-	}
-	c.SetToken(secret.Auth.ClientToken)
 	// The token is ours alone; give it back rather than leave it to its TTL.
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = c.Auth().Token().RevokeSelfWithContext(rctx, "")
-	}()
+	defer revokeVaultToken(context.WithoutCancel(ctx), c)
 
 	where := vaultListPath(conf)
 	list, err := c.Logical().ListWithContext(ctx, where)
@@ -231,6 +250,69 @@ func listVaultNames(ctx context.Context, conf *kesconf.VaultKeyStore) ([]string,
 	}
 	slices.Sort(names)
 	return names, nil
+}
+
+// vaultReadConns bounds the connections a VaultReader keeps open to Vault.
+const vaultReadConns = 32
+
+// VaultReader reads the values of a KES vault key store through Vault's API
+// over connections it keeps: KES's own vault store (kes@v0.24.0
+// internal/keystore/vault, Connect) turns keep-alives off, so that each of
+// its reads costs Vault a new TCP connection, and a TLS handshake where
+// Vault serves HTTPS, as production Vaults do. Reading every key of a
+// store of 1,000 that way made Vault's CPU the limit of a whole verified
+// run (bench/migration, store shape "vault"). It logs in as KES does
+// (vaultLoginOf) with a token of its own, which Close revokes.
+type VaultReader struct {
+	conf   *kesconf.VaultKeyStore
+	client *vaultapi.Client
+}
+
+// NewVaultReader logs in to conf's Vault as KES does and returns a reader,
+// or the login's error (vaultLogIn).
+func NewVaultReader(ctx context.Context, conf *kesconf.VaultKeyStore) (*VaultReader, error) {
+	c, _, err := vaultLogIn(ctx, conf)
+	if err != nil {
+		return nil, err
+	}
+	return &VaultReader{conf: conf, client: c}, nil
+}
+
+// Get returns the value KES's vault store's Get returns for name when that
+// is a plain value: the string field named after the key in the kv v1
+// secret PREFIX/NAME, or in version 1 of the kv v2 one (the version KES
+// reads). ok is false for anything else (no such entry, no such field, a
+// field that is not a string, a value sealed with a Vault transit key, any
+// error): the caller then asks KES's store, which answers that case as KES
+// does. Get is safe for concurrent use.
+func (r *VaultReader) Get(ctx context.Context, name string) (value []byte, ok bool) {
+	engine := r.conf.Engine
+	if engine == "" {
+		engine = vaultDefaultEngine
+	}
+	location := path.Join(r.conf.Prefix, name)
+	var entry *vaultapi.KVSecret
+	var err error
+	if vaultAPIVersion(r.conf) == "v2" {
+		entry, err = r.client.KVv2(engine).GetVersion(ctx, location, 1)
+	} else {
+		entry, err = r.client.KVv1(engine).Get(ctx, location)
+	}
+	if err != nil || entry == nil {
+		return nil, false
+	}
+	s, isString := entry.Data[name].(string)
+	if !isString || strings.HasPrefix(s, "vault:v1:") {
+		return nil, false
+	}
+	return []byte(s), true
+}
+
+// Close revokes the reader's token (within 5 s) and closes its idle
+// connections.
+func (r *VaultReader) Close() {
+	revokeVaultToken(context.Background(), r.client)
+	r.client.CloneConfig().HttpClient.CloseIdleConnections()
 }
 
 // VaultListRefusal lists a vault key store the way listVaultNames does and
