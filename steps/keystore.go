@@ -81,7 +81,7 @@ func listKeyStore(ctx context.Context, r *engine.Run, k *kesConnection, ks kesse
 			return err
 		})
 		return raw, err
-	}, readParallelism, judged(r, k, conf))
+	}, readParallelismOf(ks), judged(r, k, conf))
 	if err != nil {
 		return nil, fmt.Errorf("list key store: %w (was an entry deleted while it was read? halt key changes at KES first)", err)
 	}

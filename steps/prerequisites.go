@@ -610,14 +610,14 @@ func snapshotKeyStore(ctx context.Context, r *engine.Run, held *keystore.Verdict
 	tw := tar.NewWriter(io.MultiWriter(out, h))
 	now := time.Now().UTC().Truncate(time.Second)
 	written := 0
-	// Read snapshotChunk entries at once (readParallelism reads in
+	// Read snapshotChunk entries at once (readParallelismOf reads in
 	// flight: one at a time, the snapshot took as long as the migration),
 	// then write them in order; values are wiped as soon as written.
 	vals := make([][]byte, snapshotChunk)
 	keep := make([]bool, snapshotChunk) // an empty value is kept too
 	for lo := 0; lo < len(names); lo += snapshotChunk {
 		chunk := names[lo:min(len(names), lo+snapshotChunk)]
-		err := parallel.ForEach(ctx, readParallelism, len(chunk), func(ctx context.Context, i int) error {
+		err := parallel.ForEach(ctx, readParallelismOf(ks), len(chunk), func(ctx context.Context, i int) error {
 			raw, isHeld, err := takeValue(ctx, held, ks, chunk[i])
 			if unreadableEntryReason(err) != "" {
 				return nil // KES cannot read it either: migration names it

@@ -30,15 +30,18 @@ type site struct {
 	km      *emulator.Server
 	kmAddr  string // the emulator, or its proxy
 	kesAddr string // the KES server, or its proxy
-	kmRTT   time.Duration
-	kesRTT  time.Duration
-	close   func()
+	// kesConfig is the KES config both tools read the key store by: the
+	// KES server's, or a copy naming a proxy to its Vault (as far as KES).
+	kesConfig string
+	kmRTT     time.Duration
+	kesRTT    time.Duration
+	close     func()
 }
 
 // newSite puts the latency proxies in front of the emulator and the
 // store's KES server (none for 0).
 func newSite(km *emulator.Server, st *store, kmRTT, kesRTT time.Duration) *site {
-	s := &site{km: km, kmAddr: km.Addr(), kesAddr: st.kes.Addr, kmRTT: kmRTT, kesRTT: kesRTT, close: func() {}}
+	s := &site{km: km, kmAddr: km.Addr(), kesAddr: st.kes.Addr, kesConfig: st.kes.ConfigFile, kmRTT: kmRTT, kesRTT: kesRTT, close: func() {}}
 	var proxies []*delayproxy.Proxy
 	if kmRTT > 0 {
 		p, err := delayproxy.Start(km.Addr(), kmRTT)
@@ -51,6 +54,15 @@ func newSite(km *emulator.Server, st *store, kmRTT, kesRTT time.Duration) *site 
 		check(err)
 		proxies = append(proxies, p)
 		s.kesAddr = p.Addr()
+		if st.vaultURL != "" {
+			v, err := delayproxy.Start(strings.TrimPrefix(st.vaultURL, "https://"), kesRTT)
+			check(err)
+			proxies = append(proxies, v)
+			conf, err := os.ReadFile(st.kes.ConfigFile)
+			check(err)
+			s.kesConfig = filepath.Join(st.dir, fmt.Sprintf("kes-config-%s.yaml", kesRTT))
+			check(os.WriteFile(s.kesConfig, bytes.ReplaceAll(conf, []byte(st.vaultURL), []byte("https://"+v.Addr())), 0o600))
+		}
 	}
 	s.close = func() {
 		for _, p := range proxies {
@@ -105,7 +117,7 @@ var whereLogs = regexp.MustCompile(`imported \d+ keys this attempt|read \d+ entr
 // enclave named name.
 func (s *store) runbook(bin string, st *site, name, verb string) result {
 	rb := filepath.Join(s.dir, name+".hcl")
-	check(os.WriteFile(rb, fmt.Appendf(nil, runbookText, name, "https://"+st.kesAddr, s.kes.CAFile, s.kes.ConfigFile, "https://"+st.kmAddr, st.km.CAFile(), name), 0o600))
+	check(os.WriteFile(rb, fmt.Appendf(nil, runbookText, name, "https://"+st.kesAddr, s.kes.CAFile, st.kesConfig, "https://"+st.kmAddr, st.km.CAFile(), name), 0o600))
 	cmd := exec.Command(bin, verb, rb, "-json")
 	cmd.Env = append(os.Environ(), "RUNBOOK_VAR_km_api_key="+st.km.RootAPIKey(), "RUNBOOK_VAR_kes_api_key="+s.kes.APIKey)
 	var out bytes.Buffer
@@ -157,7 +169,7 @@ func (s *store) kesMigrate(bin string, st *site, enclave string) (result, int) {
 	c, err := testenv.KMSClient(st.km.Addr(), st.km.CAFile(), st.km.RootAPIKey())
 	check(err)
 	check(c.CreateEnclave(context.Background(), &kms.CreateEnclaveRequest{Name: enclave}))
-	cmd := exec.Command(bin, "migrate", "--from", s.kes.ConfigFile, "--server", st.kmAddr, "--enclave", enclave, "--api-key", st.km.RootAPIKey(), "-k")
+	cmd := exec.Command(bin, "migrate", "--from", st.kesConfig, "--server", st.kmAddr, "--enclave", enclave, "--api-key", st.km.RootAPIKey(), "-k")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()

@@ -34,7 +34,7 @@ var shapes = []shape{
 	{name: "v0.23", about: "every key written by KES v0.22/v0.23 (JSON, no HMAC key), served by KES v0.24", json: func(int) bool { return true }},
 	{name: "mixed", about: "every other key JSON (KES v0.22/v0.23), the others protobuf with an HMAC key (KES v0.24), served by KES v0.24", json: func(i int) bool { return i%2 == 1 }},
 	{name: "v0.22", about: "every key JSON, served by KES v0.22.3 (an older KES still running: keys listed by glob, streamed)", json: func(int) bool { return true }, v022: true},
-	{name: "vault", about: "mixed, kept in Vault (a kv v1 engine, as most KES deployments keep their keys; Vault in dev mode over TLS on this machine, at no added round trip: both tools read it from where KES runs), served by KES v0.24", json: func(i int) bool { return i%2 == 1 }, vault: true},
+	{name: "vault", about: "mixed, kept in Vault (a kv v1 engine, as most KES deployments keep their keys; Vault in dev mode over TLS on this machine, as far from both tools as the KES server is: the round trip to KES is added to Vault's too), served by KES v0.24", json: func(i int) bool { return i%2 == 1 }, vault: true},
 }
 
 func shapeNamed(name string) (shape, error) {
@@ -55,6 +55,9 @@ type store struct {
 	shape shape
 	keys  int
 	kes   *testenv.KES
+	// vaultURL is the Vault the keys are in (https://127.0.0.1:PORT), ""
+	// for an fs store.
+	vaultURL string
 }
 
 // newStore writes n keys straight into dir/keys (or Vault) in the shape's
@@ -64,8 +67,9 @@ func newStore(tb *benchTB, dir string, n int, sh shape) *store {
 	check(os.MkdirAll(keys, 0o700))
 	write := func(name string, value []byte) error { return os.WriteFile(filepath.Join(keys, name), value, 0o600) }
 	opts := testenv.KESOptions{KeyStoreDir: keys, V022: sh.v022}
+	var vaultURL string
 	if sh.vault {
-		write, opts = vaultStore(tb)
+		write, opts, vaultURL = vaultStore(tb)
 	}
 	g := new(errgroup.Group)
 	g.SetLimit(16) // Vault takes a write per key
@@ -94,14 +98,14 @@ func newStore(tb *benchTB, dir string, n int, sh shape) *store {
 		g.Go(func() error { return write(keyName(i), b) })
 	}
 	check(g.Wait())
-	return &store{dir: dir, shape: sh, keys: n, kes: testenv.StartKES(tb, opts)}
+	return &store{dir: dir, shape: sh, keys: n, kes: testenv.StartKES(tb, opts), vaultURL: vaultURL}
 }
 
 // vaultStore starts a Vault server with an AppRole for KES and returns a
 // function that writes a key as KES's vault store does (kes@v0.24.0
 // internal/keystore/vault: the value under the key's name in a kv v1
-// secret at kv1/kes/NAME), and the options of a KES server on it.
-func vaultStore(tb *benchTB) (func(name string, value []byte) error, testenv.KESOptions) {
+// secret at kv1/kes/NAME), the options of a KES server on it, and its URL.
+func vaultStore(tb *benchTB) (func(name string, value []byte) error, testenv.KESOptions, string) {
 	ctx := context.Background()
 	v := testenv.StartVault(tb, testenv.VaultOptions{TLS: true}) // as in production
 	role, err := v.CreateAppRole(ctx, "kes", testenv.KESPolicy(testenv.VaultKV1, "kes", false))
@@ -112,7 +116,7 @@ func vaultStore(tb *benchTB) (func(name string, value []byte) error, testenv.KES
 		_, err := c.Logical().WriteWithContext(ctx, "kv1/kes/"+name, map[string]any{name: string(value)})
 		return err
 	}
-	return write, testenv.KESOptions{KeyStore: v.KESKeyStore(testenv.VaultKV1, "kes", role)}
+	return write, testenv.KESOptions{KeyStore: v.KESKeyStore(testenv.VaultKV1, "kes", role)}, v.URL
 }
 
 // keyName is the store's name of key i.

@@ -252,7 +252,8 @@ func listVaultNames(ctx context.Context, conf *kesconf.VaultKeyStore) ([]string,
 	return names, nil
 }
 
-// vaultReadConns bounds the connections a VaultReader keeps open to Vault.
+// vaultReadConns bounds the connections a VaultReader keeps open to Vault:
+// as many as the steps read at once (steps.vaultReadParallelism).
 const vaultReadConns = 32
 
 // VaultReader reads the values of a KES vault key store through Vault's API
