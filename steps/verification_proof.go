@@ -377,17 +377,13 @@ func kesSample(names []string, n int) []string {
 // (an fs read is an open, a read and a close).
 const readParallelism = 8
 
-// vaultReadParallelism bounds the reads in flight at a Vault store, where
-// each is a round trip: 2,000 reads at 1 ms of round trip took 1.43 s 8 at
-// once, 1.02 s 32 at once; at 5 ms 2.25 s and 1.34 s (a Vault on this
-// 2-CPU machine, over TLS and HTTP/2). The cloud stores keep
-// readParallelism: their request quotas were not measured.
-const vaultReadParallelism = 32
-
-// readParallelismOf is how many reads of ks to have in flight.
+// readParallelismOf is how many reads of ks to have in flight:
+// keystore.VaultReads at a Vault store, where each is a round trip. The
+// cloud stores keep readParallelism: their request quotas were not
+// measured.
 func readParallelismOf(ks kesserver.KeyStore) int {
 	if _, ok := ks.(*vaultKeyStore); ok {
-		return vaultReadParallelism
+		return keystore.VaultReads
 	}
 	return readParallelism
 }
