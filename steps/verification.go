@@ -294,20 +294,22 @@ type verifyFailure struct {
 // references (every key the object store names is in the enclave). Any
 // problem fails the step, all named.
 func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
-	ctx, cancel := context.WithCancel(ctx) // ends the background probe and listings if Apply returns early
-	defer cancel()
 	vr, err := v.begin(ctx, r)
 	if err != nil {
 		return err
 	}
-	names, err := vr.listNames(ctx)
+	defer vr.end()
+	ctx = vr.ctx
+	names, err := vr.listStore(ctx)
 	if err != nil {
 		return err
 	}
 	defer names.ks.Close()
-	if names.served != nil {
-		defer names.served.cancel() // the plan's listing too, once taken
-	}
+	defer func() {
+		if names.served != nil {
+			names.served.cancel() // the plan's listing too, once taken
+		}
+	}()
 	read, err := vr.readStore(ctx, names)
 	if err != nil {
 		return err
@@ -337,17 +339,24 @@ func (v *verificationStep) Apply(ctx context.Context, r *engine.Run) error {
 // verifyRun is one verification under way: its connections, and the
 // problems its phases found.
 type verifyRun struct {
-	v        *verificationStep
-	r        *engine.Run
-	src      *kesConnection
-	srcAddr  string
-	enc      enclaveRef
-	kmc      *kms.Client
-	srv      *kesServer    // nil when the kes block names no server
-	kc       *kes.Client   // srv's client
-	probed   chan struct{} // closed once begin's probe of the KES server ended (nil: no server)
-	probeErr error
-	problems []string
+	v       *verificationStep
+	r       *engine.Run
+	ctx     context.Context // Apply's, ended by end
+	cancel  context.CancelFunc
+	src     *kesConnection
+	srcAddr string
+	enc     enclaveRef
+	kmc     *kms.Client
+	srv     *kesServer  // nil when the kes block names no server
+	kc      *kes.Client // srv's client
+	// begin's background work: the probe of the KES server (nil: no
+	// server) and the listing of the enclave, each closed once ended.
+	probed    chan struct{}
+	probeErr  error
+	listed    chan struct{}
+	allTarget []string
+	listErr   error
+	problems  []string
 }
 
 // ends are the two sides the verification compares: the kes block (and its
@@ -362,9 +371,9 @@ func (v *verificationStep) ends() (*kesConnection, string, enclaveRef, error) {
 }
 
 // begin connects to both ends for Apply, and starts probing the KES
-// server, if the kes block names one: the probe (a few round trips) runs
-// while listNames lists the store and the enclave, and listNames waits
-// for it (server).
+// server, if the kes block names one, and listing the enclave: a few round
+// trips each, which run while listStore lists the key store and the
+// reading begins; targets waits for them. end waits for them too.
 func (v *verificationStep) begin(ctx context.Context, r *engine.Run) (*verifyRun, error) {
 	src, srcAddr, enc, err := v.ends()
 	if err != nil {
@@ -374,7 +383,8 @@ func (v *verificationStep) begin(ctx context.Context, r *engine.Run) (*verifyRun
 	if err != nil {
 		return nil, err
 	}
-	vr := &verifyRun{v: v, r: r, src: src, srcAddr: srcAddr, enc: enc, kmc: kmc}
+	ctx, cancel := context.WithCancel(ctx) // ends the background work if Apply returns early
+	vr := &verifyRun{v: v, r: r, ctx: ctx, cancel: cancel, src: src, srcAddr: srcAddr, enc: enc, kmc: kmc, listed: make(chan struct{})}
 	if src.HasServer() {
 		vr.probed = make(chan struct{})
 		go func() {
@@ -382,25 +392,25 @@ func (v *verificationStep) begin(ctx context.Context, r *engine.Run) (*verifyRun
 			vr.srv, vr.probeErr = src.Server(ctx, r, srcAddr)
 		}()
 	}
+	go func() {
+		defer close(vr.listed)
+		vr.listErr = withRetry(ctx, func() error {
+			var err error
+			vr.allTarget, err = listEnclaveKeys(ctx, kmc, enc.Name)
+			return err
+		})
+	}()
 	return vr, nil
 }
 
-// server waits for begin's probe of the KES server and sets srv and kc;
-// without a KES server it returns nil at once.
-func (vr *verifyRun) server(ctx context.Context) error {
-	if vr.probed == nil {
-		return nil
+// end cancels what Apply started and waits for begin's work: nothing of
+// it uses the run once Apply has returned.
+func (vr *verifyRun) end() {
+	vr.cancel()
+	<-vr.listed
+	if vr.probed != nil {
+		<-vr.probed
 	}
-	select {
-	case <-vr.probed:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if vr.probeErr != nil {
-		return vr.probeErr
-	}
-	vr.kc = vr.srv.c
-	return nil
 }
 
 // verifyNames are the name sets the verification compares.
@@ -409,9 +419,11 @@ type verifyNames struct {
 	held       *keystore.Verdicts // what this apply's plan read of the store (readAndSeal)
 	listing    *storeListing
 	candidates []string // the store's entries that may be keys
-	allTarget  []string // every key of the enclave
-	target     []string // those matching the pattern
-	served     *servedListing
+	// Set by targets, once begin's listing of the enclave and probe of the
+	// KES server have ended:
+	allTarget []string // every key of the enclave
+	target    []string // those matching the pattern
+	served    *servedListing
 }
 
 // servedNames is the KES server's complete name set.
@@ -424,33 +436,43 @@ type servedNames struct {
 	byPlan   bool // listed from the quiet plan before the apply (freshServed)
 }
 
-// listNames lists the key store completely and the enclave, and takes the
-// listing of the KES server's names that this process's plan started, or
-// starts it (verification_served.go): it costs the KES server a read of its
-// store per listing, not this side.
-func (vr *verifyRun) listNames(ctx context.Context) (*verifyNames, error) {
+// listStore lists the key store completely (sourceNames).
+func (vr *verifyRun) listStore(ctx context.Context) (*verifyNames, error) {
 	ks, listing, candidates, held, err := vr.v.sourceNames(ctx, vr.r, vr.src)
 	if err != nil {
 		return nil, err
 	}
-	n := &verifyNames{ks: ks, listing: listing, candidates: candidates, held: held}
-	err = withRetry(ctx, func() error {
-		var err error
-		n.allTarget, err = listEnclaveKeys(ctx, vr.kmc, vr.enc.Name)
-		return err
-	})
-	if err == nil {
-		err = vr.server(ctx)
+	return &verifyNames{ks: ks, listing: listing, candidates: candidates, held: held}, nil
+}
+
+// targets waits for begin's listing of the enclave and probe of the KES
+// server, and takes the listing of the KES server's names that this
+// process's plan started, or starts it (verification_served.go): it costs
+// the KES server a read of its store per listing, not this side.
+func (vr *verifyRun) targets(ctx context.Context, n *verifyNames) error {
+	select {
+	case <-vr.listed:
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	if err != nil {
-		ks.Close()
-		return nil, err
+	if vr.listErr != nil {
+		return vr.listErr
 	}
-	if vr.kc != nil {
-		n.served = takeServedListing(ctx, vr.r, vr.src, vr.srv, listing.All)
+	if vr.probed != nil {
+		select {
+		case <-vr.probed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if vr.probeErr != nil {
+			return vr.probeErr
+		}
+		vr.kc = vr.srv.c
+		n.served = takeServedListing(ctx, vr.r, vr.src, vr.srv, n.listing.All)
 	}
+	n.allTarget = vr.allTarget
 	n.target = verifyMatch(n.allTarget, vr.v.pattern())
-	return n, nil
+	return nil
 }
 
 // storeRead is what reading the key store gave: the keys to prove, whose
@@ -459,7 +481,7 @@ func (vr *verifyRun) listNames(ctx context.Context) (*verifyNames, error) {
 type storeRead struct {
 	sampled    []string // the keys chosen to prove (every key, or a sample)
 	decrypting *decryptPipe
-	proving    []string // the keys whose proofs were sealed, sorted
+	proving    []string // the keys whose proofs were sealed and sent, sorted
 	unparsable []problem
 	kesRT      *kesRoundTrips // nil without a KES server
 	started    time.Time
@@ -469,33 +491,88 @@ type storeRead struct {
 // format (verification_proof.go), the Key Manager decrypting them as they
 // are sealed (decryptPipe), while the KES round trips on a sample run
 // meanwhile: they cost the KES server and the Key Manager a request each,
-// not this side's CPU. proveMaterial takes the answers.
+// not this side's CPU. proveMaterial takes the answers. Without a sample
+// the reading starts at once, sealing every key no earlier attempt proved,
+// while the enclave is still listed (targets): the pipe holds the proofs
+// until the listing says which keys both sides hold, and drops the others'
+// (a key the enclave lacks is named by compareNames, not by a failed
+// decryption). A sample is drawn from the keys both sides hold, so it
+// waits for the listing first.
 func (vr *verifyRun) readStore(ctx context.Context, n *verifyNames) (*storeRead, error) {
 	start := time.Now()
-	todo, sampled, err := vr.v.chooseRoundTrips(vr.r, nameIntersect(n.candidates, n.target))
-	if err != nil {
-		return nil, err
-	}
-	rd := &storeRead{sampled: sampled, started: start}
-	if vr.kc != nil {
-		rd.kesRT = startKESRoundTrips(ctx, vr.kc, vr.kmc, vr.enc.Name, kesSample(todo, verifyKESSample), vr.v.parallelism())
-	}
-	// Progress counts keys answered, out of the keys to prove: those that
-	// turn out not to parse leave the total once the reading has ended.
+	rd := &storeRead{started: start}
+	// Progress counts keys answered, out of the keys to prove: those the
+	// enclave lacks and those that turn out not to parse leave the total
+	// once known.
 	var done, total atomic.Int64
-	total.Store(int64(len(todo)))
-	vr.r.Progress(0, total.Load())
 	rd.decrypting = newDecryptPipe(ctx, vr.kmc, vr.enc.Name, vr.v.parallelism(), func(n int) { vr.r.Progress(done.Add(int64(n)), total.Load()) })
-	rd.unparsable, err = vr.v.readAndSeal(ctx, n.ks, n.held, n.candidates, setOf(todo), rd.decrypting.add)
+	announced := false
+	setTotal := func(t int) { // from one goroutine at a time
+		if total.Swap(int64(t)) != int64(t) || !announced {
+			vr.r.Progress(done.Load(), int64(t))
+		}
+		announced = true
+	}
+	choose := func() (map[string]bool, error) {
+		if err := vr.targets(ctx, n); err != nil {
+			return nil, err
+		}
+		todo, sampled, err := vr.v.chooseRoundTrips(vr.r, nameIntersect(n.candidates, n.target))
+		if err != nil {
+			return nil, err
+		}
+		rd.sampled = sampled
+		if vr.kc != nil {
+			rd.kesRT = startKESRoundTrips(ctx, vr.kc, vr.kmc, vr.enc.Name, kesSample(todo, verifyKESSample), vr.v.parallelism())
+		}
+		setTotal(len(todo))
+		return setOf(todo), nil
+	}
+	var prove map[string]bool
+	chosen := make(chan error, 1)
+	if vr.v.cfg.Sample != nil {
+		keep, err := choose()
+		if err != nil {
+			rd.decrypting.abort()
+			return nil, err
+		}
+		prove = keep
+		chosen <- rd.decrypting.open(keep)
+	} else {
+		prove = map[string]bool{}
+		for _, name := range n.candidates {
+			if !verifiedKeys.Item(name).Done(vr.r) {
+				prove[name] = true
+			}
+		}
+		setTotal(len(prove))
+		rd.decrypting.hold()
+		go func() {
+			keep, err := choose()
+			if err == nil {
+				err = rd.decrypting.open(keep)
+			}
+			if err != nil {
+				rd.decrypting.fail(err) // ends the reading with err
+			}
+			chosen <- err
+		}()
+	}
+	var err error
+	rd.unparsable, err = vr.v.readAndSeal(ctx, n.ks, n.held, n.candidates, prove, rd.decrypting.add)
+	if err != nil {
+		rd.decrypting.cancel() // the listing's wait need not send what it holds
+	}
+	if cerr := <-chosen; err == nil {
+		err = cerr
+	}
 	if err != nil {
 		rd.decrypting.abort()
 		return nil, err
 	}
 	var sealed int
 	rd.proving, sealed = rd.decrypting.sealed()
-	if total.Swap(int64(len(rd.proving))) != int64(len(rd.proving)) {
-		vr.r.Progress(done.Load(), total.Load())
-	}
+	setTotal(len(rd.proving))
 	vr.r.Logf("read %d entries of the key store and sealed %d ciphertexts in %s, each sent to the Key Manager as its request filled", len(n.candidates), sealed, time.Since(start).Round(time.Millisecond))
 	return rd, nil
 }

@@ -19,13 +19,16 @@ import (
 // keys.
 type decryptPipe struct {
 	ctx      context.Context
-	cancel   context.CancelFunc
+	stop     context.CancelCauseFunc
 	c        *kms.Client
 	enclave  string
 	g        *errgroup.Group
 	progress func(keys int)
 
 	mu       sync.Mutex
+	holding  bool            // added proofs wait in held until open
+	held     []sealedProof   // whole keys, in the order added
+	keep     map[string]bool // set by open: only these keys' proofs go; nil for all
 	pending  []sealedProof
 	answered []decryptedBatch
 	keys     []string  // every key whose proofs were added
@@ -43,10 +46,48 @@ type decryptedBatch struct {
 // progress (may be nil) is told of the keys whose proofs were answered.
 // End it with wait, or with abort on a path that does not wait.
 func newDecryptPipe(ctx context.Context, c *kms.Client, enclave string, par int, progress func(keys int)) *decryptPipe {
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, stop := context.WithCancelCause(ctx)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(par, 1))
-	return &decryptPipe{ctx: gctx, cancel: cancel, c: c, enclave: enclave, g: g, progress: progress}
+	return &decryptPipe{ctx: gctx, stop: stop, c: c, enclave: enclave, g: g, progress: progress}
+}
+
+// cancel ends the pipe: add returns context.Canceled from then on.
+func (d *decryptPipe) cancel() { d.stop(nil) }
+
+// fail ends the pipe with err, which add returns from then on.
+func (d *decryptPipe) fail(err error) { d.stop(err) }
+
+// hold makes the pipe keep the proofs added until open says which keys to
+// send: the verification reads and seals while the enclave is still being
+// listed, and only the listing says which keys the enclave holds. Call it
+// before the first add.
+func (d *decryptPipe) hold() {
+	d.mu.Lock()
+	d.holding = true
+	d.mu.Unlock()
+}
+
+// open ends hold: the proofs kept and every later one are sent if their
+// key is in keep, and wiped if not. It returns the error that ended the
+// pipe.
+func (d *decryptPipe) open(keep map[string]bool) error {
+	d.mu.Lock()
+	held := d.held
+	d.held, d.holding, d.keep = nil, false, keep
+	d.mu.Unlock()
+	for i := 0; i < len(held); {
+		j := i + 1
+		for j < len(held) && held[j].name == held[i].name {
+			j++
+		}
+		if err := d.add(held[i:j]); err != nil {
+			wipeProofs(held[j:])
+			return err
+		}
+		i = j
+	}
+	return context.Cause(d.ctx)
 }
 
 // add takes one key's proofs, and sends the batch they would overflow.
@@ -57,6 +98,16 @@ func (d *decryptPipe) add(ps []sealedProof) error {
 		return nil
 	}
 	d.mu.Lock()
+	if d.holding {
+		d.held = append(d.held, ps...)
+		d.mu.Unlock()
+		return context.Cause(d.ctx)
+	}
+	if d.keep != nil && !d.keep[ps[0].name] {
+		d.mu.Unlock()
+		wipeProofs(ps)
+		return context.Cause(d.ctx)
+	}
 	var full []sealedProof
 	if len(d.pending)+len(ps) > verifyDecryptBatch {
 		full, d.pending = d.pending, make([]sealedProof, 0, verifyDecryptBatch)
@@ -74,9 +125,7 @@ func (d *decryptPipe) add(ps []sealedProof) error {
 func (d *decryptPipe) send(batch []sealedProof) {
 	d.g.Go(func() error {
 		if d.ctx.Err() != nil {
-			for _, p := range batch {
-				clear(p.plaintext)
-			}
+			wipeProofs(batch)
 			return nil // an earlier request failed while this one waited
 		}
 		d.mu.Lock()
@@ -177,7 +226,13 @@ func (d *decryptPipe) abort() {
 func (d *decryptPipe) wipe() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, p := range d.pending {
+	wipeProofs(d.pending)
+	wipeProofs(d.held)
+}
+
+// wipeProofs clears the plaintexts of ps.
+func wipeProofs(ps []sealedProof) {
+	for _, p := range ps {
 		clear(p.plaintext)
 	}
 }

@@ -146,3 +146,118 @@ func TestDecryptPipe(t *testing.T) {
 		t.Errorf("a pipe into no enclave: %v, want the Key Manager's refusal", err2)
 	}
 }
+
+// TestDecryptPipeHold: proofs added while the pipe holds (the enclave not
+// listed yet) go to the Key Manager only once open names the keys to
+// send; the others' are never asked (a key the enclave lacks is named by
+// the name comparison, not as a failed decryption) and their plaintexts
+// are wiped; keys added after open are filtered alike; and fail ends the
+// adding with its error.
+func TestDecryptPipeHold(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	km := testenv.StartKeyManager(t, testenv.KeyManagerOptions{})
+	kmc := km.Client()
+	const enclave = "hold"
+	if err := kmc.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: enclave}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 150 // more than two requests' worth before open, and after
+	keys := map[string]kescrypto.Key{}
+	lacked := map[string]bool{}
+	keep := map[string]bool{}
+	for i := range n {
+		name := fmt.Sprintf("key-%03d", i)
+		k := kescrypto.Key{Algorithm: kescrypto.AES256, Material: make([]byte, kescrypto.KeySize)}
+		rand.Read(k.Material)
+		keys[name] = k
+		if i%7 == 3 {
+			lacked[name] = true
+			continue
+		}
+		keep[name] = true
+		if err := kmc.ImportKey(ctx, enclave, &kms.ImportKeyRequest{Name: name, Type: kms.SecretKeyType(k.Algorithm), Key: k.Material}); err != nil {
+			t.Fatalf("import %s: %v", name, err)
+		}
+	}
+	var progressed atomic.Int64
+	pipe := newDecryptPipe(ctx, kmc, enclave, 2, func(keys int) { progressed.Add(int64(keys)) })
+	pipe.hold()
+	var lackedPlaintexts [][]byte
+	add := func(from, to int) {
+		for i := from; i < to; i++ {
+			name := fmt.Sprintf("key-%03d", i)
+			ps, err := sealProofs(name, keys[name], formatV024)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lacked[name] {
+				for _, p := range ps {
+					lackedPlaintexts = append(lackedPlaintexts, p.plaintext)
+				}
+			}
+			if err := pipe.add(ps); err != nil {
+				pipe.abort()
+				t.Fatalf("add %s: %v", name, err)
+			}
+		}
+	}
+	add(0, 100)
+	if sent, _ := pipe.sealed(); len(sent) != 0 || progressed.Load() != 0 {
+		t.Fatalf("%d keys sent while the pipe held them, want none", len(sent))
+	}
+	if err := pipe.open(keep); err != nil {
+		pipe.abort()
+		t.Fatalf("open: %v", err)
+	}
+	add(100, n)
+	names, _ := pipe.sealed()
+	proofs, outcomes, _, err := pipe.wait()
+	if err != nil {
+		t.Fatalf("wait: %v", err)
+	}
+	if len(names) != len(keep) || !slices.IsSorted(names) {
+		t.Fatalf("sent the proofs of %d keys, want the %d kept", len(names), len(keep))
+	}
+	for i, p := range proofs {
+		if !keep[p.name] {
+			t.Errorf("%s: its proof was sent, but open did not keep it", p.name)
+		} else if outcomes[i] != outcomeProven {
+			t.Errorf("%s: outcome %d, want proven", p.name, outcomes[i])
+		}
+	}
+	if got := progressed.Load(); got != int64(len(keep)) {
+		t.Errorf("progress told of %d keys, want %d", got, len(keep))
+	}
+	for _, pt := range lackedPlaintexts {
+		if slices.ContainsFunc(pt, func(b byte) bool { return b != 0 }) {
+			t.Fatal("the plaintext of a proof that was never sent was not wiped")
+		}
+	}
+
+	// fail, while the reading goes on (the enclave's listing failed):
+	// adding returns its error, and what the pipe held is wiped.
+	failing := newDecryptPipe(ctx, kmc, enclave, 2, nil)
+	failing.hold()
+	name := "key-000"
+	ps, err := sealProofs(name, keys[name], formatV024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := failing.add(ps); err != nil {
+		t.Fatalf("add while held: %v", err)
+	}
+	listErr := fmt.Errorf("list enclave %s: the Key Manager is gone", enclave)
+	failing.fail(listErr)
+	ps2, _ := sealProofs("key-001", keys["key-001"], formatV024)
+	if err := failing.add(ps2); err != listErr {
+		t.Errorf("add after fail: %v, want %v", err, listErr)
+	}
+	failing.abort()
+	for _, p := range ps {
+		if slices.ContainsFunc(p.plaintext, func(b byte) bool { return b != 0 }) {
+			t.Error("a held proof's plaintext was not wiped by abort")
+		}
+	}
+}
