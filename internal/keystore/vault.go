@@ -315,7 +315,8 @@ func (r *VaultReader) Get(ctx context.Context, name string) (value []byte, ok bo
 }
 
 // Close revokes the reader's token (within 5 s) and closes its idle
-// connections.
+// connections: the client does not hand out its http.Client, and the copy
+// CloneConfig makes shares its Transport (vault/api Client.CloneConfig).
 func (r *VaultReader) Close() {
 	revokeVaultToken(context.Background(), r.client)
 	r.client.CloneConfig().HttpClient.CloseIdleConnections()
