@@ -54,7 +54,7 @@ type options struct {
 func main() {
 	var o options
 	quick := flag.Bool("quick", false, "a smaller matrix (two shapes, no 10 ms column, 10,000 keys at scale), for a check in minutes")
-	flag.StringVar(&o.runbookBin, "runbook", "", "the runbook binary (default: go build ./cmd/runbook into the work directory)")
+	flag.StringVar(&o.runbookBin, "runbook", "", "the runbook binary (default: built from ./cmd/runbook into the work directory as the kes binary is, CGO_ENABLED=0 -trimpath -ldflags '-s -w')")
 	flag.StringVar(&o.kesBin, "kes", "", "the kes v0.24.0 binary for kes migrate (default: internal/toolcache)")
 	flag.IntVar(&o.compare, "compare", 1000, "keys for the comparison with kes migrate on every shape and latency (0: skip)")
 	shapesFlag := flag.String("shapes", "v0.24,v0.23,mixed,v0.22,vault", "store shapes of the comparison")
@@ -99,8 +99,15 @@ func main() {
 		defer os.RemoveAll(work)
 	}
 	if o.runbookBin == "" {
+		// Built as the kes binary it is compared with: as KES releases
+		// are (kes@v0.24.0 .goreleaser.yml: CGO_ENABLED=0, -trimpath,
+		// -s -w), internal/toolcache builds it, and docs/kubernetes.md
+		// builds runbook's image. Go's default where a C compiler is
+		// installed links the C library dynamically, whose loading adds
+		// about 9 ms to every start here (BENCHMARKS.md).
 		o.runbookBin = filepath.Join(work, "runbook")
-		build := exec.Command("go", "build", "-o", o.runbookBin, "./cmd/runbook")
+		build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", o.runbookBin, "./cmd/runbook")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		check(build.Run())
 	}
