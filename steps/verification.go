@@ -450,19 +450,15 @@ func (vr *verifyRun) listStore(ctx context.Context) (*verifyNames, error) {
 // process's plan started, or starts it (verification_served.go): it costs
 // the KES server a read of its store per listing, not this side.
 func (vr *verifyRun) targets(ctx context.Context, n *verifyNames) error {
-	select {
-	case <-vr.listed:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := waitClosed(ctx, vr.listed); err != nil {
+		return err
 	}
 	if vr.listErr != nil {
 		return vr.listErr
 	}
 	if vr.probed != nil {
-		select {
-		case <-vr.probed:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := waitClosed(ctx, vr.probed); err != nil {
+			return err
 		}
 		if vr.probeErr != nil {
 			return vr.probeErr
@@ -473,6 +469,17 @@ func (vr *verifyRun) targets(ctx context.Context, n *verifyNames) error {
 	n.allTarget = vr.allTarget
 	n.target = verifyMatch(n.allTarget, vr.v.pattern())
 	return nil
+}
+
+// waitClosed waits until done is closed, or returns ctx's error when ctx
+// ends first.
+func waitClosed(ctx context.Context, done <-chan struct{}) error {
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // storeRead is what reading the key store gave: the keys to prove, whose

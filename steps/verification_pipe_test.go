@@ -17,6 +17,17 @@ import (
 	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
+// emulatorEnclave starts a Key Manager emulator with the enclave named
+// enclave and returns its root client.
+func emulatorEnclave(ctx context.Context, t *testing.T, enclave string) *kms.Client {
+	t.Helper()
+	kmc := testenv.StartKeyManager(t, testenv.KeyManagerOptions{}).Client()
+	if err := kmc.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: enclave}); err != nil {
+		t.Fatal(err)
+	}
+	return kmc
+}
+
 // TestDecryptPipe: proofs handed to the pipe from several goroutines, as
 // the store's readers do, come back from the Key Manager (the emulator)
 // each with its own outcome, sorted by key then format, over several
@@ -27,12 +38,8 @@ func TestDecryptPipe(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	km := testenv.StartKeyManager(t, testenv.KeyManagerOptions{})
-	kmc := km.Client()
 	const enclave = "pipe"
-	if err := kmc.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: enclave}); err != nil {
-		t.Fatal(err)
-	}
+	kmc := emulatorEnclave(ctx, t, enclave)
 	// 100 keys of the KES v0.22/v0.23 shape: two proofs each (raw,
 	// msgpack), 200 in all, at least four requests of up to 64.
 	const n = 100
@@ -157,12 +164,8 @@ func TestDecryptPipeHold(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	km := testenv.StartKeyManager(t, testenv.KeyManagerOptions{})
-	kmc := km.Client()
 	const enclave = "hold"
-	if err := kmc.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: enclave}); err != nil {
-		t.Fatal(err)
-	}
+	kmc := emulatorEnclave(ctx, t, enclave)
 	const n = 150 // more than two requests' worth before open, and after
 	keys := map[string]kescrypto.Key{}
 	lacked := map[string]bool{}

@@ -114,12 +114,10 @@ func listServed(ctx context.Context, srv *kesServer, expected []string) servedNa
 
 // wait returns the listing's answer, or ctx's error when ctx ends first.
 func (l *servedListing) wait(ctx context.Context) servedNames {
-	select {
-	case <-l.done:
-		return l.res
-	case <-ctx.Done():
-		return servedNames{err: ctx.Err()}
+	if err := waitClosed(ctx, l.done); err != nil {
+		return servedNames{err: err}
 	}
+	return l.res
 }
 
 // freshServed returns the served names to judge against stored (the key

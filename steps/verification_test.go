@@ -152,12 +152,8 @@ func TestVerifyRoundTrips(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	k := testenv.StartKES(t, testenv.KESOptions{Keys: 3})
-	km := testenv.StartKeyManager(t, testenv.KeyManagerOptions{})
-	kmc := km.Client()
 	const enclave = "verify"
-	if err := kmc.CreateEnclave(ctx, &kms.CreateEnclaveRequest{Name: enclave}); err != nil {
-		t.Fatal(err)
-	}
+	kmc := emulatorEnclave(ctx, t, enclave)
 	ks, err := (&kesconf.FSKeyStore{Path: k.KeyStoreDir}).Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
