@@ -263,14 +263,10 @@ func (m *migrationStep) observe(ctx context.Context, r *engine.Run) (*migrationO
 	}
 	var there []string
 	var mu sync.Mutex
-	err = parallel.ForEach(ctx, m.parallelism(), len(src.names), func(ctx context.Context, i int) error {
-		e, err := src.observeEntry(ctx, src.names[i])
-		if err != nil {
-			return err
-		}
+	judge := func(e *sourceEntry) {
 		obs.rep.add(e)
 		if e.class != entryOK {
-			return nil
+			return
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -279,7 +275,25 @@ func (m *migrationStep) observe(ctx context.Context, r *engine.Run) (*migrationO
 		} else {
 			obs.toImport = append(obs.toImport, e.name)
 		}
-		return nil
+	}
+	// The entries this process's listing read are judged from what it
+	// found, in one pass: handing each to a worker cost more than judging
+	// it (1,000 keys: 3-5 ms of the plan, 1 ms in one pass). Only the
+	// others are read, in parallel.
+	var unread []string
+	for _, name := range src.names {
+		if e, ok := src.knownEntry(name); ok {
+			judge(e)
+		} else {
+			unread = append(unread, name)
+		}
+	}
+	err = parallel.ForEach(ctx, m.parallelism(), len(unread), func(ctx context.Context, i int) error {
+		e, err := src.observeEntry(ctx, unread[i])
+		if err == nil {
+			judge(e)
+		}
+		return err
 	})
 	if err != nil {
 		return nil, err

@@ -192,19 +192,16 @@ func (s *sourceSet) entry(ctx context.Context, name string, held *keystore.Verdi
 	return e, nil
 }
 
-// observeEntry is what readEntry would find of name, without its
-// material: from what this process's listing found of it (facts) when it
-// read it, else read now. For a plan, which counts and names entries.
-func (s *sourceSet) observeEntry(ctx context.Context, name string) (*sourceEntry, error) {
+// knownEntry is what readEntry would find of name, without its material,
+// from what this process's listing found of it (facts) when it read it;
+// ok is false when name must be read (observeEntry). For a plan, which
+// counts and names entries.
+func (s *sourceSet) knownEntry(name string) (e *sourceEntry, ok bool) {
 	f, ok := s.facts.Facts(name)
 	if !ok || f.Class == keystore.ClassForeign {
-		e, err := s.readEntry(ctx, name)
-		if err == nil {
-			e.wipe()
-		}
-		return e, err
+		return nil, false
 	}
-	e := &sourceEntry{name: name, format: f.Format}
+	e = &sourceEntry{name: name, format: f.Format}
 	switch {
 	case f.Class == keystore.ClassBroken:
 		e.class, e.reason = entryUnparsable, f.Reason
@@ -213,7 +210,17 @@ func (s *sourceSet) observeEntry(ctx context.Context, name string) (*sourceEntry
 	default:
 		e.key.Algorithm, e.hmac = f.Algorithm, f.HMAC
 	}
-	return e, nil
+	return e, true
+}
+
+// observeEntry reads name (readEntry) and wipes its material: for the
+// entries knownEntry does not know.
+func (s *sourceSet) observeEntry(ctx context.Context, name string) (*sourceEntry, error) {
+	e, err := s.readEntry(ctx, name)
+	if err == nil {
+		e.wipe()
+	}
+	return e, err
 }
 
 // report gathers what a pass over the source found. Safe for concurrent use.
