@@ -102,7 +102,22 @@ func (e *enclaveStep) observe(ctx context.Context, r *engine.Run) (*kms.Client, 
 		return nil, nil, fmt.Errorf("%s: %w", kmAddr, err)
 	}
 	obs := &enclaveObservation{Enclave: e.cfg.Name}
+	// A plan lists the enclave beside its status, in one round trip for
+	// both, and keeps the listing for the migration's plan, which comes
+	// next and lists the same enclave (planListTarget).
+	var listed chan enclavePlanListing
+	if r.Planning() {
+		listed = make(chan enclavePlanListing, 1)
+		go func() {
+			names, exists, err := planListTarget(ctx, r, c, e.cfg.Name)
+			listed <- enclavePlanListing{names, exists, err}
+		}()
+	}
 	_, err = c.EnclaveStatus(ctx, &kms.EnclaveStatusRequest{Name: e.cfg.Name})
+	var planned enclavePlanListing
+	if listed != nil {
+		planned = <-listed
+	}
 	switch {
 	case errors.Is(err, kms.ErrEnclaveNotFound):
 		return c, obs, nil
@@ -112,7 +127,14 @@ func (e *enclaveStep) observe(ctx context.Context, r *engine.Run) (*kms.Client, 
 		return nil, nil, reachError("Key Manager", kmAddr, strings.Join(kmc.Endpoints(), ", "), fmt.Errorf("read status of enclave %s: %w", e.cfg.Name, err))
 	}
 	obs.Exists = true
-	names, err := listEnclaveKeys(ctx, c, e.cfg.Name)
+	var names []string
+	if planned.err == nil && planned.exists {
+		for n := range planned.names {
+			names = append(names, n)
+		}
+	} else { // not listed beside the status, or the two disagree: ask again
+		names, err = listEnclaveKeys(ctx, c, e.cfg.Name)
+	}
 	if errors.Is(err, kms.ErrPermission) {
 		return nil, nil, errKMPermission(kmAddr, kmc, "list the keys of enclave "+e.cfg.Name)
 	}
@@ -125,6 +147,13 @@ func (e *enclaveStep) observe(ctx context.Context, r *engine.Run) (*kms.Client, 
 		obs.KeySetSHA256 = keySetDigest(names)
 	}
 	return c, obs, nil
+}
+
+// enclavePlanListing is planListTarget's answer.
+type enclavePlanListing struct {
+	names  map[string]bool
+	exists bool
+	err    error
 }
 
 // refuseNonempty is the error for an enclave that already holds keys.

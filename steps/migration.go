@@ -257,7 +257,7 @@ func (m *migrationStep) observe(ctx context.Context, r *engine.Run) (*migrationO
 		return nil, err
 	}
 	obs := &migrationObservation{from: from, src: src, to: to, rep: &report{notKeys: src.notKeys}}
-	obs.present, obs.exists, err = listTarget(ctx, c, to.Name)
+	obs.present, obs.exists, err = planListTarget(ctx, r, c, to.Name)
 	if err != nil {
 		return nil, fmt.Errorf("list enclave %s: %w", to.Name, err)
 	}

@@ -54,6 +54,31 @@ func listTarget(ctx context.Context, c *kms.Client, enclave string) (names map[s
 	return names, true, nil
 }
 
+// planListTarget is listTarget in a plan, asked once per enclave
+// (planOnce): the enclave step's plan lists the enclave beside its status
+// (enclaveStep.observe), and the migration's plan, which the graph puts
+// after it, takes that listing instead of a round trip of its own. The
+// names are shared: callers do not change them.
+func planListTarget(ctx context.Context, r *engine.Run, c *kms.Client, enclave string) (names map[string]bool, exists bool, err error) {
+	l, err := planOnce(r, enclaveListingKey{c, enclave}, func() (enclaveListing, error) {
+		names, exists, err := listTarget(ctx, c, enclave)
+		return enclaveListing{names, exists}, err
+	})
+	return l.names, l.exists, err
+}
+
+// enclaveListingKey keeps a plan's listing of an enclave per client.
+type enclaveListingKey struct {
+	c       *kms.Client
+	enclave string
+}
+
+// enclaveListing is what listTarget found.
+type enclaveListing struct {
+	names  map[string]bool
+	exists bool
+}
+
 func kmsType(a kescrypto.Algorithm) kms.SecretKeyType {
 	if a == kescrypto.ChaCha20 {
 		return kms.ChaCha20

@@ -88,6 +88,13 @@ type inProcess struct {
 
 func newInProcess(t *testing.T, n int) *inProcess {
 	t.Helper()
+	return newInProcessWith(t, n, emulator.Config{})
+}
+
+// newInProcessWith is newInProcess with the emulator's config km (its
+// address and state directory are set here).
+func newInProcessWith(t *testing.T, n int, kmConfig emulator.Config) *inProcess {
+	t.Helper()
 	h := enginetest.New(t, inProcessRunbook)
 	h.WriteFile("kes/kes-config.yaml", "version: v1\naddress: 0.0.0.0:7373\nadmin:\n  identity: 3ecfcdf38fcbe141ae26a1030f81e96b753365a46760ae6b578698a97c59fd22\ntls:\n  key: ./server.key\n  cert: ./server.cert\nkeystore:\n  fs:\n    path: ./keys\n")
 	store := filepath.Join(h.Dir, "kes", "keys")
@@ -95,7 +102,8 @@ func newInProcess(t *testing.T, n int) *inProcess {
 		t.Fatal(err)
 	}
 	ip := &inProcess{h: h, keys: slices.Sorted(maps.Keys(writeKESKeys(t, store, n)))}
-	km, err := emulator.Start(emulator.Config{Addr: "127.0.0.1:0", Dir: filepath.Join(t.TempDir(), "km")})
+	kmConfig.Addr, kmConfig.Dir = "127.0.0.1:0", filepath.Join(t.TempDir(), "km")
+	km, err := emulator.Start(kmConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
