@@ -239,6 +239,20 @@ func TestVerifyRoundTrips(t *testing.T) {
 	if err := verifyKESGenerate(ctx, kc, kmc, enclave, "no-such-key"); err == nil || !strings.Contains(err.Error(), "the KES server has no key \"no-such-key\"") {
 		t.Errorf("key unknown to KES: %v", err)
 	}
+	// KES round trips drawn as the reading starts, before the enclave is
+	// listed (verifyRun.startKESRoundTrips): keep narrows them to the keys
+	// both sides hold (names[0], names[1]) and makes the sample up from
+	// those. The sampled key the enclave lacks (names[2]) is dropped, never
+	// a failure; a kept key with other material (names[1]) still fails.
+	rt := startKESRoundTrips(ctx, kc, kmc, enclave, []string{names[2], names[1]}, 2)
+	rt.keep([]string{names[0], names[1]}, 2)
+	failures, kesProven, err := rt.wait()
+	if err != nil || len(failures) != 1 || failures[0].Name != names[1] || !strings.Contains(failures[0].Reason, errMaterialDiffers.Error()) {
+		t.Errorf("kes round trips narrowed by keep: failures %+v, %v; want one, of %s, material differs", failures, err, names[1])
+	}
+	if len(kesProven) != 1 || !kesProven[names[0]] {
+		t.Errorf("kes round trips narrowed by keep: proven %v, want only %s (drawn to make up the sample)", kesProven, names[0])
+	}
 
 	// local-seal with what a plan held: the plan read names[0] as the store
 	// holds it, and names[1] as the enclave holds it (a value changed in
