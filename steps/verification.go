@@ -529,8 +529,8 @@ func (vr *verifyRun) readStore(ctx context.Context, n *verifyNames) (*storeRead,
 			return nil, err
 		}
 		rd.sampled = sampled
-		if vr.kc != nil && rd.kesRT == nil {
-			rd.kesRT = startKESRoundTrips(ctx, vr.kc, vr.kmc, vr.enc.Name, kesSample(todo, verifyKESSample), vr.v.parallelism())
+		if rd.kesRT == nil {
+			rd.kesRT = vr.kesRoundTripsOn(ctx, todo)
 		}
 		setTotal(len(todo))
 		return setOf(todo), nil
@@ -556,7 +556,7 @@ func (vr *verifyRun) readStore(ctx context.Context, n *verifyNames) (*storeRead,
 		}
 		setTotal(len(prove))
 		rd.decrypting.hold()
-		rd.kesRT = vr.startKESRoundTrips(ctx, unproven)
+		rd.kesRT = vr.kesRoundTripsOn(ctx, unproven)
 		go func() {
 			keep, err := choose()
 			if err == nil {
@@ -587,16 +587,17 @@ func (vr *verifyRun) readStore(ctx context.Context, n *verifyNames) (*storeRead,
 	return rd, nil
 }
 
-// startKESRoundTrips starts the KES round trips on a sample of names (the
-// keys to prove) as the reading starts, rather than once the enclave is
-// listed and the KES server probed (targets): they need only the two
-// servers, and ending last they kept the verification waiting (1,000 keys
-// on loopback: the first 16 took 18 ms, started as the sealing filled both
-// CPUs). proveMaterial narrows the sample to the keys both sides hold and
-// draws more to make it up (kesRoundTrips.keep). It returns nil, and the
-// round trips start after targets, when the kes block names no server or
-// its client cannot be made (targets then reports why).
-func (vr *verifyRun) startKESRoundTrips(ctx context.Context, names []string) *kesRoundTrips {
+// kesRoundTripsOn starts the KES round trips on a sample of names (the
+// keys to prove). Without a sample readStore starts them as the reading
+// starts, rather than once the enclave is listed and the KES server probed
+// (targets): they need only the two servers, and ending last they kept the
+// verification waiting (1,000 keys on loopback: the first 16 took 18 ms,
+// started as the sealing filled both CPUs). proveMaterial narrows the
+// sample to the keys both sides hold and draws more to make it up
+// (kesRoundTrips.keep). It returns nil when the kes block names no server
+// or its client cannot be made (targets then reports why; choose asks
+// again after it).
+func (vr *verifyRun) kesRoundTripsOn(ctx context.Context, names []string) *kesRoundTrips {
 	if !vr.src.HasServer() {
 		return nil
 	}

@@ -240,7 +240,7 @@ func TestVerifyRoundTrips(t *testing.T) {
 		t.Errorf("key unknown to KES: %v", err)
 	}
 	// KES round trips drawn as the reading starts, before the enclave is
-	// listed (verifyRun.startKESRoundTrips): keep narrows them to the keys
+	// listed (verifyRun.kesRoundTripsOn): keep narrows them to the keys
 	// both sides hold (names[0], names[1]) and makes the sample up from
 	// those. The sampled key the enclave lacks (names[2]) is dropped, never
 	// a failure; a kept key with other material (names[1]) still fails.
