@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -263,8 +264,7 @@ func (c *cutoverStep) probeTargets(ctx context.Context, r *engine.Run, e *cutove
 	}
 	var targets []probeTarget
 	for _, s := range servers {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.TLSClientConfig = tlsCfg
+		tr := probeTransport(tlsCfg)
 		// One attempt per probe: the probe itself asks again.
 		s3, err := minio.New(s, &minio.Options{Creds: credentials.NewStaticV4(e.a.cfg.AccessKey, e.a.cfg.SecretKey, ""), Secure: u.Scheme == "https", Transport: tr, MaxRetries: 1})
 		if err != nil {
@@ -273,6 +273,17 @@ func (c *cutoverStep) probeTargets(ctx context.Context, r *engine.Run, e *cutove
 		targets = append(targets, probeTarget{server: s, s3: s3, base: u.Scheme + "://" + s, hc: &http.Client{Transport: tr}})
 	}
 	return targets, nil
+}
+
+// probeTransport is the transport of one server's probes, with its own
+// copy of tlsCfg: net/http's HTTP/2 set-up writes "h2" into the config's
+// NextProtos at a transport's first request, so transports that shared one
+// config wrote it at once when every server was asked at once (a cutover
+// resumed after a kill crashed in http2configureTransports, SIGSEGV).
+func probeTransport(tlsCfg *tls.Config) *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsCfg.Clone()
+	return tr
 }
 
 // startupStatus is what server t's own cluster check says of its start-up
