@@ -90,9 +90,7 @@ func TestFrozenWorker(t *testing.T) {
 	}
 	if len(watch.overlap) > 0 {
 		t.Errorf("attempts of one deployment overlapped: %v", watch.overlap)
-		for _, w := range fe.workers {
-			t.Logf("%s:\n%s", w.log, readFile(t, w.log))
-		}
+		fe.logWorkers()
 	}
 	fe.noSecrets()
 }

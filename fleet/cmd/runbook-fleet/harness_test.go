@@ -302,6 +302,14 @@ func (w *workerProc) stop() {
 	<-w.exited
 }
 
+// logWorkers logs every worker's output, for a failure's cause.
+func (fe *fleetEnv) logWorkers() {
+	fe.t.Helper()
+	for _, w := range fe.workers {
+		fe.t.Logf("%s:\n%s", w.log, readFile(fe.t, w.log))
+	}
+}
+
 // stopWorkers stops every worker of the fleet.
 func (fe *fleetEnv) stopWorkers() {
 	for _, w := range fe.workers {
@@ -437,6 +445,7 @@ func (fe *fleetEnv) waitFor(what string, timeout time.Duration, cond func(*statu
 		}
 		if time.Now().After(deadline) {
 			text, _ := fe.run("status", fe.file)
+			fe.logWorkers()
 			fe.t.Fatalf("waited %s for %s; status:\n%s", timeout, what, text)
 		}
 		time.Sleep(time.Second)

@@ -104,9 +104,7 @@ func TestRollout20(t *testing.T) {
 	}
 	if len(watch.overlap) > 0 {
 		t.Errorf("attempts of one deployment overlapped: %v", watch.overlap)
-		for _, w := range fe.workers {
-			t.Logf("%s:\n%s", w.log, readFile(t, w.log))
-		}
+		fe.logWorkers()
 	}
 	for _, n := range midRun {
 		d := final.Status.Deployment(n)
