@@ -59,29 +59,84 @@ type addressRecord struct {
 }
 
 // Running returns the address of the server that another process of this
-// host hosts on dir, or "" when none does (its lock is free).
+// host hosts on dir, or "" when none does (its lock is free). A server
+// records its address as it starts, just after it takes the lock: its
+// frontend may not answer yet, and Running waits up to addressWait for a
+// record by a live process, never answering with the previous server's.
 func Running(dir string) (string, error) {
+	deadline := time.Now().Add(addressWait)
+	for {
+		held, err := lockHeld(dir)
+		if err != nil || !held {
+			return "", err
+		}
+		rec, err := readAddress(dir)
+		if err == nil && processAlive(rec.PID) {
+			return rec.Address, nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return "", err
+			}
+			return "", fmt.Errorf("the embedded server's lock in %s is held, and its address file names process %d, which is not running", dir, rec.PID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// addressWait bounds how long Running waits for a starting server's
+// address: it is written within milliseconds of the lock.
+const addressWait = 10 * time.Second
+
+// lockHeld tells whether a process holds dir's server lock.
+func lockHeld(dir string) (bool, error) {
 	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR, 0)
 	if errors.Is(err, os.ErrNotExist) {
-		return "", nil
+		return false, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("open server lock: %w", err)
+		return false, fmt.Errorf("open server lock: %w", err)
 	}
 	defer f.Close()
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err == nil {
 		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		return "", nil
+		return false, nil
 	}
-	raw, err := os.ReadFile(filepath.Join(dir, addressFile))
-	if err != nil {
-		return "", fmt.Errorf("read the embedded server's address: %w", err)
-	}
+	return true, nil
+}
+
+func readAddress(dir string) (addressRecord, error) {
 	var rec addressRecord
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		return "", fmt.Errorf("read the embedded server's address: %w", err)
+	raw, err := os.ReadFile(filepath.Join(dir, addressFile))
+	if err == nil {
+		err = json.Unmarshal(raw, &rec)
 	}
-	return rec.Address, nil
+	if err != nil {
+		return rec, fmt.Errorf("read the embedded server's address: %w", err)
+	}
+	return rec, nil
+}
+
+// writeAddress records the address by a rename, so that Running never
+// reads half a record.
+func writeAddress(dir string, rec addressRecord) error {
+	raw, _ := json.Marshal(rec)
+	tmp := filepath.Join(dir, addressFile+".tmp")
+	if err := os.WriteFile(tmp, raw, 0o600); err != nil {
+		return fmt.Errorf("record the server's address: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, addressFile)); err != nil {
+		return fmt.Errorf("record the server's address: %w", err)
+	}
+	return nil
+}
+
+func processAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // Start starts a server on dir/temporal.db (creating its schema and the
@@ -118,6 +173,13 @@ func (s *Server) start(namespace string) error {
 		port = p
 	}
 	s.Address = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	// The address is recorded before the server starts, which takes
+	// seconds: from the lock on, Running answers for this server, and the
+	// previous server's address would send clients to a port this one may
+	// not have (it was not free).
+	if err := writeAddress(s.dir, addressRecord{Address: s.Address, PID: os.Getpid()}); err != nil {
+		return err
+	}
 	sqlCfg := &config.SQL{
 		PluginName:        sqliteplugin.PluginName,
 		DatabaseName:      filepath.Join(s.dir, dbFile),
@@ -156,11 +218,6 @@ func (s *Server) start(namespace string) error {
 		return fmt.Errorf("start the embedded Temporal server: %w", err)
 	}
 	s.srv = srv
-	raw, _ := json.Marshal(addressRecord{Address: s.Address, PID: os.Getpid()})
-	if err := os.WriteFile(filepath.Join(s.dir, addressFile), raw, 0o600); err != nil {
-		srv.Stop()
-		return fmt.Errorf("record the server's address: %w", err)
-	}
 	return nil
 }
 
@@ -217,12 +274,8 @@ func (s *Server) Stop() error {
 
 // previousPort is the port of the last server on this folder, or 0.
 func (s *Server) previousPort() int {
-	raw, err := os.ReadFile(filepath.Join(s.dir, addressFile))
+	rec, err := readAddress(s.dir)
 	if err != nil {
-		return 0
-	}
-	var rec addressRecord
-	if json.Unmarshal(raw, &rec) != nil {
 		return 0
 	}
 	_, p, err := net.SplitHostPort(rec.Address)

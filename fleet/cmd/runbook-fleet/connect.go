@@ -13,6 +13,7 @@ import (
 
 	"go.temporal.io/sdk/client"
 	sdklog "go.temporal.io/sdk/log"
+	"google.golang.org/grpc"
 
 	"github.com/runbook-dev/runbook/fleet"
 	"github.com/runbook-dev/runbook/fleet/devserver"
@@ -64,7 +65,14 @@ func connect(f *fleet.Fleet, logTo io.Writer) (*connection, error) {
 		logTo = io.Discard
 	}
 	logger := sdklog.NewStructuredLogger(slog.New(quietMemo{slog.NewTextHandler(logTo, &slog.HandlerOptions{Level: slog.LevelWarn})}))
-	cl, err := client.Dial(client.Options{HostPort: c.Address, Namespace: f.Temporal.Namespace, Logger: logger})
+	opts := client.Options{HostPort: c.Address, Namespace: f.Temporal.Namespace, Logger: logger}
+	if f.Temporal.Address == "" && c.server == nil {
+		// Another process hosts the embedded server: follow it to the port
+		// its next start takes.
+		opts.HostPort = embeddedScheme + ":///embedded"
+		opts.ConnectionOptions.DialOptions = []grpc.DialOption{grpc.WithResolvers(&embeddedResolver{dir: serverDir(f), first: c.Address})}
+	}
+	cl, err := client.Dial(opts)
 	if err != nil {
 		if c.server != nil {
 			c.server.Stop()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -13,11 +14,16 @@ import (
 
 // TestServerKill: the fleet's embedded Temporal server runs in its own
 // process (fleet server) on the fleet's SQLite file; kill -9 of it
-// mid-rollout, then a restart on the same file: the worker reconnects and
+// mid-rollout, then a restart on the same file while another process holds
+// its port, so that it listens on another: the worker finds it there and
 // the rollout completes, every deployment's keys in its enclave.
 func TestServerKill(t *testing.T) {
 	fe := newFleet(t, fleetSpec{name: "srvkill", deployments: 6, keys: 60, canary: 1, waveSize: 5, maxConc: 3, kmLatency: 40 * time.Millisecond, address: "embedded"})
 	srv := fe.startServer()
+	before, err := devserver.Running(fe.serverDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	fe.must("plan", fe.file)
 	fe.must("apply", fe.file)
 	fe.startWorker("local")
@@ -27,7 +33,16 @@ func TestServerKill(t *testing.T) {
 	srv.Process.Kill()
 	srv.Wait()
 	time.Sleep(3 * time.Second) // the worker runs on while nothing is recorded
+	held, err := net.Listen("tcp", before)
+	if err != nil {
+		t.Fatalf("hold the server's port %s: %v", before, err)
+	}
 	fe.startServer()
+	held.Close()
+	after, err := devserver.Running(fe.serverDir())
+	if err != nil || after == before {
+		t.Fatalf("the restarted server is at %q (%v), the port it had was held", after, err)
+	}
 	fe.allDone(fe.waitFor("the rollout to end", 10*time.Minute, finished))
 }
 
