@@ -242,14 +242,9 @@ func (p *prerequisites) checkKES(ctx context.Context, r *engine.Run, pf *preflig
 		pf.observed = append(pf.observed, fmt.Sprintf("%s names no KES server: only its key store is checked", kesAddr))
 		return nil
 	}
-	srv, err := k.Server(ctx, r, kesAddr)
+	srv, acc, err := k.accessAt(ctx, r, kesAddr)
 	if err != nil {
 		return err
-	}
-	conf, _ := k.LoadConfig(r) // its errors are the key store phase's
-	acc, err := kesAccessOf(ctx, srv, conf, k.ConfigFile(r))
-	if err != nil {
-		return fmt.Errorf("%s: %w", kesAddr, err)
 	}
 	host := hostOf(k.Endpoint())
 	pf.observed = append(pf.observed, fmt.Sprintf("KES server %s: version %s, %s, TLS verified%s; its identity may list keys; %s", host, srv.version, srv.generation, insecureNote(k.cfg.Insecure), acc.describe()))
