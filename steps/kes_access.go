@@ -134,7 +134,8 @@ func (k *kesConnection) accessAt(ctx context.Context, r *engine.Run, addr string
 	defer cancel()
 	described := make(chan kesDescription, 1)
 	go func() {
-		d, _ := planOnce(r, kesDescribeKey{c}, func() (kesDescription, error) { return kesDescribeSelf(dctx, c), nil })
+		// One cut short because the probe failed is not kept for the plan.
+		d, _ := planOnce(r, kesDescribeKey{c}, func() (kesDescription, error) { return kesDescribeSelf(dctx, c), dctx.Err() })
 		described <- d
 	}()
 	srv, err := k.Server(ctx, r, addr)
