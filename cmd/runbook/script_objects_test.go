@@ -166,15 +166,23 @@ func ensureBucket(ctx context.Context, ts *testscript.TestScript, c *minio.Clien
 	if exists {
 		return
 	}
-	// minio-go retries a request whose answer was lost; when the first try
-	// made the bucket (a cluster of several nodes just started can be slow
-	// to answer), the retry is told so: the bucket is there, and ours.
+	earlier, err := makeBucket(ctx, c, bucket)
+	ts.Check(err)
+	if earlier {
+		ts.Logf("put-objects: bucket %s made by an earlier try of the request", bucket)
+	}
+}
+
+// makeBucket makes bucket. minio-go retries a request whose answer was
+// lost; when the first try made the bucket (a cluster of several nodes
+// just started, or a loaded machine, can be slow to answer), the retry is
+// told so: the bucket is there, and ours (earlier).
+func makeBucket(ctx context.Context, c *minio.Client, bucket string) (earlier bool, err error) {
 	err = c.MakeBucket(ctx, bucket, minio.MakeBucketOptions{})
 	if minio.ToErrorResponse(err).Code == "BucketAlreadyOwnedByYou" {
-		ts.Logf("put-objects: bucket %s made by an earlier try of the request", bucket)
-		err = nil
+		return true, nil
 	}
-	ts.Check(err)
+	return false, err
 }
 
 func cmdBucketEncryption(ts *testscript.TestScript, neg bool, args []string) {
