@@ -268,10 +268,8 @@ func startLoad(c *testenv.MinIOCluster, clients int, interval time.Duration, max
 		check(err)
 		l.clients = append(l.clients, mc)
 	}
-	if err := l.clients[0].MakeBucket(ctx, l.bucket, minio.MakeBucketOptions{}); err != nil && minio.ToErrorResponse(err).Code != "BucketAlreadyOwnedByYou" {
-		// A retried request whose first attempt made the bucket.
-		check(err)
-	}
+	_, err = testenv.MakeBucket(ctx, l.clients[0], l.bucket)
+	check(err)
 	kmsEnc, err := encrypt.NewSSEKMS("tenant-a", nil)
 	check(err)
 	for i, mc := range l.clients {
@@ -372,9 +370,8 @@ func startProbes(c *testenv.MinIOCluster, maxRun time.Duration) *probes {
 		mc, err := minio.New(n.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(c.RootUser, c.RootPassword, ""), Secure: true, Transport: tr, MaxRetries: 1})
 		check(err)
 		if i == 0 {
-			if err := mc.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil && minio.ToErrorResponse(err).Code != "BucketAlreadyOwnedByYou" {
-				check(err)
-			}
+			_, err := testenv.MakeBucket(ctx, mc, bucket)
+			check(err)
 		}
 		checks := [2]func() bool{
 			probeHealth: func() bool {

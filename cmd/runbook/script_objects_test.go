@@ -22,6 +22,8 @@ import (
 	"github.com/minio/minio-go/v7/pkg/encrypt"
 	"github.com/minio/minio-go/v7/pkg/sse"
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
 // Script commands that set up what verification and cutover scripts check:
@@ -166,23 +168,11 @@ func ensureBucket(ctx context.Context, ts *testscript.TestScript, c *minio.Clien
 	if exists {
 		return
 	}
-	earlier, err := makeBucket(ctx, c, bucket)
+	earlier, err := testenv.MakeBucket(ctx, c, bucket)
 	ts.Check(err)
 	if earlier {
 		ts.Logf("put-objects: bucket %s made by an earlier try of the request", bucket)
 	}
-}
-
-// makeBucket makes bucket. minio-go retries a request whose answer was
-// lost; when the first try made the bucket (a cluster of several nodes
-// just started, or a loaded machine, can be slow to answer), the retry is
-// told so: the bucket is there, and ours (earlier).
-func makeBucket(ctx context.Context, c *minio.Client, bucket string) (earlier bool, err error) {
-	err = c.MakeBucket(ctx, bucket, minio.MakeBucketOptions{})
-	if minio.ToErrorResponse(err).Code == "BucketAlreadyOwnedByYou" {
-		return true, nil
-	}
-	return false, err
 }
 
 func cmdBucketEncryption(ts *testscript.TestScript, neg bool, args []string) {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
 // Script command of the write probe scripts
@@ -46,7 +48,7 @@ func cmdMakeBuckets(ts *testscript.TestScript, neg bool, args []string) {
 	for i := range *n {
 		g.Go(func() error {
 			name := fmt.Sprintf("%s%04d", *prefix, i)
-			e, err := makeBucket(ctx, c, name)
+			e, err := testenv.MakeBucket(ctx, c, name)
 			if err != nil {
 				return fmt.Errorf("make bucket %s: %w", name, err)
 			}

@@ -211,9 +211,7 @@ func TestKESCiphertextsDecryptAtEmulator(t *testing.T) {
 // contents by name.
 func sseObjects(t *testing.T, ctx context.Context, c *minio.Client, bucket, kmsKey string) map[string][]byte {
 	t.Helper()
-	// A retry of a request whose answer was lost (minio-go retries) is told
-	// the first try made the bucket.
-	if err := c.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil && minio.ToErrorResponse(err).Code != "BucketAlreadyOwnedByYou" {
+	if _, err := MakeBucket(ctx, c, bucket); err != nil {
 		t.Fatalf("MakeBucket: %v", err)
 	}
 	sseKMS, err := encrypt.NewSSEKMS(kmsKey, nil)
