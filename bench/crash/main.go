@@ -568,7 +568,8 @@ func putObjects(t *tb, m *testenv.MinIO) map[string][32]byte {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	c := m.Client()
-	t.check(c.MakeBucket(ctx, "crash", minio.MakeBucketOptions{}))
+	_, err := testenv.MakeBucket(ctx, c, "crash")
+	t.check(err)
 	kmsEnc, err := encrypt.NewSSEKMS(defaultKey, nil)
 	t.check(err)
 	out := map[string][32]byte{}
