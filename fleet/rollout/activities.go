@@ -68,14 +68,7 @@ func (a *Activities) RunDeployment(ctx context.Context, d DeploymentInput) (*Out
 	if owner, alive, err := engine.InspectLock(d.Journal); err == nil && alive && owner != nil {
 		return nil, temporal.NewApplicationError(fmt.Sprintf("busy: %s: %s", engine.ErrLocked, owner), ErrBusy)
 	}
-	args := []string{"apply", d.PlanDir}
-	if mode == "resume" {
-		args = []string{"resume", d.RunbookFile}
-	}
-	args = append(args, "-journal", d.Journal, "-json")
-	for _, vf := range d.VarFiles {
-		args = append(args, "-var-file", vf)
-	}
+	args := runbookArgs(d, mode)
 	info := activity.GetInfo(ctx)
 	a.logf("%s: %s (attempt %d)", d.Name, strings.Join(append([]string{a.Runbook}, args...), " "), info.Attempt)
 	res := a.run(ctx, d, mode, args)
@@ -101,7 +94,12 @@ func (a *Activities) RunDeployment(ctx context.Context, d DeploymentInput) (*Out
 }
 
 // runMode reads the deployment's journal: "apply" (no run of this plan),
-// "resume" (this plan's run is unfinished) or "done already".
+// "resume" (this plan's run is unfinished) or "done already" (every step of
+// the plan is done in the journal's run). A step the journal never names is
+// pending, not done: a worker killed after the run's plan record and before
+// a step's first record (or between one step's done and the next's start)
+// leaves a journal whose recorded steps are all done and whose run is not,
+// so the plan record's step list, not the records, says what is left.
 func runMode(d DeploymentInput) (string, error) {
 	records, _, err := engine.ReadJournal(d.Journal)
 	if errors.Is(err, os.ErrNotExist) {
@@ -114,9 +112,13 @@ func runMode(d DeploymentInput) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	var planned []string
 	ours := false
 	for _, p := range js.Plans {
-		ours = ours || p.Fingerprint == d.Fingerprint
+		if p.Fingerprint == d.Fingerprint {
+			ours = true
+			planned = append(planned, p.Steps...)
+		}
 	}
 	switch {
 	case !ours || js.Run == nil:
@@ -124,12 +126,30 @@ func runMode(d DeploymentInput) (string, error) {
 	case js.Unfinished():
 		return "resume", nil
 	}
+	for _, addr := range planned {
+		if js.Step(addr).State != engine.StateDone {
+			return "resume", nil // a step of the plan not reached yet
+		}
+	}
 	for _, st := range js.Steps {
 		if st.State != engine.StateDone {
-			return "resume", nil // a step not reached yet
+			return "resume", nil // rolled back since
 		}
 	}
 	return "done already", nil
+}
+
+// runbookArgs are the runbook's arguments for mode ("apply" or "resume").
+func runbookArgs(d DeploymentInput, mode string) []string {
+	args := []string{"apply", d.PlanDir}
+	if mode == "resume" {
+		args = []string{"resume", d.RunbookFile}
+	}
+	args = append(args, "-journal", d.Journal, "-json")
+	for _, vf := range d.VarFiles {
+		args = append(args, "-var-file", vf)
+	}
+	return args
 }
 
 type runResult struct {
