@@ -54,6 +54,7 @@ import (
 
 	"github.com/runbook-dev/runbook/engine"
 	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/s3bucket"
 	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
@@ -568,7 +569,7 @@ func putObjects(t *tb, m *testenv.MinIO) map[string][32]byte {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	c := m.Client()
-	_, err := testenv.MakeBucket(ctx, c, "crash")
+	_, err := s3bucket.Make(ctx, c, "crash")
 	t.check(err)
 	kmsEnc, err := encrypt.NewSSEKMS(defaultKey, nil)
 	t.check(err)

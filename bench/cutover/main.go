@@ -51,6 +51,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/encrypt"
 
+	"github.com/runbook-dev/runbook/internal/s3bucket"
 	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
@@ -268,7 +269,7 @@ func startLoad(c *testenv.MinIOCluster, clients int, interval time.Duration, max
 		check(err)
 		l.clients = append(l.clients, mc)
 	}
-	_, err = testenv.MakeBucket(ctx, l.clients[0], l.bucket)
+	_, err = s3bucket.Make(ctx, l.clients[0], l.bucket)
 	check(err)
 	kmsEnc, err := encrypt.NewSSEKMS("tenant-a", nil)
 	check(err)
@@ -370,7 +371,7 @@ func startProbes(c *testenv.MinIOCluster, maxRun time.Duration) *probes {
 		mc, err := minio.New(n.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(c.RootUser, c.RootPassword, ""), Secure: true, Transport: tr, MaxRetries: 1})
 		check(err)
 		if i == 0 {
-			_, err := testenv.MakeBucket(ctx, mc, bucket)
+			_, err := s3bucket.Make(ctx, mc, bucket)
 			check(err)
 		}
 		checks := [2]func() bool{

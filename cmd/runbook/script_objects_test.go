@@ -23,7 +23,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/sse"
 	"github.com/rogpeppe/go-internal/testscript"
 
-	"github.com/runbook-dev/runbook/internal/testenv"
+	"github.com/runbook-dev/runbook/internal/s3bucket"
 )
 
 // Script commands that set up what verification and cutover scripts check:
@@ -168,7 +168,7 @@ func ensureBucket(ctx context.Context, ts *testscript.TestScript, c *minio.Clien
 	if exists {
 		return
 	}
-	earlier, err := testenv.MakeBucket(ctx, c, bucket)
+	earlier, err := s3bucket.Make(ctx, c, bucket)
 	ts.Check(err)
 	if earlier {
 		ts.Logf("put-objects: bucket %s made by an earlier try of the request", bucket)

@@ -11,7 +11,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/runbook-dev/runbook/internal/testenv"
+	"github.com/runbook-dev/runbook/internal/s3bucket"
 )
 
 // Script command of the write probe scripts
@@ -48,7 +48,7 @@ func cmdMakeBuckets(ts *testscript.TestScript, neg bool, args []string) {
 	for i := range *n {
 		g.Go(func() error {
 			name := fmt.Sprintf("%s%04d", *prefix, i)
-			e, err := testenv.MakeBucket(ctx, c, name)
+			e, err := s3bucket.Make(ctx, c, name)
 			if err != nil {
 				return fmt.Errorf("make bucket %s: %w", name, err)
 			}

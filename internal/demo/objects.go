@@ -17,6 +17,8 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/encrypt"
 	"github.com/minio/minio-go/v7/pkg/sse"
+
+	"github.com/runbook-dev/runbook/internal/s3bucket"
 )
 
 // SampleObject is one object the demo wrote before the cutover.
@@ -53,7 +55,7 @@ func (s *Servers) WriteSample(ctx context.Context) ([]SampleObject, error) {
 	}
 	var sample []SampleObject
 	for _, b := range sampleBuckets {
-		if err := c.MakeBucket(ctx, b.bucket, minio.MakeBucketOptions{}); err != nil {
+		if _, err := s3bucket.Make(ctx, c, b.bucket); err != nil {
 			return nil, fmt.Errorf("make bucket %s: %w", b.bucket, err)
 		}
 		var (

@@ -26,6 +26,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/encrypt"
 
 	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/s3bucket"
 )
 
 func testContext(t *testing.T, d time.Duration) context.Context {
@@ -211,7 +212,7 @@ func TestKESCiphertextsDecryptAtEmulator(t *testing.T) {
 // contents by name.
 func sseObjects(t *testing.T, ctx context.Context, c *minio.Client, bucket, kmsKey string) map[string][]byte {
 	t.Helper()
-	if _, err := MakeBucket(ctx, c, bucket); err != nil {
+	if _, err := s3bucket.Make(ctx, c, bucket); err != nil {
 		t.Fatalf("MakeBucket: %v", err)
 	}
 	sseKMS, err := encrypt.NewSSEKMS(kmsKey, nil)

@@ -199,18 +199,6 @@ func startMinIO(t TB, opts MinIOOptions) (*MinIO, error) {
 	return m, nil
 }
 
-// MakeBucket makes bucket. minio-go retries a request whose answer was
-// lost; when the first try made the bucket (a cluster of several nodes
-// just started, or a loaded machine, can be slow to answer), the retry is
-// told BucketAlreadyOwnedByYou: the bucket is there, and ours (earlier).
-func MakeBucket(ctx context.Context, c *minio.Client, bucket string) (earlier bool, err error) {
-	err = c.MakeBucket(ctx, bucket, minio.MakeBucketOptions{})
-	if minio.ToErrorResponse(err).Code == "BucketAlreadyOwnedByYou" {
-		return true, nil
-	}
-	return false, err
-}
-
 // IAMLoaded waits until a deployment's IAM has loaded after a start
 // (ListUsers answers: MinIO's IAMSys.ListUsers waits for it), each attempt
 // bounded, for at most timeout. MinIO answers S3 calls with its root
