@@ -43,6 +43,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -131,6 +132,11 @@ type harness struct {
 	kmc     *kms.Client
 	srcKeys map[string]kescrypto.Key
 	pathDir string // holds minio-ctl
+	// steps are the runbook's steps, as the uninterrupted apply's journal
+	// names them: after a resume every one of them must be done, not only
+	// those the journal happens to name (a step never started has no
+	// record).
+	steps []string
 }
 
 func run(root *tb, bin string, src []byte, nKeys, points int, rollback bool, seed uint64) int {
@@ -156,6 +162,9 @@ func run(root *tb, bin string, src []byte, nKeys, points int, rollback bool, see
 	}
 	for _, w := range base.windows {
 		fmt.Printf("  %-24s %8s .. %8s\n", w.step, w.from.Round(time.Millisecond), w.to.Round(time.Millisecond))
+		if w.step != startUp && !slices.Contains(h.steps, w.step) {
+			h.steps = append(h.steps, w.step)
+		}
 	}
 	fmt.Println()
 	h.sourceKeys(root) // the key store as the baseline left it: N keys and MinIO's default key
@@ -338,6 +347,13 @@ func (h *harness) point(root *tb, i int, at *killAt, action string) (res pointRe
 	for addr, st := range js.Steps {
 		if st.State != want && !(action == "rollback" && st.State == engine.StatePending) {
 			t.Fatalf("journal: %s is %s after %s, want %s", addr, st.State, action, want)
+		}
+	}
+	if action != "rollback" {
+		for _, addr := range h.steps {
+			if st := js.Step(addr).State; st != engine.StateDone {
+				t.Fatalf("journal: %s is %s after %s, want done", addr, st, action)
+			}
 		}
 	}
 
