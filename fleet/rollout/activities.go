@@ -46,27 +46,30 @@ func WorkerOptions() worker.Options {
 const interruptGrace = 30 * time.Second
 
 // RunDeployment runs the deployment's approved plan with the runbook, as a
-// child process that dies with the worker: `apply PLANDIR` the first time,
-// `resume` when the journal holds this plan's unfinished run (a retry after
-// a worker died resumes from the journal, never from zero), nothing when it
-// holds this plan's finished run. Its -json events become heartbeats. The
+// child process that dies with the worker: `apply PLANDIR` the first time
+// (or after a rollback of the plan's steps: the runbook judges the plan
+// again), `resume` when the journal holds this plan's unfinished run (a
+// retry after a worker died resumes from the journal, never from zero),
+// nothing when every step of the plan is done (runMode). Its -json events
+// become heartbeats. The
 // exit code becomes the outcome (docs/fleet.md, "How a rollout runs"): 0 done; 1 ErrFailed; 2
 // ErrUsage; 3 ErrBusy when the journal's lock is held (retried), else
 // ErrRefused.
 func (a *Activities) RunDeployment(ctx context.Context, d DeploymentInput) (*Outcome, error) {
+	// A live owner of the journal's lock (a run by hand, or this
+	// deployment's previous attempt still stopping after its heartbeat
+	// timed out): busy, without starting a runbook that the lock would
+	// refuse anyway, and before the journal is judged (a rollback by hand
+	// may not have written its first record yet).
+	if owner, alive, err := engine.InspectLock(d.Journal); err == nil && alive && owner != nil {
+		return nil, temporal.NewApplicationError(fmt.Sprintf("busy: %s: %s", engine.ErrLocked, owner), ErrBusy)
+	}
 	mode, err := runMode(d)
 	if err != nil {
 		return nil, temporal.NewApplicationError(fmt.Sprintf("read the journal %s: %v", d.Journal, err), ErrCrashed)
 	}
 	if mode == "done already" {
 		return &Outcome{Mode: mode, Message: "the journal holds this plan's finished run"}, nil
-	}
-	// A live owner of the journal's lock (a run by hand, or this
-	// deployment's previous attempt still stopping after its heartbeat
-	// timed out): busy, without starting a runbook that the lock would
-	// refuse anyway.
-	if owner, alive, err := engine.InspectLock(d.Journal); err == nil && alive && owner != nil {
-		return nil, temporal.NewApplicationError(fmt.Sprintf("busy: %s: %s", engine.ErrLocked, owner), ErrBusy)
 	}
 	args := runbookArgs(d, mode)
 	info := activity.GetInfo(ctx)
@@ -93,13 +96,21 @@ func (a *Activities) RunDeployment(ctx context.Context, d DeploymentInput) (*Out
 	return nil, temporal.NewApplicationError(fmt.Sprintf("runbook %s ended without an exit code (%s): %s", mode, res.err, msg), ErrCrashed)
 }
 
-// runMode reads the deployment's journal: "apply" (no run of this plan),
-// "resume" (this plan's run is unfinished) or "done already" (every step of
-// the plan is done in the journal's run). A step the journal never names is
-// pending, not done: a worker killed after the run's plan record and before
-// a step's first record (or between one step's done and the next's start)
-// leaves a journal whose recorded steps are all done and whose run is not,
-// so the plan record's step list, not the records, says what is left.
+// runMode reads the deployment's journal and answers what brings this
+// plan's change about, judged by the steps of the plan alone (the plan
+// record's list: a step the journal never names is pending, not done, as
+// a worker killed after the plan record and before a step's first record,
+// or between steps, leaves it):
+//   - "done already": every step of the plan is done in the journal's run;
+//   - "resume": some step of the plan is mid-way or not reached yet;
+//   - "apply": the journal's run has no record of this plan, or a step of
+//     the plan was rolled back (or is being rolled back) since: the runbook
+//     then judges the plan as it judges any saved plan (one consumed by a
+//     rollback is refused unless approved again; a rollback under way is
+//     refused), where a resume would redo what the operator undid.
+//
+// Steps of the run outside the plan (a targeted run carried further by
+// another plan, a rollback --to) neither make it done nor hold it back.
 func runMode(d DeploymentInput) (string, error) {
 	records, _, err := engine.ReadJournal(d.Journal)
 	if errors.Is(err, os.ErrNotExist) {
@@ -113,30 +124,25 @@ func runMode(d DeploymentInput) (string, error) {
 		return "", err
 	}
 	var planned []string
-	ours := false
 	for _, p := range js.Plans {
 		if p.Fingerprint == d.Fingerprint {
-			ours = true
 			planned = append(planned, p.Steps...)
 		}
 	}
-	switch {
-	case !ours || js.Run == nil:
+	if js.Run == nil || planned == nil {
 		return "apply", nil
-	case js.Unfinished():
-		return "resume", nil
 	}
+	mode := "done already"
 	for _, addr := range planned {
-		if js.Step(addr).State != engine.StateDone {
-			return "resume", nil // a step of the plan not reached yet
+		switch js.Step(addr).State {
+		case engine.StateDone:
+		case engine.StateRolledBack, engine.StateRollingBack:
+			return "apply", nil
+		default: // pending, running, failed, interrupted, waiting
+			mode = "resume"
 		}
 	}
-	for _, st := range js.Steps {
-		if st.State != engine.StateDone {
-			return "resume", nil // rolled back since
-		}
-	}
-	return "done already", nil
+	return mode, nil
 }
 
 // runbookArgs are the runbook's arguments for mode ("apply" or "resume").

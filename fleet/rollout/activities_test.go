@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -205,4 +206,145 @@ func effects(t *testing.T, dir string) []string {
 		t.Fatal(err)
 	}
 	return slices.Sorted(slices.Values(strings.Fields(string(data))))
+}
+
+// laterRunbook is cutsRunbook's chain with a step of another change beside
+// it (exec.other fails while fail exists in the journal dir), rollback
+// commands, and approvals set by %d.
+const laterRunbook = `runbook {
+  name      = "later"
+  approvals = %d
+}
+
+exec "one" {
+  command          = ["sh", "-c", "echo exec.one >> \"$RUNBOOK_JOURNAL_DIR/effects.txt\""]
+  rollback_command = ["true"]
+}
+
+exec "two" {
+  command          = ["sh", "-c", "echo exec.two >> \"$RUNBOOK_JOURNAL_DIR/effects.txt\""]
+  rollback_command = ["true"]
+  depends_on       = [exec.one]
+}
+
+exec "other" {
+  command = ["sh", "-c", "test ! -e \"$RUNBOOK_JOURNAL_DIR/fail\" && echo exec.other >> \"$RUNBOOK_JOURNAL_DIR/effects.txt\""]
+}
+`
+
+// TestRunModeAfterLaterCommands: what an operator does to a deployment's
+// journal after the fleet's plan ran is judged by the plan's steps alone.
+// A rollback consumed the plan: the fleet never redoes what the operator
+// undid (the runbook refuses the plan as applied once, or the rollback
+// under way as unfinished), and a plan approved again applies. Another
+// plan's failed step beside a finished plan leaves that plan done, with
+// nothing run for it.
+func TestRunModeAfterLaterCommands(t *testing.T) {
+	bin := buildRunbook(t)
+	chain := []string{"exec.one", "exec.two"}
+	cases := []struct {
+		name      string
+		approvals int
+		// later runs what the operator did after the plan in plan/ was
+		// applied, and returns the deployment as the fleet then sees it.
+		later func(t *testing.T, dir string, d DeploymentInput) DeploymentInput
+		mode  string
+		code  int      // the runbook's exit code following mode
+		why   string   // in its output
+		ran   []string // the effects after the plan's run and mode's
+	}{
+		{"rolled back", 0, func(t *testing.T, dir string, d DeploymentInput) DeploymentInput {
+			runbook(t, bin, "rollback", d.RunbookFile, "-journal", d.Journal)
+			return d
+		}, "apply", 3, "was applied already", chain},
+		{"rollback under way", 0, func(t *testing.T, dir string, d DeploymentInput) DeploymentInput {
+			runbook(t, bin, "rollback", d.RunbookFile, "-journal", d.Journal)
+			raw, err := os.ReadFile(filepath.Join(d.Journal, engine.JournalFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := bytes.Index(raw, []byte(`"state":"rolling_back"`))
+			if i < 0 {
+				t.Fatalf("the rollback wrote no rolling_back record:\n%s", raw)
+			}
+			j := cutJournal(t, d.Journal, filepath.Join(dir, "cut"), raw[:i+bytes.IndexByte(raw[i:], '\n')+1])
+			if err := os.WriteFile(filepath.Join(j, "effects.txt"), []byte("exec.one\nexec.two\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			d.Journal = j
+			return d
+		}, "apply", 3, "was applied already", chain},
+		{"rolled back and approved again", 1, func(t *testing.T, dir string, d DeploymentInput) DeploymentInput {
+			runbook(t, bin, "rollback", d.RunbookFile, "-journal", d.Journal)
+			again := filepath.Join(dir, "again")
+			runbook(t, bin, "plan", d.RunbookFile, "-target", "exec.two", "-out", again, "-journal", d.Journal)
+			runbook(t, bin, "approve", again, "--by", "b")
+			doc, err := engine.ReadPlanDir(again)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.PlanDir, d.Fingerprint = again, doc.Fingerprint
+			return d
+		}, "apply", 0, "", append(slices.Clone(chain), chain...)},
+		{"another plan's step failed", 0, func(t *testing.T, dir string, d DeploymentInput) DeploymentInput {
+			if err := os.WriteFile(filepath.Join(d.Journal, "fail"), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			other := filepath.Join(dir, "other")
+			runbook(t, bin, "plan", d.RunbookFile, "-target", "exec.other", "-out", other, "-journal", d.Journal)
+			if out, err := exec.Command(bin, "apply", other, "-journal", d.Journal).CombinedOutput(); err == nil {
+				t.Fatalf("the other plan's apply did not fail:\n%s", out)
+			}
+			return d
+		}, "done already", 0, "", chain},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			rb := filepath.Join(dir, "rb.hcl")
+			if err := os.WriteFile(rb, fmt.Appendf(nil, laterRunbook, c.approvals), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			d := DeploymentInput{Name: "later", PlanDir: filepath.Join(dir, "plan"), RunbookFile: rb, Journal: filepath.Join(dir, "journal")}
+			runbook(t, bin, "plan", rb, "-target", "exec.two", "-out", d.PlanDir, "-journal", d.Journal)
+			if c.approvals > 0 {
+				runbook(t, bin, "approve", d.PlanDir, "--by", "a")
+			}
+			runbook(t, bin, "apply", d.PlanDir, "-journal", d.Journal)
+			doc, err := engine.ReadPlanDir(d.PlanDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.Fingerprint = doc.Fingerprint
+			if mode, err := runMode(d); err != nil || mode != "done already" {
+				t.Fatalf("after the plan's run: %q (%v), want done already", mode, err)
+			}
+			d = c.later(t, dir, d)
+			mode, err := runMode(d)
+			if err != nil || mode != c.mode {
+				t.Fatalf("runMode: %q (%v), want %q", mode, err, c.mode)
+			}
+			if mode != "done already" {
+				out, err := exec.Command(bin, runbookArgs(d, mode)...).CombinedOutput()
+				if code := exitCode(err); code != c.code || !strings.Contains(string(out), c.why) {
+					t.Fatalf("runbook %s: exit %d (%v), want %d and %q\n%s", mode, code, err, c.code, c.why, out)
+				}
+			}
+			if ran := effects(t, d.Journal); !slices.Equal(ran, slices.Sorted(slices.Values(c.ran))) {
+				t.Errorf("ran %v, want %v", ran, c.ran)
+			}
+		})
+	}
+}
+
+// exitCode is err's exit code: 0 for nil, -1 when there is none.
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.ExitCode()
+	}
+	return -1
 }
