@@ -111,7 +111,9 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 	}
 	ki := &keyImport{m: m, h: h, src: src, c: c, enclave: enclave, present: present, overwrite: setOf(pre.Overwrite),
 		rep: &report{notKeys: src.notKeys}, res: &migrationResult{}, total: int64(len(src.names))}
-	ki.sortDone(setOf(pre.Identical))
+	if gone := ki.sortDone(setOf(pre.Identical)); len(gone) > 0 {
+		return nil, goneError(ki.h, enclave, gone)
+	}
 	err = ki.importAll(ctx)
 	ki.count()
 	if err != nil {
@@ -164,21 +166,28 @@ type keyImport struct {
 }
 
 // sortDone counts the keys done already (identical at the target, or
-// checkpointed by an earlier attempt) and lists the rest in ki.todo.
-func (ki *keyImport) sortDone(identical map[string]bool) {
+// checkpointed by an earlier attempt and still at the target) and lists
+// the rest in ki.todo. It returns the keys an earlier attempt checkpointed
+// as imported that the target no longer holds (gone): the journal says
+// done, the Key Manager says otherwise.
+func (ki *keyImport) sortDone(identical map[string]bool) (gone []string) {
 	res := ki.res
 	for _, n := range ki.src.names {
 		if identical[n] {
 			res.Skipped++
 			continue
 		}
-		switch actionOf(ki.h, migratedKeys, n) {
-		case actionImported:
-			res.Imported++
-			res.Earlier++
-			continue
-		case actionOverwritten:
-			res.Overwritten++
+		switch a := actionOf(ki.h, migratedKeys, n); a {
+		case actionImported, actionOverwritten:
+			if !ki.present[n] {
+				gone = append(gone, n)
+				continue
+			}
+			if a == actionImported {
+				res.Imported++
+			} else {
+				res.Overwritten++
+			}
 			res.Earlier++
 			continue
 		case actionOverwriting:
@@ -191,6 +200,26 @@ func (ki *keyImport) sortDone(identical map[string]bool) {
 	if res.Earlier > 0 || res.Skipped > 0 {
 		ki.h.logf("%d keys done earlier (journal) or already present with identical material; %d to go", ki.done, len(ki.todo))
 	}
+	return gone
+}
+
+// goneError refuses a migration whose earlier attempts imported keys the
+// enclave no longer holds: deleted by a rollback of this run that was
+// interrupted (its undoneKeys say so), or at the Key Manager since. The
+// vendor's Key Manager does not give a deleted key name out again (its
+// client: "Once a key version has been removed it cannot be added
+// again"), so they cannot be imported again into this enclave; nothing is
+// imported.
+func goneError(h runHooks, enclave string, gone []string) error {
+	byRollback := 0
+	for _, n := range gone {
+		if actionOf(h, undoneKeys, n) == actionDeleted {
+			byRollback++
+		}
+	}
+	return engine.RefuseWithHint("finish the rollback with runbook rollback, then migrate into a new enclave",
+		"%d key(s) this run imported are no longer in enclave %s (%d deleted by a rollback of this run that did not finish, %d deleted at the Key Manager since): %s; the Key Manager does not take a deleted key name again, so they cannot be migrated into this enclave; nothing was imported",
+		len(gone), enclave, byRollback, len(gone)-byRollback, strings.Join(shortList(gone, 10), ", "))
 }
 
 // importAll imports ki.todo: a worker takes a run of up to batch
