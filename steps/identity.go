@@ -33,6 +33,9 @@ var (
 	identityRegisterIntent = engine.NewItem[identityRecord]("register-intent")
 	// identityRegistered: the identity is registered in the enclave.
 	identityRegistered = engine.NewItem[identityRecord]("registered")
+	// identityDeleted: rollback deleted the identity (or found it gone).
+	// Until the rollback completes, identityRegistered stays beside it.
+	identityDeleted = engine.NewItem[identityRecord]("rollback/deleted")
 )
 
 var (
@@ -130,7 +133,13 @@ func (i *identityStep) Apply(ctx context.Context, r *engine.Run) error {
 		return fmt.Errorf("read stored API key: %w", err)
 	}
 	rec := identityRecord{Enclave: ref.Name, Identity: key.Identity().String(), Privilege: i.privilege().String()}
-	if !identityRegistered.Done(r) {
+	registered := identityRegistered.Done(r)
+	if registered {
+		if registered, err = i.stillRegistered(ctx, r, ref, key.Identity()); err != nil {
+			return err
+		}
+	}
+	if !registered {
 		if err := identityRegisterIntent.Put(r, rec); err != nil {
 			return err
 		}
@@ -153,6 +162,33 @@ func (i *identityStep) Apply(ctx context.Context, r *engine.Run) error {
 	r.SetOutput("api_key", cty.StringVal(key.String()))
 	r.SetOutput("identity", cty.StringVal(rec.Identity))
 	return nil
+}
+
+// stillRegistered asks the Key Manager whether the identity the journal
+// says this step registered is still in the enclave: a rollback of this run
+// that was killed after deleting it (its identityDeleted checkpoint, or no
+// checkpoint at all when the kill came first) leaves identityRegistered in
+// the journal, and a resume that trusted it would hand the cutover an API
+// key no identity has: every node restarted onto a Key Manager that refuses
+// it. false, logged, when the identity is gone: apply registers it again.
+func (i *identityStep) stillRegistered(ctx context.Context, r *engine.Run, ref enclaveRef, id mtls.Identity) (bool, error) {
+	c, err := ref.KM.Client(r)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", ref.Addr, err)
+	}
+	_, err = c.GetIdentity(ctx, ref.Name, &kms.IdentityRequest{Identity: id})
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, kms.ErrIdentityNotFound):
+		why := "deleted since"
+		if identityDeleted.Done(r) {
+			why = "deleted by a rollback of this run that did not finish"
+		}
+		r.Logf("identity %s is no longer in enclave %s (%s): registering it again", id, ref.Name, why)
+		return false, nil
+	}
+	return false, fmt.Errorf("check that identity %s is still in enclave %s: %w", id, ref.Name, err)
 }
 
 // refuseLostKey refuses when the journal says an earlier attempt registered
@@ -214,5 +250,5 @@ func (i *identityStep) Rollback(ctx context.Context, r *engine.Run) error {
 	default:
 		return fmt.Errorf("delete identity %s from enclave %s: %w", rec.Identity, rec.Enclave, err)
 	}
-	return nil
+	return identityDeleted.Put(r, rec)
 }

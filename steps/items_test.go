@@ -75,6 +75,7 @@ var itemCases = []itemCase{
 	roundTrip(enclaveAdopted, "adopted", enclaveRecord{Enclave: "e", Keys: 3}),
 	roundTrip(identityRegisterIntent, "register-intent", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
 	roundTrip(identityRegistered, "registered", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
+	roundTrip(identityDeleted, "rollback/deleted", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
 	roundTrip(prerequisitesChecked, "checked", prerequisitesState{}),
 	roundTrip(prerequisitesKeySet, "key-set", keySetRecord{Keys: 2, SHA256: "cd34", File: "/j/backups/kes-key-names.txt"}),
 	roundTrip(prerequisitesBackup, "backup", backupRecord{Config: "/c.yaml", Entries: 2, Snapshot: "/s.tar", SnapshotSHA256: "ef56"}),
