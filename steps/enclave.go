@@ -35,6 +35,9 @@ var (
 	enclaveCreated = engine.NewItem[enclaveRecord]("created")
 	// enclaveAdopted: the enclave existed and was adopted; never deleted.
 	enclaveAdopted = engine.NewItem[enclaveRecord]("adopted")
+	// enclaveDeleted: rollback deleted the enclave this run created. Until
+	// the rollback completes, enclaveCreated stays beside it.
+	enclaveDeleted = engine.NewItem[enclaveRecord]("rollback/deleted")
 )
 
 var (
@@ -199,7 +202,7 @@ type enclaveRecord struct {
 }
 
 func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
-	if enclaveCreated.Done(r) || enclaveAdopted.Done(r) {
+	if enclaveAdopted.Done(r) {
 		for k, v := range e.outputs() {
 			r.SetOutput(k, v)
 		}
@@ -208,6 +211,23 @@ func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
 	c, obs, err := e.observe(ctx, r)
 	if err != nil {
 		return err
+	}
+	if enclaveCreated.Done(r) {
+		// Judged by the Key Manager, not the journal alone: a rollback of
+		// this run killed after deleting the enclave leaves enclaveCreated
+		// in the journal, and a resume that trusted it would leave the
+		// steps after it an enclave that is not there.
+		if obs.Exists {
+			for k, v := range e.outputs() {
+				r.SetOutput(k, v)
+			}
+			return nil
+		}
+		why := "deleted since"
+		if enclaveDeleted.Done(r) {
+			why = "deleted by a rollback of this run that did not finish"
+		}
+		r.Logf("enclave %s, created by this run, is no longer at the Key Manager (%s): creating it again", e.cfg.Name, why)
 	}
 	switch {
 	case !obs.Exists:
@@ -315,7 +335,7 @@ func (e *enclaveStep) Rollback(ctx context.Context, r *engine.Run) error {
 		return fmt.Errorf("delete enclave %s: %w", name, err)
 	}
 	r.Logf("deleted enclave %s (created by this run; it held no keys and no identities)", name)
-	return nil
+	return enclaveDeleted.Put(r, rec)
 }
 
 // listEnclaveIdentities returns the identities of an enclave, following

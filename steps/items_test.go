@@ -61,18 +61,17 @@ func familyRoundTrip[T any](f engine.Family[T], key, want string, v T) itemCase 
 	return c
 }
 
-// Every item of the steps but the cutover, by the name journals already
-// hold (the cutover's are in cutoverItemCases: a step's names are its own,
-// and the cutover's sample is named as the verification's is).
+// Every item of the steps but the cutover and the enclave, by the name
+// journals already hold (the cutover's are in cutoverItemCases, the
+// enclave's in enclaveItemCases: a step's names are its own, and the
+// cutover's sample is named as the verification's is, the enclave's
+// deletion as the identity's).
 var itemCases = []itemCase{
 	roundTrip(migrationPreflight, "preflight", preflightCheckpoint{NamesSHA256: "ab12", Identical: []string{"k1"}, Overwrite: []string{}}),
 	familyRoundTrip(migratedKeys, "minio/key-1", "key/minio/key-1", keyCheckpoint{Action: actionImported}),
 	familyRoundTrip(undoneKeys, "minio-key-2", "rollback/minio-key-2", keyCheckpoint{Action: actionDeleted}),
 	familyRoundTrip(verifiedKeys, "minio-key-3", "key/minio-key-3", proofCheckpoint{Proof: proofLocalSeal, Formats: []string{"msgpack", "json"}, KESGenerate: true}),
 	roundTrip(verificationSample, "sample", sampleSeed{Seed: 1<<63 + 5}),
-	roundTrip(enclaveCreateIntent, "create-intent", enclaveRecord{Enclave: "e"}),
-	roundTrip(enclaveCreated, "created", enclaveRecord{Enclave: "e", Note: "n"}),
-	roundTrip(enclaveAdopted, "adopted", enclaveRecord{Enclave: "e", Keys: 3}),
 	roundTrip(identityRegisterIntent, "register-intent", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
 	roundTrip(identityRegistered, "registered", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
 	roundTrip(identityDeleted, "rollback/deleted", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
@@ -81,6 +80,14 @@ var itemCases = []itemCase{
 	roundTrip(prerequisitesBackup, "backup", backupRecord{Config: "/c.yaml", Entries: 2, Snapshot: "/s.tar", SnapshotSHA256: "ef56"}),
 	roundTrip(prerequisitesCreationHalted, "creation-halted", keySetSum{Keys: 2, SHA256: "cd34"}),
 	familyRoundTrip(objectsRead, "bucket/dir/object", "object bucket/dir/object", objectRead{Bytes: 1 << 40, SSE: "SSE-KMS"}),
+}
+
+// Every item of the enclave step, by the name journals already hold.
+var enclaveItemCases = []itemCase{
+	roundTrip(enclaveCreateIntent, "create-intent", enclaveRecord{Enclave: "e"}),
+	roundTrip(enclaveCreated, "created", enclaveRecord{Enclave: "e", Note: "n"}),
+	roundTrip(enclaveAdopted, "adopted", enclaveRecord{Enclave: "e", Keys: 3}),
+	roundTrip(enclaveDeleted, "rollback/deleted", enclaveRecord{Enclave: "e"}),
 }
 
 // Every item of the cutover (cutover_items.go), by the name journals
@@ -132,8 +139,11 @@ func ptr[T any](v T) *T { return &v }
 // casesOf is what item_probe.NAME records: the cutover's items for the
 // block named cutover, the other steps' for any other.
 func casesOf(r *engine.Run) []itemCase {
-	if r.Addr == "item_probe.cutover" {
+	switch r.Addr {
+	case "item_probe.cutover":
 		return cutoverItemCases
+	case "item_probe.enclave":
+		return enclaveItemCases
 	}
 	return itemCases
 }
@@ -193,6 +203,12 @@ func TestItemsRoundTrip(t *testing.T) {
 func TestCutoverItemsRoundTrip(t *testing.T) {
 	t.Parallel()
 	checkItemsRoundTrip(t, "cutover", cutoverItemCases)
+}
+
+// The enclave's items, likewise.
+func TestEnclaveItemsRoundTrip(t *testing.T) {
+	t.Parallel()
+	checkItemsRoundTrip(t, "enclave", enclaveItemCases)
 }
 
 func checkItemsRoundTrip(t *testing.T, name string, cases []itemCase) {
