@@ -223,7 +223,7 @@ func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
 			}
 			return nil
 		}
-		why := "deleted since"
+		why := "not recorded as deleted by this run's rollback"
 		if enclaveDeleted.Done(r) {
 			why = "deleted by a rollback of this run that did not finish"
 		}

@@ -242,6 +242,12 @@ func (e *execStep) dir(r *engine.Run) string {
 }
 
 func (e *execStep) Apply(ctx context.Context, r *engine.Run) error {
+	// The rollback command may still run, started by a rollback that was
+	// killed (the step left rolling_back): it ends before the command runs
+	// again, as Rollback ends a leftover command.
+	if err := endLeftover(r, processItem("rollback."), "the rollback command"); err != nil {
+		return err
+	}
 	code, stdout, err := e.run(ctx, r, e.cfg.Command, "")
 	r.SetOutput("exit_code", cty.NumberIntVal(int64(code)))
 	r.SetOutput("stdout", cty.StringVal(stdout))

@@ -61,20 +61,17 @@ func familyRoundTrip[T any](f engine.Family[T], key, want string, v T) itemCase 
 	return c
 }
 
-// Every item of the steps but the cutover and the enclave, by the name
-// journals already hold (the cutover's are in cutoverItemCases, the
-// enclave's in enclaveItemCases: a step's names are its own, and the
-// cutover's sample is named as the verification's is, the enclave's
-// deletion as the identity's).
+// Every item of the steps but the cutover, the enclave and the identity,
+// by the name journals already hold (theirs are in cutoverItemCases,
+// enclaveItemCases and identityItemCases: a step's names are its own, and
+// the cutover's sample is named as the verification's is, the enclave's
+// and the identity's deletions inside the migration's rollback/ family).
 var itemCases = []itemCase{
 	roundTrip(migrationPreflight, "preflight", preflightCheckpoint{NamesSHA256: "ab12", Identical: []string{"k1"}, Overwrite: []string{}}),
 	familyRoundTrip(migratedKeys, "minio/key-1", "key/minio/key-1", keyCheckpoint{Action: actionImported}),
 	familyRoundTrip(undoneKeys, "minio-key-2", "rollback/minio-key-2", keyCheckpoint{Action: actionDeleted}),
 	familyRoundTrip(verifiedKeys, "minio-key-3", "key/minio-key-3", proofCheckpoint{Proof: proofLocalSeal, Formats: []string{"msgpack", "json"}, KESGenerate: true}),
 	roundTrip(verificationSample, "sample", sampleSeed{Seed: 1<<63 + 5}),
-	roundTrip(identityRegisterIntent, "register-intent", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
-	roundTrip(identityRegistered, "registered", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
-	roundTrip(identityDeleted, "rollback/deleted", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
 	roundTrip(prerequisitesChecked, "checked", prerequisitesState{}),
 	roundTrip(prerequisitesKeySet, "key-set", keySetRecord{Keys: 2, SHA256: "cd34", File: "/j/backups/kes-key-names.txt"}),
 	roundTrip(prerequisitesBackup, "backup", backupRecord{Config: "/c.yaml", Entries: 2, Snapshot: "/s.tar", SnapshotSHA256: "ef56"}),
@@ -88,6 +85,13 @@ var enclaveItemCases = []itemCase{
 	roundTrip(enclaveCreated, "created", enclaveRecord{Enclave: "e", Note: "n"}),
 	roundTrip(enclaveAdopted, "adopted", enclaveRecord{Enclave: "e", Keys: 3}),
 	roundTrip(enclaveDeleted, "rollback/deleted", enclaveRecord{Enclave: "e"}),
+}
+
+// Every item of the identity step, by the name journals already hold.
+var identityItemCases = []itemCase{
+	roundTrip(identityRegisterIntent, "register-intent", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
+	roundTrip(identityRegistered, "registered", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
+	roundTrip(identityDeleted, "rollback/deleted", identityRecord{Enclave: "e", Identity: "h1:abc", Privilege: "Admin"}),
 }
 
 // Every item of the cutover (cutover_items.go), by the name journals
@@ -144,6 +148,8 @@ func casesOf(r *engine.Run) []itemCase {
 		return cutoverItemCases
 	case "item_probe.enclave":
 		return enclaveItemCases
+	case "item_probe.identity":
+		return identityItemCases
 	}
 	return itemCases
 }
@@ -205,10 +211,15 @@ func TestCutoverItemsRoundTrip(t *testing.T) {
 	checkItemsRoundTrip(t, "cutover", cutoverItemCases)
 }
 
-// The enclave's items, likewise.
+// The enclave's and the identity's items, likewise.
 func TestEnclaveItemsRoundTrip(t *testing.T) {
 	t.Parallel()
 	checkItemsRoundTrip(t, "enclave", enclaveItemCases)
+}
+
+func TestIdentityItemsRoundTrip(t *testing.T) {
+	t.Parallel()
+	checkItemsRoundTrip(t, "identity", identityItemCases)
 }
 
 func checkItemsRoundTrip(t *testing.T, name string, cases []itemCase) {

@@ -167,14 +167,19 @@ type keyImport struct {
 
 // sortDone counts the keys done already (identical at the target, or
 // checkpointed by an earlier attempt and still at the target) and lists
-// the rest in ki.todo. It returns the keys an earlier attempt checkpointed
-// as imported that the target no longer holds (gone): the journal says
-// done, the Key Manager says otherwise.
+// the rest in ki.todo. It returns the keys the target no longer holds that
+// an earlier attempt checkpointed as imported or this run's rollback as
+// deleted (gone): the journal says done, or says deleted, and either way
+// the Key Manager will not take the name again.
 func (ki *keyImport) sortDone(identical map[string]bool) (gone []string) {
 	res := ki.res
 	for _, n := range ki.src.names {
 		if identical[n] {
 			res.Skipped++
+			continue
+		}
+		if !ki.present[n] && actionOf(ki.h, undoneKeys, n) == actionDeleted {
+			gone = append(gone, n) // deleted by this run's rollback, in flight or not
 			continue
 		}
 		switch a := actionOf(ki.h, migratedKeys, n); a {
@@ -203,23 +208,23 @@ func (ki *keyImport) sortDone(identical map[string]bool) (gone []string) {
 	return gone
 }
 
-// goneError refuses a migration whose earlier attempts imported keys the
-// enclave no longer holds: deleted by a rollback of this run that was
-// interrupted (its undoneKeys say so), or at the Key Manager since. The
-// vendor's Key Manager does not give a deleted key name out again (its
-// client: "Once a key version has been removed it cannot be added
-// again"), so they cannot be imported again into this enclave; nothing is
-// imported.
+// goneError refuses a migration whose run imported keys the enclave no
+// longer holds: deleted by a rollback of this run that was interrupted
+// (its undoneKeys record most; a kill between a delete and its record
+// leaves one unrecorded), or at the Key Manager by hand. The vendor's Key
+// Manager does not give a deleted key name out again (its client: "Once a
+// key version has been removed it cannot be added again"), so they cannot
+// be imported again into this enclave; nothing is imported.
 func goneError(h runHooks, enclave string, gone []string) error {
-	byRollback := 0
+	recorded := 0
 	for _, n := range gone {
 		if actionOf(h, undoneKeys, n) == actionDeleted {
-			byRollback++
+			recorded++
 		}
 	}
-	return engine.RefuseWithHint("finish the rollback with runbook rollback, then migrate into a new enclave",
-		"%d key(s) this run imported are no longer in enclave %s (%d deleted by a rollback of this run that did not finish, %d deleted at the Key Manager since): %s; the Key Manager does not take a deleted key name again, so they cannot be migrated into this enclave; nothing was imported",
-		len(gone), enclave, byRollback, len(gone)-byRollback, strings.Join(shortList(gone, 10), ", "))
+	return engine.RefuseWithHint("if a rollback of this run was interrupted, finish it with runbook rollback; then migrate into a new enclave",
+		"%d key(s) this run imported are no longer in enclave %s (%d of them recorded as deleted by a rollback of this run that did not finish): %s; the Key Manager does not take a deleted key name again, so they cannot be migrated into this enclave; nothing was imported",
+		len(gone), enclave, recorded, strings.Join(shortList(gone, 10), ", "))
 }
 
 // importAll imports ki.todo: a worker takes a run of up to batch
