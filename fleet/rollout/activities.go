@@ -124,12 +124,14 @@ func runMode(d DeploymentInput) (string, error) {
 		return "", err
 	}
 	var planned []string
+	ours := false
 	for _, p := range js.Plans {
 		if p.Fingerprint == d.Fingerprint {
+			ours = true
 			planned = append(planned, p.Steps...)
 		}
 	}
-	if js.Run == nil || planned == nil {
+	if js.Run == nil || !ours {
 		return "apply", nil
 	}
 	mode := "done already"
