@@ -111,8 +111,14 @@ func (m *migrationStep) migrate(ctx context.Context, h runHooks, src *sourceSet,
 	}
 	ki := &keyImport{m: m, h: h, src: src, c: c, enclave: enclave, present: present, overwrite: setOf(pre.Overwrite),
 		rep: &report{notKeys: src.notKeys}, res: &migrationResult{}, total: int64(len(src.names))}
-	if gone := ki.sortDone(setOf(pre.Identical)); len(gone) > 0 {
-		return nil, goneError(ki.h, enclave, gone)
+	// What a rollback of this run that did not finish recorded: read once,
+	// not per key (a first apply has none).
+	undone, err := undoneKeys.All(h)
+	if err != nil {
+		return nil, fmt.Errorf("read the migration's rollback checkpoints: %w", err)
+	}
+	if gone := ki.sortDone(setOf(pre.Identical), undone); len(gone) > 0 {
+		return nil, goneError(enclave, gone, undone)
 	}
 	err = ki.importAll(ctx)
 	ki.count()
@@ -171,14 +177,14 @@ type keyImport struct {
 // an earlier attempt checkpointed as imported or this run's rollback as
 // deleted (gone): the journal says done, or says deleted, and either way
 // the Key Manager will not take the name again.
-func (ki *keyImport) sortDone(identical map[string]bool) (gone []string) {
+func (ki *keyImport) sortDone(identical map[string]bool, undone map[string]keyCheckpoint) (gone []string) {
 	res := ki.res
 	for _, n := range ki.src.names {
 		if identical[n] {
 			res.Skipped++
 			continue
 		}
-		if !ki.present[n] && actionOf(ki.h, undoneKeys, n) == actionDeleted {
+		if !ki.present[n] && undone[n].Action == actionDeleted {
 			gone = append(gone, n) // deleted by this run's rollback, in flight or not
 			continue
 		}
@@ -215,10 +221,10 @@ func (ki *keyImport) sortDone(identical map[string]bool) (gone []string) {
 // Manager does not give a deleted key name out again (its client: "Once a
 // key version has been removed it cannot be added again"), so they cannot
 // be imported again into this enclave; nothing is imported.
-func goneError(h runHooks, enclave string, gone []string) error {
+func goneError(enclave string, gone []string, undone map[string]keyCheckpoint) error {
 	recorded := 0
 	for _, n := range gone {
-		if actionOf(h, undoneKeys, n) == actionDeleted {
+		if undone[n].Action == actionDeleted {
 			recorded++
 		}
 	}
