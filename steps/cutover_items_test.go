@@ -13,7 +13,7 @@ import (
 
 // The cutover's items keep the names journals already hold: a resume or
 // rollback by a newer runbook reads an older run's journal by them
-// (TestCutoverItemsRoundTrip records and reads each through a journal).
+// (TestStepItemsRoundTrip/cutover records and reads each through a journal).
 func TestCutoverItemNames(t *testing.T) {
 	t.Parallel()
 	for want, got := range map[string]string{

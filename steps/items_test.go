@@ -140,16 +140,19 @@ var probeAt = time.Date(2026, 12, 5, 11, 0, 0, 0, time.UTC)
 
 func ptr[T any](v T) *T { return &v }
 
-// casesOf is what item_probe.NAME records: the cutover's items for the
-// block named cutover, the other steps' for any other.
+// stepItemCases are the item lists of the steps whose names are kept
+// apart, by the item_probe block name that records them; any other
+// item_probe block records itemCases.
+var stepItemCases = map[string][]itemCase{
+	"cutover":  cutoverItemCases,
+	"enclave":  enclaveItemCases,
+	"identity": identityItemCases,
+}
+
+// casesOf is what item_probe.NAME records.
 func casesOf(r *engine.Run) []itemCase {
-	switch r.Addr {
-	case "item_probe.cutover":
-		return cutoverItemCases
-	case "item_probe.enclave":
-		return enclaveItemCases
-	case "item_probe.identity":
-		return identityItemCases
+	if cases, ok := stepItemCases[strings.TrimPrefix(r.Addr, "item_probe.")]; ok {
+		return cases
 	}
 	return itemCases
 }
@@ -205,21 +208,16 @@ func TestItemsRoundTrip(t *testing.T) {
 	checkItemsRoundTrip(t, "p", itemCases)
 }
 
-// The cutover's items, likewise.
-func TestCutoverItemsRoundTrip(t *testing.T) {
+// The items of the steps kept apart (the cutover, the enclave, the
+// identity), likewise, each under its own probe.
+func TestStepItemsRoundTrip(t *testing.T) {
 	t.Parallel()
-	checkItemsRoundTrip(t, "cutover", cutoverItemCases)
-}
-
-// The enclave's and the identity's items, likewise.
-func TestEnclaveItemsRoundTrip(t *testing.T) {
-	t.Parallel()
-	checkItemsRoundTrip(t, "enclave", enclaveItemCases)
-}
-
-func TestIdentityItemsRoundTrip(t *testing.T) {
-	t.Parallel()
-	checkItemsRoundTrip(t, "identity", identityItemCases)
+	for name, cases := range stepItemCases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			checkItemsRoundTrip(t, name, cases)
+		})
+	}
 }
 
 func checkItemsRoundTrip(t *testing.T, name string, cases []itemCase) {
