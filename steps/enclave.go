@@ -168,6 +168,13 @@ func (e *enclaveStep) outputs() map[string]cty.Value {
 	return map[string]cty.Value{"name": cty.StringVal(e.cfg.Name), "key_manager": e.cfg.KeyManager}
 }
 
+// setOutputs gives the run the step's outputs: how every apply ends.
+func (e *enclaveStep) setOutputs(r *engine.Run) {
+	for k, v := range e.outputs() {
+		r.SetOutput(k, v)
+	}
+}
+
 func (e *enclaveStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan, error) {
 	_, obs, err := e.observe(ctx, r)
 	if err != nil {
@@ -203,9 +210,7 @@ type enclaveRecord struct {
 
 func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
 	if enclaveAdopted.Done(r) {
-		for k, v := range e.outputs() {
-			r.SetOutput(k, v)
-		}
+		e.setOutputs(r)
 		return nil
 	}
 	c, obs, err := e.observe(ctx, r)
@@ -218,9 +223,7 @@ func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
 		// in the journal, and a resume that trusted it would leave the
 		// steps after it an enclave that is not there.
 		if obs.Exists {
-			for k, v := range e.outputs() {
-				r.SetOutput(k, v)
-			}
+			e.setOutputs(r)
 			return nil
 		}
 		why := "not recorded as deleted by this run's rollback"
@@ -270,9 +273,7 @@ func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
 	default:
 		return e.refuseNonempty(obs)
 	}
-	for k, v := range e.outputs() {
-		r.SetOutput(k, v)
-	}
+	e.setOutputs(r)
 	return nil
 }
 
