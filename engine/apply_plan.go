@@ -31,7 +31,18 @@ func (s *Session) refuseEarly(ctx context.Context, opts Options) error {
 	if err == nil || !errors.Is(err, ErrRefused) || res == nil {
 		return nil
 	}
-	return RefuseWithHint("runbook plan FILE shows the whole plan", "nothing ran: the plan of this runbook refuses what it asks (%s)", stepErrors(res.Steps))
+	return refusedQuietly(res, "nothing ran: the plan of this runbook refuses what it asks", "runbook plan FILE shows the whole plan")
+}
+
+// refusedQuietly is the refusal of a plan made quietly (apply FILE, apply
+// DIR), which printed no step: it names each step's reason and carries the
+// steps' own hints before the way forward (hint).
+func refusedQuietly(res *PlanResult, lead, hint string) error {
+	var hints []string
+	for _, ps := range res.Steps {
+		hints = append(hints, ps.Hints...)
+	}
+	return RefuseWithHint(strings.Join(append(hints, hint), "; "), "%s (%s)", lead, stepErrors(res.Steps))
 }
 
 // ApplyPlan executes a saved, reviewed plan: under the journal lock it plans
@@ -62,6 +73,9 @@ func (s *Session) ApplyPlan(ctx context.Context, opts Options, planDir string, r
 		quiet.Output = nil
 		quiet.beforeApply = true
 		res, err := s.Plan(ctx, quiet)
+		if errors.Is(err, ErrRefused) && res != nil {
+			return nil, refusedQuietly(res, "nothing ran: observed again, the systems make a step of the plan refuse", "once that is fixed, make a new plan and have it reviewed")
+		}
 		if err != nil {
 			return nil, fmt.Errorf("observe the systems again: %w", err)
 		}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"aead.dev/mtls"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
 
@@ -93,6 +94,12 @@ func (c *cutoverStep) Validate(d *engine.Decoded) hcl.Diagnostics {
 	if c.cfg.WaitTimeout != "" && !d.Unknown("wait_timeout") {
 		if t, err := time.ParseDuration(c.cfg.WaitTimeout); err != nil || t <= 0 {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid wait_timeout", Detail: fmt.Sprintf("%q is not a positive duration: write it like \"90s\" or \"5m\".", c.cfg.WaitTimeout), Subject: d.AttrRange("wait_timeout")})
+		}
+	}
+	diags = append(diags, requireNonEmpty(d, "api_key", c.cfg.APIKey, "api_key is the Key Manager API key the nodes will use (MINIO_KMS_API_KEY), k1:…, usually identity.NAME.api_key.")...)
+	if c.cfg.APIKey != "" {
+		if _, err := mtls.ParsePrivateKey(c.cfg.APIKey); err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid Key Manager API key", Detail: "api_key must be a Key Manager API key, k1:… (as an identity block's api_key output or minkms add-identity gives it): MinIO parses MINIO_KMS_API_KEY at start-up and exits on any other value (MinIO internal/kms config.go).", Subject: d.AttrRange("api_key")})
 		}
 	}
 	if c.cfg.SamplePerBucket != nil && *c.cfg.SamplePerBucket < 0 {

@@ -156,6 +156,9 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 	if err := c.checkEnclaveHolds(ctx, r, e, facts.sseKey); err != nil {
 		return nil, kmsSettings{}, err
 	}
+	if _, err := c.proveAPIKey(ctx, r, e, facts.sseKey); err != nil {
+		return nil, kmsSettings{}, err
+	}
 	// The plan showed a risk where it cannot judge; a refusal stands.
 	if _, err := c.checkCutoverAccess(ctx, r, e, facts.sseKey); err != nil {
 		return nil, kmsSettings{}, err

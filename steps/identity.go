@@ -87,13 +87,18 @@ func (i *identityStep) Plan(_ context.Context, r *engine.Run) (*engine.StepPlan,
 	if ref, err := enclaveFrom(i.cfg.Enclave); err == nil {
 		where = "enclave " + ref.Name
 	}
-	return &engine.StepPlan{
+	p := &engine.StepPlan{
 		Actions: []string{
 			"generate a k1: API key locally, kept 0600 in the journal dir's secrets/ and shown only as (sensitive)",
 			fmt.Sprintf("register its identity in %s with privilege %s", where, i.privilege()),
 		},
 		Rollback: "delete the identity from " + where,
-	}, nil
+	}
+	if i.privilege() == kms.User {
+		// kms-go internal/api/api.go: "Unprivileged by default".
+		p.Risks = append(p.Risks, fmt.Sprintf("admin = false registers a User, which may do nothing in %s until an administrator assigns it a policy: MinIO cannot generate or decrypt a data key with its API key, and a cutover given that key refuses before its first change until then", where))
+	}
+	return p, nil
 }
 
 // identityRecord is the data of the identity step's checkpoints: public

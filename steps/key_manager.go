@@ -77,6 +77,14 @@ func (k *keyManagerConnection) newClient(r *engine.Run) (*kms.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse Key Manager API key: %w", err)
 	}
+	return k.ClientAs(r, key)
+}
+
+// ClientAs returns a client for the block's servers and trust that
+// authenticates as key instead of the block's own identity: the cutover
+// asks with it what the nodes will ask with the API key it writes into
+// them. Clients are shared per servers, trust and identity (sharedClient).
+func (k *keyManagerConnection) ClientAs(r *engine.Run, key mtls.PrivateKey) (*kms.Client, error) {
 	// The client needs a non-nil TLS config with an API key (kms-go bug,
 	// docs/domain.md, "Key Manager transport"); it adds the client certificate itself.
 	tlsCfg, trust, err := tlsConfigFor(r, k.cfg.CAFile, k.cfg.Insecure, oneHost(k.cfg.Servers...))

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"sort"
+	"strings"
 
+	"aead.dev/mtls"
 	"github.com/minio/kms-go/kms"
 	"github.com/rogpeppe/go-internal/testscript"
 )
@@ -18,6 +20,34 @@ func init() {
 			ts.Fatalf("usage: km-delete-enclave NAME")
 		}
 		ts.Check(kmClient(ts).DeleteEnclave(context.Background(), &kms.DeleteEnclaveRequest{Name: args[0]}))
+	}
+	// km-delete-identities ENCLAVE: delete every identity of an enclave, as
+	// an administrator cleaning up by hand would (cutover_km_refuses_api_key.txtar).
+	moreScriptCmds["km-delete-identities"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		if len(args) != 1 {
+			ts.Fatalf("usage: km-delete-identities ENCLAVE")
+		}
+		c := kmClient(ts)
+		page, err := c.ListIdentities(context.Background(), &kms.ListRequest{Enclave: args[0]})
+		ts.Check(err)
+		for _, id := range page.Items {
+			ts.Check(c.DeleteIdentity(context.Background(), args[0], &kms.DeleteIdentityRequest{Identity: id.Identity}))
+		}
+		if page.ContinueAt != "" {
+			ts.Fatalf("km-delete-identities: enclave %s has more identities than one page", args[0])
+		}
+	}
+	// km-add-identity ENCLAVE KEYFILE PRIVILEGE: register the identity of the
+	// API key in KEYFILE (k1:…) in the enclave with PRIVILEGE (Admin, User).
+	moreScriptCmds["km-add-identity"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		if len(args) != 3 {
+			ts.Fatalf("usage: km-add-identity ENCLAVE KEYFILE PRIVILEGE")
+		}
+		key, err := mtls.ParsePrivateKey(strings.TrimSpace(ts.ReadFile(args[1])))
+		ts.Check(err)
+		priv, err := kms.ParsePrivilege(args[2])
+		ts.Check(err)
+		ts.Check(kmClient(ts).CreateIdentity(context.Background(), args[0], &kms.CreateIdentityRequest{Identity: key.Identity(), Privilege: priv}))
 	}
 	// km-identities ENCLAVE FILE: write the enclave's identities and their
 	// privileges, sorted, one a line ("h1:… Admin").
