@@ -372,12 +372,18 @@ func (c *cutoverStep) proveAPIKey(ctx context.Context, r *engine.Run, e *cutover
 	ad := []byte("{}")
 	asked := "generate a data key"
 	gen, err := kmc.GenerateKey(cctx, e.enc.Name, &kms.GenerateKeyRequest{Name: name, AssociatedData: ad, Length: 32})
+	if err == nil && len(gen) != 1 {
+		err = fmt.Errorf("%d answers to one request", len(gen))
+	}
 	if err == nil {
 		asked = "decrypt the data key it generated"
 		var dec []*kms.DecryptResponse
 		dec, err = kmc.Decrypt(cctx, e.enc.Name, &kms.DecryptRequest{Name: name, Ciphertext: gen[0].Ciphertext, AssociatedData: ad})
-		if err == nil && !bytes.Equal(dec[0].Plaintext, gen[0].Plaintext) {
-			return "", fmt.Errorf("prove the API key the nodes will use: the Key Manager decrypted the data key it generated under %q in enclave %s to other bytes", name, e.enc.Name)
+		switch {
+		case err == nil && len(dec) != 1:
+			err = fmt.Errorf("%d answers to one request", len(dec))
+		case err == nil && !bytes.Equal(dec[0].Plaintext, gen[0].Plaintext):
+			err = errors.New("the data key decrypts to other bytes than were generated")
 		}
 	}
 	var status kms.Error
@@ -389,7 +395,7 @@ func (c *cutoverStep) proveAPIKey(ctx context.Context, r *engine.Run, e *cutover
 			fmt.Sprintf("register identity %s in enclave %s as Admin (an identity block registers Admin unless admin = false), or assign it a policy that allows generating and decrypting with key %q; then plan again", id, e.enc.Name, name),
 			"the Key Manager refuses the API key the cutover would write into every node (MINIO_KMS_API_KEY, identity %s) to %s under %q in enclave %s (%v): the identity is not registered in that enclave or may not use the key, and every node would restart onto a Key Manager that refuses it (nothing was changed, no node restarted)", id, asked, name, e.enc.Name, err)
 	}
-	return "", fmt.Errorf("prove the API key the nodes will use (identity %s) at enclave %s: %w", id, e.enc.Name, err)
+	return "", fmt.Errorf("prove the API key the nodes will use (identity %s): %s under %q in enclave %s: %w", id, asked, name, e.enc.Name, err)
 }
 
 // planAPIKey proves the cutover's API key at plan where it can (proveAPIKey):
