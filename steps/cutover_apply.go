@@ -118,8 +118,9 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 
 // preflight runs before attempt g's first change: the platform's checks
 // (Observe), the default key must be the one the object store runs with
-// and be held by the enclave, and the object sample must read through KES
-// today. The sample is checkpointed once and reused by every later attempt
+// and be held by the enclave, the object sample must read through KES
+// today, the enclave must hold the keys of its SSE-KMS objects, and the
+// API key the nodes will use must serve them all (proveAPIKey). The sample is checkpointed once and reused by every later attempt
 // and by the rollback; the settings last, marking the attempt begun. Once
 // begun (a resume), both come from the journal and nothing is checked
 // again: the nodes may already run on the Key Manager.
@@ -153,10 +154,7 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 	if err != nil {
 		return nil, kmsSettings{}, err
 	}
-	if err := c.checkEnclaveHolds(ctx, r, e, facts.sseKey); err != nil {
-		return nil, kmsSettings{}, err
-	}
-	if _, err := c.proveAPIKey(ctx, r, e, facts.sseKey); err != nil {
+	if err := c.checkEnclaveHolds(ctx, r, e, defaultKeyNeed(facts.sseKey)); err != nil {
 		return nil, kmsSettings{}, err
 	}
 	// The plan showed a risk where it cannot judge; a refusal stands.
@@ -180,6 +178,16 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 		}
 		r.Logf("%s", chosen.summary())
 		s = *chosen
+	}
+	names := []string{facts.sseKey}
+	for _, k := range sampleKeyNeeds(&s, facts.sseKey) {
+		if err := c.checkEnclaveHolds(ctx, r, e, k); err != nil {
+			return nil, kmsSettings{}, err
+		}
+		names = append(names, k.name)
+	}
+	if _, err := c.proveAPIKey(ctx, r, e, names); err != nil {
+		return nil, kmsSettings{}, err
 	}
 	settings = e.settings(facts.sseKey)
 	if err := settingsItem(g).Put(r, settings); err != nil {

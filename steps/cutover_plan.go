@@ -1,18 +1,12 @@
 package steps
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net/http"
-	"slices"
 	"sort"
 	"strings"
 
-	"aead.dev/mtls"
 	kes "github.com/minio/kes-go"
-	"github.com/minio/kms-go/kms"
 	"github.com/minio/madmin-go/v3"
 
 	"github.com/runbook-dev/runbook/engine"
@@ -62,16 +56,6 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		p.Observed = append(p.Observed, fmt.Sprintf("AIStor reports KMS %q, default key %q, endpoints %s", f.name, f.defaultKey, formatKMSEndpoints(f.endpoints)))
 	}
 	p.Observed = append(p.Observed, fmt.Sprintf("MINIO_KMS_SSE_KEY will be %q, the default key the object store runs with today; the enclave must hold it before any file is changed", f.sseKey))
-	held, now, err := c.planEnclaveHolds(ctx, r, e, f.sseKey)
-	if err != nil {
-		return nil, err
-	}
-	p.Observed = append(p.Observed, held)
-	proven, err := c.planAPIKey(ctx, r, e, f.sseKey, now)
-	if err != nil {
-		return nil, err
-	}
-	p.Observed = append(p.Observed, proven)
 	risk, err := c.checkCutoverAccess(ctx, r, e, f.sseKey)
 	if err != nil {
 		return nil, err
@@ -87,6 +71,11 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		return nil, err
 	}
 	p.Observed = append(p.Observed, sample.lines()...)
+	keys, err := c.planKeys(ctx, r, e, append([]neededKey{defaultKeyNeed(f.sseKey)}, sampleKeyNeeds(sample, f.sseKey)...))
+	if err != nil {
+		return nil, err
+	}
+	p.Observed = append(p.Observed, keys...)
 	if risk := rootAccessRisk(v.Env); risk != "" {
 		p.Risks = append(p.Risks, risk)
 	}
@@ -327,140 +316,4 @@ func endpointTLSNote(endpoint string, insecure bool) string {
 		return "plain HTTP (no TLS: credentials and data cross the network unencrypted)"
 	}
 	return "TLS verified" + insecureNote(insecure)
-}
-
-// checkEnclaveHolds refuses, before any change, when the enclave does not
-// hold the default key the files will name.
-func (c *cutoverStep) checkEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, name string) error {
-	kmc, err := e.enc.KM.Client(r)
-	if err != nil {
-		return err
-	}
-	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
-	defer cancel()
-	if _, err := kmc.KeyStatus(cctx, e.enc.Name, &kms.KeyStatusRequest{Name: name}); err != nil {
-		if errors.Is(err, kms.ErrKeyNotFound) {
-			return engine.Refusef("enclave %s holds no key %q, the default key the object store runs with (MINIO_KMS_SSE_KEY): MinIO would create a fresh key under that name at start-up and seal new data with it, and no object sealed before could be read; migrate the key first (nothing was changed, no node restarted)", e.enc.Name, name)
-		}
-		return fmt.Errorf("check that enclave %s holds the default key %q: %w", e.enc.Name, name, err)
-	}
-	return nil
-}
-
-// proveAPIKey proves, without changing anything at the Key Manager, that it
-// serves the API key the cutover writes into the nodes (MINIO_KMS_API_KEY)
-// what MinIO asks with it: a data key generated under the default key name
-// (32 bytes, associated data "{}", as at MinIO's start-up) and decrypted
-// again (MinIO internal/kms kms.go kmsConn; docs/domain.md, "What MinIO asks
-// of the Key Manager"). The key_manager block's own identity proves nothing
-// of it: an identity deleted by hand since the identity step registered it,
-// one registered in another enclave, or a User whose policy allows less,
-// would be found only after every node restarted. It returns the plan's
-// line; a refusal when the Key Manager denies either request.
-func (c *cutoverStep) proveAPIKey(ctx context.Context, r *engine.Run, e *cutoverEnv, name string) (string, error) {
-	key, err := mtls.ParsePrivateKey(c.cfg.APIKey)
-	if err != nil {
-		return "", fmt.Errorf("parse the cutover's api_key: %w", err)
-	}
-	id := key.Identity()
-	kmc, err := e.enc.KM.ClientAs(r, key)
-	if err != nil {
-		return "", err
-	}
-	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
-	defer cancel()
-	ad := []byte("{}")
-	asked := "generate a data key"
-	gen, err := kmc.GenerateKey(cctx, e.enc.Name, &kms.GenerateKeyRequest{Name: name, AssociatedData: ad, Length: 32})
-	if err == nil && len(gen) != 1 {
-		err = fmt.Errorf("%d answers to one request", len(gen))
-	}
-	if err == nil {
-		asked = "decrypt the data key it generated"
-		var dec []*kms.DecryptResponse
-		dec, err = kmc.Decrypt(cctx, e.enc.Name, &kms.DecryptRequest{Name: name, Ciphertext: gen[0].Ciphertext, AssociatedData: ad})
-		switch {
-		case err == nil && len(dec) != 1:
-			err = fmt.Errorf("%d answers to one request", len(dec))
-		case err == nil && !bytes.Equal(dec[0].Plaintext, gen[0].Plaintext):
-			err = errors.New("the data key decrypts to other bytes than were generated")
-		}
-	}
-	var status kms.Error
-	switch {
-	case err == nil:
-		return fmt.Sprintf("the API key the nodes will use (MINIO_KMS_API_KEY, identity %s) generates and decrypts a data key under %q in enclave %s, as MinIO does at start-up", id, name, e.enc.Name), nil
-	case errors.As(err, &status) && (status.Code == http.StatusForbidden || status.Code == http.StatusUnauthorized):
-		return "", engine.RefuseWithHint(
-			fmt.Sprintf("register identity %s in enclave %s as Admin (an identity block registers Admin unless admin = false), or assign it a policy that allows generating and decrypting with key %q; then plan again", id, e.enc.Name, name),
-			"the Key Manager refuses the API key the cutover would write into every node (MINIO_KMS_API_KEY, identity %s) to %s under %q in enclave %s (%v): the identity is not registered in that enclave or may not use the key, and every node would restart onto a Key Manager that refuses it (nothing was changed, no node restarted)", id, asked, name, e.enc.Name, err)
-	}
-	return "", fmt.Errorf("prove the API key the nodes will use (identity %s): %s under %q in enclave %s: %w", id, asked, name, e.enc.Name, err)
-}
-
-// planAPIKey proves the cutover's API key at plan where it can (proveAPIKey):
-// when it is known and the enclave holds the default key now (held). Else
-// the line says apply proves it before the first change.
-func (c *cutoverStep) planAPIKey(ctx context.Context, r *engine.Run, e *cutoverEnv, name string, held bool) (string, error) {
-	later := fmt.Sprintf("before the first change, the cutover proves that the Key Manager generates and decrypts a data key under %q with the API key the nodes will use (MINIO_KMS_API_KEY)", name)
-	switch {
-	case c.cfg.APIKey == "" || r.Decoded.Unknown("api_key"):
-		return "the API key the nodes will use is known after apply: " + later, nil
-	case !held:
-		return fmt.Sprintf("enclave %s does not hold %q yet: %s", e.enc.Name, name, later), nil
-	}
-	return c.proveAPIKey(ctx, r, e, name)
-}
-
-// planEnclaveHolds refuses at plan a default key the enclave will not hold
-// when the cutover runs: it holds it now, or a migration this cutover
-// follows (depends_on, directly or through other steps) imports it into
-// that enclave, as its plan lists. Else MinIO would create a fresh key
-// under that name at start-up (docs/domain.md, "What MinIO asks of the
-// Key Manager"). It returns the plan's line saying which, and whether the
-// enclave holds the key now. Apply checks the enclave itself again before
-// the first change (checkEnclaveHolds).
-func (c *cutoverStep) planEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, name string) (string, bool, error) {
-	kmc, err := e.enc.KM.Client(r)
-	if err != nil {
-		return "", false, err
-	}
-	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
-	_, err = kmc.KeyStatus(cctx, e.enc.Name, &kms.KeyStatusRequest{Name: name})
-	cancel()
-	switch {
-	case err == nil:
-		return fmt.Sprintf("enclave %s holds the default key %q", e.enc.Name, name), true, nil
-	case !errors.Is(err, kms.ErrKeyNotFound) && !errors.Is(err, kms.ErrEnclaveNotFound):
-		return "", false, fmt.Errorf("check that enclave %s holds the default key %q: %w", e.enc.Name, name, err)
-	}
-	ups := r.UpstreamPlans("migration")
-	addrs := make([]string, 0, len(ups))
-	for a := range ups {
-		addrs = append(addrs, a)
-	}
-	sort.Strings(addrs)
-	var seen []string
-	for _, a := range addrs {
-		p := ups[a]
-		if p == nil {
-			seen = append(seen, a+" could not be planned (see its error)")
-			continue
-		}
-		st, ok := p.State.(migrationState)
-		if !ok || st.Enclave != e.enc.Name {
-			continue
-		}
-		if slices.Contains(p.Items, name) {
-			return fmt.Sprintf("enclave %s does not hold the default key %q yet: %s imports it before the cutover", e.enc.Name, name, a), false, nil
-		}
-		seen = append(seen, fmt.Sprintf("%s imports %d key(s) into it, not this one", a, len(p.Items)))
-	}
-	why := "no migration this cutover follows (depends_on) imports keys into it"
-	if len(seen) > 0 {
-		why = strings.Join(seen, "; ")
-	}
-	return "", false, engine.WithHint(
-		engine.Refusef("enclave %s holds no key %q, the default key the object store runs with (MINIO_KMS_SSE_KEY), and none will hold it when the cutover runs: %s. MinIO would create a fresh key under that name at start-up and seal new data with it, and no object sealed before could be read (nothing was changed, no node restarted)", e.enc.Name, name, why),
-		fmt.Sprintf("carry %q into enclave %s first: a migration block from the key store the object store runs with, to that enclave, whose pattern matches the key, and depends_on = [migration.NAME] on the cutover (or import it by hand); then plan again", name, e.enc.Name))
 }

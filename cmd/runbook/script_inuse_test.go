@@ -7,6 +7,7 @@ import (
 
 	"aead.dev/mtls"
 	"github.com/minio/kms-go/kms"
+	"github.com/minio/kms-go/kms/cmds"
 	"github.com/rogpeppe/go-internal/testscript"
 )
 
@@ -48,6 +49,22 @@ func init() {
 		priv, err := kms.ParsePrivilege(args[2])
 		ts.Check(err)
 		ts.Check(kmClient(ts).CreateIdentity(context.Background(), args[0], &kms.CreateIdentityRequest{Identity: key.Identity(), Privilege: priv}))
+	}
+	// km-allow ENCLAVE KEYFILE PATTERN: assign the identity of the API key in
+	// KEYFILE a policy (made here, named for PATTERN) that allows generating
+	// and decrypting data keys under keys matching PATTERN, as a Key Manager
+	// administrator gives a User what MinIO needs.
+	moreScriptCmds["km-allow"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		if len(args) != 3 {
+			ts.Fatalf("usage: km-allow ENCLAVE KEYFILE PATTERN")
+		}
+		key, err := mtls.ParsePrivateKey(strings.TrimSpace(ts.ReadFile(args[1])))
+		ts.Check(err)
+		c, ctx := kmClient(ts), context.Background()
+		name := "allow-" + strings.NewReplacer("*", "all", "?", "any").Replace(args[2])
+		rules := kms.RuleSet{args[2]: {}}
+		ts.Check(c.CreatePolicy(ctx, args[0], &kms.CreatePolicyRequest{Name: name, Allow: map[cmds.Command]kms.RuleSet{cmds.KeyGenerate: rules, cmds.KeyDecrypt: rules}}))
+		ts.Check(c.AssignPolicy(ctx, args[0], &kms.AssignPolicyRequest{Policy: name, Identity: key.Identity()}))
 	}
 	// km-identities ENCLAVE FILE: write the enclave's identities and their
 	// privileges, sorted, one a line ("h1:… Admin").

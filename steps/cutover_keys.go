@@ -1,0 +1,251 @@
+package steps
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+
+	"aead.dev/mtls"
+	"github.com/minio/kms-go/kms"
+
+	"github.com/runbook-dev/runbook/engine"
+)
+
+// neededKey is a key the enclave must hold when the nodes restart onto the
+// Key Manager, and why: the default key, and the keys the sample's SSE-KMS
+// objects are sealed under (which the cutover reads back after the
+// restart). Its fields word the cutover's messages.
+type neededKey struct {
+	name  string
+	label string // "the default key"
+	role  string // follows the quoted name: what the key is to the object store
+	lost  string // what happens without it, starting "MinIO …"
+}
+
+// defaultKeyNeed is the default key the files will name (MINIO_KMS_SSE_KEY).
+func defaultKeyNeed(name string) neededKey {
+	return neededKey{
+		name:  name,
+		label: "the default key",
+		role:  "the default key the object store runs with (MINIO_KMS_SSE_KEY)",
+		lost:  "MinIO would create a fresh key under that name at start-up and seal new data with it, and no object sealed before could be read",
+	}
+}
+
+// sampleKeyNeeds are the keys the sample's SSE-KMS objects are sealed under
+// (as their metadata names them), other than the default key, by name.
+// SSE-S3 objects and MinIO's own data do not name their key: only the
+// default key is known of them.
+func sampleKeyNeeds(s *cutoverSample, defaultKey string) []neededKey {
+	objects := map[string][]string{}
+	for _, o := range s.Objects {
+		if o.SSE == "SSE-KMS" && o.KMSKey != "" && o.KMSKey != defaultKey {
+			objects[o.KMSKey] = append(objects[o.KMSKey], o.name())
+		}
+	}
+	names := make([]string, 0, len(objects))
+	for n := range objects {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	needs := make([]neededKey, len(names))
+	for i, n := range names {
+		needs[i] = neededKey{
+			name:  n,
+			label: "the SSE-KMS key",
+			role:  "the key the sample's SSE-KMS object(s) " + someOf(objects[n], 3) + " are sealed under",
+			lost:  "MinIO could not read them after the restart, nor any other object sealed under it, and the cutover would fail and restart every node again to roll back",
+		}
+	}
+	return needs
+}
+
+// someOf lists up to n of names, and how many more there are.
+func someOf(names []string, n int) string {
+	if len(names) <= n {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(names[:n], ", "), len(names)-n)
+}
+
+// checkEnclaveHolds refuses, before any change, when the enclave does not
+// hold a key the nodes will need (asked with the key_manager block's own
+// identity: KeyStatus).
+func (c *cutoverStep) checkEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, k neededKey) error {
+	kmc, err := e.enc.KM.Client(r)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	if _, err := kmc.KeyStatus(cctx, e.enc.Name, &kms.KeyStatusRequest{Name: k.name}); err != nil {
+		if errors.Is(err, kms.ErrKeyNotFound) {
+			return engine.Refusef("enclave %s holds no key %q, %s: %s; migrate the key first (nothing was changed, no node restarted)", e.enc.Name, k.name, k.role, k.lost)
+		}
+		return fmt.Errorf("check that enclave %s holds %s %q: %w", e.enc.Name, k.label, k.name, err)
+	}
+	return nil
+}
+
+// planEnclaveHolds refuses at plan a key the enclave will not hold when the
+// cutover runs: it holds it now, or a migration this cutover follows
+// (depends_on, directly or through other steps) imports it into that
+// enclave, as its plan lists. Else k.lost (docs/domain.md, "What MinIO
+// asks of the Key Manager"). It returns the plan's line saying which, and
+// whether the enclave holds the key now. Apply checks the enclave itself
+// again before the first change (checkEnclaveHolds).
+func (c *cutoverStep) planEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, k neededKey) (string, bool, error) {
+	kmc, err := e.enc.KM.Client(r)
+	if err != nil {
+		return "", false, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	_, err = kmc.KeyStatus(cctx, e.enc.Name, &kms.KeyStatusRequest{Name: k.name})
+	cancel()
+	switch {
+	case err == nil:
+		return fmt.Sprintf("enclave %s holds %s %q", e.enc.Name, k.label, k.name), true, nil
+	case !errors.Is(err, kms.ErrKeyNotFound) && !errors.Is(err, kms.ErrEnclaveNotFound):
+		return "", false, fmt.Errorf("check that enclave %s holds %s %q: %w", e.enc.Name, k.label, k.name, err)
+	}
+	ups := r.UpstreamPlans("migration")
+	addrs := make([]string, 0, len(ups))
+	for a := range ups {
+		addrs = append(addrs, a)
+	}
+	sort.Strings(addrs)
+	var seen []string
+	for _, a := range addrs {
+		p := ups[a]
+		if p == nil {
+			seen = append(seen, a+" could not be planned (see its error)")
+			continue
+		}
+		st, ok := p.State.(migrationState)
+		if !ok || st.Enclave != e.enc.Name {
+			continue
+		}
+		if slices.Contains(p.Items, k.name) {
+			return fmt.Sprintf("enclave %s does not hold %s %q yet: %s imports it before the cutover", e.enc.Name, k.label, k.name, a), false, nil
+		}
+		seen = append(seen, fmt.Sprintf("%s imports %d key(s) into it, not this one", a, len(p.Items)))
+	}
+	why := "no migration this cutover follows (depends_on) imports keys into it"
+	if len(seen) > 0 {
+		why = strings.Join(seen, "; ")
+	}
+	return "", false, engine.WithHint(
+		engine.Refusef("enclave %s holds no key %q, %s, and none will hold it when the cutover runs: %s. %s (nothing was changed, no node restarted)", e.enc.Name, k.name, k.role, why, k.lost),
+		fmt.Sprintf("carry %q into enclave %s first: a migration block from the key store the object store runs with, to that enclave, whose pattern matches the key, and depends_on = [migration.NAME] on the cutover (or import it by hand); then plan again", k.name, e.enc.Name))
+}
+
+// planKeys checks at plan every key in needs (planEnclaveHolds) and proves
+// the cutover's API key on those the enclave holds now (proveAPIKey), where
+// the key is known. It returns the plan's lines.
+func (c *cutoverStep) planKeys(ctx context.Context, r *engine.Run, e *cutoverEnv, needs []neededKey) ([]string, error) {
+	var lines, held, later []string
+	for _, k := range needs {
+		line, now, err := c.planEnclaveHolds(ctx, r, e, k)
+		if err != nil {
+			return nil, err
+		}
+		lines = append(lines, line)
+		if now {
+			held = append(held, k.name)
+		} else {
+			later = append(later, k.name)
+		}
+	}
+	apply := fmt.Sprintf("before the first change, the cutover proves that the Key Manager generates and decrypts a data key under %s with the API key the nodes will use (MINIO_KMS_API_KEY)", quotedList(append(held, later...)))
+	if c.cfg.APIKey == "" || r.Decoded.Unknown("api_key") {
+		return append(lines, "the API key the nodes will use is known after apply: "+apply), nil
+	}
+	if len(held) > 0 {
+		proven, err := c.proveAPIKey(ctx, r, e, held)
+		if err != nil {
+			return nil, err
+		}
+		lines = append(lines, proven)
+	}
+	if len(later) > 0 {
+		lines = append(lines, fmt.Sprintf("enclave %s does not hold %s yet: before the first change, the cutover proves the API key the nodes will use on them too", e.enc.Name, quotedList(later)))
+	}
+	return lines, nil
+}
+
+// quotedList is names quoted and joined with commas.
+func quotedList(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = fmt.Sprintf("%q", n)
+	}
+	return strings.Join(q, ", ")
+}
+
+// proveAPIKey proves, without changing anything at the Key Manager, that it
+// serves the API key the cutover writes into the nodes (MINIO_KMS_API_KEY)
+// what MinIO asks with it, under each of names: a data key generated (32
+// bytes, associated data "{}", as at MinIO's start-up) and decrypted again
+// (MinIO internal/kms kms.go kmsConn; docs/domain.md, "What MinIO asks of
+// the Key Manager"). The key_manager block's own identity proves nothing of
+// it: an identity deleted by hand since the identity step registered it,
+// one registered in another enclave, or a User whose policy allows less,
+// would be found only after every node restarted. It returns the plan's
+// line; a refusal when the Key Manager denies a request.
+func (c *cutoverStep) proveAPIKey(ctx context.Context, r *engine.Run, e *cutoverEnv, names []string) (string, error) {
+	key, err := mtls.ParsePrivateKey(c.cfg.APIKey)
+	if err != nil {
+		return "", fmt.Errorf("parse the cutover's api_key: %w", err)
+	}
+	id := key.Identity()
+	kmc, err := e.enc.KM.ClientAs(r, key)
+	if err != nil {
+		return "", err
+	}
+	for _, name := range names {
+		asked, err := roundTripDataKey(ctx, kmc, e.enc.Name, name)
+		var status kms.Error
+		switch {
+		case err == nil:
+			continue
+		case errors.As(err, &status) && (status.Code == http.StatusForbidden || status.Code == http.StatusUnauthorized):
+			return "", engine.RefuseWithHint(
+				fmt.Sprintf("register identity %s in enclave %s as Admin (an identity block registers Admin unless admin = false), or assign it a policy that allows generating and decrypting with key %q; then plan again", id, e.enc.Name, name),
+				"the Key Manager refuses the API key the cutover would write into every node (MINIO_KMS_API_KEY, identity %s) to %s under %q in enclave %s (%v): the identity is not registered in that enclave or may not use the key, and every node would restart onto a Key Manager that refuses it (nothing was changed, no node restarted)", id, asked, name, e.enc.Name, err)
+		}
+		return "", fmt.Errorf("prove the API key the nodes will use (identity %s): %s under %q in enclave %s: %w", id, asked, name, e.enc.Name, err)
+	}
+	return fmt.Sprintf("the API key the nodes will use (MINIO_KMS_API_KEY, identity %s) generates and decrypts a data key under %s in enclave %s, as MinIO does", id, quotedList(names), e.enc.Name), nil
+}
+
+// roundTripDataKey asks kmc to generate a data key under name and to
+// decrypt it again, and checks the two agree. It returns what it asked
+// last, for the caller's message.
+func roundTripDataKey(ctx context.Context, kmc *kms.Client, enclave, name string) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	ad := []byte("{}")
+	gen, err := kmc.GenerateKey(cctx, enclave, &kms.GenerateKeyRequest{Name: name, AssociatedData: ad, Length: 32})
+	if err == nil && len(gen) != 1 {
+		err = fmt.Errorf("%d answers to one request", len(gen))
+	}
+	if err != nil {
+		return "generate a data key", err
+	}
+	const asked = "decrypt the data key it generated"
+	dec, err := kmc.Decrypt(cctx, enclave, &kms.DecryptRequest{Name: name, Ciphertext: gen[0].Ciphertext, AssociatedData: ad})
+	switch {
+	case err != nil:
+		return asked, err
+	case len(dec) != 1:
+		return asked, fmt.Errorf("%d answers to one request", len(dec))
+	case !bytes.Equal(dec[0].Plaintext, gen[0].Plaintext):
+		return asked, errors.New("the data key decrypts to other bytes than were generated")
+	}
+	return asked, nil
+}
