@@ -233,6 +233,22 @@ func (r *Run) UpstreamPlans(typ string) map[string]*StepPlan {
 	return out
 }
 
+// UpstreamPending lists, sorted, the steps this step depends on (directly
+// or through other blocks) that this command's journal does not record
+// done: they run before it, and may change what its plan observes now.
+func (r *Run) UpstreamPending() []string {
+	var out []string
+	for a := range r.x.s.Graph.Ancestors(r.Addr) {
+		b := r.x.cfg.Block(a)
+		if b == nil || b.BlockType.Kind != KindStep || r.x.js.Step(a).State == StateDone {
+			continue
+		}
+		out = append(out, a)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // HasCheckpoint reports whether item was recorded.
 func (r *Run) HasCheckpoint(item string) bool {
 	r.mu.Lock()

@@ -38,28 +38,49 @@ func defaultKeyNeed(name string) neededKey {
 }
 
 // sampleKeyNeeds are the keys the sample's SSE-KMS objects are sealed under
-// (as their metadata names them), other than the default key, by name.
-// SSE-S3 objects and MinIO's own data do not name their key: only the
-// default key is known of them.
+// (as their metadata names them) and the keys the buckets' encryption
+// configurations name, other than the default key, by name. SSE-S3 objects
+// and MinIO's own data do not name their key: only the default key is known
+// of them.
 func sampleKeyNeeds(s *cutoverSample, defaultKey string) []neededKey {
-	objects := map[string][]string{}
+	objects, buckets := map[string][]string{}, map[string][]string{}
 	for _, o := range s.Objects {
 		if o.SSE == "SSE-KMS" && o.KMSKey != "" && o.KMSKey != defaultKey {
 			objects[o.KMSKey] = append(objects[o.KMSKey], o.name())
 		}
 	}
-	names := make([]string, 0, len(objects))
+	for b, keys := range s.BucketKeys {
+		for _, k := range keys {
+			if k != defaultKey {
+				buckets[k] = append(buckets[k], b)
+			}
+		}
+	}
+	var names []string
 	for n := range objects {
 		names = append(names, n)
+	}
+	for n := range buckets {
+		if _, ok := objects[n]; !ok {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	needs := make([]neededKey, len(names))
 	for i, n := range names {
+		var whose []string
+		if len(objects[n]) > 0 {
+			whose = append(whose, "the sample's SSE-KMS object(s) "+someOf(objects[n], 3)+" are sealed under")
+		}
+		if len(buckets[n]) > 0 {
+			sort.Strings(buckets[n])
+			whose = append(whose, "the encryption configuration of bucket(s) "+someOf(buckets[n], 3)+" names")
+		}
 		needs[i] = neededKey{
 			name:  n,
 			label: "the SSE-KMS key",
-			role:  "the key the sample's SSE-KMS object(s) " + someOf(objects[n], 3) + " are sealed under",
-			lost:  "MinIO could not read them after the restart, nor any other object sealed under it, and the cutover would fail and restart every node again to roll back",
+			role:  "the key that " + strings.Join(whose, " and that "),
+			lost:  "MinIO could not read what is sealed under it after the restart, nor seal new objects under it, and the cutover would fail and restart every node again to roll back",
 		}
 	}
 	return needs
@@ -146,13 +167,17 @@ func (c *cutoverStep) planEnclaveHolds(ctx context.Context, r *engine.Run, e *cu
 
 // planKeys checks at plan every key in needs (planEnclaveHolds) and proves
 // the cutover's API key on those the enclave holds now (proveAPIKey), where
-// the key is known. It returns the plan's lines.
-func (c *cutoverStep) planKeys(ctx context.Context, r *engine.Run, e *cutoverEnv, needs []neededKey) ([]string, error) {
-	var lines, held, later []string
+// the key is known. It returns the plan's lines, and a risk where the Key
+// Manager refuses the API key now while an exec or identity step the
+// cutover follows has yet to run: such a step may register the identity or
+// grant it a policy, and apply proves the key again before its first
+// change.
+func (c *cutoverStep) planKeys(ctx context.Context, r *engine.Run, e *cutoverEnv, needs []neededKey) (lines []string, risk string, err error) {
+	var held, later []string
 	for _, k := range needs {
 		line, now, err := c.planEnclaveHolds(ctx, r, e, k)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		lines = append(lines, line)
 		if now {
@@ -163,19 +188,29 @@ func (c *cutoverStep) planKeys(ctx context.Context, r *engine.Run, e *cutoverEnv
 	}
 	apply := fmt.Sprintf("before the first change, the cutover proves that the Key Manager generates and decrypts a data key under %s with the API key the nodes will use (MINIO_KMS_API_KEY)", quotedList(append(held, later...)))
 	if c.cfg.APIKey == "" || r.Decoded.Unknown("api_key") {
-		return append(lines, "the API key the nodes will use is known after apply: "+apply), nil
+		return append(lines, "the API key the nodes will use is known after apply: "+apply), "", nil
 	}
 	if len(held) > 0 {
 		proven, err := c.proveAPIKey(ctx, r, e, held)
-		if err != nil {
-			return nil, err
+		var granting []string
+		for _, a := range r.UpstreamPending() {
+			if strings.HasPrefix(a, "exec.") || strings.HasPrefix(a, "identity.") {
+				granting = append(granting, a)
+			}
 		}
-		lines = append(lines, proven)
+		switch {
+		case errors.Is(err, engine.ErrRefused) && len(granting) > 0:
+			risk = fmt.Sprintf("the plan cannot prove the nodes' API key now: %s; %s run(s) before the cutover and may register that identity or grant it a policy: %s", strings.TrimPrefix(err.Error(), engine.ErrRefused.Error()+": "), strings.Join(granting, ", "), apply)
+		case err != nil:
+			return nil, "", err
+		default:
+			lines = append(lines, proven)
+		}
 	}
 	if len(later) > 0 {
 		lines = append(lines, fmt.Sprintf("enclave %s does not hold %s yet: before the first change, the cutover proves the API key the nodes will use on them too", e.enc.Name, quotedList(later)))
 	}
-	return lines, nil
+	return lines, risk, nil
 }
 
 // quotedList is names quoted and joined with commas.

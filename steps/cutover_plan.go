@@ -71,11 +71,14 @@ func (c *cutoverStep) Plan(ctx context.Context, r *engine.Run) (*engine.StepPlan
 		return nil, err
 	}
 	p.Observed = append(p.Observed, sample.lines()...)
-	keys, err := c.planKeys(ctx, r, e, append([]neededKey{defaultKeyNeed(f.sseKey)}, sampleKeyNeeds(sample, f.sseKey)...))
+	keys, risk, err := c.planKeys(ctx, r, e, append([]neededKey{defaultKeyNeed(f.sseKey)}, sampleKeyNeeds(sample, f.sseKey)...))
 	if err != nil {
 		return nil, err
 	}
 	p.Observed = append(p.Observed, keys...)
+	if risk != "" {
+		p.Risks = append(p.Risks, risk)
+	}
 	if risk := rootAccessRisk(v.Env); risk != "" {
 		p.Risks = append(p.Risks, risk)
 	}

@@ -53,6 +53,9 @@ type cutoverSample struct {
 	// Excluded are the exclude_objects that the sample left out.
 	Excluded []string `json:"excluded,omitempty"`
 	Buckets  int      `json:"buckets"`
+	// BucketKeys are the SSE-KMS keys the buckets' encryption
+	// configurations name, by bucket: MinIO seals new objects under them.
+	BucketKeys map[string][]string `json:"bucket_keys,omitempty"`
 }
 
 // sampleFault is an object of the sample that does not read through KES
@@ -110,6 +113,16 @@ func (c *cutoverStep) chooseSample(ctx context.Context, r *engine.Run, e *cutove
 	for _, b := range buckets {
 		if err := c.sampleBucket(ctx, s3, b.Name, e.sample, excluded, s, seen); err != nil {
 			return nil, err
+		}
+		keys, err := bucketKMSKeys(ctx, s3, b.Name)
+		if err != nil {
+			return nil, err
+		}
+		if len(keys) > 0 {
+			if s.BucketKeys == nil {
+				s.BucketKeys = map[string][]string{}
+			}
+			s.BucketKeys[b.Name] = keys
 		}
 	}
 	for _, name := range c.cfg.ValidateObjects {
@@ -171,6 +184,25 @@ func (c *cutoverStep) sampleBucket(ctx context.Context, s3 *minio.Client, bucket
 		}
 	}
 	return nil
+}
+
+// bucketKMSKeys are the SSE-KMS keys bucket's encryption configuration
+// names (none without one, or with SSE-S3).
+func bucketKMSKeys(ctx context.Context, s3 *minio.Client, bucket string) ([]string, error) {
+	cfg, err := s3.GetBucketEncryption(ctx, bucket)
+	if err != nil {
+		if minio.ToErrorResponse(err).Code == "ServerSideEncryptionConfigurationNotFoundError" {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read encryption configuration of bucket %s: %w", bucket, err)
+	}
+	var keys []string
+	for _, rule := range cfg.Rules {
+		if id := strings.TrimPrefix(rule.Apply.KmsMasterKeyID, kmsARNPrefix); id != "" {
+			keys = append(keys, id)
+		}
+	}
+	return keys, nil
 }
 
 // statNamedObject reads what validate_objects' BUCKET/KEY is. ok is false
@@ -284,22 +316,17 @@ func (c *cutoverStep) validate(ctx context.Context, r *engine.Run, e *cutoverEnv
 		return 0, fmt.Errorf("list buckets: %w", err)
 	}
 	for _, b := range buckets {
-		cfg, err := s3.GetBucketEncryption(ctx, b.Name)
+		keys, err := bucketKMSKeys(ctx, s3, b.Name)
 		if err != nil {
-			if minio.ToErrorResponse(err).Code == "ServerSideEncryptionConfigurationNotFoundError" {
-				continue
-			}
-			return 0, fmt.Errorf("read encryption configuration of bucket %s: %w", b.Name, err)
+			return 0, err
 		}
-		for _, rule := range cfg.Rules {
-			if id := strings.TrimPrefix(rule.Apply.KmsMasterKeyID, kmsARNPrefix); id != "" {
-				ks, err := admin.GetKeyStatus(ctx, id)
-				if err != nil {
-					return 0, fmt.Errorf("bucket %s's encryption key %q: %w", b.Name, id, err)
-				}
-				if ks.EncryptionErr != "" || ks.DecryptionErr != "" {
-					return 0, fmt.Errorf("bucket %s's encryption key %q fails its round trip: %s %s", b.Name, id, ks.EncryptionErr, ks.DecryptionErr)
-				}
+		for _, id := range keys {
+			ks, err := admin.GetKeyStatus(ctx, id)
+			if err != nil {
+				return 0, fmt.Errorf("bucket %s's encryption key %q: %w", b.Name, id, err)
+			}
+			if ks.EncryptionErr != "" || ks.DecryptionErr != "" {
+				return 0, fmt.Errorf("bucket %s's encryption key %q fails its round trip: %s %s", b.Name, id, ks.EncryptionErr, ks.DecryptionErr)
 			}
 		}
 	}
