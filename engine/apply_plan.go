@@ -74,7 +74,7 @@ func (s *Session) ApplyPlan(ctx context.Context, opts Options, planDir string, r
 		quiet.beforeApply = true
 		res, err := s.Plan(ctx, quiet)
 		if errors.Is(err, ErrRefused) && res != nil {
-			return nil, refusedQuietly(res, "nothing ran: observed again, the systems make a step of the plan refuse", "once that is fixed, make a new plan and have it reviewed")
+			return nil, refusedQuietly(res, "nothing ran: observed again, the systems make a step of the plan refuse", "fix that and apply the plan again (refused as stale if what it binds changed: then make a new plan and have it reviewed)")
 		}
 		if err != nil {
 			return nil, fmt.Errorf("observe the systems again: %w", err)
