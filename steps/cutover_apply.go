@@ -119,11 +119,13 @@ func (c *cutoverStep) Apply(ctx context.Context, r *engine.Run) error {
 // preflight runs before attempt g's first change: the platform's checks
 // (Observe), the default key must be the one the object store runs with
 // and be held by the enclave, the object sample must read through KES
-// today, the enclave must hold the keys of its SSE-KMS objects, and the
-// API key the nodes will use must serve them all (proveAPIKey). The sample is checkpointed once and reused by every later attempt
-// and by the rollback; the settings last, marking the attempt begun. Once
-// begun (a resume), both come from the journal and nothing is checked
-// again: the nodes may already run on the Key Manager.
+// today, the enclave must hold the keys its SSE-KMS objects and the
+// buckets' encryption configurations name, and the API key the nodes will
+// use must serve them all (proveAPIKey). The sample is checkpointed once
+// and reused by every later attempt and by the rollback; the settings
+// last, marking the attempt begun. Once begun (a resume), both come from
+// the journal and nothing is checked again: the nodes may already run on
+// the Key Manager.
 func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEnv, g int) (*cutoverSample, kmsSettings, error) {
 	// A recorded item that does not decode is an error here and below: read
 	// as absent, it would begin the attempt again on nodes already changed.

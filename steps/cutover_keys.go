@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -56,10 +57,7 @@ func sampleKeyNeeds(s *cutoverSample, defaultKey string) []neededKey {
 			}
 		}
 	}
-	var names []string
-	for n := range objects {
-		names = append(names, n)
-	}
+	names := slices.Sorted(maps.Keys(objects))
 	for n := range buckets {
 		if _, ok := objects[n]; !ok {
 			names = append(names, n)
