@@ -163,11 +163,17 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 	if _, err := c.checkCutoverAccess(ctx, r, e, facts.sseKey); err != nil {
 		return nil, kmsSettings{}, err
 	}
-	s, ok, err := sampleItem.Get(r)
+	s, recorded, err := sampleItem.Get(r)
 	if err != nil {
 		return nil, kmsSettings{}, err
 	}
-	if !ok {
+	if recorded {
+		// An attempt refused after the sample was recorded: the buckets'
+		// configurations are judged as they are now.
+		if s.BucketKeys, err = c.currentBucketKeys(ctx, r, e); err != nil {
+			return nil, kmsSettings{}, err
+		}
+	} else {
 		chosen, err := c.chooseSample(ctx, r, e)
 		if err != nil {
 			return nil, kmsSettings{}, err
@@ -175,21 +181,22 @@ func (c *cutoverStep) preflight(ctx context.Context, r *engine.Run, e *cutoverEn
 		if err := c.proveSample(ctx, r, e, chosen, facts.sseKey); err != nil {
 			return nil, kmsSettings{}, err
 		}
-		if err := sampleItem.Put(r, *chosen); err != nil {
-			return nil, kmsSettings{}, err
-		}
-		r.Logf("%s", chosen.summary())
 		s = *chosen
 	}
-	names := []string{facts.sseKey}
-	for _, k := range sampleKeyNeeds(&s, facts.sseKey) {
+	needs := sampleKeyNeeds(&s, facts.sseKey)
+	for _, k := range needs {
 		if err := c.checkEnclaveHolds(ctx, r, e, k); err != nil {
 			return nil, kmsSettings{}, err
 		}
-		names = append(names, k.name)
 	}
-	if _, err := c.proveAPIKey(ctx, r, e, names); err != nil {
+	if _, _, err := c.proveAPIKey(ctx, r, e, append([]neededKey{defaultKeyNeed(facts.sseKey)}, needs...)); err != nil {
 		return nil, kmsSettings{}, err
+	}
+	if !recorded {
+		if err := sampleItem.Put(r, s); err != nil {
+			return nil, kmsSettings{}, err
+		}
+		r.Logf("%s", s.summary())
 	}
 	settings = e.settings(facts.sseKey)
 	if err := settingsItem(g).Put(r, settings); err != nil {

@@ -26,6 +26,10 @@ type neededKey struct {
 	label string // "the default key"
 	role  string // follows the quoted name: what the key is to the object store
 	lost  string // what happens without it, starting "MinIO …"
+	// decryptOnly: MinIO only decrypts under it (a key only objects name:
+	// internal/crypto sse-kms.go UnsealObjectKey); it generates under the
+	// default key and the keys bucket configurations name.
+	decryptOnly bool
 }
 
 // defaultKeyNeed is the default key the files will name (MINIO_KMS_SSE_KEY).
@@ -75,10 +79,11 @@ func sampleKeyNeeds(s *cutoverSample, defaultKey string) []neededKey {
 			whose = append(whose, "the encryption configuration of bucket(s) "+someOf(buckets[n], 3)+" names")
 		}
 		needs[i] = neededKey{
-			name:  n,
-			label: "the SSE-KMS key",
-			role:  "the key that " + strings.Join(whose, " and that "),
-			lost:  "MinIO could not read what is sealed under it after the restart, nor seal new objects under it, and the cutover would fail and restart every node again to roll back",
+			name:        n,
+			label:       "the SSE-KMS key",
+			role:        "the key that " + strings.Join(whose, " and that "),
+			lost:        "MinIO could not read what is sealed under it after the restart, nor seal new objects under it, and the cutover would fail and restart every node again to roll back",
+			decryptOnly: len(buckets[n]) == 0,
 		}
 	}
 	return needs
@@ -171,7 +176,7 @@ func (c *cutoverStep) planEnclaveHolds(ctx context.Context, r *engine.Run, e *cu
 // grant it a policy, and apply proves the key again before its first
 // change.
 func (c *cutoverStep) planKeys(ctx context.Context, r *engine.Run, e *cutoverEnv, needs []neededKey) (lines []string, risk string, err error) {
-	var held, later []string
+	var held, later []neededKey
 	for _, k := range needs {
 		line, now, err := c.planEnclaveHolds(ctx, r, e, k)
 		if err != nil {
@@ -179,17 +184,17 @@ func (c *cutoverStep) planKeys(ctx context.Context, r *engine.Run, e *cutoverEnv
 		}
 		lines = append(lines, line)
 		if now {
-			held = append(held, k.name)
+			held = append(held, k)
 		} else {
-			later = append(later, k.name)
+			later = append(later, k)
 		}
 	}
-	apply := fmt.Sprintf("before the first change, the cutover proves that the Key Manager generates and decrypts a data key under %s with the API key the nodes will use (MINIO_KMS_API_KEY)", quotedList(append(held, later...)))
+	apply := "before the first change, the cutover proves what the nodes will ask with the API key it writes into them (MINIO_KMS_API_KEY): " + askedOf(append(held, later...))
 	if c.cfg.APIKey == "" || r.Decoded.Unknown("api_key") {
 		return append(lines, "the API key the nodes will use is known after apply: "+apply), "", nil
 	}
 	if len(held) > 0 {
-		proven, err := c.proveAPIKey(ctx, r, e, held)
+		proven, refused, err := c.proveAPIKey(ctx, r, e, held)
 		var granting []string
 		for _, a := range r.UpstreamPending() {
 			if strings.HasPrefix(a, "exec.") || strings.HasPrefix(a, "identity.") {
@@ -197,8 +202,8 @@ func (c *cutoverStep) planKeys(ctx context.Context, r *engine.Run, e *cutoverEnv
 			}
 		}
 		switch {
-		case errors.Is(err, engine.ErrRefused) && len(granting) > 0:
-			risk = fmt.Sprintf("the plan cannot prove the nodes' API key now: %s; %s run(s) before the cutover and may register that identity or grant it a policy: %s", strings.TrimPrefix(err.Error(), engine.ErrRefused.Error()+": "), strings.Join(granting, ", "), apply)
+		case refused != nil && len(granting) > 0:
+			risk = fmt.Sprintf("the plan cannot prove the nodes' API key now: %s; %s run(s) before the cutover and may register that identity or grant it a policy: %s", refused, strings.Join(granting, ", "), apply)
 		case err != nil:
 			return nil, "", err
 		default:
@@ -206,9 +211,39 @@ func (c *cutoverStep) planKeys(ctx context.Context, r *engine.Run, e *cutoverEnv
 		}
 	}
 	if len(later) > 0 {
-		lines = append(lines, fmt.Sprintf("enclave %s does not hold %s yet: before the first change, the cutover proves the API key the nodes will use on them too", e.enc.Name, quotedList(later)))
+		lines = append(lines, fmt.Sprintf("enclave %s does not hold %s yet: before the first change, the cutover proves the API key the nodes will use on them too", e.enc.Name, quotedList(namesOf(later))))
 	}
 	return lines, risk, nil
+}
+
+// namesOf is the keys' names.
+func namesOf(keys []neededKey) []string {
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		names[i] = k.name
+	}
+	return names
+}
+
+// askedOf says what proveAPIKey asks under keys: "a data key generated and
+// decrypted under "a", "b"; a data key decrypted under "c"".
+func askedOf(keys []neededKey) string {
+	var both, dec []string
+	for _, k := range keys {
+		if k.decryptOnly {
+			dec = append(dec, k.name)
+		} else {
+			both = append(both, k.name)
+		}
+	}
+	var parts []string
+	if len(both) > 0 {
+		parts = append(parts, "a data key generated and decrypted under "+quotedList(both))
+	}
+	if len(dec) > 0 {
+		parts = append(parts, "a data key decrypted under "+quotedList(dec)+" (MinIO only reads under it)")
+	}
+	return strings.Join(parts, "; ")
 }
 
 // quotedList is names quoted and joined with commas.
@@ -220,64 +255,99 @@ func quotedList(names []string) string {
 	return strings.Join(q, ", ")
 }
 
+// apiKeyRefused is the Key Manager's refusal of the nodes' API key: its
+// text (String) names no host, so that a plan's risk built from it is the
+// same whichever Key Manager server answered (kms-go picks one at random).
+type apiKeyRefused struct {
+	id                   mtls.Identity
+	asked, name, enclave string
+	code                 int
+	message              string
+}
+
+func (a *apiKeyRefused) String() string {
+	return fmt.Sprintf("the Key Manager refuses the API key the cutover would write into every node (MINIO_KMS_API_KEY, identity %s) to %s under %q in enclave %s (%d: %s)", a.id, a.asked, a.name, a.enclave, a.code, a.message)
+}
+
 // proveAPIKey proves, without changing anything at the Key Manager, that it
 // serves the API key the cutover writes into the nodes (MINIO_KMS_API_KEY)
-// what MinIO asks with it, under each of names: a data key generated (32
-// bytes, associated data "{}", as at MinIO's start-up) and decrypted again
-// (MinIO internal/kms kms.go kmsConn; docs/domain.md, "What MinIO asks of
-// the Key Manager"). The key_manager block's own identity proves nothing of
-// it: an identity deleted by hand since the identity step registered it,
-// one registered in another enclave, or a User whose policy allows less,
-// would be found only after every node restarted. It returns the plan's
-// line; a refusal when the Key Manager denies a request.
-func (c *cutoverStep) proveAPIKey(ctx context.Context, r *engine.Run, e *cutoverEnv, names []string) (string, error) {
+// what MinIO asks with it under each of keys: a data key generated (32
+// bytes, associated data "{}", as at MinIO's start-up) and decrypted again;
+// under a key MinIO only reads with (decryptOnly), a data key the
+// key_manager block's own identity generated, decrypted (MinIO internal/kms
+// kms.go kmsConn; docs/domain.md, "What MinIO asks of the Key Manager").
+// The key_manager block's own identity proves nothing of the API key: an
+// identity deleted by hand since the identity step registered it, one
+// registered in another enclave, or a User whose policy allows less, would
+// be found only after every node restarted. It returns the plan's line, or
+// the refusal (also as the error) when the Key Manager denies a request.
+func (c *cutoverStep) proveAPIKey(ctx context.Context, r *engine.Run, e *cutoverEnv, keys []neededKey) (string, *apiKeyRefused, error) {
 	key, err := mtls.ParsePrivateKey(c.cfg.APIKey)
 	if err != nil {
-		return "", fmt.Errorf("parse the cutover's api_key: %w", err)
+		return "", nil, fmt.Errorf("parse the cutover's api_key: %w", err)
 	}
 	id := key.Identity()
-	kmc, err := e.enc.KM.ClientAs(r, key)
+	nodes, err := e.enc.KM.ClientAs(r, key)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	for _, name := range names {
-		asked, err := roundTripDataKey(ctx, kmc, e.enc.Name, name)
+	own, err := e.enc.KM.Client(r)
+	if err != nil {
+		return "", nil, err
+	}
+	for _, k := range keys {
+		gen := nodes
+		if k.decryptOnly {
+			gen = own
+		}
+		asked, err := roundTripDataKey(ctx, gen, nodes, e.enc.Name, k.name)
 		var status kms.Error
 		switch {
 		case err == nil:
 			continue
-		case errors.As(err, &status) && (status.Code == http.StatusForbidden || status.Code == http.StatusUnauthorized):
-			return "", engine.RefuseWithHint(
-				fmt.Sprintf("register identity %s in enclave %s as Admin (an identity block registers Admin unless admin = false), or assign it a policy that allows generating and decrypting with key %q; then plan again", id, e.enc.Name, name),
-				"the Key Manager refuses the API key the cutover would write into every node (MINIO_KMS_API_KEY, identity %s) to %s under %q in enclave %s (%v): the identity is not registered in that enclave or may not use the key, and every node would restart onto a Key Manager that refuses it (nothing was changed, no node restarted)", id, asked, name, e.enc.Name, err)
+		case asked != "" && errors.As(err, &status) && (status.Code == http.StatusForbidden || status.Code == http.StatusUnauthorized):
+			ref := &apiKeyRefused{id: id, asked: asked, name: k.name, enclave: e.enc.Name, code: status.Code, message: status.Err}
+			allow := "generating and decrypting"
+			if k.decryptOnly {
+				allow = "decrypting"
+			}
+			return "", ref, engine.RefuseWithHint(
+				fmt.Sprintf("register identity %s in enclave %s as Admin (an identity block registers Admin unless admin = false), or assign it a policy that allows %s with key %q", id, e.enc.Name, allow, k.name),
+				"%s: the identity is not registered in that enclave or may not use the key, and every node would restart onto a Key Manager that refuses it (nothing was changed, no node restarted)", ref)
+		case asked == "":
+			asked = "generate a data key with the key_manager block's own identity"
 		}
-		return "", fmt.Errorf("prove the API key the nodes will use (identity %s): %s under %q in enclave %s: %w", id, asked, name, e.enc.Name, err)
+		return "", nil, fmt.Errorf("prove the API key the nodes will use (identity %s): %s under %q in enclave %s: %w", id, asked, k.name, e.enc.Name, err)
 	}
-	return fmt.Sprintf("the API key the nodes will use (MINIO_KMS_API_KEY, identity %s) generates and decrypts a data key under %s in enclave %s, as MinIO does", id, quotedList(names), e.enc.Name), nil
+	return fmt.Sprintf("the API key the nodes will use (MINIO_KMS_API_KEY, identity %s) serves in enclave %s what MinIO asks: %s", id, e.enc.Name, askedOf(keys)), nil, nil
 }
 
-// roundTripDataKey asks kmc to generate a data key under name and to
-// decrypt it again, and checks the two agree. It returns what it asked
-// last, for the caller's message.
-func roundTripDataKey(ctx context.Context, kmc *kms.Client, enclave, name string) (string, error) {
+// roundTripDataKey asks gen to generate a data key under name and dec to
+// decrypt it again, and checks the two agree. It returns what dec was
+// asked last, for the caller's message ("" when gen, another client, failed).
+func roundTripDataKey(ctx context.Context, gen, dec *kms.Client, enclave, name string) (string, error) {
 	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
 	ad := []byte("{}")
-	gen, err := kmc.GenerateKey(cctx, enclave, &kms.GenerateKeyRequest{Name: name, AssociatedData: ad, Length: 32})
-	if err == nil && len(gen) != 1 {
-		err = fmt.Errorf("%d answers to one request", len(gen))
+	asked := "generate a data key"
+	if gen != dec {
+		asked = ""
+	}
+	made, err := gen.GenerateKey(cctx, enclave, &kms.GenerateKeyRequest{Name: name, AssociatedData: ad, Length: 32})
+	if err == nil && len(made) != 1 {
+		err = fmt.Errorf("%d answers to one request", len(made))
 	}
 	if err != nil {
-		return "generate a data key", err
+		return asked, err
 	}
-	const asked = "decrypt the data key it generated"
-	dec, err := kmc.Decrypt(cctx, enclave, &kms.DecryptRequest{Name: name, Ciphertext: gen[0].Ciphertext, AssociatedData: ad})
+	asked = "decrypt a data key"
+	plain, err := dec.Decrypt(cctx, enclave, &kms.DecryptRequest{Name: name, Ciphertext: made[0].Ciphertext, AssociatedData: ad})
 	switch {
 	case err != nil:
 		return asked, err
-	case len(dec) != 1:
-		return asked, fmt.Errorf("%d answers to one request", len(dec))
-	case !bytes.Equal(dec[0].Plaintext, gen[0].Plaintext):
+	case len(plain) != 1:
+		return asked, fmt.Errorf("%d answers to one request", len(plain))
+	case !bytes.Equal(plain[0].Plaintext, made[0].Plaintext):
 		return asked, errors.New("the data key decrypts to other bytes than were generated")
 	}
 	return asked, nil

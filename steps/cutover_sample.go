@@ -114,16 +114,9 @@ func (c *cutoverStep) chooseSample(ctx context.Context, r *engine.Run, e *cutove
 		if err := c.sampleBucket(ctx, s3, b.Name, e.sample, excluded, s, seen); err != nil {
 			return nil, err
 		}
-		keys, err := bucketKMSKeys(ctx, s3, b.Name)
-		if err != nil {
-			return nil, err
-		}
-		if len(keys) > 0 {
-			if s.BucketKeys == nil {
-				s.BucketKeys = map[string][]string{}
-			}
-			s.BucketKeys[b.Name] = keys
-		}
+	}
+	if s.BucketKeys, err = bucketKeysOf(ctx, s3, buckets); err != nil {
+		return nil, err
 	}
 	for _, name := range c.cfg.ValidateObjects {
 		if seen[name] || excluded[name] {
@@ -184,6 +177,40 @@ func (c *cutoverStep) sampleBucket(ctx context.Context, s3 *minio.Client, bucket
 		}
 	}
 	return nil
+}
+
+// bucketKeysOf are the SSE-KMS keys the buckets' encryption configurations
+// name, by bucket (nil when none names one).
+func bucketKeysOf(ctx context.Context, s3 *minio.Client, buckets []minio.BucketInfo) (map[string][]string, error) {
+	var out map[string][]string
+	for _, b := range buckets {
+		keys, err := bucketKMSKeys(ctx, s3, b.Name)
+		if err != nil {
+			return nil, err
+		}
+		if len(keys) > 0 {
+			if out == nil {
+				out = map[string][]string{}
+			}
+			out[b.Name] = keys
+		}
+	}
+	return out, nil
+}
+
+// currentBucketKeys reads the buckets' encryption configurations again
+// (bucketKeysOf): what a recorded sample says of them may have changed
+// since, as an operator fixes what a refusal named.
+func (c *cutoverStep) currentBucketKeys(ctx context.Context, r *engine.Run, e *cutoverEnv) (map[string][]string, error) {
+	_, s3, err := e.a.Clients(r)
+	if err != nil {
+		return nil, err
+	}
+	buckets, err := s3.ListBuckets(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list buckets of %s: %w", hostOf(e.a.Endpoint()), err)
+	}
+	return bucketKeysOf(ctx, s3, buckets)
 }
 
 // bucketKMSKeys are the SSE-KMS keys bucket's encryption configuration

@@ -50,20 +50,27 @@ func init() {
 		ts.Check(err)
 		ts.Check(kmClient(ts).CreateIdentity(context.Background(), args[0], &kms.CreateIdentityRequest{Identity: key.Identity(), Privilege: priv}))
 	}
-	// km-allow ENCLAVE KEYFILE PATTERN: assign the identity of the API key in
-	// KEYFILE a policy (made here, named for PATTERN) that allows generating
-	// and decrypting data keys under keys matching PATTERN, as a Key Manager
-	// administrator gives a User what MinIO needs.
+	// km-allow ENCLAVE KEYFILE GENERATE DECRYPT: assign the identity of the
+	// API key in KEYFILE a policy (made here) that allows generating data
+	// keys under the keys matching the comma-separated patterns GENERATE and
+	// decrypting under those matching DECRYPT, as a Key Manager administrator
+	// gives a User what MinIO needs.
 	moreScriptCmds["km-allow"] = func(ts *testscript.TestScript, neg bool, args []string) {
-		if len(args) != 3 {
-			ts.Fatalf("usage: km-allow ENCLAVE KEYFILE PATTERN")
+		if len(args) != 4 {
+			ts.Fatalf("usage: km-allow ENCLAVE KEYFILE GENERATE DECRYPT")
 		}
 		key, err := mtls.ParsePrivateKey(strings.TrimSpace(ts.ReadFile(args[1])))
 		ts.Check(err)
+		rules := func(patterns string) kms.RuleSet {
+			set := kms.RuleSet{}
+			for _, p := range strings.Split(patterns, ",") {
+				set[p] = kms.Rule{}
+			}
+			return set
+		}
 		c, ctx := kmClient(ts), context.Background()
-		name := "allow-" + strings.NewReplacer("*", "all", "?", "any").Replace(args[2])
-		rules := kms.RuleSet{args[2]: {}}
-		ts.Check(c.CreatePolicy(ctx, args[0], &kms.CreatePolicyRequest{Name: name, Allow: map[cmds.Command]kms.RuleSet{cmds.KeyGenerate: rules, cmds.KeyDecrypt: rules}}))
+		const name = "minio-nodes"
+		ts.Check(c.CreatePolicy(ctx, args[0], &kms.CreatePolicyRequest{Name: name, Allow: map[cmds.Command]kms.RuleSet{cmds.KeyGenerate: rules(args[2]), cmds.KeyDecrypt: rules(args[3])}}))
 		ts.Check(c.AssignPolicy(ctx, args[0], &kms.AssignPolicyRequest{Policy: name, Identity: key.Identity()}))
 	}
 	// km-identities ENCLAVE FILE: write the enclave's identities and their
