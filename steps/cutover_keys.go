@@ -241,7 +241,7 @@ func askedOf(keys []neededKey) string {
 		parts = append(parts, "a data key generated and decrypted under "+quotedList(both))
 	}
 	if len(dec) > 0 {
-		parts = append(parts, "a data key decrypted under "+quotedList(dec)+" (MinIO only reads under it)")
+		parts = append(parts, "a data key decrypted under "+quotedList(dec)+" (named by objects only: MinIO only reads under such a key)")
 	}
 	return strings.Join(parts, "; ")
 }
