@@ -18,9 +18,10 @@ import (
 )
 
 // neededKey is a key the enclave must hold when the nodes restart onto the
-// Key Manager, and why: the default key, and the keys the sample's SSE-KMS
+// Key Manager, and why: the default key, the keys the sample's SSE-KMS
 // objects are sealed under (which the cutover reads back after the
-// restart). Its fields word the cutover's messages.
+// restart) and the keys the buckets' encryption configurations name
+// (sampleKeyNeeds). Its fields word the cutover's messages.
 type neededKey struct {
 	name  string
 	label string // "the default key"
@@ -61,7 +62,7 @@ func sampleKeyNeeds(s *cutoverSample, defaultKey string) []neededKey {
 			}
 		}
 	}
-	names := slices.Sorted(maps.Keys(objects))
+	names := slices.Collect(maps.Keys(objects))
 	for n := range buckets {
 		if _, ok := objects[n]; !ok {
 			names = append(names, n)
