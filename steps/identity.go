@@ -96,7 +96,7 @@ func (i *identityStep) Plan(_ context.Context, r *engine.Run) (*engine.StepPlan,
 	}
 	if i.privilege() == kms.User {
 		// kms-go internal/api/api.go: "Unprivileged by default".
-		p.Risks = append(p.Risks, fmt.Sprintf("admin = false registers a User, which may do nothing in %s until an administrator assigns it a policy: MinIO cannot generate or decrypt a data key with its API key, and a cutover given that key refuses before its first change until then", where))
+		p.Risks = append(p.Risks, fmt.Sprintf("admin = false registers a User, which may do nothing in %s until an administrator assigns it a policy: MinIO cannot generate or decrypt a data key with its API key, and a cutover given that key refuses it (at plan, or before its first change) until then", where))
 	}
 	return p, nil
 }
