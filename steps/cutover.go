@@ -62,10 +62,12 @@ type cutoverConfig struct {
 // cutoverStep moves a running AIStor deployment from KES to the Key Manager
 // (README.md, "The cutover"; docs/domain.md, "MinIO"). Its files, by concern:
 // cutover_plan.go observes and plans (the KMS facts, the refusals before
-// any change), cutover_sample.go chooses, proves and re-reads the object
-// sample, cutover_apply.go runs an attempt, cutover_health.go restarts and
-// confirms (one routine for both directions), cutover_rollback.go undoes,
-// cutover_items.go names the checkpoints. Where the nodes' environment
+// any change), cutover_keys.go the keys the enclave must hold and the proof
+// of the API key the nodes will use, cutover_sample.go chooses, proves and
+// re-reads the object sample, cutover_apply.go runs an attempt,
+// cutover_health.go restarts and confirms (one routine for both
+// directions), cutover_rollback.go undoes, cutover_items.go names the
+// checkpoints. Where the nodes' environment
 // lives and how they restart is the platform's (cutover_platform.go): env
 // files on hosts (cutover_linux.go, cutover_systemd.go) or Kubernetes
 // (cutover_kubernetes.go).
