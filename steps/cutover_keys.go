@@ -73,11 +73,11 @@ func sampleKeyNeeds(s *cutoverSample, defaultKey string) []neededKey {
 	for i, n := range names {
 		var whose []string
 		if len(objects[n]) > 0 {
-			whose = append(whose, "the sample's SSE-KMS object(s) "+someOf(objects[n], 3)+" are sealed under")
+			whose = append(whose, "the sample's SSE-KMS object(s) "+strings.Join(shortList(objects[n], 3), ", ")+" are sealed under")
 		}
 		if len(buckets[n]) > 0 {
 			sort.Strings(buckets[n])
-			whose = append(whose, "the encryption configuration of bucket(s) "+someOf(buckets[n], 3)+" names")
+			whose = append(whose, "the encryption configuration of bucket(s) "+strings.Join(shortList(buckets[n], 3), ", ")+" names")
 		}
 		needs[i] = neededKey{
 			name:        n,
@@ -88,14 +88,6 @@ func sampleKeyNeeds(s *cutoverSample, defaultKey string) []neededKey {
 		}
 	}
 	return needs
-}
-
-// someOf lists up to n of names, and how many more there are.
-func someOf(names []string, n int) string {
-	if len(names) <= n {
-		return strings.Join(names, ", ")
-	}
-	return fmt.Sprintf("%s and %d more", strings.Join(names[:n], ", "), len(names)-n)
 }
 
 // checkEnclaveHolds refuses, before any change, when the enclave does not

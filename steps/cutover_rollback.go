@@ -185,11 +185,7 @@ func (c *cutoverStep) checkNoNewWrites(ctx context.Context, r *engine.Run, e *cu
 	}
 	slices.Sort(found)
 	found = slices.Compact(found)
-	shown := found
-	if len(shown) > 50 {
-		shown = append(append([]string(nil), found[:50]...), fmt.Sprintf("and %d more", len(found)-50))
-	}
-	msg := fmt.Sprintf("the object store was written after the cutover's restart at %s, so the Key Manager may have sealed data that KES cannot read: %s", when, strings.Join(shown, ", "))
+	msg := fmt.Sprintf("the object store was written after the cutover's restart at %s, so the Key Manager may have sealed data that KES cannot read: %s", when, strings.Join(shortList(found, 50), ", "))
 	if r.Forced() {
 		r.Warnf("rolling back although %s (forced)", msg)
 		return nil

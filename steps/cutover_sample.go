@@ -398,10 +398,7 @@ func (c *cutoverStep) validate(ctx context.Context, r *engine.Run, e *cutoverEnv
 		r.Logf("%d object(s) of the sample read only when asked again (nodes still reconnecting)", retried)
 	}
 	if len(failed) > 0 {
-		if len(failed) > 10 {
-			failed = append(failed[:10], fmt.Sprintf("and %d more", len(failed)-10))
-		}
-		return 0, fmt.Errorf("%d object(s) of the recorded sample do not read back: %s", len(failed), strings.Join(failed, "; "))
+		return 0, fmt.Errorf("%d object(s) of the recorded sample do not read back: %s", len(failed), strings.Join(shortList(failed, 10), "; "))
 	}
 	return len(s.Objects), nil
 }

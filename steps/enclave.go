@@ -226,11 +226,7 @@ func (e *enclaveStep) Apply(ctx context.Context, r *engine.Run) error {
 			e.setOutputs(r)
 			return nil
 		}
-		why := "not recorded as deleted by this run's rollback"
-		if enclaveDeleted.Done(r) {
-			why = "deleted by a rollback of this run that did not finish"
-		}
-		r.Logf("enclave %s, created by this run, is no longer at the Key Manager (%s): creating it again", e.cfg.Name, why)
+		r.Logf("enclave %s, created by this run, is no longer at the Key Manager (%s): creating it again", e.cfg.Name, goneWhy(enclaveDeleted.Done(r)))
 	}
 	switch {
 	case !obs.Exists:

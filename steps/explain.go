@@ -49,6 +49,17 @@ func errKMPermission(addr string, kmc *keyManagerConnection, what string) error 
 	return fmt.Errorf("%s: the Key Manager identity lacks permission: use the SysAdmin API key (the identity %s of the configured api_key may not %s)", addr, id, what)
 }
 
+// goneWhy says why something this run made at the Key Manager is gone
+// there, as far as the journal knows: deleted (its step's rollback/deleted
+// checkpoint) by a rollback of this run that did not finish, or not
+// recorded so (a kill between the delete and its record, or a hand).
+func goneWhy(deleted bool) string {
+	if deleted {
+		return "deleted by a rollback of this run that did not finish"
+	}
+	return "not recorded as deleted by this run's rollback"
+}
+
 // reachError explains a failed request to a server: TLS verification,
 // unreachable, or something else, and what to fix.
 func reachError(what, addr, endpoint string, err error) error {

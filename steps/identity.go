@@ -186,11 +186,7 @@ func (i *identityStep) stillRegistered(ctx context.Context, r *engine.Run, ref e
 	case err == nil:
 		return true, nil
 	case errors.Is(err, kms.ErrIdentityNotFound):
-		why := "not recorded as deleted by this run's rollback"
-		if identityDeleted.Done(r) {
-			why = "deleted by a rollback of this run that did not finish"
-		}
-		r.Logf("identity %s is no longer in enclave %s (%s): registering it again", id, ref.Name, why)
+		r.Logf("identity %s is no longer in enclave %s (%s): registering it again", id, ref.Name, goneWhy(identityDeleted.Done(r)))
 		return false, nil
 	case errors.Is(err, kms.ErrPermission):
 		return false, errKMPermission(ref.Addr, ref.KM, "read identities in enclave "+ref.Name)
