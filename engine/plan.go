@@ -40,7 +40,7 @@ func (s *Session) Plan(ctx context.Context, opts Options) (*PlanResult, error) {
 		return nil, err
 	}
 	x.emit(Event{Type: EventRun, Message: fmt.Sprintf("runbook: plan %s", s.Config.Name)})
-	carried, err := s.carriedRun(opts.JournalDir)
+	carried, err := s.carriedRun(opts.JournalDir, opts.beforeApply)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +100,14 @@ func (x *execution) startEarly(ctx context.Context, sel map[string]bool) *sync.W
 // (a targeted apply of a migration, then the plan of the cutover that
 // follows it). Otherwise, or without a journal, nil: the plan is a new
 // run's.
-func (s *Session) carriedRun(dir string) (*JournalState, error) {
+//
+// An unfinished run refuses the plan, as it refuses apply FILE
+// (continueOrBegin): a new run's plan would observe that run's work as the
+// systems' own (its enclave "already holds keys", its cutover's object
+// store down after a failed restart) and mislead a reviewer about what
+// comes next, which is resume or rollback. The quiet plan before an apply
+// (beforeApply) leaves that refusal to the apply.
+func (s *Session) carriedRun(dir string, beforeApply bool) (*JournalState, error) {
 	if dir == "" {
 		return nil, nil
 	}
@@ -110,6 +117,9 @@ func (s *Session) carriedRun(dir string) (*JournalState, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read the journal in %s: %w", dir, err)
+	}
+	if js.Run != nil && js.Unfinished() && !beforeApply {
+		return nil, RefuseWithHint("runbook status shows it; runbook resume continues it, runbook rollback undoes it; plan again once it has ended", "no plan made: the run started in %s is unfinished (%s), apply refuses to begin anew while it is, and a new run's plan would observe that run's work as if it were the systems' own", dir, unfinishedSummary(js))
 	}
 	if js.Run == nil || js.Unfinished() || !s.partlyApplied(js) || sha256Hex(s.Config.Src) != js.Run.SourceSHA256 {
 		return nil, nil
