@@ -324,11 +324,17 @@ runbook {
 }
 probe "a" {}
 probe "b" {
-  label = probe.a.label
+  depends_on = [probe.a]
 }
 probe "c" {}
 probe "d" {
   depends_on = [probe.b]
+}
+probe "e" {
+  label = probe.a.label
+}
+probe "f" {
+  label = probe.e.label
 }
 `
 	s, diags := engine.Open(filepath.Join(dir, "chain.hcl"), []byte(src), engine.VarInputs{}, true)
@@ -350,6 +356,19 @@ probe "d" {
 	for a, w := range want {
 		if got[a] != w {
 			t.Errorf("%s saw upstream plans %q, want %q", a, got[a], w)
+		}
+	}
+	// A step that takes a value from the failed one is not planned: its
+	// attribute would hold a zero value in place of what it would give,
+	// and its plan fail on that with the wrong cause. The one after it
+	// names the cause, not it.
+	errs := map[string]string{}
+	for _, ps := range res.Steps {
+		errs[ps.Addr] = ps.Error
+	}
+	for a, w := range map[string]string{"probe.e": "it takes values from probe.a, which could not be planned", "probe.f": "it takes values from probe.a, which could not be planned"} {
+		if errs[a] != w || got[a] != "" {
+			t.Errorf("%s: error %q, plan %q; want the error %q and no plan", a, errs[a], got[a], w)
 		}
 	}
 }

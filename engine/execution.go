@@ -37,6 +37,9 @@ type execution struct {
 	// (Run.UpstreamPlans).
 	plannedMu sync.Mutex
 	planned   map[string]*StepPlan
+	// followsUnplanned are the steps not planned because steps they take
+	// values from could not be, with those (execution.unplannedSources).
+	followsUnplanned map[string][]string
 }
 
 func (x *execution) recordInput(name, digest string) {

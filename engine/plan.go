@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -190,6 +192,34 @@ func (x *execution) planSteps(ctx context.Context, sel map[string]bool) (map[str
 	return results, ctx.Err()
 }
 
+// unplannedSources lists, sorted, the steps whose plan this command made
+// and failed that b takes values from: those its body refers to, and for
+// one not planned for this same reason, what it took them from (the cause
+// is theirs). A step b only follows (depends_on) is not one: b's values do
+// not wait on it.
+func (x *execution) unplannedSources(b *BlockConfig) []string {
+	x.plannedMu.Lock()
+	defer x.plannedMu.Unlock()
+	set := map[string]bool{}
+	for _, tr := range bodyTraversals(b.Body) {
+		if _, ok := LookupType(tr.RootName()); !ok {
+			continue // var, local: known at plan
+		}
+		a, d := x.cfg.refAddr(tr)
+		if d != nil {
+			continue
+		}
+		if causes, ok := x.followsUnplanned[a]; ok {
+			for _, c := range causes {
+				set[c] = true
+			}
+		} else if p, ok := x.planned[a]; ok && p == nil {
+			set[a] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
 // setPlanned keeps a step's plan (nil: it failed) for its dependents.
 func (x *execution) setPlanned(addr string, p *StepPlan) {
 	x.plannedMu.Lock()
@@ -223,6 +253,19 @@ func (x *execution) planStep(ctx context.Context, b *BlockConfig) PlannedStep {
 	inst, d, diags := x.s.decode(b)
 	if diags.HasErrors() {
 		ps.Error = x.rd.String(diagsError(diags).Error())
+		return ps
+	}
+	if failed := x.unplannedSources(b); len(failed) > 0 && len(d.unknown) > 0 {
+		// Its attributes hold zero values in place of what those steps
+		// would give: its own plan would fail on them, naming the wrong
+		// cause (a reference that "is not a key_manager block").
+		ps.Error = fmt.Sprintf("it takes values from %s, which could not be planned", strings.Join(failed, ", "))
+		x.plannedMu.Lock()
+		if x.followsUnplanned == nil {
+			x.followsUnplanned = map[string][]string{}
+		}
+		x.followsUnplanned[addr] = failed
+		x.plannedMu.Unlock()
 		return ps
 	}
 	p, ok := inst.(Planner)
