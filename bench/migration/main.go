@@ -49,6 +49,7 @@ type options struct {
 	scaleShapes        []shape
 	runs               int
 	kesCPU             int
+	vaultScale         int
 }
 
 func main() {
@@ -65,13 +66,14 @@ func main() {
 	sizesFlag := flag.String("sizes", "10000,100000", "key store sizes at scale: plan and apply, against the KES server's listing alone (empty: none)")
 	scaleShapesFlag := flag.String("scale-shapes", "v0.24,v0.23", "store shapes at scale")
 	flag.IntVar(&o.kesCPU, "kes-cpu", 1, "at scale, also run with the KES server on this CPU alone and the rest on the others, as when KES has a host of its own (-1: shared only)")
+	flag.IntVar(&o.vaultScale, "vault-scale", 10000, "keys of a Vault store at scale: plan and apply against the time Vault needs to serve every value once (0: skip)")
 	flag.IntVar(&o.runs, "runs", 3, "runs of each side per comparison (best of)")
 	write := flag.String("write", "", "replace the generated part of this file's migration section (BENCHMARKS.md)")
 	keep := flag.Bool("keep", false, "keep the work directory")
 	flag.StringVar(&traceDir, "trace", "", "write each runbook run's JSON events to this directory")
 	flag.Parse()
 	if *quick {
-		*shapesFlag, *latFlag, o.wan, *sizesFlag, *scaleShapesFlag = "v0.24,mixed", "0,1ms", 2000, "10000", "mixed"
+		*shapesFlag, *latFlag, o.wan, *sizesFlag, *scaleShapesFlag, o.vaultScale = "v0.24,mixed", "0,1ms", 2000, "10000", "mixed", 0
 	}
 	o.shapes = parseShapes(*shapesFlag)
 	o.wanShapes = parseShapes(*wanShapesFlag)
@@ -116,7 +118,7 @@ func main() {
 		check(err)
 	}
 	for _, sh := range slices.Concat(o.shapes, o.wanShapes, o.scaleShapes) {
-		if sh.vault {
+		if sh.vault || o.vaultScale > 0 {
 			_, err = toolcache.Ensure(context.Background(), toolcache.Vault, os.Stderr)
 			check(err)
 			break
@@ -148,6 +150,9 @@ func main() {
 	}
 	if len(o.sizes) > 0 {
 		b.scale()
+	}
+	if o.vaultScale > 0 {
+		b.vaultAtScale(o.vaultScale)
 	}
 	b.footer()
 	if *write != "" {

@@ -10,9 +10,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/minio/kes/kesconf"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/runbook-dev/runbook/internal/kescrypto"
+	"github.com/runbook-dev/runbook/internal/keystore"
 	"github.com/runbook-dev/runbook/internal/testenv"
 )
 
@@ -56,8 +58,9 @@ type store struct {
 	keys  int
 	kes   *testenv.KES
 	// vaultURL is the Vault the keys are in (https://127.0.0.1:PORT), ""
-	// for an fs store.
+	// for an fs store; vault is its part of KES's config.
 	vaultURL string
+	vault    *kesconf.VaultKeyStore
 }
 
 // newStore writes n keys straight into dir/keys (or Vault) in the shape's
@@ -67,9 +70,9 @@ func newStore(tb *benchTB, dir string, n int, sh shape) *store {
 	check(os.MkdirAll(keys, 0o700))
 	write := func(name string, value []byte) error { return os.WriteFile(filepath.Join(keys, name), value, 0o600) }
 	opts := testenv.KESOptions{KeyStoreDir: keys, V022: sh.v022}
-	var vaultURL string
+	var vault *kesconf.VaultKeyStore
 	if sh.vault {
-		write, opts, vaultURL = vaultStore(tb)
+		write, opts, vault = vaultStore(tb)
 	}
 	g := new(errgroup.Group)
 	g.SetLimit(16) // Vault takes a write per key
@@ -98,14 +101,19 @@ func newStore(tb *benchTB, dir string, n int, sh shape) *store {
 		g.Go(func() error { return write(keyName(i), b) })
 	}
 	check(g.Wait())
-	return &store{dir: dir, shape: sh, keys: n, kes: testenv.StartKES(tb, opts), vaultURL: vaultURL}
+	st := &store{dir: dir, shape: sh, keys: n, kes: testenv.StartKES(tb, opts), vault: vault}
+	if vault != nil {
+		st.vaultURL = vault.Endpoint
+	}
+	return st
 }
 
 // vaultStore starts a Vault server with an AppRole for KES and returns a
 // function that writes a key as KES's vault store does (kes@v0.24.0
 // internal/keystore/vault: the value under the key's name in a kv v1
-// secret at kv1/kes/NAME), the options of a KES server on it, and its URL.
-func vaultStore(tb *benchTB) (func(name string, value []byte) error, testenv.KESOptions, string) {
+// secret at kv1/kes/NAME), the options of a KES server on it, and the
+// KES config's part for it.
+func vaultStore(tb *benchTB) (func(name string, value []byte) error, testenv.KESOptions, *kesconf.VaultKeyStore) {
 	ctx := context.Background()
 	v := testenv.StartVault(tb, testenv.VaultOptions{TLS: true}) // as in production
 	role, err := v.CreateAppRole(ctx, "kes", testenv.KESPolicy(testenv.VaultKV1, "kes", false))
@@ -116,7 +124,39 @@ func vaultStore(tb *benchTB) (func(name string, value []byte) error, testenv.KES
 		_, err := c.Logical().WriteWithContext(ctx, "kv1/kes/"+name, map[string]any{name: string(value)})
 		return err
 	}
-	return write, testenv.KESOptions{KeyStore: v.KESKeyStore(testenv.VaultKV1, "kes", role)}, v.URL
+	conf := &kesconf.VaultKeyStore{Endpoint: v.URL, Engine: testenv.VaultKV1.Engine, APIVersion: testenv.VaultKV1.Version, Prefix: "kes",
+		AppRole: &kesconf.VaultAppRoleAuth{ID: role.RoleID, Secret: role.SecretID}, CAPath: v.CAFile}
+	return write, testenv.KESOptions{KeyStore: v.KESKeyStore(testenv.VaultKV1, "kes", role)}, conf
+}
+
+// readVaultOnce is the floor of any migration from a Vault store: the time
+// Vault needs to serve every value once, read as the runbook reads them
+// (keystore.VaultReader, keystore.VaultReads at once, over TLS), best of
+// runs.
+func (s *store) readVaultOnce(runs int) time.Duration {
+	ctx := context.Background()
+	r, err := keystore.NewVaultReader(ctx, s.vault)
+	check(err)
+	defer r.Close()
+	var best time.Duration
+	for range runs {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(keystore.VaultReads)
+		start := time.Now()
+		for i := range s.keys {
+			g.Go(func() error {
+				if _, ok := r.Get(gctx, keyName(i)); !ok {
+					return fmt.Errorf("read %s from Vault: no value", keyName(i))
+				}
+				return nil
+			})
+		}
+		check(g.Wait())
+		if d := time.Since(start); best == 0 || d < best {
+			best = d
+		}
+	}
+	return best
 }
 
 // keyName is the store's name of key i.
