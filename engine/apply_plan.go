@@ -178,7 +178,12 @@ func (s *Session) checkApproved(js *JournalState, plan *PlanRecord, sel map[stri
 		return RefuseWithHint("a rolled-back step runs again only under a new plan: make one (runbook plan FILE -out DIR), have it approved, and apply it with runbook apply DIR",
 			"this runbook requires %d approval(s), and the approved plan of this run that contains %s was consumed when %s rolled back: nothing ran", s.Config.Approvals, strings.Join(undone, ", "), map[bool]string{true: "it was", false: "they were"}[len(undone) == 1])
 	case len(outside) > 0:
-		return RefuseWithHint(fmt.Sprintf("make a plan that does (runbook plan FILE -target %s -out DIR), have it approved, and apply it with runbook apply DIR", outside[len(outside)-1]),
+		hint := fmt.Sprintf("make a plan that does (runbook plan FILE -target %s -out DIR), have it approved, and apply it with runbook apply DIR", outside[len(outside)-1])
+		if js.Run != nil && js.Unfinished() {
+			// No plan is made while the run is unfinished (carriedRun).
+			hint = "finish this run first (runbook resume without -target continues what its approved plans contain; runbook rollback undoes it), then " + hint
+		}
+		return RefuseWithHint(hint,
 			"this runbook requires %d approval(s), and no approved plan of this run contains %s: nothing ran", s.Config.Approvals, strings.Join(outside, ", "))
 	}
 	return nil

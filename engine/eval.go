@@ -268,15 +268,18 @@ func (s *Scope) Eval(expr hcl.Expression) (cty.Value, hcl.Diagnostics) {
 // Decoded is what the engine learned while decoding a block's body: which
 // attributes were sensitive and which were not known yet.
 type Decoded struct {
-	Addr       string
-	Range      hcl.Range
-	sensitive  map[string]bool
-	unknown    map[string]bool
-	null       map[string]bool
-	credential map[string]bool // BlockType.Credentials
-	ranges     map[string]hcl.Range
-	failed     map[hcl.Range]bool
-	scope      *Scope
+	Addr      string
+	Range     hcl.Range
+	sensitive map[string]bool
+	unknown   map[string]bool
+	// unknownRefs are the references of the expressions whose value was
+	// not wholly known: where those values were to come from.
+	unknownRefs []hcl.Traversal
+	null        map[string]bool
+	credential  map[string]bool // BlockType.Credentials
+	ranges      map[string]hcl.Range
+	failed      map[hcl.Range]bool
+	scope       *Scope
 }
 
 // AddSecret registers values that must never be shown, found while checking
@@ -427,6 +430,7 @@ func (e evalExpr) Value(ctx *hcl.EvalContext) (cty.Value, hcl.Diagnostics) {
 	}
 	if !v.IsWhollyKnown() {
 		e.d.unknown[e.name] = true
+		e.d.unknownRefs = append(e.d.unknownRefs, e.Expression.Variables()...)
 		v = zeroUnknowns(v)
 	}
 	return v, diags

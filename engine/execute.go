@@ -143,7 +143,7 @@ func (x *execution) continueOrBegin() (nextRun, error) {
 			targets = js.resumeTargets()
 		}
 	case js.Run != nil && js.Unfinished():
-		return nextRun{}, RefuseWithHint("continue it with runbook resume, or undo it with runbook rollback", "the run started in %s is unfinished (%s)", x.dir, unfinishedSummary(js))
+		return nextRun{}, RefuseWithHint(unfinishedWayOn(js), "the run started in %s is unfinished (%s)", x.dir, unfinishedSummary(js))
 	case js.Run != nil && s.partlyApplied(js):
 		return x.carryFurther(targets)
 	case js.Run != nil:
@@ -248,6 +248,26 @@ func (s *Session) partlyApplied(js *JournalState) bool {
 		}
 	}
 	return done > 0 && pending > 0
+}
+
+// unfinishedWayOn says how an unfinished run goes on, by the states its
+// steps were left in: a rollback left mid-way is finished by rollback
+// (resume would apply the step again, undoing the undo); a step waiting
+// for the operator wants what it asked first.
+func unfinishedWayOn(js *JournalState) string {
+	var waiting bool
+	for _, st := range js.Steps {
+		switch st.State {
+		case StateRollingBack:
+			return "its rollback is unfinished: runbook rollback finishes it (runbook resume would apply the step again)"
+		case StateWaiting:
+			waiting = true
+		}
+	}
+	if waiting {
+		return "do what the waiting step asked (runbook status shows it), then continue with runbook resume, or undo it with runbook rollback"
+	}
+	return "continue it with runbook resume, or undo it with runbook rollback"
 }
 
 // unfinishedSummary names the steps left mid-way: "addr state, …".

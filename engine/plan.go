@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/hcl/v2"
 )
 
 // PlannedStep is one block of a plan.
@@ -121,7 +123,12 @@ func (s *Session) carriedRun(dir string, beforeApply bool) (*JournalState, error
 		return nil, fmt.Errorf("read the journal in %s: %w", dir, err)
 	}
 	if js.Run != nil && js.Unfinished() && !beforeApply {
-		return nil, RefuseWithHint("runbook status shows it; runbook resume continues it, runbook rollback undoes it; plan again once it has ended", "no plan made: the run started in %s is unfinished (%s), apply refuses to begin anew while it is, and a new run's plan would observe that run's work as if it were the systems' own", dir, unfinishedSummary(js))
+		// A live owner of the lock is that run, still going: nothing but
+		// waiting for it helps.
+		if owner, alive, err := InspectLock(dir); err == nil && alive && owner != nil {
+			return nil, RefuseWithHint("plan once it has ended (runbook status shows it)", "no plan made: a run is under way in %s (%s), and a new run's plan would observe its work as if it were the systems' own", dir, owner)
+		}
+		return nil, RefuseWithHint(unfinishedWayOn(js)+"; plan again once it has ended", "no plan made: the run started in %s is unfinished (%s), apply refuses to begin anew while it is, and a new run's plan would observe that run's work as if it were the systems' own", dir, unfinishedSummary(js))
 	}
 	if js.Run == nil || js.Unfinished() || !s.partlyApplied(js) || sha256Hex(s.Config.Src) != js.Run.SourceSHA256 {
 		return nil, nil
@@ -193,15 +200,16 @@ func (x *execution) planSteps(ctx context.Context, sel map[string]bool) (map[str
 }
 
 // unplannedSources lists, sorted, the steps whose plan this command made
-// and failed that b takes values from: those its body refers to, and for
-// one not planned for this same reason, what it took them from (the cause
-// is theirs). A step b only follows (depends_on) is not one: b's values do
-// not wait on it.
-func (x *execution) unplannedSources(b *BlockConfig) []string {
+// and failed among those refs name (the references of a step's attributes
+// whose values are not known: Decoded.unknownRefs), and for one not
+// planned for this same reason, what it took its values from (the cause is
+// theirs). A step only followed (depends_on), or one whose values are
+// known all the same (a condition not taken), is not one.
+func (x *execution) unplannedSources(refs []hcl.Traversal) []string {
 	x.plannedMu.Lock()
 	defer x.plannedMu.Unlock()
 	set := map[string]bool{}
-	for _, tr := range bodyTraversals(b.Body) {
+	for _, tr := range refs {
 		if _, ok := LookupType(tr.RootName()); !ok {
 			continue // var, local: known at plan
 		}
@@ -255,7 +263,7 @@ func (x *execution) planStep(ctx context.Context, b *BlockConfig) PlannedStep {
 		ps.Error = x.rd.String(diagsError(diags).Error())
 		return ps
 	}
-	if failed := x.unplannedSources(b); len(failed) > 0 && len(d.unknown) > 0 {
+	if failed := x.unplannedSources(d.unknownRefs); len(failed) > 0 {
 		// Its attributes hold zero values in place of what those steps
 		// would give: its own plan would fail on them, naming the wrong
 		// cause (a reference that "is not a key_manager block").
