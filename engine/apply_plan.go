@@ -116,7 +116,11 @@ func (s *Session) refuseApplied(journal, planDir string, reviewed *PlanDoc, chec
 	case prev == nil:
 		return nil
 	case prev.Archived == "":
-		return RefuseWithHint("continue that run with runbook resume or undo it with runbook rollback; to make the change again, make a new plan (runbook plan FILE -out DIR) and have it reviewed",
+		way := "continue that run with runbook resume or undo it with runbook rollback"
+		if js, _, err := LoadJournal(journal); err == nil && js.Run != nil && js.Unfinished() {
+			way = unfinishedWayOn(js)
+		}
+		return RefuseWithHint(way+"; to make the change again, make a new plan (runbook plan FILE -out DIR) and have it reviewed",
 			"the plan in %s was applied already, in the run of %s (run %s): a saved plan applies once", planDir, journal, prev.RunID)
 	}
 	return RefuseWithHint("to make the change again, make a new plan (runbook plan FILE -out DIR) and have it reviewed",
@@ -173,17 +177,18 @@ func (s *Session) checkApproved(js *JournalState, plan *PlanRecord, sel map[stri
 			undone = append(undone, addr)
 		}
 	}
+	// No plan is made while the run is unfinished (carriedRun): the way
+	// on comes first.
+	first := ""
+	if js.Run != nil && js.Unfinished() {
+		first = "finish this run first (" + unfinishedWayOn(js) + "), then "
+	}
 	switch {
 	case len(undone) > 0:
-		return RefuseWithHint("a rolled-back step runs again only under a new plan: make one (runbook plan FILE -out DIR), have it approved, and apply it with runbook apply DIR",
+		return RefuseWithHint(first+"a rolled-back step runs again only under a new plan: make one (runbook plan FILE -out DIR), have it approved, and apply it with runbook apply DIR",
 			"this runbook requires %d approval(s), and the approved plan of this run that contains %s was consumed when %s rolled back: nothing ran", s.Config.Approvals, strings.Join(undone, ", "), map[bool]string{true: "it was", false: "they were"}[len(undone) == 1])
 	case len(outside) > 0:
-		hint := fmt.Sprintf("make a plan that does (runbook plan FILE -target %s -out DIR), have it approved, and apply it with runbook apply DIR", outside[len(outside)-1])
-		if js.Run != nil && js.Unfinished() {
-			// No plan is made while the run is unfinished (carriedRun).
-			hint = "finish this run first (runbook resume without -target continues what its approved plans contain; runbook rollback undoes it), then " + hint
-		}
-		return RefuseWithHint(hint,
+		return RefuseWithHint(first+fmt.Sprintf("make a plan that does (runbook plan FILE -target %s -out DIR), have it approved, and apply it with runbook apply DIR", outside[len(outside)-1]),
 			"this runbook requires %d approval(s), and no approved plan of this run contains %s: nothing ran", s.Config.Approvals, strings.Join(outside, ", "))
 	}
 	return nil

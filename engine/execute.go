@@ -259,7 +259,7 @@ func unfinishedWayOn(js *JournalState) string {
 	for _, st := range js.Steps {
 		switch st.State {
 		case StateRollingBack:
-			return "its rollback is unfinished: runbook rollback finishes it (runbook resume would apply the step again)"
+			return "its rollback is unfinished: runbook rollback finishes it, with the same --to STEP if it had one (runbook resume would apply the step again)"
 		case StateWaiting:
 			waiting = true
 		}

@@ -203,8 +203,10 @@ func (x *execution) planSteps(ctx context.Context, sel map[string]bool) (map[str
 // and failed among those refs name (the references of a step's attributes
 // whose values are not known: Decoded.unknownRefs), and for one not
 // planned for this same reason, what it took its values from (the cause is
-// theirs). A step only followed (depends_on), or one whose values are
-// known all the same (a condition not taken), is not one.
+// theirs). A step only followed (depends_on), or referred to only in
+// attributes whose values are known all the same (a condition not taken),
+// is not one; within one attribute whose value is unknown every reference
+// counts.
 func (x *execution) unplannedSources(refs []hcl.Traversal) []string {
 	x.plannedMu.Lock()
 	defer x.plannedMu.Unlock()

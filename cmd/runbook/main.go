@@ -78,7 +78,7 @@ func run(ctx context.Context, env *cliEnv, args []string) int {
 	}
 	for _, c := range commands {
 		if c.name == args[0] {
-			return exitCode(env, c.run(ctx, env, args[1:]))
+			return exitCode(env, c.name, c.run(ctx, env, args[1:]))
 		}
 	}
 	fmt.Fprintf(env.stderr, "runbook: error: unknown command %q\n", args[0])
@@ -107,7 +107,7 @@ type reportedError struct{ err error }
 func (e *reportedError) Error() string { return e.err.Error() }
 func (e *reportedError) Unwrap() error { return e.err }
 
-func exitCode(env *cliEnv, err error) int {
+func exitCode(env *cliEnv, command string, err error) int {
 	if err == nil {
 		return exitOK
 	}
@@ -150,8 +150,15 @@ func exitCode(env *cliEnv, err error) int {
 		return exitRefused
 	case errors.Is(err, engine.ErrRefused):
 		return exitRefused
+	case errors.Is(err, engine.ErrWaiting) && command == "rollback":
+		// resume would apply again what the rollback undid
+		fmt.Fprintf(env.stderr, "runbook: hint: once done, run runbook rollback again\n")
+		return exitFailure
 	case errors.Is(err, engine.ErrWaiting):
 		fmt.Fprintf(env.stderr, "runbook: hint: once done, continue with runbook resume\n")
+		return exitFailure
+	case command == "rollback" && (errors.Is(err, engine.ErrInterrupted) || errors.Is(err, context.Canceled)):
+		fmt.Fprintf(env.stderr, "runbook: hint: finish undoing with runbook rollback (runbook resume would apply again what it undid)\n")
 		return exitFailure
 	case errors.Is(err, engine.ErrInterrupted):
 		fmt.Fprintf(env.stderr, "runbook: hint: continue with runbook resume, or undo with runbook rollback\n")
