@@ -90,45 +90,51 @@ func sampleKeyNeeds(s *cutoverSample, defaultKey string) []neededKey {
 	return needs
 }
 
-// checkEnclaveHolds refuses, before any change, when the enclave does not
-// hold a key the nodes will need (asked with the key_manager block's own
-// identity: KeyStatus).
-func (c *cutoverStep) checkEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, k neededKey) error {
+// enclaveHolds asks the Key Manager, with the key_manager block's own
+// identity (KeyStatus), whether the enclave holds k. Only ErrKeyNotFound
+// is "no"; any other failure is an error wrapping the Key Manager's.
+func (c *cutoverStep) enclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, k neededKey) (bool, error) {
 	kmc, err := e.enc.KM.Client(r)
 	if err != nil {
-		return err
+		return false, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
-	if _, err := kmc.KeyStatus(cctx, e.enc.Name, &kms.KeyStatusRequest{Name: k.name}); err != nil {
-		if errors.Is(err, kms.ErrKeyNotFound) {
-			return engine.Refusef("enclave %s holds no key %q, %s: %s; migrate the key first (nothing was changed, no node restarted)", e.enc.Name, k.name, k.role, k.lost)
-		}
-		return fmt.Errorf("check that enclave %s holds %s %q: %w", e.enc.Name, k.label, k.name, err)
+	_, err = kmc.KeyStatus(cctx, e.enc.Name, &kms.KeyStatusRequest{Name: k.name})
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, kms.ErrKeyNotFound):
+		return false, nil
 	}
-	return nil
+	return false, fmt.Errorf("check that enclave %s holds %s %q: %w", e.enc.Name, k.label, k.name, err)
+}
+
+// checkEnclaveHolds refuses, before any change, when the enclave does not
+// hold a key the nodes will need (enclaveHolds).
+func (c *cutoverStep) checkEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, k neededKey) error {
+	held, err := c.enclaveHolds(ctx, r, e, k)
+	if err != nil || held {
+		return err
+	}
+	return engine.Refusef("enclave %s holds no key %q, %s: %s; migrate the key first (nothing was changed, no node restarted)", e.enc.Name, k.name, k.role, k.lost)
 }
 
 // planEnclaveHolds refuses at plan a key the enclave will not hold when the
 // cutover runs: it holds it now, or a migration this cutover follows
 // (depends_on, directly or through other steps) imports it into that
-// enclave, as its plan lists. Else k.lost (docs/domain.md, "What MinIO
-// asks of the Key Manager"). It returns the plan's line saying which, and
-// whether the enclave holds the key now. Apply checks the enclave itself
-// again before the first change (checkEnclaveHolds).
+// enclave, as its plan lists (an enclave not made yet holds nothing). Else
+// k.lost (docs/domain.md, "What MinIO asks of the Key Manager"). It
+// returns the plan's line saying which, and whether the enclave holds the
+// key now. Apply checks the enclave itself again before the first change
+// (checkEnclaveHolds).
 func (c *cutoverStep) planEnclaveHolds(ctx context.Context, r *engine.Run, e *cutoverEnv, k neededKey) (string, bool, error) {
-	kmc, err := e.enc.KM.Client(r)
-	if err != nil {
-		return "", false, err
-	}
-	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
-	_, err = kmc.KeyStatus(cctx, e.enc.Name, &kms.KeyStatusRequest{Name: k.name})
-	cancel()
+	held, err := c.enclaveHolds(ctx, r, e, k)
 	switch {
-	case err == nil:
+	case held:
 		return fmt.Sprintf("enclave %s holds %s %q", e.enc.Name, k.label, k.name), true, nil
-	case !errors.Is(err, kms.ErrKeyNotFound) && !errors.Is(err, kms.ErrEnclaveNotFound):
-		return "", false, fmt.Errorf("check that enclave %s holds %s %q: %w", e.enc.Name, k.label, k.name, err)
+	case err != nil && !errors.Is(err, kms.ErrEnclaveNotFound):
+		return "", false, err
 	}
 	ups := r.UpstreamPlans("migration")
 	addrs := make([]string, 0, len(ups))
